@@ -1,0 +1,228 @@
+//! Wire formats shared by every transport and by the runtime.
+//!
+//! - [`Hello`]: the versioned handshake both ends of a link send once it is authenticated.
+//! - [`encode_frame`] / [`decode_frame`]: a [`Frame`] as one byte string
+//!   (`u32 head length, big endian | head | payload`), for stream transports that put it in
+//!   a length-delimited frame. Decoding is zero-copy (slices of the input `Bytes`).
+//! - [`Header`]: the runtime's envelope at the front of [`Frame::head`], MessagePack,
+//!   followed by the MessagePack body of the message.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::NodeId;
+use crate::transport::Frame;
+
+/// Bumped whenever anything on the wire changes incompatibly.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The first message on an authenticated link, in both directions.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Always `"omnode"`: a link to something else is refused at once.
+    pub magic: String,
+    pub version: u16,
+    pub node: NodeId,
+    /// Digest of the cluster configuration (the normalized map), so nodes with different
+    /// maps refuse each other instead of disagreeing about who is who.
+    pub cluster: String,
+}
+
+impl Hello {
+    pub const MAGIC: &'static str = "omnode";
+
+    pub fn new(node: NodeId, cluster: impl Into<String>) -> Self {
+        Hello { magic: Self::MAGIC.into(), version: PROTOCOL_VERSION, node, cluster: cluster.into() }
+    }
+
+    /// Check a peer's hello against ours: `Err(reason)` is sent back as
+    /// [`HelloReply::Refused`] and logged on both sides.
+    pub fn check(&self, ours: &Hello) -> Result<(), String> {
+        if self.magic != Self::MAGIC {
+            return Err(format!("not an omnode peer (magic {:?})", self.magic));
+        }
+        if self.version != ours.version {
+            return Err(format!(
+                "protocol version mismatch: peer speaks v{}, this node v{}; run the same omnode version on every node",
+                self.version, ours.version
+            ));
+        }
+        if self.node == ours.node {
+            return Err(format!("peer claims this node's own id {}", self.node));
+        }
+        if self.cluster != ours.cluster {
+            return Err(format!(
+                "cluster map differs (peer {}, this node {}); use the same map file on every node",
+                short(&self.cluster),
+                short(&ours.cluster)
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(self).expect("hello encodes"))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        rmp_serde::from_slice(b).map_err(|e| DecodeError::Msgpack(e.to_string()))
+    }
+}
+
+fn short(d: &str) -> &str {
+    &d[..d.len().min(12)]
+}
+
+/// The answer to a [`Hello`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HelloReply {
+    Accepted,
+    Refused { reason: String },
+}
+
+impl HelloReply {
+    pub fn encode(&self) -> Bytes {
+        Bytes::from(rmp_serde::to_vec(self).expect("hello reply encodes"))
+    }
+    pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
+        rmp_serde::from_slice(b).map_err(|e| DecodeError::Msgpack(e.to_string()))
+    }
+}
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("frame too short ({0} bytes)")]
+    Short(usize),
+    #[error("frame head length {head} exceeds frame size {frame}")]
+    BadHeadLength { head: usize, frame: usize },
+    #[error("malformed message: {0}")]
+    Msgpack(String),
+}
+
+/// Bytes [`encode_frame`] adds to head and payload.
+pub const FRAME_OVERHEAD: usize = 4;
+
+/// Append `frame` to `dst` as `u32 head length | head | payload`.
+pub fn encode_frame(frame: &Frame, dst: &mut BytesMut) {
+    dst.reserve(FRAME_OVERHEAD + frame.head.len() + frame.payload.len());
+    dst.put_u32(frame.head.len() as u32);
+    dst.put_slice(&frame.head);
+    dst.put_slice(&frame.payload);
+}
+
+/// Split one encoded frame; head and payload share `src`'s memory.
+pub fn decode_frame(mut src: Bytes) -> Result<Frame, DecodeError> {
+    if src.len() < FRAME_OVERHEAD {
+        return Err(DecodeError::Short(src.len()));
+    }
+    let head_len = src.get_u32() as usize;
+    if head_len > src.len() {
+        return Err(DecodeError::BadHeadLength { head: head_len, frame: src.len() + FRAME_OVERHEAD });
+    }
+    let head = src.split_to(head_len);
+    Ok(Frame { head, payload: src })
+}
+
+/// What a frame's head says about the message that follows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Kind {
+    /// Fire and forget.
+    Tell,
+    /// A request; the answer comes back as `Reply` with the same id.
+    Ask { id: u64 },
+    /// The answer to `Ask { id }`.
+    Reply { id: u64 },
+    /// The request `id` could not be delivered or answered.
+    Failed { id: u64, reason: String },
+}
+
+/// The runtime's envelope: to which named actor, and what kind of message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    pub to: String,
+    pub kind: Kind,
+}
+
+/// Build a frame head: MessagePack header followed by the MessagePack body.
+pub fn encode_head<T: Serialize + ?Sized>(header: &Header, body: &T) -> Result<Bytes, DecodeError> {
+    let mut out = Vec::with_capacity(64);
+    rmp_serde::encode::write(&mut out, header).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+    rmp_serde::encode::write_named(&mut out, body).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+    Ok(Bytes::from(out))
+}
+
+/// Split a frame head into the header and the still-encoded body.
+pub fn decode_head(head: &Bytes) -> Result<(Header, Bytes), DecodeError> {
+    let mut cur = std::io::Cursor::new(&head[..]);
+    let header: Header = rmp_serde::decode::from_read(&mut cur).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+    let at = cur.position() as usize;
+    Ok((header, head.slice(at..)))
+}
+
+/// Decode a message body.
+pub fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    rmp_serde::from_slice(body).map_err(|e| DecodeError::Msgpack(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn frame_round_trips(head in proptest::collection::vec(any::<u8>(), 0..512),
+                             payload in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let f = Frame::new(Bytes::from(head), Bytes::from(payload));
+            let mut buf = BytesMut::new();
+            encode_frame(&f, &mut buf);
+            prop_assert_eq!(buf.len(), FRAME_OVERHEAD + f.head.len() + f.payload.len());
+            prop_assert_eq!(decode_frame(buf.freeze()).unwrap(), f);
+        }
+
+        #[test]
+        fn garbage_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let b = Bytes::from(data);
+            if let Ok(f) = decode_frame(b.clone()) {
+                prop_assert_eq!(f.head.len() + f.payload.len() + FRAME_OVERHEAD, b.len());
+                let _ = decode_head(&f.head);
+            }
+            let _ = Hello::decode(&b);
+            let _ = HelloReply::decode(&b);
+        }
+
+        #[test]
+        fn envelope_round_trips(to in "[a-z]{0,20}", id in any::<u64>(), tell in any::<bool>(),
+                                body in proptest::collection::vec(any::<u32>(), 0..64)) {
+            let header = Header { to, kind: if tell { Kind::Tell } else { Kind::Ask { id } } };
+            let head = encode_head(&header, &body).unwrap();
+            let (h2, rest) = decode_head(&head).unwrap();
+            prop_assert_eq!(h2, header);
+            prop_assert_eq!(decode_body::<Vec<u32>>(&rest).unwrap(), body);
+        }
+    }
+
+    #[test]
+    fn hello_refusals_name_the_reason() {
+        let ours = Hello::new(1, "abcdef0123456789");
+        assert_eq!(Hello::new(2, "abcdef0123456789").check(&ours), Ok(()));
+        let other_map = Hello::new(2, "ffff").check(&ours).unwrap_err();
+        assert!(other_map.contains("cluster map differs"), "{other_map}");
+        let mut old = Hello::new(2, "abcdef0123456789");
+        old.version = PROTOCOL_VERSION + 1;
+        assert!(old.check(&ours).unwrap_err().contains("protocol version mismatch"));
+        assert!(Hello::new(1, "abcdef0123456789").check(&ours).unwrap_err().contains("own id"));
+        let mut alien = Hello::new(2, "abcdef0123456789");
+        alien.magic = "http".into();
+        assert!(alien.check(&ours).unwrap_err().contains("not an omnode peer"));
+    }
+
+    #[test]
+    fn truncated_frame_is_an_error() {
+        assert_eq!(decode_frame(Bytes::from_static(&[0, 0])), Err(DecodeError::Short(2)));
+        assert_eq!(
+            decode_frame(Bytes::from_static(&[0, 0, 0, 9, 1])),
+            Err(DecodeError::BadHeadLength { head: 9, frame: 5 })
+        );
+    }
+}
