@@ -9,8 +9,41 @@
 //! Must not know: sockets, TCP, libp2p or RDMA (those are transports), the cluster map,
 //! processes or files. It moves messages; what they mean belongs to the actors.
 
+pub mod actor;
+pub mod mem;
+pub mod system;
 pub mod transport;
 pub mod wire;
 
+pub use actor::{Actor, Addr, Context, ReplyTo};
+pub use system::{Inbound, LinkEvent, Responder, System};
+
+use std::time::Duration;
+
 /// A node's number: the openMosix node id from the map (1–65535), or one derived by mDNS.
 pub type NodeId = u32;
+
+/// What can go wrong sending to an actor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the actor has stopped")]
+    Stopped,
+    #[error("the actor's mailbox is full")]
+    MailboxFull,
+    #[error("the actor dropped the request without answering")]
+    NoReply,
+    #[error("no answer from a local actor within {0:?}")]
+    LocalTimeout(Duration),
+    #[error("no answer from {name:?} on node {node} within {after:?}")]
+    Timeout {
+        node: NodeId,
+        name: String,
+        after: Duration,
+    },
+    #[error("node {node} refused: {reason}")]
+    Remote { node: NodeId, reason: String },
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+    #[error(transparent)]
+    Decode(#[from] wire::DecodeError),
+}

@@ -32,7 +32,12 @@ impl Hello {
     pub const MAGIC: &'static str = "omnode";
 
     pub fn new(node: NodeId, cluster: impl Into<String>) -> Self {
-        Hello { magic: Self::MAGIC.into(), version: PROTOCOL_VERSION, node, cluster: cluster.into() }
+        Hello {
+            magic: Self::MAGIC.into(),
+            version: PROTOCOL_VERSION,
+            node,
+            cluster: cluster.into(),
+        }
     }
 
     /// Check a peer's hello against ours: `Err(reason)` is sent back as
@@ -117,7 +122,10 @@ pub fn decode_frame(mut src: Bytes) -> Result<Frame, DecodeError> {
     }
     let head_len = src.get_u32() as usize;
     if head_len > src.len() {
-        return Err(DecodeError::BadHeadLength { head: head_len, frame: src.len() + FRAME_OVERHEAD });
+        return Err(DecodeError::BadHeadLength {
+            head: head_len,
+            frame: src.len() + FRAME_OVERHEAD,
+        });
     }
     let head = src.split_to(head_len);
     Ok(Frame { head, payload: src })
@@ -147,14 +155,16 @@ pub struct Header {
 pub fn encode_head<T: Serialize + ?Sized>(header: &Header, body: &T) -> Result<Bytes, DecodeError> {
     let mut out = Vec::with_capacity(64);
     rmp_serde::encode::write(&mut out, header).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
-    rmp_serde::encode::write_named(&mut out, body).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+    rmp_serde::encode::write_named(&mut out, body)
+        .map_err(|e| DecodeError::Msgpack(e.to_string()))?;
     Ok(Bytes::from(out))
 }
 
 /// Split a frame head into the header and the still-encoded body.
 pub fn decode_head(head: &Bytes) -> Result<(Header, Bytes), DecodeError> {
     let mut cur = std::io::Cursor::new(&head[..]);
-    let header: Header = rmp_serde::decode::from_read(&mut cur).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
+    let header: Header =
+        rmp_serde::decode::from_read(&mut cur).map_err(|e| DecodeError::Msgpack(e.to_string()))?;
     let at = cur.position() as usize;
     Ok((header, head.slice(at..)))
 }
@@ -210,16 +220,33 @@ mod tests {
         assert!(other_map.contains("cluster map differs"), "{other_map}");
         let mut old = Hello::new(2, "abcdef0123456789");
         old.version = PROTOCOL_VERSION + 1;
-        assert!(old.check(&ours).unwrap_err().contains("protocol version mismatch"));
-        assert!(Hello::new(1, "abcdef0123456789").check(&ours).unwrap_err().contains("own id"));
+        assert!(
+            old.check(&ours)
+                .unwrap_err()
+                .contains("protocol version mismatch")
+        );
+        assert!(
+            Hello::new(1, "abcdef0123456789")
+                .check(&ours)
+                .unwrap_err()
+                .contains("own id")
+        );
         let mut alien = Hello::new(2, "abcdef0123456789");
         alien.magic = "http".into();
-        assert!(alien.check(&ours).unwrap_err().contains("not an omnode peer"));
+        assert!(
+            alien
+                .check(&ours)
+                .unwrap_err()
+                .contains("not an omnode peer")
+        );
     }
 
     #[test]
     fn truncated_frame_is_an_error() {
-        assert_eq!(decode_frame(Bytes::from_static(&[0, 0])), Err(DecodeError::Short(2)));
+        assert_eq!(
+            decode_frame(Bytes::from_static(&[0, 0])),
+            Err(DecodeError::Short(2))
+        );
         assert_eq!(
             decode_frame(Bytes::from_static(&[0, 0, 0, 9, 1])),
             Err(DecodeError::BadHeadLength { head: 9, frame: 5 })

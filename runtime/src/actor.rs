@@ -1,0 +1,224 @@
+//! Local actors: the [`Actor`] trait, typed addresses ([`Addr`]), and the supervised task
+//! that runs an actor (restarting it when it panics).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
+
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::Error;
+use crate::system::System;
+
+/// Messages an actor may queue before senders wait.
+pub const MAILBOX: usize = 1024;
+
+/// An actor: state plus a handler run for one message at a time.
+pub trait Actor: Send + Sized + 'static {
+    type Msg: Send + 'static;
+
+    /// Handle one message. A panic here is caught: the actor is built anew from its factory
+    /// and goes on with the next message (see [`System::spawn`]).
+    fn handle(
+        &mut self,
+        msg: Self::Msg,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = ()> + Send;
+
+    /// Runs once after the actor is (re)built, before its first message.
+    fn started(&mut self, _ctx: &mut Context<Self>) -> impl Future<Output = ()> + Send {
+        async {}
+    }
+}
+
+/// Where to send the answer to an `ask`.
+pub type ReplyTo<R> = oneshot::Sender<R>;
+
+/// A typed local address. Cheap to clone.
+pub struct Addr<A: Actor> {
+    tx: mpsc::Sender<A::Msg>,
+}
+
+impl<A: Actor> Clone for Addr<A> {
+    fn clone(&self) -> Self {
+        Addr {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<A: Actor> std::fmt::Debug for Addr<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Addr")
+            .field("actor", &std::any::type_name::<A>())
+            .finish()
+    }
+}
+
+impl<A: Actor> Addr<A> {
+    /// Queue `msg`, waiting while the mailbox is full.
+    pub async fn tell(&self, msg: A::Msg) -> Result<(), Error> {
+        self.tx.send(msg).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Queue `msg` without waiting.
+    pub fn try_tell(&self, msg: A::Msg) -> Result<(), Error> {
+        self.tx.try_send(msg).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::MailboxFull,
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })
+    }
+
+    /// Send a request built around a reply channel and wait for the answer, at most `timeout`.
+    pub async fn ask<R>(
+        &self,
+        make: impl FnOnce(ReplyTo<R>) -> A::Msg,
+        timeout: Duration,
+    ) -> Result<R, Error> {
+        let (tx, rx) = oneshot::channel();
+        self.tell(make(tx)).await?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(Error::NoReply),
+            Err(_) => Err(Error::LocalTimeout(timeout)),
+        }
+    }
+
+    /// True once the actor has stopped for good.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// What a running actor can reach: its own address, its name, the system.
+pub struct Context<A: Actor> {
+    addr: Addr<A>,
+    name: String,
+    system: System,
+}
+
+impl<A: Actor> Context<A> {
+    pub fn addr(&self) -> &Addr<A> {
+        &self.addr
+    }
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    pub fn system(&self) -> &System {
+        &self.system
+    }
+
+    /// Send `make()` to this actor every `period` until the system shuts down or the actor
+    /// stops. A tick is skipped (not queued up) while the mailbox is full.
+    pub fn every(&self, period: Duration, make: impl Fn() -> A::Msg + Send + 'static) {
+        let addr = self.addr.clone();
+        let token = self.system.shutdown_token();
+        self.system.tasks().spawn(async move {
+            let mut iv = tokio::time::interval(period);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = token.cancelled() => break,
+                    _ = iv.tick() => {
+                        if let Err(Error::Stopped) = addr.try_tell(make()) {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// How often an actor may panic before its supervisor gives up on it.
+#[derive(Clone, Copy, Debug)]
+pub struct Restarts {
+    pub max: usize,
+    pub within: Duration,
+}
+
+impl Default for Restarts {
+    fn default() -> Self {
+        Restarts {
+            max: 5,
+            within: Duration::from_secs(10),
+        }
+    }
+}
+
+pub(crate) fn spawn<A: Actor>(
+    system: &System,
+    name: &str,
+    restarts: Restarts,
+    mut factory: impl FnMut() -> A + Send + 'static,
+) -> Addr<A> {
+    let (tx, mut rx) = mpsc::channel(MAILBOX);
+    let addr = Addr { tx };
+    let mut ctx = Context {
+        addr: addr.clone(),
+        name: name.to_string(),
+        system: system.clone(),
+    };
+    let token = system.shutdown_token();
+    system.tasks().spawn(async move {
+        let mut panics: VecDeque<Instant> = VecDeque::new();
+        let mut actor = factory();
+        let mut fresh = true;
+        loop {
+            if fresh {
+                fresh = false;
+                if AssertUnwindSafe(actor.started(&mut ctx))
+                    .catch_unwind()
+                    .await
+                    .is_err()
+                {
+                    if !note_panic(&ctx.name, &mut panics, restarts) {
+                        break;
+                    }
+                    actor = factory();
+                    fresh = true;
+                    continue;
+                }
+            }
+            let msg = tokio::select! {
+                biased;
+                m = rx.recv() => match m { Some(m) => m, None => break },
+                _ = token.cancelled() => break,
+            };
+            if AssertUnwindSafe(actor.handle(msg, &mut ctx))
+                .catch_unwind()
+                .await
+                .is_err()
+            {
+                if !note_panic(&ctx.name, &mut panics, restarts) {
+                    break;
+                }
+                actor = factory();
+                fresh = true;
+            }
+        }
+        tracing::debug!(actor = %ctx.name, "stopped");
+    });
+    addr
+}
+
+/// Record a panic; false when the actor has panicked too often and must stay down.
+fn note_panic(name: &str, panics: &mut VecDeque<Instant>, restarts: Restarts) -> bool {
+    let now = Instant::now();
+    panics.push_back(now);
+    while panics
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > restarts.within)
+    {
+        panics.pop_front();
+    }
+    if panics.len() > restarts.max {
+        tracing::error!(actor = %name, "panicked {} times within {:?}; giving up on it", panics.len(), restarts.within);
+        false
+    } else {
+        tracing::error!(actor = %name, "panicked; restarting it");
+        true
+    }
+}

@@ -1,0 +1,235 @@
+//! The runtime over the in-process fabric: local and remote tell/ask, time-outs, unknown
+//! actors, supervision after a panic, link events, shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use runtime::mem::Fabric;
+use runtime::{Actor, Context, Error, Inbound, LinkEvent, ReplyTo, System};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+enum Req {
+    Add(i64),
+    Get,
+    Boom,
+    Ignore,
+    Echo(Vec<u8>),
+}
+
+struct Counter {
+    total: i64,
+}
+
+enum Msg {
+    Remote(Inbound<Req>),
+    Local(i64, ReplyTo<i64>),
+}
+
+impl From<Inbound<Req>> for Msg {
+    fn from(i: Inbound<Req>) -> Self {
+        Msg::Remote(i)
+    }
+}
+
+impl Actor for Counter {
+    type Msg = Msg;
+    async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
+        match msg {
+            Msg::Local(n, reply) => {
+                self.total += n;
+                let _ = reply.send(self.total);
+            }
+            Msg::Remote(Inbound {
+                msg,
+                reply,
+                payload,
+                from,
+            }) => match msg {
+                Req::Add(n) => {
+                    self.total += n;
+                    if let Some(r) = reply {
+                        r.send(&self.total).await.unwrap();
+                    }
+                }
+                Req::Get => {
+                    reply.unwrap().send(&(self.total, from)).await.unwrap();
+                }
+                Req::Boom => panic!("boom (this panic is part of the test)"),
+                Req::Ignore => {}
+                Req::Echo(head) => {
+                    let mut out = head;
+                    out.reverse();
+                    reply
+                        .unwrap()
+                        .send_with_payload(&out, payload)
+                        .await
+                        .unwrap();
+                }
+            },
+        }
+    }
+}
+
+fn node(fabric: &Fabric, id: u32) -> System {
+    let (tx, rx) = mpsc::channel(1024);
+    let link = fabric.join(id, tx);
+    let sys = System::start(id, Some((link, rx)));
+    let starts = Arc::new(AtomicUsize::new(0));
+    let s2 = starts.clone();
+    let addr = sys.spawn("counter", move || {
+        s2.fetch_add(1, Ordering::SeqCst);
+        Counter { total: 0 }
+    });
+    sys.serve::<Req, _>("counter", addr);
+    sys
+}
+
+const T: Duration = Duration::from_secs(2);
+
+#[tokio::test]
+async fn remote_and_local_ask_reach_the_same_actor() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    let total: i64 = a.ask(2, "counter", &Req::Add(5), T).await.unwrap();
+    assert_eq!(total, 5);
+    a.tell(2, "counter", &Req::Add(10)).await.unwrap();
+    let (total, from): (i64, u32) = a.ask(2, "counter", &Req::Get, T).await.unwrap();
+    assert_eq!((total, from), (15, 1));
+    // The same path to our own node.
+    let own: i64 = a.ask(1, "counter", &Req::Add(3), T).await.unwrap();
+    assert_eq!(own, 3);
+}
+
+#[tokio::test]
+async fn payload_travels_beside_the_message() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    let big = Bytes::from(vec![7u8; 1 << 20]);
+    let (head, payload): (Vec<u8>, Bytes) = a
+        .ask_with_payload(2, "counter", &Req::Echo(vec![1, 2, 3]), big.clone(), T)
+        .await
+        .unwrap();
+    assert_eq!(head, vec![3, 2, 1]);
+    assert_eq!(payload, big);
+}
+
+#[tokio::test]
+async fn unknown_actor_unanswered_request_and_unreachable_node_fail_clearly() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    match a.ask::<_, i64>(2, "nobody", &Req::Get, T).await {
+        Err(Error::Remote { node: 2, reason }) => {
+            assert!(reason.contains("no actor named \"nobody\""), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match a.ask::<_, i64>(2, "counter", &Req::Ignore, T).await {
+        Err(Error::Remote { node: 2, reason }) => {
+            assert!(reason.contains("unanswered"), "{reason}")
+        }
+        other => panic!("expected unanswered, got {other:?}"),
+    }
+    match a.ask::<_, i64>(9, "counter", &Req::Get, T).await {
+        Err(Error::Transport(runtime::transport::Error::Unreachable(9))) => {}
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn ask_times_out_when_nothing_answers() {
+    // A node whose events are never read: the request goes out, no answer comes back.
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let (tx, _rx_kept_but_unread) = mpsc::channel(16);
+    let _silent = fabric.join(3, tx);
+    let t0 = std::time::Instant::now();
+    match a
+        .ask::<_, i64>(3, "counter", &Req::Get, Duration::from_millis(200))
+        .await
+    {
+        Err(Error::Timeout { node: 3, after, .. }) => assert_eq!(after, Duration::from_millis(200)),
+        other => panic!("expected a time-out, got {other:?}"),
+    }
+    assert!(t0.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn a_panicking_actor_is_restarted_and_the_node_goes_on() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _: i64 = a.ask(1, "counter", &Req::Add(4), T).await.unwrap();
+    a.tell(1, "counter", &Req::Boom).await.unwrap();
+    // Rebuilt from its factory: state starts over, and it answers again.
+    let (total, _): (i64, u32) = a.ask(1, "counter", &Req::Get, T).await.unwrap();
+    assert_eq!(total, 0);
+}
+
+#[tokio::test]
+async fn an_actor_that_keeps_panicking_is_given_up_on() {
+    let sys = System::start(1, None);
+    let addr = sys.spawn_with(
+        "fragile",
+        runtime::actor::Restarts {
+            max: 2,
+            within: Duration::from_secs(60),
+        },
+        || Counter { total: 0 },
+    );
+    sys.serve::<Req, _>("fragile", addr.clone());
+    for _ in 0..3 {
+        sys.tell(1, "fragile", &Req::Boom).await.unwrap();
+    }
+    tokio::time::timeout(T, async {
+        while !addr.is_closed() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("supervisor gives up after too many panics");
+    assert!(matches!(
+        addr.ask(|r| Msg::Local(1, r), T).await,
+        Err(Error::Stopped)
+    ));
+}
+
+#[tokio::test]
+async fn local_typed_ask() {
+    let sys = System::start(1, None);
+    let addr = sys.spawn("c", || Counter { total: 0 });
+    assert_eq!(addr.ask(|r| Msg::Local(2, r), T).await.unwrap(), 2);
+    assert_eq!(addr.ask(|r| Msg::Local(3, r), T).await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn link_events_and_shutdown() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let mut links = a.link_events();
+    let b = node(&fabric, 2);
+    assert_eq!(
+        tokio::time::timeout(T, links.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        LinkEvent::Up(2)
+    );
+    b.shutdown(T).await;
+    match tokio::time::timeout(T, links.recv())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        LinkEvent::Down(2, _) => {}
+        other => panic!("expected node 2 down, got {other:?}"),
+    }
+    assert!(a.ask::<_, i64>(2, "counter", &Req::Get, T).await.is_err());
+    a.shutdown(T).await;
+    assert!(a.shutdown_token().is_cancelled());
+}
