@@ -138,6 +138,40 @@ pub enum Error {
         id: NodeId,
         addrs: Vec<IpAddr>,
     },
+    /// A peer announced a map digest different from ours ([`Map::check_peer_digest`]).
+    #[error(
+        "node {peer} has a different map (digest {} vs ours {} from {file}); refused: use the same map file on every node",
+        short(.theirs),
+        short(.ours)
+    )]
+    DigestMismatch {
+        file: String,
+        peer: NodeId,
+        ours: String,
+        theirs: String,
+    },
+}
+
+/// What changed between two maps ([`Map::changes`]), ids increasing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Nodes only in the new map.
+    pub added: Vec<NodeId>,
+    /// Nodes only in the old map.
+    pub removed: Vec<NodeId>,
+    /// Nodes in both whose addresses (primary or aliases) differ.
+    pub changed: Vec<NodeId>,
+}
+
+impl Changes {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+}
+
+/// First 12 hex digits of a digest, for messages.
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn join_paths(paths: &[PathBuf]) -> String {
@@ -230,13 +264,30 @@ enum Range {
     Count(u64),
 }
 
+/// `text` made safe for a one-line message: control characters escaped, at most 80 characters.
+fn shown(text: &str) -> String {
+    let mut out = String::new();
+    for (i, c) in text.chars().enumerate() {
+        if i == 80 {
+            out.push('…');
+            break;
+        }
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn parse_id(text: &str) -> Result<NodeId, LineError> {
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(LineError::BadId { text: text.into() });
+        return Err(LineError::BadId { text: shown(text) });
     }
     match text.parse::<u64>() {
         Ok(n) if (1..=u64::from(MAX_NODE_ID)).contains(&n) => Ok(n as NodeId),
-        _ => Err(LineError::IdOutOfRange { text: text.into() }),
+        _ => Err(LineError::IdOutOfRange { text: shown(text) }),
     }
 }
 
@@ -245,7 +296,7 @@ fn parse_range(text: &str) -> Result<Range, LineError> {
         return Ok(Range::Alias);
     }
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(LineError::BadRange { text: text.into() });
+        return Err(LineError::BadRange { text: shown(text) });
     }
     // All digits: only overflow can fail, and a huge count is simply "too many".
     match text.parse::<u64>().unwrap_or(u64::MAX) {
@@ -277,7 +328,7 @@ fn parse_address(text: &str) -> Result<Address, LineError> {
     // hostname to look up.
     let numeric = text.bytes().all(|b| b.is_ascii_digit() || b == b'.');
     if numeric || text.contains(':') || !valid_hostname(text) {
-        return Err(LineError::BadAddress { text: text.into() });
+        return Err(LineError::BadAddress { text: shown(text) });
     }
     Ok(Address::Host(text.to_ascii_lowercase()))
 }
@@ -287,7 +338,7 @@ fn resolve(host: &str, resolver: &dyn Resolver) -> Result<IpAddr, LineError> {
         .resolve(host)
         .map_err(|reason| LineError::Unresolvable {
             host: host.into(),
-            reason,
+            reason: shown(&reason),
         })?;
     // Prefer IPv4, as openMosix maps are IPv4 maps; otherwise the resolver's first answer.
     addrs
@@ -585,6 +636,39 @@ impl Map {
     /// [`Map::digest`] as 64 lowercase hex digits.
     pub fn digest_hex(&self) -> String {
         hex::encode(self.digest())
+    }
+
+    /// Ok if `theirs` (a peer's [`Map::digest_hex`], any case) equals ours; otherwise the
+    /// one-line refusal to log and to tell the peer.
+    pub fn check_peer_digest(&self, peer: NodeId, theirs: &str) -> Result<(), Error> {
+        let ours = self.digest_hex();
+        if theirs.eq_ignore_ascii_case(&ours) {
+            Ok(())
+        } else {
+            Err(Error::DigestMismatch {
+                file: self.file.clone(),
+                peer,
+                ours,
+                theirs: shown(theirs),
+            })
+        }
+    }
+
+    /// What a reload from `self` to `new` changes (`setpe -w` on a running node).
+    pub fn changes(&self, new: &Map) -> Changes {
+        let mut c = Changes::default();
+        for (id, old) in &self.nodes {
+            match new.nodes.get(id) {
+                None => c.removed.push(*id),
+                Some(n) if n.addrs().ne(old.addrs()) => c.changed.push(*id),
+                Some(_) => {}
+            }
+        }
+        c.added = new
+            .ids()
+            .filter(|id| !self.nodes.contains_key(id))
+            .collect();
+        c
     }
 
     /// The node this machine is: the one with an address for which `is_local` holds.

@@ -585,3 +585,66 @@ proptest! {
         check_no_panic(&text);
     }
 }
+
+// ---- peers and reloads ----
+
+#[test]
+fn peer_digest_check() {
+    let m = parse("1 192.168.1.1 4").unwrap();
+    let same = parse("# same\n1 192.168.1.1 2\n3 192.168.1.3 2\n").unwrap();
+    assert!(m.check_peer_digest(2, &same.digest_hex()).is_ok());
+    assert!(
+        m.check_peer_digest(2, &same.digest_hex().to_uppercase())
+            .is_ok()
+    );
+    let other = parse("1 192.168.1.1 5").unwrap();
+    let e = m.check_peer_digest(3, &other.digest_hex()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "node 3 has a different map (digest {} vs ours {} from /etc/openmosix.map); refused: use the same map file on every node",
+            &other.digest_hex()[..12],
+            &m.digest_hex()[..12]
+        )
+    );
+    assert!(matches!(e, Error::DigestMismatch { peer: 3, .. }));
+    assert!(
+        m.check_peer_digest(3, "ab\ncd")
+            .unwrap_err()
+            .to_string()
+            .starts_with("node 3 has a different map (digest ab\\ncd vs ours ")
+    );
+}
+
+#[test]
+fn map_changes() {
+    let old = parse("1 192.168.1.1 4\n4 10.0.0.4 ALIAS").unwrap();
+    assert!(old.changes(&old).is_empty());
+    let new = parse("1 192.168.1.1 2\n3 192.168.1.33 1\n5 192.168.1.5 1\n").unwrap();
+    assert_eq!(
+        old.changes(&new),
+        Changes {
+            added: vec![5],
+            removed: vec![4],
+            changed: vec![3],
+        }
+    );
+    let alias_only = parse("1 192.168.1.1 4").unwrap();
+    assert_eq!(old.changes(&alias_only).changed, vec![4]);
+}
+
+#[test]
+fn messages_escape_control_characters() {
+    assert_eq!(
+        err("1 ho\u{1b}[2Jst 1"),
+        "/etc/openmosix.map:1: invalid address 'ho\\u{1b}[2Jst' (expected an IPv4 or IPv6 address or a hostname)"
+    );
+    let long = "x".repeat(300);
+    assert_eq!(
+        err(&format!("{long} 10.0.0.1 1")),
+        format!(
+            "/etc/openmosix.map:1: invalid node id '{}…' (expected a number 1-65535)",
+            "x".repeat(80)
+        )
+    );
+}
