@@ -112,7 +112,7 @@ pub struct NodeState {
     pub source: Source,
     /// Last sign of life (None for the local node and for peers never heard from).
     pub last_seen: Option<Instant>,
-    /// Whether the transport last reported a link to it as up.
+    /// Whether the link to it is up as last reported (a heartbeat counts as a link-up).
     pub link: bool,
 }
 
