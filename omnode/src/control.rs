@@ -1,0 +1,257 @@
+//! The control actor and its Unix socket: the CLI sends one JSON request per line and reads
+//! one JSON response per line. The socket tells the caller's uid (SO_PEERCRED), which
+//! privileged requests check.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use discovery::NodeId;
+use discovery::membership::Source;
+use runtime::{Actor, Addr, Context, ReplyTo};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::Error;
+use crate::loadmon::{self, LoadMonitor};
+use crate::members::{self, Members};
+
+/// The longest request line accepted.
+const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an internal actor may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Status(StatusReport),
+    Error(String),
+}
+
+/// The cluster as one node sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    /// The answering node.
+    pub node: NodeId,
+    pub nodes: Vec<NodeRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeRow {
+    pub id: NodeId,
+    pub addr: String,
+    pub up: bool,
+    /// The answering node itself.
+    pub local: bool,
+    /// How the node is known: `local`, `map` or `mdns`.
+    pub source: String,
+    /// Seconds in the current up/down state.
+    pub since_s: f64,
+    /// Smoothed runnable processes; null when no fresh figure is known.
+    pub load: Option<f64>,
+    pub load_age_ms: Option<u64>,
+    pub cpus: Option<u32>,
+    pub speed: Option<u32>,
+    pub free_mem: Option<u64>,
+    pub total_mem: Option<u64>,
+}
+
+pub enum Msg {
+    Request {
+        req: Request,
+        uid: Option<u32>,
+        reply: ReplyTo<Response>,
+    },
+}
+
+pub struct Control {
+    local: NodeId,
+    addrs: BTreeMap<NodeId, String>,
+    members: Addr<Members>,
+    load: Addr<LoadMonitor>,
+}
+
+impl Control {
+    pub fn new(
+        local: NodeId,
+        addrs: BTreeMap<NodeId, String>,
+        members: Addr<Members>,
+        load: Addr<LoadMonitor>,
+    ) -> Self {
+        Control {
+            local,
+            addrs,
+            members,
+            load,
+        }
+    }
+
+    async fn status(&self) -> Result<StatusReport, runtime::Error> {
+        let states = self
+            .members
+            .ask(members::Msg::Snapshot, ASK_TIMEOUT)
+            .await?;
+        let loads: BTreeMap<_, _> = self
+            .load
+            .ask(loadmon::Msg::Snapshot, ASK_TIMEOUT)
+            .await?
+            .into_iter()
+            .map(|(id, l, age)| (id, (l, age)))
+            .collect();
+        let now = std::time::Instant::now();
+        let nodes = states
+            .into_iter()
+            .map(|s| {
+                let l = loads.get(&s.id);
+                NodeRow {
+                    id: s.id,
+                    addr: self.addrs.get(&s.id).cloned().unwrap_or_default(),
+                    up: s.up,
+                    local: s.id == self.local,
+                    source: match s.source {
+                        Source::Local => "local",
+                        Source::Map => "map",
+                        Source::Mdns => "mdns",
+                    }
+                    .into(),
+                    since_s: now.saturating_duration_since(s.since).as_secs_f64(),
+                    load: l.map(|(l, _)| l.load),
+                    load_age_ms: l.map(|(_, age)| age.as_millis() as u64),
+                    cpus: l.map(|(l, _)| l.cpus),
+                    speed: l.map(|(l, _)| l.speed),
+                    free_mem: l.map(|(l, _)| l.free_mem),
+                    total_mem: l.map(|(l, _)| l.total_mem),
+                }
+            })
+            .collect();
+        Ok(StatusReport {
+            node: self.local,
+            nodes,
+        })
+    }
+}
+
+impl Actor for Control {
+    type Msg = Msg;
+
+    async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
+        let Msg::Request { req, uid, reply } = msg;
+        tracing::debug!(?req, ?uid, "control request");
+        let resp = match req {
+            Request::Status => match self.status().await {
+                Ok(r) => Response::Status(r),
+                Err(e) => Response::Error(format!("status unavailable: {e}")),
+            },
+        };
+        let _ = reply.send(resp);
+    }
+}
+
+/// Bind the control socket at `path` (replacing a stale one left by a dead daemon, refusing
+/// to steal one a live daemon serves).
+pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
+    let err = |reason: String| Error::Socket {
+        path: path.to_owned(),
+        reason,
+    };
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            return Err(err(
+                "another omnode daemon is serving it; stop it or choose another --socket".into(),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| err(e.to_string()))?;
+    // Anyone may ask for status; privileged requests check the caller's uid.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))
+        .map_err(|e| err(e.to_string()))?;
+    Ok(listener)
+}
+
+/// Serve the socket until `token` is cancelled.
+pub async fn serve(
+    listener: UnixListener,
+    control: Addr<Control>,
+    token: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            _ = token.cancelled() => break,
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let control = control.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, control).await {
+                tracing::debug!("control connection: {e}");
+            }
+        });
+    }
+}
+
+async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Result<()> {
+    let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let (rd, mut wr) = stream.into_split();
+    let mut lines = BufReader::new(rd.take(MAX_REQUEST as u64));
+    let mut line = String::new();
+    let resp = match tokio::time::timeout(REQUEST_TIMEOUT, lines.read_line(&mut line)).await {
+        Err(_) => Response::Error("no request within 10 s".into()),
+        Ok(Err(e)) => Response::Error(format!("unreadable request: {e}")),
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => Response::Error(format!("bad request: {e}")),
+            Ok(req) => control
+                .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)
+                .await
+                .unwrap_or_else(|e| Response::Error(format!("control actor: {e}"))),
+        },
+    };
+    let mut out = serde_json::to_vec(&resp).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    wr.shutdown().await
+}
+
+/// Send one request to the daemon at `path` and read its response (CLI side; blocking).
+pub fn call(path: &Path, req: &Request) -> Result<Response, Error> {
+    use std::io::{BufRead, Write};
+    let not_running = |e: std::io::Error| Error::NotRunning {
+        path: PathBuf::from(path),
+        reason: e.to_string(),
+    };
+    let mut s = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
+    s.set_read_timeout(Some(Duration::from_secs(15)))
+        .map_err(not_running)?;
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    s.write_all(&line).map_err(not_running)?;
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .map_err(not_running)?;
+    serde_json::from_str(&answer).map_err(|e| Error::Refused {
+        path: path.to_owned(),
+        reason: format!("unreadable answer: {e}"),
+    })
+}

@@ -1,0 +1,142 @@
+//! The membership actor: drives `discovery::membership::Membership` with heartbeats over the
+//! runtime and link events from the transport, logs nodes going up and down, and tells the
+//! load monitor which peers are up.
+
+use std::time::{Duration, Instant};
+
+use discovery::membership::{Membership, NodeState, Output};
+use runtime::{Actor, Addr, Context, Inbound, LinkEvent, ReplyTo};
+use serde::{Deserialize, Serialize};
+
+use crate::loadmon::{self, LoadMonitor};
+
+/// The name peers send heartbeats to.
+pub const NAME: &str = "membership";
+
+/// How often the failure detector looks at the clock.
+const TICK: Duration = Duration::from_millis(100);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// The sender's cluster digest, checked once more on top of the handshake.
+    pub cluster: String,
+}
+
+pub enum Msg {
+    Tick,
+    Heartbeat(Inbound<Heartbeat>),
+    Link(LinkEvent),
+    Snapshot(ReplyTo<Vec<NodeState>>),
+}
+
+impl From<Inbound<Heartbeat>> for Msg {
+    fn from(i: Inbound<Heartbeat>) -> Self {
+        Msg::Heartbeat(i)
+    }
+}
+
+pub struct Members {
+    table: Membership,
+    cluster: String,
+    load: Addr<LoadMonitor>,
+}
+
+impl Members {
+    pub fn new(table: Membership, cluster: String, load: Addr<LoadMonitor>) -> Self {
+        Members {
+            table,
+            cluster,
+            load,
+        }
+    }
+
+    async fn apply(&mut self, outputs: Vec<Output>, ctx: &Context<Self>) {
+        let mut changed = false;
+        for out in outputs {
+            match out {
+                Output::SendHeartbeat { to } => {
+                    let hb = Heartbeat {
+                        cluster: self.cluster.clone(),
+                    };
+                    if let Err(e) = ctx.system().tell(to, NAME, &hb).await {
+                        tracing::trace!(node = to, "heartbeat not sent: {e}");
+                    }
+                }
+                Output::NodeUp { id } => {
+                    tracing::info!(node = id, "node {id} is up");
+                    changed = true;
+                }
+                Output::NodeDown { id, reason } => {
+                    tracing::warn!(node = id, "node {id} is down: {reason}");
+                    changed = true;
+                }
+                Output::UnknownPeer { id } => {
+                    tracing::debug!(node = id, "message from a node not in the table")
+                }
+            }
+        }
+        if changed {
+            let _ = self
+                .load
+                .try_tell(loadmon::Msg::Peers(self.table.up_peers()));
+        }
+    }
+}
+
+impl Actor for Members {
+    type Msg = Msg;
+
+    async fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.every(TICK, || Msg::Tick);
+        let mut links = ctx.system().link_events();
+        let me = ctx.addr().clone();
+        let token = ctx.system().shutdown_token();
+        ctx.system().tasks().spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = token.cancelled() => break,
+                    ev = links.recv() => ev,
+                };
+                match ev {
+                    Ok(ev) => {
+                        if me.tell(Msg::Link(ev)).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!("membership missed {n} link events");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    async fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let outputs = match msg {
+            Msg::Tick => self.table.on_tick(now),
+            Msg::Heartbeat(hb) => {
+                if hb.msg.cluster != self.cluster {
+                    tracing::warn!(
+                        node = hb.from,
+                        "heartbeat from node {} with another cluster map; ignored",
+                        hb.from
+                    );
+                    return;
+                }
+                self.table.on_heartbeat(hb.from, now)
+            }
+            Msg::Link(LinkEvent::Up(id)) => self.table.on_link_up(id, now),
+            Msg::Link(LinkEvent::Down(id, reason)) => {
+                tracing::debug!(node = id, "link down: {reason}");
+                self.table.on_link_down(id, now)
+            }
+            Msg::Snapshot(reply) => {
+                let _ = reply.send(self.table.nodes().collect());
+                return;
+            }
+        };
+        self.apply(outputs, ctx).await;
+    }
+}

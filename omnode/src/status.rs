@@ -1,0 +1,126 @@
+//! `omnode status [--json]`: ask a node's daemon how it sees the cluster.
+
+use std::path::Path;
+
+use crate::Error;
+use crate::control::{self, NodeRow, Request, Response, StatusReport};
+
+pub fn run(socket: &Path, json: bool) -> Result<(), Error> {
+    let report = match control::call(socket, &Request::Status)? {
+        Response::Status(r) => r,
+        Response::Error(reason) => {
+            return Err(Error::Refused {
+                path: socket.to_owned(),
+                reason,
+            });
+        }
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(std::io::Error::other)?
+        );
+    } else {
+        print!("{}", table(&report));
+    }
+    Ok(())
+}
+
+/// The report as an aligned table; `*` marks the answering node.
+pub fn table(r: &StatusReport) -> String {
+    let mut rows = vec![
+        [
+            "NODE",
+            "ADDRESS",
+            "STATE",
+            "LOAD",
+            "CPUS",
+            "SPEED",
+            "FREE MEM",
+            "TOTAL MEM",
+            "FOUND BY",
+        ]
+        .map(String::from),
+    ];
+    for n in &r.nodes {
+        rows.push(row(n));
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    let up = r.nodes.iter().filter(|n| n.up).count();
+    out.push_str(&format!(
+        "{up} of {} nodes up (as seen by node {})\n",
+        r.nodes.len(),
+        r.node
+    ));
+    out
+}
+
+fn row(n: &NodeRow) -> [String; 9] {
+    let dash = || "-".to_string();
+    [
+        if n.local {
+            format!("{}*", n.id)
+        } else {
+            n.id.to_string()
+        },
+        n.addr.clone(),
+        if n.up { "up".into() } else { "DOWN".into() },
+        n.load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
+        n.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
+        n.speed.map(|s| s.to_string()).unwrap_or_else(dash),
+        n.free_mem.map(gib).unwrap_or_else(dash),
+        n.total_mem.map(gib).unwrap_or_else(dash),
+        n.source.clone(),
+    ]
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1} GiB", bytes as f64 / (1u64 << 30) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_marks_local_and_down_nodes() {
+        let node = |id, up, load| NodeRow {
+            id,
+            addr: format!("127.0.0.{id}"),
+            up,
+            local: id == 1,
+            source: "map".into(),
+            since_s: 1.0,
+            load,
+            load_age_ms: load.map(|_| 10),
+            cpus: load.map(|_| 2),
+            speed: load.map(|_| 2400),
+            free_mem: load.map(|_| 3 << 30),
+            total_mem: load.map(|_| 4 << 30),
+        };
+        let t = table(&StatusReport {
+            node: 1,
+            nodes: vec![node(1, true, Some(0.5)), node(2, false, None)],
+        });
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("NODE  ADDRESS"), "{t}");
+        assert!(
+            lines[1].starts_with("1*") && lines[1].contains("0.50") && lines[1].contains("3.0 GiB"),
+            "{t}"
+        );
+        assert!(lines[2].contains("DOWN") && lines[2].contains(" -"), "{t}");
+        assert_eq!(lines[3], "1 of 2 nodes up (as seen by node 1)");
+    }
+}
