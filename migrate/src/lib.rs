@@ -1,1 +1,88 @@
-//! migrate (stub)
+//! migrate: omnode's own checkpoint/restore engine for Linux processes (no CRIU).
+//!
+//! Owns: freezing a single-threaded x86_64 process into an *image* (ptrace, /proc,
+//! process_vm_readv, injected system calls), thawing an image into a new process, and the image
+//! format itself (versioned, checksummed sections; see [`image`]).
+//!
+//! Must not know: networks, transports, nodes or the cluster. An image is written to any
+//! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
+//! the migrator can send it over any transport while the process is frozen.
+//!
+//! Anything it cannot restore faithfully (threads, sockets, shared memory shared with other
+//! processes, epoll/eventfd/timerfd/signalfd/inotify, child processes, a traced process) is
+//! refused before the process is touched.
+
+pub mod error;
+mod freeze;
+pub mod image;
+mod procfs;
+mod sys;
+mod thaw;
+
+pub use error::{Error, ImageError, Result};
+pub use freeze::{FreezeOptions, FreezeReport, freeze};
+pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
+pub use thaw::{ThawOptions, Thawed, thaw};
+
+use image::*;
+use std::io::Read;
+
+/// Per-mapping totals of an image, for `omnode image`.
+#[derive(Debug, Clone)]
+pub struct ImageSummary {
+    pub process: ProcessImage,
+    /// Bytes of memory contents shipped for each entry of `process.vmas`.
+    pub vma_bytes: Vec<u64>,
+    pub page_bytes: u64,
+    pub image_bytes: u64,
+}
+
+/// Reads a whole image, checking every checksum, and sums what it holds.
+pub fn inspect<R: Read>(input: R) -> Result<ImageSummary> {
+    let mut sr = SectionReader::new(input)?;
+    let mut buf = Vec::new();
+    if sr.next(&mut buf)? != TAG_PROCESS {
+        return Err(ImageError::Corrupt("first section is not the process section".into()).into());
+    }
+    let process = ProcessImage::decode(&buf)?;
+    let mut vma_bytes = vec![0u64; process.vmas.len()];
+    let (mut total, mut sections) = (0u64, 0u64);
+    loop {
+        match sr.next(&mut buf)? {
+            TAG_PAGES => {
+                let (runs, data) = parse_pages(&buf)?;
+                for (a, l) in runs {
+                    let i = process.vmas.partition_point(|v| v.start <= a);
+                    match i.checked_sub(1) {
+                        Some(i) if a + l <= process.vmas[i].end => vma_bytes[i] += l,
+                        _ => {
+                            return Err(ImageError::Corrupt(format!(
+                                "page data at {a:#x} lies outside the memory map"
+                            ))
+                            .into());
+                        }
+                    }
+                }
+                total += data.len() as u64;
+                sections += 1;
+            }
+            TAG_END => {
+                let (t, s) = decode_end(&buf)?;
+                if t != total || s != sections {
+                    return Err(ImageError::Corrupt(
+                        "end section does not match the page data".into(),
+                    )
+                    .into());
+                }
+                break;
+            }
+            _ => return Err(ImageError::Corrupt("unexpected process section".into()).into()),
+        }
+    }
+    Ok(ImageSummary {
+        process,
+        vma_bytes,
+        page_bytes: total,
+        image_bytes: sr.bytes,
+    })
+}

@@ -1,0 +1,58 @@
+//! Minimal driver of the engine, for debugging without the omnode binary:
+//! `mig freeze PID FILE [--leave-running]`, `mig thaw FILE [--wait] [--same-pid]`, `mig image FILE`.
+use std::fs::File;
+use std::io::BufReader;
+
+fn main() {
+    let a: Vec<String> = std::env::args().collect();
+    let flag = |f: &str| a.iter().any(|x| x == f);
+    match a.get(1).map(String::as_str) {
+        Some("freeze") => {
+            let f = File::create(&a[3]).unwrap();
+            let o = migrate::FreezeOptions {
+                leave_running: flag("--leave-running"),
+            };
+            match migrate::freeze(a[2].parse().unwrap(), &f, &o) {
+                Ok(r) => eprintln!("{r:?}"),
+                Err(e) => {
+                    eprintln!("mig: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
+        Some("thaw") => {
+            let f = BufReader::with_capacity(1 << 20, File::open(&a[2]).unwrap());
+            let o = migrate::ThawOptions {
+                same_pid: flag("--same-pid"),
+                ..Default::default()
+            };
+            match migrate::thaw(f, &o) {
+                Ok(t) => {
+                    eprintln!("{t:?}");
+                    if flag("--wait") {
+                        let mut st = 0;
+                        unsafe { libc::waitpid(t.pid, &mut st, 0) };
+                        eprintln!("status {st:#x}");
+                    }
+                }
+                Err(e) => {
+                    eprintln!("mig: {e}");
+                    std::process::exit(1)
+                }
+            }
+        }
+        Some("image") => match migrate::inspect(BufReader::new(File::open(&a[2]).unwrap())) {
+            Ok(s) => {
+                for (v, n) in s.process.vmas.iter().zip(&s.vma_bytes) {
+                    println!(
+                        "{:x}-{:x} {:o} {} {:?} {}",
+                        v.start, v.end, v.prot, n, v.kind, v.name
+                    );
+                }
+                println!("{:#?}", s.process.fds);
+            }
+            Err(e) => eprintln!("mig: {e}"),
+        },
+        _ => eprintln!("usage: mig freeze PID FILE | thaw FILE | image FILE"),
+    }
+}
