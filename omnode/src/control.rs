@@ -75,21 +75,14 @@ pub enum Msg {
 
 pub struct Control {
     local: NodeId,
-    addrs: BTreeMap<NodeId, String>,
     members: Addr<Members>,
     load: Addr<LoadMonitor>,
 }
 
 impl Control {
-    pub fn new(
-        local: NodeId,
-        addrs: BTreeMap<NodeId, String>,
-        members: Addr<Members>,
-        load: Addr<LoadMonitor>,
-    ) -> Self {
+    pub fn new(local: NodeId, members: Addr<Members>, load: Addr<LoadMonitor>) -> Self {
         Control {
             local,
-            addrs,
             members,
             load,
         }
@@ -110,11 +103,11 @@ impl Control {
         let now = std::time::Instant::now();
         let nodes = states
             .into_iter()
-            .map(|s| {
+            .map(|(s, addr)| {
                 let l = loads.get(&s.id);
                 NodeRow {
                     id: s.id,
-                    addr: self.addrs.get(&s.id).cloned().unwrap_or_default(),
+                    addr,
                     up: s.up,
                     local: s.id == self.local,
                     source: match s.source {

@@ -77,19 +77,19 @@ async fn serve(
     system.serve::<loadmon::Gossip, _>(loadmon::NAME, load.clone());
 
     let node_ids: Vec<u32> = map.ids().collect();
+    let addrs: BTreeMap<u32, String> = map.nodes().map(|n| (n.id, n.addr.to_string())).collect();
     let (load2, cluster2) = (load.clone(), cluster.clone());
     let members = system.spawn(members::NAME, move || {
         let now = Instant::now();
         let mut table = Membership::new(local, membership::Config::default(), now);
         table.add_nodes(node_ids.iter().copied(), Source::Map, now);
-        Members::new(table, cluster2.clone(), load2.clone())
+        Members::new(table, addrs.clone(), cluster2.clone(), load2.clone())
     });
     system.serve::<members::Heartbeat, _>(members::NAME, members.clone());
 
-    let addrs: BTreeMap<u32, String> = map.nodes().map(|n| (n.id, n.addr.to_string())).collect();
     let (m2, l2) = (members.clone(), load.clone());
     let control = system.spawn("control", move || {
-        Control::new(local, addrs.clone(), m2.clone(), l2.clone())
+        Control::new(local, m2.clone(), l2.clone())
     });
     let listener = control::bind(&socket).await?;
     let token = system.shutdown_token();

@@ -2,9 +2,12 @@
 //! runtime and link events from the transport, logs nodes going up and down, and tells the
 //! load monitor which peers are up.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use discovery::membership::{Membership, NodeState, Output};
+use discovery::NodeId;
+
+use discovery::membership::{Membership, NodeState, Output, Source};
 use runtime::{Actor, Addr, Context, Inbound, LinkEvent, ReplyTo};
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +29,8 @@ pub enum Msg {
     Tick,
     Heartbeat(Inbound<Heartbeat>),
     Link(LinkEvent),
-    Snapshot(ReplyTo<Vec<NodeState>>),
+    /// Every node with its address.
+    Snapshot(ReplyTo<Vec<(NodeState, String)>>),
 }
 
 impl From<Inbound<Heartbeat>> for Msg {
@@ -37,14 +41,22 @@ impl From<Inbound<Heartbeat>> for Msg {
 
 pub struct Members {
     table: Membership,
+    /// Addresses to show: from the map, or as discovered.
+    addrs: BTreeMap<NodeId, String>,
     cluster: String,
     load: Addr<LoadMonitor>,
 }
 
 impl Members {
-    pub fn new(table: Membership, cluster: String, load: Addr<LoadMonitor>) -> Self {
+    pub fn new(
+        table: Membership,
+        addrs: BTreeMap<NodeId, String>,
+        cluster: String,
+        load: Addr<LoadMonitor>,
+    ) -> Self {
         Members {
             table,
+            addrs,
             cluster,
             load,
         }
@@ -127,13 +139,26 @@ impl Actor for Members {
                 }
                 self.table.on_heartbeat(hb.from, now)
             }
+            Msg::Link(LinkEvent::Discovered(id, addrs)) => {
+                if self.table.add_node(id, Source::Mdns, now) {
+                    tracing::info!(node = id, "found node {id} by mDNS at {addrs:?}");
+                }
+                if let Some(a) = addrs.first() {
+                    self.addrs.entry(id).or_insert_with(|| a.ip().to_string());
+                }
+                return;
+            }
             Msg::Link(LinkEvent::Up(id)) => self.table.on_link_up(id, now),
             Msg::Link(LinkEvent::Down(id, reason)) => {
                 tracing::debug!(node = id, "link down: {reason}");
                 self.table.on_link_down(id, now)
             }
             Msg::Snapshot(reply) => {
-                let _ = reply.send(self.table.nodes().collect());
+                let rows = self
+                    .table
+                    .nodes()
+                    .map(|n| (n, self.addrs.get(&n.id).cloned().unwrap_or_default()));
+                let _ = reply.send(rows.collect());
                 return;
             }
         };

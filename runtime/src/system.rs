@@ -116,6 +116,8 @@ impl Drop for Responder {
 /// A link to a peer node came up or went down.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LinkEvent {
+    /// Found by the transport's own discovery (mDNS), with its addresses.
+    Discovered(NodeId, Vec<std::net::SocketAddr>),
     Up(NodeId),
     Down(NodeId, String),
 }
@@ -357,6 +359,9 @@ impl System {
     async fn on_event(&self, ev: Event) {
         match ev {
             Event::Frame { peer, frame } => self.on_frame(peer, frame).await,
+            Event::Discovered { peer, addrs } => {
+                let _ = self.0.links.send(LinkEvent::Discovered(peer, addrs));
+            }
             Event::Up { peer } => {
                 let _ = self.0.links.send(LinkEvent::Up(peer));
             }

@@ -47,6 +47,13 @@ pub struct PeerInfo {
 /// What a transport tells the runtime.
 #[derive(Debug)]
 pub enum Event {
+    /// The transport found `peer` by itself (mDNS), authenticated it, and learnt its
+    /// addresses; sent before that peer's first `Up`. Transports that only dial the peers
+    /// given to [`Transport::set_peers`] never send it.
+    Discovered {
+        peer: NodeId,
+        addrs: Vec<SocketAddr>,
+    },
     /// An authenticated link to `peer` is up; frames may flow.
     Up { peer: NodeId },
     /// The link to `peer` is gone (closed, timed out, refused); frames queued for it are lost.
