@@ -72,7 +72,7 @@ fn check_status(pid: pid_t, seized: bool) -> Result<String> {
     }
     if let Some(t) = status_field(&st, "TracerPid") {
         // SAFETY: getpid has no preconditions.
-        let me = unsafe { libc::getpid() }.to_string();
+        let me = unsafe { libc::gettid() }.to_string();
         if t != "0" && !(seized && t == me) {
             return Err(unsup(
                 pid,
@@ -353,8 +353,29 @@ impl Seized {
     }
     fn kill(&mut self) {
         self.active = false;
+        // When we are also its parent, a plain wait would reap it and take the exit status away
+        // from our caller: only wait for death then (WNOWAIT).
+        let st = read_to_string(&format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        // SAFETY: getpid has no preconditions.
+        let parent = status_field(&st, "PPid").and_then(|v| v.parse::<i32>().ok())
+            == Some(unsafe { libc::getpid() });
         // SAFETY: plain kill; we are the tracer, so collect the exit notification.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if parent {
+            // SAFETY: waitid with a zeroed siginfo out-parameter.
+            unsafe {
+                let mut si: libc::siginfo_t = std::mem::zeroed();
+                while libc::waitid(
+                    libc::P_PID,
+                    self.pid as u32,
+                    &mut si,
+                    libc::WEXITED | libc::WNOWAIT | libc::__WALL,
+                ) == -1
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+            }
+            return;
+        }
         loop {
             match wait(self.pid) {
                 Ok(st) if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) => break,

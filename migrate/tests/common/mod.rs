@@ -1,0 +1,164 @@
+//! Helpers for the freeze/thaw tests: compile the C programs, spawn them cleanly, and make sure
+//! every process is killed and reaped even when a test fails.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+pub fn root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED: freeze/thaw tests need root (ptrace of other processes, clone3 set_tid)"
+        );
+        return false;
+    }
+    true
+}
+
+static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
+
+/// Compiles tests/progs/NAME.c once per test binary.
+pub fn prog(name: &str) -> PathBuf {
+    let mut g = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    let map = g.get_or_insert_with(HashMap::new);
+    if let Some(p) = map.get(name) {
+        return p.clone();
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("progs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/progs")
+        .join(format!("{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O2", "-mavx", "-pthread", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed for these tests");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    map.insert(name.into(), out.clone());
+    out
+}
+
+/// A process we own (spawned or thawed): killed and reaped on drop.
+pub struct Proc {
+    pub pid: i32,
+    pub reaped: Option<i32>,
+}
+
+impl Proc {
+    pub fn new(pid: i32) -> Self {
+        Proc { pid, reaped: None }
+    }
+    /// Waits for exit (up to `t`) and returns the raw wait status.
+    pub fn wait(&mut self, t: Duration) -> i32 {
+        if let Some(s) = self.reaped {
+            return s;
+        }
+        let end = Instant::now() + t;
+        loop {
+            let mut st = 0;
+            // SAFETY: our own child.
+            let r = unsafe { libc::waitpid(self.pid, &mut st, libc::WNOHANG | libc::__WALL) };
+            if r == self.pid {
+                self.reaped = Some(st);
+                return st;
+            }
+            assert!(
+                r == 0,
+                "waitpid({}) failed: {}",
+                self.pid,
+                std::io::Error::last_os_error()
+            );
+            assert!(
+                Instant::now() < end,
+                "process {} did not exit within {t:?}",
+                self.pid
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    pub fn alive(&self) -> bool {
+        // SAFETY: signal 0 only checks.
+        self.reaped.is_none() && unsafe { libc::kill(self.pid, 0) } == 0 && !self.zombie()
+    }
+    fn zombie(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
+            .unwrap_or(true)
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.reaped.is_none() {
+            // SAFETY: our own child.
+            unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+                let mut st = 0;
+                libc::waitpid(self.pid, &mut st, libc::__WALL);
+            }
+        }
+    }
+}
+
+/// Spawns `cmd` with stdin from /dev/null, stdout (and stderr unless `err` is given) to `out`,
+/// and no other inherited fds.
+pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
+    let f = std::fs::File::create(out).unwrap();
+    let e = match err {
+        Some(p) => std::fs::File::create(p).unwrap(),
+        None => f.try_clone().unwrap(),
+    };
+    cmd.stdin(Stdio::null()).stdout(f).stderr(e);
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let c = cmd.spawn().expect("spawn");
+    Proc::new(c.id() as i32)
+}
+
+pub fn read(p: &Path) -> String {
+    std::fs::read_to_string(p).unwrap_or_default()
+}
+
+/// Waits until `p` holds at least `n` lines.
+pub fn wait_lines(p: &Path, n: usize, t: Duration) {
+    let end = Instant::now() + t;
+    while read(p).lines().count() < n {
+        assert!(
+            Instant::now() < end,
+            "{} did not reach {n} lines",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub fn freeze(pid: i32, leave_running: bool) -> migrate::Result<Vec<u8>> {
+    let mut img = Vec::new();
+    migrate::freeze(pid, &mut img, &migrate::FreezeOptions { leave_running })?;
+    Ok(img)
+}
+
+pub fn thaw(img: &[u8]) -> Proc {
+    let t = migrate::thaw(img, &migrate::ThawOptions::default()).expect("thaw");
+    Proc::new(t.pid)
+}
+
+pub fn exited_ok(st: i32) -> bool {
+    libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 0
+}

@@ -1,0 +1,402 @@
+//! Real freeze/thaw of real processes (needs root; skipped with a message otherwise).
+//! Every program holds state, checks it itself after thaw, and its output is compared with an
+//! uninterrupted run of the same program.
+
+mod common;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(60);
+
+/// Runs `mk(dir, tag)` uninterrupted and again with `cycles` freeze/thaw cycles `delay` apart;
+/// returns (reference output, migrated output) of the file `mk` names.
+fn compare(
+    mk: &dyn Fn(&Path, &str) -> (Command, PathBuf),
+    delay: Duration,
+    cycles: usize,
+) -> (String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut c, out) = mk(dir.path(), "ref");
+    let mut p = spawn(&mut c, &dir.path().join("ref.stdout"), None);
+    let st = p.wait(T);
+    assert!(
+        exited_ok(st),
+        "reference run failed: {st:#x}: {}",
+        read(&out)
+    );
+    let reference = read(&out);
+
+    let (mut c, out) = mk(dir.path(), "mig");
+    let mut p = spawn(&mut c, &dir.path().join("mig.stdout"), None);
+    for i in 0..cycles {
+        std::thread::sleep(delay);
+        let img = freeze(p.pid, false).unwrap_or_else(|e| panic!("freeze #{i}: {e}"));
+        p.wait(T); // the frozen original is gone
+        p = thaw(&img);
+    }
+    let st = p.wait(T);
+    let migrated = read(&out);
+    assert!(exited_ok(st), "migrated run failed: {st:#x}: {migrated}");
+    (reference, migrated)
+}
+
+fn assert_same(r: &str, m: &str) {
+    assert!(
+        r.ends_with("DONE ok\n"),
+        "reference did not finish well:\n{r}"
+    );
+    assert!(!m.contains("BAD"), "migrated run reported:\n{m}");
+    assert_eq!(r, m, "migrated output differs from the uninterrupted run");
+}
+
+fn stdout_of(
+    prog_name: &'static str,
+    args: &'static [&'static str],
+) -> impl Fn(&Path, &str) -> (Command, PathBuf) {
+    move |dir: &Path, tag: &str| {
+        let mut c = Command::new(prog(prog_name));
+        c.args(args);
+        (c, dir.join(format!("{tag}.stdout")))
+    }
+}
+
+#[test]
+fn gpr_and_ymm_registers_held_across_freeze_in_nanosleep() {
+    if !root() {
+        return;
+    }
+    let (r, m) = compare(
+        &stdout_of("counter", &["60", "4", "10"]),
+        Duration::from_millis(200),
+        1,
+    );
+    assert_same(&r, &m);
+}
+
+#[test]
+fn large_checksummed_heap_128mib() {
+    if !root() {
+        return;
+    }
+    let (r, m) = compare(
+        &stdout_of("counter", &["40", "128", "10"]),
+        Duration::from_millis(500),
+        1,
+    );
+    assert_same(&r, &m);
+}
+
+#[test]
+fn five_freeze_thaw_cycles_in_a_row() {
+    if !root() {
+        return;
+    }
+    let (r, m) = compare(
+        &stdout_of("counter", &["120", "8", "10"]),
+        Duration::from_millis(120),
+        5,
+    );
+    assert_same(&r, &m);
+}
+
+#[test]
+fn o_append_counter_clock_nanosleep_and_vdso_monotonic() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |tag: &str, interrupt: bool| -> String {
+        let f = dir.path().join(format!("{tag}.count"));
+        let mut c = Command::new(prog("append"));
+        c.arg(&f).arg("60");
+        let mut p = spawn(&mut c, &dir.path().join(format!("{tag}.stdout")), None);
+        if interrupt {
+            std::thread::sleep(Duration::from_millis(200));
+            let img = freeze(p.pid, false).expect("freeze");
+            p.wait(T);
+            // someone else appends while the process is frozen: O_APPEND must not overwrite it
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&f)
+                .and_then(|mut h| std::io::Write::write_all(&mut h, b"external\n"))
+                .unwrap();
+            p = thaw(&img);
+        }
+        assert!(exited_ok(p.wait(T)), "{}", read(&f));
+        read(&f)
+    };
+    let r = run("ref", false);
+    let m = run("mig", true);
+    assert!(
+        m.contains("external\n"),
+        "line appended during the freeze was overwritten:\n{m}"
+    );
+    assert_same(&r, &m.replace("external\n", ""));
+}
+
+#[test]
+fn signal_handler_fires_on_altstack_and_blocked_signal_stays_pending() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |tag: &str, interrupt: bool| -> String {
+        let out = dir.path().join(format!("{tag}.stdout"));
+        let mut p = spawn(Command::new(prog("sig")).arg("60"), &out, None);
+        std::thread::sleep(Duration::from_millis(150));
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(p.pid, libc::SIGUSR2) };
+        std::thread::sleep(Duration::from_millis(50));
+        if interrupt {
+            let img = freeze(p.pid, false).expect("freeze");
+            p.wait(T);
+            p = thaw(&img);
+        }
+        assert!(exited_ok(p.wait(T)), "{}", read(&out));
+        read(&out)
+    };
+    let r = run("ref", false);
+    let m = run("mig", true);
+    assert!(m.contains("usr2 pending 1\nusr2 delivered 1\n"), "{m}");
+    assert_same(&r, &m);
+}
+
+#[test]
+fn file_offset_continues_and_stdout_stderr_share_one_file() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let run = |tag: &str, interrupt: bool| -> (String, String) {
+        let f = dir.path().join(format!("{tag}.records"));
+        let out = dir.path().join(format!("{tag}.stdout"));
+        let mut p = spawn(Command::new(prog("offset")).arg(&f).arg("60"), &out, None);
+        if interrupt {
+            std::thread::sleep(Duration::from_millis(200));
+            let img = freeze(p.pid, false).expect("freeze");
+            p.wait(T);
+            p = thaw(&img);
+        }
+        assert!(exited_ok(p.wait(T)), "{}", read(&out));
+        (read(&f), read(&out))
+    };
+    let (rf, ro) = run("ref", false);
+    let (mf, mo) = run("mig", true);
+    assert_eq!(rf.len(), 60 * 64);
+    assert_eq!(rf, mf, "records file differs");
+    assert_same(&ro, &mo);
+}
+
+#[test]
+fn private_file_mapping_shared_anon_page_and_growing_brk() {
+    if !root() {
+        return;
+    }
+    let data: Vec<u8> = (0..16 * 4096)
+        .map(|i| ((i / 4096) * 31 + i % 4096) as u8)
+        .collect();
+    let mk = move |dir: &Path, tag: &str| {
+        let d = dir.join("data");
+        if !d.exists() {
+            std::fs::write(&d, &data).unwrap();
+        }
+        let mut c = Command::new(prog("mapping"));
+        c.arg(&d).arg("60");
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare(&mk, Duration::from_millis(200), 1);
+    assert_same(&r, &m);
+}
+
+#[test]
+fn python3_loop_output_identical() {
+    if !root() {
+        return;
+    }
+    if Command::new("python3").arg("-c").arg("1").status().is_err() {
+        eprintln!("SKIPPED: no python3");
+        return;
+    }
+    let script = concat!(
+        "import hashlib, time, os\n",
+        "h = hashlib.sha256(); t0 = time.monotonic(); d = {}\n",
+        "for i in range(50):\n",
+        "    h.update(str(i).encode()); d[i] = 'x' * i; time.sleep(0.01)\n",
+        "    t = time.monotonic(); assert t >= t0; t0 = t\n",
+        "    print(i, h.hexdigest()[:16], len(d), flush=True)\n",
+        "print('DONE ok')\n",
+    );
+    let mk = move |dir: &Path, tag: &str| {
+        let s = dir.join("loop.py");
+        std::fs::write(&s, script).unwrap();
+        let mut c = Command::new("python3");
+        c.arg(&s);
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare(&mk, Duration::from_millis(300), 1);
+    assert_same(&r, &m);
+}
+
+#[test]
+fn gzip_of_large_input_byte_identical() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    let mut x: u64 = 12345;
+    let words = [
+        "alpha ", "beta ", "gamma ", "delta\n", "omnode ", "mosix ", "42 ", "freeze ",
+    ];
+    let mut s = Vec::with_capacity(40 << 20);
+    while s.len() < 40 << 20 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.extend_from_slice(words[(x >> 61) as usize].as_bytes());
+        if x >> 58 & 7 == 0 {
+            s.extend_from_slice(format!("{} ", x >> 40).as_bytes());
+        }
+    }
+    std::fs::write(&input, &s).unwrap();
+    let run = |tag: &str, interrupt: bool| -> Vec<u8> {
+        let out = dir.path().join(format!("{tag}.gz"));
+        let mut p = spawn(
+            Command::new("gzip").args(["-6", "-n", "-c"]).arg(&input),
+            &out,
+            Some(&dir.path().join("err")),
+        );
+        if interrupt {
+            std::thread::sleep(Duration::from_millis(250));
+            assert!(
+                p.alive(),
+                "gzip finished before the freeze; make the input larger"
+            );
+            let img = freeze(p.pid, false).expect("freeze");
+            p.wait(T);
+            p = thaw(&img);
+        }
+        assert!(exited_ok(p.wait(T)));
+        std::fs::read(&out).unwrap()
+    };
+    let r = run("ref", false);
+    let m = run("mig", true);
+    assert!(r.len() > 1000);
+    assert!(
+        r == m,
+        "gzip output differs ({} vs {} bytes)",
+        r.len(),
+        m.len()
+    );
+}
+
+#[test]
+fn same_pid_thaw_keeps_the_pid() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let old = p.pid;
+    let img = freeze(old, false).expect("freeze");
+    p.wait(T);
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            same_pid: true,
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert_eq!(t.pid, old, "{:?}", t.pid_note);
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn leave_running_checkpoint_then_thaw_a_copy() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, true).expect("freeze --leave-running");
+    assert!(p.alive());
+    assert!(
+        exited_ok(p.wait(T)),
+        "original did not survive the checkpoint"
+    );
+    assert!(read(&out).ends_with("DONE ok\n"));
+    // the image is still good for a copy
+    let mut q = thaw(&img);
+    assert!(exited_ok(q.wait(T)));
+}
+
+fn refused(prog_name: &'static str, what: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let r_out = dir.path().join("ref");
+    let mut r = spawn(Command::new(prog(prog_name)).arg("40"), &r_out, None);
+    let m_out = dir.path().join("mig");
+    let mut p = spawn(Command::new(prog(prog_name)).arg("40"), &m_out, None);
+    std::thread::sleep(Duration::from_millis(150));
+    let e = freeze(p.pid, false).expect_err("freeze must be refused");
+    let msg = e.to_string();
+    assert!(msg.contains(what), "error does not name {what}: {msg}");
+    assert!(matches!(e, migrate::Error::Unsupported { .. }), "{e:?}");
+    let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    assert!(st.contains("TracerPid:\t0"), "left traced");
+    assert!(exited_ok(p.wait(T)), "refused process did not run on");
+    assert!(exited_ok(r.wait(T)));
+    assert_eq!(read(&r_out), read(&m_out));
+    assert!(read(&m_out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn threaded_program_is_refused_and_runs_on() {
+    if !root() {
+        return;
+    }
+    refused("thread", "2 threads");
+}
+
+#[test]
+fn socket_is_refused_and_runs_on() {
+    if !root() {
+        return;
+    }
+    refused("sock", "socket");
+}
+
+#[test]
+fn thaw_against_a_changed_mapped_file_is_refused() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("data");
+    std::fs::write(&d, vec![7u8; 16 * 4096]).unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("mapping")).arg(&d).arg("60"), &out, None);
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    std::fs::write(&d, vec![8u8; 17 * 4096]).unwrap();
+    let e = migrate::thaw(&img[..], &migrate::ThawOptions::default()).expect_err("must refuse");
+    assert!(matches!(e, migrate::Error::FileChanged { .. }), "{e}");
+    assert!(e.to_string().contains("data"), "{e}");
+}
