@@ -1,0 +1,120 @@
+//! Damaged images are refused with a clear error, never a panic, and never leave a process behind.
+
+mod common;
+use common::*;
+use migrate::{Error, ImageError};
+use std::process::Command;
+use std::time::Duration;
+
+fn no_children_left() {
+    let mut st = 0;
+    // SAFETY: non-blocking check for any remaining child.
+    let r = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG | libc::__WALL) };
+    assert_eq!(
+        r, -1,
+        "a half-built process was left behind (waitpid gave {r})"
+    );
+}
+
+#[test]
+fn truncated_corrupted_and_wrong_version_images_are_refused() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["30", "1", "10"]),
+        &dir.path().join("out"),
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    let img = freeze(p.pid, true).expect("freeze");
+    assert!(exited_ok(p.wait(Duration::from_secs(30))));
+    drop(p);
+    let s = migrate::inspect(&img[..]).expect("good image");
+    assert!(s.page_bytes > 1 << 20);
+    assert!(
+        s.process
+            .cmdline
+            .starts_with(prog("counter").to_str().unwrap().as_bytes())
+    );
+
+    let opts = migrate::ThawOptions::default();
+    // truncated anywhere: header, process section, page data, end section
+    let cuts: Vec<usize> = [
+        0,
+        5,
+        11,
+        12,
+        20,
+        100,
+        1000,
+        img.len() / 3,
+        img.len() / 2,
+        img.len() - 30,
+        img.len() - 1,
+    ]
+    .into_iter()
+    .collect();
+    for &c in &cuts {
+        let e = migrate::thaw(&img[..c], &opts).expect_err("truncated image accepted");
+        assert!(
+            matches!(e, Error::Image(ImageError::Truncated(_))),
+            "cut at {c}: {e}"
+        );
+        assert!(e.to_string().contains("truncated"), "{e}");
+        assert!(migrate::inspect(&img[..c]).is_err());
+        no_children_left();
+    }
+    // a flipped byte anywhere past the header is caught by a checksum (or a length check)
+    let mut x: u64 = 99;
+    for _ in 0..40 {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let at = 12 + (x >> 20) as usize % (img.len() - 12);
+        let mut bad = img.clone();
+        bad[at] ^= 1 << (x >> 60 & 7);
+        let e = migrate::thaw(&bad[..], &opts).expect_err("corrupt image accepted");
+        assert!(
+            matches!(
+                e,
+                Error::Image(
+                    ImageError::Checksum(_) | ImageError::Corrupt(_) | ImageError::Truncated(_)
+                )
+            ),
+            "flip at {at}: {e}"
+        );
+        no_children_left();
+    }
+    // wrong version and bad magic
+    let mut v = img.clone();
+    v[8] = 9;
+    let e = migrate::thaw(&v[..], &opts).expect_err("wrong version accepted");
+    assert!(
+        matches!(e, Error::Image(ImageError::WrongVersion { found: 9, .. })),
+        "{e}"
+    );
+    assert!(e.to_string().contains("version 9"), "{e}");
+    let mut m = img.clone();
+    m[0] = b'X';
+    assert!(matches!(
+        migrate::thaw(&m[..], &opts),
+        Err(Error::Image(ImageError::BadMagic))
+    ));
+    no_children_left();
+}
+
+#[test]
+fn garbage_never_panics() {
+    // no root needed: pure parsing
+    let mut x: u64 = 7;
+    for n in 0..300usize {
+        let mut b = b"OMNIMAGE\x01\x00\x00\x00".to_vec();
+        for _ in 0..n {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            b.push((x >> 56) as u8);
+        }
+        assert!(migrate::inspect(&b[..]).is_err());
+    }
+}
