@@ -400,3 +400,128 @@ fn thaw_against_a_changed_mapped_file_is_refused() {
     assert!(matches!(e, migrate::Error::FileChanged { .. }), "{e}");
     assert!(e.to_string().contains("data"), "{e}");
 }
+
+#[test]
+fn already_traced_process_is_refused_and_left_alone() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["30", "1", "10"]),
+        &out,
+        None,
+    );
+    // SAFETY: seize our own child without stopping it.
+    assert_eq!(unsafe { libc::ptrace(libc::PTRACE_SEIZE, p.pid, 0, 0) }, 0);
+    let e = freeze(p.pid, false).expect_err("traced process must be refused");
+    assert!(e.to_string().contains("already traced"), "{e}");
+    // SAFETY: detach needs a stop: interrupt, wait, detach.
+    unsafe {
+        libc::ptrace(libc::PTRACE_INTERRUPT, p.pid, 0, 0);
+        let mut st = 0;
+        libc::waitpid(p.pid, &mut st, libc::__WALL);
+        libc::ptrace(libc::PTRACE_DETACH, p.pid, 0, 0);
+    }
+    assert!(exited_ok(p.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn child_processes_are_refused() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut p = spawn(
+        Command::new("sh").args(["-c", "sleep 3 & wait"]),
+        &dir.path().join("out"),
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", p.pid)).unwrap();
+    let e = freeze(p.pid, false).expect_err("process with children must be refused");
+    assert!(e.to_string().contains("child processes"), "{e}");
+    assert!(p.alive());
+    for k in kids.split_whitespace() {
+        // SAFETY: the sleep we started through sh.
+        unsafe { libc::kill(k.parse().unwrap(), libc::SIGKILL) };
+    }
+    assert!(exited_ok(p.wait(T)));
+}
+
+#[test]
+fn session_leader_comes_back_as_one() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(prog("counter"));
+    c.args(["40", "1", "10"]);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut p = spawn(&mut c, &out, None);
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let mut q = thaw(&img);
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", q.pid)).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(f[2], q.pid.to_string(), "not its own process group: {stat}");
+    assert_eq!(f[3], q.pid.to_string(), "not a session leader: {stat}");
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn pipe_stdout_attaches_to_a_file_named_at_thaw() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(prog("counter"));
+    c.args(["40", "1", "10"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    let mut p = Proc::new(child.id() as i32);
+    let pipe = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    drop(pipe);
+    let out = dir.path().join("after");
+    let f = std::fs::File::create(&out).unwrap();
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            stdout: Some(std::os::fd::AsRawFd::as_raw_fd(&f)),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert!(exited_ok(q.wait(T)));
+    // stdout was a pipe, so everything was still in the stdio buffer at freeze
+    let s = read(&out);
+    assert!(s.starts_with("iter 0\n") && s.ends_with("DONE ok\n"), "{s}");
+}
