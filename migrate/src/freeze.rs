@@ -435,6 +435,27 @@ fn find_gadget(pid: pid_t, vmas: &[Vma]) -> Option<u64> {
     None
 }
 
+/// /proc/PID/limits lists RLIMIT_* 0..15 in order, after one header line.
+fn parse_limits(s: &str) -> Vec<(u32, u64, u64)> {
+    let val = |v: &str| {
+        if v == "unlimited" {
+            u64::MAX
+        } else {
+            v.parse().unwrap_or(u64::MAX)
+        }
+    };
+    s.lines()
+        .skip(1)
+        .enumerate()
+        .filter_map(|(i, l)| {
+            // the name column is 26 characters wide
+            let rest = l.get(26..)?;
+            let mut w = rest.split_whitespace();
+            Some((i as u32, val(w.next()?), val(w.next()?)))
+        })
+        .collect()
+}
+
 fn sigmask_field(st: &str, key: &str) -> u64 {
     status_field(st, key)
         .and_then(|v| u64::from_str_radix(v, 16).ok())
@@ -574,17 +595,8 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         .and_then(|v| u32::from_str_radix(v, 8).ok())
         .unwrap_or(0o022);
     let no_new_privs = status_field(&status, "NoNewPrivs").is_some_and(|v| v != "0");
-    let mut rlimits = Vec::new();
-    for res in 0..16u32 {
-        let mut old = libc::rlimit64 {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: prlimit64 with a valid out-pointer.
-        if unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) } == 0 {
-            rlimits.push((res, old.rlim_cur, old.rlim_max));
-        }
-    }
+    // /proc/PID/limits rather than prlimit(): that needs CAP_SYS_RESOURCE for other users' processes
+    let rlimits = parse_limits(&proc_read(pid, "limits")?);
     let mut robust = (0u64, 0u64);
     // SAFETY: get_robust_list writes two words.
     unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut robust.0, &mut robust.1) };

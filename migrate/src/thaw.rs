@@ -570,10 +570,41 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         };
         // SAFETY: prlimit64 with a valid pointer.
         if unsafe { libc::prlimit64(pid, res as _, &l, std::ptr::null_mut()) } != 0 {
-            return Err(terr(format!("setting rlimit {res}"))(errno()));
+            // Raising a hard limit needs CAP_SYS_RESOURCE: keep as much as we may.
+            let mut now = libc::rlimit64 {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: as above.
+            unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut now) };
+            let c = libc::rlimit64 {
+                rlim_cur: cur.min(now.rlim_max),
+                rlim_max: max.min(now.rlim_max),
+            };
+            // SAFETY: as above.
+            if unsafe { libc::prlimit64(pid, res as _, &c, std::ptr::null_mut()) } != 0 {
+                return Err(terr(format!("setting resource limit {res}"))(errno()));
+            }
+            tracing::warn!(
+                pid,
+                res,
+                cur,
+                max,
+                "resource limit lowered to {}:{} (no CAP_SYS_RESOURCE)",
+                c.rlim_cur,
+                c.rlim_max
+            );
         }
     }
-    let _ = std::fs::write(format!("/proc/{pid}/comm"), img.comm.as_bytes());
+    let mut name = img.comm.as_bytes().to_vec();
+    name.truncate(15);
+    name.push(0);
+    let p = b.put(0, &name)?;
+    b.sys(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        &[libc::PR_SET_NAME as u64, p, 0, 0, 0],
+    )?;
     let p = b.put_path(&img.cwd)?;
     b.sys(&format!("chdir {}", img.cwd), libc::SYS_chdir, &[p])?;
     b.sys("umask", libc::SYS_umask, &[img.umask as u64])?;

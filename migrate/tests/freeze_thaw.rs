@@ -525,3 +525,65 @@ fn pipe_stdout_attaches_to_a_file_named_at_thaw() {
     let s = read(&out);
     assert!(s.starts_with("iter 0\n") && s.ends_with("DONE ok\n"), "{s}");
 }
+
+#[test]
+fn credentials_umask_rlimits_cwd_comm_personality_come_back() {
+    if !root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(prog("counter"));
+    c.args(["40", "1", "10"]).current_dir(dir.path());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::umask(0o027);
+            let l = libc::rlimit {
+                rlim_cur: 512,
+                rlim_max: 1024,
+            };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+            libc::personality(0x0040000); // ADDR_NO_RANDOMIZE
+            let g = [65534 as libc::gid_t, 100];
+            libc::setgroups(2, g.as_ptr());
+            libc::setresgid(65534, 65534, 65534);
+            libc::setresuid(65534, 65534, 65534);
+            Ok(())
+        });
+    }
+    let mut p = spawn(&mut c, &out, None);
+    std::thread::sleep(Duration::from_millis(150));
+    let facts = |pid: i32| {
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let pick = |k: &str| {
+            st.lines()
+                .find(|l| l.starts_with(k))
+                .unwrap_or("")
+                .to_string()
+        };
+        let lim = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        (
+            [pick("Uid:"), pick("Gid:"), pick("Groups:"), pick("Umask:")],
+            std::fs::read_link(format!("/proc/{pid}/cwd")).unwrap(),
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap(),
+            std::fs::read_to_string(format!("/proc/{pid}/personality")).unwrap(),
+            lim.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .unwrap()
+                .to_string(),
+            std::fs::read(format!("/proc/{pid}/cmdline")).unwrap(),
+        )
+    };
+    let before = facts(p.pid);
+    assert!(before.0[0].contains("65534"), "{:?}", before.0);
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let mut q = thaw(&img);
+    let after = facts(q.pid);
+    assert_eq!(before, after);
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
