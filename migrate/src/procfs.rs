@@ -8,6 +8,7 @@ pub(crate) struct MapsLine {
     pub prot: u32,
     pub shared: bool,
     pub offset: u64,
+    #[allow(dead_code)]
     pub dev: (u32, u32),
     pub ino: u64,
     pub name: String,

@@ -587,3 +587,46 @@ fn credentials_umask_rlimits_cwd_comm_personality_come_back() {
     assert!(exited_ok(q.wait(T)));
     assert!(read(&out).ends_with("DONE ok\n"));
 }
+
+/// A sink that fails after `left` bytes, like a full disk or a dropped connection.
+struct FailingSink {
+    left: usize,
+}
+impl std::io::Write for FailingSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("connection lost"));
+        }
+        let n = b.len().min(self.left);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn failed_image_write_leaves_the_process_running_unchanged() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r_out = dir.path().join("ref");
+    let mut r = spawn(Command::new(prog("counter")).args(["60", "4", "10"]), &r_out, None);
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("counter")).args(["60", "4", "10"]), &out, None);
+    for (i, cut) in [100usize, 3 << 20].into_iter().enumerate() {
+        std::thread::sleep(Duration::from_millis(100));
+        let e = migrate::freeze(p.pid, FailingSink { left: cut }, &migrate::FreezeOptions::default())
+            .expect_err("freeze into a failing sink must fail");
+        assert!(e.to_string().contains("connection lost"), "#{i}: {e}");
+        let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+        assert!(st.contains("TracerPid:\t0"), "left traced");
+        assert!(!st.contains("State:\tt"), "left stopped");
+    }
+    assert!(exited_ok(p.wait(T)), "process did not run on");
+    assert!(exited_ok(r.wait(T)));
+    assert_eq!(read(&r_out), read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
