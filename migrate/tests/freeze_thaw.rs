@@ -613,13 +613,25 @@ fn failed_image_write_leaves_the_process_running_unchanged() {
     }
     let dir = tempfile::tempdir().unwrap();
     let r_out = dir.path().join("ref");
-    let mut r = spawn(Command::new(prog("counter")).args(["60", "4", "10"]), &r_out, None);
+    let mut r = spawn(
+        Command::new(prog("counter")).args(["60", "4", "10"]),
+        &r_out,
+        None,
+    );
     let out = dir.path().join("out");
-    let mut p = spawn(Command::new(prog("counter")).args(["60", "4", "10"]), &out, None);
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["60", "4", "10"]),
+        &out,
+        None,
+    );
     for (i, cut) in [100usize, 3 << 20].into_iter().enumerate() {
         std::thread::sleep(Duration::from_millis(100));
-        let e = migrate::freeze(p.pid, FailingSink { left: cut }, &migrate::FreezeOptions::default())
-            .expect_err("freeze into a failing sink must fail");
+        let e = migrate::freeze(
+            p.pid,
+            FailingSink { left: cut },
+            &migrate::FreezeOptions::default(),
+        )
+        .expect_err("freeze into a failing sink must fail");
         assert!(e.to_string().contains("connection lost"), "#{i}: {e}");
         let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
         assert!(st.contains("TracerPid:\t0"), "left traced");

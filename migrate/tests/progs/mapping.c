@@ -21,6 +21,10 @@ int main(int argc, char **argv) {
     memset(m + 5 * PG + 100, 'Y', 10);
     unsigned char *sh = mmap(0, 2 * PG, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     for (int k = 0; k < 2 * PG; k++) sh[k] = k % 251;
+    /* an anonymous page with contents, then made inaccessible (PROT_NONE) */
+    unsigned char *hid = mmap(0, 3 * PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    memset(hid + PG, 0x5a, PG);
+    mprotect(hid, 3 * PG, PROT_NONE);
     for (int i = 0; i < n && i < 1000; i++) {
         chunks[i] = sbrk(3 * PG);
         if (chunks[i] == (void *)-1) { printf("BAD sbrk at %d\n", i); bad++; break; }
@@ -36,6 +40,9 @@ int main(int argc, char **argv) {
             }
         for (int k = 0; k < 2 * PG; k += 13)
             if (sh[k] != k % 251) { printf("BAD shared page at %d\n", i); bad++; break; }
+        mprotect(hid, 3 * PG, PROT_READ);
+        if (hid[PG] != 0x5a || hid[2 * PG - 1] != 0x5a || hid[0] != 0) { printf("BAD hidden page at %d\n", i); bad++; }
+        mprotect(hid, 3 * PG, PROT_NONE);
         printf("iter %d\n", i);
         usleep(10000);
     }
