@@ -150,7 +150,10 @@ fn main() {
         .split(',')
         .map(|s| s.trim().parse().unwrap())
         .collect();
-    let reps = 3;
+    let reps: usize = std::env::var("MIGRATE_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     println!(
         "| heap | readv | readv+pipe | freeze (GB/s, wall) | frozen | writev | thaw (GB/s, wall) | image |"
     );

@@ -612,6 +612,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         gadget,
         base: regs,
         stashed: Vec::new(),
+        int3: false,
     };
     let inj = |e: io::Error| ferr(pid, "injected system call")(e);
     let prw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
@@ -621,13 +622,19 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
             &[
                 0,
                 8192,
-                prw,
+                prw | libc::PROT_EXEC as u64,
                 (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
                 u64::MAX,
                 0,
             ],
         )
         .map_err(inj)?;
+    // `syscall; int3` at the end of the scratch area: one ptrace stop per injected call
+    let tail = scratch + 8192 - 16;
+    if write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tail, 3)]).is_ok() {
+        t.gadget = tail;
+        t.int3 = true;
+    }
     let res: Result<_> = (|| {
         let brk = t.syscall(libc::SYS_brk, &[0]).map_err(inj)?;
         let mut acts = Vec::new();
@@ -664,7 +671,16 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         read_mem(pid, &mut b, &[(scratch, 8)]).map_err(ferr(pid, "reading tid address"))?;
         Ok((brk, acts, alt, u64::from_ne_bytes(b)))
     })();
-    let unmap = t.syscall(libc::SYS_munmap, &[scratch, 8192]).map_err(inj);
+    let unmap = t
+        .syscall_exit_stop(libc::SYS_munmap, &[scratch, 8192])
+        .map_err(inj)
+        .and_then(|r| {
+            if r == 0 {
+                Ok(())
+            } else {
+                Err(inj(crate::error::from_neg(r)))
+            }
+        });
     let (brk, sigactions, altstack, ctid) = res?;
     unmap?;
     g.stashed.append(&mut t.stashed);

@@ -287,6 +287,8 @@ pub(crate) struct Tracee {
     pub base: user_regs_struct,
     /// Signals that arrived (signal-delivery-stops) while we held the process: (signo, siginfo).
     pub stashed: Vec<Vec<u8>>,
+    /// The gadget is followed by `int3`.
+    pub int3: bool,
 }
 
 impl Tracee {
@@ -322,8 +324,51 @@ impl Tracee {
         }
     }
 
+    /// Resumes with PTRACE_CONT until the `int3` after the gadget's `syscall` traps.
+    fn to_int3(&mut self) -> io::Result<()> {
+        ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
+        loop {
+            let st = wait(self.pid)?;
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                return Err(io::Error::other("the process died while being worked on"));
+            }
+            if !libc::WIFSTOPPED(st) {
+                continue;
+            }
+            let sig = libc::WSTOPSIG(st);
+            if sig == libc::SIGTRAP && (st >> 16) == 0 {
+                return Ok(());
+            }
+            if (st >> 16) == 0 {
+                let mut info = vec![0u8; 128];
+                if ptrace(
+                    libc::PTRACE_GETSIGINFO,
+                    self.pid,
+                    0,
+                    info.as_mut_ptr() as usize,
+                )
+                .is_ok()
+                {
+                    self.stashed.push(info);
+                }
+            }
+            ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
+        }
+    }
+
     /// Runs one system call in the tracee; returns rax (negative errno on failure).
+    /// With `int3` set the gadget is `syscall; int3` and one stop per call is enough;
+    /// otherwise (or with `exit_stop`) the tracee is held at syscall exit.
     pub fn syscall_raw(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
+        self.syscall_mode(nr, args, false)
+    }
+
+    /// Like `syscall_raw`, but always stops at syscall exit (for a call that unmaps the gadget).
+    pub fn syscall_exit_stop(&mut self, nr: i64, args: &[u64]) -> io::Result<i64> {
+        self.syscall_mode(nr, args, true)
+    }
+
+    fn syscall_mode(&mut self, nr: i64, args: &[u64], exit_stop: bool) -> io::Result<i64> {
         let mut r = self.base;
         r.rax = nr as u64;
         r.orig_rax = u64::MAX;
@@ -337,8 +382,12 @@ impl Tracee {
         r.r8 = a[4];
         r.r9 = a[5];
         setregs(self.pid, &r)?;
-        self.to_syscall_stop()?; // entry
-        self.to_syscall_stop()?; // exit
+        if self.int3 && !exit_stop {
+            self.to_int3()?;
+        } else {
+            self.to_syscall_stop()?; // entry
+            self.to_syscall_stop()?; // exit
+        }
         let r = getregs(self.pid)?;
         Ok(r.rax as i64)
     }

@@ -335,6 +335,7 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             gadget,
             base,
             stashed: Vec::new(),
+            int3: false,
         },
         scratch: 0,
     };
@@ -363,8 +364,9 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     if r != tramp {
         return Err(Error::Thaw("trampoline landed at the wrong address".into()));
     }
-    write_mem(pid, &[0x0f, 0x05], &[(tramp, 2)]).map_err(terr("writing the trampoline"))?;
+    write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp, 3)]).map_err(terr("writing the trampoline"))?;
     b.t.gadget = tramp;
+    b.t.int3 = true;
     b.scratch = tramp + 4096;
 
     // drop what the child inherited from us
@@ -838,11 +840,12 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         b.sys("rseq", libc::SYS_rseq, &[p, l as u64, 0, s as u64])?;
     }
     // last call: remove the trampoline (we stop at syscall exit, so rip needn't be valid)
-    b.sys(
-        "munmap of the trampoline",
-        libc::SYS_munmap,
-        &[tramp, TRAMP],
-    )?;
+    let r =
+        b.t.syscall_exit_stop(libc::SYS_munmap, &[tramp, TRAMP])
+            .map_err(terr("munmap of the trampoline"))?;
+    if r != 0 {
+        return Err(terr("munmap of the trampoline")(crate::error::from_neg(r)));
+    }
 
     let regs = regs_from_slice(&img.regs);
     setregs(pid, &regs).map_err(terr("PTRACE_SETREGS"))?;
