@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use runtime::transport::Frame;
 use runtime::wire::{FRAME_OVERHEAD, decode_frame, encode_frame};
 
-/// Largest Noise message (65535) minus the ChaCha20-Poly1305 tag.
+/// Largest Noise message (65535) minus the AEAD tag.
 pub const MAX_CHUNK: usize = 65535 - 16;
 
 /// Bytes a record adds in front of an encoded frame.
