@@ -30,10 +30,11 @@
 //!
 //! ## Links
 //! Between two connected peers the one with the lower `PeerId` opens one libp2p stream
-//! (`/omnode/link/1`, libp2p-stream) on its first connection; both ends send a `Hello`,
-//! both answer `HelloReply`; once both accepted, the link is up: `Event::Discovered`
-//! first (mDNS mode, peers not given to `set_peers`), then `Event::Up`, then frames in
-//! order. On the stream every message is `u32 length (big endian) | body`; length 0 is a
+//! (`/omnode/link/1`, libp2p-stream) on its first connection; both ends send a `Hello`
+//! and their listen addresses, both answer `HelloReply`; once both accepted, the link is
+//! up: `Event::Discovered { addrs: the peer's listen addresses }` first (mDNS mode, for
+//! peers not given to `set_peers`; again before each later `Up` of that peer), then
+//! `Event::Up`, then frames in order. On the stream every message is `u32 length (big endian) | body`; length 0 is a
 //! keepalive, any other body is `runtime::wire::encode_frame`'s format (payloads are
 //! written straight from their `Bytes`, so multi-MiB payloads stream up to `max_frame`).
 //! A link that ends (stream closed, connection lost, nothing received for
@@ -228,8 +229,8 @@ struct State {
     /// Peers given to `set_peers`.
     listed: HashMap<NodeId, Vec<SocketAddr>>,
     links: HashMap<NodeId, LinkEntry>,
-    /// Listen addresses learnt by mDNS, per peer (for `Event::Discovered`).
-    mdns_addrs: HashMap<PeerId, Vec<SocketAddr>>,
+    /// Where this node listens (sent to peers, who report it in `Event::Discovered`).
+    listen_addrs: Vec<SocketAddr>,
     /// Last time a warning with this key was logged.
     warned: HashMap<String, Instant>,
 }
@@ -283,6 +284,37 @@ enum Cmd {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addrs_round_trip_and_garbage_is_skipped() {
+        let a: Vec<SocketAddr> = vec!["10.0.0.1:4100".parse().unwrap(), "[::1]:7".parse().unwrap()];
+        assert_eq!(decode_addrs(&encode_addrs(&a)), a);
+        assert_eq!(decode_addrs(b""), vec![]);
+        assert_eq!(
+            decode_addrs(b"x,1.2.3.4:5,\xff"),
+            vec!["1.2.3.4:5".parse().unwrap()]
+        );
+    }
+
+    #[test]
+    fn multiaddr_conversion() {
+        let a: SocketAddr = "127.0.0.9:4000".parse().unwrap();
+        assert_eq!(to_multiaddr(a).to_string(), "/ip4/127.0.0.9/tcp/4000");
+        assert_eq!(to_socketaddr(&to_multiaddr(a)), Some(a));
+    }
+
+    #[test]
+    fn wrong_key_errors_get_a_hint() {
+        assert!(
+            connection_hint("Multistream select failed: Protocol negotiation failed.").is_some()
+        );
+        assert!(connection_hint("Connection refused (os error 111)").is_none());
+    }
 }
 
 #[derive(NetworkBehaviour)]
@@ -391,12 +423,12 @@ impl Transport {
             .listen_on(to_multiaddr(listen))
             .map_err(|e| listen_err(e.to_string()))?;
         // Wait for the listener to be up (so port 0 is resolved and errors are reported).
-        let local_addr = tokio::time::timeout(Duration::from_secs(5), async {
+        let first = tokio::time::timeout(Duration::from_secs(5), async {
             loop {
                 match swarm.next().await {
                     Some(SwarmEvent::NewListenAddr { address, .. }) => {
                         if let Some(a) = to_socketaddr(&address) {
-                            return Ok(SocketAddr::new(listen.ip(), a.port()));
+                            return Ok(a);
                         }
                     }
                     Some(SwarmEvent::ListenerClosed { reason, .. }) => {
@@ -415,6 +447,7 @@ impl Transport {
         })
         .await
         .map_err(|_| listen_err("timed out waiting for the listener".into()))??;
+        let local_addr = SocketAddr::new(listen.ip(), first.port());
         info!(
             node = config.local,
             %local_addr,
@@ -428,7 +461,10 @@ impl Transport {
             config,
             local_peer,
             events,
-            state: Mutex::new(State::default()),
+            state: Mutex::new(State {
+                listen_addrs: vec![first],
+                ..State::default()
+            }),
             root: CancellationToken::new(),
             swarm_stop: CancellationToken::new(),
             cmd: cmd_tx,
@@ -820,7 +856,20 @@ fn on_swarm_event(
 ) {
     let cfg = &inner.config;
     match ev {
-        SwarmEvent::NewListenAddr { address, .. } => debug!("listening on {address}"),
+        SwarmEvent::NewListenAddr { address, .. } => {
+            debug!("listening on {address}");
+            if let Some(a) = to_socketaddr(&address) {
+                let mut st = lock(&inner.state);
+                if !st.listen_addrs.contains(&a) {
+                    st.listen_addrs.push(a);
+                }
+            }
+        }
+        SwarmEvent::ExpiredListenAddr { address, .. } => {
+            if let Some(a) = to_socketaddr(&address) {
+                lock(&inner.state).listen_addrs.retain(|x| *x != a);
+            }
+        }
         SwarmEvent::ConnectionEstablished {
             peer_id,
             connection_id,
@@ -942,13 +991,6 @@ fn on_mdns(inner: &Inner, d: &mut Dialer, ev: mdns::Event) {
                 if !e.addrs.contains(&addr) {
                     e.addrs.push(addr.clone());
                 }
-                if let Some(sa) = to_socketaddr(&addr) {
-                    let mut st = lock(&inner.state);
-                    let v = st.mdns_addrs.entry(peer).or_default();
-                    if !v.contains(&sa) {
-                        v.push(sa);
-                    }
-                }
             }
         }
         mdns::Event::Expired(list) => {
@@ -958,15 +1000,6 @@ fn on_mdns(inner: &Inner, d: &mut Dialer, ev: mdns::Event) {
                     e.addrs.retain(|a| a != &addr);
                     if e.addrs.is_empty() {
                         d.found.remove(&peer);
-                    }
-                }
-                let mut st = lock(&inner.state);
-                if let Some(v) = st.mdns_addrs.get_mut(&peer) {
-                    if let Some(sa) = to_socketaddr(&addr) {
-                        v.retain(|a| a != &sa);
-                    }
-                    if v.is_empty() {
-                        st.mdns_addrs.remove(&peer);
                     }
                 }
             }
@@ -1031,6 +1064,8 @@ async fn accept_loop(inner: Arc<Inner>, mut incoming: libp2p_stream::IncomingStr
 struct Established {
     node: NodeId,
     peer_id: PeerId,
+    /// Where the peer says it listens.
+    addrs: Vec<SocketAddr>,
     id: u64,
     read: BufReader<ReadHalf<Stream>>,
     write: WriteHalf<Stream>,
@@ -1108,6 +1143,24 @@ async fn recv_msg(r: &mut BufReader<ReadHalf<Stream>>, max: usize) -> Result<Vec
     Ok(b)
 }
 
+/// Listen addresses as sent on the link: `addr,addr,...` (UTF-8).
+fn encode_addrs(addrs: &[SocketAddr]) -> Vec<u8> {
+    addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+        .into_bytes()
+}
+
+/// Lenient: what does not parse is skipped.
+fn decode_addrs(b: &[u8]) -> Vec<SocketAddr> {
+    String::from_utf8_lossy(b)
+        .split(',')
+        .filter_map(|a| a.trim().parse().ok())
+        .collect()
+}
+
 async fn handshake(
     inner: &Arc<Inner>,
     peer_id: PeerId,
@@ -1118,12 +1171,17 @@ async fn handshake(
     let mut r = BufReader::with_capacity(64 * 1024, r);
     let err = |e: HsError| (None, e);
 
-    // 1. Hellos, both ways at once.
+    // 1. Hellos and listen addresses, both ways at once.
     let ours = Hello::new(cfg.local, cfg.cluster.clone());
+    let our_addrs = encode_addrs(&lock(&inner.state).listen_addrs);
     send_msg(&mut w, &ours.encode())
         .await
         .map_err(|e| err(e.into()))?;
+    send_msg(&mut w, &our_addrs)
+        .await
+        .map_err(|e| err(e.into()))?;
     let theirs = recv_msg(&mut r, MAX_HELLO).await.map_err(err)?;
+    let addrs = decode_addrs(&recv_msg(&mut r, MAX_HELLO).await.map_err(err)?);
 
     let refuse = async |w: &mut WriteHalf<Stream>, who: String, reason: String| -> HsError {
         inner.warn_limited(
@@ -1195,6 +1253,7 @@ async fn handshake(
     Ok(Established {
         node,
         peer_id,
+        addrs,
         id,
         read: r,
         write: w,
@@ -1209,6 +1268,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
     let Established {
         node,
         peer_id,
+        addrs,
         id,
         mut read,
         write,
@@ -1233,7 +1293,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
             return;
         }
         (inner.config.mdns && !listed).then(|| {
-            let mut addrs = st.mdns_addrs.get(&peer_id).cloned().unwrap_or_default();
+            let mut addrs = addrs;
             if addrs.iter().any(|a| !a.ip().is_loopback()) {
                 addrs.retain(|a| !a.ip().is_loopback());
             }

@@ -1,0 +1,308 @@
+//! mDNS discovery between hosts made of network namespaces.
+//!
+//! libp2p-mdns ignores loopback interfaces, so mDNS cannot be tested on `lo`. This test
+//! builds a small LAN instead: one "switch" namespace holding a bridge, and one namespace
+//! per host joined to it by a veth pair (address 10.231.X.i/24, default route via the
+//! veth, without which joining the mDNS group fails with ENODEV). Each host runs this
+//! test binary again (`child_node`, selected by environment variables) under
+//! `ip netns exec`; the child starts a transport with `mdns: true` and prints its events
+//! as `EVENT ...` lines. Everything is removed in `Drop`, also when the test fails.
+//! Needs root (`ip netns add`); skips with a message otherwise.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+const CHILD_ID: &str = "OMP2P_CHILD_ID";
+const CHILD_KEY: &str = "OMP2P_CHILD_KEY";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run ip: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// The namespaces of one test; deleted on drop.
+struct Bed {
+    switch: String,
+    hosts: Vec<String>,
+    subnet: u32,
+    children: Vec<Child>,
+}
+
+impl Bed {
+    fn new(n: usize) -> Result<Bed, String> {
+        let pid = std::process::id();
+        let mut bed = Bed {
+            switch: format!("omp2p-{pid}-sw"),
+            hosts: Vec::new(),
+            subnet: pid % 250,
+            children: Vec::new(),
+        };
+        let sw = bed.switch.clone();
+        ip(&["netns", "add", &sw])?;
+        ip(&[
+            "-n",
+            &sw,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ])?;
+        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
+        for i in 1..=n {
+            let h = format!("omp2p-{pid}-h{i}");
+            ip(&["netns", "add", &h])?;
+            bed.hosts.push(h.clone());
+            let v = format!("v{i}");
+            ip(&[
+                "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &h,
+            ])?;
+            ip(&["-n", &sw, "link", "set", &v, "master", "br0"])?;
+            ip(&["-n", &sw, "link", "set", &v, "up"])?;
+            let addr = format!("10.231.{}.{i}/24", bed.subnet);
+            ip(&["-n", &h, "addr", "add", &addr, "dev", "eth0"])?;
+            ip(&["-n", &h, "link", "set", "eth0", "up"])?;
+            ip(&["-n", &h, "link", "set", "lo", "up"])?;
+            ip(&["-n", &h, "route", "add", "default", "dev", "eth0"])?;
+        }
+        Ok(bed)
+    }
+
+    /// Start node `id` (host `id`) with cluster key byte `key`; its `EVENT` lines go to `tx`.
+    fn spawn(&mut self, id: u32, key: u8, tx: mpsc::Sender<(u32, String)>) {
+        let exe = std::env::current_exe().expect("test binary path");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[id as usize - 1]])
+            .arg(exe)
+            .args([
+                "--exact",
+                "child_node",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ID, id.to_string())
+            .env(CHILD_KEY, key.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn child node");
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                // libtest may print "test child_node ... " on the same line first.
+                if let Some(ev) = line.find("EVENT ").map(|i| &line[i + 6..]) {
+                    if tx.send((id, ev.to_string())).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        self.children.push(child);
+    }
+
+    fn kill(&mut self, index: usize) {
+        let _ = self.children[index].kill();
+        let _ = self.children[index].wait();
+    }
+}
+
+impl Drop for Bed {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for h in &self.hosts {
+            let _ = ip(&["netns", "del", h]);
+        }
+        let _ = ip(&["netns", "del", &self.switch]);
+    }
+}
+
+/// Wait until `pred` holds for the events seen so far.
+fn wait_until(
+    rx: &mpsc::Receiver<(u32, String)>,
+    seen: &mut Vec<(u32, String)>,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&[(u32, String)]) -> bool,
+) {
+    let deadline = Instant::now() + limit;
+    while !pred(seen) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(ev) => {
+                eprintln!("node {}: {}", ev.0, ev.1);
+                seen.push(ev);
+            }
+            Err(_) => panic!("no {what} within {limit:?}; events: {seen:?}"),
+        }
+    }
+}
+
+fn has(seen: &[(u32, String)], node: u32, ev: &str) -> bool {
+    seen.iter().any(|(n, e)| *n == node && e == ev)
+}
+
+#[test]
+fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
+    if !is_root() {
+        eprintln!("SKIPPED mdns_hosts_find_each_other...: needs root for ip netns");
+        return;
+    }
+    let mut bed = match Bed::new(4) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("SKIPPED mdns_hosts_find_each_other...: cannot build the namespaces: {e}");
+            return;
+        }
+    };
+    let (tx, rx) = mpsc::channel();
+    let t0 = Instant::now();
+    for id in 1..=3 {
+        bed.spawn(id, 7, tx.clone());
+    }
+    bed.spawn(4, 9, tx.clone()); // another cluster key
+    let mut seen = Vec::new();
+    let all_up = |s: &[(u32, String)]| {
+        (1..=3u32).all(|n| {
+            (1..=3u32)
+                .filter(|p| *p != n)
+                .all(|p| has(s, n, &format!("up {p}")))
+        })
+    };
+    wait_until(&rx, &mut seen, Duration::from_secs(15), "mesh of 3", all_up);
+    eprintln!("3 hosts linked after {:?}", t0.elapsed());
+    // Discovered came before Up, for every pair.
+    for n in 1..=3u32 {
+        for p in (1..=3u32).filter(|p| *p != n) {
+            let d = seen
+                .iter()
+                .position(|(x, e)| *x == n && e.starts_with(&format!("discovered {p} [10.231.")));
+            let u = seen
+                .iter()
+                .position(|(x, e)| *x == n && e == &format!("up {p}"));
+            assert!(
+                d.is_some() && d < u,
+                "node {n}: Discovered {p} must precede Up: {seen:?}"
+            );
+        }
+    }
+    // The host with another key is never linked, in either direction.
+    std::thread::sleep(Duration::from_secs(2));
+    while let Ok(ev) = rx.try_recv() {
+        seen.push(ev);
+    }
+    assert!(
+        !seen
+            .iter()
+            .any(|(n, e)| *n == 4 || e.ends_with(" 4") || e.contains(" 4 ")),
+        "keyless host took part: {seen:?}"
+    );
+    // A host that drops off the network (no FIN, no RST) is down at the others after the
+    // idle time-out, and up again once it is back.
+    let t1 = Instant::now();
+    ip(&["-n", &bed.switch, "link", "set", "v3", "down"]).unwrap();
+    wait_until(
+        &rx,
+        &mut seen,
+        Duration::from_secs(10),
+        "down 3 (cut off)",
+        |s| count(s, 1, "down 3") == 1 && count(s, 2, "down 3") == 1,
+    );
+    eprintln!("cut-off host down after {:?}", t1.elapsed());
+    ip(&["-n", &bed.switch, "link", "set", "v3", "up"]).unwrap();
+    let t2 = Instant::now();
+    wait_until(
+        &rx,
+        &mut seen,
+        Duration::from_secs(20),
+        "up 3 (back)",
+        |s| count(s, 1, "up 3") == 2 && count(s, 2, "up 3") == 2,
+    );
+    eprintln!("host back up after {:?}", t2.elapsed());
+    // A host whose process ends is down at once (its connections are closed).
+    let t3 = Instant::now();
+    bed.kill(2); // node 3
+    wait_until(
+        &rx,
+        &mut seen,
+        Duration::from_secs(8),
+        "down 3 (killed)",
+        |s| count(s, 1, "down 3") == 2 && count(s, 2, "down 3") == 2,
+    );
+    eprintln!("killed host down after {:?}", t3.elapsed());
+}
+
+fn count(seen: &[(u32, String)], node: u32, ev: &str) -> usize {
+    seen.iter().filter(|(n, e)| *n == node && e == ev).count()
+}
+
+/// One host of the test above; does nothing unless started by it.
+#[test]
+fn child_node() {
+    let Ok(id) = std::env::var(CHILD_ID) else {
+        return;
+    };
+    let id: u32 = id.parse().unwrap();
+    let key: u8 = std::env::var(CHILD_KEY).unwrap().parse().unwrap();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "transport_p2p=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        use runtime::transport::Event;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(256);
+        let mut cfg =
+            transport_p2p::Config::new(id, "0.0.0.0:4100".parse().unwrap(), [key; 32], "cluster");
+        cfg.mdns = true;
+        let _t = transport_p2p::Transport::start(cfg, tx)
+            .await
+            .expect("start");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+            let line = match ev {
+                Event::Discovered { peer, addrs } => format!("discovered {peer} {addrs:?}"),
+                Event::Up { peer } => format!("up {peer}"),
+                Event::Down { peer, .. } => format!("down {peer}"),
+                Event::Frame { peer, .. } => format!("frame {peer}"),
+            };
+            println!("EVENT {line}");
+        }
+    });
+}
