@@ -122,8 +122,18 @@ pub enum LinkEvent {
     Down(NodeId, String),
 }
 
-type Delivery =
-    Box<dyn Fn(NodeId, Bytes, Bytes, Option<Responder>) -> Result<(), String> + Send + Sync>;
+/// Decodes a message for one named actor and queues it; the future waits while the
+/// actor's mailbox is full, so a busy actor slows its senders instead of losing messages.
+type Delivery = Box<
+    dyn Fn(
+            NodeId,
+            Bytes,
+            Bytes,
+            Option<Responder>,
+        ) -> transport::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 type Answer = Result<(Bytes, Bytes), Error>;
 
 struct Inner {
@@ -224,17 +234,18 @@ impl System {
         A::Msg: From<Inbound<M>>,
     {
         let deliver: Delivery = Box::new(move |from, body, payload, reply| {
-            let msg: M = wire::decode_body(&body).map_err(|e| e.to_string())?;
-            let inbound = Inbound {
-                from,
-                msg,
-                payload,
-                reply,
-            };
-            match addr.try_tell(inbound.into()) {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.to_string()),
-            }
+            let addr = addr.clone();
+            let decoded = wire::decode_body::<M>(&body);
+            Box::pin(async move {
+                let msg = decoded.map_err(|e| e.to_string())?;
+                let inbound = Inbound {
+                    from,
+                    msg,
+                    payload,
+                    reply,
+                };
+                addr.tell(inbound.into()).await.map_err(|e| e.to_string())
+            })
         });
         self.0.named.insert(name.to_string(), deliver);
     }
@@ -391,7 +402,7 @@ impl System {
                 }
             }
             Kind::Tell | Kind::Ask { .. } => {
-                let responder = match header.kind {
+                let mut responder = match header.kind {
                     Kind::Ask { id } => Some(Responder {
                         system: self.clone(),
                         peer,
@@ -401,8 +412,14 @@ impl System {
                     }),
                     _ => None,
                 };
-                let outcome = match self.0.named.get(&header.to) {
-                    Some(deliver) => deliver(peer, body, frame.payload, responder),
+                // The map guard is dropped before anything is awaited.
+                let delivery = self
+                    .0
+                    .named
+                    .get(&header.to)
+                    .map(|deliver| deliver(peer, body, frame.payload, responder.take()));
+                let outcome = match delivery {
+                    Some(delivery) => delivery.await,
                     None => {
                         let reason =
                             format!("no actor named {:?} on node {}", header.to, self.0.local);

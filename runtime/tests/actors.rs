@@ -233,3 +233,16 @@ async fn link_events_and_shutdown() {
     a.shutdown(T).await;
     assert!(a.shutdown_token().is_cancelled());
 }
+
+#[tokio::test]
+async fn a_burst_larger_than_the_mailbox_is_delivered_in_full_and_in_order() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    let n = 5 * runtime::actor::MAILBOX as i64;
+    for i in 1..=n {
+        a.tell(2, "counter", &Req::Add(i)).await.unwrap();
+    }
+    let (total, _): (i64, u32) = a.ask(2, "counter", &Req::Get, T).await.unwrap();
+    assert_eq!(total, n * (n + 1) / 2);
+}
