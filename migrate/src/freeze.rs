@@ -616,12 +616,15 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     };
     let inj = |e: io::Error| ferr(pid, "injected system call")(e);
     let prw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
+    // scratch area: [0, 2048) sigactions, 2048 sigaltstack, 2080 tid address, 2304 results,
+    // 4096.. code of the batch
+    const SCRATCH: u64 = 16384;
     let scratch = t
         .syscall(
             libc::SYS_mmap,
             &[
                 0,
-                8192,
+                SCRATCH,
                 prw | libc::PROT_EXEC as u64,
                 (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
                 u64::MAX,
@@ -629,50 +632,57 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
             ],
         )
         .map_err(inj)?;
-    // `syscall; int3` at the end of the scratch area: one ptrace stop per injected call
-    let tail = scratch + 8192 - 16;
-    if write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tail, 3)]).is_ok() {
-        t.gadget = tail;
-        t.int3 = true;
-    }
     let res: Result<_> = (|| {
-        let brk = t.syscall(libc::SYS_brk, &[0]).map_err(inj)?;
-        let mut acts = Vec::new();
         let want = sigmask_field(&status, "SigCgt") | sigmask_field(&status, "SigIgn");
-        for sig in 1..=64u32 {
-            if want & (1u64 << (sig - 1)) == 0 || sig == 9 || sig == 19 {
-                continue;
-            }
-            t.syscall(libc::SYS_rt_sigaction, &[sig as u64, 0, scratch, 8])
-                .map_err(inj)?;
-            let mut b = [0u8; 32];
-            read_mem(pid, &mut b, &[(scratch, 32)]).map_err(ferr(pid, "reading sigaction"))?;
-            let w = |i: usize| u64::from_ne_bytes(b[i * 8..i * 8 + 8].try_into().unwrap());
-            acts.push(SigAction {
-                sig,
-                handler: w(0),
-                flags: w(1),
-                restorer: w(2),
-                mask: w(3),
-            });
+        let sigs: Vec<u32> = (1..=64u32)
+            .filter(|&sig| want & (1u64 << (sig - 1)) != 0 && sig != 9 && sig != 19)
+            .collect();
+        let mut calls = vec![
+            (libc::SYS_brk, [0; 6]),
+            (libc::SYS_sigaltstack, [0, scratch + 2048, 0, 0, 0, 0]),
+            (
+                libc::SYS_prctl,
+                [libc::PR_GET_TID_ADDRESS as u64, scratch + 2080, 0, 0, 0, 0],
+            ),
+        ];
+        for &sig in &sigs {
+            calls.push((
+                libc::SYS_rt_sigaction,
+                [sig as u64, 0, scratch + 32 * (sig as u64 - 1), 8, 0, 0],
+            ));
         }
-        t.syscall(libc::SYS_sigaltstack, &[0, scratch])
+        // all of it in one ptrace stop
+        let r = t
+            .batch(scratch + 4096, scratch + 2304, &calls)
             .map_err(inj)?;
-        let mut b = [0u8; 24];
-        read_mem(pid, &mut b, &[(scratch, 24)]).map_err(ferr(pid, "reading sigaltstack"))?;
+        if let Some(e) = r[1..].iter().find(|&&v| (-4095..0).contains(&v)) {
+            return Err(inj(crate::error::from_neg(*e)));
+        }
+        let mut b = vec![0u8; 2304];
+        read_mem(pid, &mut b, &[(scratch, 2304)]).map_err(ferr(pid, "reading injected results"))?;
+        let w = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
+        let acts = sigs
+            .iter()
+            .map(|&sig| {
+                let o = 32 * (sig as usize - 1);
+                SigAction {
+                    sig,
+                    handler: w(o),
+                    flags: w(o + 8),
+                    restorer: w(o + 16),
+                    mask: w(o + 24),
+                }
+            })
+            .collect::<Vec<_>>();
         let alt = (
-            u64::from_ne_bytes(b[0..8].try_into().unwrap()),
-            u32::from_ne_bytes(b[8..12].try_into().unwrap()),
-            u64::from_ne_bytes(b[16..24].try_into().unwrap()),
+            w(2048),
+            u32::from_ne_bytes(b[2056..2060].try_into().unwrap()),
+            w(2064),
         );
-        t.syscall(libc::SYS_prctl, &[libc::PR_GET_TID_ADDRESS as u64, scratch])
-            .map_err(inj)?;
-        let mut b = [0u8; 8];
-        read_mem(pid, &mut b, &[(scratch, 8)]).map_err(ferr(pid, "reading tid address"))?;
-        Ok((brk, acts, alt, u64::from_ne_bytes(b)))
+        Ok((r[0] as u64, acts, alt, w(2080)))
     })();
     let unmap = t
-        .syscall_exit_stop(libc::SYS_munmap, &[scratch, 8192])
+        .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
         .map_err(inj)
         .and_then(|r| {
             if r == 0 {

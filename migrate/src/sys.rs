@@ -392,6 +392,51 @@ impl Tracee {
         Ok(r.rax as i64)
     }
 
+    /// Runs several system calls with a single ptrace stop: writes straight-line code
+    /// (`mov` the number and six arguments, `syscall`, store rax to `out + 8*i`, ..., `int3`) to
+    /// `code`, which must be writable and executable in the tracee, and runs it. Every call runs,
+    /// whatever the earlier ones returned; returns each raw rax.
+    pub fn batch(
+        &mut self,
+        code: u64,
+        out: u64,
+        calls: &[(i64, [u64; 6])],
+    ) -> io::Result<Vec<i64>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = Vec::with_capacity(calls.len() * 84 + 1);
+        let mov = |c: &mut Vec<u8>, op: [u8; 2], v: u64| {
+            c.extend_from_slice(&op);
+            c.extend_from_slice(&v.to_le_bytes());
+        };
+        for (i, (nr, a)) in calls.iter().enumerate() {
+            mov(&mut c, [0x48, 0xb8], *nr as u64); // rax
+            mov(&mut c, [0x48, 0xbf], a[0]); // rdi
+            mov(&mut c, [0x48, 0xbe], a[1]); // rsi
+            mov(&mut c, [0x48, 0xba], a[2]); // rdx
+            mov(&mut c, [0x49, 0xba], a[3]); // r10
+            mov(&mut c, [0x49, 0xb8], a[4]); // r8
+            mov(&mut c, [0x49, 0xb9], a[5]); // r9
+            c.extend_from_slice(&[0x0f, 0x05]); // syscall
+            mov(&mut c, [0x48, 0xa3], out + 8 * i as u64); // mov [moffs64], rax
+        }
+        c.push(0xcc);
+        write_mem(self.pid, &c, &[(code, c.len() as u64)])?;
+        let mut r = self.base;
+        r.orig_rax = u64::MAX;
+        r.rip = code;
+        setregs(self.pid, &r)?;
+        self.to_int3()?;
+        let mut res = vec![0u8; calls.len() * 8];
+        let n = res.len() as u64;
+        read_mem(self.pid, &mut res, &[(out, n)])?;
+        Ok(res
+            .chunks(8)
+            .map(|b| i64::from_ne_bytes(b.try_into().unwrap()))
+            .collect())
+    }
+
     /// Like `syscall_raw` but turns -errno into an error.
     pub fn syscall(&mut self, nr: i64, args: &[u64]) -> io::Result<u64> {
         let r = self.syscall_raw(nr, args)?;
