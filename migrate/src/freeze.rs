@@ -32,7 +32,7 @@ pub struct FreezeReport {
     pub memory_time: Duration,
 }
 
-const CHUNK: usize = 2 << 20;
+const CHUNK: usize = 512 << 10;
 
 fn unsup(pid: pid_t, reason: impl Into<String>) -> Error {
     Error::Unsupported {
