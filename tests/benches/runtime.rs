@@ -1,0 +1,247 @@
+//! Runtime benchmarks, each beside a baseline measured in the same run:
+//! - remote `ask` round trip between two nodes over transport-tcp vs a raw tokio TCP
+//!   ping-pong of the same size;
+//! - one-way throughput of 64-byte `tell`s between two nodes vs raw TCP frames;
+//! - local `ask` (typed address) vs a raw tokio oneshot round trip.
+//!
+//! `cargo bench -p omnode-tests --bench runtime` (results in BENCHMARKS.md).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use runtime::transport::{PeerInfo, Transport};
+use runtime::{Actor, Context, Inbound, ReplyTo, System};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+
+const SIZE: usize = 64;
+const BURST: u64 = 200_000;
+
+/// A message of SIZE bytes (MessagePack bin, through bytes' serde support).
+#[derive(Serialize, Deserialize)]
+struct Blob(bytes::Bytes);
+
+struct Echo {
+    received: Arc<AtomicU64>,
+}
+
+enum Msg {
+    In(Inbound<Blob>),
+    Local(u64, ReplyTo<u64>),
+}
+
+impl From<Inbound<Blob>> for Msg {
+    fn from(i: Inbound<Blob>) -> Self {
+        Msg::In(i)
+    }
+}
+
+impl Actor for Echo {
+    type Msg = Msg;
+    async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
+        match msg {
+            Msg::In(i) => {
+                self.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(r) = i.reply {
+                    let _ = r.send(&i.msg).await;
+                }
+            }
+            Msg::Local(n, reply) => {
+                let _ = reply.send(n + 1);
+            }
+        }
+    }
+}
+
+struct Pair {
+    a: System,
+    received: Arc<AtomicU64>,
+}
+
+async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
+    let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 70 + n as u8));
+    let (tx, rx) = mpsc::channel(4096);
+    let cfg = transport_tcp::Config::new(id, SocketAddr::new(ip(id), port), key, "bench");
+    let t = transport_tcp::Transport::start(cfg, tx).await.expect("transport");
+    let other = 3 - id;
+    t.set_peers(vec![PeerInfo { id: other, addrs: vec![SocketAddr::new(ip(other), port)] }]);
+    let t: Arc<dyn Transport> = t;
+    let sys = System::start(id, Some((t, rx)));
+    let received = Arc::new(AtomicU64::new(0));
+    let r2 = received.clone();
+    let addr = sys.spawn("echo", move || Echo { received: r2.clone() });
+    sys.serve::<Blob, _>("echo", addr);
+    (sys, received)
+}
+
+async fn pair() -> Pair {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.71:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let key = [7u8; 32];
+    let (a, _) = node(1, port, key).await;
+    let (_b, received) = node(2, port, key).await;
+    // Wait for the link.
+    let t0 = Instant::now();
+    while a.transport().unwrap().connected().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "nodes did not connect");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::mem::forget(_b);
+    Pair { a, received }
+}
+
+async fn raw_pair() -> (TcpStream, TcpStream) {
+    let l = TcpListener::bind("127.0.0.73:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let (c, s) = (c.unwrap(), s.unwrap().0);
+    c.set_nodelay(true).unwrap();
+    s.set_nodelay(true).unwrap();
+    (c, s)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let p = rt.block_on(pair());
+    let msg = Blob(bytes::Bytes::from(vec![0xab; SIZE]));
+    let t = Duration::from_secs(5);
+
+    let mut g = c.benchmark_group("round_trip_64B");
+    g.bench_function("ask over transport-tcp", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    let r: Blob = p.a.ask(2, "echo", &msg, t).await.unwrap();
+                    assert_eq!(r.0.len(), SIZE);
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.bench_function("raw tokio TCP ping-pong", |b| {
+        let (mut c, mut s) = rt.block_on(raw_pair());
+        rt.spawn(async move {
+            let mut buf = [0u8; SIZE];
+            while s.read_exact(&mut buf).await.is_ok() {
+                if s.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut buf = [0xabu8; SIZE];
+                let t0 = Instant::now();
+                for _ in 0..iters {
+                    c.write_all(&buf).await.unwrap();
+                    c.read_exact(&mut buf).await.unwrap();
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("one_way_64B");
+    g.throughput(Throughput::Elements(BURST));
+    g.sample_size(10);
+    g.bench_function("tell over transport-tcp", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let start = p.received.load(Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    for _ in 0..BURST {
+                        p.a.tell(2, "echo", &msg).await.unwrap();
+                    }
+                    while p.received.load(Ordering::Relaxed) < start + BURST {
+                        tokio::task::yield_now().await;
+                    }
+                    total += t0.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.bench_function("raw tokio TCP frames", |b| {
+        let (c, mut s) = rt.block_on(raw_pair());
+        let count = Arc::new(AtomicU64::new(0));
+        let c2 = count.clone();
+        rt.spawn(async move {
+            let mut r = tokio::io::BufReader::with_capacity(256 * 1024, &mut s);
+            let mut buf = [0u8; SIZE + 4];
+            while r.read_exact(&mut buf).await.is_ok() {
+                c2.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        let mut w = BufWriter::with_capacity(256 * 1024, c);
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let mut total = Duration::ZERO;
+                let frame = [0xabu8; SIZE + 4];
+                for _ in 0..iters {
+                    let start = count.load(Ordering::Relaxed);
+                    let t0 = Instant::now();
+                    for _ in 0..BURST {
+                        w.write_all(&frame).await.unwrap();
+                    }
+                    w.flush().await.unwrap();
+                    while count.load(Ordering::Relaxed) < start + BURST {
+                        tokio::task::yield_now().await;
+                    }
+                    total += t0.elapsed();
+                }
+                total
+            })
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("local_round_trip");
+    let local = rt.block_on(async { System::start(9, None) });
+    let received = Arc::new(AtomicU64::new(0));
+    let addr = rt.block_on(async { local.spawn("echo", move || Echo { received: received.clone() }) });
+    g.bench_function("typed ask", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    assert_eq!(addr.ask(|r| Msg::Local(i, r), t).await.unwrap(), i + 1);
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.bench_function("raw oneshot via mpsc task", |b| {
+        let (tx, mut rx) = mpsc::channel::<(u64, oneshot::Sender<u64>)>(1024);
+        rt.spawn(async move {
+            while let Some((n, r)) = rx.recv().await {
+                let _ = r.send(n + 1);
+            }
+        });
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let t0 = Instant::now();
+                for i in 0..iters {
+                    let (otx, orx) = oneshot::channel();
+                    tx.send((i, otx)).await.unwrap();
+                    assert_eq!(orx.await.unwrap(), i + 1);
+                }
+                t0.elapsed()
+            })
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
