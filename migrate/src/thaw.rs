@@ -39,7 +39,7 @@ pub struct Thawed {
     pub memory_time: Duration,
 }
 
-const TRAMP: u64 = 64 * 1024;
+const TRAMP: u64 = 256 * 1024;
 const TASK_SIZE: u64 = 0x7fff_ffff_f000;
 
 fn terr(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -206,30 +206,79 @@ fn own_vdso_gadget(maps: &[crate::procfs::MapsLine]) -> Option<u64> {
         .map(|i| v.start + i as u64)
 }
 
+/// Layout of the trampoline area mapped into the new process.
+const GADGET_AT: u64 = 0; // `syscall; int3`
+const DATA_AT: u64 = 4096; // arguments (paths, structs), bump-allocated per call or batch
+const DATA_END: u64 = 128 << 10;
+const OUT_AT: u64 = 128 << 10; // results of a batch, 8 bytes each
+const CODE_AT: u64 = 136 << 10; // code of a batch
+const MAX_BATCH: usize = 1000;
+
+/// One injected system call, with a description for error messages.
+struct Call {
+    what: String,
+    nr: i64,
+    a: [u64; 6],
+}
+fn call(what: impl Into<String>, nr: i64, args: &[u64]) -> Call {
+    let mut a = [0u64; 6];
+    a[..args.len()].copy_from_slice(args);
+    Call {
+        what: what.into(),
+        nr,
+        a,
+    }
+}
+
 struct Builder {
     t: Tracee,
-    scratch: u64,
+    tramp: u64,
+    data_off: u64,
 }
 
 impl Builder {
+    /// One call on its own (two round trips less than nothing; use `run` for many).
     fn sys(&mut self, what: &str, nr: i64, args: &[u64]) -> Result<u64> {
+        self.data_off = 0;
         self.t.syscall(nr, args).map_err(terr(what.to_string()))
     }
-    fn put(&mut self, off: u64, data: &[u8]) -> Result<u64> {
-        if off + data.len() as u64 > TRAMP - 4096 {
+    /// Many calls with one ptrace stop per MAX_BATCH; fails on the first call that failed.
+    fn run(&mut self, calls: &[Call]) -> Result<Vec<u64>> {
+        let mut out = Vec::with_capacity(calls.len());
+        for chunk in calls.chunks(MAX_BATCH) {
+            let list: Vec<(i64, [u64; 6])> = chunk.iter().map(|c| (c.nr, c.a)).collect();
+            let r = self
+                .t
+                .batch(self.tramp + CODE_AT, self.tramp + OUT_AT, &list)
+                .map_err(terr("injected system calls"))?;
+            for (c, v) in chunk.iter().zip(r) {
+                if (-4095..0).contains(&v) {
+                    return Err(terr(c.what.clone())(crate::error::from_neg(v)));
+                }
+                out.push(v as u64);
+            }
+        }
+        self.data_off = 0;
+        Ok(out)
+    }
+    /// Copies `data` into the argument area; valid until the next `sys`/`run`.
+    fn data(&mut self, data: &[u8]) -> Result<u64> {
+        let off = (self.data_off + 15) & !15;
+        if DATA_AT + off + data.len() as u64 > DATA_END {
             return Err(Error::Thaw(
-                "argument too large for the scratch area".into(),
+                "arguments too large for the scratch area".into(),
             ));
         }
-        let a = self.scratch + off;
+        let a = self.tramp + DATA_AT + off;
         write_mem(self.t.pid, data, &[(a, data.len() as u64)])
             .map_err(terr("writing into the new process"))?;
+        self.data_off = off + data.len() as u64;
         Ok(a)
     }
-    fn put_path(&mut self, p: &str) -> Result<u64> {
+    fn cstr(&mut self, p: &str) -> Result<u64> {
         let mut b = p.as_bytes().to_vec();
         b.push(0);
-        self.put(0, &b)
+        self.data(&b)
     }
 }
 
@@ -337,7 +386,8 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             stashed: Vec::new(),
             int3: false,
         },
-        scratch: 0,
+        tramp: 0,
+        data_off: 0,
     };
 
     // trampoline + scratch area, free in both layouts
@@ -364,38 +414,40 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     if r != tramp {
         return Err(Error::Thaw("trampoline landed at the wrong address".into()));
     }
-    write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp, 3)]).map_err(terr("writing the trampoline"))?;
-    b.t.gadget = tramp;
+    write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp + GADGET_AT, 3)])
+        .map_err(terr("writing the trampoline"))?;
+    b.t.gadget = tramp + GADGET_AT;
     b.t.int3 = true;
-    b.scratch = tramp + 4096;
+    b.tramp = tramp;
 
-    // drop what the child inherited from us
+    // drop what the child inherited from us: rseq, fds, every mapping but ours and the vdso
+    let mut calls = Vec::new();
     if let Some((p, l, s)) = get_rseq(pid).map_err(terr("PTRACE_GET_RSEQ_CONFIGURATION"))? {
-        b.sys(
+        calls.push(call(
             "rseq unregister",
             libc::SYS_rseq,
             &[p, l as u64, 1, s as u64],
-        )?;
+        ));
     }
-    b.sys(
+    calls.push(call(
         "close_range",
         libc::SYS_close_range,
         &[3, u32::MAX as u64, 0],
-    )?;
+    ));
     let mut keep: Vec<(u64, u64)> = vec![(tramp, tramp + TRAMP)];
     keep.extend(own.iter().map(|x| (x.1, x.2)));
     keep.sort();
     let mut cur = 0u64;
     for &(s, e) in keep.iter().chain(std::iter::once(&(TASK_SIZE, TASK_SIZE))) {
         if s > cur {
-            b.sys("munmap", libc::SYS_munmap, &[cur, s - cur])?;
+            calls.push(call("munmap", libc::SYS_munmap, &[cur, s - cur]));
         }
         cur = cur.max(e);
     }
     // vvar, vvar_vclock and vdso move together to their old addresses
     if theirs.is_empty() {
         for &(_, s, e) in &own {
-            b.sys("munmap of the vdso", libc::SYS_munmap, &[s, e - s])?;
+            calls.push(call("munmap of the vdso", libc::SYS_munmap, &[s, e - s]));
         }
     } else if own.iter().map(|x| x.1).ne(theirs.iter().map(|x| x.1)) {
         let total: u64 = own.iter().map(|x| x.2 - x.1).sum();
@@ -407,21 +459,50 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         let mut off = 0;
         let mut staged = Vec::new();
         for &(_, s, e) in &own {
-            b.sys(
+            calls.push(call(
                 "mremap of the vdso",
                 libc::SYS_mremap,
                 &[s, e - s, e - s, mv, tmp + off],
-            )?;
+            ));
             staged.push((tmp + off, e - s));
             off += e - s;
         }
         for (&(a, l), &(_, dst, _)) in staged.iter().zip(theirs.iter()) {
-            b.sys("mremap of the vdso", libc::SYS_mremap, &[a, l, l, mv, dst])?;
+            calls.push(call(
+                "mremap of the vdso",
+                libc::SYS_mremap,
+                &[a, l, l, mv, dst],
+            ));
         }
     }
+    b.run(&calls)?;
 
-    // --- the mappings
-    let mut open_files: Vec<(String, u64, u64)> = Vec::new(); // (path, mode, fd)
+    // --- the mappings: open each file once, map everything, close the files
+    let mode_of = |v: &Vma| -> u64 {
+        (if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        }) as u64
+    };
+    let mut files: Vec<(&str, u64)> = Vec::new();
+    for v in img.vmas.iter().filter(|v| v.kind == VmaKind::File) {
+        if !files.contains(&(v.name.as_str(), mode_of(v))) {
+            files.push((v.name.as_str(), mode_of(v)));
+        }
+    }
+    let mut calls = Vec::new();
+    for &(path, mode) in &files {
+        let p = b.cstr(path)?;
+        calls.push(call(
+            format!("open {path}"),
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, p, mode | libc::O_CLOEXEC as u64],
+        ));
+    }
+    let fds = b.run(&calls)?;
+    let mut calls = Vec::new();
+    let mut mapped = Vec::new();
     for v in &img.vmas {
         let fixed = libc::MAP_FIXED as u64;
         let (flags, fd, off) = match v.kind {
@@ -439,47 +520,34 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
                 0,
             ),
             VmaKind::File => {
-                let mode = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
-                    libc::O_RDWR
-                } else {
-                    libc::O_RDONLY
-                } as u64;
-                let fd = match open_files.iter().find(|o| o.0 == v.name && o.1 == mode) {
-                    Some(o) => o.2,
-                    None => {
-                        let p = b.put_path(&v.name)?;
-                        let fd = b.sys(
-                            &format!("open {}", v.name),
-                            libc::SYS_openat,
-                            &[libc::AT_FDCWD as u64, p, mode | libc::O_CLOEXEC as u64],
-                        )?;
-                        open_files.push((v.name.clone(), mode, fd));
-                        fd
-                    }
-                };
+                let i = files
+                    .iter()
+                    .position(|f| *f == (v.name.as_str(), mode_of(v)))
+                    .unwrap();
                 let f = if v.shared {
                     libc::MAP_SHARED
                 } else {
                     libc::MAP_PRIVATE
                 } as u64
                     | fixed;
-                (f, fd, v.offset)
+                (f, fds[i], v.offset)
             }
         };
-        let r = b.sys(
-            &format!("mmap of {:#x}-{:#x} {}", v.start, v.end, v.name),
+        calls.push(call(
+            format!("mmap of {:#x}-{:#x} {}", v.start, v.end, v.name),
             libc::SYS_mmap,
             &[v.start, v.len(), v.prot as u64, flags, fd, off],
-        )?;
-        if r != v.start {
-            return Err(Error::Thaw(format!(
-                "mapping {:#x} landed at {r:#x}",
-                v.start
-            )));
-        }
+        ));
+        mapped.push(v.start);
     }
-    for (_, _, fd) in open_files.drain(..) {
-        b.sys("close", libc::SYS_close, &[fd])?;
+    for fd in &fds {
+        calls.push(call("close", libc::SYS_close, &[*fd]));
+    }
+    let r = b.run(&calls)?;
+    for (want, got) in mapped.iter().zip(r) {
+        if *want != got {
+            return Err(Error::Thaw(format!("mapping {want:#x} landed at {got:#x}")));
+        }
     }
 
     // --- memory contents, streamed
@@ -598,24 +666,24 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             );
         }
     }
+    let mut calls = Vec::new();
     let mut name = img.comm.as_bytes().to_vec();
     name.truncate(15);
     name.push(0);
-    let p = b.put(0, &name)?;
-    b.sys(
+    let p = b.data(&name)?;
+    calls.push(call(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
         &[libc::PR_SET_NAME as u64, p, 0, 0, 0],
-    )?;
-    let p = b.put_path(&img.cwd)?;
-    b.sys(&format!("chdir {}", img.cwd), libc::SYS_chdir, &[p])?;
-    b.sys("umask", libc::SYS_umask, &[img.umask as u64])?;
-    b.sys(
+    ));
+    let p = b.cstr(&img.cwd)?;
+    calls.push(call(format!("chdir {}", img.cwd), libc::SYS_chdir, &[p]));
+    calls.push(call("umask", libc::SYS_umask, &[img.umask as u64]));
+    calls.push(call(
         "personality",
         libc::SYS_personality,
         &[img.personality as u64],
-    )?;
-
+    ));
     // signal handlers: the image's, and default for whatever we (and so the child) had set
     let mut acts: Vec<SigAction> = img.sigactions.clone();
     for sig in 1..=64u32 {
@@ -638,46 +706,49 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         for w in [a.handler, a.flags, a.restorer, a.mask] {
             s.extend_from_slice(&w.to_ne_bytes());
         }
-        let p = b.put(0, &s)?;
-        b.sys(
-            &format!("rt_sigaction {}", a.sig),
+        let p = b.data(&s)?;
+        calls.push(call(
+            format!("rt_sigaction {}", a.sig),
             libc::SYS_rt_sigaction,
             &[a.sig as u64, p, 0, 8],
-        )?;
+        ));
     }
     let mut s = Vec::with_capacity(24);
     s.extend_from_slice(&img.altstack.0.to_ne_bytes());
     s.extend_from_slice(&(img.altstack.1 & !(libc::SS_ONSTACK as u32)).to_ne_bytes());
     s.extend_from_slice(&[0u8; 4]);
     s.extend_from_slice(&img.altstack.2.to_ne_bytes());
-    let p = b.put(0, &s)?;
-    b.sys("sigaltstack", libc::SYS_sigaltstack, &[p, 0])?;
-    b.sys(
+    let p = b.data(&s)?;
+    calls.push(call("sigaltstack", libc::SYS_sigaltstack, &[p, 0]));
+    calls.push(call(
         "set_tid_address",
         libc::SYS_set_tid_address,
         &[img.clear_child_tid],
-    )?;
+    ));
     if img.robust_list.0 != 0 {
-        b.sys(
+        calls.push(call(
             "set_robust_list",
             libc::SYS_set_robust_list,
             &[img.robust_list.0, img.robust_list.1],
-        )?;
+        ));
     }
-
-    // mm fields, auxv and exe
-    let p = b.put_path(&img.exe)?;
-    let exe_fd = b.sys(
-        &format!("open {}", img.exe),
+    let p = b.cstr(&img.exe)?;
+    calls.push(call(
+        format!("open {}", img.exe),
         libc::SYS_openat,
         &[
             libc::AT_FDCWD as u64,
             p,
             (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
         ],
-    )?;
+    ));
+    let exe_fd = *b.run(&calls)?.last().unwrap();
+
+    // mm fields, auxv and exe
+    let mut calls = Vec::new();
+    let auxv = b.data(&img.auxv)?;
     let m = &img.mm;
-    let mut s = Vec::with_capacity(104 + img.auxv.len());
+    let mut s = Vec::with_capacity(104);
     for w in [
         m.start_code,
         m.end_code,
@@ -690,15 +761,14 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         m.arg_end,
         m.env_start,
         m.env_end,
-        b.scratch + 1024,
+        auxv,
     ] {
         s.extend_from_slice(&w.to_ne_bytes());
     }
     s.extend_from_slice(&(img.auxv.len() as u32).to_ne_bytes());
     s.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
-    let p = b.put(0, &s)?;
-    b.put(1024, &img.auxv)?;
-    b.sys(
+    let p = b.data(&s)?;
+    calls.push(call(
         "prctl(PR_SET_MM_MAP)",
         libc::SYS_prctl,
         &[
@@ -708,23 +778,23 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             104,
             0,
         ],
-    )?;
-    b.sys("close", libc::SYS_close, &[exe_fd])?;
-
+    ));
+    calls.push(call("close", libc::SYS_close, &[exe_fd]));
     // session and process group
     if img.session_leader {
-        b.sys("setsid", libc::SYS_setsid, &[])?;
+        calls.push(call("setsid", libc::SYS_setsid, &[]));
     } else if img.pgrp_leader {
-        b.sys("setpgid", libc::SYS_setpgid, &[0, 0])?;
+        calls.push(call("setpgid", libc::SYS_setpgid, &[0, 0]));
     }
-
-    // file descriptors
     let present: Vec<i32> = img.fds.iter().map(|f| f.fd).collect();
     for fd in 0..3 {
         if !present.contains(&fd) {
-            b.sys("close", libc::SYS_close, &[fd as u64])?;
+            calls.push(call("close", libc::SYS_close, &[fd as u64]));
         }
     }
+    b.run(&calls)?;
+
+    // file descriptors (one by one: each depends on the fd number the last open returned)
     for f in &img.fds {
         let fd = f.fd as u64;
         match &f.kind {
@@ -752,7 +822,7 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             } => {
                 let fl = *flags
                     & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
-                let p = b.put_path(path)?;
+                let p = b.cstr(path)?;
                 let r = b.sys(
                     &format!("open {path} for fd {fd}"),
                     libc::SYS_openat,
@@ -778,67 +848,68 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         }
     }
 
-    // pending signals (all signals are blocked in the child until the final mask is set)
+    // pending signals (all signals are blocked in the child until the final mask is set),
+    // then credentials last: they drop the privileges needed above
+    let mut calls = Vec::new();
     for ps in &img.pending {
         let sig = i32::from_ne_bytes(ps.info[..4].try_into().unwrap()) as u64;
-        let p = b.put(0, &ps.info)?;
-        if ps.shared {
-            b.sys(
+        let p = b.data(&ps.info)?;
+        calls.push(if ps.shared {
+            call(
                 "rt_sigqueueinfo",
                 libc::SYS_rt_sigqueueinfo,
                 &[pid as u64, sig, p],
-            )?;
+            )
         } else {
-            b.sys(
+            call(
                 "rt_tgsigqueueinfo",
                 libc::SYS_rt_tgsigqueueinfo,
                 &[pid as u64, pid as u64, sig, p],
-            )?;
-        }
+            )
+        });
     }
-
-    // credentials last: they drop the privileges needed above
     if img.no_new_privs {
-        b.sys(
+        calls.push(call(
             "prctl(PR_SET_NO_NEW_PRIVS)",
             libc::SYS_prctl,
             &[libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
-        )?;
+        ));
     }
     let c = &img.creds;
     let mut gs = Vec::new();
     for g in &c.groups {
         gs.extend_from_slice(&g.to_ne_bytes());
     }
-    let p = b.put(0, &gs)?;
-    b.sys(
+    let p = b.data(&gs)?;
+    calls.push(call(
         "setgroups",
         libc::SYS_setgroups,
         &[c.groups.len() as u64, p],
-    )?;
-    b.sys(
+    ));
+    calls.push(call(
         "setresgid",
         libc::SYS_setresgid,
         &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
-    )?;
-    b.sys(
+    ));
+    calls.push(call(
         "setresuid",
         libc::SYS_setresuid,
         &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
-    )?;
-    b.sys(
+    ));
+    calls.push(call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
         &[libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0],
-    )?;
-    b.sys(
+    ));
+    calls.push(call(
         "prctl(PR_SET_DUMPABLE)",
         libc::SYS_prctl,
         &[libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0],
-    )?;
+    ));
     if let Some((p, l, s)) = img.rseq {
-        b.sys("rseq", libc::SYS_rseq, &[p, l as u64, 0, s as u64])?;
+        calls.push(call("rseq", libc::SYS_rseq, &[p, l as u64, 0, s as u64]));
     }
+    b.run(&calls)?;
     // last call: remove the trampoline (we stop at syscall exit, so rip needn't be valid)
     let r =
         b.t.syscall_exit_stop(libc::SYS_munmap, &[tramp, TRAMP])
