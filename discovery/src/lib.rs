@@ -33,6 +33,7 @@
 pub mod load;
 pub mod map;
 pub mod membership;
+pub mod zeroconf;
 
 /// A node number, as in the openMosix map (1–65535 there; mDNS nodes use the same space).
 pub type NodeId = u32;

@@ -8,6 +8,8 @@ pub enum Error {
     Key { path: PathBuf, reason: String },
     #[error("{0}")]
     Map(#[from] discovery::map::Error),
+    #[error("{0}")]
+    Config(String),
     #[error("cannot start the transport: {0}")]
     Transport(String),
     #[error("control socket {path}: {reason}")]

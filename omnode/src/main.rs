@@ -33,7 +33,8 @@ pub const DEFAULT_PORT: u16 = 7431;
 machine, connects to every other node with the cluster key, and serves the control socket.\n\n\
 Map lines are `ID ADDRESS RANGE`: `1 127.0.0.1 4` is nodes 1-4 at 127.0.0.1-127.0.0.4.",
     after_help = "Examples:\n  omnode keygen --out /etc/omnode/cluster.key\n  omnode --map /etc/openmosix.map\n  \
-omnode --map cluster.map --node 2 --socket /tmp/n2.sock --key-file cluster.key\n  omnode status\n  omnode status --json"
+omnode --map cluster.map --node 2 --socket /tmp/n2.sock --key-file cluster.key\n  \
+omnode --discovery mdns          # zero-config: every node on the LAN with the same key\n  omnode status\n  omnode status --json"
 )]
 struct Cli {
     #[command(flatten)]
@@ -65,9 +66,36 @@ pub struct DaemonArgs {
     #[arg(long, default_value_t = DEFAULT_PORT)]
     pub port: u16,
 
+    /// How to find the other nodes: `auto` uses the map when one is given or found, else
+    /// mDNS; `map` never falls back; `mdns` ignores any map.
+    #[arg(long, value_enum, default_value_t = DiscoveryMode::Auto)]
+    pub discovery: DiscoveryMode,
+
+    /// Link layer: `tcp` (default with a map) or `p2p` (libp2p; default and required with mDNS).
+    #[arg(long, value_enum)]
+    pub transport: Option<TransportKind>,
+
+    /// mDNS mode: the address to stand on (default: the first non-loopback IPv4 address);
+    /// the node id is its last two bytes unless --node says otherwise.
+    #[arg(long, value_name = "IP")]
+    pub listen: Option<std::net::IpAddr>,
+
     /// Load-monitor tick in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub load_tick_ms: u64,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiscoveryMode {
+    Auto,
+    Map,
+    Mdns,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TransportKind {
+    Tcp,
+    P2p,
 }
 
 #[derive(Subcommand, Debug)]

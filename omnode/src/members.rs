@@ -45,7 +45,13 @@ pub struct Members {
     addrs: BTreeMap<NodeId, String>,
     cluster: String,
     load: Addr<LoadMonitor>,
+    started: Instant,
+    /// When we last said that no peer is reachable.
+    warned: Option<Instant>,
 }
+
+/// How long a node waits for its first peer before saying none is reachable.
+const LONELY_AFTER: Duration = Duration::from_secs(10);
 
 impl Members {
     pub fn new(
@@ -59,6 +65,32 @@ impl Members {
             addrs,
             cluster,
             load,
+            started: Instant::now(),
+            warned: None,
+        }
+    }
+
+    /// Say so, once a minute, when the map names peers and none has ever been reached: a
+    /// map-mode node never silently goes zero-config.
+    fn check_lonely(&mut self, now: Instant) {
+        let peers: Vec<_> = self
+            .table
+            .nodes()
+            .filter(|n| n.source == Source::Map)
+            .collect();
+        if peers.is_empty() || peers.iter().any(|n| n.last_seen.is_some()) {
+            return;
+        }
+        let due = self.warned.map_or(now >= self.started + LONELY_AFTER, |t| {
+            now >= t + LONELY_AFTER * 6
+        });
+        if due {
+            self.warned = Some(now);
+            tracing::warn!(
+                "none of the {} peers of the map has been reached after {}s: check that omnode runs on them with the same map, cluster key and --port",
+                peers.len(),
+                now.duration_since(self.started).as_secs()
+            );
         }
     }
 
@@ -127,7 +159,10 @@ impl Actor for Members {
     async fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let outputs = match msg {
-            Msg::Tick => self.table.on_tick(now),
+            Msg::Tick => {
+                self.check_lonely(now);
+                self.table.on_tick(now)
+            }
             Msg::Heartbeat(hb) => {
                 if hb.msg.cluster != self.cluster {
                     tracing::warn!(
