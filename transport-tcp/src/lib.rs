@@ -21,6 +21,7 @@
 //! 4. `Event::Up`, then frames. A link that ends emits `Event::Down` once.
 
 pub mod codec;
+mod outbox;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -45,15 +46,14 @@ use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::codec::{MAX_CHUNK, Packer, Unpacker};
+use crate::codec::Unpacker;
+use crate::outbox::Outbox;
 
 /// AES-GCM rather than ChaCha20-Poly1305: with ring's assembly it seals and opens twice as
 /// fast on CPUs with AES instructions (BENCHMARKS.md, `noise_1MiB`).
 const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 const PROLOGUE: &[u8] = b"omnode transport-tcp 1";
 const TAG: usize = 16;
-/// Ciphertext collected before the writer hands it to the socket.
-const WRITE_BATCH: usize = 256 * 1024;
 /// Inbound connections allowed in the handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 128;
 const DUPLICATE: &str = "duplicate link";
@@ -197,7 +197,7 @@ struct PeerEntry {
 struct LinkEntry {
     id: u64,
     state: LinkState,
-    tx: mpsc::Sender<Frame>,
+    outbox: Arc<Outbox>,
     ctl: Arc<LinkCtl>,
 }
 
@@ -308,7 +308,7 @@ impl rt::Transport for Transport {
                     return Err(rt::Error::Closed);
                 }
                 match st.links.get(&peer) {
-                    Some(l) if l.state == LinkState::Up => l.tx.clone(),
+                    Some(l) if l.state == LinkState::Up => l.outbox.clone(),
                     _ if !st.peers.contains_key(&peer) => return Err(rt::Error::UnknownPeer(peer)),
                     _ => return Err(rt::Error::Unreachable(peer)),
                 }
@@ -624,9 +624,8 @@ struct Established {
     id: u64,
     arbiter: bool,
     read: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
-    write: OwnedWriteHalf,
     noise: Arc<StatelessTransportState>,
-    rx: mpsc::Receiver<Frame>,
+    outbox: Arc<Outbox>,
     ctl: Arc<LinkCtl>,
 }
 
@@ -835,10 +834,25 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         remote,
         arbiter,
         read,
-        mut write,
+        write,
         noise,
     } = neg;
-    let (tx, rx) = mpsc::channel(inner.config.queue_capacity);
+    let noise = Arc::new(noise);
+    // The arbiter's `Accepted` goes out first on the link, once it is registered.
+    let mut preamble = BytesMut::new();
+    if arbiter {
+        let m = seal(&noise, 1, &HelloReply::Accepted.encode())?;
+        preamble.put_u16(m.len() as u16);
+        preamble.put_slice(&m);
+    }
+    let outbox = Outbox::new(
+        write,
+        noise.clone(),
+        inner.config.queue_capacity,
+        &preamble,
+        !arbiter,
+    )
+    .map_err(HsError::Protocol)?;
     let ctl = Arc::new(LinkCtl {
         cancel: inner.root.child_token(),
         reason: Mutex::new(None),
@@ -852,27 +866,30 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         } else {
             LinkState::Up
         },
-        tx,
+        outbox: outbox.clone(),
         ctl: ctl.clone(),
     };
+    let refusal = |reason: String| -> Vec<u8> {
+        let m = seal(&noise, 1, &HelloReply::Refused { reason }.encode()).unwrap_or_default();
+        let mut b = Vec::with_capacity(2 + m.len());
+        b.extend_from_slice(&(m.len() as u16).to_be_bytes());
+        b.extend_from_slice(&m);
+        b
+    };
     match inner.claim(peer, arbiter, entry).await {
-        Ok(()) if arbiter => {
-            let m = seal(&noise, 1, &HelloReply::Accepted.encode())?;
-            if let Err(e) = send_raw(&mut write, &m).await {
-                // Registered already: the link task reports it down.
-                ctl.close(&format!("write error: {e}"));
-            }
-        }
         Ok(()) => {}
         Err(reason) if arbiter && reason.starts_with(DUPLICATE) => {
             debug!("node {peer} at {remote}: {reason}");
-            let m = seal(&noise, 1, &HelloReply::Refused { reason }.encode())?;
-            let _ = send_raw(&mut write, &m).await;
+            outbox.write_now(&refusal(reason));
             return Err(HsError::Duplicate);
         }
         Err(reason) if arbiter => {
-            let who = format!("node {peer}");
-            return Err(refuse(inner, &mut write, &noise, remote, &who, reason).await);
+            inner.warn_repeated(
+                format!("refused node {peer} {reason}"),
+                &format!("refused node {peer} at {remote}: {reason}"),
+            );
+            outbox.write_now(&refusal(reason.clone()));
+            return Err(HsError::Refused(reason));
         }
         Err(reason) => {
             // The arbiter accepted already; it will see this link close at once.
@@ -886,9 +903,8 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         id,
         arbiter,
         read,
-        write,
-        noise: Arc::new(noise),
-        rx,
+        noise,
+        outbox,
         ctl,
     })
 }
@@ -905,11 +921,22 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
         id,
         arbiter,
         mut read,
-        write,
         noise,
-        rx,
+        outbox,
         ctl,
     } = link;
+    // The writer starts at once: it carries the arbiter's `Accepted` (and the other
+    // side's confirmation). On shutdown it flushes what is queued, briefly.
+    let writer = {
+        let (inner, outbox, ctl) = (inner.clone(), outbox.clone(), ctl.clone());
+        tokio::spawn(async move {
+            match outbox.run(&ctl, inner.config.keepalive).await {
+                Some(reason) => ctl.close(&reason),
+                None if inner.root.is_cancelled() => outbox.flush(Duration::from_secs(1)).await,
+                None => {}
+            }
+        })
+    };
     let mut next_nonce = 2;
     let mut was_up = false;
     let mut reason = String::new();
@@ -942,32 +969,21 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
         was_up = true;
         info!("link to node {peer} up ({remote})");
         inner.emit(Event::Up { peer }).await;
-        let writer = tokio::spawn(write_loop(
-            inner.clone(),
-            write,
-            noise.clone(),
-            rx,
-            ctl.clone(),
-            !arbiter,
-        ));
         reason = tokio::select! {
             r = read_loop(&inner, peer, &mut read, &noise, next_nonce) => r,
             _ = ctl.cancel.cancelled() => String::new(),
         };
-        ctl.close(&reason);
-        // On shutdown the writer flushes what is queued (bounded); otherwise the link is
-        // dead or dropped and the writer may be stuck on a full socket: stop it now.
-        let abort = writer.abort_handle();
-        if !inner.root.is_cancelled() {
-            abort.abort();
-        }
-        if tokio::time::timeout(Duration::from_millis(1500), writer)
-            .await
-            .is_err()
-        {
-            abort.abort();
-        }
     }
+    ctl.close(&reason);
+    // The writer stops at the cancellation (flushing for a bounded while on shutdown).
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(Duration::from_millis(1500), writer)
+        .await
+        .is_err()
+    {
+        abort.abort();
+    }
+    drop(outbox);
     let reason = lock(&ctl.reason).clone().unwrap_or(reason);
     drop(read);
 
@@ -1038,112 +1054,4 @@ async fn read_loop(
             }
         }
     }
-}
-
-/// Seal one chunk into `out` as `u16 length | ciphertext`.
-fn seal_into(
-    noise: &StatelessTransportState,
-    nonce: &mut u64,
-    chunk: &[u8],
-    out: &mut BytesMut,
-) -> Result<(), String> {
-    let n = chunk.len() + TAG;
-    out.reserve(2 + n);
-    out.put_u16(n as u16);
-    let start = out.len();
-    out.resize(start + n, 0);
-    noise
-        .write_message(*nonce, chunk, &mut out[start..])
-        .map_err(|e| format!("seal: {e:?}"))?;
-    *nonce += 1;
-    Ok(())
-}
-
-async fn write_loop(
-    inner: Arc<Inner>,
-    mut write: OwnedWriteHalf,
-    noise: Arc<StatelessTransportState>,
-    mut rx: mpsc::Receiver<Frame>,
-    ctl: Arc<LinkCtl>,
-    confirm: bool,
-) {
-    let keepalive = inner.config.keepalive;
-    let mut packer = Packer::new(MAX_CHUNK);
-    let mut out = BytesMut::with_capacity(WRITE_BATCH + MAX_CHUNK + 64);
-    let mut nonce: u64 = 2;
-    let result: Result<(), String> = async {
-        if confirm {
-            // The first message tells the arbiter that this side has the link up too.
-            seal_into(&noise, &mut nonce, &[], &mut out)?;
-            write
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("write error: {e}"))?;
-            out.clear();
-        }
-        loop {
-            let first = tokio::select! {
-                biased;
-                _ = ctl.cancel.cancelled() => break,
-                r = tokio::time::timeout(keepalive, rx.recv()) => r,
-            };
-            match first {
-                Err(_) => seal_into(&noise, &mut nonce, &[], &mut out)?,
-                Ok(None) => break,
-                Ok(Some(frame)) => {
-                    // Drain what is queued into one batch of Noise messages; a large
-                    // payload is sealed piece by piece and written as it goes.
-                    let mut next = Some(frame);
-                    while let Some(f) = next.take() {
-                        let mut sink = |c: &[u8]| seal_into(&noise, &mut nonce, c, &mut out);
-                        if let Some(payload) = packer.push_split(&f, &mut sink)? {
-                            for piece in payload.chunks(MAX_CHUNK) {
-                                seal_into(&noise, &mut nonce, piece, &mut out)?;
-                                if out.len() >= WRITE_BATCH {
-                                    write
-                                        .write_all(&out)
-                                        .await
-                                        .map_err(|e| format!("write error: {e}"))?;
-                                    out.clear();
-                                }
-                            }
-                        }
-                        if out.len() + packer.pending() < WRITE_BATCH {
-                            next = rx.try_recv().ok();
-                        }
-                    }
-                    packer.flush(&mut |c: &[u8]| seal_into(&noise, &mut nonce, c, &mut out))?;
-                }
-            }
-            write
-                .write_all(&out)
-                .await
-                .map_err(|e| format!("write error: {e}"))?;
-            out.clear();
-        }
-        Ok(())
-    }
-    .await;
-    if let Err(reason) = result {
-        ctl.close(&reason);
-        return;
-    }
-    // Closing: on shutdown, flush what is queued for a short while, then close our side.
-    if inner.root.is_cancelled() {
-        let flush = async {
-            rx.close();
-            let mut sink = |c: &[u8]| seal_into(&noise, &mut nonce, c, &mut out);
-            while let Some(f) = rx.recv().await {
-                if packer.push(&f, &mut sink).is_err() {
-                    return;
-                }
-            }
-            if packer.flush(&mut sink).is_err() {
-                return;
-            }
-            let _ = write.write_all(&out).await;
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), flush).await;
-    }
-    let _ = write.shutdown().await;
 }
