@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use rand::{Rng, RngCore};
+use rand::{Rng, RngCore, SeedableRng};
 use runtime::transport::{Error as TError, Event, Frame, PeerInfo, Transport as _};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -338,4 +338,93 @@ async fn keepalives_hold_an_idle_link_and_silence_times_out() {
         .unwrap();
     c.expect_silence(Duration::from_millis(800)).await;
     assert!(c.t.connected().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_blocks_the_sender_and_loses_nothing() {
+    init_logs();
+    let mut ca = config(1, addr(10, 1, 0));
+    ca.queue_capacity = 8;
+    let mut a = start_with(ca).await;
+    // b's runtime takes events slowly: its channel holds 4.
+    let mut b = common::start_with_events(config(2, addr(10, 2, 0)), 4).await;
+    a.t.set_peers(vec![b.info()]);
+    b.t.set_peers(vec![a.info()]);
+    a.expect_up(2).await;
+    b.expect_up(1).await;
+
+    // Nobody drains b: once b's channel, both socket buffers and a's queue are full,
+    // `send` waits instead of failing or dropping.
+    let payload = Bytes::from(vec![9u8; 64 * 1024]);
+    let mut sent = 0u32;
+    let mut blocked = false;
+    while sent < 5000 {
+        let f = Frame::new(Bytes::copy_from_slice(&sent.to_be_bytes()), payload.clone());
+        match tokio::time::timeout(Duration::from_millis(500), a.t.send(2, f)).await {
+            Ok(r) => {
+                r.unwrap();
+                sent += 1;
+            }
+            Err(_) => {
+                blocked = true;
+                break;
+            }
+        }
+    }
+    assert!(blocked, "send never waited after {sent} frames of 64 KiB");
+    // Now drain: everything sent arrives, in order, and sending works again.
+    let more = sent + 100;
+    let a2 = a.t.clone();
+    let sender = tokio::spawn(async move {
+        for i in sent..more {
+            let f = Frame::new(Bytes::copy_from_slice(&i.to_be_bytes()), Bytes::new());
+            a2.send(2, f).await.unwrap();
+        }
+    });
+    for i in 0..more {
+        let f = b.expect_frame(1).await;
+        assert_eq!(f.head[..], i.to_be_bytes());
+        assert_eq!(f.payload.len(), if i < sent { 64 * 1024 } else { 0 });
+    }
+    sender.await.unwrap();
+    assert_eq!(a.t.connected(), vec![2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_across_bursts_pauses_and_sizes() {
+    init_logs();
+    let mut nodes = mesh(11, &[1, 2]).await;
+    let n = 20_000u32;
+    let a = nodes[0].t.clone();
+    let sender = tokio::spawn(async move {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for i in 0..n {
+            let len = match rng.gen_range(0..100) {
+                0 => rng.gen_range(64 * 1024..300 * 1024),
+                1..10 => rng.gen_range(1000..20_000),
+                _ => rng.gen_range(0..200),
+            };
+            let payload = Bytes::from(vec![(i % 255) as u8; len]);
+            a.send(
+                2,
+                Frame::new(Bytes::copy_from_slice(&i.to_be_bytes()), payload),
+            )
+            .await
+            .unwrap();
+            // Pauses let some frames take the inline path, bursts the queued one.
+            if rng.gen_range(0..50) == 0 {
+                let spin = std::time::Instant::now();
+                while spin.elapsed() < Duration::from_micros(rng.gen_range(5..60)) {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    for i in 0..n {
+        let f = nodes[1].expect_frame(1).await;
+        assert_eq!(f.head[..], i.to_be_bytes(), "frame {i} out of order");
+        assert!(f.payload.iter().all(|&x| x == (i % 255) as u8));
+    }
+    sender.await.unwrap();
 }

@@ -101,7 +101,12 @@ pub fn config(id: NodeId, listen: SocketAddr) -> Config {
 }
 
 pub async fn start_with(config: Config) -> Node {
-    let (tx, rx) = mpsc::channel(4096);
+    start_with_events(config, 4096).await
+}
+
+/// Start with an event channel of `capacity` (a slow runtime).
+pub async fn start_with_events(config: Config, capacity: usize) -> Node {
+    let (tx, rx) = mpsc::channel(capacity);
     let id = config.local;
     let t = Transport::start(config, tx)
         .await
