@@ -67,14 +67,21 @@ async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 70 + n as u8));
     let (tx, rx) = mpsc::channel(4096);
     let cfg = transport_tcp::Config::new(id, SocketAddr::new(ip(id), port), key, "bench");
-    let t = transport_tcp::Transport::start(cfg, tx).await.expect("transport");
+    let t = transport_tcp::Transport::start(cfg, tx)
+        .await
+        .expect("transport");
     let other = 3 - id;
-    t.set_peers(vec![PeerInfo { id: other, addrs: vec![SocketAddr::new(ip(other), port)] }]);
+    t.set_peers(vec![PeerInfo {
+        id: other,
+        addrs: vec![SocketAddr::new(ip(other), port)],
+    }]);
     let t: Arc<dyn Transport> = t;
     let sys = System::start(id, Some((t, rx)));
     let received = Arc::new(AtomicU64::new(0));
     let r2 = received.clone();
-    let addr = sys.spawn("echo", move || Echo { received: r2.clone() });
+    let addr = sys.spawn("echo", move || Echo {
+        received: r2.clone(),
+    });
     sys.serve::<Blob, _>("echo", addr);
     (sys, received)
 }
@@ -90,7 +97,10 @@ async fn pair() -> Pair {
     // Wait for the link.
     let t0 = Instant::now();
     while a.transport().unwrap().connected().is_empty() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "nodes did not connect");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "nodes did not connect"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     std::mem::forget(_b);
@@ -108,7 +118,11 @@ async fn raw_pair() -> (TcpStream, TcpStream) {
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let p = rt.block_on(pair());
     let msg = Blob(bytes::Bytes::from(vec![0xab; SIZE]));
     let t = Duration::from_secs(5);
@@ -209,7 +223,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("local_round_trip");
     let local = rt.block_on(async { System::start(9, None) });
     let received = Arc::new(AtomicU64::new(0));
-    let addr = rt.block_on(async { local.spawn("echo", move || Echo { received: received.clone() }) });
+    let addr = rt.block_on(async {
+        local.spawn("echo", move || Echo {
+            received: received.clone(),
+        })
+    });
     g.bench_function("typed ask", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {

@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub mod netns;
+
 /// The `omnode` binary under test.
 pub fn omnode_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("OMNODE_BIN") {
@@ -60,6 +62,8 @@ pub struct Cluster {
     pub map: PathBuf,
     pub key: PathBuf,
     pub port: u16,
+    /// Extra daemon flags for every node (e.g. `--transport p2p`).
+    pub extra: Vec<String>,
     nodes: Vec<(u32, Option<Child>)>,
 }
 
@@ -81,6 +85,7 @@ impl Cluster {
             map,
             key,
             port: free_port(),
+            extra: Vec::new(),
             nodes: Vec::new(),
         }
     }

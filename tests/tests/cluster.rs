@@ -19,7 +19,20 @@ fn all_up(c: &Cluster, nodes: &[u32]) -> bool {
 
 #[test]
 fn four_nodes_form_a_cluster_mark_a_dead_node_down_and_up_again() {
-    let mut c = Cluster::new("# four nodes on this machine\n1 127.0.0.11 4\n");
+    let c = Cluster::new("# four nodes on this machine\n1 127.0.0.11 4\n");
+    form_fail_and_return(c);
+}
+
+/// The same over the libp2p transport (map mode).
+#[cfg(feature = "p2p")]
+#[test]
+fn four_nodes_over_libp2p_form_fail_and_return() {
+    let mut c = Cluster::new("1 127.0.0.15 4\n");
+    c.extra = vec!["--transport".into(), "p2p".into()];
+    form_fail_and_return(c);
+}
+
+fn form_fail_and_return(mut c: Cluster) {
     for n in 1..=4 {
         c.start(n);
     }
@@ -34,7 +47,12 @@ fn four_nodes_form_a_cluster_mark_a_dead_node_down_and_up_again() {
     let nodes = s["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 4);
     let n3 = nodes.iter().find(|n| n["id"] == 3).unwrap();
-    assert_eq!(n3["addr"], "127.0.0.13");
+    let first = c.status(1).unwrap()["nodes"][0]["addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let base: u8 = first.rsplit('.').next().unwrap().parse().unwrap();
+    assert_eq!(n3["addr"], format!("127.0.0.{}", base + 2));
     assert!(n3["cpus"].as_u64().unwrap() >= 1 && n3["total_mem"].as_u64().unwrap() > 0);
 
     // A crash: the others mark it down within 5 s.
