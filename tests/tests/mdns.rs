@@ -210,21 +210,6 @@ fn the_bed_cleans_up_its_namespaces() {
         .to_string()
     };
     assert!(list().contains(&ns));
-    // Hosts reach each other through the bridge.
-    let ping = std::process::Command::new("ip")
-        .args(["netns", "exec", &ns, "ping", "-c1", "-W2", "10.77.0.2"])
-        .output();
-    if let Ok(out) = ping {
-        if out.status.code() != Some(127)
-            && !String::from_utf8_lossy(&out.stderr).contains("No such file")
-        {
-            assert!(
-                out.status.success(),
-                "host 1 cannot ping host 2: {}",
-                String::from_utf8_lossy(&out.stdout)
-            );
-        }
-    }
     drop(bed);
     assert!(!list().contains(&ns), "namespace {ns} left behind");
 }
