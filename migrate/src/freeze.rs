@@ -133,16 +133,16 @@ fn classify_vmas(pid: pid_t, maps: &str) -> Result<Vec<Vma>> {
                     format!("it maps a memfd ({n}) (not supported yet)"),
                 ));
             }
-            _ if n.ends_with(" (deleted)") => {
-                return Err(unsup(
-                    pid,
-                    format!("it maps a deleted file ({n}), which cannot be mapped again"),
-                ));
-            }
             _ if m.shared && n.starts_with("/dev/shm/") => {
                 return Err(unsup(
                     pid,
                     format!("it maps POSIX shared memory {n} (not supported yet)"),
+                ));
+            }
+            _ if n.ends_with(" (deleted)") => {
+                return Err(unsup(
+                    pid,
+                    format!("it maps a deleted file ({n}), which cannot be mapped again"),
                 ));
             }
             _ if n.starts_with('/') => {

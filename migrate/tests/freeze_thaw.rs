@@ -348,11 +348,15 @@ fn leave_running_checkpoint_then_thaw_a_copy() {
 }
 
 fn refused(prog_name: &'static str, what: &str) {
+    refused_with(prog_name, &["40"], what)
+}
+
+fn refused_with(prog_name: &'static str, args: &[&str], what: &str) {
     let dir = tempfile::tempdir().unwrap();
     let r_out = dir.path().join("ref");
-    let mut r = spawn(Command::new(prog(prog_name)).arg("40"), &r_out, None);
+    let mut r = spawn(Command::new(prog(prog_name)).args(args), &r_out, None);
     let m_out = dir.path().join("mig");
-    let mut p = spawn(Command::new(prog(prog_name)).arg("40"), &m_out, None);
+    let mut p = spawn(Command::new(prog(prog_name)).args(args), &m_out, None);
     std::thread::sleep(Duration::from_millis(150));
     let e = freeze(p.pid, false).expect_err("freeze must be refused");
     let msg = e.to_string();
@@ -640,5 +644,73 @@ fn failed_image_write_leaves_the_process_running_unchanged() {
     assert!(exited_ok(p.wait(T)), "process did not run on");
     assert!(exited_ok(r.wait(T)));
     assert_eq!(read(&r_out), read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn epoll_eventfd_timerfd_signalfd_inotify_and_shared_memory_are_refused() {
+    if !root() {
+        return;
+    }
+    for (kind, what) in [
+        ("epoll", "epoll"),
+        ("eventfd", "eventfd"),
+        ("timerfd", "timerfd"),
+        ("signalfd", "signalfd"),
+        ("inotify", "inotify"),
+        ("sysv", "SysV shared memory"),
+        ("posixshm", "POSIX shared memory"),
+    ] {
+        refused_with("fdkinds", &[kind, "25"], what);
+    }
+}
+
+#[test]
+fn rseq_robust_list_and_exe_come_back() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let want = migrate::inspect(&img[..]).unwrap().process;
+    assert!(
+        want.rseq.is_some(),
+        "glibc registers rseq; the image should carry it"
+    );
+    assert_ne!(want.robust_list.0, 0);
+    let mut q = thaw(&img);
+    // look at the new process from outside: stop it briefly
+    // SAFETY: ptrace of our own child; detached again below.
+    let (rseq, head, len) = unsafe {
+        assert_eq!(libc::ptrace(libc::PTRACE_SEIZE, q.pid, 0, 0), 0);
+        libc::ptrace(libc::PTRACE_INTERRUPT, q.pid, 0, 0);
+        let mut st = 0;
+        libc::waitpid(q.pid, &mut st, libc::__WALL);
+        let mut c = [0u64; 3];
+        assert!(libc::ptrace(0x420f, q.pid, 24usize, c.as_mut_ptr()) > 0);
+        let (mut head, mut len) = (0u64, 0u64);
+        libc::syscall(libc::SYS_get_robust_list, q.pid, &mut head, &mut len);
+        libc::ptrace(libc::PTRACE_DETACH, q.pid, 0, 0);
+        (c, head, len)
+    };
+    let (ptr, size, sig) = want.rseq.unwrap();
+    assert_eq!(
+        (rseq[0], rseq[1] as u32, (rseq[1] >> 32) as u32),
+        (ptr, size, sig)
+    );
+    assert_eq!((head, len), want.robust_list);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/exe", q.pid)).unwrap(),
+        prog("counter")
+    );
+    assert!(exited_ok(q.wait(T)));
     assert!(read(&out).ends_with("DONE ok\n"));
 }

@@ -6,10 +6,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <sys/stat.h>
 
 int main(int argc, char **argv) {
     int fd = open(argv[1], O_WRONLY | O_CREAT | O_TRUNC, 0644);
     int n = atoi(argv[2]), bad = 0;
+    int dfd = open("/", O_RDONLY | O_DIRECTORY);
     setvbuf(stdout, NULL, _IONBF, 0);
     for (int i = 0; i < n; i++) {
         char rec[64]; memset(rec, 'a' + i % 26, sizeof rec); rec[63] = '\n';
@@ -18,6 +20,8 @@ int main(int argc, char **argv) {
         if (i % 2) fprintf(stderr, "err %d\n", i); else printf("out %d\n", i);
         usleep(10000);
     }
+    struct stat st;
+    if (fstat(dfd, &st) || !S_ISDIR(st.st_mode) || faccessat(dfd, "proc", F_OK, 0)) { printf("BAD directory fd\n"); bad++; }
     printf("DONE %s\n", bad ? "bad" : "ok");
     return bad;
 }
