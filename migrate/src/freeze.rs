@@ -694,6 +694,14 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     let (brk, sigactions, altstack, ctid) = res?;
     unmap?;
     g.stashed.append(&mut t.stashed);
+    // Put registers and mask back now, not after the (possibly long) memory copy: should omnode
+    // die from here on, the kernel detaches and the process simply runs on.
+    let mut back = regs;
+    restart_fixup(&mut back, false);
+    setregs(pid, &back).map_err(ferr(pid, "PTRACE_SETREGS"))?;
+    g.orig_regs = None;
+    set_sigmask(pid, sigmask).map_err(ferr(pid, "PTRACE_SETSIGMASK"))?;
+    g.orig_mask = None;
 
     let mut img_regs = regs;
     restart_fixup(&mut img_regs, true);

@@ -714,3 +714,52 @@ fn rseq_robust_list_and_exe_come_back() {
     assert!(exited_ok(q.wait(T)));
     assert!(read(&out).ends_with("DONE ok\n"));
 }
+
+#[test]
+fn freezer_killed_mid_freeze_leaves_the_process_running_unchanged() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let r_out = dir.path().join("ref");
+    let args = ["80", "512", "10"];
+    let mut r = spawn(Command::new(prog("counter")).args(args), &r_out, None);
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("counter")).args(args), &out, None);
+    wait_lines(&out, 0, T);
+    std::thread::sleep(Duration::from_millis(700)); // heap filled, loop running
+    let mut f = Command::new(env!("CARGO_BIN_EXE_migrate-cli"));
+    f.arg("freeze")
+        .arg(p.pid.to_string())
+        .arg(dir.path().join("img"));
+    let mut freezer = spawn(&mut f, &dir.path().join("freezer.out"), None);
+    // wait until it holds the process, give it time to get into the memory copy, kill it
+    let end = std::time::Instant::now() + T;
+    let traced = loop {
+        let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
+        if st.contains(&format!("TracerPid:\t{}", freezer.pid)) {
+            break true;
+        }
+        if !freezer.alive() || std::time::Instant::now() > end {
+            break false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    assert!(
+        traced,
+        "the freezer never attached: {}",
+        read(&dir.path().join("freezer.out"))
+    );
+    std::thread::sleep(Duration::from_millis(20));
+    // SAFETY: our own child.
+    unsafe { libc::kill(freezer.pid, libc::SIGKILL) };
+    freezer.wait(T);
+    assert!(
+        exited_ok(p.wait(T)),
+        "process did not survive its freezer's death: {}",
+        read(&out)
+    );
+    assert!(exited_ok(r.wait(T)));
+    assert_eq!(read(&r_out), read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}

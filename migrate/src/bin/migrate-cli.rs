@@ -1,5 +1,5 @@
-//! Minimal driver of the engine, for debugging without the omnode binary:
-//! `mig freeze PID FILE [--leave-running]`, `mig thaw FILE [--wait] [--same-pid]`, `mig image FILE`.
+//! Minimal driver of the engine, for tests and debugging without the omnode binary:
+//! `migrate-cli freeze PID FILE [--leave-running]`, `migrate-cli thaw FILE [--wait] [--same-pid]`, `migrate-cli image FILE`.
 use std::fs::File;
 use std::io::BufReader;
 
@@ -15,7 +15,7 @@ fn main() {
             match migrate::freeze(a[2].parse().unwrap(), &f, &o) {
                 Ok(r) => eprintln!("{r:?}"),
                 Err(e) => {
-                    eprintln!("mig: {e}");
+                    eprintln!("migrate-cli: {e}");
                     std::process::exit(1)
                 }
             }
@@ -31,12 +31,13 @@ fn main() {
                     eprintln!("{t:?}");
                     if flag("--wait") {
                         let mut st = 0;
+                        // SAFETY: waiting for our own child.
                         unsafe { libc::waitpid(t.pid, &mut st, 0) };
                         eprintln!("status {st:#x}");
                     }
                 }
                 Err(e) => {
-                    eprintln!("mig: {e}");
+                    eprintln!("migrate-cli: {e}");
                     std::process::exit(1)
                 }
             }
@@ -51,8 +52,8 @@ fn main() {
                 }
                 println!("{:#?}", s.process.fds);
             }
-            Err(e) => eprintln!("mig: {e}"),
+            Err(e) => eprintln!("migrate-cli: {e}"),
         },
-        _ => eprintln!("usage: mig freeze PID FILE | thaw FILE | image FILE"),
+        _ => eprintln!("usage: migrate-cli freeze PID FILE | thaw FILE | image FILE"),
     }
 }
