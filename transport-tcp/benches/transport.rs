@@ -8,6 +8,7 @@
 //!   counted by node 2's event consumer) vs raw TCP with tokio-util's
 //!   `LengthDelimitedCodec` (`feed` per message, counted by a `FramedRead`).
 //! - `bulk_1MiB/*`: one-way throughput of 1 MiB payloads, same pairs.
+//! - `noise_1MiB/*`: the encryption alone: seal + open of 1 MiB as 64 KiB Noise messages.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

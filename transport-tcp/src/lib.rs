@@ -16,9 +16,21 @@
 //! 2. Both ends send an encrypted `Hello`; each checks the other's (`Hello::check`, the
 //!    node id is a listed peer, a dialled address answers with the expected id).
 //! 3. The higher-id end answers `HelloReply` first; the lower-id end (the arbiter) then
-//!    answers, accepting the link only if it holds no other live link to that peer. So
-//!    when both dial at once, exactly one link survives, and both ends agree which.
-//! 4. `Event::Up`, then frames. A link that ends emits `Event::Down` once.
+//!    answers, accepting the link only if it holds no other live or pending link to that
+//!    peer. So when both dial at once, exactly one link survives, and both ends agree
+//!    which, with no `Up`/`Down` for the loser. The other end's first message confirms
+//!    the arbiter's `Accepted`; only then does the arbiter emit `Up`, so a peer that dies
+//!    in the handshake leaves no `Up`/`Down` pair behind.
+//! 4. `Event::Up`, then frames. A link that ends (EOF, error, nothing received for
+//!    `idle_timeout` although the peer sends keepalives every `keepalive`, peer removed,
+//!    shutdown) emits `Event::Down` once; the dialler keeps re-dialling listed peers.
+//!
+//! ## Sending
+//! Each direction is one stream of records (see [`codec`]) cut into Noise messages of at
+//! most 64 KiB. A `send` that finds the link idle seals and writes its frame itself;
+//! otherwise frames wait in the bounded per-peer queue and the link's writer task packs
+//! many into each message (see `outbox`). Large payloads are sealed straight from their
+//! `Bytes`; received frames are slices of the decryption buffer.
 
 pub mod codec;
 mod outbox;
