@@ -234,7 +234,7 @@ fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
             return Err(refuse("a pipe"));
         }
         if !link.starts_with('/') {
-            return Err(refuse(&format!("{link}")));
+            return Err(refuse(&link));
         }
         if link.ends_with(" (deleted)") {
             return Err(refuse(&format!("a deleted file ({link})")));
@@ -708,7 +708,6 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     let f = |n| field_u64(&stat, n);
     let pgrp = f(5) as i32;
     let sid = f(6) as i32;
-    let mut pending = pending;
     for info in &g.stashed {
         pending.push(PendingSignal {
             shared: false,

@@ -672,7 +672,10 @@ impl<R: Read> SectionReader<R> {
 }
 
 /// Parses a PAGES payload into its runs and the data behind them.
-pub(crate) fn parse_pages(buf: &[u8]) -> Result<(Vec<(u64, u64)>, &[u8]), ImageError> {
+/// (address, length) runs of a PAGES section.
+pub(crate) type Runs = Vec<(u64, u64)>;
+
+pub(crate) fn parse_pages(buf: &[u8]) -> Result<(Runs, &[u8]), ImageError> {
     let bad = |w: &str| ImageError::Corrupt(format!("pages section: {w}"));
     if buf.len() < 4 {
         return Err(bad("too short"));

@@ -293,7 +293,7 @@ pub(crate) struct Tracee {
 
 impl Tracee {
     /// Resumes with PTRACE_SYSCALL until a syscall stop (SIGTRAP|0x80).
-    fn to_syscall_stop(&mut self) -> io::Result<()> {
+    fn run_to_syscall_stop(&mut self) -> io::Result<()> {
         ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0)?;
         loop {
             let st = wait(self.pid)?;
@@ -325,7 +325,7 @@ impl Tracee {
     }
 
     /// Resumes with PTRACE_CONT until the `int3` after the gadget's `syscall` traps.
-    fn to_int3(&mut self) -> io::Result<()> {
+    fn run_to_int3(&mut self) -> io::Result<()> {
         ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
         loop {
             let st = wait(self.pid)?;
@@ -383,10 +383,10 @@ impl Tracee {
         r.r9 = a[5];
         setregs(self.pid, &r)?;
         if self.int3 && !exit_stop {
-            self.to_int3()?;
+            self.run_to_int3()?;
         } else {
-            self.to_syscall_stop()?; // entry
-            self.to_syscall_stop()?; // exit
+            self.run_to_syscall_stop()?; // entry
+            self.run_to_syscall_stop()?; // exit
         }
         let r = getregs(self.pid)?;
         Ok(r.rax as i64)
@@ -427,7 +427,7 @@ impl Tracee {
         r.orig_rax = u64::MAX;
         r.rip = code;
         setregs(self.pid, &r)?;
-        self.to_int3()?;
+        self.run_to_int3()?;
         let mut res = vec![0u8; calls.len() * 8];
         let n = res.len() as u64;
         read_mem(self.pid, &mut res, &[(out, n)])?;

@@ -112,6 +112,7 @@ fn child_main(fds: &[i32; 3]) -> ! {
         libc::syscall(libc::SYS_kill, me, libc::SIGSTOP);
         libc::syscall(libc::SYS_exit_group, 127);
     }
+    #[allow(clippy::empty_loop)]
     loop {}
 }
 
@@ -178,7 +179,7 @@ fn special_areas(vmas: &[Vma]) -> Vec<(VmaKind, u64, u64)> {
         .collect()
 }
 
-fn find_gap(busy: &mut Vec<(u64, u64)>, size: u64, lo: u64) -> Option<u64> {
+fn find_gap(busy: &mut [(u64, u64)], size: u64, lo: u64) -> Option<u64> {
     busy.sort();
     let mut cand = lo;
     for &(s, e) in busy.iter() {

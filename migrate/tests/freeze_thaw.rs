@@ -506,6 +506,7 @@ fn pipe_stdout_attaches_to_a_file_named_at_thaw() {
             Ok(())
         });
     }
+    #[allow(clippy::zombie_processes)] // reaped by Proc
     let mut child = c.spawn().unwrap();
     let mut p = Proc::new(child.id() as i32);
     let pipe = child.stdout.take().unwrap();

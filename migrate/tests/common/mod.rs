@@ -127,6 +127,7 @@ pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
             Ok(())
         });
     }
+    #[allow(clippy::zombie_processes)] // reaped by Proc
     let c = cmd.spawn().expect("spawn");
     Proc::new(c.id() as i32)
 }
