@@ -541,6 +541,9 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, cancel: CancellationToken, w
             if !has_link {
                 break;
             }
+            // A link exists (whoever dialled it): start afresh when it ends.
+            backoff = cfg.backoff_min;
+            last_error.clear();
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = wake.notified() => {}
@@ -564,10 +567,9 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, cancel: CancellationToken, w
                     run_link(inner.clone(), link).await;
                     break;
                 }
-                Err(HsError::Duplicate) => {
-                    linked = true;
-                    break;
-                }
+                // The peer keeps another link (usually ours from its side, about to show
+                // up here); if that one is stale, retry with growing pauses.
+                Err(HsError::Duplicate) => break,
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != last_error {
@@ -1044,7 +1046,8 @@ async fn read_loop(
         if msg.len() < TAG {
             return "malformed message (shorter than its tag)".into();
         }
-        let r = unpacker.fill_with(msg.len() - TAG, |out| noise.read_message(nonce, &msg, out));
+        // Room for the whole ciphertext: ring then opens in place instead of copying it.
+        let r = unpacker.fill_with(msg.len(), |out| noise.read_message(nonce, &msg, out));
         if r.is_err() {
             return "message failed authentication; dropped link".into();
         }
