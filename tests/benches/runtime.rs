@@ -117,6 +117,14 @@ async fn raw_pair() -> (TcpStream, TcpStream) {
     (c, s)
 }
 
+/// Run `fut` as a task on a worker thread (where actors run), not on the bench's own thread.
+fn on_worker<T: Send + 'static>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    rt.block_on(rt.spawn(fut)).expect("bench task")
+}
+
 fn bench(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -130,10 +138,11 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("round_trip_64B");
     g.bench_function("ask over transport-tcp", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (a, msg) = (p.a.clone(), msg.0.clone());
+            on_worker(&rt, async move {
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    let r: Blob = p.a.ask(2, "echo", &msg, t).await.unwrap();
+                    let r: Blob = a.ask(2, "echo", &Blob(msg.clone()), t).await.unwrap();
                     assert_eq!(r.0.len(), SIZE);
                 }
                 t0.elapsed()
@@ -141,7 +150,7 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.bench_function("raw tokio TCP ping-pong", |b| {
-        let (mut c, mut s) = rt.block_on(raw_pair());
+        let (c, mut s) = rt.block_on(raw_pair());
         rt.spawn(async move {
             let mut buf = [0u8; SIZE];
             while s.read_exact(&mut buf).await.is_ok() {
@@ -150,16 +159,20 @@ fn bench(c: &mut Criterion) {
                 }
             }
         });
+        let mut c = Some(c);
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let mut conn = c.take().unwrap();
+            let (conn, took) = on_worker(&rt, async move {
                 let mut buf = [0xabu8; SIZE];
                 let t0 = Instant::now();
                 for _ in 0..iters {
-                    c.write_all(&buf).await.unwrap();
-                    c.read_exact(&mut buf).await.unwrap();
+                    conn.write_all(&buf).await.unwrap();
+                    conn.read_exact(&mut buf).await.unwrap();
                 }
-                t0.elapsed()
-            })
+                (conn, t0.elapsed())
+            });
+            c = Some(conn);
+            took
         })
     });
     g.finish();
@@ -169,15 +182,16 @@ fn bench(c: &mut Criterion) {
     g.sample_size(10);
     g.bench_function("tell over transport-tcp", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (a, received, msg) = (p.a.clone(), p.received.clone(), Blob(msg.0.clone()));
+            on_worker(&rt, async move {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    let start = p.received.load(Ordering::Relaxed);
+                    let start = received.load(Ordering::Relaxed);
                     let t0 = Instant::now();
                     for _ in 0..BURST {
-                        p.a.tell(2, "echo", &msg).await.unwrap();
+                        a.tell(2, "echo", &msg).await.unwrap();
                     }
-                    while p.received.load(Ordering::Relaxed) < start + BURST {
+                    while received.load(Ordering::Relaxed) < start + BURST {
                         tokio::task::yield_now().await;
                     }
                     total += t0.elapsed();
@@ -197,40 +211,49 @@ fn bench(c: &mut Criterion) {
                 c2.fetch_add(1, Ordering::Relaxed);
             }
         });
-        let mut w = BufWriter::with_capacity(256 * 1024, c);
+        let mut w = Some(BufWriter::with_capacity(256 * 1024, c));
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            let (mut writer, count) = (w.take().unwrap(), count.clone());
+            let (writer, took) = on_worker(&rt, async move {
                 let mut total = Duration::ZERO;
                 let frame = [0xabu8; SIZE + 4];
                 for _ in 0..iters {
                     let start = count.load(Ordering::Relaxed);
                     let t0 = Instant::now();
                     for _ in 0..BURST {
-                        w.write_all(&frame).await.unwrap();
+                        writer.write_all(&frame).await.unwrap();
                     }
-                    w.flush().await.unwrap();
+                    writer.flush().await.unwrap();
                     while count.load(Ordering::Relaxed) < start + BURST {
                         tokio::task::yield_now().await;
                     }
                     total += t0.elapsed();
                 }
-                total
-            })
+                (writer, total)
+            });
+            w = Some(writer);
+            took
         })
     });
     g.finish();
 
+    // Local asks on a single-threaded runtime: the runtime's own overhead, without the
+    // cross-thread wake-ups that dominate on a loaded 2-core machine.
+    let local_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut g = c.benchmark_group("local_round_trip");
-    let local = rt.block_on(async { System::start(9, None) });
+    let local = local_rt.block_on(async { System::start(9, None) });
     let received = Arc::new(AtomicU64::new(0));
-    let addr = rt.block_on(async {
+    let addr = local_rt.block_on(async {
         local.spawn("echo", move || Echo {
             received: received.clone(),
         })
     });
     g.bench_function("typed ask", |b| {
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            local_rt.block_on(async {
                 let t0 = Instant::now();
                 for i in 0..iters {
                     assert_eq!(addr.ask(|r| Msg::Local(i, r), t).await.unwrap(), i + 1);
@@ -241,13 +264,13 @@ fn bench(c: &mut Criterion) {
     });
     g.bench_function("raw oneshot via mpsc task", |b| {
         let (tx, mut rx) = mpsc::channel::<(u64, oneshot::Sender<u64>)>(1024);
-        rt.spawn(async move {
+        local_rt.spawn(async move {
             while let Some((n, r)) = rx.recv().await {
                 let _ = r.send(n + 1);
             }
         });
         b.iter_custom(|iters| {
-            rt.block_on(async {
+            local_rt.block_on(async {
                 let t0 = Instant::now();
                 for i in 0..iters {
                     let (otx, orx) = oneshot::channel();
