@@ -231,6 +231,8 @@ struct State {
     links: HashMap<NodeId, LinkEntry>,
     /// Where this node listens (sent to peers, who report it in `Event::Discovered`).
     listen_addrs: Vec<SocketAddr>,
+    /// The listed nodes (and address) we dialled when we connected to a peer.
+    dialled_for: HashMap<PeerId, Vec<(NodeId, Multiaddr)>>,
     /// Last time a warning with this key was logged.
     warned: HashMap<String, Instant>,
 }
@@ -714,7 +716,7 @@ struct Dialer {
     /// Peers found by mDNS, by libp2p identity.
     found: HashMap<PeerId, DialEntry>,
     /// Dials in flight: the address (map mode) or peer (mDNS).
-    pending_addr: HashMap<ConnectionId, Multiaddr>,
+    pending_addr: HashMap<ConnectionId, (NodeId, Multiaddr)>,
     pending_peer: HashMap<ConnectionId, PeerId>,
     /// Established connections we dialled, by remote address.
     dialled: HashMap<ConnectionId, Multiaddr>,
@@ -762,8 +764,8 @@ fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cfg: &C
             continue;
         }
         for addr in &e.addrs {
-            let busy =
-                d.pending_addr.values().any(|a| a == addr) || d.dialled.values().any(|a| a == addr);
+            let busy = d.pending_addr.values().any(|(_, a)| a == addr)
+                || d.dialled.values().any(|a| a == addr);
             if busy {
                 continue;
             }
@@ -771,7 +773,7 @@ fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cfg: &C
             let id = opts.connection_id();
             match swarm.dial(opts) {
                 Ok(()) => {
-                    d.pending_addr.insert(id, addr.clone());
+                    d.pending_addr.insert(id, (*node, addr.clone()));
                 }
                 Err(e) => debug!("cannot dial node {node} at {addr}: {e}"),
             }
@@ -878,7 +880,15 @@ fn on_swarm_event(
             ..
         } => {
             d.pending_peer.remove(&connection_id);
-            if let Some(addr) = d.pending_addr.remove(&connection_id) {
+            if let Some((_, addr)) = d.pending_addr.remove(&connection_id) {
+                // Every listed node that has this address expects to find itself here.
+                let wanted: Vec<(NodeId, Multiaddr)> = d
+                    .map
+                    .iter()
+                    .filter(|(_, e)| e.addrs.contains(&addr))
+                    .map(|(n, _)| (*n, addr.clone()))
+                    .collect();
+                lock(&inner.state).dialled_for.insert(peer_id, wanted);
                 d.dialled.insert(connection_id, addr);
             }
             debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established");
@@ -922,6 +932,7 @@ fn on_swarm_event(
             d.dialled.remove(&connection_id);
             debug!(%peer_id, ?cause, remaining = num_established, "connection closed");
             if num_established == 0 {
+                lock(&inner.state).dialled_for.remove(&peer_id);
                 if let Some(e) = d.found.get_mut(&peer_id) {
                     e.next_at = e.next_at.min(Instant::now() + jittered(e.backoff));
                 }
@@ -932,7 +943,7 @@ fn on_swarm_event(
             peer_id,
             error,
         } => {
-            let addr = d.pending_addr.remove(&connection_id);
+            let addr = d.pending_addr.remove(&connection_id).map(|(_, a)| a);
             d.pending_peer.remove(&connection_id);
             let target = match (&addr, peer_id) {
                 (Some(a), _) => a.to_string(),
@@ -1213,6 +1224,15 @@ async fn handshake(
     let fail = |e: HsError| (Some(node), e);
     if let Err(reason) = hello.check(&ours) {
         return Err(fail(refuse(&mut w, who, reason).await));
+    }
+    let dialled = lock(&inner.state).dialled_for.get(&peer_id).cloned();
+    for (want, addr) in dialled.into_iter().flatten().filter(|(w, _)| *w != node) {
+        inner.warn_limited(
+            format!("wrong addr {addr} {node}"),
+            &format!(
+                "dialled node {want} at {addr}, but node {node} answered; check the addresses in the map"
+            ),
+        );
     }
 
     // 2. Claim the node id, then answer; the link is up once both accepted.

@@ -432,3 +432,27 @@ async fn mdns_discovery_on_a_lan() {
     a.wait_up(2).await;
     b.wait_up(1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_address_in_map_links_the_node_that_answers() {
+    init_logs();
+    let mut a = Node::start(1, "127.0.0.81", 0, KEY, CLUSTER).await;
+    let mut c = Node::start(3, "127.0.0.83", 0, KEY, CLUSTER).await;
+    // a's map says node 2 is at c's address (a warning names it); c really is node 3.
+    let wrong = PeerInfo {
+        id: 2,
+        addrs: vec![c.t.local_addr()],
+    };
+    a.t.set_peers(vec![a.info(), wrong, c.info()]);
+    c.t.set_peers(vec![a.info(), c.info()]);
+    a.wait_up(3).await;
+    c.wait_up(1).await;
+    let ev = a.drain(Duration::from_secs(1)).await;
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::Up { peer: 2 })),
+        "{ev:?}"
+    );
+    assert_eq!(a.t.connected(), vec![3]);
+    a.t.shutdown().await;
+    c.t.shutdown().await;
+}
