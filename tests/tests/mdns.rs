@@ -213,3 +213,40 @@ fn the_bed_cleans_up_its_namespaces() {
     drop(bed);
     assert!(!list().contains(&ns), "namespace {ns} left behind");
 }
+
+#[test]
+fn two_hosts_claiming_one_node_id_are_a_reported_collision() {
+    let Some(mut bed) = bed(3) else { return };
+    let key = keygen(&bed, "cluster.key");
+    bed.start(3, &mdns_args(&key));
+    let mut args = mdns_args(&key);
+    args.extend(["--node", "7"]);
+    bed.start(1, &args);
+    let first = wait_for(Duration::from_secs(10), || {
+        (up_ids(&bed, 3) == vec![3, 7]).then_some(())
+    });
+    assert!(
+        first.is_some(),
+        "host 3 did not find node 7: {:?}",
+        up(&bed, 3)
+    );
+    bed.start(2, &args);
+    let reported = wait_for(Duration::from_secs(10), || {
+        (1..=3)
+            .any(|i| bed.log_text(i).contains("id collision"))
+            .then_some(())
+    });
+    assert!(reported.is_some(), "no host reported the collision");
+    // The first claimant keeps the id; the second joins no one.
+    assert_eq!(up_ids(&bed, 3), vec![3, 7]);
+    assert_eq!(up_ids(&bed, 1), vec![3, 7]);
+    assert_eq!(up_ids(&bed, 2), vec![7]);
+    let node7 = status(&bed, 3).unwrap()["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == 7)
+        .cloned()
+        .unwrap();
+    assert_eq!(node7["addr"], "10.77.0.1");
+}
