@@ -91,6 +91,14 @@ fn check_status(pid: pid_t, seized: bool) -> Result<String> {
             "it runs under a seccomp filter (not supported yet)",
         ));
     }
+    let timers = read_to_string(&format!("/proc/{pid}/timers")).unwrap_or_default();
+    let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
+    if n > 0 {
+        return Err(unsup(
+            pid,
+            format!("it has {n} POSIX timers (timer_create; not supported yet)"),
+        ));
+    }
     let kids = read_to_string(&format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let kids: Vec<&str> = kids.split_whitespace().collect();
     if !kids.is_empty() {
@@ -645,6 +653,12 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
                 [libc::PR_GET_TID_ADDRESS as u64, scratch + 2080, 0, 0, 0, 0],
             ),
         ];
+        for which in 0..3u64 {
+            calls.push((
+                libc::SYS_getitimer,
+                [which, scratch + 2560 + 32 * which, 0, 0, 0, 0],
+            ));
+        }
         for &sig in &sigs {
             calls.push((
                 libc::SYS_rt_sigaction,
@@ -658,8 +672,8 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         if let Some(e) = r[1..].iter().find(|&&v| (-4095..0).contains(&v)) {
             return Err(inj(crate::error::from_neg(*e)));
         }
-        let mut b = vec![0u8; 2304];
-        read_mem(pid, &mut b, &[(scratch, 2304)]).map_err(ferr(pid, "reading injected results"))?;
+        let mut b = vec![0u8; 2656];
+        read_mem(pid, &mut b, &[(scratch, 2656)]).map_err(ferr(pid, "reading injected results"))?;
         let w = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
         let acts = sigs
             .iter()
@@ -679,7 +693,13 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
             u32::from_ne_bytes(b[2056..2060].try_into().unwrap()),
             w(2064),
         );
-        Ok((r[0] as u64, acts, alt, w(2080)))
+        let mut itimers = [[0u64; 4]; 3];
+        for (k, t) in itimers.iter_mut().enumerate() {
+            for (j, v) in t.iter_mut().enumerate() {
+                *v = w(2560 + 32 * k + 8 * j);
+            }
+        }
+        Ok((r[0] as u64, acts, alt, w(2080), itimers))
     })();
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
@@ -691,7 +711,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
                 Err(inj(crate::error::from_neg(r)))
             }
         });
-    let (brk, sigactions, altstack, ctid) = res?;
+    let (brk, sigactions, altstack, ctid, itimers) = res?;
     unmap?;
     g.stashed.append(&mut t.stashed);
     // Put registers and mask back now, not after the (possibly long) memory copy: should omnode
@@ -752,6 +772,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         pending,
         clear_child_tid: ctid,
         robust_list: robust,
+        itimers,
         vmas,
         fds,
     };

@@ -161,6 +161,8 @@ pub struct ProcessImage {
     pub pending: Vec<PendingSignal>,
     pub clear_child_tid: u64,
     pub robust_list: (u64, u64),
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF as `struct itimerval` (4 words each).
+    pub itimers: [[u64; 4]; 3],
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
 }
@@ -338,6 +340,11 @@ impl ProcessImage {
         e.u64(self.clear_child_tid);
         e.u64(self.robust_list.0);
         e.u64(self.robust_list.1);
+        for t in &self.itimers {
+            for w in t {
+                e.u64(*w)
+            }
+        }
         e.u64(self.vmas.len() as u64);
         for v in &self.vmas {
             e.u64(v.start);
@@ -483,6 +490,11 @@ impl ProcessImage {
         }
         p.clear_child_tid = d.u64()?;
         p.robust_list = (d.u64()?, d.u64()?);
+        for t in p.itimers.iter_mut() {
+            for w in t.iter_mut() {
+                *w = d.u64()?
+            }
+        }
         let n = d.len(1 << 20)?;
         for _ in 0..n {
             let start = d.u64()?;

@@ -882,6 +882,28 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         gs.extend_from_slice(&g.to_ne_bytes());
     }
     let p = b.data(&gs)?;
+    // A periodic timer that has just expired shows value 0 with its signal still pending (the
+    // kernel re-arms it when that signal is dequeued): arm it for one interval from now, which
+    // is what that re-arming would have done.
+    for (which, t) in img.itimers.iter().enumerate() {
+        let mut t = *t;
+        if t[2] == 0 && t[3] == 0 {
+            t[2] = t[0];
+            t[3] = t[1];
+        }
+        if t[2] != 0 || t[3] != 0 {
+            let mut v = Vec::with_capacity(32);
+            for w in t {
+                v.extend_from_slice(&w.to_ne_bytes());
+            }
+            let p = b.data(&v)?;
+            calls.push(call(
+                "setitimer",
+                libc::SYS_setitimer,
+                &[which as u64, p, 0],
+            ));
+        }
+    }
     calls.push(call(
         "setgroups",
         libc::SYS_setgroups,

@@ -764,3 +764,12 @@ fn freezer_killed_mid_freeze_leaves_the_process_running_unchanged() {
     assert_eq!(read(&r_out), read(&out));
     assert!(read(&out).ends_with("DONE ok\n"));
 }
+
+#[test]
+fn interval_timer_keeps_firing_after_thaw() {
+    if !root() {
+        return;
+    }
+    let (r, m) = compare(&stdout_of("timer", &["80"]), Duration::from_millis(200), 1);
+    assert_same(&r, &m);
+}

@@ -51,6 +51,7 @@ fn main() {
                     );
                 }
                 println!("{:#?}", s.process.fds);
+                println!("itimers {:?}", s.process.itimers);
             }
             Err(e) => eprintln!("migrate-cli: {e}"),
         },
