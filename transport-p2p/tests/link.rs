@@ -456,3 +456,26 @@ async fn wrong_address_in_map_links_the_node_that_answers() {
     a.t.shutdown().await;
     c.t.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_link_stays_up_past_the_idle_connection_timeout() {
+    init_logs();
+    let mut a = Node::start(1, "127.0.0.91", 0, KEY, CLUSTER).await;
+    let mut b = Node::start(2, "127.0.0.92", 0, KEY, CLUSTER).await;
+    mesh(&[&a, &b]);
+    a.wait_up(2).await;
+    b.wait_up(1).await;
+    // libp2p closes connections without streams after 5 s; keepalives keep ours busy.
+    let (ea, eb) = tokio::join!(
+        a.drain(Duration::from_secs(8)),
+        b.drain(Duration::from_secs(8))
+    );
+    assert!(ea.is_empty(), "{ea:?}");
+    assert!(eb.is_empty(), "{eb:?}");
+    a.t.send(2, frame(1, Bytes::from_static(b"still here")))
+        .await
+        .unwrap();
+    assert_eq!(index(&recv_frames(&mut b, 1, 1).await[0]), 1);
+    a.t.shutdown().await;
+    b.t.shutdown().await;
+}
