@@ -113,8 +113,54 @@ fn check_status(pid: pid_t, seized: bool) -> Result<String> {
     Ok(st)
 }
 
+/// Refuses shared anonymous memory that another process also maps (its contents would fork).
+fn check_shared_anon(pid: pid_t, lines: &[crate::procfs::MapsLine]) -> Result<()> {
+    let ours: Vec<u64> = lines
+        .iter()
+        .filter(|m| {
+            m.shared && (m.name.starts_with("/dev/zero") || m.name.starts_with("[anon_shmem:"))
+        })
+        .map(|m| m.ino)
+        .collect();
+    if ours.is_empty() {
+        return Ok(());
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Ok(());
+    };
+    for e in rd.flatten() {
+        let Some(other) = e.file_name().to_str().and_then(|s| s.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if other == pid {
+            continue;
+        }
+        let Ok(maps) = read_to_string(&format!("/proc/{other}/maps")) else {
+            continue;
+        };
+        let Ok(theirs) = parse_maps(&maps) else {
+            continue;
+        };
+        if let Some(m) = theirs.iter().find(|m| {
+            m.shared
+                && (m.name.starts_with("/dev/zero") || m.name.starts_with("[anon_shmem:"))
+                && ours.contains(&m.ino)
+        }) {
+            return Err(unsup(
+                pid,
+                format!(
+                    "its shared anonymous memory ({}, inode {}) is also mapped by process {other} (not supported yet)",
+                    m.name, m.ino
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn classify_vmas(pid: pid_t, maps: &str) -> Result<Vec<Vma>> {
     let lines = parse_maps(maps).map_err(ferr(pid, "parsing maps"))?;
+    check_shared_anon(pid, &lines)?;
     let mut v = Vec::with_capacity(lines.len());
     for m in lines {
         let n = m.name.as_str();

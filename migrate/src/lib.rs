@@ -8,9 +8,15 @@
 //! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
 //! the migrator can send it over any transport while the process is frozen.
 //!
-//! Anything it cannot restore faithfully (threads, sockets, shared memory shared with other
-//! processes, epoll/eventfd/timerfd/signalfd/inotify, child processes, a traced process) is
-//! refused before the process is touched.
+//! Anything it cannot restore faithfully (threads, sockets, pipes and terminals other than
+//! stdio, shared memory shared with other processes, SysV/POSIX shm, memfd, deleted files,
+//! epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, seccomp, child processes, a traced
+//! process) is refused before the process is touched; a refusal or failure leaves it running as
+//! it was.
+//!
+//! Not carried (yet, and not refused): namespaces, cgroups, capabilities other than what
+//! setresuid implies, file locks, mlock/madvise state, pdeathsig, the shadow stack (no CET on
+//! these nodes), sharing between several mappings of one shared-anonymous object.
 
 pub mod error;
 mod freeze;

@@ -661,6 +661,7 @@ fn epoll_eventfd_timerfd_signalfd_inotify_and_shared_memory_are_refused() {
         ("inotify", "inotify"),
         ("sysv", "SysV shared memory"),
         ("posixshm", "POSIX shared memory"),
+        ("sharedanon", "also mapped by process"),
     ] {
         refused_with("fdkinds", &[kind, "25"], what);
     }

@@ -1,5 +1,5 @@
 /* Holds one kind of unsupported resource, then loops printing.  usage: fdkinds KIND ITERS
-   KIND: epoll eventfd timerfd signalfd inotify sysv posixshm */
+   KIND: epoll eventfd timerfd signalfd inotify sysv posixshm sharedanon */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -15,6 +15,7 @@
 #include <sys/signalfd.h>
 #include <sys/timerfd.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 int main(int argc, char **argv) {
     const char *k = argv[1];
@@ -29,6 +30,11 @@ int main(int argc, char **argv) {
         int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         p = shmat(id, 0, 0);
         shmctl(id, IPC_RMID, 0);
+    } else if (!strcmp(k, "sharedanon")) {
+        /* MAP_SHARED anonymous memory shared with a child that lives on (after we exit it goes) */
+        p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (fork() == 0) { setsid(); if (fork() == 0) { sleep(2); _exit(0); } _exit(0); }
+        wait(0);
     } else if (!strcmp(k, "posixshm")) {
         char name[64]; snprintf(name, sizeof name, "/omnode-test-%d", getpid());
         int s = shm_open(name, O_CREAT | O_RDWR, 0600);
