@@ -9,10 +9,13 @@ use tokio::sync::mpsc;
 use crate::NodeId;
 use crate::transport::{BoxFuture, Error, Event, Frame, PeerInfo, Transport};
 
+/// Each attached node and where its events go.
+type Members = Vec<(NodeId, mpsc::Sender<Event>)>;
+
 /// The shared medium. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Fabric {
-    nodes: Arc<Mutex<Vec<(NodeId, mpsc::Sender<Event>)>>>,
+    nodes: Arc<Mutex<Members>>,
 }
 
 impl Fabric {
