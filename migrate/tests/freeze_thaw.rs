@@ -752,7 +752,17 @@ fn freezer_killed_mid_freeze_leaves_the_process_running_unchanged() {
         "the freezer never attached: {}",
         read(&dir.path().join("freezer.out"))
     );
-    std::thread::sleep(Duration::from_millis(20));
+    // kill it once memory is streaming (the image file has grown past its process section)
+    let img = dir.path().join("img");
+    while std::fs::metadata(&img).map(|m| m.len()).unwrap_or(0) < 1 << 20 {
+        assert!(
+            freezer.alive(),
+            "freezer ended early: {}",
+            read(&dir.path().join("freezer.out"))
+        );
+        assert!(std::time::Instant::now() < end, "freezer made no progress");
+        std::thread::sleep(Duration::from_micros(200));
+    }
     // SAFETY: our own child.
     unsafe { libc::kill(freezer.pid, libc::SIGKILL) };
     freezer.wait(T);
