@@ -26,7 +26,9 @@
 //! digest, not our own id). In map mode (`mdns: false`) the id must also be one of the
 //! peers given to `set_peers`. Two live peers claiming one node id: the first keeps it,
 //! the second is refused (`node id N already taken by peer ...; id collision`), logged on
-//! both sides.
+//! both sides. Only when the first one's link has been silent for two keepalive periods
+//! (the node restarted, with a new identity, before its old link timed out) does the new
+//! peer take the id over, closing the old link (`Down`, then `Up`).
 //!
 //! ## Links
 //! Between two connected peers the one with the lower `PeerId` opens one libp2p stream
@@ -251,6 +253,9 @@ struct LinkCtl {
     reason: Mutex<Option<String>>,
     /// Cancelled when the link task has finished and its `Down` (if any) is delivered.
     done: CancellationToken,
+    born: Instant,
+    /// When the last message (frame or keepalive) arrived, in ms since `born`.
+    last_rx_ms: AtomicU64,
 }
 
 impl LinkCtl {
@@ -259,7 +264,20 @@ impl LinkCtl {
             cancel: parent.child_token(),
             reason: Mutex::new(None),
             done: CancellationToken::new(),
+            born: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
         })
+    }
+
+    fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_rx_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing arrived on this link.
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
     }
 
     fn close(&self, reason: &str) {
@@ -659,6 +677,22 @@ impl Inner {
                         st.links.insert(node, entry.take().expect("entry"));
                         return Ok(());
                     }
+                    Some(old)
+                        if old.peer_id != peer_id
+                            && old.up
+                            && old.ctl.silent_for() >= self.stale_after() =>
+                    {
+                        // Our link to the previous holder has missed its keepalives: most
+                        // likely that node restarted (new libp2p identity) before we noticed.
+                        info!(
+                            "node {node} reconnects as peer {peer_id}; its link to peer {} is silent for {:?}, closing it",
+                            old.peer_id,
+                            old.ctl.silent_for()
+                        );
+                        old.ctl
+                            .close("replaced: the node reconnected with a new identity");
+                        old.ctl.done.clone()
+                    }
                     Some(old) if old.peer_id != peer_id => {
                         return Err(format!(
                             "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
@@ -680,6 +714,11 @@ impl Inner {
             }
         }
         Err("previous link did not close in time".into())
+    }
+
+    /// A link silent this long (two missed keepalives) yields its node id to a new peer.
+    fn stale_after(&self) -> Duration {
+        (self.config.keepalive * 2).min(self.config.idle_timeout)
     }
 
     fn unclaim(&self, node: NodeId, id: u64) {
@@ -1330,7 +1369,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
 
     let writer = tokio::spawn(write_loop(inner.clone(), write, rx, ctl.clone()));
     let reason = tokio::select! {
-        r = read_loop(&inner, node, &mut read) => r,
+        r = read_loop(&inner, node, &ctl, &mut read) => r,
         _ = ctl.cancel.cancelled() => String::new(),
     };
     ctl.close(&reason);
@@ -1388,7 +1427,12 @@ async fn read_full(
     Ok(())
 }
 
-async fn read_loop(inner: &Inner, peer: NodeId, r: &mut BufReader<ReadHalf<Stream>>) -> String {
+async fn read_loop(
+    inner: &Inner,
+    peer: NodeId,
+    ctl: &LinkCtl,
+    r: &mut BufReader<ReadHalf<Stream>>,
+) -> String {
     let idle = inner.config.idle_timeout;
     let max = inner.config.max_frame;
     loop {
@@ -1396,6 +1440,7 @@ async fn read_loop(inner: &Inner, peer: NodeId, r: &mut BufReader<ReadHalf<Strea
         if let Err(e) = read_full(r, &mut len, idle).await {
             return e;
         }
+        ctl.touch();
         let n = u32::from_be_bytes(len) as usize;
         if n == 0 {
             continue; // keepalive

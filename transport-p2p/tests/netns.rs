@@ -7,6 +7,11 @@
 //! test binary again (`child_node`, selected by environment variables) under
 //! `ip netns exec`; the child starts a transport with `mdns: true` and prints its events
 //! as `EVENT ...` lines. Everything is removed in `Drop`, also when the test fails.
+//!
+//! Checked: 3 hosts with one key link up (`Discovered` before `Up`), a 4th host with
+//! another key never takes part; a host cut off the bridge is down after the idle
+//! time-out and up again when reconnected; a hung host (SIGSTOP) restarted as a new
+//! process takes its node id over; a killed host is down at once.
 //! Needs root (`ip netns add`); skips with a message otherwise.
 
 use std::io::{BufRead, BufReader};
@@ -16,6 +21,7 @@ use std::time::{Duration, Instant};
 
 const CHILD_ID: &str = "OMP2P_CHILD_ID";
 const CHILD_KEY: &str = "OMP2P_CHILD_KEY";
+const CHILD_PORT: &str = "OMP2P_CHILD_PORT";
 
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
@@ -96,6 +102,11 @@ impl Bed {
 
     /// Start node `id` (host `id`) with cluster key byte `key`; its `EVENT` lines go to `tx`.
     fn spawn(&mut self, id: u32, key: u8, tx: mpsc::Sender<(u32, String)>) {
+        self.spawn_on(id, key, 4100, tx)
+    }
+
+    /// Like `spawn`, listening on `port`.
+    fn spawn_on(&mut self, id: u32, key: u8, port: u16, tx: mpsc::Sender<(u32, String)>) {
         let exe = std::env::current_exe().expect("test binary path");
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.hosts[id as usize - 1]])
@@ -109,6 +120,7 @@ impl Bed {
             ])
             .env(CHILD_ID, id.to_string())
             .env(CHILD_KEY, key.to_string())
+            .env(CHILD_PORT, port.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -125,6 +137,15 @@ impl Bed {
             }
         });
         self.children.push(child);
+    }
+
+    fn signal(&self, index: usize, sig: &str) {
+        let pid = self.children[index].id().to_string();
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid} failed");
     }
 
     fn kill(&mut self, index: usize) {
@@ -233,7 +254,7 @@ fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
     wait_until(
         &rx,
         &mut seen,
-        Duration::from_secs(10),
+        Duration::from_secs(12),
         "down 3 (cut off)",
         |s| count(s, 1, "down 3") == 1 && count(s, 2, "down 3") == 1,
     );
@@ -248,21 +269,51 @@ fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
         |s| count(s, 1, "up 3") == 2 && count(s, 2, "up 3") == 2,
     );
     eprintln!("host back up after {:?}", t2.elapsed());
-    // A host whose process ends is down at once (its connections are closed).
+    // A node that hangs (SIGSTOP: its connections stay open but say nothing) and comes
+    // back as a new process with a new libp2p identity takes its id over once the old link
+    // has missed two keepalives, before the idle time-out would have ended it.
+    bed.signal(2, "-STOP"); // node 3
+    std::thread::sleep(Duration::from_millis(2500));
     let t3 = Instant::now();
-    bed.kill(2); // node 3
+    bed.spawn_on(3, 7, 4101, tx.clone());
+    wait_until(
+        &rx,
+        &mut seen,
+        Duration::from_secs(15),
+        "up 3 (new process)",
+        |s| count(s, 1, "up 3") == 3 && count(s, 2, "up 3") == 3,
+    );
+    eprintln!("restarted node up after {:?}", t3.elapsed());
+    for n in [1, 2] {
+        let downs: Vec<&String> = seen
+            .iter()
+            .filter(|(x, e)| *x == n && e.starts_with("down 3"))
+            .map(|(_, e)| e)
+            .collect();
+        assert_eq!(downs.len(), 2, "node {n}: {downs:?}");
+        assert!(
+            downs[1].contains("reconnected with a new identity"),
+            "node {n}: {downs:?}"
+        );
+    }
+    // A host whose process ends is down at once (its connections are closed).
+    let t4 = Instant::now();
+    bed.kill(4); // the new node 3
     wait_until(
         &rx,
         &mut seen,
         Duration::from_secs(8),
         "down 3 (killed)",
-        |s| count(s, 1, "down 3") == 2 && count(s, 2, "down 3") == 2,
+        |s| count(s, 1, "down 3") == 3 && count(s, 2, "down 3") == 3,
     );
-    eprintln!("killed host down after {:?}", t3.elapsed());
+    eprintln!("killed host down after {:?}", t4.elapsed());
 }
 
+/// Events of `node` that are `ev` or start with `ev (` (a `down` with its reason).
 fn count(seen: &[(u32, String)], node: u32, ev: &str) -> usize {
-    seen.iter().filter(|(n, e)| *n == node && e == ev).count()
+    seen.iter()
+        .filter(|(n, e)| *n == node && (e == ev || e.starts_with(&format!("{ev} ("))))
+        .count()
 }
 
 /// One host of the test above; does nothing unless started by it.
@@ -288,9 +339,12 @@ fn child_node() {
     rt.block_on(async move {
         use runtime::transport::Event;
         let (tx, mut rx) = tokio::sync::mpsc::channel(256);
-        let mut cfg =
-            transport_p2p::Config::new(id, "0.0.0.0:4100".parse().unwrap(), [key; 32], "cluster");
+        let port: u16 = std::env::var(CHILD_PORT).map_or(4100, |p| p.parse().unwrap());
+        let listen = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+        let mut cfg = transport_p2p::Config::new(id, listen, [key; 32], "cluster");
         cfg.mdns = true;
+        // Leaves the SIGSTOP step a wide window between takeover (2 s) and time-out.
+        cfg.idle_timeout = Duration::from_secs(6);
         let _t = transport_p2p::Transport::start(cfg, tx)
             .await
             .expect("start");
@@ -299,7 +353,7 @@ fn child_node() {
             let line = match ev {
                 Event::Discovered { peer, addrs } => format!("discovered {peer} {addrs:?}"),
                 Event::Up { peer } => format!("up {peer}"),
-                Event::Down { peer, .. } => format!("down {peer}"),
+                Event::Down { peer, reason } => format!("down {peer} ({reason})"),
                 Event::Frame { peer, .. } => format!("frame {peer}"),
             };
             println!("EVENT {line}");
