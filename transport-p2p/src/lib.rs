@@ -64,7 +64,7 @@ use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Stream, StreamProtocol, Swarm, identity, mdns, noise, tcp, yamux};
+use libp2p::{Multiaddr, Stream, StreamProtocol, Swarm, identity, mdns, noise, tcp, yamux};
 use rand::Rng;
 use runtime::NodeId;
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
@@ -74,6 +74,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 pub use key::pnet_key;
+/// The libp2p identity type of [`Transport::peer_id`] (re-exported so callers need no libp2p).
+pub use libp2p::PeerId;
 
 /// The libp2p protocol of the link stream.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/omnode/link/1");
