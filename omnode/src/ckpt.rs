@@ -154,7 +154,7 @@ fn thaw(a: ThawArgs) -> ExitCode {
         stdout: stdout.as_ref().map(|f| f.as_raw_fd()),
         stderr: stderr.as_ref().map(|f| f.as_raw_fd()),
     };
-    let t = match migrate::thaw(BufReader::with_capacity(1 << 20, f), &opts) {
+    let t = match migrate::thaw(BufReader::with_capacity(64 << 10, f), &opts) {
         Ok(t) => t,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
@@ -200,7 +200,7 @@ fn image(a: ImageArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot open image {path}: {e}")),
     };
-    let s = match migrate::inspect(BufReader::with_capacity(1 << 20, f)) {
+    let s = match migrate::inspect(BufReader::with_capacity(64 << 10, f)) {
         Ok(s) => s,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
