@@ -784,3 +784,79 @@ fn interval_timer_keeps_firing_after_thaw() {
     let (r, m) = compare(&stdout_of("timer", &["80"]), Duration::from_millis(200), 1);
     assert_same(&r, &m);
 }
+
+#[test]
+fn terminal_stdio_attaches_to_files_named_at_thaw() {
+    if !root() {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no script(1) to make a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let counter = prog("counter");
+    let typescript = dir.path().join("typescript");
+    let mut s = spawn(
+        Command::new("script")
+            .arg("-qfc")
+            .arg(format!("{} 60 1 10", counter.display()))
+            .arg(&typescript),
+        &dir.path().join("script.out"),
+        None,
+    );
+    // the counter runs on the pty as script's child
+    let end = std::time::Instant::now() + T;
+    let pid: i32 = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid))
+            .unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next() {
+            break k.parse().unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "script did not start the counter"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        std::fs::read_link(format!("/proc/{pid}/fd/1"))
+            .unwrap()
+            .starts_with("/dev/pts")
+    );
+    let img = freeze(pid, false).expect("freeze");
+    let s_img = migrate::inspect(&img[..]).unwrap();
+    assert!(s_img.process.fds.iter().any(
+        |f| matches!(&f.kind, migrate::FdKind::Stdio { what, .. } if what.starts_with("terminal"))
+    ));
+    s.wait(T); // script ends with its child
+    let out = dir.path().join("after");
+    let f = std::fs::File::create(&out).unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsRawFd;
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            stdin: Some(null.as_raw_fd()),
+            stdout: Some(f.as_raw_fd()),
+            stderr: Some(f.as_raw_fd()),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert!(exited_ok(q.wait(T)));
+    // stdout on a terminal is line-buffered: the lines before the freeze went to the pty,
+    // the rest (and nothing twice) to the file
+    let before = read(&typescript).replace('\r', "");
+    let after = read(&out);
+    let all: String = before
+        .lines()
+        .filter(|l| l.starts_with("iter"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + &after;
+    let want: String = (0..60).map(|i| format!("iter {i}\n")).collect::<String>() + "DONE ok\n";
+    assert_eq!(all, want);
+}
