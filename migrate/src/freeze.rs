@@ -1,6 +1,6 @@
 //! Freeze: stop a process, write its image to a stream, end it (or let it run on).
 
-use crate::error::{Error, Result, errno};
+use crate::error::{Error, Result};
 use crate::image::*;
 use crate::procfs::*;
 use crate::sys::*;
@@ -992,9 +992,4 @@ fn dump_pages<W: Write>(pid: pid_t, vmas: &[Vma], sw: &mut SectionWriter<W>) -> 
     }
     d.flush()?;
     Ok((d.total, d.sections))
-}
-
-#[allow(dead_code)]
-pub(crate) fn last_errno() -> io::Error {
-    errno()
 }

@@ -238,7 +238,7 @@ struct Builder {
 }
 
 impl Builder {
-    /// One call on its own (two round trips less than nothing; use `run` for many).
+    /// One call on its own, one ptrace stop (use `run` for many independent calls).
     fn sys(&mut self, what: &str, nr: i64, args: &[u64]) -> Result<u64> {
         self.data_off = 0;
         self.t.syscall(nr, args).map_err(terr(what.to_string()))
