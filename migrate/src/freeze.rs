@@ -528,6 +528,9 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     classify_vmas(pid, &proc_read(pid, "maps")?)?;
     collect_fds(pid)?;
 
+    let was_stopped = proc_read(pid, "status")
+        .map(|st| status_field(&st, "State").is_some_and(|s| s.starts_with('T')))
+        .unwrap_or(false);
     // --- stop it
     if let Err(e) = ptrace(
         libc::PTRACE_SEIZE,
@@ -813,6 +816,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         no_new_privs,
         session_leader: sid == pid,
         pgrp_leader: pgrp == pid,
+        stopped: was_stopped,
         sigactions,
         altstack,
         pending,

@@ -155,6 +155,8 @@ pub struct ProcessImage {
     pub no_new_privs: bool,
     pub session_leader: bool,
     pub pgrp_leader: bool,
+    /// It was stopped by job control (SIGSTOP/SIGTSTP) when frozen; thaw stops it again.
+    pub stopped: bool,
     pub sigactions: Vec<SigAction>,
     /// (ss_sp, ss_flags, ss_size)
     pub altstack: (u64, u32, u64),
@@ -321,6 +323,7 @@ impl ProcessImage {
         e.u8(self.no_new_privs as u8);
         e.u8(self.session_leader as u8);
         e.u8(self.pgrp_leader as u8);
+        e.u8(self.stopped as u8);
         e.u64(self.sigactions.len() as u64);
         for a in &self.sigactions {
             e.u32(a.sig);
@@ -464,6 +467,7 @@ impl ProcessImage {
         p.no_new_privs = d.u8()? != 0;
         p.session_leader = d.u8()? != 0;
         p.pgrp_leader = d.u8()? != 0;
+        p.stopped = d.u8()? != 0;
         let n = d.len(64)?;
         for _ in 0..n {
             let a = SigAction {

@@ -949,6 +949,11 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         ))
     })?;
     set_sigmask(pid, img.sigmask).map_err(terr("PTRACE_SETSIGMASK"))?;
+    if img.stopped {
+        // it was stopped by job control: it stops again as soon as it is let go
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
     ptrace(libc::PTRACE_DETACH, pid, 0, 0).map_err(terr("PTRACE_DETACH"))?;
     guard.armed = false;
     Ok(Thawed {

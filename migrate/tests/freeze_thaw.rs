@@ -860,3 +860,34 @@ fn terminal_stdio_attaches_to_files_named_at_thaw() {
     let want: String = (0..60).map(|i| format!("iter {i}\n")).collect::<String>() + "DONE ok\n";
     assert_eq!(all, want);
 }
+
+#[test]
+fn job_control_stopped_process_comes_back_stopped() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: our own child.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(50));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let mut q = thaw(&img);
+    std::thread::sleep(Duration::from_millis(100));
+    let st = std::fs::read_to_string(format!("/proc/{}/status", q.pid)).unwrap();
+    assert!(
+        st.contains("State:\tT (stopped)"),
+        "not stopped after thaw: {st}"
+    );
+    // SAFETY: our own child.
+    unsafe { libc::kill(q.pid, libc::SIGCONT) };
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
