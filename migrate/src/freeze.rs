@@ -997,3 +997,43 @@ fn dump_pages<W: Write>(pid: pid_t, vmas: &[Vma], sw: &mut SectionWriter<W>) -> 
     d.flush()?;
     Ok((d.total, d.sections))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_in_resource_order() {
+        let s = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let l = parse_limits(&s);
+        assert_eq!(l.len(), 16);
+        let mut want = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut want) };
+        assert_eq!(l[7], (7, want.rlim_cur, want.rlim_max));
+    }
+
+    #[test]
+    fn restart_fixup_reexecutes_interrupted_calls() {
+        // SAFETY: plain struct.
+        let mut r: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+        r.orig_rax = 35;
+        r.rax = (-516i64) as u64;
+        r.rip = 0x1002;
+        restart_fixup(&mut r, true);
+        assert_eq!((r.rax, r.rip, r.orig_rax), (35, 0x1000, u64::MAX));
+        r.orig_rax = 230;
+        r.rax = (-516i64) as u64;
+        r.rip = 0x1002;
+        restart_fixup(&mut r, false);
+        assert_eq!(r.rax, libc::SYS_restart_syscall as u64);
+        r.orig_rax = 0;
+        r.rax = (-4i64) as u64; // EINTR stays
+        r.rip = 0x1002;
+        restart_fixup(&mut r, true);
+        assert_eq!((r.rax, r.rip), ((-4i64) as u64, 0x1002));
+    }
+}

@@ -728,3 +728,87 @@ pub(crate) fn decode_end(buf: &[u8]) -> Result<(u64, u64), ImageError> {
         u64::from_le_bytes(buf[8..].try_into().unwrap()),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_section_round_trips() {
+        let p = ProcessImage {
+            pid: 4711,
+            comm: "cat".into(),
+            cmdline: b"cat\0-n\0".to_vec(),
+            exe: "/usr/bin/cat".into(),
+            regs: (0..27).collect(),
+            xstate: vec![7; 832],
+            rseq: Some((0x7f00_0000_0920, 32, 0x5305_3053)),
+            sigactions: vec![SigAction {
+                sig: 10,
+                handler: 0x401000,
+                flags: 0x0400_0000,
+                restorer: 0x402000,
+                mask: 1,
+            }],
+            pending: vec![PendingSignal {
+                shared: true,
+                info: vec![1; 128],
+            }],
+            vmas: vec![Vma {
+                start: 0x1000,
+                end: 0x3000,
+                prot: 3,
+                shared: false,
+                growsdown: true,
+                offset: 0,
+                kind: VmaKind::Anon,
+                name: "[stack]".into(),
+                file: None,
+            }],
+            fds: vec![
+                Fd {
+                    fd: 1,
+                    kind: FdKind::Path {
+                        path: "/tmp/a b".into(),
+                        flags: 0o2001,
+                        pos: 99,
+                        is_dir: false,
+                    },
+                },
+                Fd {
+                    fd: 2,
+                    kind: FdKind::SharedWith(1),
+                },
+            ],
+            itimers: [[0, 20000, 0, 5], [0; 4], [0; 4]],
+            stopped: true,
+            ..Default::default()
+        };
+        let q = ProcessImage::decode(&p.encode()).unwrap();
+        assert_eq!(format!("{p:?}"), format!("{q:?}"));
+        // every truncation of the section is an error, never a panic
+        let b = p.encode();
+        for n in 0..b.len() {
+            assert!(ProcessImage::decode(&b[..n]).is_err());
+        }
+    }
+
+    #[test]
+    fn stream_round_trips_and_detects_damage() {
+        let mut out = Vec::new();
+        let mut w = SectionWriter::new(&mut out).unwrap();
+        w.section(TAG_PROCESS, &[b"abc"]).unwrap();
+        w.section(TAG_END, &[&[0u8; 16]]).unwrap();
+        let mut r = SectionReader::new(&out[..]).unwrap();
+        let mut buf = Vec::new();
+        assert_eq!(r.next(&mut buf).unwrap(), TAG_PROCESS);
+        assert_eq!(buf, b"abc");
+        assert_eq!(r.next(&mut buf).unwrap(), TAG_END);
+        out[25] ^= 1;
+        let mut r = SectionReader::new(&out[..]).unwrap();
+        assert!(matches!(
+            r.next(&mut buf),
+            Err(crate::Error::Image(ImageError::Checksum(_)))
+        ));
+    }
+}

@@ -88,3 +88,31 @@ pub(crate) fn fdinfo(s: &str) -> (u64, u32) {
         .unwrap_or(0);
     (pos, flags)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_lines_with_spaces_and_specials() {
+        let s = "55d5e19a6000-55d5e19a7000 r--p 00001000 fd:01 1234   /tmp/my prog (x)\n\
+                 7ffef3495000-7ffef34b6000 rw-p 00000000 00:00 0                          [stack]\n\
+                 7f0000000000-7f0000001000 rw-s 00000000 00:01 77   /dev/zero (deleted)\n\
+                 7f0000002000-7f0000003000 ---p 00000000 00:00 0 \n";
+        let m = parse_maps(s).unwrap();
+        assert_eq!(m.len(), 4);
+        assert_eq!(m[0].name, "/tmp/my prog (x)");
+        assert_eq!((m[0].offset, m[0].ino, m[0].prot), (0x1000, 1234, 1));
+        assert_eq!(m[1].name, "[stack]");
+        assert!(m[2].shared && m[2].name == "/dev/zero (deleted)");
+        assert_eq!((m[3].prot, m[3].name.as_str()), (0, ""));
+        assert!(parse_maps("garbage\n").is_err());
+    }
+
+    #[test]
+    fn stat_after_comm_with_parens() {
+        let f = stat_fields("42 (a) b) S 1 42 42 0").unwrap();
+        assert_eq!(f[2], "S");
+        assert_eq!(field_u64(&f, 5), 42);
+    }
+}

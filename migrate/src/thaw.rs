@@ -283,6 +283,45 @@ impl Builder {
     }
 }
 
+/// XCR0 (the xsave features the kernel enabled) and the standard-format xsave size for them,
+/// or None without OSXSAVE.
+fn own_xsave() -> Option<(u64, usize)> {
+    // SAFETY: cpuid is always available on x86_64; xgetbv only runs when OSXSAVE says it may.
+    unsafe {
+        let c = std::arch::x86_64::__cpuid(1);
+        if c.ecx & (1 << 27) == 0 {
+            return None;
+        }
+        let (lo, hi): (u32, u32);
+        std::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack));
+        let d = std::arch::x86_64::__cpuid_count(0xd, 0);
+        Some(((hi as u64) << 32 | lo as u64, d.ebx as usize))
+    }
+}
+
+/// Makes the frozen xsave area fit this CPU: refuses state components it lacks, and pads or
+/// trims the (standard-format) area to this CPU's size; components past the end are in their
+/// init state per the header's XSTATE_BV.
+fn fit_xstate(x: &[u8]) -> Result<Vec<u8>> {
+    let Some((have, size)) = own_xsave() else {
+        return Ok(x.to_vec());
+    };
+    let used = x
+        .get(512..520)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .ok_or_else(|| Error::Thaw("the image's FPU state is too short".into()))?;
+    if used & !have != 0 {
+        return Err(Error::Thaw(format!(
+            "the frozen FPU/vector state uses CPU features {used:#x} that this CPU lacks (it has {have:#x}); nodes need the same CPU features"
+        )));
+    }
+    let mut v = x.to_vec();
+    if size >= 576 && v.len() != size {
+        v.resize(size, 0);
+    }
+    Ok(v)
+}
+
 /// Rebuilds the process stored in `input` as a new child of the caller and lets it run.
 pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     let t0 = Instant::now();
@@ -328,6 +367,7 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
             ));
         }
     }
+    let xstate = fit_xstate(&img.xstate)?;
     let gadget =
         own_vdso_gadget(&self_maps).ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
 
@@ -943,7 +983,7 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
 
     let regs = regs_from_slice(&img.regs);
     setregs(pid, &regs).map_err(terr("PTRACE_SETREGS"))?;
-    set_xstate(pid, &img.xstate).map_err(|e| {
+    set_xstate(pid, &xstate).map_err(|e| {
         Error::Thaw(format!(
             "this CPU cannot take the frozen FPU/vector state ({e}); nodes need the same CPU features"
         ))
@@ -964,4 +1004,29 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         elapsed: t0.elapsed(),
         memory_time,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xstate_with_unknown_features_is_refused_and_sizes_are_fitted() {
+        let Some((_, size)) = own_xsave() else { return };
+        let mut x = vec![0u8; 832];
+        x[512..520].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let e = fit_xstate(&x).expect_err("bit 62 is no CPU feature");
+        assert!(e.to_string().contains("same CPU features"), "{e}");
+        x[512..520].copy_from_slice(&3u64.to_le_bytes()); // x87 + SSE
+        assert_eq!(fit_xstate(&x).unwrap().len(), size);
+        assert!(fit_xstate(&[0u8; 100]).is_err());
+    }
+
+    #[test]
+    fn find_gap_skips_busy_ranges() {
+        let mut busy = vec![(0x2000, 0x5000), (0x1000, 0x1800), (0x6000, 0x7000)];
+        assert_eq!(find_gap(&mut busy, 0x800, 0x1000), Some(0x1800));
+        assert_eq!(find_gap(&mut busy, 0x1000, 0x1000), Some(0x5000));
+        assert_eq!(find_gap(&mut busy, 0x2000, 0x1000), Some(0x7000));
+    }
 }

@@ -52,6 +52,8 @@ fn main() {
                 }
                 println!("{:#?}", s.process.fds);
                 println!("itimers {:?}", s.process.itimers);
+                let x = &s.process.xstate;
+                println!("xstate {} bytes, xstate_bv {:x?}", x.len(), x.get(512..520));
             }
             Err(e) => eprintln!("migrate-cli: {e}"),
         },
