@@ -354,7 +354,7 @@ fn find_shared(pid: pid_t, fds: &mut [Fd]) {
     for j in 0..fds.len() {
         let Some(idj) = ids[j] else { continue };
         for i in 0..j {
-            if ids[i] != Some(idj) || matches!(fds[i].kind, FdKind::SharedWith(_)) {
+            if ids[i] != Some(idj) || matches!(fds[i].kind, FdKind::SharedWith { .. }) {
                 continue;
             }
             // SAFETY: kcmp syscall with integer args.
@@ -369,7 +369,14 @@ fn find_shared(pid: pid_t, fds: &mut [Fd]) {
                 )
             };
             if r == 0 {
-                fds[j].kind = FdKind::SharedWith(fds[i].fd);
+                let cloexec = match fds[j].kind {
+                    FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+                    _ => false,
+                };
+                fds[j].kind = FdKind::SharedWith {
+                    fd: fds[i].fd,
+                    cloexec,
+                };
                 break;
             }
         }

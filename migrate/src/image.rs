@@ -80,7 +80,7 @@ pub enum FdKind {
         is_dir: bool,
     },
     /// Shares its open file description with an earlier fd (kcmp).
-    SharedWith(i32),
+    SharedWith { fd: i32, cloexec: bool },
     /// A terminal or pipe on 0..2: attached to thaw's stdio (or a file named at thaw).
     Stdio { what: String, cloexec: bool },
 }
@@ -390,9 +390,10 @@ impl ProcessImage {
                     e.u64(*pos);
                     e.u8(*is_dir as u8)
                 }
-                FdKind::SharedWith(o) => {
+                FdKind::SharedWith { fd, cloexec } => {
                     e.u8(1);
-                    e.u32(*o as u32)
+                    e.u32(*fd as u32);
+                    e.u8(*cloexec as u8)
                 }
                 FdKind::Stdio { what, cloexec } => {
                     e.u8(2);
@@ -553,7 +554,10 @@ impl ProcessImage {
                     pos: d.u64()?,
                     is_dir: d.u8()? != 0,
                 },
-                1 => FdKind::SharedWith(d.u32()? as i32),
+                1 => FdKind::SharedWith {
+                    fd: d.u32()? as i32,
+                    cloexec: d.u8()? != 0,
+                },
                 2 => FdKind::Stdio {
                     what: d.str()?,
                     cloexec: d.u8()? != 0,
@@ -777,7 +781,10 @@ mod tests {
                 },
                 Fd {
                     fd: 2,
-                    kind: FdKind::SharedWith(1),
+                    kind: FdKind::SharedWith {
+                        fd: 1,
+                        cloexec: true,
+                    },
                 },
             ],
             itimers: [[0, 20000, 0, 5], [0; 4], [0; 4]],

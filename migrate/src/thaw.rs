@@ -848,11 +848,12 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
                     )?;
                 }
             }
-            FdKind::SharedWith(o) => {
+            FdKind::SharedWith { fd: o, cloexec } => {
+                let fl = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                 b.sys(
                     &format!("dup3 to fd {fd}"),
                     libc::SYS_dup3,
-                    &[*o as u64, fd, 0],
+                    &[*o as u64, fd, fl],
                 )?;
             }
             FdKind::Path {

@@ -256,7 +256,7 @@ fn image(a: ImageArgs) -> ExitCode {
             migrate::FdKind::Path {
                 path, flags, pos, ..
             } => format!("{path} (flags {flags:#o}, offset {pos})"),
-            migrate::FdKind::SharedWith(o) => format!("same open file as fd {o}"),
+            migrate::FdKind::SharedWith { fd, .. } => format!("same open file as fd {fd}"),
             migrate::FdKind::Stdio { what, .. } => format!("{what} (attached to thaw's stdio)"),
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
