@@ -12,8 +12,7 @@ use discovery::map::{self, Map};
 use discovery::membership::{self, Membership, Source};
 use discovery::zeroconf;
 use runtime::System;
-use runtime::transport::{Event, PeerInfo, Transport};
-use tokio::sync::mpsc;
+use runtime::transport::{Events, PeerInfo, Transport};
 
 use crate::control::{self, Control};
 use crate::loadmon::{self, LoadMonitor};
@@ -126,7 +125,7 @@ fn plan(args: &DaemonArgs) -> Result<Plan, Error> {
 async fn start_transport(
     plan: &Plan,
     key: [u8; key::LEN],
-    events: mpsc::Sender<Event>,
+    events: Events,
 ) -> Result<Arc<dyn Transport>, Error> {
     let fail = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     match plan.transport {
@@ -162,8 +161,8 @@ async fn serve(
     key: [u8; key::LEN],
 ) -> Result<(), Error> {
     let local = plan.local;
-    let (events_tx, events_rx) = mpsc::channel(4096);
-    let transport = start_transport(&plan, key, events_tx).await?;
+    let system = System::new(local);
+    let transport = start_transport(&plan, key, system.events()).await?;
     let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
     let mut peers_of_map: Vec<NodeId> = Vec::new();
     addrs.insert(local, plan.listen.ip().to_string());
@@ -180,7 +179,7 @@ async fn serve(
         addrs.extend(map.nodes().map(|n| (n.id, n.addr.to_string())));
         peers_of_map = map.ids().filter(|&id| id != local).collect();
     }
-    let system = System::start(local, Some((transport, events_rx)));
+    system.attach(transport);
 
     let tick = Duration::from_millis(args.load_tick_ms.max(10));
     let load = system.spawn(loadmon::NAME, move || LoadMonitor::new(local, tick));

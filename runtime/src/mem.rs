@@ -2,20 +2,23 @@
 //! channels. For tests of the logic above the transport (the runtime, membership, actors);
 //! real clusters use a network transport.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::mpsc;
 
 use crate::NodeId;
-use crate::transport::{BoxFuture, Error, Event, Frame, PeerInfo, Transport};
+use crate::transport::{BoxFuture, Error, Event, Events, Frame, PeerInfo, Transport};
 
 /// Each attached node and where its events go.
-type Members = Vec<(NodeId, mpsc::Sender<Event>)>;
+type Members = Vec<(NodeId, Events)>;
 
 /// The shared medium. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Fabric {
     nodes: Arc<Mutex<Members>>,
+    /// Link events go out, in order, from one task of their own, so joining and leaving
+    /// never wait on a receiver (nor run its handler under the fabric's lock).
+    announcer: Arc<OnceLock<mpsc::UnboundedSender<(Events, Event)>>>,
 }
 
 impl Fabric {
@@ -24,11 +27,12 @@ impl Fabric {
     }
 
     /// Attach node `id`; every node already attached and the new one see each other `Up`.
-    pub fn join(&self, id: NodeId, events: mpsc::Sender<Event>) -> Arc<Link> {
+    pub fn join(&self, id: NodeId, events: impl Into<Events>) -> Arc<Link> {
+        let events = events.into();
         let mut nodes = self.nodes.lock().expect("fabric lock");
         for (peer, tx) in nodes.iter() {
-            let _ = tx.try_send(Event::Up { peer: id });
-            let _ = events.try_send(Event::Up { peer: *peer });
+            self.announce(tx, Event::Up { peer: id });
+            self.announce(&events, Event::Up { peer: *peer });
         }
         nodes.push((id, events));
         Arc::new(Link {
@@ -41,14 +45,30 @@ impl Fabric {
         let mut nodes = self.nodes.lock().expect("fabric lock");
         nodes.retain(|(n, _)| *n != id);
         for (_, tx) in nodes.iter() {
-            let _ = tx.try_send(Event::Down {
-                peer: id,
-                reason: "left the fabric".into(),
-            });
+            self.announce(
+                tx,
+                Event::Down {
+                    peer: id,
+                    reason: "left the fabric".into(),
+                },
+            );
         }
     }
 
-    fn sender(&self, id: NodeId) -> Option<mpsc::Sender<Event>> {
+    fn announce(&self, to: &Events, ev: Event) {
+        let tx = self.announcer.get_or_init(|| {
+            let (tx, mut rx) = mpsc::unbounded_channel::<(Events, Event)>();
+            tokio::spawn(async move {
+                while let Some((to, ev)) = rx.recv().await {
+                    let _ = to.send(ev).await;
+                }
+            });
+            tx
+        });
+        let _ = tx.send((to.clone(), ev));
+    }
+
+    fn sender(&self, id: NodeId) -> Option<Events> {
         let nodes = self.nodes.lock().expect("fabric lock");
         nodes
             .iter()

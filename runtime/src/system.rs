@@ -4,8 +4,8 @@
 //! A message to a named actor is always encoded into a frame, whether the actor is on this
 //! node or another: one code path for local and remote peers.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actor::{self, Actor, Addr, Restarts};
-use crate::transport::{self, Event, Frame, Transport};
+use crate::transport::{self, Event, Events, Frame, Transport};
 use crate::wire::{self, Header, Kind};
 use crate::{Error, NodeId};
 
@@ -138,7 +138,7 @@ type Answer = Result<(Bytes, Bytes), Error>;
 
 struct Inner {
     local: NodeId,
-    transport: Option<Arc<dyn Transport>>,
+    transport: OnceLock<Arc<dyn Transport>>,
     named: DashMap<String, Delivery>,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
     next_id: AtomicU64,
@@ -160,29 +160,43 @@ impl std::fmt::Debug for System {
 }
 
 impl System {
-    /// A system for node `local`. With a transport, `events` must be the receiving end of
-    /// the channel the transport was started with; without one the system reaches only
-    /// its own actors.
-    pub fn start(
-        local: NodeId,
-        transport: Option<(Arc<dyn Transport>, mpsc::Receiver<Event>)>,
-    ) -> System {
+    /// A system for node `local` with no transport yet: it reaches only its own actors
+    /// until [`System::attach`]. Start the transport with [`System::events`] first.
+    pub fn new(local: NodeId) -> System {
         let (links, _) = broadcast::channel(256);
-        let (transport, events) = match transport {
-            Some((t, e)) => (Some(t), Some(e)),
-            None => (None, None),
-        };
-        let sys = System(Arc::new(Inner {
+        System(Arc::new(Inner {
             local,
-            transport,
+            transport: OnceLock::new(),
             named: DashMap::new(),
             pending: DashMap::new(),
             next_id: AtomicU64::new(1),
             links,
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
-        }));
-        if let Some(mut events) = events {
+        }))
+    }
+
+    /// Where a transport should deliver what it receives: straight into this system's
+    /// dispatcher, on the transport's receiving task (no extra task hop per message).
+    pub fn events(&self) -> Events {
+        Events::direct(Arc::new(Dispatch(Arc::downgrade(&self.0))))
+    }
+
+    /// Send through `transport` from now on. A system has one transport for its life;
+    /// a second call is refused (returns false) and changes nothing.
+    pub fn attach(&self, transport: Arc<dyn Transport>) -> bool {
+        self.0.transport.set(transport).is_ok()
+    }
+
+    /// [`System::new`] and [`System::attach`] for a transport started with a channel:
+    /// `events` is that channel's receiving end, drained by a dispatcher task.
+    pub fn start(
+        local: NodeId,
+        transport: Option<(Arc<dyn Transport>, mpsc::Receiver<Event>)>,
+    ) -> System {
+        let sys = System::new(local);
+        if let Some((t, mut events)) = transport {
+            sys.attach(t);
             let s = sys.clone();
             let token = sys.shutdown_token();
             sys.tasks().spawn(async move {
@@ -203,7 +217,7 @@ impl System {
     }
 
     pub fn transport(&self) -> Option<&Arc<dyn Transport>> {
-        self.0.transport.as_ref()
+        self.0.transport.get()
     }
 
     /// Spawn an actor under supervision: `factory` builds it, and builds it again after a
@@ -349,7 +363,7 @@ impl System {
             tracing::warn!("some tasks did not stop within {grace:?}");
         }
         self.0.named.clear();
-        if let Some(t) = &self.0.transport {
+        if let Some(t) = self.0.transport.get() {
             t.shutdown().await;
         }
     }
@@ -361,7 +375,7 @@ impl System {
             Box::pin(self.on_frame(node, frame)).await;
             return Ok(());
         }
-        match &self.0.transport {
+        match self.0.transport.get() {
             Some(t) => t.send(node, frame).await.map_err(Error::Transport),
             None => Err(Error::Transport(transport::Error::Unreachable(node))),
         }
@@ -434,6 +448,24 @@ impl System {
                 }
             }
         }
+    }
+}
+
+/// The direct [`Events`] handler: runs the dispatcher on the transport's task. Holds the
+/// system weakly, so a transport kept alive elsewhere does not keep the system alive.
+struct Dispatch(Weak<Inner>);
+
+impl transport::Handler for Dispatch {
+    fn handle(&self, ev: Event) -> transport::BoxFuture<'_, bool> {
+        Box::pin(async move {
+            match self.0.upgrade() {
+                Some(inner) if !inner.token.is_cancelled() => {
+                    System(inner).on_event(ev).await;
+                    true
+                }
+                _ => false,
+            }
+        })
     }
 }
 

@@ -14,8 +14,10 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use tokio::sync::mpsc;
 
 use crate::NodeId;
 
@@ -62,6 +64,59 @@ pub enum Event {
     Frame { peer: NodeId, frame: Frame },
 }
 
+/// Takes events straight from a transport's receiving task (see [`Events::direct`]).
+pub trait Handler: Send + Sync + 'static {
+    /// Handle one event; the transport reads nothing more from that peer until the future
+    /// ends (back-pressure). Returns false once the handler is gone for good.
+    fn handle(&self, ev: Event) -> BoxFuture<'_, bool>;
+}
+
+/// Where a transport delivers what it receives: into a channel (tests, tools), or straight
+/// into a [`Handler`] (the runtime's dispatcher) on the transport's own receiving task,
+/// which saves a task hop per message. Cheap to clone.
+#[derive(Clone)]
+pub struct Events(Sink);
+
+#[derive(Clone)]
+enum Sink {
+    Channel(mpsc::Sender<Event>),
+    Direct(Arc<dyn Handler>),
+}
+
+/// The receiving side of [`Events`] has gone away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the event receiver is closed")]
+pub struct Closed;
+
+impl Events {
+    pub fn direct(handler: Arc<dyn Handler>) -> Self {
+        Events(Sink::Direct(handler))
+    }
+
+    /// Deliver `ev`, waiting while the receiver is busy.
+    pub async fn send(&self, ev: Event) -> Result<(), Closed> {
+        match &self.0 {
+            Sink::Channel(tx) => tx.send(ev).await.map_err(|_| Closed),
+            Sink::Direct(h) => h.handle(ev).await.then_some(()).ok_or(Closed),
+        }
+    }
+}
+
+impl From<mpsc::Sender<Event>> for Events {
+    fn from(tx: mpsc::Sender<Event>) -> Self {
+        Events(Sink::Channel(tx))
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self.0 {
+            Sink::Channel(_) => "Events(channel)",
+            Sink::Direct(_) => "Events(direct)",
+        })
+    }
+}
+
 /// Errors a transport reports to a sender.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -78,8 +133,9 @@ pub enum Error {
 /// A link layer between nodes. See the module docs for the contract.
 ///
 /// Implementations are started with their own configuration (local node id, cluster key,
-/// listen address, an `mpsc::Sender<Event>` for incoming events) and handed to the runtime
-/// as `Arc<dyn Transport>`.
+/// listen address) and an [`Events`] for what they receive (usually
+/// [`crate::System::events`]), and handed to the runtime as `Arc<dyn Transport>`
+/// ([`crate::System::attach`]).
 pub trait Transport: Send + Sync + 'static {
     /// This node's id.
     fn local_id(&self) -> NodeId;

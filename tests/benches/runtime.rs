@@ -65,9 +65,9 @@ struct Pair {
 
 async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 70 + n as u8));
-    let (tx, rx) = mpsc::channel(4096);
+    let sys = System::new(id);
     let cfg = transport_tcp::Config::new(id, SocketAddr::new(ip(id), port), key, "bench");
-    let t = transport_tcp::Transport::start(cfg, tx)
+    let t = transport_tcp::Transport::start(cfg, sys.events())
         .await
         .expect("transport");
     let other = 3 - id;
@@ -75,8 +75,7 @@ async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
         id: other,
         addrs: vec![SocketAddr::new(ip(other), port)],
     }]);
-    let t: Arc<dyn Transport> = t;
-    let sys = System::start(id, Some((t, rx)));
+    sys.attach(t);
     let received = Arc::new(AtomicU64::new(0));
     let r2 = received.clone();
     let addr = sys.spawn("echo", move || Echo {

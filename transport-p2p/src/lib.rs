@@ -217,7 +217,7 @@ pub struct Transport {
 struct Inner {
     config: Config,
     local_peer: PeerId,
-    events: mpsc::Sender<Event>,
+    events: rt::Events,
     state: Mutex<State>,
     /// Cancelled when shutting down: links close, dialling stops.
     root: CancellationToken,
@@ -391,7 +391,7 @@ impl Transport {
     /// discovered, links up and down, frames) go to `events`.
     pub async fn start(
         config: Config,
-        events: mpsc::Sender<Event>,
+        events: impl Into<rt::Events>,
     ) -> Result<Arc<Transport>, Error> {
         if config.queue_capacity == 0 {
             return Err(Error::Config("queue_capacity must be at least 1".into()));
@@ -482,7 +482,7 @@ impl Transport {
         let inner = Arc::new(Inner {
             config,
             local_peer,
-            events,
+            events: events.into(),
             state: Mutex::new(State {
                 listen_addrs: vec![first],
                 ..State::default()

@@ -53,7 +53,7 @@ use snow::StatelessTransportState;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -182,7 +182,7 @@ pub struct Transport {
 struct Inner {
     config: Config,
     params: snow::params::NoiseParams,
-    events: mpsc::Sender<Event>,
+    events: rt::Events,
     state: Mutex<State>,
     root: CancellationToken,
     next_link: AtomicU64,
@@ -251,7 +251,7 @@ impl Transport {
     /// names them. Events (links up and down, frames) go to `events`.
     pub async fn start(
         config: Config,
-        events: mpsc::Sender<Event>,
+        events: impl Into<rt::Events>,
     ) -> Result<Arc<Transport>, Error> {
         if config.queue_capacity == 0 {
             return Err(Error::Config("queue_capacity must be at least 1".into()));
@@ -278,7 +278,7 @@ impl Transport {
         let inner = Arc::new(Inner {
             config,
             params,
-            events,
+            events: events.into(),
             state: Mutex::new(State::default()),
             root: CancellationToken::new(),
             next_link: AtomicU64::new(1),
