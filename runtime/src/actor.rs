@@ -167,31 +167,18 @@ pub(crate) fn spawn<A: Actor>(
         let mut actor = factory();
         let mut fresh = true;
         loop {
-            if fresh {
+            let survived = if fresh {
                 fresh = false;
-                if AssertUnwindSafe(actor.started(&mut ctx))
-                    .catch_unwind()
-                    .await
-                    .is_err()
-                {
-                    if !note_panic(&ctx.name, &mut panics, restarts) {
-                        break;
-                    }
-                    actor = factory();
-                    fresh = true;
-                    continue;
-                }
-            }
-            let msg = tokio::select! {
-                biased;
-                m = rx.recv() => match m { Some(m) => m, None => break },
-                _ = token.cancelled() => break,
+                survives(actor.started(&mut ctx)).await
+            } else {
+                let msg = tokio::select! {
+                    biased;
+                    m = rx.recv() => match m { Some(m) => m, None => break },
+                    _ = token.cancelled() => break,
+                };
+                survives(actor.handle(msg, &mut ctx)).await
             };
-            if AssertUnwindSafe(actor.handle(msg, &mut ctx))
-                .catch_unwind()
-                .await
-                .is_err()
-            {
+            if !survived {
                 if !note_panic(&ctx.name, &mut panics, restarts) {
                     break;
                 }
@@ -202,6 +189,11 @@ pub(crate) fn spawn<A: Actor>(
         tracing::debug!(actor = %ctx.name, "stopped");
     });
     addr
+}
+
+/// Run `f`; false if it panicked.
+async fn survives(f: impl Future<Output = ()>) -> bool {
+    AssertUnwindSafe(f).catch_unwind().await.is_ok()
 }
 
 /// Record a panic; false when the actor has panicked too often and must stay down.
