@@ -160,7 +160,13 @@ pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
         std::fs::create_dir_all(dir)
             .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(err(
+                "exists and is not a socket; choose another --socket".into()
+            ));
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(err(
                 "another omnode daemon is serving it; stop it or choose another --socket".into(),
@@ -247,4 +253,30 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, Error> {
         path: path.to_owned(),
         reason: format!("unreadable answer: {e}"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn bind_replaces_a_stale_socket_but_never_a_live_one_or_another_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/omnode.sock");
+        let live = bind(&path).await.unwrap();
+        let again = bind(&path).await.unwrap_err().to_string();
+        assert!(
+            again.contains("another omnode daemon is serving it"),
+            "{again}"
+        );
+        drop(live); // the socket file stays behind, as after a crash
+        assert!(path.exists());
+        let _rebound = bind(&path).await.unwrap();
+
+        let file = dir.path().join("precious");
+        std::fs::write(&file, "keep me").unwrap();
+        let refused = bind(&file).await.unwrap_err().to_string();
+        assert!(refused.contains("is not a socket"), "{refused}");
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep me");
+    }
 }
