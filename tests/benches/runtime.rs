@@ -4,7 +4,8 @@
 //! - one-way throughput of 64-byte `tell`s between two nodes vs raw TCP frames;
 //! - local `ask` (typed address) vs a raw tokio oneshot round trip.
 //!
-//! `cargo bench -p omnode-tests --bench runtime` (results in BENCHMARKS.md).
+//! `cargo bench -p omnode-tests --bench runtime [--features p2p]` (results in BENCHMARKS.md);
+//! with `p2p`, the remote ask also runs over transport-p2p.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -63,13 +64,33 @@ struct Pair {
     received: Arc<AtomicU64>,
 }
 
-async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
+/// Which transport joins the two nodes.
+#[derive(Clone, Copy)]
+enum Via {
+    Tcp,
+    #[cfg(feature = "p2p")]
+    P2p,
+}
+
+async fn node(via: Via, id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
     let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 70 + n as u8));
     let sys = System::new(id);
-    let cfg = transport_tcp::Config::new(id, SocketAddr::new(ip(id), port), key, "bench");
-    let t = transport_tcp::Transport::start(cfg, sys.events())
-        .await
-        .expect("transport");
+    let listen = SocketAddr::new(ip(id), port);
+    let t: Arc<dyn Transport> = match via {
+        Via::Tcp => {
+            let cfg = transport_tcp::Config::new(id, listen, key, "bench");
+            transport_tcp::Transport::start(cfg, sys.events())
+                .await
+                .expect("transport")
+        }
+        #[cfg(feature = "p2p")]
+        Via::P2p => {
+            let cfg = transport_p2p::Config::new(id, listen, key, "bench");
+            transport_p2p::Transport::start(cfg, sys.events())
+                .await
+                .expect("transport")
+        }
+    };
     let other = 3 - id;
     t.set_peers(vec![PeerInfo {
         id: other,
@@ -85,14 +106,14 @@ async fn node(id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
     (sys, received)
 }
 
-async fn pair() -> Pair {
+async fn pair(via: Via) -> Pair {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.71:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let key = [7u8; 32];
-    let (a, _) = node(1, port, key).await;
-    let (_b, received) = node(2, port, key).await;
+    let (a, _) = node(via, 1, port, key).await;
+    let (_b, received) = node(via, 2, port, key).await;
     // Wait for the link.
     let t0 = Instant::now();
     while a.transport().unwrap().connected().is_empty() {
@@ -130,24 +151,33 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let p = rt.block_on(pair());
+    let p = rt.block_on(pair(Via::Tcp));
     let msg = Blob(bytes::Bytes::from(vec![0xab; SIZE]));
     let t = Duration::from_secs(5);
 
     let mut g = c.benchmark_group("round_trip_64B");
-    g.bench_function("ask over transport-tcp", |b| {
-        b.iter_custom(|iters| {
-            let (a, msg) = (p.a.clone(), msg.0.clone());
-            on_worker(&rt, async move {
-                let t0 = Instant::now();
-                for _ in 0..iters {
-                    let r: Blob = a.ask(2, "echo", &Blob(msg.clone()), t).await.unwrap();
-                    assert_eq!(r.0.len(), SIZE);
-                }
-                t0.elapsed()
-            })
+    // `iters` asks from node 1 to node 2's echo actor, timed on a worker.
+    let asks = |a: &System, iters: u64| {
+        let (a, msg) = (a.clone(), msg.0.clone());
+        on_worker(&rt, async move {
+            let t0 = Instant::now();
+            for _ in 0..iters {
+                let r: Blob = a.ask(2, "echo", &Blob(msg.clone()), t).await.unwrap();
+                assert_eq!(r.0.len(), SIZE);
+            }
+            t0.elapsed()
         })
+    };
+    g.bench_function("ask over transport-tcp", |b| {
+        b.iter_custom(|iters| asks(&p.a, iters))
     });
+    #[cfg(feature = "p2p")]
+    {
+        let q = rt.block_on(pair(Via::P2p));
+        g.bench_function("ask over transport-p2p", |b| {
+            b.iter_custom(|iters| asks(&q.a, iters))
+        });
+    }
     g.bench_function("raw tokio TCP ping-pong", |b| {
         let (c, mut s) = rt.block_on(raw_pair());
         rt.spawn(async move {
