@@ -1,12 +1,13 @@
 //! mDNS discovery between hosts made of network namespaces.
 //!
 //! libp2p-mdns ignores loopback interfaces, so mDNS cannot be tested on `lo`. This test
-//! builds a small LAN instead: one "switch" namespace holding a bridge, and one namespace
-//! per host joined to it by a veth pair (address 10.231.X.i/24, default route via the
-//! veth, without which joining the mDNS group fails with ENODEV). Each host runs this
-//! test binary again (`child_node`, selected by environment variables) under
-//! `ip netns exec`; the child starts a transport with `mdns: true` and prints its events
-//! as `EVENT ...` lines. Everything is removed in `Drop`, also when the test fails.
+//! builds a small LAN instead (the workspace's `testbed`): one "switch" namespace holding a
+//! bridge, and one namespace per host joined to it by a veth pair (address 10.231.X.i/24,
+//! default route via the veth, without which joining the mDNS group fails with ENODEV).
+//! Each host runs this test binary again (`child_node`, selected by environment
+//! variables) under `ip netns exec`; the child starts a transport with `mdns: true` and
+//! prints its events as `EVENT ...` lines. Everything is removed when the bed is dropped,
+//! also when the test fails.
 //!
 //! Checked: 3 hosts with one key link up (`Discovered` before `Up`), a 4th host with
 //! another key never takes part; a host cut off the bridge is down after the idle
@@ -15,7 +16,7 @@
 //! Needs root (`ip netns add`); skips with a message otherwise.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -23,81 +24,20 @@ const CHILD_ID: &str = "OMP2P_CHILD_ID";
 const CHILD_KEY: &str = "OMP2P_CHILD_KEY";
 const CHILD_PORT: &str = "OMP2P_CHILD_PORT";
 
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
+/// This test's hosts (a [`testbed::Bed`]: namespaces on one bridge, 10.231.X.i/24) and the
+/// child nodes started in them, in start order.
+struct Lan {
+    bed: testbed::Bed,
+    children: Vec<u32>,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-/// The namespaces of one test; deleted on drop.
-struct Bed {
-    switch: String,
-    hosts: Vec<String>,
-    subnet: u32,
-    children: Vec<Child>,
-}
-
-impl Bed {
-    fn new(n: usize) -> Result<Bed, String> {
-        let pid = std::process::id();
-        let mut bed = Bed {
-            switch: format!("omp2p-{pid}-sw"),
-            hosts: Vec::new(),
-            subnet: pid % 250,
+impl Lan {
+    fn new(n: usize) -> Result<Lan, String> {
+        let subnet = (std::process::id() % 250) as u8;
+        Ok(Lan {
+            bed: testbed::Bed::new(n, [10, 231, subnet])?,
             children: Vec::new(),
-        };
-        let sw = bed.switch.clone();
-        ip(&["netns", "add", &sw])?;
-        ip(&[
-            "-n",
-            &sw,
-            "link",
-            "add",
-            "br0",
-            "type",
-            "bridge",
-            "mcast_snooping",
-            "0",
-        ])?;
-        ip(&["-n", &sw, "link", "set", "br0", "up"])?;
-        for i in 1..=n {
-            let h = format!("omp2p-{pid}-h{i}");
-            ip(&["netns", "add", &h])?;
-            bed.hosts.push(h.clone());
-            let v = format!("v{i}");
-            ip(&[
-                "-n", &sw, "link", "add", &v, "type", "veth", "peer", "name", "eth0", "netns", &h,
-            ])?;
-            ip(&["-n", &sw, "link", "set", &v, "master", "br0"])?;
-            ip(&["-n", &sw, "link", "set", &v, "up"])?;
-            let addr = format!("10.231.{}.{i}/24", bed.subnet);
-            ip(&["-n", &h, "addr", "add", &addr, "dev", "eth0"])?;
-            ip(&["-n", &h, "link", "set", "eth0", "up"])?;
-            ip(&["-n", &h, "link", "set", "lo", "up"])?;
-            ip(&["-n", &h, "route", "add", "default", "dev", "eth0"])?;
-        }
-        Ok(bed)
+        })
     }
 
     /// Start node `id` (host `id`) with cluster key byte `key`; its `EVENT` lines go to `tx`.
@@ -108,24 +48,22 @@ impl Bed {
     /// Like `spawn`, listening on `port`.
     fn spawn_on(&mut self, id: u32, key: u8, port: u16, tx: mpsc::Sender<(u32, String)>) {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.hosts[id as usize - 1]])
-            .arg(exe)
-            .args([
-                "--exact",
-                "child_node",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ID, id.to_string())
-            .env(CHILD_KEY, key.to_string())
-            .env(CHILD_PORT, port.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn child node");
+        let mut cmd = self.bed.command(id as usize, exe);
+        cmd.args([
+            "--exact",
+            "child_node",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
+        .env(CHILD_ID, id.to_string())
+        .env(CHILD_KEY, key.to_string())
+        .env(CHILD_PORT, port.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+        let child = self.bed.spawn(cmd).expect("spawn child node");
         let out = child.stdout.take().expect("stdout");
+        self.children.push(child.id());
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines().map_while(Result::ok) {
                 // libtest may print "test child_node ... " on the same line first.
@@ -136,11 +74,10 @@ impl Bed {
                 }
             }
         });
-        self.children.push(child);
     }
 
     fn signal(&self, index: usize, sig: &str) {
-        let pid = self.children[index].id().to_string();
+        let pid = self.children[index].to_string();
         let ok = Command::new("kill")
             .args([sig, &pid])
             .status()
@@ -149,21 +86,7 @@ impl Bed {
     }
 
     fn kill(&mut self, index: usize) {
-        let _ = self.children[index].kill();
-        let _ = self.children[index].wait();
-    }
-}
-
-impl Drop for Bed {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for h in &self.hosts {
-            let _ = ip(&["netns", "del", h]);
-        }
-        let _ = ip(&["netns", "del", &self.switch]);
+        self.bed.kill(self.children[index]);
     }
 }
 
@@ -194,11 +117,7 @@ fn has(seen: &[(u32, String)], node: u32, ev: &str) -> bool {
 
 #[test]
 fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
-    if !is_root() {
-        eprintln!("SKIPPED mdns_hosts_find_each_other...: needs root for ip netns");
-        return;
-    }
-    let mut bed = match Bed::new(4) {
+    let mut bed = match Lan::new(4) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("SKIPPED mdns_hosts_find_each_other...: cannot build the namespaces: {e}");
@@ -250,7 +169,7 @@ fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
     // A host that drops off the network (no FIN, no RST) is down at the others after the
     // idle time-out, and up again once it is back.
     let t1 = Instant::now();
-    ip(&["-n", &bed.switch, "link", "set", "v3", "down"]).unwrap();
+    bed.bed.cut(3).unwrap();
     wait_until(
         &rx,
         &mut seen,
@@ -259,7 +178,7 @@ fn mdns_hosts_find_each_other_and_keyless_host_stays_out() {
         |s| count(s, 1, "down 3") == 1 && count(s, 2, "down 3") == 1,
     );
     eprintln!("cut-off host down after {:?}", t1.elapsed());
-    ip(&["-n", &bed.switch, "link", "set", "v3", "up"]).unwrap();
+    bed.bed.plug(3).unwrap();
     let t2 = Instant::now();
     wait_until(
         &rx,
