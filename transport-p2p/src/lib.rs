@@ -65,8 +65,8 @@ use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, Stream, StreamProtocol, Swarm, identity, mdns, noise, tcp, yamux};
-use rand::Rng;
 use runtime::NodeId;
+use runtime::transport::pacing::{Backoff, Repeats, jittered};
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
 use runtime::wire::{FRAME_OVERHEAD, Hello, HelloReply, decode_frame};
 use tokio::sync::mpsc;
@@ -225,6 +225,8 @@ struct Inner {
     swarm_stop: CancellationToken,
     cmd: mpsc::UnboundedSender<Cmd>,
     next_link: AtomicU64,
+    /// Which repeated warnings were logged lately.
+    warned: Repeats,
 }
 
 #[derive(Default)]
@@ -237,8 +239,6 @@ struct State {
     listen_addrs: Vec<SocketAddr>,
     /// The listed nodes (and address) we dialled when we connected to a peer.
     dialled_for: HashMap<PeerId, Vec<(NodeId, Multiaddr)>>,
-    /// Last time a warning with this key was logged.
-    warned: HashMap<String, Instant>,
 }
 
 struct LinkEntry {
@@ -396,11 +396,7 @@ impl Transport {
         if config.queue_capacity == 0 {
             return Err(Error::Config("queue_capacity must be at least 1".into()));
         }
-        if config.backoff_min.is_zero() || config.backoff_max < config.backoff_min {
-            return Err(Error::Config(
-                "backoff_min must be > 0 and <= backoff_max".into(),
-            ));
-        }
+        Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
         if config.max_frame > u32::MAX as usize || config.max_frame < FRAME_OVERHEAD {
             return Err(Error::Config(
                 "max_frame must be between 4 bytes and 4 GiB".into(),
@@ -491,6 +487,7 @@ impl Transport {
             swarm_stop: CancellationToken::new(),
             cmd: cmd_tx,
             next_link: AtomicU64::new(1),
+            warned: Repeats::new(WARN_REPEAT),
         });
         tokio::spawn(accept_loop(inner.clone(), incoming));
         tokio::spawn(swarm_task(inner.clone(), swarm, control, cmd_rx));
@@ -639,22 +636,9 @@ impl Inner {
 
     /// Log `msg` as a warning unless the same `key` was warned about recently.
     fn warn_limited(&self, key: String, msg: &str) {
-        let now = Instant::now();
-        let mut st = lock(&self.state);
-        let again = st
-            .warned
-            .get(&key)
-            .is_none_or(|t| now.duration_since(*t) >= WARN_REPEAT);
-        if again {
-            if st.warned.len() > 4096 {
-                st.warned
-                    .retain(|_, t| now.duration_since(*t) < WARN_REPEAT);
-            }
-            st.warned.insert(key, now);
-            drop(st);
+        if self.warned.warn_now(key) {
             warn!("{msg}");
         } else {
-            drop(st);
             debug!("{msg}");
         }
     }
@@ -747,7 +731,7 @@ impl Inner {
 
 struct DialEntry {
     addrs: Vec<Multiaddr>,
-    backoff: Duration,
+    backoff: Backoff,
     next_at: Instant,
 }
 
@@ -761,10 +745,6 @@ struct Dialer {
     pending_peer: HashMap<ConnectionId, PeerId>,
     /// Established connections we dialled, by remote address.
     dialled: HashMap<ConnectionId, Multiaddr>,
-}
-
-fn jittered(d: Duration) -> Duration {
-    d.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
 }
 
 async fn swarm_task(
@@ -790,7 +770,7 @@ async fn swarm_task(
             Some(cmd) = cmd_rx.recv() => on_cmd(&inner, &mut swarm, &mut d, cmd),
             _ = tick.tick() => {
                 if !inner.root.is_cancelled() {
-                    dial_due(&inner, &mut swarm, &mut d, &cfg);
+                    dial_due(&inner, &mut swarm, &mut d);
                 }
             }
         }
@@ -798,7 +778,7 @@ async fn swarm_task(
     debug!("swarm task of node {} stopped", cfg.local);
 }
 
-fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cfg: &Config) {
+fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer) {
     let now = Instant::now();
     for (node, e) in d.map.iter_mut() {
         if now < e.next_at || inner.link_up(*node) {
@@ -819,8 +799,7 @@ fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cfg: &C
                 Err(e) => debug!("cannot dial node {node} at {addr}: {e}"),
             }
         }
-        e.next_at = now + jittered(e.backoff);
-        e.backoff = (e.backoff * 2).min(cfg.backoff_max);
+        e.next_at = now + e.backoff.failed();
     }
     for (peer, e) in d.found.iter_mut() {
         if now < e.next_at || swarm.is_connected(peer) || d.pending_peer.values().any(|p| p == peer)
@@ -838,8 +817,7 @@ fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cfg: &C
             }
             Err(err) => debug!("cannot dial mDNS peer {peer}: {err}"),
         }
-        e.next_at = now + jittered(e.backoff);
-        e.backoff = (e.backoff * 2).min(cfg.backoff_max);
+        e.next_at = now + e.backoff.failed();
     }
 }
 
@@ -857,7 +835,7 @@ fn on_cmd(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cmd: Cmd)
                         if e.addrs != addrs {
                             e.addrs = addrs;
                             e.next_at = now;
-                            e.backoff = cfg.backoff_min;
+                            e.backoff.reset();
                         }
                     }
                     None => {
@@ -865,7 +843,7 @@ fn on_cmd(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cmd: Cmd)
                             node,
                             DialEntry {
                                 addrs,
-                                backoff: cfg.backoff_min,
+                                backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
                                 next_at: now,
                             },
                         );
@@ -873,11 +851,11 @@ fn on_cmd(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cmd: Cmd)
                 }
             }
             d.map.retain(|n, _| keep.contains(n));
-            dial_due(inner, swarm, d, cfg);
+            dial_due(inner, swarm, d);
         }
         Cmd::LinkUp(node) => {
             if let Some(e) = d.map.get_mut(&node) {
-                e.backoff = cfg.backoff_min;
+                e.backoff.reset();
             }
         }
         Cmd::LinkEnded { node, peer_id } => {
@@ -897,7 +875,6 @@ fn on_swarm_event(
     d: &mut Dialer,
     ev: SwarmEvent<BehaviourEvent>,
 ) {
-    let cfg = &inner.config;
     match ev {
         SwarmEvent::NewListenAddr { address, .. } => {
             debug!("listening on {address}");
@@ -934,7 +911,7 @@ fn on_swarm_event(
             }
             debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established");
             if let Some(e) = d.found.get_mut(&peer_id) {
-                e.backoff = cfg.backoff_min;
+                e.backoff.reset();
             }
             if num_established.get() == 1
                 && inner.local_peer < peer_id
@@ -975,7 +952,7 @@ fn on_swarm_event(
             if num_established == 0 {
                 lock(&inner.state).dialled_for.remove(&peer_id);
                 if let Some(e) = d.found.get_mut(&peer_id) {
-                    e.next_at = e.next_at.min(Instant::now() + jittered(e.backoff));
+                    e.next_at = e.next_at.min(Instant::now() + e.backoff.pause());
                 }
             }
         }
@@ -1037,7 +1014,7 @@ fn on_mdns(inner: &Inner, d: &mut Dialer, ev: mdns::Event) {
                 debug!(%peer, %addr, "mDNS found a peer");
                 let e = d.found.entry(peer).or_insert_with(|| DialEntry {
                     addrs: Vec::new(),
-                    backoff: cfg.backoff_min,
+                    backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
                     next_at: now,
                 });
                 if !e.addrs.contains(&addr) {

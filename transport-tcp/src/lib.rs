@@ -41,12 +41,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
-use rand::Rng;
 use runtime::NodeId;
+use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
 use runtime::wire::{FRAME_OVERHEAD, Hello, HelloReply};
 use snow::StatelessTransportState;
@@ -189,8 +189,8 @@ struct Inner {
     handshakes: Semaphore,
     /// Cancelled once the listening socket is closed.
     listener_closed: CancellationToken,
-    /// When each repeated warning was last logged (refusals repeat on every re-dial).
-    warned: Mutex<HashMap<String, Instant>>,
+    /// Which repeated warnings were logged lately (refusals repeat on every re-dial).
+    warned: Repeats,
 }
 
 #[derive(Default)]
@@ -256,11 +256,7 @@ impl Transport {
         if config.queue_capacity == 0 {
             return Err(Error::Config("queue_capacity must be at least 1".into()));
         }
-        if config.backoff_min.is_zero() || config.backoff_max < config.backoff_min {
-            return Err(Error::Config(
-                "backoff_min must be > 0 and <= backoff_max".into(),
-            ));
-        }
+        Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e| Error::Config(format!("{e:?}")))?;
@@ -283,7 +279,7 @@ impl Transport {
             root: CancellationToken::new(),
             next_link: AtomicU64::new(1),
             handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
-            warned: Mutex::new(HashMap::new()),
+            warned: Repeats::new(WARN_REPEAT),
             listener_closed: CancellationToken::new(),
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
@@ -419,17 +415,10 @@ impl Inner {
     /// Log `msg` as a warning once per `key` a minute (debug in between), so a peer that
     /// keeps re-dialling with a wrong key or map does not flood the log.
     fn warn_repeated(&self, key: String, msg: &str) {
-        let now = Instant::now();
-        let mut w = lock(&self.warned);
-        if w.len() > 1024 {
-            w.clear();
-        }
-        match w.get(&key) {
-            Some(t) if now.duration_since(*t) < WARN_REPEAT => debug!("{msg}"),
-            _ => {
-                w.insert(key, now);
-                warn!("{msg}");
-            }
+        if self.warned.warn_now(key) {
+            warn!("{msg}");
+        } else {
+            debug!("{msg}");
         }
     }
 
@@ -532,7 +521,7 @@ async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
 
 async fn dial_loop(inner: Arc<Inner>, peer: NodeId, cancel: CancellationToken, wake: Arc<Notify>) {
     let cfg = &inner.config;
-    let mut backoff = cfg.backoff_min;
+    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let mut last_error = String::new();
     loop {
         // Nothing to do while a link (either direction) exists.
@@ -542,7 +531,7 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, cancel: CancellationToken, w
                 break;
             }
             // A link exists (whoever dialled it): start afresh when it ends.
-            backoff = cfg.backoff_min;
+            backoff.reset();
             last_error.clear();
             tokio::select! {
                 _ = cancel.cancelled() => return,
@@ -588,14 +577,12 @@ async fn dial_loop(inner: Arc<Inner>, peer: NodeId, cancel: CancellationToken, w
                 }
             }
         }
-        if linked {
-            backoff = cfg.backoff_min;
-        }
-        let jitter: f64 = rand::thread_rng().gen_range(0.5..1.5);
-        let pause = backoff.mul_f64(jitter);
-        if !linked {
-            backoff = (backoff * 2).min(cfg.backoff_max);
-        }
+        let pause = if linked {
+            backoff.reset();
+            backoff.pause()
+        } else {
+            backoff.failed()
+        };
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(pause) => {}
