@@ -11,6 +11,7 @@
 //! it, and both ends exchange a versioned [`crate::wire::Hello`]; a peer with another
 //! protocol version or another cluster map is refused with a reason it can log.
 
+pub mod link;
 pub mod pacing;
 
 use std::future::Future;

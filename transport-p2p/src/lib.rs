@@ -66,6 +66,7 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, Stream, StreamProtocol, Swarm, identity, mdns, noise, tcp, yamux};
 use runtime::NodeId;
+use runtime::transport::link::{self, Claim};
 use runtime::transport::pacing::{Backoff, Repeats, jittered};
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
 use runtime::wire::{FRAME_OVERHEAD, Hello, HelloReply, decode_frame};
@@ -250,22 +251,27 @@ struct LinkEntry {
     ctl: Arc<LinkCtl>,
 }
 
+/// The shared control block (cancel, first reason, done) plus when the link last heard
+/// from its peer, which decides whether a new peer may take the node id over.
 struct LinkCtl {
-    cancel: CancellationToken,
-    reason: Mutex<Option<String>>,
-    /// Cancelled when the link task has finished and its `Down` (if any) is delivered.
-    done: CancellationToken,
+    ctl: link::LinkCtl,
     born: Instant,
     /// When the last message (frame or keepalive) arrived, in ms since `born`.
     last_rx_ms: AtomicU64,
 }
 
+impl std::ops::Deref for LinkCtl {
+    type Target = link::LinkCtl;
+
+    fn deref(&self) -> &link::LinkCtl {
+        &self.ctl
+    }
+}
+
 impl LinkCtl {
     fn new(parent: &CancellationToken) -> Arc<Self> {
         Arc::new(LinkCtl {
-            cancel: parent.child_token(),
-            reason: Mutex::new(None),
-            done: CancellationToken::new(),
+            ctl: link::LinkCtl::new(parent),
             born: Instant::now(),
             last_rx_ms: AtomicU64::new(0),
         })
@@ -280,15 +286,6 @@ impl LinkCtl {
     fn silent_for(&self) -> Duration {
         let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
         self.born.elapsed().saturating_sub(last)
-    }
-
-    fn close(&self, reason: &str) {
-        let mut r = lock(&self.reason);
-        if r.is_none() {
-            *r = Some(reason.to_string());
-        }
-        drop(r);
-        self.cancel.cancel();
     }
 }
 
@@ -646,60 +643,50 @@ impl Inner {
     /// Register a link for `node` from `peer_id` whose `Hello` passed (not `Up` yet).
     async fn claim(&self, node: NodeId, peer_id: PeerId, entry: LinkEntry) -> Result<(), String> {
         let mut entry = Some(entry);
-        for _ in 0..3 {
-            let wait = {
-                let mut st = lock(&self.state);
-                if st.closed {
-                    return Err("transport is shutting down".into());
-                }
-                if !self.config.mdns && !st.listed.contains_key(&node) {
-                    return Err(format!(
-                        "node {node} is not in node {}'s peer list",
-                        self.config.local
-                    ));
-                }
-                match st.links.get(&node) {
-                    None => {
-                        st.links.insert(node, entry.take().expect("entry"));
-                        return Ok(());
-                    }
-                    Some(old)
-                        if old.peer_id != peer_id
-                            && old.up
-                            && old.ctl.silent_for() >= self.stale_after() =>
-                    {
-                        // Our link to the previous holder has missed its keepalives: most
-                        // likely that node restarted (new libp2p identity) before we noticed.
-                        info!(
-                            "node {node} reconnects as peer {peer_id}; its link to peer {} is silent for {:?}, closing it",
-                            old.peer_id,
-                            old.ctl.silent_for()
-                        );
-                        old.ctl
-                            .close("replaced: the node reconnected with a new identity");
-                        old.ctl.done.clone()
-                    }
-                    Some(old) if old.peer_id != peer_id => {
-                        return Err(format!(
-                            "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
-                            old.peer_id
-                        ));
-                    }
-                    Some(old) => {
-                        // The same peer opened a new stream: its old one is dead.
-                        old.ctl.close("replaced by a new stream from the same peer");
-                        old.ctl.done.clone()
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(1), wait.cancelled())
-                .await
-                .is_err()
-            {
-                break;
+        link::claim(|| {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Claim::Decided(Err("transport is shutting down".into()));
             }
-        }
-        Err("previous link did not close in time".into())
+            if !self.config.mdns && !st.listed.contains_key(&node) {
+                return Claim::Decided(Err(format!(
+                    "node {node} is not in node {}'s peer list",
+                    self.config.local
+                )));
+            }
+            match st.links.get(&node) {
+                None => {
+                    st.links.insert(node, entry.take().expect("entry"));
+                    Claim::Decided(Ok(()))
+                }
+                Some(old)
+                    if old.peer_id != peer_id
+                        && old.up
+                        && old.ctl.silent_for() >= self.stale_after() =>
+                {
+                    // Our link to the previous holder has missed its keepalives: most
+                    // likely that node restarted (new libp2p identity) before we noticed.
+                    info!(
+                        "node {node} reconnects as peer {peer_id}; its link to peer {} is silent for {:?}, closing it",
+                        old.peer_id,
+                        old.ctl.silent_for()
+                    );
+                    old.ctl
+                        .close("replaced: the node reconnected with a new identity");
+                    Claim::WaitFor(old.ctl.done.clone())
+                }
+                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(format!(
+                    "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
+                    old.peer_id
+                ))),
+                Some(old) => {
+                    // The same peer opened a new stream: its old one is dead.
+                    old.ctl.close("replaced by a new stream from the same peer");
+                    Claim::WaitFor(old.ctl.done.clone())
+                }
+            }
+        })
+        .await
     }
 
     /// A link silent this long (two missed keepalives) yields its node id to a new peer.
@@ -1352,7 +1339,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
         _ = ctl.cancel.cancelled() => String::new(),
     };
     ctl.close(&reason);
-    let reason = lock(&ctl.reason).clone().unwrap_or(reason);
+    let reason = ctl.reason().unwrap_or(reason);
     let abort = writer.abort_handle();
     if tokio::time::timeout(Duration::from_secs(2), writer)
         .await

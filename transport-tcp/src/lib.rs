@@ -46,6 +46,7 @@ use std::time::Duration;
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
 use runtime::NodeId;
+use runtime::transport::link::{self, Claim, LinkCtl};
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
 use runtime::wire::{FRAME_OVERHEAD, Hello, HelloReply};
@@ -222,24 +223,6 @@ enum LinkState {
     Up,
     /// Ending; its `Down` is being delivered.
     Closing,
-}
-
-struct LinkCtl {
-    cancel: CancellationToken,
-    reason: Mutex<Option<String>>,
-    /// Cancelled when the link task has finished and its `Down` (if any) is delivered.
-    done: CancellationToken,
-}
-
-impl LinkCtl {
-    fn close(&self, reason: &str) {
-        let mut r = lock(&self.reason);
-        if r.is_none() {
-            *r = Some(reason.to_string());
-        }
-        drop(r);
-        self.cancel.cancel();
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -435,42 +418,34 @@ impl Inner {
     /// when another link is live; the other end follows the arbiter, replacing a stale link.
     async fn claim(&self, peer: NodeId, arbiter: bool, entry: LinkEntry) -> Result<(), String> {
         let mut entry = Some(entry);
-        for _ in 0..3 {
-            let wait = {
-                let mut st = lock(&self.state);
-                if st.closed {
-                    return Err("transport is shutting down".into());
-                }
-                if !st.peers.contains_key(&peer) {
-                    return Err(format!("node {peer} is not in this node's peer list"));
-                }
-                match st.links.get(&peer) {
-                    None => {
-                        st.links.insert(peer, entry.take().expect("entry"));
-                        return Ok(());
-                    }
-                    Some(old) if arbiter && old.state != LinkState::Closing => {
-                        return Err(format!(
-                            "{DUPLICATE}: node {} already has a link to node {peer}",
-                            self.config.local
-                        ));
-                    }
-                    Some(old) => {
-                        if !arbiter {
-                            old.ctl.close("replaced by a new link");
-                        }
-                        old.ctl.done.clone()
-                    }
-                }
-            };
-            if tokio::time::timeout(Duration::from_secs(1), wait.cancelled())
-                .await
-                .is_err()
-            {
-                break;
+        link::claim(|| {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Claim::Decided(Err("transport is shutting down".into()));
             }
-        }
-        Err("previous link did not close in time".into())
+            if !st.peers.contains_key(&peer) {
+                return Claim::Decided(Err(format!("node {peer} is not in this node's peer list")));
+            }
+            match st.links.get(&peer) {
+                None => {
+                    st.links.insert(peer, entry.take().expect("entry"));
+                    Claim::Decided(Ok(()))
+                }
+                Some(old) if arbiter && old.state != LinkState::Closing => {
+                    Claim::Decided(Err(format!(
+                        "{DUPLICATE}: node {} already has a link to node {peer}",
+                        self.config.local
+                    )))
+                }
+                Some(old) => {
+                    if !arbiter {
+                        old.ctl.close("replaced by a new link");
+                    }
+                    Claim::WaitFor(old.ctl.done.clone())
+                }
+            }
+        })
+        .await
     }
 }
 
@@ -854,11 +829,7 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         !arbiter,
     )
     .map_err(HsError::Protocol)?;
-    let ctl = Arc::new(LinkCtl {
-        cancel: inner.root.child_token(),
-        reason: Mutex::new(None),
-        done: CancellationToken::new(),
-    });
+    let ctl = Arc::new(LinkCtl::new(&inner.root));
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let entry = LinkEntry {
         id,
@@ -985,7 +956,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
         abort.abort();
     }
     drop(outbox);
-    let reason = lock(&ctl.reason).clone().unwrap_or(reason);
+    let reason = ctl.reason().unwrap_or(reason);
     drop(read);
 
     let current = {
