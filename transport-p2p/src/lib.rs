@@ -521,11 +521,7 @@ impl rt::Transport for Transport {
 
     fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), rt::Error>> {
         Box::pin(async move {
-            let size = FRAME_OVERHEAD + frame.head.len() + frame.payload.len();
-            let limit = self.inner.config.max_frame;
-            if size > limit {
-                return Err(rt::Error::TooLarge { size, limit });
-            }
+            link::check_size(&frame, self.inner.config.max_frame)?;
             let tx = {
                 let st = lock(&self.inner.state);
                 if st.closed {
@@ -1340,13 +1336,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
     };
     ctl.close(&reason);
     let reason = ctl.reason().unwrap_or(reason);
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_secs(2), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    link::join_or_abort(writer, Duration::from_secs(2)).await;
     drop(read);
 
     let current = {

@@ -49,7 +49,7 @@ use runtime::NodeId;
 use runtime::transport::link::{self, Claim, LinkCtl};
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Event, Frame, PeerInfo};
-use runtime::wire::{FRAME_OVERHEAD, Hello, HelloReply};
+use runtime::wire::{Hello, HelloReply};
 use snow::StatelessTransportState;
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -288,11 +288,7 @@ impl rt::Transport for Transport {
 
     fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), rt::Error>> {
         Box::pin(async move {
-            let size = FRAME_OVERHEAD + frame.head.len() + frame.payload.len();
-            let limit = self.inner.config.max_frame;
-            if size > limit {
-                return Err(rt::Error::TooLarge { size, limit });
-            }
+            link::check_size(&frame, self.inner.config.max_frame)?;
             let tx = {
                 let st = lock(&self.inner.state);
                 if st.closed {
@@ -948,13 +944,7 @@ async fn run_link(inner: Arc<Inner>, link: Established) {
     }
     ctl.close(&reason);
     // The writer stops at the cancellation (flushing for a bounded while on shutdown).
-    let abort = writer.abort_handle();
-    if tokio::time::timeout(Duration::from_millis(1500), writer)
-        .await
-        .is_err()
-    {
-        abort.abort();
-    }
+    link::join_or_abort(writer, Duration::from_millis(1500)).await;
     drop(outbox);
     let reason = ctl.reason().unwrap_or(reason);
     drop(read);

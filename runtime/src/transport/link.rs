@@ -1,11 +1,16 @@
 //! Per-link bookkeeping shared by the transports: a link's control block (cancel it with
-//! the first reason given, know when its task is done) and the claim of a peer's single
-//! link slot while an older link to that peer is still closing. Knows no sockets.
+//! the first reason given, know when its task is done), the claim of a peer's single
+//! link slot while an older link to that peer is still closing, the frame size check of
+//! `send`, and ending a link's writer task. Knows no sockets.
 
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+use super::{Error, Frame};
+use crate::wire::FRAME_OVERHEAD;
 
 /// One link's control block, shared by its reader, writer and the transport's tables.
 pub struct LinkCtl {
@@ -72,6 +77,24 @@ pub async fn claim(mut attempt: impl FnMut() -> Claim) -> Result<(), String> {
     Err("previous link did not close in time".into())
 }
 
+/// `Err(TooLarge)` when `frame`, encoded, is larger than `limit` (a transport's `max_frame`).
+pub fn check_size(frame: &Frame, limit: usize) -> Result<(), Error> {
+    let size = FRAME_OVERHEAD + frame.head.len() + frame.payload.len();
+    if size > limit {
+        return Err(Error::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
+/// Wait up to `limit` for a link's writer task to end (it flushes briefly on shutdown),
+/// then abort it.
+pub async fn join_or_abort(writer: JoinHandle<()>, limit: Duration) {
+    let abort = writer.abort_handle();
+    if tokio::time::timeout(limit, writer).await.is_err() {
+        abort.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +112,33 @@ mod tests {
         root.cancel();
         assert!(other.cancel.is_cancelled());
         assert_eq!(other.reason(), None);
+    }
+
+    #[test]
+    fn frames_over_the_limit_are_refused() {
+        let f = Frame {
+            head: bytes::Bytes::from_static(b"head"),
+            payload: bytes::Bytes::from_static(b"payload"),
+        };
+        let size = FRAME_OVERHEAD + 4 + 7;
+        assert!(check_size(&f, size).is_ok());
+        assert!(matches!(
+            check_size(&f, size - 1),
+            Err(Error::TooLarge { size: s, limit }) if s == size && limit == size - 1
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_writer_that_does_not_end_is_aborted() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let writer = tokio::spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        join_or_abort(writer, Duration::from_millis(50)).await;
+        // The task was dropped: its sender is gone.
+        assert!(rx.await.is_err());
+        join_or_abort(tokio::spawn(async {}), Duration::from_secs(5)).await;
     }
 
     #[tokio::test]
