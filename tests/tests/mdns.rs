@@ -222,13 +222,15 @@ fn two_hosts_claiming_one_node_id_are_a_reported_collision() {
     let mut args = mdns_args(&key);
     args.extend(["--node", "7"]);
     bed.start(1, &args);
+    // Both ends of the first pair see each other before the second claimant arrives.
     let first = wait_for(Duration::from_secs(10), || {
-        (up_ids(&bed, 3) == vec![3, 7]).then_some(())
+        (up_ids(&bed, 3) == vec![3, 7] && up_ids(&bed, 1) == vec![3, 7]).then_some(())
     });
     assert!(
         first.is_some(),
-        "host 3 did not find node 7: {:?}",
-        up(&bed, 3)
+        "hosts 1 and 3 did not find each other: {:?} {:?}",
+        up(&bed, 3),
+        up(&bed, 1)
     );
     bed.start(2, &args);
     let reported = wait_for(Duration::from_secs(10), || {
@@ -237,7 +239,8 @@ fn two_hosts_claiming_one_node_id_are_a_reported_collision() {
             .then_some(())
     });
     assert!(reported.is_some(), "no host reported the collision");
-    // The first claimant keeps the id; the second joins no one.
+    // The first claimant keeps the id; the second joins no one (and goes on not joining).
+    std::thread::sleep(Duration::from_secs(2));
     assert_eq!(up_ids(&bed, 3), vec![3, 7]);
     assert_eq!(up_ids(&bed, 1), vec![3, 7]);
     assert_eq!(up_ids(&bed, 2), vec![7]);
