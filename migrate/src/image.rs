@@ -123,6 +123,25 @@ pub struct MmFields {
     pub env_end: u64,
 }
 
+impl MmFields {
+    /// The fields in `prctl(PR_SET_MM_MAP)` order, which is also their order in an image.
+    pub fn words(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct Creds {
     pub uid: [u32; 4],
@@ -287,20 +306,7 @@ impl ProcessImage {
             }
             None => e.u8(0),
         }
-        let m = &self.mm;
-        for v in [
-            m.start_code,
-            m.end_code,
-            m.start_data,
-            m.end_data,
-            m.start_brk,
-            m.brk,
-            m.start_stack,
-            m.arg_start,
-            m.arg_end,
-            m.env_start,
-            m.env_end,
-        ] {
+        for v in self.mm.words() {
             e.u64(v)
         }
         e.bytes(&self.auxv);

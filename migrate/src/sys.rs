@@ -292,6 +292,22 @@ pub(crate) struct Tracee {
 }
 
 impl Tracee {
+    /// Keeps the siginfo of the signal this signal-delivery-stop holds, to be re-queued
+    /// when the process is let go (the signal is not delivered while we work on it).
+    fn stash_signal(&mut self) {
+        let mut info = vec![0u8; 128];
+        if ptrace(
+            libc::PTRACE_GETSIGINFO,
+            self.pid,
+            0,
+            info.as_mut_ptr() as usize,
+        )
+        .is_ok()
+        {
+            self.stashed.push(info);
+        }
+    }
+
     /// Resumes with PTRACE_SYSCALL until a syscall stop (SIGTRAP|0x80).
     fn run_to_syscall_stop(&mut self) -> io::Result<()> {
         ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0)?;
@@ -308,17 +324,7 @@ impl Tracee {
                 return Ok(());
             }
             if (st >> 16) == 0 && sig != libc::SIGTRAP {
-                let mut info = vec![0u8; 128];
-                if ptrace(
-                    libc::PTRACE_GETSIGINFO,
-                    self.pid,
-                    0,
-                    info.as_mut_ptr() as usize,
-                )
-                .is_ok()
-                {
-                    self.stashed.push(info);
-                }
+                self.stash_signal();
             }
             ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0)?;
         }
@@ -340,17 +346,7 @@ impl Tracee {
                 return Ok(());
             }
             if (st >> 16) == 0 {
-                let mut info = vec![0u8; 128];
-                if ptrace(
-                    libc::PTRACE_GETSIGINFO,
-                    self.pid,
-                    0,
-                    info.as_mut_ptr() as usize,
-                )
-                .is_ok()
-                {
-                    self.stashed.push(info);
-                }
+                self.stash_signal();
             }
             ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
         }

@@ -788,22 +788,8 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     // mm fields, auxv and exe
     let mut calls = Vec::new();
     let auxv = b.data(&img.auxv)?;
-    let m = &img.mm;
     let mut s = Vec::with_capacity(104);
-    for w in [
-        m.start_code,
-        m.end_code,
-        m.start_data,
-        m.end_data,
-        m.start_brk,
-        m.brk,
-        m.start_stack,
-        m.arg_start,
-        m.arg_end,
-        m.env_start,
-        m.env_end,
-        auxv,
-    ] {
+    for w in img.mm.words().into_iter().chain([auxv]) {
         s.extend_from_slice(&w.to_ne_bytes());
     }
     s.extend_from_slice(&(img.auxv.len() as u32).to_ne_bytes());
