@@ -697,10 +697,46 @@ impl<R: Read> SectionReader<R> {
     }
 }
 
-/// Parses a PAGES payload into its runs and the data behind them.
 /// (address, length) runs of a PAGES section.
 pub(crate) type Runs = Vec<(u64, u64)>;
 
+/// Reads the PAGES sections up to and including the END section, handing each section's
+/// runs and the data behind them to `each`, and checks that END counts what was read.
+/// Returns the bytes of page data read.
+pub(crate) fn read_pages<R: Read>(
+    sr: &mut SectionReader<R>,
+    buf: &mut Vec<u8>,
+    mut each: impl FnMut(&Runs, &[u8]) -> Result<(), crate::Error>,
+) -> Result<u64, crate::Error> {
+    let (mut total, mut sections) = (0u64, 0u64);
+    loop {
+        match sr.next(buf)? {
+            TAG_PAGES => {
+                let (runs, data) = parse_pages(buf)?;
+                each(&runs, data)?;
+                total += data.len() as u64;
+                sections += 1;
+            }
+            TAG_END => {
+                let (t, s) = decode_end(buf)?;
+                if t != total || s != sections {
+                    return Err(ImageError::Corrupt(
+                        "end section does not match the page data".into(),
+                    )
+                    .into());
+                }
+                return Ok(total);
+            }
+            _ => {
+                return Err(
+                    ImageError::Corrupt("unexpected section among the page data".into()).into(),
+                );
+            }
+        }
+    }
+}
+
+/// Parses a PAGES payload into its runs and the data behind them.
 pub(crate) fn parse_pages(buf: &[u8]) -> Result<(Runs, &[u8]), ImageError> {
     let bad = |w: &str| ImageError::Corrupt(format!("pages section: {w}"));
     if buf.len() < 4 {

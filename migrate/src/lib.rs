@@ -52,39 +52,21 @@ pub fn inspect<R: Read>(input: R) -> Result<ImageSummary> {
     }
     let process = ProcessImage::decode(&buf)?;
     let mut vma_bytes = vec![0u64; process.vmas.len()];
-    let (mut total, mut sections) = (0u64, 0u64);
-    loop {
-        match sr.next(&mut buf)? {
-            TAG_PAGES => {
-                let (runs, data) = parse_pages(&buf)?;
-                for (a, l) in runs {
-                    let i = process.vmas.partition_point(|v| v.start <= a);
-                    match i.checked_sub(1) {
-                        Some(i) if a + l <= process.vmas[i].end => vma_bytes[i] += l,
-                        _ => {
-                            return Err(ImageError::Corrupt(format!(
-                                "page data at {a:#x} lies outside the memory map"
-                            ))
-                            .into());
-                        }
-                    }
-                }
-                total += data.len() as u64;
-                sections += 1;
-            }
-            TAG_END => {
-                let (t, s) = decode_end(&buf)?;
-                if t != total || s != sections {
-                    return Err(ImageError::Corrupt(
-                        "end section does not match the page data".into(),
-                    )
+    let total = read_pages(&mut sr, &mut buf, |runs, _| {
+        for &(a, l) in runs {
+            let i = process.vmas.partition_point(|v| v.start <= a);
+            match i.checked_sub(1) {
+                Some(i) if a + l <= process.vmas[i].end => vma_bytes[i] += l,
+                _ => {
+                    return Err(ImageError::Corrupt(format!(
+                        "page data at {a:#x} lies outside the memory map"
+                    ))
                     .into());
                 }
-                break;
             }
-            _ => return Err(ImageError::Corrupt("unexpected process section".into()).into()),
         }
-    }
+        Ok(())
+    })?;
     Ok(ImageSummary {
         process,
         vma_bytes,

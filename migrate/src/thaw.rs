@@ -598,68 +598,49 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
         .write(true)
         .open(format!("/proc/{pid}/mem"))
         .map_err(terr("opening /proc/PID/mem"))?;
-    let (mut total, mut sections) = (0u64, 0u64);
     let mut wr: Vec<(u64, u64)> = Vec::new();
-    loop {
-        let tag = sr.next(&mut buf)?;
-        match tag {
-            TAG_PAGES => {
-                let (runs, data) = parse_pages(&buf)?;
-                let mut off = 0usize;
-                let mut wr_start = 0usize;
-                wr.clear();
-                for &(a, l) in &runs {
-                    let i = img.vmas.partition_point(|v| v.start <= a);
-                    let v = i.checked_sub(1).map(|i| &img.vmas[i]);
-                    let ok = v.filter(|v| {
-                        a + l <= v.end
-                            && (matches!(v.kind, VmaKind::Anon | VmaKind::SharedAnon)
-                                || (v.kind == VmaKind::File && !v.shared))
-                    });
-                    let Some(v) = ok else {
-                        return Err(ImageError::Corrupt(format!(
-                            "page data at {a:#x} lies outside the memory map"
-                        ))
-                        .into());
-                    };
-                    if v.prot & libc::PROT_WRITE as u32 != 0 {
-                        if wr.is_empty() {
-                            wr_start = off;
-                        }
-                        if wr_start + wr.iter().map(|x| x.1 as usize).sum::<usize>() != off {
-                            write_mem(pid, &data[wr_start..off], &wr)
-                                .map_err(terr(format!("writing memory at {:#x}", wr[0].0)))?;
-                            wr.clear();
-                            wr_start = off;
-                        }
-                        wr.push((a, l));
-                    } else {
-                        memf.write_all_at(&data[off..off + l as usize], a)
-                            .map_err(terr(format!("writing memory at {a:#x}")))?;
-                    }
-                    off += l as usize;
+    let total = read_pages(&mut sr, &mut buf, |runs, data| {
+        let mut off = 0usize;
+        let mut wr_start = 0usize;
+        wr.clear();
+        for &(a, l) in runs {
+            let i = img.vmas.partition_point(|v| v.start <= a);
+            let v = i.checked_sub(1).map(|i| &img.vmas[i]);
+            let ok = v.filter(|v| {
+                a + l <= v.end
+                    && (matches!(v.kind, VmaKind::Anon | VmaKind::SharedAnon)
+                        || (v.kind == VmaKind::File && !v.shared))
+            });
+            let Some(v) = ok else {
+                return Err(ImageError::Corrupt(format!(
+                    "page data at {a:#x} lies outside the memory map"
+                ))
+                .into());
+            };
+            if v.prot & libc::PROT_WRITE as u32 != 0 {
+                if wr.is_empty() {
+                    wr_start = off;
                 }
-                if !wr.is_empty() {
-                    let len: usize = wr.iter().map(|x| x.1 as usize).sum();
-                    write_mem(pid, &data[wr_start..wr_start + len], &wr)
+                if wr_start + wr.iter().map(|x| x.1 as usize).sum::<usize>() != off {
+                    write_mem(pid, &data[wr_start..off], &wr)
                         .map_err(terr(format!("writing memory at {:#x}", wr[0].0)))?;
+                    wr.clear();
+                    wr_start = off;
                 }
-                total += data.len() as u64;
-                sections += 1;
+                wr.push((a, l));
+            } else {
+                memf.write_all_at(&data[off..off + l as usize], a)
+                    .map_err(terr(format!("writing memory at {a:#x}")))?;
             }
-            TAG_END => {
-                let (t, s) = decode_end(&buf)?;
-                if t != total || s != sections {
-                    return Err(ImageError::Corrupt(
-                        "end section does not match the page data".into(),
-                    )
-                    .into());
-                }
-                break;
-            }
-            _ => return Err(ImageError::Corrupt("unexpected section".into()).into()),
+            off += l as usize;
         }
-    }
+        if !wr.is_empty() {
+            let len: usize = wr.iter().map(|x| x.1 as usize).sum();
+            write_mem(pid, &data[wr_start..wr_start + len], &wr)
+                .map_err(terr(format!("writing memory at {:#x}", wr[0].0)))?;
+        }
+        Ok(())
+    })?;
     let memory_time = mem_t.elapsed();
 
     // cached TID in glibc's struct pthread (clear_child_tid points at it)
