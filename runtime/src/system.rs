@@ -53,34 +53,41 @@ impl Responder {
         payload: Bytes,
     ) -> Result<(), Error> {
         self.done = true;
-        let head = wire::encode_head(
-            &Header {
-                to: self.to.clone(),
-                kind: Kind::Reply { id: self.id },
-            },
-            answer,
-        )?;
-        self.system
-            .route(self.peer, Frame::new(head, payload))
-            .await
+        let frame = self.frame(Kind::Reply { id: self.id }, answer, payload)?;
+        self.system.route(self.peer, frame).await
     }
 
     pub async fn fail(mut self, reason: impl Into<String>) -> Result<(), Error> {
         self.done = true;
-        let kind = Kind::Failed {
-            id: self.id,
-            reason: reason.into(),
-        };
+        let frame = self.failure(reason.into())?;
+        self.system.route(self.peer, frame).await
+    }
+
+    fn frame<R: Serialize + ?Sized>(
+        &self,
+        kind: Kind,
+        body: &R,
+        payload: Bytes,
+    ) -> Result<Frame, Error> {
         let head = wire::encode_head(
             &Header {
                 to: self.to.clone(),
                 kind,
             },
-            &(),
+            body,
         )?;
-        self.system
-            .route(self.peer, Frame::new(head, Bytes::new()))
-            .await
+        Ok(Frame::new(head, payload))
+    }
+
+    fn failure(&self, reason: String) -> Result<Frame, Error> {
+        self.frame(
+            Kind::Failed {
+                id: self.id,
+                reason,
+            },
+            &(),
+            Bytes::new(),
+        )
     }
 }
 
@@ -89,25 +96,15 @@ impl Drop for Responder {
         if self.done {
             return;
         }
-        let (system, peer, id, to) = (
-            self.system.clone(),
-            self.peer,
-            self.id,
-            std::mem::take(&mut self.to),
-        );
         let reason = format!(
-            "actor {to:?} on node {} dropped the request unanswered",
-            system.local_id()
+            "actor {:?} on node {} dropped the request unanswered",
+            self.to,
+            self.system.local_id()
         );
-        if let Ok(head) = wire::encode_head(
-            &Header {
-                to,
-                kind: Kind::Failed { id, reason },
-            },
-            &(),
-        ) {
-            system.clone().tasks().spawn(async move {
-                let _ = system.route(peer, Frame::new(head, Bytes::new())).await;
+        if let Ok(frame) = self.failure(reason) {
+            let (system, peer) = (self.system.clone(), self.peer);
+            self.system.tasks().spawn(async move {
+                let _ = system.route(peer, frame).await;
             });
         }
     }
