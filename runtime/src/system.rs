@@ -12,7 +12,7 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -183,30 +183,6 @@ impl System {
     /// a second call is refused (returns false) and changes nothing.
     pub fn attach(&self, transport: Arc<dyn Transport>) -> bool {
         self.0.transport.set(transport).is_ok()
-    }
-
-    /// [`System::new`] and [`System::attach`] for a transport started with a channel:
-    /// `events` is that channel's receiving end, drained by a dispatcher task.
-    pub fn start(
-        local: NodeId,
-        transport: Option<(Arc<dyn Transport>, mpsc::Receiver<Event>)>,
-    ) -> System {
-        let sys = System::new(local);
-        if let Some((t, mut events)) = transport {
-            sys.attach(t);
-            let s = sys.clone();
-            let token = sys.shutdown_token();
-            sys.tasks().spawn(async move {
-                loop {
-                    let ev = tokio::select! {
-                        e = events.recv() => match e { Some(e) => e, None => break },
-                        _ = token.cancelled() => break,
-                    };
-                    s.on_event(ev).await;
-                }
-            });
-        }
-        sys
     }
 
     pub fn local_id(&self) -> NodeId {

@@ -75,9 +75,8 @@ impl Actor for Counter {
 }
 
 fn node(fabric: &Fabric, id: u32) -> System {
-    let (tx, rx) = mpsc::channel(1024);
-    let link = fabric.join(id, tx);
-    let sys = System::start(id, Some((link, rx)));
+    let sys = System::new(id);
+    sys.attach(fabric.join(id, sys.events()));
     let starts = Arc::new(AtomicUsize::new(0));
     let s2 = starts.clone();
     let addr = sys.spawn("counter", move || {
@@ -173,7 +172,7 @@ async fn a_panicking_actor_is_restarted_and_the_node_goes_on() {
 
 #[tokio::test]
 async fn an_actor_that_keeps_panicking_is_given_up_on() {
-    let sys = System::start(1, None);
+    let sys = System::new(1);
     let addr = sys.spawn_with(
         "fragile",
         runtime::actor::Restarts {
@@ -201,7 +200,7 @@ async fn an_actor_that_keeps_panicking_is_given_up_on() {
 
 #[tokio::test]
 async fn local_typed_ask() {
-    let sys = System::start(1, None);
+    let sys = System::new(1);
     let addr = sys.spawn("c", || Counter { total: 0 });
     assert_eq!(addr.ask(|r| Msg::Local(2, r), T).await.unwrap(), 2);
     assert_eq!(addr.ask(|r| Msg::Local(3, r), T).await.unwrap(), 5);

@@ -273,7 +273,7 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut g = c.benchmark_group("local_round_trip");
-    let local = local_rt.block_on(async { System::start(9, None) });
+    let local = local_rt.block_on(async { System::new(9) });
     let received = Arc::new(AtomicU64::new(0));
     let addr = local_rt.block_on(async {
         local.spawn("echo", move || Echo {
