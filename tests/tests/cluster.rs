@@ -186,3 +186,22 @@ fn cli_errors_are_one_actionable_line() {
         "{err}"
     );
 }
+
+#[test]
+fn a_map_node_whose_peers_never_answer_says_what_to_check() {
+    let mut c = Cluster::new("1 127.0.0.45 3\n");
+    c.start(1);
+    let said = wait_for(Duration::from_secs(20), || {
+        c.log_text(1)
+            .contains("none of the 2 peers of the map has been reached")
+            .then_some(())
+    });
+    assert!(said.is_some(), "no warning about unreachable map peers");
+    let log = c.log_text(1);
+    assert!(log.contains("same map, cluster key and --port"), "{log}");
+    assert!(
+        !log.contains("mDNS"),
+        "a map node must not fall back to mDNS: {log}"
+    );
+    assert_eq!(c.up(1).unwrap(), vec![1]);
+}
