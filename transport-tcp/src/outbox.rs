@@ -14,12 +14,13 @@ use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use runtime::transport::Frame;
+use runtime::transport::link::LinkCtl;
 use snow::StatelessTransportState;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{Notify, mpsc};
 
 use crate::codec::{MAX_CHUNK, Packer};
-use crate::{LinkCtl, lock};
+use crate::state::lock;
 
 const TAG: usize = 16;
 /// Ciphertext collected before it is handed to the socket.

@@ -1,0 +1,173 @@
+//! An established link: `Up`, its writer task and read loop, then `Down`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use runtime::NodeId;
+use runtime::transport::Event;
+use runtime::transport::link::{self, LinkCtl};
+use snow::StatelessTransportState;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio_util::codec::{FramedRead, LengthDelimitedCodec};
+use tracing::{debug, info};
+
+use crate::codec::Unpacker;
+use crate::handshake::{TAG, open, recv_raw};
+use crate::outbox::Outbox;
+use crate::state::{Inner, LinkState, lock};
+
+/// A link whose handshake completed and which is registered (Up not yet sent).
+pub(crate) struct Established {
+    pub(crate) peer: NodeId,
+    pub(crate) remote: SocketAddr,
+    pub(crate) id: u64,
+    pub(crate) arbiter: bool,
+    pub(crate) read: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    pub(crate) noise: Arc<StatelessTransportState>,
+    pub(crate) outbox: Arc<Outbox>,
+    pub(crate) ctl: Arc<LinkCtl>,
+}
+
+/// Run an established link until it dies; emits `Up` first and `Down` at the end.
+///
+/// The arbiter emits `Up` only once the peer confirms (its first message after the
+/// arbiter's `Accepted`), so a peer that dies or shuts down during the handshake leaves no
+/// `Up`/`Down` pair behind on either side.
+pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
+    let Established {
+        peer,
+        remote,
+        id,
+        arbiter,
+        mut read,
+        noise,
+        outbox,
+        ctl,
+    } = link;
+    // The writer starts at once: it carries the arbiter's `Accepted` (and the other
+    // side's confirmation). On shutdown it flushes what is queued, briefly.
+    let writer = {
+        let (inner, outbox, ctl) = (inner.clone(), outbox.clone(), ctl.clone());
+        tokio::spawn(async move {
+            match outbox.run(&ctl, inner.config.keepalive).await {
+                Some(reason) => ctl.close(&reason),
+                None if inner.root.is_cancelled() => outbox.flush(Duration::from_secs(1)).await,
+                None => {}
+            }
+        })
+    };
+    let mut next_nonce = 2;
+    let mut was_up = false;
+    let mut reason = String::new();
+    if arbiter {
+        let limit = inner.config.handshake_timeout;
+        let confirm = tokio::select! {
+            r = tokio::time::timeout(limit, recv_raw(&mut read)) => match r {
+                Ok(Ok(m)) => open(&noise, 2, &m).map(|_| ()).map_err(|e| e.to_string()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("peer did not confirm the link in time".into()),
+            },
+            _ = ctl.cancel.cancelled() => Err(String::new()),
+        };
+        match confirm {
+            Ok(()) => {
+                next_nonce = 3;
+                let mut st = lock(&inner.state);
+                match st.links.get_mut(&peer) {
+                    Some(l) if l.id == id => l.state = LinkState::Up,
+                    _ => ctl.close("replaced"),
+                }
+            }
+            Err(e) => {
+                debug!("link to node {peer} at {remote} not confirmed: {e}");
+                ctl.close(&e);
+            }
+        }
+    }
+    if !ctl.cancel.is_cancelled() {
+        was_up = true;
+        info!("link to node {peer} up ({remote})");
+        inner.emit(Event::Up { peer }).await;
+        reason = tokio::select! {
+            r = read_loop(&inner, peer, &mut read, &noise, next_nonce) => r,
+            _ = ctl.cancel.cancelled() => String::new(),
+        };
+    }
+    ctl.close(&reason);
+    // The writer stops at the cancellation (flushing for a bounded while on shutdown).
+    link::join_or_abort(writer, Duration::from_millis(1500)).await;
+    drop(outbox);
+    let reason = ctl.reason().unwrap_or(reason);
+    drop(read);
+
+    let current = {
+        let mut st = lock(&inner.state);
+        match st.links.get_mut(&peer) {
+            Some(l) if l.id == id => {
+                l.state = LinkState::Closing;
+                true
+            }
+            _ => false,
+        }
+    };
+    if current {
+        if was_up {
+            info!("link to node {peer} down: {reason}");
+            inner.emit(Event::Down { peer, reason }).await;
+        }
+        let mut st = lock(&inner.state);
+        if st.links.get(&peer).is_some_and(|l| l.id == id) {
+            st.links.remove(&peer);
+        }
+        if let Some(p) = st.peers.get(&peer) {
+            p.wake.notify_one();
+        }
+    }
+    ctl.done.cancel();
+}
+
+async fn read_loop(
+    inner: &Inner,
+    peer: NodeId,
+    read: &mut FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
+    noise: &StatelessTransportState,
+    mut nonce: u64,
+) -> String {
+    let idle = inner.config.idle_timeout;
+    let mut unpacker = Unpacker::new(inner.config.max_frame);
+    loop {
+        let msg = match tokio::time::timeout(idle, read.next()).await {
+            Err(_) => return format!("nothing received for {idle:?} (peer dead or unreachable)"),
+            Ok(None) => return "connection closed by peer".into(),
+            Ok(Some(Err(e))) => return format!("read error: {e}"),
+            Ok(Some(Ok(m))) => m,
+        };
+        if msg.len() < TAG {
+            return "malformed message (shorter than its tag)".into();
+        }
+        // Room for the whole ciphertext: ring then opens in place instead of copying it.
+        let r = unpacker.fill_with(msg.len(), |out| noise.read_message(nonce, &msg, out));
+        if r.is_err() {
+            return "message failed authentication; dropped link".into();
+        }
+        nonce += 1;
+        loop {
+            match unpacker.next_frame() {
+                Ok(Some(frame)) => {
+                    if inner
+                        .events
+                        .send(Event::Frame { peer, frame })
+                        .await
+                        .is_err()
+                    {
+                        return "event receiver closed".into();
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return format!("malformed stream from peer: {e}"),
+            }
+        }
+    }
+}
