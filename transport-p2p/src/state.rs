@@ -1,0 +1,220 @@
+//! The state shared by a transport's tasks: links, listed peers, and claiming a node id.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use libp2p::{Multiaddr, PeerId};
+use runtime::NodeId;
+use runtime::transport::link::{self, Claim};
+use runtime::transport::pacing::Repeats;
+use runtime::transport::{self as rt, Event, Frame};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::Config;
+use crate::swarm::Cmd;
+
+pub(crate) struct Inner {
+    pub(crate) config: Config,
+    pub(crate) local_peer: PeerId,
+    pub(crate) events: rt::Events,
+    pub(crate) state: Mutex<State>,
+    /// Cancelled when shutting down: links close, dialling stops.
+    pub(crate) root: CancellationToken,
+    /// Cancelled once links are closed: the swarm task drops the swarm.
+    pub(crate) swarm_stop: CancellationToken,
+    pub(crate) cmd: mpsc::UnboundedSender<Cmd>,
+    pub(crate) next_link: AtomicU64,
+    /// Which repeated warnings were logged lately.
+    pub(crate) warned: Repeats,
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub(crate) closed: bool,
+    /// Peers given to `set_peers`.
+    pub(crate) listed: HashMap<NodeId, Vec<SocketAddr>>,
+    pub(crate) links: HashMap<NodeId, LinkEntry>,
+    /// Where this node listens (sent to peers, who report it in `Event::Discovered`).
+    pub(crate) listen_addrs: Vec<SocketAddr>,
+    /// The listed nodes (and address) we dialled when we connected to a peer.
+    pub(crate) dialled_for: HashMap<PeerId, Vec<(NodeId, Multiaddr)>>,
+}
+
+pub(crate) struct LinkEntry {
+    pub(crate) id: u64,
+    pub(crate) peer_id: PeerId,
+    /// True between `Up` and the start of closing.
+    pub(crate) up: bool,
+    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) ctl: Arc<LinkCtl>,
+}
+
+/// The shared control block (cancel, first reason, done) plus when the link last heard
+/// from its peer, which decides whether a new peer may take the node id over.
+pub(crate) struct LinkCtl {
+    ctl: link::LinkCtl,
+    born: Instant,
+    /// When the last message (frame or keepalive) arrived, in ms since `born`.
+    last_rx_ms: AtomicU64,
+}
+
+impl std::ops::Deref for LinkCtl {
+    type Target = link::LinkCtl;
+
+    fn deref(&self) -> &link::LinkCtl {
+        &self.ctl
+    }
+}
+
+impl LinkCtl {
+    pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
+        Arc::new(LinkCtl {
+            ctl: link::LinkCtl::new(parent),
+            born: Instant::now(),
+            last_rx_ms: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn touch(&self) {
+        let ms = self.born.elapsed().as_millis() as u64;
+        self.last_rx_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long nothing arrived on this link.
+    fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    /// Stop dialling, close every link (writers flush briefly), then stop the swarm.
+    /// Returns the links' completion tokens.
+    pub(crate) fn begin_shutdown(&self) -> Vec<CancellationToken> {
+        let mut st = lock(&self.state);
+        st.closed = true;
+        let dones: Vec<CancellationToken> = st.links.values().map(|l| l.ctl.done.clone()).collect();
+        for l in st.links.values() {
+            l.ctl.close("transport shut down");
+        }
+        drop(st);
+        self.root.cancel();
+        // Without a runtime (dropped outside tokio) the swarm task is gone anyway.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let stop = self.swarm_stop.clone();
+            let wait = dones.clone();
+            handle.spawn(async move {
+                let all = async {
+                    for d in wait {
+                        d.cancelled().await;
+                    }
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(3), all).await;
+                stop.cancel();
+            });
+        } else {
+            self.swarm_stop.cancel();
+        }
+        dones
+    }
+
+    pub(crate) async fn emit(&self, ev: Event) {
+        // The runtime may be gone during shutdown; nothing to do then.
+        let _ = self.events.send(ev).await;
+    }
+
+    /// Log `msg` as a warning unless the same `key` was warned about recently.
+    pub(crate) fn warn_limited(&self, key: String, msg: &str) {
+        if self.warned.warn_now(key) {
+            warn!("{msg}");
+        } else {
+            debug!("{msg}");
+        }
+    }
+
+    /// Register a link for `node` from `peer_id` whose `Hello` passed (not `Up` yet).
+    pub(crate) async fn claim(
+        &self,
+        node: NodeId,
+        peer_id: PeerId,
+        entry: LinkEntry,
+    ) -> Result<(), String> {
+        let mut entry = Some(entry);
+        link::claim(|| {
+            let mut st = lock(&self.state);
+            if st.closed {
+                return Claim::Decided(Err("transport is shutting down".into()));
+            }
+            if !self.config.mdns && !st.listed.contains_key(&node) {
+                return Claim::Decided(Err(format!(
+                    "node {node} is not in node {}'s peer list",
+                    self.config.local
+                )));
+            }
+            match st.links.get(&node) {
+                None => {
+                    st.links.insert(node, entry.take().expect("entry"));
+                    Claim::Decided(Ok(()))
+                }
+                Some(old)
+                    if old.peer_id != peer_id
+                        && old.up
+                        && old.ctl.silent_for() >= self.stale_after() =>
+                {
+                    // Our link to the previous holder has missed its keepalives: most
+                    // likely that node restarted (new libp2p identity) before we noticed.
+                    info!(
+                        "node {node} reconnects as peer {peer_id}; its link to peer {} is silent for {:?}, closing it",
+                        old.peer_id,
+                        old.ctl.silent_for()
+                    );
+                    old.ctl
+                        .close("replaced: the node reconnected with a new identity");
+                    Claim::WaitFor(old.ctl.done.clone())
+                }
+                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(format!(
+                    "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
+                    old.peer_id
+                ))),
+                Some(old) => {
+                    // The same peer opened a new stream: its old one is dead.
+                    old.ctl.close("replaced by a new stream from the same peer");
+                    Claim::WaitFor(old.ctl.done.clone())
+                }
+            }
+        })
+        .await
+    }
+
+    /// A link silent this long (two missed keepalives) yields its node id to a new peer.
+    fn stale_after(&self) -> Duration {
+        (self.config.keepalive * 2).min(self.config.idle_timeout)
+    }
+
+    pub(crate) fn unclaim(&self, node: NodeId, id: u64) {
+        let mut st = lock(&self.state);
+        if st.links.get(&node).is_some_and(|l| l.id == id) {
+            st.links.remove(&node);
+        }
+    }
+
+    pub(crate) fn link_up(&self, node: NodeId) -> bool {
+        lock(&self.state).links.get(&node).is_some_and(|l| l.up)
+    }
+
+    pub(crate) fn has_link_with(&self, peer_id: &PeerId) -> bool {
+        lock(&self.state)
+            .links
+            .values()
+            .any(|l| &l.peer_id == peer_id)
+    }
+}
