@@ -1,0 +1,159 @@
+//! Capture of the fd table: what each descriptor is, refusals, and shared open files (kcmp).
+
+use super::{ferr, unsup};
+use crate::error::Result;
+use crate::image::*;
+use crate::procfs::*;
+use crate::sys::*;
+use libc::pid_t;
+
+const SAFE_CHARDEVS: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+];
+
+pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
+    use std::os::unix::fs::FileTypeExt;
+    let dir = format!("/proc/{pid}/fd");
+    let rd = std::fs::read_dir(&dir).map_err(ferr(pid, format!("listing {dir}")))?;
+    let mut fds = Vec::new();
+    for e in rd {
+        let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
+        let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(e.path()) else {
+            continue; // closed meanwhile
+        };
+        let link = link.to_string_lossy().into_owned();
+        let info = read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
+        let (pos, flags) = fdinfo(&info);
+        let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
+        let stdio_ok = fd <= 2;
+        let refuse = |what: &str| unsup(pid, format!("fd {fd} is {what} (not supported yet)"));
+        if let Some(k) = link.strip_prefix("anon_inode:") {
+            let what = match k.trim_matches(|c| c == '[' || c == ']') {
+                "eventpoll" => "an epoll instance".to_string(),
+                "eventfd" => "an eventfd".to_string(),
+                "timerfd" => "a timerfd".to_string(),
+                "signalfd" => "a signalfd".to_string(),
+                "inotify" => "an inotify instance".to_string(),
+                "pidfd" => "a pidfd".to_string(),
+                o => format!("an anonymous-inode file ({o})"),
+            };
+            return Err(refuse(&what));
+        }
+        if link.starts_with("socket:") {
+            return Err(refuse("a socket"));
+        }
+        if link.starts_with("pipe:") {
+            if stdio_ok {
+                fds.push(Fd {
+                    fd,
+                    kind: FdKind::Stdio {
+                        what: "pipe".into(),
+                        cloexec,
+                    },
+                });
+                continue;
+            }
+            return Err(refuse("a pipe"));
+        }
+        if !link.starts_with('/') {
+            return Err(refuse(&link));
+        }
+        if link.ends_with(" (deleted)") {
+            return Err(refuse(&format!("a deleted file ({link})")));
+        }
+        let md = std::fs::metadata(e.path()).map_err(ferr(pid, format!("stat of fd {fd}")))?;
+        let ft = md.file_type();
+        let is_tty = ft.is_char_device()
+            && (link.starts_with("/dev/pts/")
+                || link.starts_with("/dev/tty")
+                || link == "/dev/console");
+        if is_tty || ft.is_fifo() {
+            if stdio_ok {
+                fds.push(Fd {
+                    fd,
+                    kind: FdKind::Stdio {
+                        what: if is_tty {
+                            format!("terminal {link}")
+                        } else {
+                            format!("fifo {link}")
+                        },
+                        cloexec,
+                    },
+                });
+                continue;
+            }
+            return Err(refuse(&format!(
+                "{} {link}",
+                if is_tty { "a terminal" } else { "a fifo" }
+            )));
+        }
+        if ft.is_char_device() && !SAFE_CHARDEVS.contains(&link.as_str()) {
+            return Err(refuse(&format!("device {link}")));
+        }
+        if !(ft.is_file() || ft.is_dir() || ft.is_char_device()) {
+            return Err(refuse(&format!("special file {link}")));
+        }
+        fds.push(Fd {
+            fd,
+            kind: FdKind::Path {
+                path: link,
+                flags,
+                pos,
+                is_dir: ft.is_dir(),
+            },
+        });
+    }
+    fds.sort_by_key(|f| f.fd);
+    Ok(fds)
+}
+
+/// Marks fds that share an open file description with an earlier one (kcmp).
+pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
+    use std::os::unix::fs::MetadataExt;
+    let ids: Vec<Option<(u64, u64)>> = fds
+        .iter()
+        .map(|f| match f.kind {
+            FdKind::Path { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+            _ => None,
+        })
+        .collect();
+    for j in 0..fds.len() {
+        let Some(idj) = ids[j] else { continue };
+        for i in 0..j {
+            if ids[i] != Some(idj) || matches!(fds[i].kind, FdKind::SharedWith { .. }) {
+                continue;
+            }
+            // SAFETY: kcmp syscall with integer args.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    pid,
+                    pid,
+                    0, /* KCMP_FILE */
+                    fds[i].fd,
+                    fds[j].fd,
+                )
+            };
+            if r == 0 {
+                let cloexec = match fds[j].kind {
+                    FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+                    _ => false,
+                };
+                fds[j].kind = FdKind::SharedWith {
+                    fd: fds[i].fd,
+                    cloexec,
+                };
+                break;
+            }
+        }
+    }
+}

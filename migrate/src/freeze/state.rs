@@ -1,0 +1,70 @@
+//! Reading process state for the image: the syscall gadget, /proc limits and signal masks.
+
+use crate::image::*;
+use crate::procfs::*;
+use crate::sys::*;
+use libc::pid_t;
+
+pub(super) fn find_gadget(pid: pid_t, vmas: &[Vma]) -> Option<u64> {
+    let cands = vmas.iter().filter(|v| v.kind == VmaKind::Vdso).chain(
+        vmas.iter()
+            .filter(|v| v.prot & libc::PROT_EXEC as u32 != 0 && v.kind == VmaKind::File),
+    );
+    for v in cands {
+        let len = v.len().min(1 << 20) as usize;
+        let mut buf = vec![0u8; len];
+        if read_mem(pid, &mut buf, &[(v.start, len as u64)]).is_err() {
+            continue;
+        }
+        if let Some(i) = buf.windows(2).position(|w| w == [0x0f, 0x05]) {
+            return Some(v.start + i as u64);
+        }
+    }
+    None
+}
+
+/// /proc/PID/limits lists RLIMIT_* 0..15 in order, after one header line.
+pub(super) fn parse_limits(s: &str) -> Vec<(u32, u64, u64)> {
+    let val = |v: &str| {
+        if v == "unlimited" {
+            u64::MAX
+        } else {
+            v.parse().unwrap_or(u64::MAX)
+        }
+    };
+    s.lines()
+        .skip(1)
+        .enumerate()
+        .filter_map(|(i, l)| {
+            // the name column is 26 characters wide
+            let rest = l.get(26..)?;
+            let mut w = rest.split_whitespace();
+            Some((i as u32, val(w.next()?), val(w.next()?)))
+        })
+        .collect()
+}
+
+pub(super) fn sigmask_field(st: &str, key: &str) -> u64 {
+    status_field(st, key)
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_parse_in_resource_order() {
+        let s = std::fs::read_to_string("/proc/self/limits").unwrap();
+        let l = parse_limits(&s);
+        assert_eq!(l.len(), 16);
+        let mut want = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a valid struct.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut want) };
+        assert_eq!(l[7], (7, want.rlim_cur, want.rlim_max));
+    }
+}
