@@ -1,0 +1,114 @@
+//! Memory-map rebuild: free address ranges and the image's mappings at their old addresses.
+
+use super::TASK_SIZE;
+use super::inject::{Builder, call};
+use crate::error::{Error, Result};
+use crate::image::*;
+
+pub(super) fn find_gap(busy: &mut [(u64, u64)], size: u64, lo: u64) -> Option<u64> {
+    busy.sort();
+    let mut cand = lo;
+    for &(s, e) in busy.iter() {
+        if e <= cand {
+            continue;
+        }
+        if s >= cand + size {
+            return Some(cand);
+        }
+        cand = cand.max(e);
+    }
+    if cand + size <= TASK_SIZE {
+        Some(cand)
+    } else {
+        None
+    }
+}
+
+/// Opens each mapped file once, maps every mapping at its old address, closes the files.
+pub(super) fn map_vmas(b: &mut Builder, img: &ProcessImage) -> Result<()> {
+    let mode_of = |v: &Vma| -> u64 {
+        (if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+            libc::O_RDWR
+        } else {
+            libc::O_RDONLY
+        }) as u64
+    };
+    let mut files: Vec<(&str, u64)> = Vec::new();
+    for v in img.vmas.iter().filter(|v| v.kind == VmaKind::File) {
+        if !files.contains(&(v.name.as_str(), mode_of(v))) {
+            files.push((v.name.as_str(), mode_of(v)));
+        }
+    }
+    let mut calls = Vec::new();
+    for &(path, mode) in &files {
+        let p = b.cstr(path)?;
+        calls.push(call(
+            format!("open {path}"),
+            libc::SYS_openat,
+            &[libc::AT_FDCWD as u64, p, mode | libc::O_CLOEXEC as u64],
+        ));
+    }
+    let fds = b.run(&calls)?;
+    let mut calls = Vec::new();
+    let mut mapped = Vec::new();
+    for v in &img.vmas {
+        let fixed = libc::MAP_FIXED as u64;
+        let (flags, fd, off) = match v.kind {
+            VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vdso | VmaKind::Vsyscall => continue,
+            VmaKind::Anon => {
+                let mut f = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64 | fixed;
+                if v.growsdown {
+                    f |= libc::MAP_GROWSDOWN as u64;
+                }
+                (f, u64::MAX, 0)
+            }
+            VmaKind::SharedAnon => (
+                (libc::MAP_SHARED | libc::MAP_ANONYMOUS) as u64 | fixed,
+                u64::MAX,
+                0,
+            ),
+            VmaKind::File => {
+                let i = files
+                    .iter()
+                    .position(|f| *f == (v.name.as_str(), mode_of(v)))
+                    .unwrap();
+                let f = if v.shared {
+                    libc::MAP_SHARED
+                } else {
+                    libc::MAP_PRIVATE
+                } as u64
+                    | fixed;
+                (f, fds[i], v.offset)
+            }
+        };
+        calls.push(call(
+            format!("mmap of {:#x}-{:#x} {}", v.start, v.end, v.name),
+            libc::SYS_mmap,
+            &[v.start, v.len(), v.prot as u64, flags, fd, off],
+        ));
+        mapped.push(v.start);
+    }
+    for fd in &fds {
+        calls.push(call("close", libc::SYS_close, &[*fd]));
+    }
+    let r = b.run(&calls)?;
+    for (want, got) in mapped.iter().zip(r) {
+        if *want != got {
+            return Err(Error::Thaw(format!("mapping {want:#x} landed at {got:#x}")));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_gap_skips_busy_ranges() {
+        let mut busy = vec![(0x2000, 0x5000), (0x1000, 0x1800), (0x6000, 0x7000)];
+        assert_eq!(find_gap(&mut busy, 0x800, 0x1000), Some(0x1800));
+        assert_eq!(find_gap(&mut busy, 0x1000, 0x1000), Some(0x5000));
+        assert_eq!(find_gap(&mut busy, 0x2000, 0x1000), Some(0x7000));
+    }
+}
