@@ -1,0 +1,167 @@
+//! The data types of an image: everything about a frozen process except memory contents.
+
+/// Identity of a file, to refuse a thaw against a different file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FileId {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_sec: i64,
+    pub mtime_nsec: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VmaKind {
+    /// Private anonymous memory (incl. heap, stack); present pages shipped.
+    Anon,
+    /// Shared anonymous memory (owned by this process alone); contents shipped.
+    SharedAnon,
+    /// File mapping; private: only COW'd pages shipped; shared: nothing shipped.
+    File,
+    Vvar,
+    VvarVclock,
+    Vdso,
+    Vsyscall,
+}
+
+#[derive(Debug, Clone)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub shared: bool,
+    pub growsdown: bool,
+    pub offset: u64,
+    pub kind: VmaKind,
+    /// As /proc/PID/maps shows it ("[heap]", "/usr/lib/...").
+    pub name: String,
+    pub file: Option<FileId>,
+}
+
+impl Vma {
+    pub fn len(&self) -> u64 {
+        self.end - self.start
+    }
+    pub fn is_empty(&self) -> bool {
+        self.end == self.start
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FdKind {
+    /// Regular file, directory or harmless character device, reopened by path.
+    Path {
+        path: String,
+        flags: u32,
+        pos: u64,
+        is_dir: bool,
+    },
+    /// Shares its open file description with an earlier fd (kcmp).
+    SharedWith { fd: i32, cloexec: bool },
+    /// A terminal or pipe on 0..2: attached to thaw's stdio (or a file named at thaw).
+    Stdio { what: String, cloexec: bool },
+}
+
+#[derive(Debug, Clone)]
+pub struct Fd {
+    pub fd: i32,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SigAction {
+    pub sig: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct PendingSignal {
+    /// true: process-wide (shared) queue.
+    pub shared: bool,
+    pub info: Vec<u8>,
+}
+
+/// mm fields restored with PR_SET_MM_MAP.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MmFields {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+}
+
+impl MmFields {
+    /// The fields in `prctl(PR_SET_MM_MAP)` order, which is also their order in an image.
+    pub fn words(&self) -> [u64; 11] {
+        [
+            self.start_code,
+            self.end_code,
+            self.start_data,
+            self.end_data,
+            self.start_brk,
+            self.brk,
+            self.start_stack,
+            self.arg_start,
+            self.arg_end,
+            self.env_start,
+            self.env_end,
+        ]
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+}
+
+/// Everything about a frozen process except memory contents (the PROCESS section).
+#[derive(Debug, Clone, Default)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub boot_id: String,
+    pub comm: String,
+    pub cmdline: Vec<u8>,
+    pub exe: String,
+    pub exe_id: FileId,
+    /// `user_regs_struct` as 27 u64, syscall restart already applied.
+    pub regs: Vec<u64>,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// (pointer, length, signature)
+    pub rseq: Option<(u64, u32, u32)>,
+    pub mm: MmFields,
+    pub auxv: Vec<u8>,
+    pub personality: u32,
+    pub rlimits: Vec<(u32, u64, u64)>,
+    pub umask: u32,
+    pub cwd: String,
+    pub creds: Creds,
+    pub no_new_privs: bool,
+    pub session_leader: bool,
+    pub pgrp_leader: bool,
+    /// It was stopped by job control (SIGSTOP/SIGTSTP) when frozen; thaw stops it again.
+    pub stopped: bool,
+    pub sigactions: Vec<SigAction>,
+    /// (ss_sp, ss_flags, ss_size)
+    pub altstack: (u64, u32, u64),
+    pub pending: Vec<PendingSignal>,
+    pub clear_child_tid: u64,
+    pub robust_list: (u64, u64),
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF as `struct itimerval` (4 words each).
+    pub itimers: [[u64; 4]; 3],
+    pub vmas: Vec<Vma>,
+    pub fds: Vec<Fd>,
+}
