@@ -43,13 +43,13 @@ pub struct FreezeReport {
     pub memory_time: Duration,
 }
 
-pub(super) fn unsup(pid: pid_t, reason: impl Into<String>) -> Error {
+fn unsup(pid: pid_t, reason: impl Into<String>) -> Error {
     Error::Unsupported {
         pid,
         reason: reason.into(),
     }
 }
-pub(super) fn ferr(pid: pid_t, what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+fn ferr(pid: pid_t, what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Freeze {
         pid,
         what: what.into(),
@@ -57,7 +57,7 @@ pub(super) fn ferr(pid: pid_t, what: impl Into<String>) -> impl FnOnce(io::Error
     }
 }
 
-pub(super) fn proc_read(pid: pid_t, file: &str) -> Result<String> {
+fn proc_read(pid: pid_t, file: &str) -> Result<String> {
     read_to_string(&format!("/proc/{pid}/{file}")).map_err(|e| {
         if e.kind() == io::ErrorKind::NotFound {
             Error::NoProcess { pid }
