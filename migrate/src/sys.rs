@@ -310,29 +310,25 @@ impl Tracee {
 
     /// Resumes with PTRACE_SYSCALL until a syscall stop (SIGTRAP|0x80).
     fn run_to_syscall_stop(&mut self) -> io::Result<()> {
-        ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0)?;
-        loop {
-            let st = wait(self.pid)?;
-            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-                return Err(io::Error::other("the process died while being worked on"));
-            }
-            if !libc::WIFSTOPPED(st) {
-                continue;
-            }
-            let sig = libc::WSTOPSIG(st);
-            if sig == libc::SIGTRAP | 0x80 {
-                return Ok(());
-            }
-            if (st >> 16) == 0 && sig != libc::SIGTRAP {
-                self.stash_signal();
-            }
-            ptrace(libc::PTRACE_SYSCALL, self.pid, 0, 0)?;
-        }
+        self.resume_until(libc::PTRACE_SYSCALL, |sig, _| sig == libc::SIGTRAP | 0x80)
     }
 
     /// Resumes with PTRACE_CONT until the `int3` after the gadget's `syscall` traps.
     fn run_to_int3(&mut self) -> io::Result<()> {
-        ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
+        self.resume_until(libc::PTRACE_CONT, |sig, plain| {
+            sig == libc::SIGTRAP && plain
+        })
+    }
+
+    /// Resumes with `request` (PTRACE_SYSCALL or PTRACE_CONT) until a stop for which
+    /// `reached(signal, plain signal-delivery-stop)` holds. Signals that arrive meanwhile
+    /// are stashed, not delivered.
+    fn resume_until(
+        &mut self,
+        request: libc::c_uint,
+        reached: impl Fn(i32, bool) -> bool,
+    ) -> io::Result<()> {
+        ptrace(request, self.pid, 0, 0)?;
         loop {
             let st = wait(self.pid)?;
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
@@ -342,13 +338,14 @@ impl Tracee {
                 continue;
             }
             let sig = libc::WSTOPSIG(st);
-            if sig == libc::SIGTRAP && (st >> 16) == 0 {
+            let plain = (st >> 16) == 0;
+            if reached(sig, plain) {
                 return Ok(());
             }
-            if (st >> 16) == 0 {
+            if plain && sig != libc::SIGTRAP {
                 self.stash_signal();
             }
-            ptrace(libc::PTRACE_CONT, self.pid, 0, 0)?;
+            ptrace(request, self.pid, 0, 0)?;
         }
     }
 
