@@ -264,6 +264,30 @@ enum Range {
     Count(u64),
 }
 
+/// Gives `ip` to node `id` (defined on `line`, from hostname `host` if any), refusing an
+/// address some node already has.
+fn claim_address(
+    owners: &mut HashMap<IpAddr, (NodeId, usize)>,
+    hosts: &mut Vec<(usize, String, IpAddr)>,
+    ip: IpAddr,
+    id: NodeId,
+    line: usize,
+    host: &Option<String>,
+) -> Result<(), LineError> {
+    if let Some(&(owner, first_line)) = owners.get(&ip) {
+        return Err(LineError::DuplicateAddress {
+            addr: ip,
+            id: owner,
+            first_line,
+        });
+    }
+    owners.insert(ip, (id, line));
+    if let Some(h) = host {
+        hosts.push((line, h.clone(), ip));
+    }
+    Ok(())
+}
+
 /// `text` made safe for a one-line message: control characters escaped, at most 80 characters.
 fn shown(text: &str) -> String {
     let mut out = String::new();
@@ -442,20 +466,8 @@ impl Map {
                         }
                     };
                     usable(ip).map_err(|e| at(line, e))?;
-                    if let Some(&(owner, first_line)) = owners.get(&ip) {
-                        return Err(at(
-                            line,
-                            LineError::DuplicateAddress {
-                                addr: ip,
-                                id: owner,
-                                first_line,
-                            },
-                        ));
-                    }
-                    owners.insert(ip, (id, line));
-                    if let Some(h) = &host {
-                        hosts.push((line, h.clone(), ip));
-                    }
+                    claim_address(&mut owners, &mut hosts, ip, id, line, &host)
+                        .map_err(|e| at(line, e))?;
                     let node = nodes.get_mut(&id).expect("checked above");
                     node.aliases.push(Alias {
                         addr: ip,
@@ -503,20 +515,8 @@ impl Map {
                                 },
                             ));
                         }
-                        if let Some(&(owner, first_line)) = owners.get(&ip) {
-                            return Err(at(
-                                line,
-                                LineError::DuplicateAddress {
-                                    addr: ip,
-                                    id: owner,
-                                    first_line,
-                                },
-                            ));
-                        }
-                        owners.insert(ip, (nid, line));
-                        if let Some(h) = &host {
-                            hosts.push((line, h.clone(), ip));
-                        }
+                        claim_address(&mut owners, &mut hosts, ip, nid, line, &host)
+                            .map_err(|e| at(line, e))?;
                         nodes.insert(
                             nid,
                             Node {
