@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use runtime::NodeId;
 use runtime::transport::link::{self, Claim, LinkCtl};
@@ -62,9 +62,7 @@ pub(crate) enum LinkState {
     Closing,
 }
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use runtime::transport::link::lock;
 
 impl Inner {
     /// Stop accepting and dialling, close every link (writers flush briefly). Returns the

@@ -3,7 +3,7 @@
 //! link slot while an older link to that peer is still closing, the frame size check of
 //! `send`, and ending a link's writer task. Knows no sockets.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -75,6 +75,12 @@ pub async fn claim(mut attempt: impl FnMut() -> Claim) -> Result<(), String> {
         }
     }
     Err("previous link did not close in time".into())
+}
+
+/// Lock a transport's state, also after a panic elsewhere poisoned the mutex (the state is
+/// kept consistent under the lock, so going on is safe).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// `Err(TooLarge)` when `frame`, encoded, is larger than `limit` (a transport's `max_frame`).
