@@ -800,18 +800,22 @@ fn terminal_stdio_attaches_to_files_named_at_thaw() {
     let mut s = spawn(
         Command::new("script")
             .arg("-qfc")
-            .arg(format!("{} 60 1 10", counter.display()))
+            // `exec`: some shells fork for `-c CMD`, and a freeze refuses child processes
+            .arg(format!("exec {} 60 1 10", counter.display()))
             .arg(&typescript),
         &dir.path().join("script.out"),
         None,
     );
-    // the counter runs on the pty as script's child
+    // the counter runs on the pty as script's child (once the shell has exec'ed it)
     let end = std::time::Instant::now() + T;
     let pid: i32 = loop {
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid))
             .unwrap_or_default();
         if let Some(k) = kids.split_whitespace().next() {
-            break k.parse().unwrap();
+            let k: i32 = k.parse().unwrap();
+            if std::fs::read_link(format!("/proc/{k}/exe")).ok().as_deref() == Some(&*counter) {
+                break k;
+            }
         }
         assert!(
             std::time::Instant::now() < end,
