@@ -799,6 +799,7 @@ fn terminal_stdio_attaches_to_files_named_at_thaw() {
     let typescript = dir.path().join("typescript");
     let mut s = spawn(
         Command::new("script")
+            .env("SHELL", "/bin/sh")
             .arg("-qfc")
             // `exec`: some shells fork for `-c CMD`, and a freeze refuses child processes
             .arg(format!("exec {} 60 1 10", counter.display()))
