@@ -809,12 +809,13 @@ fn terminal_stdio_attaches_to_files_named_at_thaw() {
     );
     // the counter runs on the pty as script's child (once the shell has exec'ed it)
     let end = std::time::Instant::now() + T;
+    let exe = std::fs::canonicalize(&counter).unwrap();
     let pid: i32 = loop {
         let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid))
             .unwrap_or_default();
         if let Some(k) = kids.split_whitespace().next() {
             let k: i32 = k.parse().unwrap();
-            if std::fs::read_link(format!("/proc/{k}/exe")).ok().as_deref() == Some(&*counter) {
+            if std::fs::read_link(format!("/proc/{k}/exe")).ok().as_deref() == Some(&*exe) {
                 break k;
             }
         }
