@@ -9,6 +9,9 @@ use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// How long any one process in these tests may take.
+pub const T: Duration = Duration::from_secs(60);
+
 pub fn root() -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -1,0 +1,197 @@
+//! Standard streams (pipe and terminal) reattached at thaw, sessions, process groups and job
+//! control state across freeze/thaw of real processes (needs root; skipped with a message
+//! otherwise).
+
+mod common;
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+#[test]
+fn session_leader_comes_back_as_one() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(prog("counter"));
+    c.args(["40", "1", "10"]);
+    // SAFETY: setsid is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let mut p = spawn(&mut c, &out, None);
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let mut q = thaw(&img);
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", q.pid)).unwrap();
+    let f: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    assert_eq!(f[2], q.pid.to_string(), "not its own process group: {stat}");
+    assert_eq!(f[3], q.pid.to_string(), "not a session leader: {stat}");
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+#[test]
+fn pipe_stdout_attaches_to_a_file_named_at_thaw() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(prog("counter"));
+    c.args(["40", "1", "10"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut c, || {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    #[allow(clippy::zombie_processes)] // reaped by Proc
+    let mut child = c.spawn().unwrap();
+    let mut p = Proc::new(child.id() as i32);
+    let pipe = child.stdout.take().unwrap();
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    drop(pipe);
+    let out = dir.path().join("after");
+    let f = std::fs::File::create(&out).unwrap();
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            stdout: Some(std::os::fd::AsRawFd::as_raw_fd(&f)),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert!(exited_ok(q.wait(T)));
+    // stdout was a pipe, so everything was still in the stdio buffer at freeze
+    let s = read(&out);
+    assert!(s.starts_with("iter 0\n") && s.ends_with("DONE ok\n"), "{s}");
+}
+
+#[test]
+fn terminal_stdio_attaches_to_files_named_at_thaw() {
+    if !root() {
+        return;
+    }
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no script(1) to make a terminal");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let counter = prog("counter");
+    let typescript = dir.path().join("typescript");
+    let mut s = spawn(
+        Command::new("script")
+            .env("SHELL", "/bin/sh")
+            .arg("-qfc")
+            // `exec`: some shells fork for `-c CMD`, and a freeze refuses child processes
+            .arg(format!("exec {} 60 1 10", counter.display()))
+            .arg(&typescript),
+        &dir.path().join("script.out"),
+        None,
+    );
+    // the counter runs on the pty as script's child (once the shell has exec'ed it)
+    let end = std::time::Instant::now() + T;
+    let exe = std::fs::canonicalize(&counter).unwrap();
+    let pid: i32 = loop {
+        let kids = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", s.pid))
+            .unwrap_or_default();
+        if let Some(k) = kids.split_whitespace().next() {
+            let k: i32 = k.parse().unwrap();
+            if std::fs::read_link(format!("/proc/{k}/exe")).ok().as_deref() == Some(&*exe) {
+                break k;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < end,
+            "script did not start the counter"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        std::fs::read_link(format!("/proc/{pid}/fd/1"))
+            .unwrap()
+            .starts_with("/dev/pts")
+    );
+    let img = freeze(pid, false).expect("freeze");
+    let s_img = migrate::inspect(&img[..]).unwrap();
+    assert!(s_img.process.fds.iter().any(
+        |f| matches!(&f.kind, migrate::FdKind::Stdio { what, .. } if what.starts_with("terminal"))
+    ));
+    s.wait(T); // script ends with its child
+    let out = dir.path().join("after");
+    let f = std::fs::File::create(&out).unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    use std::os::fd::AsRawFd;
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            stdin: Some(null.as_raw_fd()),
+            stdout: Some(f.as_raw_fd()),
+            stderr: Some(f.as_raw_fd()),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert!(exited_ok(q.wait(T)));
+    // stdout on a terminal is line-buffered: the lines before the freeze went to the pty,
+    // the rest (and nothing twice) to the file
+    let before = read(&typescript).replace('\r', "");
+    let after = read(&out);
+    let all: String = before
+        .lines()
+        .filter(|l| l.starts_with("iter"))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>()
+        + &after;
+    let want: String = (0..60).map(|i| format!("iter {i}\n")).collect::<String>() + "DONE ok\n";
+    assert_eq!(all, want);
+}
+
+#[test]
+fn job_control_stopped_process_comes_back_stopped() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    // SAFETY: our own child.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(50));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let mut q = thaw(&img);
+    std::thread::sleep(Duration::from_millis(100));
+    let st = std::fs::read_to_string(format!("/proc/{}/status", q.pid)).unwrap();
+    assert!(
+        st.contains("State:\tT (stopped)"),
+        "not stopped after thaw: {st}"
+    );
+    // SAFETY: our own child.
+    unsafe { libc::kill(q.pid, libc::SIGCONT) };
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
