@@ -38,13 +38,17 @@ pub fn prog(name: &str) -> PathBuf {
         .join("tests/progs")
         .join(format!("{name}.c"));
     let out = dir.join(name);
+    // built under a name of our own and renamed: test binaries (or nextest's per-test
+    // processes) may build the same program at once
+    let tmp = dir.join(format!("{name}.{}.tmp", std::process::id()));
     let st = Command::new("gcc")
         .args(["-O2", "-mavx", "-pthread", "-Wall", "-o"])
-        .arg(&out)
+        .arg(&tmp)
         .arg(&src)
         .status()
         .expect("gcc is needed for these tests");
     assert!(st.success(), "gcc failed on {}", src.display());
+    std::fs::rename(&tmp, &out).unwrap();
     map.insert(name.into(), out.clone());
     out
 }
