@@ -297,12 +297,7 @@ fn same_pid_thaw_keeps_the_pid() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut p = spawn(
-        Command::new(prog("counter")).args(["40", "1", "10"]),
-        &out,
-        None,
-    );
+    let (mut p, out) = spawn_counter(dir.path());
     std::thread::sleep(Duration::from_millis(150));
     let old = p.pid;
     let img = freeze(old, false).expect("freeze");
@@ -327,12 +322,7 @@ fn leave_running_checkpoint_then_thaw_a_copy() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut p = spawn(
-        Command::new(prog("counter")).args(["40", "1", "10"]),
-        &out,
-        None,
-    );
+    let (mut p, out) = spawn_counter(dir.path());
     std::thread::sleep(Duration::from_millis(150));
     let img = freeze(p.pid, true).expect("freeze --leave-running");
     assert!(p.alive());
@@ -414,12 +404,7 @@ fn rseq_robust_list_and_exe_come_back() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut p = spawn(
-        Command::new(prog("counter")).args(["40", "1", "10"]),
-        &out,
-        None,
-    );
+    let (mut p, out) = spawn_counter(dir.path());
     std::thread::sleep(Duration::from_millis(150));
     let img = freeze(p.pid, false).expect("freeze");
     p.wait(T);

@@ -171,12 +171,7 @@ fn job_control_stopped_process_comes_back_stopped() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("out");
-    let mut p = spawn(
-        Command::new(prog("counter")).args(["40", "1", "10"]),
-        &out,
-        None,
-    );
+    let (mut p, out) = spawn_counter(dir.path());
     std::thread::sleep(Duration::from_millis(150));
     // SAFETY: our own child.
     unsafe { libc::kill(p.pid, libc::SIGSTOP) };

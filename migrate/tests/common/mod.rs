@@ -139,6 +139,17 @@ pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
     Proc::new(c.id() as i32)
 }
 
+/// The counter test program (40 iterations 10 ms apart, 1 MiB heap) writing to `dir/out`.
+pub fn spawn_counter(dir: &Path) -> (Proc, PathBuf) {
+    let out = dir.join("out");
+    let p = spawn(
+        Command::new(prog("counter")).args(["40", "1", "10"]),
+        &out,
+        None,
+    );
+    (p, out)
+}
+
 pub fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_default()
 }
