@@ -22,13 +22,22 @@ pub mod error;
 mod freeze;
 pub mod image;
 mod procfs;
+pub mod seccomp;
+mod shell;
 mod sys;
 mod thaw;
+mod tracer;
 
-pub use error::{Error, ImageError, Result};
-pub use freeze::{FreezeOptions, FreezeReport, freeze};
+pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
+pub use freeze::{
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed, freeze,
+    seize,
+};
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
-pub use thaw::{ThawOptions, Thawed, thaw};
+pub use seccomp::SeccompFilter;
+pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
+pub use thaw::{ImageReader, ThawOptions, Thawed, Thawing, thaw};
+pub use tracer::Tracer;
 
 use image::*;
 use std::io::Read;

@@ -211,7 +211,15 @@ fn freezer_killed_mid_freeze_leaves_the_process_running_unchanged() {
     let end = std::time::Instant::now() + T;
     let traced = loop {
         let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
-        if st.contains(&format!("TracerPid:\t{}", freezer.pid)) {
+        // the tracer is a thread of the freezer (its tracer thread)
+        let tracer = st
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:\t"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        if tracer != 0
+            && std::path::Path::new(&format!("/proc/{}/task/{tracer}", freezer.pid)).exists()
+        {
             break true;
         }
         if !freezer.alive() || std::time::Instant::now() > end {

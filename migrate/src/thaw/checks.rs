@@ -68,9 +68,11 @@ pub(super) fn fit_xstate(x: &[u8]) -> Result<Vec<u8>> {
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .ok_or_else(|| Error::Thaw("the image's FPU state is too short".into()))?;
     if used & !have != 0 {
-        return Err(Error::Thaw(format!(
-            "the frozen FPU/vector state uses CPU features {used:#x} that this CPU lacks (it has {have:#x}); nodes need the same CPU features"
-        )));
+        return Err(Error::TargetUnfit {
+            reason: format!(
+                "the frozen FPU/vector state uses CPU features {used:#x} that this CPU lacks (it has {have:#x}); nodes need the same CPU features"
+            ),
+        });
     }
     let mut v = x.to_vec();
     if size >= 576 && v.len() != size {
