@@ -92,6 +92,7 @@ mod tests {
         x[512..520].copy_from_slice(&(1u64 << 62).to_le_bytes());
         let e = fit_xstate(&x).expect_err("bit 62 is no CPU feature");
         assert!(e.to_string().contains("same CPU features"), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::RetryElsewhere, "{e}");
         x[512..520].copy_from_slice(&3u64.to_le_bytes()); // x87 + SSE
         assert_eq!(fit_xstate(&x).unwrap().len(), size);
         assert!(fit_xstate(&[0u8; 100]).is_err());
