@@ -633,3 +633,55 @@ pub(crate) fn stat_id(path: &str) -> io::Result<crate::image::FileId> {
         mtime_nsec: m.mtime_nsec(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_runs_must_fit_the_buffer() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let src = [7u8; 64];
+        let mut dst = [0u8; 64];
+        let at = dst.as_mut_ptr() as u64;
+        // runs longer than the buffer: refused before any copy
+        let e = write_mem(me, &src[..16], &[(at, 32)]).expect_err("run past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(at, 40), (at + 40, 40)]).expect_err("sum past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(u64::MAX - 4, 8)]).expect_err("wrapping run");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(dst, [0u8; 64], "nothing may be written on a refused call");
+        // runs within the buffer work
+        write_mem(me, &src, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(&dst[..8], &[7u8; 8]);
+        assert_eq!(&dst[8..32], &[0u8; 24]);
+        assert_eq!(&dst[32..40], &[7u8; 8]);
+        let mut back = [0u8; 16];
+        read_mem(me, &mut back, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(back, [7u8; 16]);
+        let e = read_mem(me, &mut back, &[(at, 8)]).expect_err("read runs must fill it");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn wait_until_returns_at_the_deadline() {
+        #[allow(clippy::zombie_processes)] // reaped by wait_until below
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as pid_t;
+        let t0 = std::time::Instant::now();
+        let r = wait_until(pid, t0 + std::time::Duration::from_millis(50)).unwrap();
+        assert_eq!(r, None);
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        child.kill().unwrap();
+        let st = wait_until(pid, t0 + std::time::Duration::from_secs(10))
+            .unwrap()
+            .expect("the killed child reports");
+        assert!(libc::WIFSIGNALED(st));
+    }
+}

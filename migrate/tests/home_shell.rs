@@ -12,7 +12,11 @@ use std::time::Duration;
 
 /// Spawns the counter (`iters` × 10 ms, `heap_mib` heap) in `dir` and parks it; returns the
 /// process, its image and the shell.
-fn parked(dir: &std::path::Path, iters: &str, heap_mib: &str) -> (Proc, Vec<u8>, migrate::HomeShell) {
+fn parked(
+    dir: &std::path::Path,
+    iters: &str,
+    heap_mib: &str,
+) -> (Proc, Vec<u8>, migrate::HomeShell) {
     let out = dir.join("out");
     let mut c = Command::new(prog("counter"));
     c.args([iters, heap_mib, "10"]).current_dir(dir);
@@ -73,14 +77,23 @@ fn a_parked_shell_is_trimmed_reports_signals_and_exits_with_the_code_given() {
     let dir = tempfile::tempdir().unwrap();
     let (mut p, img, mut sh) = parked(dir.path(), "100000", "32");
     let summary = migrate::inspect(&img[..]).expect("image");
-    assert!(summary.page_bytes >= 32 << 20, "the heap was not in the image");
+    assert!(
+        summary.page_bytes >= 32 << 20,
+        "the heap was not in the image"
+    );
 
     let st = status(p.pid);
     let rss = field_kb(&st, "VmRSS:");
-    eprintln!("parked shell: VmRSS {rss} kB, VmSize {} kB", field_kb(&st, "VmSize:"));
+    eprintln!(
+        "parked shell: VmRSS {rss} kB, VmSize {} kB",
+        field_kb(&st, "VmSize:")
+    );
     assert!(rss < 100, "VmRSS {rss} kB after the trim:\n{st}");
     assert!(st.contains("SigBlk:\t0000000000000000"), "{st}");
-    assert!(st.contains("SigCgt:\t0000000000000000"), "handlers left:\n{st}");
+    assert!(
+        st.contains("SigCgt:\t0000000000000000"),
+        "handlers left:\n{st}"
+    );
     wait_paused(p.pid);
     // argv stays readable (ps shows the command, not [counter])
     let cmdline = std::fs::read(format!("/proc/{}/cmdline", p.pid)).unwrap();
@@ -99,12 +112,18 @@ fn a_parked_shell_is_trimmed_reports_signals_and_exits_with_the_code_given() {
     assert_eq!(info.pid, unsafe { libc::getpid() });
     assert!(info.from_us());
     sh.suppress().expect("suppress");
-    assert_eq!(sh.next_event(Duration::from_millis(200)).expect("wait"), None);
+    assert_eq!(
+        sh.next_event(Duration::from_millis(200)).expect("wait"),
+        None
+    );
     wait_paused(p.pid);
     assert!(p.alive(), "SIGUSR1 (default: terminate) reached the shell");
 
     let raw = sh.exit(42).expect("exit");
-    assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 42, "{raw:#x}");
+    assert!(
+        libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 42,
+        "{raw:#x}"
+    );
     let st = p.wait(T);
     assert!(
         libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 42,
@@ -225,7 +244,12 @@ fn job_control_stop_is_held_with_listen_and_continue_is_reported() {
     // let it through: P group-stops, and stays stopped under LISTEN
     sh.deliver().unwrap();
     let ev = sh.next_event(T).unwrap().expect("group stop");
-    assert_eq!(ev, ShellEvent::GroupStop { signo: libc::SIGTSTP });
+    assert_eq!(
+        ev,
+        ShellEvent::GroupStop {
+            signo: libc::SIGTSTP
+        }
+    );
     sh.listen().unwrap();
     std::thread::sleep(Duration::from_millis(50));
     let state = status(p.pid);
@@ -240,7 +264,10 @@ fn job_control_stop_is_held_with_listen_and_continue_is_reported() {
     sh.suppress().unwrap();
     wait_paused(p.pid);
     let raw = sh.exit(3).expect("exit");
-    assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 3, "{raw:#x}");
+    assert!(
+        libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 3,
+        "{raw:#x}"
+    );
     let st = p.wait(T);
     assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 3, "{st:#x}");
 }

@@ -23,7 +23,11 @@ pub(super) fn restore_fds(
             let pf = match pidfd {
                 Some(p) => p,
                 None => {
-                    let p = b.sys("pidfd_open of the caller", libc::SYS_pidfd_open, &[caller as u64, 0])?;
+                    let p = b.sys(
+                        "pidfd_open of the caller",
+                        libc::SYS_pidfd_open,
+                        &[caller as u64, 0],
+                    )?;
                     // above every fd of the image, so no restored fd closes it
                     let q = b.sys(
                         "fcntl(F_DUPFD_CLOEXEC)",
