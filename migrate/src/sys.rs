@@ -93,11 +93,21 @@ pub(crate) fn geteventmsg(pid: pid_t) -> io::Result<u64> {
 }
 
 /// waitpid(__WALL | WNOHANG) until `pid` reports or `deadline` passes (`Ok(None)`): a tracee that
-/// never stops (uninterruptible sleep) cannot hang the caller. Spins briefly first (injected
-/// calls take microseconds), then sleeps in growing steps of up to 2 ms.
+/// never stops (uninterruptible sleep) cannot hang the caller. Polls in sleeps growing from 5 µs
+/// to 1 ms, with this thread's timer slack cut to 1 µs so short sleeps stay short (the tracer
+/// thread is dedicated, so that setting affects nothing else).
 pub(crate) fn wait_until(pid: pid_t, deadline: std::time::Instant) -> io::Result<Option<i32>> {
-    let mut spins = 0u32;
-    let mut nap = std::time::Duration::from_micros(20);
+    thread_local! {
+        static SLACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    SLACK.with(|s| {
+        if !s.get() {
+            // SAFETY: prctl with integer arguments; affects only this thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
+            s.set(true);
+        }
+    });
+    let mut nap = std::time::Duration::from_micros(5);
     loop {
         let mut st = 0;
         // SAFETY: plain waitpid.
@@ -116,13 +126,8 @@ pub(crate) fn wait_until(pid: pid_t, deadline: std::time::Instant) -> io::Result
         if now >= deadline {
             return Ok(None);
         }
-        if spins < 200 {
-            spins += 1;
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(nap.min(deadline - now));
-            nap = (nap * 2).min(std::time::Duration::from_millis(2));
-        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_millis(1));
     }
 }
 
