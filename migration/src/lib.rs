@@ -34,7 +34,7 @@
 //! answered CONTINUE; a later optimisation may give the stdio fds local proxy fds (option 3:
 //! pipes/ptys relayed home) so the hot paths are not trapped at all.
 
-// pub mod forward;
+pub mod forward;
 pub mod protocol;
 // pub mod remote;
 // pub mod seccomp;
