@@ -37,6 +37,6 @@
 pub mod forward;
 pub mod protocol;
 // pub mod remote;
-// pub mod seccomp;
+pub mod seccomp;
 
 pub use runtime::NodeId;
