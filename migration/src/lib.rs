@@ -36,7 +36,8 @@
 
 pub mod forward;
 pub mod protocol;
-// pub mod remote;
+pub mod remote;
 pub mod seccomp;
+pub mod standin;
 
 pub use runtime::NodeId;
