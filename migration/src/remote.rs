@@ -372,10 +372,24 @@ impl<P: HomePort> Supervisor<P> {
                 }
             }
             if pfds[0].revents != 0 {
-                match self.listener.recv(Duration::ZERO) {
+                if pfds[0].revents & libc::POLLIN == 0 {
+                    if pfds[0].revents & libc::POLLHUP != 0 {
+                        return Ok(Stop::Exited); // no more users
+                    }
+                    return Err(Error::Poll(io::Error::other(format!(
+                        "listener poll revents {:#x}",
+                        pfds[0].revents
+                    ))));
+                }
+                match self.listener.recv_ready() {
                     Ok(Some(n)) => {
                         if let Some(stop) = self.on_notif(n)? {
                             return Ok(stop);
+                        }
+                        // A port that answers at once (in-process home) needs no second poll.
+                        while let Some(m) = self.port.try_recv() {
+                            let acts = self.fwd.on_msg(m);
+                            self.perform(acts)?;
                         }
                     }
                     Ok(None) => {}

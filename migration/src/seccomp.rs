@@ -591,6 +591,12 @@ impl Listener {
         if pfd.revents & libc::POLLIN == 0 && pfd.revents & libc::POLLHUP != 0 {
             return Err(Error::NoMoreUsers);
         }
+        self.recv_ready()
+    }
+
+    /// `NOTIF_RECV` without waiting first: for a caller whose own poll said the listener is
+    /// readable (it would block otherwise). `Ok(None)` if the notification went away.
+    pub fn recv_ready(&self) -> Result<Option<Notif>> {
         // The kernel writes `sizes.notif` bytes and wants them zeroed.
         let words = (usize::from(self.sizes.notif).max(size_of::<Notif>())).div_ceil(8);
         let mut buf = vec![0u64; words];
