@@ -61,6 +61,17 @@ impl StandIn {
 
 /// Starts a stand-in owning `fds` (home fd number → real fd).
 pub fn spawn(fds: HashMap<i32, OwnedFd>) -> io::Result<(ChannelPort, StandIn)> {
+    spawn_with_delay(fds, Duration::ZERO, |_| {})
+}
+
+/// [`spawn`], with every call taking at least `delay` at home (a slow home or network), and
+/// `on_execute` called as each call starts there: lets tests interrupt the remote's calls
+/// while they are in flight.
+pub fn spawn_with_delay(
+    fds: HashMap<i32, OwnedFd>,
+    delay: Duration,
+    on_execute: impl Fn(&Call) + Send + 'static,
+) -> io::Result<(ChannelPort, StandIn)> {
     // SAFETY: eventfd with integer flags; on success a new fd we own.
     let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
     if efd < 0 {
@@ -96,6 +107,10 @@ pub fn spawn(fds: HashMap<i32, OwnedFd>) -> io::Result<(ChannelPort, StandIn)> {
                             };
                         }
                         DeputyAction::Execute { tid, seq, call } => {
+                            on_execute(&call);
+                            if !delay.is_zero() {
+                                std::thread::sleep(delay);
+                            }
                             let r = execute(&mut fds, &call);
                             pending.extend(dep.on_done(tid, seq, r));
                         }

@@ -182,3 +182,127 @@ fn supervised_child_gets_home_identity_and_home_fds() {
     }
     assert_eq!(got, b"out: hello\n");
 }
+
+static HANDLED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+extern "C" fn on_usr1(_: libc::c_int) {
+    HANDLED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn handler(flags: libc::c_int) {
+    // SAFETY: installing a signal handler in the forked child (sigaction is a system call).
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_usr1 as *const () as usize;
+        sa.sa_flags = flags;
+        libc::sigaction(libc::SIGUSR1, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Runs `program` under a supervisor whose home takes 300 ms per call; the child gets SIGUSR1
+/// as home starts its first call (so the call is in flight). Returns the child's exit code and
+/// the stats.
+fn run_interrupted(
+    prep: fn(),
+    program: fn() -> i32,
+    home_fds: HashMap<i32, OwnedFd>,
+) -> (i32, migration::remote::Stats) {
+    let prog = Program::build(&TrapSet::remote()).unwrap();
+    let child_pid = std::sync::Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let signalled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (p2, s2) = (child_pid.clone(), signalled.clone());
+    let (port, standin) =
+        standin::spawn_with_delay(home_fds, Duration::from_millis(300), move |_| {
+            let pid = p2.load(std::sync::atomic::Ordering::SeqCst);
+            if pid > 0 && !s2.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                // SAFETY: signalling our child, which is reaped only after the stand-in ends.
+                unsafe { libc::kill(pid, libc::SIGUSR1) };
+            }
+        })
+        .unwrap();
+    let (mut child, listener) = spawn_filtered_prep(&prog, prep, program);
+    child_pid.store(child.pid, std::sync::atomic::Ordering::SeqCst);
+    let id = Identity {
+        pid: HOME_PID as i32,
+        ppid: HOME_PPID as i32,
+        pgid: HOME_PID as i32,
+        sid: HOME_PPID as i32,
+        local_pid: child.pid,
+    };
+    let mut sup = Supervisor::new(listener, id, FdTable::new([0, 1]), port);
+    let stop = sup.run(Instant::now() + Duration::from_secs(20)).unwrap();
+    assert_eq!(stop, Stop::Exited);
+    let stats = sup.stats().clone();
+    drop(sup);
+    standin.join();
+    assert!(signalled.load(std::sync::atomic::Ordering::SeqCst));
+    let status = child.wait();
+    assert!(libc::WIFEXITED(status), "{status:#x}");
+    (libc::WEXITSTATUS(status), stats)
+}
+
+/// A forwarded write interrupted by a signal (SA_RESTART) while home runs it: the restarted
+/// call is attached to the write in flight; the bytes reach home once and the write returns
+/// their count.
+#[test]
+fn interrupted_forwarded_write_is_done_once() {
+    fn prep() {
+        handler(libc::SA_RESTART);
+    }
+    fn program() -> i32 {
+        let msg = b"exactly once\n";
+        // SAFETY: raw write from our buffer.
+        let n = unsafe { libc::syscall(libc::SYS_write, 1, msg.as_ptr(), msg.len()) };
+        let mut fails = 0;
+        if n != msg.len() as i64 {
+            fails |= 1;
+        }
+        if HANDLED.load(std::sync::atomic::Ordering::SeqCst) != 1 {
+            fails |= 2;
+        }
+        fails
+    }
+    let (out_r, out_w) = pipe();
+    let (code, stats) = run_interrupted(prep, program, HashMap::from([(1, out_w)]));
+    assert_eq!(code, 0, "{stats:?}");
+    // The restart came back as a second notification of the same call.
+    assert_eq!(stats.forwarded, 2, "{stats:?}");
+    let mut buf = [0u8; 64];
+    // SAFETY: reading from our pipe (its write end is closed: the stand-in has ended).
+    let n = unsafe { libc::read(out_r.as_raw_fd(), buf.as_mut_ptr().cast(), 64) };
+    assert_eq!(&buf[..n as usize], b"exactly once\n");
+}
+
+/// A forwarded read interrupted by a signal without SA_RESTART while home runs it: the thread
+/// gets EINTR; the bytes home had already read come back and the next read returns them.
+#[test]
+fn interrupted_forwarded_read_loses_nothing() {
+    fn prep() {
+        handler(0);
+    }
+    fn program() -> i32 {
+        let mut fails = 0;
+        let mut a = [0u8; 64];
+        let mut b = [0u8; 32];
+        // SAFETY: raw reads into our buffers.
+        unsafe {
+            let n = libc::syscall(libc::SYS_read, 0, a.as_mut_ptr(), 64);
+            if n != -1 || *libc::__errno_location() != libc::EINTR {
+                fails |= 1;
+            }
+            let n = libc::syscall(libc::SYS_read, 0, b.as_mut_ptr(), 32);
+            if n != 11 || &b[..11] != b"data first\n" {
+                fails |= 2;
+            }
+        }
+        if HANDLED.load(std::sync::atomic::Ordering::SeqCst) != 1 {
+            fails |= 4;
+        }
+        fails
+    }
+    let (in_r, in_w) = pipe();
+    // SAFETY: writing 11 bytes into our pipe.
+    unsafe { libc::write(in_w.as_raw_fd(), b"data first\n".as_ptr().cast(), 11) };
+    let (code, stats) = run_interrupted(prep, program, HashMap::from([(0, in_r)]));
+    assert_eq!(code, 0, "{stats:?}");
+}
