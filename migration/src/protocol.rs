@@ -17,6 +17,8 @@
 //! Commit ──────────────────────────────▶ RunRemote
 //!       ◀─────────────────────────────── Running
 //! ParkHome                                 Alive ⇄ Alive (liveness while it runs)
+//!       ◀─────────────────────────────── Exited{status}    (the copy ended; re-sent)
+//! ReproduceExit, ExitAck ──────────────▶
 //! ```
 //!
 //! # Why no process runs twice, and when it runs nowhere
@@ -160,6 +162,15 @@ impl fmt::Display for AbortReason {
     }
 }
 
+/// How the moved process ended on the target.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExitStatus {
+    /// It called exit with this code.
+    Code(i32),
+    /// It was killed by this signal.
+    Signal(i32),
+}
+
 /// The wire messages of the protocol (both directions).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Msg {
@@ -210,6 +221,15 @@ pub enum Msg {
     Alive {
         mig: MigId,
     },
+    /// The moved process ended on the target (re-sent until acknowledged).
+    Exited {
+        mig: MigId,
+        status: ExitStatus,
+    },
+    /// Home reproduced the exit.
+    ExitAck {
+        mig: MigId,
+    },
 }
 
 impl Msg {
@@ -225,7 +245,9 @@ impl Msg {
             | Msg::Running { mig }
             | Msg::Abort { mig, .. }
             | Msg::Gone { mig, .. }
-            | Msg::Alive { mig } => *mig,
+            | Msg::Alive { mig }
+            | Msg::Exited { mig, .. }
+            | Msg::ExitAck { mig } => *mig,
         }
     }
 }
@@ -294,6 +316,8 @@ pub enum HomeAction {
     /// The process was lost after the commit (target dead or unreachable): end the home shell
     /// with the documented status and log `reason`.
     EndHome { reason: String },
+    /// The moved process ended on the target: make the home shell end the same way.
+    ReproduceExit(ExitStatus),
 }
 
 /// Where the home side of a migration stands.
@@ -313,6 +337,8 @@ pub enum HomeState {
     Resumed(AbortReason),
     /// Ended: the process was lost after the commit.
     Lost(String),
+    /// Ended: the moved process ended with this status, reproduced at home.
+    Finished(ExitStatus),
 }
 
 /// The home end of one migration. See the module documentation.
@@ -360,7 +386,10 @@ impl Home {
     /// True once the machine has ended (resumed at home or lost); `Moved` is not an end: the
     /// machine keeps watching the target's liveness.
     pub fn is_done(&self) -> bool {
-        matches!(self.state, HomeState::Resumed(_) | HomeState::Lost(_))
+        matches!(
+            self.state,
+            HomeState::Resumed(_) | HomeState::Lost(_) | HomeState::Finished(_)
+        )
     }
 
     /// The latest time the shell must call [`Home::on_tick`] by (None once done).
@@ -375,7 +404,7 @@ impl Home {
             HomeState::Moved => Some(
                 (self.last_send + c.heartbeat_interval).min(self.last_heard + c.failure_timeout),
             ),
-            HomeState::Resumed(_) | HomeState::Lost(_) => None,
+            HomeState::Resumed(_) | HomeState::Lost(_) | HomeState::Finished(_) => None,
         }
     }
 
@@ -517,6 +546,22 @@ impl Home {
                     false,
                 );
             }
+            (HomeState::Committing | HomeState::Moved, Msg::Exited { status, .. }) => {
+                // An exit while committing: the target ran it and our `Running` was lost.
+                if self.state == HomeState::Committing {
+                    out.push(HomeAction::ParkHome);
+                }
+                self.state = HomeState::Finished(status);
+                out.push(HomeAction::ReproduceExit(status));
+                out.push(HomeAction::Send(Msg::ExitAck {
+                    mig: self.msg_mig(),
+                }));
+            }
+            (HomeState::Finished(_) | HomeState::Lost(_), Msg::Exited { .. }) => {
+                out.push(HomeAction::Send(Msg::ExitAck {
+                    mig: self.msg_mig(),
+                }));
+            }
             (HomeState::Committing, Msg::Running { .. }) => {
                 self.state = HomeState::Moved;
                 self.last_send = now;
@@ -605,7 +650,7 @@ impl Home {
                     }));
                 }
             }
-            HomeState::Resumed(_) | HomeState::Lost(_) => {}
+            HomeState::Resumed(_) | HomeState::Lost(_) | HomeState::Finished(_) => {}
         }
         out
     }
@@ -723,6 +768,8 @@ pub enum TargetState {
     Building,
     AwaitCommit,
     Running,
+    /// The copy ended with this status; telling home until it acknowledges.
+    Exited(ExitStatus),
     /// Ended; `ran` says whether the copy ever ran here.
     Done {
         ran: bool,
@@ -808,6 +855,9 @@ impl Target {
             TargetState::Running => Some(
                 (self.last_send + c.heartbeat_interval).min(self.last_heard + c.failure_timeout),
             ),
+            TargetState::Exited(_) => {
+                Some((self.last_send + c.resend_interval).min(self.last_heard + c.failure_timeout))
+            }
             TargetState::Done { .. } => None,
         }
     }
@@ -835,6 +885,19 @@ impl Target {
             reason: Some(reason),
         };
         out
+    }
+
+    /// The running copy ended (the shell reaped it): tell home, until it acknowledges.
+    pub fn on_exited(&mut self, status: ExitStatus, now: Instant) -> Vec<TargetAction> {
+        if self.state != TargetState::Running {
+            return Vec::new();
+        }
+        self.state = TargetState::Exited(status);
+        self.last_send = now;
+        vec![TargetAction::Send(Msg::Exited {
+            mig: self.offer.mig,
+            status,
+        })]
     }
 
     /// The shell finished building (after [`TargetAction::FinishThaw`]).
@@ -930,6 +993,18 @@ impl Target {
             (TargetState::Running, Msg::Commit { .. }) => {
                 out.push(TargetAction::Send(Msg::Running { mig }));
             }
+            (TargetState::Exited(status), Msg::Commit { .. }) => {
+                out.push(TargetAction::Send(Msg::Exited {
+                    mig,
+                    status: *status,
+                }));
+            }
+            (TargetState::Exited(_), Msg::ExitAck { .. }) => {
+                self.state = TargetState::Done {
+                    ran: true,
+                    reason: None,
+                };
+            }
             (TargetState::Done { ran, .. }, Msg::Commit { .. }) => {
                 out.push(TargetAction::Send(Msg::Gone { mig, ran: *ran }));
             }
@@ -972,6 +1047,18 @@ impl Target {
                 if now >= self.last_send + c.heartbeat_interval {
                     self.last_send = now;
                     out.push(TargetAction::Send(Msg::Alive { mig }));
+                }
+            }
+            TargetState::Exited(status) => {
+                if now >= self.last_heard + c.failure_timeout {
+                    // Home is gone: nothing is left here to kill or to tell.
+                    self.state = TargetState::Done {
+                        ran: true,
+                        reason: None,
+                    };
+                } else if now >= self.last_send + c.resend_interval {
+                    self.last_send = now;
+                    out.push(TargetAction::Send(Msg::Exited { mig, status }));
                 }
             }
             TargetState::Done { .. } => {}

@@ -62,6 +62,8 @@ enum HomeProc {
     Running,
     Parked,
     Ended,
+    /// Ended the way the moved process ended.
+    Exited(ExitStatus),
 }
 
 /// The target's copy.
@@ -72,6 +74,7 @@ enum Copy_ {
     Built,
     Running,
     Killed,
+    Exited,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,6 +106,8 @@ struct Sim {
     /// Most bytes seen in flight (sent but not acknowledged at home).
     max_unacked: u64,
     running_since: Option<Instant>,
+    /// The copy exits with this status this long after it started running.
+    exit_after: Option<(Duration, ExitStatus)>,
 }
 
 fn reliable() -> Net {
@@ -133,6 +138,7 @@ impl Sim {
             target_log: Vec::new(),
             max_unacked: 0,
             running_since: None,
+            exit_after: None,
         };
         sim.home_acts(acts);
         sim
@@ -173,6 +179,15 @@ impl Sim {
                 HomeAction::ParkHome => {
                     assert_eq!(self.home_proc, HomeProc::Frozen);
                     self.home_proc = HomeProc::Parked;
+                }
+                HomeAction::ReproduceExit(status) => {
+                    assert_eq!(
+                        self.home_proc,
+                        HomeProc::Parked,
+                        "exit reproduced twice or early"
+                    );
+                    assert_eq!(self.copy, Copy_::Exited);
+                    self.home_proc = HomeProc::Exited(status);
                 }
                 HomeAction::EndHome { .. } => {
                     assert!(matches!(
@@ -273,6 +288,15 @@ impl Sim {
         if self.home_alive {
             let acts = self.home.on_tick(now);
             self.home_acts(acts);
+        }
+        if let (Some(since), Some((after, status))) = (self.running_since, self.exit_after)
+            && self.copy == Copy_::Running
+            && self.target_alive
+            && now >= since + after
+        {
+            self.copy = Copy_::Exited;
+            let acts = self.target.as_mut().unwrap().on_exited(status, now);
+            self.target_acts(acts);
         }
         if self.target_alive
             && let Some(t) = self.target.as_mut()
@@ -606,6 +630,41 @@ fn home_link_back_before_failure_timeout_kills_nothing() {
 }
 
 #[test]
+fn exit_on_the_target_is_reproduced_at_home_once_despite_losses() {
+    // The first three `Exited` messages are lost.
+    let mut lost = 0;
+    let net: Net = Box::new(move |_, m, _| {
+        if matches!(m, Msg::Exited { .. }) && lost < 3 {
+            lost += 1;
+            return None;
+        }
+        Some(Duration::from_millis(1))
+    });
+    let mut sim = Sim::new(small_config(), 20_000, facts(), net);
+    sim.exit_after = Some((Duration::from_secs(2), ExitStatus::Code(42)));
+    assert!(sim.run_until(Duration::from_secs(20), |s| s.home.is_done()));
+    assert_eq!(sim.home_proc, HomeProc::Exited(ExitStatus::Code(42)));
+    assert_eq!(*sim.home.state(), HomeState::Finished(ExitStatus::Code(42)));
+    sim.run_for(Duration::from_secs(1));
+    assert!(
+        sim.target.as_ref().unwrap().is_done(),
+        "the target stops once home acknowledged"
+    );
+    let reproduced = sim
+        .home_log
+        .iter()
+        .filter(|(_, a)| matches!(a, HomeAction::ReproduceExit(_)))
+        .count();
+    assert_eq!(reproduced, 1);
+    // Home never went silent on it: nothing was killed, no "lost" ending.
+    assert!(
+        !sim.target_log
+            .iter()
+            .any(|(_, a)| matches!(a, TargetAction::KillRemote { .. }))
+    );
+}
+
+#[test]
 fn bad_input_is_refused_not_panicked() {
     let now = Instant::now();
     let (mut home, _) = Home::start(small_config(), offer(5000), now);
@@ -701,10 +760,13 @@ fn lossy_with_outages(
 }
 
 fn outcome_ok(sim: &Sim) -> bool {
-    matches!(
-        (sim.home_proc, sim.copy),
-        (HomeProc::Running, Copy_::None | Copy_::Killed) | (HomeProc::Parked, Copy_::Running)
-    )
+    match (sim.home_proc, sim.copy) {
+        (HomeProc::Running, Copy_::None | Copy_::Killed) | (HomeProc::Parked, Copy_::Running) => {
+            true
+        }
+        (HomeProc::Exited(s), Copy_::Exited) => Some(s) == sim.exit_after.map(|e| e.1),
+        _ => false,
+    }
 }
 
 proptest! {
@@ -716,13 +778,19 @@ proptest! {
     fn bounded_loss_ends_on_exactly_one_node(
         fates in proptest::collection::vec((any::<bool>(), 0u16..300), 1..200),
         size in 0usize..40_000,
+        exit in proptest::option::of((0u64..20_000, -5i32..300)),
     ) {
         let mut sim = Sim::new(small_config(), size, facts(), lossy(fates, Some(4)));
+        sim.exit_after = exit.map(|(ms, code)| (Duration::from_millis(ms), ExitStatus::Code(code)));
         // Go-back-N over a link losing up to half the messages is slow, but it gets there.
         sim.run_for(Duration::from_secs(200));
         prop_assert!(outcome_ok(&sim), "home {:?} copy {:?} state {:?}", sim.home_proc, sim.copy, sim.home.state());
-        if sim.copy == Copy_::Running {
+        if sim.running_since.is_some() {
             prop_assert_eq!(&sim.built, &sim.image);
+            // A copy that ran and exited had its status reproduced at home.
+            if sim.exit_after.is_some() {
+                prop_assert_eq!(sim.home_proc, HomeProc::Exited(sim.exit_after.unwrap().1));
+            }
         }
     }
 
