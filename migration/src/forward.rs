@@ -77,12 +77,15 @@ pub enum Call {
     Close {
         fd: i32,
     },
-    /// A path call, run at home (relative paths against home's cwd / `dirfd`).
+    /// A path call, run at home (relative paths against home's cwd / `dirfd`); the new fd
+    /// gets number `at` at home (the remote picks the lowest number free in the process, so
+    /// both sides agree on it).
     Openat {
         dirfd: i32,
         path: Bytes,
         flags: i32,
         mode: u32,
+        at: i32,
     },
 }
 

@@ -6,10 +6,14 @@
 //! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
 //!   itself (by its home PID) is sent locally;
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
-//!   [`crate::forward::RemoteFwd`] and a [`HomePort`];
+//!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
+//!   the local placeholder closes too;
+//! - `open` and `openat(AT_FDCWD, …)` → opened at home with the number the process would get
+//!   here (the lowest free one), then a placeholder is put at that number with `ADDFD` (with
+//!   `SEND`: it appears only if the answer is delivered) and the fd becomes home-backed;
 //! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, and every
 //!   trapped call this version does not implement (path calls, ioctl or dup of a home-backed
-//!   fd, …) → [`Stop::GoHome`]: the notification is left unanswered, so the process stays
+//!   fd, the other path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left unanswered, so the process stays
 //!   blocked at that call until it is brought home, where the call runs for real. Never a
 //!   wrong answer.
 //!
@@ -57,6 +61,9 @@ impl FdTable {
     }
     fn remove(&mut self, fd: i32) {
         self.home.remove(&fd);
+    }
+    fn insert(&mut self, fd: i32) {
+        self.home.insert(fd);
     }
 }
 
@@ -112,6 +119,12 @@ pub enum Req {
     },
     Close {
         fd: i32,
+    },
+    /// openat(AT_FDCWD, path, …) / open(path, …): opened at home, placed here.
+    Openat {
+        path: u64,
+        flags: i32,
+        mode: u32,
     },
 }
 
@@ -204,6 +217,16 @@ pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
             buf: a[1],
         }),
         libc::SYS_close if home0 => Class::Forward(Req::Close { fd: fd0 as i32 }),
+        libc::SYS_openat if a[0] as i32 == libc::AT_FDCWD => Class::Forward(Req::Openat {
+            path: a[1],
+            flags: a[2] as i32,
+            mode: a[3] as u32,
+        }),
+        libc::SYS_open => Class::Forward(Req::Openat {
+            path: a[0],
+            flags: a[1] as i32,
+            mode: a[2] as u32,
+        }),
         libc::SYS_poll | libc::SYS_ppoll | libc::SYS_select | libc::SYS_pselect6 => {
             if fds.home.is_empty() {
                 Class::Continue
@@ -498,6 +521,46 @@ impl<P: HomePort> Supervisor<P> {
             Req::Lseek { fd, offset, whence } => Call::Lseek { fd, offset, whence },
             Req::Fstat { fd, .. } => Call::Fstat { fd },
             Req::Close { fd } => Call::Close { fd },
+            Req::Openat { path, flags, mode } => Call::Openat {
+                dirfd: libc::AT_FDCWD,
+                path: Bytes::from(self.read_path(n, path)?),
+                flags,
+                mode,
+                at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
+                    op: "listing /proc/<pid>/fd",
+                    pid: n.pid,
+                    addr: 0,
+                    len: 0,
+                    source,
+                })?,
+            },
+        })
+    }
+
+    /// A NUL-terminated path (without the NUL) at `addr`, read page by page (a path may end
+    /// right before an unmapped page). Longer than PATH_MAX: ENAMETOOLONG, as the kernel says.
+    fn read_path(&self, n: &Notif, addr: u64) -> seccomp::Result<Vec<u8>> {
+        const PATH_MAX: usize = 4096;
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < PATH_MAX {
+            let in_page = 4096 - (at % 4096) as usize;
+            let chunk = self
+                .listener
+                .read_mem(n, at, in_page.min(PATH_MAX - out.len()))?;
+            if let Some(end) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+            at += chunk.len() as u64;
+        }
+        Err(seccomp::Error::Mem {
+            op: "reading a path",
+            pid: n.pid,
+            addr,
+            len: PATH_MAX,
+            source: io::Error::from_raw_os_error(libc::ENAMETOOLONG),
         })
     }
 
@@ -541,6 +604,11 @@ impl<P: HomePort> Supervisor<P> {
                 Err(e) => return Err(e.into()),
             }
         }
+        if let Req::Openat { flags, .. } = req
+            && reply.ret >= 0
+        {
+            return self.place_home_fd(&n, reply.ret as i32, flags & libc::O_CLOEXEC != 0);
+        }
         let resp = if reply.ret < 0 {
             Response::Errno((-reply.ret) as i32)
         } else if let Req::Close { fd } = req {
@@ -556,6 +624,33 @@ impl<P: HomePort> Supervisor<P> {
         };
         match self.listener.respond(id, resp) {
             Ok(()) => Ok(Answered::Delivered),
+            Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts a placeholder at `at` in the process for a file opened at home, answering the call
+    /// with it (ADDFD with SEND: the fd appears only if the answer is delivered).
+    fn place_home_fd(&mut self, n: &Notif, at: i32, cloexec: bool) -> Result<Answered, Error> {
+        // SAFETY: open of a literal path; the fd is ours and closed when `ph` drops.
+        let raw = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if raw < 0 {
+            self.answer(n.id, Response::Errno(libc::EMFILE))?;
+            return Ok(Answered::Delivered);
+        }
+        // SAFETY: fresh fd.
+        let ph = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        match self.listener.add_fd(
+            n.id,
+            std::os::fd::AsRawFd::as_raw_fd(&ph),
+            Some(at),
+            cloexec,
+            true,
+        ) {
+            Ok(_) => {
+                self.fds.insert(at);
+                Ok(Answered::Delivered)
+            }
             Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
             Err(e) => Err(e.into()),
         }
@@ -592,6 +687,23 @@ impl<P: HomePort> Supervisor<P> {
             }
         }
     }
+}
+
+/// The lowest fd number free in process (thread) `pid`: the number a new fd gets.
+fn lowest_free_fd(pid: u32) -> io::Result<i32> {
+    let mut used: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    used.sort_unstable();
+    let mut want = 0;
+    for fd in used {
+        if fd == want {
+            want += 1;
+        } else if fd > want {
+            break;
+        }
+    }
+    Ok(want)
 }
 
 #[cfg(test)]
@@ -670,7 +782,22 @@ mod tests {
             Class::Continue
         );
         assert_eq!(
-            c(libc::SYS_openat, [0; 6]),
+            c(libc::SYS_openat, [3, 0, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        assert_eq!(
+            c(
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, 0x10, 2, 0o644, 0, 0]
+            ),
+            Class::Forward(Req::Openat {
+                path: 0x10,
+                flags: 2,
+                mode: 0o644
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_stat, [0; 6]),
             Class::GoHome(GoHome::Unsupported)
         );
         for nr in seccomp::HOME_CALLS {

@@ -145,6 +145,16 @@ fn ret_or_errno(r: isize) -> i64 {
 
 /// Runs one call on the real fds.
 pub fn execute(fds: &mut HashMap<i32, OwnedFd>, call: &Call) -> Reply {
+    if let Call::Openat {
+        dirfd,
+        path,
+        flags,
+        mode,
+        at,
+    } = call
+    {
+        return openat(fds, *dirfd, path, *flags, *mode, *at);
+    }
     let Some(fd) = call.fd() else {
         return Reply::errno(libc::ENOSYS);
     };
@@ -214,6 +224,31 @@ pub fn execute(fds: &mut HashMap<i32, OwnedFd>, call: &Call) -> Reply {
         }
         Call::Openat { .. } => Reply::errno(libc::ENOSYS),
     }
+}
+
+/// openat in this process; the result is kept as home fd `at`.
+fn openat(
+    fds: &mut HashMap<i32, OwnedFd>,
+    dirfd: i32,
+    path: &[u8],
+    flags: i32,
+    mode: u32,
+    at: i32,
+) -> Reply {
+    if dirfd != libc::AT_FDCWD {
+        return Reply::errno(libc::ENOSYS);
+    }
+    let Ok(c) = std::ffi::CString::new(path.to_vec()) else {
+        return Reply::errno(libc::EINVAL);
+    };
+    // SAFETY: openat of a NUL-terminated path; on success a fresh fd owned here.
+    let r = unsafe { libc::openat(libc::AT_FDCWD, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    if r < 0 {
+        return Reply::ok(ret_or_errno(-1));
+    }
+    // SAFETY: fresh fd.
+    fds.insert(at, unsafe { OwnedFd::from_raw_fd(r) });
+    Reply::ok(i64::from(at))
 }
 
 /// A home stand-in that runs each call inside [`HomePort::send`], on the supervisor's own

@@ -16,6 +16,9 @@ use migration::standin;
 const HOME_PID: i64 = 31_337;
 const HOME_PPID: i64 = 31_000;
 
+/// A file the moved program opens after the move (set before the fork).
+static HOME_PATH: std::sync::OnceLock<std::ffi::CString> = std::sync::OnceLock::new();
+
 fn pipe() -> (OwnedFd, OwnedFd) {
     let mut p = [0 as RawFd; 2];
     // SAFETY: pipe2 into a 2-int array; both fds are fresh and owned here.
@@ -92,6 +95,24 @@ fn program() -> i32 {
         {
             fails |= 64;
         }
+        // Opened at home, placed here, read through home.
+        if let Some(path) = HOME_PATH.get() {
+            let fd = syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                libc::O_RDONLY,
+                0,
+            );
+            if fd < 3
+                || syscall(SYS_read, fd, buf.as_mut_ptr(), 64) != 10
+                || &buf[..10] != b"home file\n"
+            {
+                fails |= 1024;
+            }
+        } else {
+            fails |= 1024;
+        }
         // Closed at home and here: fd 1 is then an ordinary closed fd.
         if syscall(SYS_close, 1) != 0
             || syscall(SYS_write, 1, out.as_ptr(), out.len()) != -1
@@ -123,6 +144,18 @@ fn supervised_child_gets_home_identity_and_home_fds() {
     let home_fds: HashMap<i32, OwnedFd> =
         HashMap::from([(0, in_r), (1, out_w), (5, memfd_with(b"0123456789"))]);
     let (port, standin) = standin::spawn(home_fds).unwrap();
+    let file = std::env::temp_dir().join(format!("migration-home-file-{}", std::process::id()));
+    std::fs::write(&file, b"home file\n").unwrap();
+    struct Rm(std::path::PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+    let _rm = Rm(file.clone());
+    HOME_PATH
+        .set(std::ffi::CString::new(file.to_str().unwrap()).unwrap())
+        .unwrap();
 
     let (mut child, listener) = spawn_filtered_prep(&prog, prep, program);
     listener.set_sync_wake_up().unwrap();
@@ -163,11 +196,16 @@ fn supervised_child_gets_home_identity_and_home_fds() {
         "closed fd 1 is no longer home-backed"
     );
     let stats = sup.stats().clone();
-    // write, read, fstat, lseek, pread and close on home fds.
-    assert_eq!(stats.forwarded, 6, "{stats:?}");
+    // write, read, fstat, lseek, pread, openat, read of the opened file, close.
+    assert_eq!(stats.forwarded, 8, "{stats:?}");
     drop(sup);
     let left = standin.join();
     assert!(left.contains_key(&0) && left.contains_key(&5) && !left.contains_key(&1));
+    assert_eq!(
+        left.len(),
+        3,
+        "the file opened after the move is held at home"
+    );
     // What the child wrote to "home stdout" arrived there, once; the pipe is closed after.
     let mut got = Vec::new();
     let mut buf = [0u8; 64];
