@@ -12,10 +12,13 @@
 //!   here (the lowest free one), then a placeholder is put at that number with `ADDFD` (with
 //!   `SEND`: it appears only if the answer is delivered) and the fd becomes home-backed;
 //! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, and every
-//!   trapped call this version does not implement (path calls, ioctl or dup of a home-backed
-//!   fd, the other path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left unanswered, so the process stays
-//!   blocked at that call until it is brought home, where the call runs for real. Never a
-//!   wrong answer.
+//!   trapped call this version does not implement (ioctl or dup of a home-backed fd, the other
+//!   path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left
+//!   unanswered, so the process stays blocked at that call until it is brought home, where the
+//!   call runs for real. Never a wrong answer.
+//!
+//! Known gap: a home open whose answer is cancelled and never restarted (EINTR) leaves the file
+//! open at home (the process never learns its number).
 //!
 //! [`Supervisor::run`] is the loop: one OS thread per supervised process, waiting with `poll`
 //! on the listener and on the home port's wake-up fd, up to a deadline (no wait is unbounded).
