@@ -9,7 +9,12 @@
 //! - [`seccomp`]: the seccomp user-notification machinery of the remote (the classic-BPF filter,
 //!   the listener, checked access to the trapped process's memory);
 //! - [`remote`]: the remote supervisor loop that classifies trapped calls and answers, forwards or
-//!   reports them.
+//!   reports them;
+//! - [`standin`]: an in-process home stand-in (a deputy executing forwarded calls on real fds of
+//!   this process), for tests and measurements.
+//!
+//! The protocol messages carry no node ids: the shells that drive the machines know which peer
+//! a migration talks to (they route by [`protocol::MigId`]), so this crate needs no `runtime`.
 //!
 //! Must not know: sockets, transports or async runtimes (the state machines take `now` and
 //! return actions; thin shells elsewhere carry them out), and ptrace of the home process (that
@@ -40,4 +45,12 @@ pub mod remote;
 pub mod seccomp;
 pub mod standin;
 
-pub use runtime::NodeId;
+/// Every error of the crate, for callers that do not need to tell the layers apart. The
+/// protocol and forwarding machines return no errors: bad input becomes an abort or is ignored.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error(transparent)]
+    Remote(#[from] remote::Error),
+}
