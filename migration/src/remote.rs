@@ -474,7 +474,15 @@ impl<P: HomePort> Supervisor<P> {
                 };
                 self.answer(n.id, resp)?;
             }
-            Class::GoHome(reason) => return Ok(Some(Stop::GoHome { notif: n, reason })),
+            Class::GoHome(reason) => {
+                tracing::info!(
+                    tid = n.pid,
+                    nr,
+                    ?reason,
+                    "the process must go home for this call"
+                );
+                return Ok(Some(Stop::GoHome { notif: n, reason }));
+            }
             Class::CheckFdSet => unreachable!("resolved above"),
             Class::Forward(req) => {
                 let call = match self.build_call(&n, req) {
@@ -574,6 +582,11 @@ impl<P: HomePort> Supervisor<P> {
                 RemoteAction::Answer { notif, reply, .. } => {
                     let how = self.deliver(notif, &reply)?;
                     if how != Answered::Delivered {
+                        tracing::debug!(
+                            notif,
+                            ?how,
+                            "forwarded result not delivered; kept for a restart"
+                        );
                         self.stats.replayed_or_cancelled += 1;
                     }
                     let more = self.fwd.on_answered(notif, how);
