@@ -562,7 +562,9 @@ impl Home {
                     mig: self.msg_mig(),
                 }));
             }
-            (HomeState::Committing, Msg::Running { .. }) => {
+            // Only a running target sends `Alive`: it also means our commit arrived (the
+            // `Running` answers may all have been lost).
+            (HomeState::Committing, Msg::Running { .. } | Msg::Alive { .. }) => {
                 self.state = HomeState::Moved;
                 self.last_send = now;
                 out.push(HomeAction::ParkHome);

@@ -665,6 +665,21 @@ fn exit_on_the_target_is_reproduced_at_home_once_despite_losses() {
 }
 
 #[test]
+fn every_running_lost_home_learns_from_the_heartbeats() {
+    // Found by the proptest: a loss pattern that hits every `Running` but lets `Alive` through
+    // kept home committing for ever (frozen, never parked).
+    let net: Net = Box::new(|_, m, _| match m {
+        Msg::Running { .. } => None,
+        _ => Some(Duration::from_millis(1)),
+    });
+    let mut sim = Sim::new(small_config(), 20_000, facts(), net);
+    assert!(sim.run_until(Duration::from_secs(5), |s| *s.home.state()
+        == HomeState::Moved));
+    assert_eq!(sim.home_proc, HomeProc::Parked);
+    assert_eq!(sim.copy, Copy_::Running);
+}
+
+#[test]
 fn bad_input_is_refused_not_panicked() {
     let now = Instant::now();
     let (mut home, _) = Home::start(small_config(), offer(5000), now);
