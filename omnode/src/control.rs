@@ -35,7 +35,9 @@ pub enum Request {
     GetMap,
     /// `setpe -w -f FILE`: load this map file (an absolute path the daemon reads) into the
     /// running node. Root or the daemon's own user only.
-    SetMap { path: PathBuf },
+    SetMap {
+        path: PathBuf,
+    },
     /// `setpe -off`: this node leaves the cluster (the daemon stops). Root or the daemon's
     /// own user only.
     Leave,
@@ -46,7 +48,10 @@ pub enum Request {
 pub enum Response {
     Status(StatusReport),
     /// The map in use: its file and its entries, one `ID ADDRESS [ALIAS]` per line.
-    Map { file: String, text: String },
+    Map {
+        file: String,
+        text: String,
+    },
     /// What a request did, in words for the person who asked.
     Done(String),
     Error(String),

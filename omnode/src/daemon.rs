@@ -15,12 +15,12 @@ use runtime::System;
 use runtime::transport::{Events, PeerInfo, Transport};
 
 use crate::control::{self, Control};
-use crate::reload::{Reload, SetCluster};
-use crate::{metrics, notify};
-use tokio_util::sync::CancellationToken;
 use crate::loadmon::{self, LoadMonitor};
 use crate::members::{self, Members};
+use crate::reload::{Reload, SetCluster};
 use crate::{DaemonArgs, DiscoveryMode, Error, TransportKind, key};
+use crate::{metrics, notify};
+use tokio_util::sync::CancellationToken;
 
 /// How this node finds the others.
 enum Found {
@@ -193,8 +193,7 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
             local,
             args.node,
             args.port,
-            map.clone(),
-            path.clone(),
+            (map.clone(), path.clone()),
             transport.clone(),
             set_cluster,
             members.clone(),

@@ -71,9 +71,7 @@ pub fn man_pages(dir: &Path) -> Result<Vec<PathBuf>, Error> {
         let name = format!("omnode-{}", sub.get_name());
         pages.push((
             name.clone(),
-            sub.clone()
-                .name(name)
-                .version(env!("CARGO_PKG_VERSION")),
+            sub.clone().name(name).version(env!("CARGO_PKG_VERSION")),
         ));
     }
     for cmd in commands() {
@@ -132,15 +130,18 @@ mod tests {
             assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
         }
         for c in CLASSIC {
-            let page = std::fs::read_to_string(dir.path().join(format!("man1/{}.1", c.name)))
-                .unwrap();
+            let page =
+                std::fs::read_to_string(dir.path().join(format!("man1/{}.1", c.name))).unwrap();
             assert!(page.contains(".TH") && page.contains(c.name), "{page}");
         }
         assert!(!names.iter().any(|n| n.contains("generate")), "{names:?}");
         let comp = completions(&dir.path().join("completions")).unwrap();
         assert_eq!(comp.len(), 3 * (1 + CLASSIC.len()));
         let bash = std::fs::read_to_string(dir.path().join("completions/bash/omnode")).unwrap();
-        assert!(bash.contains("status") && bash.contains("--key-file"), "{bash}");
+        assert!(
+            bash.contains("status") && bash.contains("--key-file"),
+            "{bash}"
+        );
         let setpe = std::fs::read_to_string(dir.path().join("completions/bash/setpe")).unwrap();
         assert!(setpe.contains("--file"), "{setpe}");
     }

@@ -195,7 +195,12 @@ pub enum Cmd {
 pub fn dispatch(mut args: Vec<OsString>) -> Vec<OsString> {
     let name = args
         .first()
-        .map(|a| std::path::Path::new(a).file_name().unwrap_or(a.as_os_str()).to_owned())
+        .map(|a| {
+            std::path::Path::new(a)
+                .file_name()
+                .unwrap_or(a.as_os_str())
+                .to_owned()
+        })
         .unwrap_or_default();
     if let Some(c) = CLASSIC.iter().find(|c| name == c.name) {
         args.splice(0..1, [OsString::from("omnode"), OsString::from(c.cmd)]);
@@ -278,7 +283,10 @@ mod tests {
             dispatch(os(&["/usr/sbin/setpe", "-w", "-f", "m"])),
             os(&["omnode", "setpe", "-w", "-f", "m"])
         );
-        assert_eq!(dispatch(os(&["setpe", "-off"])), os(&["omnode", "setpe", "--off"]));
+        assert_eq!(
+            dispatch(os(&["setpe", "-off"])),
+            os(&["omnode", "setpe", "--off"])
+        );
         assert_eq!(
             dispatch(os(&["omnode", "status", "-off"])),
             os(&["omnode", "status", "-off"])

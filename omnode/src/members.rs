@@ -214,7 +214,8 @@ impl Actor for Members {
                     outputs.extend(self.table.remove_node(id));
                     self.addrs.remove(&id);
                 }
-                self.table.add_nodes(addrs.keys().copied(), Source::Map, now);
+                self.table
+                    .add_nodes(addrs.keys().copied(), Source::Map, now);
                 self.addrs.extend(addrs);
                 self.cluster = cluster;
                 let _ = reply.send(());

@@ -139,7 +139,9 @@ async fn scrape(
 }
 
 fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The Prometheus text for `r` (as this node sees the cluster), `links_up` links and the
@@ -159,7 +161,12 @@ pub fn render(r: &StatusReport, links_up: usize) -> String {
             .filter_map(|n| Some((format!("{{node=\"{}\"}}", n.id), f(n)?)))
             .collect()
     };
-    metric("omnode_node_id", "gauge", "This node's id.", vec![(String::new(), r.node.to_string())]);
+    metric(
+        "omnode_node_id",
+        "gauge",
+        "This node's id.",
+        vec![(String::new(), r.node.to_string())],
+    );
     metric(
         "omnode_node_up",
         "gauge",
@@ -180,23 +187,98 @@ pub fn render(r: &StatusReport, links_up: usize) -> String {
             .collect(),
     );
     let up = r.nodes.iter().filter(|n| n.up).count();
-    metric("omnode_nodes", "gauge", "Nodes known (map or mDNS), this one included.", vec![(String::new(), r.nodes.len().to_string())]);
-    metric("omnode_nodes_up", "gauge", "Nodes up, this one included.", vec![(String::new(), up.to_string())]);
-    metric("omnode_links_up", "gauge", "Authenticated links to peers that are up.", vec![(String::new(), links_up.to_string())]);
-    metric("omnode_node_load", "gauge", "Smoothed runnable processes of each node that is up.", per_node(&|n| n.load.map(|l| l.to_string())));
-    metric("omnode_node_cpus", "gauge", "CPUs of each node that is up.", per_node(&|n| n.cpus.map(|c| c.to_string())));
-    metric("omnode_node_speed_mhz", "gauge", "CPU speed of each node that is up.", per_node(&|n| n.speed.map(|c| c.to_string())));
-    metric("omnode_node_free_memory_bytes", "gauge", "Available memory of each node that is up.", per_node(&|n| n.free_mem.map(|c| c.to_string())));
-    metric("omnode_node_total_memory_bytes", "gauge", "Total memory of each node that is up.", per_node(&|n| n.total_mem.map(|c| c.to_string())));
-    metric("omnode_node_last_seen_seconds", "gauge", "Seconds since each peer's last sign of life.", per_node(&|n| n.last_seen_s.map(|c| format!("{c:.3}"))));
+    metric(
+        "omnode_nodes",
+        "gauge",
+        "Nodes known (map or mDNS), this one included.",
+        vec![(String::new(), r.nodes.len().to_string())],
+    );
+    metric(
+        "omnode_nodes_up",
+        "gauge",
+        "Nodes up, this one included.",
+        vec![(String::new(), up.to_string())],
+    );
+    metric(
+        "omnode_links_up",
+        "gauge",
+        "Authenticated links to peers that are up.",
+        vec![(String::new(), links_up.to_string())],
+    );
+    metric(
+        "omnode_node_load",
+        "gauge",
+        "Smoothed runnable processes of each node that is up.",
+        per_node(&|n| n.load.map(|l| l.to_string())),
+    );
+    metric(
+        "omnode_node_cpus",
+        "gauge",
+        "CPUs of each node that is up.",
+        per_node(&|n| n.cpus.map(|c| c.to_string())),
+    );
+    metric(
+        "omnode_node_speed_mhz",
+        "gauge",
+        "CPU speed of each node that is up.",
+        per_node(&|n| n.speed.map(|c| c.to_string())),
+    );
+    metric(
+        "omnode_node_free_memory_bytes",
+        "gauge",
+        "Available memory of each node that is up.",
+        per_node(&|n| n.free_mem.map(|c| c.to_string())),
+    );
+    metric(
+        "omnode_node_total_memory_bytes",
+        "gauge",
+        "Total memory of each node that is up.",
+        per_node(&|n| n.total_mem.map(|c| c.to_string())),
+    );
+    metric(
+        "omnode_node_last_seen_seconds",
+        "gauge",
+        "Seconds since each peer's last sign of life.",
+        per_node(&|n| n.last_seen_s.map(|c| format!("{c:.3}"))),
+    );
     let c = &COUNTERS;
     let get = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed).to_string())];
-    metric("omnode_gossip_sent_total", "counter", "Load gossip messages sent.", get(&c.gossip_sent));
-    metric("omnode_gossip_received_total", "counter", "Load gossip messages received.", get(&c.gossip_received));
-    metric("omnode_heartbeats_sent_total", "counter", "Membership heartbeats sent.", get(&c.heartbeats_sent));
-    metric("omnode_heartbeats_received_total", "counter", "Membership heartbeats received.", get(&c.heartbeats_received));
-    metric("omnode_map_loads_total", "counter", "Maps loaded into the running node (setpe -w, SIGHUP).", get(&c.map_loads));
-    metric("omnode_map_load_failures_total", "counter", "Map loads refused (the map in use stayed).", get(&c.map_load_failures));
+    metric(
+        "omnode_gossip_sent_total",
+        "counter",
+        "Load gossip messages sent.",
+        get(&c.gossip_sent),
+    );
+    metric(
+        "omnode_gossip_received_total",
+        "counter",
+        "Load gossip messages received.",
+        get(&c.gossip_received),
+    );
+    metric(
+        "omnode_heartbeats_sent_total",
+        "counter",
+        "Membership heartbeats sent.",
+        get(&c.heartbeats_sent),
+    );
+    metric(
+        "omnode_heartbeats_received_total",
+        "counter",
+        "Membership heartbeats received.",
+        get(&c.heartbeats_received),
+    );
+    metric(
+        "omnode_map_loads_total",
+        "counter",
+        "Maps loaded into the running node (setpe -w, SIGHUP).",
+        get(&c.map_loads),
+    );
+    metric(
+        "omnode_map_load_failures_total",
+        "counter",
+        "Map loads refused (the map in use stayed).",
+        get(&c.map_load_failures),
+    );
     out
 }
 
@@ -238,7 +320,10 @@ mod tests {
         assert_eq!(line("omnode_node_id "), "omnode_node_id 1");
         assert_eq!(line("omnode_nodes_up "), "omnode_nodes_up 2");
         assert_eq!(line("omnode_links_up "), "omnode_links_up 1");
-        assert_eq!(line("omnode_node_load{node=\"2\"}"), "omnode_node_load{node=\"2\"} 1.5");
+        assert_eq!(
+            line("omnode_node_load{node=\"2\"}"),
+            "omnode_node_load{node=\"2\"} 1.5"
+        );
         assert!(line("omnode_node_up{node=\"3\"").ends_with(" 0"));
         assert!(!text.contains("omnode_node_load{node=\"3\"}"), "{text}");
         assert_eq!(

@@ -42,8 +42,7 @@ impl Reload {
         local: NodeId,
         node_arg: Option<NodeId>,
         port: u16,
-        map: Map,
-        path: PathBuf,
+        (map, path): (Map, PathBuf),
         transport: Arc<dyn Transport>,
         set_cluster: SetCluster,
         members: Addr<Members>,
@@ -99,7 +98,10 @@ impl Reload {
                 self.local
             ));
         }
-        let (was, now) = (old.node(local).map(|n| n.addr), new.node(local).map(|n| n.addr));
+        let (was, now) = (
+            old.node(local).map(|n| n.addr),
+            new.node(local).map(|n| n.addr),
+        );
         if was != now {
             return Err(format!(
                 "in {} node {local} has address {}, but this daemon listens on {}; a node cannot change its address while running: restart it with the new map",
@@ -147,7 +149,10 @@ impl Reload {
                 if v.is_empty() {
                     "none".to_string()
                 } else {
-                    v.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+                    v.iter()
+                        .map(|i| i.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
                 }
             };
             format!(

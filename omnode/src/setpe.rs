@@ -20,11 +20,13 @@ use crate::{Error, SocketArg};
         .required(true)
         .args(["write", "read", "check", "off"])
 ))]
-#[command(after_help = "Examples:\n  setpe -w -f /etc/openmosix.map   # load a new map into the running node\n  \
+#[command(
+    after_help = "Examples:\n  setpe -w -f /etc/openmosix.map   # load a new map into the running node\n  \
 setpe -r                         # print the map in use\n  setpe -c -f new.map              # check a map, change nothing\n  \
 setpe -off                       # this node leaves the cluster\n\n\
 Every node of a cluster must end up with the same map: load the new map on every running \
-node (nodes whose maps differ refuse each other until they agree); new nodes start with it.")]
+node (nodes whose maps differ refuse each other until they agree); new nodes start with it."
+)]
 pub struct Args {
     /// Load the map given with -f into the running node.
     #[arg(short = 'w', long = "write", requires = "file")]
@@ -102,7 +104,10 @@ fn ids(map: &Map) -> String {
 
 fn absolute(file: &Path) -> Result<PathBuf, Error> {
     std::path::absolute(file).map_err(|e| {
-        Error::Config(format!("{}: cannot make the path absolute: {e}", file.display()))
+        Error::Config(format!(
+            "{}: cannot make the path absolute: {e}",
+            file.display()
+        ))
     })
 }
 

@@ -15,7 +15,10 @@ use omnode_tests::{Cluster, free_port, omnode_bin, run_cli, wait_for};
 const FORM: Duration = Duration::from_secs(30);
 
 fn top() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
 }
 
 /// Run `cmd` to completion, killing it after `limit` (the test then fails, never hangs).
@@ -116,7 +119,10 @@ fn local_cluster_script_bad_arguments_say_why() {
         cmd.args(args).env("OMNODE_BIN", omnode_bin());
         let out = run_bounded(cmd, Duration::from_secs(30));
         let err = text(&out.stderr);
-        assert!(!out.status.success() && err.contains(want), "{args:?}: {err:?}");
+        assert!(
+            !out.status.success() && err.contains(want),
+            "{args:?}: {err:?}"
+        );
     }
 }
 
@@ -156,7 +162,10 @@ fn local_cluster_script_starts_a_cluster_and_stops_it() {
         }
     }
     // The table it printed shows both nodes up; node 2 answers on its socket.
-    assert!(seen.iter().any(|l| l.contains("2 of 2 nodes up")), "{seen:?}");
+    assert!(
+        seen.iter().any(|l| l.contains("2 of 2 nodes up")),
+        "{seen:?}"
+    );
     let sock = dir.path().join("node2.sock");
     let s = run_cli(&["status", "--json", "--socket", sock.to_str().unwrap()]);
     assert!(s.status.success(), "{}", text(&s.stderr));
@@ -388,8 +397,9 @@ fn the_daemon_tells_systemd_it_is_ready_once_it_answers() {
     signal(daemon.0.id(), "TERM");
     let n = manager.recv(&mut buf).expect("no STOPPING=1");
     assert!(text(&buf[..n]).contains("STOPPING=1"));
-    let st: Option<ExitStatus> =
-        wait_for(Duration::from_secs(10), || daemon.0.try_wait().ok().flatten());
+    let st: Option<ExitStatus> = wait_for(Duration::from_secs(10), || {
+        daemon.0.try_wait().ok().flatten()
+    });
     assert!(st.is_some_and(|s| s.success()), "{st:?}");
 }
 
@@ -406,7 +416,11 @@ fn install_into(root: &Path) -> Output {
 fn install_puts_binary_links_unit_init_script_man_pages_and_completions_in_place() {
     let root = tempfile::tempdir().unwrap();
     let out = install_into(root.path());
-    assert!(out.status.success(), "install failed: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "install failed: {}",
+        text(&out.stderr)
+    );
     let r = |p: &str| root.path().join(p.trim_start_matches('/'));
     let bin = r("/usr/bin/omnode");
     assert!(bin.metadata().unwrap().permissions().mode() & 0o111 != 0);
@@ -416,7 +430,10 @@ fn install_puts_binary_links_unit_init_script_man_pages_and_completions_in_place
     for name in &names {
         let link = r(&format!("/usr/bin/{name}"));
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("omnode"));
-        assert!(r(&format!("/usr/share/man/man1/{name}.1")).exists(), "{name}.1");
+        assert!(
+            r(&format!("/usr/share/man/man1/{name}.1")).exists(),
+            "{name}.1"
+        );
         assert!(r(&format!("/usr/share/bash-completion/completions/{name}")).exists());
         assert!(r(&format!("/usr/share/zsh/site-functions/_{name}")).exists());
         assert!(r(&format!("/usr/share/fish/vendor_completions.d/{name}.fish")).exists());
@@ -445,7 +462,11 @@ fn install_puts_binary_links_unit_init_script_man_pages_and_completions_in_place
     }
     let init = r("/etc/init.d/openmosix");
     assert!(init.metadata().unwrap().permissions().mode() & 0o111 != 0);
-    assert!(std::fs::read_to_string(&init).unwrap().contains("DAEMON=${OMNODE_DAEMON:-/usr/bin/omnode}"));
+    assert!(
+        std::fs::read_to_string(&init)
+            .unwrap()
+            .contains("DAEMON=${OMNODE_DAEMON:-/usr/bin/omnode}")
+    );
     assert!(r("/etc/default/omnode").exists());
 
     // Every man page renders.
@@ -509,7 +530,11 @@ impl Init {
     }
 
     fn pid(&self) -> Option<u32> {
-        std::fs::read_to_string(&self.pidfile).ok()?.trim().parse().ok()
+        std::fs::read_to_string(&self.pidfile)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 }
 
@@ -566,7 +591,10 @@ fn the_init_script_starts_reports_restarts_and_stops_a_node() {
         status.status.success() && said.contains("is running") && said.contains("1 of 1 nodes up"),
         "{said}"
     );
-    assert!(init.run("start").status.success(), "a second start is no error");
+    assert!(
+        init.run("start").status.success(),
+        "a second start is no error"
+    );
     assert_eq!(init.pid(), Some(pid));
 
     let restart = init.run("restart");
@@ -615,7 +643,10 @@ fn the_metrics_endpoint_answers_with_the_nodes_figures() {
     })
     .expect("no gossip counted");
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
-    assert!(body.contains("Content-Type: text/plain; version=0.0.4"), "{body}");
+    assert!(
+        body.contains("Content-Type: text/plain; version=0.0.4"),
+        "{body}"
+    );
     let value = |name: &str| -> f64 {
         body.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
