@@ -460,6 +460,35 @@ fn install_puts_binary_links_unit_init_script_man_pages_and_completions_in_place
     ] {
         assert!(unit.contains(want), "unit lacks {want}:\n{unit}");
     }
+    // systemd accepts the unit (when systemd-analyze is there; the binary path is the
+    // staged one, since verify checks that ExecStart exists).
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        let staged = root.path().join("omnode.service");
+        std::fs::write(
+            &staged,
+            unit.replace(
+                "ExecStart=/usr/bin/",
+                &format!("ExecStart={}/", r("/usr/bin").display()),
+            ),
+        )
+        .unwrap();
+        let v = Command::new("systemd-analyze")
+            .args(["verify", "--man=no"])
+            .arg(&staged)
+            .output()
+            .unwrap();
+        assert!(
+            v.status.success() && v.stderr.is_empty(),
+            "systemd-analyze verify: {}",
+            text(&v.stderr)
+        );
+    } else {
+        eprintln!("unit not verified: systemd-analyze is not installed");
+    }
     let init = r("/etc/init.d/openmosix");
     assert!(init.metadata().unwrap().permissions().mode() & 0o111 != 0);
     assert!(
