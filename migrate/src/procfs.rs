@@ -79,14 +79,11 @@ pub(crate) fn status_field<'a>(s: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-pub(crate) fn fdinfo(s: &str) -> (u64, u32) {
-    let pos = status_field(s, "pos")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let flags = status_field(s, "flags")
-        .and_then(|v| u32::from_str_radix(v, 8).ok())
-        .unwrap_or(0);
-    (pos, flags)
+/// (pos, flags) of a /proc/PID/fdinfo/N file; `None` when either is missing or unparsable.
+pub(crate) fn fdinfo(s: &str) -> Option<(u64, u32)> {
+    let pos = status_field(s, "pos")?.parse().ok()?;
+    let flags = u32::from_str_radix(status_field(s, "flags")?, 8).ok()?;
+    Some((pos, flags))
 }
 
 #[cfg(test)]

@@ -151,10 +151,11 @@ impl HomeShell {
         f: impl FnOnce(&mut Shell) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let pid = self.pid;
-        self.tracer.call(move |slot: &mut Slot| match slot.get::<Shell>() {
-            Some(s) => f(s),
-            None => Err(serr(pid, "the shell is gone")),
-        })?
+        self.tracer
+            .call(move |slot: &mut Slot| match slot.get::<Shell>() {
+                Some(s) => f(s),
+                None => Err(serr(pid, "the shell is gone")),
+            })?
     }
 
     /// The next event, or `None` when nothing happened within `timeout`.
@@ -261,8 +262,7 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
     ptrace_req(
         Req::SetOptions,
         pid,
-        (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL)
-            as usize,
+        (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACEEXIT | libc::PTRACE_O_EXITKILL) as usize,
     )
     .map_err(sio(pid, "PTRACE_SETOPTIONS"))?;
 
@@ -371,10 +371,7 @@ fn trim(
         if keep_names.contains(&m.name.as_str()) {
             continue;
         }
-        for (s, e) in minus(
-            (m.start, m.end),
-            &[keep_args, (scratch, scratch + SCRATCH)],
-        ) {
+        for (s, e) in minus((m.start, m.end), &[keep_args, (scratch, scratch + SCRATCH)]) {
             calls.push((libc::SYS_munmap, [s, e - s, 0, 0, 0, 0]));
             unmaps += 1;
         }
@@ -487,8 +484,7 @@ impl Shell {
             _ => return Err(serr(self.pid, "the previous event awaits a decision")),
         }
         loop {
-            let Some(st) = wait_until(self.pid, deadline).map_err(sio(self.pid, "waitpid"))?
-            else {
+            let Some(st) = wait_until(self.pid, deadline).map_err(sio(self.pid, "waitpid"))? else {
                 return Ok(None);
             };
             if let Some(e) = self.classify(st, deadline)? {
@@ -578,7 +574,8 @@ impl Shell {
             {
                 // a signal on the way: report it later, already suppressed
                 let info = SigInfo::parse(getsiginfo(pid).map_err(sio(pid, "GETSIGINFO"))?);
-                self.pending.push_back(ShellEvent::Signal { info, held: false });
+                self.pending
+                    .push_back(ShellEvent::Signal { info, held: false });
                 ptrace_req(Req::Cont, pid, 0).map_err(sio(pid, "PTRACE_CONT"))?;
                 continue;
             }

@@ -140,7 +140,11 @@ mod tests {
         let got = t.call(|s| s.get::<Probe>().is_some()).unwrap();
         assert!(got);
         drop(t);
-        assert_eq!(rx.recv().unwrap(), id1, "state dropped on the tracer thread");
+        assert_eq!(
+            rx.recv().unwrap(),
+            id1,
+            "state dropped on the tracer thread"
+        );
     }
 
     #[test]

@@ -271,7 +271,11 @@ fn a_thawed_process_gets_the_filter_and_the_caller_its_listener() {
     let server = std::thread::spawn(move || serve(l, 4242));
     assert!(exited_ok(q.wait(T)));
     let seen = server.join().unwrap();
-    assert_eq!(seen, vec![libc::SYS_getppid as i32], "only getppid is trapped");
+    assert_eq!(
+        seen,
+        vec![libc::SYS_getppid as i32],
+        "only getppid is trapped"
+    );
     assert_eq!(
         read(&out),
         format!("start ppid {me}\nend ppid 4242\n"),

@@ -65,7 +65,11 @@ fn thaw_against_a_changed_mapped_file_is_refused() {
     let e = migrate::thaw(&img[..], &migrate::ThawOptions::default()).expect_err("must refuse");
     assert!(matches!(e, migrate::Error::FileChanged { .. }), "{e}");
     // another node may still have the very file
-    assert_eq!(e.refusal(), Some(migrate::RefusalKind::RetryElsewhere), "{e}");
+    assert_eq!(
+        e.refusal(),
+        Some(migrate::RefusalKind::RetryElsewhere),
+        "{e}"
+    );
     assert!(e.to_string().contains("data"), "{e}");
 }
 

@@ -29,11 +29,38 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
             continue; // closed meanwhile
         };
         let link = link.to_string_lossy().into_owned();
-        let info = read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let (pos, flags) = fdinfo(&info);
+        let info = match read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")) {
+            Ok(i) => i,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed meanwhile
+            Err(e) => return Err(ferr(pid, format!("reading /proc/{pid}/fdinfo/{fd}"))(e)),
+        };
+        // fails closed: without its flags and offset an fd cannot be made again
+        let (pos, flags) = fdinfo(&info).ok_or_else(|| {
+            unsup(
+                pid,
+                format!("cannot parse /proc/{pid}/fdinfo/{fd}, so fd {fd} cannot be carried"),
+            )
+        })?;
         let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
         let stdio_ok = fd <= 2;
         let refuse = |what: &str| unsup(pid, format!("fd {fd} is {what} (not supported yet)"));
+        if flags & libc::O_PATH as u32 != 0 {
+            // O_PATH: a location only, opened again by path (no device or pipe is opened)
+            if !link.starts_with('/') || link.ends_with(" (deleted)") {
+                return Err(refuse(&format!("an O_PATH fd of {link}")));
+            }
+            let md = std::fs::metadata(e.path()).map_err(ferr(pid, format!("stat of fd {fd}")))?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::Path {
+                    path: link,
+                    flags,
+                    pos: 0,
+                    is_dir: md.is_dir(),
+                },
+            });
+            continue;
+        }
         if let Some(k) = link.strip_prefix("anon_inode:") {
             let what = match k.trim_matches(|c| c == '[' || c == ']') {
                 "eventpoll" => "an epoll instance".to_string(),

@@ -23,31 +23,32 @@ pub(super) fn find_gadget(pid: pid_t, vmas: &[Vma]) -> Option<u64> {
     None
 }
 
-/// /proc/PID/limits lists RLIMIT_* 0..15 in order, after one header line.
-pub(super) fn parse_limits(s: &str) -> Vec<(u32, u64, u64)> {
+/// /proc/PID/limits lists RLIMIT_* 0..15 in order, after one header line. `None` unless all
+/// 16 are there and every value parses (fails closed: never "unlimited" by default).
+pub(super) fn parse_limits(s: &str) -> Option<Vec<(u32, u64, u64)>> {
     let val = |v: &str| {
         if v == "unlimited" {
-            u64::MAX
+            Some(u64::MAX)
         } else {
-            v.parse().unwrap_or(u64::MAX)
+            v.parse().ok()
         }
     };
-    s.lines()
+    let v = s
+        .lines()
         .skip(1)
         .enumerate()
-        .filter_map(|(i, l)| {
+        .map(|(i, l)| {
             // the name column is 26 characters wide
             let rest = l.get(26..)?;
             let mut w = rest.split_whitespace();
-            Some((i as u32, val(w.next()?), val(w.next()?)))
+            Some((i as u32, val(w.next()?)?, val(w.next()?)?))
         })
-        .collect()
+        .collect::<Option<Vec<_>>>()?;
+    (v.len() == 16).then_some(v)
 }
 
-pub(super) fn sigmask_field(st: &str, key: &str) -> u64 {
-    status_field(st, key)
-        .and_then(|v| u64::from_str_radix(v, 16).ok())
-        .unwrap_or(0)
+pub(super) fn sigmask_field(st: &str, key: &str) -> Option<u64> {
+    status_field(st, key).and_then(|v| u64::from_str_radix(v, 16).ok())
 }
 
 #[cfg(test)]
@@ -57,7 +58,9 @@ mod tests {
     #[test]
     fn limits_parse_in_resource_order() {
         let s = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let l = parse_limits(&s);
+        let l = parse_limits(&s).unwrap();
+        assert!(parse_limits(&s.replace("unlimited", "unlimitedx")).is_none());
+        assert!(parse_limits(&s[..s.len() / 2]).is_none());
         assert_eq!(l.len(), 16);
         let mut want = libc::rlimit {
             rlim_cur: 0,

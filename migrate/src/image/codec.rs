@@ -221,6 +221,14 @@ impl ProcessImage {
                 }
             }
         }
+        // appended after the first version of this section; a section without them decodes
+        // with the defaults (not carried then)
+        for v in &self.vmas {
+            e.u32(v.flags)
+        }
+        e.u64(self.thp_disable);
+        e.u8(self.child_subreaper as u8);
+        e.u32(self.oom_score_adj as u32);
         e.0
     }
 
@@ -361,6 +369,7 @@ impl ProcessImage {
                 kind,
                 name,
                 file,
+                flags: 0,
             })
         }
         let n = d.len(1 << 20)?;
@@ -387,6 +396,21 @@ impl ProcessImage {
                 return Err(corrupt("fd number"));
             }
             p.fds.push(Fd { fd, kind })
+        }
+        if !d.done() {
+            for v in p.vmas.iter_mut() {
+                v.flags = d.u32()?;
+            }
+            p.thp_disable = d.u64()?;
+            p.child_subreaper = match d.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt("child subreaper")),
+            };
+            p.oom_score_adj = d.u32()? as i32;
+            if !(-1000..=1000).contains(&p.oom_score_adj) {
+                return Err(corrupt("oom_score_adj"));
+            }
         }
         if !d.done() {
             return Err(corrupt("trailing bytes"));
@@ -430,7 +454,11 @@ mod tests {
                 kind: VmaKind::Anon,
                 name: "[stack]".into(),
                 file: None,
+                flags: vmflag::DONTDUMP | vmflag::LOCKED,
             }],
+            thp_disable: 3,
+            child_subreaper: true,
+            oom_score_adj: -17,
             fds: vec![
                 Fd {
                     fd: 1,
@@ -457,8 +485,21 @@ mod tests {
         assert_eq!(format!("{p:?}"), format!("{q:?}"));
         // every truncation of the section is an error, never a panic
         let b = p.encode();
+        // ...except exactly where the first version of the section ended: that decodes,
+        // with nothing of the appended fields carried
+        let v1 = b.len() - (4 * p.vmas.len() + 8 + 1 + 4);
         for n in 0..b.len() {
-            assert!(ProcessImage::decode(&b[..n]).is_err());
+            assert_eq!(ProcessImage::decode(&b[..n]).is_ok(), n == v1, "cut at {n}");
         }
+        let old = ProcessImage::decode(&b[..v1]).unwrap();
+        assert_eq!(
+            (
+                old.vmas[0].flags,
+                old.thp_disable,
+                old.child_subreaper,
+                old.oom_score_adj
+            ),
+            (0, 0, false, 0)
+        );
     }
 }

@@ -23,7 +23,11 @@ pub(super) fn restore_fds(
             let pf = match pidfd {
                 Some(p) => p,
                 None => {
-                    let p = b.sys("pidfd_open of the caller", libc::SYS_pidfd_open, &[caller as u64, 0])?;
+                    let p = b.sys(
+                        "pidfd_open of the caller",
+                        libc::SYS_pidfd_open,
+                        &[caller as u64, 0],
+                    )?;
                     // above every fd of the image, so no restored fd closes it
                     let q = b.sys(
                         "fcntl(F_DUPFD_CLOEXEC)",
@@ -96,6 +100,9 @@ pub(super) fn restore_fds(
                         &[r, fd, (fl & libc::O_CLOEXEC as u32) as u64],
                     )?;
                     b.sys("close", libc::SYS_close, &[r])?;
+                }
+                if flags & libc::O_PATH as u32 != 0 {
+                    continue; // no offset: an O_PATH fd does no I/O
                 }
                 let r =
                     b.t.syscall_raw(libc::SYS_lseek, &[fd, *pos, libc::SEEK_SET as u64])

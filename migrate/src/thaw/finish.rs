@@ -98,7 +98,11 @@ pub(super) fn finish(
     ));
     if let Some(fd) = listener_in_child {
         // the caller holds its own copy of the listener
-        calls.push(call("close of the seccomp listener", libc::SYS_close, &[fd]));
+        calls.push(call(
+            "close of the seccomp listener",
+            libc::SYS_close,
+            &[fd],
+        ));
     }
     if let Some((p, l, s)) = img.rseq {
         calls.push(call("rseq", libc::SYS_rseq, &[p, l as u64, 0, s as u64]));
