@@ -68,6 +68,8 @@ pub mod vmflag {
     pub const LOCKONFAULT: u32 = 1 << 10;
     /// "nr": MAP_NORESERVE.
     pub const NORESERVE: u32 = 1 << 11;
+    /// "ac": charged to the commit limit (a private mapping that is or was writable).
+    pub const ACCOUNT: u32 = 1 << 12;
     /// The VmFlags mnemonics carried, with their bit.
     pub const CARRIED: &[(&str, u32)] = &[
         ("mw", MAY_WRITE),
@@ -82,10 +84,11 @@ pub mod vmflag {
         ("lo", LOCKED),
         ("lf", LOCKONFAULT),
         ("nr", NORESERVE),
+        ("ac", ACCOUNT),
     ];
     /// Mnemonics that follow from how a mapping is made again (protection, sharing, may-read/
-    /// exec/share, accounting, soft-dirty, grows-down), so need no bit of their own.
-    pub const IMPLIED: &[&str] = &["rd", "wr", "ex", "sh", "mr", "me", "ms", "ac", "sd", "gd"];
+    /// exec/share, soft-dirty, grows-down), so need no bit of their own.
+    pub const IMPLIED: &[&str] = &["rd", "wr", "ex", "sh", "mr", "me", "ms", "sd", "gd"];
 }
 
 impl Vma {

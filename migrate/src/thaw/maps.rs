@@ -24,14 +24,19 @@ pub(super) fn find_gap(busy: &mut [(u64, u64)], size: u64, lo: u64) -> Option<u6
     }
 }
 
-/// The protection a mapping is made with: shared anonymous memory is written by
-/// process_vm_writev, which honours protections and cannot write a read-only shared mapping
-/// even through /proc/PID/mem, so it is made writable and set back by [`after_contents`].
+/// The protection a mapping is made with, set back by [`after_contents`]: shared anonymous
+/// memory is written by process_vm_writev, which honours protections and cannot write a
+/// read-only shared mapping even through /proc/PID/mem, so it is made writable; a read-only
+/// private mapping that was writable once (RELRO, "ac") is made writable so that the kernel
+/// charges it again, as it did the original (else it would also merge with its neighbours).
 pub(super) fn map_prot(v: &Vma) -> u32 {
-    if v.kind == VmaKind::SharedAnon {
-        v.prot | (libc::PROT_READ | libc::PROT_WRITE) as u32
-    } else {
-        v.prot
+    let rw = (libc::PROT_READ | libc::PROT_WRITE) as u32;
+    match v.kind {
+        VmaKind::SharedAnon => v.prot | rw,
+        VmaKind::Anon | VmaKind::File if !v.shared && v.flags & vmflag::ACCOUNT != 0 => {
+            v.prot | libc::PROT_WRITE as u32
+        }
+        _ => v.prot,
     }
 }
 

@@ -2,6 +2,8 @@
 //! every process is killed and reaped even when a test fails.
 #![allow(dead_code)]
 
+pub mod check;
+
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
