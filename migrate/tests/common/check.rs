@@ -12,9 +12,28 @@ pub struct View {
 
 /// Lines of /proc/PID/status compared (the rest are counters or PIDs).
 const STATUS: &[&str] = &[
-    "Umask", "Uid", "Gid", "Groups", "NoNewPrivs", "Seccomp", "SigPnd", "ShdPnd", "SigBlk",
-    "SigIgn", "SigCgt", "CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb", "THP_enabled", "VmLck",
-    "Speculation_Store_Bypass", "Cpus_allowed_list", "Mems_allowed_list", "untag_mask",
+    "Umask",
+    "Uid",
+    "Gid",
+    "Groups",
+    "NoNewPrivs",
+    "Seccomp",
+    "SigPnd",
+    "ShdPnd",
+    "SigBlk",
+    "SigIgn",
+    "SigCgt",
+    "CapInh",
+    "CapPrm",
+    "CapEff",
+    "CapBnd",
+    "CapAmb",
+    "THP_enabled",
+    "VmLck",
+    "Speculation_Store_Bypass",
+    "Cpus_allowed_list",
+    "Mems_allowed_list",
+    "untag_mask",
     "x86_Thread_features",
 ];
 
@@ -63,14 +82,17 @@ impl View {
                 })
                 .collect(),
         );
-        t.insert("limits", rd(pid, "limits").lines().map(String::from).collect());
-        t.insert("oom_score_adj", vec![rd(pid, "oom_score_adj").trim().into()]);
+        t.insert(
+            "limits",
+            rd(pid, "limits").lines().map(String::from).collect(),
+        );
+        t.insert(
+            "oom_score_adj",
+            vec![rd(pid, "oom_score_adj").trim().into()],
+        );
         t.insert("personality", vec![rd(pid, "personality").trim().into()]);
         t.insert("comm", vec![rd(pid, "comm").trim().into()]);
-        t.insert(
-            "cmdline",
-            vec![rd(pid, "cmdline").replace('\0', " ")],
-        );
+        t.insert("cmdline", vec![rd(pid, "cmdline").replace('\0', " ")]);
         let link = |f: &str| {
             std::fs::read_link(format!("/proc/{pid}/{f}"))
                 .map(|p| p.display().to_string())
