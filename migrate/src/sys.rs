@@ -93,11 +93,21 @@ pub(crate) fn geteventmsg(pid: pid_t) -> io::Result<u64> {
 }
 
 /// waitpid(__WALL | WNOHANG) until `pid` reports or `deadline` passes (`Ok(None)`): a tracee that
-/// never stops (uninterruptible sleep) cannot hang the caller. Spins briefly first (injected
-/// calls take microseconds), then sleeps in growing steps of up to 2 ms.
+/// never stops (uninterruptible sleep) cannot hang the caller. Polls in sleeps growing from 5 µs
+/// to 1 ms, with this thread's timer slack cut to 1 µs so short sleeps stay short (the tracer
+/// thread is dedicated, so that setting affects nothing else).
 pub(crate) fn wait_until(pid: pid_t, deadline: std::time::Instant) -> io::Result<Option<i32>> {
-    let mut spins = 0u32;
-    let mut nap = std::time::Duration::from_micros(20);
+    thread_local! {
+        static SLACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    SLACK.with(|s| {
+        if !s.get() {
+            // SAFETY: prctl with integer arguments; affects only this thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
+            s.set(true);
+        }
+    });
+    let mut nap = std::time::Duration::from_micros(5);
     loop {
         let mut st = 0;
         // SAFETY: plain waitpid.
@@ -116,13 +126,8 @@ pub(crate) fn wait_until(pid: pid_t, deadline: std::time::Instant) -> io::Result
         if now >= deadline {
             return Ok(None);
         }
-        if spins < 200 {
-            spins += 1;
-            std::thread::yield_now();
-        } else {
-            std::thread::sleep(nap.min(deadline - now));
-            nap = (nap * 2).min(std::time::Duration::from_millis(2));
-        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_millis(1));
     }
 }
 
@@ -632,4 +637,56 @@ pub(crate) fn stat_id(path: &str) -> io::Result<crate::image::FileId> {
         mtime_sec: m.mtime(),
         mtime_nsec: m.mtime_nsec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_runs_must_fit_the_buffer() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let src = [7u8; 64];
+        let mut dst = [0u8; 64];
+        let at = dst.as_mut_ptr() as u64;
+        // runs longer than the buffer: refused before any copy
+        let e = write_mem(me, &src[..16], &[(at, 32)]).expect_err("run past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(at, 40), (at + 40, 40)]).expect_err("sum past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(u64::MAX - 4, 8)]).expect_err("wrapping run");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(dst, [0u8; 64], "nothing may be written on a refused call");
+        // runs within the buffer work
+        write_mem(me, &src, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(&dst[..8], &[7u8; 8]);
+        assert_eq!(&dst[8..32], &[0u8; 24]);
+        assert_eq!(&dst[32..40], &[7u8; 8]);
+        let mut back = [0u8; 16];
+        read_mem(me, &mut back, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(back, [7u8; 16]);
+        let e = read_mem(me, &mut back, &[(at, 8)]).expect_err("read runs must fill it");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn wait_until_returns_at_the_deadline() {
+        #[allow(clippy::zombie_processes)] // reaped by wait_until below
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as pid_t;
+        let t0 = std::time::Instant::now();
+        let r = wait_until(pid, t0 + std::time::Duration::from_millis(50)).unwrap();
+        assert_eq!(r, None);
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        child.kill().unwrap();
+        let st = wait_until(pid, t0 + std::time::Duration::from_secs(10))
+            .unwrap()
+            .expect("the killed child reports");
+        assert!(libc::WIFSIGNALED(st));
+    }
 }

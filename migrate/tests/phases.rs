@@ -169,6 +169,11 @@ fn a_placeholder_takes_the_place_of_a_reopened_file() {
 
 /// A filter that sends getppid to the listener and allows everything else (x86_64 only).
 fn getppid_filter() -> migrate::SeccompFilter {
+    filter_trapping(&[libc::SYS_getppid])
+}
+
+/// A filter that sends the calls `nrs` to the listener and allows everything else.
+fn filter_trapping(nrs: &[i64]) -> migrate::SeccompFilter {
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
     let stmt = |code: u32, k: u32| libc::sock_filter {
         code: code as u16,
@@ -185,19 +190,24 @@ fn getppid_filter() -> migrate::SeccompFilter {
     let ld = libc::BPF_LD | libc::BPF_W | libc::BPF_ABS;
     let jeq = libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K;
     let ret = libc::BPF_RET | libc::BPF_K;
-    migrate::SeccompFilter(vec![
+    let mut p = vec![
         stmt(ld, 4), // arch
         jump(jeq, AUDIT_ARCH_X86_64, 1, 0),
         stmt(ret, libc::SECCOMP_RET_KILL_PROCESS),
         stmt(ld, 0), // nr
-        jump(jeq, libc::SYS_getppid as u32, 0, 1),
-        stmt(ret, libc::SECCOMP_RET_USER_NOTIF),
-        stmt(ret, libc::SECCOMP_RET_ALLOW),
-    ])
+    ];
+    // tests at 4.., then ALLOW at 4+n, USER_NOTIF at 4+n+1: a match jumps n-i ahead
+    let n = nrs.len();
+    for (i, &nr) in nrs.iter().enumerate() {
+        p.push(jump(jeq, nr as u32, (n - i) as u8, 0));
+    }
+    p.push(stmt(ret, libc::SECCOMP_RET_ALLOW));
+    p.push(stmt(ret, libc::SECCOMP_RET_USER_NOTIF));
+    migrate::SeccompFilter(p)
 }
 
-/// Answers every notification on `l` with `val` until the listener reports no more users;
-/// returns the syscall numbers seen.
+/// Answers getppid notifications on `l` with `val` and lets every other call run ("continue"),
+/// until the listener reports no more users; returns the syscall numbers seen.
 fn serve(l: OwnedFd, val: i64) -> Vec<i32> {
     let mut seen = Vec::new();
     loop {
@@ -229,6 +239,10 @@ fn serve(l: OwnedFd, val: i64) -> Vec<i32> {
             error: 0,
             flags: 0,
         };
+        if req.data.nr as i64 != libc::SYS_getppid {
+            resp.val = 0;
+            resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+        }
         // SAFETY: the ioctl reads one seccomp_notif_resp.
         unsafe { libc::ioctl(l.as_raw_fd(), libc::SECCOMP_IOCTL_NOTIF_SEND, &mut resp) };
     }
@@ -281,4 +295,46 @@ fn a_thawed_process_gets_the_filter_and_the_caller_its_listener() {
         format!("start ppid {me}\nend ppid 4242\n"),
         "the answer from the listener was not what the program saw"
     );
+}
+
+#[test]
+fn calls_the_thaw_injects_after_the_filter_run_even_when_the_filter_traps_them() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("ppid")).arg("30"), &out, None);
+    wait_lines(&out, 1, T);
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    // everything the run phase injects (credentials, prctl, close of the listener, rseq,
+    // munmap of the trampoline) is trapped: the engine must answer them itself
+    let trapped = [
+        libc::SYS_getppid,
+        libc::SYS_setgroups,
+        libc::SYS_setresgid,
+        libc::SYS_setresuid,
+        libc::SYS_prctl,
+        libc::SYS_close,
+        libc::SYS_rseq,
+        libc::SYS_munmap,
+        libc::SYS_rt_sigqueueinfo,
+        libc::SYS_rt_tgsigqueueinfo,
+        libc::SYS_setitimer,
+    ];
+    let opts = migrate::ThawOptions {
+        seccomp_filter: Some(filter_trapping(&trapped)),
+        ..Default::default()
+    };
+    let t = migrate::thaw(&img[..], &opts).expect("thaw with a broad filter");
+    let mut q = Proc::new(t.pid);
+    let l = t.listener.expect("listener");
+    let server = std::thread::spawn(move || serve(l, 4242));
+    assert!(exited_ok(q.wait(T)));
+    let seen = server.join().unwrap();
+    assert!(seen.contains(&(libc::SYS_getppid as i32)), "{seen:?}");
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    assert_eq!(read(&out), format!("start ppid {me}\nend ppid 4242\n"));
 }

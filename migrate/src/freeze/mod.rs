@@ -627,3 +627,75 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
 
     Ok(img)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A vfork parent sleeps uninterruptibly (state D) until its child execs or exits: the
+    /// stop must time out with `Stuck`, and the process must run on untouched and untraced.
+    /// The refusal checks (it has a child) are skipped here to reach the wait itself.
+    #[test]
+    fn a_process_in_uninterruptible_sleep_times_out_and_runs_on() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: this test needs root (ptrace)"
+            );
+            eprintln!("SKIPPED: needs root (ptrace of another process)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("vf.c");
+        std::fs::write(
+            &src,
+            "#include <unistd.h>\n#include <time.h>\nint main(void){ if (vfork()==0){ struct timespec t={1,500000000}; nanosleep(&t,0); _exit(0);} write(1,\"parent ran on\\n\",14); return 7; }\n",
+        )
+        .unwrap();
+        let exe = dir.path().join("vf");
+        assert!(
+            Command::new("gcc")
+                .arg("-o")
+                .arg(&exe)
+                .arg(&src)
+                .status()
+                .expect("gcc")
+                .success()
+        );
+        let child = Command::new(&exe)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // wait until it sleeps in vfork (state D)
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = read_to_string(&format!("/proc/{pid}/stat")).unwrap_or_default();
+            if st
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('D'))
+            {
+                break;
+            }
+            assert!(Instant::now() < end, "never in state D: {st}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let tracer = Tracer::spawn("omnode-test-stuck".into()).unwrap();
+        let t0 = Instant::now();
+        let r = tracer
+            .call(move |slot| stop(slot, pid, Duration::from_millis(200)))
+            .unwrap();
+        let e = r.expect_err("a D-state process cannot stop");
+        assert!(matches!(e, Error::Stuck { .. }), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::TryLater);
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        drop(tracer);
+        let st = read_to_string(&format!("/proc/{pid}/status")).unwrap();
+        assert!(st.contains("TracerPid:\t0"), "left traced:\n{st}");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(7), "{:?}", out.status);
+        assert_eq!(out.stdout, b"parent ran on\n");
+    }
+}
