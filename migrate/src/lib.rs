@@ -42,8 +42,8 @@ mod tracer;
 
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
-    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed, freeze,
-    seize,
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
+    can_thaw_here, freeze, seize,
 };
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

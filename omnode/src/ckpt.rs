@@ -4,19 +4,35 @@
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Stop a running process, write its image to a file, and end it.
+    /// Stop a running process, write its image to a file (mode 0600), and end it.
     ///
-    /// Single-threaded x86_64 processes only. Anything that cannot be restored faithfully
-    /// (threads, sockets, shared memory, epoll/eventfd/timerfd/signalfd/inotify, child
-    /// processes, a process already traced) is refused before the process is touched; on
-    /// any failure the process keeps running unchanged.
+    /// Carried: registers and FPU/vector state, memory (private, shared-anonymous owned by
+    /// the process alone, read-only and PROT_NONE mappings included) with each mapping's
+    /// protections, grows-down flag, madvise state (DONTDUMP, DONTFORK, WIPEONFORK, HUGEPAGE,
+    /// NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM), mlock/MLOCK_ONFAULT, MAP_NORESERVE and the
+    /// maximum protection of shared file mappings; regular files, directories, O_PATH fds and
+    /// /dev/null-like devices at their offsets and flags; stdio terminals and pipes (attached
+    /// to thaw's); signal handlers, mask, pending signals, alternate stack; interval timers;
+    /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
+    /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
+    ///
+    /// Refused before the process is touched (it keeps running unchanged), because thaw could
+    /// not restore it exactly: threads, child processes, sockets, pipes/FIFOs/terminals beyond
+    /// fds 0-2, epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
+    /// shared memory, memfd, deleted files, shared memory also mapped by another process,
+    /// userfaultfd, sealed or device mappings, seccomp filters, a parent-death signal, a
+    /// process already traced. Every check fails closed: what cannot be read is refused.
+    /// A user who could not thaw the image (non-root) cannot end the process: use
+    /// --leave-running.
     Freeze(FreezeArgs),
-    /// Recreate a frozen process from its image as a new process, print its PID and return.
+    /// Recreate a frozen process from its image as a new process, report its PID (on stderr,
+    /// or alone on stdout with --print-pid) and return.
     ///
     /// Mapped files and the executable must be the same as at freeze (size and mtime, and
     /// inode on the same machine), or the thaw is refused. A stdin/stdout/stderr that was a
@@ -57,6 +73,11 @@ pub struct ThawArgs {
     /// Where a terminal/pipe stderr now goes (file is created or appended; default: this command's stderr).
     #[arg(long, value_name = "FILE")]
     pub stderr: Option<PathBuf>,
+    /// Print the new PID alone on stdout (for scripts). Refused when the thawed program's own
+    /// stdout would be this command's stdout (name a file with --stdout): the PID never goes
+    /// into the program's output. Without it the PID is reported on stderr.
+    #[arg(long)]
+    pub print_pid: bool,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,7 +101,18 @@ pub fn run(cmd: Cmd) -> ExitCode {
 
 fn freeze(a: FreezeArgs) -> ExitCode {
     let path = a.image.display().to_string();
-    let f = match File::create(&a.image) {
+    // 0600: an image holds the process's whole memory (its secrets); a file that existed is
+    // made 0600 too before anything is written into it
+    let f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&a.image)
+        .and_then(|f| {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            Ok(f)
+        }) {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot create image file {path}: {e}")),
     };
@@ -155,15 +187,34 @@ fn thaw(a: ThawArgs) -> ExitCode {
         stderr: stderr.as_ref().map(|f| f.as_raw_fd()),
         ..Default::default()
     };
-    let t = match migrate::thaw(BufReader::with_capacity(64 << 10, f), &opts) {
+    let reader = match migrate::ImageReader::new(BufReader::with_capacity(64 << 10, f)) {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{path}: {e}")),
+    };
+    let stdout_is_ours = reader
+        .process()
+        .fds
+        .iter()
+        .any(|f| f.fd == 1 && matches!(f.kind, migrate::FdKind::Stdio { .. }))
+        && a.stdout.is_none();
+    if a.print_pid && stdout_is_ours {
+        return fail(format_args!(
+            "{path}: --print-pid would write the PID into the thawed program's own stdout (it is this command's stdout); name a file for it with --stdout FILE"
+        ));
+    }
+    let t = match thaw_phases(reader, &opts) {
         Ok(t) => t,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
     if let Some(n) = &t.pid_note {
         eprintln!("omnode: {n}");
     }
-    println!("{}", t.pid);
-    let _ = std::io::stdout().flush();
+    if a.print_pid {
+        println!("{}", t.pid);
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!("omnode: thawed process {} as PID {}", t.old_pid, t.pid);
+    }
     if !a.wait {
         return ExitCode::SUCCESS;
     }
@@ -184,6 +235,18 @@ fn thaw(a: ThawArgs) -> ExitCode {
         128 + (st & 0x7f)
     };
     ExitCode::from(code as u8)
+}
+
+/// [`migrate::thaw`], from an image whose process section was already read.
+fn thaw_phases<R: std::io::Read>(
+    mut reader: migrate::ImageReader<R>,
+    opts: &migrate::ThawOptions,
+) -> migrate::Result<migrate::Thawed> {
+    let mut t = migrate::Thawing::skeleton(&reader, opts)?;
+    t.pages(&mut reader)?;
+    t.attributes()?;
+    t.fds()?;
+    t.run()
 }
 
 unsafe extern "C" {

@@ -270,6 +270,17 @@ impl Seized {
                 ),
             });
         }
+        if ending == Ending::Kill {
+            if let Err(reason) = can_thaw_here() {
+                // put it back as it was: no process is lost
+                self.tracer.call(|slot| {
+                    if let Some(g) = slot.get::<Held>() {
+                        g.release();
+                    }
+                })?;
+                return Err(unsup(pid, reason));
+            }
+        }
         match ending {
             Ending::Release => {
                 self.tracer.call(|slot| {
@@ -294,10 +305,36 @@ impl Seized {
     }
 }
 
+/// Whether this process may thaw images: the thaw sets the executable of the new process
+/// (PR_SET_MM_MAP with exe_fd: CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN) and its groups
+/// (setgroups: CAP_SETGID). `Err` with the reason when it may not; fails closed when its own
+/// capabilities cannot be read.
+pub fn can_thaw_here() -> std::result::Result<(), String> {
+    let st = read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status to check its capabilities: {e}"))?;
+    let eff = status_field(&st, "CapEff")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .ok_or("cannot parse CapEff in /proc/self/status")?;
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    const CAP_SETGID: u32 = 6;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    if !has(CAP_SETGID) || !(has(CAP_SYS_ADMIN) || has(CAP_CHECKPOINT_RESTORE)) {
+        return Err(
+            "this user could not thaw it (thaw needs root, or CAP_CHECKPOINT_RESTORE and CAP_SETGID), so ending it would lose it; checkpoint it with --leave-running, or freeze as root".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Freezes process `pid` into `out`: [`seize`] → collect → stream → finish. Without
 /// `leave_running` the process is killed once the whole image has been written and flushed. On
 /// any error the process is left running, untouched.
 pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<FreezeReport> {
+    if !opts.leave_running {
+        // a freeze never ends a process its caller cannot thaw: checked before touching it
+        can_thaw_here().map_err(|reason| unsup(pid, reason))?;
+    }
     let mut s = seize(pid, DEFAULT_STOP_TIMEOUT)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
