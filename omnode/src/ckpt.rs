@@ -78,6 +78,11 @@ pub struct ThawArgs {
     /// into the program's output. Without it the PID is reported on stderr.
     #[arg(long)]
     pub print_pid: bool,
+    /// What an fd whose other end lay outside the process (an inherited pipe or FIFO) gets
+    /// now: `N=FILE` (opened for reading, or created/appended for writing, as that end was)
+    /// or `N=null`. Thaw names the fds that need one.
+    #[arg(long = "fd", value_name = "N=FILE|N=null")]
+    pub fds: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -179,17 +184,51 @@ fn thaw(a: ThawArgs) -> ExitCode {
         Some(Ok(f)) => Some(f),
         None => None,
     };
+    let reader = match migrate::ImageReader::new(BufReader::with_capacity(64 << 10, f)) {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{path}: {e}")),
+    };
+    // --fd N=FILE / N=null for the fds that lay outside the process
+    let mut named: Vec<(i32, File)> = Vec::new();
+    for spec in &a.fds {
+        let Some((n, target)) = spec.split_once('=') else {
+            return fail(format_args!("--fd {spec}: expected N=FILE or N=null"));
+        };
+        let Ok(n) = n.parse::<i32>() else {
+            return fail(format_args!("--fd {spec}: {n} is not an fd number"));
+        };
+        let Some(flags) = reader.process().fds.iter().find_map(|f| match &f.kind {
+            migrate::FdKind::External { flags, .. } if f.fd == n => Some(*flags),
+            _ => None,
+        }) else {
+            return fail(format_args!(
+                "--fd {spec}: fd {n} of the image is not one that lay outside the process"
+            ));
+        };
+        let path = if target == "null" {
+            "/dev/null"
+        } else {
+            target
+        };
+        let mut o = std::fs::OpenOptions::new();
+        match flags & libc_o_accmode() {
+            0 => o.read(true),
+            1 => o.append(true).create(true),
+            _ => o.read(true).append(true).create(true),
+        };
+        match o.open(path) {
+            Ok(f) => named.push((n, f)),
+            Err(e) => return fail(format_args!("--fd {spec}: cannot open {path}: {e}")),
+        }
+    }
     let opts = migrate::ThawOptions {
+        fd_placeholders: named.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect(),
         same_pid: a.same_pid,
         same_pid_wait: None,
         stdin: stdin.as_ref().map(|f| f.as_raw_fd()),
         stdout: stdout.as_ref().map(|f| f.as_raw_fd()),
         stderr: stderr.as_ref().map(|f| f.as_raw_fd()),
         ..Default::default()
-    };
-    let reader = match migrate::ImageReader::new(BufReader::with_capacity(64 << 10, f)) {
-        Ok(r) => r,
-        Err(e) => return fail(format_args!("{path}: {e}")),
     };
     let stdout_is_ours = reader
         .process()
@@ -235,6 +274,10 @@ fn thaw(a: ThawArgs) -> ExitCode {
         128 + (st & 0x7f)
     };
     ExitCode::from(code as u8)
+}
+
+const fn libc_o_accmode() -> u32 {
+    3 // O_ACCMODE
 }
 
 /// [`migrate::thaw`], from an image whose process section was already read.
@@ -322,6 +365,12 @@ fn image(a: ImageArgs) -> ExitCode {
             } => format!("{path} (flags {flags:#o}, offset {pos})"),
             migrate::FdKind::SharedWith { fd, .. } => format!("same open file as fd {fd}"),
             migrate::FdKind::Stdio { what, .. } => format!("{what} (attached to thaw's stdio)"),
+            migrate::FdKind::External { what, .. } => {
+                format!(
+                    "{what}, outside the process (thaw needs --fd {}=FILE or =null)",
+                    f.fd
+                )
+            }
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
     }

@@ -87,7 +87,15 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 });
                 continue;
             }
-            return Err(refuse("a pipe"));
+            external_pipe(pid, fd, &link, flags, &dir)?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::External {
+                    what: format!("{} end of {link}", end_name(flags)),
+                    flags,
+                },
+            });
+            continue;
         }
         if !link.starts_with('/') {
             return Err(refuse(&link));
@@ -116,10 +124,18 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 });
                 continue;
             }
-            return Err(refuse(&format!(
-                "{} {link}",
-                if is_tty { "a terminal" } else { "a fifo" }
-            )));
+            if is_tty {
+                return Err(refuse(&format!("a terminal {link}")));
+            }
+            external_pipe(pid, fd, &link, flags, &dir)?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::External {
+                    what: format!("{} end of fifo {link}", end_name(flags)),
+                    flags,
+                },
+            });
+            continue;
         }
         if ft.is_char_device() && !SAFE_CHARDEVS.contains(&link.as_str()) {
             return Err(refuse(&format!("device {link}")));
@@ -139,6 +155,64 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
     }
     fds.sort_by_key(|f| f.fd);
     Ok(fds)
+}
+
+fn end_name(flags: u32) -> &'static str {
+    match flags & libc::O_ACCMODE as u32 {
+        0 => "read",
+        1 => "write",
+        _ => "read-write",
+    }
+}
+
+/// A pipe or FIFO above fd 2 is carried as external (thaw attaches it to what the user names)
+/// when its other end lies outside the process and no data waiting in it would be lost;
+/// otherwise refused. Fails closed: what cannot be checked is refused.
+fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str) -> Result<()> {
+    let refuse = |why: String| unsup(pid, format!("fd {fd} is {link}, {why}"));
+    // the process holds it at another fd as well (both ends: a self-pipe)
+    let rd = std::fs::read_dir(dir).map_err(ferr(pid, format!("listing {dir}")))?;
+    for e in rd {
+        let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
+        let other = e.file_name().to_string_lossy().into_owned();
+        if other == fd.to_string() {
+            continue;
+        }
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link) {
+            return Err(refuse(format!(
+                "which the process also holds at fd {other} (a pipe inside the process; not supported yet)"
+            )));
+        }
+    }
+    if flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32 {
+        // data the process has not read yet would stay behind in the old pipe
+        let copy = crate::seccomp::pidfd_getfd(pid, fd).map_err(|e| {
+            refuse(format!(
+                "and whether it holds unread data cannot be checked (pidfd_getfd: {e})"
+            ))
+        })?;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        if unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&copy),
+                libc::FIONREAD,
+                &mut n,
+            )
+        } != 0
+        {
+            return Err(refuse(format!(
+                "and whether it holds unread data cannot be checked (FIONREAD: {})",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if n > 0 {
+            return Err(refuse(format!(
+                "with {n} bytes the process has not read yet, which thaw could not give back (not supported yet)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Marks fds that share an open file description with an earlier one (kcmp).

@@ -219,6 +219,11 @@ impl ProcessImage {
                     e.str(what);
                     e.u8(*cloexec as u8)
                 }
+                FdKind::External { what, flags } => {
+                    e.u8(3);
+                    e.str(what);
+                    e.u32(*flags)
+                }
             }
         }
         // appended after the first version of this section; a section without them decodes
@@ -390,6 +395,10 @@ impl ProcessImage {
                     what: d.str()?,
                     cloexec: d.u8()? != 0,
                 },
+                3 => FdKind::External {
+                    what: d.str()?,
+                    flags: d.u32()?,
+                },
                 _ => return Err(corrupt("fd kind")),
             };
             if fd < 0 {
@@ -474,6 +483,13 @@ mod tests {
                     kind: FdKind::SharedWith {
                         fd: 1,
                         cloexec: true,
+                    },
+                },
+                Fd {
+                    fd: 251,
+                    kind: FdKind::External {
+                        what: "write end of pipe:[77]".into(),
+                        flags: 0o2000001,
                     },
                 },
             ],

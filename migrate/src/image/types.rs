@@ -113,6 +113,14 @@ pub enum FdKind {
     SharedWith { fd: i32, cloexec: bool },
     /// A terminal or pipe on 0..2: attached to thaw's stdio (or a file named at thaw).
     Stdio { what: String, cloexec: bool },
+    /// A pipe or FIFO above fd 2 whose other end lies outside the process (e.g. one a shell
+    /// leaked): thaw attaches it to what the user names (a placeholder fd).
+    External {
+        /// What it was ("write end of pipe:[1234]").
+        what: String,
+        /// Its file status flags (O_ACCMODE, O_NONBLOCK, O_CLOEXEC ...).
+        flags: u32,
+    },
 }
 
 #[derive(Debug, Clone)]

@@ -41,7 +41,9 @@ pub(super) fn restore_fds(
             };
             let cloexec = match &f.kind {
                 FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
-                FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+                FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
+                    flags & libc::O_CLOEXEC as u32 != 0
+                }
             };
             let r = b.sys(
                 &format!("pidfd_getfd of placeholder {local} for fd {fd}"),
@@ -62,6 +64,12 @@ pub(super) fn restore_fds(
             continue;
         }
         match &f.kind {
+            FdKind::External { what, .. } => {
+                // checked before the process was made; kept as a guard
+                return Err(crate::error::Error::FdsNeedNames {
+                    fds: vec![(f.fd, what.clone())],
+                });
+            }
             FdKind::Stdio { cloexec, .. } => {
                 if *cloexec {
                     b.sys(
