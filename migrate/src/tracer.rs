@@ -147,6 +147,17 @@ mod tests {
         );
     }
 
+    /// The public handles cross threads; the tracee state stays on its own (it is `!Send`,
+    /// which the compiler enforces for `Slot::set` callers through `Tracer::call`'s bounds).
+    #[test]
+    fn public_handles_are_send() {
+        fn send<T: Send>() {}
+        send::<Tracer>();
+        send::<crate::Seized>();
+        send::<crate::Thawing>();
+        send::<crate::HomeShell>();
+    }
+
     #[test]
     fn a_panicking_job_is_reported_not_propagated() {
         let t = Tracer::spawn("omnode-test-tracer".into()).unwrap();

@@ -286,3 +286,64 @@ fn a_dropped_shell_takes_the_process_with_it() {
         "{st:#x}"
     );
 }
+
+#[test]
+fn signals_the_image_took_are_not_reported_again_and_sigkill_is_an_end() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(prog("sig"));
+    c.arg("1000").current_dir(dir.path());
+    let mut p = spawn(&mut c, &out, None);
+    wait_lines(&out, 3, T);
+    // SIGUSR2 is blocked in `sig`: it stays pending and goes into the image
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(p.pid, libc::SIGUSR2) };
+    std::thread::sleep(Duration::from_millis(30));
+    let mut s = migrate::seize(p.pid, Duration::from_secs(5)).expect("seize");
+    let img = s.collect().expect("collect");
+    let signos: Vec<i32> = img
+        .pending
+        .iter()
+        .map(|ps| i32::from_ne_bytes(ps.info[..4].try_into().unwrap()))
+        .collect();
+    assert!(signos.contains(&libc::SIGUSR2), "{signos:?}");
+    let mut bytes = Vec::new();
+    s.stream(&img, &mut bytes).expect("stream");
+    let migrate::Finished::Parked(mut sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap()
+    else {
+        panic!("not parked")
+    };
+    // the shell unblocks everything: an undrained USR2 would show up here a second time
+    assert_eq!(sh.next_event(Duration::from_millis(300)).unwrap(), None);
+    let st = status(p.pid);
+    assert!(st.contains("SigPnd:\t0000000000000000"), "{st}");
+    assert!(st.contains("ShdPnd:\t0000000000000000"), "{st}");
+    // the image still has it: thawed, the program finds USR2 pending and handles it
+    let t = migrate::thaw(&bytes[..], &Default::default()).expect("thaw");
+    let mut q = Proc::new(t.pid);
+    // SIGKILL cannot be intercepted: the shell reports the end, the parent sees SIGKILL
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(p.pid, libc::SIGKILL) };
+    let ev = sh.next_event(T).unwrap().expect("end");
+    let ShellEvent::Ended { status } = ev else {
+        panic!("{ev:?}")
+    };
+    assert!(
+        libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL,
+        "{status:#x}"
+    );
+    let st = p.wait(T);
+    assert!(
+        libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGKILL,
+        "{st:#x}"
+    );
+    assert!(exited_ok(q.wait(T)));
+    let o = read(&out);
+    assert!(
+        o.contains("usr2 pending 1\nusr2 delivered 1\nDONE ok\n"),
+        "{o}"
+    );
+}
