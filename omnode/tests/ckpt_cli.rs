@@ -167,3 +167,55 @@ fn image_is_0600_and_the_pid_never_goes_into_the_programs_stdout() {
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
     assert_eq!(comm.trim(), "sleep");
 }
+
+#[test]
+fn an_inherited_pipe_needs_a_name_at_thaw_and_gets_it_with_fd_n_null() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img");
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let w = p[1];
+    let mut c = Command::new("sleep");
+    c.arg("30")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: dup2 and close_range are async-signal-safe.
+    unsafe {
+        c.pre_exec(move || {
+            libc::dup2(w, 100);
+            libc::syscall(libc::SYS_close_range, 3u32, 99u32, 0u32);
+            libc::syscall(libc::SYS_close_range, 101u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut s = c.spawn().unwrap();
+    // SAFETY: our own pipe fds.
+    unsafe {
+        libc::close(p[0]);
+        libc::close(p[1]);
+    }
+    let _r = Reap(s.id() as i32);
+    freeze_into(s.id(), &img);
+    let _ = s.wait();
+    let o = omnode().arg("thaw").arg(&img).output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "thaw without --fd succeeded: {err}");
+    assert!(err.contains("fd 100 (write end of pipe:["), "{err}");
+    assert!(err.contains("--fd N=null"), "{err}");
+    let o = omnode()
+        .arg("thaw")
+        .arg(&img)
+        .args(["--fd", "100=null", "--print-pid"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let _r2 = Reap(pid);
+    let l = std::fs::read_link(format!("/proc/{pid}/fd/100")).unwrap();
+    assert_eq!(l, std::path::Path::new("/dev/null"));
+}
