@@ -116,7 +116,7 @@ pub enum FdKind {
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (e.g. one a shell
     /// leaked): thaw attaches it to what the user names (a placeholder fd).
     External {
-        /// What it was ("write end of pipe:[1234]").
+        /// What it was (`write end of pipe:[1234]`).
         what: String,
         /// Its file status flags (O_ACCMODE, O_NONBLOCK, O_CLOEXEC ...).
         flags: u32,
