@@ -107,6 +107,15 @@ mod tests {
     }
 
     #[test]
+    fn fdinfo_fails_closed() {
+        assert_eq!(fdinfo("pos:\t12\nflags:\t0100002\n"), Some((12, 0o100002)));
+        assert_eq!(fdinfo("pos:\t12\n"), None);
+        assert_eq!(fdinfo("flags:\t02\n"), None);
+        assert_eq!(fdinfo("pos:\tx\nflags:\t02\n"), None);
+        assert_eq!(fdinfo("pos:\t1\nflags:\t9\n"), None);
+    }
+
+    #[test]
     fn stat_after_comm_with_parens() {
         let f = stat_fields("42 (a) b) S 1 42 42 0").unwrap();
         assert_eq!(f[2], "S");

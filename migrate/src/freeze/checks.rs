@@ -306,3 +306,34 @@ pub(super) fn classify_vmas(pid: pid_t) -> Result<Vec<Vma>> {
     }
     Ok(v)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_flags_carry_known_bits_and_refuse_the_rest() {
+        let (bits, gd) = vm_flags(1, "[stack]", "rd wr mr mw me gd ac dd lo lf").unwrap();
+        assert!(gd);
+        assert_eq!(
+            bits,
+            vmflag::MAY_WRITE
+                | vmflag::ACCOUNT
+                | vmflag::DONTDUMP
+                | vmflag::LOCKED
+                | vmflag::LOCKONFAULT
+        );
+        for (f, why) in [
+            ("um", "userfaultfd"),
+            ("sl", "sealed"),
+            ("ss", "shadow stack"),
+            ("pf", "device"),
+            ("zz", "does not know"),
+        ] {
+            let e = vm_flags(1, "x", &format!("rd wr {f}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why) && e.contains(f), "{f}: {e}");
+        }
+    }
+}
