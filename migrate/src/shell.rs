@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 
 /// Scratch area mapped into the shell for injected calls with memory arguments.
 const SCRATCH: u64 = 64 << 10;
+/// Calls per batch of the trim: the code (84 bytes a call) fits between 16 KiB and the end of
+/// the scratch area, the results (8 bytes a call) between 8 and 16 KiB.
+const BATCH: usize = 500;
 /// How long one injected call or one ending may take.
 const WORK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -135,8 +138,9 @@ fn sio(pid: pid_t, what: &'static str) -> impl FnOnce(io::Error) -> Error {
 
 impl HomeShell {
     /// Neutralises, trims and parks the seized process held by `tracer` (its image must have
-    /// been streamed). A failure before the trim puts P back as it was; a failure during the
-    /// trim kills it (a half-trimmed process must not run).
+    /// been streamed). A failure before anything of P is taken apart puts it back as it was
+    /// (it runs on); a failure once its memory is being unmapped kills it (a half-trimmed
+    /// process must not run; its image is with the caller).
     pub(crate) fn park(tracer: Tracer, pid: pid_t) -> Result<HomeShell> {
         tracer.call(move |slot| park(slot, pid))??;
         Ok(HomeShell { tracer, pid })
@@ -231,7 +235,7 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
     let Some(mut held) = slot.take::<Held>() else {
         return Err(serr(pid, "the process is not held"));
     };
-    // --- steps that change nothing the image has not already taken: on failure put P back
+    // --- steps that change nothing: on failure P is put back (Held's drop)
     let maps = read_to_string(&format!("/proc/{pid}/maps"))
         .map_err(sio(pid, "reading maps"))
         .and_then(|m| parse_maps(&m).map_err(sio(pid, "parsing maps")))?;
@@ -266,15 +270,28 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
     )
     .map_err(sio(pid, "PTRACE_SETOPTIONS"))?;
 
-    // --- from here on P is being taken apart: on failure it is killed, never let run
-    held.active = false;
     let queued = std::mem::take(&mut held.queued);
-    drop(held);
-    let r = trim(pid, gadget, regs, &maps, keep_args, rseq, &queued);
-    if let Err(e) = r {
-        // SAFETY: plain kill of our tracee.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
-        return Err(e);
+    match trim(pid, gadget, regs, &maps, keep_args, rseq, &queued) {
+        Ok(()) => {
+            // P now belongs to the shell: nothing to put back
+            held.active = false;
+            drop(held);
+        }
+        Err(Trim::Undone(e)) => {
+            // nothing of P was taken apart: put it back (the held process is released when
+            // the tracer thread ends) and let it run on
+            let _ = ptrace_req(Req::SetOptions, pid, libc::PTRACE_O_TRACESYSGOOD as usize);
+            slot.set(held);
+            return Err(e);
+        }
+        Err(Trim::Broken(e)) => {
+            // half taken apart: it must not run (its image is with the caller)
+            held.active = false;
+            drop(held);
+            // SAFETY: plain kill of our tracee.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return Err(e);
+        }
     }
     let mut parked = regs;
     parked.rip = gadget;
@@ -299,8 +316,15 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
     Ok(())
 }
 
+/// How a trim failed: before anything of P was changed for good (undone), or after.
+enum Trim {
+    Undone(Error),
+    Broken(Error),
+}
+
 /// Neutralise and trim: drain the signals the image took, SIG_DFL everywhere, no core, no
 /// rseq / clear_child_tid / robust list, every mapping gone but the vDSO areas and argv/env.
+/// Everything before the one batch that does the real work is undone on failure.
 fn trim(
     pid: pid_t,
     gadget: u64,
@@ -309,7 +333,87 @@ fn trim(
     keep_args: (u64, u64),
     rseq: Option<(u64, u32, u32)>,
     queued: &[i32],
-) -> Result<()> {
+) -> Result<(), Trim> {
+    let mut old_core = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit64 reading into a valid struct.
+    if unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, std::ptr::null(), &mut old_core) } != 0 {
+        return Err(Trim::Undone(sio(pid, "prlimit(RLIMIT_CORE)")(errno())));
+    }
+    let mask = get_sigmask(pid).map_err(|e| Trim::Undone(sio(pid, "PTRACE_GETSIGMASK")(e)))?;
+    let mut t = Tracee::new(pid, gadget, regs);
+    t.call_timeout = Some(WORK_TIMEOUT);
+    let mut scratch = None;
+    let prep = prepare(&mut t, maps, keep_args, rseq, queued, &mut scratch);
+    let (scratch, calls, checked_from) = match prep {
+        Ok(v) => v,
+        Err(e) => {
+            // put back what prepare changed: the scratch mapping, limit, mask, registers
+            if let Some(s) = scratch {
+                let _ = t.syscall_exit_stop(libc::SYS_munmap, &[s, SCRATCH]);
+            }
+            // SAFETY: prlimit64 with a valid pointer.
+            unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &old_core, std::ptr::null_mut()) };
+            let _ = set_sigmask(pid, mask);
+            let _ = setregs(pid, &regs);
+            return Err(Trim::Undone(e));
+        }
+    };
+    // --- from here on P is taken apart
+    let broken = Trim::Broken;
+    let mut out = Vec::with_capacity(calls.len());
+    for chunk in calls.chunks(BATCH) {
+        out.extend(
+            t.batch(scratch + 16384, scratch + 8192, chunk)
+                .map_err(|e| broken(sio(pid, "injected calls")(e)))?,
+        );
+    }
+    // every rt_sigaction, rseq/tid/robust-list call and munmap must have succeeded
+    for (i, r) in out.iter().enumerate().skip(checked_from) {
+        if (-4095..0).contains(r) {
+            return Err(broken(serr(
+                pid,
+                format!(
+                    "injected call {} (nr {}) failed: {}",
+                    i,
+                    calls[i].0,
+                    from_neg(*r)
+                ),
+            )));
+        }
+    }
+    let r = t
+        .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
+        .map_err(|e| broken(sio(pid, "munmap of the scratch area")(e)))?;
+    if r != 0 {
+        return Err(broken(sio(pid, "munmap of the scratch area")(from_neg(r))));
+    }
+    // signals stashed meanwhile arrived after the image was taken: queue them again
+    for info in t.stashed.drain(..) {
+        let sig = i32::from_ne_bytes(info[..4].try_into().unwrap());
+        // SAFETY: plain kill of our tracee.
+        unsafe { libc::kill(pid, sig) };
+    }
+    set_sigmask(pid, 0).map_err(|e| broken(sio(pid, "PTRACE_SETSIGMASK")(e)))?;
+    tracing::debug!(pid, calls = calls.len(), "home shell trimmed");
+    Ok(())
+}
+
+/// The reversible part of the trim: RLIMIT_CORE 0, all signals blocked, a scratch area with the
+/// drain sets; returns the scratch address, the calls of the batch, and from which call on
+/// every result must be a success.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    t: &mut Tracee,
+    maps: &[MapsLine],
+    keep_args: (u64, u64),
+    rseq: Option<(u64, u32, u32)>,
+    queued: &[i32],
+    scratch_out: &mut Option<u64>,
+) -> Result<(u64, Vec<(i64, [u64; 6])>, usize)> {
+    let pid = t.pid;
     let no_core = libc::rlimit64 {
         rlim_cur: 0,
         rlim_max: 0,
@@ -320,8 +424,6 @@ fn trim(
     }
     // nothing is delivered while we work
     set_sigmask(pid, !0).map_err(sio(pid, "PTRACE_SETSIGMASK"))?;
-    let mut t = Tracee::new(pid, gadget, regs);
-    t.call_timeout = Some(WORK_TIMEOUT);
     let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let scratch = t
         .syscall(
@@ -336,23 +438,25 @@ fn trim(
             ],
         )
         .map_err(sio(pid, "mmap of a scratch area"))?;
+    *scratch_out = Some(scratch);
     // scratch: 0 a zeroed sigaction (SIG_DFL), 512 a zero timespec, 1024.. one sigset per
     // drained signal, 8192 results, 16384 code
     let mut calls: Vec<(i64, [u64; 6])> = Vec::new();
     let mut sets = Vec::new();
-    for (k, &sig) in queued.iter().enumerate().take(800) {
+    // one sigset (8 bytes) per drained signal between 1 and 8 KiB
+    for &sig in queued.iter().take(800) {
         if !(1..=64).contains(&sig) {
             continue;
         }
+        let set = scratch + 1024 + sets.len() as u64;
         sets.extend_from_slice(&(1u64 << (sig - 1)).to_ne_bytes());
-        let set = scratch + 1024 + 8 * k as u64;
         calls.push((libc::SYS_rt_sigtimedwait, [set, 0, scratch + 512, 8, 0, 0]));
     }
     if !sets.is_empty() {
         let n = sets.len() as u64;
         write_mem(pid, &sets, &[(scratch + 1024, n)]).map_err(sio(pid, "writing sigsets"))?;
     }
-    let drains = calls.len();
+    let checked_from = calls.len();
     for sig in 1..=64u64 {
         if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
             continue;
@@ -364,50 +468,16 @@ fn trim(
     }
     calls.push((libc::SYS_set_tid_address, [0; 6]));
     calls.push((libc::SYS_set_robust_list, [0, 24, 0, 0, 0, 0]));
-    let checked_from = drains;
     let keep_names = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
-    let mut unmaps = 0;
     for m in maps {
         if keep_names.contains(&m.name.as_str()) {
             continue;
         }
         for (s, e) in minus((m.start, m.end), &[keep_args, (scratch, scratch + SCRATCH)]) {
             calls.push((libc::SYS_munmap, [s, e - s, 0, 0, 0, 0]));
-            unmaps += 1;
         }
     }
-    let out = t
-        .batch(scratch + 16384, scratch + 8192, &calls)
-        .map_err(sio(pid, "injected calls"))?;
-    // rt_sigaction of signals 32/33 and the rest must all succeed, as must every munmap
-    for (i, r) in out.iter().enumerate().skip(checked_from) {
-        if (-4095..0).contains(r) {
-            return Err(serr(
-                pid,
-                format!(
-                    "injected call {} (nr {}) failed: {}",
-                    i,
-                    calls[i].0,
-                    from_neg(*r)
-                ),
-            ));
-        }
-    }
-    let r = t
-        .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
-        .map_err(sio(pid, "munmap of the scratch area"))?;
-    if r != 0 {
-        return Err(sio(pid, "munmap of the scratch area")(from_neg(r)));
-    }
-    tracing::debug!(pid, unmaps, "home shell trimmed");
-    // signals stashed meanwhile arrived after the image was taken: queue them again
-    for info in t.stashed.drain(..) {
-        let sig = i32::from_ne_bytes(info[..4].try_into().unwrap());
-        // SAFETY: plain kill of our tracee.
-        unsafe { libc::kill(pid, sig) };
-    }
-    set_sigmask(pid, 0).map_err(sio(pid, "PTRACE_SETSIGMASK"))?;
-    Ok(())
+    Ok((scratch, calls, checked_from))
 }
 
 /// `range` minus the `holes`, as sorted non-empty ranges.

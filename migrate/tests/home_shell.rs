@@ -347,3 +347,37 @@ fn signals_the_image_took_are_not_reported_again_and_sigkill_is_an_end() {
         "{o}"
     );
 }
+
+#[test]
+fn a_process_with_thousands_of_mappings_is_trimmed_too() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(
+        Command::new(prog("manymaps")).args(["3000", "100000"]),
+        &out,
+        None,
+    );
+    wait_lines(&out, 1, T);
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
+    assert!(
+        maps.lines().count() > 3000,
+        "{} mappings",
+        maps.lines().count()
+    );
+    let mut s = migrate::seize(p.pid, Duration::from_secs(5)).expect("seize");
+    let img = s.collect().expect("collect");
+    s.stream(&img, std::io::sink()).expect("stream");
+    let migrate::Finished::Parked(sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap() else {
+        panic!("not parked")
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
+    assert!(maps.lines().count() <= 5, "left:\n{maps}");
+    wait_paused(p.pid);
+    let raw = sh.exit(9).expect("exit");
+    assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 9);
+    let st = p.wait(T);
+    assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 9, "{st:#x}");
+}
