@@ -117,6 +117,8 @@ pub struct Seized {
     stop_start: Instant,
     collected: bool,
     streamed: bool,
+    /// The memory map and VmFlags read before the stop (see [`checks::classify_vmas`]).
+    pre_map: Option<checks::MapView>,
 }
 
 /// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
@@ -130,12 +132,13 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
     }
     // --- checks before touching anything
     check_status(pid, false)?;
-    classify_vmas(pid)?;
+    let (_, pre_map) = classify_vmas(pid, None)?;
     collect_fds(pid)?;
 
-    let was_stopped = proc_read(pid, "status")
-        .map(|st| status_field(&st, "State").is_some_and(|s| s.starts_with('T')))
-        .unwrap_or(false);
+    // fails closed: a stopped process must come back stopped
+    let was_stopped = status_field(&proc_read(pid, "status")?, "State")
+        .ok_or_else(|| unsup(pid, format!("/proc/{pid}/status has no State line")))?
+        .starts_with('T');
     let tracer = Tracer::spawn(format!("omnode-trace-{pid}"))?;
     let stop_start = tracer.call(move |slot| stop(slot, pid, timeout))??;
     Ok(Seized {
@@ -145,6 +148,7 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
         stop_start,
         collected: false,
         streamed: false,
+        pre_map: Some(pre_map),
     })
 }
 
@@ -209,11 +213,12 @@ impl Seized {
     /// stopped (the authoritative refusal checks run again here).
     pub fn collect(&mut self) -> Result<ProcessImage> {
         let (pid, was_stopped) = (self.pid, self.was_stopped);
+        let pre = self.pre_map.take();
         let img = self.tracer.call(move |slot| {
             let g = slot.get::<Held>().ok_or(Error::TracerGone {
                 name: format!("omnode-trace-{pid}"),
             })?;
-            collect(g, pid, was_stopped)
+            collect(g, pid, was_stopped, pre)
         })??;
         self.collected = true;
         Ok(img)
@@ -355,10 +360,15 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
 }
 
 /// On the tracer thread: phase 2.
-fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> {
+fn collect(
+    g: &mut Held,
+    pid: pid_t,
+    was_stopped: bool,
+    pre: Option<checks::MapView>,
+) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
     let status = check_status(pid, true)?;
-    let vmas = classify_vmas(pid)?;
+    let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
     find_shared(pid, &mut fds);
 
