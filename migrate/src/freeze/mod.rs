@@ -437,23 +437,7 @@ fn collect(
         .to_string();
     // credentials fail closed: never defaulted (an unparsable uid must not become root)
     let bad_status = |k: &str| unsup(pid, format!("cannot parse {k} in /proc/{pid}/status"));
-    let ids = |k: &str| -> Result<[u32; 4]> {
-        let v: Vec<u32> = status_field(&status, k)
-            .ok_or_else(|| bad_status(k))?
-            .split_whitespace()
-            .map(|v| v.parse().map_err(|_| bad_status(k)))
-            .collect::<Result<_>>()?;
-        v.try_into().map_err(|_| bad_status(k))
-    };
-    let creds = Creds {
-        uid: ids("Uid")?,
-        gid: ids("Gid")?,
-        groups: status_field(&status, "Groups")
-            .ok_or_else(|| bad_status("Groups"))?
-            .split_whitespace()
-            .map(|g| g.parse().map_err(|_| bad_status("Groups")))
-            .collect::<Result<_>>()?,
-    };
+    let creds = state::parse_creds(&status).map_err(|k| bad_status(k))?;
     let umask = status_field(&status, "Umask")
         .and_then(|v| u32::from_str_radix(v, 8).ok())
         .ok_or_else(|| bad_status("Umask"))?;
