@@ -125,3 +125,53 @@ fn a_pipe_with_unread_data_or_both_ends_inside_is_refused_untouched() {
         x.wait(T);
     }
 }
+
+#[test]
+fn an_inherited_fifo_is_external_too() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    // a non-blocking read end (no writer needed to open it)
+    // SAFETY: a valid C string.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    assert!(fd >= 0);
+    let mut p = counter_with(&[fd], &dir.path().join("out"));
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    std::thread::sleep(Duration::from_millis(100));
+    let img = freeze(p.pid, false).expect("an inherited fifo must not block a freeze");
+    p.wait(T);
+    let ri = migrate::ImageReader::new(&img[..]).unwrap();
+    let f = ri.process().fds.iter().find(|f| f.fd == 100).cloned();
+    assert!(
+        matches!(&f, Some(migrate::Fd { kind: migrate::FdKind::External { what, .. }, .. })
+            if what.starts_with("read end of fifo ") && what.ends_with("/fifo")),
+        "{f:?}"
+    );
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let t = migrate::thaw(
+        &img[..],
+        &migrate::ThawOptions {
+            fd_placeholders: vec![(100, null.as_raw_fd())],
+            ..Default::default()
+        },
+    )
+    .expect("thaw with fd 100 named");
+    let mut q = Proc::new(t.pid);
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{}/fd/100", q.pid)).unwrap(),
+        std::path::Path::new("/dev/null")
+    );
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&dir.path().join("out")).ends_with("DONE ok\n"));
+}
