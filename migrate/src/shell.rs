@@ -116,6 +116,8 @@ struct Shell {
     pending: VecDeque<ShellEvent>,
     /// We (this process) are P's parent: its end must be left for the parent's own wait.
     parent_is_us: bool,
+    /// How long one injected call may block before it is interrupted.
+    call_timeout: Duration,
     _not_send: NotSend,
 }
 
@@ -208,19 +210,48 @@ impl HomeShell {
         self.on(move |s| s.syscall(nr, &args))
     }
 
+    /// How long an injected call may block (default 5 s); past it the call is interrupted
+    /// (it fails with EINTR in P, so nothing was done) and `syscall` reports a time-out.
+    pub fn set_call_timeout(&mut self, t: Duration) -> Result<()> {
+        self.on(move |s| {
+            s.call_timeout = t;
+            Ok(())
+        })
+    }
+
     /// A copy of P's fd `fd` (pidfd_getfd).
     pub fn take_fd(&self, fd: RawFd) -> Result<OwnedFd> {
         crate::seccomp::pidfd_getfd(self.pid, fd).map_err(sio(self.pid, "pidfd_getfd"))
     }
 
-    /// Makes P exit with `code` (the moved process exited so). Returns P's final wait status.
-    pub fn exit(self, code: i32) -> Result<i32> {
+    /// Makes P exit with `code` (the moved process exited so; only its low 8 bits count).
+    /// Returns P's final wait status; the shell has ended then.
+    pub fn exit(&mut self, code: i32) -> Result<i32> {
         self.on(move |s| s.end(End::Exit(code)))
     }
 
     /// Makes P die by `sig` under SIG_DFL, without a core (RLIMIT_CORE is 0). Returns P's final
-    /// wait status.
-    pub fn die_by(self, sig: i32) -> Result<i32> {
+    /// wait status; the shell has ended then. A signal whose default action does not end a
+    /// process (stop, continue, ignore) is refused before anything is done.
+    pub fn die_by(&mut self, sig: i32) -> Result<i32> {
+        let ends = (1..=64).contains(&sig)
+            && ![
+                libc::SIGSTOP,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+                libc::SIGCONT,
+                libc::SIGCHLD,
+                libc::SIGURG,
+                libc::SIGWINCH,
+            ]
+            .contains(&sig);
+        if !ends {
+            return Err(serr(
+                self.pid,
+                format!("signal {sig} does not end a process by default"),
+            ));
+        }
         self.on(move |s| s.end(End::Signal(sig)))
     }
 }
@@ -305,6 +336,7 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
         state: State::Stopped,
         pending: VecDeque::new(),
         parent_is_us,
+        call_timeout: WORK_TIMEOUT,
         _not_send: std::marker::PhantomData,
     };
     if let Err(e) = sh.repark() {
@@ -691,7 +723,7 @@ impl Shell {
     fn syscall_stopped(&mut self, nr: i64, args: &[ShellArg]) -> Result<(i64, Vec<Vec<u8>>)> {
         let pid = self.pid;
         let mut t = Tracee::new(pid, self.gadget, self.parked);
-        t.call_timeout = Some(WORK_TIMEOUT);
+        t.call_timeout = Some(self.call_timeout);
         let scratch = match self.scratch {
             Some(s) => s,
             None => {

@@ -214,8 +214,8 @@ fn python3_loop_output_identical() {
     if !root() {
         return;
     }
-    // the interpreter itself, not a wrapper (a pyenv shim is a shell script that runs
-    // children of its own for a while before it execs python)
+    // the interpreter itself, not a wrapper (a pyenv shim is a bash script that runs helper
+    // processes before it execs python: frozen in that window, it is refused for its children)
     let Some(python) = Command::new("python3")
         .args(["-c", "import sys; print(sys.executable)"])
         .output()

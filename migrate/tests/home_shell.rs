@@ -137,9 +137,19 @@ fn die_by_sigterm_is_seen_by_the_parent_without_a_core() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, _img, sh) = parked(dir.path(), "100000", "1");
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
+    wait_paused(p.pid);
+    // signals that do not end a process are refused, and change nothing
+    for sig in [libc::SIGSTOP, libc::SIGCONT, libc::SIGCHLD, 0, 65] {
+        sh.die_by(sig).expect_err("not a terminating signal");
+    }
+    assert!(p.alive());
     wait_paused(p.pid);
     sh.die_by(libc::SIGTERM).expect("die_by");
+    assert!(
+        sh.next_event(Duration::from_millis(10)).is_err(),
+        "the shell has ended"
+    );
     let st = p.wait(T);
     assert!(
         libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM,
@@ -160,7 +170,7 @@ fn die_by_sigsegv_is_reproduced_without_a_core() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, _img, sh) = parked(dir.path(), "100000", "1");
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
     sh.die_by(libc::SIGSEGV).expect("die_by");
     let st = p.wait(T);
     assert!(
@@ -370,7 +380,8 @@ fn a_process_with_thousands_of_mappings_is_trimmed_too() {
     let mut s = migrate::seize(p.pid, Duration::from_secs(5)).expect("seize");
     let img = s.collect().expect("collect");
     s.stream(&img, std::io::sink()).expect("stream");
-    let migrate::Finished::Parked(sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap() else {
+    let migrate::Finished::Parked(mut sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap()
+    else {
         panic!("not parked")
     };
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
@@ -380,4 +391,57 @@ fn a_process_with_thousands_of_mappings_is_trimmed_too() {
     assert!(libc::WIFEXITED(raw) && libc::WEXITSTATUS(raw) == 9);
     let st = p.wait(T);
     assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 9, "{st:#x}");
+}
+
+#[test]
+fn an_injected_call_that_blocks_is_interrupted_and_the_shell_stays_usable() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
+    sh.set_call_timeout(Duration::from_millis(300)).unwrap();
+    // opening a FIFO for reading blocks until a writer comes: none will
+    let t0 = std::time::Instant::now();
+    let e = sh
+        .syscall(
+            libc::SYS_openat,
+            vec![
+                ShellArg::Val(libc::AT_FDCWD as u64),
+                ShellArg::In(b"fifo\0".to_vec()),
+                ShellArg::Val(libc::O_RDONLY as u64),
+            ],
+        )
+        .expect_err("a blocked call must time out");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // the open was abandoned: no reader holds the FIFO, and P has no new fd
+    // SAFETY: valid C string.
+    let w = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+    assert_eq!(w, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+        .unwrap()
+        .count();
+    // the shell goes on working
+    wait_paused(p.pid);
+    let (r, _) = sh.syscall(libc::SYS_getppid, vec![]).expect("getppid");
+    // SAFETY: getpid has no preconditions.
+    assert_eq!(r, unsafe { libc::getpid() } as i64);
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+            .unwrap()
+            .count(),
+        fds
+    );
+    wait_paused(p.pid);
+    sh.exit(0).expect("exit");
+    assert!(exited_ok(p.wait(T)));
 }
