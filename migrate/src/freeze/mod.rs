@@ -437,7 +437,7 @@ fn collect(
         .to_string();
     // credentials fail closed: never defaulted (an unparsable uid must not become root)
     let bad_status = |k: &str| unsup(pid, format!("cannot parse {k} in /proc/{pid}/status"));
-    let creds = state::parse_creds(&status).map_err(|k| bad_status(k))?;
+    let creds = state::parse_creds(&status).map_err(&bad_status)?;
     let umask = status_field(&status, "Umask")
         .and_then(|v| u32::from_str_radix(v, 8).ok())
         .ok_or_else(|| bad_status("Umask"))?;
