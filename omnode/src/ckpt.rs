@@ -23,11 +23,14 @@ pub enum Cmd {
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
-    /// not restore it exactly: threads, child processes, sockets, pipes/FIFOs/terminals beyond
-    /// fds 0-2, epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
+    /// not restore it exactly: threads, child processes, sockets, terminals beyond fds 0-2, a
+    /// pipe or FIFO the process holds twice (both ends) or with unread data in it,
+    /// epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
     /// shared memory, memfd, deleted files, shared memory also mapped by another process,
     /// userfaultfd, sealed or device mappings, seccomp filters, a parent-death signal, a
     /// process already traced. Every check fails closed: what cannot be read is refused.
+    /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
+    /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A user who could not thaw the image (non-root) cannot end the process: use
     /// --leave-running.
     Freeze(FreezeArgs),
