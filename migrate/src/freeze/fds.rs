@@ -25,8 +25,10 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(link) = std::fs::read_link(e.path()) else {
-            continue; // closed meanwhile
+        let link = match std::fs::read_link(e.path()) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed meanwhile
+            Err(e) => return Err(ferr(pid, format!("reading {dir}/{fd}"))(e)),
         };
         let link = link.to_string_lossy().into_owned();
         let info = match read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")) {
@@ -215,18 +217,19 @@ fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str) -> Resu
     Ok(())
 }
 
-/// Marks fds that share an open file description with an earlier one (kcmp).
-pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
+/// Marks fds that share an open file description with an earlier one (kcmp). Fails closed:
+/// an fd that cannot be compared refuses the freeze (two offsets where there was one).
+pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let ids: Vec<Option<(u64, u64)>> = fds
         .iter()
         .map(|f| match f.kind {
             FdKind::Path { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
-                .ok()
-                .map(|m| (m.dev(), m.ino())),
-            _ => None,
+                .map(|m| Some((m.dev(), m.ino())))
+                .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
+            _ => Ok(None),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for j in 0..fds.len() {
         let Some(idj) = ids[j] else { continue };
         for i in 0..j {
@@ -244,6 +247,12 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
                     fds[j].fd,
                 )
             };
+            if r < 0 {
+                return Err(ferr(
+                    pid,
+                    format!("kcmp of fds {} and {}", fds[i].fd, fds[j].fd),
+                )(std::io::Error::last_os_error()));
+            }
             if r == 0 {
                 let cloexec = match fds[j].kind {
                     FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
@@ -257,4 +266,5 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
             }
         }
     }
+    Ok(())
 }

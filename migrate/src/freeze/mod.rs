@@ -370,7 +370,7 @@ fn collect(
     let status = check_status(pid, true)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
-    find_shared(pid, &mut fds);
+    find_shared(pid, &mut fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
     let xstate = get_xstate(pid).map_err(ferr(pid, "reading the xsave area"))?;
