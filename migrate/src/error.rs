@@ -65,6 +65,13 @@ pub enum Error {
     /// A home-shell operation that needs a state the shell is not in.
     #[error("home shell of {pid}: {what}")]
     Shell { pid: i32, what: String },
+    /// The image has fds whose other end lay outside the process (pipes, FIFOs) and no
+    /// placeholder was given for them; nothing was created. Each: (fd, what it was).
+    #[error(
+        "cannot thaw: {} lay outside the process; name what each gets (omnode thaw --fd N=FILE or --fd N=null)",
+        .fds.iter().map(|(n, w)| format!("fd {n} ({w})")).collect::<Vec<_>>().join(", ")
+    )]
+    FdsNeedNames { fds: Vec<(i32, String)> },
     /// The tracer thread of a process is gone (it panicked): a bug, reported, never a hang.
     #[error("tracer thread {name} is gone")]
     TracerGone { name: String },
@@ -98,7 +105,7 @@ pub enum RefusalKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Unsupported { .. } => ErrorKind::CannotMove,
+            Error::Unsupported { .. } | Error::FdsNeedNames { .. } => ErrorKind::CannotMove,
             Error::NoProcess { .. } => ErrorKind::ProcessGone,
             Error::Freeze { source, .. } if source.raw_os_error() == Some(libc::ESRCH) => {
                 ErrorKind::ProcessGone

@@ -20,14 +20,22 @@
 //! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
 //! the migrator can send it over any transport while the process is frozen.
 //!
-//! Anything it cannot restore faithfully (threads, sockets, pipes and terminals other than
-//! stdio, shared memory shared with other processes, SysV/POSIX shm, memfd, deleted files,
-//! epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, seccomp, child processes, a traced
-//! process) is refused before the process is touched; a refusal or failure leaves it running as
-//! it was.
+//! Anything it cannot restore exactly (threads, sockets, pipes inside the process or holding
+//! unread data, terminals other than stdio, shared memory shared with other processes,
+//! SysV/POSIX shm, memfd, deleted files, epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX
+//! timers, seccomp, child processes, userfaultfd/sealed/device mappings, a parent-death
+//! signal, a traced process) is refused before the process is touched; a refusal or failure
+//! leaves it running as it was. Every check fails closed: what cannot be read is refused.
+//! [`freeze`] never ends a process its caller could not thaw ([`can_thaw_here`]). A pipe or
+//! FIFO whose other end lies outside the process is carried as external
+//! ([`FdKind::External`]): thaw attaches what the caller names there.
+//!
+//! Carried beyond the registers and memory: each mapping's protections, grows-down flag,
+//! madvise state, mlock, MAP_NORESERVE, commit charge and maximum protection (smaps'
+//! VmFlags); THP disable, child subreaper, oom_score_adj, personality, limits, credentials.
 //!
 //! Not carried (yet, and not refused): namespaces, cgroups, capabilities other than what
-//! setresuid implies, file locks, mlock/madvise state, pdeathsig, the shadow stack (no CET on
+//! setresuid implies, file locks, mlockall(MCL_FUTURE), the shadow stack (no CET on
 //! these nodes), sharing between several mappings of one shared-anonymous object.
 
 pub mod error;
@@ -42,8 +50,8 @@ mod tracer;
 
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
-    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed, freeze,
-    seize,
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
+    can_thaw_here, freeze, seize,
 };
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

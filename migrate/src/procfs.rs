@@ -79,14 +79,11 @@ pub(crate) fn status_field<'a>(s: &'a str, key: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-pub(crate) fn fdinfo(s: &str) -> (u64, u32) {
-    let pos = status_field(s, "pos")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let flags = status_field(s, "flags")
-        .and_then(|v| u32::from_str_radix(v, 8).ok())
-        .unwrap_or(0);
-    (pos, flags)
+/// (pos, flags) of a /proc/PID/fdinfo/N file; `None` when either is missing or unparsable.
+pub(crate) fn fdinfo(s: &str) -> Option<(u64, u32)> {
+    let pos = status_field(s, "pos")?.parse().ok()?;
+    let flags = u32::from_str_radix(status_field(s, "flags")?, 8).ok()?;
+    Some((pos, flags))
 }
 
 #[cfg(test)]
@@ -107,6 +104,15 @@ mod tests {
         assert!(m[2].shared && m[2].name == "/dev/zero (deleted)");
         assert_eq!((m[3].prot, m[3].name.as_str()), (0, ""));
         assert!(parse_maps("garbage\n").is_err());
+    }
+
+    #[test]
+    fn fdinfo_fails_closed() {
+        assert_eq!(fdinfo("pos:\t12\nflags:\t0100002\n"), Some((12, 0o100002)));
+        assert_eq!(fdinfo("pos:\t12\n"), None);
+        assert_eq!(fdinfo("flags:\t02\n"), None);
+        assert_eq!(fdinfo("pos:\tx\nflags:\t02\n"), None);
+        assert_eq!(fdinfo("pos:\t1\nflags:\t9\n"), None);
     }
 
     #[test]

@@ -192,6 +192,8 @@ fn epoll_eventfd_timerfd_signalfd_inotify_and_shared_memory_are_refused() {
         ("sysv", "SysV shared memory"),
         ("posixshm", "POSIX shared memory"),
         ("sharedanon", "also mapped by process"),
+        ("pdeathsig", "parent-death signal"),
+        ("mseal", "sealed"),
     ] {
         refused_with("fdkinds", &[kind, "25"], what);
     }

@@ -4,19 +4,38 @@
 use std::fs::File;
 use std::io::{BufReader, Write};
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum Cmd {
-    /// Stop a running process, write its image to a file, and end it.
+    /// Stop a running process, write its image to a file (mode 0600), and end it.
     ///
-    /// Single-threaded x86_64 processes only. Anything that cannot be restored faithfully
-    /// (threads, sockets, shared memory, epoll/eventfd/timerfd/signalfd/inotify, child
-    /// processes, a process already traced) is refused before the process is touched; on
-    /// any failure the process keeps running unchanged.
+    /// Carried: registers and FPU/vector state, memory (private, shared-anonymous owned by
+    /// the process alone, read-only and PROT_NONE mappings included) with each mapping's
+    /// protections, grows-down flag, madvise state (DONTDUMP, DONTFORK, WIPEONFORK, HUGEPAGE,
+    /// NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM), mlock/MLOCK_ONFAULT, MAP_NORESERVE and the
+    /// maximum protection of shared file mappings; regular files, directories, O_PATH fds and
+    /// /dev/null-like devices at their offsets and flags; stdio terminals and pipes (attached
+    /// to thaw's); signal handlers, mask, pending signals, alternate stack; interval timers;
+    /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
+    /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
+    ///
+    /// Refused before the process is touched (it keeps running unchanged), because thaw could
+    /// not restore it exactly: threads, child processes, sockets, terminals beyond fds 0-2, a
+    /// pipe or FIFO the process holds twice (both ends) or with unread data in it,
+    /// epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
+    /// shared memory, memfd, deleted files, shared memory also mapped by another process,
+    /// userfaultfd, sealed or device mappings, seccomp filters, a parent-death signal, a
+    /// process already traced. Every check fails closed: what cannot be read is refused.
+    /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
+    /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
+    /// A user who could not thaw the image (non-root) cannot end the process: use
+    /// --leave-running.
     Freeze(FreezeArgs),
-    /// Recreate a frozen process from its image as a new process, print its PID and return.
+    /// Recreate a frozen process from its image as a new process, report its PID (on stderr,
+    /// or alone on stdout with --print-pid) and return.
     ///
     /// Mapped files and the executable must be the same as at freeze (size and mtime, and
     /// inode on the same machine), or the thaw is refused. A stdin/stdout/stderr that was a
@@ -57,6 +76,16 @@ pub struct ThawArgs {
     /// Where a terminal/pipe stderr now goes (file is created or appended; default: this command's stderr).
     #[arg(long, value_name = "FILE")]
     pub stderr: Option<PathBuf>,
+    /// Print the new PID alone on stdout (for scripts). Refused when the thawed program's own
+    /// stdout would be this command's stdout (name a file with --stdout): the PID never goes
+    /// into the program's output. Without it the PID is reported on stderr.
+    #[arg(long)]
+    pub print_pid: bool,
+    /// What an fd whose other end lay outside the process (an inherited pipe or FIFO) gets
+    /// now: `N=FILE` (opened for reading, or created/appended for writing, as that end was)
+    /// or `N=null`. Thaw names the fds that need one.
+    #[arg(long = "fd", value_name = "N=FILE|N=null")]
+    pub fds: Vec<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,7 +109,18 @@ pub fn run(cmd: Cmd) -> ExitCode {
 
 fn freeze(a: FreezeArgs) -> ExitCode {
     let path = a.image.display().to_string();
-    let f = match File::create(&a.image) {
+    // 0600: an image holds the process's whole memory (its secrets); a file that existed is
+    // made 0600 too before anything is written into it
+    let f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&a.image)
+        .and_then(|f| {
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            Ok(f)
+        }) {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot create image file {path}: {e}")),
     };
@@ -147,7 +187,45 @@ fn thaw(a: ThawArgs) -> ExitCode {
         Some(Ok(f)) => Some(f),
         None => None,
     };
+    let reader = match migrate::ImageReader::new(BufReader::with_capacity(64 << 10, f)) {
+        Ok(r) => r,
+        Err(e) => return fail(format_args!("{path}: {e}")),
+    };
+    // --fd N=FILE / N=null for the fds that lay outside the process
+    let mut named: Vec<(i32, File)> = Vec::new();
+    for spec in &a.fds {
+        let Some((n, target)) = spec.split_once('=') else {
+            return fail(format_args!("--fd {spec}: expected N=FILE or N=null"));
+        };
+        let Ok(n) = n.parse::<i32>() else {
+            return fail(format_args!("--fd {spec}: {n} is not an fd number"));
+        };
+        let Some(flags) = reader.process().fds.iter().find_map(|f| match &f.kind {
+            migrate::FdKind::External { flags, .. } if f.fd == n => Some(*flags),
+            _ => None,
+        }) else {
+            return fail(format_args!(
+                "--fd {spec}: fd {n} of the image is not one that lay outside the process"
+            ));
+        };
+        let path = if target == "null" {
+            "/dev/null"
+        } else {
+            target
+        };
+        let mut o = std::fs::OpenOptions::new();
+        match flags & libc_o_accmode() {
+            0 => o.read(true),
+            1 => o.append(true).create(true),
+            _ => o.read(true).append(true).create(true),
+        };
+        match o.open(path) {
+            Ok(f) => named.push((n, f)),
+            Err(e) => return fail(format_args!("--fd {spec}: cannot open {path}: {e}")),
+        }
+    }
     let opts = migrate::ThawOptions {
+        fd_placeholders: named.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect(),
         same_pid: a.same_pid,
         same_pid_wait: None,
         stdin: stdin.as_ref().map(|f| f.as_raw_fd()),
@@ -155,15 +233,30 @@ fn thaw(a: ThawArgs) -> ExitCode {
         stderr: stderr.as_ref().map(|f| f.as_raw_fd()),
         ..Default::default()
     };
-    let t = match migrate::thaw(BufReader::with_capacity(64 << 10, f), &opts) {
+    let stdout_is_ours = reader
+        .process()
+        .fds
+        .iter()
+        .any(|f| f.fd == 1 && matches!(f.kind, migrate::FdKind::Stdio { .. }))
+        && a.stdout.is_none();
+    if a.print_pid && stdout_is_ours {
+        return fail(format_args!(
+            "{path}: --print-pid would write the PID into the thawed program's own stdout (it is this command's stdout); name a file for it with --stdout FILE"
+        ));
+    }
+    let t = match thaw_phases(reader, &opts) {
         Ok(t) => t,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
     if let Some(n) = &t.pid_note {
         eprintln!("omnode: {n}");
     }
-    println!("{}", t.pid);
-    let _ = std::io::stdout().flush();
+    if a.print_pid {
+        println!("{}", t.pid);
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!("omnode: thawed process {} as PID {}", t.old_pid, t.pid);
+    }
     if !a.wait {
         return ExitCode::SUCCESS;
     }
@@ -184,6 +277,22 @@ fn thaw(a: ThawArgs) -> ExitCode {
         128 + (st & 0x7f)
     };
     ExitCode::from(code as u8)
+}
+
+const fn libc_o_accmode() -> u32 {
+    3 // O_ACCMODE
+}
+
+/// [`migrate::thaw`], from an image whose process section was already read.
+fn thaw_phases<R: std::io::Read>(
+    mut reader: migrate::ImageReader<R>,
+    opts: &migrate::ThawOptions,
+) -> migrate::Result<migrate::Thawed> {
+    let mut t = migrate::Thawing::skeleton(&reader, opts)?;
+    t.pages(&mut reader)?;
+    t.attributes()?;
+    t.fds()?;
+    t.run()
 }
 
 unsafe extern "C" {
@@ -259,6 +368,12 @@ fn image(a: ImageArgs) -> ExitCode {
             } => format!("{path} (flags {flags:#o}, offset {pos})"),
             migrate::FdKind::SharedWith { fd, .. } => format!("same open file as fd {fd}"),
             migrate::FdKind::Stdio { what, .. } => format!("{what} (attached to thaw's stdio)"),
+            migrate::FdKind::External { what, .. } => {
+                format!(
+                    "{what}, outside the process (thaw needs --fd {}=FILE or =null)",
+                    f.fd
+                )
+            }
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
     }

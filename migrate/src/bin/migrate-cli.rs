@@ -2,13 +2,21 @@
 //! `migrate-cli freeze PID FILE [--leave-running]`, `migrate-cli thaw FILE [--wait] [--same-pid]`, `migrate-cli image FILE`.
 use std::fs::File;
 use std::io::BufReader;
+use std::os::unix::fs::OpenOptionsExt;
 
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let flag = |f: &str| a.iter().any(|x| x == f);
     match a.get(1).map(String::as_str) {
         Some("freeze") => {
-            let f = File::create(&a[3]).unwrap();
+            // 0600: an image holds the process's memory
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&a[3])
+                .unwrap();
             let o = migrate::FreezeOptions {
                 leave_running: flag("--leave-running"),
             };

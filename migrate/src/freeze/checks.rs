@@ -10,15 +10,30 @@ use libc::pid_t;
 /// Checks done before the process is touched (and again once it is stopped).
 pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
     let st = proc_read(pid, "status")?;
-    let threads: u32 = status_field(&st, "Threads")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    // every check fails closed: a field that cannot be read or parsed refuses the freeze
+    let field = |k: &str| {
+        status_field(&st, k).ok_or_else(|| {
+            unsup(
+                pid,
+                format!("/proc/{pid}/status has no {k} line, so it cannot be checked"),
+            )
+        })
+    };
+    let threads: u32 = field("Threads")?.parse().map_err(|_| {
+        unsup(
+            pid,
+            format!("cannot parse the thread count in /proc/{pid}/status"),
+        )
+    })?;
     if threads > 1 {
         return Err(unsup(
             pid,
             format!("it has {threads} threads (threads are not supported yet)"),
         ));
     }
+    field("TracerPid")?;
+    field("State")?;
+    field("Seccomp")?;
     if let Some(t) = status_field(&st, "TracerPid") {
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::gettid() }.to_string();
@@ -40,7 +55,7 @@ pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
             "it runs under a seccomp filter (not supported yet)",
         ));
     }
-    let timers = read_to_string(&format!("/proc/{pid}/timers")).unwrap_or_default();
+    let timers = proc_read(pid, "timers")?;
     let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
     if n > 0 {
         return Err(unsup(
@@ -48,14 +63,20 @@ pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
             format!("it has {n} POSIX timers (timer_create; not supported yet)"),
         ));
     }
-    let kids = read_to_string(&format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let kids = proc_read(pid, &format!("task/{pid}/children"))?;
     let kids: Vec<&str> = kids.split_whitespace().collect();
     if !kids.is_empty() {
         return Err(unsup(
             pid,
             format!(
                 "it has child processes ({}) (child processes are not supported yet)",
-                kids.join(", ")
+                kids.iter()
+                    .map(|k| {
+                        let comm = read_to_string(&format!("/proc/{k}/comm")).unwrap_or_default();
+                        format!("{k} {}", comm.trim())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ));
     }
@@ -74,22 +95,54 @@ fn check_shared_anon(pid: pid_t, lines: &[crate::procfs::MapsLine]) -> Result<()
     if ours.is_empty() {
         return Ok(());
     }
-    let Ok(rd) = std::fs::read_dir("/proc") else {
-        return Ok(());
+    // Fails closed: a process whose map cannot be read might share it, unless it cannot have
+    // got it. Such memory passes only by fork, and exec starts a new address space, so when the
+    // parent does not map it, it was made in this process (or dropped by the parent after the
+    // fork) and a sharer is one forked after this process started.
+    let stat_of = |p: pid_t| -> Option<(pid_t, u64)> {
+        let f = stat_fields(&read_to_string(&format!("/proc/{p}/stat")).ok()?).ok()?;
+        Some((f.get(3)?.parse().ok()?, f.get(21)?.parse().ok()?))
     };
-    for e in rd.flatten() {
+    let (ppid, started) =
+        stat_of(pid).ok_or_else(|| unsup(pid, format!("cannot parse /proc/{pid}/stat")))?;
+    let holds = |maps: &str| -> Option<bool> {
+        Some(parse_maps(maps).ok()?.iter().any(|m| {
+            m.shared
+                && (m.name.starts_with("/dev/zero") || m.name.starts_with("[anon_shmem:"))
+                && ours.contains(&m.ino)
+        }))
+    };
+    let parent_lacks_it = read_to_string(&format!("/proc/{ppid}/maps"))
+        .ok()
+        .and_then(|m| holds(&m))
+        == Some(false);
+    let rd = std::fs::read_dir("/proc").map_err(ferr(pid, "listing /proc"))?;
+    for e in rd {
+        let e = e.map_err(ferr(pid, "listing /proc"))?;
         let Some(other) = e.file_name().to_str().and_then(|s| s.parse::<pid_t>().ok()) else {
             continue;
         };
         if other == pid {
             continue;
         }
-        let Ok(maps) = read_to_string(&format!("/proc/{other}/maps")) else {
-            continue;
+        let maps = match read_to_string(&format!("/proc/{other}/maps")) {
+            Ok(m) => m,
+            // it exited meanwhile
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ESRCH)) => continue,
+            Err(e) => {
+                let older = stat_of(other).is_some_and(|(_, t)| t < started);
+                if parent_lacks_it && older {
+                    continue;
+                }
+                return Err(unsup(
+                    pid,
+                    format!(
+                        "it has shared anonymous memory and the memory map of process {other} cannot be read ({e}), so it cannot be shown that no one else maps it"
+                    ),
+                ));
+            }
         };
-        let Ok(theirs) = parse_maps(&maps) else {
-            continue;
-        };
+        let theirs = parse_maps(&maps).map_err(ferr(pid, format!("parsing /proc/{other}/maps")))?;
         if let Some(m) = theirs.iter().find(|m| {
             m.shared
                 && (m.name.starts_with("/dev/zero") || m.name.starts_with("[anon_shmem:"))
@@ -107,11 +160,85 @@ fn check_shared_anon(pid: pid_t, lines: &[crate::procfs::MapsLine]) -> Result<()
     Ok(())
 }
 
-pub(super) fn classify_vmas(pid: pid_t, maps: &str) -> Result<Vec<Vma>> {
-    let lines = parse_maps(maps).map_err(ferr(pid, "parsing maps"))?;
+/// /proc/PID/smaps, read once: its mapping lines (as /proc/PID/maps shows them) and each
+/// mapping's VmFlags, so that both describe the same moment.
+fn read_smaps(pid: pid_t) -> Result<(String, Vec<String>)> {
+    let s = proc_read(pid, "smaps")?;
+    let bad = || unsup(pid, format!("cannot parse /proc/{pid}/smaps"));
+    let mut maps = String::new();
+    let mut flags = Vec::new();
+    let mut n = 0usize;
+    for l in s.lines() {
+        if let Some(f) = l.strip_prefix("VmFlags:") {
+            flags.push(f.trim().to_string());
+            if flags.len() != n {
+                return Err(bad());
+            }
+        } else if l
+            .split(' ')
+            .next()
+            .and_then(|r| r.split_once('-'))
+            .is_some_and(|(a, b)| {
+                u64::from_str_radix(a, 16).is_ok() && u64::from_str_radix(b, 16).is_ok()
+            })
+        {
+            maps.push_str(l);
+            maps.push('\n');
+            n += 1;
+        }
+    }
+    if flags.len() != n {
+        return Err(bad());
+    }
+    Ok((maps, flags))
+}
+
+/// The carried bits of one mapping's VmFlags; anything it cannot make again is refused.
+fn vm_flags(pid: pid_t, name: &str, flags: &str) -> Result<(u32, bool)> {
+    let mut bits = 0;
+    let mut growsdown = false;
+    for f in flags.split_whitespace() {
+        if f == "gd" {
+            growsdown = true;
+        }
+        if let Some(&(_, b)) = vmflag::CARRIED.iter().find(|c| c.0 == f) {
+            bits |= b;
+        } else if !vmflag::IMPLIED.contains(&f) {
+            let what = match f {
+                "um" | "uw" | "ui" => "is registered with userfaultfd",
+                "ss" => "is a shadow stack",
+                "sl" => "is sealed (mseal)",
+                "ht" => "is hugetlbfs memory",
+                "io" | "pf" | "mm" | "de" => "is a device or driver mapping",
+                _ => "has a mapping flag omnode does not know",
+            };
+            return Err(unsup(
+                pid,
+                format!("its mapping {name} {what} (VmFlags \"{f}\"; not supported)"),
+            ));
+        }
+    }
+    Ok((bits, growsdown))
+}
+
+/// The memory map with each mapping's VmFlags, as [`read_smaps`] returns it.
+pub(super) type MapView = (String, Vec<String>);
+
+/// The memory map, from /proc/PID/smaps, with every refusal about it; also the view it used.
+///
+/// smaps walks every page table (about 0.1-0.3 s for a 1 GiB heap here), so once stopped the
+/// view read before the stop (`pre`) is used when /proc/PID/maps still shows exactly its
+/// mappings; otherwise smaps is read again. (A whole-mapping madvise/mlock between that read
+/// and the stop would go unseen: the one window this leaves.)
+pub(super) fn classify_vmas(pid: pid_t, pre: Option<MapView>) -> Result<(Vec<Vma>, MapView)> {
+    let (maps, smaps) = match pre {
+        Some(v) if proc_read(pid, "maps")? == v.0 => v,
+        _ => read_smaps(pid)?,
+    };
+    let lines = parse_maps(&maps).map_err(ferr(pid, "parsing maps"))?;
     check_shared_anon(pid, &lines)?;
     let mut v = Vec::with_capacity(lines.len());
-    for m in lines {
+    for (m, vmflags) in lines.into_iter().zip(&smaps) {
         let n = m.name.as_str();
         let mut file = None;
         let kind = match n {
@@ -166,17 +293,58 @@ pub(super) fn classify_vmas(pid: pid_t, maps: &str) -> Result<Vec<Vma>> {
                 ));
             }
         };
+        let special = matches!(
+            kind,
+            VmaKind::Vdso | VmaKind::Vvar | VmaKind::VvarVclock | VmaKind::Vsyscall
+        );
+        let (flags, growsdown) = if special {
+            (0, false)
+        } else {
+            vm_flags(pid, n, vmflags)?
+        };
         v.push(Vma {
+            flags,
             start: m.start,
             end: m.end,
             prot: m.prot,
             shared: m.shared,
-            growsdown: n == "[stack]",
+            growsdown,
             offset: m.offset,
             kind,
             name: m.name,
             file,
         });
     }
-    Ok(v)
+    Ok((v, (maps, smaps)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_flags_carry_known_bits_and_refuse_the_rest() {
+        let (bits, gd) = vm_flags(1, "[stack]", "rd wr mr mw me gd ac dd lo lf").unwrap();
+        assert!(gd);
+        assert_eq!(
+            bits,
+            vmflag::MAY_WRITE
+                | vmflag::ACCOUNT
+                | vmflag::DONTDUMP
+                | vmflag::LOCKED
+                | vmflag::LOCKONFAULT
+        );
+        for (f, why) in [
+            ("um", "userfaultfd"),
+            ("sl", "sealed"),
+            ("ss", "shadow stack"),
+            ("pf", "device"),
+            ("zz", "does not know"),
+        ] {
+            let e = vm_flags(1, "x", &format!("rd wr {f}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(why) && e.contains(f), "{f}: {e}");
+        }
+    }
 }

@@ -25,15 +25,44 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
             continue;
         };
-        let Ok(link) = std::fs::read_link(e.path()) else {
-            continue; // closed meanwhile
+        let link = match std::fs::read_link(e.path()) {
+            Ok(l) => l,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed meanwhile
+            Err(e) => return Err(ferr(pid, format!("reading {dir}/{fd}"))(e)),
         };
         let link = link.to_string_lossy().into_owned();
-        let info = read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")).unwrap_or_default();
-        let (pos, flags) = fdinfo(&info);
+        let info = match read_to_string(&format!("/proc/{pid}/fdinfo/{fd}")) {
+            Ok(i) => i,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // closed meanwhile
+            Err(e) => return Err(ferr(pid, format!("reading /proc/{pid}/fdinfo/{fd}"))(e)),
+        };
+        // fails closed: without its flags and offset an fd cannot be made again
+        let (pos, flags) = fdinfo(&info).ok_or_else(|| {
+            unsup(
+                pid,
+                format!("cannot parse /proc/{pid}/fdinfo/{fd}, so fd {fd} cannot be carried"),
+            )
+        })?;
         let cloexec = flags & libc::O_CLOEXEC as u32 != 0;
         let stdio_ok = fd <= 2;
         let refuse = |what: &str| unsup(pid, format!("fd {fd} is {what} (not supported yet)"));
+        if flags & libc::O_PATH as u32 != 0 {
+            // O_PATH: a location only, opened again by path (no device or pipe is opened)
+            if !link.starts_with('/') || link.ends_with(" (deleted)") {
+                return Err(refuse(&format!("an O_PATH fd of {link}")));
+            }
+            let md = std::fs::metadata(e.path()).map_err(ferr(pid, format!("stat of fd {fd}")))?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::Path {
+                    path: link,
+                    flags,
+                    pos: 0,
+                    is_dir: md.is_dir(),
+                },
+            });
+            continue;
+        }
         if let Some(k) = link.strip_prefix("anon_inode:") {
             let what = match k.trim_matches(|c| c == '[' || c == ']') {
                 "eventpoll" => "an epoll instance".to_string(),
@@ -60,7 +89,15 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 });
                 continue;
             }
-            return Err(refuse("a pipe"));
+            external_pipe(pid, fd, &link, flags, &dir)?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::External {
+                    what: format!("{} end of {link}", end_name(flags)),
+                    flags,
+                },
+            });
+            continue;
         }
         if !link.starts_with('/') {
             return Err(refuse(&link));
@@ -89,10 +126,18 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 });
                 continue;
             }
-            return Err(refuse(&format!(
-                "{} {link}",
-                if is_tty { "a terminal" } else { "a fifo" }
-            )));
+            if is_tty {
+                return Err(refuse(&format!("a terminal {link}")));
+            }
+            external_pipe(pid, fd, &link, flags, &dir)?;
+            fds.push(Fd {
+                fd,
+                kind: FdKind::External {
+                    what: format!("{} end of fifo {link}", end_name(flags)),
+                    flags,
+                },
+            });
+            continue;
         }
         if ft.is_char_device() && !SAFE_CHARDEVS.contains(&link.as_str()) {
             return Err(refuse(&format!("device {link}")));
@@ -114,18 +159,77 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
     Ok(fds)
 }
 
-/// Marks fds that share an open file description with an earlier one (kcmp).
-pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
+fn end_name(flags: u32) -> &'static str {
+    match flags & libc::O_ACCMODE as u32 {
+        0 => "read",
+        1 => "write",
+        _ => "read-write",
+    }
+}
+
+/// A pipe or FIFO above fd 2 is carried as external (thaw attaches it to what the user names)
+/// when its other end lies outside the process and no data waiting in it would be lost;
+/// otherwise refused. Fails closed: what cannot be checked is refused.
+fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str) -> Result<()> {
+    let refuse = |why: String| unsup(pid, format!("fd {fd} is {link}, {why}"));
+    // the process holds it at another fd as well (both ends: a self-pipe)
+    let rd = std::fs::read_dir(dir).map_err(ferr(pid, format!("listing {dir}")))?;
+    for e in rd {
+        let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
+        let other = e.file_name().to_string_lossy().into_owned();
+        if other == fd.to_string() {
+            continue;
+        }
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link) {
+            return Err(refuse(format!(
+                "which the process also holds at fd {other} (a pipe inside the process; not supported yet)"
+            )));
+        }
+    }
+    if flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32 {
+        // data the process has not read yet would stay behind in the old pipe
+        let copy = crate::seccomp::pidfd_getfd(pid, fd).map_err(|e| {
+            refuse(format!(
+                "and whether it holds unread data cannot be checked (pidfd_getfd: {e})"
+            ))
+        })?;
+        let mut n: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one int.
+        if unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&copy),
+                libc::FIONREAD,
+                &mut n,
+            )
+        } != 0
+        {
+            return Err(refuse(format!(
+                "and whether it holds unread data cannot be checked (FIONREAD: {})",
+                std::io::Error::last_os_error()
+            )));
+        }
+        if n > 0 {
+            return Err(refuse(format!(
+                "with {n} bytes the process has not read yet, which thaw could not give back (not supported yet)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Marks fds that share an open file description with an earlier one (kcmp). Fails closed:
+/// an fd that cannot be compared refuses the freeze (two offsets where there was one).
+pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     let ids: Vec<Option<(u64, u64)>> = fds
         .iter()
         .map(|f| match f.kind {
             FdKind::Path { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
-                .ok()
-                .map(|m| (m.dev(), m.ino())),
-            _ => None,
+                .map(|m| Some((m.dev(), m.ino())))
+                .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
+            _ => Ok(None),
         })
-        .collect();
+        .collect::<Result<_>>()?;
     for j in 0..fds.len() {
         let Some(idj) = ids[j] else { continue };
         for i in 0..j {
@@ -143,6 +247,12 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
                     fds[j].fd,
                 )
             };
+            if r < 0 {
+                return Err(ferr(
+                    pid,
+                    format!("kcmp of fds {} and {}", fds[i].fd, fds[j].fd),
+                )(std::io::Error::last_os_error()));
+            }
             if r == 0 {
                 let cloexec = match fds[j].kind {
                     FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
@@ -156,4 +266,5 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) {
             }
         }
     }
+    Ok(())
 }

@@ -117,6 +117,8 @@ pub struct Seized {
     stop_start: Instant,
     collected: bool,
     streamed: bool,
+    /// The memory map and VmFlags read before the stop (see [`checks::classify_vmas`]).
+    pre_map: Option<checks::MapView>,
 }
 
 /// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
@@ -130,12 +132,13 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
     }
     // --- checks before touching anything
     check_status(pid, false)?;
-    classify_vmas(pid, &proc_read(pid, "maps")?)?;
+    let (_, pre_map) = classify_vmas(pid, None)?;
     collect_fds(pid)?;
 
-    let was_stopped = proc_read(pid, "status")
-        .map(|st| status_field(&st, "State").is_some_and(|s| s.starts_with('T')))
-        .unwrap_or(false);
+    // fails closed: a stopped process must come back stopped
+    let was_stopped = status_field(&proc_read(pid, "status")?, "State")
+        .ok_or_else(|| unsup(pid, format!("/proc/{pid}/status has no State line")))?
+        .starts_with('T');
     let tracer = Tracer::spawn(format!("omnode-trace-{pid}"))?;
     let stop_start = tracer.call(move |slot| stop(slot, pid, timeout))??;
     Ok(Seized {
@@ -145,6 +148,7 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
         stop_start,
         collected: false,
         streamed: false,
+        pre_map: Some(pre_map),
     })
 }
 
@@ -209,11 +213,12 @@ impl Seized {
     /// stopped (the authoritative refusal checks run again here).
     pub fn collect(&mut self) -> Result<ProcessImage> {
         let (pid, was_stopped) = (self.pid, self.was_stopped);
+        let pre = self.pre_map.take();
         let img = self.tracer.call(move |slot| {
             let g = slot.get::<Held>().ok_or(Error::TracerGone {
                 name: format!("omnode-trace-{pid}"),
             })?;
-            collect(g, pid, was_stopped)
+            collect(g, pid, was_stopped, pre)
         })??;
         self.collected = true;
         Ok(img)
@@ -270,6 +275,17 @@ impl Seized {
                 ),
             });
         }
+        if ending == Ending::Kill {
+            if let Err(reason) = can_thaw_here() {
+                // put it back as it was: no process is lost
+                self.tracer.call(|slot| {
+                    if let Some(g) = slot.get::<Held>() {
+                        g.release();
+                    }
+                })?;
+                return Err(unsup(pid, reason));
+            }
+        }
         match ending {
             Ending::Release => {
                 self.tracer.call(|slot| {
@@ -294,10 +310,36 @@ impl Seized {
     }
 }
 
+/// Whether this process may thaw images: the thaw sets the executable of the new process
+/// (PR_SET_MM_MAP with exe_fd: CAP_CHECKPOINT_RESTORE or CAP_SYS_ADMIN) and its groups
+/// (setgroups: CAP_SETGID). `Err` with the reason when it may not; fails closed when its own
+/// capabilities cannot be read.
+pub fn can_thaw_here() -> std::result::Result<(), String> {
+    let st = read_to_string("/proc/self/status")
+        .map_err(|e| format!("cannot read /proc/self/status to check its capabilities: {e}"))?;
+    let eff = status_field(&st, "CapEff")
+        .and_then(|v| u64::from_str_radix(v, 16).ok())
+        .ok_or("cannot parse CapEff in /proc/self/status")?;
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    const CAP_SETGID: u32 = 6;
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_CHECKPOINT_RESTORE: u32 = 40;
+    if !has(CAP_SETGID) || !(has(CAP_SYS_ADMIN) || has(CAP_CHECKPOINT_RESTORE)) {
+        return Err(
+            "this user could not thaw it (thaw needs root, or CAP_CHECKPOINT_RESTORE and CAP_SETGID), so ending it would lose it; checkpoint it with --leave-running, or freeze as root".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Freezes process `pid` into `out`: [`seize`] → collect → stream → finish. Without
 /// `leave_running` the process is killed once the whole image has been written and flushed. On
 /// any error the process is left running, untouched.
 pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<FreezeReport> {
+    if !opts.leave_running {
+        // a freeze never ends a process its caller cannot thaw: checked before touching it
+        can_thaw_here().map_err(|reason| unsup(pid, reason))?;
+    }
     let mut s = seize(pid, DEFAULT_STOP_TIMEOUT)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
@@ -318,13 +360,17 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
 }
 
 /// On the tracer thread: phase 2.
-fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> {
+fn collect(
+    g: &mut Held,
+    pid: pid_t,
+    was_stopped: bool,
+    pre: Option<checks::MapView>,
+) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
     let status = check_status(pid, true)?;
-    let maps = proc_read(pid, "maps")?;
-    let vmas = classify_vmas(pid, &maps)?;
+    let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
-    find_shared(pid, &mut fds);
+    find_shared(pid, &mut fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
     let xstate = get_xstate(pid).map_err(ferr(pid, "reading the xsave area"))?;
@@ -342,6 +388,13 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
         .collect();
 
     let stat = stat_fields(&proc_read(pid, "stat")?).map_err(ferr(pid, "parsing stat"))?;
+    // fails closed: every field used below must be there and be a number
+    if stat.len() < 51
+        || (4..=51)
+            .any(|n| stat[n - 1].parse::<i64>().is_err() && stat[n - 1].parse::<u64>().is_err())
+    {
+        return Err(unsup(pid, format!("cannot parse /proc/{pid}/stat")));
+    }
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
         .map_err(ferr(pid, "reading its executable"))?
         .to_string_lossy()
@@ -369,43 +422,38 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
         ));
     }
     let auxv = std::fs::read(format!("/proc/{pid}/auxv")).map_err(ferr(pid, "reading auxv"))?;
-    let personality = u32::from_str_radix(proc_read(pid, "personality")?.trim(), 16).unwrap_or(0);
+    let personality = u32::from_str_radix(proc_read(pid, "personality")?.trim(), 16)
+        .map_err(|_| unsup(pid, format!("cannot parse /proc/{pid}/personality")))?;
+    let oom_score_adj: i32 = proc_read(pid, "oom_score_adj")?
+        .trim()
+        .parse()
+        .map_err(|_| unsup(pid, format!("cannot parse /proc/{pid}/oom_score_adj")))?;
     let comm = proc_read(pid, "comm")?.trim_end_matches('\n').to_string();
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let cmdline =
+        std::fs::read(format!("/proc/{pid}/cmdline")).map_err(ferr(pid, "reading its cmdline"))?;
     let boot_id = read_to_string("/proc/sys/kernel/random/boot_id")
         .unwrap_or_default()
         .trim()
         .to_string();
-    let ids = |k: &str| -> [u32; 4] {
-        let mut a = [0u32; 4];
-        for (i, v) in status_field(&status, k)
-            .unwrap_or("")
-            .split_whitespace()
-            .take(4)
-            .enumerate()
-        {
-            a[i] = v.parse().unwrap_or(0);
-        }
-        a
-    };
-    let creds = Creds {
-        uid: ids("Uid"),
-        gid: ids("Gid"),
-        groups: status_field(&status, "Groups")
-            .unwrap_or("")
-            .split_whitespace()
-            .filter_map(|g| g.parse().ok())
-            .collect(),
-    };
+    // credentials fail closed: never defaulted (an unparsable uid must not become root)
+    let bad_status = |k: &str| unsup(pid, format!("cannot parse {k} in /proc/{pid}/status"));
+    let creds = state::parse_creds(&status).map_err(&bad_status)?;
     let umask = status_field(&status, "Umask")
         .and_then(|v| u32::from_str_radix(v, 8).ok())
-        .unwrap_or(0o022);
-    let no_new_privs = status_field(&status, "NoNewPrivs").is_some_and(|v| v != "0");
+        .ok_or_else(|| bad_status("Umask"))?;
+    let no_new_privs = match status_field(&status, "NoNewPrivs") {
+        Some("0") => false,
+        Some("1") => true,
+        _ => return Err(bad_status("NoNewPrivs")),
+    };
     // /proc/PID/limits rather than prlimit(): that needs CAP_SYS_RESOURCE for other users' processes
-    let rlimits = parse_limits(&proc_read(pid, "limits")?);
+    let rlimits = parse_limits(&proc_read(pid, "limits")?)
+        .ok_or_else(|| unsup(pid, format!("cannot parse /proc/{pid}/limits")))?;
     let mut robust = (0u64, 0u64);
     // SAFETY: get_robust_list writes two words.
-    unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut robust.0, &mut robust.1) };
+    if unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut robust.0, &mut robust.1) } != 0 {
+        return Err(ferr(pid, "get_robust_list")(io::Error::last_os_error()));
+    }
 
     // --- injected queries
     let gadget = find_gadget(pid, &vmas)
@@ -433,7 +481,10 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
         )
         .map_err(inj)?;
     let res: Result<_> = (|| {
-        let want = sigmask_field(&status, "SigCgt") | sigmask_field(&status, "SigIgn");
+        let want = sigmask_field(&status, "SigCgt")
+            .zip(sigmask_field(&status, "SigIgn"))
+            .map(|(a, b)| a | b)
+            .ok_or_else(|| bad_status("SigCgt/SigIgn"))?;
         let sigs: Vec<u32> = (1..=64u32)
             .filter(|&sig| want & (1u64 << (sig - 1)) != 0 && sig != 9 && sig != 19)
             .collect();
@@ -451,6 +502,26 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
                 [which, scratch + 2560 + 32 * which, 0, 0, 0, 0],
             ));
         }
+        // results of these three are read from the return value (THP) or at 2700 and 2704
+        calls.push((
+            libc::SYS_prctl,
+            [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
+        ));
+        calls.push((
+            libc::SYS_prctl,
+            [
+                libc::PR_GET_CHILD_SUBREAPER as u64,
+                scratch + 2700,
+                0,
+                0,
+                0,
+                0,
+            ],
+        ));
+        calls.push((
+            libc::SYS_prctl,
+            [libc::PR_GET_PDEATHSIG as u64, scratch + 2704, 0, 0, 0, 0],
+        ));
         for &sig in &sigs {
             calls.push((
                 libc::SYS_rt_sigaction,
@@ -459,13 +530,13 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
         }
         // all of it in one ptrace stop
         let r = t
-            .batch(scratch + 4096, scratch + 2304, &calls)
+            .batch(scratch + 4096, scratch + 12288, &calls)
             .map_err(inj)?;
         if let Some(e) = r[1..].iter().find(|&&v| (-4095..0).contains(&v)) {
             return Err(inj(crate::error::from_neg(*e)));
         }
-        let mut b = vec![0u8; 2656];
-        read_mem(pid, &mut b, &[(scratch, 2656)]).map_err(ferr(pid, "reading injected results"))?;
+        let mut b = vec![0u8; 2712];
+        read_mem(pid, &mut b, &[(scratch, 2712)]).map_err(ferr(pid, "reading injected results"))?;
         let w = |o: usize| u64::from_ne_bytes(b[o..o + 8].try_into().unwrap());
         let acts = sigs
             .iter()
@@ -491,7 +562,9 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
                 *v = w(2560 + 32 * k + 8 * j);
             }
         }
-        Ok((r[0] as u64, acts, alt, w(2080), itimers))
+        let int = |o: usize| i32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+        let prctls = (r[6] as u64, int(2700) != 0, int(2704));
+        Ok((r[0] as u64, acts, alt, w(2080), itimers, prctls))
     })();
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
@@ -503,8 +576,18 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
                 Err(inj(crate::error::from_neg(r)))
             }
         });
-    let (brk, sigactions, altstack, ctid, itimers) = res?;
+    let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
+        res?;
     unmap?;
+    if pdeathsig != 0 {
+        // thaw's tracer thread is the new parent, and its end would deliver the signal
+        return Err(unsup(
+            pid,
+            format!(
+                "it has a parent-death signal (PR_SET_PDEATHSIG {pdeathsig}), which a thawed process would receive as soon as thaw lets it go (not supported yet)"
+            ),
+        ));
+    }
     g.stashed.append(&mut t.stashed);
     // Put registers and mask back now, not after the (possibly long) memory copy: should omnode
     // die from here on, the kernel detaches and the process simply runs on.
@@ -568,6 +651,9 @@ fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> 
         itimers,
         vmas,
         fds,
+        thp_disable,
+        child_subreaper,
+        oom_score_adj,
     };
 
     Ok(img)

@@ -219,8 +219,21 @@ impl ProcessImage {
                     e.str(what);
                     e.u8(*cloexec as u8)
                 }
+                FdKind::External { what, flags } => {
+                    e.u8(3);
+                    e.str(what);
+                    e.u32(*flags)
+                }
             }
         }
+        // appended after the first version of this section; a section without them decodes
+        // with the defaults (not carried then)
+        for v in &self.vmas {
+            e.u32(v.flags)
+        }
+        e.u64(self.thp_disable);
+        e.u8(self.child_subreaper as u8);
+        e.u32(self.oom_score_adj as u32);
         e.0
     }
 
@@ -361,6 +374,7 @@ impl ProcessImage {
                 kind,
                 name,
                 file,
+                flags: 0,
             })
         }
         let n = d.len(1 << 20)?;
@@ -381,12 +395,31 @@ impl ProcessImage {
                     what: d.str()?,
                     cloexec: d.u8()? != 0,
                 },
+                3 => FdKind::External {
+                    what: d.str()?,
+                    flags: d.u32()?,
+                },
                 _ => return Err(corrupt("fd kind")),
             };
             if fd < 0 {
                 return Err(corrupt("fd number"));
             }
             p.fds.push(Fd { fd, kind })
+        }
+        if !d.done() {
+            for v in p.vmas.iter_mut() {
+                v.flags = d.u32()?;
+            }
+            p.thp_disable = d.u64()?;
+            p.child_subreaper = match d.u8()? {
+                0 => false,
+                1 => true,
+                _ => return Err(corrupt("child subreaper")),
+            };
+            p.oom_score_adj = d.u32()? as i32;
+            if !(-1000..=1000).contains(&p.oom_score_adj) {
+                return Err(corrupt("oom_score_adj"));
+            }
         }
         if !d.done() {
             return Err(corrupt("trailing bytes"));
@@ -430,7 +463,11 @@ mod tests {
                 kind: VmaKind::Anon,
                 name: "[stack]".into(),
                 file: None,
+                flags: vmflag::DONTDUMP | vmflag::LOCKED,
             }],
+            thp_disable: 3,
+            child_subreaper: true,
+            oom_score_adj: -17,
             fds: vec![
                 Fd {
                     fd: 1,
@@ -448,6 +485,13 @@ mod tests {
                         cloexec: true,
                     },
                 },
+                Fd {
+                    fd: 251,
+                    kind: FdKind::External {
+                        what: "write end of pipe:[77]".into(),
+                        flags: 0o2000001,
+                    },
+                },
             ],
             itimers: [[0, 20000, 0, 5], [0; 4], [0; 4]],
             stopped: true,
@@ -457,8 +501,21 @@ mod tests {
         assert_eq!(format!("{p:?}"), format!("{q:?}"));
         // every truncation of the section is an error, never a panic
         let b = p.encode();
+        // ...except exactly where the first version of the section ended: that decodes,
+        // with nothing of the appended fields carried
+        let v1 = b.len() - (4 * p.vmas.len() + 8 + 1 + 4);
         for n in 0..b.len() {
-            assert!(ProcessImage::decode(&b[..n]).is_err());
+            assert_eq!(ProcessImage::decode(&b[..n]).is_ok(), n == v1, "cut at {n}");
         }
+        let old = ProcessImage::decode(&b[..v1]).unwrap();
+        assert_eq!(
+            (
+                old.vmas[0].flags,
+                old.thp_disable,
+                old.child_subreaper,
+                old.oom_score_adj
+            ),
+            (0, 0, false, 0)
+        );
     }
 }

@@ -37,6 +37,58 @@ pub struct Vma {
     /// As /proc/PID/maps shows it (`[heap]`, `/usr/lib/...`).
     pub name: String,
     pub file: Option<FileId>,
+    /// [`vmflag`] bits: madvise state, mlock, and the maximum protection (from smaps' VmFlags).
+    pub flags: u32,
+}
+
+/// Per-mapping state beyond protection and sharing, as smaps' VmFlags shows it; restored by
+/// mmap flags, open modes, madvise and mlock2.
+pub mod vmflag {
+    /// "mw": may be made writable (a shared file mapping whose file was opened for writing).
+    pub const MAY_WRITE: u32 = 1 << 0;
+    /// "dd": MADV_DONTDUMP.
+    pub const DONTDUMP: u32 = 1 << 1;
+    /// "dc": MADV_DONTFORK.
+    pub const DONTFORK: u32 = 1 << 2;
+    /// "wf": MADV_WIPEONFORK.
+    pub const WIPEONFORK: u32 = 1 << 3;
+    /// "hg": MADV_HUGEPAGE.
+    pub const HUGEPAGE: u32 = 1 << 4;
+    /// "nh": MADV_NOHUGEPAGE.
+    pub const NOHUGEPAGE: u32 = 1 << 5;
+    /// "mg": MADV_MERGEABLE.
+    pub const MERGEABLE: u32 = 1 << 6;
+    /// "sr": MADV_SEQUENTIAL.
+    pub const SEQUENTIAL: u32 = 1 << 7;
+    /// "rr": MADV_RANDOM.
+    pub const RANDOM: u32 = 1 << 8;
+    /// "lo": mlock'ed.
+    pub const LOCKED: u32 = 1 << 9;
+    /// "lf": mlock'ed on fault (MLOCK_ONFAULT).
+    pub const LOCKONFAULT: u32 = 1 << 10;
+    /// "nr": MAP_NORESERVE.
+    pub const NORESERVE: u32 = 1 << 11;
+    /// "ac": charged to the commit limit (a private mapping that is or was writable).
+    pub const ACCOUNT: u32 = 1 << 12;
+    /// The VmFlags mnemonics carried, with their bit.
+    pub const CARRIED: &[(&str, u32)] = &[
+        ("mw", MAY_WRITE),
+        ("dd", DONTDUMP),
+        ("dc", DONTFORK),
+        ("wf", WIPEONFORK),
+        ("hg", HUGEPAGE),
+        ("nh", NOHUGEPAGE),
+        ("mg", MERGEABLE),
+        ("sr", SEQUENTIAL),
+        ("rr", RANDOM),
+        ("lo", LOCKED),
+        ("lf", LOCKONFAULT),
+        ("nr", NORESERVE),
+        ("ac", ACCOUNT),
+    ];
+    /// Mnemonics that follow from how a mapping is made again (protection, sharing, may-read/
+    /// exec/share, soft-dirty, grows-down), so need no bit of their own.
+    pub const IMPLIED: &[&str] = &["rd", "wr", "ex", "sh", "mr", "me", "ms", "sd", "gd"];
 }
 
 impl Vma {
@@ -61,6 +113,14 @@ pub enum FdKind {
     SharedWith { fd: i32, cloexec: bool },
     /// A terminal or pipe on 0..2: attached to thaw's stdio (or a file named at thaw).
     Stdio { what: String, cloexec: bool },
+    /// A pipe or FIFO above fd 2 whose other end lies outside the process (e.g. one a shell
+    /// leaked): thaw attaches it to what the user names (a placeholder fd).
+    External {
+        /// What it was (`write end of pipe:[1234]`).
+        what: String,
+        /// Its file status flags (O_ACCMODE, O_NONBLOCK, O_CLOEXEC ...).
+        flags: u32,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -164,4 +224,10 @@ pub struct ProcessImage {
     pub itimers: [[u64; 4]; 3],
     pub vmas: Vec<Vma>,
     pub fds: Vec<Fd>,
+    /// PR_GET_THP_DISABLE's value (bit 0: disabled; higher bits: its flags).
+    pub thp_disable: u64,
+    /// PR_SET_CHILD_SUBREAPER.
+    pub child_subreaper: bool,
+    /// /proc/PID/oom_score_adj.
+    pub oom_score_adj: i32,
 }

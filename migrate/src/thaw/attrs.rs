@@ -41,7 +41,46 @@ pub(super) fn set_attributes(b: &mut Builder, img: &ProcessImage, pid: pid_t) ->
             );
         }
     }
+    // the mappings finished (protections, madvise, mlock), now that their contents are in
+    let calls = super::maps::after_contents(img);
+    b.run(&calls)?;
+    // oom_score_adj (lowering it needs CAP_SYS_RESOURCE)
+    std::fs::write(
+        format!("/proc/{pid}/oom_score_adj"),
+        img.oom_score_adj.to_string(),
+    )
+    .map_err(terr(format!(
+        "setting oom_score_adj to {}",
+        img.oom_score_adj
+    )))?;
     let mut calls = Vec::new();
+    // set either way: the new process inherited thaw's own
+    calls.push(call(
+        "prctl(PR_SET_THP_DISABLE)",
+        libc::SYS_prctl,
+        &[
+            libc::PR_SET_THP_DISABLE as u64,
+            img.thp_disable & 1,
+            if img.thp_disable & 1 != 0 {
+                img.thp_disable & !1
+            } else {
+                0
+            },
+            0,
+            0,
+        ],
+    ));
+    calls.push(call(
+        "prctl(PR_SET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        &[
+            libc::PR_SET_CHILD_SUBREAPER as u64,
+            img.child_subreaper as u64,
+            0,
+            0,
+            0,
+        ],
+    ));
     let mut name = img.comm.as_bytes().to_vec();
     name.truncate(15);
     name.push(0);

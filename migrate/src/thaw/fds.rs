@@ -41,7 +41,9 @@ pub(super) fn restore_fds(
             };
             let cloexec = match &f.kind {
                 FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
-                FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+                FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
+                    flags & libc::O_CLOEXEC as u32 != 0
+                }
             };
             let r = b.sys(
                 &format!("pidfd_getfd of placeholder {local} for fd {fd}"),
@@ -62,6 +64,12 @@ pub(super) fn restore_fds(
             continue;
         }
         match &f.kind {
+            FdKind::External { what, .. } => {
+                // checked before the process was made; kept as a guard
+                return Err(crate::error::Error::FdsNeedNames {
+                    fds: vec![(f.fd, what.clone())],
+                });
+            }
             FdKind::Stdio { cloexec, .. } => {
                 if *cloexec {
                     b.sys(
@@ -100,6 +108,9 @@ pub(super) fn restore_fds(
                         &[r, fd, (fl & libc::O_CLOEXEC as u32) as u64],
                     )?;
                     b.sys("close", libc::SYS_close, &[r])?;
+                }
+                if flags & libc::O_PATH as u32 != 0 {
+                    continue; // no offset: an O_PATH fd does no I/O
                 }
                 let r =
                     b.t.syscall_raw(libc::SYS_lseek, &[fd, *pos, libc::SEEK_SET as u64])

@@ -41,7 +41,7 @@ pub(super) fn write_contents<R: Read>(
                 ))
                 .into());
             };
-            if v.prot & libc::PROT_WRITE as u32 != 0 {
+            if super::maps::map_prot(v) & libc::PROT_WRITE as u32 != 0 {
                 if wr.is_empty() {
                     wr_start = off;
                 }

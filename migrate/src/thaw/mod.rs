@@ -197,6 +197,21 @@ impl Thawing {
             }
         }
         let xstate = fit_xstate(&img.xstate)?;
+        let unnamed: Vec<(i32, String)> = img
+            .fds
+            .iter()
+            .filter_map(|f| match &f.kind {
+                FdKind::External { what, .. }
+                    if !opts.fd_placeholders.iter().any(|p| p.0 == f.fd) =>
+                {
+                    Some((f.fd, what.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        if !unnamed.is_empty() {
+            return Err(Error::FdsNeedNames { fds: unnamed });
+        }
         let gadget = own_vdso_gadget(&self_maps)
             .ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
 

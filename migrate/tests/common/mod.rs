@@ -2,6 +2,8 @@
 //! every process is killed and reaped even when a test fails.
 #![allow(dead_code)]
 
+pub mod check;
+
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -130,15 +132,33 @@ pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
         None => f.try_clone().unwrap(),
     };
     cmd.stdin(Stdio::null()).stdout(f).stderr(e);
-    // SAFETY: close_range is async-signal-safe.
+    let leak = inherited_pipe();
+    let w = leak.as_ref().map(|p| p.1).unwrap_or(-1);
+    // SAFETY: dup2 and close_range are async-signal-safe.
     unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        cmd.pre_exec(move || {
+            if w >= 0 {
+                // an unused write end of a pipe, as a careless shell leaks one
+                if libc::dup2(w, LEAKED_FD) != LEAKED_FD {
+                    return Err(std::io::Error::last_os_error());
+                }
+                libc::syscall(libc::SYS_close_range, 3u32, LEAKED_FD as u32 - 1, 0u32);
+                libc::syscall(libc::SYS_close_range, LEAKED_FD as u32 + 1, u32::MAX, 0u32);
+            } else {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            }
             Ok(())
         });
     }
     #[allow(clippy::zombie_processes)] // reaped by Proc
     let c = cmd.spawn().expect("spawn");
+    if let Some((r, w)) = leak {
+        // SAFETY: our own pipe fds, closed once.
+        unsafe {
+            libc::close(r);
+            libc::close(w);
+        }
+    }
     Proc::new(c.id() as i32)
 }
 
@@ -176,9 +196,53 @@ pub fn freeze(pid: i32, leave_running: bool) -> migrate::Result<Vec<u8>> {
     Ok(img)
 }
 
+/// With this set, every program these helpers spawn inherits an unused pipe write end at
+/// [`LEAKED_FD`], and [`thaw`] gives it /dev/null there (the suite run a second time).
+pub const INHERITED_PIPE_ENV: &str = "OMNODE_TEST_INHERITED_PIPE";
+pub const LEAKED_FD: i32 = 100;
+
+/// (read end, write end) of a new pipe, when [`INHERITED_PIPE_ENV`] is set.
+fn inherited_pipe() -> Option<(i32, i32)> {
+    std::env::var_os(INHERITED_PIPE_ENV)?;
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    Some((p[0], p[1]))
+}
+
 pub fn thaw(img: &[u8]) -> Proc {
-    let t = migrate::thaw(img, &migrate::ThawOptions::default()).expect("thaw");
+    let t = thaw_with(img, migrate::ThawOptions::default()).expect("thaw");
     Proc::new(t.pid)
+}
+
+/// `migrate::thaw` with `opts`; under [`INHERITED_PIPE_ENV`] the inherited pipe gets /dev/null.
+pub fn thaw_with(img: &[u8], mut opts: migrate::ThawOptions) -> migrate::Result<migrate::Thawed> {
+    let _null;
+    if std::env::var_os(INHERITED_PIPE_ENV).is_some() {
+        let r = migrate::ImageReader::new(img)?;
+        let ext = r
+            .process()
+            .fds
+            .iter()
+            .find(|f| f.fd == LEAKED_FD)
+            .map(|f| f.kind.clone());
+        match ext {
+            Some(migrate::FdKind::External { .. }) => {
+                _null = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open("/dev/null")
+                    .unwrap();
+                use std::os::fd::AsRawFd;
+                opts.fd_placeholders.push((LEAKED_FD, _null.as_raw_fd()));
+            }
+            // what an earlier thaw gave it
+            Some(migrate::FdKind::Path { path, .. }) if path == "/dev/null" => {}
+            o => panic!(
+                "the inherited pipe at fd {LEAKED_FD} is not in the image as external: {o:?}"
+            ),
+        }
+    }
+    migrate::thaw(img, &opts)
 }
 
 pub fn exited_ok(st: i32) -> bool {

@@ -1,5 +1,5 @@
 /* Holds one kind of unsupported resource, then loops printing.  usage: fdkinds KIND ITERS
-   KIND: epoll eventfd timerfd signalfd inotify sysv posixshm sharedanon */
+   KIND: epoll eventfd timerfd signalfd inotify sysv posixshm sharedanon pdeathsig mseal */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -16,6 +16,8 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 #include <sys/wait.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 
 int main(int argc, char **argv) {
     const char *k = argv[1];
@@ -26,6 +28,11 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "timerfd")) fd = timerfd_create(CLOCK_MONOTONIC, 0);
     else if (!strcmp(k, "signalfd")) { sigset_t m; sigemptyset(&m); sigaddset(&m, SIGUSR1); fd = signalfd(-1, &m, 0); }
     else if (!strcmp(k, "inotify")) fd = inotify_init();
+    else if (!strcmp(k, "pdeathsig")) fd = prctl(PR_SET_PDEATHSIG, SIGTERM, 0, 0, 0);
+    else if (!strcmp(k, "mseal")) {
+        p = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (syscall(462 /* mseal */, p, 4096, 0) != 0) return 3;
+    }
     else if (!strcmp(k, "sysv")) {
         int id = shmget(IPC_PRIVATE, 4096, IPC_CREAT | 0600);
         p = shmat(id, 0, 0);
