@@ -1,5 +1,6 @@
 //! `omnode`: the daemon and its command-line front ends.
 
+mod cgroup;
 mod ckpt;
 mod control;
 mod daemon;
