@@ -12,5 +12,6 @@
 //! dependency on the rest of omnode is the node number type of `discovery`.
 
 pub mod load;
+pub mod policy;
 
 pub use discovery::NodeId;
