@@ -13,5 +13,6 @@
 
 pub mod load;
 pub mod policy;
+pub mod sim;
 
 pub use discovery::NodeId;

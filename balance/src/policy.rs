@@ -15,8 +15,10 @@
 //!   target has not yet reported: [`Config::pending_for`]).
 //! - **Hysteresis.** A target must offer at least [`Config::hysteresis`] times the speed the
 //!   process gets here. With exact loads the move back would then need the opposite, so a
-//!   process never bounces between two nodes; on top, a process that arrived stays at least
-//!   [`Config::min_stay`].
+//!   process never bounces between two nodes; but loads are gossiped, smoothed and a
+//!   little old, and other nodes send too, so on top a process that arrived stays at least
+//!   [`Config::min_stay`] and does not go back to the node it came from within
+//!   [`Config::return_after`].
 //! - **Cost against gain.** The remaining CPU work is estimated from the past (a process
 //!   that has used `T` CPU seconds is expected to use about `T` more: the older a process,
 //!   the longer it lives), so the expected gain is the time that work takes here minus the
@@ -55,6 +57,8 @@ pub struct Config {
     pub default_bandwidth: f64,
     /// A process that arrived stays at least this long.
     pub min_stay: Duration,
+    /// A process does not go back to the node it came from within this time of arriving.
+    pub return_after: Duration,
     /// Memory ushering starts when free memory is below this fraction of the total.
     pub mem_low: f64,
     /// At most this many load decisions per tick (memory ushering comes on top).
@@ -73,6 +77,7 @@ impl Default for Config {
             fixed_cost: Duration::from_millis(100),
             default_bandwidth: 100e6,
             min_stay: Duration::from_secs(5),
+            return_after: Duration::from_secs(30),
             mem_low: 0.10,
             max_moves: 1,
             refuse_backoff: Duration::from_secs(10),
@@ -128,6 +133,8 @@ pub struct Process {
     pub lock: bool,
     /// When it arrived on this node; None when it was started here and never left.
     pub arrived: Option<Instant>,
+    /// The node it came from (with `arrived`).
+    pub came_from: Option<NodeId>,
 }
 
 /// Why a process is to move.
@@ -299,6 +306,16 @@ impl Balancer {
             .collect()
     }
 
+    /// Whether `p` may go to `to` now (not straight back where it came from).
+    fn may_go(&self, p: &Process, to: NodeId, now: Instant) -> bool {
+        match (p.came_from, p.arrived) {
+            (Some(from), Some(at)) if from == to => {
+                now.saturating_duration_since(at) >= self.cfg.return_after
+            }
+            _ => true,
+        }
+    }
+
     /// One balancing round: the moves to make now (at most [`Config::max_moves`] for load,
     /// plus what memory ushering needs).
     pub fn on_tick(
@@ -328,7 +345,9 @@ impl Balancer {
                 let best = targets
                     .iter_mut()
                     .filter(|t| {
-                        t.load.free_mem >= p.size.saturating_add(low_water(&self.cfg, &t.load))
+                        self.may_go(p, t.id, now)
+                            && t.load.free_mem
+                                >= p.size.saturating_add(low_water(&self.cfg, &t.load))
                             && t.load.share(1.0) >= here
                     })
                     .max_by(|a, b| {
@@ -361,6 +380,9 @@ impl Balancer {
             let mut best: Option<(f64, usize, usize, Duration, Duration)> = None;
             for (pi, p) in movable.iter().enumerate() {
                 for (ti, t) in targets.iter().enumerate() {
+                    if !self.may_go(p, t.id, now) {
+                        continue;
+                    }
                     if let Some((gain, cost)) = self.worth(&me, p, t) {
                         let net = gain - cost;
                         let better = match best {
@@ -409,7 +431,9 @@ impl Balancer {
         }
         let here = me.share(0.0);
         let there = t.load.share(1.0);
-        if !(there > here * self.cfg.hysteresis.max(1.0)) {
+        // (NaN compares false: no move)
+        let faster = there > here * self.cfg.hysteresis.max(1.0);
+        if !faster {
             return None;
         }
         // remaining work ≈ the CPU time used so far, at this node's per-CPU speed

@@ -41,6 +41,7 @@ fn proc_(pid: u32, cpu_s: f64, size: u64) -> Process {
         size,
         lock: false,
         arrived: None,
+        came_from: None,
     }
 }
 
@@ -192,6 +193,26 @@ fn flags_stay_lstay_lock_block_and_down_peers() {
         ..p
     };
     assert_eq!(run(local(4.0), &[peer(2, idle)], settled).len(), 1);
+    // not straight back where it came from, until `return_after`
+    let back = Process {
+        came_from: Some(2),
+        ..settled
+    };
+    assert!(
+        run(local(4.0), &[peer(2, idle)], back).is_empty(),
+        "return_after"
+    );
+    let d = run(
+        local(4.0),
+        &[peer(2, idle), peer(3, load(0.5, 1.0, 1000))],
+        back,
+    );
+    assert_eq!(d[0].to, 3, "elsewhere is fine");
+    let long_ago = Process {
+        arrived: Some(now - Duration::from_secs(30)),
+        ..back
+    };
+    assert_eq!(run(local(4.0), &[peer(2, idle)], long_ago)[0].to, 2);
 }
 
 #[test]
@@ -420,19 +441,18 @@ fn arb_proc() -> impl Strategy<Value = Process> {
         0u64..10_000,
         0u64..(4 * GIB),
         any::<bool>(),
-        prop::option::of(0u64..20_000),
+        prop::option::of((0u64..40_000, 1u32..10)),
     )
-        .prop_map(
-            |(pid, home, age, cpu, size, lock, arrived_ms_ago)| Process {
-                pid,
-                home,
-                age: Duration::from_millis(age.max(cpu)),
-                cpu: Duration::from_millis(cpu),
-                size,
-                lock,
-                arrived: arrived_ms_ago.map(|ms| base() - Duration::from_millis(ms)),
-            },
-        )
+        .prop_map(|(pid, home, age, cpu, size, lock, arrived)| Process {
+            pid,
+            home,
+            age: Duration::from_millis(age.max(cpu)),
+            cpu: Duration::from_millis(cpu),
+            size,
+            lock,
+            arrived: arrived.map(|(ms, _)| base() - Duration::from_millis(ms)),
+            came_from: arrived.map(|(_, from)| from),
+        })
 }
 
 fn base() -> Instant {
@@ -480,6 +500,7 @@ proptest! {
             prop_assert!(!p.lock);
             prop_assert!(!(flags.1 && p.home == 1));
             prop_assert!(p.arrived.is_none_or(|t| now.duration_since(t) >= cfg.min_stay));
+            prop_assert!(p.came_from != Some(x.to) || now.duration_since(p.arrived.unwrap()) >= cfg.return_after);
             prop_assert!(seen.insert(x.pid) || procs.iter().filter(|q| q.pid == x.pid).count() > 1);
         }
         let load_moves = d.iter().filter(|x| matches!(x.reason, Reason::Load { .. })).count();
@@ -500,7 +521,7 @@ proptest! {
         let t0 = base();
         let p = Process {
             pid: 7, home: 1, age: Duration::from_millis(cpu_ms * 2),
-            cpu: Duration::from_millis(cpu_ms), size, lock: false, arrived: None,
+            cpu: Duration::from_millis(cpu_ms), size, lock: false, arrived: None, came_from: None,
         };
         let at_a = Local { id: 1, load: a, flags: Flags::default() };
         let d = Balancer::new(Config::default()).on_tick(t0, &at_a, &[peer(2, b_load)], &[p]);
@@ -511,7 +532,8 @@ proptest! {
         let a_after = Load { load: (a.load - 1.0).max(0.0), ..a };
         let b_after = Load { load: b_load.load + 1.0, ..b_load };
         let at_b = Local { id: 2, load: b_after, flags: Flags::default() };
-        let moved = Process { arrived: Some(t0), age: p.age + Duration::from_secs(60), cpu: p.cpu + Duration::from_secs(60), ..p };
+        // (past `return_after` too: the hysteresis alone prevents the bounce)
+        let moved = Process { arrived: Some(t0), came_from: Some(1), age: p.age + Duration::from_secs(60), cpu: p.cpu + Duration::from_secs(60), ..p };
         let back = Balancer::new(Config::default()).on_tick(later, &at_b, &[peer(1, a_after)], &[moved]);
         prop_assert!(back.is_empty(), "{:?} then {:?}", d, back);
     }
