@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cargo run --release -p balance --example simulate -- [--nodes 16,256,4096] [--jobs-per-node 4]
-//!     [--window 100] [--mean-work 120000] [--seed 1]
+//!     [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1]
 //! ```
 //!
 //! For each cluster size it prints a Markdown table row per mode (no balancing, perfect
@@ -18,6 +18,7 @@ fn main() {
     let mut nodes = vec![16usize, 256, 4096];
     let (mut per_node, mut window, mut mean_work, mut seed) =
         (4usize, 100.0f64, 120_000.0f64, 1u64);
+    let (mut hysteresis, mut accept_margin): (Option<f64>, Option<f64>) = (None, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -44,9 +45,23 @@ fn main() {
                     .unwrap_or_else(|_| usage("--mean-work MHZ_SECONDS"))
             }
             "--seed" => seed = val().parse().unwrap_or_else(|_| usage("--seed N")),
+            "--hysteresis" => {
+                hysteresis = Some(val().parse().unwrap_or_else(|_| usage("--hysteresis X")))
+            }
+            "--accept-margin" => {
+                accept_margin = Some(val().parse().unwrap_or_else(|_| usage("--accept-margin X")))
+            }
             _ => usage(&format!("unknown argument {a}")),
         }
     }
+    let d = balance::policy::Config::default();
+    println!(
+        "policy: hysteresis {}, accept margin {}, min stay {:?}, cost factor {}",
+        hysteresis.unwrap_or(d.hysteresis),
+        accept_margin.unwrap_or(d.accept_margin),
+        d.min_stay,
+        d.cost_factor
+    );
     println!(
         "jobs: {per_node} per node, arriving in the first {window} s at 1 node in 16, mean work {mean_work} MHz·s (exponential); seed {seed}\n"
     );
@@ -55,7 +70,13 @@ fn main() {
     );
     println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &n in &nodes {
-        let s = Scenario::mixed(n, n * per_node, window, mean_work, seed);
+        let mut s = Scenario::mixed(n, n * per_node, window, mean_work, seed);
+        if let Some(h) = hysteresis {
+            s.config.hysteresis = h;
+        }
+        if let Some(m) = accept_margin {
+            s.config.accept_margin = m;
+        }
         let ideal = sim::ideal_makespan(&s);
         println!(
             "| {n} | {} | ideal (lower bound) | {ideal:.0} | 1.00 | | | | | | | |",
@@ -102,7 +123,7 @@ fn main() {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1]"
+        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1]"
     );
     std::process::exit(2)
 }

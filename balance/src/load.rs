@@ -276,14 +276,20 @@ impl LoadVector {
             .filter(|(id, _, _)| *id != local)
             .map(|(id, l, age)| entry(id, l, age))
             .collect();
-        rest.sort_by(|a, b| {
+        let order = |a: &GossipEntry, b: &GossipEntry| {
             a.load
                 .normalised()
                 .total_cmp(&b.load.normalised())
                 .then(a.age_ms.cmp(&b.age_ms))
                 .then(a.id.cmp(&b.id))
-        });
+        };
         let room = max - out.len();
+        // the `room` smallest in linear time, then only those sorted
+        if rest.len() > room && room > 0 {
+            rest.select_nth_unstable_by(room - 1, order);
+            rest.truncate(room);
+        }
+        rest.sort_unstable_by(order);
         out.extend(rest.into_iter().take(room));
         out
     }

@@ -49,6 +49,10 @@ use crate::load::Load;
 pub struct Config {
     /// A target must offer at least this factor more speed per process (> 1).
     pub hysteresis: f64,
+    /// A target takes a process when, by its fresh figures, it offers at least this factor
+    /// more speed than the sender (between 1 and `hysteresis`: the sender's figures for it
+    /// were older).
+    pub accept_margin: f64,
     /// The expected gain must exceed the cost times this.
     pub cost_factor: f64,
     /// Cost of any migration besides moving the image (freeze, set-up).
@@ -73,6 +77,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             hysteresis: 1.3,
+            accept_margin: 1.1,
             cost_factor: 2.0,
             fixed_cost: Duration::from_millis(100),
             default_bandwidth: 100e6,
@@ -197,12 +202,12 @@ pub fn accept(cfg: &Config, me: &Local, offer: &Offer) -> Result<(), Refusal> {
         });
     }
     let (there, here) = (me.load.share(1.0), offer.from_load.share(0.0));
-    // Memory ushering only asks not to be slower; a load move asks to be faster at all
-    // (the sender already applied the hysteresis with older figures).
+    // Memory ushering only asks not to be slower; a load move asks to be faster by the
+    // accept margin (the sender applied the full hysteresis with older figures).
     let ok = if offer.memory {
         there >= here
     } else {
-        there > here
+        there > here * cfg.accept_margin.max(1.0)
     };
     if !ok {
         return Err(Refusal::Busy {

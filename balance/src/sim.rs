@@ -17,6 +17,9 @@
 //!
 //! Deterministic for a given [`Scenario`] (seeded random numbers, ordered iteration).
 
+// Nodes are indices into several parallel arrays (specs, vectors, smoothers, balancers).
+#![allow(clippy::needless_range_loop)]
+
 use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;

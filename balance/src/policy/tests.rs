@@ -353,6 +353,20 @@ fn accept_checks_block_memory_and_fresh_load() {
     let e = accept(&cfg, &local(4.0), &offer).unwrap_err();
     assert!(matches!(e, Refusal::Busy { node: 1, .. }), "{e}");
     assert!(e.to_string().contains("node 1"), "{e}");
+    // faster, but by less than the accept margin: 1000 against 1000/1.05
+    let marginal = Offer {
+        from_load: load(1.05, 1.0, 1000),
+        ..offer
+    };
+    assert!(matches!(
+        accept(&cfg, &local(0.0), &marginal),
+        Err(Refusal::Busy { .. })
+    ));
+    let clear = Offer {
+        from_load: load(1.2, 1.0, 1000),
+        ..offer
+    };
+    assert_eq!(accept(&cfg, &local(0.0), &clear), Ok(()));
     // equal speed is enough for memory ushering, not for load
     let even = Offer {
         from_load: load(1.0, 1.0, 1000),
