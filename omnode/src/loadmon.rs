@@ -160,3 +160,44 @@ impl Actor for LoadMonitor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cgroup whose task list cannot be read: the monitor advertises no load (and says
+    /// why once), never a made-up figure; once readable, it measures again.
+    #[test]
+    fn an_unreadable_cgroup_advertises_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let put = |rel: &str, text: &str| {
+            let p = d.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("proc/cpuinfo", "cpu MHz : 2000\n");
+        put("proc/meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n");
+        put("proc/self/status", "Cpus_allowed_list:\t0-1\n");
+        put("cg/cpu/cpu.cfs_quota_us", "-1\n");
+        put("cg/cpu/cpu.cfs_period_us", "100000\n");
+        put("cg/cpu/n/cpu.cfs_quota_us", "-1\n");
+        put("cg/cpu/n/cpu.cfs_period_us", "100000\n");
+        let mountinfo = format!(
+            "31 30 0:27 / {}/cg/cpu rw - cgroup cgroup rw,cpu\n",
+            d.display()
+        );
+        let mut m = LoadMonitor::new(1, Duration::from_millis(100));
+        m.scope = Some(Scope::from_texts(&mountinfo, "1:cpu:/n\n", &d.join("proc")));
+        assert_eq!(m.measure(), None, "no task list: nothing to advertise");
+        assert!(
+            m.failing.as_deref().unwrap().contains("tasks"),
+            "{:?}",
+            m.failing
+        );
+        put("cg/cpu/n/tasks", "");
+        let l = m.measure().expect("readable again");
+        assert_eq!((l.load, l.cpus, l.speed), (0.0, 2, 2000));
+        assert_eq!(m.failing, None);
+    }
+}

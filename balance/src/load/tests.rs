@@ -351,3 +351,49 @@ fn old_wire_format_without_capacity_still_reads() {
     let l: Load = rmp_serde::from_slice(&bytes).unwrap();
     assert_eq!((l.cpus, l.capacity, l.capacity()), (2, 0.0, 2.0));
 }
+
+mod window_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the vector: at most `max` entries, distinct, all fresh ones we hold, the
+        /// sender's own first when known, then no entry left out with a lower normalised load
+        /// than one sent.
+        #[test]
+        fn gossip_window_is_bounded_and_least_loaded(
+            loads in prop::collection::btree_map(1u32..200, (0.0f64..50.0, 0u64..20_000), 0..120),
+            local in 1u32..200,
+            max in 0usize..24,
+        ) {
+            let t0 = Instant::now() + Duration::from_secs(60);
+            let now = t0 + ms(20_000);
+            let mut v = LoadVector::default();
+            for (&id, &(l, age)) in &loads {
+                v.update(id, load(l), now - ms(age));
+            }
+            let w = v.gossip_window(local, max, now);
+            prop_assert!(w.len() <= max);
+            let fresh: Vec<(NodeId, Load, Duration)> = v.iter(now).collect();
+            prop_assert_eq!(w.len(), max.min(fresh.len()));
+            let ids: BTreeSet<NodeId> = w.iter().map(|e| e.id).collect();
+            prop_assert_eq!(ids.len(), w.len(), "distinct");
+            for e in &w {
+                let (l, age) = v.get(e.id, now).expect("a fresh entry");
+                prop_assert_eq!(e.load, l);
+                prop_assert_eq!(e.age_ms, age.as_millis() as u64);
+            }
+            let own_known = v.get(local, now).is_some();
+            if own_known && max > 0 {
+                prop_assert_eq!(w[0].id, local);
+            }
+            let others: Vec<&GossipEntry> = w.iter().filter(|e| e.id != local).collect();
+            let worst_sent = others.iter().map(|e| e.load.normalised()).fold(f64::MIN, f64::max);
+            for (id, l, _) in &fresh {
+                if *id != local && !ids.contains(id) {
+                    prop_assert!(l.normalised() >= worst_sent, "left out {} with {}", id, l.load);
+                }
+            }
+        }
+    }
+}
