@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release -p balance --example simulate -- [--nodes 16,256,4096] [--jobs-per-node 4]
 //!     [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1]
+//!     [--spread-only]   # only the gossip spread table
 //! ```
 //!
 //! For each cluster size it prints a Markdown table row per mode (no balancing, perfect
@@ -19,6 +20,7 @@ fn main() {
     let (mut per_node, mut window, mut mean_work, mut seed) =
         (4usize, 100.0f64, 120_000.0f64, 1u64);
     let (mut hysteresis, mut accept_margin): (Option<f64>, Option<f64>) = (None, None);
+    let mut spread_only = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -44,6 +46,7 @@ fn main() {
                     .parse()
                     .unwrap_or_else(|_| usage("--mean-work MHZ_SECONDS"))
             }
+            "--spread-only" => spread_only = true,
             "--seed" => seed = val().parse().unwrap_or_else(|_| usage("--seed N")),
             "--hysteresis" => {
                 hysteresis = Some(val().parse().unwrap_or_else(|_| usage("--hysteresis X")))
@@ -69,7 +72,7 @@ fn main() {
         "| nodes | jobs | mode | makespan s | × ideal | mean response s | migrations | max per job | bounces | placed away | refusals | gossip msgs/node/s | max entries/msg | wall s |"
     );
     println!("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &n in &nodes {
+    for &n in nodes.iter().filter(|_| !spread_only) {
         let mut s = Scenario::mixed(n, n * per_node, window, mean_work, seed);
         if let Some(h) = hysteresis {
             s.config.hysteresis = h;
@@ -111,19 +114,21 @@ fn main() {
         }
     }
     println!(
-        "\n| nodes | ticks until every node knows an idle node | … knows the least loaded node |"
+        "\n| nodes | gossip | ticks until every node knows an idle node | … knows the least loaded node |"
     );
-    println!("|---:|---:|---:|");
+    println!("|---:|---|---:|---:|");
     for &n in &nodes {
-        let (idle, least) = sim::spread_ticks(n, seed, 100);
-        let f = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_else(|| "> 100".into());
-        println!("| {n} | {} | {} |", f(idle), f(least));
+        for (name, pull) in [("push (2 peers)", false), ("push-pull (2 peers)", true)] {
+            let (idle, least) = sim::spread_ticks(n, seed, 100, pull);
+            let f = |t: Option<u64>| t.map(|t| t.to_string()).unwrap_or_else(|| "> 100".into());
+            println!("| {n} | {name} | {} | {} |", f(idle), f(least));
+        }
     }
 }
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1]"
+        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1] [--spread-only]"
     );
     std::process::exit(2)
 }

@@ -4,7 +4,8 @@
 //! Time advances in ticks of one second. Each tick: jobs arrive at their home nodes and are
 //! placed; every node shares its power among its runnable jobs (`speed × min(1, C / n)` each);
 //! finished jobs leave; every node measures and smooths its load, gossips a bounded window of
-//! its load vector to [`load::DEFAULT_FANOUT`] random peers; every node with jobs runs
+//! its load vector to [`load::DEFAULT_FANOUT`] random peers, which answer with theirs
+//! (push-pull, [`Scenario::pull`]); every node with jobs runs
 //! [`Balancer::on_tick`] on what it knows, the target checks with [`policy::accept`] on its
 //! true figures, and an accepted job is frozen for the cost of moving (fixed + size /
 //! bandwidth) and then runs at the target.
@@ -56,6 +57,8 @@ pub struct Scenario {
     pub config: Config,
     /// Give up after this many ticks.
     pub max_ticks: u64,
+    /// Push-pull gossip: a node answers each push with its own window (as the daemon does).
+    pub pull: bool,
 }
 
 impl Scenario {
@@ -94,6 +97,7 @@ impl Scenario {
             bandwidth: 125e6,
             config: Config::default(),
             max_ticks: 1_000_000,
+            pull: true,
         }
     }
 }
@@ -310,17 +314,23 @@ pub fn run(s: &Scenario, mode: Mode) -> Report {
             let l = smoothers[i].update(running[i] as f64);
             vectors[i].update(i as NodeId, figures(i, l), now);
         }
-        let mut mail = Vec::with_capacity(n * load::DEFAULT_FANOUT);
+        let mut mail = Vec::with_capacity(n * load::DEFAULT_FANOUT * 2);
+        let windows: Vec<_> = (0..n)
+            .map(|i| vectors[i].gossip_window(i as NodeId, load::DEFAULT_WINDOW, now))
+            .collect();
         for i in 0..n {
-            let window = vectors[i].gossip_window(i as NodeId, load::DEFAULT_WINDOW, now);
-            report.max_gossip_entries = report.max_gossip_entries.max(window.len());
+            report.max_gossip_entries = report.max_gossip_entries.max(windows[i].len());
             for to in load::pick_gossip_targets(&mut rng, i as NodeId, &ids, load::DEFAULT_FANOUT) {
-                mail.push((to as usize, window.clone()));
+                mail.push((to as usize, i));
                 gossip_sent += 1;
+                if s.pull {
+                    mail.push((i, to as usize));
+                    gossip_sent += 1;
+                }
             }
         }
-        for (to, w) in mail {
-            vectors[to].merge_gossip(&w, to as NodeId, now);
+        for (to, from) in mail {
+            vectors[to].merge_gossip(&windows[from], to as NodeId, now);
         }
         if tick % 10 == 0 {
             for v in &mut vectors {
@@ -432,7 +442,10 @@ fn peers_of(v: &LoadVector, me: usize, now: Instant, bandwidth: f64) -> Vec<Peer
 /// per CPU):
 /// `(ticks until every node knows some idle node, ticks until every node knows the very
 /// least loaded node by normalised load)`; None when not within `limit` ticks.
-pub fn spread_ticks(n: usize, seed: u64, limit: u64) -> (Option<u64>, Option<u64>) {
+///
+/// With `pull`, a node that receives a gossip answers with its own window (push-pull: twice
+/// the messages, but no node goes a tick without hearing from anyone).
+pub fn spread_ticks(n: usize, seed: u64, limit: u64, pull: bool) -> (Option<u64>, Option<u64>) {
     let mut rng = StdRng::seed_from_u64(seed);
     let t0 = Instant::now();
     let loads: Vec<Load> = (0..n)
@@ -471,14 +484,19 @@ pub fn spread_ticks(n: usize, seed: u64, limit: u64) -> (Option<u64>, Option<u64
             v.update(i as NodeId, loads[i], now);
         }
         let mut mail = Vec::new();
+        let windows: Vec<_> = (0..n)
+            .map(|i| vectors[i].gossip_window(i as NodeId, load::DEFAULT_WINDOW, now))
+            .collect();
         for i in 0..n {
-            let w = vectors[i].gossip_window(i as NodeId, load::DEFAULT_WINDOW, now);
             for to in load::pick_gossip_targets(&mut rng, i as NodeId, &ids, load::DEFAULT_FANOUT) {
-                mail.push((to as usize, w.clone()));
+                mail.push((to as usize, i));
+                if pull {
+                    mail.push((i, to as usize));
+                }
             }
         }
-        for (to, w) in mail {
-            vectors[to].merge_gossip(&w, to as NodeId, now);
+        for (to, from) in mail {
+            vectors[to].merge_gossip(&windows[from], to as NodeId, now);
         }
         let knows = |pred: &dyn Fn(&Load) -> bool| {
             vectors
