@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release -p balance --example simulate -- [--nodes 16,256,4096] [--jobs-per-node 4]
 //!     [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1]
-//!     [--spread-only]   # only the gossip spread table
+//!     [--choose-among 3] [--push-pull] [--spread-only]   # the last: only the gossip table
 //! ```
 //!
 //! For each cluster size it prints a Markdown table row per mode (no balancing, perfect
@@ -20,7 +20,7 @@ fn main() {
     let (mut per_node, mut window, mut mean_work, mut seed) =
         (4usize, 100.0f64, 120_000.0f64, 1u64);
     let (mut hysteresis, mut accept_margin): (Option<f64>, Option<f64>) = (None, None);
-    let mut spread_only = false;
+    let (mut spread_only, mut push_pull, mut choose_among) = (false, false, None);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let mut val = || {
@@ -47,6 +47,10 @@ fn main() {
                     .unwrap_or_else(|_| usage("--mean-work MHZ_SECONDS"))
             }
             "--spread-only" => spread_only = true,
+            "--push-pull" => push_pull = true,
+            "--choose-among" => {
+                choose_among = Some(val().parse().unwrap_or_else(|_| usage("--choose-among K")))
+            }
             "--seed" => seed = val().parse().unwrap_or_else(|_| usage("--seed N")),
             "--hysteresis" => {
                 hysteresis = Some(val().parse().unwrap_or_else(|_| usage("--hysteresis X")))
@@ -59,11 +63,13 @@ fn main() {
     }
     let d = balance::policy::Config::default();
     println!(
-        "policy: hysteresis {}, accept margin {}, min stay {:?}, cost factor {}",
+        "policy: hysteresis {}, accept margin {}, choose among {}, min stay {:?}, cost factor {}; gossip {}",
         hysteresis.unwrap_or(d.hysteresis),
         accept_margin.unwrap_or(d.accept_margin),
+        choose_among.unwrap_or(d.choose_among),
         d.min_stay,
-        d.cost_factor
+        d.cost_factor,
+        if push_pull { "push-pull" } else { "push" }
     );
     println!(
         "jobs: {per_node} per node, arriving in the first {window} s at 1 node in 16, mean work {mean_work} MHz·s (exponential); seed {seed}\n"
@@ -80,6 +86,10 @@ fn main() {
         if let Some(m) = accept_margin {
             s.config.accept_margin = m;
         }
+        if let Some(k) = choose_among {
+            s.config.choose_among = k;
+        }
+        s.pull = push_pull;
         let ideal = sim::ideal_makespan(&s);
         println!(
             "| {n} | {} | ideal (lower bound) | {ideal:.0} | 1.00 | | | | | | | |",
@@ -128,7 +138,7 @@ fn main() {
 
 fn usage(why: &str) -> ! {
     eprintln!(
-        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1] [--spread-only]"
+        "simulate: {why}\nusage: simulate [--nodes 16,256,4096] [--jobs-per-node 4] [--window 100] [--mean-work 120000] [--seed 1] [--hysteresis 1.3] [--accept-margin 1.1] [--choose-among 3] [--push-pull] [--spread-only]"
     );
     std::process::exit(2)
 }

@@ -24,7 +24,10 @@
 //!   the longer it lives), so the expected gain is the time that work takes here minus the
 //!   time it takes there. The cost is [`Config::fixed_cost`] plus the image size over the
 //!   bandwidth measured to the target ([`Config::default_bandwidth`] if none). A process
-//!   moves only when gain > cost × [`Config::cost_factor`]; the best (gain − cost) wins.
+//!   moves only when gain > cost × [`Config::cost_factor`]; the process with the best
+//!   (gain − cost) moves, to one of its [`Config::choose_among`] best targets (chosen by a
+//!   hash of node and pid, so that nodes that know the same idle nodes do not all flock to
+//!   the same one).
 //! - **Memory ushering.** When free memory falls below [`Config::mem_low`] of the total,
 //!   the largest movable processes go to nodes that keep above that mark after taking them,
 //!   until enough is freed; the speed it gets there may not be worse than here.
@@ -67,6 +70,10 @@ pub struct Config {
     pub mem_low: f64,
     /// At most this many load decisions per tick (memory ushering comes on top).
     pub max_moves: usize,
+    /// A process goes to one of this many best targets, chosen by a hash of (node, pid),
+    /// so that nodes knowing the same least loaded nodes do not all pick the same (1: always
+    /// the best).
+    pub choose_among: usize,
     /// A target that refused is not chosen again for this long.
     pub refuse_backoff: Duration,
     /// A process sent to a node counts in that node's load for this long.
@@ -85,6 +92,7 @@ impl Default for Config {
             return_after: Duration::from_secs(30),
             mem_low: 0.10,
             max_moves: 1,
+            choose_among: 3,
             refuse_backoff: Duration::from_secs(10),
             pending_for: Duration::from_secs(3),
         }
@@ -217,6 +225,14 @@ pub fn accept(cfg: &Config, me: &Local, offer: &Offer) -> Result<(), Refusal> {
         });
     }
     Ok(())
+}
+
+/// A fixed mix of node and pid (splitmix64 finaliser): deterministic, differs per node.
+fn spread_hash(node: NodeId, pid: u32) -> u64 {
+    let mut z = (u64::from(node) << 32 | u64::from(pid)).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn low_water(cfg: &Config, l: &Load) -> u64 {
@@ -411,9 +427,32 @@ impl Balancer {
                     }
                 }
             }
-            let Some((_, pi, ti, gain, cost)) = best else {
+            let Some((_, pi, mut ti, mut gain, mut cost)) = best else {
                 break;
             };
+            // Spread: every node sees the same least-loaded nodes, so each picks among the
+            // `choose_among` best targets for this process by a hash of (node, pid), not
+            // always the very best (which would make them all flock to one node).
+            if self.cfg.choose_among > 1 {
+                let p = movable[pi];
+                let mut good: Vec<(f64, usize, f64, f64)> = targets
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, t)| self.may_go(p, t.id, now))
+                    .filter_map(|(i, t)| self.worth(&me, p, t).map(|(g, c)| (g - c, i, g, c)))
+                    .collect();
+                good.sort_by(|a, b| {
+                    b.0.total_cmp(&a.0)
+                        .then(targets[a.1].id.cmp(&targets[b.1].id))
+                });
+                good.truncate(self.cfg.choose_among);
+                let pick = spread_hash(local.id, p.pid) as usize % good.len().max(1);
+                if let Some(&(_, i, g, c)) = good.get(pick) {
+                    ti = i;
+                    gain = Duration::from_secs_f64(g);
+                    cost = Duration::from_secs_f64(c);
+                }
+            }
             let p = movable.remove(pi);
             let t = &mut targets[ti];
             out.push(Decision {

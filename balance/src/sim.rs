@@ -4,8 +4,8 @@
 //! Time advances in ticks of one second. Each tick: jobs arrive at their home nodes and are
 //! placed; every node shares its power among its runnable jobs (`speed × min(1, C / n)` each);
 //! finished jobs leave; every node measures and smooths its load, gossips a bounded window of
-//! its load vector to [`load::DEFAULT_FANOUT`] random peers, which answer with theirs
-//! (push-pull, [`Scenario::pull`]); every node with jobs runs
+//! its load vector to [`load::DEFAULT_FANOUT`] random peers (which answer with theirs when
+//! [`Scenario::pull`] is set); every node with jobs runs
 //! [`Balancer::on_tick`] on what it knows, the target checks with [`policy::accept`] on its
 //! true figures, and an accepted job is frozen for the cost of moving (fixed + size /
 //! bandwidth) and then runs at the target.
@@ -57,7 +57,9 @@ pub struct Scenario {
     pub config: Config,
     /// Give up after this many ticks.
     pub max_ticks: u64,
-    /// Push-pull gossip: a node answers each push with its own window (as the daemon does).
+    /// Push-pull gossip: a node answers each push with its own window. Off by default, as
+    /// in the daemon: knowledge spreads faster but more senders flock to the same nodes
+    /// (BENCHMARKS.md).
     pub pull: bool,
 }
 
@@ -97,7 +99,7 @@ impl Scenario {
             bandwidth: 125e6,
             config: Config::default(),
             max_ticks: 1_000_000,
-            pull: true,
+            pull: false,
         }
     }
 }

@@ -17,15 +17,10 @@ use serde::{Deserialize, Serialize};
 /// The name peers send gossip to.
 pub const NAME: &str = "load";
 
-/// What one node sends another each tick (push), and what the receiver answers with (pull):
-/// push-pull halves the ticks until every node knows the least loaded nodes (see the
-/// simulator's table in BENCHMARKS.md) for twice the messages, still a constant per node.
+/// What one node sends another each tick.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Gossip {
     pub entries: Vec<GossipEntry>,
-    /// This is an answer to a push: not to be answered again.
-    #[serde(default)]
-    pub answer: bool,
 }
 
 pub enum Msg {
@@ -135,7 +130,6 @@ impl LoadMonitor {
             entries: self
                 .vector
                 .gossip_window(self.local, load::DEFAULT_WINDOW, now),
-            answer: false,
         };
         for peer in targets {
             if let Err(e) = ctx.system().tell(peer, NAME, &gossip).await {
@@ -156,20 +150,8 @@ impl Actor for LoadMonitor {
         match msg {
             Msg::Tick => self.on_tick(ctx).await,
             Msg::Gossip(g) => {
-                let now = Instant::now();
-                // answer a push with what we knew before it (pull)
-                let answer = (!g.msg.answer).then(|| Gossip {
-                    entries: self
-                        .vector
-                        .gossip_window(self.local, load::DEFAULT_WINDOW, now),
-                    answer: true,
-                });
-                self.vector.merge_gossip(&g.msg.entries, self.local, now);
-                if let Some(answer) = answer.filter(|a| !a.entries.is_empty()) {
-                    if let Err(e) = ctx.system().tell(g.from, NAME, &answer).await {
-                        tracing::debug!(peer = g.from, "load gossip answer not sent: {e}");
-                    }
-                }
+                self.vector
+                    .merge_gossip(&g.msg.entries, self.local, Instant::now());
             }
             Msg::Peers(p) => self.peers = p,
             Msg::Snapshot(reply) => {

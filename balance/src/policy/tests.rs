@@ -45,6 +45,14 @@ fn proc_(pid: u32, cpu_s: f64, size: u64) -> Process {
     }
 }
 
+/// The default policy, but always to the very best target (the hand-computed cases).
+fn best() -> Config {
+    Config {
+        choose_among: 1,
+        ..Config::default()
+    }
+}
+
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
@@ -55,7 +63,7 @@ fn secs(d: Duration) -> f64 {
 #[test]
 fn moves_when_gain_beats_cost_hand_computed() {
     let t0 = Instant::now();
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let d = b.on_tick(
         t0,
         &local(4.0),
@@ -74,7 +82,7 @@ fn moves_when_gain_beats_cost_hand_computed() {
 /// The same process having used only 0.5 s: gain 2 − 0.5 = 1.5 s < 2 × 1.1 s: it stays.
 #[test]
 fn stays_when_moving_costs_more_than_it_gains() {
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let d = b.on_tick(
         Instant::now(),
         &local(4.0),
@@ -105,7 +113,7 @@ fn stays_when_moving_costs_more_than_it_gains() {
 /// 1.2 processes on a CPU (833 MHz each) against an idle peer (1000 MHz): 1.2 < 1.3, stay.
 #[test]
 fn hysteresis_keeps_near_equal_nodes_apart() {
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let d = b.on_tick(
         Instant::now(),
         &local(1.2),
@@ -129,7 +137,7 @@ fn a_faster_busy_node_beats_a_slow_one() {
     let fast = load(1.0, 1.0, 3000);
     let slow = load(0.0, 0.25, 1000); // a quarter-CPU cgroup: 250 MHz
     assert!(fast.normalised() < local(2.0).load.normalised());
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let d = b.on_tick(
         Instant::now(),
         &local(2.0),
@@ -144,9 +152,8 @@ fn flags_stay_lstay_lock_block_and_down_peers() {
     let now = Instant::now();
     let idle = load(0.0, 1.0, 1000);
     let p = proc_(7, 100.0, 1000);
-    let run = |l: Local, peers: &[Peer], p: Process| {
-        Balancer::new(Config::default()).on_tick(now, &l, peers, &[p])
-    };
+    let run =
+        |l: Local, peers: &[Peer], p: Process| Balancer::new(best()).on_tick(now, &l, peers, &[p]);
     assert_eq!(
         run(local(4.0), &[peer(2, idle)], p).len(),
         1,
@@ -218,7 +225,7 @@ fn flags_stay_lstay_lock_block_and_down_peers() {
 #[test]
 fn refused_target_is_left_alone_for_a_while() {
     let t0 = Instant::now();
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let peers = [peer(2, load(0.0, 1.0, 1000)), peer(3, load(0.5, 1.0, 1000))];
     let procs = [proc_(7, 100.0, 1000)];
     let d = b.on_tick(t0, &local(4.0), &peers, &procs);
@@ -242,7 +249,7 @@ fn refused_target_is_left_alone_for_a_while() {
 fn sends_spread_over_targets_instead_of_flocking() {
     let cfg = Config {
         max_moves: 8,
-        ..Config::default()
+        ..best()
     };
     let mut b = Balancer::new(cfg);
     let procs: Vec<Process> = (0..8).map(|i| proc_(100 + i, 100.0, 1000)).collect();
@@ -295,7 +302,7 @@ fn memory_ushering_moves_the_largest_to_the_roomiest() {
             ..proc_(3, 0.0, 4 * GIB)
         },
     ];
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let d = b.on_tick(
         Instant::now(),
         &me,
@@ -312,18 +319,12 @@ fn memory_ushering_moves_the_largest_to_the_roomiest() {
         }
     );
     // nowhere with room: nothing moves
-    let d =
-        Balancer::new(Config::default()).on_tick(Instant::now(), &me, &[peer(2, tight)], &procs);
+    let d = Balancer::new(best()).on_tick(Instant::now(), &me, &[peer(2, tight)], &procs);
     assert!(d.is_empty(), "{d:?}");
     // room, but slower there (2 runnable on a CPU: 333 MHz against 1000 here): stays
     let mut busy_roomy = roomy;
     busy_roomy.load = 2.0;
-    let d = Balancer::new(Config::default()).on_tick(
-        Instant::now(),
-        &me,
-        &[peer(3, busy_roomy)],
-        &procs,
-    );
+    let d = Balancer::new(best()).on_tick(Instant::now(), &me, &[peer(3, busy_roomy)], &procs);
     assert!(d.is_empty(), "{d:?}");
 }
 
@@ -390,7 +391,7 @@ fn accept_checks_block_memory_and_fresh_load() {
 #[test]
 fn placement_uses_the_same_comparison() {
     let t0 = Instant::now();
-    let mut b = Balancer::new(Config::default());
+    let mut b = Balancer::new(best());
     let peers = [peer(2, load(1.0, 1.0, 1000)), peer(3, load(0.0, 1.0, 1000))];
     // one process here already: a newcomer gets 500 MHz; node 3 gives 1000
     assert_eq!(b.place(t0, &local(1.0), &peers, 1 << 20), 3);
@@ -400,15 +401,12 @@ fn placement_uses_the_same_comparison() {
     assert_eq!(b.place(t0, &local(2.0), &peers, 1 << 20), 2);
     // an idle node keeps its new process (1000 MHz here, nobody better by 1.3×)
     assert_eq!(
-        Balancer::new(Config::default()).place(t0, &local(0.0), &peers, 1 << 20),
+        Balancer::new(best()).place(t0, &local(0.0), &peers, 1 << 20),
         1
     );
     let mut stay = local(5.0);
     stay.flags.lstay = true;
-    assert_eq!(
-        Balancer::new(Config::default()).place(t0, &stay, &peers, 1 << 20),
-        1
-    );
+    assert_eq!(Balancer::new(best()).place(t0, &stay, &peers, 1 << 20), 1);
 }
 
 fn arb_load() -> impl Strategy<Value = Load> {
@@ -487,8 +485,9 @@ proptest! {
         procs in prop::collection::vec(arb_proc(), 0..12),
         refused in prop::option::of(1u32..10),
         max_moves in 0usize..4,
+        choose_among in 1usize..4,
     ) {
-        let cfg = Config { max_moves, ..Config::default() };
+        let cfg = Config { max_moves, choose_among, ..Config::default() };
         let now = base();
         let local = Local { id: 1, load: me, flags: Flags { stay: flags.0, lstay: flags.1, block: false } };
         let mut b = Balancer::new(cfg.clone());
@@ -538,7 +537,7 @@ proptest! {
             cpu: Duration::from_millis(cpu_ms), size, lock: false, arrived: None, came_from: None,
         };
         let at_a = Local { id: 1, load: a, flags: Flags::default() };
-        let d = Balancer::new(Config::default()).on_tick(t0, &at_a, &[peer(2, b_load)], &[p]);
+        let d = Balancer::new(best()).on_tick(t0, &at_a, &[peer(2, b_load)], &[p]);
         prop_assume!(!d.is_empty());
         prop_assert_eq!(d[0].to, 2);
         // after the move, exactly: A has one less, B one more
@@ -548,7 +547,39 @@ proptest! {
         let at_b = Local { id: 2, load: b_after, flags: Flags::default() };
         // (past `return_after` too: the hysteresis alone prevents the bounce)
         let moved = Process { arrived: Some(t0), came_from: Some(1), age: p.age + Duration::from_secs(60), cpu: p.cpu + Duration::from_secs(60), ..p };
-        let back = Balancer::new(Config::default()).on_tick(later, &at_b, &[peer(1, a_after)], &[moved]);
+        let back = Balancer::new(best()).on_tick(later, &at_b, &[peer(1, a_after)], &[moved]);
         prop_assert!(back.is_empty(), "{:?} then {:?}", d, back);
     }
+}
+
+/// Three senders that know the same three idle nodes: with `choose_among` 3 they do not all
+/// pick the same one; with 1 they do.
+#[test]
+fn senders_spread_over_equally_good_targets() {
+    let peers = [
+        peer(10, load(0.0, 1.0, 1000)),
+        peer(11, load(0.0, 1.0, 1000)),
+        peer(12, load(0.0, 1.0, 1000)),
+    ];
+    let pick = |cfg: &Config, node: NodeId, pid: u32| {
+        let me = Local {
+            id: node,
+            ..local(4.0)
+        };
+        let d = Balancer::new(cfg.clone()).on_tick(
+            Instant::now(),
+            &me,
+            &peers,
+            &[proc_(pid, 100.0, 1000)],
+        );
+        d[0].to
+    };
+    let spread = Config::default();
+    assert_eq!(spread.choose_among, 3);
+    let chosen: std::collections::BTreeSet<NodeId> = (1..=6).map(|n| pick(&spread, n, 7)).collect();
+    assert!(chosen.len() >= 2, "{chosen:?}");
+    let flock: std::collections::BTreeSet<NodeId> = (1..=6).map(|n| pick(&best(), n, 7)).collect();
+    assert_eq!(flock.len(), 1);
+    // deterministic
+    assert_eq!(pick(&spread, 3, 7), pick(&spread, 3, 7));
 }
