@@ -1,8 +1,8 @@
 //! Who is in the cluster, and who is up.
 //!
 //! This crate owns the cluster map (the openMosix map file: [`map`]), membership and failure
-//! detection ([`membership`]: the node table, heartbeat schedule, up/down), and the load
-//! vector with openMosix-style smoothing and gossip target choice ([`load`]).
+//! detection ([`membership`]: the node table, heartbeat schedule, up/down). Load figures,
+//! their smoothing and gossip live in the `balance` crate.
 //!
 //! It is sans-IO: it never opens a socket, never reads the clock and knows nothing of
 //! transports, actors or processes. The daemon feeds it events with an explicit `now`
@@ -30,7 +30,6 @@
 //! # Ok::<(), discovery::Error>(())
 //! ```
 
-pub mod load;
 pub mod map;
 pub mod membership;
 pub mod zeroconf;

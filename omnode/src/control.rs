@@ -87,6 +87,12 @@ pub struct NodeRow {
     pub speed: Option<u32>,
     pub free_mem: Option<u64>,
     pub total_mem: Option<u64>,
+    /// CPUs' worth of time the node may use (a cgroup's quota or cpuset, else its CPUs).
+    #[serde(default)]
+    pub capacity: Option<f64>,
+    /// The load normalised by speed (runnable per 1000 MHz of capacity × speed).
+    #[serde(default)]
+    pub norm_load: Option<f64>,
 }
 
 pub enum Msg {
@@ -219,6 +225,8 @@ impl Control {
                     speed: l.map(|(l, _)| l.speed),
                     free_mem: l.map(|(l, _)| l.free_mem),
                     total_mem: l.map(|(l, _)| l.total_mem),
+                    capacity: l.map(|(l, _)| l.capacity()),
+                    norm_load: l.map(|(l, _)| l.normalised()),
                 }
             })
             .collect();

@@ -1,11 +1,16 @@
-//! The load monitor actor: each tick it measures this node's load, smooths it the openMosix
-//! way (rises slowly, falls at once), and gossips its load vector to a few random peers
-//! that are up; entries from peers are merged when fresher and aged out when stale.
+//! The load monitor actor: each tick it measures this node's load ([`crate::cgroup`]: its own
+//! cgroup's, or the machine's), smooths it the openMosix way (rises slowly, falls at once),
+//! and gossips a bounded window of its load vector (its own figure and the least loaded nodes
+//! it knows) to a few random peers that are up; entries from peers are merged when fresher
+//! and aged out when stale. A measurement that fails is logged and advertises nothing: the
+//! node's figure then ages out everywhere instead of showing a made-up load.
 
 use std::time::{Duration, Instant};
 
 use discovery::NodeId;
-use discovery::load::{self, GossipEntry, Load, LoadVector, Smoother};
+
+use crate::cgroup::Scope;
+use balance::load::{self, GossipEntry, Load, LoadVector, Smoother};
 use runtime::{Actor, Context, Inbound, ReplyTo};
 use serde::{Deserialize, Serialize};
 
@@ -38,6 +43,9 @@ pub struct LoadMonitor {
     smoother: Smoother,
     peers: Vec<NodeId>,
     tick: Duration,
+    scope: Option<Scope>,
+    /// The last measurement error logged (logged again only when it changes).
+    failing: Option<String>,
 }
 
 impl LoadMonitor {
@@ -49,17 +57,63 @@ impl LoadMonitor {
             smoother: Smoother::default(),
             peers: Vec::new(),
             tick,
+            scope: None,
+            failing: None,
+        }
+    }
+
+    /// Measures with `scope` (detected at start), refusing to advertise on errors.
+    fn measure(&mut self) -> Option<Load> {
+        if self.scope.is_none() {
+            match Scope::detect() {
+                Ok(s) => {
+                    tracing::info!(
+                        node = self.local,
+                        in_cgroup = s.in_cgroup(),
+                        "own load measured from {}",
+                        s.describe()
+                    );
+                    self.scope = Some(s);
+                }
+                Err(e) => {
+                    self.fail(e.to_string());
+                    return None;
+                }
+            }
+        }
+        match self.scope.as_ref()?.sample() {
+            Ok(l) => {
+                if self.failing.take().is_some() {
+                    tracing::info!(node = self.local, "own load measurable again");
+                }
+                Some(l)
+            }
+            Err(e) => {
+                self.fail(e.to_string());
+                None
+            }
+        }
+    }
+
+    fn fail(&mut self, reason: String) {
+        if self.failing.as_deref() != Some(reason.as_str()) {
+            tracing::warn!(
+                node = self.local,
+                "cannot measure this node's load, advertising none until it can: {reason}"
+            );
+            self.failing = Some(reason);
         }
     }
 
     async fn on_tick(&mut self, ctx: &Context<Self>) {
         let now = Instant::now();
-        let sample = sample();
-        let own = Load {
-            load: self.smoother.update(sample.runnable),
-            ..sample.load
-        };
-        self.vector.update(self.local, own, now);
+        if let Some(sample) = self.measure() {
+            let own = Load {
+                load: self.smoother.update(sample.load),
+                ..sample
+            };
+            self.vector.update(self.local, own, now);
+        }
         for gone in self.vector.expire(now) {
             tracing::debug!(node = gone, "load entry aged out");
         }
@@ -73,7 +127,9 @@ impl LoadMonitor {
             return;
         }
         let gossip = Gossip {
-            entries: self.vector.gossip(now),
+            entries: self
+                .vector
+                .gossip_window(self.local, load::DEFAULT_WINDOW, now),
         };
         for peer in targets {
             match ctx.system().tell(peer, NAME, &gossip).await {
@@ -107,80 +163,43 @@ impl Actor for LoadMonitor {
     }
 }
 
-/// One raw measurement of this machine.
-#[derive(Debug, Clone, Copy)]
-pub struct Sample {
-    /// Runnable processes other than the sampler itself.
-    pub runnable: f64,
-    /// cpus, speed and memory figures (`load` unset).
-    pub load: Load,
-}
-
-/// Read /proc: runnable processes (/proc/stat `procs_running`), CPUs, speed (MHz from
-/// /proc/cpuinfo, bogomips if no MHz is given), and memory (/proc/meminfo).
-pub fn sample() -> Sample {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let running = field(&stat, "procs_running").unwrap_or(1.0);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let speed = cpu_speed(&cpuinfo);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let kib = |k: &str| field(&meminfo, k).map(|v| v as u64 * 1024).unwrap_or(0);
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get() as u32)
-        .unwrap_or(1);
-    Sample {
-        runnable: (running - 1.0).max(0.0),
-        load: Load {
-            load: 0.0,
-            cpus,
-            speed,
-            free_mem: kib("MemAvailable:"),
-            total_mem: kib("MemTotal:"),
-        },
-    }
-}
-
-/// The first number after `key` at the start of a line.
-fn field(text: &str, key: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.split_whitespace().next()?.parse().ok())
-}
-
-fn cpu_speed(cpuinfo: &str) -> u32 {
-    let value = |key: &str| {
-        cpuinfo
-            .lines()
-            .filter(|l| l.starts_with(key))
-            .find_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
-    };
-    value("cpu MHz")
-        .or_else(|| value("bogomips"))
-        .map(|v| v.round() as u32)
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A cgroup whose task list cannot be read: the monitor advertises no load (and says
+    /// why once), never a made-up figure; once readable, it measures again.
     #[test]
-    fn parses_proc_fields() {
-        let stat = "cpu  1 2 3\nprocs_running 3\nprocs_blocked 0\n";
-        assert_eq!(field(stat, "procs_running"), Some(3.0));
-        let mem = "MemTotal:       24000000 kB\nMemAvailable:   1000 kB\n";
-        assert_eq!(field(mem, "MemAvailable:"), Some(1000.0));
-        assert_eq!(cpu_speed("processor\t: 0\ncpu MHz\t\t: 2445.406\n"), 2445);
-        assert_eq!(cpu_speed("BogoMIPS\t: 50.00\nbogomips\t: 4890.81\n"), 4891);
-    }
-
-    #[test]
-    fn sample_of_this_machine_is_plausible() {
-        let s = sample();
-        assert!(s.load.cpus >= 1);
-        assert!(
-            s.load.total_mem > s.load.free_mem && s.load.free_mem > 0,
-            "{s:?}"
+    fn an_unreadable_cgroup_advertises_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let put = |rel: &str, text: &str| {
+            let p = d.join(rel);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        };
+        put("proc/cpuinfo", "cpu MHz : 2000\n");
+        put("proc/meminfo", "MemTotal: 1000 kB\nMemAvailable: 500 kB\n");
+        put("proc/self/status", "Cpus_allowed_list:\t0-1\n");
+        put("cg/cpu/cpu.cfs_quota_us", "-1\n");
+        put("cg/cpu/cpu.cfs_period_us", "100000\n");
+        put("cg/cpu/n/cpu.cfs_quota_us", "-1\n");
+        put("cg/cpu/n/cpu.cfs_period_us", "100000\n");
+        let mountinfo = format!(
+            "31 30 0:27 / {}/cg/cpu rw - cgroup cgroup rw,cpu\n",
+            d.display()
         );
-        assert!(s.runnable >= 0.0);
+        let mut m = LoadMonitor::new(1, Duration::from_millis(100));
+        m.scope = Some(Scope::from_texts(&mountinfo, "1:cpu:/n\n", &d.join("proc")));
+        assert_eq!(m.measure(), None, "no task list: nothing to advertise");
+        assert!(
+            m.failing.as_deref().unwrap().contains("tasks"),
+            "{:?}",
+            m.failing
+        );
+        put("cg/cpu/n/tasks", "");
+        let l = m.measure().expect("readable again");
+        assert_eq!((l.load, l.cpus, l.speed), (0.0, 2, 2000));
+        assert_eq!(m.failing, None);
     }
 }

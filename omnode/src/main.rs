@@ -5,6 +5,7 @@
 //! wiring of the daemon. Must not know: how links, membership or checkpoints work inside
 //! (their crates do).
 
+mod cgroup;
 mod ckpt;
 mod control;
 mod daemon;

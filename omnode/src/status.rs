@@ -40,7 +40,9 @@ pub fn table(r: &StatusReport) -> String {
             "ADDRESS",
             "STATE",
             "LOAD",
+            "NLOAD",
             "CPUS",
+            "CAP",
             "SPEED",
             "FREE MEM",
             "TOTAL MEM",
@@ -73,7 +75,7 @@ pub fn table(r: &StatusReport) -> String {
     out
 }
 
-fn row(n: &NodeRow) -> [String; 9] {
+fn row(n: &NodeRow) -> [String; 11] {
     let dash = || "-".to_string();
     [
         if n.local {
@@ -91,7 +93,9 @@ fn row(n: &NodeRow) -> [String; 9] {
             }
         },
         n.load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
+        n.norm_load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
         n.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
+        n.capacity.map(|c| format!("{c:.2}")).unwrap_or_else(dash),
         n.speed.map(|s| s.to_string()).unwrap_or_else(dash),
         n.free_mem.map(gib).unwrap_or_else(dash),
         n.total_mem.map(gib).unwrap_or_else(dash),
@@ -134,6 +138,8 @@ mod tests {
             speed: load.map(|_| 2400),
             free_mem: load.map(|_| 3 << 30),
             total_mem: load.map(|_| 4 << 30),
+            capacity: load.map(|_| 1.5),
+            norm_load: load.map(|l| l / 3.6),
         };
         let t = table(&StatusReport {
             node: 1,
@@ -146,7 +152,11 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NODE  ADDRESS"), "{t}");
         assert!(
-            lines[1].starts_with("1*") && lines[1].contains("0.50") && lines[1].contains("3.0 GiB"),
+            lines[1].starts_with("1*")
+                && lines[1].contains("0.50")
+                && lines[1].contains("3.0 GiB")
+                && lines[1].contains(" 0.14 ")
+                && lines[1].contains(" 1.50 "),
             "{t}"
         );
         assert!(

@@ -25,7 +25,7 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 
-use crate::NodeId;
+use discovery::NodeId;
 
 /// Weight of a rising sample (see the module documentation).
 pub const ALPHA: f64 = 1.0 / 8.0;
@@ -33,20 +33,62 @@ pub const ALPHA: f64 = 1.0 / 8.0;
 pub const DEFAULT_STALENESS: Duration = Duration::from_secs(10);
 /// Suggested number of peers to gossip to per tick.
 pub const DEFAULT_FANOUT: usize = 2;
+/// Suggested number of entries per gossip message ([`LoadVector::gossip_window`]).
+pub const DEFAULT_WINDOW: usize = 16;
+
+/// The speed figure a normalised load is expressed in: one CPU of 1000 MHz.
+pub const REFERENCE_SPEED: f64 = 1000.0;
 
 /// One node's load figures, as gossiped on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Load {
     /// Smoothed number of runnable (cluster) processes.
     pub load: f64,
-    /// Number of CPUs.
+    /// Number of CPUs the node may run on (a cgroup's cpuset, else the machine's).
     pub cpus: u32,
-    /// CPU speed figure (higher is faster; e.g. MHz or a bogomips-like score).
+    /// CPU speed figure per CPU (higher is faster; MHz, or bogomips when no MHz is given).
     pub speed: u32,
-    /// Free memory, bytes.
+    /// Free memory, bytes (a cgroup's limit minus its usage when it has a limit).
     pub free_mem: u64,
-    /// Total memory, bytes.
+    /// Total memory, bytes (a cgroup's memory limit when lower than the machine's).
     pub total_mem: u64,
+    /// CPU capacity in CPUs' worth of time: a cgroup's quota / period when it has one,
+    /// else `cpus`. 0 means "not given" (an old peer): [`Load::capacity`] then uses `cpus`.
+    #[serde(default)]
+    pub capacity: f64,
+}
+
+impl Load {
+    /// CPUs' worth of time this node can give (at least a tiny positive figure, so that
+    /// divisions stay finite; a node reporting nothing is treated as nearly powerless).
+    pub fn capacity(&self) -> f64 {
+        let c = if self.capacity.is_finite() && self.capacity > 0.0 {
+            self.capacity
+        } else {
+            f64::from(self.cpus)
+        };
+        c.max(1e-3)
+    }
+
+    /// Computing power: capacity × speed (MHz·CPUs), at least a tiny positive figure.
+    pub fn power(&self) -> f64 {
+        (self.capacity() * f64::from(self.speed.max(1))).max(1e-3)
+    }
+
+    /// The load normalised by speed: runnable processes per [`REFERENCE_SPEED`] of power,
+    /// so that a node twice as fast (or with twice the CPUs) shows half the figure for the
+    /// same processes and unequal nodes compare fairly.
+    pub fn normalised(&self) -> f64 {
+        self.load.max(0.0) * REFERENCE_SPEED / self.power()
+    }
+
+    /// The speed (MHz) one process gets here when `extra` processes are added to the
+    /// present load: a full CPU while there are fewer processes than CPUs, else a share.
+    pub fn share(&self, extra: f64) -> f64 {
+        let n = (self.load.max(0.0) + extra).max(1.0);
+        let per_cpu = (self.capacity() / n).min(1.0);
+        f64::from(self.speed.max(1)) * per_cpu
+    }
 }
 
 /// One smoothing step with [`ALPHA`]: rises slowly, falls at once.
@@ -210,6 +252,46 @@ impl LoadVector {
                 age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
             })
             .collect()
+    }
+
+    /// A bounded gossip message, openMosix's load window: the sender's own entry first, then
+    /// the `max - 1` fresh entries with the lowest normalised load (ties: younger first, then
+    /// lower id). Its size does not grow with the cluster, and the least-loaded nodes, the
+    /// ones everybody wants to hear about, spread fastest.
+    pub fn gossip_window(&self, local: NodeId, max: usize, now: Instant) -> Vec<GossipEntry> {
+        let entry = |id, load, age: Duration| GossipEntry {
+            id,
+            load,
+            age_ms: u64::try_from(age.as_millis()).unwrap_or(u64::MAX),
+        };
+        let mut out: Vec<GossipEntry> = Vec::with_capacity(max);
+        if max == 0 {
+            return out;
+        }
+        if let Some((l, age)) = self.get(local, now) {
+            out.push(entry(local, l, age));
+        }
+        let mut rest: Vec<GossipEntry> = self
+            .iter(now)
+            .filter(|(id, _, _)| *id != local)
+            .map(|(id, l, age)| entry(id, l, age))
+            .collect();
+        let order = |a: &GossipEntry, b: &GossipEntry| {
+            a.load
+                .normalised()
+                .total_cmp(&b.load.normalised())
+                .then(a.age_ms.cmp(&b.age_ms))
+                .then(a.id.cmp(&b.id))
+        };
+        let room = max - out.len();
+        // the `room` smallest in linear time, then only those sorted
+        if rest.len() > room && room > 0 {
+            rest.select_nth_unstable_by(room - 1, order);
+            rest.truncate(room);
+        }
+        rest.sort_unstable_by(order);
+        out.extend(rest.into_iter().take(room));
+        out
     }
 
     /// Drops stale entries; returns their ids, increasing.

@@ -14,6 +14,7 @@ fn load(l: f64) -> Load {
         speed: 2000,
         free_mem: 1 << 30,
         total_mem: 4 << 30,
+        capacity: 4.0,
     }
 }
 
@@ -257,4 +258,142 @@ fn gossip_spreads_to_everyone_in_a_few_ticks() {
         .map(|e| e.0)
         .collect();
     assert_eq!(known.len(), 32);
+}
+
+#[test]
+fn normalised_by_capacity_and_speed() {
+    let base = load(4.0); // 4 runnable on 4 CPUs of 2000 MHz
+    assert_eq!(base.power(), 8000.0);
+    assert_eq!(base.normalised(), 0.5);
+    // a half-CPU cgroup quota of the same machine: 8 times the figure
+    let capped = Load {
+        capacity: 0.5,
+        ..base
+    };
+    assert_eq!(capped.normalised(), 4.0);
+    // twice the speed, half the figure
+    let fast = Load {
+        speed: 4000,
+        ..base
+    };
+    assert_eq!(fast.normalised(), base.normalised() / 2.0);
+    // an old peer without capacity: its CPUs count
+    let old = Load {
+        capacity: 0.0,
+        ..base
+    };
+    assert_eq!(old.capacity(), 4.0);
+    // a node reporting nothing stays finite and looks powerless
+    let none = Load::default();
+    assert!(none.normalised().is_finite() && none.power() > 0.0);
+}
+
+#[test]
+fn share_per_process() {
+    let l = Load {
+        load: 1.0,
+        ..load(1.0)
+    };
+    // one more process on 4 CPUs with 1 busy: a whole CPU
+    assert_eq!(l.share(1.0), 2000.0);
+    let busy = load(8.0);
+    // 9 processes on 4 CPUs
+    assert!((busy.share(1.0) - 2000.0 * 4.0 / 9.0).abs() < 1e-9);
+    let half = Load {
+        capacity: 0.5,
+        load: 0.0,
+        ..load(0.0)
+    };
+    assert_eq!(half.share(1.0), 1000.0, "half a CPU even when alone");
+}
+
+#[test]
+fn gossip_window_is_bounded_own_first_then_least_loaded() {
+    let t0 = Instant::now() + Duration::from_secs(60);
+    let mut v = LoadVector::default();
+    for id in 1..=40 {
+        v.update(id, load(f64::from(41 - id)), t0);
+    }
+    let w = v.gossip_window(3, 5, t0 + ms(10));
+    assert_eq!(w.len(), 5);
+    assert_eq!(w[0].id, 3, "own entry first");
+    let ids: Vec<NodeId> = w[1..].iter().map(|e| e.id).collect();
+    assert_eq!(ids, vec![40, 39, 38, 37], "then the least loaded");
+    assert!(v.gossip_window(3, 0, t0).is_empty());
+    // a node that does not know its own load yet sends the least loaded only
+    let w = v.gossip_window(99, 2, t0);
+    assert_eq!(w.iter().map(|e| e.id).collect::<Vec<_>>(), vec![40, 39]);
+    // small vectors go whole
+    let mut small = LoadVector::default();
+    small.update(1, load(1.0), t0);
+    small.update(2, load(0.0), t0);
+    assert_eq!(small.gossip_window(1, 16, t0).len(), 2);
+}
+
+#[test]
+fn old_wire_format_without_capacity_still_reads() {
+    #[derive(Serialize)]
+    struct OldLoad {
+        load: f64,
+        cpus: u32,
+        speed: u32,
+        free_mem: u64,
+        total_mem: u64,
+    }
+    let old = OldLoad {
+        load: 1.0,
+        cpus: 2,
+        speed: 1000,
+        free_mem: 1,
+        total_mem: 2,
+    };
+    let bytes = rmp_serde::to_vec(&old).unwrap();
+    let l: Load = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!((l.cpus, l.capacity, l.capacity()), (2, 0.0, 2.0));
+}
+
+mod window_props {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whatever the vector: at most `max` entries, distinct, all fresh ones we hold, the
+        /// sender's own first when known, then no entry left out with a lower normalised load
+        /// than one sent.
+        #[test]
+        fn gossip_window_is_bounded_and_least_loaded(
+            loads in prop::collection::btree_map(1u32..200, (0.0f64..50.0, 0u64..20_000), 0..120),
+            local in 1u32..200,
+            max in 0usize..24,
+        ) {
+            let t0 = Instant::now() + Duration::from_secs(60);
+            let now = t0 + ms(20_000);
+            let mut v = LoadVector::default();
+            for (&id, &(l, age)) in &loads {
+                v.update(id, load(l), now - ms(age));
+            }
+            let w = v.gossip_window(local, max, now);
+            prop_assert!(w.len() <= max);
+            let fresh: Vec<(NodeId, Load, Duration)> = v.iter(now).collect();
+            prop_assert_eq!(w.len(), max.min(fresh.len()));
+            let ids: BTreeSet<NodeId> = w.iter().map(|e| e.id).collect();
+            prop_assert_eq!(ids.len(), w.len(), "distinct");
+            for e in &w {
+                let (l, age) = v.get(e.id, now).expect("a fresh entry");
+                prop_assert_eq!(e.load, l);
+                prop_assert_eq!(e.age_ms, age.as_millis() as u64);
+            }
+            let own_known = v.get(local, now).is_some();
+            if own_known && max > 0 {
+                prop_assert_eq!(w[0].id, local);
+            }
+            let others: Vec<&GossipEntry> = w.iter().filter(|e| e.id != local).collect();
+            let worst_sent = others.iter().map(|e| e.load.normalised()).fold(f64::MIN, f64::max);
+            for (id, l, _) in &fresh {
+                if *id != local && !ids.contains(id) {
+                    prop_assert!(l.normalised() >= worst_sent, "left out {} with {}", id, l.load);
+                }
+            }
+        }
+    }
 }
