@@ -159,8 +159,11 @@ impl Server {
             .into();
         let root: OwnedFd = root.into();
         let st = sys::fstat(root.as_fd()).map_err(|e| Error::os("stat export", &root_name, e))?;
+        // Handles of another run of this server must not name files of this one: numbers
+        // start at a base that differs per run (ROOT alone is the same every time).
+        let base = run_base();
         let mut handles = Handles {
-            next: ROOT + 1,
+            next: base,
             ..Default::default()
         };
         let key = (st.st_dev, st.st_ino);
@@ -182,7 +185,7 @@ impl Server {
             proc_fd,
             handles: Mutex::new(handles),
             open: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
+            next_fh: AtomicU64::new(base),
             root: euid == 0,
             own: (euid, egid, sys::thread_groups()),
         });
@@ -644,6 +647,16 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         }
     };
     Ok((r, none))
+}
+
+/// A number that differs between runs: time and pid, in the upper 32 bits.
+fn run_base() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mix = t ^ (u64::from(std::process::id()) << 20) ^ t.rotate_left(29);
+    ((mix & 0x7fff_ffff) | 1) << 32
 }
 
 /// The export root of a server, for messages.
