@@ -216,11 +216,23 @@ async fn serve(
         socket.display()
     );
 
+    let mfs_nodes = addrs_nodes(&plan);
+    let mfs = crate::mfsd::start(&system, &args.mfs, mfs_nodes)?;
+
     wait_for_signal().await;
     tracing::info!("shutting down");
+    drop(mfs);
     system.shutdown(Duration::from_secs(3)).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The map's nodes (MFS shows a folder for each).
+fn addrs_nodes(plan: &Plan) -> Vec<NodeId> {
+    match &plan.found {
+        Found::Map(m) => m.ids().collect(),
+        Found::Mdns => vec![plan.local],
+    }
 }
 
 async fn wait_for_signal() {

@@ -7,6 +7,7 @@ mod error;
 mod key;
 mod loadmon;
 mod members;
+mod mfsd;
 mod status;
 
 use std::path::PathBuf;
@@ -83,6 +84,9 @@ pub struct DaemonArgs {
     /// Load-monitor tick in milliseconds.
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub load_tick_ms: u64,
+
+    #[command(flatten)]
+    pub mfs: mfsd::Args,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
