@@ -1,0 +1,282 @@
+//! MFS through real mounts: three real `omnode` daemons on 127.0.0.111-113, each serving a
+//! temp dir and mounting `/mfs` at another; files are checked against the exported dirs.
+//! Needs root (mount) and omnode built with `--features mfs` (the README's test command does).
+#![cfg(feature = "mfs")]
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use omnode_tests::{free_port, omnode_bin, run_cli, wait_for};
+
+const BASE: u8 = 111;
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// Mounting needs root; under CI the test must run, so it fails there instead of skipping.
+fn need_root(test: &str) -> bool {
+    if is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs root (it mounts FUSE file systems); CI must run it as root"
+    );
+    eprintln!("skipping {test}: needs root to mount /mfs");
+    false
+}
+
+/// Real daemons with their exports and mounts; all killed and unmounted on drop.
+struct Mfs {
+    dir: tempfile::TempDir,
+    port: u16,
+    nodes: Vec<(u32, Child)>,
+}
+
+impl Mfs {
+    fn new() -> Mfs {
+        let dir = tempfile::tempdir().unwrap();
+        // Traversable by every uid: permission tests act as nobody.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::write(dir.path().join("map"), format!("1 127.0.0.{BASE} 3\n")).unwrap();
+        let key = dir.path().join("key");
+        assert!(run_cli(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+        for n in 1..=3 {
+            for d in ["export", "mnt"] {
+                let p = dir.path().join(format!("{d}{n}"));
+                std::fs::create_dir(&p).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        Mfs {
+            dir,
+            port: free_port(),
+            nodes: Vec::new(),
+        }
+    }
+    fn export(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("export{n}"))
+    }
+    fn mnt(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("mnt{n}"))
+    }
+    fn start(&mut self, n: u32) {
+        let d = self.dir.path();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(d.join(format!("node{n}.log")))
+            .unwrap();
+        let child = Command::new(omnode_bin())
+            .args(["--map", d.join("map").to_str().unwrap(), "--node", &n.to_string()])
+            .args(["--key-file", d.join("key").to_str().unwrap(), "--port", &self.port.to_string()])
+            .args(["--socket", d.join(format!("node{n}.sock")).to_str().unwrap()])
+            .args(["--mfs", self.mnt(n).to_str().unwrap()])
+            .args(["--mfs-export", self.export(n).to_str().unwrap()])
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start omnode");
+        self.nodes.push((n, child));
+    }
+    /// SIGKILL, like a crash: its mount is left dead and its peers see it gone.
+    fn kill(&mut self, n: u32) {
+        for (_, c) in self.nodes.iter_mut().filter(|(m, _)| *m == n) {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.nodes.retain(|(m, _)| *m != n);
+        umount(&self.mnt(n));
+    }
+}
+
+fn umount(p: &Path) {
+    let _ = Command::new("umount")
+        .args(["-l", p.to_str().unwrap()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+impl Drop for Mfs {
+    fn drop(&mut self) {
+        for n in 1..=3 {
+            self.kill(n);
+        }
+        if std::thread::panicking() {
+            for n in 1..=3 {
+                let log = std::fs::read_to_string(self.dir.path().join(format!("node{n}.log")));
+                eprintln!("==== node {n} ====\n{}", log.unwrap_or_default());
+            }
+        }
+    }
+}
+
+/// Run a command with a time limit; None if it had to be killed (it hung).
+fn run_within(limit: Duration, cmd: &mut Command) -> Option<std::process::Output> {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let t0 = Instant::now();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return Some(child.wait_with_output().unwrap());
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(len + 8);
+    while v.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        v.extend_from_slice(&seed.to_le_bytes());
+    }
+    v.truncate(len);
+    v
+}
+
+fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
+    r.expect_err("expected an error").raw_os_error().unwrap_or(-1)
+}
+
+fn statfs_numbers(p: &Path) -> String {
+    let out = Command::new("stat").args(["-f", "-c", "%b %S %c", p.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "stat -f {}", p.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn three_nodes_share_their_files_through_real_mounts() {
+    if !need_root("three_nodes_share_their_files_through_real_mounts") {
+        return;
+    }
+    let mut c = Mfs::new();
+    for n in 1..=3 {
+        std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
+    }
+    for n in 1..=3 {
+        c.start(n);
+    }
+    let m1 = c.mnt(1);
+    let ready = wait_for(Duration::from_secs(30), || {
+        (1..=3)
+            .all(|n| (1..=3).all(|m| std::fs::read(c.mnt(n).join(format!("{m}/hello"))).is_ok()))
+            .then_some(())
+    });
+    assert!(ready.is_some(), "the mounts did not show every node's files within 30 s");
+
+    // ls and cat
+    let mut top: Vec<String> = std::fs::read_dir(&m1)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    top.sort();
+    assert_eq!(top, ["1", "2", "3", "here", "home"]);
+    assert_eq!(std::fs::read_link(m1.join("here")).unwrap(), Path::new("1"));
+    assert_eq!(std::fs::read_link(c.mnt(2).join("home")).unwrap(), Path::new("2"));
+    assert_eq!(std::fs::read_to_string(c.mnt(2).join("here/hello")).unwrap(), "hello from node 2\n");
+    for (n, m) in [(1, 3), (2, 1), (3, 2)] {
+        let got = std::fs::read_to_string(c.mnt(n).join(format!("{m}/hello"))).unwrap();
+        assert_eq!(got, format!("hello from node {m}\n"));
+    }
+    let ls = Command::new("ls").arg(m1.join("3")).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ls.stdout), "hello\n");
+
+    // cp of 50 MiB both ways, byte-identical
+    let big = pseudo_random(50 << 20, 0x9e37_79b9_7f4a_7c15);
+    std::fs::write(c.export(3).join("big"), &big).unwrap();
+    let local = c.dir.path().join("big.local");
+    let st = Command::new("cp").arg(m1.join("3/big")).arg(&local).status().unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(&local).unwrap() == big, "50 MiB read through /mfs/3 differs");
+    let st = Command::new("cp").arg(&local).arg(c.mnt(2).join("1/big.copy")).status().unwrap();
+    assert!(st.success());
+    assert!(std::fs::read(c.export(1).join("big.copy")).unwrap() == big, "50 MiB written through /mfs/1 differs");
+
+    // mkdir / write / rename / link / symlink / unlink / rmdir, checked on the serving disk
+    let d = m1.join("2/work");
+    std::fs::create_dir(&d).unwrap();
+    assert!(c.export(2).join("work").is_dir());
+    File::create(d.join("a")).unwrap().write_all(b"abc").unwrap();
+    std::fs::rename(d.join("a"), d.join("b")).unwrap();
+    assert_eq!(std::fs::read(c.export(2).join("work/b")).unwrap(), b"abc");
+    std::fs::hard_link(d.join("b"), d.join("c")).unwrap();
+    std::os::unix::fs::symlink("b", d.join("s")).unwrap();
+    assert_eq!(std::fs::read(d.join("s")).unwrap(), b"abc");
+    assert_eq!(std::fs::read_link(c.export(2).join("work/s")).unwrap(), Path::new("b"));
+    std::fs::set_permissions(d.join("b"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mode = std::fs::metadata(c.export(2).join("work/c")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o640);
+    // errors as on a local file system
+    assert_eq!(errno_of(std::fs::create_dir(&d)), 17); // EEXIST
+    assert_eq!(errno_of(std::fs::remove_dir(&d)), 39); // ENOTEMPTY
+    assert_eq!(errno_of(File::open(d.join("missing"))), 2); // ENOENT
+    assert_eq!(errno_of(std::fs::rename(d.join("b"), m1.join("3/b"))), 18); // EXDEV
+    assert_eq!(errno_of(std::fs::create_dir(m1.join("4"))), 13); // EACCES: /mfs itself
+    for f in ["b", "c", "s"] {
+        std::fs::remove_file(d.join(f)).unwrap();
+    }
+    std::fs::remove_dir(&d).unwrap();
+    assert!(!c.export(2).join("work").exists());
+
+    // df /mfs/3 gives node 3's real numbers
+    assert_eq!(statfs_numbers(&m1.join("3")), statfs_numbers(&c.export(3)));
+
+    // Permissions are the caller's: nobody cannot read root's 0600 file.
+    std::fs::write(c.export(2).join("private"), b"secret").unwrap();
+    std::fs::set_permissions(c.export(2).join("private"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(m1.join("2/private"))
+        .output()
+        .unwrap();
+    assert!(!as_nobody.status.success());
+    assert!(String::from_utf8_lossy(&as_nobody.stderr).contains("Permission denied"));
+    let as_nobody = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+        .arg(m1.join("2/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&as_nobody.stdout), "hello from node 2\n");
+
+    // A node killed: calls on its folder fail within seconds, never hang.
+    let mut held = File::options().append(true).open(m1.join("3/hello")).unwrap();
+    c.kill(3);
+    let t0 = Instant::now();
+    let ls = run_within(Duration::from_secs(10), Command::new("ls").arg(m1.join("3/")));
+    let ls = ls.expect("ls /mfs/3 of a dead node hung for 10 s");
+    assert!(!ls.status.success(), "ls of a dead node's folder succeeded");
+    let cat = run_within(Duration::from_secs(10), Command::new("cat").arg(m1.join("3/hello")))
+        .expect("cat of a dead node's file hung");
+    assert!(!cat.status.success());
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(10), "failing took {took:?}");
+    eprintln!("calls on the dead node failed after {took:?}: {}", String::from_utf8_lossy(&cat.stderr).trim());
+    // Written data cannot reach a dead node: the write or, with write-behind, fsync says so.
+    let wrote = held.write_all(b"lost").and_then(|()| held.sync_all());
+    assert!(wrote.is_err(), "a write to a file open on a dead node succeeded");
+    drop(held);
+    // The other nodes go on.
+    assert_eq!(std::fs::read_to_string(m1.join("2/hello")).unwrap(), "hello from node 2\n");
+    // It comes back: its folder works again, on the same mounts.
+    c.start(3);
+    let back = wait_for(Duration::from_secs(30), || std::fs::read_to_string(m1.join("3/hello")).ok());
+    assert_eq!(back.as_deref(), Some("hello from node 3\n"), "node 3's folder did not work again");
+    assert_eq!(std::fs::read_to_string(c.mnt(3).join("1/hello")).unwrap(), "hello from node 1\n");
+}
