@@ -39,15 +39,19 @@ fn need_root(test: &str) -> bool {
 struct Mfs {
     dir: tempfile::TempDir,
     port: u16,
+    base: u8,
     nodes: Vec<(u32, Child)>,
 }
 
 impl Mfs {
     fn new() -> Mfs {
+        Mfs::at(BASE)
+    }
+    fn at(base: u8) -> Mfs {
         let dir = tempfile::tempdir().unwrap();
         // Traversable by every uid: permission tests act as nobody.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(dir.path().join("map"), format!("1 127.0.0.{BASE} 3\n")).unwrap();
+        std::fs::write(dir.path().join("map"), format!("1 127.0.0.{base} 3\n")).unwrap();
         let key = dir.path().join("key");
         assert!(run_cli(&["keygen", "--out", key.to_str().unwrap()]).status.success());
         for n in 1..=3 {
@@ -60,6 +64,7 @@ impl Mfs {
         Mfs {
             dir,
             port: free_port(),
+            base,
             nodes: Vec::new(),
         }
     }
@@ -70,6 +75,10 @@ impl Mfs {
         self.dir.path().join(format!("mnt{n}"))
     }
     fn start(&mut self, n: u32) {
+        let (export, key) = (self.export(n), self.dir.path().join("key"));
+        self.start_with(n, export.to_str().unwrap(), &key);
+    }
+    fn start_with(&mut self, n: u32, export: &str, key: &Path) {
         let d = self.dir.path();
         let log = File::options()
             .create(true)
@@ -78,10 +87,10 @@ impl Mfs {
             .unwrap();
         let child = Command::new(omnode_bin())
             .args(["--map", d.join("map").to_str().unwrap(), "--node", &n.to_string()])
-            .args(["--key-file", d.join("key").to_str().unwrap(), "--port", &self.port.to_string()])
+            .args(["--key-file", key.to_str().unwrap(), "--port", &self.port.to_string()])
             .args(["--socket", d.join(format!("node{n}.sock")).to_str().unwrap()])
             .args(["--mfs", self.mnt(n).to_str().unwrap()])
-            .args(["--mfs-export", self.export(n).to_str().unwrap()])
+            .args(["--mfs-export", export])
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -279,4 +288,53 @@ fn three_nodes_share_their_files_through_real_mounts() {
     let back = wait_for(Duration::from_secs(30), || std::fs::read_to_string(m1.join("3/hello")).ok());
     assert_eq!(back.as_deref(), Some("hello from node 3\n"), "node 3's folder did not work again");
     assert_eq!(std::fs::read_to_string(c.mnt(3).join("1/hello")).unwrap(), "hello from node 1\n");
+}
+
+#[test]
+fn read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing() {
+    if !need_root("read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing") {
+        return;
+    }
+    let mut c = Mfs::at(BASE + 4);
+    assert_eq!(c.base, BASE + 4);
+    for n in 1..=3 {
+        std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
+    }
+    let other_key = c.dir.path().join("other.key");
+    assert!(run_cli(&["keygen", "--out", other_key.to_str().unwrap()]).status.success());
+    c.start(1);
+    let ro = format!("{}:ro", c.export(2).display());
+    c.start_with(2, &ro, &c.dir.path().join("key"));
+    let e3 = c.export(3).display().to_string();
+    c.start_with(3, &e3, &other_key);
+    let m1 = c.mnt(1);
+    let ready = wait_for(Duration::from_secs(30), || std::fs::read(m1.join("2/hello")).ok());
+    assert!(ready.is_some(), "node 2's read-only export did not appear on node 1");
+
+    // Read-only: reading works, every change is refused with EROFS and nothing changes.
+    assert_eq!(std::fs::read_to_string(m1.join("2/hello")).unwrap(), "hello from node 2\n");
+    assert_eq!(errno_of(File::create(m1.join("2/new"))), 30);
+    assert_eq!(errno_of(File::options().append(true).open(m1.join("2/hello"))), 30);
+    assert_eq!(errno_of(std::fs::remove_file(m1.join("2/hello"))), 30);
+    assert_eq!(errno_of(std::fs::create_dir(m1.join("2/d"))), 30);
+    assert_eq!(errno_of(std::fs::rename(m1.join("2/hello"), m1.join("2/moved"))), 30);
+    let chmod = std::fs::set_permissions(m1.join("2/hello"), std::fs::Permissions::from_mode(0o600));
+    assert_eq!(errno_of(chmod), 30);
+    assert_eq!(std::fs::read_to_string(c.export(2).join("hello")).unwrap(), "hello from node 2\n");
+    let names: Vec<_> = std::fs::read_dir(c.export(2)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["hello"]);
+    // Node 1's own export is writable through node 2's mount.
+    std::fs::write(c.mnt(2).join("1/from2"), b"x").unwrap();
+    assert_eq!(std::fs::read(c.export(1).join("from2")).unwrap(), b"x");
+
+    // Node 3 has another key: no link, so nothing of it is served, and it sees nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    let ls = run_within(Duration::from_secs(10), Command::new("cat").arg(m1.join("3/hello")))
+        .expect("cat of a node with another key hung");
+    assert!(!ls.status.success(), "node 1 read a file of a node with another key");
+    let ls = run_within(Duration::from_secs(10), Command::new("cat").arg(c.mnt(3).join("1/hello")))
+        .expect("cat from a node with another key hung");
+    assert!(!ls.status.success(), "a node with another key read node 1's file");
+    // Its own files it still sees.
+    assert_eq!(std::fs::read_to_string(c.mnt(3).join("3/hello")).unwrap(), "hello from node 3\n");
 }
