@@ -171,6 +171,8 @@ struct FileState {
     prefetch: Option<JoinHandle<Result<Window, Error>>>,
     dirty: Option<(u64, BytesMut)>,
     inflight: Option<JoinHandle<Result<(), Error>>>,
+    /// Where the last read ended: a read starting there is sequential.
+    last_end: u64,
 }
 
 struct OpenFile {
@@ -697,10 +699,12 @@ impl Mfs {
                 break;
             }
         }
-        // A sequential reader past the middle of a full window: fetch the next one now.
+        // A sequential reader: the next window is fetched while it reads this one.
+        let sequential = off == st.last_end;
+        st.last_end = pos;
         if let Some(w) = &st.window {
             let wend = w.off + w.data.len() as u64;
-            if !w.eof && st.prefetch.is_none() && pos >= w.off + (w.data.len() / 2) as u64 {
+            if sequential && !w.eof && st.prefetch.is_none() {
                 st.prefetch = Some(tokio::spawn(self.fetch(&f, wend, ra)));
             }
         }

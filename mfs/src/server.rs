@@ -145,6 +145,8 @@ fn shown(name: &[u8]) -> String {
 impl Server {
     /// Open `export.root` and start `threads` worker threads.
     pub fn start(export: &Export, threads: usize) -> Result<Server, Error> {
+        // Every file a peer has looked up holds an O_PATH descriptor until it is forgotten.
+        sys::raise_fd_limit();
         let root_name = export.root.display().to_string();
         let root = std::fs::File::options()
             .read(true)
