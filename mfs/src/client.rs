@@ -35,7 +35,12 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub trait Remote: Send + Sync + 'static {
     /// Run `req` on `node`'s server; `data` is the payload (write data), and so is the
     /// answer's `Bytes` (read data). Must give up within a bounded time.
-    fn call(&self, node: NodeId, req: proto::Request, data: Bytes) -> BoxFuture<'static, Result<(Reply, Bytes), Error>>;
+    fn call(
+        &self,
+        node: NodeId,
+        req: proto::Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>>;
 }
 
 /// Servers in this process, one per node number. Errors come back as they would over the
@@ -59,7 +64,12 @@ impl Direct {
 }
 
 impl Remote for Direct {
-    fn call(&self, node: NodeId, req: proto::Request, data: Bytes) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
+    fn call(
+        &self,
+        node: NodeId,
+        req: proto::Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
         let server = self.servers.read().expect("servers").get(&node).cloned();
         Box::pin(async move {
             let Some(server) = server else {
@@ -186,7 +196,13 @@ struct OpenFile {
 
 enum OpenDir {
     Root(Vec<DirItem>),
-    Remote { node: NodeId, fh: Fh, cred: Cred, ino: u64, parent: u64 },
+    Remote {
+        node: NodeId,
+        fh: Fh,
+        cred: Cred,
+        ino: u64,
+        parent: u64,
+    },
 }
 
 /// The `/mfs` file system of one node.
@@ -274,9 +290,22 @@ impl Mfs {
         self.cfg.local
     }
 
-    async fn send(&self, node: NodeId, cred: &Cred, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
+    async fn send(
+        &self,
+        node: NodeId,
+        cred: &Cred,
+        op: Op,
+        data: Bytes,
+    ) -> Result<(Reply, Bytes), Error> {
         self.remote
-            .call(node, proto::Request { cred: cred.clone(), op }, data)
+            .call(
+                node,
+                proto::Request {
+                    cred: cred.clone(),
+                    op,
+                },
+                data,
+            )
             .await
     }
 
@@ -348,9 +377,14 @@ impl Mfs {
         }
         let mut h = ROOT;
         for (cur, name, key) in chain.into_iter().rev() {
-            let (r, _) = self.send(node, cred, Op::Lookup { parent: h, name }, Bytes::new()).await?;
+            let (r, _) = self
+                .send(node, cred, Op::Lookup { parent: h, name }, Bytes::new())
+                .await?;
             let Reply::Entry { handle, attr } = r else {
-                return Err(Error::Protocol { node, what: format!("{r:?} to a lookup") });
+                return Err(Error::Protocol {
+                    node,
+                    what: format!("{r:?} to a lookup"),
+                });
             };
             if (attr.dev, attr.ino) != key {
                 return Err(Error::Stale(cur));
@@ -370,7 +404,15 @@ impl Mfs {
     }
 
     /// Enter a server's answer about a file in the inode table (one more lookup of it).
-    fn enter(&self, node: NodeId, handle: Handle, parent: u64, name: &[u8], attr: Attr, counted: bool) -> Entry {
+    fn enter(
+        &self,
+        node: NodeId,
+        handle: Handle,
+        parent: u64,
+        name: &[u8],
+        attr: Attr,
+        counted: bool,
+    ) -> Entry {
         let mut t = self.table.lock().expect("inode table");
         if let Some(&ino) = t.by_key.get(&(node, handle)) {
             if let Some(i) = t.inodes.get_mut(&ino) {
@@ -439,30 +481,62 @@ impl Mfs {
     pub async fn lookup(&self, cred: &Cred, parent: u64, name: &[u8]) -> Result<Entry, Error> {
         if parent == ROOT_INO {
             return match name {
-                b"here" => Ok(Entry { ino: HERE_INO, attr: self.magic_link(HERE_INO) }),
-                b"home" => Ok(Entry { ino: HOME_INO, attr: self.magic_link(HOME_INO) }),
-                b"." | b".." => Ok(Entry { ino: ROOT_INO, attr: self.root_attr() }),
+                b"here" => Ok(Entry {
+                    ino: HERE_INO,
+                    attr: self.magic_link(HERE_INO),
+                }),
+                b"home" => Ok(Entry {
+                    ino: HOME_INO,
+                    attr: self.magic_link(HOME_INO),
+                }),
+                b"." | b".." => Ok(Entry {
+                    ino: ROOT_INO,
+                    attr: self.root_attr(),
+                }),
                 _ => {
                     let node = std::str::from_utf8(name)
                         .ok()
                         .filter(|s| !s.starts_with('0') && !s.starts_with('+'))
                         .and_then(|s| s.parse::<NodeId>().ok())
                         .filter(|&n| self.has_node(n))
-                        .ok_or_else(|| Error::NoSuchNode(0))?;
-                    let (r, _) = self.send(node, cred, Op::GetAttr { handle: ROOT }, Bytes::new()).await?;
+                        .ok_or_else(|| Error::Remote {
+                            node: self.cfg.local,
+                            errno: libc::ENOENT,
+                            msg: format!(
+                                "no node {:?} in the cluster",
+                                String::from_utf8_lossy(name)
+                            ),
+                        })?;
+                    let (r, _) = self
+                        .send(node, cred, Op::GetAttr { handle: ROOT }, Bytes::new())
+                        .await?;
                     let Reply::Attr(attr) = r else {
-                        return Err(Error::Protocol { node, what: format!("{r:?} to getattr") });
+                        return Err(Error::Protocol {
+                            node,
+                            what: format!("{r:?} to getattr"),
+                        });
                     };
                     Ok(self.enter(node, ROOT, ROOT_INO, name, attr, false))
                 }
             };
         }
         let (node, r, _) = self
-            .on(cred, &[parent], |h| Op::Lookup { parent: h[0], name: name.to_vec() }, Bytes::new())
+            .on(
+                cred,
+                &[parent],
+                |h| Op::Lookup {
+                    parent: h[0],
+                    name: name.to_vec(),
+                },
+                Bytes::new(),
+            )
             .await?;
         match r {
             Reply::Entry { handle, attr } => Ok(self.enter(node, handle, parent, name, attr, true)),
-            r => Err(Error::Protocol { node, what: format!("{r:?} to a lookup") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to a lookup"),
+            }),
         }
     }
 
@@ -470,7 +544,9 @@ impl Mfs {
     pub fn forget(&self, ino: u64, n: u64) {
         let gone = {
             let mut t = self.table.lock().expect("inode table");
-            let Some(i) = t.inodes.get_mut(&ino) else { return };
+            let Some(i) = t.inodes.get_mut(&ino) else {
+                return;
+            };
             i.lookups = i.lookups.saturating_sub(n);
             if i.lookups > 0 {
                 return;
@@ -482,7 +558,13 @@ impl Mfs {
         if gone.server_refs > 0 && gone.handle != ROOT {
             let call = self.remote.call(
                 gone.node,
-                proto::Request { cred: Cred::root(), op: Op::Forget { handle: gone.handle, n: gone.server_refs } },
+                proto::Request {
+                    cred: Cred::root(),
+                    op: Op::Forget {
+                        handle: gone.handle,
+                        n: gone.server_refs,
+                    },
+                },
                 Bytes::new(),
             );
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -533,18 +615,29 @@ impl Mfs {
     }
 
     async fn fresh_attr(&self, cred: &Cred, ino: u64) -> Result<Attr, Error> {
-        let (node, r, _) = self.on(cred, &[ino], |h| Op::GetAttr { handle: h[0] }, Bytes::new()).await?;
+        let (node, r, _) = self
+            .on(cred, &[ino], |h| Op::GetAttr { handle: h[0] }, Bytes::new())
+            .await?;
         match r {
             Reply::Attr(a) => {
                 self.note_attr(ino, &a);
                 Ok(a)
             }
-            r => Err(Error::Protocol { node, what: format!("{r:?} to getattr") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to getattr"),
+            }),
         }
     }
 
     /// Change attributes; `fh` is an open file of the caller to truncate through.
-    pub async fn setattr(&self, cred: &Cred, ino: u64, mut set: SetAttr, fh: Option<u64>) -> Result<Attr, Error> {
+    pub async fn setattr(
+        &self,
+        cred: &Cred,
+        ino: u64,
+        mut set: SetAttr,
+        fh: Option<u64>,
+    ) -> Result<Attr, Error> {
         if ino < FIRST_INO {
             return Err(eacces());
         }
@@ -554,14 +647,25 @@ impl Mfs {
             .map(|f| f.fh);
         self.expire_attr(ino);
         let (node, r, _) = self
-            .on(cred, &[ino], |h| Op::SetAttr { handle: h[0], set: set.clone() }, Bytes::new())
+            .on(
+                cred,
+                &[ino],
+                |h| Op::SetAttr {
+                    handle: h[0],
+                    set: set.clone(),
+                },
+                Bytes::new(),
+            )
             .await?;
         match r {
             Reply::Attr(a) => {
                 self.note_attr(ino, &a);
                 Ok(a)
             }
-            r => Err(Error::Protocol { node, what: format!("{r:?} to setattr") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to setattr"),
+            }),
         }
     }
 
@@ -569,17 +673,30 @@ impl Mfs {
         if ino == HERE_INO || ino == HOME_INO {
             return Ok(self.magic_node(ino).to_string().into_bytes());
         }
-        let (node, r, _) = self.on(cred, &[ino], |h| Op::ReadLink { handle: h[0] }, Bytes::new()).await?;
+        let (node, r, _) = self
+            .on(
+                cred,
+                &[ino],
+                |h| Op::ReadLink { handle: h[0] },
+                Bytes::new(),
+            )
+            .await?;
         match r {
             Reply::Link(t) => Ok(t),
-            r => Err(Error::Protocol { node, what: format!("{r:?} to readlink") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to readlink"),
+            }),
         }
     }
 
     fn add_file(&self, ino: u64, node: NodeId, fh: Fh, cred: &Cred) -> u64 {
         let generation = {
             let t = self.table.lock().expect("inode table");
-            t.inodes.get(&ino).map(|i| i.generation.clone()).unwrap_or_default()
+            t.inodes
+                .get(&ino)
+                .map(|i| i.generation.clone())
+                .unwrap_or_default()
         };
         let local = self.next_fh.fetch_add(1, Ordering::Relaxed);
         let f = OpenFile {
@@ -590,60 +707,137 @@ impl Mfs {
             generation,
             st: tokio::sync::Mutex::new(FileState::default()),
         };
-        self.files.lock().expect("open files").insert(local, Arc::new(f));
+        self.files
+            .lock()
+            .expect("open files")
+            .insert(local, Arc::new(f));
         local
     }
 
     /// Open a file; its attributes are always fetched afresh (close-to-open).
     pub async fn open(&self, cred: &Cred, ino: u64, flags: i32) -> Result<Opened, Error> {
         if ino < FIRST_INO {
-            return Err(Error::Remote { node: 0, errno: libc::EISDIR, msg: "not a file".into() });
+            return Err(Error::Remote {
+                node: 0,
+                errno: libc::EISDIR,
+                msg: "not a file".into(),
+            });
         }
         self.settle(ino).await?;
         let before = {
             let t = self.table.lock().expect("inode table");
             t.inodes.get(&ino).map(|i| i.attr.clone())
         };
-        let (node, r, _) = self.on(cred, &[ino], |h| Op::Open { handle: h[0], flags }, Bytes::new()).await?;
+        let (node, r, _) = self
+            .on(
+                cred,
+                &[ino],
+                |h| Op::Open {
+                    handle: h[0],
+                    flags,
+                },
+                Bytes::new(),
+            )
+            .await?;
         let Reply::Opened { fh, attr } = r else {
-            return Err(Error::Protocol { node, what: format!("{r:?} to open") });
+            return Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to open"),
+            });
         };
-        let keep_cache = before.is_some_and(|b| same_version(&b, &attr)) && flags & libc::O_TRUNC == 0;
+        let keep_cache =
+            before.is_some_and(|b| same_version(&b, &attr)) && flags & libc::O_TRUNC == 0;
         self.note_attr(ino, &attr);
-        Ok(Opened { fh: self.add_file(ino, node, fh, cred), keep_cache, attr })
+        Ok(Opened {
+            fh: self.add_file(ino, node, fh, cred),
+            keep_cache,
+            attr,
+        })
     }
 
-    pub async fn create(&self, cred: &Cred, parent: u64, name: &[u8], mode: u32, flags: i32) -> Result<(Entry, Opened), Error> {
+    pub async fn create(
+        &self,
+        cred: &Cred,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Entry, Opened), Error> {
         let (node, r, _) = self
-            .on(cred, &[parent], |h| Op::Create { parent: h[0], name: name.to_vec(), mode, flags }, Bytes::new())
+            .on(
+                cred,
+                &[parent],
+                |h| Op::Create {
+                    parent: h[0],
+                    name: name.to_vec(),
+                    mode,
+                    flags,
+                },
+                Bytes::new(),
+            )
             .await?;
         let Reply::Created { handle, attr, fh } = r else {
-            return Err(Error::Protocol { node, what: format!("{r:?} to create") });
+            return Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to create"),
+            });
         };
         self.expire_attr(parent);
         let e = self.enter(node, handle, parent, name, attr.clone(), true);
         let fh = self.add_file(e.ino, node, fh, cred);
-        Ok((e, Opened { fh, keep_cache: false, attr }))
+        Ok((
+            e,
+            Opened {
+                fh,
+                keep_cache: false,
+                attr,
+            },
+        ))
     }
 
     fn file(&self, fh: u64) -> Result<Arc<OpenFile>, Error> {
-        self.files.lock().expect("open files").get(&fh).cloned().ok_or(Error::BadFile(fh))
+        self.files
+            .lock()
+            .expect("open files")
+            .get(&fh)
+            .cloned()
+            .ok_or(Error::BadFile(fh))
     }
 
-    fn fetch(&self, f: &OpenFile, off: u64, len: usize) -> impl Future<Output = Result<Window, Error>> + Send + 'static {
+    fn fetch(
+        &self,
+        f: &OpenFile,
+        off: u64,
+        len: usize,
+    ) -> impl Future<Output = Result<Window, Error>> + Send + 'static {
         let generation = f.generation.load(Ordering::Relaxed);
         let (node, fh) = (f.node, f.fh);
         let call = self.remote.call(
             node,
-            proto::Request { cred: f.cred.clone(), op: Op::Read { fh, offset: off, size: len as u32 } },
+            proto::Request {
+                cred: f.cred.clone(),
+                op: Op::Read {
+                    fh,
+                    offset: off,
+                    size: len as u32,
+                },
+            },
             Bytes::new(),
         );
         async move {
             let (r, data) = call.await?;
             if r != Reply::Data || data.len() > len {
-                return Err(Error::Protocol { node, what: format!("{r:?} with {} bytes to a read of {len}", data.len()) });
+                return Err(Error::Protocol {
+                    node,
+                    what: format!("{r:?} with {} bytes to a read of {len}", data.len()),
+                });
             }
-            Ok(Window { generation, off, eof: data.len() < len, data })
+            Ok(Window {
+                generation,
+                off,
+                eof: data.len() < len,
+                data,
+            })
         }
     }
 
@@ -664,7 +858,9 @@ impl Mfs {
                 let wend = w.off + w.data.len() as u64;
                 if w.generation == generation && w.off <= pos && pos < wend {
                     let take = end.min(wend);
-                    let piece = w.data.slice((pos - w.off) as usize..(take - w.off) as usize);
+                    let piece = w
+                        .data
+                        .slice((pos - w.off) as usize..(take - w.off) as usize);
                     pos = take;
                     match (&mut out, first.take()) {
                         (None, None) => first = Some(piece),
@@ -688,7 +884,13 @@ impl Mfs {
             // Not in the window: the prefetched one, or a fresh fetch.
             let w = match st.prefetch.take() {
                 Some(p) => match p.await {
-                    Ok(Ok(w)) if w.generation == generation && w.off <= pos && pos < w.off + w.data.len().max(1) as u64 => w,
+                    Ok(Ok(w))
+                        if w.generation == generation
+                            && w.off <= pos
+                            && pos < w.off + w.data.len().max(1) as u64 =>
+                    {
+                        w
+                    }
                     _ => self.fetch(&f, pos, ra.max((end - pos) as usize)).await?,
                 },
                 None => self.fetch(&f, pos, ra.max((end - pos) as usize)).await?,
@@ -749,19 +951,34 @@ impl Mfs {
         if let Some(prev) = st.inflight.take() {
             prev.await.map_err(|_| Error::Stopped)??;
         }
-        let Some((off, buf)) = st.dirty.take() else { return Ok(()) };
+        let Some((off, buf)) = st.dirty.take() else {
+            return Ok(());
+        };
         let len = buf.len();
         let node = f.node;
         let call = self.remote.call(
             node,
-            proto::Request { cred: f.cred.clone(), op: Op::Write { fh: f.fh, offset: off } },
+            proto::Request {
+                cred: f.cred.clone(),
+                op: Op::Write {
+                    fh: f.fh,
+                    offset: off,
+                },
+            },
             buf.freeze(),
         );
         st.inflight = Some(tokio::spawn(async move {
             match call.await? {
                 (Reply::Written(n), _) if n as usize == len => Ok(()),
-                (Reply::Written(n), _) => Err(Error::Remote { node, errno: libc::EIO, msg: format!("short write: {n} of {len} bytes") }),
-                (r, _) => Err(Error::Protocol { node, what: format!("{r:?} to a write") }),
+                (Reply::Written(n), _) => Err(Error::Remote {
+                    node,
+                    errno: libc::EIO,
+                    msg: format!("short write: {n} of {len} bytes"),
+                }),
+                (r, _) => Err(Error::Protocol {
+                    node,
+                    what: format!("{r:?} to a write"),
+                }),
             }
         }));
         Ok(())
@@ -789,7 +1006,14 @@ impl Mfs {
         let f = self.file(fh)?;
         let mut st = f.st.lock().await;
         self.drain(&f, &mut st).await?;
-        self.send(f.node, &f.cred, Op::Fsync { fh: f.fh, datasync }, Bytes::new()).await.map(drop)
+        self.send(
+            f.node,
+            &f.cred,
+            Op::Fsync { fh: f.fh, datasync },
+            Bytes::new(),
+        )
+        .await
+        .map(drop)
     }
 
     pub async fn release(&self, fh: u64) -> Result<(), Error> {
@@ -801,15 +1025,28 @@ impl Mfs {
             p.abort();
         }
         let written = self.drain(&f, &mut st).await;
-        let closed = self.send(f.node, &f.cred, Op::Release { fh: f.fh }, Bytes::new()).await.map(drop);
+        let closed = self
+            .send(f.node, &f.cred, Op::Release { fh: f.fh }, Bytes::new())
+            .await
+            .map(drop);
         written.and(closed)
     }
 
     pub async fn opendir(&self, cred: &Cred, ino: u64) -> Result<u64, Error> {
         let dir = if ino == ROOT_INO {
             let mut items = vec![
-                DirItem { name: b".".to_vec(), kind: Kind::Dir, ino: ROOT_INO, next: 1 },
-                DirItem { name: b"..".to_vec(), kind: Kind::Dir, ino: ROOT_INO, next: 2 },
+                DirItem {
+                    name: b".".to_vec(),
+                    kind: Kind::Dir,
+                    ino: ROOT_INO,
+                    next: 1,
+                },
+                DirItem {
+                    name: b"..".to_vec(),
+                    kind: Kind::Dir,
+                    ino: ROOT_INO,
+                    next: 2,
+                },
             ];
             let mut nodes = self.nodes.read().expect("nodes").clone();
             if !nodes.contains(&self.cfg.local) {
@@ -817,52 +1054,115 @@ impl Mfs {
             }
             nodes.sort_unstable();
             for n in nodes {
-                items.push(DirItem { name: n.to_string().into_bytes(), kind: Kind::Dir, ino: 0, next: 0 });
+                items.push(DirItem {
+                    name: n.to_string().into_bytes(),
+                    kind: Kind::Dir,
+                    ino: 0,
+                    next: 0,
+                });
             }
-            items.push(DirItem { name: b"here".to_vec(), kind: Kind::Symlink, ino: HERE_INO, next: 0 });
-            items.push(DirItem { name: b"home".to_vec(), kind: Kind::Symlink, ino: HOME_INO, next: 0 });
+            items.push(DirItem {
+                name: b"here".to_vec(),
+                kind: Kind::Symlink,
+                ino: HERE_INO,
+                next: 0,
+            });
+            items.push(DirItem {
+                name: b"home".to_vec(),
+                kind: Kind::Symlink,
+                ino: HOME_INO,
+                next: 0,
+            });
             for (i, it) in items.iter_mut().enumerate() {
                 it.next = i as u64 + 1;
             }
             OpenDir::Root(items)
         } else {
-            let (node, r, _) = self.on(cred, &[ino], |h| Op::OpenDir { handle: h[0] }, Bytes::new()).await?;
+            let (node, r, _) = self
+                .on(cred, &[ino], |h| Op::OpenDir { handle: h[0] }, Bytes::new())
+                .await?;
             let Reply::Opened { fh, attr } = r else {
-                return Err(Error::Protocol { node, what: format!("{r:?} to opendir") });
+                return Err(Error::Protocol {
+                    node,
+                    what: format!("{r:?} to opendir"),
+                });
             };
             self.note_attr(ino, &attr);
             let parent = {
                 let t = self.table.lock().expect("inode table");
                 t.inodes.get(&ino).map(|i| i.parent).unwrap_or(ROOT_INO)
             };
-            OpenDir::Remote { node, fh, cred: cred.clone(), ino, parent }
+            OpenDir::Remote {
+                node,
+                fh,
+                cred: cred.clone(),
+                ino,
+                parent,
+            }
         };
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        self.dirs.lock().expect("open dirs").insert(fh, Arc::new(dir));
+        self.dirs
+            .lock()
+            .expect("open dirs")
+            .insert(fh, Arc::new(dir));
         Ok(fh)
     }
 
     /// Entries from `offset` on (0 is the start); an empty answer is the end.
     pub async fn readdir(&self, fh: u64, offset: u64) -> Result<Vec<DirItem>, Error> {
-        let dir = self.dirs.lock().expect("open dirs").get(&fh).cloned().ok_or(Error::BadFile(fh))?;
+        let dir = self
+            .dirs
+            .lock()
+            .expect("open dirs")
+            .get(&fh)
+            .cloned()
+            .ok_or(Error::BadFile(fh))?;
         match &*dir {
             OpenDir::Root(items) => Ok(items.iter().skip(offset as usize).cloned().collect()),
-            OpenDir::Remote { node, fh, cred, ino, parent } => {
+            OpenDir::Remote {
+                node,
+                fh,
+                cred,
+                ino,
+                parent,
+            } => {
                 let mut out = Vec::new();
                 if offset == 0 {
-                    out.push(DirItem { name: b".".to_vec(), kind: Kind::Dir, ino: *ino, next: 1 });
+                    out.push(DirItem {
+                        name: b".".to_vec(),
+                        kind: Kind::Dir,
+                        ino: *ino,
+                        next: 1,
+                    });
                 }
                 if offset <= 1 {
-                    out.push(DirItem { name: b"..".to_vec(), kind: Kind::Dir, ino: *parent, next: 2 });
+                    out.push(DirItem {
+                        name: b"..".to_vec(),
+                        kind: Kind::Dir,
+                        ino: *parent,
+                        next: 2,
+                    });
                 }
                 let from = offset.saturating_sub(2);
-                let op = Op::ReadDir { fh: *fh, offset: from, max: self.cfg.dir_batch };
+                let op = Op::ReadDir {
+                    fh: *fh,
+                    offset: from,
+                    max: self.cfg.dir_batch,
+                };
                 let (r, _) = self.send(*node, cred, op, Bytes::new()).await?;
                 let Reply::Dir { entries, .. } = r else {
-                    return Err(Error::Protocol { node: *node, what: format!("{r:?} to readdir") });
+                    return Err(Error::Protocol {
+                        node: *node,
+                        what: format!("{r:?} to readdir"),
+                    });
                 };
                 for (i, e) in entries.into_iter().enumerate() {
-                    out.push(DirItem { name: e.name, kind: e.kind, ino: e.ino, next: 2 + from + i as u64 + 1 });
+                    out.push(DirItem {
+                        name: e.name,
+                        kind: e.kind,
+                        ino: e.ino,
+                        next: 2 + from + i as u64 + 1,
+                    });
                 }
                 Ok(out)
             }
@@ -870,63 +1170,132 @@ impl Mfs {
     }
 
     pub async fn releasedir(&self, fh: u64) -> Result<(), Error> {
-        let dir = self.dirs.lock().expect("open dirs").remove(&fh).ok_or(Error::BadFile(fh))?;
+        let dir = self
+            .dirs
+            .lock()
+            .expect("open dirs")
+            .remove(&fh)
+            .ok_or(Error::BadFile(fh))?;
         match &*dir {
             OpenDir::Root(_) => Ok(()),
-            OpenDir::Remote { node, fh, cred, .. } => {
-                self.send(*node, cred, Op::ReleaseDir { fh: *fh }, Bytes::new()).await.map(drop)
-            }
+            OpenDir::Remote { node, fh, cred, .. } => self
+                .send(*node, cred, Op::ReleaseDir { fh: *fh }, Bytes::new())
+                .await
+                .map(drop),
         }
     }
 
-    async fn entry_op(&self, cred: &Cred, parent: u64, name: &[u8], inos: &[u64], make: impl Fn(&[Handle]) -> Op) -> Result<Entry, Error> {
+    async fn entry_op(
+        &self,
+        cred: &Cred,
+        parent: u64,
+        name: &[u8],
+        inos: &[u64],
+        make: impl Fn(&[Handle]) -> Op,
+    ) -> Result<Entry, Error> {
         let (node, r, _) = self.on(cred, inos, make, Bytes::new()).await?;
         self.expire_attr(parent);
         match r {
             Reply::Entry { handle, attr } => Ok(self.enter(node, handle, parent, name, attr, true)),
-            r => Err(Error::Protocol { node, what: format!("{r:?}") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?}"),
+            }),
         }
     }
 
-    pub async fn mkdir(&self, cred: &Cred, parent: u64, name: &[u8], mode: u32) -> Result<Entry, Error> {
-        self.entry_op(cred, parent, name, &[parent], |h| Op::Mkdir { parent: h[0], name: name.to_vec(), mode }).await
-    }
-
-    pub async fn symlink(&self, cred: &Cred, parent: u64, name: &[u8], target: &[u8]) -> Result<Entry, Error> {
-        self.entry_op(cred, parent, name, &[parent], |h| Op::Symlink { parent: h[0], name: name.to_vec(), target: target.to_vec() })
-            .await
-    }
-
-    pub async fn link(&self, cred: &Cred, ino: u64, new_parent: u64, new_name: &[u8]) -> Result<Entry, Error> {
-        self.expire_attr(ino);
-        self.entry_op(cred, new_parent, new_name, &[ino, new_parent], |h| Op::Link {
-            handle: h[0],
-            new_parent: h[1],
-            new_name: new_name.to_vec(),
+    pub async fn mkdir(
+        &self,
+        cred: &Cred,
+        parent: u64,
+        name: &[u8],
+        mode: u32,
+    ) -> Result<Entry, Error> {
+        self.entry_op(cred, parent, name, &[parent], |h| Op::Mkdir {
+            parent: h[0],
+            name: name.to_vec(),
+            mode,
         })
         .await
     }
 
-    async fn plain(&self, cred: &Cred, inos: &[u64], make: impl Fn(&[Handle]) -> Op) -> Result<(), Error> {
+    pub async fn symlink(
+        &self,
+        cred: &Cred,
+        parent: u64,
+        name: &[u8],
+        target: &[u8],
+    ) -> Result<Entry, Error> {
+        self.entry_op(cred, parent, name, &[parent], |h| Op::Symlink {
+            parent: h[0],
+            name: name.to_vec(),
+            target: target.to_vec(),
+        })
+        .await
+    }
+
+    pub async fn link(
+        &self,
+        cred: &Cred,
+        ino: u64,
+        new_parent: u64,
+        new_name: &[u8],
+    ) -> Result<Entry, Error> {
+        self.expire_attr(ino);
+        self.entry_op(cred, new_parent, new_name, &[ino, new_parent], |h| {
+            Op::Link {
+                handle: h[0],
+                new_parent: h[1],
+                new_name: new_name.to_vec(),
+            }
+        })
+        .await
+    }
+
+    async fn plain(
+        &self,
+        cred: &Cred,
+        inos: &[u64],
+        make: impl Fn(&[Handle]) -> Op,
+    ) -> Result<(), Error> {
         let (node, r, _) = self.on(cred, inos, make, Bytes::new()).await?;
         for &i in inos {
             self.expire_attr(i);
         }
         match r {
             Reply::Ok => Ok(()),
-            r => Err(Error::Protocol { node, what: format!("{r:?}") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?}"),
+            }),
         }
     }
 
     pub async fn unlink(&self, cred: &Cred, parent: u64, name: &[u8]) -> Result<(), Error> {
-        self.plain(cred, &[parent], |h| Op::Unlink { parent: h[0], name: name.to_vec() }).await
+        self.plain(cred, &[parent], |h| Op::Unlink {
+            parent: h[0],
+            name: name.to_vec(),
+        })
+        .await
     }
 
     pub async fn rmdir(&self, cred: &Cred, parent: u64, name: &[u8]) -> Result<(), Error> {
-        self.plain(cred, &[parent], |h| Op::Rmdir { parent: h[0], name: name.to_vec() }).await
+        self.plain(cred, &[parent], |h| Op::Rmdir {
+            parent: h[0],
+            name: name.to_vec(),
+        })
+        .await
     }
 
-    pub async fn rename(&self, cred: &Cred, parent: u64, name: &[u8], new_parent: u64, new_name: &[u8], flags: u32) -> Result<(), Error> {
+    pub async fn rename(
+        &self,
+        cred: &Cred,
+        parent: u64,
+        name: &[u8],
+        new_parent: u64,
+        new_name: &[u8],
+        flags: u32,
+    ) -> Result<(), Error> {
         self.plain(cred, &[parent, new_parent], |h| Op::Rename {
             parent: h[0],
             name: name.to_vec(),
@@ -937,7 +1306,11 @@ impl Mfs {
         .await?;
         // The moved inode now lives under its new name (for finding it again after a restart).
         let mut t = self.table.lock().expect("inode table");
-        if let Some(i) = t.inodes.values_mut().find(|i| i.parent == parent && i.name == name) {
+        if let Some(i) = t
+            .inodes
+            .values_mut()
+            .find(|i| i.parent == parent && i.name == name)
+        {
             i.parent = new_parent;
             i.name = new_name.to_vec();
         }
@@ -947,15 +1320,29 @@ impl Mfs {
     /// The serving node's real numbers; `/mfs` itself reports this node's export.
     pub async fn statfs(&self, cred: &Cred, ino: u64) -> Result<StatFs, Error> {
         let (node, r) = if ino < FIRST_INO {
-            let node = if ino == ROOT_INO { self.cfg.local } else { self.magic_node(ino) };
-            (node, self.send(node, cred, Op::StatFs { handle: ROOT }, Bytes::new()).await?.0)
+            let node = if ino == ROOT_INO {
+                self.cfg.local
+            } else {
+                self.magic_node(ino)
+            };
+            (
+                node,
+                self.send(node, cred, Op::StatFs { handle: ROOT }, Bytes::new())
+                    .await?
+                    .0,
+            )
         } else {
-            let (node, r, _) = self.on(cred, &[ino], |h| Op::StatFs { handle: h[0] }, Bytes::new()).await?;
+            let (node, r, _) = self
+                .on(cred, &[ino], |h| Op::StatFs { handle: h[0] }, Bytes::new())
+                .await?;
             (node, r)
         };
         match r {
             Reply::StatFs(s) => Ok(s),
-            r => Err(Error::Protocol { node, what: format!("{r:?} to statfs") }),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to statfs"),
+            }),
         }
     }
 }

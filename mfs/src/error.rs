@@ -41,9 +41,11 @@ pub enum Error {
     Timeout { node: NodeId, after: Duration },
     /// The serving node refused with `errno`; `msg` is its reason.
     #[error("node {node}: {msg}")]
-    Remote { node: NodeId, errno: i32, msg: String },
-    #[error("node {0} is not part of the cluster")]
-    NoSuchNode(NodeId),
+    Remote {
+        node: NodeId,
+        errno: i32,
+        msg: String,
+    },
     #[error("unexpected answer from node {node}: {what}")]
     Protocol { node: NodeId, what: String },
     #[error("the mfs server has stopped")]
@@ -74,7 +76,6 @@ impl Error {
             Error::Unreachable { .. } => libc::ENOTCONN,
             Error::Timeout { .. } => libc::EIO,
             Error::Remote { errno, .. } => *errno,
-            Error::NoSuchNode(_) => libc::ENOENT,
             Error::Protocol { .. } => libc::EIO,
             Error::Stopped => libc::ENOTCONN,
         }

@@ -100,9 +100,11 @@ fn groups_of(cache: &Groups, pid: u32, uid: u32, gid: u32) -> Vec<u32> {
     let groups: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|g| g.split_whitespace().filter_map(|n| n.parse().ok()).collect())
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
         })
         .unwrap_or_default();
     let mut c = cache.lock().expect("groups");
@@ -254,7 +256,15 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn mkdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
         self.spawn(async move {
             match m.mkdir(&c, parent, &name, mode & !umask & 0o7777).await {
@@ -284,9 +294,19 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn symlink(&mut self, req: &Request<'_>, parent: u64, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
         let (m, c) = (self.mfs.clone(), self.cred(req));
-        let (name, target) = (link_name.as_bytes().to_vec(), target.as_os_str().as_bytes().to_vec());
+        let (name, target) = (
+            link_name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        );
         self.spawn(async move {
             match m.symlink(&c, parent, &name, &target).await {
                 Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
@@ -308,15 +328,29 @@ impl Filesystem for Adapter {
         let (m, c) = (self.mfs.clone(), self.cred(req));
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
         self.spawn(async move {
-            match m.rename(&c, parent, &name, newparent, &newname, flags).await {
+            match m
+                .rename(&c, parent, &name, newparent, &newname, flags)
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(e.errno()),
             }
         });
     }
 
-    fn link(&mut self, req: &Request<'_>, ino: u64, newparent: u64, newname: &OsStr, reply: ReplyEntry) {
-        let (m, c, name) = (self.mfs.clone(), self.cred(req), newname.as_bytes().to_vec());
+    fn link(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (m, c, name) = (
+            self.mfs.clone(),
+            self.cred(req),
+            newname.as_bytes().to_vec(),
+        );
         self.spawn(async move {
             match m.link(&c, ino, newparent, &name).await {
                 Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
@@ -329,7 +363,14 @@ impl Filesystem for Adapter {
         let (m, c) = (self.mfs.clone(), self.cred(req));
         self.spawn(async move {
             match m.open(&c, ino, flags).await {
-                Ok(o) => reply.opened(o.fh, if o.keep_cache { fuser::consts::FOPEN_KEEP_CACHE } else { 0 }),
+                Ok(o) => reply.opened(
+                    o.fh,
+                    if o.keep_cache {
+                        fuser::consts::FOPEN_KEEP_CACHE
+                    } else {
+                        0
+                    },
+                ),
                 Err(e) => reply.error(e.errno()),
             }
         });
@@ -376,7 +417,14 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn flush(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _lock_owner: u64, reply: ReplyEmpty) {
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
         let m = self.mfs.clone();
         self.spawn(async move {
             match m.flush(fh).await {
@@ -425,14 +473,26 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn readdir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, offset: i64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
         let m = self.mfs.clone();
         self.spawn(async move {
             match m.readdir(fh, offset.max(0) as u64).await {
                 Ok(items) => {
                     for it in items {
                         let ino = if it.ino == 0 { u64::MAX } else { it.ino };
-                        if reply.add(ino, it.next as i64, file_type(it.kind), OsStr::from_bytes(&it.name)) {
+                        if reply.add(
+                            ino,
+                            it.next as i64,
+                            file_type(it.kind),
+                            OsStr::from_bytes(&it.name),
+                        ) {
                             break;
                         }
                     }
@@ -443,7 +503,14 @@ impl Filesystem for Adapter {
         });
     }
 
-    fn releasedir(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, _flags: i32, reply: ReplyEmpty) {
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
         let m = self.mfs.clone();
         self.spawn(async move {
             match m.releasedir(fh).await {
@@ -457,7 +524,9 @@ impl Filesystem for Adapter {
         let (m, c) = (self.mfs.clone(), self.cred(req));
         self.spawn(async move {
             match m.statfs(&c, ino).await {
-                Ok(s) => reply.statfs(s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize),
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
                 Err(e) => reply.error(e.errno()),
             }
         });
@@ -475,7 +544,10 @@ impl Filesystem for Adapter {
     ) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
         self.spawn(async move {
-            match m.create(&c, parent, &name, mode & !umask & 0o7777, flags).await {
+            match m
+                .create(&c, parent, &name, mode & !umask & 0o7777, flags)
+                .await
+            {
                 Ok((e, o)) => reply.created(&TTL, &fattr(e.ino, &e.attr), 0, o.fh, 0),
                 Err(e) => reply.error(e.errno()),
             }

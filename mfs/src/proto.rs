@@ -96,29 +96,96 @@ pub struct StatFs {
 /// One operation. Names are raw bytes (Linux file names need not be UTF-8).
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub enum Op {
-    Lookup { parent: Handle, name: Vec<u8> },
+    Lookup {
+        parent: Handle,
+        name: Vec<u8>,
+    },
     /// The caller drops `n` lookups of `handle`.
-    Forget { handle: Handle, n: u64 },
-    GetAttr { handle: Handle },
-    SetAttr { handle: Handle, set: SetAttr },
-    ReadLink { handle: Handle },
-    Open { handle: Handle, flags: i32 },
-    Create { parent: Handle, name: Vec<u8>, mode: u32, flags: i32 },
-    Read { fh: Fh, offset: u64, size: u32 },
+    Forget {
+        handle: Handle,
+        n: u64,
+    },
+    GetAttr {
+        handle: Handle,
+    },
+    SetAttr {
+        handle: Handle,
+        set: SetAttr,
+    },
+    ReadLink {
+        handle: Handle,
+    },
+    Open {
+        handle: Handle,
+        flags: i32,
+    },
+    Create {
+        parent: Handle,
+        name: Vec<u8>,
+        mode: u32,
+        flags: i32,
+    },
+    Read {
+        fh: Fh,
+        offset: u64,
+        size: u32,
+    },
     /// The data is the payload.
-    Write { fh: Fh, offset: u64 },
-    Fsync { fh: Fh, datasync: bool },
-    Release { fh: Fh },
-    OpenDir { handle: Handle },
-    ReadDir { fh: Fh, offset: u64, max: u32 },
-    ReleaseDir { fh: Fh },
-    Mkdir { parent: Handle, name: Vec<u8>, mode: u32 },
-    Unlink { parent: Handle, name: Vec<u8> },
-    Rmdir { parent: Handle, name: Vec<u8> },
-    Rename { parent: Handle, name: Vec<u8>, new_parent: Handle, new_name: Vec<u8>, flags: u32 },
-    Link { handle: Handle, new_parent: Handle, new_name: Vec<u8> },
-    Symlink { parent: Handle, name: Vec<u8>, target: Vec<u8> },
-    StatFs { handle: Handle },
+    Write {
+        fh: Fh,
+        offset: u64,
+    },
+    Fsync {
+        fh: Fh,
+        datasync: bool,
+    },
+    Release {
+        fh: Fh,
+    },
+    OpenDir {
+        handle: Handle,
+    },
+    ReadDir {
+        fh: Fh,
+        offset: u64,
+        max: u32,
+    },
+    ReleaseDir {
+        fh: Fh,
+    },
+    Mkdir {
+        parent: Handle,
+        name: Vec<u8>,
+        mode: u32,
+    },
+    Unlink {
+        parent: Handle,
+        name: Vec<u8>,
+    },
+    Rmdir {
+        parent: Handle,
+        name: Vec<u8>,
+    },
+    Rename {
+        parent: Handle,
+        name: Vec<u8>,
+        new_parent: Handle,
+        new_name: Vec<u8>,
+        flags: u32,
+    },
+    Link {
+        handle: Handle,
+        new_parent: Handle,
+        new_name: Vec<u8>,
+    },
+    Symlink {
+        parent: Handle,
+        name: Vec<u8>,
+        target: Vec<u8>,
+    },
+    StatFs {
+        handle: Handle,
+    },
 }
 
 impl Op {
@@ -148,15 +215,28 @@ pub struct Request {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     Ok,
-    Entry { handle: Handle, attr: Attr },
+    Entry {
+        handle: Handle,
+        attr: Attr,
+    },
     Attr(Attr),
-    Opened { fh: Fh, attr: Attr },
-    Created { handle: Handle, attr: Attr, fh: Fh },
+    Opened {
+        fh: Fh,
+        attr: Attr,
+    },
+    Created {
+        handle: Handle,
+        attr: Attr,
+        fh: Fh,
+    },
     /// The data is the payload.
     Data,
     Written(u32),
     Link(Vec<u8>),
-    Dir { entries: Vec<DirEntry>, eof: bool },
+    Dir {
+        entries: Vec<DirEntry>,
+        eof: bool,
+    },
     StatFs(StatFs),
 }
 

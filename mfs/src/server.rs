@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex, mpsc};
 use bytes::{Bytes, BytesMut};
 use tokio::sync::oneshot;
 
-use crate::proto::{Attr, Cred, DirEntry, Fh, Handle, Kind, Op, ROOT, Reply, SetAttr, StatFs, TimeSet};
+use crate::proto::{
+    Attr, Cred, DirEntry, Fh, Handle, Kind, Op, ROOT, Reply, SetAttr, StatFs, TimeSet,
+};
 use crate::{Error, sys};
 
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
@@ -96,7 +98,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("root", &self.shared.root_name).finish()
+        f.debug_struct("Server")
+            .field("root", &self.shared.root_name)
+            .finish()
     }
 }
 
@@ -125,6 +129,14 @@ fn attr_of(st: &libc::stat) -> Option<Attr> {
         gid: st.st_gid,
         blksize: st.st_blksize as u32,
     })
+}
+
+/// /proc is not exported, nor FUSE mounts inside the export (among them /mfs itself: serving
+/// it would loop back into this daemon).
+#[allow(clippy::unnecessary_cast)] // f_type's type differs between architectures
+fn hidden_fs(fs: &libc::statfs) -> bool {
+    let t = fs.f_type as i64;
+    t == PROC_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
 }
 
 /// A name the server may look up or create: one component, not `.` or `..`.
@@ -211,13 +223,18 @@ impl Server {
     /// is read data.
     pub async fn call(&self, cred: Cred, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         let (done, rx) = oneshot::channel();
-        let job = Job { cred, op, data, done };
+        let job = Job {
+            cred,
+            op,
+            data,
+            done,
+        };
         let jobs = self.jobs.clone();
         // The queue is bounded: wait for room off the async threads.
         match jobs.try_send(job) {
             Ok(()) => {}
             Err(mpsc::TrySendError::Full(job)) => {
-                tokio::task::spawn_blocking(move || jobs.send(job))
+                tokio::task::spawn_blocking(move || jobs.send(job).map_err(drop))
                     .await
                     .map_err(|_| Error::Stopped)?
                     .map_err(|_| Error::Stopped)?;
@@ -313,8 +330,7 @@ impl Shared {
         let attr = attr_of(&st).ok_or_else(|| Error::NotExported(what.to_string()))?;
         if attr.kind == Kind::Dir {
             let fs = sys::fstatfs(fd.as_fd()).map_err(|e| Error::os("statfs", what, e))?;
-            let t = fs.f_type as i64;
-            if t == PROC_SUPER_MAGIC || t == FUSE_SUPER_MAGIC {
+            if hidden_fs(&fs) {
                 return Err(Error::NotExported(what.to_string()));
             }
         }
@@ -383,7 +399,11 @@ impl Shared {
         let proc = self.proc_fd.as_fd();
         if let Some(mode) = set.mode {
             if kind == Kind::Symlink {
-                return Err(Error::os("chmod", what, std::io::Error::from_raw_os_error(libc::EOPNOTSUPP)));
+                return Err(Error::os(
+                    "chmod",
+                    what,
+                    std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+                ));
             }
             sys::fchmodat(proc, &pname, mode & 0o7777).map_err(|e| Error::os("chmod", &what, e))?;
         }
@@ -392,21 +412,35 @@ impl Shared {
         }
         if let Some(size) = set.size {
             if kind != Kind::File {
-                return Err(Error::os("truncate", what, std::io::Error::from_raw_os_error(libc::EISDIR)));
+                return Err(Error::os(
+                    "truncate",
+                    what,
+                    std::io::Error::from_raw_os_error(libc::EISDIR),
+                ));
             }
             let opened = match set.fh.map(|fh| self.file(fh)) {
                 Some(Ok((f, _))) => f,
                 _ => Arc::new(
-                    sys::openat(proc, &pname, libc::O_WRONLY, 0).map_err(|e| Error::os("truncate", &what, e))?,
+                    sys::openat(proc, &pname, libc::O_WRONLY, 0)
+                        .map_err(|e| Error::os("truncate", &what, e))?,
                 ),
             };
             sys::ftruncate(opened.as_fd(), size).map_err(|e| Error::os("truncate", &what, e))?;
         }
         if set.atime.is_some() || set.mtime.is_some() {
             let ts = |t: Option<TimeSet>| match t {
-                None => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_OMIT },
-                Some(TimeSet::Now) => libc::timespec { tv_sec: 0, tv_nsec: libc::UTIME_NOW },
-                Some(TimeSet::At(s, n)) => libc::timespec { tv_sec: s, tv_nsec: n as i64 },
+                None => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_OMIT,
+                },
+                Some(TimeSet::Now) => libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: libc::UTIME_NOW,
+                },
+                Some(TimeSet::At(s, n)) => libc::timespec {
+                    tv_sec: s,
+                    tv_nsec: n as i64,
+                },
             };
             let times = [ts(set.atime), ts(set.mtime)];
             sys::utimensat(proc, &pname, &times).map_err(|e| Error::os("utimes", &what, e))?;
@@ -424,9 +458,19 @@ impl Shared {
         if self.read_only && (acc != libc::O_RDONLY || flags & libc::O_TRUNC != 0) {
             return Err(Error::ReadOnly);
         }
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC | libc::O_SYNC | libc::O_DSYNC | libc::O_NOATIME;
-        let file = sys::openat(self.proc_fd.as_fd(), &Self::proc_name(fd.as_fd()), flags & keep, 0)
-            .map_err(|e| Error::os("open", &what, e))?;
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_SYNC
+            | libc::O_DSYNC
+            | libc::O_NOATIME;
+        let file = sys::openat(
+            self.proc_fd.as_fd(),
+            &Self::proc_name(fd.as_fd()),
+            flags & keep,
+            0,
+        )
+        .map_err(|e| Error::os("open", &what, e))?;
         let attr = self.stat_attr(file.as_fd(), &what)?;
         let fh = self.add_open(Open::File {
             fd: Arc::new(file),
@@ -435,18 +479,39 @@ impl Shared {
         Ok((fh, attr))
     }
 
-    fn create(&self, parent: Handle, name: &[u8], mode: u32, flags: i32) -> Result<(Handle, Attr, Fh), Error> {
+    fn create(
+        &self,
+        parent: Handle,
+        name: &[u8],
+        mode: u32,
+        flags: i32,
+    ) -> Result<(Handle, Attr, Fh), Error> {
         let name = check_name(name)?;
         let (dir, _) = self.node(parent)?;
-        let keep = libc::O_ACCMODE | libc::O_APPEND | libc::O_TRUNC | libc::O_EXCL | libc::O_SYNC | libc::O_DSYNC;
-        let file = sys::openat(dir.as_fd(), name, (flags & keep) | libc::O_CREAT | libc::O_NOFOLLOW, mode & 0o7777)
-            .map_err(|e| Error::os("create", shown(name), e))?;
+        let keep = libc::O_ACCMODE
+            | libc::O_APPEND
+            | libc::O_TRUNC
+            | libc::O_EXCL
+            | libc::O_SYNC
+            | libc::O_DSYNC;
+        let file = sys::openat(
+            dir.as_fd(),
+            name,
+            (flags & keep) | libc::O_CREAT | libc::O_NOFOLLOW,
+            mode & 0o7777,
+        )
+        .map_err(|e| Error::os("create", shown(name), e))?;
         let st = sys::fstat(file.as_fd()).map_err(|e| Error::os("stat", shown(name), e))?;
         if kind_of(st.st_mode) != Some(Kind::File) {
             return Err(Error::NotExported(shown(name)));
         }
-        let path = sys::openat(self.proc_fd.as_fd(), &Self::proc_name(file.as_fd()), libc::O_PATH, 0)
-            .map_err(|e| Error::os("create", shown(name), e))?;
+        let path = sys::openat(
+            self.proc_fd.as_fd(),
+            &Self::proc_name(file.as_fd()),
+            libc::O_PATH,
+            0,
+        )
+        .map_err(|e| Error::os("create", shown(name), e))?;
         let (handle, attr) = self.register(path, &shown(name))?;
         let fh = self.add_open(Open::File {
             fd: Arc::new(file),
@@ -459,11 +524,17 @@ impl Shared {
         let (fd, kind) = self.node(h)?;
         let what = format!("directory handle {h}");
         if kind != Kind::Dir {
-            return Err(Error::os("opendir", what, std::io::Error::from_raw_os_error(libc::ENOTDIR)));
+            return Err(Error::os(
+                "opendir",
+                what,
+                std::io::Error::from_raw_os_error(libc::ENOTDIR),
+            ));
         }
         let dir = sys::openat(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
             .map_err(|e| Error::os("opendir", &what, e))?;
-        let dev = sys::fstat(fd.as_fd()).map_err(|e| Error::os("stat", &what, e))?.st_dev;
+        let dev = sys::fstat(fd.as_fd())
+            .map_err(|e| Error::os("stat", &what, e))?
+            .st_dev;
         let raw = sys::read_dir(dir).map_err(|e| Error::os("readdir", &what, e))?;
         let mut entries = Vec::with_capacity(raw.len());
         for (name, ty, ino) in raw {
@@ -479,10 +550,7 @@ impl Shared {
                         Some(Kind::Dir) if st.st_dev != dev => {
                             let hidden = sys::lookup_beneath(fd.as_fd(), &name)
                                 .and_then(|d| sys::fstatfs(d.as_fd()))
-                                .map(|fs| {
-                                    let t = fs.f_type as i64;
-                                    t == PROC_SUPER_MAGIC || t == FUSE_SUPER_MAGIC
-                                })
+                                .map(|fs| hidden_fs(&fs))
                                 .unwrap_or(true);
                             if hidden {
                                 continue;
@@ -539,20 +607,29 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         Op::SetAttr { handle, set } => Reply::Attr(s.setattr(handle, &set)?),
         Op::ReadLink { handle } => {
             let (fd, _) = s.node(handle)?;
-            Reply::Link(sys::readlink(fd.as_fd()).map_err(|e| Error::os("readlink", format!("handle {handle}"), e))?)
+            Reply::Link(
+                sys::readlink(fd.as_fd())
+                    .map_err(|e| Error::os("readlink", format!("handle {handle}"), e))?,
+            )
         }
         Op::Open { handle, flags } => {
             let (fh, attr) = s.open(handle, flags)?;
             Reply::Opened { fh, attr }
         }
-        Op::Create { parent, name, mode, flags } => {
+        Op::Create {
+            parent,
+            name,
+            mode,
+            flags,
+        } => {
             let (handle, attr, fh) = s.create(parent, &name, mode, flags)?;
             Reply::Created { handle, attr, fh }
         }
         Op::Read { fh, offset, size } => {
             let (fd, _) = s.file(fh)?;
             let mut buf = BytesMut::zeroed(size.min(MAX_READ) as usize);
-            let n = sys::pread(fd.as_fd(), &mut buf, offset).map_err(|e| Error::os("read", format!("file {fh}"), e))?;
+            let n = sys::pread(fd.as_fd(), &mut buf, offset)
+                .map_err(|e| Error::os("read", format!("file {fh}"), e))?;
             buf.truncate(n);
             return Ok((Reply::Data, buf.freeze()));
         }
@@ -568,7 +645,8 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         }
         Op::Fsync { fh, datasync } => {
             let (fd, _) = s.file(fh)?;
-            sys::fsync(fd.as_fd(), datasync).map_err(|e| Error::os("fsync", format!("file {fh}"), e))?;
+            sys::fsync(fd.as_fd(), datasync)
+                .map_err(|e| Error::os("fsync", format!("file {fh}"), e))?;
             Reply::Ok
         }
         Op::Release { fh } | Op::ReleaseDir { fh } => {
@@ -590,7 +668,8 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         Op::Mkdir { parent, name, mode } => {
             let name = check_name(&name)?;
             let (dir, _) = s.node(parent)?;
-            sys::mkdirat(dir.as_fd(), name, mode & 0o7777).map_err(|e| Error::os("mkdir", shown(name), e))?;
+            sys::mkdirat(dir.as_fd(), name, mode & 0o7777)
+                .map_err(|e| Error::os("mkdir", shown(name), e))?;
             let (handle, attr) = s.lookup(parent, name)?;
             Reply::Entry { handle, attr }
         }
@@ -603,39 +682,71 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         Op::Rmdir { parent, name } => {
             let name = check_name(&name)?;
             let (dir, _) = s.node(parent)?;
-            sys::unlinkat(dir.as_fd(), name, libc::AT_REMOVEDIR).map_err(|e| Error::os("rmdir", shown(name), e))?;
+            sys::unlinkat(dir.as_fd(), name, libc::AT_REMOVEDIR)
+                .map_err(|e| Error::os("rmdir", shown(name), e))?;
             Reply::Ok
         }
-        Op::Rename { parent, name, new_parent, new_name, flags } => {
+        Op::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+        } => {
             let (name, new_name) = (check_name(&name)?, check_name(&new_name)?);
             let (d1, _) = s.node(parent)?;
             let (d2, _) = s.node(new_parent)?;
-            sys::renameat2(d1.as_fd(), name, d2.as_fd(), new_name, flags)
-                .map_err(|e| Error::os("rename", format!("{} to {}", shown(name), shown(new_name)), e))?;
+            sys::renameat2(d1.as_fd(), name, d2.as_fd(), new_name, flags).map_err(|e| {
+                Error::os(
+                    "rename",
+                    format!("{} to {}", shown(name), shown(new_name)),
+                    e,
+                )
+            })?;
             Reply::Ok
         }
-        Op::Link { handle, new_parent, new_name } => {
+        Op::Link {
+            handle,
+            new_parent,
+            new_name,
+        } => {
             let new_name = check_name(&new_name)?;
             let (fd, kind) = s.node(handle)?;
             if kind == Kind::Dir {
-                return Err(Error::os("link", shown(new_name), std::io::Error::from_raw_os_error(libc::EPERM)));
+                return Err(Error::os(
+                    "link",
+                    shown(new_name),
+                    std::io::Error::from_raw_os_error(libc::EPERM),
+                ));
             }
             let (dir, _) = s.node(new_parent)?;
-            sys::linkat(s.proc_fd.as_fd(), &Shared::proc_name(fd.as_fd()), dir.as_fd(), new_name, libc::AT_SYMLINK_FOLLOW)
-                .map_err(|e| Error::os("link", shown(new_name), e))?;
+            sys::linkat(
+                s.proc_fd.as_fd(),
+                &Shared::proc_name(fd.as_fd()),
+                dir.as_fd(),
+                new_name,
+                libc::AT_SYMLINK_FOLLOW,
+            )
+            .map_err(|e| Error::os("link", shown(new_name), e))?;
             let (handle, attr) = s.lookup(new_parent, new_name)?;
             Reply::Entry { handle, attr }
         }
-        Op::Symlink { parent, name, target } => {
+        Op::Symlink {
+            parent,
+            name,
+            target,
+        } => {
             let name = check_name(&name)?;
             let (dir, _) = s.node(parent)?;
-            sys::symlinkat(&target, dir.as_fd(), name).map_err(|e| Error::os("symlink", shown(name), e))?;
+            sys::symlinkat(&target, dir.as_fd(), name)
+                .map_err(|e| Error::os("symlink", shown(name), e))?;
             let (handle, attr) = s.lookup(parent, name)?;
             Reply::Entry { handle, attr }
         }
         Op::StatFs { handle } => {
             let (fd, _) = s.node(handle)?;
-            let f = sys::fstatfs(fd.as_fd()).map_err(|e| Error::os("statfs", format!("handle {handle}"), e))?;
+            let f = sys::fstatfs(fd.as_fd())
+                .map_err(|e| Error::os("statfs", format!("handle {handle}"), e))?;
             Reply::StatFs(StatFs {
                 blocks: f.f_blocks,
                 bfree: f.f_bfree,
@@ -663,7 +774,11 @@ fn run_base() -> u64 {
 
 /// The export root of a server, for messages.
 pub fn describe(root: &Path, read_only: bool) -> String {
-    format!("{}{}", root.display(), if read_only { " (read-only)" } else { "" })
+    format!(
+        "{}{}",
+        root.display(),
+        if read_only { " (read-only)" } else { "" }
+    )
 }
 
 use std::os::unix::fs::OpenOptionsExt;

@@ -51,7 +51,14 @@ pub fn lookup_beneath(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 pub fn openat(dir: BorrowedFd<'_>, name: &[u8], flags: i32, mode: u32) -> io::Result<OwnedFd> {
     let name = cstr(name)?;
     // SAFETY: valid C string; the returned fd is owned by us.
-    let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            name.as_ptr(),
+            flags | libc::O_CLOEXEC,
+            mode,
+        )
+    };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -139,7 +146,15 @@ pub fn linkat(
 ) -> io::Result<()> {
     let (n1, n2) = (cstr(n1)?, cstr(n2)?);
     // SAFETY: valid C strings.
-    unit(unsafe { libc::linkat(d1.as_raw_fd(), n1.as_ptr(), d2.as_raw_fd(), n2.as_ptr(), flags) })
+    unit(unsafe {
+        libc::linkat(
+            d1.as_raw_fd(),
+            n1.as_ptr(),
+            d2.as_raw_fd(),
+            n2.as_ptr(),
+            flags,
+        )
+    })
 }
 
 pub fn symlinkat(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -255,7 +270,13 @@ pub fn write_all(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     let mut done = 0;
     while done < buf.len() {
         // SAFETY: the pointer and length stay inside `buf`.
-        let n = unsafe { libc::write(fd.as_raw_fd(), buf[done..].as_ptr().cast(), buf.len() - done) };
+        let n = unsafe {
+            libc::write(
+                fd.as_raw_fd(),
+                buf[done..].as_ptr().cast(),
+                buf.len() - done,
+            )
+        };
         if n < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -305,7 +326,11 @@ pub fn read_dir(dir: OwnedFd) -> io::Result<Vec<(Vec<u8>, u8, u64)>> {
         // SAFETY: readdir returned a valid entry that lives until the next call.
         let (name, ty, ino) = unsafe {
             let e = &*e;
-            (CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(), e.d_type, e.d_ino)
+            (
+                CStr::from_ptr(e.d_name.as_ptr()).to_bytes().to_vec(),
+                e.d_type,
+                e.d_ino,
+            )
         };
         if name != b"." && name != b".." {
             out.push((name, ty, ino));
@@ -362,7 +387,10 @@ pub fn thread_groups() -> Vec<u32> {
 
 /// Raise this process's soft limit of open files to its hard limit.
 pub fn raise_fd_limit() {
-    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: valid out-pointer, then the same struct back.
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {

@@ -20,7 +20,12 @@ struct Counting {
 }
 
 impl Remote for Counting {
-    fn call(&self, node: NodeId, req: Request, data: Bytes) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
+    fn call(
+        &self,
+        node: NodeId,
+        req: Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
         match req.op {
             Op::Read { .. } => self.reads.fetch_add(1, Ordering::Relaxed),
             Op::Write { .. } => self.writes.fetch_add(1, Ordering::Relaxed),
@@ -40,7 +45,11 @@ struct World {
 fn me() -> Cred {
     // SAFETY: plain id queries.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    Cred { uid, gid, groups: vec![] }
+    Cred {
+        uid,
+        gid,
+        groups: vec![],
+    }
 }
 
 fn world(cfg: Config) -> World {
@@ -48,12 +57,31 @@ fn world(cfg: Config) -> World {
     let mut dirs = Vec::new();
     for n in [1, 2] {
         let d = tempfile::tempdir().unwrap();
-        direct.add(n, Server::start(&Export { root: d.path().into(), read_only: false }, 2).unwrap());
+        direct.add(
+            n,
+            Server::start(
+                &Export {
+                    root: d.path().into(),
+                    read_only: false,
+                },
+                2,
+            )
+            .unwrap(),
+        );
         dirs.push(d);
     }
-    let remote = Arc::new(Counting { inner: direct.clone(), reads: 0.into(), writes: 0.into() });
+    let remote = Arc::new(Counting {
+        inner: direct.clone(),
+        reads: 0.into(),
+        writes: 0.into(),
+    });
     let mfs = Mfs::new(remote.clone(), cfg, vec![1, 2]);
-    World { dirs, direct, remote, mfs }
+    World {
+        dirs,
+        direct,
+        remote,
+        mfs,
+    }
 }
 
 fn errno<T: std::fmt::Debug>(r: Result<T, Error>) -> i32 {
@@ -79,7 +107,11 @@ async fn names(w: &World, ino: u64) -> Vec<String> {
         let items = w.mfs.readdir(fh, off).await.unwrap();
         let Some(last) = items.last() else { break };
         off = last.next;
-        out.extend(items.into_iter().map(|i| String::from_utf8(i.name).unwrap()));
+        out.extend(
+            items
+                .into_iter()
+                .map(|i| String::from_utf8(i.name).unwrap()),
+        );
     }
     w.mfs.releasedir(fh).await.unwrap();
     out
@@ -89,35 +121,61 @@ async fn names(w: &World, ino: u64) -> Vec<String> {
 async fn the_tree_shows_every_node_and_the_magic_links() {
     let w = world(Config::new(1));
     std::fs::write(w.dirs[1].path().join("on2"), b"node two").unwrap();
-    assert_eq!(names(&w, ROOT_INO).await, [".", "..", "1", "2", "here", "home"]);
+    assert_eq!(
+        names(&w, ROOT_INO).await,
+        [".", "..", "1", "2", "here", "home"]
+    );
     let here = w.mfs.lookup(&me(), ROOT_INO, b"here").await.unwrap();
     assert_eq!(here.attr.kind, Kind::Symlink);
     assert_eq!(w.mfs.readlink(&me(), here.ino).await.unwrap(), b"1");
-    assert_eq!(errno(w.mfs.lookup(&me(), ROOT_INO, b"3").await), libc::ENOENT);
-    assert_eq!(errno(w.mfs.lookup(&me(), ROOT_INO, b"01").await), libc::ENOENT);
+    assert_eq!(
+        errno(w.mfs.lookup(&me(), ROOT_INO, b"3").await),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(w.mfs.lookup(&me(), ROOT_INO, b"01").await),
+        libc::ENOENT
+    );
     let ino = path(&w, "2/on2").await.unwrap();
     let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
     assert_eq!(&w.mfs.read(o.fh, 0, 100).await.unwrap()[..], b"node two");
     w.mfs.release(o.fh).await.unwrap();
-    assert!(names(&w, path(&w, "2").await.unwrap()).await.contains(&"on2".to_string()));
+    assert!(
+        names(&w, path(&w, "2").await.unwrap())
+            .await
+            .contains(&"on2".to_string())
+    );
     // Changes land on the right node's disk.
     let n1 = path(&w, "1").await.unwrap();
     let d = w.mfs.mkdir(&me(), n1, b"dir", 0o755).await.unwrap();
-    let (e, o) = w.mfs.create(&me(), d.ino, b"f", 0o644, libc::O_WRONLY).await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), d.ino, b"f", 0o644, libc::O_WRONLY)
+        .await
+        .unwrap();
     w.mfs.write(o.fh, 0, b"hello").await.unwrap();
     w.mfs.release(o.fh).await.unwrap();
-    assert_eq!(std::fs::read(w.dirs[0].path().join("dir/f")).unwrap(), b"hello");
+    assert_eq!(
+        std::fs::read(w.dirs[0].path().join("dir/f")).unwrap(),
+        b"hello"
+    );
     assert_eq!(w.mfs.getattr(&me(), e.ino).await.unwrap().size, 5);
     w.mfs.rename(&me(), d.ino, b"f", n1, b"g", 0).await.unwrap();
     assert!(w.dirs[0].path().join("g").exists());
     // Across nodes: EXDEV, as between file systems.
     let n2 = path(&w, "2").await.unwrap();
-    assert_eq!(errno(w.mfs.rename(&me(), n1, b"g", n2, b"g", 0).await), libc::EXDEV);
+    assert_eq!(
+        errno(w.mfs.rename(&me(), n1, b"g", n2, b"g", 0).await),
+        libc::EXDEV
+    );
     w.mfs.unlink(&me(), n1, b"g").await.unwrap();
     w.mfs.rmdir(&me(), n1, b"dir").await.unwrap();
     assert!(!w.dirs[0].path().join("dir").exists());
     // /mfs itself cannot be changed.
-    assert_eq!(errno(w.mfs.mkdir(&me(), ROOT_INO, b"x", 0o755).await), libc::EACCES);
+    assert_eq!(
+        errno(w.mfs.mkdir(&me(), ROOT_INO, b"x", 0o755).await),
+        libc::EACCES
+    );
     // df of a node is that node's file system.
     let s = w.mfs.statfs(&me(), n2).await.unwrap();
     assert!(s.blocks > 0 && s.bsize > 0);
@@ -126,11 +184,23 @@ async fn the_tree_shows_every_node_and_the_magic_links() {
 #[tokio::test]
 async fn read_ahead_and_write_behind_batch_calls_and_keep_the_bytes() {
     let w = world(Config::new(1));
-    let data: Vec<u8> = (0..(4u32 << 20)).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
     let n2 = path(&w, "2").await.unwrap();
-    let (e, o) = w.mfs.create(&me(), n2, b"big", 0o644, libc::O_RDWR).await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), n2, b"big", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
     for (i, chunk) in data.chunks(128 << 10).enumerate() {
-        assert_eq!(w.mfs.write(o.fh, (i * (128 << 10)) as u64, chunk).await.unwrap() as usize, chunk.len());
+        assert_eq!(
+            w.mfs
+                .write(o.fh, (i * (128 << 10)) as u64, chunk)
+                .await
+                .unwrap() as usize,
+            chunk.len()
+        );
     }
     w.mfs.flush(o.fh).await.unwrap();
     w.mfs.release(o.fh).await.unwrap();
@@ -173,7 +243,10 @@ async fn close_to_open_sees_changes_made_elsewhere() {
     let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
     assert!(!o.keep_cache);
     assert_eq!(o.attr.size, 14);
-    assert_eq!(&w.mfs.read(o.fh, 0, 100).await.unwrap()[..], b"second version");
+    assert_eq!(
+        &w.mfs.read(o.fh, 0, 100).await.unwrap()[..],
+        b"second version"
+    );
     w.mfs.release(o.fh).await.unwrap();
 }
 
@@ -188,20 +261,37 @@ async fn handles_are_found_again_after_a_server_restart() {
     let b = path(&w, "2/a/b").await.unwrap();
     // Node 2 goes away: calls fail at once with ENOTCONN.
     w.direct.remove(2);
-    assert_eq!(errno(w.mfs.open(&me(), f, libc::O_RDONLY).await), libc::ENOTCONN);
+    assert_eq!(
+        errno(w.mfs.open(&me(), f, libc::O_RDONLY).await),
+        libc::ENOTCONN
+    );
     assert_eq!(errno(w.mfs.lookup(&me(), b, b"f").await), libc::ENOTCONN);
     // It comes back with a new server (all its handles are new).
-    let srv = Server::start(&Export { root: w.dirs[1].path().into(), read_only: false }, 1).unwrap();
+    let srv = Server::start(
+        &Export {
+            root: w.dirs[1].path().into(),
+            read_only: false,
+        },
+        1,
+    )
+    .unwrap();
     w.direct.add(2, srv);
     // (Renamed, not removed: a removed file's inode number could be given to the new one.)
-    std::fs::rename(w.dirs[1].path().join("a/b/g"), w.dirs[1].path().join("a/g.old")).unwrap();
+    std::fs::rename(
+        w.dirs[1].path().join("a/b/g"),
+        w.dirs[1].path().join("a/g.old"),
+    )
+    .unwrap();
     std::fs::write(w.dirs[1].path().join("a/b/g"), b"another file").unwrap();
     let o = w.mfs.open(&me(), f, libc::O_RDONLY).await.unwrap();
     assert_eq!(&w.mfs.read(o.fh, 0, 10).await.unwrap()[..], b"kept");
     w.mfs.release(o.fh).await.unwrap();
     assert!(names(&w, b).await.contains(&"g".to_string()));
     // The same name is another file now: the old inode is stale, not silently swapped.
-    assert_eq!(errno(w.mfs.open(&me(), g, libc::O_RDONLY).await), libc::ESTALE);
+    assert_eq!(
+        errno(w.mfs.open(&me(), g, libc::O_RDONLY).await),
+        libc::ESTALE
+    );
 }
 
 /// fsx-style: random writes, reads, truncates and re-opens on one file through two
@@ -214,8 +304,15 @@ async fn random_operations_match_a_model() {
     cfg.attr_ttl = std::time::Duration::from_millis(50);
     let w = world(cfg);
     let n2 = path(&w, "2").await.unwrap();
-    let (e, o) = w.mfs.create(&me(), n2, b"fsx", 0o644, libc::O_RDWR).await.unwrap();
-    let mut fhs = vec![o.fh, w.mfs.open(&me(), e.ino, libc::O_RDWR).await.unwrap().fh];
+    let (e, o) = w
+        .mfs
+        .create(&me(), n2, b"fsx", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    let mut fhs = vec![
+        o.fh,
+        w.mfs.open(&me(), e.ino, libc::O_RDWR).await.unwrap().fh,
+    ];
     let mut model: Vec<u8> = Vec::new();
     let mut seed: u64 = 0x1234_5678_9abc_def1;
     let mut rnd = move |n: u64| {
@@ -251,13 +348,20 @@ async fn random_operations_match_a_model() {
                 let want = &model[s..e];
                 if got[..] != want[..] {
                     let at = got.iter().zip(want).position(|(a, b)| a != b);
-                    panic!("step {step}: read {len} at {off}: got {} bytes, want {}, first difference at {at:?}", got.len(), want.len());
+                    panic!(
+                        "step {step}: read {len} at {off}: got {} bytes, want {}, first difference at {at:?}",
+                        got.len(),
+                        want.len()
+                    );
                 }
                 *counts.entry("read").or_default() += 1;
             }
             7 => {
                 let size = rnd(MAX);
-                let set = SetAttr { size: Some(size), ..Default::default() };
+                let set = SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                };
                 w.mfs.setattr(&me(), e.ino, set, Some(fh)).await.unwrap();
                 model.resize(size as usize, 0);
                 *counts.entry("truncate").or_default() += 1;

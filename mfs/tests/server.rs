@@ -13,7 +13,10 @@ use mfs::server::{Export, Server};
 const NOBODY: u32 = 65534;
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 struct T {
@@ -43,7 +46,10 @@ impl T {
         self.dir.path().join(rel)
     }
     fn call_as(&self, cred: &Cred, op: Op, data: &[u8]) -> Result<(Reply, Bytes), Error> {
-        self.rt.block_on(self.srv.call(cred.clone(), op, Bytes::copy_from_slice(data)))
+        self.rt.block_on(
+            self.srv
+                .call(cred.clone(), op, Bytes::copy_from_slice(data)),
+        )
     }
     fn call(&self, op: Op) -> Result<Reply, Error> {
         self.call_as(&me(), op, b"").map(|r| r.0)
@@ -62,7 +68,11 @@ impl T {
 fn me() -> Cred {
     // SAFETY: plain id queries.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    Cred { uid, gid, groups: vec![] }
+    Cred {
+        uid,
+        gid,
+        groups: vec![],
+    }
 }
 
 fn is_root() -> bool {
@@ -110,21 +120,56 @@ fn operations_change_the_real_files() {
         r => panic!("{r:?}"),
     };
     let data: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
-    match t.call_as(&me(), Op::Write { fh, offset: 5 }, &data).unwrap().0 {
+    match t
+        .call_as(&me(), Op::Write { fh, offset: 5 }, &data)
+        .unwrap()
+        .0
+    {
         Reply::Written(n) => assert_eq!(n as usize, data.len()),
         r => panic!("{r:?}"),
     }
     let on_disk = std::fs::read(t.p("a.txt")).unwrap();
     assert_eq!(&on_disk[5..], &data[..]);
     assert_eq!(&on_disk[..5], &[0; 5]);
-    assert_eq!(std::fs::metadata(t.p("a.txt")).unwrap().permissions().mode() & 0o777, 0o640);
-    let (r, got) = t.call_as(&me(), Op::Read { fh, offset: 1000, size: 4096 }, b"").unwrap();
+    assert_eq!(
+        std::fs::metadata(t.p("a.txt"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o640
+    );
+    let (r, got) = t
+        .call_as(
+            &me(),
+            Op::Read {
+                fh,
+                offset: 1000,
+                size: 4096,
+            },
+            b"",
+        )
+        .unwrap();
     assert_eq!(r, Reply::Data);
     assert_eq!(&got[..], &on_disk[1000..5096]);
     // a read past the end is short
-    let (_, got) = t.call_as(&me(), Op::Read { fh, offset: 199_000, size: 4096 }, b"").unwrap();
+    let (_, got) = t
+        .call_as(
+            &me(),
+            Op::Read {
+                fh,
+                offset: 199_000,
+                size: 4096,
+            },
+            b"",
+        )
+        .unwrap();
     assert_eq!(got.len(), on_disk.len() - 199_000);
-    t.call(Op::Fsync { fh, datasync: false }).unwrap();
+    t.call(Op::Fsync {
+        fh,
+        datasync: false,
+    })
+    .unwrap();
     t.call(Op::Release { fh }).unwrap();
     assert_eq!(errno(t.call(Op::Release { fh })), libc::EBADF);
 
@@ -132,7 +177,10 @@ fn operations_change_the_real_files() {
     let md = std::fs::metadata(t.p("a.txt")).unwrap();
     match t.call(Op::GetAttr { handle: h }).unwrap() {
         Reply::Attr(a) => {
-            assert_eq!((a.size, a.ino, a.perm, a.uid), (md.len(), md.ino(), 0o640, md.uid()));
+            assert_eq!(
+                (a.size, a.ino, a.perm, a.uid),
+                (md.len(), md.ino(), 0o640, md.uid())
+            );
         }
         r => panic!("{r:?}"),
     }
@@ -145,10 +193,20 @@ fn operations_change_the_real_files() {
     };
     t.call(Op::SetAttr { handle: h, set }).unwrap();
     let md = std::fs::metadata(t.p("a.txt")).unwrap();
-    assert_eq!((md.len(), md.mode() & 0o777, md.mtime()), (10, 0o600, 1_000_000));
+    assert_eq!(
+        (md.len(), md.mode() & 0o777, md.mtime()),
+        (10, 0o600, 1_000_000)
+    );
 
     // mkdir, rename into it, link, symlink, readlink, readdir
-    let d = match t.call(Op::Mkdir { parent: ROOT, name: b"d".to_vec(), mode: 0o750 }).unwrap() {
+    let d = match t
+        .call(Op::Mkdir {
+            parent: ROOT,
+            name: b"d".to_vec(),
+            mode: 0o750,
+        })
+        .unwrap()
+    {
         Reply::Entry { handle, attr } => {
             assert_eq!(attr.kind, Kind::Dir);
             handle
@@ -156,12 +214,33 @@ fn operations_change_the_real_files() {
         r => panic!("{r:?}"),
     };
     assert_eq!(std::fs::metadata(t.p("d")).unwrap().mode() & 0o777, 0o750);
-    t.call(Op::Rename { parent: ROOT, name: b"a.txt".to_vec(), new_parent: d, new_name: b"b.txt".to_vec(), flags: 0 })
-        .unwrap();
+    t.call(Op::Rename {
+        parent: ROOT,
+        name: b"a.txt".to_vec(),
+        new_parent: d,
+        new_name: b"b.txt".to_vec(),
+        flags: 0,
+    })
+    .unwrap();
     assert!(!t.p("a.txt").exists() && t.p("d/b.txt").exists());
-    t.call(Op::Link { handle: h, new_parent: ROOT, new_name: b"hard".to_vec() }).unwrap();
-    assert_eq!(std::fs::metadata(t.p("hard")).unwrap().ino(), std::fs::metadata(t.p("d/b.txt")).unwrap().ino());
-    let l = match t.call(Op::Symlink { parent: ROOT, name: b"sl".to_vec(), target: b"d/b.txt".to_vec() }).unwrap() {
+    t.call(Op::Link {
+        handle: h,
+        new_parent: ROOT,
+        new_name: b"hard".to_vec(),
+    })
+    .unwrap();
+    assert_eq!(
+        std::fs::metadata(t.p("hard")).unwrap().ino(),
+        std::fs::metadata(t.p("d/b.txt")).unwrap().ino()
+    );
+    let l = match t
+        .call(Op::Symlink {
+            parent: ROOT,
+            name: b"sl".to_vec(),
+            target: b"d/b.txt".to_vec(),
+        })
+        .unwrap()
+    {
         Reply::Entry { handle, attr } => {
             assert_eq!(attr.kind, Kind::Symlink);
             handle
@@ -169,7 +248,10 @@ fn operations_change_the_real_files() {
         r => panic!("{r:?}"),
     };
     assert_eq!(std::fs::read_link(t.p("sl")).unwrap(), Path::new("d/b.txt"));
-    assert_eq!(t.call(Op::ReadLink { handle: l }).unwrap(), Reply::Link(b"d/b.txt".to_vec()));
+    assert_eq!(
+        t.call(Op::ReadLink { handle: l }).unwrap(),
+        Reply::Link(b"d/b.txt".to_vec())
+    );
     let fh = match t.call(Op::OpenDir { handle: ROOT }).unwrap() {
         Reply::Opened { fh, .. } => fh,
         r => panic!("{r:?}"),
@@ -177,10 +259,21 @@ fn operations_change_the_real_files() {
     let mut names: Vec<(String, Kind)> = Vec::new();
     let mut off = 0;
     loop {
-        match t.call(Op::ReadDir { fh, offset: off, max: 2 }).unwrap() {
+        match t
+            .call(Op::ReadDir {
+                fh,
+                offset: off,
+                max: 2,
+            })
+            .unwrap()
+        {
             Reply::Dir { entries, eof } => {
                 off += entries.len() as u64;
-                names.extend(entries.into_iter().map(|e| (String::from_utf8(e.name).unwrap(), e.kind)));
+                names.extend(
+                    entries
+                        .into_iter()
+                        .map(|e| (String::from_utf8(e.name).unwrap(), e.kind)),
+                );
                 if eof {
                     break;
                 }
@@ -194,7 +287,13 @@ fn operations_change_the_real_files() {
         .map(|e| {
             let e = e.unwrap();
             let ft = e.file_type().unwrap();
-            let k = if ft.is_dir() { Kind::Dir } else if ft.is_symlink() { Kind::Symlink } else { Kind::File };
+            let k = if ft.is_dir() {
+                Kind::Dir
+            } else if ft.is_symlink() {
+                Kind::Symlink
+            } else {
+                Kind::File
+            };
             (e.file_name().into_string().unwrap(), k)
         })
         .collect();
@@ -204,14 +303,46 @@ fn operations_change_the_real_files() {
 
     // errors, as the kernel gives them
     assert_eq!(errno(t.lookup(ROOT, "nope")), libc::ENOENT);
-    assert_eq!(errno(t.call(Op::Mkdir { parent: ROOT, name: b"d".to_vec(), mode: 0o755 })), libc::EEXIST);
-    assert_eq!(errno(t.call(Op::Rmdir { parent: ROOT, name: b"d".to_vec() })), libc::ENOTEMPTY);
-    assert_eq!(errno(t.call(Op::Unlink { parent: ROOT, name: b"d".to_vec() })), libc::EISDIR);
-    let excl = Op::Create { parent: ROOT, name: b"hard".to_vec(), mode: 0o644, flags: libc::O_RDWR | libc::O_EXCL };
+    assert_eq!(
+        errno(t.call(Op::Mkdir {
+            parent: ROOT,
+            name: b"d".to_vec(),
+            mode: 0o755
+        })),
+        libc::EEXIST
+    );
+    assert_eq!(
+        errno(t.call(Op::Rmdir {
+            parent: ROOT,
+            name: b"d".to_vec()
+        })),
+        libc::ENOTEMPTY
+    );
+    assert_eq!(
+        errno(t.call(Op::Unlink {
+            parent: ROOT,
+            name: b"d".to_vec()
+        })),
+        libc::EISDIR
+    );
+    let excl = Op::Create {
+        parent: ROOT,
+        name: b"hard".to_vec(),
+        mode: 0o644,
+        flags: libc::O_RDWR | libc::O_EXCL,
+    };
     assert_eq!(errno(t.call(excl)), libc::EEXIST);
     // unlink and rmdir
-    t.call(Op::Unlink { parent: d, name: b"b.txt".to_vec() }).unwrap();
-    t.call(Op::Rmdir { parent: ROOT, name: b"d".to_vec() }).unwrap();
+    t.call(Op::Unlink {
+        parent: d,
+        name: b"b.txt".to_vec(),
+    })
+    .unwrap();
+    t.call(Op::Rmdir {
+        parent: ROOT,
+        name: b"d".to_vec(),
+    })
+    .unwrap();
     assert!(!t.p("d").exists());
     // statfs gives the real numbers of the file system
     match t.call(Op::StatFs { handle: ROOT }).unwrap() {
@@ -240,10 +371,22 @@ fn paths_cannot_leave_the_export() {
     std::fs::create_dir(inner.join("sub")).unwrap();
     std::os::unix::fs::symlink(outer.path(), inner.join("up")).unwrap();
     std::os::unix::fs::symlink("../secret", inner.join("rel")).unwrap();
-    let srv = Server::start(&Export { root: inner.clone(), read_only: false }, 1).unwrap();
+    let srv = Server::start(
+        &Export {
+            root: inner.clone(),
+            read_only: false,
+        },
+        1,
+    )
+    .unwrap();
     let rt = rt();
     let call = |op: Op| rt.block_on(srv.call(me(), op, Bytes::new())).map(|r| r.0);
-    let lookup = |p: Handle, n: &[u8]| call(Op::Lookup { parent: p, name: n.to_vec() });
+    let lookup = |p: Handle, n: &[u8]| {
+        call(Op::Lookup {
+            parent: p,
+            name: n.to_vec(),
+        })
+    };
     assert_eq!(errno(lookup(ROOT, b"..")), libc::EXDEV);
     assert_eq!(errno(lookup(ROOT, b".")), libc::EXDEV);
     assert_eq!(errno(lookup(ROOT, b"sub/../../secret")), libc::EINVAL);
@@ -267,10 +410,21 @@ fn paths_cannot_leave_the_export() {
         Reply::Entry { handle, .. } => handle,
         r => panic!("{r:?}"),
     };
-    assert_eq!(errno(call(Op::Open { handle: rel, flags: libc::O_RDONLY })), libc::EINVAL);
+    assert_eq!(
+        errno(call(Op::Open {
+            handle: rel,
+            flags: libc::O_RDONLY
+        })),
+        libc::EINVAL
+    );
     // Creating through a symlink is refused too.
     std::os::unix::fs::symlink(outer.path().join("made"), inner.join("dangling")).unwrap();
-    let c = Op::Create { parent: ROOT, name: b"dangling".to_vec(), mode: 0o644, flags: libc::O_WRONLY };
+    let c = Op::Create {
+        parent: ROOT,
+        name: b"dangling".to_vec(),
+        mode: 0o644,
+        flags: libc::O_WRONLY,
+    };
     assert_eq!(errno(call(c)), libc::ELOOP);
     assert!(!outer.path().join("made").exists());
 }
@@ -286,7 +440,10 @@ fn special_files_and_proc_are_not_exported() {
     if is_root() {
         let dev = std::ffi::CString::new(t.p("null").to_str().unwrap()).unwrap();
         // SAFETY: valid path; /dev/null's numbers.
-        assert_eq!(unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) }, 0);
+        assert_eq!(
+            unsafe { libc::mknod(dev.as_ptr(), libc::S_IFCHR | 0o666, libc::makedev(1, 3)) },
+            0
+        );
     }
     for name in ["fifo", "sock", "null"] {
         assert_eq!(errno(t.lookup(ROOT, name)), libc::ENOENT, "{name}");
@@ -295,7 +452,14 @@ fn special_files_and_proc_are_not_exported() {
         Reply::Opened { fh, .. } => fh,
         r => panic!("{r:?}"),
     };
-    match t.call(Op::ReadDir { fh, offset: 0, max: 100 }).unwrap() {
+    match t
+        .call(Op::ReadDir {
+            fh,
+            offset: 0,
+            max: 100,
+        })
+        .unwrap()
+    {
         Reply::Dir { entries, eof } => {
             assert!(eof);
             let names: Vec<_> = entries.iter().map(|e| e.name.as_slice()).collect();
@@ -304,19 +468,54 @@ fn special_files_and_proc_are_not_exported() {
         r => panic!("{r:?}"),
     }
     // The whole root: /proc is hidden, /etc is there.
-    let srv = Server::start(&Export { root: "/".into(), read_only: true }, 1).unwrap();
+    let srv = Server::start(
+        &Export {
+            root: "/".into(),
+            read_only: true,
+        },
+        1,
+    )
+    .unwrap();
     let rt = rt();
-    let lookup = |n: &[u8]| rt.block_on(srv.call(me(), Op::Lookup { parent: ROOT, name: n.to_vec() }, Bytes::new()));
+    let lookup = |n: &[u8]| {
+        rt.block_on(srv.call(
+            me(),
+            Op::Lookup {
+                parent: ROOT,
+                name: n.to_vec(),
+            },
+            Bytes::new(),
+        ))
+    };
     assert_eq!(errno(lookup(b"proc")), libc::ENOENT);
     assert!(lookup(b"etc").is_ok());
-    let fh = match rt.block_on(srv.call(me(), Op::OpenDir { handle: ROOT }, Bytes::new())).unwrap().0 {
+    let fh = match rt
+        .block_on(srv.call(me(), Op::OpenDir { handle: ROOT }, Bytes::new()))
+        .unwrap()
+        .0
+    {
         Reply::Opened { fh, .. } => fh,
         r => panic!("{r:?}"),
     };
-    match rt.block_on(srv.call(me(), Op::ReadDir { fh, offset: 0, max: 1000 }, Bytes::new())).unwrap().0 {
+    match rt
+        .block_on(srv.call(
+            me(),
+            Op::ReadDir {
+                fh,
+                offset: 0,
+                max: 1000,
+            },
+            Bytes::new(),
+        ))
+        .unwrap()
+        .0
+    {
         Reply::Dir { entries, .. } => {
             let names: Vec<_> = entries.iter().map(|e| e.name.as_slice()).collect();
-            assert!(names.contains(&b"etc".as_slice()) && !names.contains(&b"proc".as_slice()), "{names:?}");
+            assert!(
+                names.contains(&b"etc".as_slice()) && !names.contains(&b"proc".as_slice()),
+                "{names:?}"
+            );
         }
         r => panic!("{r:?}"),
     }
@@ -328,23 +527,83 @@ fn a_read_only_export_refuses_every_change() {
     std::fs::write(t.p("f"), b"hello").unwrap();
     std::fs::create_dir(t.p("d")).unwrap();
     let f = t.lookup(ROOT, "f").unwrap();
-    let fh = match t.call(Op::Open { handle: f, flags: libc::O_RDONLY }).unwrap() {
+    let fh = match t
+        .call(Op::Open {
+            handle: f,
+            flags: libc::O_RDONLY,
+        })
+        .unwrap()
+    {
         Reply::Opened { fh, .. } => fh,
         r => panic!("{r:?}"),
     };
-    assert_eq!(&t.call_as(&me(), Op::Read { fh, offset: 0, size: 100 }, b"").unwrap().1[..], b"hello");
+    assert_eq!(
+        &t.call_as(
+            &me(),
+            Op::Read {
+                fh,
+                offset: 0,
+                size: 100
+            },
+            b""
+        )
+        .unwrap()
+        .1[..],
+        b"hello"
+    );
     let refused = [
-        Op::Open { handle: f, flags: libc::O_WRONLY },
-        Op::Open { handle: f, flags: libc::O_RDONLY | libc::O_TRUNC },
+        Op::Open {
+            handle: f,
+            flags: libc::O_WRONLY,
+        },
+        Op::Open {
+            handle: f,
+            flags: libc::O_RDONLY | libc::O_TRUNC,
+        },
         Op::Write { fh, offset: 0 },
-        Op::Create { parent: ROOT, name: b"n".to_vec(), mode: 0o644, flags: libc::O_WRONLY },
-        Op::Mkdir { parent: ROOT, name: b"n".to_vec(), mode: 0o755 },
-        Op::Unlink { parent: ROOT, name: b"f".to_vec() },
-        Op::Rmdir { parent: ROOT, name: b"d".to_vec() },
-        Op::Rename { parent: ROOT, name: b"f".to_vec(), new_parent: ROOT, new_name: b"g".to_vec(), flags: 0 },
-        Op::Link { handle: f, new_parent: ROOT, new_name: b"g".to_vec() },
-        Op::Symlink { parent: ROOT, name: b"g".to_vec(), target: b"f".to_vec() },
-        Op::SetAttr { handle: f, set: SetAttr { mode: Some(0o777), ..Default::default() } },
+        Op::Create {
+            parent: ROOT,
+            name: b"n".to_vec(),
+            mode: 0o644,
+            flags: libc::O_WRONLY,
+        },
+        Op::Mkdir {
+            parent: ROOT,
+            name: b"n".to_vec(),
+            mode: 0o755,
+        },
+        Op::Unlink {
+            parent: ROOT,
+            name: b"f".to_vec(),
+        },
+        Op::Rmdir {
+            parent: ROOT,
+            name: b"d".to_vec(),
+        },
+        Op::Rename {
+            parent: ROOT,
+            name: b"f".to_vec(),
+            new_parent: ROOT,
+            new_name: b"g".to_vec(),
+            flags: 0,
+        },
+        Op::Link {
+            handle: f,
+            new_parent: ROOT,
+            new_name: b"g".to_vec(),
+        },
+        Op::Symlink {
+            parent: ROOT,
+            name: b"g".to_vec(),
+            target: b"f".to_vec(),
+        },
+        Op::SetAttr {
+            handle: f,
+            set: SetAttr {
+                mode: Some(0o777),
+                ..Default::default()
+            },
+        },
     ];
     for op in refused {
         let what = format!("{op:?}");
@@ -361,7 +620,11 @@ fn the_kernel_checks_permissions_for_the_calling_uid() {
         return;
     }
     let t = T::new(false);
-    let nobody = Cred { uid: NOBODY, gid: NOBODY, groups: vec![] };
+    let nobody = Cred {
+        uid: NOBODY,
+        gid: NOBODY,
+        groups: vec![],
+    };
     let as_nobody = |op: Op| t.call_as(&nobody, op, b"data").map(|r| r.0);
     std::fs::write(t.p("private"), b"root only").unwrap();
     std::fs::set_permissions(t.p("private"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -374,18 +637,68 @@ fn the_kernel_checks_permissions_for_the_calling_uid() {
     let private = t.lookup(ROOT, "private").unwrap();
     let public = t.lookup(ROOT, "public").unwrap();
     let closed = t.lookup(ROOT, "closed").unwrap();
-    assert_eq!(errno(as_nobody(Op::Open { handle: private, flags: libc::O_RDONLY })), libc::EACCES);
-    assert_eq!(errno(as_nobody(Op::Open { handle: public, flags: libc::O_WRONLY })), libc::EACCES);
-    assert!(as_nobody(Op::Open { handle: public, flags: libc::O_RDONLY }).is_ok());
-    assert_eq!(errno(as_nobody(Op::Lookup { parent: closed, name: b"inside".to_vec() })), libc::EACCES);
-    assert_eq!(errno(as_nobody(Op::OpenDir { handle: closed })), libc::EACCES);
+    assert_eq!(
+        errno(as_nobody(Op::Open {
+            handle: private,
+            flags: libc::O_RDONLY
+        })),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(as_nobody(Op::Open {
+            handle: public,
+            flags: libc::O_WRONLY
+        })),
+        libc::EACCES
+    );
+    assert!(
+        as_nobody(Op::Open {
+            handle: public,
+            flags: libc::O_RDONLY
+        })
+        .is_ok()
+    );
+    assert_eq!(
+        errno(as_nobody(Op::Lookup {
+            parent: closed,
+            name: b"inside".to_vec()
+        })),
+        libc::EACCES
+    );
+    assert_eq!(
+        errno(as_nobody(Op::OpenDir { handle: closed })),
+        libc::EACCES
+    );
     // The export root is root's 0755 directory: nobody may not create in it.
-    let c = Op::Create { parent: ROOT, name: b"n".to_vec(), mode: 0o644, flags: libc::O_WRONLY };
+    let c = Op::Create {
+        parent: ROOT,
+        name: b"n".to_vec(),
+        mode: 0o644,
+        flags: libc::O_WRONLY,
+    };
     assert_eq!(errno(as_nobody(c)), libc::EACCES);
-    assert_eq!(errno(as_nobody(Op::Unlink { parent: ROOT, name: b"public".to_vec() })), libc::EACCES);
-    let chown = Op::SetAttr { handle: public, set: SetAttr { uid: Some(NOBODY), ..Default::default() } };
+    assert_eq!(
+        errno(as_nobody(Op::Unlink {
+            parent: ROOT,
+            name: b"public".to_vec()
+        })),
+        libc::EACCES
+    );
+    let chown = Op::SetAttr {
+        handle: public,
+        set: SetAttr {
+            uid: Some(NOBODY),
+            ..Default::default()
+        },
+    };
     assert_eq!(errno(as_nobody(chown)), libc::EPERM);
-    let chmod = Op::SetAttr { handle: public, set: SetAttr { mode: Some(0o666), ..Default::default() } };
+    let chmod = Op::SetAttr {
+        handle: public,
+        set: SetAttr {
+            mode: Some(0o666),
+            ..Default::default()
+        },
+    };
     assert_eq!(errno(as_nobody(chmod)), libc::EPERM);
     assert!(t.p("public").exists() && !t.p("n").exists());
 
@@ -393,18 +706,52 @@ fn the_kernel_checks_permissions_for_the_calling_uid() {
     std::fs::create_dir(t.p("mine")).unwrap();
     std::os::unix::fs::chown(t.p("mine"), Some(NOBODY), Some(NOBODY)).unwrap();
     let mine = t.lookup(ROOT, "mine").unwrap();
-    let c = Op::Create { parent: mine, name: b"f".to_vec(), mode: 0o600, flags: libc::O_WRONLY };
+    let c = Op::Create {
+        parent: mine,
+        name: b"f".to_vec(),
+        mode: 0o600,
+        flags: libc::O_WRONLY,
+    };
     assert!(as_nobody(c).is_ok());
     let md = std::fs::metadata(t.p("mine/f")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o777), (NOBODY, NOBODY, 0o600));
+    assert_eq!(
+        (md.uid(), md.gid(), md.mode() & 0o777),
+        (NOBODY, NOBODY, 0o600)
+    );
     // A supplementary group opens a group-readable file.
     std::fs::write(t.p("grp"), b"g").unwrap();
     std::os::unix::fs::chown(t.p("grp"), Some(0), Some(4242)).unwrap();
     std::fs::set_permissions(t.p("grp"), std::fs::Permissions::from_mode(0o640)).unwrap();
     let grp = t.lookup(ROOT, "grp").unwrap();
-    let member = Cred { uid: NOBODY, gid: NOBODY, groups: vec![4242] };
-    assert!(t.call_as(&member, Op::Open { handle: grp, flags: libc::O_RDONLY }, b"").is_ok());
-    assert_eq!(errno(as_nobody(Op::Open { handle: grp, flags: libc::O_RDONLY })), libc::EACCES);
+    let member = Cred {
+        uid: NOBODY,
+        gid: NOBODY,
+        groups: vec![4242],
+    };
+    assert!(
+        t.call_as(
+            &member,
+            Op::Open {
+                handle: grp,
+                flags: libc::O_RDONLY
+            },
+            b""
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        errno(as_nobody(Op::Open {
+            handle: grp,
+            flags: libc::O_RDONLY
+        })),
+        libc::EACCES
+    );
     // And the workers went back to root's rights afterwards.
-    assert!(t.call(Op::Open { handle: private, flags: libc::O_RDWR }).is_ok());
+    assert!(
+        t.call(Op::Open {
+            handle: private,
+            flags: libc::O_RDWR
+        })
+        .is_ok()
+    );
 }

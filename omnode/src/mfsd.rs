@@ -67,10 +67,11 @@ impl Actor for ServerActor {
         let server = self.server.clone();
         let req = inbound.msg;
         ctx.system().tasks().spawn(async move {
-            let (answer, data): (Answer, Bytes) = match server.call(req.cred, req.op, inbound.payload).await {
-                Ok((r, b)) => (Ok(r), b),
-                Err(e) => (Err(e.to_fault()), Bytes::new()),
-            };
+            let (answer, data): (Answer, Bytes) =
+                match server.call(req.cred, req.op, inbound.payload).await {
+                    Ok((r, b)) => (Ok(r), b),
+                    Err(e) => (Err(e.to_fault()), Bytes::new()),
+                };
             let _ = reply.send_with_payload(&answer, data).await;
             drop(permit);
         });
@@ -85,16 +86,30 @@ pub struct ActorRemote {
 }
 
 impl Remote for ActorRemote {
-    fn call(&self, node: NodeId, req: Request, data: Bytes) -> BoxFuture<'static, Result<(Reply, Bytes), mfs::Error>> {
+    fn call(
+        &self,
+        node: NodeId,
+        req: Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), mfs::Error>> {
         let (system, after) = (self.system.clone(), self.timeout);
         Box::pin(async move {
             let asked = system.ask_with_payload::<Request, Answer>(node, ACTOR, &req, data, after);
             // The ask's own time-out covers the answer; this one also covers the send.
             match tokio::time::timeout(after + Duration::from_millis(500), asked).await {
-                Err(_) | Ok(Err(runtime::Error::Timeout { .. })) => Err(mfs::Error::Timeout { node, after }),
-                Ok(Err(e)) => Err(mfs::Error::Unreachable { node, reason: e.to_string() }),
+                Err(_) | Ok(Err(runtime::Error::Timeout { .. })) => {
+                    Err(mfs::Error::Timeout { node, after })
+                }
+                Ok(Err(e)) => Err(mfs::Error::Unreachable {
+                    node,
+                    reason: e.to_string(),
+                }),
                 Ok(Ok((Ok(r), b))) => Ok((r, b)),
-                Ok(Ok((Err(f), _))) => Err(mfs::Error::Remote { node, errno: f.errno, msg: f.msg }),
+                Ok(Ok((Err(f), _))) => Err(mfs::Error::Remote {
+                    node,
+                    errno: f.errno,
+                    msg: f.msg,
+                }),
             }
         })
     }
@@ -110,11 +125,13 @@ pub struct Running {
 /// are added as their links come up).
 pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running, Error> {
     let export = Export::parse(&args.mfs_export);
-    let server = Server::start(&export, SERVER_THREADS).map_err(|e| {
-        Error::Config(format!("--mfs-export {}: {e}", args.mfs_export))
-    })?;
+    let server = Server::start(&export, SERVER_THREADS)
+        .map_err(|e| Error::Config(format!("--mfs-export {}: {e}", args.mfs_export)))?;
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-    let addr = system.spawn(ACTOR, move || ServerActor { server: server.clone(), slots: slots.clone() });
+    let addr = system.spawn(ACTOR, move || ServerActor {
+        server: server.clone(),
+        slots: slots.clone(),
+    });
     system.serve::<Request, _>(ACTOR, addr);
     tracing::info!(
         "mfs: serving {} to the cluster",
@@ -132,8 +149,15 @@ pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running
 #[cfg(feature = "mfs")]
 fn mount(system: &System, dir: &std::path::Path, nodes: Vec<NodeId>) -> Result<Running, Error> {
     use mfs::client::{Config, Mfs};
-    let remote = Arc::new(ActorRemote { system: system.clone(), timeout: CALL_TIMEOUT });
-    let client = Arc::new(Mfs::new(remote, Config::new(system.local_id()), nodes.clone()));
+    let remote = Arc::new(ActorRemote {
+        system: system.clone(),
+        timeout: CALL_TIMEOUT,
+    });
+    let client = Arc::new(Mfs::new(
+        remote,
+        Config::new(system.local_id()),
+        nodes.clone(),
+    ));
     let mounted = mfs::fuse::mount(client.clone(), dir, tokio::runtime::Handle::current())
         .map_err(|e| Error::Config(format!("cannot mount mfs at {}: {e}", dir.display())))?;
     // Nodes found later (mDNS) get their folder when their link comes up.
@@ -156,7 +180,9 @@ fn mount(system: &System, dir: &std::path::Path, nodes: Vec<NodeId>) -> Result<R
         }
     });
     tracing::info!("mfs: every node's files at {}", dir.display());
-    Ok(Running { _mount: Some(mounted) })
+    Ok(Running {
+        _mount: Some(mounted),
+    })
 }
 
 #[cfg(not(feature = "mfs"))]

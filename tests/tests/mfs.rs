@@ -53,7 +53,11 @@ impl Mfs {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::write(dir.path().join("map"), format!("1 127.0.0.{base} 3\n")).unwrap();
         let key = dir.path().join("key");
-        assert!(run_cli(&["keygen", "--out", key.to_str().unwrap()]).status.success());
+        assert!(
+            run_cli(&["keygen", "--out", key.to_str().unwrap()])
+                .status
+                .success()
+        );
         for n in 1..=3 {
             for d in ["export", "mnt"] {
                 let p = dir.path().join(format!("{d}{n}"));
@@ -86,9 +90,22 @@ impl Mfs {
             .open(d.join(format!("node{n}.log")))
             .unwrap();
         let child = Command::new(omnode_bin())
-            .args(["--map", d.join("map").to_str().unwrap(), "--node", &n.to_string()])
-            .args(["--key-file", key.to_str().unwrap(), "--port", &self.port.to_string()])
-            .args(["--socket", d.join(format!("node{n}.sock")).to_str().unwrap()])
+            .args([
+                "--map",
+                d.join("map").to_str().unwrap(),
+                "--node",
+                &n.to_string(),
+            ])
+            .args([
+                "--key-file",
+                key.to_str().unwrap(),
+                "--port",
+                &self.port.to_string(),
+            ])
+            .args([
+                "--socket",
+                d.join(format!("node{n}.sock")).to_str().unwrap(),
+            ])
             .args(["--mfs", self.mnt(n).to_str().unwrap()])
             .args(["--mfs-export", export])
             .env("RUST_LOG", "info")
@@ -133,7 +150,11 @@ impl Drop for Mfs {
 
 /// Run a command with a time limit; None if it had to be killed (it hung).
 fn run_within(limit: Duration, cmd: &mut Command) -> Option<std::process::Output> {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let t0 = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
@@ -161,11 +182,16 @@ fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
 }
 
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
-    r.expect_err("expected an error").raw_os_error().unwrap_or(-1)
+    r.expect_err("expected an error")
+        .raw_os_error()
+        .unwrap_or(-1)
 }
 
 fn statfs_numbers(p: &Path) -> String {
-    let out = Command::new("stat").args(["-f", "-c", "%b %S %c", p.to_str().unwrap()]).output().unwrap();
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%b %S %c", p.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "stat -f {}", p.display());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -188,7 +214,10 @@ fn three_nodes_share_their_files_through_real_mounts() {
             .all(|n| (1..=3).all(|m| std::fs::read(c.mnt(n).join(format!("{m}/hello"))).is_ok()))
             .then_some(())
     });
-    assert!(ready.is_some(), "the mounts did not show every node's files within 30 s");
+    assert!(
+        ready.is_some(),
+        "the mounts did not show every node's files within 30 s"
+    );
 
     // ls and cat
     let mut top: Vec<String> = std::fs::read_dir(&m1)
@@ -198,8 +227,14 @@ fn three_nodes_share_their_files_through_real_mounts() {
     top.sort();
     assert_eq!(top, ["1", "2", "3", "here", "home"]);
     assert_eq!(std::fs::read_link(m1.join("here")).unwrap(), Path::new("1"));
-    assert_eq!(std::fs::read_link(c.mnt(2).join("home")).unwrap(), Path::new("2"));
-    assert_eq!(std::fs::read_to_string(c.mnt(2).join("here/hello")).unwrap(), "hello from node 2\n");
+    assert_eq!(
+        std::fs::read_link(c.mnt(2).join("home")).unwrap(),
+        Path::new("2")
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.mnt(2).join("here/hello")).unwrap(),
+        "hello from node 2\n"
+    );
     for (n, m) in [(1, 3), (2, 1), (3, 2)] {
         let got = std::fs::read_to_string(c.mnt(n).join(format!("{m}/hello"))).unwrap();
         assert_eq!(got, format!("hello from node {m}\n"));
@@ -211,26 +246,49 @@ fn three_nodes_share_their_files_through_real_mounts() {
     let big = pseudo_random(50 << 20, 0x9e37_79b9_7f4a_7c15);
     std::fs::write(c.export(3).join("big"), &big).unwrap();
     let local = c.dir.path().join("big.local");
-    let st = Command::new("cp").arg(m1.join("3/big")).arg(&local).status().unwrap();
+    let st = Command::new("cp")
+        .arg(m1.join("3/big"))
+        .arg(&local)
+        .status()
+        .unwrap();
     assert!(st.success());
-    assert!(std::fs::read(&local).unwrap() == big, "50 MiB read through /mfs/3 differs");
-    let st = Command::new("cp").arg(&local).arg(c.mnt(2).join("1/big.copy")).status().unwrap();
+    assert!(
+        std::fs::read(&local).unwrap() == big,
+        "50 MiB read through /mfs/3 differs"
+    );
+    let st = Command::new("cp")
+        .arg(&local)
+        .arg(c.mnt(2).join("1/big.copy"))
+        .status()
+        .unwrap();
     assert!(st.success());
-    assert!(std::fs::read(c.export(1).join("big.copy")).unwrap() == big, "50 MiB written through /mfs/1 differs");
+    assert!(
+        std::fs::read(c.export(1).join("big.copy")).unwrap() == big,
+        "50 MiB written through /mfs/1 differs"
+    );
 
     // mkdir / write / rename / link / symlink / unlink / rmdir, checked on the serving disk
     let d = m1.join("2/work");
     std::fs::create_dir(&d).unwrap();
     assert!(c.export(2).join("work").is_dir());
-    File::create(d.join("a")).unwrap().write_all(b"abc").unwrap();
+    File::create(d.join("a"))
+        .unwrap()
+        .write_all(b"abc")
+        .unwrap();
     std::fs::rename(d.join("a"), d.join("b")).unwrap();
     assert_eq!(std::fs::read(c.export(2).join("work/b")).unwrap(), b"abc");
     std::fs::hard_link(d.join("b"), d.join("c")).unwrap();
     std::os::unix::fs::symlink("b", d.join("s")).unwrap();
     assert_eq!(std::fs::read(d.join("s")).unwrap(), b"abc");
-    assert_eq!(std::fs::read_link(c.export(2).join("work/s")).unwrap(), Path::new("b"));
+    assert_eq!(
+        std::fs::read_link(c.export(2).join("work/s")).unwrap(),
+        Path::new("b")
+    );
     std::fs::set_permissions(d.join("b"), std::fs::Permissions::from_mode(0o640)).unwrap();
-    let mode = std::fs::metadata(c.export(2).join("work/c")).unwrap().permissions().mode();
+    let mode = std::fs::metadata(c.export(2).join("work/c"))
+        .unwrap()
+        .permissions()
+        .mode();
     assert_eq!(mode & 0o777, 0o640);
     // errors as on a local file system
     assert_eq!(errno_of(std::fs::create_dir(&d)), 17); // EEXIST
@@ -249,7 +307,11 @@ fn three_nodes_share_their_files_through_real_mounts() {
 
     // Permissions are the caller's: nobody cannot read root's 0600 file.
     std::fs::write(c.export(2).join("private"), b"secret").unwrap();
-    std::fs::set_permissions(c.export(2).join("private"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        c.export(2).join("private"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let as_nobody = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
         .arg(m1.join("2/private"))
@@ -262,32 +324,62 @@ fn three_nodes_share_their_files_through_real_mounts() {
         .arg(m1.join("2/hello"))
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&as_nobody.stdout), "hello from node 2\n");
+    assert_eq!(
+        String::from_utf8_lossy(&as_nobody.stdout),
+        "hello from node 2\n"
+    );
 
     // A node killed: calls on its folder fail within seconds, never hang.
-    let mut held = File::options().append(true).open(m1.join("3/hello")).unwrap();
+    let mut held = File::options()
+        .append(true)
+        .open(m1.join("3/hello"))
+        .unwrap();
     c.kill(3);
     let t0 = Instant::now();
-    let ls = run_within(Duration::from_secs(10), Command::new("ls").arg(m1.join("3/")));
+    let ls = run_within(
+        Duration::from_secs(10),
+        Command::new("ls").arg(m1.join("3/")),
+    );
     let ls = ls.expect("ls /mfs/3 of a dead node hung for 10 s");
     assert!(!ls.status.success(), "ls of a dead node's folder succeeded");
-    let cat = run_within(Duration::from_secs(10), Command::new("cat").arg(m1.join("3/hello")))
-        .expect("cat of a dead node's file hung");
+    let cat = run_within(
+        Duration::from_secs(10),
+        Command::new("cat").arg(m1.join("3/hello")),
+    )
+    .expect("cat of a dead node's file hung");
     assert!(!cat.status.success());
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(10), "failing took {took:?}");
-    eprintln!("calls on the dead node failed after {took:?}: {}", String::from_utf8_lossy(&cat.stderr).trim());
+    eprintln!(
+        "calls on the dead node failed after {took:?}: {}",
+        String::from_utf8_lossy(&cat.stderr).trim()
+    );
     // Written data cannot reach a dead node: the write or, with write-behind, fsync says so.
     let wrote = held.write_all(b"lost").and_then(|()| held.sync_all());
-    assert!(wrote.is_err(), "a write to a file open on a dead node succeeded");
+    assert!(
+        wrote.is_err(),
+        "a write to a file open on a dead node succeeded"
+    );
     drop(held);
     // The other nodes go on.
-    assert_eq!(std::fs::read_to_string(m1.join("2/hello")).unwrap(), "hello from node 2\n");
+    assert_eq!(
+        std::fs::read_to_string(m1.join("2/hello")).unwrap(),
+        "hello from node 2\n"
+    );
     // It comes back: its folder works again, on the same mounts.
     c.start(3);
-    let back = wait_for(Duration::from_secs(30), || std::fs::read_to_string(m1.join("3/hello")).ok());
-    assert_eq!(back.as_deref(), Some("hello from node 3\n"), "node 3's folder did not work again");
-    assert_eq!(std::fs::read_to_string(c.mnt(3).join("1/hello")).unwrap(), "hello from node 1\n");
+    let back = wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(m1.join("3/hello")).ok()
+    });
+    assert_eq!(
+        back.as_deref(),
+        Some("hello from node 3\n"),
+        "node 3's folder did not work again"
+    );
+    assert_eq!(
+        std::fs::read_to_string(c.mnt(3).join("1/hello")).unwrap(),
+        "hello from node 1\n"
+    );
 }
 
 #[test]
@@ -301,27 +393,52 @@ fn read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing() {
         std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
     }
     let other_key = c.dir.path().join("other.key");
-    assert!(run_cli(&["keygen", "--out", other_key.to_str().unwrap()]).status.success());
+    assert!(
+        run_cli(&["keygen", "--out", other_key.to_str().unwrap()])
+            .status
+            .success()
+    );
     c.start(1);
     let ro = format!("{}:ro", c.export(2).display());
     c.start_with(2, &ro, &c.dir.path().join("key"));
     let e3 = c.export(3).display().to_string();
     c.start_with(3, &e3, &other_key);
     let m1 = c.mnt(1);
-    let ready = wait_for(Duration::from_secs(30), || std::fs::read(m1.join("2/hello")).ok());
-    assert!(ready.is_some(), "node 2's read-only export did not appear on node 1");
+    let ready = wait_for(Duration::from_secs(30), || {
+        std::fs::read(m1.join("2/hello")).ok()
+    });
+    assert!(
+        ready.is_some(),
+        "node 2's read-only export did not appear on node 1"
+    );
 
     // Read-only: reading works, every change is refused with EROFS and nothing changes.
-    assert_eq!(std::fs::read_to_string(m1.join("2/hello")).unwrap(), "hello from node 2\n");
+    assert_eq!(
+        std::fs::read_to_string(m1.join("2/hello")).unwrap(),
+        "hello from node 2\n"
+    );
     assert_eq!(errno_of(File::create(m1.join("2/new"))), 30);
-    assert_eq!(errno_of(File::options().append(true).open(m1.join("2/hello"))), 30);
+    assert_eq!(
+        errno_of(File::options().append(true).open(m1.join("2/hello"))),
+        30
+    );
     assert_eq!(errno_of(std::fs::remove_file(m1.join("2/hello"))), 30);
     assert_eq!(errno_of(std::fs::create_dir(m1.join("2/d"))), 30);
-    assert_eq!(errno_of(std::fs::rename(m1.join("2/hello"), m1.join("2/moved"))), 30);
-    let chmod = std::fs::set_permissions(m1.join("2/hello"), std::fs::Permissions::from_mode(0o600));
+    assert_eq!(
+        errno_of(std::fs::rename(m1.join("2/hello"), m1.join("2/moved"))),
+        30
+    );
+    let chmod =
+        std::fs::set_permissions(m1.join("2/hello"), std::fs::Permissions::from_mode(0o600));
     assert_eq!(errno_of(chmod), 30);
-    assert_eq!(std::fs::read_to_string(c.export(2).join("hello")).unwrap(), "hello from node 2\n");
-    let names: Vec<_> = std::fs::read_dir(c.export(2)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_to_string(c.export(2).join("hello")).unwrap(),
+        "hello from node 2\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(c.export(2))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["hello"]);
     // Node 1's own export is writable through node 2's mount.
     std::fs::write(c.mnt(2).join("1/from2"), b"x").unwrap();
@@ -329,12 +446,27 @@ fn read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing() {
 
     // Node 3 has another key: no link, so nothing of it is served, and it sees nothing.
     std::thread::sleep(Duration::from_secs(2));
-    let ls = run_within(Duration::from_secs(10), Command::new("cat").arg(m1.join("3/hello")))
-        .expect("cat of a node with another key hung");
-    assert!(!ls.status.success(), "node 1 read a file of a node with another key");
-    let ls = run_within(Duration::from_secs(10), Command::new("cat").arg(c.mnt(3).join("1/hello")))
-        .expect("cat from a node with another key hung");
-    assert!(!ls.status.success(), "a node with another key read node 1's file");
+    let ls = run_within(
+        Duration::from_secs(10),
+        Command::new("cat").arg(m1.join("3/hello")),
+    )
+    .expect("cat of a node with another key hung");
+    assert!(
+        !ls.status.success(),
+        "node 1 read a file of a node with another key"
+    );
+    let ls = run_within(
+        Duration::from_secs(10),
+        Command::new("cat").arg(c.mnt(3).join("1/hello")),
+    )
+    .expect("cat from a node with another key hung");
+    assert!(
+        !ls.status.success(),
+        "a node with another key read node 1's file"
+    );
     // Its own files it still sees.
-    assert_eq!(std::fs::read_to_string(c.mnt(3).join("3/hello")).unwrap(), "hello from node 3\n");
+    assert_eq!(
+        std::fs::read_to_string(c.mnt(3).join("3/hello")).unwrap(),
+        "hello from node 3\n"
+    );
 }
