@@ -181,6 +181,94 @@ fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
     v
 }
 
+/// `steps` random pwrite/pread/truncate/reopen operations on `path`, each checked against an
+/// in-memory model; the file's final content must equal the model.
+fn fsx(path: &Path, seed: u64, steps: usize) {
+    use std::os::unix::fs::FileExt;
+    let open = || {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .open(path)
+            .unwrap()
+    };
+    let mut f = open();
+    f.set_len(0).unwrap();
+    let mut model: Vec<u8> = Vec::new();
+    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut rnd = move |n: u64| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s % n.max(1)
+    };
+    const MAX: u64 = 256 << 10;
+    for step in 0..steps {
+        match rnd(10) {
+            0..=3 => {
+                let off = rnd(MAX);
+                let len = 1 + rnd(70_000) as usize;
+                let byte = (step % 251) as u8 + 1;
+                let buf: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
+                f.write_all_at(&buf, off).unwrap();
+                let end = off as usize + len;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&buf);
+            }
+            4..=7 => {
+                let off = rnd(MAX + 1000);
+                let len = rnd(70_000) as usize;
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    let n = f.read_at(&mut buf[got..], off + got as u64).unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    got += n;
+                }
+                let s = (off as usize).min(model.len());
+                let e = (off as usize + len).min(model.len());
+                if buf[..got] != model[s..e] {
+                    let at = buf[..got]
+                        .iter()
+                        .zip(&model[s..e])
+                        .position(|(a, b)| a != b);
+                    panic!(
+                        "{}: step {step}: read {len} at {off}: {got} bytes, want {}, first difference at {at:?}",
+                        path.display(),
+                        e - s
+                    );
+                }
+            }
+            8 => {
+                let size = rnd(MAX);
+                f.set_len(size).unwrap();
+                model.resize(size as usize, 0);
+            }
+            _ => {
+                drop(f);
+                f = open();
+                assert_eq!(
+                    f.metadata().unwrap().len(),
+                    model.len() as u64,
+                    "{}: step {step}: size",
+                    path.display()
+                );
+            }
+        }
+    }
+    drop(f);
+    assert!(
+        std::fs::read(path).unwrap() == model,
+        "{}: final content differs",
+        path.display()
+    );
+}
+
 fn errno_of<T: std::fmt::Debug>(r: std::io::Result<T>) -> i32 {
     r.expect_err("expected an error")
         .raw_os_error()
@@ -301,6 +389,36 @@ fn three_nodes_share_their_files_through_real_mounts() {
     }
     std::fs::remove_dir(&d).unwrap();
     assert!(!c.export(2).join("work").exists());
+
+    // chown and truncate land on the serving disk
+    std::fs::write(m1.join("2/owned"), b"0123456789").unwrap();
+    std::os::unix::fs::chown(m1.join("2/owned"), Some(65534), Some(65534)).unwrap();
+    File::options()
+        .write(true)
+        .open(m1.join("2/owned"))
+        .unwrap()
+        .set_len(4)
+        .unwrap();
+    let md = std::fs::metadata(c.export(2).join("owned")).unwrap();
+    assert_eq!(
+        (std::os::unix::fs::MetadataExt::uid(&md), md.len()),
+        (65534, 4)
+    );
+    assert_eq!(std::fs::read(m1.join("2/owned")).unwrap(), b"0123");
+
+    // fsx-style: random writes, reads and truncates through the mounts, checked against a
+    // model after every step, on two nodes at once (each writing a file of another node).
+    let runs: Vec<_> = [(m1.join("2/fsx"), 1u64), (c.mnt(2).join("3/fsx"), 2u64)]
+        .into_iter()
+        .map(|(p, seed)| std::thread::spawn(move || fsx(&p, seed, 2000)))
+        .collect();
+    for r in runs {
+        r.join().unwrap();
+    }
+    assert_eq!(
+        std::fs::read(c.export(2).join("fsx")).unwrap(),
+        std::fs::read(m1.join("2/fsx")).unwrap()
+    );
 
     // df /mfs/3 gives node 3's real numbers
     assert_eq!(statfs_numbers(&m1.join("3")), statfs_numbers(&c.export(3)));
