@@ -116,6 +116,13 @@ impl Mfs {
             .expect("start omnode");
         self.nodes.push((n, child));
     }
+    fn pid(&self, n: u32) -> u32 {
+        self.nodes
+            .iter()
+            .find(|(m, _)| *m == n)
+            .map(|(_, c)| c.id())
+            .expect("node running")
+    }
     /// SIGKILL, like a crash: its mount is left dead and its peers see it gone.
     fn kill(&mut self, n: u32) {
         for (_, c) in self.nodes.iter_mut().filter(|(m, _)| *m == n) {
@@ -587,4 +594,42 @@ fn read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing() {
         std::fs::read_to_string(c.mnt(3).join("3/hello")).unwrap(),
         "hello from node 3\n"
     );
+
+    // A node that stops answering (SIGSTOP: its links stay up): calls fail within the
+    // time-out, and work again when it goes on.
+    let pid = c.pid(2).to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = Instant::now();
+    let cat = run_within(
+        Duration::from_secs(15),
+        Command::new("cat").arg(m1.join("2/not-cached")),
+    );
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    let cat = cat.expect("a call on a stopped node hung for 15 s");
+    assert!(!cat.status.success());
+    let err = String::from_utf8_lossy(&cat.stderr);
+    // EIO when the ask times out, ENOTCONN when the link is declared dead first.
+    let clear =
+        err.contains("Input/output error") || err.contains("Transport endpoint is not connected");
+    assert!(clear, "{err}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t0.elapsed()
+    );
+    eprintln!(
+        "a call on a stopped node failed after {:?}: {}",
+        t0.elapsed(),
+        err.trim()
+    );
+    let back = wait_for(Duration::from_secs(15), || {
+        std::fs::read_to_string(m1.join("2/hello")).ok()
+    });
+    assert_eq!(back.as_deref(), Some("hello from node 2\n"));
 }
