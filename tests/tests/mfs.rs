@@ -197,6 +197,7 @@ fn fsx(path: &Path, seed: u64, steps: usize) {
             .read(true)
             .write(true)
             .create(true)
+            .truncate(false) // a re-open keeps the content
             .open(path)
             .unwrap()
     };
