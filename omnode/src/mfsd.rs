@@ -22,6 +22,8 @@ use crate::Error;
 /// went down is noticed within this time, never waited on forever.
 #[cfg_attr(not(feature = "mfs"), allow(dead_code))]
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(4);
+/// Longest a request may take on this node before its slot is given back (answered EIO).
+const SERVE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Requests served at once; more wait in the actor's mailbox (back-pressure to the peers).
 const IN_FLIGHT: usize = 64;
 const SERVER_THREADS: usize = 4;
@@ -65,12 +67,18 @@ impl Actor for ServerActor {
             return;
         };
         let server = self.server.clone();
-        let req = inbound.msg;
+        let (req, local) = (inbound.msg, ctx.system().local_id());
         ctx.system().tasks().spawn(async move {
             let (answer, data): (Answer, Bytes) =
-                match server.call(req.cred, req.op, inbound.payload).await {
-                    Ok((r, b)) => (Ok(r), b),
-                    Err(e) => (Err(e.to_fault()), Bytes::new()),
+                // A file system that hangs (a dead NFS mount inside the export) must not
+                // hold the slot forever; the asker has given up by then anyway.
+                match tokio::time::timeout(SERVE_TIMEOUT, server.call(req.cred, req.op, inbound.payload)).await {
+                    Ok(Ok((r, b))) => (Ok(r), b),
+                    Ok(Err(e)) => (Err(e.to_fault()), Bytes::new()),
+                    Err(_) => {
+                        let late = mfs::Error::Timeout { node: local, after: SERVE_TIMEOUT };
+                        (Err(late.to_fault()), Bytes::new())
+                    }
                 };
             let _ = reply.send_with_payload(&answer, data).await;
             drop(permit);
