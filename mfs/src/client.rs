@@ -104,6 +104,8 @@ pub struct Config {
     pub local: NodeId,
     pub attr_ttl: Duration,
     pub read_ahead: usize,
+    /// Windows fetched ahead of a sequential reader at once.
+    pub read_ahead_windows: usize,
     pub write_behind: usize,
     /// Directory entries asked for per call.
     pub dir_batch: u32,
@@ -115,6 +117,7 @@ impl Config {
             local,
             attr_ttl: Duration::from_secs(1),
             read_ahead: 1 << 20,
+            read_ahead_windows: 3,
             write_behind: 1 << 20,
             dir_batch: 1024,
         }
@@ -178,7 +181,10 @@ struct Window {
 #[derive(Default)]
 struct FileState {
     window: Option<Window>,
-    prefetch: Option<JoinHandle<Result<Window, Error>>>,
+    /// Windows being fetched ahead of a sequential reader, in file order.
+    prefetch: std::collections::VecDeque<JoinHandle<Result<Window, Error>>>,
+    /// Where the last of them ends.
+    ahead: u64,
     dirty: Option<(u64, BytesMut)>,
     inflight: Option<JoinHandle<Result<(), Error>>>,
     /// Where the last read ended: a read starting there is sequential.
@@ -881,19 +887,32 @@ impl Mfs {
                     break;
                 }
             }
-            // Not in the window: the prefetched one, or a fresh fetch.
-            let w = match st.prefetch.take() {
-                Some(p) => match p.await {
+            // Not in the window: the next prefetched one, or a fresh fetch.
+            let mut found = None;
+            while let Some(p) = st.prefetch.pop_front() {
+                match p.await {
                     Ok(Ok(w))
                         if w.generation == generation
                             && w.off <= pos
                             && pos < w.off + w.data.len().max(1) as u64 =>
                     {
-                        w
+                        found = Some(w);
+                        break;
                     }
-                    _ => self.fetch(&f, pos, ra.max((end - pos) as usize)).await?,
-                },
-                None => self.fetch(&f, pos, ra.max((end - pos) as usize)).await?,
+                    // Before the reader: skip it. Anything else: the sequence is broken.
+                    Ok(Ok(w)) if w.generation == generation && w.off < pos => {}
+                    _ => {
+                        Self::cancel_prefetch(&mut st);
+                        break;
+                    }
+                }
+            }
+            let w = match found {
+                Some(w) => w,
+                None => {
+                    Self::cancel_prefetch(&mut st);
+                    self.fetch(&f, pos, ra.max((end - pos) as usize)).await?
+                }
             };
             let empty = w.data.is_empty();
             st.window = Some(w);
@@ -901,13 +920,25 @@ impl Mfs {
                 break;
             }
         }
-        // A sequential reader: the next window is fetched while it reads this one.
+        // A sequential reader: the next windows are fetched while it reads this one.
         let sequential = off == st.last_end;
         st.last_end = pos;
         if let Some(w) = &st.window {
             let wend = w.off + w.data.len() as u64;
-            if sequential && !w.eof && st.prefetch.is_none() {
-                st.prefetch = Some(tokio::spawn(self.fetch(&f, wend, ra)));
+            if sequential && !w.eof {
+                if st.prefetch.is_empty() {
+                    st.ahead = wend;
+                }
+                // Not past the end as last seen (a file growing meanwhile is read on demand).
+                let size = {
+                    let t = self.table.lock().expect("inode table");
+                    t.inodes.get(&f.ino).map_or(u64::MAX, |i| i.attr.size)
+                };
+                while st.prefetch.len() < self.cfg.read_ahead_windows.max(1) && st.ahead < size {
+                    let at = st.ahead;
+                    st.prefetch.push_back(tokio::spawn(self.fetch(&f, at, ra)));
+                    st.ahead = at + ra as u64;
+                }
             }
         }
         Ok(match (out, first) {
@@ -924,9 +955,7 @@ impl Mfs {
         let mut st = f.st.lock().await;
         f.generation.fetch_add(1, Ordering::Relaxed);
         st.window = None;
-        if let Some(p) = st.prefetch.take() {
-            p.abort();
-        }
+        Self::cancel_prefetch(&mut st);
         self.expire_attr(f.ino);
         let wb = self.cfg.write_behind.max(4096);
         let appended = match &mut st.dirty {
@@ -944,6 +973,12 @@ impl Mfs {
             self.push(&f, &mut st).await?;
         }
         Ok(data.len() as u32)
+    }
+
+    fn cancel_prefetch(st: &mut FileState) {
+        for p in st.prefetch.drain(..) {
+            p.abort();
+        }
     }
 
     /// Send the gathered writes (after the batch still in flight has landed).
@@ -1021,9 +1056,7 @@ impl Mfs {
             return Err(Error::BadFile(fh));
         };
         let mut st = f.st.lock().await;
-        if let Some(p) = st.prefetch.take() {
-            p.abort();
-        }
+        Self::cancel_prefetch(&mut st);
         let written = self.drain(&f, &mut st).await;
         let closed = self
             .send(f.node, &f.cred, Op::Release { fh: f.fh }, Bytes::new())
