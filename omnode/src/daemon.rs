@@ -230,6 +230,9 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
         socket.display()
     );
 
+    let mfs_nodes = addrs_nodes(&plan);
+    let mfs = crate::mfsd::start(&system, &args.mfs, mfs_nodes)?;
+
     // The control socket is bound and the map loaded: ready.
     notify::notify(&format!("READY=1\nSTATUS=node {local}, {how}"));
 
@@ -252,9 +255,18 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
     }
     tracing::info!("shutting down");
     notify::notify("STOPPING=1");
+    drop(mfs);
     system.shutdown(Duration::from_secs(3)).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The map's nodes (MFS shows a folder for each).
+fn addrs_nodes(plan: &Plan) -> Vec<NodeId> {
+    match &plan.found {
+        Found::Map(m, _) => m.ids().collect(),
+        Found::Mdns => vec![plan.local],
+    }
 }
 
 /// The signals the daemon handles; registered before anything else starts.

@@ -16,6 +16,7 @@ mod loadmon;
 mod logging;
 mod members;
 mod metrics;
+mod mfsd;
 mod notify;
 mod reload;
 mod setpe;
@@ -133,6 +134,9 @@ pub struct DaemonArgs {
     /// log collectors). The level comes from RUST_LOG (default `info`).
     #[arg(long, value_enum, default_value_t = logging::Format::Text, env = "OMNODE_LOG_FORMAT")]
     pub log_format: logging::Format,
+
+    #[command(flatten)]
+    pub mfs: mfsd::Args,
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -299,6 +299,8 @@ mod tests {
             last_seen_s: (id != 1).then_some(2.5),
             load: up.then_some(0.75 * id as f64),
             load_age_ms: None,
+            capacity: up.then_some(4.0),
+            norm_load: up.then_some(0.75 * id as f64 * 1000.0 / 9600.0),
             cpus: up.then_some(4),
             speed: up.then_some(2400),
             free_mem: up.then_some(1 << 30),

@@ -1,0 +1,556 @@
+//! The thin FUSE adapter (fuser): kernel requests become [`Mfs`] calls run on the tokio
+//! runtime, answered when they finish, so the session thread never waits on the network.
+//! Errors reach the kernel through [`crate::Error::errno`], the crate's one errno mapping.
+//!
+//! Mounted with `allow_other`, `default_permissions` (the kernel checks modes first; the
+//! serving node checks again as the caller) and subtype `mfs`. As root, fuser mounts with
+//! mount(2) itself; other users need `fusermount3` (Debian package fuse3).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+};
+
+use crate::client::Mfs;
+use crate::proto::{Attr, Cred, Kind, SetAttr, TimeSet};
+
+/// How long the kernel may keep attributes and names (as the library's attribute cache).
+const TTL: Duration = Duration::from_secs(1);
+
+/// A mounted `/mfs`. Dropping it unmounts.
+pub struct Mounted {
+    session: Option<fuser::BackgroundSession>,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Mounted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mounted").field("dir", &self.dir).finish()
+    }
+}
+
+impl Mounted {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        // Dropping the session unmounts (umount2 MNT_DETACH as root, else fusermount -u).
+        drop(self.session.take());
+    }
+}
+
+/// Mount `mfs` at `dir`, serving kernel requests on `rt`. A dead mount left by a killed
+/// daemon at `dir` ("transport endpoint is not connected") is detached first.
+pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::Result<Mounted> {
+    if let Err(e) = std::fs::metadata(dir) {
+        if e.raw_os_error() == Some(libc::ENOTCONN) {
+            let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+            // SAFETY: valid C string; detaching a dead mount point.
+            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        }
+    }
+    let fs = Adapter {
+        mfs,
+        rt,
+        groups: Arc::new(Mutex::new(HashMap::new())),
+    };
+    let options = [
+        MountOption::FSName("mfs".into()),
+        MountOption::Subtype("mfs".into()),
+        MountOption::AllowOther,
+        MountOption::DefaultPermissions,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+    ];
+    let session = fuser::Session::new(fs, dir, &options)?.spawn()?;
+    Ok(Mounted {
+        session: Some(session),
+        dir: dir.to_path_buf(),
+    })
+}
+
+type Groups = Arc<Mutex<HashMap<(u32, u32, u32), (Vec<u32>, Instant)>>>;
+
+struct Adapter {
+    mfs: Arc<Mfs>,
+    rt: tokio::runtime::Handle,
+    groups: Groups,
+}
+
+/// The supplementary groups of process `pid` (FUSE does not send them), cached for a second.
+/// A process that cannot be read gets none: fewer rights, never more.
+fn groups_of(cache: &Groups, pid: u32, uid: u32, gid: u32) -> Vec<u32> {
+    let now = Instant::now();
+    if let Some((g, t)) = cache.lock().expect("groups").get(&(pid, uid, gid)) {
+        if now.duration_since(*t) < Duration::from_secs(1) {
+            return g.clone();
+        }
+    }
+    let groups: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("Groups:")).map(|g| {
+                g.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+        })
+        .unwrap_or_default();
+    let mut c = cache.lock().expect("groups");
+    if c.len() > 4096 {
+        c.retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(1));
+    }
+    c.insert((pid, uid, gid), (groups.clone(), now));
+    groups
+}
+
+fn time(t: (i64, u32)) -> SystemTime {
+    if t.0 >= 0 {
+        UNIX_EPOCH + Duration::new(t.0 as u64, t.1)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(t.0.unsigned_abs()) + Duration::from_nanos(u64::from(t.1))
+    }
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::File => FileType::RegularFile,
+        Kind::Dir => FileType::Directory,
+        Kind::Symlink => FileType::Symlink,
+    }
+}
+
+fn fattr(ino: u64, a: &Attr) -> FileAttr {
+    FileAttr {
+        ino,
+        size: a.size,
+        blocks: a.blocks,
+        atime: time(a.atime),
+        mtime: time(a.mtime),
+        ctime: time(a.ctime),
+        crtime: time(a.ctime),
+        kind: file_type(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: 0,
+        blksize: a.blksize,
+        flags: 0,
+    }
+}
+
+fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
+    t.map(|t| match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(st) => match st.duration_since(UNIX_EPOCH) {
+            Ok(d) => TimeSet::At(d.as_secs() as i64, d.subsec_nanos()),
+            Err(e) => {
+                let d = e.duration();
+                TimeSet::At(-(d.as_secs() as i64), 0)
+            }
+        },
+    })
+}
+
+impl Adapter {
+    fn cred(&self, req: &Request<'_>) -> Cred {
+        Cred {
+            uid: req.uid(),
+            gid: req.gid(),
+            groups: groups_of(&self.groups, req.pid(), req.uid(), req.gid()),
+        }
+    }
+
+    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
+        self.rt.spawn(f);
+    }
+}
+
+impl Filesystem for Adapter {
+    fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
+        let _ = config.set_max_readahead(1 << 20);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
+        let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match m.lookup(&c, parent, &name).await {
+                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
+        let m = self.mfs.clone();
+        self.spawn(async move { m.forget(ino, nlookup) });
+    }
+
+    fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        self.spawn(async move {
+            match m.getattr(&c, ino).await {
+                Ok(a) => reply.attr(&TTL, &fattr(ino, &a)),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn setattr(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<u64>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<u32>,
+        reply: ReplyAttr,
+    ) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: time_set(atime),
+            mtime: time_set(mtime),
+            fh: None,
+        };
+        self.spawn(async move {
+            match m.setattr(&c, ino, set, fh).await {
+                Ok(a) => reply.attr(&TTL, &fattr(ino, &a)),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn readlink(&mut self, req: &Request<'_>, ino: u64, reply: ReplyData) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        self.spawn(async move {
+            match m.readlink(&c, ino).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn mkdir(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match m.mkdir(&c, parent, &name, mode & !umask & 0o7777).await {
+                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match m.unlink(&c, parent, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
+        let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match m.rmdir(&c, parent, &name).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn symlink(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let (name, target) = (
+            link_name.as_bytes().to_vec(),
+            target.as_os_str().as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match m.symlink(&c, parent, &name, &target).await {
+                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn rename(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        newparent: u64,
+        newname: &OsStr,
+        flags: u32,
+        reply: ReplyEmpty,
+    ) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
+        self.spawn(async move {
+            match m
+                .rename(&c, parent, &name, newparent, &newname, flags)
+                .await
+            {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn link(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        newparent: u64,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        let (m, c, name) = (
+            self.mfs.clone(),
+            self.cred(req),
+            newname.as_bytes().to_vec(),
+        );
+        self.spawn(async move {
+            match m.link(&c, ino, newparent, &name).await {
+                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        self.spawn(async move {
+            match m.open(&c, ino, flags).await {
+                Ok(o) => reply.opened(
+                    o.fh,
+                    if o.keep_cache {
+                        fuser::consts::FOPEN_KEEP_CACHE
+                    } else {
+                        0
+                    },
+                ),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn read(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        size: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyData,
+    ) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.read(fh, offset.max(0) as u64, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn write(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        data: &[u8],
+        _write_flags: u32,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        reply: ReplyWrite,
+    ) {
+        let (m, data) = (self.mfs.clone(), data.to_vec());
+        self.spawn(async move {
+            match m.write(fh, offset.max(0) as u64, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn flush(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _lock_owner: u64,
+        reply: ReplyEmpty,
+    ) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.flush(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn release(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        _lock_owner: Option<u64>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.release(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.fsync(fh, datasync).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn opendir(&mut self, req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        self.spawn(async move {
+            match m.opendir(&c, ino).await {
+                Ok(fh) => reply.opened(fh, 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn readdir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        mut reply: ReplyDirectory,
+    ) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.readdir(fh, offset.max(0) as u64).await {
+                Ok(items) => {
+                    for it in items {
+                        let ino = if it.ino == 0 { u64::MAX } else { it.ino };
+                        if reply.add(
+                            ino,
+                            it.next as i64,
+                            file_type(it.kind),
+                            OsStr::from_bytes(&it.name),
+                        ) {
+                            break;
+                        }
+                    }
+                    reply.ok();
+                }
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn releasedir(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        _flags: i32,
+        reply: ReplyEmpty,
+    ) {
+        let m = self.mfs.clone();
+        self.spawn(async move {
+            match m.releasedir(fh).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn statfs(&mut self, req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        self.spawn(async move {
+            match m.statfs(&c, ino).await {
+                Ok(s) => reply.statfs(
+                    s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
+                ),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+
+    fn create(
+        &mut self,
+        req: &Request<'_>,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
+        self.spawn(async move {
+            match m
+                .create(&c, parent, &name, mode & !umask & 0o7777, flags)
+                .await
+            {
+                Ok((e, o)) => reply.created(&TTL, &fattr(e.ino, &e.attr), 0, o.fh, 0),
+                Err(e) => reply.error(e.errno()),
+            }
+        });
+    }
+}

@@ -1,0 +1,388 @@
+//! The client library over two in-process servers (nodes 1 and 2) on temp dirs: the /mfs
+//! tree, caching that batches calls without changing results, close-to-open, stale handles
+//! after a server restart, a node going away, and an fsx-style random run against a model.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use mfs::client::{BoxFuture, Config, Direct, Mfs, ROOT_INO, Remote};
+use mfs::proto::{Cred, Kind, Op, Reply, Request, SetAttr};
+use mfs::server::{Export, Server};
+use mfs::{Error, NodeId};
+
+/// Counts the operations that pass, by kind.
+struct Counting {
+    inner: Direct,
+    reads: AtomicUsize,
+    writes: AtomicUsize,
+}
+
+impl Remote for Counting {
+    fn call(
+        &self,
+        node: NodeId,
+        req: Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
+        match req.op {
+            Op::Read { .. } => self.reads.fetch_add(1, Ordering::Relaxed),
+            Op::Write { .. } => self.writes.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        self.inner.call(node, req, data)
+    }
+}
+
+struct World {
+    dirs: Vec<tempfile::TempDir>,
+    direct: Direct,
+    remote: Arc<Counting>,
+    mfs: Mfs,
+}
+
+fn me() -> Cred {
+    // SAFETY: plain id queries.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    Cred {
+        uid,
+        gid,
+        groups: vec![],
+    }
+}
+
+fn world(cfg: Config) -> World {
+    let direct = Direct::new();
+    let mut dirs = Vec::new();
+    for n in [1, 2] {
+        let d = tempfile::tempdir().unwrap();
+        direct.add(
+            n,
+            Server::start(
+                &Export {
+                    root: d.path().into(),
+                    read_only: false,
+                },
+                2,
+            )
+            .unwrap(),
+        );
+        dirs.push(d);
+    }
+    let remote = Arc::new(Counting {
+        inner: direct.clone(),
+        reads: 0.into(),
+        writes: 0.into(),
+    });
+    let mfs = Mfs::new(remote.clone(), cfg, vec![1, 2]);
+    World {
+        dirs,
+        direct,
+        remote,
+        mfs,
+    }
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T, Error>) -> i32 {
+    match r {
+        Ok(v) => panic!("expected an error, got {v:?}"),
+        Err(e) => e.errno(),
+    }
+}
+
+async fn path(w: &World, p: &str) -> Result<u64, Error> {
+    let mut ino = ROOT_INO;
+    for c in p.split('/').filter(|c| !c.is_empty()) {
+        ino = w.mfs.lookup(&me(), ino, c.as_bytes()).await?.ino;
+    }
+    Ok(ino)
+}
+
+async fn names(w: &World, ino: u64) -> Vec<String> {
+    let fh = w.mfs.opendir(&me(), ino).await.unwrap();
+    let mut out = Vec::new();
+    let mut off = 0;
+    loop {
+        let items = w.mfs.readdir(fh, off).await.unwrap();
+        let Some(last) = items.last() else { break };
+        off = last.next;
+        out.extend(
+            items
+                .into_iter()
+                .map(|i| String::from_utf8(i.name).unwrap()),
+        );
+    }
+    w.mfs.releasedir(fh).await.unwrap();
+    out
+}
+
+#[tokio::test]
+async fn the_tree_shows_every_node_and_the_magic_links() {
+    let w = world(Config::new(1));
+    std::fs::write(w.dirs[1].path().join("on2"), b"node two").unwrap();
+    assert_eq!(
+        names(&w, ROOT_INO).await,
+        [".", "..", "1", "2", "here", "home"]
+    );
+    let here = w.mfs.lookup(&me(), ROOT_INO, b"here").await.unwrap();
+    assert_eq!(here.attr.kind, Kind::Symlink);
+    assert_eq!(w.mfs.readlink(&me(), here.ino).await.unwrap(), b"1");
+    assert_eq!(
+        errno(w.mfs.lookup(&me(), ROOT_INO, b"3").await),
+        libc::ENOENT
+    );
+    assert_eq!(
+        errno(w.mfs.lookup(&me(), ROOT_INO, b"01").await),
+        libc::ENOENT
+    );
+    let ino = path(&w, "2/on2").await.unwrap();
+    let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&w.mfs.read(o.fh, 0, 100).await.unwrap()[..], b"node two");
+    w.mfs.release(o.fh).await.unwrap();
+    assert!(
+        names(&w, path(&w, "2").await.unwrap())
+            .await
+            .contains(&"on2".to_string())
+    );
+    // Changes land on the right node's disk.
+    let n1 = path(&w, "1").await.unwrap();
+    let d = w.mfs.mkdir(&me(), n1, b"dir", 0o755).await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), d.ino, b"f", 0o644, libc::O_WRONLY)
+        .await
+        .unwrap();
+    w.mfs.write(o.fh, 0, b"hello").await.unwrap();
+    w.mfs.release(o.fh).await.unwrap();
+    assert_eq!(
+        std::fs::read(w.dirs[0].path().join("dir/f")).unwrap(),
+        b"hello"
+    );
+    assert_eq!(w.mfs.getattr(&me(), e.ino).await.unwrap().size, 5);
+    w.mfs.rename(&me(), d.ino, b"f", n1, b"g", 0).await.unwrap();
+    assert!(w.dirs[0].path().join("g").exists());
+    // Across nodes: EXDEV, as between file systems.
+    let n2 = path(&w, "2").await.unwrap();
+    assert_eq!(
+        errno(w.mfs.rename(&me(), n1, b"g", n2, b"g", 0).await),
+        libc::EXDEV
+    );
+    w.mfs.unlink(&me(), n1, b"g").await.unwrap();
+    w.mfs.rmdir(&me(), n1, b"dir").await.unwrap();
+    assert!(!w.dirs[0].path().join("dir").exists());
+    // /mfs itself cannot be changed.
+    assert_eq!(
+        errno(w.mfs.mkdir(&me(), ROOT_INO, b"x", 0o755).await),
+        libc::EACCES
+    );
+    // df of a node is that node's file system.
+    let s = w.mfs.statfs(&me(), n2).await.unwrap();
+    assert!(s.blocks > 0 && s.bsize > 0);
+}
+
+#[tokio::test]
+async fn read_ahead_and_write_behind_batch_calls_and_keep_the_bytes() {
+    let w = world(Config::new(1));
+    let data: Vec<u8> = (0..(4u32 << 20))
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let n2 = path(&w, "2").await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), n2, b"big", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    for (i, chunk) in data.chunks(128 << 10).enumerate() {
+        assert_eq!(
+            w.mfs
+                .write(o.fh, (i * (128 << 10)) as u64, chunk)
+                .await
+                .unwrap() as usize,
+            chunk.len()
+        );
+    }
+    w.mfs.flush(o.fh).await.unwrap();
+    w.mfs.release(o.fh).await.unwrap();
+    let writes = w.remote.writes.load(Ordering::Relaxed);
+    assert!(writes <= 5, "32 writes of 128 KiB became {writes} calls");
+    assert_eq!(std::fs::read(w.dirs[1].path().join("big")).unwrap(), data);
+
+    let o = w.mfs.open(&me(), e.ino, libc::O_RDONLY).await.unwrap();
+    let mut got = Vec::new();
+    loop {
+        let b = w.mfs.read(o.fh, got.len() as u64, 128 << 10).await.unwrap();
+        if b.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&b);
+    }
+    assert_eq!(got, data);
+    let reads = w.remote.reads.load(Ordering::Relaxed);
+    assert!(reads <= 6, "33 reads of 128 KiB became {reads} calls");
+    // A read that straddles windows still gets every byte.
+    let b = w.mfs.read(o.fh, (1 << 20) - 10, 100).await.unwrap();
+    assert_eq!(&b[..], &data[(1 << 20) - 10..(1 << 20) + 90]);
+    w.mfs.release(o.fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn close_to_open_sees_changes_made_elsewhere() {
+    let w = world(Config::new(1));
+    let file = w.dirs[1].path().join("f");
+    std::fs::write(&file, b"first").unwrap();
+    let ino = path(&w, "2/f").await.unwrap();
+    let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&w.mfs.read(o.fh, 0, 100).await.unwrap()[..], b"first");
+    w.mfs.release(o.fh).await.unwrap();
+    let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
+    assert!(o.keep_cache, "unchanged file: cached data stays valid");
+    w.mfs.release(o.fh).await.unwrap();
+    // Another writer on node 2 changes the file (and its size).
+    std::fs::write(&file, b"second version").unwrap();
+    let o = w.mfs.open(&me(), ino, libc::O_RDONLY).await.unwrap();
+    assert!(!o.keep_cache);
+    assert_eq!(o.attr.size, 14);
+    assert_eq!(
+        &w.mfs.read(o.fh, 0, 100).await.unwrap()[..],
+        b"second version"
+    );
+    w.mfs.release(o.fh).await.unwrap();
+}
+
+#[tokio::test]
+async fn handles_are_found_again_after_a_server_restart() {
+    let w = world(Config::new(1));
+    std::fs::create_dir_all(w.dirs[1].path().join("a/b")).unwrap();
+    std::fs::write(w.dirs[1].path().join("a/b/f"), b"kept").unwrap();
+    std::fs::write(w.dirs[1].path().join("a/b/g"), b"replaced").unwrap();
+    let f = path(&w, "2/a/b/f").await.unwrap();
+    let g = path(&w, "2/a/b/g").await.unwrap();
+    let b = path(&w, "2/a/b").await.unwrap();
+    // Node 2 goes away: calls fail at once with ENOTCONN.
+    w.direct.remove(2);
+    assert_eq!(
+        errno(w.mfs.open(&me(), f, libc::O_RDONLY).await),
+        libc::ENOTCONN
+    );
+    assert_eq!(errno(w.mfs.lookup(&me(), b, b"f").await), libc::ENOTCONN);
+    // It comes back with a new server (all its handles are new).
+    let srv = Server::start(
+        &Export {
+            root: w.dirs[1].path().into(),
+            read_only: false,
+        },
+        1,
+    )
+    .unwrap();
+    w.direct.add(2, srv);
+    // (Renamed, not removed: a removed file's inode number could be given to the new one.)
+    std::fs::rename(
+        w.dirs[1].path().join("a/b/g"),
+        w.dirs[1].path().join("a/g.old"),
+    )
+    .unwrap();
+    std::fs::write(w.dirs[1].path().join("a/b/g"), b"another file").unwrap();
+    let o = w.mfs.open(&me(), f, libc::O_RDONLY).await.unwrap();
+    assert_eq!(&w.mfs.read(o.fh, 0, 10).await.unwrap()[..], b"kept");
+    w.mfs.release(o.fh).await.unwrap();
+    assert!(names(&w, b).await.contains(&"g".to_string()));
+    // The same name is another file now: the old inode is stale, not silently swapped.
+    assert_eq!(
+        errno(w.mfs.open(&me(), g, libc::O_RDONLY).await),
+        libc::ESTALE
+    );
+}
+
+/// fsx-style: random writes, reads, truncates and re-opens on one file through two
+/// descriptors, checked against a model after every step.
+#[tokio::test]
+async fn random_operations_match_a_model() {
+    let mut cfg = Config::new(1);
+    cfg.read_ahead = 8192;
+    cfg.write_behind = 4096;
+    cfg.attr_ttl = std::time::Duration::from_millis(50);
+    let w = world(cfg);
+    let n2 = path(&w, "2").await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), n2, b"fsx", 0o644, libc::O_RDWR)
+        .await
+        .unwrap();
+    let mut fhs = vec![
+        o.fh,
+        w.mfs.open(&me(), e.ino, libc::O_RDWR).await.unwrap().fh,
+    ];
+    let mut model: Vec<u8> = Vec::new();
+    let mut seed: u64 = 0x1234_5678_9abc_def1;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    const MAX: u64 = 64 << 10;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for step in 0..3000 {
+        let fh = fhs[rnd(2) as usize];
+        match rnd(10) {
+            0..=3 => {
+                let off = rnd(MAX);
+                let len = 1 + rnd(9000);
+                let byte = (step % 251) as u8 + 1;
+                let buf: Vec<u8> = (0..len).map(|i| byte.wrapping_add(i as u8)).collect();
+                w.mfs.write(fh, off, &buf).await.unwrap();
+                let end = (off + len) as usize;
+                if model.len() < end {
+                    model.resize(end, 0);
+                }
+                model[off as usize..end].copy_from_slice(&buf);
+                *counts.entry("write").or_default() += 1;
+            }
+            4..=6 => {
+                let off = rnd(MAX + 1000);
+                let len = rnd(12000) as u32;
+                let got = w.mfs.read(fh, off, len).await.unwrap();
+                let s = (off as usize).min(model.len());
+                let e = (off as usize + len as usize).min(model.len());
+                let want = &model[s..e];
+                if got[..] != want[..] {
+                    let at = got.iter().zip(want).position(|(a, b)| a != b);
+                    panic!(
+                        "step {step}: read {len} at {off}: got {} bytes, want {}, first difference at {at:?}",
+                        got.len(),
+                        want.len()
+                    );
+                }
+                *counts.entry("read").or_default() += 1;
+            }
+            7 => {
+                let size = rnd(MAX);
+                let set = SetAttr {
+                    size: Some(size),
+                    ..Default::default()
+                };
+                w.mfs.setattr(&me(), e.ino, set, Some(fh)).await.unwrap();
+                model.resize(size as usize, 0);
+                *counts.entry("truncate").or_default() += 1;
+            }
+            8 => {
+                let a = w.mfs.getattr(&me(), e.ino).await.unwrap();
+                assert_eq!(a.size, model.len() as u64, "step {step}: size");
+                *counts.entry("stat").or_default() += 1;
+            }
+            _ => {
+                let i = rnd(2) as usize;
+                w.mfs.flush(fhs[i]).await.unwrap();
+                w.mfs.release(fhs[i]).await.unwrap();
+                fhs[i] = w.mfs.open(&me(), e.ino, libc::O_RDWR).await.unwrap().fh;
+                *counts.entry("reopen").or_default() += 1;
+            }
+        }
+    }
+    for fh in fhs {
+        w.mfs.release(fh).await.unwrap();
+    }
+    assert_eq!(std::fs::read(w.dirs[1].path().join("fsx")).unwrap(), model);
+    assert!(counts.values().all(|&c| c > 100), "{counts:?}");
+}
