@@ -81,8 +81,10 @@ impl Transport {
         config: Config,
         events: impl Into<rt::Events>,
     ) -> Result<Arc<Transport>, Error> {
-        if config.queue_capacity == 0 {
-            return Err(Error::Config("queue_capacity must be at least 1".into()));
+        if config.control_window == 0 || config.bulk_window == 0 {
+            return Err(Error::Config(
+                "control_window and bulk_window must be at least 1 byte".into(),
+            ));
         }
         Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
         let params: snow::params::NoiseParams = NOISE_PARAMS
@@ -106,7 +108,7 @@ impl Transport {
             state: Mutex::new(State::default()),
             root: CancellationToken::new(),
             next_link: AtomicU64::new(1),
-            handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             warned: Repeats::new(WARN_REPEAT),
             listener_closed: CancellationToken::new(),
         });
@@ -117,6 +119,30 @@ impl Transport {
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+}
+
+impl Transport {
+    /// The outbox of `peer`'s live link, or why `frame` cannot go (handed back).
+    fn outbox(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+    ) -> Result<(Arc<outbox::Outbox>, Frame), rt::SendError> {
+        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
+            return Err(rt::SendError::new(e, frame));
+        }
+        let st = lock(&self.inner.state);
+        let error = if st.closed {
+            rt::Error::Closed
+        } else {
+            match st.links.get(&peer) {
+                Some(l) if l.state == LinkState::Up => return Ok((l.outbox.clone(), frame)),
+                _ if !st.peers.contains_key(&peer) => rt::Error::UnknownPeer(peer),
+                _ => rt::Error::Unreachable(peer),
+            }
+        };
+        Err(rt::SendError::new(error, frame))
     }
 }
 
@@ -131,24 +157,30 @@ impl rt::Transport for Transport {
         self.inner.config.local
     }
 
-    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), rt::Error>> {
+    fn capabilities(&self) -> rt::Capabilities {
+        rt::Capabilities {
+            max_frame: self.inner.config.max_frame,
+            control_window: self.inner.config.control_window,
+            bulk_window: self.inner.config.bulk_window,
+            zero_copy: false,
+        }
+    }
+
+    fn send_within(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), rt::SendError>> {
         Box::pin(async move {
-            link::check_size(&frame, self.inner.config.max_frame)?;
-            let tx = {
-                let st = lock(&self.inner.state);
-                if st.closed {
-                    return Err(rt::Error::Closed);
-                }
-                match st.links.get(&peer) {
-                    Some(l) if l.state == LinkState::Up => l.outbox.clone(),
-                    _ if !st.peers.contains_key(&peer) => return Err(rt::Error::UnknownPeer(peer)),
-                    _ => return Err(rt::Error::Unreachable(peer)),
-                }
-            };
-            tx.send(frame)
-                .await
-                .map_err(|_| rt::Error::Unreachable(peer))
+            let (outbox, frame) = self.outbox(peer, frame)?;
+            outbox.send(peer, frame, limit).await
         })
+    }
+
+    fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), rt::SendError> {
+        let (outbox, frame) = self.outbox(peer, frame)?;
+        outbox.try_send(peer, frame)
     }
 
     fn set_peers(&self, peers: Vec<PeerInfo>) {
