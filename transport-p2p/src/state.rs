@@ -10,7 +10,9 @@ use libp2p::{Multiaddr, PeerId};
 use runtime::NodeId;
 use runtime::transport::link::{self, Claim};
 use runtime::transport::pacing::Repeats;
-use runtime::transport::{self as rt, Event, Frame};
+use runtime::transport::lanes::Outq;
+use runtime::transport::{self as rt, Event};
+use runtime::wire::Refusal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -50,7 +52,7 @@ pub(crate) struct LinkEntry {
     pub(crate) peer_id: PeerId,
     /// True between `Up` and the start of closing.
     pub(crate) up: bool,
-    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) queue: Arc<Outq>,
     pub(crate) ctl: Arc<LinkCtl>,
 }
 
@@ -145,18 +147,18 @@ impl Inner {
         node: NodeId,
         peer_id: PeerId,
         entry: LinkEntry,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let mut entry = Some(entry);
         link::claim(|| {
             let mut st = lock(&self.state);
             if st.closed {
-                return Claim::Decided(Err("transport is shutting down".into()));
+                return Claim::Decided(Err(Refusal::ShuttingDown));
             }
             if !self.config.mdns && !st.listed.contains_key(&node) {
-                return Claim::Decided(Err(format!(
-                    "node {node} is not in node {}'s peer list",
-                    self.config.local
-                )));
+                return Claim::Decided(Err(Refusal::NotListed {
+                    peer: node,
+                    local: self.config.local,
+                }));
             }
             match st.links.get(&node) {
                 None => {
@@ -179,10 +181,11 @@ impl Inner {
                         .close("replaced: the node reconnected with a new identity");
                     Claim::WaitFor(old.ctl.done.clone())
                 }
-                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(format!(
-                    "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
-                    old.peer_id
-                ))),
+                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(Refusal::IdTaken {
+                    node,
+                    holder: old.peer_id.to_string(),
+                    claimant: peer_id.to_string(),
+                })),
                 Some(old) => {
                     // The same peer opened a new stream: its old one is dead.
                     old.ctl.close("replaced by a new stream from the same peer");
