@@ -72,7 +72,10 @@ impl<A: Actor> Addr<A> {
     }
 
     /// Queue `msg` without waiting, handing it back when the mailbox is full or closed.
-    pub(crate) fn try_tell_back(&self, msg: A::Msg) -> Result<(), mpsc::error::TrySendError<A::Msg>> {
+    pub(crate) fn try_tell_back(
+        &self,
+        msg: A::Msg,
+    ) -> Result<(), mpsc::error::TrySendError<A::Msg>> {
         self.tx.try_send(msg)
     }
 

@@ -55,13 +55,16 @@ impl Fabric {
     fn leave(&self, id: NodeId) {
         let mut nodes = self.nodes.lock().expect("fabric lock");
         nodes.retain(|(n, _)| *n != id);
-        self.queues.lock().expect("fabric lock").retain(|(a, b), q| {
-            let gone = *a == id || *b == id;
-            if gone {
-                q.close();
-            }
-            !gone
-        });
+        self.queues
+            .lock()
+            .expect("fabric lock")
+            .retain(|(a, b), q| {
+                let gone = *a == id || *b == id;
+                if gone {
+                    q.close();
+                }
+                !gone
+            });
         for (_, tx) in nodes.iter() {
             self.announce(
                 tx,
@@ -97,7 +100,11 @@ impl Fabric {
             tokio::spawn(async move {
                 while pump.ready().await {
                     while let Some(frame) = pump.pop() {
-                        if events.send(Event::Frame { peer: from, frame }).await.is_err() {
+                        if events
+                            .send(Event::Frame { peer: from, frame })
+                            .await
+                            .is_err()
+                        {
                             pump.close();
                             pump.clear();
                             return;

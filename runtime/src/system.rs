@@ -155,9 +155,8 @@ enum Undelivered {
 
 /// Decodes a message for one named actor and queues it without waiting (see the module
 /// docs).
-type Delivery = Box<
-    dyn Fn(NodeId, Bytes, Bytes, Option<Responder>) -> Result<(), Undelivered> + Send + Sync,
->;
+type Delivery =
+    Box<dyn Fn(NodeId, Bytes, Bytes, Option<Responder>) -> Result<(), Undelivered> + Send + Sync>;
 type Answer = Result<(Bytes, Bytes), Error>;
 
 /// One actor's overflow: messages that found its mailbox full, fed in by a pump task.
@@ -286,7 +285,8 @@ impl System {
         let tasks = self.0.tasks.clone();
         let actor = name.to_string();
         let deliver: Delivery = Box::new(move |from, body, payload, reply| {
-            let msg = wire::decode_body::<M>(&body).map_err(|e| Undelivered::Decode(e.to_string()))?;
+            let msg =
+                wire::decode_body::<M>(&body).map_err(|e| Undelivered::Decode(e.to_string()))?;
             let mut b = transport::link::lock(&backlog);
             if reply.is_some() && (b.pumping || addr.room() == 0) {
                 return Err(Undelivered::Busy(reply.expect("checked")));
@@ -392,11 +392,15 @@ impl System {
         let frame = Self::tell_frame(Lane::Control, name, msg, Bytes::new())?;
         if node == self.0.local {
             let system = self.clone();
-            self.0.tasks.spawn(async move { system.on_frame(node, frame).await });
+            self.0
+                .tasks
+                .spawn(async move { system.on_frame(node, frame).await });
             return Ok(());
         }
         match self.0.transport.get() {
-            Some(t) => t.try_send(node, frame).map_err(|e| Error::Transport(e.error)),
+            Some(t) => t
+                .try_send(node, frame)
+                .map_err(|e| Error::Transport(e.error)),
             None => Err(Error::Transport(transport::Error::Unreachable(node))),
         }
     }

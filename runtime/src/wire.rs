@@ -107,7 +107,9 @@ pub enum Refusal {
     /// The arbiter keeps another link to this peer (simultaneous dials): not an error.
     #[error("duplicate link: node {local} already has a link to node {peer}")]
     Duplicate { local: NodeId, peer: NodeId },
-    #[error("node id {node} already taken by peer {holder}; id collision (peer {claimant} claims it too)")]
+    #[error(
+        "node id {node} already taken by peer {holder}; id collision (peer {claimant} claims it too)"
+    )]
     IdTaken {
         node: NodeId,
         holder: String,
@@ -295,7 +297,12 @@ mod tests {
     #[test]
     fn non_ascii_digests_are_refused_without_panicking() {
         let ours = Hello::new(1, "abcdef0123456789");
-        for digest in ["ééééééééééééé", "a€€€€€€€€€€€€€", "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀", "ab\u{0}ü"] {
+        for digest in [
+            "ééééééééééééé",
+            "a€€€€€€€€€€€€€",
+            "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀",
+            "ab\u{0}ü",
+        ] {
             let r = Hello::new(2, digest).check(&ours).unwrap_err();
             let Refusal::ClusterDiffers { peer, .. } = &r else {
                 panic!("{r:?}")

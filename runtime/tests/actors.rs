@@ -271,7 +271,10 @@ async fn seqs(a: &System, node: u32, name: &str, n: usize) -> Vec<i64> {
             Ok(_) | Err(Error::Busy { .. }) => {}
             Err(e) => panic!("{e}"),
         }
-        assert!(tokio::time::Instant::now() < deadline, "not all {n} arrived");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all {n} arrived"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

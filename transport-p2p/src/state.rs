@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use runtime::NodeId;
+use runtime::transport::lanes::Outq;
 use runtime::transport::link::{self, Claim};
 use runtime::transport::pacing::Repeats;
-use runtime::transport::lanes::Outq;
 use runtime::transport::{self as rt, Event};
 use runtime::wire::Refusal;
 use tokio::sync::mpsc;

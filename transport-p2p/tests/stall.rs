@@ -34,7 +34,9 @@ fn config(id: u32, listen: SocketAddr) -> Config {
 /// every event; prints `ready` once its link is up.
 async fn child(listen: SocketAddr, parent: SocketAddr) {
     let (tx, mut rx) = mpsc::channel(1024);
-    let t = Transport::start(config(2, listen), tx).await.expect("start");
+    let t = Transport::start(config(2, listen), tx)
+        .await
+        .expect("start");
     t.set_peers(vec![PeerInfo {
         id: 1,
         addrs: vec![parent],
@@ -72,7 +74,9 @@ fn signal(pid: u32, sig: &str) {
 async fn blocked_senders_return(net: u8, kill: bool) -> Result<(), String> {
     let a_addr: SocketAddr = format!("127.0.3.{}:0", 10 * net + 1).parse().unwrap();
     let (tx, mut events) = mpsc::channel(1024);
-    let a = Transport::start(config(1, a_addr), tx).await.map_err(|e| e.to_string())?;
+    let a = Transport::start(config(1, a_addr), tx)
+        .await
+        .map_err(|e| e.to_string())?;
     let b_addr: SocketAddr = format!("127.0.3.{}:0", 10 * net + 2).parse().unwrap();
     // The child binds port 0 too: learn its port from a probe listener is racy, so give it
     // a fixed free port found now.
@@ -121,12 +125,20 @@ async fn blocked_senders_return(net: u8, kill: bool) -> Result<(), String> {
     let mut senders = vec![];
     for s in 0..6u32 {
         let a = a.clone();
-        let lane = if s % 2 == 0 { Lane::Bulk } else { Lane::Control };
+        let lane = if s % 2 == 0 {
+            Lane::Bulk
+        } else {
+            Lane::Control
+        };
         let size = if lane == Lane::Bulk { 256 * 1024 } else { 512 };
         senders.push(tokio::spawn(async move {
             let mut i = 0u32;
             loop {
-                let f = Frame::on(lane, Bytes::copy_from_slice(&[s as u8]), Bytes::from(vec![s as u8; size]));
+                let f = Frame::on(
+                    lane,
+                    Bytes::copy_from_slice(&[s as u8]),
+                    Bytes::from(vec![s as u8; size]),
+                );
                 match a.send(2, f).await {
                     Ok(()) => i += 1,
                     Err(e) => return (i, e, Instant::now()),
@@ -162,7 +174,9 @@ async fn blocked_senders_return(net: u8, kill: bool) -> Result<(), String> {
         }
         let took = at.duration_since(cut);
         if took > limit {
-            return Err(format!("sender {s} (after {n} frames) returned only {took:?} after the cut"));
+            return Err(format!(
+                "sender {s} (after {n} frames) returned only {took:?} after the cut"
+            ));
         }
         println!("  sender {s}: {n} frames sent, returned {took:?} after the cut");
     }

@@ -321,8 +321,7 @@ impl Outbox {
             loop {
                 let blocked = {
                     let mut st = lock(&self.state);
-                    if st.error.is_some()
-                        || st.fill(&self.noise, &self.queue, WRITE_BATCH).is_err()
+                    if st.error.is_some() || st.fill(&self.noise, &self.queue, WRITE_BATCH).is_err()
                     {
                         return;
                     }

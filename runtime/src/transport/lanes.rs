@@ -258,7 +258,10 @@ mod tests {
     fn a_frame_larger_than_the_window_passes_an_empty_lane() {
         let q = Outq::new(10, 10);
         q.try_send(f(Lane::Bulk, 1, 1000)).unwrap();
-        assert_eq!(q.try_send(f(Lane::Bulk, 2, 1)).unwrap_err().1, QueueError::Full);
+        assert_eq!(
+            q.try_send(f(Lane::Bulk, 2, 1)).unwrap_err().1,
+            QueueError::Full
+        );
         assert_eq!(tag(&q.pop().unwrap()), 1);
         q.try_send(f(Lane::Bulk, 2, 1)).unwrap();
     }
@@ -284,7 +287,11 @@ mod tests {
         let waiters: Vec<_> = (1..=6)
             .map(|i| {
                 let q = q.clone();
-                let lane = if i % 2 == 0 { Lane::Bulk } else { Lane::Control };
+                let lane = if i % 2 == 0 {
+                    Lane::Bulk
+                } else {
+                    Lane::Control
+                };
                 tokio::spawn(async move { q.send(f(lane, i, 5), None).await })
             })
             .collect();
@@ -301,7 +308,10 @@ mod tests {
             back.push(tag(&frame));
         }
         assert_eq!(back, vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(q.try_send(f(Lane::Control, 9, 0)).unwrap_err().1, QueueError::Closed);
+        assert_eq!(
+            q.try_send(f(Lane::Control, 9, 0)).unwrap_err().1,
+            QueueError::Closed
+        );
         // What was queued can still be drained (flush on shutdown), then `ready` ends.
         assert!(q.ready().await);
         assert_eq!(q.clear(), 2);

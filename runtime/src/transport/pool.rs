@@ -92,7 +92,9 @@ pub struct PoolBuf {
 impl PoolBuf {
     /// The whole buffer, to receive into.
     pub fn as_mut(&mut self) -> &mut [u8] {
-        self.buf.as_deref_mut().expect("buffer present until dropped")
+        self.buf
+            .as_deref_mut()
+            .expect("buffer present until dropped")
     }
 
     /// The first `len` bytes as `Bytes` (clamped to the buffer size), without copying.
