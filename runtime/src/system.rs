@@ -391,10 +391,7 @@ impl System {
     ) -> Result<(), Error> {
         let frame = Self::tell_frame(Lane::Control, name, msg, Bytes::new())?;
         if node == self.0.local {
-            let system = self.clone();
-            self.0
-                .tasks
-                .spawn(async move { system.on_frame(node, frame).await });
+            self.on_frame(node, frame);
             return Ok(());
         }
         match self.0.transport.get() {
@@ -512,8 +509,7 @@ impl System {
     /// or straight to dispatch when it is us.
     async fn route(&self, node: NodeId, frame: Frame, limit: Duration) -> Result<(), Error> {
         if node == self.0.local {
-            // Boxed: a local reply routes back through `on_frame`, which is what called us.
-            Box::pin(self.on_frame(node, frame)).await;
+            self.on_frame(node, frame);
             return Ok(());
         }
         match self.0.transport.get() {
@@ -525,9 +521,9 @@ impl System {
         }
     }
 
-    async fn on_event(&self, ev: Event) {
+    fn on_event(&self, ev: Event) {
         match ev {
-            Event::Frame { peer, frame } => self.on_frame(peer, frame).await,
+            Event::Frame { peer, frame } => self.on_frame(peer, frame),
             Event::Discovered { peer, addrs } => {
                 let _ = self.0.links.send(LinkEvent::Discovered(peer, addrs));
             }
@@ -540,7 +536,9 @@ impl System {
         }
     }
 
-    async fn on_frame(&self, peer: NodeId, frame: Frame) {
+    /// Dispatch one frame. Never waits (see the module docs): answers it cannot give now
+    /// go out from tasks of their own.
+    fn on_frame(&self, peer: NodeId, frame: Frame) {
         let (header, body) = match wire::decode_head(&frame.head) {
             Ok(x) => x,
             Err(e) => {
@@ -621,16 +619,14 @@ impl System {
 struct Dispatch(Weak<Inner>);
 
 impl transport::Handler for Dispatch {
-    fn handle(&self, ev: Event) -> transport::BoxFuture<'_, bool> {
-        Box::pin(async move {
-            match self.0.upgrade() {
-                Some(inner) if !inner.token.is_cancelled() => {
-                    System(inner).on_event(ev).await;
-                    true
-                }
-                _ => false,
+    fn handle(&self, ev: Event) -> bool {
+        match self.0.upgrade() {
+            Some(inner) if !inner.token.is_cancelled() => {
+                System(inner).on_event(ev);
+                true
             }
-        })
+            _ => false,
+        }
     }
 }
 

@@ -121,9 +121,10 @@ pub enum Event {
 
 /// Takes events straight from a transport's receiving task (see [`Events::direct`]).
 pub trait Handler: Send + Sync + 'static {
-    /// Handle one event; the transport reads nothing more from that peer until the future
-    /// ends (back-pressure). Returns false once the handler is gone for good.
-    fn handle(&self, ev: Event) -> BoxFuture<'_, bool>;
+    /// Handle one event without waiting: the receiving task goes on reading at once, so a
+    /// handler must never block (the runtime's dispatcher queues or refuses instead).
+    /// Returns false once the handler is gone for good.
+    fn handle(&self, ev: Event) -> bool;
 }
 
 /// Where a transport delivers what it receives: into a channel (tests, tools), or straight
@@ -152,7 +153,7 @@ impl Events {
     pub async fn send(&self, ev: Event) -> Result<(), Closed> {
         match &self.0 {
             Sink::Channel(tx) => tx.send(ev).await.map_err(|_| Closed),
-            Sink::Direct(h) => h.handle(ev).await.then_some(()).ok_or(Closed),
+            Sink::Direct(h) => h.handle(ev).then_some(()).ok_or(Closed),
         }
     }
 }

@@ -96,6 +96,16 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     );
     a.set_send_timeout(Duration::from_secs(10));
 
+    // Idle figures first, for comparison.
+    let mut idle = Vec::new();
+    for n in 0..300u64 {
+        let t0 = Instant::now();
+        let r: u64 = a.ask(2, "echo", &n, Duration::from_secs(3)).await.unwrap();
+        assert_eq!(r, n);
+        idle.push(t0.elapsed());
+    }
+    idle.sort_unstable();
+
     // The stream: 1 GiB in 1 MiB tells on the bulk lane.
     let streamer = {
         let a = a.clone();
@@ -132,8 +142,12 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     }
     lat.sort_unstable();
     let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    let q = |v: &[Duration], q: f64| v[((v.len() - 1) as f64 * q) as usize];
     println!(
-        "1 GiB bulk sent in {send_time:?}; {} asks meanwhile: p50 {:?} p99 {:?} max {:?}",
+        "idle asks: p50 {:?} p99 {:?}; 1 GiB bulk sent in {send_time:?} ({:.0} MiB/s); {} asks meanwhile: p50 {:?} p99 {:?} max {:?}",
+        q(&idle, 0.5),
+        q(&idle, 0.99),
+        1024.0 / send_time.as_secs_f64(),
         lat.len(),
         p(0.5),
         p(0.99),
