@@ -1,15 +1,30 @@
 //! The `Transport` trait: what the runtime needs from a link layer (TCP, libp2p, RDMA).
 //!
-//! A transport keeps at most one authenticated link per peer node, carries ordered
-//! [`Frame`]s on it, and reports links coming and going as [`Event`]s on the channel it
-//! was started with. It knows nothing of actors: the runtime puts its envelope in
-//! [`Frame::head`] and bulk data (memory pages, file blocks) in [`Frame::payload`], which
-//! a transport moves without copying it into the head (RDMA writes it straight into a
-//! registered buffer).
+//! A transport keeps at most one authenticated link per peer node and reports links coming
+//! and going as [`Event`]s on the channel it was started with. Each link has two ordered
+//! lanes ([`Lane::Control`] and [`Lane::Bulk`]), each with its own window counted in bytes
+//! ([`lanes::Outq`], shared by every transport): control frames never wait behind queued
+//! bulk bytes, and order holds within a lane. Sending is in tokio's style:
+//! [`Transport::send`] waits for room, [`Transport::try_send`] does not,
+//! [`Transport::send_timeout`] waits at most a given time; every failure hands the frame
+//! back ([`SendError`]), and a sender waiting on a link that dies gets
+//! [`Error::Unreachable`] at once (the link's end closes its queue; a silent peer is
+//! declared dead at the idle time-out).
+//!
+//! A transport knows nothing of actors: the runtime puts its envelope in [`Frame::head`]
+//! and bulk data (memory pages, file blocks) in [`Frame::payload`], which a transport moves
+//! without copying it into the head (RDMA writes it straight into a registered buffer;
+//! receive buffers can come from a [`pool::Pool`]). [`Transport::capabilities`] tells the
+//! largest frame and whether registered buffers move without a copy.
 //!
 //! Every link is authenticated with the cluster key before a single frame is accepted on
 //! it, and both ends exchange a versioned [`crate::wire::Hello`]; a peer with another
-//! protocol version or another cluster map is refused with a reason it can log.
+//! protocol version or another cluster map is refused with a typed
+//! [`crate::wire::Refusal`] it can log.
+//!
+//! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
+//! queue), [`link`] (control block, slot claim, size check), [`pacing`] (back-off, repeated
+//! warnings), [`pool`] (receive buffers).
 
 pub mod lanes;
 pub mod link;

@@ -4,8 +4,9 @@
 //! Owns: the libp2p swarm (listening, dialling with back-off, mDNS), the private-network
 //! key (pnet PSK derived from the cluster key), the per-process libp2p identity, the
 //! `wire::Hello` exchange that maps libp2p `PeerId`s to omnode `NodeId`s, one ordered
-//! stream per peer carrying length-delimited frames, per-peer queues with back-pressure,
-//! keepalives and idle time-outs.
+//! stream per peer carrying length-delimited frames, per-peer two-lane queues
+//! (`runtime::transport::lanes`: byte windows, control first; closed when the link ends,
+//! releasing blocked senders), keepalives and idle time-outs.
 //!
 //! Must not know: actors, envelopes, processes, the map file (it gets peers through
 //! `set_peers` and the map's digest as an opaque string). Frames are opaque bytes.

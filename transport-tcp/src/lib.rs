@@ -5,7 +5,8 @@
 //! (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, the cluster key as PSK: both ends prove the
 //! key without sending it, and everything after is encrypted), the `wire::Hello`
 //! exchange, framing (2-byte length-delimited Noise messages carrying the [`codec`]
-//! stream), per-peer ordered queues with back-pressure, keepalives and idle time-outs.
+//! stream), per-peer two-lane queues (`runtime::transport::lanes`, byte windows, control
+//! first) with back-pressure, keepalives and idle time-outs.
 //!
 //! Must not know: actors, envelopes, processes, the cluster map (it gets the peer list
 //! through `set_peers` and the map's digest as an opaque string). Frames are opaque bytes.
@@ -31,6 +32,12 @@
 //! otherwise frames wait in the bounded per-peer queue and the link's writer task packs
 //! many into each message (see `outbox`). Large payloads are sealed straight from their
 //! `Bytes`; received frames are slices of the decryption buffer.
+//!
+//! Lanes: the writer takes control frames before queued bulk frames. Both lanes share one
+//! byte stream, so a control frame can still wait for the bulk frame being sealed (up to
+//! `max_frame`) and for what the kernel's socket buffers hold; senders of bulk data should
+//! use frames of a few MiB at most. When a link ends its queue is closed: every sender
+//! waiting for room returns `Unreachable` with its frame.
 
 pub mod codec;
 mod config;
