@@ -28,6 +28,7 @@
 
 pub mod lanes;
 pub mod link;
+pub mod liveness;
 pub mod pacing;
 pub mod pool;
 

@@ -183,7 +183,7 @@ async fn handshake(
 
     // 2. Claim the node id, then answer; the link is up once both accepted.
     let queue = Arc::new(Outq::new(cfg.control_window, cfg.bulk_window));
-    let ctl = LinkCtl::new(&inner.root);
+    let ctl = LinkCtl::new(&inner.root, &inner.config);
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let entry = LinkEntry {
         id,

@@ -113,11 +113,8 @@ impl Transport {
                 "max_frame must be between 4 bytes and 4 GiB".into(),
             ));
         }
-        if config.keepalive >= config.idle_timeout {
-            return Err(Error::Config(
-                "keepalive must be shorter than idle_timeout".into(),
-            ));
-        }
+        runtime::transport::liveness::Liveness::check(config.keepalive, config.idle_timeout)
+            .map_err(Error::Config)?;
         let keypair = identity::Keypair::generate_ed25519();
         let local_peer = keypair.public().to_peer_id();
         let transport = build_transport(&config, &keypair)?;

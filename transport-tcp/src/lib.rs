@@ -94,6 +94,8 @@ impl Transport {
             ));
         }
         Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
+        runtime::transport::liveness::Liveness::check(config.keepalive, config.idle_timeout)
+            .map_err(Error::Config)?;
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e| Error::Config(format!("{e:?}")))?;

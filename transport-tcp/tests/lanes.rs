@@ -31,7 +31,8 @@ impl Actor for Sink {
             self.disorder.fetch_add(1, Ordering::SeqCst);
         }
         self.next = m.msg + 1;
-        self.bytes.fetch_add(m.payload.len() as u64, Ordering::SeqCst);
+        self.bytes
+            .fetch_add(m.payload.len() as u64, Ordering::SeqCst);
     }
 }
 
@@ -88,10 +89,16 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     ];
     ta.set_peers(infos.clone());
     tb.set_peers(infos);
-    let up = tokio::time::timeout(WAIT, a_links.recv()).await.unwrap().unwrap();
+    let up = tokio::time::timeout(WAIT, a_links.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(up, LinkEvent::Up(2));
     assert_eq!(
-        tokio::time::timeout(WAIT, b_links.recv()).await.unwrap().unwrap(),
+        tokio::time::timeout(WAIT, b_links.recv())
+            .await
+            .unwrap()
+            .unwrap(),
         LinkEvent::Up(1)
     );
     a.set_send_timeout(Duration::from_secs(10));
@@ -132,7 +139,11 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     }
     let send_time = streamer.await.unwrap();
     assert_eq!(bytes.load(Ordering::SeqCst), TOTAL);
-    assert_eq!(disorder.load(Ordering::SeqCst), 0, "bulk frames lost or reordered");
+    assert_eq!(
+        disorder.load(Ordering::SeqCst),
+        0,
+        "bulk frames lost or reordered"
+    );
     // No link went down on either side.
     for links in [&mut a_links, &mut b_links] {
         match links.try_recv() {
