@@ -6,7 +6,8 @@
 //!
 //! - `ID`: the node id of the first node of the entry, 1–65535.
 //! - `ADDRESS`: an IPv4 or IPv6 address, or a hostname (resolved through a [`Resolver`]).
-//! - `RANGE`: a count ≥ 1, or `ALIAS` (any case), or `0` (the same as `ALIAS`).
+//! - `RANGE`: a count ≥ 1, or `ALIAS` (any case). A range of `0` is refused with a message
+//!   that says so (a count of nodes starts at 1; `ALIAS` gives an earlier node another address).
 //!   A count `n` defines `n` nodes: the id and the last byte of the address count up together,
 //!   so `1 192.168.1.1 4` is nodes 1–4 at 192.168.1.1–192.168.1.4. A range may not run past
 //!   the last byte 255, and a hostname only takes range 1. An `ALIAS` entry adds an extra
@@ -65,6 +66,10 @@ pub enum LineError {
     IdOutOfRange { text: String },
     #[error("invalid range '{text}' (expected a count of at least 1, or ALIAS)")]
     BadRange { text: String },
+    #[error(
+        "range 0: a range is a count of nodes, at least 1 (to give a node defined on an earlier line another address, write ALIAS)"
+    )]
+    ZeroRange,
     #[error("invalid address '{text}' (expected an IPv4 or IPv6 address or a hostname)")]
     BadAddress { text: String },
     #[error("address {addr} cannot be a node address (unspecified, broadcast or multicast)")]
@@ -324,7 +329,7 @@ fn parse_range(text: &str) -> Result<Range, LineError> {
     }
     // All digits: only overflow can fail, and a huge count is simply "too many".
     match text.parse::<u64>().unwrap_or(u64::MAX) {
-        0 => Ok(Range::Alias),
+        0 => Err(LineError::ZeroRange),
         n => Ok(Range::Count(n)),
     }
 }

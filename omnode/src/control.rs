@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use discovery::NodeId;
@@ -12,10 +13,12 @@ use runtime::{Actor, Addr, Context, ReplyTo};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::Error;
 use crate::loadmon::{self, LoadMonitor};
 use crate::members::{self, Members};
+use crate::reload::Reload;
 
 /// The longest request line accepted.
 const MAX_REQUEST: usize = 64 * 1024;
@@ -28,12 +31,29 @@ const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
+    /// `setpe -r`: the map in use.
+    GetMap,
+    /// `setpe -w -f FILE`: load this map file (an absolute path the daemon reads) into the
+    /// running node. Root or the daemon's own user only.
+    SetMap {
+        path: PathBuf,
+    },
+    /// `setpe -off`: this node leaves the cluster (the daemon stops). Root or the daemon's
+    /// own user only.
+    Leave,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
     Status(StatusReport),
+    /// The map in use: its file and its entries, one `ID ADDRESS [ALIAS]` per line.
+    Map {
+        file: String,
+        text: String,
+    },
+    /// What a request did, in words for the person who asked.
+    Done(String),
     Error(String),
 }
 
@@ -56,6 +76,10 @@ pub struct NodeRow {
     pub source: String,
     /// Seconds in the current up/down state.
     pub since_s: f64,
+    /// Seconds since the last sign of life (null for the local node and nodes never heard
+    /// from). For a DOWN node the figures below are null: they would be stale.
+    #[serde(default)]
+    pub last_seen_s: Option<f64>,
     /// Smoothed runnable processes; null when no fresh figure is known.
     pub load: Option<f64>,
     pub load_age_ms: Option<u64>,
@@ -77,14 +101,82 @@ pub struct Control {
     local: NodeId,
     members: Addr<Members>,
     load: Addr<LoadMonitor>,
+    /// Loads new maps; None in zero-config mode (no map to replace).
+    reload: Option<Arc<Reload>>,
+    /// Cancelled by `setpe -off`: the daemon stops.
+    leave: CancellationToken,
 }
 
 impl Control {
-    pub fn new(local: NodeId, members: Addr<Members>, load: Addr<LoadMonitor>) -> Self {
+    pub fn new(
+        local: NodeId,
+        members: Addr<Members>,
+        load: Addr<LoadMonitor>,
+        reload: Option<Arc<Reload>>,
+        leave: CancellationToken,
+    ) -> Self {
         Control {
             local,
             members,
             load,
+            reload,
+            leave,
+        }
+    }
+
+    /// Whether `uid` may change this node: root or the daemon's own user.
+    fn privileged(uid: Option<u32>) -> Result<(), String> {
+        let me = nix::unistd::geteuid().as_raw();
+        match uid {
+            Some(u) if u == 0 || u == me => Ok(()),
+            Some(u) => Err(format!(
+                "uid {u} may not change this node (only root or uid {me}, which runs omnode)"
+            )),
+            None => Err("the caller's uid is unknown (SO_PEERCRED failed); refused".into()),
+        }
+    }
+
+    async fn request(&self, req: Request, uid: Option<u32>) -> Response {
+        let no_map = || {
+            Response::Error(
+                "this node runs zero-config (mDNS): it has no map to show or replace".into(),
+            )
+        };
+        match req {
+            Request::Status => match self.status().await {
+                Ok(r) => Response::Status(r),
+                Err(e) => Response::Error(format!("status unavailable: {e}")),
+            },
+            Request::GetMap => match &self.reload {
+                None => no_map(),
+                Some(r) => {
+                    let (file, text) = r.current();
+                    Response::Map { file, text }
+                }
+            },
+            Request::SetMap { path } => {
+                if let Err(e) = Self::privileged(uid) {
+                    return Response::Error(e);
+                }
+                match &self.reload {
+                    None => no_map(),
+                    Some(r) => match r.load(Some(&path)).await {
+                        Ok(done) => Response::Done(done),
+                        Err(e) => Response::Error(e),
+                    },
+                }
+            }
+            Request::Leave => {
+                if let Err(e) = Self::privileged(uid) {
+                    return Response::Error(e);
+                }
+                tracing::info!(?uid, "setpe -off: node {} leaves the cluster", self.local);
+                self.leave.cancel();
+                Response::Done(format!(
+                    "node {} leaves the cluster: its daemon stops",
+                    self.local
+                ))
+            }
         }
     }
 
@@ -104,8 +196,12 @@ impl Control {
         let nodes = states
             .into_iter()
             .map(|(s, addr)| {
-                let l = loads.get(&s.id);
+                // A DOWN node's last figures are stale: show when it was last seen instead.
+                let l = loads.get(&s.id).filter(|_| s.up || s.id == self.local);
                 NodeRow {
+                    last_seen_s: s
+                        .last_seen
+                        .map(|t| now.saturating_duration_since(t).as_secs_f64()),
                     id: s.id,
                     addr,
                     up: s.up,
@@ -139,12 +235,7 @@ impl Actor for Control {
     async fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
         let Msg::Request { req, uid, reply } = msg;
         tracing::debug!(?req, ?uid, "control request");
-        let resp = match req {
-            Request::Status => match self.status().await {
-                Ok(r) => Response::Status(r),
-                Err(e) => Response::Error(format!("status unavailable: {e}")),
-            },
-        };
+        let resp = self.request(req, uid).await;
         let _ = reply.send(resp);
     }
 }

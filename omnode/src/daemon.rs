@@ -1,9 +1,9 @@
 //! The daemon: read key and map (or go zero-config), find this node, start the transport and
-//! the actors (membership, load monitor, control), serve until SIGINT/SIGTERM, shut down.
+//! the actors (membership, load monitor, control), tell systemd it is ready, serve until
+//! SIGINT/SIGTERM or `setpe -off`, shut down. SIGHUP reloads the map file (as `setpe -w`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,11 +17,15 @@ use runtime::transport::{Events, PeerInfo, Transport};
 use crate::control::{self, Control};
 use crate::loadmon::{self, LoadMonitor};
 use crate::members::{self, Members};
+use crate::reload::{Reload, SetCluster};
 use crate::{DaemonArgs, DiscoveryMode, Error, TransportKind, key};
+use crate::{metrics, notify};
+use tokio_util::sync::CancellationToken;
 
 /// How this node finds the others.
 enum Found {
-    Map(Map),
+    /// The map and the file it came from.
+    Map(Map, std::path::PathBuf),
     Mdns,
 }
 
@@ -35,25 +39,14 @@ struct Plan {
     cluster: String,
 }
 
-pub fn run(args: DaemonArgs, socket: PathBuf) -> Result<(), Error> {
-    init_logging();
+pub fn run(args: DaemonArgs) -> Result<(), Error> {
+    crate::logging::init(args.log_format);
     let key = key::load(&args.key_file)?;
     let plan = plan(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(serve(args, plan, socket, key))
-}
-
-fn init_logging() {
-    use std::io::IsTerminal;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    rt.block_on(serve(args, plan, key))
 }
 
 /// Map or mDNS, which node we are, where we listen, over which transport.
@@ -84,7 +77,7 @@ fn plan(args: &DaemonArgs) -> Result<Plan, Error> {
                 listen: SocketAddr::new(addr, args.port),
                 transport: args.transport.unwrap_or(TransportKind::Tcp),
                 cluster: map.digest_hex(),
-                found: Found::Map(map),
+                found: Found::Map(map, path),
             })
         }
         None => {
@@ -122,11 +115,12 @@ fn plan(args: &DaemonArgs) -> Result<Plan, Error> {
     }
 }
 
+/// The transport, and how to give it a new map digest ([`crate::reload`]).
 async fn start_transport(
     plan: &Plan,
     key: [u8; key::LEN],
     events: Events,
-) -> Result<Arc<dyn Transport>, Error> {
+) -> Result<(Arc<dyn Transport>, SetCluster), Error> {
     let fail = |e: &dyn std::fmt::Display| Error::Transport(e.to_string());
     match plan.transport {
         TransportKind::Tcp => {
@@ -135,7 +129,8 @@ async fn start_transport(
             let t = transport_tcp::Transport::start(config, events)
                 .await
                 .map_err(|e| fail(&e))?;
-            Ok(t)
+            let t2 = t.clone();
+            Ok((t, Box::new(move |c| t2.set_cluster(c))))
         }
         #[cfg(feature = "p2p")]
         TransportKind::P2p => {
@@ -145,7 +140,8 @@ async fn start_transport(
             let t = transport_p2p::Transport::start(config, events)
                 .await
                 .map_err(|e| fail(&e))?;
-            Ok(t)
+            let t2 = t.clone();
+            Ok((t, Box::new(move |c| t2.set_cluster(c))))
         }
         #[cfg(not(feature = "p2p"))]
         TransportKind::P2p => Err(Error::Config(
@@ -154,19 +150,17 @@ async fn start_transport(
     }
 }
 
-async fn serve(
-    args: DaemonArgs,
-    plan: Plan,
-    socket: PathBuf,
-    key: [u8; key::LEN],
-) -> Result<(), Error> {
+async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), Error> {
+    // Signals first: a SIGHUP while starting must not kill the daemon.
+    let mut signals = Signals::new()?;
+    let socket = args.socket.clone();
     let local = plan.local;
     let system = System::new(local);
-    let transport = start_transport(&plan, key, system.events()).await?;
+    let (transport, set_cluster) = start_transport(&plan, key, system.events()).await?;
     let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
     let mut peers_of_map: Vec<NodeId> = Vec::new();
     addrs.insert(local, plan.listen.ip().to_string());
-    if let Found::Map(map) = &plan.found {
+    if let Found::Map(map, _) = &plan.found {
         let peers = map
             .nodes()
             .filter(|n| n.id != local)
@@ -179,7 +173,7 @@ async fn serve(
         addrs.extend(map.nodes().map(|n| (n.id, n.addr.to_string())));
         peers_of_map = map.ids().filter(|&id| id != local).collect();
     }
-    system.attach(transport);
+    system.attach(transport.clone());
 
     let tick = Duration::from_millis(args.load_tick_ms.max(10));
     let load = system.spawn(loadmon::NAME, move || LoadMonitor::new(local, tick));
@@ -194,18 +188,38 @@ async fn serve(
     });
     system.serve::<members::Heartbeat, _>(members::NAME, members.clone());
 
-    let (m2, l2) = (members.clone(), load.clone());
+    let reload = match &plan.found {
+        Found::Map(map, path) => Some(Arc::new(Reload::new(
+            local,
+            args.node,
+            args.port,
+            (map.clone(), path.clone()),
+            transport.clone(),
+            set_cluster,
+            members.clone(),
+        ))),
+        Found::Mdns => None,
+    };
+    let leave = CancellationToken::new();
+    let (m2, l2, r2, leave2) = (members.clone(), load.clone(), reload.clone(), leave.clone());
     let control = system.spawn("control", move || {
-        Control::new(local, m2.clone(), l2.clone())
+        Control::new(local, m2.clone(), l2.clone(), r2.clone(), leave2.clone())
     });
     let listener = control::bind(&socket).await?;
     let token = system.shutdown_token();
     system
         .tasks()
-        .spawn(control::serve(listener, control, token));
+        .spawn(control::serve(listener, control.clone(), token.clone()));
+    if let Some(addr) = args.metrics {
+        let listener = metrics::bind(addr).await?;
+        tracing::info!("metrics at http://{addr}/metrics");
+        system
+            .tasks()
+            .spawn(metrics::serve(listener, control, transport, token));
+    }
 
     let how = match &plan.found {
-        Found::Map(m) => format!("map {} ({} nodes)", m.file(), m.len()),
+        Found::Map(m, _) => format!("map {} ({} nodes)", m.file(), m.len()),
         Found::Mdns => "zero-config (mDNS)".to_string(),
     };
     tracing::info!(
@@ -216,18 +230,50 @@ async fn serve(
         socket.display()
     );
 
-    wait_for_signal().await;
+    // The control socket is bound and the map loaded: ready.
+    notify::notify(&format!("READY=1\nSTATUS=node {local}, {how}"));
+
+    loop {
+        tokio::select! {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = leave.cancelled() => break,
+            _ = signals.hup.recv() => match &reload {
+                Some(r) => {
+                    tracing::info!("SIGHUP: reloading the map");
+                    notify::notify("RELOADING=1");
+                    // Errors are logged by `load`; the map in use stays.
+                    let _ = r.load(None).await;
+                    notify::notify("READY=1");
+                }
+                None => tracing::warn!("SIGHUP: zero-config (mDNS) mode has no map to reload"),
+            },
+        }
+    }
     tracing::info!("shutting down");
+    notify::notify("STOPPING=1");
     system.shutdown(Duration::from_secs(3)).await;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// The signals the daemon handles; registered before anything else starts.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, Error> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let on = |k: SignalKind, name: &str| {
+            signal(k).map_err(|e| Error::Config(format!("cannot handle {name}: {e}")))
+        };
+        Ok(Signals {
+            term: on(SignalKind::terminate(), "SIGTERM")?,
+            int: on(SignalKind::interrupt(), "SIGINT")?,
+            hup: on(SignalKind::hangup(), "SIGHUP")?,
+        })
     }
 }

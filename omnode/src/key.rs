@@ -38,28 +38,46 @@ pub fn generate(path: &Path, force: bool) -> Result<(), Error> {
     Ok(())
 }
 
-/// Read the key at `path`.
+/// Read the key at `path`, refusing (as ssh does with private keys) a file that others could
+/// read or that belongs to another user, with the command that fixes it.
 pub fn load(path: &Path) -> Result<[u8; LEN], Error> {
+    use std::os::unix::fs::MetadataExt;
     let err = |reason: String| Error::Key {
         path: path.to_owned(),
         reason,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        err(format!(
-            "{e} (make one with `omnode keygen --out {}` and copy it to every node)",
+    let keygen = || {
+        format!(
+            "make one with `omnode keygen --out {}` and copy it to every node",
             path.display()
-        ))
-    })?;
-    parse(&text).map_err(err)
+        )
+    };
+    let meta = std::fs::metadata(path).map_err(|e| err(format!("{e} ({})", keygen())))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(err(format!(
+            "owned by uid {}, not by uid {me} that runs omnode; fix it with `chown {me} {}` (or run omnode as its owner)",
+            meta.uid(),
+            path.display()
+        )));
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "mode {mode:04o} lets group or others read it; fix it with `chmod 600 {}`",
+            path.display()
+        )));
+    }
+    let bytes = std::fs::read(path).map_err(|e| err(format!("{e} ({})", keygen())))?;
+    parse(&bytes).ok_or_else(|| err(format!("{MALFORMED}; {}", keygen())))
 }
 
-fn parse(text: &str) -> Result<[u8; LEN], String> {
-    let text = text.trim();
-    let bytes =
-        hex::decode(text).map_err(|_| format!("not a key: expected {} hex digits", 2 * LEN))?;
-    bytes
-        .try_into()
-        .map_err(|b: Vec<u8>| format!("key has {} bytes, expected {LEN}", b.len()))
+/// The one message for every malformed key file.
+pub const MALFORMED: &str = "not a cluster key (expected 64 hex digits on one line)";
+
+fn parse(bytes: &[u8]) -> Option<[u8; LEN]> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    hex::decode(text).ok()?.try_into().ok()
 }
 
 fn getrandom(buf: &mut [u8]) -> std::io::Result<()> {
@@ -86,9 +104,65 @@ mod tests {
     }
 
     #[test]
-    fn bad_keys_are_refused() {
-        assert!(parse("abc").unwrap_err().contains("hex digits"));
-        assert!(parse("abcd").unwrap_err().contains("2 bytes"));
-        assert_eq!(parse(&format!("{}\n", "01".repeat(32))).unwrap(), [1u8; 32]);
+    fn malformed_keys_all_give_one_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        let mut random = vec![0u8; 64];
+        getrandom(&mut random).unwrap();
+        random[0] = 0xff; // never valid UTF-8
+        let good = format!("{}\n", "01".repeat(32));
+        for bad in [
+            b"abc".to_vec(),
+            b"abcd".to_vec(),
+            random,
+            Vec::new(),
+            "01".repeat(33).into_bytes(),
+        ] {
+            std::fs::write(&path, &bad).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let e = load(&path).unwrap_err().to_string();
+            assert!(e.contains(MALFORMED) && e.contains("omnode keygen"), "{e}");
+        }
+        std::fs::write(&path, good).unwrap();
+        assert_eq!(load(&path).unwrap(), [1u8; 32]);
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused_with_the_chmod_that_fixes_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        generate(&path, false).unwrap();
+        for mode in [0o644, 0o640, 0o604, 0o666] {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+            let e = load(&path).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("mode {mode:04o}"))
+                    && e.contains(&format!("chmod 600 {}", path.display())),
+                "{e}"
+            );
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o400)).unwrap();
+        load(&path).unwrap();
+    }
+
+    #[test]
+    fn a_key_of_another_user_is_refused_with_the_chown_that_fixes_it() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "needs root to chown a file (CI runs as root)"
+            );
+            eprintln!("skipped: needs root to give the key file to another user");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k");
+        generate(&path, false).unwrap();
+        std::os::unix::fs::chown(&path, Some(65534), None).unwrap();
+        let e = load(&path).unwrap_err().to_string();
+        assert!(
+            e.contains("owned by uid 65534") && e.contains(&format!("chown 0 {}", path.display())),
+            "{e}"
+        );
     }
 }

@@ -76,8 +76,9 @@ impl LoadMonitor {
             entries: self.vector.gossip(now),
         };
         for peer in targets {
-            if let Err(e) = ctx.system().tell(peer, NAME, &gossip).await {
-                tracing::debug!(peer, "load gossip not sent: {e}");
+            match ctx.system().tell(peer, NAME, &gossip).await {
+                Ok(()) => crate::metrics::bump(&crate::metrics::COUNTERS.gossip_sent),
+                Err(e) => tracing::debug!(peer, "load gossip not sent: {e}"),
             }
         }
     }
@@ -94,6 +95,7 @@ impl Actor for LoadMonitor {
         match msg {
             Msg::Tick => self.on_tick(ctx).await,
             Msg::Gossip(g) => {
+                crate::metrics::bump(&crate::metrics::COUNTERS.gossip_received);
                 // Only figures about (and from) members that are up: a peer cannot plant
                 // entries for node ids outside the cluster.
                 if !self.peers.contains(&g.from) {

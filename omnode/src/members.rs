@@ -31,6 +31,13 @@ pub enum Msg {
     Link(LinkEvent),
     /// Every node with its address.
     Snapshot(ReplyTo<Vec<(NodeState, String)>>),
+    /// A new map was loaded (`setpe -w`, SIGHUP): its nodes with their addresses, and its
+    /// digest. Map nodes not in it leave the table; new ones join it, down until heard from.
+    SetMap {
+        addrs: BTreeMap<NodeId, String>,
+        cluster: String,
+        reply: ReplyTo<()>,
+    },
 }
 
 impl From<Inbound<Heartbeat>> for Msg {
@@ -102,8 +109,9 @@ impl Members {
                     let hb = Heartbeat {
                         cluster: self.cluster.clone(),
                     };
-                    if let Err(e) = ctx.system().tell(to, NAME, &hb).await {
-                        tracing::trace!(node = to, "heartbeat not sent: {e}");
+                    match ctx.system().tell(to, NAME, &hb).await {
+                        Ok(()) => crate::metrics::bump(&crate::metrics::COUNTERS.heartbeats_sent),
+                        Err(e) => tracing::trace!(node = to, "heartbeat not sent: {e}"),
                     }
                 }
                 Output::NodeUp { id } => {
@@ -164,6 +172,7 @@ impl Actor for Members {
                 self.table.on_tick(now)
             }
             Msg::Heartbeat(hb) => {
+                crate::metrics::bump(&crate::metrics::COUNTERS.heartbeats_received);
                 if hb.msg.cluster != self.cluster {
                     tracing::warn!(
                         node = hb.from,
@@ -187,6 +196,33 @@ impl Actor for Members {
             Msg::Link(LinkEvent::Down(id, reason)) => {
                 tracing::debug!(node = id, "link down: {reason}");
                 self.table.on_link_down(id, now)
+            }
+            Msg::SetMap {
+                addrs,
+                cluster,
+                reply,
+            } => {
+                let gone: Vec<NodeId> = self
+                    .table
+                    .nodes()
+                    .filter(|n| n.source == Source::Map && !addrs.contains_key(&n.id))
+                    .map(|n| n.id)
+                    .collect();
+                let mut outputs = Vec::new();
+                for id in gone {
+                    tracing::info!(node = id, "node {id} is no longer in the map");
+                    outputs.extend(self.table.remove_node(id));
+                    self.addrs.remove(&id);
+                }
+                self.table
+                    .add_nodes(addrs.keys().copied(), Source::Map, now);
+                self.addrs.extend(addrs);
+                self.cluster = cluster;
+                let _ = reply.send(());
+                let _ = self
+                    .load
+                    .try_tell(loadmon::Msg::Peers(self.table.up_peers()));
+                outputs
             }
             Msg::Snapshot(reply) => {
                 let rows = self

@@ -14,6 +14,12 @@ pub fn run(socket: &Path, json: bool) -> Result<(), Error> {
                 reason,
             });
         }
+        other => {
+            return Err(Error::Refused {
+                path: socket.to_owned(),
+                reason: format!("unexpected answer to status: {other:?}"),
+            });
+        }
     };
     if json {
         println!(
@@ -76,7 +82,14 @@ fn row(n: &NodeRow) -> [String; 9] {
             n.id.to_string()
         },
         n.addr.clone(),
-        if n.up { "up".into() } else { "DOWN".into() },
+        if n.up {
+            "up".into()
+        } else {
+            match n.last_seen_s {
+                Some(s) => format!("DOWN (last seen {})", ago(s)),
+                None => "DOWN (never seen)".into(),
+            }
+        },
         n.load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
         n.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
         n.speed.map(|s| s.to_string()).unwrap_or_else(dash),
@@ -84,6 +97,17 @@ fn row(n: &NodeRow) -> [String; 9] {
         n.total_mem.map(gib).unwrap_or_else(dash),
         n.source.clone(),
     ]
+}
+
+/// `12s ago`, `5m ago`, `3h ago`, `2d ago`.
+fn ago(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        7200..172800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86400),
+    }
 }
 
 fn gib(bytes: u64) -> String {
@@ -103,6 +127,7 @@ mod tests {
             local: id == 1,
             source: "map".into(),
             since_s: 1.0,
+            last_seen_s: (id == 2).then_some(12.4),
             load,
             load_age_ms: load.map(|_| 10),
             cpus: load.map(|_| 2),
@@ -112,7 +137,11 @@ mod tests {
         };
         let t = table(&StatusReport {
             node: 1,
-            nodes: vec![node(1, true, Some(0.5)), node(2, false, None)],
+            nodes: vec![
+                node(1, true, Some(0.5)),
+                node(2, false, None),
+                node(3, false, None),
+            ],
         });
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NODE  ADDRESS"), "{t}");
@@ -120,7 +149,14 @@ mod tests {
             lines[1].starts_with("1*") && lines[1].contains("0.50") && lines[1].contains("3.0 GiB"),
             "{t}"
         );
-        assert!(lines[2].contains("DOWN") && lines[2].contains(" -"), "{t}");
-        assert_eq!(lines[3], "1 of 2 nodes up (as seen by node 1)");
+        assert!(
+            lines[2].contains("DOWN (last seen 12s ago)") && lines[2].contains(" -"),
+            "{t}"
+        );
+        assert!(lines[3].contains("DOWN (never seen)"), "{t}");
+        assert_eq!(lines[4], "1 of 3 nodes up (as seen by node 1)");
+        assert_eq!(ago(61.0), "61s ago");
+        assert_eq!(ago(600.0), "10m ago");
+        assert_eq!(ago(4.0 * 86400.0), "4d ago");
     }
 }

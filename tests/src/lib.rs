@@ -106,6 +106,11 @@ impl Cluster {
 
     /// Start node `id` with another map or key file.
     pub fn start_with(&mut self, id: u32, map: &Path, key: &Path) {
+        self.start_with_args(id, map, key, &[]);
+    }
+
+    /// Start node `id` with another map or key file and extra daemon flags for it alone.
+    pub fn start_with_args(&mut self, id: u32, map: &Path, key: &Path, args: &[&str]) {
         self.kill(id);
         let log = File::options()
             .create(true)
@@ -126,6 +131,8 @@ impl Cluster {
                 "--load-tick-ms",
                 "250",
             ])
+            .args(&self.extra)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
@@ -133,6 +140,25 @@ impl Cluster {
             .spawn()
             .expect("start omnode");
         self.nodes.push((id, Some(child)));
+    }
+
+    /// The process id of node `id`, while it runs.
+    pub fn pid(&mut self, id: u32) -> Option<u32> {
+        self.nodes
+            .iter_mut()
+            .find(|(n, _)| *n == id)
+            .and_then(|(_, c)| c.as_mut())
+            .and_then(|c| matches!(c.try_wait(), Ok(None)).then(|| c.id()))
+    }
+
+    /// Wait (at most `limit`) for node `id` to exit by itself; its exit status.
+    pub fn wait_exit(&mut self, id: u32, limit: Duration) -> Option<std::process::ExitStatus> {
+        let child = self
+            .nodes
+            .iter_mut()
+            .find(|(n, _)| *n == id)
+            .and_then(|(_, c)| c.as_mut())?;
+        wait_for(limit, || child.try_wait().ok().flatten())
     }
 
     /// SIGKILL node `id` (no clean shutdown, like a crash) and reap it.

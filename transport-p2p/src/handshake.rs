@@ -135,7 +135,7 @@ async fn handshake(
     let err = |e: HsError| (None, e);
 
     // 1. Hellos and listen addresses, both ways at once.
-    let ours = Hello::new(cfg.local, cfg.cluster.clone());
+    let ours = Hello::new(cfg.local, lock(&inner.cluster).clone());
     let our_addrs = encode_addrs(&lock(&inner.state).listen_addrs);
     send_msg(&mut w, &ours.encode())
         .await

@@ -184,6 +184,7 @@ impl Transport {
 
         let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
         let inner = Arc::new(Inner {
+            cluster: Mutex::new(config.cluster.clone()),
             config,
             local_peer,
             events: events.into(),
@@ -200,6 +201,12 @@ impl Transport {
         tokio::spawn(accept_loop(inner.clone(), incoming));
         tokio::spawn(swarm_task(inner.clone(), swarm, control, cmd_rx));
         Ok(Arc::new(Transport { inner, local_addr }))
+    }
+
+    /// Replace the cluster digest that new handshakes send and require (a new map loaded into
+    /// the running node). Links already up stay up; the layers above check the digest again.
+    pub fn set_cluster(&self, cluster: impl Into<String>) {
+        *lock(&self.inner.cluster) = cluster.into();
     }
 
     /// The address actually bound (the configured IP with the real port when 0 was given).

@@ -23,6 +23,9 @@ use crate::swarm::Cmd;
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// The cluster digest sent and checked in new handshakes: `config.cluster` until
+    /// [`crate::Transport::set_cluster`] replaces it (a new map loaded into a running node).
+    pub(crate) cluster: Mutex<String>,
     pub(crate) local_peer: PeerId,
     pub(crate) events: rt::Events,
     pub(crate) state: Mutex<State>,

@@ -163,7 +163,7 @@ async fn negotiate(
     };
 
     // 2. Hellos, both ways (nonce 0), checked on both sides.
-    let ours = Hello::new(cfg.local, cfg.cluster.clone());
+    let ours = Hello::new(cfg.local, crate::state::lock(&inner.cluster).clone());
     send_raw(&mut w, &seal(&noise, 0, &ours.encode())?).await?;
     let theirs = open(&noise, 0, &recv_raw(&mut r).await?)?;
     let hello = match Hello::decode(&theirs) {

@@ -111,6 +111,7 @@ impl Transport {
         })?;
         info!(node = config.local, %local_addr, "transport listening");
         let inner = Arc::new(Inner {
+            cluster: Mutex::new(config.cluster.clone()),
             config,
             params,
             events: events.into(),
@@ -123,6 +124,12 @@ impl Transport {
         });
         tokio::spawn(accept_loop(inner.clone(), listener));
         Ok(Arc::new(Transport { inner, local_addr }))
+    }
+
+    /// Replace the cluster digest that new handshakes send and require (a new map loaded into
+    /// the running node). Links already up stay up; the layers above check the digest again.
+    pub fn set_cluster(&self, cluster: impl Into<String>) {
+        *lock(&self.inner.cluster) = cluster.into();
     }
 
     /// The address actually bound (useful with port 0).

@@ -19,6 +19,9 @@ use crate::outbox::Outbox;
 
 pub(crate) struct Inner {
     pub(crate) config: Config,
+    /// The cluster digest sent and checked in new handshakes: `config.cluster` until
+    /// [`crate::Transport::set_cluster`] replaces it (a new map loaded into a running node).
+    pub(crate) cluster: Mutex<String>,
     pub(crate) params: snow::params::NoiseParams,
     pub(crate) events: rt::Events,
     pub(crate) state: Mutex<State>,

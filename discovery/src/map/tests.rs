@@ -99,11 +99,23 @@ fn seed_alias() {
 }
 
 #[test]
-fn alias_as_range_zero_and_any_case() {
-    let a = parse("1 192.168.1.1 4\n4 192.168.10.10 0\n").unwrap();
+fn alias_in_any_case() {
+    let a = parse("1 192.168.1.1 4\n4 192.168.10.10 ALIAS\n").unwrap();
     let b = parse("1 192.168.1.1 4\n4 192.168.10.10 alias\n").unwrap();
     assert_eq!(a.node(4).unwrap().aliases[0].addr, ip("192.168.10.10"));
     assert_eq!(a.digest(), b.digest());
+}
+
+#[test]
+fn error_range_zero_says_so() {
+    // Not "ALIAS for node 1, which no earlier line defines": the range itself is wrong.
+    let zero = "/etc/openmosix.map:1: range 0: a range is a count of nodes, at least 1 (to give a node defined on an earlier line another address, write ALIAS)";
+    assert_eq!(err("1 10.0.0.1 0"), zero);
+    assert_eq!(err("1 10.0.0.1 000"), zero);
+    assert_eq!(
+        err("1 10.0.0.1 1\n1 10.0.1.1 0"),
+        zero.replace("map:1:", "map:2:")
+    );
 }
 
 #[test]
