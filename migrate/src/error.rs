@@ -50,6 +50,78 @@ pub enum Error {
     Image(#[from] ImageError),
     #[error("image stream: {0}")]
     Stream(#[source] io::Error),
+    /// This node cannot take the process (CPU features, vDSO layout); another node may.
+    #[error("cannot thaw here: {reason}")]
+    TargetUnfit { reason: String },
+    /// The process did not stop within the time-out (e.g. it sleeps uninterruptibly, state D);
+    /// it was left running as it was.
+    #[error(
+        "cannot freeze {pid}: it did not stop within {waited:?} (uninterruptible sleep?); left as it was"
+    )]
+    Stuck {
+        pid: i32,
+        waited: std::time::Duration,
+    },
+    /// A home-shell operation that needs a state the shell is not in.
+    #[error("home shell of {pid}: {what}")]
+    Shell { pid: i32, what: String },
+    /// The tracer thread of a process is gone (it panicked): a bug, reported, never a hang.
+    #[error("tracer thread {name} is gone")]
+    TracerGone { name: String },
+}
+
+/// What a caller (the migrator) can do about an error, decided without parsing strings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// This target cannot take the process (CPU features, vDSO layout, a file that differs
+    /// here): another node may.
+    RetryElsewhere,
+    /// The process cannot move at all (threads, sockets, ...): it stays home.
+    CannotMove,
+    /// The process did not stop in time: it stays home, a later attempt may work.
+    TryLater,
+    /// The process is gone (exited or killed meanwhile).
+    ProcessGone,
+    /// A broken or truncated image.
+    BadImage,
+    /// A system-call or stream failure.
+    Io,
+}
+
+/// The two refusal kinds: see [`ErrorKind`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalKind {
+    RetryElsewhere,
+    CannotMove,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Unsupported { .. } => ErrorKind::CannotMove,
+            Error::NoProcess { .. } => ErrorKind::ProcessGone,
+            Error::Freeze { source, .. } if source.raw_os_error() == Some(libc::ESRCH) => {
+                ErrorKind::ProcessGone
+            }
+            Error::FileChanged { .. } | Error::TargetUnfit { .. } => ErrorKind::RetryElsewhere,
+            Error::Stuck { .. } => ErrorKind::TryLater,
+            Error::Image(_) => ErrorKind::BadImage,
+            Error::Freeze { .. }
+            | Error::Thaw(_)
+            | Error::ThawSys { .. }
+            | Error::Stream(_)
+            | Error::Shell { .. }
+            | Error::TracerGone { .. } => ErrorKind::Io,
+        }
+    }
+    /// `Some` when the error is a refusal (nothing was changed) rather than a failure.
+    pub fn refusal(&self) -> Option<RefusalKind> {
+        match self.kind() {
+            ErrorKind::RetryElsewhere => Some(RefusalKind::RetryElsewhere),
+            ErrorKind::CannotMove => Some(RefusalKind::CannotMove),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,10 +1,22 @@
 //! migrate: omnode's own checkpoint/restore engine for Linux processes (no CRIU).
 //!
 //! Owns: freezing a single-threaded x86_64 process into an *image* (ptrace, /proc,
-//! process_vm_readv, injected system calls), thawing an image into a new process, and the image
-//! format itself (versioned, checksummed sections; see [`image`]).
+//! process_vm_readv, injected system calls), thawing an image into a new process, the image
+//! format itself (versioned, checksummed sections; see [`image`]), and the home shell (the
+//! original process parked and trimmed at home once its image has left; see [`HomeShell`]).
 //!
-//! Must not know: networks, transports, nodes or the cluster. An image is written to any
+//! Both directions come in phases a migrator can drive one by one, with a place for each
+//! ending: [`seize`] → [`Seized::collect`] → [`Seized::stream`] → [`Seized::finish`]
+//! ({kill, release, park as the home shell}); [`Thawing::skeleton`] → pages → attributes → fds
+//! (with placeholders for home-backed fds) → [`Thawing::install_filter`] (seccomp user
+//! notification, listener handed back) → run. [`freeze`] and [`thaw`] compose them.
+//!
+//! Every ptrace call for a process comes from that process's own tracer thread (see
+//! [`Tracer`]): the handles above are `Send`, the tracee state never leaves its thread.
+//! Errors say what a caller can do about them ([`Error::kind`], [`Error::refusal`]).
+//!
+//! Must not know: networks, transports, nodes, the cluster, or the forwarding protocol (the
+//! seccomp filter program and the meaning of placeholder fds are the caller's). An image is written to any
 //! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
 //! the migrator can send it over any transport while the process is frozen.
 //!
@@ -22,13 +34,22 @@ pub mod error;
 mod freeze;
 pub mod image;
 mod procfs;
+pub mod seccomp;
+mod shell;
 mod sys;
 mod thaw;
+mod tracer;
 
-pub use error::{Error, ImageError, Result};
-pub use freeze::{FreezeOptions, FreezeReport, freeze};
+pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
+pub use freeze::{
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed, freeze,
+    seize,
+};
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
-pub use thaw::{ThawOptions, Thawed, thaw};
+pub use seccomp::SeccompFilter;
+pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
+pub use thaw::{ImageReader, ThawOptions, Thawed, Thawing, thaw};
+pub use tracer::Tracer;
 
 use image::*;
 use std::io::Read;

@@ -21,13 +21,18 @@ pub(crate) fn regs_from_slice(v: &[u64]) -> user_regs_struct {
     unsafe { std::mem::transmute(a) }
 }
 
-pub(crate) fn ptrace(
+/// Raw ptrace.
+///
+/// # Safety
+/// `addr` and `data` must be what `req` expects: for requests that read or write through them,
+/// valid pointers to buffers of the size the request uses, live for the call.
+pub(crate) unsafe fn ptrace(
     req: libc::c_uint,
     pid: pid_t,
     addr: usize,
     data: usize,
 ) -> io::Result<c_long> {
-    // SAFETY: raw ptrace; callers pass valid pointers for the request.
+    // SAFETY: the caller vouches for addr/data (see above).
     let r = unsafe {
         libc::ptrace(
             req,
@@ -39,14 +44,103 @@ pub(crate) fn ptrace(
     if r == -1 { Err(errno()) } else { Ok(r) }
 }
 
+/// The ptrace requests whose `addr`/`data` are plain integers (options, a signal), never pointers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Req {
+    /// data: options
+    Seize,
+    Interrupt,
+    /// data: signal to deliver
+    Cont,
+    /// data: signal to deliver
+    Syscall,
+    /// data: signal to deliver
+    Detach,
+    Listen,
+    /// data: options
+    SetOptions,
+}
+
+/// A ptrace request that passes no pointer: safe.
+pub(crate) fn ptrace_req(req: Req, pid: pid_t, data: usize) -> io::Result<()> {
+    let r = match req {
+        Req::Seize => libc::PTRACE_SEIZE,
+        Req::Interrupt => libc::PTRACE_INTERRUPT,
+        Req::Cont => libc::PTRACE_CONT,
+        Req::Syscall => libc::PTRACE_SYSCALL,
+        Req::Detach => libc::PTRACE_DETACH,
+        Req::Listen => libc::PTRACE_LISTEN,
+        Req::SetOptions => libc::PTRACE_SETOPTIONS,
+    };
+    // SAFETY: none of these requests dereferences addr or data.
+    unsafe { ptrace(r, pid, 0, data) }.map(|_| ())
+}
+
+/// The siginfo of the signal this signal-delivery-stop holds (128 raw bytes).
+pub(crate) fn getsiginfo(pid: pid_t) -> io::Result<Vec<u8>> {
+    let mut info = vec![0u8; 128];
+    // SAFETY: siginfo_t is 128 bytes; the buffer is that long.
+    unsafe { ptrace(libc::PTRACE_GETSIGINFO, pid, 0, info.as_mut_ptr() as usize) }?;
+    Ok(info)
+}
+
+/// PTRACE_GETEVENTMSG.
+pub(crate) fn geteventmsg(pid: pid_t) -> io::Result<u64> {
+    let mut m: libc::c_ulong = 0;
+    // SAFETY: the kernel writes one unsigned long.
+    unsafe { ptrace(libc::PTRACE_GETEVENTMSG, pid, 0, &mut m as *mut _ as usize) }?;
+    Ok(m as u64)
+}
+
+/// waitpid(__WALL | WNOHANG) until `pid` reports or `deadline` passes (`Ok(None)`): a tracee that
+/// never stops (uninterruptible sleep) cannot hang the caller. Polls in sleeps growing from 5 µs
+/// to 1 ms, with this thread's timer slack cut to 1 µs so short sleeps stay short (the tracer
+/// thread is dedicated, so that setting affects nothing else).
+pub(crate) fn wait_until(pid: pid_t, deadline: std::time::Instant) -> io::Result<Option<i32>> {
+    thread_local! {
+        static SLACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    SLACK.with(|s| {
+        if !s.get() {
+            // SAFETY: prctl with integer arguments; affects only this thread.
+            unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1000u64, 0u64, 0u64, 0u64) };
+            s.set(true);
+        }
+    });
+    let mut nap = std::time::Duration::from_micros(5);
+    loop {
+        let mut st = 0;
+        // SAFETY: plain waitpid.
+        let r = unsafe { libc::waitpid(pid, &mut st, libc::__WALL | libc::WNOHANG) };
+        if r == pid {
+            return Ok(Some(st));
+        }
+        if r == -1 {
+            let e = errno();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            return Err(e);
+        }
+        let now = std::time::Instant::now();
+        if now >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(nap.min(deadline - now));
+        nap = (nap * 2).min(std::time::Duration::from_millis(1));
+    }
+}
+
 pub(crate) fn getregs(pid: pid_t) -> io::Result<user_regs_struct> {
     // SAFETY: zeroed plain struct.
     let mut r: user_regs_struct = unsafe { std::mem::zeroed() };
-    ptrace(libc::PTRACE_GETREGS, pid, 0, &mut r as *mut _ as usize)?;
+    // SAFETY: the kernel writes one user_regs_struct.
+    unsafe { ptrace(libc::PTRACE_GETREGS, pid, 0, &mut r as *mut _ as usize) }?;
     Ok(r)
 }
 pub(crate) fn setregs(pid: pid_t, r: &user_regs_struct) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETREGS, pid, 0, r as *const _ as usize).map(|_| ())
+    // SAFETY: the kernel reads one user_regs_struct.
+    unsafe { ptrace(libc::PTRACE_SETREGS, pid, 0, r as *const _ as usize) }.map(|_| ())
 }
 pub(crate) fn get_xstate(pid: pid_t) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 16384];
@@ -54,12 +148,15 @@ pub(crate) fn get_xstate(pid: pid_t) -> io::Result<Vec<u8>> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    ptrace(
-        libc::PTRACE_GETREGSET,
-        pid,
-        NT_X86_XSTATE,
-        &mut iov as *mut _ as usize,
-    )?;
+    // SAFETY: iov describes buf, which lives for the call.
+    unsafe {
+        ptrace(
+            libc::PTRACE_GETREGSET,
+            pid,
+            NT_X86_XSTATE,
+            &mut iov as *mut _ as usize,
+        )
+    }?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
@@ -69,30 +166,38 @@ pub(crate) fn set_xstate(pid: pid_t, x: &[u8]) -> io::Result<()> {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
     };
-    ptrace(
-        libc::PTRACE_SETREGSET,
-        pid,
-        NT_X86_XSTATE,
-        &mut iov as *mut _ as usize,
-    )
+    // SAFETY: iov describes buf, which lives for the call.
+    unsafe {
+        ptrace(
+            libc::PTRACE_SETREGSET,
+            pid,
+            NT_X86_XSTATE,
+            &mut iov as *mut _ as usize,
+        )
+    }
     .map(|_| ())
 }
 pub(crate) fn get_sigmask(pid: pid_t) -> io::Result<u64> {
     let mut m = 0u64;
-    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut m as *mut u64 as usize)?;
+    // SAFETY: the kernel writes 8 bytes (addr = 8).
+    unsafe { ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut m as *mut u64 as usize) }?;
     Ok(m)
 }
 pub(crate) fn set_sigmask(pid: pid_t, m: u64) -> io::Result<()> {
-    ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &m as *const u64 as usize).map(|_| ())
+    // SAFETY: the kernel reads 8 bytes (addr = 8).
+    unsafe { ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &m as *const u64 as usize) }.map(|_| ())
 }
 pub(crate) fn get_rseq(pid: pid_t) -> io::Result<Option<(u64, u32, u32)>> {
     let mut c = [0u64; 3];
-    ptrace(
-        PTRACE_GET_RSEQ_CONFIGURATION,
-        pid,
-        24,
-        c.as_mut_ptr() as usize,
-    )?;
+    // SAFETY: the kernel writes at most 24 bytes (addr = 24), c holds 24.
+    unsafe {
+        ptrace(
+            PTRACE_GET_RSEQ_CONFIGURATION,
+            pid,
+            24,
+            c.as_mut_ptr() as usize,
+        )
+    }?;
     let ptr = c[0];
     let size = c[1] as u32;
     let sig = (c[1] >> 32) as u32;
@@ -119,12 +224,15 @@ pub(crate) fn peek_siginfo(pid: pid_t, shared: bool) -> io::Result<Vec<Vec<u8>>>
             flags: shared as u32,
             nr: 32,
         };
-        let n = ptrace(
-            PTRACE_PEEKSIGINFO,
-            pid,
-            &a as *const _ as usize,
-            buf.as_mut_ptr() as usize,
-        )?;
+        // SAFETY: a is the peeksiginfo_args struct; buf holds nr (32) siginfos of 128 bytes.
+        let n = unsafe {
+            ptrace(
+                PTRACE_PEEKSIGINFO,
+                pid,
+                &a as *const _ as usize,
+                buf.as_mut_ptr() as usize,
+            )
+        }?;
         if n <= 0 {
             break;
         }
@@ -155,7 +263,32 @@ pub(crate) fn wait(pid: pid_t) -> io::Result<i32> {
     }
 }
 
+/// Checks that `runs` add up to exactly `len` bytes (and that no sum overflows).
+/// With `exact`, the runs must cover the buffer exactly; otherwise they may cover a prefix.
+fn check_runs(len: usize, runs: &[(u64, u64)], exact: bool) -> io::Result<()> {
+    let mut total = 0u64;
+    for &(a, l) in runs {
+        total = total
+            .checked_add(l)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "memory runs overflow"))?;
+        if a.checked_add(l).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("memory run at {a:#x} wraps the address space"),
+            ));
+        }
+    }
+    if total > len as u64 || (exact && total != len as u64) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("memory runs total {total} bytes but the buffer holds {len}"),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn read_mem(pid: pid_t, local: &mut [u8], runs: &[(u64, u64)]) -> io::Result<()> {
+    check_runs(local.len(), runs, true)?;
     let liov = libc::iovec {
         iov_base: local.as_mut_ptr().cast(),
         iov_len: local.len(),
@@ -213,6 +346,8 @@ pub(crate) fn read_mem(pid: pid_t, local: &mut [u8], runs: &[(u64, u64)]) -> io:
 }
 
 pub(crate) fn write_mem(pid: pid_t, local: &[u8], runs: &[(u64, u64)]) -> io::Result<()> {
+    // every local slice below must lie inside `local`
+    check_runs(local.len(), runs, false)?;
     let mut off = 0usize;
     // one run at a time keeps short-write handling simple; runs are large when it matters
     let mut liov = Vec::with_capacity(runs.len());
@@ -281,6 +416,7 @@ pub(crate) fn write_mem(pid: pid_t, local: &[u8], runs: &[(u64, u64)]) -> io::Re
 }
 
 /// A stopped tracee into which system calls are injected at `gadget` (a `syscall` instruction).
+/// Lives only on its tracer thread (`!Send`).
 pub(crate) struct Tracee {
     pub pid: pid_t,
     pub gadget: u64,
@@ -289,35 +425,81 @@ pub(crate) struct Tracee {
     pub stashed: Vec<Vec<u8>>,
     /// The gadget is followed by `int3`.
     pub int3: bool,
+    /// Our copy of the process's seccomp listener once a filter is installed: injected calls
+    /// the filter traps are answered "continue" so they run as if allowed.
+    pub listener: Option<std::os::fd::OwnedFd>,
+    /// How long one injected call may take before it is abandoned (None: no limit).
+    pub call_timeout: Option<std::time::Duration>,
+    pub _not_send: crate::tracer::NotSend,
 }
 
 impl Tracee {
+    pub fn new(pid: pid_t, gadget: u64, base: user_regs_struct) -> Tracee {
+        Tracee {
+            pid,
+            gadget,
+            base,
+            stashed: Vec::new(),
+            int3: false,
+            listener: None,
+            call_timeout: None,
+            _not_send: std::marker::PhantomData,
+        }
+    }
+
     /// Keeps the siginfo of the signal this signal-delivery-stop holds, to be re-queued
     /// when the process is let go (the signal is not delivered while we work on it).
     fn stash_signal(&mut self) {
-        let mut info = vec![0u8; 128];
-        if ptrace(
-            libc::PTRACE_GETSIGINFO,
-            self.pid,
-            0,
-            info.as_mut_ptr() as usize,
-        )
-        .is_ok()
-        {
+        if let Ok(info) = getsiginfo(self.pid) {
             self.stashed.push(info);
         }
     }
 
     /// Resumes with PTRACE_SYSCALL until a syscall stop (SIGTRAP|0x80).
     fn run_to_syscall_stop(&mut self) -> io::Result<()> {
-        self.resume_until(libc::PTRACE_SYSCALL, |sig, _| sig == libc::SIGTRAP | 0x80)
+        self.resume_until(Req::Syscall, |sig, _| sig == libc::SIGTRAP | 0x80)
     }
 
     /// Resumes with PTRACE_CONT until the `int3` after the gadget's `syscall` traps.
     fn run_to_int3(&mut self) -> io::Result<()> {
-        self.resume_until(libc::PTRACE_CONT, |sig, plain| {
-            sig == libc::SIGTRAP && plain
-        })
+        self.resume_until(Req::Cont, |sig, plain| sig == libc::SIGTRAP && plain)
+    }
+
+    /// Waits for the next stop, answering seccomp notifications of our own tracee with
+    /// "continue" meanwhile (when a listener is held), within `call_timeout`.
+    fn wait_stop(&mut self) -> io::Result<i32> {
+        let deadline = self.call_timeout.map(|t| std::time::Instant::now() + t);
+        let Some(l) = self.listener.as_ref() else {
+            return match deadline {
+                None => wait(self.pid),
+                Some(d) => wait_until(self.pid, d)?.ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::TimedOut, "injected system call timed out")
+                }),
+            };
+        };
+        use std::os::fd::AsRawFd;
+        let lfd = l.as_raw_fd();
+        loop {
+            let soon = std::time::Instant::now() + std::time::Duration::from_millis(1);
+            if let Some(st) = wait_until(self.pid, soon)? {
+                return Ok(st);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "injected system call timed out",
+                ));
+            }
+            let mut pfd = libc::pollfd {
+                fd: lfd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 0) } == 1 && pfd.revents & libc::POLLIN != 0 {
+                crate::seccomp::answer_continue(lfd, self.pid)?;
+            }
+        }
     }
 
     /// Resumes with `request` (PTRACE_SYSCALL or PTRACE_CONT) until a stop for which
@@ -325,12 +507,12 @@ impl Tracee {
     /// are stashed, not delivered.
     fn resume_until(
         &mut self,
-        request: libc::c_uint,
+        request: Req,
         reached: impl Fn(i32, bool) -> bool,
     ) -> io::Result<()> {
-        ptrace(request, self.pid, 0, 0)?;
+        ptrace_req(request, self.pid, 0)?;
         loop {
-            let st = wait(self.pid)?;
+            let st = self.wait_stop()?;
             if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
                 return Err(io::Error::other("the process died while being worked on"));
             }
@@ -345,7 +527,7 @@ impl Tracee {
             if plain && sig != libc::SIGTRAP {
                 self.stash_signal();
             }
-            ptrace(request, self.pid, 0, 0)?;
+            ptrace_req(request, self.pid, 0)?;
         }
     }
 
@@ -455,4 +637,56 @@ pub(crate) fn stat_id(path: &str) -> io::Result<crate::image::FileId> {
         mtime_sec: m.mtime(),
         mtime_nsec: m.mtime_nsec(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_runs_must_fit_the_buffer() {
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        let src = [7u8; 64];
+        let mut dst = [0u8; 64];
+        let at = dst.as_mut_ptr() as u64;
+        // runs longer than the buffer: refused before any copy
+        let e = write_mem(me, &src[..16], &[(at, 32)]).expect_err("run past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(at, 40), (at + 40, 40)]).expect_err("sum past the buffer");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        let e = write_mem(me, &src, &[(u64::MAX - 4, 8)]).expect_err("wrapping run");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(dst, [0u8; 64], "nothing may be written on a refused call");
+        // runs within the buffer work
+        write_mem(me, &src, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(&dst[..8], &[7u8; 8]);
+        assert_eq!(&dst[8..32], &[0u8; 24]);
+        assert_eq!(&dst[32..40], &[7u8; 8]);
+        let mut back = [0u8; 16];
+        read_mem(me, &mut back, &[(at, 8), (at + 32, 8)]).unwrap();
+        assert_eq!(back, [7u8; 16]);
+        let e = read_mem(me, &mut back, &[(at, 8)]).expect_err("read runs must fill it");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn wait_until_returns_at_the_deadline() {
+        #[allow(clippy::zombie_processes)] // reaped by wait_until below
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let pid = child.id() as pid_t;
+        let t0 = std::time::Instant::now();
+        let r = wait_until(pid, t0 + std::time::Duration::from_millis(50)).unwrap();
+        assert_eq!(r, None);
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(2));
+        child.kill().unwrap();
+        let st = wait_until(pid, t0 + std::time::Duration::from_secs(10))
+            .unwrap()
+            .expect("the killed child reports");
+        assert!(libc::WIFSIGNALED(st));
+    }
 }

@@ -214,10 +214,18 @@ fn python3_loop_output_identical() {
     if !root() {
         return;
     }
-    if Command::new("python3").arg("-c").arg("1").status().is_err() {
+    // the interpreter itself, not a wrapper (a pyenv shim is a bash script that runs helper
+    // processes before it execs python: frozen in that window, it is refused for its children)
+    let Some(python) = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    else {
         eprintln!("SKIPPED: no python3");
         return;
-    }
+    };
     let script = concat!(
         "import hashlib, time, os\n",
         "h = hashlib.sha256(); t0 = time.monotonic(); d = {}\n",
@@ -230,7 +238,7 @@ fn python3_loop_output_identical() {
     let mk = move |dir: &Path, tag: &str| {
         let s = dir.join("loop.py");
         std::fs::write(&s, script).unwrap();
-        let mut c = Command::new("python3");
+        let mut c = Command::new(&python);
         c.arg(&s);
         (c, dir.join(format!("{tag}.stdout")))
     };

@@ -22,6 +22,8 @@ fn refused_with(prog_name: &'static str, args: &[&str], what: &str) {
     let msg = e.to_string();
     assert!(msg.contains(what), "error does not name {what}: {msg}");
     assert!(matches!(e, migrate::Error::Unsupported { .. }), "{e:?}");
+    assert_eq!(e.kind(), migrate::ErrorKind::CannotMove, "{e}");
+    assert_eq!(e.refusal(), Some(migrate::RefusalKind::CannotMove), "{e}");
     let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
     assert!(st.contains("TracerPid:\t0"), "left traced");
     assert!(exited_ok(p.wait(T)), "refused process did not run on");
@@ -62,6 +64,12 @@ fn thaw_against_a_changed_mapped_file_is_refused() {
     std::fs::write(&d, vec![8u8; 17 * 4096]).unwrap();
     let e = migrate::thaw(&img[..], &migrate::ThawOptions::default()).expect_err("must refuse");
     assert!(matches!(e, migrate::Error::FileChanged { .. }), "{e}");
+    // another node may still have the very file
+    assert_eq!(
+        e.refusal(),
+        Some(migrate::RefusalKind::RetryElsewhere),
+        "{e}"
+    );
     assert!(e.to_string().contains("data"), "{e}");
 }
 
@@ -211,7 +219,15 @@ fn freezer_killed_mid_freeze_leaves_the_process_running_unchanged() {
     let end = std::time::Instant::now() + T;
     let traced = loop {
         let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap_or_default();
-        if st.contains(&format!("TracerPid:\t{}", freezer.pid)) {
+        // the tracer is a thread of the freezer (its tracer thread)
+        let tracer = st
+            .lines()
+            .find_map(|l| l.strip_prefix("TracerPid:\t"))
+            .and_then(|v| v.trim().parse::<i32>().ok())
+            .unwrap_or(0);
+        if tracer != 0
+            && std::path::Path::new(&format!("/proc/{}/task/{tracer}", freezer.pid)).exists()
+        {
             break true;
         }
         if !freezer.alive() || std::time::Instant::now() > end {

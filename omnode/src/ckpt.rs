@@ -153,6 +153,7 @@ fn thaw(a: ThawArgs) -> ExitCode {
         stdin: stdin.as_ref().map(|f| f.as_raw_fd()),
         stdout: stdout.as_ref().map(|f| f.as_raw_fd()),
         stderr: stderr.as_ref().map(|f| f.as_raw_fd()),
+        ..Default::default()
     };
     let t = match migrate::thaw(BufReader::with_capacity(64 << 10, f), &opts) {
         Ok(t) => t,

@@ -1,9 +1,18 @@
-//! Freeze: stop a process, write its image to a stream, end it (or let it run on).
+//! Freeze: stop a process, write its image to a stream, end it (or let it run on, or park it
+//! as the home shell).
+//!
+//! Phases, each a method of [`Seized`]: [`seize`] (refusal checks, then PTRACE_SEIZE and an
+//! interrupt with a time-out) → [`Seized::collect`] (the state, by /proc and injected calls)
+//! → [`Seized::stream`] (the memory, into any `Write`) → [`Seized::finish`] with an [`Ending`].
+//! ptrace calls run on the process's tracer thread; the stream is written by the caller's
+//! thread (process_vm_readv needs no tracer). Dropping a [`Seized`] before its ending puts the
+//! process back as it was.
 
 use crate::error::{Error, Result};
 use crate::image::*;
 use crate::procfs::*;
 use crate::sys::*;
+use crate::tracer::{Slot, Tracer};
 use libc::pid_t;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
@@ -17,7 +26,7 @@ mod state;
 use checks::{check_status, classify_vmas};
 use fds::{collect_fds, find_shared};
 use memory::dump_pages;
-use seized::Seized;
+pub(crate) use seized::Held;
 pub(crate) use seized::restart_fixup;
 use state::{find_gadget, parse_limits, sigmask_field};
 
@@ -67,9 +76,54 @@ fn proc_read(pid: pid_t, file: &str) -> Result<String> {
     })
 }
 
-/// Freezes process `pid` into `out`. Without `leave_running` the process is killed once the whole
-/// image has been written and flushed. On any error the process is left running, untouched.
-pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<FreezeReport> {
+/// How long [`freeze`] waits for the process to stop.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How a seized process ends once its image has been streamed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// SIGKILL it (it now lives on in its image).
+    Kill,
+    /// Let it run on, untouched (a checkpoint).
+    Release,
+    /// Keep it as the home shell of a migrated process (see [`crate::HomeShell`]).
+    ParkAsHomeShell,
+}
+
+/// What [`Seized::finish`] did.
+#[derive(Debug)]
+pub enum Finished {
+    Killed,
+    Released,
+    Parked(crate::shell::HomeShell),
+}
+
+/// What [`Seized::stream`] wrote.
+#[derive(Debug, Clone)]
+pub struct Streamed {
+    pub image_bytes: u64,
+    pub page_bytes: u64,
+    pub sections: u64,
+    pub memory_time: Duration,
+}
+
+/// A process stopped under its tracer thread. `Send`. Dropped before [`Seized::finish`], it
+/// puts the process back and lets it run as it was.
+#[derive(Debug)]
+pub struct Seized {
+    pid: pid_t,
+    tracer: Tracer,
+    was_stopped: bool,
+    stop_start: Instant,
+    collected: bool,
+    streamed: bool,
+}
+
+/// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
+/// stop of at most `timeout`. A process that does not stop in time (uninterruptible sleep) gets
+/// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
+/// process is touched.
+pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
@@ -82,13 +136,21 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     let was_stopped = proc_read(pid, "status")
         .map(|st| status_field(&st, "State").is_some_and(|s| s.starts_with('T')))
         .unwrap_or(false);
-    // --- stop it
-    if let Err(e) = ptrace(
-        libc::PTRACE_SEIZE,
+    let tracer = Tracer::spawn(format!("omnode-trace-{pid}"))?;
+    let stop_start = tracer.call(move |slot| stop(slot, pid, timeout))??;
+    Ok(Seized {
         pid,
-        0,
-        libc::PTRACE_O_TRACESYSGOOD as usize,
-    ) {
+        tracer,
+        was_stopped,
+        stop_start,
+        collected: false,
+        streamed: false,
+    })
+}
+
+/// On the tracer thread: seize and interrupt, wait for the stop (bounded).
+fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
+    if let Err(e) = ptrace_req(Req::Seize, pid, libc::PTRACE_O_TRACESYSGOOD as usize) {
         return Err(match e.raw_os_error() {
             Some(libc::ESRCH) => Error::NoProcess { pid },
             Some(libc::EPERM) => unsup(
@@ -99,16 +161,29 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         });
     }
     let stop_start = Instant::now();
-    let mut g = Seized {
+    slot.set(Held {
         pid,
         orig_regs: None,
         orig_mask: None,
         stashed: Vec::new(),
         active: true,
-    };
-    ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map_err(ferr(pid, "PTRACE_INTERRUPT"))?;
+        queued: Vec::new(),
+        _not_send: std::marker::PhantomData,
+    });
+    let g = slot.get::<Held>().expect("just set");
+    ptrace_req(Req::Interrupt, pid, 0).map_err(ferr(pid, "PTRACE_INTERRUPT"))?;
+    let deadline = stop_start + timeout;
     loop {
-        let st = wait(pid).map_err(ferr(pid, "waiting for the process to stop"))?;
+        let Some(st) =
+            wait_until(pid, deadline).map_err(ferr(pid, "waiting for the process to stop"))?
+        else {
+            // Held::release cannot detach a running tracee; the thread's end does, and the
+            // kernel then drops the pending interrupt: the process runs on untouched.
+            return Err(Error::Stuck {
+                pid,
+                waited: timeout,
+            });
+        };
         if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
             g.active = false;
             return Err(Error::NoProcess { pid });
@@ -117,14 +192,133 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
             if st >> 16 == libc::PTRACE_EVENT_STOP {
                 break;
             }
-            let mut info = vec![0u8; 128];
-            ptrace(libc::PTRACE_GETSIGINFO, pid, 0, info.as_mut_ptr() as usize)
-                .map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
+            let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
             g.stashed.push(info);
-            ptrace(libc::PTRACE_CONT, pid, 0, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
+            ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
         }
     }
+    Ok(stop_start)
+}
 
+impl Seized {
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Phase 2: every piece of state but the memory contents, read while the process is
+    /// stopped (the authoritative refusal checks run again here).
+    pub fn collect(&mut self) -> Result<ProcessImage> {
+        let (pid, was_stopped) = (self.pid, self.was_stopped);
+        let img = self.tracer.call(move |slot| {
+            let g = slot.get::<Held>().ok_or(Error::TracerGone {
+                name: format!("omnode-trace-{pid}"),
+            })?;
+            collect(g, pid, was_stopped)
+        })??;
+        self.collected = true;
+        Ok(img)
+    }
+
+    /// Phase 3: writes `img` (from [`Seized::collect`]) and the memory contents to `out`, on the
+    /// caller's thread, and flushes it.
+    pub fn stream<W: Write>(&mut self, img: &ProcessImage, out: W) -> Result<Streamed> {
+        if !self.collected || img.pid != self.pid {
+            return Err(Error::Freeze {
+                pid: self.pid,
+                what: "streaming".into(),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "stream needs the image collected from this process",
+                ),
+            });
+        }
+        let mem_start = Instant::now();
+        let sio = |e: io::Error| Error::Stream(e);
+        let mut sw = SectionWriter::new(io::BufWriter::with_capacity(1 << 16, out)).map_err(sio)?;
+        sw.section(TAG_PROCESS, &[&img.encode()]).map_err(sio)?;
+        let (page_bytes, sections) = dump_pages(self.pid, &img.vmas, &mut sw)?;
+        let mut end = [0u8; 16];
+        end[..8].copy_from_slice(&page_bytes.to_le_bytes());
+        end[8..].copy_from_slice(&sections.to_le_bytes());
+        sw.section(TAG_END, &[&end]).map_err(sio)?;
+        sw.w.flush().map_err(sio)?;
+        self.streamed = true;
+        Ok(Streamed {
+            image_bytes: sw.bytes,
+            page_bytes,
+            sections,
+            memory_time: mem_start.elapsed(),
+        })
+    }
+
+    /// How long the process has been stopped so far.
+    pub fn frozen_for(&self) -> Duration {
+        self.stop_start.elapsed()
+    }
+
+    /// Phase 4: ends the freeze. `Kill` and `ParkAsHomeShell` need a complete stream first
+    /// (otherwise nothing is done and the process is put back): no process is lost.
+    pub fn finish(self, ending: Ending) -> Result<Finished> {
+        let pid = self.pid;
+        if ending != Ending::Release && !self.streamed {
+            return Err(Error::Freeze {
+                pid,
+                what: format!("{ending:?}"),
+                source: io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the image was not completely streamed; the process was put back",
+                ),
+            });
+        }
+        match ending {
+            Ending::Release => {
+                self.tracer.call(|slot| {
+                    if let Some(g) = slot.get::<Held>() {
+                        g.release();
+                    }
+                })?;
+                Ok(Finished::Released)
+            }
+            Ending::Kill => {
+                self.tracer.call(|slot| {
+                    if let Some(g) = slot.get::<Held>() {
+                        g.kill();
+                    }
+                })?;
+                Ok(Finished::Killed)
+            }
+            Ending::ParkAsHomeShell => {
+                crate::shell::HomeShell::park(self.tracer, pid).map(Finished::Parked)
+            }
+        }
+    }
+}
+
+/// Freezes process `pid` into `out`: [`seize`] → collect → stream → finish. Without
+/// `leave_running` the process is killed once the whole image has been written and flushed. On
+/// any error the process is left running, untouched.
+pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<FreezeReport> {
+    let mut s = seize(pid, DEFAULT_STOP_TIMEOUT)?;
+    let img = s.collect()?;
+    let st = s.stream(&img, out)?;
+    let stop_start = s.stop_start;
+    s.finish(if opts.leave_running {
+        Ending::Release
+    } else {
+        Ending::Kill
+    })?;
+    Ok(FreezeReport {
+        pid,
+        image_bytes: st.image_bytes,
+        page_bytes: st.page_bytes,
+        vmas: img.vmas.len(),
+        frozen: stop_start.elapsed(),
+        memory_time: st.memory_time,
+    })
+}
+
+/// On the tracer thread: phase 2.
+fn collect(g: &mut Held, pid: pid_t, was_stopped: bool) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
     let status = check_status(pid, true)?;
     let maps = proc_read(pid, "maps")?;
@@ -142,6 +336,10 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
             pending.push(PendingSignal { shared, info });
         }
     }
+    g.queued = pending
+        .iter()
+        .map(|p| i32::from_ne_bytes(p.info[..4].try_into().unwrap()))
+        .collect();
 
     let stat = stat_fields(&proc_read(pid, "stat")?).map_err(ferr(pid, "parsing stat"))?;
     let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -215,13 +413,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     g.orig_regs = Some(regs);
     g.orig_mask = Some(sigmask);
     set_sigmask(pid, !0u64).map_err(ferr(pid, "PTRACE_SETSIGMASK"))?;
-    let mut t = Tracee {
-        pid,
-        gadget,
-        base: regs,
-        stashed: Vec::new(),
-        int3: false,
-    };
+    let mut t = Tracee::new(pid, gadget, regs);
     let inj = |e: io::Error| ferr(pid, "injected system call")(e);
     let prw = (libc::PROT_READ | libc::PROT_WRITE) as u64;
     // scratch area: [0, 2048) sigactions, 2048 sigaltstack, 2080 tid address, 2304 results,
@@ -378,31 +570,77 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         fds,
     };
 
-    // --- stream it
-    let mem_start = Instant::now();
-    let sio = |e: io::Error| Error::Stream(e);
-    let mut sw = SectionWriter::new(io::BufWriter::with_capacity(1 << 16, out)).map_err(sio)?;
-    sw.section(TAG_PROCESS, &[&img.encode()]).map_err(sio)?;
-    let (page_bytes, sections) = dump_pages(pid, &img.vmas, &mut sw)?;
-    let mut end = [0u8; 16];
-    end[..8].copy_from_slice(&page_bytes.to_le_bytes());
-    end[8..].copy_from_slice(&sections.to_le_bytes());
-    sw.section(TAG_END, &[&end]).map_err(sio)?;
-    sw.w.flush().map_err(sio)?;
-    let memory_time = mem_start.elapsed();
+    Ok(img)
+}
 
-    if opts.leave_running {
-        g.release();
-    } else {
-        g.kill();
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// A vfork parent sleeps uninterruptibly (state D) until its child execs or exits: the
+    /// stop must time out with `Stuck`, and the process must run on untouched and untraced.
+    /// The refusal checks (it has a child) are skipped here to reach the wait itself.
+    #[test]
+    fn a_process_in_uninterruptible_sleep_times_out_and_runs_on() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: this test needs root (ptrace)"
+            );
+            eprintln!("SKIPPED: needs root (ptrace of another process)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let src = dir.path().join("vf.c");
+        std::fs::write(
+            &src,
+            "#include <unistd.h>\n#include <time.h>\nint main(void){ if (vfork()==0){ struct timespec t={1,500000000}; nanosleep(&t,0); _exit(0);} write(1,\"parent ran on\\n\",14); return 7; }\n",
+        )
+        .unwrap();
+        let exe = dir.path().join("vf");
+        assert!(
+            Command::new("gcc")
+                .arg("-o")
+                .arg(&exe)
+                .arg(&src)
+                .status()
+                .expect("gcc")
+                .success()
+        );
+        let child = Command::new(&exe)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id() as i32;
+        // wait until it sleeps in vfork (state D)
+        let end = Instant::now() + Duration::from_secs(10);
+        loop {
+            let st = read_to_string(&format!("/proc/{pid}/stat")).unwrap_or_default();
+            if st
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with('D'))
+            {
+                break;
+            }
+            assert!(Instant::now() < end, "never in state D: {st}");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let tracer = Tracer::spawn("omnode-test-stuck".into()).unwrap();
+        let t0 = Instant::now();
+        let r = tracer
+            .call(move |slot| stop(slot, pid, Duration::from_millis(200)))
+            .unwrap();
+        let e = r.expect_err("a D-state process cannot stop");
+        assert!(matches!(e, Error::Stuck { .. }), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::TryLater);
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        drop(tracer);
+        let st = read_to_string(&format!("/proc/{pid}/status")).unwrap();
+        assert!(st.contains("TracerPid:\t0"), "left traced:\n{st}");
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(7), "{:?}", out.status);
+        assert_eq!(out.stdout, b"parent ran on\n");
     }
-    let frozen = stop_start.elapsed();
-    Ok(FreezeReport {
-        pid,
-        image_bytes: sw.bytes,
-        page_bytes,
-        vmas: img.vmas.len(),
-        frozen,
-        memory_time,
-    })
 }

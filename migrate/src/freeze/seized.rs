@@ -1,20 +1,25 @@
-//! The seized process: put back and detached on drop, or ended; syscall-restart fix-up.
+//! The seized process as its tracer thread holds it: put back and detached on drop, or ended;
+//! syscall-restart fix-up.
 
 use crate::procfs::*;
 use crate::sys::*;
 use libc::pid_t;
 
-/// Holds a seized process; puts everything back and detaches on drop unless it was ended.
-pub(super) struct Seized {
-    pub(super) pid: pid_t,
-    pub(super) orig_regs: Option<libc::user_regs_struct>,
-    pub(super) orig_mask: Option<u64>,
-    pub(super) stashed: Vec<Vec<u8>>,
-    pub(super) active: bool,
+/// Holds a seized process on its tracer thread; puts everything back and detaches on drop
+/// unless it was ended (or handed over to a home shell).
+pub(crate) struct Held {
+    pub(crate) pid: pid_t,
+    pub(crate) orig_regs: Option<libc::user_regs_struct>,
+    pub(crate) orig_mask: Option<u64>,
+    pub(crate) stashed: Vec<Vec<u8>>,
+    pub(crate) active: bool,
+    /// Signals that were queued in the process when its image was taken (they are in the image).
+    pub(crate) queued: Vec<i32>,
+    pub(crate) _not_send: crate::tracer::NotSend,
 }
 
-impl Seized {
-    pub(super) fn release(&mut self) {
+impl Held {
+    pub(crate) fn release(&mut self) {
         if !self.active {
             return;
         }
@@ -26,14 +31,16 @@ impl Seized {
         if let Some(m) = self.orig_mask.take() {
             let _ = set_sigmask(self.pid, m);
         }
-        let _ = ptrace(libc::PTRACE_DETACH, self.pid, 0, 0);
+        // Not stopped (a seize that timed out): the kernel detaches when the tracer thread ends,
+        // clearing the pending interrupt.
+        let _ = ptrace_req(Req::Detach, self.pid, 0);
         for info in self.stashed.drain(..) {
             let sig = i32::from_ne_bytes(info[..4].try_into().unwrap());
             // SAFETY: plain kill.
             unsafe { libc::kill(self.pid, sig) };
         }
     }
-    pub(super) fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         self.active = false;
         // When we are also its parent, a plain wait would reap it and take the exit status away
         // from our caller: only wait for death then (WNOWAIT).
@@ -62,14 +69,14 @@ impl Seized {
             match wait(self.pid) {
                 Ok(st) if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) => break,
                 Ok(_) => {
-                    let _ = ptrace(libc::PTRACE_CONT, self.pid, 0, 0);
+                    let _ = ptrace_req(Req::Cont, self.pid, 0);
                 }
                 Err(_) => break,
             }
         }
     }
 }
-impl Drop for Seized {
+impl Drop for Held {
     fn drop(&mut self) {
         self.release()
     }

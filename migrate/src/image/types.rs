@@ -34,7 +34,7 @@ pub struct Vma {
     pub growsdown: bool,
     pub offset: u64,
     pub kind: VmaKind,
-    /// As /proc/PID/maps shows it ("[heap]", "/usr/lib/...").
+    /// As /proc/PID/maps shows it (`[heap]`, `/usr/lib/...`).
     pub name: String,
     pub file: Option<FileId>,
 }

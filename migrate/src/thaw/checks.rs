@@ -68,9 +68,11 @@ pub(super) fn fit_xstate(x: &[u8]) -> Result<Vec<u8>> {
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .ok_or_else(|| Error::Thaw("the image's FPU state is too short".into()))?;
     if used & !have != 0 {
-        return Err(Error::Thaw(format!(
-            "the frozen FPU/vector state uses CPU features {used:#x} that this CPU lacks (it has {have:#x}); nodes need the same CPU features"
-        )));
+        return Err(Error::TargetUnfit {
+            reason: format!(
+                "the frozen FPU/vector state uses CPU features {used:#x} that this CPU lacks (it has {have:#x}); nodes need the same CPU features"
+            ),
+        });
     }
     let mut v = x.to_vec();
     if size >= 576 && v.len() != size {
@@ -90,6 +92,7 @@ mod tests {
         x[512..520].copy_from_slice(&(1u64 << 62).to_le_bytes());
         let e = fit_xstate(&x).expect_err("bit 62 is no CPU feature");
         assert!(e.to_string().contains("same CPU features"), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::RetryElsewhere, "{e}");
         x[512..520].copy_from_slice(&3u64.to_le_bytes()); // x87 + SSE
         assert_eq!(fit_xstate(&x).unwrap().len(), size);
         assert!(fit_xstate(&[0u8; 100]).is_err());

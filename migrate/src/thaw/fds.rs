@@ -4,12 +4,63 @@ use super::inject::Builder;
 use super::terr;
 use crate::error::Result;
 use crate::image::*;
+use std::os::fd::RawFd;
 
-/// Reopens the fd table and attaches stdio.
-pub(super) fn restore_fds(b: &mut Builder, img: &ProcessImage) -> Result<()> {
+/// Reopens the fd table and attaches stdio; fds in `placeholders` (image fd, fd of process
+/// `caller`) are copies of the caller's fds instead (pidfd_getfd injected into the new process).
+pub(super) fn restore_fds(
+    b: &mut Builder,
+    img: &ProcessImage,
+    placeholders: &[(i32, RawFd)],
+    caller: libc::pid_t,
+) -> Result<()> {
+    let above = img.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 1;
+    let mut pidfd = None;
     // file descriptors (one by one: each depends on the fd number the last open returned)
     for f in &img.fds {
         let fd = f.fd as u64;
+        if let Some(&(_, local)) = placeholders.iter().find(|p| p.0 == f.fd) {
+            let pf = match pidfd {
+                Some(p) => p,
+                None => {
+                    let p = b.sys(
+                        "pidfd_open of the caller",
+                        libc::SYS_pidfd_open,
+                        &[caller as u64, 0],
+                    )?;
+                    // above every fd of the image, so no restored fd closes it
+                    let q = b.sys(
+                        "fcntl(F_DUPFD_CLOEXEC)",
+                        libc::SYS_fcntl,
+                        &[p, libc::F_DUPFD_CLOEXEC as u64, above],
+                    )?;
+                    b.sys("close", libc::SYS_close, &[p])?;
+                    pidfd = Some(q);
+                    q
+                }
+            };
+            let cloexec = match &f.kind {
+                FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
+                FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            };
+            let r = b.sys(
+                &format!("pidfd_getfd of placeholder {local} for fd {fd}"),
+                libc::SYS_pidfd_getfd,
+                &[pf, local as u64, 0],
+            )?;
+            let fl = if cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            if r != fd {
+                b.sys(&format!("dup3 to fd {fd}"), libc::SYS_dup3, &[r, fd, fl])?;
+                b.sys("close", libc::SYS_close, &[r])?;
+            } else if cloexec {
+                b.sys(
+                    "fcntl",
+                    libc::SYS_fcntl,
+                    &[fd, libc::F_SETFD as u64, libc::FD_CLOEXEC as u64],
+                )?;
+            }
+            continue;
+        }
         match &f.kind {
             FdKind::Stdio { cloexec, .. } => {
                 if *cloexec {
@@ -60,6 +111,9 @@ pub(super) fn restore_fds(b: &mut Builder, img: &ProcessImage) -> Result<()> {
                 }
             }
         }
+    }
+    if let Some(p) = pidfd {
+        b.sys("close", libc::SYS_close, &[p])?;
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ pub(super) fn finish(
     pid: pid_t,
     tramp: u64,
     xstate: Vec<u8>,
+    listener_in_child: Option<u64>,
 ) -> Result<()> {
     // pending signals (all signals are blocked in the child until the final mask is set),
     // then credentials last: they drop the privileges needed above
@@ -95,6 +96,14 @@ pub(super) fn finish(
         libc::SYS_prctl,
         &[libc::PR_SET_DUMPABLE as u64, 1, 0, 0, 0],
     ));
+    if let Some(fd) = listener_in_child {
+        // the caller holds its own copy of the listener
+        calls.push(call(
+            "close of the seccomp listener",
+            libc::SYS_close,
+            &[fd],
+        ));
+    }
     if let Some((p, l, s)) = img.rseq {
         calls.push(call("rseq", libc::SYS_rseq, &[p, l as u64, 0, s as u64]));
     }
@@ -109,10 +118,10 @@ pub(super) fn finish(
 
     let regs = regs_from_slice(&img.regs);
     setregs(pid, &regs).map_err(terr("PTRACE_SETREGS"))?;
-    set_xstate(pid, &xstate).map_err(|e| {
-        Error::Thaw(format!(
+    set_xstate(pid, &xstate).map_err(|e| Error::TargetUnfit {
+        reason: format!(
             "this CPU cannot take the frozen FPU/vector state ({e}); nodes need the same CPU features"
-        ))
+        ),
     })?;
     set_sigmask(pid, img.sigmask).map_err(terr("PTRACE_SETSIGMASK"))?;
     if img.stopped {
@@ -120,6 +129,7 @@ pub(super) fn finish(
         // SAFETY: signal to our own child.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
     }
-    ptrace(libc::PTRACE_DETACH, pid, 0, 0).map_err(terr("PTRACE_DETACH"))?;
+    b.t.listener = None;
+    ptrace_req(Req::Detach, pid, 0).map_err(terr("PTRACE_DETACH"))?;
     Ok(())
 }

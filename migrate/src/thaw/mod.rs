@@ -1,11 +1,22 @@
 //! Thaw: rebuild a process from an image stream, by system calls injected into a fresh child.
+//!
+//! Phases, each a method of [`Thawing`]: [`Thawing::skeleton`] (checks, the new process on its
+//! tracer thread, its address space emptied and the mappings made) → [`Thawing::pages`] (memory
+//! contents from the stream, written by the caller's thread) → [`Thawing::attributes`] →
+//! [`Thawing::fds`] (reopened files, or placeholders the caller supplies) →
+//! [`Thawing::install_filter`] (optional seccomp user-notification filter, while the process is
+//! still root) → [`Thawing::run`] (signals, credentials, registers; let go). Dropping a
+//! [`Thawing`] before `run` kills the half-built process.
 
 use crate::error::{Error, ImageError, Result};
 use crate::image::*;
 use crate::procfs::parse_maps;
+use crate::seccomp::SeccompFilter;
 use crate::sys::*;
+use crate::tracer::{Slot, Tracer};
 use std::io::{self, Read};
-use std::os::fd::RawFd;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod attrs;
@@ -35,10 +46,18 @@ pub struct ThawOptions {
     pub stdin: Option<RawFd>,
     pub stdout: Option<RawFd>,
     pub stderr: Option<RawFd>,
+    /// Per fd number of the image, an fd of the calling process to install there instead of
+    /// reopening what the image describes (e.g. one end of a socketpair relayed to the home
+    /// deputy). Every number must be an fd of the image.
+    pub fd_placeholders: Vec<(i32, RawFd)>,
+    /// A filter installed with SECCOMP_FILTER_FLAG_NEW_LISTENER before the switch to the
+    /// process's own credentials; its listener comes back in [`Thawed::listener`]. Calls the
+    /// engine injects after it that the filter traps are answered "continue".
+    pub seccomp_filter: Option<SeccompFilter>,
 }
 
 /// What a thaw did.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Thawed {
     pub pid: i32,
     pub old_pid: i32,
@@ -48,6 +67,8 @@ pub struct Thawed {
     pub elapsed: Duration,
     /// Time spent streaming memory contents into the process.
     pub memory_time: Duration,
+    /// The seccomp listener of the installed filter, when one was asked for.
+    pub listener: Option<OwnedFd>,
 }
 
 const TRAMP: u64 = 256 * 1024;
@@ -60,55 +81,309 @@ fn terr(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     }
 }
 
-/// Rebuilds the process stored in `input` as a new child of the caller and lets it run.
-pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
-    let t0 = Instant::now();
-    let mut sr = SectionReader::new(input)?;
-    let mut buf = Vec::new();
-    if sr.next(&mut buf)? != TAG_PROCESS {
-        return Err(ImageError::Corrupt("first section is not the process section".into()).into());
-    }
-    let img = ProcessImage::decode(&buf)?;
+/// The image stream, its process section read: hand it to [`Thawing::skeleton`], then to
+/// [`Thawing::pages`].
+pub struct ImageReader<R: Read> {
+    sr: SectionReader<R>,
+    buf: Vec<u8>,
+    process: Arc<ProcessImage>,
+}
 
-    // --- checks before creating anything
-    let boot_id = read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
-    let same_boot = !img.boot_id.is_empty() && boot_id.trim() == img.boot_id;
-    check_file(&img.exe, &img.exe_id, same_boot)?;
-    for v in &img.vmas {
-        if let (VmaKind::File, Some(id)) = (v.kind, &v.file) {
-            check_file(&v.name, id, same_boot)?;
+impl<R: Read> ImageReader<R> {
+    /// Reads and checks the header and the process section.
+    pub fn new(input: R) -> Result<Self> {
+        let mut sr = SectionReader::new(input)?;
+        let mut buf = Vec::new();
+        if sr.next(&mut buf)? != TAG_PROCESS {
+            return Err(
+                ImageError::Corrupt("first section is not the process section".into()).into(),
+            );
         }
+        let process = Arc::new(ProcessImage::decode(&buf)?);
+        Ok(ImageReader { sr, buf, process })
     }
-    let self_maps =
-        parse_maps(&read_to_string("/proc/self/maps").map_err(terr("reading /proc/self/maps"))?)
-            .map_err(terr("parsing /proc/self/maps"))?;
-    let own: Vec<(VmaKind, u64, u64)> = self_maps
-        .iter()
-        .filter_map(|m| {
-            let k = match m.name.as_str() {
-                "[vvar]" => VmaKind::Vvar,
-                "[vvar_vclock]" => VmaKind::VvarVclock,
-                "[vdso]" => VmaKind::Vdso,
-                _ => return None,
-            };
-            Some((k, m.start, m.end))
+    pub fn process(&self) -> &ProcessImage {
+        &self.process
+    }
+}
+
+/// Thread-side state of a thaw in progress.
+struct Building {
+    b: Builder,
+    guard: ChildGuard,
+    /// fd number of the seccomp listener inside the new process, closed in `run`.
+    listener_in_child: Option<u64>,
+}
+
+/// A process being rebuilt, on its tracer thread. `Send`; dropped before [`Thawing::run`], the
+/// half-built process is killed.
+#[derive(Debug)]
+pub struct Thawing {
+    tracer: Tracer,
+    pid: i32,
+    img: Arc<ProcessImage>,
+    opts: ThawOptions,
+    xstate: Vec<u8>,
+    pid_note: Option<String>,
+    t0: Instant,
+    page_bytes: u64,
+    memory_time: Duration,
+    listener: Option<OwnedFd>,
+    done: u8,
+}
+
+fn gone(pid: i32) -> Error {
+    Error::TracerGone {
+        name: format!("omnode-thaw-{pid}"),
+    }
+}
+
+/// Runs `f` on the tracer thread against the process being built.
+fn on_thread<R: Send + 'static>(
+    t: &Thawing,
+    f: impl FnOnce(&mut Building) -> Result<R> + Send + 'static,
+) -> Result<R> {
+    let pid = t.pid;
+    t.tracer
+        .call(move |slot: &mut Slot| match slot.get::<Building>() {
+            Some(b) => f(b),
+            None => Err(gone(pid)),
+        })?
+}
+
+impl Thawing {
+    /// Phase 1: checks (files, vDSO layout, CPU features) before anything is created, then the
+    /// new process (a traced child of the caller), its inherited mappings and fds dropped, the
+    /// vDSO moved to its old place and every mapping of the image made.
+    pub fn skeleton<R: Read>(reader: &ImageReader<R>, opts: &ThawOptions) -> Result<Thawing> {
+        let t0 = Instant::now();
+        let arc = reader.process.clone();
+        let img: &ProcessImage = &arc;
+        // --- checks before creating anything
+        let boot_id = read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+        let same_boot = !img.boot_id.is_empty() && boot_id.trim() == img.boot_id;
+        check_file(&img.exe, &img.exe_id, same_boot)?;
+        for v in &img.vmas {
+            if let (VmaKind::File, Some(id)) = (v.kind, &v.file) {
+                check_file(&v.name, id, same_boot)?;
+            }
+        }
+        let self_maps = parse_maps(
+            &read_to_string("/proc/self/maps").map_err(terr("reading /proc/self/maps"))?,
+        )
+        .map_err(terr("parsing /proc/self/maps"))?;
+        let own: Vec<(VmaKind, u64, u64)> = self_maps
+            .iter()
+            .filter_map(|m| {
+                let k = match m.name.as_str() {
+                    "[vvar]" => VmaKind::Vvar,
+                    "[vvar_vclock]" => VmaKind::VvarVclock,
+                    "[vdso]" => VmaKind::Vdso,
+                    _ => return None,
+                };
+                Some((k, m.start, m.end))
+            })
+            .collect();
+        let theirs = special_areas(&img.vmas);
+        if !theirs.is_empty() {
+            let sizes =
+                |v: &[(VmaKind, u64, u64)]| v.iter().map(|x| (x.0, x.2 - x.1)).collect::<Vec<_>>();
+            if sizes(&own) != sizes(&theirs) {
+                return Err(Error::TargetUnfit {
+                    reason:
+                        "the vDSO layout of this kernel differs from the one the process was frozen on"
+                            .into(),
+                });
+            }
+        }
+        let xstate = fit_xstate(&img.xstate)?;
+        let gadget = own_vdso_gadget(&self_maps)
+            .ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
+
+        let tracer = Tracer::spawn(format!("omnode-thaw-{}", img.pid))?;
+        let img2 = arc.clone();
+        let opts2 = opts.clone();
+        let (pid, pid_note) = tracer.call(move |slot: &mut Slot| {
+            build_skeleton(slot, &img2, &opts2, gadget, own, theirs)
+        })??;
+        Ok(Thawing {
+            tracer,
+            pid,
+            img: arc,
+            opts: opts.clone(),
+            xstate,
+            pid_note,
+            t0,
+            page_bytes: 0,
+            memory_time: Duration::ZERO,
+            listener: None,
+            done: 1,
         })
-        .collect();
-    let theirs = special_areas(&img.vmas);
-    if !theirs.is_empty() {
-        let sizes =
-            |v: &[(VmaKind, u64, u64)]| v.iter().map(|x| (x.0, x.2 - x.1)).collect::<Vec<_>>();
-        if sizes(&own) != sizes(&theirs) {
-            return Err(Error::Thaw(
-                "the vDSO layout of this kernel differs from the one the process was frozen on"
-                    .into(),
-            ));
-        }
     }
-    let xstate = fit_xstate(&img.xstate)?;
-    let gadget =
-        own_vdso_gadget(&self_maps).ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
 
+    /// PID of the new process.
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    fn phase(&mut self, n: u8, name: &str) -> Result<()> {
+        if self.done + 1 != n {
+            return Err(Error::Thaw(format!(
+                "thaw phase {name} out of order (phase {} was the last done)",
+                self.done
+            )));
+        }
+        self.done = n;
+        Ok(())
+    }
+
+    /// Phase 2: the memory contents, streamed from `reader` (the caller's thread writes them);
+    /// the cached TID patched. Returns the bytes written.
+    pub fn pages<R: Read>(&mut self, reader: &mut ImageReader<R>) -> Result<u64> {
+        self.phase(2, "pages")?;
+        if !Arc::ptr_eq(&reader.process, &self.img) {
+            return Err(Error::Thaw("pages from another image stream".into()));
+        }
+        let mem_t = Instant::now();
+        let (total, memf) =
+            memory::write_contents(&mut reader.sr, &mut reader.buf, self.pid, &self.img)?;
+        self.memory_time = mem_t.elapsed();
+        memory::patch_cached_tid(&memf, self.pid, &self.img)?;
+        self.page_bytes = total;
+        Ok(total)
+    }
+
+    /// Phase 3: limits, name, cwd, umask, personality, signal handlers, mm fields, session.
+    pub fn attributes(&mut self) -> Result<()> {
+        self.phase(3, "attributes")?;
+        let (img, pid) = (self.img.clone(), self.pid);
+        on_thread(self, move |bd| attrs::set_attributes(&mut bd.b, &img, pid))
+    }
+
+    /// Phase 4: the fd table: reopened files at their offsets, shared descriptions, stdio, and
+    /// the caller's placeholders.
+    pub fn fds(&mut self) -> Result<()> {
+        self.phase(4, "fds")?;
+        for &(n, _) in &self.opts.fd_placeholders {
+            if !self.img.fds.iter().any(|f| f.fd == n) {
+                return Err(Error::Thaw(format!(
+                    "a placeholder was given for fd {n}, which the image does not have"
+                )));
+            }
+        }
+        let img = self.img.clone();
+        let ph = self.opts.fd_placeholders.clone();
+        // SAFETY: getpid has no preconditions.
+        let me = unsafe { libc::getpid() };
+        on_thread(self, move |bd| fds::restore_fds(&mut bd.b, &img, &ph, me))
+    }
+
+    /// Phase 5 (optional): installs `filter` with SECCOMP_FILTER_FLAG_NEW_LISTENER by an
+    /// injected seccomp(2) while the process still has root's credentials, and takes the
+    /// listener out with pidfd_getfd.
+    pub fn install_filter(&mut self, filter: &SeccompFilter) -> Result<()> {
+        self.phase(5, "install filter")?;
+        let prog = filter.0.clone();
+        let pid = self.pid;
+        let l = on_thread(self, move |bd| {
+            let mut bytes = Vec::with_capacity(prog.len() * 8);
+            for i in &prog {
+                bytes.extend_from_slice(&i.code.to_ne_bytes());
+                bytes.push(i.jt);
+                bytes.push(i.jf);
+                bytes.extend_from_slice(&i.k.to_ne_bytes());
+            }
+            let insns = bd.b.data(&bytes)?;
+            let mut fprog = Vec::with_capacity(16);
+            fprog.extend_from_slice(&(prog.len() as u64).to_ne_bytes()); // u16 len + padding
+            fprog.extend_from_slice(&insns.to_ne_bytes());
+            let fp = bd.b.data(&fprog)?;
+            let r = bd.b.t.syscall_raw(
+                libc::SYS_seccomp,
+                &[
+                    libc::SECCOMP_SET_MODE_FILTER as u64,
+                    libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+                    fp,
+                ],
+            );
+            let fd = match r.map_err(terr("seccomp"))? {
+                r if (-4095..0).contains(&r) => {
+                    let e = crate::error::from_neg(r);
+                    return Err(Error::ThawSys {
+                        what: if r == -(libc::EACCES as i64) {
+                            "installing the seccomp filter (needs root, or no_new_privs)".into()
+                        } else {
+                            "installing the seccomp filter".into()
+                        },
+                        source: e,
+                    });
+                }
+                r => r as u64,
+            };
+            bd.listener_in_child = Some(fd);
+            let l = crate::seccomp::pidfd_getfd(pid, fd as RawFd)
+                .map_err(terr("pidfd_getfd of the seccomp listener"))?;
+            bd.b.t.listener = Some(l.try_clone().map_err(terr("dup of the listener"))?);
+            Ok(l)
+        })?;
+        self.listener = Some(l);
+        Ok(())
+    }
+
+    /// Phase 6: pending signals, timers, credentials (the user's, last), rseq, registers, FPU
+    /// state and signal mask; then the process is let go.
+    pub fn run(mut self) -> Result<Thawed> {
+        if self.done == 4 {
+            self.done = 5; // no filter
+        }
+        self.phase(6, "run")?;
+        let (img, pid, xstate) = (self.img.clone(), self.pid, std::mem::take(&mut self.xstate));
+        self.tracer.call(move |slot: &mut Slot| {
+            let Some(mut bd) = slot.take::<Building>() else {
+                return Err(gone(pid));
+            };
+            let tramp = bd.b.tramp;
+            let r = finish::finish(&mut bd.b, &img, pid, tramp, xstate, bd.listener_in_child);
+            if r.is_ok() {
+                bd.guard.armed = false;
+            }
+            r
+        })??;
+        Ok(Thawed {
+            pid: self.pid,
+            old_pid: self.img.pid,
+            page_bytes: self.page_bytes,
+            pid_note: self.pid_note.take(),
+            elapsed: self.t0.elapsed(),
+            memory_time: self.memory_time,
+            listener: self.listener.take(),
+        })
+    }
+}
+
+/// Rebuilds the process stored in `input` as a new child of the caller and lets it run: the
+/// phases of [`Thawing`] in order.
+pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
+    let mut reader = ImageReader::new(input)?;
+    let mut t = Thawing::skeleton(&reader, opts)?;
+    t.pages(&mut reader)?;
+    t.attributes()?;
+    t.fds()?;
+    if let Some(f) = &opts.seccomp_filter {
+        t.install_filter(f)?;
+    }
+    t.run()
+}
+
+/// On the tracer thread: the new process, emptied, with the image's mappings.
+fn build_skeleton(
+    slot: &mut Slot,
+    img: &ProcessImage,
+    opts: &ThawOptions,
+    gadget: u64,
+    own: Vec<(VmaKind, u64, u64)>,
+    theirs: Vec<(VmaKind, u64, u64)>,
+) -> Result<(i32, Option<String>)> {
     // --- the new process
     let fds = [
         opts.stdin.unwrap_or(-1),
@@ -142,32 +417,30 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     } else {
         spawn(&fds, None).map_err(terr("clone3"))?
     };
-    let mut guard = ChildGuard { pid, armed: true };
+    slot.set(Building {
+        b: Builder {
+            t: Tracee::new(pid, gadget, unsafe_zeroed_regs()),
+            tramp: 0,
+            data_off: 0,
+        },
+        guard: ChildGuard { pid, armed: true },
+        listener_in_child: None,
+    });
+    let bd = slot.get::<Building>().expect("just set");
     let st = wait(pid).map_err(terr("waiting for the new process"))?;
     if !libc::WIFSTOPPED(st) {
         return Err(Error::Thaw(
             "the new process did not stop as expected".into(),
         ));
     }
-    ptrace(
-        libc::PTRACE_SETOPTIONS,
+    ptrace_req(
+        Req::SetOptions,
         pid,
-        0,
         (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize,
     )
     .map_err(terr("PTRACE_SETOPTIONS"))?;
-    let base = getregs(pid).map_err(terr("PTRACE_GETREGS"))?;
-    let mut b = Builder {
-        t: Tracee {
-            pid,
-            gadget,
-            base,
-            stashed: Vec::new(),
-            int3: false,
-        },
-        tramp: 0,
-        data_off: 0,
-    };
+    bd.b.t.base = getregs(pid).map_err(terr("PTRACE_GETREGS"))?;
+    let b = &mut bd.b;
 
     // trampoline + scratch area, free in both layouts
     let child_maps =
@@ -257,28 +530,14 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
     b.run(&calls)?;
 
     // --- the mappings: open each file once, map everything, close the files
-    maps::map_vmas(&mut b, &img)?;
+    maps::map_vmas(b, img)?;
 
-    // --- memory contents, streamed
-    let mem_t = Instant::now();
-    let (total, memf) = memory::write_contents(&mut sr, &mut buf, pid, &img)?;
-    let memory_time = mem_t.elapsed();
+    // --- the mappings: open each file once, map everything, close the files
+    maps::map_vmas(b, img)?;
+    Ok((pid, pid_note))
+}
 
-    memory::patch_cached_tid(&memf, pid, &img)?;
-
-    // --- process attributes
-    attrs::set_attributes(&mut b, &img, pid)?;
-
-    fds::restore_fds(&mut b, &img)?;
-
-    finish::finish(&mut b, &img, pid, tramp, xstate)?;
-    guard.armed = false;
-    Ok(Thawed {
-        pid,
-        old_pid: img.pid,
-        page_bytes: total,
-        pid_note,
-        elapsed: t0.elapsed(),
-        memory_time,
-    })
+fn unsafe_zeroed_regs() -> libc::user_regs_struct {
+    // SAFETY: plain integer struct; every bit pattern is valid.
+    unsafe { std::mem::zeroed() }
 }
