@@ -1,0 +1,834 @@
+//! The remote supervisor: receives the moved process's trapped calls and answers, forwards or
+//! reports each one.
+//!
+//! [`classify`] (pure) sorts a trapped call:
+//! - a call on a local fd (any fd not in the [`FdTable`]'s home-backed set) → `CONTINUE`;
+//! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
+//!   itself (by its home PID) is sent locally;
+//! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
+//!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
+//!   the local placeholder closes too;
+//! - `open` and `openat(AT_FDCWD, …)` → opened at home with the number the process would get
+//!   here (the lowest free one), then a placeholder is put at that number with `ADDFD` (with
+//!   `SEND`: it appears only if the answer is delivered) and the fd becomes home-backed;
+//! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, and every
+//!   trapped call this version does not implement (ioctl or dup of a home-backed fd, the other
+//!   path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left
+//!   unanswered, so the process stays blocked at that call until it is brought home, where the
+//!   call runs for real. Never a wrong answer.
+//!
+//! Known gap: a home open whose answer is cancelled and never restarted (EINTR) leaves the file
+//! open at home (the process never learns its number).
+//!
+//! [`Supervisor::run`] is the loop: one OS thread per supervised process, waiting with `poll`
+//! on the listener and on the home port's wake-up fd, up to a deadline (no wait is unbounded).
+
+use std::collections::{BTreeSet, HashMap};
+use std::io;
+use std::os::fd::RawFd;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::forward::{Answered, Call, CallKey, FwdMsg, RemoteAction, RemoteFwd, Reply};
+use crate::seccomp::{self, Listener, Notif, Response};
+
+/// The moved process's identity at home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub pid: i32,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Its PID on this node (for signals it sends itself).
+    pub local_pid: i32,
+}
+
+/// Which fd numbers of the process are home-backed (placeholders here, real at home).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FdTable {
+    home: BTreeSet<i32>,
+}
+
+impl FdTable {
+    pub fn new(home_fds: impl IntoIterator<Item = i32>) -> FdTable {
+        FdTable {
+            home: home_fds.into_iter().collect(),
+        }
+    }
+    pub fn is_home(&self, fd: i64) -> bool {
+        i32::try_from(fd).is_ok_and(|fd| self.home.contains(&fd))
+    }
+    pub fn home_fds(&self) -> impl Iterator<Item = i32> + '_ {
+        self.home.iter().copied()
+    }
+    fn remove(&mut self, fd: i32) {
+        self.home.remove(&fd);
+    }
+    fn insert(&mut self, fd: i32) {
+        self.home.insert(fd);
+    }
+}
+
+/// Why the process must go home.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoHome {
+    /// fork, vfork, clone, clone3: children are born at home.
+    Fork,
+    /// execve, execveat.
+    Exec,
+    Ptrace,
+    /// mmap of a home-backed fd.
+    MmapHomeFd,
+    /// A call that changes the home identity (setpgid, setsid) or signals another process.
+    Identity,
+    /// A trapped call this version does not serve remotely.
+    Unsupported,
+}
+
+/// A forwarded call, with where its data lives in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Req {
+    Read {
+        fd: i32,
+        buf: u64,
+        len: u64,
+    },
+    Write {
+        fd: i32,
+        buf: u64,
+        len: u64,
+    },
+    Pread {
+        fd: i32,
+        buf: u64,
+        len: u64,
+        offset: i64,
+    },
+    Pwrite {
+        fd: i32,
+        buf: u64,
+        len: u64,
+        offset: i64,
+    },
+    Lseek {
+        fd: i32,
+        offset: i64,
+        whence: i32,
+    },
+    Fstat {
+        fd: i32,
+        buf: u64,
+    },
+    Close {
+        fd: i32,
+    },
+    /// openat(AT_FDCWD, path, …) / open(path, …): opened at home, placed here.
+    Openat {
+        path: u64,
+        flags: i32,
+        mode: u32,
+    },
+}
+
+/// What to do with a trapped call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// Run it here, as if untrapped.
+    Continue,
+    /// Answer with this value (negative: -errno).
+    Answer(i64),
+    /// Send `sig` to the process itself here (it signalled its home PID).
+    SignalSelf { sig: i32 },
+    /// Forward it home.
+    Forward(Req),
+    /// The process must go home first.
+    GoHome(GoHome),
+    /// poll/ppoll/select/pselect6: continue unless one of the fds in memory is home-backed.
+    CheckFdSet,
+}
+
+/// Largest write forwarded in one request (a longer one becomes a short write) and largest
+/// read asked for.
+pub const MAX_IO: u64 = 1 << 20;
+
+/// Sorts a trapped call. Pure: see the module documentation.
+pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
+    let fd0 = a[0] as i32 as i64;
+    let home0 = fds.is_home(fd0);
+    match nr {
+        libc::SYS_getpid => Class::Answer(id.pid.into()),
+        libc::SYS_getppid => Class::Answer(id.ppid.into()),
+        libc::SYS_getpgrp => Class::Answer(id.pgid.into()),
+        libc::SYS_getpgid if a[0] == 0 || a[0] as i32 == id.pid => Class::Answer(id.pgid.into()),
+        libc::SYS_getsid if a[0] == 0 || a[0] as i32 == id.pid => Class::Answer(id.sid.into()),
+        libc::SYS_kill if a[0] as i32 == id.pid => Class::SignalSelf { sig: a[1] as i32 },
+        libc::SYS_tgkill if a[0] as i32 == id.pid => Class::SignalSelf { sig: a[2] as i32 },
+        // Children are born at home, so it has none here: waiting is local (ECHILD).
+        libc::SYS_wait4 | libc::SYS_waitid => Class::Continue,
+        libc::SYS_getpgid
+        | libc::SYS_getsid
+        | libc::SYS_kill
+        | libc::SYS_tgkill
+        | libc::SYS_tkill
+        | libc::SYS_rt_sigqueueinfo
+        | libc::SYS_rt_tgsigqueueinfo
+        | libc::SYS_setpgid
+        | libc::SYS_setsid
+        | libc::SYS_pidfd_open => Class::GoHome(GoHome::Identity),
+        libc::SYS_fork | libc::SYS_vfork | libc::SYS_clone | libc::SYS_clone3 => {
+            Class::GoHome(GoHome::Fork)
+        }
+        libc::SYS_execve | libc::SYS_execveat => Class::GoHome(GoHome::Exec),
+        libc::SYS_ptrace => Class::GoHome(GoHome::Ptrace),
+        libc::SYS_mmap => {
+            if fds.is_home(a[4] as i32 as i64) {
+                Class::GoHome(GoHome::MmapHomeFd)
+            } else {
+                Class::Continue
+            }
+        }
+        libc::SYS_read if home0 => Class::Forward(Req::Read {
+            fd: fd0 as i32,
+            buf: a[1],
+            len: a[2].min(MAX_IO),
+        }),
+        libc::SYS_write if home0 => Class::Forward(Req::Write {
+            fd: fd0 as i32,
+            buf: a[1],
+            len: a[2].min(MAX_IO),
+        }),
+        libc::SYS_pread64 if home0 => Class::Forward(Req::Pread {
+            fd: fd0 as i32,
+            buf: a[1],
+            len: a[2].min(MAX_IO),
+            offset: a[3] as i64,
+        }),
+        libc::SYS_pwrite64 if home0 => Class::Forward(Req::Pwrite {
+            fd: fd0 as i32,
+            buf: a[1],
+            len: a[2].min(MAX_IO),
+            offset: a[3] as i64,
+        }),
+        libc::SYS_lseek if home0 => Class::Forward(Req::Lseek {
+            fd: fd0 as i32,
+            offset: a[1] as i64,
+            whence: a[2] as i32,
+        }),
+        libc::SYS_fstat if home0 => Class::Forward(Req::Fstat {
+            fd: fd0 as i32,
+            buf: a[1],
+        }),
+        libc::SYS_close if home0 => Class::Forward(Req::Close { fd: fd0 as i32 }),
+        libc::SYS_openat if a[0] as i32 == libc::AT_FDCWD => Class::Forward(Req::Openat {
+            path: a[1],
+            flags: a[2] as i32,
+            mode: a[3] as u32,
+        }),
+        libc::SYS_open => Class::Forward(Req::Openat {
+            path: a[0],
+            flags: a[1] as i32,
+            mode: a[2] as u32,
+        }),
+        libc::SYS_poll | libc::SYS_ppoll | libc::SYS_select | libc::SYS_pselect6 => {
+            if fds.home.is_empty() {
+                Class::Continue
+            } else {
+                Class::CheckFdSet
+            }
+        }
+        // Two-fd calls: either fd may be home-backed.
+        libc::SYS_sendfile | libc::SYS_tee => {
+            if home0 || fds.is_home(a[1] as i32 as i64) {
+                Class::GoHome(GoHome::Unsupported)
+            } else {
+                Class::Continue
+            }
+        }
+        libc::SYS_splice | libc::SYS_copy_file_range => {
+            if home0 || fds.is_home(a[2] as i32 as i64) {
+                Class::GoHome(GoHome::Unsupported)
+            } else {
+                Class::Continue
+            }
+        }
+        libc::SYS_dup2 | libc::SYS_dup3 => {
+            if home0 || fds.is_home(a[1] as i32 as i64) {
+                Class::GoHome(GoHome::Unsupported)
+            } else {
+                Class::Continue
+            }
+        }
+        libc::SYS_epoll_ctl => {
+            if fds.is_home(a[2] as i32 as i64) {
+                Class::GoHome(GoHome::Unsupported)
+            } else {
+                Class::Continue
+            }
+        }
+        libc::SYS_close_range => {
+            let (lo, hi) = (a[0] as u32 as i64, a[1] as u32 as i64);
+            if fds.home.iter().any(|&f| (lo..=hi).contains(&i64::from(f))) {
+                Class::GoHome(GoHome::Unsupported)
+            } else {
+                Class::Continue
+            }
+        }
+        nr if seccomp::PATH_CALLS.contains(&nr) => Class::GoHome(GoHome::Unsupported),
+        // Any other fd call: local fd → run here; home-backed → not served remotely yet.
+        _ if home0 => Class::GoHome(GoHome::Unsupported),
+        _ => Class::Continue,
+    }
+}
+
+/// The link to the deputy as the supervisor sees it.
+pub trait HomePort {
+    /// Queues a message to home. An error means home is unreachable.
+    fn send(&mut self, msg: FwdMsg) -> Result<(), String>;
+    /// A message from home, if one is waiting.
+    fn try_recv(&mut self) -> Option<FwdMsg>;
+    /// An fd that becomes readable when a message from home is waiting.
+    fn wake_fd(&self) -> RawFd;
+    /// Resets the wake-up fd (called before draining with `try_recv`).
+    fn clear_wake(&mut self);
+}
+
+/// Why the supervisor loop returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The process is gone (the listener has no more users).
+    Exited,
+    /// The process made a call it must make at home; `notif` is still unanswered.
+    GoHome { notif: Notif, reason: GoHome },
+    /// The deadline passed.
+    Deadline,
+}
+
+/// What can go wrong in the loop.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
+    #[error("the home deputy is unreachable: {0}")]
+    HomeGone(String),
+    #[error("poll failed: {0}")]
+    Poll(io::Error),
+}
+
+/// Counters, for tests and `mps`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub continued: u64,
+    pub identity: u64,
+    pub forwarded: u64,
+    pub replayed_or_cancelled: u64,
+}
+
+/// The remote supervisor of one process. See the module documentation.
+pub struct Supervisor<P: HomePort> {
+    listener: Listener,
+    id: Identity,
+    fds: FdTable,
+    fwd: RemoteFwd,
+    port: P,
+    /// Notifications waiting for a forwarded result, by id.
+    waiting: HashMap<u64, (Notif, Req)>,
+    stats: Stats,
+}
+
+impl<P: HomePort> Supervisor<P> {
+    pub fn new(listener: Listener, id: Identity, fds: FdTable, port: P) -> Self {
+        Supervisor {
+            listener,
+            id,
+            fds,
+            fwd: RemoteFwd::new(),
+            port,
+            waiting: HashMap::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    pub fn fds(&self) -> &FdTable {
+        &self.fds
+    }
+
+    pub fn listener(&self) -> &Listener {
+        &self.listener
+    }
+
+    /// Serves calls until the process exits, must go home, or `deadline` passes.
+    pub fn run(&mut self, deadline: Instant) -> Result<Stop, Error> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Stop::Deadline);
+            }
+            let wait = (deadline - now).min(Duration::from_secs(1));
+            let mut pfds = [
+                libc::pollfd {
+                    fd: self.listener.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: self.port.wake_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: two valid pollfds.
+            let r = unsafe { libc::poll(pfds.as_mut_ptr(), 2, wait.as_millis() as i32) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                return Err(Error::Poll(e));
+            }
+            if pfds[1].revents != 0 {
+                self.port.clear_wake();
+                while let Some(m) = self.port.try_recv() {
+                    let acts = self.fwd.on_msg(m);
+                    self.perform(acts)?;
+                }
+            }
+            if pfds[0].revents != 0 {
+                if pfds[0].revents & libc::POLLIN == 0 {
+                    if pfds[0].revents & libc::POLLHUP != 0 {
+                        return Ok(Stop::Exited); // no more users
+                    }
+                    return Err(Error::Poll(io::Error::other(format!(
+                        "listener poll revents {:#x}",
+                        pfds[0].revents
+                    ))));
+                }
+                match self.listener.recv_ready() {
+                    Ok(Some(n)) => {
+                        if let Some(stop) = self.on_notif(n)? {
+                            return Ok(stop);
+                        }
+                        // A port that answers at once (in-process home) needs no second poll.
+                        while let Some(m) = self.port.try_recv() {
+                            let acts = self.fwd.on_msg(m);
+                            self.perform(acts)?;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(seccomp::Error::NoMoreUsers) => return Ok(Stop::Exited),
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+
+    fn answer(&mut self, id: u64, r: Response) -> Result<(), Error> {
+        match self.listener.respond(id, r) {
+            Ok(()) | Err(seccomp::Error::Cancelled) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn on_notif(&mut self, n: Notif) -> Result<Option<Stop>, Error> {
+        let nr = i64::from(n.data.nr);
+        let mut class = classify(nr, n.data.args, &self.fds, &self.id);
+        if class == Class::CheckFdSet {
+            class = match self.fd_set_has_home(&n) {
+                Ok(false) => Class::Continue,
+                Ok(true) => Class::GoHome(GoHome::Unsupported),
+                Err(seccomp::Error::Cancelled) => return Ok(None),
+                Err(_) => Class::Answer(-i64::from(libc::EFAULT)),
+            };
+        }
+        match class {
+            Class::Continue => {
+                self.stats.continued += 1;
+                self.answer(n.id, Response::Continue)?;
+            }
+            Class::Answer(v) => {
+                self.stats.identity += 1;
+                let r = if v < 0 {
+                    Response::Errno((-v) as i32)
+                } else {
+                    Response::Value(v)
+                };
+                self.answer(n.id, r)?;
+            }
+            Class::SignalSelf { sig } => {
+                self.stats.identity += 1;
+                // SAFETY: kill with integer arguments, to the process we supervise (our child
+                // or traced process, so its PID cannot be reused under us).
+                let r = unsafe { libc::kill(self.id.local_pid, sig) };
+                let resp = if r == 0 {
+                    Response::Value(0)
+                } else {
+                    Response::Errno(
+                        io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO),
+                    )
+                };
+                self.answer(n.id, resp)?;
+            }
+            Class::GoHome(reason) => {
+                tracing::info!(
+                    tid = n.pid,
+                    nr,
+                    ?reason,
+                    "the process must go home for this call"
+                );
+                return Ok(Some(Stop::GoHome { notif: n, reason }));
+            }
+            Class::CheckFdSet => unreachable!("resolved above"),
+            Class::Forward(req) => {
+                let call = match self.build_call(&n, req) {
+                    Ok(c) => c,
+                    Err(seccomp::Error::Cancelled) => return Ok(None),
+                    Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
+                        self.answer(n.id, Response::Errno(libc::EFAULT))?;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                self.stats.forwarded += 1;
+                // A thread has one live notification: older ones of this thread are dead.
+                self.waiting.retain(|_, (w, _)| w.pid != n.pid);
+                self.waiting.insert(n.id, (n, req));
+                let key = CallKey {
+                    nr,
+                    args: n.data.args,
+                };
+                let acts = self.fwd.on_call(n.pid, n.id, key, call);
+                self.perform(acts)?;
+            }
+        }
+        Ok(None)
+    }
+
+    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Call> {
+        Ok(match req {
+            Req::Read { fd, len, .. } => Call::Read { fd, len },
+            Req::Write { fd, buf, len } => Call::Write {
+                fd,
+                data: Bytes::from(self.listener.read_mem(n, buf, len as usize)?),
+            },
+            Req::Pread {
+                fd, len, offset, ..
+            } => Call::Pread { fd, len, offset },
+            Req::Pwrite {
+                fd,
+                buf,
+                len,
+                offset,
+            } => Call::Pwrite {
+                fd,
+                data: Bytes::from(self.listener.read_mem(n, buf, len as usize)?),
+                offset,
+            },
+            Req::Lseek { fd, offset, whence } => Call::Lseek { fd, offset, whence },
+            Req::Fstat { fd, .. } => Call::Fstat { fd },
+            Req::Close { fd } => Call::Close { fd },
+            Req::Openat { path, flags, mode } => Call::Openat {
+                dirfd: libc::AT_FDCWD,
+                path: Bytes::from(self.read_path(n, path)?),
+                flags,
+                mode,
+                at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
+                    op: "listing /proc/<pid>/fd",
+                    pid: n.pid,
+                    addr: 0,
+                    len: 0,
+                    source,
+                })?,
+            },
+        })
+    }
+
+    /// A NUL-terminated path (without the NUL) at `addr`, read page by page (a path may end
+    /// right before an unmapped page). Longer than PATH_MAX: ENAMETOOLONG, as the kernel says.
+    fn read_path(&self, n: &Notif, addr: u64) -> seccomp::Result<Vec<u8>> {
+        const PATH_MAX: usize = 4096;
+        let mut out = Vec::new();
+        let mut at = addr;
+        while out.len() < PATH_MAX {
+            let in_page = 4096 - (at % 4096) as usize;
+            let chunk = self
+                .listener
+                .read_mem(n, at, in_page.min(PATH_MAX - out.len()))?;
+            if let Some(end) = chunk.iter().position(|&b| b == 0) {
+                out.extend_from_slice(&chunk[..end]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&chunk);
+            at += chunk.len() as u64;
+        }
+        Err(seccomp::Error::Mem {
+            op: "reading a path",
+            pid: n.pid,
+            addr,
+            len: PATH_MAX,
+            source: io::Error::from_raw_os_error(libc::ENAMETOOLONG),
+        })
+    }
+
+    fn perform(&mut self, acts: Vec<RemoteAction>) -> Result<(), Error> {
+        for a in acts {
+            match a {
+                RemoteAction::Send(m) => self.port.send(m).map_err(Error::HomeGone)?,
+                RemoteAction::Answer { notif, reply, .. } => {
+                    let how = self.deliver(notif, &reply)?;
+                    if how != Answered::Delivered {
+                        tracing::debug!(
+                            notif,
+                            ?how,
+                            "forwarded result not delivered; kept for a restart"
+                        );
+                        self.stats.replayed_or_cancelled += 1;
+                    }
+                    let more = self.fwd.on_answered(notif, how);
+                    self.perform(more)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies a result into the process and answers it.
+    fn deliver(&mut self, id: u64, reply: &Reply) -> Result<Answered, Error> {
+        let Some((n, req)) = self.waiting.remove(&id) else {
+            return Ok(Answered::Cancelled);
+        };
+        let buf = match req {
+            Req::Read { buf, .. } | Req::Pread { buf, .. } | Req::Fstat { buf, .. } => Some(buf),
+            _ => None,
+        };
+        if let Some(buf) = buf
+            && reply.ret >= 0
+            && !reply.data.is_empty()
+        {
+            match self.listener.write_mem(&n, buf, &reply.data) {
+                Ok(()) => {}
+                Err(seccomp::Error::Cancelled) => return Ok(Answered::Cancelled),
+                Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
+                    self.answer(id, Response::Errno(libc::EFAULT))?;
+                    return Ok(Answered::DataRefused);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if let Req::Openat { flags, .. } = req
+            && reply.ret >= 0
+        {
+            return self.place_home_fd(&n, reply.ret as i32, flags & libc::O_CLOEXEC != 0);
+        }
+        let resp = if reply.ret < 0 {
+            Response::Errno((-reply.ret) as i32)
+        } else if let Req::Close { fd } = req {
+            // Closed at home: let the kernel close the local placeholder too.
+            self.fds.remove(fd);
+            Response::Continue
+        } else {
+            Response::Value(if matches!(req, Req::Fstat { .. }) {
+                0
+            } else {
+                reply.ret
+            })
+        };
+        match self.listener.respond(id, resp) {
+            Ok(()) => Ok(Answered::Delivered),
+            Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Puts a placeholder at `at` in the process for a file opened at home, answering the call
+    /// with it (ADDFD with SEND: the fd appears only if the answer is delivered).
+    fn place_home_fd(&mut self, n: &Notif, at: i32, cloexec: bool) -> Result<Answered, Error> {
+        // SAFETY: open of a literal path; the fd is ours and closed when `ph` drops.
+        let raw = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if raw < 0 {
+            self.answer(n.id, Response::Errno(libc::EMFILE))?;
+            return Ok(Answered::Delivered);
+        }
+        // SAFETY: fresh fd.
+        let ph = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
+        match self.listener.add_fd(
+            n.id,
+            std::os::fd::AsRawFd::as_raw_fd(&ph),
+            Some(at),
+            cloexec,
+            true,
+        ) {
+            Ok(_) => {
+                self.fds.insert(at);
+                Ok(Answered::Delivered)
+            }
+            Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether a poll/ppoll/select/pselect6 call names a home-backed fd.
+    fn fd_set_has_home(&self, n: &Notif) -> seccomp::Result<bool> {
+        let a = n.data.args;
+        match i64::from(n.data.nr) {
+            libc::SYS_poll | libc::SYS_ppoll => {
+                let count = (a[1] as usize).min(4096);
+                let raw = self.listener.read_mem(n, a[0], count * 8)?;
+                Ok(raw.chunks_exact(8).any(|p| {
+                    let fd = i32::from_ne_bytes(p[0..4].try_into().expect("4 bytes"));
+                    self.fds.is_home(fd.into())
+                }))
+            }
+            _ => {
+                let nfds = (a[0] as usize).min(1024);
+                let bytes = nfds.div_ceil(64) * 8;
+                for set in [a[1], a[2], a[3]] {
+                    if set == 0 || bytes == 0 {
+                        continue;
+                    }
+                    let raw = self.listener.read_mem(n, set, bytes)?;
+                    for fd in self.fds.home_fds() {
+                        let fd = fd as usize;
+                        if fd < nfds && raw[fd / 8] & (1 << (fd % 8)) != 0 {
+                            return Ok(true);
+                        }
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+}
+
+/// The lowest fd number free in process (thread) `pid`: the number a new fd gets.
+fn lowest_free_fd(pid: u32) -> io::Result<i32> {
+    let mut used: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    used.sort_unstable();
+    let mut want = 0;
+    for fd in used {
+        if fd == want {
+            want += 1;
+        } else if fd > want {
+            break;
+        }
+    }
+    Ok(want)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id() -> Identity {
+        Identity {
+            pid: 4711,
+            ppid: 1,
+            pgid: 4700,
+            sid: 4000,
+            local_pid: 99,
+        }
+    }
+
+    #[test]
+    fn classification() {
+        let fds = FdTable::new([0, 1, 5]);
+        let c = |nr, a| classify(nr, a, &fds, &id());
+        assert_eq!(c(libc::SYS_getpid, [0; 6]), Class::Answer(4711));
+        assert_eq!(c(libc::SYS_getppid, [0; 6]), Class::Answer(1));
+        assert_eq!(c(libc::SYS_getsid, [0; 6]), Class::Answer(4000));
+        assert_eq!(
+            c(libc::SYS_getsid, [12, 0, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Identity)
+        );
+        assert_eq!(
+            c(libc::SYS_kill, [4711, 10, 0, 0, 0, 0]),
+            Class::SignalSelf { sig: 10 }
+        );
+        assert_eq!(
+            c(libc::SYS_kill, [4712, 10, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Identity)
+        );
+        assert_eq!(
+            c(libc::SYS_write, [1, 0x1000, 64, 0, 0, 0]),
+            Class::Forward(Req::Write {
+                fd: 1,
+                buf: 0x1000,
+                len: 64
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_write, [3, 0x1000, 64, 0, 0, 0]),
+            Class::Continue
+        );
+        assert_eq!(
+            c(libc::SYS_read, [5, 0x1000, u64::MAX, 0, 0, 0]),
+            Class::Forward(Req::Read {
+                fd: 5,
+                buf: 0x1000,
+                len: MAX_IO
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, 0x5401, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        assert_eq!(c(libc::SYS_ioctl, [4, 0x5401, 0, 0, 0, 0]), Class::Continue);
+        assert_eq!(
+            c(libc::SYS_mmap, [0, 4096, 1, 2, 5, 0]),
+            Class::GoHome(GoHome::MmapHomeFd)
+        );
+        assert_eq!(c(libc::SYS_mmap, [0, 4096, 1, 2, 4, 0]), Class::Continue);
+        assert_eq!(
+            c(libc::SYS_dup2, [4, 1, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        assert_eq!(
+            c(libc::SYS_close_range, [3, u32::MAX as u64, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        assert_eq!(
+            c(libc::SYS_close_range, [6, u32::MAX as u64, 0, 0, 0, 0]),
+            Class::Continue
+        );
+        assert_eq!(
+            c(libc::SYS_openat, [3, 0, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        assert_eq!(
+            c(
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, 0x10, 2, 0o644, 0, 0]
+            ),
+            Class::Forward(Req::Openat {
+                path: 0x10,
+                flags: 2,
+                mode: 0o644
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_stat, [0; 6]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        for nr in seccomp::HOME_CALLS {
+            assert!(matches!(c(*nr, [0; 6]), Class::GoHome(_)), "{nr}");
+        }
+        // Negative fd numbers are never home-backed.
+        assert_eq!(
+            c(libc::SYS_write, [u64::MAX, 0, 0, 0, 0, 0]),
+            Class::Continue
+        );
+        assert_eq!(c(libc::SYS_poll, [0; 6]), Class::CheckFdSet);
+        let none = FdTable::default();
+        assert_eq!(
+            classify(libc::SYS_poll, [0; 6], &none, &id()),
+            Class::Continue
+        );
+    }
+}
