@@ -213,14 +213,34 @@ impl HomeShell {
         crate::seccomp::pidfd_getfd(self.pid, fd).map_err(sio(self.pid, "pidfd_getfd"))
     }
 
-    /// Makes P exit with `code` (the moved process exited so). Returns P's final wait status.
-    pub fn exit(self, code: i32) -> Result<i32> {
+    /// Makes P exit with `code` (the moved process exited so; only its low 8 bits count).
+    /// Returns P's final wait status; the shell has ended then.
+    pub fn exit(&mut self, code: i32) -> Result<i32> {
         self.on(move |s| s.end(End::Exit(code)))
     }
 
     /// Makes P die by `sig` under SIG_DFL, without a core (RLIMIT_CORE is 0). Returns P's final
-    /// wait status.
-    pub fn die_by(self, sig: i32) -> Result<i32> {
+    /// wait status; the shell has ended then. A signal whose default action does not end a
+    /// process (stop, continue, ignore) is refused before anything is done.
+    pub fn die_by(&mut self, sig: i32) -> Result<i32> {
+        let ends = (1..=64).contains(&sig)
+            && ![
+                libc::SIGSTOP,
+                libc::SIGTSTP,
+                libc::SIGTTIN,
+                libc::SIGTTOU,
+                libc::SIGCONT,
+                libc::SIGCHLD,
+                libc::SIGURG,
+                libc::SIGWINCH,
+            ]
+            .contains(&sig);
+        if !ends {
+            return Err(serr(
+                self.pid,
+                format!("signal {sig} does not end a process by default"),
+            ));
+        }
         self.on(move |s| s.end(End::Signal(sig)))
     }
 }

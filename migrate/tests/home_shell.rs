@@ -137,9 +137,19 @@ fn die_by_sigterm_is_seen_by_the_parent_without_a_core() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, _img, sh) = parked(dir.path(), "100000", "1");
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
+    wait_paused(p.pid);
+    // signals that do not end a process are refused, and change nothing
+    for sig in [libc::SIGSTOP, libc::SIGCONT, libc::SIGCHLD, 0, 65] {
+        sh.die_by(sig).expect_err("not a terminating signal");
+    }
+    assert!(p.alive());
     wait_paused(p.pid);
     sh.die_by(libc::SIGTERM).expect("die_by");
+    assert!(
+        sh.next_event(Duration::from_millis(10)).is_err(),
+        "the shell has ended"
+    );
     let st = p.wait(T);
     assert!(
         libc::WIFSIGNALED(st) && libc::WTERMSIG(st) == libc::SIGTERM,
@@ -160,7 +170,7 @@ fn die_by_sigsegv_is_reproduced_without_a_core() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let (mut p, _img, sh) = parked(dir.path(), "100000", "1");
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
     sh.die_by(libc::SIGSEGV).expect("die_by");
     let st = p.wait(T);
     assert!(
@@ -370,7 +380,8 @@ fn a_process_with_thousands_of_mappings_is_trimmed_too() {
     let mut s = migrate::seize(p.pid, Duration::from_secs(5)).expect("seize");
     let img = s.collect().expect("collect");
     s.stream(&img, std::io::sink()).expect("stream");
-    let migrate::Finished::Parked(sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap() else {
+    let migrate::Finished::Parked(mut sh) = s.finish(migrate::Ending::ParkAsHomeShell).unwrap()
+    else {
         panic!("not parked")
     };
     let maps = std::fs::read_to_string(format!("/proc/{}/maps", p.pid)).unwrap();
