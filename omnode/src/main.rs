@@ -15,8 +15,11 @@ mod loadmon;
 mod logging;
 mod members;
 mod metrics;
+mod migcli;
+mod migrator;
 mod notify;
 mod reload;
+mod remote;
 mod setpe;
 mod status;
 
@@ -46,10 +49,20 @@ pub struct Classic {
 }
 
 /// Every classic name this build answers to.
-pub const CLASSIC: &[Classic] = &[Classic {
-    name: "setpe",
-    cmd: "setpe",
-}];
+pub const CLASSIC: &[Classic] = &[
+    Classic {
+        name: "setpe",
+        cmd: "setpe",
+    },
+    Classic {
+        name: "migrate",
+        cmd: "migrate",
+    },
+    Classic {
+        name: "mps",
+        cmd: "ps",
+    },
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -177,6 +190,10 @@ pub enum Cmd {
     /// Load, show or check the map of the running node; leave the cluster (the classic
     /// setpe: -w -f FILE, -r, -c -f FILE, -off).
     Setpe(setpe::Args),
+    /// Move a running process to another node (`migrate PID NODE`; `home` brings it back).
+    Migrate(migcli::MigrateArgs),
+    /// Processes of this node running elsewhere, and guests running here (`mps`).
+    Ps(migcli::PsArgs),
     #[command(flatten)]
     Ckpt(ckpt::Cmd),
     /// Print the help of omnode or of one of its commands (`omnode help setpe`).
@@ -251,6 +268,8 @@ fn main() -> ExitCode {
         }),
         Some(Cmd::Status { json, socket }) => status::run(&socket.socket, json),
         Some(Cmd::Setpe(a)) => setpe::run(a),
+        Some(Cmd::Migrate(a)) => migcli::migrate(a),
+        Some(Cmd::Ps(a)) => migcli::ps(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),
