@@ -1,0 +1,227 @@
+//! Process migration end to end: real daemons on 127.0.0.N, real processes moved with
+//! `omnode migrate`, each compared with an uninterrupted run of the same program.
+//!
+//! Needs root (ptrace of another user's process is not the point here; the remote's seccomp
+//! filter is installed while the rebuilt process still has root's credentials). Without root
+//! the tests say why and skip; under `CI=true` they fail instead.
+
+use std::io::Read;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use omnode_tests::{Cluster, run_cli, wait_for};
+
+const FORM: Duration = Duration::from_secs(30);
+
+/// Whether the test can run; panics under CI when it cannot.
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {test} needs root (ptrace and seccomp filters of other processes)"
+    );
+    eprintln!("skipping {test}: needs root (ptrace and seccomp filters of other processes)");
+    false
+}
+
+/// Compiles tests/progs/NAME.c into the cluster's directory.
+fn compile(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed for these tests");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    out
+}
+
+/// A child that is killed when dropped, also when the test fails.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `prog args` with stdout on a pipe owned by this test, stdin and stderr on /dev/null,
+/// and no fds inherited beyond those three.
+fn spawn(prog: &Path, args: &[&str]) -> Kid {
+    let mut cmd = Command::new(prog);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    Kid(cmd.spawn().expect("spawn the test program"))
+}
+
+/// Reads the child's whole output and waits for it, at most `limit`.
+fn finish(mut kid: Kid, limit: Duration) -> (String, std::process::ExitStatus) {
+    let mut out = kid.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = out.read_to_end(&mut v);
+        v
+    });
+    let status = wait_for(limit, || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("the program did not end within {limit:?}"));
+    let out = reader.join().unwrap();
+    (String::from_utf8_lossy(&out).into_owned(), status)
+}
+
+fn cluster(map: &str, nodes: &[u32]) -> Cluster {
+    let mut c = Cluster::new(map);
+    for &n in nodes {
+        c.start(n);
+    }
+    for &n in nodes {
+        let want: Vec<u64> = nodes.iter().map(|&x| u64::from(x)).collect();
+        wait_for(FORM, || c.up(n).filter(|up| *up == want))
+            .unwrap_or_else(|| panic!("node {n} never saw {want:?} up:\n{}", c.log_text(n)));
+    }
+    c
+}
+
+fn cli(c: &Cluster, node: u32, args: &[&str]) -> std::process::Output {
+    let sock = c.socket(node);
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--socket", sock.to_str().unwrap()]);
+    run_cli(&a)
+}
+
+fn logs(c: &Cluster, nodes: &[u32]) -> String {
+    nodes
+        .iter()
+        .map(|&n| format!("--- node {n} ---\n{}", c.log_text(n)))
+        .collect()
+}
+
+/// The simplest real case: a C program writing to a pipe owned by the test is moved to node
+/// 2 mid-run. Its output is byte-identical to an uninterrupted run (with getpid() still the
+/// home PID after the move), and the parent's wait sees its exit code.
+#[test]
+fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
+    if !can_run("counter_moved_to_node_2") {
+        return;
+    }
+    let c = cluster("1 127.0.0.61 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pipecount");
+    let args = ["60", "25", "7"];
+
+    // The uninterrupted run.
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(7), "uninterrupted run: {plain_st:?}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = cli(&c, 1, &["migrate", &pid.to_string(), "2"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned()
+        + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "migrate failed: {said}\n{}",
+        logs(&c, &[1, 2])
+    );
+    assert!(said.contains("moved to node 2"), "{said}");
+
+    // While it runs there, `ps --json` on home shows it on node 2.
+    let ps = cli(&c, 1, &["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ps.stdout)
+        .unwrap_or_else(|e| panic!("ps --json: {e}: {}", String::from_utf8_lossy(&ps.stdout)));
+    let row = v["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)).cloned());
+    if let Some(row) = row {
+        assert_eq!(row["node"], 2, "{v}");
+        assert_eq!(row["home"], 1, "{v}");
+    }
+
+    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
+    assert_eq!(
+        moved_out,
+        want,
+        "output differs from the uninterrupted run\n{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(moved_st.code(), Some(7), "moved run: {moved_st:?}\n{}", logs(&c, &[1, 2]));
+}
+
+/// A move to a node that is down is refused with one line naming the node, and the process
+/// keeps running at home, its output and exit code unchanged.
+#[test]
+fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
+    if !can_run("move_to_a_down_node_is_refused") {
+        return;
+    }
+    let c = cluster("1 127.0.0.65 2\n", &[1]);
+    let prog = compile(c.dir.path(), "pipecount");
+    let args = ["40", "25", "5"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, _) = finish(plain, Duration::from_secs(60));
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = cli(&c, 1, &["migrate", &pid.to_string(), "2"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a move to a down node succeeded");
+    assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains("node 2"), "the refusal does not name the node: {err}");
+    assert!(err.contains("keeps running"), "{err}");
+
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(out, plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")));
+    assert_eq!(st.code(), Some(5));
+}
+
+/// A user may not move another user's process: refused before anything is touched.
+#[test]
+fn a_user_cannot_move_roots_process() {
+    if !can_run("a_user_cannot_move_roots_process") {
+        return;
+    }
+    let c = cluster("1 127.0.0.67 2\n", &[1, 2]);
+    let mut kid = Kid(Command::new("sleep").arg("30").spawn().unwrap());
+    let sock = c.socket(1);
+    // The daemon's socket must be reachable for nobody.
+    let _ = std::fs::set_permissions(
+        &sock,
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    );
+    let _ = std::fs::set_permissions(
+        c.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+    let out = Command::new(omnode_tests::omnode_bin())
+        .args(["migrate", &kid.0.id().to_string(), "2", "--socket"])
+        .arg(&sock)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("may not move"), "{err}");
+    assert!(kid.0.try_wait().unwrap().is_none(), "the process was touched");
+}
