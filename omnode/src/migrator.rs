@@ -83,6 +83,9 @@ pub struct PsRow {
     pub state: String,
     pub moves: u32,
     pub cmd: String,
+    /// On the node it runs on, for a guest: its PID there.
+    #[serde(default)]
+    pub local_pid: Option<i32>,
 }
 
 static GLOBAL: OnceLock<Arc<Migrator>> = OnceLock::new();
@@ -348,6 +351,7 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
             state: "migrating".into(),
             moves: 0,
             cmd: img.comm.clone(),
+            local_pid: None,
         },
     );
     let (mut home, acts) = Home::start(protocol::Config::default(), offer, Instant::now());

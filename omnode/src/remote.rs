@@ -327,8 +327,15 @@ fn builder(
             }
         }
     }
+    let st = sup.stats().clone();
     drop(sup);
-    let _ = out.send(Built::Ended(wait_status(pid)));
+    let status = wait_status(pid);
+    tracing::info!(
+        home, pid = ident.pid, local_pid = pid,
+        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here",
+        st.forwarded, st.identity, st.continued
+    );
+    let _ = out.send(Built::Ended(status));
 }
 
 fn target_thread(
@@ -478,6 +485,7 @@ fn target_thread(
                             state: "guest".into(),
                             moves: 1,
                             cmd: ident.cmd.clone(),
+                            local_pid: Some(p),
                         },
                     );
                 }

@@ -149,11 +149,13 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
         .unwrap_or_else(|e| panic!("ps --json: {e}: {}", String::from_utf8_lossy(&ps.stdout)));
     let row = v["processes"]
         .as_array()
-        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)).cloned());
-    if let Some(row) = row {
-        assert_eq!(row["node"], 2, "{v}");
-        assert_eq!(row["home"], 1, "{v}");
-    }
+        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)).cloned())
+        .unwrap_or_else(|| panic!("ps --json on home does not list {pid}: {v}"));
+    assert_eq!(row["node"], 2, "{v}");
+    assert_eq!(row["home"], 1, "{v}");
+    assert_eq!(row["state"], "running", "{v}");
+    // And node 2 lists it as a guest from home 1 (once its copy started there).
+    guest_pid(&c, 2, pid);
 
     let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
@@ -164,6 +166,18 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
         logs(&c, &[1, 2])
     );
     assert_eq!(moved_st.code(), Some(7), "moved run: {moved_st:?}\n{}", logs(&c, &[1, 2]));
+    // Its writes after the move really ran at home: node 2 forwarded them.
+    let line = wait_for(Duration::from_secs(10), || {
+        c.log_text(2).lines().find(|l| l.contains("guest ended")).map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("node 2 never logged the guest's end\n{}", logs(&c, &[1, 2])));
+    let forwarded: u64 = line
+        .split("): ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable: {line}"));
+    assert!(forwarded > 0, "no call was forwarded home: {line}");
 }
 
 /// A move to a node that is down is refused with one line naming the node, and the process
@@ -224,4 +238,124 @@ fn a_user_cannot_move_roots_process() {
     assert!(!out.status.success());
     assert!(err.contains("may not move"), "{err}");
     assert!(kid.0.try_wait().unwrap().is_none(), "the process was touched");
+}
+
+/// The child's output as it comes, read by a thread of its own.
+struct Stream {
+    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Stream {
+    fn new(kid: &mut Kid) -> Stream {
+        let mut out = kid.0.stdout.take().unwrap();
+        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b2 = buf.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = out.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                b2.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        Stream { buf }
+    }
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
+    }
+}
+
+fn moved(c: &Cluster, pid: u32, to: u32) {
+    let out = cli(c, 1, &["migrate", &pid.to_string(), &to.to_string()]);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs(c, &[1, to])
+    );
+}
+
+fn kill(pid: u32, sig: i32) {
+    // SAFETY: kill with integer arguments.
+    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid} {sig}");
+}
+
+/// After the move, `kill -USR1 PID` at home runs the handler on the remote (its getpid() is
+/// still the home PID), and `kill -TERM PID` at home ends it there: the parent sees it killed
+/// by SIGTERM.
+#[test]
+fn signals_sent_at_home_reach_the_moved_process() {
+    if !can_run("signals_sent_at_home_reach_the_moved_process") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let c = cluster("1 127.0.0.71 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "sigcount");
+    let mut kid = spawn(&prog, &["2000", "10"]);
+    let pid = kid.0.id();
+    let s = Stream::new(&mut kid);
+    wait_for(FORM, || s.text().contains("tick 5").then_some(())).expect("the program runs");
+    moved(&c, pid, 2);
+    let before = s.text().len();
+    kill(pid, libc::SIGUSR1);
+    let want = format!("usr1 pid {pid}\n");
+    wait_for(Duration::from_secs(10), || s.text()[before..].contains(&want).then_some(()))
+        .unwrap_or_else(|| {
+            panic!(
+                "no '{want}' after SIGUSR1 at home; output tail: {:?}\n{}",
+                &s.text()[before..],
+                logs(&c, &[1, 2])
+            )
+        });
+    kill(pid, libc::SIGTERM);
+    let st = wait_for(Duration::from_secs(15), || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("no end after SIGTERM at home\n{}", logs(&c, &[1, 2])));
+    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}\n{}", logs(&c, &[1, 2]));
+}
+
+/// When the home daemon dies, the target kills the remote copy within seconds and leaves
+/// nothing behind.
+#[test]
+fn the_remote_copy_ends_when_home_goes_away() {
+    if !can_run("the_remote_copy_ends_when_home_goes_away") {
+        return;
+    }
+    let mut c = cluster("1 127.0.0.75 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "sigcount");
+    let mut kid = spawn(&prog, &["3000", "10"]);
+    let pid = kid.0.id();
+    let _s = Stream::new(&mut kid);
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, pid, 2);
+    let local = guest_pid(&c, 2, pid);
+    assert!(Path::new(&format!("/proc/{local}")).exists());
+    c.kill(1);
+    wait_for(Duration::from_secs(15), || {
+        (!Path::new(&format!("/proc/{local}")).exists()).then_some(())
+    })
+    .unwrap_or_else(|| panic!("the remote copy {local} still runs\n{}", logs(&c, &[2])));
+    let gone = wait_for(Duration::from_secs(5), || {
+        let ps = cli(&c, 2, &["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
+        v["processes"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+    });
+    assert!(gone.is_some(), "node 2 still lists the guest");
+}
+
+/// The PID on `node` of the guest whose home PID is `pid` (from `ps --json` there), waiting
+/// for it to appear.
+fn guest_pid(c: &Cluster, node: u32, pid: u32) -> u64 {
+    let mut last = serde_json::Value::Null;
+    wait_for(Duration::from_secs(10), || {
+        let ps = cli(c, node, &["ps", "--json"]);
+        last = serde_json::from_slice(&ps.stdout).ok()?;
+        last["processes"]
+            .as_array()?
+            .iter()
+            .find(|r| r["pid"] == u64::from(pid) && r["home"] == 1 && r["node"] == node)
+            .and_then(|r| r["local_pid"].as_u64())
+    })
+    .unwrap_or_else(|| panic!("node {node} does not list guest {pid}: {last}\n{}", logs(c, &[1, node])))
 }
