@@ -47,6 +47,12 @@ pub enum Request {
         pid: i32,
         to: String,
     },
+    /// `mosrun -jN prog`: the caller (process `pid`) is about to exec its program; move it to
+    /// `to` once it has. Answered at once (before the exec).
+    MoveAfterExec {
+        pid: i32,
+        to: u32,
+    },
     /// `omnode ps` / `mps`: the processes of this node running elsewhere and the guests
     /// running here.
     Ps,
@@ -176,7 +182,7 @@ impl Control {
                     },
                 }
             }
-            Request::Migrate { .. } | Request::Ps => {
+            Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps => {
                 Response::Error("migrations are served by the socket connection".into())
             }
             Request::Leave => {
@@ -325,7 +331,7 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error(format!("bad request: {e}")),
             // Migrations take longer than an ask of the control actor may: served here.
-            Ok(req @ (Request::Migrate { .. } | Request::Ps)) => crate::migrator::serve(req, uid).await,
+            Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => crate::migrator::serve(req, uid).await,
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)
                 .await

@@ -59,6 +59,10 @@ pub const CLASSIC: &[Classic] = &[
         cmd: "migrate",
     },
     Classic {
+        name: "mosrun",
+        cmd: "run",
+    },
+    Classic {
         name: "mps",
         cmd: "ps",
     },
@@ -192,6 +196,8 @@ pub enum Cmd {
     Setpe(setpe::Args),
     /// Move a running process to another node (`migrate PID NODE`; `home` brings it back).
     Migrate(migcli::MigrateArgs),
+    /// Run a program under the cluster (`mosrun -j2 prog args`): it becomes the program.
+    Run(migcli::RunArgs),
     /// Processes of this node running elsewhere, and guests running here (`mps`).
     Ps(migcli::PsArgs),
     #[command(flatten)]
@@ -270,6 +276,7 @@ fn main() -> ExitCode {
         Some(Cmd::Setpe(a)) => setpe::run(a),
         Some(Cmd::Migrate(a)) => migcli::migrate(a),
         Some(Cmd::Ps(a)) => migcli::ps(a),
+        Some(Cmd::Run(a)) => migcli::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),

@@ -25,6 +25,46 @@ pub struct PsArgs {
     pub socket: crate::SocketArg,
 }
 
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run on one of these nodes (`-j2` or `-j2,3`: the first of the list). Without it, the
+    /// program runs at home.
+    #[arg(short = 'j', value_name = "NODES")]
+    pub nodes: Option<String>,
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub cmd: Vec<std::ffi::OsString>,
+}
+
+/// `mosrun`: becomes the program (same PID: `$?`, `wait` and job control are the program's),
+/// after asking the daemon to move it to the chosen node once the exec is done.
+pub fn run(a: RunArgs) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let path = &a.socket.socket;
+    if let Some(nodes) = &a.nodes {
+        let first = nodes.split(',').next().unwrap_or_default();
+        let to: u32 = first
+            .parse()
+            .map_err(|_| Error::Config(format!("-j{nodes}: '{first}' is not a node number")))?;
+        let req = Request::MoveAfterExec {
+            pid: std::process::id() as i32,
+            to,
+        };
+        match control::call(path, &req)? {
+            Response::Done(_) => {}
+            Response::Error(e) => return Err(refused(path, e)),
+            other => return Err(refused(path, format!("unexpected answer {other:?}"))),
+        }
+    }
+    let err = std::process::Command::new(&a.cmd[0]).args(&a.cmd[1..]).exec();
+    Err(Error::Config(format!(
+        "cannot run {}: {err}",
+        std::path::Path::new(&a.cmd[0]).display()
+    )))
+}
+
 fn refused(path: &Path, reason: String) -> Error {
     Error::Refused {
         path: path.to_path_buf(),

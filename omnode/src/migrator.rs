@@ -540,6 +540,36 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                 Err(e) => Response::Error(e),
             }
         }
+        Request::MoveAfterExec { pid, to } => {
+            let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+            let Some(before) = exe(pid) else {
+                return Response::Error(format!("process {pid}: no such process"));
+            };
+            if let Err(e) = proc_uid(pid).and_then(|owner| match uid {
+                Some(0) => Ok(()),
+                Some(u) if u == owner => Ok(()),
+                _ => Err(format!("uid {uid:?} may not move process {pid} (it belongs to uid {owner})")),
+            }) {
+                return Response::Error(e);
+            }
+            let m2 = m.clone();
+            m.rt.spawn(async move {
+                // Wait (at most 5 s) for the exec, then move it.
+                let t0 = Instant::now();
+                while exe(pid).as_ref() == Some(&before) {
+                    if t0.elapsed() > Duration::from_secs(5) {
+                        tracing::warn!(pid, "mosrun: no exec within 5 s; not moved");
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                match m2.migrate(pid, to, uid).await {
+                    Ok(s) => tracing::info!(pid, "mosrun: {s}"),
+                    Err(e) => tracing::warn!(pid, "mosrun: it runs at home: {e}"),
+                }
+            });
+            Response::Done(format!("process {pid} moves to node {to} once it runs its program"))
+        }
         _ => Response::Error("not a migration request".into()),
     }
 }

@@ -359,3 +359,35 @@ fn guest_pid(c: &Cluster, node: u32, pid: u32) -> u64 {
     })
     .unwrap_or_else(|| panic!("node {node} does not list guest {pid}: {last}\n{}", logs(c, &[1, node])))
 }
+
+/// `omnode run -j2 prog` (`mosrun -j2`): the program runs under the caller's own PID (the
+/// test is its parent), shows up as a guest on node 2, and its output and exit code are those
+/// of an uninterrupted run.
+#[test]
+fn mosrun_j2_runs_the_program_on_node_2() {
+    if !can_run("mosrun_j2_runs_the_program_on_node_2") {
+        return;
+    }
+    let c = cluster("1 127.0.0.81 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pipecount");
+    let args = ["60", "25", "3"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, _) = finish(plain, Duration::from_secs(60));
+
+    let sock = c.socket(1);
+    let bin = omnode_tests::omnode_bin();
+    let mut full = vec!["run", "-j2", "--socket", sock.to_str().unwrap(), "--", prog.to_str().unwrap()];
+    full.extend(args);
+    let kid = spawn(&bin, &full);
+    let pid = kid.0.id();
+    guest_pid(&c, 2, pid);
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(
+        out,
+        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        "{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
+}
