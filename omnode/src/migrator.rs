@@ -58,6 +58,31 @@ pub enum Wire {
 /// Something for one migration's thread.
 pub(crate) enum In {
     Wire { from: NodeId, wire: Wire },
+    /// The deputy's worker finished a forwarded call.
+    Done {
+        tid: migration::forward::Tid,
+        seq: migration::forward::Seq,
+        reply: migration::forward::Reply,
+    },
+}
+
+/// A forwarded call for the deputy's worker thread.
+struct Job {
+    tid: migration::forward::Tid,
+    seq: migration::forward::Seq,
+    call: migration::forward::Call,
+}
+
+/// The deputy's worker: runs forwarded calls on the real fds, one at a time, so a call that
+/// blocks at home (a read of an empty pipe) never stops the migration thread's heartbeats,
+/// signal forwarding or exit handling.
+fn worker(mut fds: HashMap<i32, OwnedFd>, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<In>) {
+    while let Ok(Job { tid, seq, call }) = jobs.recv() {
+        let reply = migration::standin::execute(&mut fds, &call);
+        if done.send(In::Done { tid, seq, reply }).is_err() {
+            return;
+        }
+    }
 }
 
 /// Shared by the control socket, the inbound actor and the migration threads.
@@ -220,13 +245,13 @@ impl Migrator {
         }
         let mig = (u64::from(self.local) << 40) | self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel();
-        lock(&self.homes).insert(mig, tx);
+        lock(&self.homes).insert(mig, tx.clone());
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let me = self.clone();
         std::thread::Builder::new()
             .name(format!("mig-home-{pid}"))
             .spawn(move || {
-                home_thread(&me, mig, pid, to, rx, done_tx);
+                home_thread(&me, mig, pid, to, (tx, rx), done_tx);
                 lock(&me.homes).remove(&mig);
                 lock(&me.table).remove(&mig);
             })
@@ -297,7 +322,14 @@ pub(crate) fn exe_identity(path: &str) -> Option<ExeIdentity> {
 type Done = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// The home side of one migration, then its deputy, until the moved process ends.
-fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receiver<In>, done: Done) {
+fn home_thread(
+    m: &Migrator,
+    mig: MigId,
+    pid: i32,
+    to: NodeId,
+    (me_tx, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
+    done: Done,
+) {
     let mut done = Some(done);
     let mut answer = |r: Result<String, String>| {
         if let Some(d) = done.take() {
@@ -357,7 +389,7 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
     let (mut home, acts) = Home::start(protocol::Config::default(), offer, Instant::now());
     let mut seized = Some(seized);
     let mut shell: Option<migrate::HomeShell> = None;
-    let mut fds: HashMap<i32, OwnedFd> = HashMap::new();
+    let mut jobs: Option<mpsc::Sender<Job>> = None;
     let mut dep = DeputyFwd::new();
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
@@ -386,6 +418,7 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
                     let Some(s) = seized.take() else { continue };
                     match s.finish(migrate::Ending::ParkAsHomeShell) {
                         Ok(migrate::Finished::Parked(sh)) => {
+                            let mut fds = HashMap::new();
                             for &fd in &ident.home_fds {
                                 match sh.take_fd(fd) {
                                     Ok(f) => {
@@ -395,13 +428,23 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
                                 }
                             }
                             shell = Some(sh);
+                            let (jtx, jrx) = mpsc::channel();
+                            let back = me_tx.clone();
+                            if let Err(e) = std::thread::Builder::new()
+                                .name(format!("deputy-{pid}"))
+                                .spawn(move || worker(fds, jrx, back))
+                            {
+                                tracing::error!(pid, "cannot start the deputy worker: {e}");
+                            }
+                            jobs = Some(jtx);
                             if let Some(r) = lock(&m.table).get_mut(&mig) {
                                 r.node = to;
                                 r.state = "running".into();
                                 r.moves += 1;
                             }
                             for msg in std::mem::take(&mut early) {
-                                deputy(m, to, mig, &mut dep, &mut fds, msg);
+                                let acts = dep.on_msg(msg);
+                                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
                             }
                             answer(Ok(format!("process {pid} moved to node {to}")));
                         }
@@ -450,14 +493,19 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
                 Wire::Proto { msg, .. } => pending.extend(home.on_msg(msg, Instant::now())),
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
-                    if shell.is_some() {
-                        deputy(m, to, mig, &mut dep, &mut fds, msg);
+                    if jobs.is_some() {
+                        let acts = dep.on_msg(msg);
+                        deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
                     } else {
                         early.push(msg);
                     }
                 }
                 Wire::Signal { .. } => {}
             },
+            Ok(In::Done { tid, seq, reply }) => {
+                let acts = dep.on_done(tid, seq, reply);
+                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+            }
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -491,25 +539,32 @@ fn home_thread(m: &Migrator, mig: MigId, pid: i32, to: NodeId, rx: mpsc::Receive
     }
 }
 
-/// The deputy: one forwarded message, its calls run on the real fds.
+/// The deputy: carries out the forwarding machine's actions; calls go to the worker.
 fn deputy(
     m: &Migrator,
     to: NodeId,
     mig: MigId,
     dep: &mut DeputyFwd,
-    fds: &mut HashMap<i32, OwnedFd>,
-    msg: FwdMsg,
+    jobs: Option<&mpsc::Sender<Job>>,
+    acts: Vec<DeputyAction>,
 ) {
-    let mut acts: std::collections::VecDeque<DeputyAction> = dep.on_msg(msg).into();
-    while let Some(a) = acts.pop_front() {
+    for a in acts {
         match a {
             DeputyAction::Send(msg) => {
                 m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
             }
             DeputyAction::Execute { tid, seq, call } => {
-                let r = migration::standin::execute(fds, &call);
-                acts.extend(dep.on_done(tid, seq, r));
+                let sent = jobs.is_some_and(|j| j.send(Job { tid, seq, call }).is_ok());
+                if !sent {
+                    let acts = dep.on_done(tid, seq, migration::forward::Reply::errno(libc::EIO));
+                    for a in acts {
+                        if let DeputyAction::Send(msg) = a {
+                            m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
+                        }
+                    }
+                }
             }
+            // Not yet: a call blocked at home is not interrupted (its reply still comes).
             DeputyAction::Interrupt { .. } => {}
         }
     }

@@ -389,6 +389,7 @@ fn target_thread(
     let mut local_pid: Option<i32> = None;
     let mut pending = acts;
     let mut ran = false;
+    let mut early_signals: Vec<i32> = Vec::new();
     loop {
         for a in std::mem::take(&mut pending) {
             match a {
@@ -462,13 +463,18 @@ fn target_thread(
                 }
                 Wire::Signal { signo, .. } => {
                     target.on_sign_of_life(Instant::now());
-                    if let Some(p) = local_pid {
+                    match local_pid {
                         // SAFETY: kill with integer arguments.
-                        unsafe { libc::kill(p, signo) };
+                        Some(p) => unsafe {
+                            libc::kill(p, signo);
+                        },
+                        // Home may forward a signal before the builder said the copy runs.
+                        None if ran => early_signals.push(signo),
+                        None => {}
                     }
                 }
             },
-            Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(In::Done { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         while let Ok(b) = built_rx.try_recv() {
@@ -476,6 +482,10 @@ fn target_thread(
                 Built::Ready(r) => pending.extend(target.on_built(r, Instant::now())),
                 Built::Running(p) => {
                     local_pid = Some(p);
+                    for signo in early_signals.drain(..) {
+                        // SAFETY: kill with integer arguments.
+                        unsafe { libc::kill(p, signo) };
+                    }
                     lock(&m.table).insert(
                         mig,
                         PsRow {

@@ -391,3 +391,75 @@ fn mosrun_j2_runs_the_program_on_node_2() {
     );
     assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
 }
+
+/// Deterministic input for gzip: `n` blocks of 4 KiB.
+fn block(i: usize) -> Vec<u8> {
+    (0..4096).map(|j| ((i * 31 + j * 7 + (j >> 5)) % 251) as u8).collect()
+}
+
+/// gzip reading stdin from a pipe fed slowly by the test (so its forwarded reads wait at home
+/// for data, longer than a heartbeat) and writing stdout to a pipe, moved to node 2 mid-run:
+/// its output is byte-identical to gzip's on the same input, and it exits 0.
+#[test]
+fn gzip_between_two_pipes_moved_mid_run() {
+    if !can_run("gzip_between_two_pipes_moved_mid_run") {
+        return;
+    }
+    use std::io::Write;
+    let c = cluster("1 127.0.0.85 2\n", &[1, 2]);
+    let gzip = PathBuf::from("/usr/bin/gzip");
+    if !gzip.exists() {
+        panic!("gzip is needed for this test (/usr/bin/gzip)");
+    }
+    let blocks = 40usize;
+    let input: Vec<u8> = (0..blocks).flat_map(block).collect();
+    let reference = {
+        let mut k = Command::new(&gzip)
+            .args(["-c", "-n"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut i = k.stdin.take().unwrap();
+        let data = input.clone();
+        let w = std::thread::spawn(move || i.write_all(&data));
+        let o = k.wait_with_output().unwrap();
+        w.join().unwrap().unwrap();
+        o.stdout
+    };
+    let mut cmd = Command::new(&gzip);
+    cmd.args(["-c", "-n"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut kid = Kid(cmd.spawn().unwrap());
+    let pid = kid.0.id();
+    let mut stdin = kid.0.stdin.take().unwrap();
+    let s = Stream::new(&mut kid);
+    let feeder = std::thread::spawn(move || {
+        for i in 0..blocks {
+            stdin.write_all(&block(i)).unwrap();
+            // In the middle, a pause longer than the failure time-out (5 s): a forwarded read
+            // waiting at home must not starve the heartbeats.
+            let ms = if i == blocks / 2 { 6000 } else { 60 };
+            std::thread::sleep(Duration::from_millis(ms));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, pid, 2);
+    guest_pid(&c, 2, pid);
+    feeder.join().unwrap();
+    let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("gzip did not end\n{}", logs(&c, &[1, 2])));
+    std::thread::sleep(Duration::from_millis(100));
+    let out = s.buf.lock().unwrap().clone();
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &[1, 2]));
+    assert!(out == reference, "gzip output differs ({} vs {} bytes)\n{}", out.len(), reference.len(), logs(&c, &[1, 2]));
+}
