@@ -1,5 +1,5 @@
-/* sigcount N MS: writes "tick i" every MS ms, N times, then exits 0. A SIGUSR1 makes the next
-   line "usr1 pid P" (P from getpid()). */
+/* sigcount N MS [segv]: writes "tick i" every MS ms, N times, then exits 0 (with "segv": dies
+   by SIGSEGV instead). A SIGUSR1 makes the next line "usr1 pid P" (P from getpid()). */
 #define _GNU_SOURCE
 #include <signal.h>
 #include <stdio.h>
@@ -12,7 +12,7 @@ static volatile sig_atomic_t got;
 static void h(int s) { (void)s; got = 1; }
 
 int main(int argc, char **argv) {
-    if (argc != 3) return 2;
+    if (argc != 3 && argc != 4) return 2;
     int n = atoi(argv[1]), ms = atoi(argv[2]);
     struct sigaction sa; memset(&sa, 0, sizeof sa);
     sa.sa_handler = h; sa.sa_flags = SA_RESTART;
@@ -26,5 +26,6 @@ int main(int argc, char **argv) {
         struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
         nanosleep(&ts, 0);
     }
+    if (argc == 4) { volatile int *p = 0; *p = 1; }
     return 0;
 }

@@ -463,3 +463,57 @@ fn gzip_between_two_pipes_moved_mid_run() {
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &[1, 2]));
     assert!(out == reference, "gzip output differs ({} vs {} bytes)\n{}", out.len(), reference.len(), logs(&c, &[1, 2]));
 }
+
+/// A moved process that dies by SIGSEGV on the remote: the parent at home sees it killed by
+/// SIGSEGV, after all its output.
+#[test]
+fn a_crash_on_the_remote_is_the_parents_wifsignaled_sigsegv() {
+    if !can_run("a_crash_on_the_remote") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let c = cluster("1 127.0.0.87 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "sigcount");
+    let mut kid = spawn(&prog, &["100", "20", "segv"]);
+    let pid = kid.0.id();
+    let s = Stream::new(&mut kid);
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, pid, 2);
+    let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("no end\n{}", logs(&c, &[1, 2])));
+    assert_eq!(st.signal(), Some(libc::SIGSEGV), "{st:?}\n{}", logs(&c, &[1, 2]));
+    wait_for(Duration::from_secs(5), || s.text().ends_with("tick 99\n").then_some(()))
+        .unwrap_or_else(|| panic!("output incomplete: {:?}", s.text()));
+}
+
+/// A python3 script writing to a pipe, moved mid-run: output and exit code as an
+/// uninterrupted run. Runs the interpreter itself (a shim that execs python would be a
+/// different process).
+#[test]
+fn python_script_moved_mid_run() {
+    if !can_run("python_script_moved_mid_run") {
+        return;
+    }
+    let c = cluster("1 127.0.0.89 2\n", &[1, 2]);
+    let exe = Command::new("python3")
+        .args(["-c", "import os,sys; print(os.path.realpath(sys.executable))"])
+        .output()
+        .expect("python3 is needed for this test");
+    let py = PathBuf::from(String::from_utf8_lossy(&exe.stdout).trim());
+    let script = "import sys, time\n\
+        acc = 0\n\
+        for i in range(80):\n\
+        \x20   acc = (acc * 31 + i * i) % 1000003\n\
+        \x20   sys.stdout.write(f'{i} {acc}\\n'); sys.stdout.flush()\n\
+        \x20   time.sleep(0.02)\n\
+        sys.exit(4)\n";
+    let (plain, plain_st) = finish(spawn(&py, &["-S", "-c", script]), Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(4));
+    let kid = spawn(&py, &["-S", "-c", script]);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(500));
+    moved(&c, pid, 2);
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(out, plain, "{}", logs(&c, &[1, 2]));
+    assert_eq!(st.code(), Some(4), "{}", logs(&c, &[1, 2]));
+}
