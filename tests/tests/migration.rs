@@ -517,3 +517,53 @@ fn python_script_moved_mid_run() {
     assert_eq!(out, plain, "{}", logs(&c, &[1, 2]));
     assert_eq!(st.code(), Some(4), "{}", logs(&c, &[1, 2]));
 }
+
+/// A regular file open before the move stays at home with its offset shared: the program's
+/// stdout is a file whose open file description the test shares (as in
+/// `(prog; echo after) > f`); after the moved program ends, the test's own write lands after
+/// everything the program wrote, and the file equals the uninterrupted run's.
+#[test]
+fn a_file_open_before_the_move_keeps_its_shared_offset() {
+    if !can_run("a_file_open_before_the_move_keeps_its_shared_offset") {
+        return;
+    }
+    use std::io::Write;
+    let c = cluster("1 127.0.0.91 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pipecount");
+    let args = ["50", "20", "0"];
+    let run = |path: &Path, move_it: bool| -> (String, u32) {
+        let mut f = std::fs::File::create(path).unwrap();
+        let mut cmd = Command::new(&prog);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(f.try_clone().unwrap())
+            .stderr(Stdio::null());
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let mut kid = Kid(cmd.spawn().unwrap());
+        let pid = kid.0.id();
+        if move_it {
+            std::thread::sleep(Duration::from_millis(300));
+            moved(&c, pid, 2);
+        }
+        let st = wait_for(Duration::from_secs(60), || kid.0.try_wait().ok().flatten()).unwrap();
+        assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &[1, 2]));
+        f.write_all(b"after\n").unwrap();
+        drop(f);
+        (std::fs::read_to_string(path).unwrap(), pid)
+    };
+    let (plain, plain_pid) = run(&c.dir.path().join("plain.txt"), false);
+    let (moved_text, pid) = run(&c.dir.path().join("moved.txt"), true);
+    assert!(plain.contains("line 49 ") && plain.ends_with("after\n"), "{plain}");
+    assert_eq!(
+        moved_text,
+        plain.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        "{}",
+        logs(&c, &[1, 2])
+    );
+}
