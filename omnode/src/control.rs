@@ -331,7 +331,9 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error(format!("bad request: {e}")),
             // Migrations take longer than an ask of the control actor may: served here.
-            Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => crate::migrator::serve(req, uid).await,
+            Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => {
+                crate::migrator::serve(req, uid).await
+            }
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)
                 .await

@@ -58,7 +58,9 @@ pub fn run(a: RunArgs) -> Result<(), Error> {
             other => return Err(refused(path, format!("unexpected answer {other:?}"))),
         }
     }
-    let err = std::process::Command::new(&a.cmd[0]).args(&a.cmd[1..]).exec();
+    let err = std::process::Command::new(&a.cmd[0])
+        .args(&a.cmd[1..])
+        .exec();
     Err(Error::Config(format!(
         "cannot run {}: {err}",
         std::path::Path::new(&a.cmd[0]).display()
@@ -102,7 +104,10 @@ pub fn ps(a: PsArgs) -> Result<(), Error> {
         println!("{v}");
         return Ok(());
     }
-    println!("{:>8} {:>5} {:>5} {:<10} {:>5} CMD", "PID", "NODE", "HOME", "STATE", "MOVES");
+    println!(
+        "{:>8} {:>5} {:>5} {:<10} {:>5} CMD",
+        "PID", "NODE", "HOME", "STATE", "MOVES"
+    );
     for r in rows {
         println!(
             "{:>8} {:>5} {:>5} {:<10} {:>5} {}",

@@ -49,15 +49,27 @@ pub struct Ident {
 /// the frame's payload (the `data` of the chunk message itself is empty on the wire).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum Wire {
-    Proto { msg: Msg, ident: Option<Ident> },
-    Fwd { mig: MigId, msg: FwdMsg },
+    Proto {
+        msg: Msg,
+        ident: Option<Ident>,
+    },
+    Fwd {
+        mig: MigId,
+        msg: FwdMsg,
+    },
     /// A signal sent to the home PID, for the remote copy.
-    Signal { mig: MigId, signo: i32 },
+    Signal {
+        mig: MigId,
+        signo: i32,
+    },
 }
 
 /// Something for one migration's thread.
 pub(crate) enum In {
-    Wire { from: NodeId, wire: Wire },
+    Wire {
+        from: NodeId,
+        wire: Wire,
+    },
     /// The deputy's worker finished a forwarded call.
     Done {
         tid: migration::forward::Tid,
@@ -191,7 +203,10 @@ impl Migrator {
             ),
             Wire::Fwd { mig, msg } => (
                 *mig,
-                matches!(msg, FwdMsg::Request { .. } | FwdMsg::Cancel { .. } | FwdMsg::Unread { .. }),
+                matches!(
+                    msg,
+                    FwdMsg::Request { .. } | FwdMsg::Cancel { .. } | FwdMsg::Unread { .. }
+                ),
             ),
             Wire::Signal { mig, .. } => (*mig, false),
         };
@@ -225,7 +240,12 @@ impl Migrator {
 
     /// `omnode migrate PID NODE`: moves `pid` to `to`. `uid` is the caller's (SO_PEERCRED).
     /// Returns a line for the person who asked; refusals name the node and the reason.
-    pub async fn migrate(self: &Arc<Self>, pid: i32, to: NodeId, uid: Option<u32>) -> Result<String, String> {
+    pub async fn migrate(
+        self: &Arc<Self>,
+        pid: i32,
+        to: NodeId,
+        uid: Option<u32>,
+    ) -> Result<String, String> {
         let owner = proc_uid(pid).map_err(|e| format!("process {pid}: {e}"))?;
         match uid {
             Some(0) => {}
@@ -240,7 +260,10 @@ impl Migrator {
         if to == self.local {
             return Err(format!("process {pid} already runs on node {to}"));
         }
-        if lock(&self.table).values().any(|r| r.pid == pid && r.home == self.local) {
+        if lock(&self.table)
+            .values()
+            .any(|r| r.pid == pid && r.home == self.local)
+        {
             return Err(format!("process {pid} is already moved or moving"));
         }
         let mig = (u64::from(self.local) << 40) | self.next.fetch_add(1, Ordering::Relaxed);
@@ -258,7 +281,9 @@ impl Migrator {
             .map_err(|e| format!("cannot start the migration thread: {e}"))?;
         match tokio::time::timeout(Duration::from_secs(30), done_rx).await {
             Ok(Ok(r)) => r,
-            Ok(Err(_)) => Err(format!("moving {pid} to node {to}: the migration thread ended")),
+            Ok(Err(_)) => Err(format!(
+                "moving {pid} to node {to}: the migration thread ended"
+            )),
             Err(_) => Err(format!("moving {pid} to node {to}: no result within 30 s")),
         }
     }
@@ -355,7 +380,10 @@ fn home_thread(
     };
     let image = Bytes::from(buf);
     let Some(exe) = exe_identity(&img.exe) else {
-        return answer(Err(format!("process {pid}: its executable {} is unreadable", img.exe)));
+        return answer(Err(format!(
+            "process {pid}: its executable {} is unreadable",
+            img.exe
+        )));
     };
     let ident = Ident {
         pid,
@@ -407,12 +435,19 @@ fn home_thread(
                         offset,
                         data: Bytes::new(),
                     };
-                    m.send(to, Lane::Bulk, &Wire::Proto { msg, ident: None }, image.slice(o..o + l));
+                    m.send(
+                        to,
+                        Lane::Bulk,
+                        &Wire::Proto { msg, ident: None },
+                        image.slice(o..o + l),
+                    );
                 }
                 HomeAction::ResumeAtHome { reason } => {
                     drop(seized.take()); // puts the process back, running as it was
                     tracing::info!(pid, node = to, "migration refused or failed: {reason}");
-                    return answer(Err(format!("node {to}: {reason}; process {pid} keeps running here")));
+                    return answer(Err(format!(
+                        "node {to}: {reason}; process {pid} keeps running here"
+                    )));
                 }
                 HomeAction::ParkHome => {
                     let Some(s) = seized.take() else { continue };
@@ -457,7 +492,11 @@ fn home_thread(
                     }
                 }
                 HomeAction::EndHome { reason } => {
-                    tracing::error!(pid, node = to, "moved process lost: {reason}; it ends with SIGKILL at home");
+                    tracing::error!(
+                        pid,
+                        node = to,
+                        "moved process lost: {reason}; it ends with SIGKILL at home"
+                    );
                     if let Some(sh) = shell.as_mut() {
                         let _ = sh.die_by(libc::SIGKILL);
                     }
@@ -487,7 +526,11 @@ fn home_thread(
             .next_deadline()
             .map(|d| d.saturating_duration_since(now))
             .unwrap_or(Duration::from_millis(100))
-            .min(Duration::from_millis(if shell.is_some() { 20 } else { 100 }));
+            .min(Duration::from_millis(if shell.is_some() {
+                20
+            } else {
+                100
+            }));
         match rx.recv_timeout(wait) {
             Ok(In::Wire { from, wire }) if from == to => match wire {
                 Wire::Proto { msg, .. } => pending.extend(home.on_msg(msg, Instant::now())),
@@ -519,18 +562,43 @@ fn home_thread(
                         let _ = sh.suppress();
                     }
                     if !info.from_us() {
-                        m.send(to, Lane::Control, &Wire::Signal { mig, signo: info.signo }, Bytes::new());
+                        m.send(
+                            to,
+                            Lane::Control,
+                            &Wire::Signal {
+                                mig,
+                                signo: info.signo,
+                            },
+                            Bytes::new(),
+                        );
                     }
                 }
                 Ok(Some(migrate::ShellEvent::GroupStop { signo })) => {
                     // Job control is not mirrored yet: the stop goes to the remote, the shell
                     // runs on parked.
                     let _ = sh.resume();
-                    m.send(to, Lane::Control, &Wire::Signal { mig, signo }, Bytes::new());
+                    m.send(
+                        to,
+                        Lane::Control,
+                        &Wire::Signal { mig, signo },
+                        Bytes::new(),
+                    );
                 }
                 Ok(Some(migrate::ShellEvent::Ended { status })) => {
-                    tracing::warn!(pid, status, "the home shell ended (killed at home); ending the remote");
-                    m.send(to, Lane::Control, &Wire::Signal { mig, signo: libc::SIGKILL }, Bytes::new());
+                    tracing::warn!(
+                        pid,
+                        status,
+                        "the home shell ended (killed at home); ending the remote"
+                    );
+                    m.send(
+                        to,
+                        Lane::Control,
+                        &Wire::Signal {
+                            mig,
+                            signo: libc::SIGKILL,
+                        },
+                        Bytes::new(),
+                    );
                     shell = None;
                 }
                 Err(e) => tracing::debug!(pid, "home shell: {e}"),
@@ -587,7 +655,9 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                 }
                 n => match n.parse::<NodeId>() {
                     Ok(n) => n,
-                    Err(_) => return Response::Error(format!("'{to}' is not a node number or 'home'")),
+                    Err(_) => {
+                        return Response::Error(format!("'{to}' is not a node number or 'home'"));
+                    }
                 },
             };
             match m.migrate(pid, node, uid).await {
@@ -603,7 +673,9 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
             if let Err(e) = proc_uid(pid).and_then(|owner| match uid {
                 Some(0) => Ok(()),
                 Some(u) if u == owner => Ok(()),
-                _ => Err(format!("uid {uid:?} may not move process {pid} (it belongs to uid {owner})")),
+                _ => Err(format!(
+                    "uid {uid:?} may not move process {pid} (it belongs to uid {owner})"
+                )),
             }) {
                 return Response::Error(e);
             }
@@ -623,7 +695,9 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                     Err(e) => tracing::warn!(pid, "mosrun: it runs at home: {e}"),
                 }
             });
-            Response::Done(format!("process {pid} moves to node {to} once it runs its program"))
+            Response::Done(format!(
+                "process {pid} moves to node {to} once it runs its program"
+            ))
         }
         _ => Response::Error("not a migration request".into()),
     }

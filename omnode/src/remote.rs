@@ -58,7 +58,13 @@ pub(crate) fn incoming(m: &std::sync::Arc<Migrator>, from: NodeId, mig: MigId, w
             m.rt.spawn(async move {
                 let _ = m2
                     .system
-                    .tell_on(Lane::Control, from, crate::migrator::NAME, &gone, Bytes::new())
+                    .tell_on(
+                        Lane::Control,
+                        from,
+                        crate::migrator::NAME,
+                        &gone,
+                        Bytes::new(),
+                    )
                     .await;
             });
         }
@@ -231,7 +237,11 @@ fn builder(
     };
     let mut placeholders: Vec<OwnedFd> = Vec::new();
     for _ in &ident.home_fds {
-        match std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+        {
             Ok(f) => placeholders.push(f.into()),
             Err(e) => return fail(format!("placeholder fd: {e}")),
         }
@@ -316,7 +326,11 @@ fn builder(
             Ok(Stop::GoHome { reason, .. }) => {
                 // Not implemented yet: the process stays blocked at the call (nothing wrong
                 // is answered); its end is still reported when it is killed.
-                tracing::warn!(pid, ?reason, "the moved process must go home; not implemented yet, it waits");
+                tracing::warn!(
+                    pid,
+                    ?reason,
+                    "the moved process must go home; not implemented yet, it waits"
+                );
                 break;
             }
             Err(e) => {
@@ -331,9 +345,13 @@ fn builder(
     drop(sup);
     let status = wait_status(pid);
     tracing::info!(
-        home, pid = ident.pid, local_pid = pid,
+        home,
+        pid = ident.pid,
+        local_pid = pid,
         "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here",
-        st.forwarded, st.identity, st.continued
+        st.forwarded,
+        st.identity,
+        st.continued
     );
     let _ = out.send(Built::Ended(status));
 }
@@ -362,7 +380,12 @@ fn target_thread(
         uid_known,
     };
     let send = |msg: Msg| {
-        m.send(home, Lane::Control, &Wire::Proto { msg, ident: None }, Bytes::new());
+        m.send(
+            home,
+            Lane::Control,
+            &Wire::Proto { msg, ident: None },
+            Bytes::new(),
+        );
     };
     let (t, acts) = Target::on_offer(protocol::Config::default(), offer, &facts, Instant::now());
     let Some(mut target) = t else {
@@ -512,4 +535,3 @@ fn target_thread(
         }
     }
 }
-

@@ -134,8 +134,8 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(400));
     let out = cli(&c, 1, &["migrate", &pid.to_string(), "2"]);
-    let said = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "migrate failed: {said}\n{}",
@@ -165,10 +165,18 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
         "output differs from the uninterrupted run\n{}",
         logs(&c, &[1, 2])
     );
-    assert_eq!(moved_st.code(), Some(7), "moved run: {moved_st:?}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        moved_st.code(),
+        Some(7),
+        "moved run: {moved_st:?}\n{}",
+        logs(&c, &[1, 2])
+    );
     // Its writes after the move really ran at home: node 2 forwarded them.
     let line = wait_for(Duration::from_secs(10), || {
-        c.log_text(2).lines().find(|l| l.contains("guest ended")).map(str::to_owned)
+        c.log_text(2)
+            .lines()
+            .find(|l| l.contains("guest ended"))
+            .map(str::to_owned)
     })
     .unwrap_or_else(|| panic!("node 2 never logged the guest's end\n{}", logs(&c, &[1, 2])));
     let forwarded: u64 = line
@@ -201,11 +209,17 @@ fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "a move to a down node succeeded");
     assert_eq!(err.trim().lines().count(), 1, "not one line: {err}");
-    assert!(err.contains("node 2"), "the refusal does not name the node: {err}");
+    assert!(
+        err.contains("node 2"),
+        "the refusal does not name the node: {err}"
+    );
     assert!(err.contains("keeps running"), "{err}");
 
     let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(out, plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")));
+    assert_eq!(
+        out,
+        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"))
+    );
     assert_eq!(st.code(), Some(5));
 }
 
@@ -219,10 +233,7 @@ fn a_user_cannot_move_roots_process() {
     let mut kid = Kid(Command::new("sleep").arg("30").spawn().unwrap());
     let sock = c.socket(1);
     // The daemon's socket must be reachable for nobody.
-    let _ = std::fs::set_permissions(
-        &sock,
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    );
+    let _ = std::fs::set_permissions(&sock, std::os::unix::fs::PermissionsExt::from_mode(0o666));
     let _ = std::fs::set_permissions(
         c.dir.path(),
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
@@ -237,7 +248,10 @@ fn a_user_cannot_move_roots_process() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("may not move"), "{err}");
-    assert!(kid.0.try_wait().unwrap().is_none(), "the process was touched");
+    assert!(
+        kid.0.try_wait().unwrap().is_none(),
+        "the process was touched"
+    );
 }
 
 /// The child's output as it comes, read by a thread of its own.
@@ -279,7 +293,11 @@ fn moved(c: &Cluster, pid: u32, to: u32) {
 
 fn kill(pid: u32, sig: i32) {
     // SAFETY: kill with integer arguments.
-    assert_eq!(unsafe { libc::kill(pid as i32, sig) }, 0, "kill {pid} {sig}");
+    assert_eq!(
+        unsafe { libc::kill(pid as i32, sig) },
+        0,
+        "kill {pid} {sig}"
+    );
 }
 
 /// After the move, `kill -USR1 PID` at home runs the handler on the remote (its getpid() is
@@ -301,18 +319,25 @@ fn signals_sent_at_home_reach_the_moved_process() {
     let before = s.text().len();
     kill(pid, libc::SIGUSR1);
     let want = format!("usr1 pid {pid}\n");
-    wait_for(Duration::from_secs(10), || s.text()[before..].contains(&want).then_some(()))
-        .unwrap_or_else(|| {
-            panic!(
-                "no '{want}' after SIGUSR1 at home; output tail: {:?}\n{}",
-                &s.text()[before..],
-                logs(&c, &[1, 2])
-            )
-        });
+    wait_for(Duration::from_secs(10), || {
+        s.text()[before..].contains(&want).then_some(())
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no '{want}' after SIGUSR1 at home; output tail: {:?}\n{}",
+            &s.text()[before..],
+            logs(&c, &[1, 2])
+        )
+    });
     kill(pid, libc::SIGTERM);
     let st = wait_for(Duration::from_secs(15), || kid.0.try_wait().ok().flatten())
         .unwrap_or_else(|| panic!("no end after SIGTERM at home\n{}", logs(&c, &[1, 2])));
-    assert_eq!(st.signal(), Some(libc::SIGTERM), "{st:?}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGTERM),
+        "{st:?}\n{}",
+        logs(&c, &[1, 2])
+    );
 }
 
 /// When the home daemon dies, the target kills the remote copy within seconds and leaves
@@ -339,7 +364,10 @@ fn the_remote_copy_ends_when_home_goes_away() {
     let gone = wait_for(Duration::from_secs(5), || {
         let ps = cli(&c, 2, &["ps", "--json"]);
         let v: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
-        v["processes"].as_array().is_some_and(|a| a.is_empty()).then_some(())
+        v["processes"]
+            .as_array()
+            .is_some_and(|a| a.is_empty())
+            .then_some(())
     });
     assert!(gone.is_some(), "node 2 still lists the guest");
 }
@@ -357,7 +385,12 @@ fn guest_pid(c: &Cluster, node: u32, pid: u32) -> u64 {
             .find(|r| r["pid"] == u64::from(pid) && r["home"] == 1 && r["node"] == node)
             .and_then(|r| r["local_pid"].as_u64())
     })
-    .unwrap_or_else(|| panic!("node {node} does not list guest {pid}: {last}\n{}", logs(c, &[1, node])))
+    .unwrap_or_else(|| {
+        panic!(
+            "node {node} does not list guest {pid}: {last}\n{}",
+            logs(c, &[1, node])
+        )
+    })
 }
 
 /// `omnode run -j2 prog` (`mosrun -j2`): the program runs under the caller's own PID (the
@@ -377,7 +410,14 @@ fn mosrun_j2_runs_the_program_on_node_2() {
 
     let sock = c.socket(1);
     let bin = omnode_tests::omnode_bin();
-    let mut full = vec!["run", "-j2", "--socket", sock.to_str().unwrap(), "--", prog.to_str().unwrap()];
+    let mut full = vec![
+        "run",
+        "-j2",
+        "--socket",
+        sock.to_str().unwrap(),
+        "--",
+        prog.to_str().unwrap(),
+    ];
     full.extend(args);
     let kid = spawn(&bin, &full);
     let pid = kid.0.id();
@@ -394,7 +434,9 @@ fn mosrun_j2_runs_the_program_on_node_2() {
 
 /// Deterministic input for gzip: `n` blocks of 4 KiB.
 fn block(i: usize) -> Vec<u8> {
-    (0..4096).map(|j| ((i * 31 + j * 7 + (j >> 5)) % 251) as u8).collect()
+    (0..4096)
+        .map(|j| ((i * 31 + j * 7 + (j >> 5)) % 251) as u8)
+        .collect()
 }
 
 /// gzip reading stdin from a pipe fed slowly by the test (so its forwarded reads wait at home
@@ -461,7 +503,13 @@ fn gzip_between_two_pipes_moved_mid_run() {
     std::thread::sleep(Duration::from_millis(100));
     let out = s.buf.lock().unwrap().clone();
     assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &[1, 2]));
-    assert!(out == reference, "gzip output differs ({} vs {} bytes)\n{}", out.len(), reference.len(), logs(&c, &[1, 2]));
+    assert!(
+        out == reference,
+        "gzip output differs ({} vs {} bytes)\n{}",
+        out.len(),
+        reference.len(),
+        logs(&c, &[1, 2])
+    );
 }
 
 /// A moved process that dies by SIGSEGV on the remote: the parent at home sees it killed by
@@ -481,9 +529,16 @@ fn a_crash_on_the_remote_is_the_parents_wifsignaled_sigsegv() {
     moved(&c, pid, 2);
     let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
         .unwrap_or_else(|| panic!("no end\n{}", logs(&c, &[1, 2])));
-    assert_eq!(st.signal(), Some(libc::SIGSEGV), "{st:?}\n{}", logs(&c, &[1, 2]));
-    wait_for(Duration::from_secs(5), || s.text().ends_with("tick 99\n").then_some(()))
-        .unwrap_or_else(|| panic!("output incomplete: {:?}", s.text()));
+    assert_eq!(
+        st.signal(),
+        Some(libc::SIGSEGV),
+        "{st:?}\n{}",
+        logs(&c, &[1, 2])
+    );
+    wait_for(Duration::from_secs(5), || {
+        s.text().ends_with("tick 99\n").then_some(())
+    })
+    .unwrap_or_else(|| panic!("output incomplete: {:?}", s.text()));
 }
 
 /// A python3 script writing to a pipe, moved mid-run: output and exit code as an
@@ -496,7 +551,10 @@ fn python_script_moved_mid_run() {
     }
     let c = cluster("1 127.0.0.89 2\n", &[1, 2]);
     let exe = Command::new("python3")
-        .args(["-c", "import os,sys; print(os.path.realpath(sys.executable))"])
+        .args([
+            "-c",
+            "import os,sys; print(os.path.realpath(sys.executable))",
+        ])
         .output()
         .expect("python3 is needed for this test");
     let py = PathBuf::from(String::from_utf8_lossy(&exe.stdout).trim());
@@ -559,7 +617,10 @@ fn a_file_open_before_the_move_keeps_its_shared_offset() {
     };
     let (plain, plain_pid) = run(&c.dir.path().join("plain.txt"), false);
     let (moved_text, pid) = run(&c.dir.path().join("moved.txt"), true);
-    assert!(plain.contains("line 49 ") && plain.ends_with("after\n"), "{plain}");
+    assert!(
+        plain.contains("line 49 ") && plain.ends_with("after\n"),
+        "{plain}"
+    );
     assert_eq!(
         moved_text,
         plain.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
