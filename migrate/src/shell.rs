@@ -116,6 +116,8 @@ struct Shell {
     pending: VecDeque<ShellEvent>,
     /// We (this process) are P's parent: its end must be left for the parent's own wait.
     parent_is_us: bool,
+    /// How long one injected call may block before it is interrupted.
+    call_timeout: Duration,
     _not_send: NotSend,
 }
 
@@ -206,6 +208,15 @@ impl HomeShell {
     /// the raw result (negative errno on failure) and the contents of the `Out` arguments.
     pub fn syscall(&mut self, nr: i64, args: Vec<ShellArg>) -> Result<(i64, Vec<Vec<u8>>)> {
         self.on(move |s| s.syscall(nr, &args))
+    }
+
+    /// How long an injected call may block (default 5 s); past it the call is interrupted
+    /// (it fails with EINTR in P, so nothing was done) and `syscall` reports a time-out.
+    pub fn set_call_timeout(&mut self, t: Duration) -> Result<()> {
+        self.on(move |s| {
+            s.call_timeout = t;
+            Ok(())
+        })
     }
 
     /// A copy of P's fd `fd` (pidfd_getfd).
@@ -325,6 +336,7 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
         state: State::Stopped,
         pending: VecDeque::new(),
         parent_is_us,
+        call_timeout: WORK_TIMEOUT,
         _not_send: std::marker::PhantomData,
     };
     if let Err(e) = sh.repark() {
@@ -711,7 +723,7 @@ impl Shell {
     fn syscall_stopped(&mut self, nr: i64, args: &[ShellArg]) -> Result<(i64, Vec<Vec<u8>>)> {
         let pid = self.pid;
         let mut t = Tracee::new(pid, self.gadget, self.parked);
-        t.call_timeout = Some(WORK_TIMEOUT);
+        t.call_timeout = Some(self.call_timeout);
         let scratch = match self.scratch {
             Some(s) => s,
             None => {

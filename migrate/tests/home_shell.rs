@@ -392,3 +392,56 @@ fn a_process_with_thousands_of_mappings_is_trimmed_too() {
     let st = p.wait(T);
     assert!(libc::WIFEXITED(st) && libc::WEXITSTATUS(st) == 9, "{st:#x}");
 }
+
+#[test]
+fn an_injected_call_that_blocks_is_interrupted_and_the_shell_stays_usable() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let (mut p, _img, mut sh) = parked(dir.path(), "100000", "1");
+    sh.set_call_timeout(Duration::from_millis(300)).unwrap();
+    // opening a FIFO for reading blocks until a writer comes: none will
+    let t0 = std::time::Instant::now();
+    let e = sh
+        .syscall(
+            libc::SYS_openat,
+            vec![
+                ShellArg::Val(libc::AT_FDCWD as u64),
+                ShellArg::In(b"fifo\0".to_vec()),
+                ShellArg::Val(libc::O_RDONLY as u64),
+            ],
+        )
+        .expect_err("a blocked call must time out");
+    assert!(e.to_string().contains("timed out"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    // the open was abandoned: no reader holds the FIFO, and P has no new fd
+    // SAFETY: valid C string.
+    let w = unsafe { libc::open(c.as_ptr(), libc::O_WRONLY | libc::O_NONBLOCK) };
+    assert_eq!(w, -1);
+    assert_eq!(
+        std::io::Error::last_os_error().raw_os_error(),
+        Some(libc::ENXIO)
+    );
+    let fds = std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+        .unwrap()
+        .count();
+    // the shell goes on working
+    wait_paused(p.pid);
+    let (r, _) = sh.syscall(libc::SYS_getppid, vec![]).expect("getppid");
+    // SAFETY: getpid has no preconditions.
+    assert_eq!(r, unsafe { libc::getpid() } as i64);
+    assert_eq!(
+        std::fs::read_dir(format!("/proc/{}/fd", p.pid))
+            .unwrap()
+            .count(),
+        fds
+    );
+    wait_paused(p.pid);
+    sh.exit(0).expect("exit");
+    assert!(exited_ok(p.wait(T)));
+}
