@@ -695,3 +695,33 @@ fn the_metrics_endpoint_answers_with_the_nodes_figures() {
     assert!(value("omnode_heartbeats_received_total") > 0.0);
     assert!(http_get(&addr, "/nothing").starts_with("HTTP/1.1 404"));
 }
+
+#[test]
+fn logs_are_plain_off_a_terminal_and_json_on_request() {
+    let mut c = Cluster::new("1 127.0.0.93 2\n");
+    let (map, key) = (c.map.clone(), c.key.clone());
+    c.start(1);
+    c.start_with_args(2, &map, &key, &["--log-format", "json"]);
+    assert!(
+        wait_for(FORM, || all_up(&c, &[1, 2]).then_some(())).is_some(),
+        "2 nodes did not form"
+    );
+    let plain = c.log_text(1);
+    assert!(plain.contains("listening on 127.0.0.93"), "{plain}");
+    assert!(
+        !plain.contains('\x1b'),
+        "colour codes in a log file: {plain:?}"
+    );
+    let json = c.log_text(2);
+    let lines: Vec<&str> = json.lines().filter(|l| !l.is_empty()).collect();
+    assert!(!lines.is_empty());
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"));
+        assert!(
+            v["level"].is_string() && v["fields"]["message"].is_string(),
+            "{l}"
+        );
+    }
+    assert!(json.contains("node 1 is up"), "{json}");
+}
