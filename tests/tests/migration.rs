@@ -628,3 +628,39 @@ fn a_file_open_before_the_move_keeps_its_shared_offset() {
         logs(&c, &[1, 2])
     );
 }
+
+/// The target daemon killed after the move: home ends the process with the documented status
+/// (killed by SIGKILL) within seconds, and its log says why.
+#[test]
+fn a_process_lost_with_its_target_ends_at_home_by_sigkill() {
+    if !can_run("a_process_lost_with_its_target") {
+        return;
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let mut c = cluster("1 127.0.0.93 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "sigcount");
+    let mut kid = spawn(&prog, &["3000", "10"]);
+    let pid = kid.0.id();
+    let _s = Stream::new(&mut kid);
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, pid, 2);
+    let local = guest_pid(&c, 2, pid);
+    c.kill(2);
+    let st = wait_for(Duration::from_secs(20), || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("the home process did not end\n{}", logs(&c, &[1])));
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
+    assert!(
+        c.log_text(1).contains("moved process lost"),
+        "{}",
+        logs(&c, &[1])
+    );
+    // The copy on node 2 does not run on (here because its trapped writes fail once the
+    // listener died with its daemon; nothing yet kills a copy whose daemon was SIGKILLed).
+    wait_for(Duration::from_secs(10), || {
+        (!Path::new(&format!("/proc/{local}")).exists()
+            || std::fs::read_to_string(format!("/proc/{local}/stat"))
+                .is_ok_and(|s| s.contains(") Z ")))
+        .then_some(())
+    })
+    .unwrap_or_else(|| panic!("the copy {local} on node 2 still runs"));
+}
