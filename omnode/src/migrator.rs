@@ -485,9 +485,38 @@ fn home_thread(
                         }
                         Ok(_) => {}
                         Err(e) => {
-                            // The target runs the copy; the home process could not be parked.
-                            tracing::error!(pid, "the home shell could not be parked: {e}");
-                            answer(Err(format!("process {pid}: parking at home failed: {e}")));
+                            // The target runs the copy, but the home process could not be
+                            // parked (the engine then puts it back running, or, once taken
+                            // apart, kills it). Nothing of the copy has touched home yet (no
+                            // deputy: its forwarded calls were only queued), so ending the copy
+                            // leaves exactly one process: the one at home, if it is still there.
+                            early.clear();
+                            m.send(
+                                to,
+                                Lane::Control,
+                                &Wire::Signal {
+                                    mig,
+                                    signo: libc::SIGKILL,
+                                },
+                                Bytes::new(),
+                            );
+                            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                                .is_ok_and(|st| !st.contains(") Z ") && !st.contains(") X "));
+                            tracing::error!(
+                                pid,
+                                node = to,
+                                alive,
+                                "the home shell could not be parked: {e}; the copy on node {to} is killed"
+                            );
+                            answer(Err(if alive {
+                                format!(
+                                    "node {to}: process {pid} could not be parked at home ({e}); the copy there was ended and it keeps running here"
+                                )
+                            } else {
+                                format!(
+                                    "node {to}: process {pid} could not be parked at home ({e}) and was lost"
+                                )
+                            }));
                         }
                     }
                 }
