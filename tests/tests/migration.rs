@@ -120,7 +120,7 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
     if !can_run("counter_moved_to_node_2") {
         return;
     }
-    let c = cluster("1 127.0.0.61 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.101 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["60", "25", "7"];
 
@@ -195,7 +195,7 @@ fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
     if !can_run("move_to_a_down_node_is_refused") {
         return;
     }
-    let c = cluster("1 127.0.0.65 2\n", &[1]);
+    let c = cluster("1 127.0.0.104 2\n", &[1]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["40", "25", "5"];
     let plain = spawn(&prog, &args);
@@ -229,7 +229,7 @@ fn a_user_cannot_move_roots_process() {
     if !can_run("a_user_cannot_move_roots_process") {
         return;
     }
-    let c = cluster("1 127.0.0.67 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.107 2\n", &[1, 2]);
     let mut kid = Kid(Command::new("sleep").arg("30").spawn().unwrap());
     let sock = c.socket(1);
     // The daemon's socket must be reachable for nobody.
@@ -309,7 +309,7 @@ fn signals_sent_at_home_reach_the_moved_process() {
         return;
     }
     use std::os::unix::process::ExitStatusExt;
-    let c = cluster("1 127.0.0.71 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.110 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "sigcount");
     let mut kid = spawn(&prog, &["2000", "10"]);
     let pid = kid.0.id();
@@ -347,7 +347,7 @@ fn the_remote_copy_ends_when_home_goes_away() {
     if !can_run("the_remote_copy_ends_when_home_goes_away") {
         return;
     }
-    let mut c = cluster("1 127.0.0.75 2\n", &[1, 2]);
+    let mut c = cluster("1 127.0.0.113 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "sigcount");
     let mut kid = spawn(&prog, &["3000", "10"]);
     let pid = kid.0.id();
@@ -401,7 +401,7 @@ fn mosrun_j2_runs_the_program_on_node_2() {
     if !can_run("mosrun_j2_runs_the_program_on_node_2") {
         return;
     }
-    let c = cluster("1 127.0.0.81 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.116 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["60", "25", "3"];
     let plain = spawn(&prog, &args);
@@ -448,7 +448,7 @@ fn gzip_between_two_pipes_moved_mid_run() {
         return;
     }
     use std::io::Write;
-    let c = cluster("1 127.0.0.85 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.119 2\n", &[1, 2]);
     let gzip = PathBuf::from("/usr/bin/gzip");
     if !gzip.exists() {
         panic!("gzip is needed for this test (/usr/bin/gzip)");
@@ -520,7 +520,7 @@ fn a_crash_on_the_remote_is_the_parents_wifsignaled_sigsegv() {
         return;
     }
     use std::os::unix::process::ExitStatusExt;
-    let c = cluster("1 127.0.0.87 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.122 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "sigcount");
     let mut kid = spawn(&prog, &["100", "20", "segv"]);
     let pid = kid.0.id();
@@ -549,7 +549,7 @@ fn python_script_moved_mid_run() {
     if !can_run("python_script_moved_mid_run") {
         return;
     }
-    let c = cluster("1 127.0.0.89 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.125 2\n", &[1, 2]);
     let exe = Command::new("python3")
         .args([
             "-c",
@@ -586,7 +586,7 @@ fn a_file_open_before_the_move_keeps_its_shared_offset() {
         return;
     }
     use std::io::Write;
-    let c = cluster("1 127.0.0.91 2\n", &[1, 2]);
+    let c = cluster("1 127.0.0.128 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["50", "20", "0"];
     let run = |path: &Path, move_it: bool| -> (String, u32) {
@@ -637,7 +637,7 @@ fn a_process_lost_with_its_target_ends_at_home_by_sigkill() {
         return;
     }
     use std::os::unix::process::ExitStatusExt;
-    let mut c = cluster("1 127.0.0.93 2\n", &[1, 2]);
+    let mut c = cluster("1 127.0.0.131 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "sigcount");
     let mut kid = spawn(&prog, &["3000", "10"]);
     let pid = kid.0.id();
