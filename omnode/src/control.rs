@@ -41,6 +41,21 @@ pub enum Request {
     /// `setpe -off`: this node leaves the cluster (the daemon stops). Root or the daemon's
     /// own user only.
     Leave,
+    /// `migrate PID NODE`: move process PID to node NODE (`home`: bring it back). A user
+    /// moves only their own processes, root any.
+    Migrate {
+        pid: i32,
+        to: String,
+    },
+    /// `mosrun -jN prog`: the caller (process `pid`) is about to exec its program; move it to
+    /// `to` once it has. Answered at once (before the exec).
+    MoveAfterExec {
+        pid: i32,
+        to: u32,
+    },
+    /// `omnode ps` / `mps`: the processes of this node running elsewhere and the guests
+    /// running here.
+    Ps,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,6 +70,7 @@ pub enum Response {
     /// What a request did, in words for the person who asked.
     Done(String),
     Error(String),
+    Ps(Vec<crate::migrator::PsRow>),
 }
 
 /// The cluster as one node sees it.
@@ -171,6 +187,9 @@ impl Control {
                         Err(e) => Response::Error(e),
                     },
                 }
+            }
+            Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps => {
+                Response::Error("migrations are served by the socket connection".into())
             }
             Request::Leave => {
                 if let Err(e) = Self::privileged(uid) {
@@ -319,6 +338,10 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
         Ok(Err(e)) => Response::Error(format!("unreadable request: {e}")),
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error(format!("bad request: {e}")),
+            // Migrations take longer than an ask of the control actor may: served here.
+            Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => {
+                crate::migrator::serve(req, uid).await
+            }
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)
                 .await
@@ -339,7 +362,7 @@ pub fn call(path: &Path, req: &Request) -> Result<Response, Error> {
         reason: e.to_string(),
     };
     let mut s = std::os::unix::net::UnixStream::connect(path).map_err(not_running)?;
-    s.set_read_timeout(Some(Duration::from_secs(15)))
+    s.set_read_timeout(Some(Duration::from_secs(40)))
         .map_err(not_running)?;
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');

@@ -200,6 +200,7 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
         ))),
         Found::Mdns => None,
     };
+    crate::migrator::start(&system);
     let leave = CancellationToken::new();
     let (m2, l2, r2, leave2) = (members.clone(), load.clone(), reload.clone(), leave.clone());
     let control = system.spawn("control", move || {

@@ -152,8 +152,19 @@ impl Actor for LoadMonitor {
             Msg::Tick => self.on_tick(ctx).await,
             Msg::Gossip(g) => {
                 crate::metrics::bump(&crate::metrics::COUNTERS.gossip_received);
+                // Only figures about (and from) members that are up: a peer cannot plant
+                // entries for node ids outside the cluster.
+                if !self.peers.contains(&g.from) {
+                    return;
+                }
+                let members: Vec<GossipEntry> = g
+                    .msg
+                    .entries
+                    .into_iter()
+                    .filter(|e| self.peers.contains(&e.id))
+                    .collect();
                 self.vector
-                    .merge_gossip(&g.msg.entries, self.local, Instant::now());
+                    .merge_gossip(&members, self.local, Instant::now());
             }
             Msg::Peers(p) => self.peers = p,
             Msg::Snapshot(reply) => {
@@ -201,5 +212,77 @@ mod tests {
         let l = m.measure().expect("readable again");
         assert_eq!((l.load, l.cpus, l.speed), (0.0, 2, 2000));
         assert_eq!(m.failing, None);
+    }
+
+    /// Gossip naming node ids that are not members (or coming from a non-member) is
+    /// ignored; entries about members are merged.
+    #[tokio::test]
+    async fn gossip_about_non_members_is_ignored() {
+        let fabric = runtime::mem::Fabric::new();
+        let a = runtime::System::new(1);
+        a.attach(fabric.join(1, a.events()));
+        let b = runtime::System::new(2);
+        b.attach(fabric.join(2, b.events()));
+        let c = runtime::System::new(3);
+        c.attach(fabric.join(3, c.events()));
+        let addr = a.spawn(NAME, || LoadMonitor::new(1, Duration::from_secs(3600)));
+        a.serve::<Gossip, _>(NAME, addr.clone());
+        addr.tell(Msg::Peers(vec![2])).await.unwrap();
+        let entry = |id| GossipEntry {
+            id,
+            load: Load {
+                load: 1.5,
+                cpus: 2,
+                ..Load::default()
+            },
+            age_ms: 0,
+        };
+        let gossip = Gossip {
+            entries: vec![entry(2), entry(99), entry(3)],
+        };
+        // From a member: only its member entries count.
+        b.tell(1, NAME, &gossip).await.unwrap();
+        // From a node that is not a member (3): nothing counts.
+        c.tell(
+            1,
+            NAME,
+            &Gossip {
+                entries: vec![entry(77)],
+            },
+        )
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let ids = loop {
+            let snap = addr
+                .ask(Msg::Snapshot, Duration::from_secs(2))
+                .await
+                .unwrap();
+            // Our own entry (the first tick) aside.
+            let mut ids: Vec<NodeId> = snap
+                .iter()
+                .map(|(id, _, _)| *id)
+                .filter(|&id| id != 1)
+                .collect();
+            ids.sort_unstable();
+            if ids.contains(&2) || Instant::now() > deadline {
+                break ids;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // A last look after node 3's gossip had time to arrive as well.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let snap = addr
+            .ask(Msg::Snapshot, Duration::from_secs(2))
+            .await
+            .unwrap();
+        let mut after: Vec<NodeId> = snap
+            .iter()
+            .map(|(id, _, _)| *id)
+            .filter(|&id| id != 1)
+            .collect();
+        after.sort_unstable();
+        assert_eq!(ids, vec![2]);
+        assert_eq!(after, vec![2]);
     }
 }

@@ -17,8 +17,11 @@ mod logging;
 mod members;
 mod metrics;
 mod mfsd;
+mod migcli;
+mod migrator;
 mod notify;
 mod reload;
+mod remote;
 mod setpe;
 mod status;
 
@@ -48,10 +51,24 @@ pub struct Classic {
 }
 
 /// Every classic name this build answers to.
-pub const CLASSIC: &[Classic] = &[Classic {
-    name: "setpe",
-    cmd: "setpe",
-}];
+pub const CLASSIC: &[Classic] = &[
+    Classic {
+        name: "setpe",
+        cmd: "setpe",
+    },
+    Classic {
+        name: "migrate",
+        cmd: "migrate",
+    },
+    Classic {
+        name: "mosrun",
+        cmd: "run",
+    },
+    Classic {
+        name: "mps",
+        cmd: "ps",
+    },
+];
 
 #[derive(Parser, Debug)]
 #[command(
@@ -182,6 +199,12 @@ pub enum Cmd {
     /// Load, show or check the map of the running node; leave the cluster (the classic
     /// setpe: -w -f FILE, -r, -c -f FILE, -off).
     Setpe(setpe::Args),
+    /// Move a running process to another node (`migrate PID NODE`; `home` brings it back).
+    Migrate(migcli::MigrateArgs),
+    /// Run a program under the cluster (`mosrun -j2 prog args`): it becomes the program.
+    Run(migcli::RunArgs),
+    /// Processes of this node running elsewhere, and guests running here (`mps`).
+    Ps(migcli::PsArgs),
     #[command(flatten)]
     Ckpt(ckpt::Cmd),
     /// Print the help of omnode or of one of its commands (`omnode help setpe`).
@@ -256,6 +279,9 @@ fn main() -> ExitCode {
         }),
         Some(Cmd::Status { json, socket }) => status::run(&socket.socket, json),
         Some(Cmd::Setpe(a)) => setpe::run(a),
+        Some(Cmd::Migrate(a)) => migcli::migrate(a),
+        Some(Cmd::Ps(a)) => migcli::ps(a),
+        Some(Cmd::Run(a)) => migcli::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),

@@ -71,6 +71,19 @@ impl<A: Actor> Addr<A> {
         })
     }
 
+    /// Queue `msg` without waiting, handing it back when the mailbox is full or closed.
+    pub(crate) fn try_tell_back(
+        &self,
+        msg: A::Msg,
+    ) -> Result<(), mpsc::error::TrySendError<A::Msg>> {
+        self.tx.try_send(msg)
+    }
+
+    /// Messages the mailbox can take now without waiting.
+    pub(crate) fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
     /// Send a request built around a reply channel and wait for the answer, at most `timeout`.
     pub async fn ask<R>(
         &self,

@@ -42,6 +42,10 @@ pub enum Error {
     },
     #[error("node {node} refused: {reason}")]
     Remote { node: NodeId, reason: String },
+    /// The actor's mailbox (and its bounded backlog) is full: the request was refused
+    /// unprocessed; try again later.
+    #[error("actor {name:?} on node {node} is busy (mailbox full); request refused")]
+    Busy { node: NodeId, name: String },
     #[error(transparent)]
     Transport(#[from] transport::Error),
     #[error(transparent)]

@@ -2,12 +2,21 @@
 //! channels. For tests of the logic above the transport (the runtime, membership, actors);
 //! real clusters use a network transport.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
 use crate::NodeId;
-use crate::transport::{BoxFuture, Error, Event, Events, Frame, PeerInfo, Transport};
+use crate::transport::lanes::Outq;
+use crate::transport::{
+    BoxFuture, Capabilities, Error, Event, Events, Frame, PeerInfo, SendError, Transport,
+    queue_send, queue_try_send,
+};
+
+/// Bytes each lane of a fabric link may queue.
+const WINDOW: usize = 4 << 20;
 
 /// Each attached node and where its events go.
 type Members = Vec<(NodeId, Events)>;
@@ -19,6 +28,8 @@ pub struct Fabric {
     /// Link events go out, in order, from one task of their own, so joining and leaving
     /// never wait on a receiver (nor run its handler under the fabric's lock).
     announcer: Arc<OnceLock<mpsc::UnboundedSender<(Events, Event)>>>,
+    /// One two-lane queue per (from, to), each drained in order by a task of its own.
+    queues: Arc<Mutex<HashMap<(NodeId, NodeId), Arc<Outq>>>>,
 }
 
 impl Fabric {
@@ -44,6 +55,16 @@ impl Fabric {
     fn leave(&self, id: NodeId) {
         let mut nodes = self.nodes.lock().expect("fabric lock");
         nodes.retain(|(n, _)| *n != id);
+        self.queues
+            .lock()
+            .expect("fabric lock")
+            .retain(|(a, b), q| {
+                let gone = *a == id || *b == id;
+                if gone {
+                    q.close();
+                }
+                !gone
+            });
         for (_, tx) in nodes.iter() {
             self.announce(
                 tx,
@@ -68,12 +89,32 @@ impl Fabric {
         let _ = tx.send((to.clone(), ev));
     }
 
-    fn sender(&self, id: NodeId) -> Option<Events> {
+    /// The queue from `from` to `to`, started on first use; `None` when `to` is not joined.
+    fn queue(&self, from: NodeId, to: NodeId) -> Option<Arc<Outq>> {
         let nodes = self.nodes.lock().expect("fabric lock");
-        nodes
-            .iter()
-            .find(|(n, _)| *n == id)
-            .map(|(_, tx)| tx.clone())
+        let events = nodes.iter().find(|(n, _)| *n == to)?.1.clone();
+        let mut queues = self.queues.lock().expect("fabric lock");
+        let q = queues.entry((from, to)).or_insert_with(|| {
+            let q = Arc::new(Outq::new(WINDOW, WINDOW));
+            let pump = q.clone();
+            tokio::spawn(async move {
+                while pump.ready().await {
+                    while let Some(frame) = pump.pop() {
+                        if events
+                            .send(Event::Frame { peer: from, frame })
+                            .await
+                            .is_err()
+                        {
+                            pump.close();
+                            pump.clear();
+                            return;
+                        }
+                    }
+                }
+            });
+            q
+        });
+        Some(q.clone())
     }
 }
 
@@ -88,15 +129,35 @@ impl Transport for Link {
         self.id
     }
 
-    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), Error>> {
-        let tx = self.fabric.sender(peer);
-        let me = self.id;
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_frame: usize::MAX,
+            control_window: WINDOW,
+            bulk_window: WINDOW,
+            zero_copy: true,
+        }
+    }
+
+    fn send_within(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), SendError>> {
+        let q = self.fabric.queue(self.id, peer);
         Box::pin(async move {
-            let tx = tx.ok_or(Error::Unreachable(peer))?;
-            tx.send(Event::Frame { peer: me, frame })
-                .await
-                .map_err(|_| Error::Unreachable(peer))
+            match q {
+                Some(q) => queue_send(&q, peer, frame, limit).await,
+                None => Err(SendError::new(Error::Unreachable(peer), frame)),
+            }
         })
+    }
+
+    fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), SendError> {
+        match self.fabric.queue(self.id, peer) {
+            Some(q) => queue_try_send(&q, peer, frame),
+            None => Err(SendError::new(Error::Unreachable(peer), frame)),
+        }
     }
 
     fn set_peers(&self, _peers: Vec<PeerInfo>) {}

@@ -3,21 +3,31 @@
 //!
 //! A message to a named actor is always encoded into a frame, whether the actor is on this
 //! node or another: one code path for local and remote peers.
+//!
+//! The dispatcher runs on a transport's receiving task and never waits there: a message
+//! goes into its actor's mailbox at once, or, when that mailbox is full, into the actor's
+//! own bounded backlog, which a task of its own feeds into the mailbox as room appears
+//! (order kept). So a slow actor delays only its own messages, never another actor's on
+//! the same link, nor the link's keepalives. An `ask` that finds the mailbox full is
+//! refused with [`Error::Busy`]; a `tell` that finds the backlog full too is dropped and
+//! logged. Every send to a peer waits for room at most a bounded time
+//! ([`System::set_send_timeout`], the ask's own time-out for asks).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use dashmap::DashMap;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actor::{self, Actor, Addr, Restarts};
-use crate::transport::{self, Event, Events, Frame, Transport};
+use crate::transport::{self, Event, Events, Frame, Lane, Transport};
 use crate::wire::{self, Header, Kind};
 use crate::{Error, NodeId};
 
@@ -54,13 +64,23 @@ impl Responder {
     ) -> Result<(), Error> {
         self.done = true;
         let frame = self.frame(Kind::Reply { id: self.id }, answer, payload)?;
-        self.system.route(self.peer, frame).await
+        let limit = self.system.send_limit();
+        self.system.route(self.peer, frame, limit).await
     }
 
     pub async fn fail(mut self, reason: impl Into<String>) -> Result<(), Error> {
         self.done = true;
         let frame = self.failure(reason.into())?;
-        self.system.route(self.peer, frame).await
+        let limit = self.system.send_limit();
+        self.system.route(self.peer, frame, limit).await
+    }
+
+    /// Refuse the request as busy (typed, so the asker can retry), without waiting.
+    fn busy(mut self) {
+        self.done = true;
+        if let Ok(frame) = self.frame(Kind::Busy { id: self.id }, &(), Bytes::new()) {
+            self.system.send_later(self.peer, frame);
+        }
     }
 
     fn frame<R: Serialize + ?Sized>(
@@ -102,10 +122,7 @@ impl Drop for Responder {
             self.system.local_id()
         );
         if let Ok(frame) = self.failure(reason) {
-            let (system, peer) = (self.system.clone(), self.peer);
-            self.system.tasks().spawn(async move {
-                let _ = system.route(peer, frame).await;
-            });
+            self.system.send_later(self.peer, frame);
         }
     }
 }
@@ -119,19 +136,34 @@ pub enum LinkEvent {
     Down(NodeId, String),
 }
 
-/// Decodes a message for one named actor and queues it; the future waits while the
-/// actor's mailbox is full, so a busy actor slows its senders instead of losing messages.
-type Delivery = Box<
-    dyn Fn(
-            NodeId,
-            Bytes,
-            Bytes,
-            Option<Responder>,
-        ) -> transport::BoxFuture<'static, Result<(), String>>
-        + Send
-        + Sync,
->;
+/// Messages one named actor may hold in its backlog (beyond its mailbox) before tells to it
+/// are dropped.
+pub const BACKLOG: usize = 4096;
+
+/// Default limit for waiting on room to a peer in `tell` and in answers.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why the dispatcher did not deliver a message.
+enum Undelivered {
+    /// Mailbox full: the ask is handed back to be refused as busy.
+    Busy(Responder),
+    /// Backlog full too: the tell was dropped.
+    Dropped,
+    Stopped,
+    Decode(String),
+}
+
+/// Decodes a message for one named actor and queues it without waiting (see the module
+/// docs).
+type Delivery =
+    Box<dyn Fn(NodeId, Bytes, Bytes, Option<Responder>) -> Result<(), Undelivered> + Send + Sync>;
 type Answer = Result<(Bytes, Bytes), Error>;
+
+/// One actor's overflow: messages that found its mailbox full, fed in by a pump task.
+struct Backlog<T> {
+    queue: VecDeque<T>,
+    pumping: bool,
+}
 
 struct Inner {
     local: NodeId,
@@ -142,6 +174,8 @@ struct Inner {
     links: broadcast::Sender<LinkEvent>,
     token: CancellationToken,
     tasks: TaskTracker,
+    /// Limit for waiting on room to a peer, in milliseconds.
+    send_limit_ms: AtomicU64,
 }
 
 /// Handle to a node's actor system. Cheap to clone.
@@ -170,7 +204,31 @@ impl System {
             links,
             token: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            send_limit_ms: AtomicU64::new(SEND_TIMEOUT.as_millis() as u64),
         }))
+    }
+
+    /// How long `tell` (and answering an `ask`) waits for room to a peer before failing
+    /// with [`transport::Error::Timeout`]. Default [`SEND_TIMEOUT`].
+    pub fn set_send_timeout(&self, limit: Duration) {
+        self.0
+            .send_limit_ms
+            .store(limit.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    fn send_limit(&self) -> Duration {
+        Duration::from_millis(self.0.send_limit_ms.load(Ordering::Relaxed))
+    }
+
+    /// Send `frame` from a task of its own (answers the dispatcher must not wait for).
+    fn send_later(&self, peer: NodeId, frame: Frame) {
+        let system = self.clone();
+        let limit = self.send_limit();
+        self.0.tasks.spawn(async move {
+            if let Err(e) = system.route(peer, frame, limit).await {
+                tracing::debug!(peer, "answer not sent: {e}");
+            }
+        });
     }
 
     /// Where a transport should deliver what it receives: straight into this system's
@@ -220,19 +278,65 @@ impl System {
         A: Actor,
         A::Msg: From<Inbound<M>>,
     {
+        let backlog = Arc::new(Mutex::new(Backlog::<A::Msg> {
+            queue: VecDeque::new(),
+            pumping: false,
+        }));
+        let tasks = self.0.tasks.clone();
+        let actor = name.to_string();
         let deliver: Delivery = Box::new(move |from, body, payload, reply| {
-            let addr = addr.clone();
-            let decoded = wire::decode_body::<M>(&body);
-            Box::pin(async move {
-                let msg = decoded.map_err(|e| e.to_string())?;
-                let inbound = Inbound {
-                    from,
-                    msg,
-                    payload,
-                    reply,
-                };
-                addr.tell(inbound.into()).await.map_err(|e| e.to_string())
-            })
+            let msg =
+                wire::decode_body::<M>(&body).map_err(|e| Undelivered::Decode(e.to_string()))?;
+            let mut b = transport::link::lock(&backlog);
+            if reply.is_some() && (b.pumping || addr.room() == 0) {
+                return Err(Undelivered::Busy(reply.expect("checked")));
+            }
+            let msg: A::Msg = Inbound {
+                from,
+                msg,
+                payload,
+                reply,
+            }
+            .into();
+            if b.pumping {
+                if b.queue.len() >= BACKLOG {
+                    return Err(Undelivered::Dropped);
+                }
+                b.queue.push_back(msg);
+                return Ok(());
+            }
+            match addr.try_tell_back(msg) {
+                Ok(()) => Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => Err(Undelivered::Stopped),
+                Err(mpsc::error::TrySendError::Full(msg)) => {
+                    b.queue.push_back(msg);
+                    b.pumping = true;
+                    drop(b);
+                    let (addr, backlog, actor) = (addr.clone(), backlog.clone(), actor.clone());
+                    tracing::debug!(actor = %actor, "mailbox full; feeding its backlog");
+                    tasks.spawn(async move {
+                        loop {
+                            let next = {
+                                let mut b = transport::link::lock(&backlog);
+                                match b.queue.pop_front() {
+                                    Some(m) => m,
+                                    None => {
+                                        b.pumping = false;
+                                        return;
+                                    }
+                                }
+                            };
+                            if addr.tell(next).await.is_err() {
+                                let mut b = transport::link::lock(&backlog);
+                                b.queue.clear();
+                                b.pumping = false;
+                                return;
+                            }
+                        }
+                    });
+                    Ok(())
+                }
+            }
         });
         self.0.named.insert(name.to_string(), deliver);
     }
@@ -252,6 +356,7 @@ impl System {
         self.tell_with_payload(node, name, msg, Bytes::new()).await
     }
 
+    /// `tell` with bulk bytes beside the message, on the control lane.
     pub async fn tell_with_payload<M: Serialize + ?Sized>(
         &self,
         node: NodeId,
@@ -259,6 +364,50 @@ impl System {
         msg: &M,
         payload: Bytes,
     ) -> Result<(), Error> {
+        self.tell_on(Lane::Control, node, name, msg, payload).await
+    }
+
+    /// `tell` on a chosen lane: [`Lane::Bulk`] for memory pages and file blocks, so they
+    /// never hold back control messages. Waits for room at most the send time-out.
+    pub async fn tell_on<M: Serialize + ?Sized>(
+        &self,
+        lane: Lane,
+        node: NodeId,
+        name: &str,
+        msg: &M,
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        let frame = Self::tell_frame(lane, name, msg, payload)?;
+        self.route(node, frame, self.send_limit()).await
+    }
+
+    /// `tell` without waiting: fails with [`transport::Error::Full`] when the control
+    /// lane to `node` has no room now (heartbeats and gossip, which the next tick replaces).
+    pub fn try_tell<M: Serialize + ?Sized>(
+        &self,
+        node: NodeId,
+        name: &str,
+        msg: &M,
+    ) -> Result<(), Error> {
+        let frame = Self::tell_frame(Lane::Control, name, msg, Bytes::new())?;
+        if node == self.0.local {
+            self.on_frame(node, frame);
+            return Ok(());
+        }
+        match self.0.transport.get() {
+            Some(t) => t
+                .try_send(node, frame)
+                .map_err(|e| Error::Transport(e.error)),
+            None => Err(Error::Transport(transport::Error::Unreachable(node))),
+        }
+    }
+
+    fn tell_frame<M: Serialize + ?Sized>(
+        lane: Lane,
+        name: &str,
+        msg: &M,
+        payload: Bytes,
+    ) -> Result<Frame, Error> {
         let head = wire::encode_head(
             &Header {
                 to: name.to_string(),
@@ -266,7 +415,7 @@ impl System {
             },
             msg,
         )?;
-        self.route(node, Frame::new(head, payload)).await
+        Ok(Frame::on(lane, head, payload))
     }
 
     /// Request/reply with `(node, name)`, waiting at most `timeout`.
@@ -302,9 +451,24 @@ impl System {
         let (tx, rx) = oneshot::channel();
         self.0.pending.insert(id, tx);
         let _forget = Forget { system: self, id };
-        self.route(node, Frame::new(head, payload)).await?;
-        match tokio::time::timeout(timeout, rx).await {
+        let deadline = Instant::now() + timeout;
+        self.route(node, Frame::new(head, payload), timeout)
+            .await
+            .map_err(|e| match e {
+                Error::Transport(transport::Error::Timeout { .. }) => Error::Timeout {
+                    node,
+                    name: name.to_string(),
+                    after: timeout,
+                },
+                e => e,
+            })?;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx).await {
             Ok(Ok(Ok((body, payload)))) => Ok((wire::decode_body(&body)?, payload)),
+            Ok(Ok(Err(Error::Busy { node, .. }))) => Err(Error::Busy {
+                node,
+                name: name.to_string(),
+            }),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(Error::Stopped),
             Err(_) => Err(Error::Timeout {
@@ -341,22 +505,25 @@ impl System {
         }
     }
 
-    /// Send a frame to `node`: through the transport, or straight to dispatch when it is us.
-    async fn route(&self, node: NodeId, frame: Frame) -> Result<(), Error> {
+    /// Send a frame to `node`: through the transport (waiting for room at most `limit`),
+    /// or straight to dispatch when it is us.
+    async fn route(&self, node: NodeId, frame: Frame, limit: Duration) -> Result<(), Error> {
         if node == self.0.local {
-            // Boxed: a local reply routes back through `on_frame`, which is what called us.
-            Box::pin(self.on_frame(node, frame)).await;
+            self.on_frame(node, frame);
             return Ok(());
         }
         match self.0.transport.get() {
-            Some(t) => t.send(node, frame).await.map_err(Error::Transport),
+            Some(t) => t
+                .send_timeout(node, frame, limit)
+                .await
+                .map_err(|e| Error::Transport(e.error)),
             None => Err(Error::Transport(transport::Error::Unreachable(node))),
         }
     }
 
-    async fn on_event(&self, ev: Event) {
+    fn on_event(&self, ev: Event) {
         match ev {
-            Event::Frame { peer, frame } => self.on_frame(peer, frame).await,
+            Event::Frame { peer, frame } => self.on_frame(peer, frame),
             Event::Discovered { peer, addrs } => {
                 let _ = self.0.links.send(LinkEvent::Discovered(peer, addrs));
             }
@@ -369,7 +536,9 @@ impl System {
         }
     }
 
-    async fn on_frame(&self, peer: NodeId, frame: Frame) {
+    /// Dispatch one frame. Never waits (see the module docs): answers it cannot give now
+    /// go out from tasks of their own.
+    fn on_frame(&self, peer: NodeId, frame: Frame) {
         let (header, body) = match wire::decode_head(&frame.head) {
             Ok(x) => x,
             Err(e) => {
@@ -388,8 +557,16 @@ impl System {
                     let _ = tx.send(Err(Error::Remote { node: peer, reason }));
                 }
             }
+            Kind::Busy { id } => {
+                if let Some((_, tx)) = self.0.pending.remove(&id) {
+                    let _ = tx.send(Err(Error::Busy {
+                        node: peer,
+                        name: String::new(),
+                    }));
+                }
+            }
             Kind::Tell | Kind::Ask { .. } => {
-                let mut responder = match header.kind {
+                let responder = match header.kind {
                     Kind::Ask { id } => Some(Responder {
                         system: self.clone(),
                         peer,
@@ -399,25 +576,38 @@ impl System {
                     }),
                     _ => None,
                 };
-                // The map guard is dropped before anything is awaited.
-                let delivery = self
-                    .0
-                    .named
-                    .get(&header.to)
-                    .map(|deliver| deliver(peer, body, frame.payload, responder.take()));
-                let outcome = match delivery {
-                    Some(delivery) => delivery.await,
+                // Never awaits: the map guard is held only while the message is queued.
+                let outcome = match self.0.named.get(&header.to) {
+                    Some(deliver) => deliver(peer, body, frame.payload, responder),
                     None => {
-                        let reason =
-                            format!("no actor named {:?} on node {}", header.to, self.0.local);
-                        if let Some(r) = responder {
-                            let _ = r.fail(reason.clone()).await;
+                        if let Some(mut r) = responder {
+                            r.done = true;
+                            let reason =
+                                format!("no actor named {:?} on node {}", header.to, self.0.local);
+                            if let Ok(f) = r.failure(reason) {
+                                self.send_later(peer, f);
+                            }
                         }
-                        Err(reason)
+                        Err(Undelivered::Stopped)
                     }
                 };
-                if let Err(e) = outcome {
-                    tracing::debug!(peer, to = %header.to, "message not delivered: {e}");
+                match outcome {
+                    Ok(()) => {}
+                    Err(Undelivered::Busy(r)) => {
+                        tracing::debug!(peer, to = %header.to, "mailbox full; ask refused as busy");
+                        r.busy();
+                    }
+                    Err(Undelivered::Dropped) => tracing::warn!(
+                        peer,
+                        to = %header.to,
+                        "actor's mailbox and backlog ({BACKLOG}) are full; message dropped"
+                    ),
+                    Err(Undelivered::Stopped) => {
+                        tracing::debug!(peer, to = %header.to, "message not delivered: no such actor or it stopped")
+                    }
+                    Err(Undelivered::Decode(e)) => {
+                        tracing::debug!(peer, to = %header.to, "message not delivered: {e}")
+                    }
                 }
             }
         }
@@ -429,16 +619,14 @@ impl System {
 struct Dispatch(Weak<Inner>);
 
 impl transport::Handler for Dispatch {
-    fn handle(&self, ev: Event) -> transport::BoxFuture<'_, bool> {
-        Box::pin(async move {
-            match self.0.upgrade() {
-                Some(inner) if !inner.token.is_cancelled() => {
-                    System(inner).on_event(ev).await;
-                    true
-                }
-                _ => false,
+    fn handle(&self, ev: Event) -> bool {
+        match self.0.upgrade() {
+            Some(inner) if !inner.token.is_cancelled() => {
+                System(inner).on_event(ev);
+                true
             }
-        })
+            _ => false,
+        }
     }
 }
 

@@ -1,18 +1,36 @@
 //! The `Transport` trait: what the runtime needs from a link layer (TCP, libp2p, RDMA).
 //!
-//! A transport keeps at most one authenticated link per peer node, carries ordered
-//! [`Frame`]s on it, and reports links coming and going as [`Event`]s on the channel it
-//! was started with. It knows nothing of actors: the runtime puts its envelope in
-//! [`Frame::head`] and bulk data (memory pages, file blocks) in [`Frame::payload`], which
-//! a transport moves without copying it into the head (RDMA writes it straight into a
-//! registered buffer).
+//! A transport keeps at most one authenticated link per peer node and reports links coming
+//! and going as [`Event`]s on the channel it was started with. Each link has two ordered
+//! lanes ([`Lane::Control`] and [`Lane::Bulk`]), each with its own window counted in bytes
+//! ([`lanes::Outq`], shared by every transport): control frames never wait behind queued
+//! bulk bytes, and order holds within a lane. Sending is in tokio's style:
+//! [`Transport::send`] waits for room, [`Transport::try_send`] does not,
+//! [`Transport::send_timeout`] waits at most a given time; every failure hands the frame
+//! back ([`SendError`]), and a sender waiting on a link that dies gets
+//! [`Error::Unreachable`] at once (the link's end closes its queue; a silent peer is
+//! declared dead at the idle time-out).
+//!
+//! A transport knows nothing of actors: the runtime puts its envelope in [`Frame::head`]
+//! and bulk data (memory pages, file blocks) in [`Frame::payload`], which a transport moves
+//! without copying it into the head (RDMA writes it straight into a registered buffer;
+//! receive buffers can come from a [`pool::Pool`]). [`Transport::capabilities`] tells the
+//! largest frame and whether registered buffers move without a copy.
 //!
 //! Every link is authenticated with the cluster key before a single frame is accepted on
 //! it, and both ends exchange a versioned [`crate::wire::Hello`]; a peer with another
-//! protocol version or another cluster map is refused with a reason it can log.
+//! protocol version or another cluster map is refused with a typed
+//! [`crate::wire::Refusal`] it can log.
+//!
+//! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
+//! queue), [`link`] (control block, slot claim, size check), [`pacing`] (back-off, repeated
+//! warnings), [`pool`] (receive buffers).
 
+pub mod lanes;
 pub mod link;
+pub mod liveness;
 pub mod pacing;
+pub mod pool;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,18 +45,68 @@ use crate::NodeId;
 /// A boxed future, so `Transport` stays object safe (`Arc<dyn Transport>`).
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// Which of a link's two ordered lanes a frame travels on. Each lane has its own window
+/// counted in bytes; control frames never wait behind queued bulk bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Membership, load, asks, replies, forwarded system calls: small and urgent.
+    #[default]
+    Control,
+    /// Memory pages, file blocks: large, throughput first.
+    Bulk,
+}
+
+impl Lane {
+    /// 0 for control, 1 for bulk (an index into per-lane arrays).
+    pub fn index(self) -> usize {
+        match self {
+            Lane::Control => 0,
+            Lane::Bulk => 1,
+        }
+    }
+}
+
 /// One message on a link: a small head (the runtime's envelope, MessagePack) and an
-/// optional large payload carried beside it without extra copies.
+/// optional large payload carried beside it without extra copies, on one [`Lane`].
+/// The lane is the sender's choice of queue; it is not part of the encoded frame.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     pub head: Bytes,
     pub payload: Bytes,
+    pub lane: Lane,
 }
 
 impl Frame {
+    /// A frame on the control lane.
     pub fn new(head: Bytes, payload: Bytes) -> Self {
-        Frame { head, payload }
+        Frame {
+            head,
+            payload,
+            lane: Lane::Control,
+        }
     }
+
+    /// A frame on `lane`.
+    pub fn on(lane: Lane, head: Bytes, payload: Bytes) -> Self {
+        Frame {
+            head,
+            payload,
+            lane,
+        }
+    }
+}
+
+/// What a transport can do, so migration and MFS pick chunk sizes per transport.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest encoded frame (head + payload + [`crate::wire::FRAME_OVERHEAD`]) it sends.
+    pub max_frame: usize,
+    /// Bytes each lane may queue per peer before `send` waits.
+    pub control_window: usize,
+    pub bulk_window: usize,
+    /// True when payloads in registered buffers move without a copy (RDMA writes);
+    /// false when every payload is copied or encrypted on its way (TCP, libp2p).
+    pub zero_copy: bool,
 }
 
 /// Where a peer can be reached. A node may have several addresses (the map's `ALIAS`
@@ -69,9 +137,10 @@ pub enum Event {
 
 /// Takes events straight from a transport's receiving task (see [`Events::direct`]).
 pub trait Handler: Send + Sync + 'static {
-    /// Handle one event; the transport reads nothing more from that peer until the future
-    /// ends (back-pressure). Returns false once the handler is gone for good.
-    fn handle(&self, ev: Event) -> BoxFuture<'_, bool>;
+    /// Handle one event without waiting: the receiving task goes on reading at once, so a
+    /// handler must never block (the runtime's dispatcher queues or refuses instead).
+    /// Returns false once the handler is gone for good.
+    fn handle(&self, ev: Event) -> bool;
 }
 
 /// Where a transport delivers what it receives: into a channel (tests, tools), or straight
@@ -100,7 +169,7 @@ impl Events {
     pub async fn send(&self, ev: Event) -> Result<(), Closed> {
         match &self.0 {
             Sink::Channel(tx) => tx.send(ev).await.map_err(|_| Closed),
-            Sink::Direct(h) => h.handle(ev).await.then_some(()).ok_or(Closed),
+            Sink::Direct(h) => h.handle(ev).then_some(()).ok_or(Closed),
         }
     }
 }
@@ -123,14 +192,83 @@ impl std::fmt::Debug for Events {
 /// Errors a transport reports to a sender.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum Error {
-    #[error("node {0} is not reachable (no authenticated link)")]
+    #[error("node {0} is not reachable (no authenticated link, or the link ended)")]
     Unreachable(NodeId),
     #[error("node {0} is not a known peer")]
     UnknownPeer(NodeId),
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
+    #[error("the {lane:?} lane to node {peer} is full")]
+    Full { peer: NodeId, lane: Lane },
+    #[error("no room on the {lane:?} lane to node {peer} within {after:?}")]
+    Timeout {
+        peer: NodeId,
+        lane: Lane,
+        after: std::time::Duration,
+    },
     #[error("transport is shut down")]
     Closed,
+}
+
+/// A failed send: why, and the frame handed back to the caller (like tokio's `SendError`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{error}")]
+pub struct SendError {
+    pub error: Error,
+    pub frame: Frame,
+}
+
+impl SendError {
+    pub fn new(error: Error, frame: Frame) -> Self {
+        SendError { error, frame }
+    }
+}
+
+impl From<SendError> for Error {
+    fn from(e: SendError) -> Error {
+        e.error
+    }
+}
+
+/// Queue `frame` for `peer` on `q` (a link's [`lanes::Outq`]), waiting at most `limit`
+/// for room (forever with `None`). The transports' common `send_within`.
+pub async fn queue_send(
+    q: &lanes::Outq,
+    peer: NodeId,
+    frame: Frame,
+    limit: Option<std::time::Duration>,
+) -> Result<(), SendError> {
+    let r = match limit {
+        Some(d) if d.is_zero() => q.try_send(frame),
+        Some(d) => q.send(frame, Some(tokio::time::Instant::now() + d)).await,
+        None => q.send(frame, None).await,
+    };
+    r.map_err(|(frame, e)| queue_error(peer, frame, e, limit))
+}
+
+/// [`lanes::Outq::try_send`] with the transport's errors. The transports' `try_send`.
+pub fn queue_try_send(q: &lanes::Outq, peer: NodeId, frame: Frame) -> Result<(), SendError> {
+    q.try_send(frame)
+        .map_err(|(frame, e)| queue_error(peer, frame, e, None))
+}
+
+fn queue_error(
+    peer: NodeId,
+    frame: Frame,
+    e: lanes::QueueError,
+    limit: Option<std::time::Duration>,
+) -> SendError {
+    let lane = frame.lane;
+    let error = match e {
+        lanes::QueueError::Full => Error::Full { peer, lane },
+        lanes::QueueError::Timeout => Error::Timeout {
+            peer,
+            lane,
+            after: limit.unwrap_or_default(),
+        },
+        lanes::QueueError::Closed => Error::Unreachable(peer),
+    };
+    SendError { error, frame }
 }
 
 /// A link layer between nodes. See the module docs for the contract.
@@ -143,10 +281,39 @@ pub trait Transport: Send + Sync + 'static {
     /// This node's id.
     fn local_id(&self) -> NodeId;
 
-    /// Queue `frame` for `peer`. Frames to one peer arrive in the order they were sent.
-    /// Waits while the peer's queue is full (back-pressure); fails at once with
-    /// [`Error::Unreachable`] when there is no authenticated link to `peer` now.
-    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), Error>>;
+    /// What this transport can do (frame size, windows, zero-copy).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Queue `frame` on its lane for `peer`. Frames on one lane to one peer arrive in the
+    /// order they were sent. Waits for room in the lane's window at most `limit` (forever
+    /// with `None`, not at all with `Some(Duration::ZERO)`); fails at once with
+    /// [`Error::Unreachable`] when there is no authenticated link to `peer` now, and
+    /// promptly (at the latest at the idle time-out) when the link dies while waiting.
+    /// Every failure hands the frame back.
+    fn send_within(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<std::time::Duration>,
+    ) -> BoxFuture<'_, Result<(), SendError>>;
+
+    /// Queue `frame`, waiting for room (see [`Transport::send_within`]).
+    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), SendError>> {
+        self.send_within(peer, frame, None)
+    }
+
+    /// Queue `frame`, waiting for room at most `limit`.
+    fn send_timeout(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: std::time::Duration,
+    ) -> BoxFuture<'_, Result<(), SendError>> {
+        self.send_within(peer, frame, Some(limit))
+    }
+
+    /// Queue `frame` only if its lane has room now ([`Error::Full`] otherwise).
+    fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), SendError>;
 
     /// Replace the set of peers this transport keeps links to (dialling new ones, with
     /// back-off, and dropping removed ones). Transports that discover peers themselves

@@ -14,7 +14,8 @@ use crate::NodeId;
 use crate::transport::Frame;
 
 /// Bumped whenever anything on the wire changes incompatibly.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// v2: typed refusals in `HelloReply`, `Kind::Busy`.
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// The first message on an authenticated link, in both directions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,27 +41,28 @@ impl Hello {
         }
     }
 
-    /// Check a peer's hello against ours: `Err(reason)` is sent back as
+    /// Check a peer's hello against ours: `Err(refusal)` is sent back as
     /// [`HelloReply::Refused`] and logged on both sides.
-    pub fn check(&self, ours: &Hello) -> Result<(), String> {
+    pub fn check(&self, ours: &Hello) -> Result<(), Refusal> {
         if self.magic != Self::MAGIC {
-            return Err(format!("not an omnode peer (magic {:?})", self.magic));
+            return Err(Refusal::NotOmnode {
+                magic: short(&self.magic).to_string(),
+            });
         }
         if self.version != ours.version {
-            return Err(format!(
-                "protocol version mismatch: peer speaks v{}, this node v{}; run the same omnode version on every node",
-                self.version, ours.version
-            ));
+            return Err(Refusal::Version {
+                peer: self.version,
+                ours: ours.version,
+            });
         }
         if self.node == ours.node {
-            return Err(format!("peer claims this node's own id {}", self.node));
+            return Err(Refusal::OwnId(self.node));
         }
         if self.cluster != ours.cluster {
-            return Err(format!(
-                "cluster map differs (peer {}, this node {}); use the same map file on every node",
-                short(&self.cluster),
-                short(&ours.cluster)
-            ));
+            return Err(Refusal::ClusterDiffers {
+                peer: short(&self.cluster).to_string(),
+                ours: short(&ours.cluster).to_string(),
+            });
         }
         Ok(())
     }
@@ -74,15 +76,58 @@ impl Hello {
     }
 }
 
+/// The first 12 characters of `d` (whole characters: a peer's string may be any UTF-8).
 fn short(d: &str) -> &str {
-    &d[..d.len().min(12)]
+    match d.char_indices().nth(12) {
+        Some((at, _)) => &d[..at],
+        None => d,
+    }
+}
+
+/// Why a link was refused, as sent in [`HelloReply::Refused`]: callers match on the
+/// variant, people read the message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum Refusal {
+    #[error("not an omnode peer (magic {magic:?})")]
+    NotOmnode { magic: String },
+    #[error(
+        "protocol version mismatch: peer speaks v{peer}, this node v{ours}; run the same omnode version on every node"
+    )]
+    Version { peer: u16, ours: u16 },
+    #[error("peer claims this node's own id {0}")]
+    OwnId(NodeId),
+    #[error(
+        "cluster map differs (peer {peer}, this node {ours}); use the same map file on every node"
+    )]
+    ClusterDiffers { peer: String, ours: String },
+    #[error("dialled node {dialled} but node {answered} answered; check the addresses in the map")]
+    WrongNode { dialled: NodeId, answered: NodeId },
+    #[error("node {peer} is not in node {local}'s peer list")]
+    NotListed { peer: NodeId, local: NodeId },
+    /// The arbiter keeps another link to this peer (simultaneous dials): not an error.
+    #[error("duplicate link: node {local} already has a link to node {peer}")]
+    Duplicate { local: NodeId, peer: NodeId },
+    #[error(
+        "node id {node} already taken by peer {holder}; id collision (peer {claimant} claims it too)"
+    )]
+    IdTaken {
+        node: NodeId,
+        holder: String,
+        claimant: String,
+    },
+    #[error("malformed hello: {0}")]
+    Malformed(String),
+    #[error("transport is shutting down")]
+    ShuttingDown,
+    #[error("previous link did not close in time")]
+    PreviousLinkStuck,
 }
 
 /// The answer to a [`Hello`].
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HelloReply {
     Accepted,
-    Refused { reason: String },
+    Refused { reason: Refusal },
 }
 
 impl HelloReply {
@@ -128,7 +173,7 @@ pub fn decode_frame(mut src: Bytes) -> Result<Frame, DecodeError> {
         });
     }
     let head = src.split_to(head_len);
-    Ok(Frame { head, payload: src })
+    Ok(Frame::new(head, src))
 }
 
 /// What a frame's head says about the message that follows it.
@@ -142,6 +187,8 @@ pub enum Kind {
     Reply { id: u64 },
     /// The request `id` could not be delivered or answered.
     Failed { id: u64, reason: String },
+    /// The request `id` was refused because the actor's mailbox is full: try later.
+    Busy { id: u64 },
 }
 
 /// The runtime's envelope: to which named actor, and what kind of message.
@@ -213,32 +260,68 @@ mod tests {
     }
 
     #[test]
-    fn hello_refusals_name_the_reason() {
+    fn hello_refusals_are_typed() {
         let ours = Hello::new(1, "abcdef0123456789");
         assert_eq!(Hello::new(2, "abcdef0123456789").check(&ours), Ok(()));
-        let other_map = Hello::new(2, "ffff").check(&ours).unwrap_err();
-        assert!(other_map.contains("cluster map differs"), "{other_map}");
+        assert_eq!(
+            Hello::new(2, "ffff").check(&ours),
+            Err(Refusal::ClusterDiffers {
+                peer: "ffff".into(),
+                ours: "abcdef012345".into()
+            })
+        );
         let mut old = Hello::new(2, "abcdef0123456789");
         old.version = PROTOCOL_VERSION + 1;
-        assert!(
-            old.check(&ours)
-                .unwrap_err()
-                .contains("protocol version mismatch")
+        assert_eq!(
+            old.check(&ours),
+            Err(Refusal::Version {
+                peer: PROTOCOL_VERSION + 1,
+                ours: PROTOCOL_VERSION
+            })
         );
-        assert!(
-            Hello::new(1, "abcdef0123456789")
-                .check(&ours)
-                .unwrap_err()
-                .contains("own id")
+        assert_eq!(
+            Hello::new(1, "abcdef0123456789").check(&ours),
+            Err(Refusal::OwnId(1))
         );
         let mut alien = Hello::new(2, "abcdef0123456789");
         alien.magic = "http".into();
-        assert!(
-            alien
-                .check(&ours)
-                .unwrap_err()
-                .contains("not an omnode peer")
-        );
+        let r = alien.check(&ours).unwrap_err();
+        assert!(matches!(&r, Refusal::NotOmnode { magic } if magic == "http"));
+        assert!(r.to_string().contains("not an omnode peer"), "{r}");
+        // The refusal survives the wire as the same variant.
+        let reply = HelloReply::Refused { reason: r.clone() };
+        assert_eq!(HelloReply::decode(&reply.encode()), Ok(reply));
+    }
+
+    /// A digest (or magic) that is not ASCII used to panic when cut to 12 bytes.
+    #[test]
+    fn non_ascii_digests_are_refused_without_panicking() {
+        let ours = Hello::new(1, "abcdef0123456789");
+        for digest in [
+            "ééééééééééééé",
+            "a€€€€€€€€€€€€€",
+            "🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀🦀",
+            "ab\u{0}ü",
+        ] {
+            let r = Hello::new(2, digest).check(&ours).unwrap_err();
+            let Refusal::ClusterDiffers { peer, .. } = &r else {
+                panic!("{r:?}")
+            };
+            assert!(digest.starts_with(peer.as_str()));
+            assert_eq!(peer.chars().count(), digest.chars().count().min(12));
+            let mut h = Hello::new(2, "abcdef0123456789");
+            h.magic = digest.into();
+            assert!(matches!(h.check(&ours), Err(Refusal::NotOmnode { .. })));
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn any_hello_strings_check_without_panicking(magic in ".*", cluster in ".*", node in any::<u32>(), version in any::<u16>()) {
+            let ours = Hello::new(1, "abcdef0123456789");
+            let h = Hello { magic, version, node, cluster };
+            let _ = h.check(&ours).map_err(|r| r.to_string());
+        }
     }
 
     #[test]

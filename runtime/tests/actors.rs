@@ -18,10 +18,17 @@ enum Req {
     Boom,
     Ignore,
     Echo(Vec<u8>),
+    /// Recorded in arrival order.
+    Seq(i64),
+    /// Answers the recorded `Seq` values.
+    Seqs,
+    /// Sleeps this many milliseconds in the handler (a slow actor).
+    Sleep(u64),
 }
 
 struct Counter {
     total: i64,
+    seq: Vec<i64>,
 }
 
 enum Msg {
@@ -59,6 +66,14 @@ impl Actor for Counter {
                     reply.unwrap().send(&(self.total, from)).await.unwrap();
                 }
                 Req::Boom => panic!("boom (this panic is part of the test)"),
+                Req::Seq(n) => self.seq.push(n),
+                Req::Seqs => reply.unwrap().send(&self.seq).await.unwrap(),
+                Req::Sleep(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    if let Some(r) = reply {
+                        r.send(&ms).await.unwrap();
+                    }
+                }
                 Req::Ignore => {}
                 Req::Echo(head) => {
                     let mut out = head;
@@ -81,9 +96,17 @@ fn node(fabric: &Fabric, id: u32) -> System {
     let s2 = starts.clone();
     let addr = sys.spawn("counter", move || {
         s2.fetch_add(1, Ordering::SeqCst);
-        Counter { total: 0 }
+        Counter {
+            total: 0,
+            seq: vec![],
+        }
     });
     sys.serve::<Req, _>("counter", addr);
+    let sleeper = sys.spawn("sleeper", || Counter {
+        total: 0,
+        seq: vec![],
+    });
+    sys.serve::<Req, _>("sleeper", sleeper);
     sys
 }
 
@@ -179,7 +202,10 @@ async fn an_actor_that_keeps_panicking_is_given_up_on() {
             max: 2,
             within: Duration::from_secs(60),
         },
-        || Counter { total: 0 },
+        || Counter {
+            total: 0,
+            seq: vec![],
+        },
     );
     sys.serve::<Req, _>("fragile", addr.clone());
     for _ in 0..3 {
@@ -201,7 +227,10 @@ async fn an_actor_that_keeps_panicking_is_given_up_on() {
 #[tokio::test]
 async fn local_typed_ask() {
     let sys = System::new(1);
-    let addr = sys.spawn("c", || Counter { total: 0 });
+    let addr = sys.spawn("c", || Counter {
+        total: 0,
+        seq: vec![],
+    });
     assert_eq!(addr.ask(|r| Msg::Local(2, r), T).await.unwrap(), 2);
     assert_eq!(addr.ask(|r| Msg::Local(3, r), T).await.unwrap(), 5);
 }
@@ -233,15 +262,68 @@ async fn link_events_and_shutdown() {
     assert!(a.shutdown_token().is_cancelled());
 }
 
+/// Ask `Seqs` until the actor has seen `n` values (a busy mailbox answers `Busy`: retry).
+async fn seqs(a: &System, node: u32, name: &str, n: usize) -> Vec<i64> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match a.ask::<_, Vec<i64>>(node, name, &Req::Seqs, T).await {
+            Ok(v) if v.len() >= n => return v,
+            Ok(_) | Err(Error::Busy { .. }) => {}
+            Err(e) => panic!("{e}"),
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not all {n} arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_burst_larger_than_the_mailbox_is_delivered_in_full_and_in_order() {
     let fabric = Fabric::new();
     let a = node(&fabric, 1);
     let _b = node(&fabric, 2);
-    let n = 5 * runtime::actor::MAILBOX as i64;
+    // Four mailboxes' worth: beyond the mailbox, within the actor's backlog.
+    let n = 4 * runtime::actor::MAILBOX as i64;
     for i in 1..=n {
-        a.tell(2, "counter", &Req::Add(i)).await.unwrap();
+        a.tell(2, "counter", &Req::Seq(i)).await.unwrap();
     }
-    let (total, _): (i64, u32) = a.ask(2, "counter", &Req::Get, T).await.unwrap();
-    assert_eq!(total, n * (n + 1) / 2);
+    let got = seqs(&a, 2, "counter", n as usize).await;
+    let want: Vec<i64> = (1..=n).collect();
+    assert_eq!(got, want, "every message once, in the order sent");
+}
+
+/// A slow actor delays neither another actor's messages on the same link nor the link.
+#[tokio::test]
+async fn a_sleeping_actor_does_not_delay_another_actor_on_the_same_link() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    // Fill the sleeper's mailbox and part of its backlog: 2 s of sleeping each ...
+    tokio::time::timeout(T, async {
+        for _ in 0..(runtime::actor::MAILBOX + 100) {
+            a.tell(2, "sleeper", &Req::Sleep(2_000)).await.unwrap();
+        }
+    })
+    .await
+    .expect("tells to a slow actor must not stall the link");
+    // ... while the counter on the same link answers at once.
+    for i in 1..=50 {
+        let t0 = std::time::Instant::now();
+        let total: i64 = a.ask(2, "counter", &Req::Add(1), T).await.unwrap();
+        assert_eq!(total, i);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "ask {i} took {:?} behind the sleeping actor",
+            t0.elapsed()
+        );
+    }
+    // An ask to the full actor is refused as busy, at once, not queued behind 2 s sleeps.
+    let t0 = std::time::Instant::now();
+    match a.ask::<_, u64>(2, "sleeper", &Req::Sleep(0), T).await {
+        Err(Error::Busy { node: 2, name }) => assert_eq!(name, "sleeper"),
+        other => panic!("expected busy, got {other:?}"),
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500));
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use runtime::transport::{Event, Frame, PeerInfo, Transport};
+use runtime::transport::{Event, Frame, Lane, PeerInfo, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -158,7 +158,7 @@ impl Pair {
         let t0 = Instant::now();
         for i in 0..iters {
             let kind = if i + 1 == iters { LAST } else { DATA };
-            let f = Frame::new(Bytes::copy_from_slice(&[kind]), payload.clone());
+            let f = Frame::on(Lane::Bulk, Bytes::copy_from_slice(&[kind]), payload.clone());
             self.a.send(2, f).await.unwrap();
         }
         self.next_frame().await;

@@ -39,8 +39,10 @@ pub struct Config {
     pub keepalive: Duration,
     /// A link that receives nothing (not even a keepalive) this long is declared down.
     pub idle_timeout: Duration,
-    /// Frames queued per peer before `send` waits.
-    pub queue_capacity: usize,
+    /// Bytes queued per peer on the control lane before `send` waits.
+    pub control_window: usize,
+    /// Bytes queued per peer on the bulk lane before `send` waits.
+    pub bulk_window: usize,
     /// Largest encoded frame (head + payload + 4 bytes) sent or accepted.
     pub max_frame: usize,
 }
@@ -65,7 +67,8 @@ impl Config {
             backoff_max: Duration::from_secs(5),
             keepalive: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(4),
-            queue_capacity: 4096,
+            control_window: 1 << 20,
+            bulk_window: 16 << 20,
             max_frame: 64 << 20,
         }
     }
@@ -86,7 +89,8 @@ impl fmt::Debug for Config {
             .field("backoff_max", &self.backoff_max)
             .field("keepalive", &self.keepalive)
             .field("idle_timeout", &self.idle_timeout)
-            .field("queue_capacity", &self.queue_capacity)
+            .field("control_window", &self.control_window)
+            .field("bulk_window", &self.bulk_window)
             .field("max_frame", &self.max_frame)
             .finish()
     }

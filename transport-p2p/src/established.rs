@@ -8,10 +8,10 @@ use bytes::{BufMut, BytesMut};
 use futures_util::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
 use runtime::NodeId;
+use runtime::transport::lanes::Outq;
 use runtime::transport::link;
 use runtime::transport::{Event, Frame};
 use runtime::wire::{FRAME_OVERHEAD, decode_frame};
-use tokio::sync::mpsc;
 use tracing::info;
 
 use crate::state::{Inner, LinkCtl, lock};
@@ -31,7 +31,7 @@ pub(crate) struct Established {
     pub(crate) id: u64,
     pub(crate) read: BufReader<ReadHalf<Stream>>,
     pub(crate) write: WriteHalf<Stream>,
-    pub(crate) rx: mpsc::Receiver<Frame>,
+    pub(crate) queue: Arc<Outq>,
     pub(crate) ctl: Arc<LinkCtl>,
 }
 
@@ -45,7 +45,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         id,
         mut read,
         write,
-        rx,
+        queue,
         ctl,
     } = link;
     let discovered = {
@@ -62,6 +62,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         if !current {
             drop(st);
             inner.unclaim(node, id);
+            queue.close();
             ctl.done.cancel();
             return;
         }
@@ -81,12 +82,14 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     inner.emit(Event::Up { peer: node }).await;
     let _ = inner.cmd.send(Cmd::LinkUp(node));
 
-    let writer = tokio::spawn(write_loop(inner.clone(), write, rx, ctl.clone()));
+    let writer = tokio::spawn(write_loop(inner.clone(), write, queue.clone(), ctl.clone()));
     let reason = tokio::select! {
         r = read_loop(&inner, node, &ctl, &mut read) => r,
         _ = ctl.cancel.cancelled() => String::new(),
     };
     ctl.close(&reason);
+    // Senders waiting for room on this link return now, with their frames.
+    queue.close();
     let reason = ctl.reason().unwrap_or(reason);
     link::join_or_abort(writer, Duration::from_secs(2)).await;
     drop(read);
@@ -210,7 +213,7 @@ async fn write_bytes(w: &mut WriteHalf<Stream>, buf: &mut BytesMut) -> Result<()
 async fn write_loop(
     inner: Arc<Inner>,
     mut w: WriteHalf<Stream>,
-    mut rx: mpsc::Receiver<Frame>,
+    queue: Arc<Outq>,
     ctl: Arc<LinkCtl>,
 ) {
     let keepalive = inner.config.keepalive;
@@ -220,17 +223,17 @@ async fn write_loop(
             let first = tokio::select! {
                 biased;
                 _ = ctl.cancel.cancelled() => break,
-                r = tokio::time::timeout(keepalive, rx.recv()) => r,
+                r = tokio::time::timeout(keepalive, queue.ready()) => r,
             };
             match first {
                 Err(_) => buf.put_u32(0),
-                Ok(None) => break,
-                Ok(Some(frame)) => {
-                    push_frame(&mut w, &mut buf, &frame).await?;
+                Ok(false) => break,
+                Ok(true) => {
+                    // Control frames first (`pop`), up to a batch.
                     while buf.len() < WRITE_BATCH {
-                        match rx.try_recv() {
-                            Ok(f) => push_frame(&mut w, &mut buf, &f).await?,
-                            Err(_) => break,
+                        match queue.pop() {
+                            Some(f) => push_frame(&mut w, &mut buf, &f).await?,
+                            None => break,
                         }
                     }
                 }
@@ -248,8 +251,8 @@ async fn write_loop(
     // Closing: on shutdown, flush what is queued for a short while, then close our side.
     if inner.root.is_cancelled() {
         let flush = async {
-            rx.close();
-            while let Some(f) = rx.recv().await {
+            queue.close();
+            while let Some(f) = queue.pop() {
                 if push_frame(&mut w, &mut buf, &f).await.is_err() {
                     return;
                 }

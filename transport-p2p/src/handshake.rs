@@ -11,8 +11,8 @@ use futures_util::StreamExt;
 use futures_util::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
 use runtime::NodeId;
-use runtime::wire::{Hello, HelloReply};
-use tokio::sync::mpsc;
+use runtime::transport::lanes::Outq;
+use runtime::wire::{Hello, HelloReply, Refusal};
 use tracing::debug;
 
 use crate::error::HsError;
@@ -146,28 +146,22 @@ async fn handshake(
     let theirs = recv_msg(&mut r, MAX_HELLO).await.map_err(err)?;
     let addrs = decode_addrs(&recv_msg(&mut r, MAX_HELLO).await.map_err(err)?);
 
-    let refuse = async |w: &mut WriteHalf<Stream>, who: String, reason: String| -> HsError {
+    let refuse = async |w: &mut WriteHalf<Stream>, who: String, reason: Refusal| -> HsError {
         inner.warn_limited(
             format!("refuse {peer_id} {reason}"),
             &format!("refused {who}: {reason}"),
         );
-        let _ = send_msg(
-            w,
-            &HelloReply::Refused {
-                reason: reason.clone(),
-            }
-            .encode(),
-        )
-        .await;
+        let text = reason.to_string();
+        let _ = send_msg(w, &HelloReply::Refused { reason }.encode()).await;
         let _ = w.close().await;
-        HsError::Refused(reason)
+        HsError::Refused(text)
     };
     let hello = match Hello::decode(&theirs) {
         Ok(h) => h,
         Err(e) => {
             let who = format!("peer {peer_id}");
             return Err(err(
-                refuse(&mut w, who, format!("malformed hello: {e}")).await
+                refuse(&mut w, who, Refusal::Malformed(e.to_string())).await
             ));
         }
     };
@@ -188,14 +182,14 @@ async fn handshake(
     }
 
     // 2. Claim the node id, then answer; the link is up once both accepted.
-    let (tx, rx) = mpsc::channel(cfg.queue_capacity);
-    let ctl = LinkCtl::new(&inner.root);
+    let queue = Arc::new(Outq::new(cfg.control_window, cfg.bulk_window));
+    let ctl = LinkCtl::new(&inner.root, &inner.config);
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
     let entry = LinkEntry {
         id,
         peer_id,
         up: false,
-        tx,
+        queue: queue.clone(),
         ctl: ctl.clone(),
     };
     if let Err(reason) = inner.claim(node, peer_id, entry).await {
@@ -211,7 +205,7 @@ async fn handshake(
                     format!("refused-by {peer_id} {reason}"),
                     &format!("{who} refused the link: {reason}"),
                 );
-                Err(HsError::RefusedByPeer(reason))
+                Err(HsError::RefusedByPeer(reason.to_string()))
             }
             Err(e) => Err(HsError::Protocol(format!(
                 "malformed hello reply from {who}: {e}"
@@ -229,7 +223,7 @@ async fn handshake(
         id,
         read: r,
         write: w,
-        rx,
+        queue,
         ctl,
     })
 }

@@ -4,8 +4,9 @@
 //! Owns: the libp2p swarm (listening, dialling with back-off, mDNS), the private-network
 //! key (pnet PSK derived from the cluster key), the per-process libp2p identity, the
 //! `wire::Hello` exchange that maps libp2p `PeerId`s to omnode `NodeId`s, one ordered
-//! stream per peer carrying length-delimited frames, per-peer queues with back-pressure,
-//! keepalives and idle time-outs.
+//! stream per peer carrying length-delimited frames, per-peer two-lane queues
+//! (`runtime::transport::lanes`: byte windows, control first; closed when the link ends,
+//! releasing blocked senders), keepalives and idle time-outs.
 //!
 //! Must not know: actors, envelopes, processes, the map file (it gets peers through
 //! `set_peers` and the map's digest as an opaque string). Frames are opaque bytes.
@@ -101,8 +102,10 @@ impl Transport {
         config: Config,
         events: impl Into<rt::Events>,
     ) -> Result<Arc<Transport>, Error> {
-        if config.queue_capacity == 0 {
-            return Err(Error::Config("queue_capacity must be at least 1".into()));
+        if config.control_window == 0 || config.bulk_window == 0 {
+            return Err(Error::Config(
+                "control_window and bulk_window must be at least 1 byte".into(),
+            ));
         }
         Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
         if config.max_frame > u32::MAX as usize || config.max_frame < FRAME_OVERHEAD {
@@ -110,11 +113,8 @@ impl Transport {
                 "max_frame must be between 4 bytes and 4 GiB".into(),
             ));
         }
-        if config.keepalive >= config.idle_timeout {
-            return Err(Error::Config(
-                "keepalive must be shorter than idle_timeout".into(),
-            ));
-        }
+        runtime::transport::liveness::Liveness::check(config.keepalive, config.idle_timeout)
+            .map_err(Error::Config)?;
         let keypair = identity::Keypair::generate_ed25519();
         let local_peer = keypair.public().to_peer_id();
         let transport = build_transport(&config, &keypair)?;
@@ -226,6 +226,32 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The queue of `peer`'s live link, or why `frame` cannot go (handed back).
+    fn queue(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+    ) -> Result<(Arc<runtime::transport::lanes::Outq>, Frame), rt::SendError> {
+        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
+            return Err(rt::SendError::new(e, frame));
+        }
+        let st = lock(&self.inner.state);
+        let error = if st.closed {
+            rt::Error::Closed
+        } else {
+            match st.links.get(&peer) {
+                Some(l) if l.up => return Ok((l.queue.clone(), frame)),
+                _ if !self.inner.config.mdns && !st.listed.contains_key(&peer) => {
+                    rt::Error::UnknownPeer(peer)
+                }
+                _ => rt::Error::Unreachable(peer),
+            }
+        };
+        Err(rt::SendError::new(error, frame))
+    }
+}
+
 impl Drop for Transport {
     fn drop(&mut self) {
         self.inner.begin_shutdown();
@@ -237,26 +263,30 @@ impl rt::Transport for Transport {
         self.inner.config.local
     }
 
-    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), rt::Error>> {
+    fn capabilities(&self) -> rt::Capabilities {
+        rt::Capabilities {
+            max_frame: self.inner.config.max_frame,
+            control_window: self.inner.config.control_window,
+            bulk_window: self.inner.config.bulk_window,
+            zero_copy: false,
+        }
+    }
+
+    fn send_within(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), rt::SendError>> {
         Box::pin(async move {
-            link::check_size(&frame, self.inner.config.max_frame)?;
-            let tx = {
-                let st = lock(&self.inner.state);
-                if st.closed {
-                    return Err(rt::Error::Closed);
-                }
-                match st.links.get(&peer) {
-                    Some(l) if l.up => l.tx.clone(),
-                    _ if !self.inner.config.mdns && !st.listed.contains_key(&peer) => {
-                        return Err(rt::Error::UnknownPeer(peer));
-                    }
-                    _ => return Err(rt::Error::Unreachable(peer)),
-                }
-            };
-            tx.send(frame)
-                .await
-                .map_err(|_| rt::Error::Unreachable(peer))
+            let (q, frame) = self.queue(peer, frame)?;
+            rt::queue_send(&q, peer, frame, limit).await
         })
+    }
+
+    fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), rt::SendError> {
+        let (q, frame) = self.queue(peer, frame)?;
+        rt::queue_try_send(&q, peer, frame)
     }
 
     fn set_peers(&self, peers: Vec<PeerInfo>) {

@@ -2,15 +2,18 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use runtime::NodeId;
+use runtime::transport::lanes::Outq;
 use runtime::transport::link::{self, Claim};
+use runtime::transport::liveness;
 use runtime::transport::pacing::Repeats;
-use runtime::transport::{self as rt, Event, Frame};
+use runtime::transport::{self as rt, Event};
+use runtime::wire::Refusal;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -53,17 +56,16 @@ pub(crate) struct LinkEntry {
     pub(crate) peer_id: PeerId,
     /// True between `Up` and the start of closing.
     pub(crate) up: bool,
-    pub(crate) tx: mpsc::Sender<Frame>,
+    pub(crate) queue: Arc<Outq>,
     pub(crate) ctl: Arc<LinkCtl>,
 }
 
-/// The shared control block (cancel, first reason, done) plus when the link last heard
-/// from its peer, which decides whether a new peer may take the node id over.
+/// The shared control block (cancel, first reason, done) plus the link's clocks
+/// (`runtime::transport::liveness`), which decide whether a new peer may take the node id
+/// over.
 pub(crate) struct LinkCtl {
     ctl: link::LinkCtl,
-    born: Instant,
-    /// When the last message (frame or keepalive) arrived, in ms since `born`.
-    last_rx_ms: AtomicU64,
+    live: liveness::Shared,
 }
 
 impl std::ops::Deref for LinkCtl {
@@ -75,23 +77,26 @@ impl std::ops::Deref for LinkCtl {
 }
 
 impl LinkCtl {
-    pub(crate) fn new(parent: &CancellationToken) -> Arc<Self> {
+    pub(crate) fn new(parent: &CancellationToken, config: &Config) -> Arc<Self> {
         Arc::new(LinkCtl {
             ctl: link::LinkCtl::new(parent),
-            born: Instant::now(),
-            last_rx_ms: AtomicU64::new(0),
+            live: liveness::Shared::new(config.keepalive, config.idle_timeout, Instant::now()),
         })
     }
 
+    /// Something arrived from the peer.
     pub(crate) fn touch(&self) {
-        let ms = self.born.elapsed().as_millis() as u64;
-        self.last_rx_ms.store(ms, Ordering::Relaxed);
+        self.live.received(Instant::now());
     }
 
     /// How long nothing arrived on this link.
     fn silent_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_rx_ms.load(Ordering::Relaxed));
-        self.born.elapsed().saturating_sub(last)
+        self.live.snapshot().silent_for(Instant::now())
+    }
+
+    /// The peer missed two keepalives.
+    fn stale(&self) -> bool {
+        self.live.snapshot().stale(Instant::now())
     }
 }
 
@@ -148,18 +153,18 @@ impl Inner {
         node: NodeId,
         peer_id: PeerId,
         entry: LinkEntry,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let mut entry = Some(entry);
         link::claim(|| {
             let mut st = lock(&self.state);
             if st.closed {
-                return Claim::Decided(Err("transport is shutting down".into()));
+                return Claim::Decided(Err(Refusal::ShuttingDown));
             }
             if !self.config.mdns && !st.listed.contains_key(&node) {
-                return Claim::Decided(Err(format!(
-                    "node {node} is not in node {}'s peer list",
-                    self.config.local
-                )));
+                return Claim::Decided(Err(Refusal::NotListed {
+                    peer: node,
+                    local: self.config.local,
+                }));
             }
             match st.links.get(&node) {
                 None => {
@@ -169,7 +174,7 @@ impl Inner {
                 Some(old)
                     if old.peer_id != peer_id
                         && old.up
-                        && old.ctl.silent_for() >= self.stale_after() =>
+                        && old.ctl.stale() =>
                 {
                     // Our link to the previous holder has missed its keepalives: most
                     // likely that node restarted (new libp2p identity) before we noticed.
@@ -182,10 +187,11 @@ impl Inner {
                         .close("replaced: the node reconnected with a new identity");
                     Claim::WaitFor(old.ctl.done.clone())
                 }
-                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(format!(
-                    "node id {node} already taken by peer {}; id collision (peer {peer_id} claims it too)",
-                    old.peer_id
-                ))),
+                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(Refusal::IdTaken {
+                    node,
+                    holder: old.peer_id.to_string(),
+                    claimant: peer_id.to_string(),
+                })),
                 Some(old) => {
                     // The same peer opened a new stream: its old one is dead.
                     old.ctl.close("replaced by a new stream from the same peer");
@@ -194,11 +200,6 @@ impl Inner {
             }
         })
         .await
-    }
-
-    /// A link silent this long (two missed keepalives) yields its node id to a new peer.
-    fn stale_after(&self) -> Duration {
-        (self.config.keepalive * 2).min(self.config.idle_timeout)
     }
 
     pub(crate) fn unclaim(&self, node: NodeId, id: u64) {

@@ -263,7 +263,10 @@ async fn oversized_frame_is_refused_by_sender() {
     cfg.max_frame = 1024;
     let t = Transport::start(cfg, tx).await.unwrap();
     let r = t.send(2, frame(0, Bytes::from(vec![0; 2000]))).await;
-    assert!(matches!(r, Err(RtError::TooLarge { .. })), "{r:?}");
+    assert!(matches!(
+        r.map_err(|e| e.error),
+        Err(RtError::TooLarge { .. })
+    ));
     t.shutdown().await;
 }
 
@@ -281,11 +284,15 @@ async fn wrong_key_gets_nothing() {
     assert!(ec.is_empty(), "node without the key got events: {ec:?}");
     assert!(a.t.connected().is_empty());
     assert_eq!(
-        a.t.send(2, frame(0, Bytes::new())).await,
+        a.t.send(2, frame(0, Bytes::new()))
+            .await
+            .map_err(|e| e.error),
         Err(RtError::Unreachable(2))
     );
     assert_eq!(
-        c.t.send(1, frame(0, Bytes::new())).await,
+        c.t.send(1, frame(0, Bytes::new()))
+            .await
+            .map_err(|e| e.error),
         Err(RtError::Unreachable(1))
     );
     a.t.shutdown().await;
@@ -305,7 +312,9 @@ async fn different_cluster_digest_is_refused() {
     assert!(ea.is_empty(), "{ea:?}");
     assert!(eb.is_empty(), "{eb:?}");
     assert_eq!(
-        a.t.send(2, frame(0, Bytes::new())).await,
+        a.t.send(2, frame(0, Bytes::new()))
+            .await
+            .map_err(|e| e.error),
         Err(RtError::Unreachable(2))
     );
     a.t.shutdown().await;
@@ -327,7 +336,9 @@ async fn unlisted_node_is_refused_and_unknown() {
     assert!(ea.is_empty(), "{ea:?}");
     assert!(eb.is_empty(), "{eb:?}");
     assert_eq!(
-        a.t.send(2, frame(0, Bytes::new())).await,
+        a.t.send(2, frame(0, Bytes::new()))
+            .await
+            .map_err(|e| e.error),
         Err(RtError::UnknownPeer(2))
     );
     a.t.shutdown().await;
@@ -354,7 +365,9 @@ async fn peer_shutdown_is_down_and_restart_is_up() {
     eprintln!("down after {:?}", t0.elapsed());
     assert!(a.t.connected().is_empty());
     assert_eq!(
-        a.t.send(2, frame(0, Bytes::new())).await,
+        a.t.send(2, frame(0, Bytes::new()))
+            .await
+            .map_err(|e| e.error),
         Err(RtError::Unreachable(2))
     );
 

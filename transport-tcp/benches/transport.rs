@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use futures_util::{SinkExt, StreamExt};
-use runtime::transport::{Event, Frame, PeerInfo, Transport as _};
+use runtime::transport::{Event, Frame, Lane, PeerInfo, Transport as _};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
@@ -267,7 +267,13 @@ fn benches(c: &mut Criterion) {
                     let done = p.counter.expect(n);
                     let start = Instant::now();
                     for _ in 0..n {
-                        p.a.send(2, Frame::new(h2.clone(), p2.clone()))
+                        // Large payloads on the bulk lane, small frames on control.
+                        let lane = if size == SMALL {
+                            Lane::Control
+                        } else {
+                            Lane::Bulk
+                        };
+                        p.a.send(2, Frame::on(lane, h2.clone(), p2.clone()))
                             .await
                             .unwrap();
                     }

@@ -35,17 +35,18 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
                 }
             },
         };
-        let Ok(permit) = inner.handshakes.try_acquire() else {
+        let Ok(permit) = inner.handshakes.clone().try_acquire_owned() else {
             debug!("too many pending handshakes; dropping connection from {remote}");
             continue;
         };
-        permit.forget();
         let inner = inner.clone();
         tokio::spawn(async move {
             // Not raced against shutdown: once registered, a link must reach `run_link`
             // (claim refuses after shutdown, and the handshake is bounded by its time-out).
+            // The permit is returned when the handshake ends, however it ends (a panic
+            // included).
             let r = handshake(&inner, stream, remote, false, None).await;
-            inner.handshakes.add_permits(1);
+            drop(permit);
             match r {
                 Ok(link) => run_link(inner, link).await,
                 Err(HsError::Duplicate) => {}

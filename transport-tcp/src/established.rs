@@ -96,6 +96,8 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         };
     }
     ctl.close(&reason);
+    // Senders waiting for room on this link return now, with their frames.
+    outbox.close();
     // The writer stops at the cancellation (flushing for a bounded while on shutdown).
     link::join_or_abort(writer, Duration::from_millis(1500)).await;
     drop(outbox);

@@ -9,7 +9,7 @@ use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
 use runtime::NodeId;
 use runtime::transport::link::LinkCtl;
-use runtime::wire::{Hello, HelloReply};
+use runtime::wire::{Hello, HelloReply, Refusal};
 use snow::StatelessTransportState;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -27,7 +27,6 @@ use crate::state::{Inner, LinkEntry, LinkState};
 pub(crate) const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_BLAKE2s";
 const PROLOGUE: &[u8] = b"omnode transport-tcp 1";
 pub(crate) const TAG: usize = 16;
-pub(crate) const DUPLICATE: &str = "duplicate link";
 
 fn length_codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
@@ -89,7 +88,7 @@ pub(crate) async fn handshake(
     let limit = inner.config.handshake_timeout;
     let neg = tokio::select! {
         biased;
-        _ = inner.root.cancelled() => Err(HsError::Refused("transport is shutting down".into())),
+        _ = inner.root.cancelled() => Err(HsError::Refused(Refusal::ShuttingDown.to_string())),
         r = tokio::time::timeout(limit, negotiate(inner, stream, remote, initiator, expect)) => {
             r.unwrap_or(Err(HsError::Timeout))
         }
@@ -104,20 +103,19 @@ async fn refuse(
     noise: &StatelessTransportState,
     remote: SocketAddr,
     who: &str,
-    reason: String,
+    reason: Refusal,
 ) -> HsError {
     inner.warn_repeated(
         format!("refused {who} {reason}"),
         &format!("refused {who} at {remote}: {reason}"),
     );
-    let reply = HelloReply::Refused {
-        reason: reason.clone(),
-    };
+    let text = reason.to_string();
+    let reply = HelloReply::Refused { reason };
     if let Ok(m) = seal(noise, 1, &reply.encode()) {
         let _ = send_raw(w, &m).await;
         let _ = w.shutdown().await;
     }
-    HsError::Refused(reason)
+    HsError::Refused(text)
 }
 
 /// A link whose peer is authenticated and agreed; only the arbiter's decision remains.
@@ -171,7 +169,7 @@ async fn negotiate(
     let hello = match Hello::decode(&theirs) {
         Ok(h) => h,
         Err(e) => {
-            let reason = format!("malformed hello: {e}");
+            let reason = Refusal::Malformed(e.to_string());
             return Err(refuse(inner, &mut w, &noise, remote, "link", reason).await);
         }
     };
@@ -180,14 +178,15 @@ async fn negotiate(
     let mut problem = hello.check(&ours).err();
     if problem.is_none() {
         if let Some(want) = expect.filter(|&want| want != peer) {
-            problem = Some(format!(
-                "dialled node {want} but node {peer} answered; check the addresses in the map"
-            ));
+            problem = Some(Refusal::WrongNode {
+                dialled: want,
+                answered: peer,
+            });
         } else if !inner.is_listed(peer) {
-            problem = Some(format!(
-                "node {peer} is not in node {}'s peer list",
-                cfg.local
-            ));
+            problem = Some(Refusal::NotListed {
+                peer,
+                local: cfg.local,
+            });
         }
     }
     if let Some(reason) = problem {
@@ -203,7 +202,9 @@ async fn negotiate(
     let m = open(&noise, 1, &recv_raw(&mut r).await?)?;
     match HelloReply::decode(&m) {
         Ok(HelloReply::Accepted) => {}
-        Ok(HelloReply::Refused { reason }) if reason.starts_with(DUPLICATE) => {
+        Ok(HelloReply::Refused {
+            reason: reason @ Refusal::Duplicate { .. },
+        }) => {
             debug!("node {peer} at {remote} kept another link: {reason}");
             return Err(HsError::Duplicate);
         }
@@ -212,7 +213,7 @@ async fn negotiate(
                 format!("refused by {peer} {reason}"),
                 &format!("node {peer} at {remote} refused the link: {reason}"),
             );
-            return Err(HsError::RefusedByPeer(reason));
+            return Err(HsError::RefusedByPeer(reason.to_string()));
         }
         Err(e) => {
             return Err(HsError::Protocol(format!(
@@ -252,7 +253,7 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
     let outbox = Outbox::new(
         write,
         noise.clone(),
-        inner.config.queue_capacity,
+        (inner.config.control_window, inner.config.bulk_window),
         &preamble,
         !arbiter,
     )
@@ -269,7 +270,7 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         outbox: outbox.clone(),
         ctl: ctl.clone(),
     };
-    let refusal = |reason: String| -> Vec<u8> {
+    let refusal = |reason: Refusal| -> Vec<u8> {
         let m = seal(&noise, 1, &HelloReply::Refused { reason }.encode()).unwrap_or_default();
         let mut b = Vec::with_capacity(2 + m.len());
         b.extend_from_slice(&(m.len() as u16).to_be_bytes());
@@ -278,7 +279,7 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
     };
     match inner.claim(peer, arbiter, entry).await {
         Ok(()) => {}
-        Err(reason) if arbiter && reason.starts_with(DUPLICATE) => {
+        Err(reason @ Refusal::Duplicate { .. }) if arbiter => {
             debug!("node {peer} at {remote}: {reason}");
             outbox.write_now(&refusal(reason));
             return Err(HsError::Duplicate);
@@ -288,13 +289,14 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
                 format!("refused node {peer} {reason}"),
                 &format!("refused node {peer} at {remote}: {reason}"),
             );
-            outbox.write_now(&refusal(reason.clone()));
-            return Err(HsError::Refused(reason));
+            let text = reason.to_string();
+            outbox.write_now(&refusal(reason));
+            return Err(HsError::Refused(text));
         }
         Err(reason) => {
             // The arbiter accepted already; it will see this link close at once.
             warn!("dropped the link node {peer} at {remote} accepted: {reason}");
-            return Err(HsError::Refused(reason));
+            return Err(HsError::Refused(reason.to_string()));
         }
     }
     Ok(Established {

@@ -5,7 +5,8 @@
 //! (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, the cluster key as PSK: both ends prove the
 //! key without sending it, and everything after is encrypted), the `wire::Hello`
 //! exchange, framing (2-byte length-delimited Noise messages carrying the [`codec`]
-//! stream), per-peer ordered queues with back-pressure, keepalives and idle time-outs.
+//! stream), per-peer two-lane queues (`runtime::transport::lanes`, byte windows, control
+//! first) with back-pressure, keepalives and idle time-outs.
 //!
 //! Must not know: actors, envelopes, processes, the cluster map (it gets the peer list
 //! through `set_peers` and the map's digest as an opaque string). Frames are opaque bytes.
@@ -31,6 +32,12 @@
 //! otherwise frames wait in the bounded per-peer queue and the link's writer task packs
 //! many into each message (see `outbox`). Large payloads are sealed straight from their
 //! `Bytes`; received frames are slices of the decryption buffer.
+//!
+//! Lanes: the writer takes control frames before queued bulk frames. Both lanes share one
+//! byte stream, so a control frame can still wait for the bulk frame being sealed (up to
+//! `max_frame`) and for what the kernel's socket buffers hold; senders of bulk data should
+//! use frames of a few MiB at most. When a link ends its queue is closed: every sender
+//! waiting for room returns `Unreachable` with its frame.
 
 pub mod codec;
 mod config;
@@ -81,10 +88,14 @@ impl Transport {
         config: Config,
         events: impl Into<rt::Events>,
     ) -> Result<Arc<Transport>, Error> {
-        if config.queue_capacity == 0 {
-            return Err(Error::Config("queue_capacity must be at least 1".into()));
+        if config.control_window == 0 || config.bulk_window == 0 {
+            return Err(Error::Config(
+                "control_window and bulk_window must be at least 1 byte".into(),
+            ));
         }
         Backoff::check(config.backoff_min, config.backoff_max).map_err(Error::Config)?;
+        runtime::transport::liveness::Liveness::check(config.keepalive, config.idle_timeout)
+            .map_err(Error::Config)?;
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e| Error::Config(format!("{e:?}")))?;
@@ -107,7 +118,7 @@ impl Transport {
             state: Mutex::new(State::default()),
             root: CancellationToken::new(),
             next_link: AtomicU64::new(1),
-            handshakes: Semaphore::new(MAX_PENDING_HANDSHAKES),
+            handshakes: Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES)),
             warned: Repeats::new(WARN_REPEAT),
             listener_closed: CancellationToken::new(),
         });
@@ -127,6 +138,30 @@ impl Transport {
     }
 }
 
+impl Transport {
+    /// The outbox of `peer`'s live link, or why `frame` cannot go (handed back).
+    fn outbox(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+    ) -> Result<(Arc<outbox::Outbox>, Frame), rt::SendError> {
+        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
+            return Err(rt::SendError::new(e, frame));
+        }
+        let st = lock(&self.inner.state);
+        let error = if st.closed {
+            rt::Error::Closed
+        } else {
+            match st.links.get(&peer) {
+                Some(l) if l.state == LinkState::Up => return Ok((l.outbox.clone(), frame)),
+                _ if !st.peers.contains_key(&peer) => rt::Error::UnknownPeer(peer),
+                _ => rt::Error::Unreachable(peer),
+            }
+        };
+        Err(rt::SendError::new(error, frame))
+    }
+}
+
 impl Drop for Transport {
     fn drop(&mut self) {
         self.inner.begin_shutdown();
@@ -138,24 +173,30 @@ impl rt::Transport for Transport {
         self.inner.config.local
     }
 
-    fn send(&self, peer: NodeId, frame: Frame) -> BoxFuture<'_, Result<(), rt::Error>> {
+    fn capabilities(&self) -> rt::Capabilities {
+        rt::Capabilities {
+            max_frame: self.inner.config.max_frame,
+            control_window: self.inner.config.control_window,
+            bulk_window: self.inner.config.bulk_window,
+            zero_copy: false,
+        }
+    }
+
+    fn send_within(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<Duration>,
+    ) -> BoxFuture<'_, Result<(), rt::SendError>> {
         Box::pin(async move {
-            link::check_size(&frame, self.inner.config.max_frame)?;
-            let tx = {
-                let st = lock(&self.inner.state);
-                if st.closed {
-                    return Err(rt::Error::Closed);
-                }
-                match st.links.get(&peer) {
-                    Some(l) if l.state == LinkState::Up => l.outbox.clone(),
-                    _ if !st.peers.contains_key(&peer) => return Err(rt::Error::UnknownPeer(peer)),
-                    _ => return Err(rt::Error::Unreachable(peer)),
-                }
-            };
-            tx.send(frame)
-                .await
-                .map_err(|_| rt::Error::Unreachable(peer))
+            let (outbox, frame) = self.outbox(peer, frame)?;
+            outbox.send(peer, frame, limit).await
         })
+    }
+
+    fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), rt::SendError> {
+        let (outbox, frame) = self.outbox(peer, frame)?;
+        outbox.try_send(peer, frame)
     }
 
     fn set_peers(&self, peers: Vec<PeerInfo>) {

@@ -2,10 +2,15 @@
 //!
 //! A sender that finds the link idle (nothing queued, nothing unwritten) seals its frame
 //! and writes it itself, without a hop to another task: that is what keeps the round trip
-//! close to raw TCP. Otherwise the frame goes to the bounded queue (back-pressure) and the
-//! link's writer task drains the queue in large batches. All sealing and socket writes
-//! happen under one lock and only with non-blocking `try_write`, so frames stay in order
-//! and a sender's future can be dropped at any point without tearing a message.
+//! close to raw TCP. Otherwise the frame goes to the link's two-lane queue
+//! (`runtime::transport::lanes::Outq`: byte windows per lane, control first) and the
+//! link's writer task drains it in large batches. All sealing and socket writes happen
+//! under one lock and only with non-blocking `try_write`, so frames stay in order and a
+//! sender's future can be dropped at any point without tearing a message.
+//!
+//! Control frames go before queued bulk frames, at frame granularity: a control frame
+//! waits at most for the bulk frame whose payload is being sealed (bounded by the sender's
+//! chunk size, see `Capabilities::max_frame`) and for the socket's send buffer.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,11 +18,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use runtime::transport::Frame;
+use runtime::NodeId;
+use runtime::transport::lanes::Outq;
 use runtime::transport::link::LinkCtl;
+use runtime::transport::{Frame, SendError, queue_send, queue_try_send};
 use snow::StatelessTransportState;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 use crate::codec::{MAX_CHUNK, Packer};
 use crate::state::lock;
@@ -36,7 +43,7 @@ const INLINE_GAP_NS: u64 = 5_000;
 pub(crate) struct Outbox {
     write: OwnedWriteHalf,
     noise: Arc<StatelessTransportState>,
-    tx: mpsc::Sender<Frame>,
+    queue: Outq,
     kick: Notify,
     state: Mutex<State>,
     epoch: Instant,
@@ -45,7 +52,6 @@ pub(crate) struct Outbox {
 }
 
 struct State {
-    rx: mpsc::Receiver<Frame>,
     packer: Packer,
     /// Sealed, not yet written.
     out: BytesMut,
@@ -76,22 +82,26 @@ fn seal_into(
 }
 
 impl State {
-    fn idle(&self) -> bool {
+    fn idle(&self, queue: &Outq) -> bool {
         self.out.is_empty()
             && self.large.is_none()
             && self.packer.pending() == 0
-            && self.rx.is_empty()
             && self.error.is_none()
+            && queue.is_empty()
     }
 
-    fn has_more(&self) -> bool {
-        self.large.is_some() || self.packer.pending() > 0 || !self.rx.is_empty()
+    fn has_more(&self, queue: &Outq) -> bool {
+        self.large.is_some() || self.packer.pending() > 0 || !queue.is_empty()
     }
 
     /// Seal queued frames into `out` until it holds about `limit` bytes or nothing is left.
-    fn fill(&mut self, noise: &StatelessTransportState, limit: usize) -> Result<(), String> {
+    fn fill(
+        &mut self,
+        noise: &StatelessTransportState,
+        queue: &Outq,
+        limit: usize,
+    ) -> Result<(), String> {
         let State {
-            rx,
             packer,
             out,
             nonce,
@@ -112,7 +122,7 @@ impl State {
             if out.len() + packer.pending() >= limit {
                 break;
             }
-            let Ok(frame) = rx.try_recv() else { break };
+            let Some(frame) = queue.pop() else { break };
             let mut sink = |c: &[u8]| seal_into(noise, nonce, c, out);
             *large = packer.push_split(&frame, &mut sink)?;
         }
@@ -147,13 +157,11 @@ impl Outbox {
     pub(crate) fn new(
         write: OwnedWriteHalf,
         noise: Arc<StatelessTransportState>,
-        capacity: usize,
+        windows: (usize, usize),
         preamble: &[u8],
         confirm: bool,
     ) -> Result<Arc<Outbox>, String> {
-        let (tx, rx) = mpsc::channel(capacity);
         let mut state = State {
-            rx,
             packer: Packer::new(MAX_CHUNK),
             out: BytesMut::with_capacity(64 * 1024),
             nonce: 2,
@@ -168,7 +176,7 @@ impl Outbox {
         let ob = Arc::new(Outbox {
             write,
             noise,
-            tx,
+            queue: Outq::new(windows.0, windows.1),
             kick: Notify::new(),
             state: Mutex::new(state),
             epoch: Instant::now(),
@@ -184,39 +192,79 @@ impl Outbox {
         let _ = self.write.try_write(raw);
     }
 
-    /// Queue or write `frame`. `Err(frame)` when the link is closed.
-    pub(crate) async fn send(&self, frame: Frame) -> Result<(), Frame> {
+    /// The link ended: wake every sender waiting for room (they get `Unreachable` and their
+    /// frame back) and accept no more frames.
+    pub(crate) fn close(&self) {
+        self.queue.close();
+    }
+
+    /// Write `frame` at once if the link is idle and the frame small, else queue it,
+    /// waiting for room at most `limit` (`Some(ZERO)`: not at all).
+    pub(crate) async fn send(
+        &self,
+        peer: NodeId,
+        frame: Frame,
+        limit: Option<Duration>,
+    ) -> Result<(), SendError> {
+        let frame = match self.write_inline(frame) {
+            None => return Ok(()),
+            Some(f) => f,
+        };
+        let r = match limit {
+            Some(d) if d.is_zero() => queue_try_send(&self.queue, peer, frame),
+            _ => queue_send(&self.queue, peer, frame, limit).await,
+        };
+        if r.is_ok() {
+            self.kick.notify_one();
+        }
+        r
+    }
+
+    /// [`Outbox::send`] without waiting.
+    pub(crate) fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), SendError> {
+        let frame = match self.write_inline(frame) {
+            None => return Ok(()),
+            Some(f) => f,
+        };
+        let r = queue_try_send(&self.queue, peer, frame);
+        if r.is_ok() {
+            self.kick.notify_one();
+        }
+        r
+    }
+
+    /// Seal and write `frame` now if the link is idle; hands it back otherwise.
+    fn write_inline(&self, frame: Frame) -> Option<Frame> {
+        if self.queue.is_closed() {
+            return Some(frame);
+        }
         let size = frame.head.len() + frame.payload.len();
         let now = self.epoch.elapsed().as_nanos() as u64;
         let gap = now.saturating_sub(self.last_send.swap(now, Ordering::Relaxed));
-        if size <= INLINE_MAX && gap >= INLINE_GAP_NS {
-            if let Ok(mut guard) = self.state.try_lock() {
-                if guard.idle() {
-                    let st = &mut *guard;
-                    let mut sink = |c: &[u8]| seal_into(&self.noise, &mut st.nonce, c, &mut st.out);
-                    let sealed = st
-                        .packer
-                        .push(&frame, &mut sink)
-                        .and_then(|()| st.packer.flush(&mut sink));
-                    match sealed.map(|()| st.try_flush(&self.write)) {
-                        Ok(Ok(true)) => return Ok(()),
-                        Ok(Ok(false)) => {}
-                        Ok(Err(e)) => st.error = Some(format!("write error: {e}")),
-                        Err(e) => st.error = Some(e),
-                    }
-                    drop(guard);
-                    self.kick.notify_one();
-                    return Ok(());
-                }
-            }
+        if size > INLINE_MAX || gap < INLINE_GAP_NS {
+            return Some(frame);
         }
-        match self.tx.send(frame).await {
-            Ok(()) => {
-                self.kick.notify_one();
-                Ok(())
-            }
-            Err(e) => Err(e.0),
+        let Ok(mut guard) = self.state.try_lock() else {
+            return Some(frame);
+        };
+        if !guard.idle(&self.queue) {
+            return Some(frame);
         }
+        let st = &mut *guard;
+        let mut sink = |c: &[u8]| seal_into(&self.noise, &mut st.nonce, c, &mut st.out);
+        let sealed = st
+            .packer
+            .push(&frame, &mut sink)
+            .and_then(|()| st.packer.flush(&mut sink));
+        match sealed.map(|()| st.try_flush(&self.write)) {
+            Ok(Ok(true)) => return None,
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => st.error = Some(format!("write error: {e}")),
+            Err(e) => st.error = Some(e),
+        }
+        drop(guard);
+        self.kick.notify_one();
+        None
     }
 
     /// The link's writer task: drains the queue, writes what senders left unwritten, sends
@@ -235,18 +283,18 @@ impl Outbox {
                     if let Some(e) = st.error.take() {
                         return Some(e);
                     }
-                    if idle_tick && st.idle() && st.wrote_at.elapsed() >= keepalive {
+                    if idle_tick && st.idle(&self.queue) && st.wrote_at.elapsed() >= keepalive {
                         let st = &mut *st;
                         if let Err(e) = seal_into(&self.noise, &mut st.nonce, &[], &mut st.out) {
                             return Some(e);
                         }
                     }
-                    if let Err(e) = st.fill(&self.noise, WRITE_BATCH) {
+                    if let Err(e) = st.fill(&self.noise, &self.queue, WRITE_BATCH) {
                         return Some(e);
                     }
                     match st.try_flush(&self.write) {
                         Err(e) => return Some(format!("write error: {e}")),
-                        Ok(true) if !st.has_more() => break,
+                        Ok(true) if !st.has_more(&self.queue) => break,
                         Ok(true) => false,
                         Ok(false) => true,
                     }
@@ -269,16 +317,17 @@ impl Outbox {
     /// On shutdown: write what is queued, for at most `limit`.
     pub(crate) async fn flush(&self, limit: Duration) {
         let all = async {
-            lock(&self.state).rx.close();
+            self.queue.close();
             loop {
                 let blocked = {
                     let mut st = lock(&self.state);
-                    if st.error.is_some() || st.fill(&self.noise, WRITE_BATCH).is_err() {
+                    if st.error.is_some() || st.fill(&self.noise, &self.queue, WRITE_BATCH).is_err()
+                    {
                         return;
                     }
                     match st.try_flush(&self.write) {
                         Err(_) => return,
-                        Ok(true) if !st.has_more() => return,
+                        Ok(true) if !st.has_more(&self.queue) => return,
                         Ok(done) => !done,
                     }
                 };

@@ -9,12 +9,12 @@ use runtime::NodeId;
 use runtime::transport::link::{self, Claim, LinkCtl};
 use runtime::transport::pacing::Repeats;
 use runtime::transport::{self as rt, Event};
+use runtime::wire::Refusal;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::config::Config;
-use crate::handshake::DUPLICATE;
 use crate::outbox::Outbox;
 
 pub(crate) struct Inner {
@@ -27,7 +27,8 @@ pub(crate) struct Inner {
     pub(crate) state: Mutex<State>,
     pub(crate) root: CancellationToken,
     pub(crate) next_link: AtomicU64,
-    pub(crate) handshakes: Semaphore,
+    /// Inbound handshakes in progress; each holds an owned permit, returned on drop.
+    pub(crate) handshakes: Arc<Semaphore>,
     /// Cancelled once the listening socket is closed.
     pub(crate) listener_closed: CancellationToken,
     /// Which repeated warnings were logged lately (refusals repeat on every re-dial).
@@ -108,15 +109,18 @@ impl Inner {
         peer: NodeId,
         arbiter: bool,
         entry: LinkEntry,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let mut entry = Some(entry);
         link::claim(|| {
             let mut st = lock(&self.state);
             if st.closed {
-                return Claim::Decided(Err("transport is shutting down".into()));
+                return Claim::Decided(Err(Refusal::ShuttingDown));
             }
             if !st.peers.contains_key(&peer) {
-                return Claim::Decided(Err(format!("node {peer} is not in this node's peer list")));
+                return Claim::Decided(Err(Refusal::NotListed {
+                    peer,
+                    local: self.config.local,
+                }));
             }
             match st.links.get(&peer) {
                 None => {
@@ -124,10 +128,10 @@ impl Inner {
                     Claim::Decided(Ok(()))
                 }
                 Some(old) if arbiter && old.state != LinkState::Closing => {
-                    Claim::Decided(Err(format!(
-                        "{DUPLICATE}: node {} already has a link to node {peer}",
-                        self.config.local
-                    )))
+                    Claim::Decided(Err(Refusal::Duplicate {
+                        local: self.config.local,
+                        peer,
+                    }))
                 }
                 Some(old) => {
                     if !arbiter {

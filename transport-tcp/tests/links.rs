@@ -103,7 +103,7 @@ async fn frame_over_the_limit_is_rejected_by_the_sender() {
     let mut cfg = config(1, addr(2, 1, 0));
     cfg.max_frame = 1000;
     let a = start_with(cfg).await;
-    let err = a.t.send(2, frame(b"", &[0; 1000])).await.unwrap_err();
+    let err = a.t.send(2, frame(b"", &[0; 1000])).await.unwrap_err().error;
     assert!(
         matches!(
             err,
@@ -115,7 +115,7 @@ async fn frame_over_the_limit_is_rejected_by_the_sender() {
         "{err:?}"
     );
     assert_eq!(
-        a.t.send(9, frame(b"x", b"")).await,
+        a.t.send(9, frame(b"x", b"")).await.map_err(|e| e.error),
         Err(TError::UnknownPeer(9))
     );
 }
@@ -131,11 +131,11 @@ async fn expect_refused(net: u8, a_cfg: Config, b_cfg: Config) {
     b.expect_silence(Duration::from_millis(10)).await;
     assert!(a.t.connected().is_empty() && b.t.connected().is_empty());
     assert_eq!(
-        a.t.send(b.id, frame(b"hi", b"")).await,
+        a.t.send(b.id, frame(b"hi", b"")).await.map_err(|e| e.error),
         Err(TError::Unreachable(b.id))
     );
     assert_eq!(
-        b.t.send(a.id, frame(b"hi", b"")).await,
+        b.t.send(a.id, frame(b"hi", b"")).await.map_err(|e| e.error),
         Err(TError::Unreachable(a.id))
     );
     // The refused peer does not disturb a good one.
@@ -227,7 +227,7 @@ async fn killed_peer_goes_down_and_comes_back() {
     let reason = a.expect_down(2, Duration::from_secs(5)).await;
     assert!(!reason.is_empty());
     assert_eq!(
-        a.t.send(2, frame(b"x", b"")).await,
+        a.t.send(2, frame(b"x", b"")).await.map_err(|e| e.error),
         Err(TError::Unreachable(2))
     );
 
@@ -344,7 +344,8 @@ async fn keepalives_hold_an_idle_link_and_silence_times_out() {
 async fn back_pressure_blocks_the_sender_and_loses_nothing() {
     init_logs();
     let mut ca = config(1, addr(10, 1, 0));
-    ca.queue_capacity = 8;
+    ca.control_window = 8 * 1024;
+    ca.bulk_window = 8 * 64 * 1024;
     let mut a = start_with(ca).await;
     // b's runtime takes events slowly: its channel holds 4.
     let mut b = common::start_with_events(config(2, addr(10, 2, 0)), 4).await;

@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::{Error, Frame};
-use crate::wire::FRAME_OVERHEAD;
+use crate::wire::{FRAME_OVERHEAD, Refusal};
 
 /// One link's control block, shared by its reader, writer and the transport's tables.
 pub struct LinkCtl {
@@ -52,8 +52,8 @@ impl LinkCtl {
 
 /// What one look at a peer's link slot decided.
 pub enum Claim {
-    /// Installed (`Ok`) or refused with a reason (`Err`).
-    Decided(Result<(), String>),
+    /// Installed (`Ok`) or refused (`Err`).
+    Decided(Result<(), Refusal>),
     /// An older link holds the slot and is closing: look again once it is done.
     WaitFor(CancellationToken),
 }
@@ -61,7 +61,7 @@ pub enum Claim {
 /// Claim a peer's link slot: `attempt` looks at it (under the transport's lock) and
 /// installs the new link, refuses it, or names an older link to wait for. Up to three
 /// looks, waiting at most a second each time for the older link to finish.
-pub async fn claim(mut attempt: impl FnMut() -> Claim) -> Result<(), String> {
+pub async fn claim(mut attempt: impl FnMut() -> Claim) -> Result<(), Refusal> {
     for _ in 0..3 {
         let wait = match attempt() {
             Claim::Decided(r) => return r,
@@ -74,7 +74,7 @@ pub async fn claim(mut attempt: impl FnMut() -> Claim) -> Result<(), String> {
             break;
         }
     }
-    Err("previous link did not close in time".into())
+    Err(Refusal::PreviousLinkStuck)
 }
 
 /// Lock a transport's state, also after a panic elsewhere poisoned the mutex (the state is
@@ -122,10 +122,10 @@ mod tests {
 
     #[test]
     fn frames_over_the_limit_are_refused() {
-        let f = Frame {
-            head: bytes::Bytes::from_static(b"head"),
-            payload: bytes::Bytes::from_static(b"payload"),
-        };
+        let f = Frame::new(
+            bytes::Bytes::from_static(b"head"),
+            bytes::Bytes::from_static(b"payload"),
+        );
         let size = FRAME_OVERHEAD + 4 + 7;
         assert!(check_size(&f, size).is_ok());
         assert!(matches!(
@@ -166,6 +166,6 @@ mod tests {
         // An old link that never finishes: given up after the first second.
         let stuck = CancellationToken::new();
         let r = claim(|| Claim::WaitFor(stuck.clone())).await;
-        assert_eq!(r, Err("previous link did not close in time".into()));
+        assert_eq!(r, Err(Refusal::PreviousLinkStuck));
     }
 }

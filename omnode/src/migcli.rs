@@ -1,0 +1,118 @@
+//! `omnode migrate PID NODE|home` and `omnode ps` (classic names `migrate`, `mps`): thin
+//! clients of the control socket.
+
+use std::path::Path;
+
+use crate::Error;
+use crate::control::{self, Request, Response};
+
+#[derive(clap::Args, Debug)]
+pub struct MigrateArgs {
+    /// The process to move (yours; root: any).
+    pub pid: i32,
+    /// The node to move it to, or `home`.
+    pub node: String,
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct PsArgs {
+    /// `{"processes":[{"pid":N,"node":N,"home":N,"state":"...","moves":N,"cmd":"..."}]}`.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Run on one of these nodes (`-j2` or `-j2,3`: the first of the list). Without it, the
+    /// program runs at home.
+    #[arg(short = 'j', value_name = "NODES")]
+    pub nodes: Option<String>,
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
+    /// The program and its arguments.
+    #[arg(trailing_var_arg = true, required = true)]
+    pub cmd: Vec<std::ffi::OsString>,
+}
+
+/// `mosrun`: becomes the program (same PID: `$?`, `wait` and job control are the program's),
+/// after asking the daemon to move it to the chosen node once the exec is done.
+pub fn run(a: RunArgs) -> Result<(), Error> {
+    use std::os::unix::process::CommandExt;
+    let path = &a.socket.socket;
+    if let Some(nodes) = &a.nodes {
+        let first = nodes.split(',').next().unwrap_or_default();
+        let to: u32 = first
+            .parse()
+            .map_err(|_| Error::Config(format!("-j{nodes}: '{first}' is not a node number")))?;
+        let req = Request::MoveAfterExec {
+            pid: std::process::id() as i32,
+            to,
+        };
+        match control::call(path, &req)? {
+            Response::Done(_) => {}
+            Response::Error(e) => return Err(refused(path, e)),
+            other => return Err(refused(path, format!("unexpected answer {other:?}"))),
+        }
+    }
+    let err = std::process::Command::new(&a.cmd[0])
+        .args(&a.cmd[1..])
+        .exec();
+    Err(Error::Config(format!(
+        "cannot run {}: {err}",
+        std::path::Path::new(&a.cmd[0]).display()
+    )))
+}
+
+fn refused(path: &Path, reason: String) -> Error {
+    Error::Refused {
+        path: path.to_path_buf(),
+        reason,
+    }
+}
+
+pub fn migrate(a: MigrateArgs) -> Result<(), Error> {
+    let path = &a.socket.socket;
+    match control::call(
+        path,
+        &Request::Migrate {
+            pid: a.pid,
+            to: a.node,
+        },
+    )? {
+        Response::Done(s) => {
+            println!("{s}");
+            Ok(())
+        }
+        Response::Error(e) => Err(refused(path, e)),
+        other => Err(refused(path, format!("unexpected answer {other:?}"))),
+    }
+}
+
+pub fn ps(a: PsArgs) -> Result<(), Error> {
+    let path = &a.socket.socket;
+    let rows = match control::call(path, &Request::Ps)? {
+        Response::Ps(r) => r,
+        Response::Error(e) => return Err(refused(path, e)),
+        other => return Err(refused(path, format!("unexpected answer {other:?}"))),
+    };
+    if a.json {
+        let v = serde_json::json!({ "processes": rows });
+        println!("{v}");
+        return Ok(());
+    }
+    println!(
+        "{:>8} {:>5} {:>5} {:<10} {:>5} CMD",
+        "PID", "NODE", "HOME", "STATE", "MOVES"
+    );
+    for r in rows {
+        println!(
+            "{:>8} {:>5} {:>5} {:<10} {:>5} {}",
+            r.pid, r.node, r.home, r.state, r.moves, r.cmd
+        );
+    }
+    Ok(())
+}
