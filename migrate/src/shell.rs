@@ -354,6 +354,10 @@ enum Trim {
     Broken(Error),
 }
 
+/// Offsets in the scratch area of a zeroed `rlimit64` (RLIMIT_CORE 0) and of the old core limit.
+const NO_CORE: u64 = 256;
+const OLD_CORE: u64 = 384;
+
 /// Neutralise and trim: drain the signals the image took, SIG_DFL everywhere, no core, no
 /// rseq / clear_child_tid / robust list, every mapping gone but the vDSO areas and argv/env.
 /// Everything before the one batch that does the real work is undone on failure.
@@ -366,28 +370,34 @@ fn trim(
     rseq: Option<(u64, u32, u32)>,
     queued: &[i32],
 ) -> Result<(), Trim> {
-    let mut old_core = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit64 reading into a valid struct.
-    if unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, std::ptr::null(), &mut old_core) } != 0 {
-        return Err(Trim::Undone(sio(pid, "prlimit(RLIMIT_CORE)")(errno())));
-    }
     let mask = get_sigmask(pid).map_err(|e| Trim::Undone(sio(pid, "PTRACE_GETSIGMASK")(e)))?;
     let mut t = Tracee::new(pid, gadget, regs);
     t.call_timeout = Some(WORK_TIMEOUT);
     let mut scratch = None;
-    let prep = prepare(&mut t, maps, keep_args, rseq, queued, &mut scratch);
+    let mut core_lowered = false;
+    let prep = prepare(
+        &mut t,
+        maps,
+        keep_args,
+        rseq,
+        queued,
+        &mut scratch,
+        &mut core_lowered,
+    );
     let (scratch, calls, checked_from) = match prep {
         Ok(v) => v,
         Err(e) => {
-            // put back what prepare changed: the scratch mapping, limit, mask, registers
+            // put back what prepare changed: the limit, the scratch mapping, mask, registers
             if let Some(s) = scratch {
+                if core_lowered {
+                    // the old limit is still at OLD_CORE in the scratch area
+                    let _ = t.syscall(
+                        libc::SYS_prlimit64,
+                        &[0, libc::RLIMIT_CORE as u64, s + OLD_CORE, 0],
+                    );
+                }
                 let _ = t.syscall_exit_stop(libc::SYS_munmap, &[s, SCRATCH]);
             }
-            // SAFETY: prlimit64 with a valid pointer.
-            unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &old_core, std::ptr::null_mut()) };
             let _ = set_sigmask(pid, mask);
             let _ = setregs(pid, &regs);
             return Err(Trim::Undone(e));
@@ -444,16 +454,9 @@ fn prepare(
     rseq: Option<(u64, u32, u32)>,
     queued: &[i32],
     scratch_out: &mut Option<u64>,
+    core_lowered: &mut bool,
 ) -> Result<(u64, Vec<(i64, [u64; 6])>, usize)> {
     let pid = t.pid;
-    let no_core = libc::rlimit64 {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: prlimit64 with a valid pointer.
-    if unsafe { libc::prlimit64(pid, libc::RLIMIT_CORE, &no_core, std::ptr::null_mut()) } != 0 {
-        return Err(sio(pid, "prlimit(RLIMIT_CORE, 0)")(errno()));
-    }
     // nothing is delivered while we work
     set_sigmask(pid, !0).map_err(sio(pid, "PTRACE_SETSIGMASK"))?;
     let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
@@ -471,7 +474,18 @@ fn prepare(
         )
         .map_err(sio(pid, "mmap of a scratch area"))?;
     *scratch_out = Some(scratch);
-    // scratch: 0 a zeroed sigaction (SIG_DFL), 512 a zero timespec, 1024.. one sigset per
+    // RLIMIT_CORE 0, set by P itself: lowering its own limit needs no privilege, while
+    // prlimit(2) on another user's process needs CAP_SYS_RESOURCE, which root may lack (as on
+    // the VMs this was built on). NO_CORE is still zero (fresh mapping); OLD_CORE gets the old
+    // limit, for the undo.
+    t.syscall(
+        libc::SYS_prlimit64,
+        &[0, libc::RLIMIT_CORE as u64, scratch + NO_CORE, scratch + OLD_CORE],
+    )
+    .map_err(sio(pid, "prlimit(RLIMIT_CORE, 0) in the process"))?;
+    *core_lowered = true;
+    // scratch: 0 a zeroed sigaction (SIG_DFL), 256 a zero rlimit, 384 the old core limit, 512 a
+    // zero timespec, 1024.. one sigset per
     // drained signal, 8192 results, 16384 code
     let mut calls: Vec<(i64, [u64; 6])> = Vec::new();
     let mut sets = Vec::new();

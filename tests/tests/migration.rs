@@ -664,3 +664,83 @@ fn a_process_lost_with_its_target_ends_at_home_by_sigkill() {
     })
     .unwrap_or_else(|| panic!("the copy {local} on node 2 still runs"));
 }
+
+/// A user moves their own process: `omnode migrate` run as nobody moves nobody's program to
+/// node 2, where it runs as nobody (uid and gid), and its output and exit code are those of an
+/// uninterrupted run. (Parking the home shell must not need privileges over the user's
+/// process: root here lacks CAP_SYS_RESOURCE, so prlimit(2) on it would fail.)
+#[test]
+fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
+    if !can_run("a_user_moves_their_own_process") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster("1 127.0.0.134 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pipecount");
+    // nobody must reach the program and the daemon's socket
+    std::fs::set_permissions(c.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(c.socket(1), PermissionsExt::from_mode(0o666)).unwrap();
+    let as_nobody = |args: &[&str]| {
+        let mut cmd = Command::new(&prog);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .uid(65534)
+            .gid(65534); // (std drops root's supplementary groups with the uid)
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        Kid(cmd.spawn().expect("spawn the test program as nobody"))
+    };
+    let args = ["60", "25", "9"];
+    let plain = as_nobody(&args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(9), "uninterrupted run: {plain_st:?}");
+
+    let kid = as_nobody(&args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(400));
+    let out = Command::new(omnode_tests::omnode_bin())
+        .args(["migrate", &pid.to_string(), "2", "--socket"])
+        .arg(c.socket(1))
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "nobody could not move their own process: {said}\n{}",
+        logs(&c, &[1, 2])
+    );
+    let local = guest_pid(&c, 2, pid);
+    let status = std::fs::read_to_string(format!("/proc/{local}/status")).unwrap_or_default();
+    let ids = |key: &str| -> Vec<String> {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(|l| l.split_whitespace().skip(1).map(str::to_owned).collect())
+            .unwrap_or_default()
+    };
+    if !status.is_empty() {
+        // (the guest may have ended already on a loaded machine; then only the output counts)
+        assert_eq!(ids("Uid:"), vec!["65534"; 4], "guest {local} uids:\n{status}");
+        assert_eq!(ids("Gid:"), vec!["65534"; 4], "guest {local} gids:\n{status}");
+    }
+    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(
+        moved_out,
+        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        "output differs from the uninterrupted run\n{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(moved_st.code(), Some(9), "moved run: {moved_st:?}");
+}
