@@ -76,7 +76,8 @@ impl LoadMonitor {
             entries: self.vector.gossip(now),
         };
         for peer in targets {
-            if let Err(e) = ctx.system().tell(peer, NAME, &gossip).await {
+            // Never waits on a slow peer: the next tick sends fresher figures anyway.
+            if let Err(e) = ctx.system().try_tell(peer, NAME, &gossip) {
                 tracing::debug!(peer, "load gossip not sent: {e}");
             }
         }

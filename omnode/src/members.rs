@@ -102,7 +102,9 @@ impl Members {
                     let hb = Heartbeat {
                         cluster: self.cluster.clone(),
                     };
-                    if let Err(e) = ctx.system().tell(to, NAME, &hb).await {
+                    // Never waits: a peer whose control lane is full misses this beat
+                    // instead of delaying the beats to every other peer.
+                    if let Err(e) = ctx.system().try_tell(to, NAME, &hb) {
                         tracing::trace!(node = to, "heartbeat not sent: {e}");
                     }
                 }
