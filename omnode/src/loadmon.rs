@@ -132,7 +132,8 @@ impl LoadMonitor {
                 .gossip_window(self.local, load::DEFAULT_WINDOW, now),
         };
         for peer in targets {
-            match ctx.system().tell(peer, NAME, &gossip).await {
+            // Never waits on a slow peer: the next tick sends fresher figures anyway.
+            match ctx.system().try_tell(peer, NAME, &gossip) {
                 Ok(()) => crate::metrics::bump(&crate::metrics::COUNTERS.gossip_sent),
                 Err(e) => tracing::debug!(peer, "load gossip not sent: {e}"),
             }

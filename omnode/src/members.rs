@@ -109,7 +109,9 @@ impl Members {
                     let hb = Heartbeat {
                         cluster: self.cluster.clone(),
                     };
-                    match ctx.system().tell(to, NAME, &hb).await {
+                    // Never waits: a peer whose control lane is full misses this beat
+                    // instead of delaying the beats to every other peer.
+                    match ctx.system().try_tell(to, NAME, &hb) {
                         Ok(()) => crate::metrics::bump(&crate::metrics::COUNTERS.heartbeats_sent),
                         Err(e) => tracing::trace!(node = to, "heartbeat not sent: {e}"),
                     }

@@ -9,8 +9,10 @@
 //! own bounded backlog, which a task of its own feeds into the mailbox as room appears
 //! (order kept). So a slow actor delays only its own messages, never another actor's on
 //! the same link, nor the link's keepalives. An `ask` that finds the mailbox full is
-//! refused with [`Error::Busy`]; a `tell` that finds the backlog full too is dropped and
-//! logged. Every send to a peer waits for room at most a bounded time
+//! refused with [`Error::Busy`]; a `tell` is never dropped: the backlog grows (with a
+//! warning each time it doubles past [`BACKLOG`]). Not built yet: back-pressure from a
+//! slow actor to its remote senders (per-actor credits), so a sender that outruns its
+//! receiver fills the receiver's memory, not its own queue. Every send to a peer waits for room at most a bounded time
 //! ([`System::set_send_timeout`], the ask's own time-out for asks).
 
 use std::collections::VecDeque;
@@ -136,8 +138,8 @@ pub enum LinkEvent {
     Down(NodeId, String),
 }
 
-/// Messages one named actor may hold in its backlog (beyond its mailbox) before tells to it
-/// are dropped.
+/// Backlog length (beyond the mailbox) from which a slow actor is warned about, each time
+/// the backlog doubles. Tells are never dropped.
 pub const BACKLOG: usize = 4096;
 
 /// Default limit for waiting on room to a peer in `tell` and in answers.
@@ -147,8 +149,8 @@ pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 enum Undelivered {
     /// Mailbox full: the ask is handed back to be refused as busy.
     Busy(Responder),
-    /// Backlog full too: the tell was dropped.
-    Dropped,
+    /// Queued, but the actor's backlog has grown to this many messages (a warning).
+    Backlogged(usize),
     Stopped,
     Decode(String),
 }
@@ -299,10 +301,14 @@ impl System {
             }
             .into();
             if b.pumping {
-                if b.queue.len() >= BACKLOG {
-                    return Err(Undelivered::Dropped);
-                }
+                // Never dropped: a tell is queued however long the backlog gets (a warning
+                // each time it doubles past BACKLOG). End-to-end back-pressure per actor
+                // (credits to the senders) is not built yet.
                 b.queue.push_back(msg);
+                let n = b.queue.len();
+                if n >= BACKLOG && n.is_power_of_two() {
+                    return Err(Undelivered::Backlogged(n));
+                }
                 return Ok(());
             }
             match addr.try_tell_back(msg) {
@@ -597,10 +603,10 @@ impl System {
                         tracing::debug!(peer, to = %header.to, "mailbox full; ask refused as busy");
                         r.busy();
                     }
-                    Err(Undelivered::Dropped) => tracing::warn!(
+                    Err(Undelivered::Backlogged(n)) => tracing::warn!(
                         peer,
                         to = %header.to,
-                        "actor's mailbox and backlog ({BACKLOG}) are full; message dropped"
+                        "actor is slow: {n} messages wait in its backlog beyond its mailbox"
                     ),
                     Err(Undelivered::Stopped) => {
                         tracing::debug!(peer, to = %header.to, "message not delivered: no such actor or it stopped")

@@ -284,8 +284,8 @@ async fn a_burst_larger_than_the_mailbox_is_delivered_in_full_and_in_order() {
     let fabric = Fabric::new();
     let a = node(&fabric, 1);
     let _b = node(&fabric, 2);
-    // Four mailboxes' worth: beyond the mailbox, within the actor's backlog.
-    let n = 4 * runtime::actor::MAILBOX as i64;
+    // Beyond the mailbox and beyond the backlog's warning mark: nothing is dropped.
+    let n = (runtime::actor::MAILBOX + 2 * runtime::system::BACKLOG) as i64;
     for i in 1..=n {
         a.tell(2, "counter", &Req::Seq(i)).await.unwrap();
     }
