@@ -25,10 +25,12 @@ for t in $TESTS; do
     for b in /payload/bin/rdma-guest-test; do
       [ -x "$b" ] || { echo "### STEP rust-present RC=1"; continue; }
       sleep 2
+      K="$(cat /payload/key)"
       if [ "$ROLE" = server ]; then
-        step rdma-guest-test timeout 900 "$b" server --listen "$IP:18600"
+        step rdma-guest-test timeout 900 "$b" --key-hex "$K" server --listen "$IP:18600" --expect-refused 1
       else
-        step rdma-guest-test timeout 900 "$b" client --connect "$PEER:18600" --retry-secs 120
+        step rdma-guest-test timeout 900 "$b" --key-hex "$K" client --connect "$PEER:18600" --retry-secs 120 \
+          --asks "${RDMA_ASKS:-500}" --bulk-mib "${RDMA_BULK_MIB:-256}"
       fi
     done
     ;;

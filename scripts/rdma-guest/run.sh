@@ -122,6 +122,8 @@ cp "$HERE/guest-init.sh" "$WORK/p/init"
 cp "$HERE/guest-tests.sh" "$WORK/p/payload/tests.sh"
 chmod +x "$WORK/p/init" "$WORK/p/payload/tests.sh"
 echo "$TESTS" >"$WORK/p/payload/tests.list"
+# A fresh cluster key for this run (both guests get it; the client also tries a wrong one).
+od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/p/payload/key"
 if [ -n "$PAYLOAD_DIR" ]; then cp -a "$PAYLOAD_DIR"/. "$WORK/p/payload/bin/"; fi
 (cd "$WORK/p" && find . -print0 | cpio --null -o -H newc --quiet >"$WORK/payload.cpio")
 cat "$BASE/base.cpio" "$WORK/payload.cpio" >"$WORK/initrd.cpio"
