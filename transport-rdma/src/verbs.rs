@@ -735,3 +735,32 @@ fn memlock_or(bytes: usize, call: &'static str, source: io::Error) -> Error {
     }
     Error::Verbs { call, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Real libibverbs: a device name that does not exist is refused with the list of
+    /// devices that do (empty on a machine without RDMA), not a panic or a null pointer.
+    #[test]
+    fn a_missing_device_is_named_with_what_exists() {
+        match Context::open(Some("omnode-no-such-device"), 1) {
+            Err(Error::NoDevice { wanted, found }) => {
+                assert_eq!(wanted.as_deref(), Some("omnode-no-such-device"));
+                assert!(!found.iter().any(|d| d == "omnode-no-such-device"));
+                let text = Error::NoDevice { wanted, found }.to_string();
+                assert!(text.contains("omnode-no-such-device"), "{text}");
+            }
+            Err(e) => panic!("expected NoDevice, got {e}"),
+            Ok(_) => panic!("a device that does not exist was opened"),
+        }
+    }
+
+    #[test]
+    fn unavailable_errors_mean_fall_back_others_mean_redial() {
+        assert!(Error::NoDevice { wanted: None, found: vec![] }.is_unavailable());
+        assert!(Error::MemLock { bytes: 1, limit: "0".into() }.is_unavailable());
+        assert!(!Error::Completion { wr_id: 1, status: "x".into() }.is_unavailable());
+        assert!(!Error::Closed("x".into()).is_unavailable());
+    }
+}

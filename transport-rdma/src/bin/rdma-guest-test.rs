@@ -165,6 +165,13 @@ async fn server(k: [u8; 32], cfg: Config, listen: &str, expect_refused: u32) -> 
     Ok(())
 }
 
+async fn recv(rx: &mut mpsc::Receiver<Frame>) -> Result<Frame, String> {
+    tokio::time::timeout(Duration::from_secs(120), rx.recv())
+        .await
+        .map_err(|_| "no answer within 120 s".to_string())?
+        .ok_or_else(|| "link ended".to_string())
+}
+
 async fn connect_retry(addr: &str, secs: u64) -> Result<TcpStream, String> {
     let until = Instant::now() + Duration::from_secs(secs);
     loop {
@@ -201,15 +208,6 @@ async fn client(
     let link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
     info(format!("link up on {} qpn {} peer qpn {}", link.device(), link.ours().qpn, link.peer().qpn));
     let ((tx, mut rx), task) = spawn_link(link);
-    let recv = |rx: &mut mpsc::Receiver<Frame>| {
-        let f = rx.recv();
-        async move {
-            tokio::time::timeout(Duration::from_secs(120), f)
-                .await
-                .map_err(|_| "no answer within 120 s".to_string())?
-                .ok_or_else(|| "link ended".to_string())
-        }
-    };
     // 3. Control-lane asks (64-byte head), one at a time.
     let mut rtts = Vec::with_capacity(asks as usize);
     for i in 0..asks {
