@@ -26,11 +26,17 @@ for t in $TESTS; do
       [ -x "$b" ] || { echo "### STEP rust-present RC=1"; continue; }
       sleep 2
       K="$(cat /payload/key)"
+      # Run 1: completions by event (the default); 256 MiB bulk checked byte for byte.
+      # Run 2: busy-poll mode (50 ms of polling before sleeping), for the latency ratio.
       if [ "$ROLE" = server ]; then
         step rdma-guest-test timeout 900 "$b" --key-hex "$K" server --listen "$IP:18600" --expect-refused 1
+        step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 server --listen "$IP:18601" --expect-refused 1
       else
         step rdma-guest-test timeout 900 "$b" --key-hex "$K" client --connect "$PEER:18600" --retry-secs 120 \
-          --asks "${RDMA_ASKS:-500}" --bulk-mib "${RDMA_BULK_MIB:-256}"
+          --asks 500 --bulk-mib 256
+        sleep 2
+        step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 client --connect "$PEER:18601" \
+          --retry-secs 120 --asks 500 --bulk-mib 32
       fi
     done
     ;;

@@ -175,6 +175,12 @@ impl Link {
         })
     }
 
+    /// Poll completions for up to `spin` before sleeping on the channel (see
+    /// [`Cq::set_busy_poll`]); zero turns it off.
+    pub fn set_busy_poll(&mut self, spin: Duration) {
+        self.cq.set_busy_poll(spin);
+    }
+
     pub fn device(&self) -> &str {
         self.ctx.name()
     }

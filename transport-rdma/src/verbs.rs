@@ -378,6 +378,7 @@ pub struct Cq {
     // Declared first so it is dropped (deregistered) before the channel and its fd go.
     fd: AsyncFd<ChannelFd>,
     raw: Arc<CqRaw>,
+    spin: std::time::Duration,
 }
 
 impl Cq {
@@ -420,7 +421,11 @@ impl Cq {
             channel,
             _ctx: ctx.clone(),
         });
-        Ok(Cq { raw, fd: fd? })
+        Ok(Cq {
+            raw,
+            fd: fd?,
+            spin: std::time::Duration::ZERO,
+        })
     }
 
     /// Take up to `max` completions now (no waiting).
@@ -459,8 +464,29 @@ impl Cq {
         Ok(total)
     }
 
-    /// Wait (without spinning) until at least one completion is there, then take them.
+    /// Busy-poll mode: [`Cq::wait`] polls for up to `spin` (yielding to other tasks between
+    /// polls) before it arms the channel and sleeps. Zero (the default) never spins: it
+    /// costs a core while it polls, and buys latency where wake-ups are slow.
+    pub fn set_busy_poll(&mut self, spin: std::time::Duration) {
+        self.spin = spin;
+    }
+
+    /// Wait until at least one completion is there, then take them. Sleeps on the
+    /// completion channel's fd (after the busy-poll period, if one is set).
     pub async fn wait(&mut self, out: &mut Vec<Completion>, max: usize) -> Result<usize, Error> {
+        if !self.spin.is_zero() {
+            let until = std::time::Instant::now() + self.spin;
+            loop {
+                let n = self.poll(out, max)?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if std::time::Instant::now() >= until {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         loop {
             let n = self.poll(out, max)?;
             if n > 0 {

@@ -27,6 +27,9 @@ struct Args {
     device: Option<String>,
     #[arg(long, default_value_t = 1)]
     gid_index: u8,
+    /// Busy-poll completions for this many microseconds before sleeping (0: never spin).
+    #[arg(long, default_value_t = 0)]
+    busy_poll_us: u64,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -87,7 +90,7 @@ fn spawn_link(mut link: Link) -> (Lanes, tokio::task::JoinHandle<(Result<(), Err
     ((out_tx, in_rx), task)
 }
 
-async fn server(k: [u8; 32], cfg: Config, listen: &str, expect_refused: u32) -> Result<(), String> {
+async fn server(k: [u8; 32], cfg: Config, spin: Duration, listen: &str, expect_refused: u32) -> Result<(), String> {
     let l = TcpListener::bind(listen).await.map_err(|e| format!("bind {listen}: {e}"))?;
     let mut refused = 0u32;
     let session = loop {
@@ -107,7 +110,8 @@ async fn server(k: [u8; 32], cfg: Config, listen: &str, expect_refused: u32) -> 
         return Err(format!("expected {expect_refused} refused peers, saw {refused}"));
     }
     info(format!("authenticated {}", session.peer()));
-    let link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
+    let mut link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
+    link.set_busy_poll(spin);
     info(format!(
         "link up on {} qpn {} peer qpn {} mtu code {}",
         link.device(),
@@ -188,6 +192,7 @@ async fn connect_retry(addr: &str, secs: u64) -> Result<TcpStream, String> {
 async fn client(
     k: [u8; 32],
     cfg: Config,
+    spin: Duration,
     addr: &str,
     retry: u64,
     asks: u32,
@@ -205,8 +210,9 @@ async fn client(
     // 2. The right key.
     let s = connect_retry(addr, retry).await?;
     let session = authenticate(s, &k, true, Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
-    let link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
-    info(format!("link up on {} qpn {} peer qpn {}", link.device(), link.ours().qpn, link.peer().qpn));
+    let mut link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
+    link.set_busy_poll(spin);
+    info(format!("busy poll {spin:?}; link up on {} qpn {} peer qpn {}", link.device(), link.ours().qpn, link.peer().qpn));
     let ((tx, mut rx), task) = spawn_link(link);
     // 3. Control-lane asks (64-byte head), one at a time.
     let mut rtts = Vec::with_capacity(asks as usize);
@@ -285,15 +291,16 @@ async fn main() {
         gid_index: args.gid_index,
         ..Config::default()
     };
+    let spin = Duration::from_micros(args.busy_poll_us);
     let r = match args.cmd {
-        Cmd::Server { listen, expect_refused } => server(k, cfg, &listen, expect_refused).await,
+        Cmd::Server { listen, expect_refused } => server(k, cfg, spin, &listen, expect_refused).await,
         Cmd::Client {
             connect,
             retry_secs,
             asks,
             bulk_mib,
             frame_bytes,
-        } => client(k, cfg, &connect, retry_secs, asks, bulk_mib, frame_bytes).await,
+        } => client(k, cfg, spin, &connect, retry_secs, asks, bulk_mib, frame_bytes).await,
     };
     if let Err(e) = r {
         eprintln!("rdma-guest-test: FAILED: {e}");
