@@ -58,7 +58,12 @@ impl Credits {
     /// `peer_*`: what the peer posted/exposes; `own_*`: what this side posted/exposes.
     /// Needs at least 3 receive buffers each way ([`MIN_RECV_DEPTH`]; one is reserved for
     /// credit messages).
-    pub fn new(peer_recv_depth: u32, peer_slots: u32, own_recv_depth: u32, own_slots: u32) -> Credits {
+    pub fn new(
+        peer_recv_depth: u32,
+        peer_slots: u32,
+        own_recv_depth: u32,
+        own_slots: u32,
+    ) -> Credits {
         Credits {
             recv: peer_recv_depth,
             slots: peer_slots,
@@ -148,8 +153,8 @@ impl Credits {
     /// message alone never triggers one back (no endless credit ping-pong; needs a
     /// receive depth of at least 3).
     pub fn should_send_credit(&self) -> bool {
-        let owes_recv = self.owed_data * 2 >= self.own_recv_depth
-            || self.owed_recv + 1 >= self.own_recv_depth;
+        let owes_recv =
+            self.owed_data * 2 >= self.own_recv_depth || self.owed_recv + 1 >= self.own_recv_depth;
         let owes_slots = self.own_slots > 0 && self.owed_slots * 2 >= self.own_slots.max(1);
         (owes_recv || owes_slots) && self.can(Need::Credit)
     }
@@ -175,15 +180,25 @@ mod tests {
         assert_eq!(c.take(Need::Credit), Some(None));
         assert!(!c.can(Need::Credit));
         c.grant(2, 1).unwrap();
-        assert_eq!(c.take(Need::Slot), Some(Some(0)), "one slot: round robin wraps");
+        assert_eq!(
+            c.take(Need::Slot),
+            Some(Some(0)),
+            "one slot: round robin wraps"
+        );
     }
 
     #[test]
     fn a_peer_granting_more_than_it_posted_is_refused() {
         let mut c = Credits::new(4, 2, 4, 2);
-        assert_eq!(c.grant(1, 0), Err(CreditError::TooManyRecv { got: 5, depth: 4 }));
+        assert_eq!(
+            c.grant(1, 0),
+            Err(CreditError::TooManyRecv { got: 5, depth: 4 })
+        );
         c.take(Need::Slot).unwrap();
-        assert_eq!(c.grant(0, 2), Err(CreditError::TooManySlots { got: 3, slots: 2 }));
+        assert_eq!(
+            c.grant(0, 2),
+            Err(CreditError::TooManySlots { got: 3, slots: 2 })
+        );
         assert_eq!(c.grant(1, 1), Ok(()));
         assert_eq!(c.available(), (4, 2));
     }
@@ -211,7 +226,9 @@ mod tests {
                 Receiver { posted: depth, slots_busy: vec![false; slots as usize] },
             ];
             // messages in flight to side i: (is_slot, slot, recv_grant, slot_grant)
-            let mut wire: [std::collections::VecDeque<(Option<u32>, u32, u32, bool)>; 2] = Default::default();
+            // in flight to side i: (slot, receive credits, slot credits, carries data)
+            type Msg = (Option<u32>, u32, u32, bool);
+            let mut wire: [std::collections::VecDeque<Msg>; 2] = Default::default();
             // buffers/slots side i holds before freeing: (ticks_left, slot, carried data)
             let mut held: [Vec<(u8, Option<u32>, bool)>; 2] = Default::default();
             let mut todo: [Vec<bool>; 2] = [

@@ -12,30 +12,45 @@ pub enum Error {
         wanted: Option<String>,
         found: Vec<String>,
     },
-    #[error("RDMA device {device} port {port} is not active (state {state}); check the link and `rdma link show`")]
-    PortDown { device: String, port: u8, state: u32 },
-    #[error("RDMA device {device}: GID index {index} unusable: {reason} (RoCE v2 over IPv4 is usually index 1; see `show_gids`)")]
+    #[error(
+        "RDMA device {device} port {port} is not active (state {state}); check the link and `rdma link show`"
+    )]
+    PortDown {
+        device: String,
+        port: u8,
+        state: u32,
+    },
+    #[error(
+        "RDMA device {device}: GID index {index} unusable: {reason} (RoCE v2 over IPv4 is usually index 1; see `show_gids`)"
+    )]
     Gid {
         device: String,
         index: u8,
         reason: String,
     },
-    #[error("cannot register {bytes} bytes of memory: the locked-memory limit (RLIMIT_MEMLOCK) is {limit}; raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity in the unit)")]
+    #[error(
+        "cannot register {bytes} bytes of memory: the locked-memory limit (RLIMIT_MEMLOCK) is {limit}; raise it (`ulimit -l unlimited`, LimitMEMLOCK=infinity in the unit)"
+    )]
     MemLock { bytes: usize, limit: String },
     #[error("{call} failed: {source}")]
     Verbs {
         call: &'static str,
         source: io::Error,
     },
-    #[error("queue pair transition to {to} failed: {source} (wrong GID index, or the peer's address unreachable?)")]
-    QpTransition {
-        to: &'static str,
-        source: io::Error,
-    },
-    #[error("work request {wr_id} failed: {status} (the queue pair is in the error state; the link must be redialled)")]
+    #[error(
+        "queue pair transition to {to} failed: {source} (wrong GID index, or the peer's address unreachable?)"
+    )]
+    QpTransition { to: &'static str, source: io::Error },
+    #[error(
+        "work request {wr_id} failed: {status} (the queue pair is in the error state; the link must be redialled)"
+    )]
     Completion { wr_id: u64, status: String },
     #[error("range {off}+{len} is outside the {region}-byte registered region")]
-    OutOfBounds { off: usize, len: usize, region: usize },
+    OutOfBounds {
+        off: usize,
+        len: usize,
+        region: usize,
+    },
     #[error("authentication with the peer failed (wrong cluster key?)")]
     Auth,
     #[error("peer {peer}: {source}")]
@@ -54,8 +69,10 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            Error::NoDevice { .. } | Error::PortDown { .. } | Error::Gid { .. } | Error::MemLock { .. }
+            Error::NoDevice { .. }
+                | Error::PortDown { .. }
+                | Error::Gid { .. }
+                | Error::MemLock { .. }
         )
     }
 }
-

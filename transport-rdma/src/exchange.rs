@@ -69,7 +69,10 @@ impl LinkInfo {
     pub fn decode(b: &[u8]) -> Result<LinkInfo, Error> {
         let bad = |m: String| Error::Protocol(format!("link info: {m}"));
         if b.len() != INFO_LEN || &b[..8] != MAGIC {
-            return Err(bad(format!("{} bytes, or not an omnode RDMA link info", b.len())));
+            return Err(bad(format!(
+                "{} bytes, or not an omnode RDMA link info",
+                b.len()
+            )));
         }
         let u32at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"));
         let i = LinkInfo {
@@ -88,11 +91,19 @@ impl LinkInfo {
         if !(1..=5).contains(&i.mtu) {
             return Err(bad(format!("MTU code {}", i.mtu)));
         }
-        if !(crate::credit::MIN_RECV_DEPTH..=4096).contains(&i.recv_depth) || !(64..=(1 << 20)).contains(&i.recv_size) {
-            return Err(bad(format!("{} receive buffers of {} bytes", i.recv_depth, i.recv_size)));
+        if !(crate::credit::MIN_RECV_DEPTH..=4096).contains(&i.recv_depth)
+            || !(64..=(1 << 20)).contains(&i.recv_size)
+        {
+            return Err(bad(format!(
+                "{} receive buffers of {} bytes",
+                i.recv_depth, i.recv_size
+            )));
         }
         if !(1..=1024).contains(&i.slots) || !(64..=(64 << 20)).contains(&i.slot_size) {
-            return Err(bad(format!("{} ring slots of {} bytes", i.slots, i.slot_size)));
+            return Err(bad(format!(
+                "{} ring slots of {} bytes",
+                i.slots, i.slot_size
+            )));
         }
         Ok(i)
     }
@@ -159,11 +170,15 @@ pub async fn authenticate(
         // Key confirmation: NNpsk0's responder has not yet seen proof from the initiator
         // that it holds the key, so both seal a known message and check the other's.
         let mut out = vec![0u8; 64];
-        let n = noise.write_message(0, b"omnode rdma key ok", &mut out).map_err(proto)?;
+        let n = noise
+            .write_message(0, b"omnode rdma key ok", &mut out)
+            .map_err(proto)?;
         write_msg(&mut stream, &out[..n]).await.map_err(io)?;
         let m = read_msg(&mut stream).await.map_err(|_| Error::Auth)?;
         let mut plain = vec![0u8; m.len()];
-        let n = noise.read_message(0, &m, &mut plain).map_err(|_| Error::Auth)?;
+        let n = noise
+            .read_message(0, &m, &mut plain)
+            .map_err(|_| Error::Auth)?;
         if &plain[..n] != b"omnode rdma key ok" {
             return Err(Error::Auth);
         }
@@ -187,11 +202,17 @@ impl Session {
         let io = |source| Error::Io { peer, source };
         let fut = async {
             let mut out = vec![0u8; INFO_LEN + 16];
-            let n = self.noise.write_message(1, &ours.encode(), &mut out).map_err(proto)?;
+            let n = self
+                .noise
+                .write_message(1, &ours.encode(), &mut out)
+                .map_err(proto)?;
             write_msg(&mut self.stream, &out[..n]).await.map_err(io)?;
             let m = read_msg(&mut self.stream).await.map_err(|_| Error::Auth)?;
             let mut plain = vec![0u8; m.len()];
-            let n = self.noise.read_message(1, &m, &mut plain).map_err(|_| Error::Auth)?;
+            let n = self
+                .noise
+                .read_message(1, &m, &mut plain)
+                .map_err(|_| Error::Auth)?;
             LinkInfo::decode(&plain[..n])
         };
         tokio::time::timeout(limit, fut)
@@ -230,7 +251,10 @@ mod tests {
         }
     }
 
-    async fn pair(k1: [u8; 32], k2: [u8; 32]) -> (Result<LinkInfo, Error>, Result<LinkInfo, Error>) {
+    async fn pair(
+        k1: [u8; 32],
+        k2: [u8; 32],
+    ) -> (Result<LinkInfo, Error>, Result<LinkInfo, Error>) {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
         let t = Duration::from_secs(5);

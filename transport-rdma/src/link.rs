@@ -26,7 +26,7 @@ use crate::credit::{Credits, Need};
 use crate::error::Error;
 use crate::exchange::{LinkInfo, Session};
 use crate::piece::{Chunker, HEADER, Header, Reassembler};
-use crate::verbs::{Completion, Context, Cq, Mr, Pd, Qp, QpCaps, Remote};
+use crate::verbs::{Completion, Context, Cq, Mr, Pd, Qp, QpCaps, Remote, WriteTo};
 
 /// Sizes and device choice for a link.
 #[derive(Clone, Debug)]
@@ -158,7 +158,12 @@ impl Link {
         )?;
         let piece = peer.recv_size.max(peer.slot_size) as usize;
         let staging = Mr::new(&pd, piece * cfg.send_depth as usize, false)?;
-        debug!(device = ctx.name(), qpn = ours.qpn, peer_qpn = peer.qpn, "rdma link connected");
+        debug!(
+            device = ctx.name(),
+            qpn = ours.qpn,
+            peer_qpn = peer.qpn,
+            "rdma link connected"
+        );
         Ok(Link {
             qp,
             cq,
@@ -220,7 +225,8 @@ impl Link {
         loop {
             // 1. Send what credits and staging allow, control first.
             self.pump(&mut credits, &mut free, &mut lanes, piece_size)?;
-            let idle = lanes.iter().all(|l| l.is_empty()) && free.len() == self.cfg.send_depth as usize;
+            let idle =
+                lanes.iter().all(|l| l.is_empty()) && free.len() == self.cfg.send_depth as usize;
             if !out_open && idle && delivered.is_empty() {
                 // Everything sent and completed; wait for the peer to finish (side EOF).
                 // Completions keep being served below.
@@ -271,7 +277,9 @@ impl Link {
         piece_size: usize,
     ) -> Result<(), Error> {
         loop {
-            let Some(&st) = free.last() else { return Ok(()) };
+            let Some(&st) = free.last() else {
+                return Ok(());
+            };
             let lane = if !lanes[0].is_empty() && credits.can(Need::Recv) {
                 0
             } else if !lanes[1].is_empty() && credits.can(Need::Slot) {
@@ -282,7 +290,8 @@ impl Link {
                 let h = Header::credit_only(r as u16, s as u16);
                 let off = st as usize * piece_size;
                 self.staging.write(off, &h.encode())?;
-                self.qp.post_send(SEND | st as u64, &self.staging, off, HEADER)?;
+                self.qp
+                    .post_send(SEND | st as u64, &self.staging, off, HEADER)?;
                 free.pop();
                 self.stats.credit_msgs += 1;
                 continue;
@@ -302,16 +311,24 @@ impl Link {
             let off = st as usize * piece_size;
             self.staging.write(off, &p.header.encode())?;
             self.staging.write(off + HEADER, &p.parts[0])?;
-            self.staging.write(off + HEADER + p.parts[0].len(), &p.parts[1])?;
+            self.staging
+                .write(off + HEADER + p.parts[0].len(), &p.parts[1])?;
             let len = p.len();
             match slot {
                 None => {
-                    self.qp.post_send(SEND | st as u64, &self.staging, off, len)?;
+                    self.qp
+                        .post_send(SEND | st as u64, &self.staging, off, len)?;
                     self.stats.sends += 1;
                 }
                 Some(slot) => {
                     let addr = self.peer.ring_addr + slot as u64 * self.peer.slot_size as u64;
-                    self.qp.post_write_imm(SEND | st as u64, &self.staging, off, len, addr, self.peer.ring_rkey, slot)?;
+                    let to = WriteTo {
+                        remote_addr: addr,
+                        rkey: self.peer.ring_rkey,
+                        imm: slot,
+                    };
+                    self.qp
+                        .post_write_imm(SEND | st as u64, &self.staging, off, len, to)?;
                     self.stats.writes += 1;
                 }
             }
@@ -343,7 +360,10 @@ impl Link {
             return Ok(());
         }
         if wc.wr_id & RECV == 0 || idx >= self.cfg.recv_depth {
-            return Err(Error::Protocol(format!("completion with unknown id {:#x}", wc.wr_id)));
+            return Err(Error::Protocol(format!(
+                "completion with unknown id {:#x}",
+                wc.wr_id
+            )));
         }
         self.stats.recvs += 1;
         let len = wc.byte_len as usize;
@@ -351,16 +371,26 @@ impl Link {
         let slot = wc.imm;
         match slot {
             Some(s) if s < self.cfg.slots && len <= self.cfg.slot_size as usize => {
-                self.ring.read((s * self.cfg.slot_size) as usize, &mut data)?;
+                self.ring
+                    .read((s * self.cfg.slot_size) as usize, &mut data)?;
             }
             Some(s) => {
-                return Err(Error::Protocol(format!("RDMA write named slot {s} with {len} bytes")));
+                return Err(Error::Protocol(format!(
+                    "RDMA write named slot {s} with {len} bytes"
+                )));
             }
-            None => self.recv.read((idx * self.cfg.recv_size) as usize, &mut data)?,
+            None => self
+                .recv
+                .read((idx * self.cfg.recv_size) as usize, &mut data)?,
         }
         // The buffer is copied out: post it again at once, and owe the peer its credit.
         let h = Header::decode(&data).map_err(Error::Protocol)?;
-        self.qp.post_recv(RECV | idx as u64, &self.recv, (idx * self.cfg.recv_size) as usize, self.cfg.recv_size as usize)?;
+        self.qp.post_recv(
+            RECV | idx as u64,
+            &self.recv,
+            (idx * self.cfg.recv_size) as usize,
+            self.cfg.recv_size as usize,
+        )?;
         credits.reposted(!h.credit);
         if slot.is_some() {
             credits.slot_freed();
@@ -373,9 +403,14 @@ impl Link {
             return Ok(());
         }
         if (h.lane == Lane::Bulk) != slot.is_some() {
-            return Err(Error::Protocol("bulk pieces must come as RDMA writes, control as sends".into()));
+            return Err(Error::Protocol(
+                "bulk pieces must come as RDMA writes, control as sends".into(),
+            ));
         }
-        if let Some(f) = rx[h.lane.index()].push(&h, &data[HEADER..]).map_err(Error::Protocol)? {
+        if let Some(f) = rx[h.lane.index()]
+            .push(&h, &data[HEADER..])
+            .map_err(Error::Protocol)?
+        {
             delivered.push_back(f);
         }
         Ok(())

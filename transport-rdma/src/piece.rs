@@ -64,7 +64,10 @@ impl Header {
 
     pub fn decode(b: &[u8]) -> Result<Header, String> {
         if b.len() < HEADER {
-            return Err(format!("piece of {} bytes, shorter than its header", b.len()));
+            return Err(format!(
+                "piece of {} bytes, shorter than its header",
+                b.len()
+            ));
         }
         let credit = match b[0] {
             KIND_DATA => false,
@@ -124,7 +127,10 @@ impl Chunker {
     /// `piece` is the buffer or slot size; must exceed [`HEADER`]. Frames longer than
     /// `u32::MAX` bytes are the caller's to refuse (`max_frame`).
     pub fn new(frame: Frame, piece: usize) -> Chunker {
-        assert!(piece > HEADER, "piece size {piece} must exceed the {HEADER}-byte header");
+        assert!(
+            piece > HEADER,
+            "piece size {piece} must exceed the {HEADER}-byte header"
+        );
         let total = frame.head.len() + frame.payload.len();
         Chunker {
             frame,
@@ -191,7 +197,10 @@ impl Reassembler {
     /// Returns a frame when this piece completes one.
     pub fn push(&mut self, h: &Header, body: &[u8]) -> Result<Option<Frame>, String> {
         if h.credit || h.lane != self.lane {
-            return Err(format!("piece for {:?} fed to the {:?} reassembler", h.lane, self.lane));
+            return Err(format!(
+                "piece for {:?} fed to the {:?} reassembler",
+                h.lane, self.lane
+            ));
         }
         if h.first {
             if self.cur.is_some() {
@@ -199,10 +208,16 @@ impl Reassembler {
             }
             let total = h.total_len as usize;
             if total > self.max_frame {
-                return Err(format!("frame of {total} bytes exceeds the limit of {}", self.max_frame));
+                return Err(format!(
+                    "frame of {total} bytes exceeds the limit of {}",
+                    self.max_frame
+                ));
             }
             if h.head_len as usize > total {
-                return Err(format!("head of {} bytes in a frame of {total}", h.head_len));
+                return Err(format!(
+                    "head of {} bytes in a frame of {total}",
+                    h.head_len
+                ));
             }
             self.cur = Some((h.head_len as usize, total, BytesMut::with_capacity(total)));
         }
@@ -213,7 +228,9 @@ impl Reassembler {
             return Err("frame lengths changed between pieces".into());
         }
         if buf.len() + body.len() > *total {
-            return Err(format!("pieces carry more than the announced {total} bytes"));
+            return Err(format!(
+                "pieces carry more than the announced {total} bytes"
+            ));
         }
         buf.extend_from_slice(body);
         let complete = buf.len() == *total;
@@ -297,20 +314,40 @@ mod tests {
 
     #[test]
     fn broken_sequences_are_named() {
-        let f = Frame::on(Lane::Bulk, Bytes::from_static(b"hd"), Bytes::from(vec![7u8; 100]));
+        let f = Frame::on(
+            Lane::Bulk,
+            Bytes::from_static(b"hd"),
+            Bytes::from(vec![7u8; 100]),
+        );
         let ps = pieces(&f, HEADER + 40);
         assert_eq!(ps.len(), 3);
         let mut rx = Reassembler::new(Lane::Bulk, 1000);
-        assert!(rx.push(&ps[1].0, &ps[1].1).unwrap_err().contains("never began"));
+        assert!(
+            rx.push(&ps[1].0, &ps[1].1)
+                .unwrap_err()
+                .contains("never began")
+        );
         rx.push(&ps[0].0, &ps[0].1).unwrap();
-        assert!(rx.push(&ps[0].0, &ps[0].1).unwrap_err().contains("began before"));
+        assert!(
+            rx.push(&ps[0].0, &ps[0].1)
+                .unwrap_err()
+                .contains("began before")
+        );
         let mut rx = Reassembler::new(Lane::Bulk, 50);
-        assert!(rx.push(&ps[0].0, &ps[0].1).unwrap_err().contains("exceeds the limit"));
+        assert!(
+            rx.push(&ps[0].0, &ps[0].1)
+                .unwrap_err()
+                .contains("exceeds the limit")
+        );
         let mut rx = Reassembler::new(Lane::Bulk, 1000);
         rx.push(&ps[0].0, &ps[0].1).unwrap();
         let mut early = ps[1].0;
         early.last = true;
-        assert!(rx.push(&early, &ps[1].1).unwrap_err().contains("last-piece flag"));
+        assert!(
+            rx.push(&early, &ps[1].1)
+                .unwrap_err()
+                .contains("last-piece flag")
+        );
         assert!(Header::decode(&[9u8; 16]).unwrap_err().contains("kind"));
         assert!(Header::decode(&[1u8; 3]).unwrap_err().contains("shorter"));
     }

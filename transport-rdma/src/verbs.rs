@@ -308,7 +308,9 @@ impl Drop for Mr {
         // SAFETY: deregister first (the device stops using the memory), then free it.
         unsafe {
             sys::ibv_dereg_mr(self.mr);
-            drop(Box::from_raw(ptr::slice_from_raw_parts_mut(self.buf, self.len)));
+            drop(Box::from_raw(ptr::slice_from_raw_parts_mut(
+                self.buf, self.len,
+            )));
         }
     }
 }
@@ -390,9 +392,7 @@ impl Cq {
             return Err(last_os("ibv_create_comp_channel"));
         }
         // SAFETY: channel is valid; the CQ reports on it.
-        let cq = unsafe {
-            sys::ibv_create_cq(ctx.ctx, depth as i32, ptr::null_mut(), channel, 0)
-        };
+        let cq = unsafe { sys::ibv_create_cq(ctx.ctx, depth as i32, ptr::null_mut(), channel, 0) };
         if cq.is_null() {
             let e = last_os("ibv_create_cq");
             // SAFETY: the channel has no CQ attached.
@@ -494,7 +494,9 @@ impl Cq {
             }
             // Arm, then look again: a completion that came before arming raises no event.
             // SAFETY: cq is valid.
-            rc("ibv_req_notify_cq", unsafe { sys::ibv_req_notify_cq(self.raw.cq, 0) })?;
+            rc("ibv_req_notify_cq", unsafe {
+                sys::ibv_req_notify_cq(self.raw.cq, 0)
+            })?;
             let n = self.poll(out, max)?;
             if n > 0 {
                 return Ok(n);
@@ -525,7 +527,6 @@ impl Cq {
     }
 }
 
-
 /// The other end of a reliable-connected queue pair, as learnt over the authenticated
 /// exchange.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -534,6 +535,15 @@ pub struct Remote {
     pub psn: u32,
     pub gid: [u8; 16],
     pub lid: u16,
+}
+
+/// Where an RDMA write with immediate lands: the peer's address and rkey, and the
+/// immediate value its receive completion carries.
+#[derive(Clone, Copy, Debug)]
+pub struct WriteTo {
+    pub remote_addr: u64,
+    pub rkey: u32,
+    pub imm: u32,
 }
 
 /// A reliable-connected queue pair; both directions' completions go to one CQ.
@@ -589,7 +599,10 @@ impl Qp {
         use sys::ibv_qp_attr_mask as M;
         q.modify(
             &mut a,
-            M::IBV_QP_STATE.0 | M::IBV_QP_PKEY_INDEX.0 | M::IBV_QP_PORT.0 | M::IBV_QP_ACCESS_FLAGS.0,
+            M::IBV_QP_STATE.0
+                | M::IBV_QP_PKEY_INDEX.0
+                | M::IBV_QP_PORT.0
+                | M::IBV_QP_ACCESS_FLAGS.0,
             "INIT",
         )?;
         Ok(q)
@@ -615,7 +628,13 @@ impl Qp {
     }
 
     /// INIT → RTR (ready to receive from `remote`) → RTS (ready to send, our `psn`).
-    pub fn connect(&self, remote: &Remote, sgid_index: u8, mtu: u32, psn: u32) -> Result<(), Error> {
+    pub fn connect(
+        &self,
+        remote: &Remote,
+        sgid_index: u8,
+        mtu: u32,
+        psn: u32,
+    ) -> Result<(), Error> {
         use sys::ibv_qp_attr_mask as M;
         // SAFETY: plain data.
         let mut a: sys::ibv_qp_attr = unsafe { std::mem::zeroed() };
@@ -679,7 +698,9 @@ impl Qp {
         let mut bad = ptr::null_mut();
         // SAFETY: the sge names a checked range of a registered region that stays
         // registered while the QP exists (the caller owns both; see link.rs).
-        rc("ibv_post_recv", unsafe { sys::ibv_post_recv(self.qp, &mut wr, &mut bad) })
+        rc("ibv_post_recv", unsafe {
+            sys::ibv_post_recv(self.qp, &mut wr, &mut bad)
+        })
     }
 
     /// Post a two-sided send of `len` bytes from `mr` at `off`.
@@ -687,19 +708,17 @@ impl Qp {
         self.post(wr_id, mr, off, len, None)
     }
 
-    /// Post an RDMA write with immediate `imm` of `len` bytes from `mr` at `off` to the
-    /// peer's `remote_addr` (its registered ring, key `rkey`).
+    /// Post an RDMA write with immediate of `len` bytes from `mr` at `off` into the peer's
+    /// registered memory (`to`: its address, rkey and the immediate value).
     pub fn post_write_imm(
         &self,
         wr_id: u64,
         mr: &Mr,
         off: usize,
         len: usize,
-        remote_addr: u64,
-        rkey: u32,
-        imm: u32,
+        to: WriteTo,
     ) -> Result<(), Error> {
-        self.post(wr_id, mr, off, len, Some((remote_addr, rkey, imm)))
+        self.post(wr_id, mr, off, len, Some((to.remote_addr, to.rkey, to.imm)))
     }
 
     fn post(
@@ -733,7 +752,9 @@ impl Qp {
         let mut bad = ptr::null_mut();
         // SAFETY: the sge names a checked range of a registered region that the caller
         // keeps untouched until this wr_id completes (link.rs owns the staging slots).
-        rc("ibv_post_send", unsafe { sys::ibv_post_send(self.qp, &mut wr, &mut bad) })
+        rc("ibv_post_send", unsafe {
+            sys::ibv_post_send(self.qp, &mut wr, &mut bad)
+        })
     }
 }
 
@@ -752,8 +773,14 @@ fn memlock_or(bytes: usize, call: &'static str, source: io::Error) -> Error {
     };
     // SAFETY: getrlimit writes into the rlimit we pass.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut lim) } == 0;
-    let low = ok && lim.rlim_cur != libc::RLIM_INFINITY && (lim.rlim_cur as usize) < bytes.saturating_mul(2);
-    if matches!(source.raw_os_error(), Some(libc::ENOMEM) | Some(libc::EPERM) | Some(libc::EAGAIN)) && low {
+    let low = ok
+        && lim.rlim_cur != libc::RLIM_INFINITY
+        && (lim.rlim_cur as usize) < bytes.saturating_mul(2);
+    if matches!(
+        source.raw_os_error(),
+        Some(libc::ENOMEM) | Some(libc::EPERM) | Some(libc::EAGAIN)
+    ) && low
+    {
         return Error::MemLock {
             bytes,
             limit: format!("{} bytes", lim.rlim_cur),
@@ -784,9 +811,27 @@ mod tests {
 
     #[test]
     fn unavailable_errors_mean_fall_back_others_mean_redial() {
-        assert!(Error::NoDevice { wanted: None, found: vec![] }.is_unavailable());
-        assert!(Error::MemLock { bytes: 1, limit: "0".into() }.is_unavailable());
-        assert!(!Error::Completion { wr_id: 1, status: "x".into() }.is_unavailable());
+        assert!(
+            Error::NoDevice {
+                wanted: None,
+                found: vec![]
+            }
+            .is_unavailable()
+        );
+        assert!(
+            Error::MemLock {
+                bytes: 1,
+                limit: "0".into()
+            }
+            .is_unavailable()
+        );
+        assert!(
+            !Error::Completion {
+                wr_id: 1,
+                status: "x".into()
+            }
+            .is_unavailable()
+        );
         assert!(!Error::Closed("x".into()).is_unavailable());
     }
 }

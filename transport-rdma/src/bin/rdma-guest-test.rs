@@ -78,9 +78,10 @@ fn info(s: impl AsRef<str>) {
 }
 
 type Lanes = (mpsc::Sender<Frame>, mpsc::Receiver<Frame>);
+type LinkTask = tokio::task::JoinHandle<(Result<(), Error>, Link)>;
 
 /// Run `link` in its own task; returns the application's ends and the task.
-fn spawn_link(mut link: Link) -> (Lanes, tokio::task::JoinHandle<(Result<(), Error>, Link)>) {
+fn spawn_link(mut link: Link) -> (Lanes, LinkTask) {
     let (out_tx, out_rx) = mpsc::channel(64);
     let (in_tx, in_rx) = mpsc::channel(64);
     let task = tokio::spawn(async move {
@@ -90,8 +91,16 @@ fn spawn_link(mut link: Link) -> (Lanes, tokio::task::JoinHandle<(Result<(), Err
     ((out_tx, in_rx), task)
 }
 
-async fn server(k: [u8; 32], cfg: Config, spin: Duration, listen: &str, expect_refused: u32) -> Result<(), String> {
-    let l = TcpListener::bind(listen).await.map_err(|e| format!("bind {listen}: {e}"))?;
+async fn server(
+    k: [u8; 32],
+    cfg: Config,
+    spin: Duration,
+    listen: &str,
+    expect_refused: u32,
+) -> Result<(), String> {
+    let l = TcpListener::bind(listen)
+        .await
+        .map_err(|e| format!("bind {listen}: {e}"))?;
     let mut refused = 0u32;
     let session = loop {
         let (s, from) = tokio::time::timeout(Duration::from_secs(600), l.accept())
@@ -107,10 +116,14 @@ async fn server(k: [u8; 32], cfg: Config, spin: Duration, listen: &str, expect_r
         }
     };
     if refused < expect_refused {
-        return Err(format!("expected {expect_refused} refused peers, saw {refused}"));
+        return Err(format!(
+            "expected {expect_refused} refused peers, saw {refused}"
+        ));
     }
     info(format!("authenticated {}", session.peer()));
-    let mut link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
+    let mut link = Link::establish(session, cfg)
+        .await
+        .map_err(|e| e.to_string())?;
     link.set_busy_poll(spin);
     info(format!(
         "link up on {} qpn {} peer qpn {} mtu code {}",
@@ -147,7 +160,9 @@ async fn server(k: [u8; 32], cfg: Config, spin: Duration, listen: &str, expect_r
                 got += f.payload.len() as u64;
                 if Some(got) == expect_bulk {
                     let verdict = format!("VERIFIED {got} {bad}");
-                    tx.send(Frame::new(Bytes::from(verdict), Bytes::new())).await.map_err(|_| "link ended")?;
+                    tx.send(Frame::new(Bytes::from(verdict), Bytes::new()))
+                        .await
+                        .map_err(|_| "link ended")?;
                 }
             }
         }
@@ -163,7 +178,9 @@ async fn server(k: [u8; 32], cfg: Config, spin: Duration, listen: &str, expect_r
         info(format!("link ended: {e}"));
     }
     if bad != 0 || Some(got) != expect_bulk {
-        return Err(format!("bulk: {got} bytes, {bad} wrong, expected {expect_bulk:?}"));
+        return Err(format!(
+            "bulk: {got} bytes, {bad} wrong, expected {expect_bulk:?}"
+        ));
     }
     info(format!("server verified {got} bulk bytes byte for byte"));
     Ok(())
@@ -209,17 +226,28 @@ async fn client(
     }
     // 2. The right key.
     let s = connect_retry(addr, retry).await?;
-    let session = authenticate(s, &k, true, Duration::from_secs(30)).await.map_err(|e| e.to_string())?;
-    let mut link = Link::establish(session, cfg).await.map_err(|e| e.to_string())?;
+    let session = authenticate(s, &k, true, Duration::from_secs(30))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut link = Link::establish(session, cfg)
+        .await
+        .map_err(|e| e.to_string())?;
     link.set_busy_poll(spin);
-    info(format!("busy poll {spin:?}; link up on {} qpn {} peer qpn {}", link.device(), link.ours().qpn, link.peer().qpn));
+    info(format!(
+        "busy poll {spin:?}; link up on {} qpn {} peer qpn {}",
+        link.device(),
+        link.ours().qpn,
+        link.peer().qpn
+    ));
     let ((tx, mut rx), task) = spawn_link(link);
     // 3. Control-lane asks (64-byte head), one at a time.
     let mut rtts = Vec::with_capacity(asks as usize);
     for i in 0..asks {
         let head = Bytes::from(format!("ask {i:060}"));
         let t = Instant::now();
-        tx.send(Frame::new(head.clone(), Bytes::new())).await.map_err(|_| "link ended")?;
+        tx.send(Frame::new(head.clone(), Bytes::new()))
+            .await
+            .map_err(|_| "link ended")?;
         let f = recv(&mut rx).await?;
         rtts.push(t.elapsed());
         if f.head != head {
@@ -240,9 +268,12 @@ async fn client(
     }
     // 4. Bulk: bulk_mib MiB in frames of frame_bytes, checked by the server.
     let total = bulk_mib << 20;
-    tx.send(Frame::new(Bytes::from(format!("BULK {total}")), Bytes::new()))
-        .await
-        .map_err(|_| "link ended")?;
+    tx.send(Frame::new(
+        Bytes::from(format!("BULK {total}")),
+        Bytes::new(),
+    ))
+    .await
+    .map_err(|_| "link ended")?;
     let t = Instant::now();
     let mut off = 0u64;
     let mut buf = vec![0u8; frame_bytes];
@@ -267,7 +298,9 @@ async fn client(
     if verdict != format!("VERIFIED {total} 0") {
         return Err(format!("server verdict: {verdict}"));
     }
-    tx.send(Frame::new(Bytes::from_static(b"BYE"), Bytes::new())).await.map_err(|_| "link ended")?;
+    tx.send(Frame::new(Bytes::from_static(b"BYE"), Bytes::new()))
+        .await
+        .map_err(|_| "link ended")?;
     drop(tx);
     // Give the BYE time to complete, then end the link (closing the side channel).
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -277,7 +310,9 @@ async fn client(
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let k = match key(&args.key_hex) {
         Ok(k) => k,
@@ -293,14 +328,29 @@ async fn main() {
     };
     let spin = Duration::from_micros(args.busy_poll_us);
     let r = match args.cmd {
-        Cmd::Server { listen, expect_refused } => server(k, cfg, spin, &listen, expect_refused).await,
+        Cmd::Server {
+            listen,
+            expect_refused,
+        } => server(k, cfg, spin, &listen, expect_refused).await,
         Cmd::Client {
             connect,
             retry_secs,
             asks,
             bulk_mib,
             frame_bytes,
-        } => client(k, cfg, spin, &connect, retry_secs, asks, bulk_mib, frame_bytes).await,
+        } => {
+            client(
+                k,
+                cfg,
+                spin,
+                &connect,
+                retry_secs,
+                asks,
+                bulk_mib,
+                frame_bytes,
+            )
+            .await
+        }
     };
     if let Err(e) = r {
         eprintln!("rdma-guest-test: FAILED: {e}");
