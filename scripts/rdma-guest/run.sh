@@ -13,7 +13,8 @@
 #                    ib_write_bw between the guests), rust (/payload/bin/rdma-guest-test)
 #     --keep         keep the work dir (serial logs) after a passing run
 # Environment: OMNODE_RDMA_CACHE (cache dir, default ${XDG_CACHE_HOME:-/var/cache}/omnode-rdma-guest),
-#   RDMA_GUEST_TIMEOUT (seconds for each guest, default 900), RDMA_GUEST_PORT (first UDP port, default 47101).
+#   RDMA_GUEST_TIMEOUT (seconds for each guest, default 900), RDMA_GUEST_PORT (first of the two
+#   127.0.0.1 UDP ports of the wire, default random in 40000-59999).
 #
 # The base image (kernel + initramfs) is cached, keyed on the package versions and on this
 # script's module list; only the small payload cpio is rebuilt per run. KVM does not work on
@@ -36,7 +37,8 @@ done
 
 CACHE="${OMNODE_RDMA_CACHE:-${XDG_CACHE_HOME:-/var/cache}/omnode-rdma-guest}"
 GUEST_TIMEOUT="${RDMA_GUEST_TIMEOUT:-900}"
-PORT="${RDMA_GUEST_PORT:-47101}"
+# A random even port pair, so two runs on one machine (CI, a developer) do not collide.
+PORT="${RDMA_GUEST_PORT:-$(( 40000 + (RANDOM % 10000) * 2 ))}"
 MIRROR="${RDMA_GUEST_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 GUEST_PKGS="rdma-core,ibverbs-providers,ibverbs-utils,rdmacm-utils,perftest,iproute2,kmod,librdmacm1,libibverbs1"
@@ -152,9 +154,10 @@ log "guests finished in $(( $(date +%s) - T0 )) s"
 fail=0
 for role in server client; do
   f="$WORK/$role.log"
-  if ! grep -q '^### DONE' "$f" 2>/dev/null; then
-    log "$role: no '### DONE' marker (timeout ${GUEST_TIMEOUT}s or crash); last lines:"
+  if ! grep -aq '^### DONE' "$f" 2>/dev/null; then
+    log "$role: no '### DONE' marker (timeout ${GUEST_TIMEOUT}s, crash, or qemu failed to start); last lines:"
     tail -15 "$f" >&2 || true
+    tail -5 "$WORK/$role.qemu.log" >&2 || true
     fail=1
   fi
   while read -r _ _ name rc; do
