@@ -1,0 +1,45 @@
+#!/bin/bash
+# The guest test list, run by /init in both guests with ROLE (server|client), IP and PEER set.
+# The server runs each tool as the listening side; the client retries until the server
+# listens (the guests boot at about the same time, not exactly). Every step has a timeout.
+step() { local name="$1"; shift; "$@"; local rc=$?; echo "### STEP $name RC=$rc"; return $rc; }
+# client side: retry a command until it succeeds or `tries` attempts are used.
+retry() { local tries="$1"; shift; local i; for i in $(seq 1 "$tries"); do "$@" && return 0; sleep 2; done; return 1; }
+TESTS="$(cat /payload/tests.list)"
+G="-d rxe0 -x 1"   # GID index 1: the IPv4-mapped RoCE v2 GID
+
+for t in $TESTS; do
+  case "$t" in
+  perftest)
+    step ibv_devinfo sh -c 'timeout 30 ibv_devinfo -d rxe0 | grep -E "PORT_ACTIVE|active_mtu|link_layer"'
+    if [ "$ROLE" = server ]; then
+      step ib_send_lat timeout 300 ib_send_lat $G -n 1000
+      step ib_write_bw timeout 300 ib_write_bw $G -n 500
+    else
+      step ib_send_lat retry 60 timeout 300 ib_send_lat $G -n 1000 "$PEER"
+      sleep 2
+      step ib_write_bw retry 60 timeout 300 ib_write_bw $G -n 500 "$PEER"
+    fi
+    ;;
+  rust)
+    for b in /payload/bin/rdma-guest-test; do
+      [ -x "$b" ] || { echo "### STEP rust-present RC=1"; continue; }
+      sleep 2
+      K="$(cat /payload/key)"
+      # Run 1: completions by event (the default); 256 MiB bulk checked byte for byte.
+      # Run 2: busy-poll mode (50 ms of polling before sleeping), for the latency ratio.
+      if [ "$ROLE" = server ]; then
+        step rdma-guest-test timeout 900 "$b" --key-hex "$K" server --listen "$IP:18600" --expect-refused 1
+        step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 server --listen "$IP:18601" --expect-refused 1
+      else
+        step rdma-guest-test timeout 900 "$b" --key-hex "$K" client --connect "$PEER:18600" --retry-secs 120 \
+          --asks 500 --bulk-mib 256
+        sleep 2
+        step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 client --connect "$PEER:18601" \
+          --retry-secs 120 --asks 500 --bulk-mib 32
+      fi
+    done
+    ;;
+  *) echo "### STEP unknown-test-$t RC=1" ;;
+  esac
+done

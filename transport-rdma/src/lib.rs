@@ -1,0 +1,23 @@
+//! RDMA verbs links for omnode (InfiniBand, RoCE; tested on soft-RoCE `rdma_rxe`).
+//!
+//! Owns: opening an RDMA device and checking its port and GID ([`verbs`], the crate's only
+//! unsafe code), authenticating the peer with the cluster key *before* any queue pair or
+//! remotely writable memory exists and swapping queue-pair details sealed ([`exchange`]),
+//! reliable-connected queue pairs whose control lane is two-sided send/receive into
+//! pre-posted buffers and whose bulk lane is RDMA write-with-immediate into the peer's
+//! registered ring ([`link`]), credit accounting so no side overruns the other
+//! ([`credit`]), and cutting frames into pieces and putting them back ([`piece`]).
+//! Completions are read through the completion channel's fd in tokio; nothing spins.
+//!
+//! Must not know: actors, envelopes, processes, the cluster map. Frames are opaque bytes
+//! (`runtime::transport::Frame`). The `runtime::transport::Transport` implementation with
+//! TCP fall-back is the next step (see README, "RDMA").
+
+pub mod credit;
+pub mod error;
+pub mod exchange;
+pub mod link;
+pub mod piece;
+pub mod verbs;
+
+pub use error::Error;
