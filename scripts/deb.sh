@@ -9,8 +9,19 @@ trap 'rc=$?; say "line $LINENO: \`$BASH_COMMAND\` failed with status $rc"; exit 
 top=$(cd "$(dirname "$0")/.." && pwd)
 cd "$top"
 command -v cargo-deb >/dev/null || { say "cargo-deb is not installed: cargo install cargo-deb --locked"; exit 1; }
-cargo build --release -p omnode
-bin="${CARGO_TARGET_DIR:-$top/target}/release/omnode"
+# OMNODE_DEB_PROFILE=dev packs a debug build; OMNODE_DEB_PREBUILT=1 packs the binary already
+# in the target folder instead of building one (the test packs the binary the tests run).
+profile="${OMNODE_DEB_PROFILE:-release}"
+case "$profile" in
+  release) dir=release ;;
+  dev) dir=debug ;;
+  *) say "OMNODE_DEB_PROFILE must be release or dev, not '$profile'"; exit 2 ;;
+esac
+if [ -z "${OMNODE_DEB_PREBUILT:-}" ]; then
+  cargo build --profile "$profile" -p omnode
+fi
+bin="${CARGO_TARGET_DIR:-$top/target}/$dir/omnode"
+[ -x "$bin" ] || { say "no omnode binary at $bin (build it, or unset OMNODE_DEB_PREBUILT)"; exit 1; }
 gen="$top/dist/gen"
 rm -rf "$gen"
 mkdir -p "$gen"
@@ -18,4 +29,4 @@ mkdir -p "$gen"
 sed "s|@BINDIR@|/usr/bin|g" dist/omnode.service >"$gen/omnode.service"
 sed "s|@BINDIR@|/usr/bin|g" dist/openmosix.init >"$gen/openmosix"
 chmod 0755 "$gen/openmosix"
-cargo deb -p omnode --no-build "$@"
+cargo deb -p omnode --no-build --profile "$profile" "$@"

@@ -20,6 +20,10 @@ fn parked(
     let out = dir.join("out");
     let mut c = Command::new(prog("counter"));
     c.args([iters, heap_mib, "10"]).current_dir(dir);
+    // Its own process group under this test process (same session): never an orphaned group,
+    // whose members the kernel does not stop on SIGTSTP, however the tests were started (a
+    // script without job control, CI, a terminal).
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     let p = spawn(&mut c, &out, None);
     // the heap is filled before the first iteration's sleep
     std::thread::sleep(Duration::from_millis(300));

@@ -30,6 +30,12 @@ pub struct Counters {
     pub heartbeats_received: AtomicU64,
     pub map_loads: AtomicU64,
     pub map_load_failures: AtomicU64,
+    /// Processes of this node moved to another node (the target confirmed, home parked).
+    pub migrations_out: AtomicU64,
+    /// Guests started here (moved in from their home node).
+    pub migrations_in: AtomicU64,
+    /// System calls of moved processes that this node's deputies ran at home.
+    pub forwarded_calls: AtomicU64,
 }
 
 pub static COUNTERS: Counters = Counters {
@@ -39,6 +45,9 @@ pub static COUNTERS: Counters = Counters {
     heartbeats_received: AtomicU64::new(0),
     map_loads: AtomicU64::new(0),
     map_load_failures: AtomicU64::new(0),
+    migrations_out: AtomicU64::new(0),
+    migrations_in: AtomicU64::new(0),
+    forwarded_calls: AtomicU64::new(0),
 };
 
 /// Add one to `c`.
@@ -278,6 +287,24 @@ pub fn render(r: &StatusReport, links_up: usize) -> String {
         "counter",
         "Map loads refused (the map in use stayed).",
         get(&c.map_load_failures),
+    );
+    metric(
+        "omnode_migrations_out_total",
+        "counter",
+        "Processes of this node moved to another node.",
+        get(&c.migrations_out),
+    );
+    metric(
+        "omnode_migrations_in_total",
+        "counter",
+        "Moved processes started here as guests.",
+        get(&c.migrations_in),
+    );
+    metric(
+        "omnode_forwarded_calls_total",
+        "counter",
+        "System calls of moved processes run at home by this node's deputies.",
+        get(&c.forwarded_calls),
     );
     out
 }

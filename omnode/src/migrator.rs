@@ -91,6 +91,7 @@ struct Job {
 fn worker(mut fds: HashMap<i32, OwnedFd>, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<In>) {
     while let Ok(Job { tid, seq, call }) = jobs.recv() {
         let reply = migration::standin::execute(&mut fds, &call);
+        crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
         if done.send(In::Done { tid, seq, reply }).is_err() {
             return;
         }
@@ -481,6 +482,7 @@ fn home_thread(
                                 let acts = dep.on_msg(msg);
                                 deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
                             }
+                            crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
                             answer(Ok(format!("process {pid} moved to node {to}")));
                         }
                         Ok(_) => {}

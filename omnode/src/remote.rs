@@ -448,6 +448,7 @@ fn target_thread(
                 TargetAction::FinishThaw => chunks = None,
                 TargetAction::RunRemote => {
                     ran = true;
+                    crate::metrics::bump(&crate::metrics::COUNTERS.migrations_in);
                     if let Some(g) = &go {
                         let _ = g.send(Go::Run);
                     }

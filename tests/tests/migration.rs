@@ -744,3 +744,52 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
     );
     assert_eq!(moved_st.code(), Some(9), "moved run: {moved_st:?}");
 }
+
+/// The metrics endpoint counts moves: after one move of a program that writes through its
+/// deputy, home reports one migration out and the forwarded calls it ran, the target one
+/// migration in.
+#[test]
+fn metrics_count_moves_and_forwarded_calls() {
+    if !can_run("metrics_count_moves_and_forwarded_calls") {
+        return;
+    }
+    let mut c = Cluster::new("1 127.0.0.137 2\n");
+    let port = |ip: &str| {
+        std::net::TcpListener::bind(format!("{ip}:0"))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let m1 = format!("127.0.0.137:{}", port("127.0.0.137"));
+    let m2 = format!("127.0.0.138:{}", port("127.0.0.138"));
+    let (map, key) = (c.map.clone(), c.key.clone());
+    c.start_with_args(1, &map, &key, &["--metrics", &m1]);
+    c.start_with_args(2, &map, &key, &["--metrics", &m2]);
+    for n in [1, 2] {
+        wait_for(FORM, || c.up(n).filter(|up| *up == vec![1u64, 2]))
+            .unwrap_or_else(|| panic!("node {n} never saw both up:\n{}", c.log_text(n)));
+    }
+    let scrape = |addr: &str, name: &str| -> f64 {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+    };
+    assert_eq!(scrape(&m1, "omnode_migrations_out_total"), 0.0);
+    let prog = compile(c.dir.path(), "pipecount");
+    let kid = spawn(&prog, &["40", "25", "0"]);
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, kid.0.id(), 2);
+    let (_, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(st.code(), Some(0));
+    assert_eq!(scrape(&m1, "omnode_migrations_out_total"), 1.0);
+    assert!(scrape(&m1, "omnode_forwarded_calls_total") > 0.0);
+    assert_eq!(scrape(&m2, "omnode_migrations_in_total"), 1.0);
+    assert_eq!(scrape(&m2, "omnode_migrations_out_total"), 0.0);
+}
