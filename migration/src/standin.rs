@@ -143,8 +143,18 @@ fn ret_or_errno(r: isize) -> i64 {
     }
 }
 
-/// Runs one call on the real fds.
+/// Runs one call on the real fds; relative paths resolve against this process's cwd.
 pub fn execute(fds: &mut HashMap<i32, OwnedFd>, call: &Call) -> Reply {
+    execute_at(fds, None, call)
+}
+
+/// Runs one call on the real fds; relative paths of path calls resolve against `cwd` (the
+/// moved process's working directory at home) when given.
+pub fn execute_at(
+    fds: &mut HashMap<i32, OwnedFd>,
+    cwd: Option<std::os::fd::BorrowedFd<'_>>,
+    call: &Call,
+) -> Reply {
     if let Call::Openat {
         dirfd,
         path,
@@ -153,7 +163,7 @@ pub fn execute(fds: &mut HashMap<i32, OwnedFd>, call: &Call) -> Reply {
         at,
     } = call
     {
-        return openat(fds, *dirfd, path, *flags, *mode, *at);
+        return openat(fds, cwd, *dirfd, path, *flags, *mode, *at);
     }
     let Some(fd) = call.fd() else {
         return Reply::errno(libc::ENOSYS);
@@ -229,6 +239,7 @@ pub fn execute(fds: &mut HashMap<i32, OwnedFd>, call: &Call) -> Reply {
 /// openat in this process; the result is kept as home fd `at`.
 fn openat(
     fds: &mut HashMap<i32, OwnedFd>,
+    cwd: Option<std::os::fd::BorrowedFd<'_>>,
     dirfd: i32,
     path: &[u8],
     flags: i32,
@@ -241,8 +252,9 @@ fn openat(
     let Ok(c) = std::ffi::CString::new(path.to_vec()) else {
         return Reply::errno(libc::EINVAL);
     };
+    let base = cwd.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: openat of a NUL-terminated path; on success a fresh fd owned here.
-    let r = unsafe { libc::openat(libc::AT_FDCWD, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
+    let r = unsafe { libc::openat(base, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
     if r < 0 {
         return Reply::ok(ret_or_errno(-1));
     }

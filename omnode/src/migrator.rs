@@ -17,7 +17,7 @@
 //! tty emulation, path calls run in the daemon's cwd rather than the home process's.
 
 use std::collections::HashMap;
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
@@ -88,14 +88,97 @@ struct Job {
 /// The deputy's worker: runs forwarded calls on the real fds, one at a time, so a call that
 /// blocks at home (a read of an empty pipe) never stops the migration thread's heartbeats,
 /// signal forwarding or exit handling.
-fn worker(mut fds: HashMap<i32, OwnedFd>, jobs: mpsc::Receiver<Job>, done: mpsc::Sender<In>) {
+///
+/// Path calls run as the moved process would run them at home: this thread takes the
+/// process's filesystem uid, gid and groups (per thread: raw setfsuid/setfsgid/setgroups), and
+/// relative paths resolve against the process's cwd (its parked home shell keeps it). If that
+/// identity cannot be taken, every path call is refused with EACCES (never run as root).
+fn worker(
+    pid: i32,
+    mut fds: HashMap<i32, OwnedFd>,
+    jobs: mpsc::Receiver<Job>,
+    done: mpsc::Sender<In>,
+) {
+    let cwd = match take_identity(pid) {
+        Ok(cwd) => Some(cwd),
+        Err(e) => {
+            tracing::error!(pid, "deputy: {e}; path calls of this process are refused");
+            None
+        }
+    };
     while let Ok(Job { tid, seq, call }) = jobs.recv() {
-        let reply = migration::standin::execute(&mut fds, &call);
+        let reply = match (&call, &cwd) {
+            (migration::forward::Call::Openat { .. }, None) => {
+                migration::forward::Reply::errno(libc::EACCES)
+            }
+            _ => {
+                use std::os::fd::AsFd;
+                migration::standin::execute_at(&mut fds, cwd.as_ref().map(|c| c.as_fd()), &call)
+            }
+        };
         crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
         if done.send(In::Done { tid, seq, reply }).is_err() {
             return;
         }
     }
+}
+
+/// Makes the calling thread act on files as process `pid` does (its filesystem uid and gid
+/// and its supplementary groups) and returns its cwd as an `O_PATH` directory fd.
+fn take_identity(pid: i32) -> Result<OwnedFd, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
+    let field = |key: &str| -> Result<Vec<u32>, String> {
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))?;
+        line.split_whitespace()
+            .map(|v| v.parse::<u32>().map_err(|_| format!("/proc/{pid}/status: bad {key} {line}")))
+            .collect()
+    };
+    let (uids, gids, groups) = (field("Uid:")?, field("Gid:")?, field("Groups:")?);
+    let (Some(&fsuid), Some(&fsgid)) = (uids.get(3), gids.get(3)) else {
+        return Err(format!("/proc/{pid}/status: no filesystem uid or gid"));
+    };
+    let cwd = std::ffi::CString::new(format!("/proc/{pid}/cwd")).expect("no NUL");
+    // SAFETY: open of a NUL-terminated path; on success a fresh fd we own.
+    let fd = unsafe {
+        libc::open(
+            cwd.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "cannot open the cwd of {pid}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fresh fd.
+    let cwd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let groups: Vec<libc::gid_t> = groups;
+    // SAFETY: raw syscalls act on this thread only (glibc's wrappers would change every
+    // thread of the daemon); the groups pointer and length describe a live Vec.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return Err(format!(
+                "setgroups: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        libc::syscall(libc::SYS_setfsgid, fsgid);
+        libc::syscall(libc::SYS_setfsuid, fsuid);
+        // setfsuid/setfsgid report the previous value, never an error: ask again to check
+        let now_gid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
+        let now_uid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
+        if now_uid != fsuid || now_gid != fsgid {
+            return Err(format!(
+                "cannot act as uid {fsuid} gid {fsgid} (still {now_uid}/{now_gid})"
+            ));
+        }
+    }
+    Ok(cwd)
 }
 
 /// Shared by the control socket, the inbound actor and the migration threads.
@@ -468,7 +551,7 @@ fn home_thread(
                             let back = me_tx.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name(format!("deputy-{pid}"))
-                                .spawn(move || worker(fds, jrx, back))
+                                .spawn(move || worker(pid, fds, jrx, back))
                             {
                                 tracing::error!(pid, "cannot start the deputy worker: {e}");
                             }

@@ -793,3 +793,58 @@ fn metrics_count_moves_and_forwarded_calls() {
     assert_eq!(scrape(&m2, "omnode_migrations_in_total"), 1.0);
     assert_eq!(scrape(&m2, "omnode_migrations_out_total"), 0.0);
 }
+
+/// Files a moved process opens after the move are opened at home as the process itself would
+/// open them: relative paths against its own cwd (not the daemon's), and with its own rights
+/// (nobody's process cannot read a root-only file through the root daemon). The output equals
+/// an uninterrupted run's.
+#[test]
+fn paths_opened_after_the_move_use_the_process_cwd_and_rights() {
+    if !can_run("paths_opened_after_the_move_use_the_process_cwd_and_rights") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster("1 127.0.0.140 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pathopen");
+    let work = c.dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("rel.txt"), "hello from home\n").unwrap();
+    let secret = c.dir.path().join("secret");
+    std::fs::write(&secret, "root only\n").unwrap();
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o600)).unwrap();
+    for p in [c.dir.path(), work.as_path()] {
+        std::fs::set_permissions(p, PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o755)).unwrap();
+    let run = || {
+        let mut cmd = Command::new(&prog);
+        cmd.args(["40", "50", secret.to_str().unwrap()])
+            .current_dir(&work)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .uid(65534)
+            .gid(65534);
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        Kid(cmd.spawn().expect("spawn pathopen as nobody"))
+    };
+    let (plain_out, plain_st) = finish(run(), Duration::from_secs(60));
+    assert!(plain_st.success(), "{plain_st:?}");
+    assert!(
+        plain_out.contains("relative: read \"hello from home\"")
+            && plain_out.contains(&format!("secret: errno {}", libc::EACCES)),
+        "the uninterrupted run did not see what the test set up:\n{plain_out}"
+    );
+    let kid = run();
+    std::thread::sleep(Duration::from_millis(300));
+    moved(&c, kid.0.id(), 2);
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(out, plain_out, "moved run differs\n{}", logs(&c, &[1, 2]));
+    assert!(st.success(), "{st:?}");
+}
