@@ -216,6 +216,24 @@ pub fn global() -> Option<Arc<Migrator>> {
     GLOBAL.get().cloned()
 }
 
+/// How many moved processes involve `nodes`: (guests here whose home is one of them, processes of
+/// this node running on one of them).
+pub fn involving(nodes: &[NodeId]) -> (usize, usize) {
+    let Some(m) = global() else {
+        return (0, 0);
+    };
+    let table = lock(&m.table);
+    let guests = table
+        .values()
+        .filter(|r| r.node == m.local && nodes.contains(&r.home))
+        .count();
+    let ours = table
+        .values()
+        .filter(|r| r.home == m.local && nodes.contains(&r.node))
+        .count();
+    (guests, ours)
+}
+
 /// Creates the migrator and makes it reachable from other nodes.
 pub fn start(system: &System) -> Arc<Migrator> {
     let m = Arc::new(Migrator {

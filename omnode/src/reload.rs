@@ -155,9 +155,19 @@ impl Reload {
                         .join(" ")
                 }
             };
+            let (guests, ours) = crate::migrator::involving(&changes.removed);
+            let moved = if guests + ours == 0 {
+                "no moved process involves them".to_string()
+            } else {
+                format!(
+                    "{guests} process(es) of theirs running here end once their home is silent for \
+the failure time-out, and {ours} process(es) of this node running there end at home, killed by \
+SIGKILL (as when a node is lost)"
+                )
+            };
             format!(
                 "node {local}: loaded {} ({} nodes); added: {}; removed: {}; addresses changed: {}. \
-Links to removed nodes are closed (no process of theirs runs here: this omnode does not migrate yet). \
+Links to removed nodes are closed: {moved}. \
 Load the same map on every node: nodes with another map are refused until they agree.",
                 new.file(),
                 new.len(),
