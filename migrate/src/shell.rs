@@ -480,7 +480,12 @@ fn prepare(
     // limit, for the undo.
     t.syscall(
         libc::SYS_prlimit64,
-        &[0, libc::RLIMIT_CORE as u64, scratch + NO_CORE, scratch + OLD_CORE],
+        &[
+            0,
+            libc::RLIMIT_CORE as u64,
+            scratch + NO_CORE,
+            scratch + OLD_CORE,
+        ],
     )
     .map_err(sio(pid, "prlimit(RLIMIT_CORE, 0) in the process"))?;
     *core_lowered = true;

@@ -134,7 +134,10 @@ fn take_identity(pid: i32) -> Result<OwnedFd, String> {
             .find_map(|l| l.strip_prefix(key))
             .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))?;
         line.split_whitespace()
-            .map(|v| v.parse::<u32>().map_err(|_| format!("/proc/{pid}/status: bad {key} {line}")))
+            .map(|v| {
+                v.parse::<u32>()
+                    .map_err(|_| format!("/proc/{pid}/status: bad {key} {line}"))
+            })
             .collect()
     };
     let (uids, gids, groups) = (field("Uid:")?, field("Gid:")?, field("Groups:")?);
@@ -162,10 +165,7 @@ fn take_identity(pid: i32) -> Result<OwnedFd, String> {
     // thread of the daemon); the groups pointer and length describe a live Vec.
     unsafe {
         if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-            return Err(format!(
-                "setgroups: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
         }
         libc::syscall(libc::SYS_setfsgid, fsgid);
         libc::syscall(libc::SYS_setfsuid, fsuid);

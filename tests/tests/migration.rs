@@ -732,8 +732,16 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
     };
     if !status.is_empty() {
         // (the guest may have ended already on a loaded machine; then only the output counts)
-        assert_eq!(ids("Uid:"), vec!["65534"; 4], "guest {local} uids:\n{status}");
-        assert_eq!(ids("Gid:"), vec!["65534"; 4], "guest {local} gids:\n{status}");
+        assert_eq!(
+            ids("Uid:"),
+            vec!["65534"; 4],
+            "guest {local} uids:\n{status}"
+        );
+        assert_eq!(
+            ids("Gid:"),
+            vec!["65534"; 4],
+            "guest {local} gids:\n{status}"
+        );
     }
     let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
     assert_eq!(
@@ -774,7 +782,11 @@ fn metrics_count_moves_and_forwarded_calls() {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(addr).expect("metrics endpoint");
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        write!(s, "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
         let mut body = String::new();
         s.read_to_string(&mut body).unwrap();
         body.lines()

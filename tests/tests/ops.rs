@@ -753,7 +753,11 @@ fn the_deb_package_carries_the_installed_files() {
     // debug/ (or release/) folder
     let profile_dir = bin.parent().unwrap();
     let target = profile_dir.parent().unwrap();
-    let profile = if profile_dir.ends_with("release") { "release" } else { "dev" };
+    let profile = if profile_dir.ends_with("release") {
+        "release"
+    } else {
+        "dev"
+    };
     let out = Command::new(top.join("scripts/deb.sh"))
         .args(["--no-strip", "-o"])
         .arg(out_dir.path())
@@ -773,7 +777,11 @@ fn the_deb_package_carries_the_installed_files() {
         .filter_map(|e| e.ok().map(|e| e.path()))
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .expect("no .deb written");
-    let list = Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap();
+    let list = Command::new("dpkg-deb")
+        .arg("-c")
+        .arg(&deb)
+        .output()
+        .unwrap();
     assert!(list.status.success());
     let list = String::from_utf8_lossy(&list.stdout);
     for want in [
@@ -788,13 +796,25 @@ fn the_deb_package_carries_the_installed_files() {
     ] {
         assert!(list.contains(want), "{want} is not in the package:\n{list}");
     }
-    let info = Command::new("dpkg-deb").arg("-I").arg(&deb).output().unwrap();
+    let info = Command::new("dpkg-deb")
+        .arg("-I")
+        .arg(&deb)
+        .output()
+        .unwrap();
     let info = String::from_utf8_lossy(&info.stdout);
     assert!(info.contains("Package: omnode"), "{info}");
     assert!(info.contains("postinst"), "no postinst: {info}");
     // The unit in the package calls the packaged binary.
     let x = tempfile::tempdir().unwrap();
-    assert!(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(x.path()).status().unwrap().success());
+    assert!(
+        Command::new("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(x.path())
+            .status()
+            .unwrap()
+            .success()
+    );
     let unit = std::fs::read_to_string(x.path().join("lib/systemd/system/omnode.service")).unwrap();
     assert!(unit.contains("ExecStart=/usr/bin/omnode"), "{unit}");
     // The packaged binary is the one the tests run, and it names the classic links itself.
@@ -804,6 +824,9 @@ fn the_deb_package_carries_the_installed_files() {
         .unwrap();
     let names = String::from_utf8_lossy(&names.stdout);
     for n in ["setpe", "migrate", "mps", "mosrun"] {
-        assert!(names.split_whitespace().any(|x| x == n), "{n} not in {names}");
+        assert!(
+            names.split_whitespace().any(|x| x == n),
+            "{n} not in {names}"
+        );
     }
 }
