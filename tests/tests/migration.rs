@@ -57,8 +57,14 @@ impl Drop for Kid {
 /// and no fds inherited beyond those three.
 fn spawn(prog: &Path, args: &[&str]) -> Kid {
     let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(Stdio::null())
+    cmd.args(args);
+    spawn_cmd(cmd)
+}
+
+/// Starts `cmd` as [`spawn`] does (stdout on a pipe owned by this test, stdin and stderr on
+/// /dev/null, no fds beyond those three), with whatever else the caller set on it.
+fn spawn_cmd(mut cmd: Command) -> Kid {
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
@@ -69,6 +75,13 @@ fn spawn(prog: &Path, args: &[&str]) -> Kid {
         });
     }
     Kid(cmd.spawn().expect("spawn the test program"))
+}
+
+/// `prog args` as nobody (std drops root's supplementary groups with the uid).
+fn nobody(prog: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(prog);
+    cmd.args(args).uid(65534).gid(65534);
+    cmd
 }
 
 /// Reads the child's whole output and waits for it, at most `limit`.
@@ -681,23 +694,7 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
     std::fs::set_permissions(c.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o755)).unwrap();
     std::fs::set_permissions(c.socket(1), PermissionsExt::from_mode(0o666)).unwrap();
-    let as_nobody = |args: &[&str]| {
-        let mut cmd = Command::new(&prog);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .uid(65534)
-            .gid(65534); // (std drops root's supplementary groups with the uid)
-        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
-        Kid(cmd.spawn().expect("spawn the test program as nobody"))
-    };
+    let as_nobody = |args: &[&str]| spawn_cmd(nobody(&prog, args));
     let args = ["60", "25", "9"];
     let plain = as_nobody(&args);
     let plain_pid = plain.0.id();
@@ -829,22 +826,9 @@ fn paths_opened_after_the_move_use_the_process_cwd_and_rights() {
     }
     std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o755)).unwrap();
     let run = || {
-        let mut cmd = Command::new(&prog);
-        cmd.args(["40", "50", secret.to_str().unwrap()])
-            .current_dir(&work)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .uid(65534)
-            .gid(65534);
-        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
-        Kid(cmd.spawn().expect("spawn pathopen as nobody"))
+        let mut cmd = nobody(&prog, &["40", "50", secret.to_str().unwrap()]);
+        cmd.current_dir(&work);
+        spawn_cmd(cmd)
     };
     let (plain_out, plain_st) = finish(run(), Duration::from_secs(60));
     assert!(plain_st.success(), "{plain_st:?}");
