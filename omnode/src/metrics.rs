@@ -251,61 +251,57 @@ pub fn render(r: &StatusReport, links_up: usize) -> String {
         per_node(&|n| n.last_seen_s.map(|c| format!("{c:.3}"))),
     );
     let c = &COUNTERS;
-    let get = |a: &AtomicU64| vec![(String::new(), a.load(Ordering::Relaxed).to_string())];
-    metric(
-        "omnode_gossip_sent_total",
-        "counter",
-        "Load gossip messages sent.",
-        get(&c.gossip_sent),
-    );
-    metric(
-        "omnode_gossip_received_total",
-        "counter",
-        "Load gossip messages received.",
-        get(&c.gossip_received),
-    );
-    metric(
-        "omnode_heartbeats_sent_total",
-        "counter",
-        "Membership heartbeats sent.",
-        get(&c.heartbeats_sent),
-    );
-    metric(
-        "omnode_heartbeats_received_total",
-        "counter",
-        "Membership heartbeats received.",
-        get(&c.heartbeats_received),
-    );
-    metric(
-        "omnode_map_loads_total",
-        "counter",
-        "Maps loaded into the running node (setpe -w, SIGHUP).",
-        get(&c.map_loads),
-    );
-    metric(
-        "omnode_map_load_failures_total",
-        "counter",
-        "Map loads refused (the map in use stayed).",
-        get(&c.map_load_failures),
-    );
-    metric(
-        "omnode_migrations_out_total",
-        "counter",
-        "Processes of this node moved to another node.",
-        get(&c.migrations_out),
-    );
-    metric(
-        "omnode_migrations_in_total",
-        "counter",
-        "Moved processes started here as guests.",
-        get(&c.migrations_in),
-    );
-    metric(
-        "omnode_forwarded_calls_total",
-        "counter",
-        "System calls of moved processes run at home by this node's deputies.",
-        get(&c.forwarded_calls),
-    );
+    let counters: [(&str, &str, &AtomicU64); 9] = [
+        (
+            "omnode_gossip_sent_total",
+            "Load gossip messages sent.",
+            &c.gossip_sent,
+        ),
+        (
+            "omnode_gossip_received_total",
+            "Load gossip messages received.",
+            &c.gossip_received,
+        ),
+        (
+            "omnode_heartbeats_sent_total",
+            "Membership heartbeats sent.",
+            &c.heartbeats_sent,
+        ),
+        (
+            "omnode_heartbeats_received_total",
+            "Membership heartbeats received.",
+            &c.heartbeats_received,
+        ),
+        (
+            "omnode_map_loads_total",
+            "Maps loaded into the running node (setpe -w, SIGHUP).",
+            &c.map_loads,
+        ),
+        (
+            "omnode_map_load_failures_total",
+            "Map loads refused (the map in use stayed).",
+            &c.map_load_failures,
+        ),
+        (
+            "omnode_migrations_out_total",
+            "Processes of this node moved to another node.",
+            &c.migrations_out,
+        ),
+        (
+            "omnode_migrations_in_total",
+            "Moved processes started here as guests.",
+            &c.migrations_in,
+        ),
+        (
+            "omnode_forwarded_calls_total",
+            "System calls of moved processes run at home by this node's deputies.",
+            &c.forwarded_calls,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let v = value.load(Ordering::Relaxed).to_string();
+        metric(name, "counter", help, vec![(String::new(), v)]);
+    }
     out
 }
 
