@@ -51,7 +51,7 @@ mod tracer;
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
-    can_thaw_here, freeze, seize,
+    can_thaw_here, freeze, seize, seize_guest,
 };
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

@@ -106,7 +106,7 @@ enum State {
 }
 
 /// Thread-side state of a home shell.
-struct Shell {
+pub(crate) struct Shell {
     pid: pid_t,
     gadget: u64,
     /// Registers that park P: rip at the vDSO `syscall`, rax = pause.
@@ -150,6 +150,16 @@ impl HomeShell {
 
     pub fn pid(&self) -> i32 {
         self.pid
+    }
+
+    /// The tracer, for a thaw into this shell ([`crate::Thawing::into_shell`]).
+    pub(crate) fn into_parts(self) -> (Tracer, pid_t) {
+        (self.tracer, self.pid)
+    }
+
+    /// The shell again, its tracer thread holding a parked [`Shell`].
+    pub(crate) fn from_parts(tracer: Tracer, pid: pid_t) -> HomeShell {
+        HomeShell { tracer, pid }
     }
 
     fn on<R: Send + 'static>(
@@ -671,7 +681,7 @@ impl Shell {
     }
 
     /// Brings P into a stop we can work in (from pause() or a group stop).
-    fn stop_for_work(&mut self) -> Result<()> {
+    pub(crate) fn stop_for_work(&mut self) -> Result<()> {
         let pid = self.pid;
         match self.state {
             State::Stopped | State::GroupStop => return Ok(()),
@@ -859,6 +869,94 @@ impl Shell {
                     ptrace_req(Req::Cont, pid, 0).map_err(sio(pid, "PTRACE_CONT"))?;
                 }
             }
+        }
+    }
+}
+
+/// On the tracer thread: the parked shell taken out of the slot, stopped for work, for a thaw
+/// into it. On failure it stays in the slot as it was.
+pub(crate) fn take_stopped(slot: &mut Slot, pid: pid_t) -> Result<Shell> {
+    let Some(sh) = slot.get::<Shell>() else {
+        return Err(serr(pid, "the shell is gone"));
+    };
+    sh.stop_for_work()?;
+    if sh.state != State::Stopped {
+        return Err(serr(
+            pid,
+            "it is stopped by job control at home; continue it (fg/bg) first",
+        ));
+    }
+    Ok(slot.take::<Shell>().expect("just seen"))
+}
+
+impl Shell {
+    /// The `syscall` instruction of its vDSO and the registers that park it.
+    pub(crate) fn parking(&self) -> (u64, libc::user_regs_struct) {
+        (self.gadget, self.parked)
+    }
+
+    /// Signals that reached P while it was worked on (already suppressed).
+    pub(crate) fn take_signals(&mut self) -> Vec<i32> {
+        self.pending
+            .drain(..)
+            .filter_map(|e| match e {
+                ShellEvent::Signal { info, .. } => Some(info.signo),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// On the tracer thread, after a thaw into the shell failed half-way: every mapping but the
+/// vDSO areas is unmapped again (the argv/env page too: `ps` then shows `[comm]`) and P is
+/// parked as before, back in the slot. If even that fails, P is killed (a half-built process
+/// must never run; the process lives on where the image came from) and the error says so.
+pub(crate) fn restore_parked(slot: &mut Slot, mut sh: Shell) -> Result<()> {
+    let pid = sh.pid;
+    let r = (|| {
+        let maps = read_to_string(&format!("/proc/{pid}/maps"))
+            .map_err(sio(pid, "reading maps"))
+            .and_then(|m| parse_maps(&m).map_err(sio(pid, "parsing maps")))?;
+        let keep_names = ["[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]"];
+        let mut keep: Vec<(u64, u64)> = maps
+            .iter()
+            .filter(|m| keep_names.contains(&m.name.as_str()))
+            .map(|m| (m.start, m.end))
+            .collect();
+        keep.sort();
+        if !keep.iter().any(|&(s, e)| s <= sh.gadget && sh.gadget < e) {
+            return Err(serr(pid, "its vDSO is gone"));
+        }
+        let mut t = Tracee::new(pid, sh.gadget, sh.parked);
+        t.call_timeout = Some(WORK_TIMEOUT);
+        let mut cur = 0u64;
+        const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+        for &(s, e) in keep.iter().chain(std::iter::once(&(TASK_SIZE, TASK_SIZE))) {
+            if s > cur && cur < TASK_SIZE {
+                let r = t
+                    .syscall_raw(libc::SYS_munmap, &[cur, s.min(TASK_SIZE) - cur])
+                    .map_err(sio(pid, "munmap"))?;
+                if r < 0 {
+                    return Err(sio(pid, "munmap")(from_neg(r)));
+                }
+            }
+            cur = cur.max(e);
+        }
+        sh.scratch = None;
+        sh.repark()
+    })();
+    match r {
+        Ok(()) => {
+            slot.set(sh);
+            Ok(())
+        }
+        Err(e) => {
+            // SAFETY: plain kill of our tracee.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            Err(serr(
+                pid,
+                format!("it could not be parked again after a failed thaw ({e}); it was killed"),
+            ))
         }
     }
 }

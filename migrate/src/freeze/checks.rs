@@ -8,7 +8,7 @@ use crate::sys::*;
 use libc::pid_t;
 
 /// Checks done before the process is touched (and again once it is stopped).
-pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
+pub(super) fn check_status(pid: pid_t, seized: bool, guest: bool) -> Result<String> {
     let st = proc_read(pid, "status")?;
     // every check fails closed: a field that cannot be read or parsed refuses the freeze
     let field = |k: &str| {
@@ -49,7 +49,8 @@ pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
             return Err(unsup(pid, "it has already exited (zombie)"));
         }
     }
-    if status_field(&st, "Seccomp").is_some_and(|v| v != "0") {
+    // A guest's filter is its supervisor's (the image does not carry it): allowed there only.
+    if !guest && status_field(&st, "Seccomp").is_some_and(|v| v != "0") {
         return Err(unsup(
             pid,
             "it runs under a seccomp filter (not supported yet)",

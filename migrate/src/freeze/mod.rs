@@ -119,6 +119,8 @@ pub struct Seized {
     streamed: bool,
     /// The memory map and VmFlags read before the stop (see [`checks::classify_vmas`]).
     pre_map: Option<checks::MapView>,
+    /// Seized with [`seize_guest`].
+    guest: bool,
 }
 
 /// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
@@ -126,12 +128,26 @@ pub struct Seized {
 /// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
 /// process is touched.
 pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
+    seize_with(pid, timeout, false)
+}
+
+/// [`seize`] for a guest: a process this node rebuilt (thawed) and supervises under its own
+/// seccomp user-notification filter, on its way home or on. The filter is allowed (it belongs to
+/// the supervisor; the image does not carry it and the process is rebuilt without it). A
+/// notification the process waits in is cancelled by the stop: its call is re-executed wherever
+/// the image is thawed (the registers are those of the call about to be made), never answered
+/// here.
+pub fn seize_guest(pid: i32, timeout: Duration) -> Result<Seized> {
+    seize_with(pid, timeout, true)
+}
+
+fn seize_with(pid: i32, timeout: Duration, guest: bool) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
     }
     // --- checks before touching anything
-    check_status(pid, false)?;
+    check_status(pid, false, guest)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
     collect_fds(pid)?;
 
@@ -149,6 +165,7 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
         collected: false,
         streamed: false,
         pre_map: Some(pre_map),
+        guest,
     })
 }
 
@@ -214,11 +231,12 @@ impl Seized {
     pub fn collect(&mut self) -> Result<ProcessImage> {
         let (pid, was_stopped) = (self.pid, self.was_stopped);
         let pre = self.pre_map.take();
+        let guest = self.guest;
         let img = self.tracer.call(move |slot| {
             let g = slot.get::<Held>().ok_or(Error::TracerGone {
                 name: format!("omnode-trace-{pid}"),
             })?;
-            collect(g, pid, was_stopped, pre)
+            collect(g, pid, was_stopped, pre, guest)
         })??;
         self.collected = true;
         Ok(img)
@@ -365,9 +383,10 @@ fn collect(
     pid: pid_t,
     was_stopped: bool,
     pre: Option<checks::MapView>,
+    guest: bool,
 ) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
-    let status = check_status(pid, true)?;
+    let status = check_status(pid, true, guest)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
     find_shared(pid, &mut fds)?;

@@ -15,6 +15,7 @@ pub(super) fn finish(
     tramp: u64,
     xstate: Vec<u8>,
     listener_in_child: Option<u64>,
+    keep_creds: bool,
 ) -> Result<()> {
     // pending signals (all signals are blocked in the child until the final mask is set),
     // then credentials last: they drop the privileges needed above
@@ -71,6 +72,7 @@ pub(super) fn finish(
             ));
         }
     }
+    if !keep_creds {
     calls.push(call(
         "setgroups",
         libc::SYS_setgroups,
@@ -86,6 +88,7 @@ pub(super) fn finish(
         libc::SYS_setresuid,
         &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
     ));
+    }
     calls.push(call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,

@@ -24,6 +24,7 @@ mod checks;
 mod fds;
 mod finish;
 mod inject;
+mod into_shell;
 mod maps;
 mod memory;
 mod spawn;
@@ -113,6 +114,8 @@ struct Building {
     guard: ChildGuard,
     /// fd number of the seccomp listener inside the new process, closed in `run`.
     listener_in_child: Option<u64>,
+    /// Thawing into the parked home shell: the shell, put back parked on failure.
+    shell: Option<crate::shell::Shell>,
 }
 
 /// A process being rebuilt, on its tracer thread. `Send`; dropped before [`Thawing::run`], the
@@ -130,6 +133,9 @@ pub struct Thawing {
     memory_time: Duration,
     listener: Option<OwnedFd>,
     done: u8,
+    /// Thawing into the home shell ([`Thawing::into_shell`]): P's fds to close, as they are not
+    /// in the image.
+    shell_close: Option<Vec<i32>>,
 }
 
 fn gone(pid: i32) -> Error {
@@ -233,6 +239,7 @@ impl Thawing {
             memory_time: Duration::ZERO,
             listener: None,
             done: 1,
+            shell_close: None,
         })
     }
 
@@ -290,7 +297,13 @@ impl Thawing {
         let ph = self.opts.fd_placeholders.clone();
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
-        on_thread(self, move |bd| fds::restore_fds(&mut bd.b, &img, &ph, me))
+        let close = self.shell_close.clone().unwrap_or_default();
+        on_thread(self, move |bd| {
+            for fd in close {
+                bd.b.sys("close", libc::SYS_close, &[fd as u64])?;
+            }
+            fds::restore_fds(&mut bd.b, &img, &ph, me)
+        })
     }
 
     /// Phase 5 (optional): installs `filter` with SECCOMP_FILTER_FLAG_NEW_LISTENER by an
@@ -353,16 +366,39 @@ impl Thawing {
         }
         self.phase(6, "run")?;
         let (img, pid, xstate) = (self.img.clone(), self.pid, std::mem::take(&mut self.xstate));
+        let keep_creds = self.shell_close.is_some();
         self.tracer.call(move |slot: &mut Slot| {
             let Some(mut bd) = slot.take::<Building>() else {
                 return Err(gone(pid));
             };
             let tramp = bd.b.tramp;
-            let r = finish::finish(&mut bd.b, &img, pid, tramp, xstate, bd.listener_in_child);
-            if r.is_ok() {
-                bd.guard.armed = false;
+            let signals = bd.shell.as_mut().map(|s| s.take_signals());
+            let r = finish::finish(
+                &mut bd.b,
+                &img,
+                pid,
+                tramp,
+                xstate,
+                bd.listener_in_child,
+                keep_creds,
+            );
+            match r {
+                Ok(()) => bd.guard.armed = false,
+                Err(e) => {
+                    if let Some(sh) = bd.shell.take() {
+                        // not yet let go: back to a parked shell
+                        drop(bd);
+                        crate::shell::restore_parked(slot, sh)?;
+                    }
+                    return Err(e);
+                }
             }
-            r
+            // signals that reached P while it was rebuilt, now that it runs as itself
+            for sig in signals.into_iter().flatten() {
+                // SAFETY: kill with integer arguments.
+                unsafe { libc::kill(pid, sig) };
+            }
+            Ok(())
         })??;
         Ok(Thawed {
             pid: self.pid,
@@ -440,6 +476,7 @@ fn build_skeleton(
         },
         guard: ChildGuard { pid, armed: true },
         listener_in_child: None,
+        shell: None,
     });
     let bd = slot.get::<Building>().expect("just set");
     let st = wait(pid).map_err(terr("waiting for the new process"))?;
