@@ -10,6 +10,7 @@ mod ckpt;
 mod control;
 mod daemon;
 mod error;
+mod gohome;
 mod install;
 mod key;
 mod loadmon;

@@ -43,6 +43,9 @@ pub struct Ident {
     pub sid: i32,
     pub home_fds: Vec<i32>,
     pub cmd: String,
+    /// How many times it has moved, this move included (for `ps` on the node it runs on).
+    #[serde(default)]
+    pub moves: u32,
 }
 
 /// What two migrators send each other. Image chunks go on the bulk lane with their bytes as
@@ -62,6 +65,21 @@ pub enum Wire {
         mig: MigId,
         signo: i32,
     },
+    /// Home to the node running the copy: freeze it and bring it home (the return trip, see
+    /// [`crate::gohome`]).
+    ComeHome {
+        mig: MigId,
+    },
+    /// The node running the copy to home, before its return offer: why it comes home.
+    Leaving {
+        mig: MigId,
+        why: String,
+    },
+    /// The node running the copy to home: it cannot leave now (it runs on there).
+    StaysHere {
+        mig: MigId,
+        why: String,
+    },
 }
 
 /// Something for one migration's thread.
@@ -75,6 +93,10 @@ pub(crate) enum In {
         tid: migration::forward::Tid,
         seq: migration::forward::Seq,
         reply: migration::forward::Reply,
+    },
+    /// `migrate PID home`: bring the process back.
+    ComeHome {
+        reply: Done,
     },
 }
 
@@ -95,7 +117,7 @@ struct Job {
 /// identity cannot be taken, every path call is refused with EACCES (never run as root).
 fn worker(
     pid: i32,
-    mut fds: HashMap<i32, OwnedFd>,
+    fds: crate::gohome::DeputyFds,
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<In>,
 ) {
@@ -113,6 +135,7 @@ fn worker(
             }
             _ => {
                 use std::os::fd::AsFd;
+                let mut fds = lock(&fds);
                 migration::standin::execute_at(&mut fds, cwd.as_ref().map(|c| c.as_fd()), &call)
             }
         };
@@ -193,6 +216,9 @@ pub struct Migrator {
     pub(crate) remotes: Mutex<HashMap<(NodeId, MigId), mpsc::Sender<In>>>,
     /// Rows for `omnode ps`.
     pub(crate) table: Mutex<HashMap<MigId, PsRow>>,
+    /// Processes of this node that moved and came back (state "home"), by PID, for `ps` and
+    /// their move count.
+    pub(crate) came_home: Mutex<HashMap<i32, PsRow>>,
 }
 
 /// One row of `omnode ps`.
@@ -244,6 +270,7 @@ pub fn start(system: &System) -> Arc<Migrator> {
         homes: Mutex::new(HashMap::new()),
         remotes: Mutex::new(HashMap::new()),
         table: Mutex::new(HashMap::new()),
+        came_home: Mutex::new(HashMap::new()),
     });
     let _ = GLOBAL.set(m.clone());
     let m2 = m.clone();
@@ -288,6 +315,24 @@ impl Migrator {
         {
             *data = payload;
         }
+        // a return trip goes to the threads that own the process (see crate::gohome)
+        let ret = match &wire {
+            Wire::Proto { msg, .. } => Some(msg.mig()),
+            Wire::Leaving { mig, .. } => Some(*mig),
+            _ => None,
+        }
+        .filter(|m| m & crate::gohome::RETURN != 0);
+        if let Some(r) = ret {
+            let base = r & !crate::gohome::RETURN;
+            let tx = lock(&self.homes).get(&base).cloned();
+            match tx {
+                Some(tx) => {
+                    let _ = tx.send(In::Wire { from, wire });
+                }
+                None => crate::remote::incoming(self, from, base, wire),
+            }
+            return;
+        }
         let (mig, to_home) = match &wire {
             Wire::Proto { msg, .. } => (
                 msg.mig(),
@@ -310,7 +355,8 @@ impl Migrator {
                     FwdMsg::Request { .. } | FwdMsg::Cancel { .. } | FwdMsg::Unread { .. }
                 ),
             ),
-            Wire::Signal { mig, .. } => (*mig, false),
+            Wire::Signal { mig, .. } | Wire::ComeHome { mig } => (*mig, false),
+            Wire::Leaving { mig, .. } | Wire::StaysHere { mig, .. } => (*mig, true),
         };
         if to_home {
             let tx = lock(&self.homes).get(&mig).cloned();
@@ -348,17 +394,7 @@ impl Migrator {
         to: NodeId,
         uid: Option<u32>,
     ) -> Result<String, String> {
-        let owner = proc_uid(pid).map_err(|e| format!("process {pid}: {e}"))?;
-        match uid {
-            Some(0) => {}
-            Some(u) if u == owner => {}
-            Some(u) => {
-                return Err(format!(
-                    "uid {u} may not move process {pid} (it belongs to uid {owner})"
-                ));
-            }
-            None => return Err("the caller's uid is unknown (SO_PEERCRED failed); refused".into()),
-        }
+        may_move(pid, uid)?;
         if to == self.local {
             return Err(format!("process {pid} already runs on node {to}"));
         }
@@ -393,12 +429,71 @@ impl Migrator {
     /// Rows for `omnode ps`.
     pub fn rows(&self) -> Vec<PsRow> {
         let mut v: Vec<PsRow> = lock(&self.table).values().cloned().collect();
+        let mut back = lock(&self.came_home);
+        back.retain(|pid, _| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|st| !st.contains(") Z ") && !st.contains(") X "))
+        });
+        for r in back.values() {
+            if !v.iter().any(|x| x.pid == r.pid && x.home == r.home) {
+                v.push(r.clone());
+            }
+        }
         v.sort_by_key(|r| r.pid);
         v
     }
 
     pub(crate) fn local(&self) -> NodeId {
         self.local
+    }
+}
+
+/// A user moves only their own processes, root any.
+fn may_move(pid: i32, uid: Option<u32>) -> Result<(), String> {
+    let owner = proc_uid(pid).map_err(|e| format!("process {pid}: {e}"))?;
+    match uid {
+        Some(0) => Ok(()),
+        Some(u) if u == owner => Ok(()),
+        Some(u) => Err(format!(
+            "uid {u} may not move process {pid} (it belongs to uid {owner})"
+        )),
+        None => Err("the caller's uid is unknown (SO_PEERCRED failed); refused".into()),
+    }
+}
+
+impl Migrator {
+    /// The node a moved process of this node runs on, with its migration's thread.
+    fn moved_to(&self, pid: i32) -> Option<(NodeId, mpsc::Sender<In>)> {
+        let (mig, node) = lock(&self.table)
+            .iter()
+            .find(|(_, r)| r.pid == pid && r.home == self.local && r.node != self.local)
+            .map(|(mig, r)| (*mig, r.node))?;
+        let tx = lock(&self.homes).get(&mig).cloned()?;
+        Some((node, tx))
+    }
+
+    /// `omnode migrate PID home`: brings a moved process of this node back into its parked
+    /// home shell (see [`crate::gohome`]). A failure leaves it running where it is.
+    pub async fn come_home(self: &Arc<Self>, pid: i32, uid: Option<u32>) -> Result<String, String> {
+        may_move(pid, uid)?;
+        let Some((node, tx)) = self.moved_to(pid) else {
+            return Err(format!(
+                "process {pid} does not run on another node (it is at home or not moved by omnode)"
+            ));
+        };
+        let (d_tx, d_rx) = tokio::sync::oneshot::channel();
+        if tx.send(In::ComeHome { reply: d_tx }).is_err() {
+            return Err(format!("process {pid}: its migration has just ended"));
+        }
+        match tokio::time::timeout(Duration::from_secs(40), d_rx).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(format!(
+                "bringing {pid} home from node {node}: the migration thread ended"
+            )),
+            Err(_) => Err(format!(
+                "bringing {pid} home from node {node}: no result within 40 s"
+            )),
+        }
     }
 }
 
@@ -481,6 +576,8 @@ fn home_thread(
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };
     let image = Bytes::from(buf);
+    // moves made before (it came home since): the count goes on
+    let prev_moves = lock(&m.came_home).get(&pid).map_or(0, |r| r.moves);
     let Some(exe) = exe_identity(&img.exe) else {
         return answer(Err(format!(
             "process {pid}: its executable {} is unreadable",
@@ -494,6 +591,7 @@ fn home_thread(
         sid,
         home_fds: img.fds.iter().map(|f| f.fd).collect(),
         cmd: img.comm.clone(),
+        moves: prev_moves + 1,
     };
     let offer = Offer {
         mig,
@@ -511,7 +609,7 @@ fn home_thread(
             node: m.local,
             home: m.local,
             state: "migrating".into(),
-            moves: 0,
+            moves: prev_moves,
             cmd: img.comm.clone(),
             local_pid: None,
         },
@@ -523,6 +621,11 @@ fn home_thread(
     let mut dep = DeputyFwd::new();
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
+    let fds_shared: crate::gohome::DeputyFds = Default::default();
+    let mut back: Option<crate::gohome::Back> = None;
+    let mut waiters: Vec<Done> = Vec::new();
+    let mut leaving_why = String::from("asked at home");
+    let ret_mig = mig | crate::gohome::RETURN;
     loop {
         for a in std::mem::take(&mut pending) {
             match a {
@@ -567,6 +670,8 @@ fn home_thread(
                             shell = Some(sh);
                             let (jtx, jrx) = mpsc::channel();
                             let back = me_tx.clone();
+                            *lock(&fds_shared) = fds;
+                            let fds = fds_shared.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name(format!("deputy-{pid}"))
                                 .spawn(move || worker(pid, fds, jrx, back))
@@ -664,7 +769,55 @@ fn home_thread(
                 100
             }));
         match rx.recv_timeout(wait) {
+            Ok(In::ComeHome { reply }) => {
+                if shell.is_none() || back.is_some() || jobs.is_none() {
+                    let _ = reply.send(Err(format!(
+                        "process {pid} is not running on node {to} right now (moving or already coming home)"
+                    )));
+                } else {
+                    m.send(to, Lane::Control, &Wire::ComeHome { mig }, Bytes::new());
+                    waiters.push(reply);
+                }
+            }
             Ok(In::Wire { from, wire }) if from == to => match wire {
+                Wire::Leaving { why, .. } => {
+                    tracing::info!(pid, node = to, "coming home: {why}");
+                    leaving_why = why;
+                }
+                Wire::StaysHere { why, .. } => {
+                    tracing::info!(pid, node = to, "it cannot come home now: {why}");
+                    for w in waiters.drain(..) {
+                        let _ = w.send(Err(format!(
+                            "process {pid} cannot come home now ({why}); it keeps running on node {to}"
+                        )));
+                    }
+                }
+                Wire::Proto { msg, .. } if msg.mig() == ret_mig => match msg {
+                    Msg::Offer(offer) if back.is_none() => {
+                        match crate::gohome::Back::on_offer(m, to, offer, leaving_why.clone()) {
+                            Some((mut b, acts)) => {
+                                if let Some(r) = lock(&m.table).get_mut(&mig) {
+                                    r.state = "coming home".into();
+                                }
+                                b.act(m, to, acts, &mut shell, &fds_shared);
+                                back = Some(b);
+                            }
+                            None => {
+                                for w in waiters.drain(..) {
+                                    let _ = w.send(Err(format!(
+                                        "process {pid} cannot come home (the return was refused here); it keeps running on node {to}"
+                                    )));
+                                }
+                            }
+                        }
+                    }
+                    msg => {
+                        if let Some(b) = back.as_mut() {
+                            let acts = b.on_msg(msg);
+                            b.act(m, to, acts, &mut shell, &fds_shared);
+                        }
+                    }
+                },
                 Wire::Proto { msg, .. } => pending.extend(home.on_msg(msg, Instant::now())),
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
@@ -675,7 +828,7 @@ fn home_thread(
                         early.push(msg);
                     }
                 }
-                Wire::Signal { .. } => {}
+                Wire::Signal { .. } | Wire::ComeHome { .. } => {}
             },
             Ok(In::Done { tid, seq, reply }) => {
                 let acts = dep.on_done(tid, seq, reply);
@@ -686,6 +839,106 @@ fn home_thread(
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         pending.extend(home.on_tick(Instant::now()));
+        if let Some(b) = back.as_mut() {
+            let mut acts = b.on_tick();
+            let mut home_now = false;
+            let mut failed = None;
+            while let Some(ev) = b.next_ev() {
+                match ev {
+                    crate::gohome::BackEv::Ready => acts.extend(b.on_built(Ok(()))),
+                    crate::gohome::BackEv::Running => {
+                        b.now_running(m, to);
+                        home_now = true;
+                    }
+                    crate::gohome::BackEv::Failed(sh, e) => {
+                        if sh.is_none() {
+                            tracing::error!(
+                                pid,
+                                "coming home failed and the home process was lost: {e}; ending the copy on node {to}"
+                            );
+                            m.send(
+                                to,
+                                Lane::Control,
+                                &Wire::Signal {
+                                    mig,
+                                    signo: libc::SIGKILL,
+                                },
+                                Bytes::new(),
+                            );
+                        }
+                        shell = sh;
+                        if b.committed() {
+                            b.run_failed(m, to, &e);
+                        } else {
+                            acts.extend(b.on_built(Err(e.clone())));
+                        }
+                        failed = Some(e);
+                    }
+                }
+            }
+            b.act(m, to, acts, &mut shell, &fds_shared);
+            if home_now {
+                let moves = lock(&m.table).get(&mig).map_or(1, |r| r.moves) + 1;
+                lock(&m.came_home).insert(
+                    pid,
+                    PsRow {
+                        pid,
+                        node: m.local,
+                        home: m.local,
+                        state: "home".into(),
+                        moves,
+                        cmd: ident.cmd.clone(),
+                        local_pid: None,
+                    },
+                );
+                lock(&m.table).remove(&mig);
+                tracing::info!(pid, node = to, "the process came home ({})", b.why);
+                for w in waiters.drain(..) {
+                    let _ = w.send(Ok(format!("process {pid} came home from node {to}")));
+                }
+                drop(jobs.take()); // the deputy's worker ends
+                // answer a re-sent commit for a little while (our `Running` may be lost)
+                let until = Instant::now() + Duration::from_secs(3);
+                while let Some(left) = until.checked_duration_since(Instant::now()) {
+                    match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                        Ok(In::Wire {
+                            wire: Wire::Proto { msg, .. },
+                            ..
+                        }) if msg.mig() == ret_mig => {
+                            let acts = b.on_msg(msg);
+                            b.act(m, to, acts, &mut shell, &fds_shared);
+                        }
+                        Ok(In::ComeHome { reply }) => {
+                            let _ = reply.send(Ok(format!("process {pid} is at home")));
+                        }
+                        Ok(_) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+                return;
+            }
+            if let Some(e) = failed {
+                if let Some(r) = lock(&m.table).get_mut(&mig) {
+                    r.state = "running".into();
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.send(Err(format!(
+                        "process {pid} could not come home ({e}); it keeps running on node {to}"
+                    )));
+                }
+            }
+            if b.is_done() && !b.ran && b.ev_idle() {
+                if let Some(r) = lock(&m.table).get_mut(&mig) {
+                    r.state = "running".into();
+                }
+                for w in waiters.drain(..) {
+                    let _ = w.send(Err(format!(
+                        "process {pid} could not come home; it keeps running on node {to}"
+                    )));
+                }
+                back = None;
+            }
+        }
         if let Some(sh) = shell.as_mut() {
             match sh.next_event(Duration::ZERO) {
                 Ok(None) => {}
@@ -780,11 +1033,7 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
         Request::Ps => Response::Ps(m.rows()),
         Request::Migrate { pid, to } => {
             let node = match to.as_str() {
-                "home" => {
-                    return Response::Error(format!(
-                        "process {pid}: bringing a process home is not implemented yet"
-                    ));
-                }
+                "home" => m.local,
                 n => match n.parse::<NodeId>() {
                     Ok(n) => n,
                     Err(_) => {
@@ -792,9 +1041,32 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                     }
                 },
             };
+            // A process of ours running elsewhere comes home first; moving it on goes via
+            // home (see crate::gohome).
+            let mut said = Vec::new();
+            if let Some((at, _)) = m.moved_to(pid) {
+                if at == node {
+                    return Response::Error(format!("process {pid} already runs on node {node}"));
+                }
+                match m.come_home(pid, uid).await {
+                    Ok(s) => said.push(s),
+                    Err(e) => return Response::Error(e),
+                }
+                if node == m.local {
+                    return Response::Done(said.join("; "));
+                }
+            } else if to == "home" {
+                return Response::Error(format!(
+                    "process {pid} does not run on another node (it is at home or not moved by omnode)"
+                ));
+            }
             match m.migrate(pid, node, uid).await {
-                Ok(s) => Response::Done(s),
-                Err(e) => Response::Error(e),
+                Ok(s) => {
+                    said.push(s);
+                    Response::Done(said.join("; "))
+                }
+                Err(e) if said.is_empty() => Response::Error(e),
+                Err(e) => Response::Error(format!("{}; then: {e}", said.join("; "))),
             }
         }
         Request::MoveAfterExec { pid, to } => {

@@ -100,9 +100,18 @@ fn free_memory() -> u64 {
 }
 
 /// Image bytes from the protocol shell to the builder thread.
-struct ChunkReader {
+pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<Bytes>,
     cur: Bytes,
+}
+
+impl ChunkReader {
+    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> ChunkReader {
+        ChunkReader {
+            rx,
+            cur: Bytes::new(),
+        }
+    }
 }
 
 impl Read for ChunkReader {
@@ -131,11 +140,81 @@ enum Built {
     Ready(Result<(), String>),
     Running(i32),
     Ended(ExitStatus),
+    /// The copy is frozen for its way home (see crate::gohome): the image and the offer (its
+    /// id is set by the protocol shell).
+    Leaving {
+        seized: migrate::Seized,
+        image: Bytes,
+        offer: protocol::Offer,
+        why: String,
+    },
+    /// It could not be frozen for its way home; it runs on here.
+    LeaveFailed(String),
 }
 
 /// From the protocol shell to the builder thread.
 enum Go {
     Run,
+    /// Home asks for it back.
+    ComeHome(String),
+    /// The way home failed: supervise it again.
+    Resume,
+    /// It is home: the copy here was killed.
+    Returned,
+}
+
+/// Freezes the copy for its way home and hands it to the protocol shell; true when it went
+/// home (the copy here was killed), false when it runs on here.
+fn leave(
+    pid: i32,
+    home_pid: i32,
+    why: String,
+    go: &mpsc::Receiver<Go>,
+    out: &mpsc::Sender<Built>,
+) -> bool {
+    let fail = |e: String| {
+        tracing::warn!(pid, "it cannot go home now: {e}");
+        let _ = out.send(Built::LeaveFailed(e));
+        false
+    };
+    let mut seized = match migrate::seize_guest(pid, migrate::DEFAULT_STOP_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot freeze it: {e}")),
+    };
+    let img = match seized.collect() {
+        Ok(i) => i,
+        Err(e) => return fail(format!("cannot freeze it: {e}")),
+    };
+    let mut buf = Vec::new();
+    let st = match seized.stream(&img, &mut buf) {
+        Ok(s) => s,
+        Err(e) => return fail(format!("cannot freeze it: {e}")),
+    };
+    let Some(exe) = crate::migrator::exe_identity(&img.exe) else {
+        return fail(format!("its executable {} is unreadable", img.exe));
+    };
+    let offer = protocol::Offer {
+        mig: 0,
+        pid: home_pid as u32,
+        uid: img.creds.uid[0],
+        image_size: buf.len() as u64,
+        memory_needed: st.page_bytes,
+        cpu_features: Vec::new(),
+        exe,
+    };
+    let _ = out.send(Built::Leaving {
+        seized,
+        image: Bytes::from(buf),
+        offer,
+        why,
+    });
+    loop {
+        match go.recv_timeout(Duration::from_secs(300)) {
+            Ok(Go::Returned) => return true,
+            Ok(Go::Resume) | Err(_) => return false,
+            Ok(Go::ComeHome(_) | Go::Run) => {}
+        }
+    }
 }
 
 /// The home port: forwarded calls go home on the control lane; replies come back through the
@@ -277,7 +356,7 @@ fn builder(
     // Wait for the commit; dropping `t` (abort) kills the half-built process.
     match go.recv_timeout(Duration::from_secs(60)) {
         Ok(Go::Run) => {}
-        Err(_) => return,
+        Ok(_) | Err(_) => return,
     }
     let thawed = match t.run() {
         Ok(t) => t,
@@ -319,19 +398,31 @@ fn builder(
         wake,
     };
     let mut sup = Supervisor::new(listener, id, FdTable::new(ident.home_fds.clone()), port);
+    // A call that must run at home and could not go there: the process waits at it (never a
+    // wrong answer) until home asks for it again.
+    let mut blocked_at_home_call = false;
     loop {
-        match sup.run(Instant::now() + Duration::from_secs(3600)) {
+        match sup.run(Instant::now() + Duration::from_millis(100)) {
             Ok(Stop::Exited) => break,
-            Ok(Stop::Deadline) => continue,
+            Ok(Stop::Deadline) => {
+                if let Ok(Go::ComeHome(why)) = go.try_recv() {
+                    if !leave(pid, ident.pid, why, &go, &out) && blocked_at_home_call {
+                        tracing::info!(pid, "it still waits at a call that must run at home");
+                    }
+                }
+                continue;
+            }
             Ok(Stop::GoHome { reason, .. }) => {
-                // Not implemented yet: the process stays blocked at the call (nothing wrong
-                // is answered); its end is still reported when it is killed.
-                tracing::warn!(
-                    pid,
-                    ?reason,
-                    "the moved process must go home; not implemented yet, it waits"
-                );
-                break;
+                // The notification stays unanswered; the freeze cancels it and the call is
+                // made again at home (see crate::gohome).
+                if !blocked_at_home_call {
+                    let why = format!("it made a call that must run at home ({reason:?})");
+                    tracing::info!(pid, "{why}");
+                    if !leave(pid, ident.pid, why, &go, &out) {
+                        blocked_at_home_call = true;
+                    }
+                }
+                continue;
             }
             Err(e) => {
                 tracing::error!(pid, "supervisor: {e}; killing the remote copy");
@@ -413,6 +504,10 @@ fn target_thread(
     let mut pending = acts;
     let mut ran = false;
     let mut early_signals: Vec<i32> = Vec::new();
+    // the way home (see crate::gohome): this side lets go, so it drives `Home`
+    let ret_mig = mig | crate::gohome::RETURN;
+    let mut leave: Option<(protocol::Home, Option<migrate::Seized>, Bytes)> = None;
+    let mut returned = false;
     loop {
         for a in std::mem::take(&mut pending) {
             match a {
@@ -477,6 +572,37 @@ fn target_thread(
             .min(Duration::from_millis(50));
         match rx.recv_timeout(wait) {
             Ok(In::Wire { wire, .. }) => match wire {
+                Wire::ComeHome { .. } => {
+                    target.on_sign_of_life(Instant::now());
+                    match &go {
+                        Some(g) if local_pid.is_some() && leave.is_none() => {
+                            let _ = g.send(Go::ComeHome("home asked for it".into()));
+                        }
+                        _ => {
+                            let why = "it is not running here right now".to_string();
+                            m.send(
+                                home,
+                                Lane::Control,
+                                &Wire::StaysHere { mig, why },
+                                Bytes::new(),
+                            );
+                        }
+                    }
+                }
+                Wire::Proto { msg, .. } if msg.mig() == ret_mig => {
+                    if let Some((h, _, _)) = leave.as_mut() {
+                        let acts = h.on_msg(msg, Instant::now());
+                        leave_acts(
+                            m,
+                            home,
+                            &mut leave,
+                            acts,
+                            go.as_ref(),
+                            local_pid,
+                            &mut returned,
+                        );
+                    }
+                }
                 Wire::Proto { msg, .. } => pending.extend(target.on_msg(msg, Instant::now())),
                 Wire::Fwd { msg, .. } => {
                     target.on_sign_of_life(Instant::now());
@@ -485,6 +611,7 @@ fn target_thread(
                     // SAFETY: writing 8 bytes to our eventfd.
                     unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
                 }
+                Wire::Leaving { .. } | Wire::StaysHere { .. } => {}
                 Wire::Signal { signo, .. } => {
                     target.on_sign_of_life(Instant::now());
                     match local_pid {
@@ -498,7 +625,7 @@ fn target_thread(
                     }
                 }
             },
-            Ok(In::Done { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(In::Done { .. } | In::ComeHome { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         while let Ok(b) = built_rx.try_recv() {
@@ -517,7 +644,7 @@ fn target_thread(
                             node: m.local(),
                             home,
                             state: "guest".into(),
-                            moves: 1,
+                            moves: ident.moves.max(1),
                             cmd: ident.cmd.clone(),
                             local_pid: Some(p),
                         },
@@ -526,13 +653,149 @@ fn target_thread(
                 Built::Ended(st) => {
                     local_pid = None;
                     lock(&m.table).remove(&mig);
+                    if returned {
+                        // it went home: the copy here was ended on purpose, nothing to report
+                        return;
+                    }
                     pending.extend(target.on_exited(st, Instant::now()));
                 }
+                Built::Leaving {
+                    seized,
+                    image,
+                    mut offer,
+                    why,
+                } => {
+                    offer.mig = ret_mig;
+                    m.send(
+                        home,
+                        Lane::Control,
+                        &Wire::Leaving { mig: ret_mig, why },
+                        Bytes::new(),
+                    );
+                    let (h, acts) =
+                        protocol::Home::start(protocol::Config::default(), offer, Instant::now());
+                    leave = Some((h, Some(seized), image));
+                    leave_acts(
+                        m,
+                        home,
+                        &mut leave,
+                        acts,
+                        go.as_ref(),
+                        local_pid,
+                        &mut returned,
+                    );
+                }
+                Built::LeaveFailed(why) => {
+                    m.send(
+                        home,
+                        Lane::Control,
+                        &Wire::StaysHere { mig, why },
+                        Bytes::new(),
+                    );
+                }
             }
+        }
+        if let Some((h, _, _)) = leave.as_mut() {
+            let acts = h.on_tick(Instant::now());
+            leave_acts(
+                m,
+                home,
+                &mut leave,
+                acts,
+                go.as_ref(),
+                local_pid,
+                &mut returned,
+            );
         }
         pending.extend(target.on_tick(Instant::now()));
         if target.is_done() && local_pid.is_none() && pending.is_empty() {
             return;
+        }
+    }
+}
+
+type Leave = Option<(protocol::Home, Option<migrate::Seized>, Bytes)>;
+
+/// Carries out the way home's actions (this node lets go; see crate::gohome).
+fn leave_acts(
+    m: &std::sync::Arc<Migrator>,
+    home: NodeId,
+    leave: &mut Leave,
+    acts: Vec<protocol::HomeAction>,
+    go: Option<&mpsc::Sender<Go>>,
+    local_pid: Option<i32>,
+    returned: &mut bool,
+) {
+    use protocol::HomeAction;
+    for a in acts {
+        let Some((h, seized, image)) = leave.as_mut() else {
+            return;
+        };
+        let ret_mig = h.mig();
+        match a {
+            HomeAction::Send(msg) => {
+                m.send(
+                    home,
+                    Lane::Control,
+                    &Wire::Proto { msg, ident: None },
+                    Bytes::new(),
+                );
+            }
+            HomeAction::SendChunk { offset, len } => {
+                let (o, l) = (offset as usize, len as usize);
+                let msg = Msg::Chunk {
+                    mig: ret_mig,
+                    offset,
+                    data: Bytes::new(),
+                };
+                m.send(
+                    home,
+                    Lane::Bulk,
+                    &Wire::Proto { msg, ident: None },
+                    image.slice(o..o + l),
+                );
+            }
+            HomeAction::ResumeAtHome { reason } => {
+                // home could not take it: it runs on here, unchanged
+                drop(seized.take());
+                tracing::info!(home, "the way home failed: {reason}; it runs on here");
+                if let Some(g) = go {
+                    let _ = g.send(Go::Resume);
+                }
+                let why = reason.to_string();
+                let base = ret_mig & !crate::gohome::RETURN;
+                m.send(
+                    home,
+                    Lane::Control,
+                    &Wire::StaysHere { mig: base, why },
+                    Bytes::new(),
+                );
+                *leave = None;
+            }
+            HomeAction::ParkHome | HomeAction::EndHome { .. } => {
+                // Home runs it (or may: after the commit it must never run twice): end the
+                // frozen copy here.
+                if let HomeAction::EndHome { reason } = &a {
+                    tracing::warn!(
+                        home,
+                        "no word from home after the commit ({reason}); the copy here ends"
+                    );
+                }
+                let killed = seized
+                    .take()
+                    .map(|s| s.finish(migrate::Ending::Kill).is_ok())
+                    .unwrap_or(false);
+                if !killed && let Some(p) = local_pid {
+                    // SAFETY: kill with integer arguments, our own child.
+                    unsafe { libc::kill(p, libc::SIGKILL) };
+                }
+                *returned = true;
+                if let Some(g) = go {
+                    let _ = g.send(Go::Returned);
+                }
+                *leave = None;
+            }
+            HomeAction::ReproduceExit(_) => {}
         }
     }
 }

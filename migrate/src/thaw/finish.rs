@@ -73,21 +73,21 @@ pub(super) fn finish(
         }
     }
     if !keep_creds {
-    calls.push(call(
-        "setgroups",
-        libc::SYS_setgroups,
-        &[c.groups.len() as u64, p],
-    ));
-    calls.push(call(
-        "setresgid",
-        libc::SYS_setresgid,
-        &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
-    ));
-    calls.push(call(
-        "setresuid",
-        libc::SYS_setresuid,
-        &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
-    ));
+        calls.push(call(
+            "setgroups",
+            libc::SYS_setgroups,
+            &[c.groups.len() as u64, p],
+        ));
+        calls.push(call(
+            "setresgid",
+            libc::SYS_setresgid,
+            &[c.gid[0] as u64, c.gid[1] as u64, c.gid[2] as u64],
+        ));
+        calls.push(call(
+            "setresuid",
+            libc::SYS_setresuid,
+            &[c.uid[0] as u64, c.uid[1] as u64, c.uid[2] as u64],
+        ));
     }
     calls.push(call(
         "prctl(PR_SET_PDEATHSIG)",

@@ -61,8 +61,7 @@ fn same_creds(pid: i32, img: &ProcessImage) -> Result<()> {
     let mut want_gs = img.creds.groups.clone();
     gs.sort();
     want_gs.sort();
-    if u.len() < 3 || g.len() < 3 || u[..3] != img.creds.uid[..3] || g[..3] != img.creds.gid[..3]
-    {
+    if u.len() < 3 || g.len() < 3 || u[..3] != img.creds.uid[..3] || g[..3] != img.creds.gid[..3] {
         return Err(shell_err(
             pid,
             format!(

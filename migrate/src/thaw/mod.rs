@@ -361,6 +361,27 @@ impl Thawing {
     /// Phase 6: pending signals, timers, credentials (the user's, last), rseq, registers, FPU
     /// state and signal mask; then the process is let go.
     pub fn run(mut self) -> Result<Thawed> {
+        self.run_inner()
+    }
+
+    /// [`Thawing::run`] of a thaw into the home shell: on failure (P not yet let go) the shell
+    /// comes back parked, so the copy where the image came from can run on.
+    pub fn run_home(mut self) -> std::result::Result<Thawed, (Option<crate::HomeShell>, Error)> {
+        match self.run_inner() {
+            Ok(t) => Ok(t),
+            Err(e) => {
+                let pid = self.pid;
+                let alive = self
+                    .tracer
+                    .call(|slot: &mut Slot| slot.get::<crate::shell::Shell>().is_some())
+                    .unwrap_or(false);
+                let sh = alive.then(|| crate::HomeShell::from_parts(self.tracer, pid));
+                Err((sh, e))
+            }
+        }
+    }
+
+    fn run_inner(&mut self) -> Result<Thawed> {
         if self.done == 4 {
             self.done = 5; // no filter
         }
