@@ -487,15 +487,24 @@ fn prepare(
     // RLIMIT_CORE 0, set by P itself: lowering its own limit needs no privilege, while
     // prlimit(2) on another user's process needs CAP_SYS_RESOURCE, which root may lack (as on
     // the VMs this was built on). NO_CORE is still zero (fresh mapping); OLD_CORE gets the old
-    // limit, for the undo.
+    // limit, for the undo. Only the soft limit goes to 0: the hard one stays, so the process
+    // can have its old limit back when it comes home (raising a hard limit needs
+    // CAP_SYS_RESOURCE).
     t.syscall(
         libc::SYS_prlimit64,
-        &[
-            0,
-            libc::RLIMIT_CORE as u64,
-            scratch + NO_CORE,
-            scratch + OLD_CORE,
-        ],
+        &[0, libc::RLIMIT_CORE as u64, 0, scratch + OLD_CORE],
+    )
+    .map_err(sio(pid, "prlimit(RLIMIT_CORE) in the process"))?;
+    let mut old = [0u8; 16];
+    read_mem(pid, &mut old, &[(scratch + OLD_CORE, 16)])
+        .map_err(sio(pid, "reading the core limit"))?;
+    let mut soft0 = [0u8; 16];
+    soft0[8..].copy_from_slice(&old[8..]);
+    write_mem(pid, &soft0, &[(scratch + NO_CORE, 16)])
+        .map_err(sio(pid, "writing the core limit"))?;
+    t.syscall(
+        libc::SYS_prlimit64,
+        &[0, libc::RLIMIT_CORE as u64, scratch + NO_CORE, 0],
     )
     .map_err(sio(pid, "prlimit(RLIMIT_CORE, 0) in the process"))?;
     *core_lowered = true;

@@ -844,3 +844,86 @@ fn paths_opened_after_the_move_use_the_process_cwd_and_rights() {
     assert_eq!(out, plain_out, "moved run differs\n{}", logs(&c, &[1, 2]));
     assert!(st.success(), "{st:?}");
 }
+
+/// The `ps --json` row of `pid` on `node`, if it lists it.
+fn ps_row(c: &Cluster, node: u32, pid: u32) -> Option<serde_json::Value> {
+    let ps = cli(c, node, &["ps", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
+    v["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)).cloned())
+}
+
+/// `omnode migrate PID TO` on home (node 1); returns what it said.
+fn migrate_ok(c: &Cluster, nodes: &[u32], pid: u32, to: &str) -> String {
+    let out = cli(c, 1, &["migrate", &pid.to_string(), to]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "migrate {pid} {to} failed: {said}\n{}",
+        logs(c, nodes)
+    );
+    said
+}
+
+/// The C counter with a heap goes to node 2, on to node 3 (via home), then home, mid-run:
+/// its output is byte-identical to an uninterrupted run (getpid() the home PID throughout),
+/// the parent's wait sees its exit code, and `ps` on home counts the moves and shows where it
+/// runs at each step.
+#[test]
+fn counter_moved_to_2_then_3_then_home() {
+    if !can_run("counter_moved_to_2_then_3_then_home") {
+        return;
+    }
+    let nodes = [1, 2, 3];
+    let c = cluster("1 127.0.0.210 3\n", &nodes);
+    let prog = compile(c.dir.path(), "pipecount");
+    let args = ["70", "30", "9"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(9), "uninterrupted run: {plain_st:?}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "2");
+    assert!(said.contains("moved to node 2"), "{said}");
+    guest_pid(&c, 2, pid);
+    let row = ps_row(&c, 1, pid).expect("home lists it");
+    assert_eq!(
+        (row["node"].as_u64(), row["moves"].as_u64()),
+        (Some(2), Some(1)),
+        "{row}"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "3");
+    assert!(said.contains("came home from node 2"), "{said}");
+    assert!(said.contains("moved to node 3"), "{said}");
+    guest_pid(&c, 3, pid);
+    let row = ps_row(&c, 1, pid).expect("home lists it");
+    assert_eq!(
+        (row["node"].as_u64(), row["moves"].as_u64()),
+        (Some(3), Some(3)),
+        "{row}"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "home");
+    assert!(said.contains("came home from node 3"), "{said}");
+    let row = ps_row(&c, 1, pid).expect("home lists it after it came home");
+    assert_eq!(row["node"].as_u64(), Some(1), "{row}");
+    assert_eq!(row["state"], "home", "{row}");
+    assert_eq!(row["moves"].as_u64(), Some(4), "{row}");
+    // it runs here as a normal process again: not traced, not under a filter
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(status.contains("TracerPid:\t0\n"), "{status}");
+    assert!(status.contains("Seccomp:\t0\n"), "{status}");
+
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(9), "{st:?}\n{}", logs(&c, &nodes));
+}

@@ -7,7 +7,14 @@ use crate::image::*;
 use libc::pid_t;
 
 /// Resource limits, name, cwd, umask, personality, signal handlers, mm fields, session.
-pub(super) fn set_attributes(b: &mut Builder, img: &ProcessImage, pid: pid_t) -> Result<()> {
+/// `keep_exe`: the process already has the image's executable (a thaw into the home shell;
+/// the kernel refuses to change it while the file is mapped).
+pub(super) fn set_attributes(
+    b: &mut Builder,
+    img: &ProcessImage,
+    pid: pid_t,
+    keep_exe: bool,
+) -> Result<()> {
     for &(res, cur, max) in &img.rlimits {
         let l = libc::rlimit64 {
             rlim_cur: cur,
@@ -166,7 +173,8 @@ pub(super) fn set_attributes(b: &mut Builder, img: &ProcessImage, pid: pid_t) ->
         s.extend_from_slice(&w.to_ne_bytes());
     }
     s.extend_from_slice(&(img.auxv.len() as u32).to_ne_bytes());
-    s.extend_from_slice(&(exe_fd as u32).to_ne_bytes());
+    let exe_arg = if keep_exe { u32::MAX } else { exe_fd as u32 };
+    s.extend_from_slice(&exe_arg.to_ne_bytes());
     let p = b.data(&s)?;
     calls.push(call(
         "prctl(PR_SET_MM_MAP)",

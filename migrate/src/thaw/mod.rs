@@ -279,7 +279,10 @@ impl Thawing {
     pub fn attributes(&mut self) -> Result<()> {
         self.phase(3, "attributes")?;
         let (img, pid) = (self.img.clone(), self.pid);
-        on_thread(self, move |bd| attrs::set_attributes(&mut bd.b, &img, pid))
+        let keep_exe = self.shell_close.is_some();
+        on_thread(self, move |bd| {
+            attrs::set_attributes(&mut bd.b, &img, pid, keep_exe)
+        })
     }
 
     /// Phase 4: the fd table: reopened files at their offsets, shared descriptions, stdio, and
