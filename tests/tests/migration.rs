@@ -927,3 +927,57 @@ fn counter_moved_to_2_then_3_then_home() {
     assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
     assert_eq!(st.code(), Some(9), "{st:?}\n{}", logs(&c, &nodes));
 }
+
+/// A moved process that forks and then execs: fork (a call the remote cannot serve) brings it
+/// home first, where the fork is made once (the child's parent is the home process); the exec
+/// then runs at home too. Output and exit code are those of an uninterrupted run, and `ps` on
+/// home shows it at home afterwards.
+#[test]
+fn fork_and_exec_in_a_moved_process_bring_it_home() {
+    if !can_run("fork_and_exec_in_a_moved_process_bring_it_home") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.0.214 2\n", &nodes);
+    let prog = compile(c.dir.path(), "forkexec");
+    let args = ["30", "40"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(
+        plain_st.code(),
+        Some(11),
+        "uninterrupted run: {plain_st:?}: {plain_out}"
+    );
+    assert!(plain_out.contains("child exited 5\n"), "{plain_out}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "2");
+    assert!(said.contains("moved to node 2"), "{said}");
+    guest_pid(&c, 2, pid);
+    // the fork brings it home; while the exec'd shell runs, home shows it there
+    let row = wait_for(Duration::from_secs(20), || {
+        ps_row(&c, 1, pid).filter(|r| r["state"] == "home")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "ps on home never showed {pid} at home\n{}",
+            logs(&c, &nodes)
+        )
+    });
+    assert_eq!(row["node"].as_u64(), Some(1), "{row}");
+    assert_eq!(row["moves"].as_u64(), Some(2), "{row}");
+
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
+    let log = c.log_text(1);
+    assert!(
+        log.contains("the process came home (it made a call that must run at home (Fork))"),
+        "home did not log the way home for the fork\n{}",
+        logs(&c, &nodes)
+    );
+}
