@@ -981,3 +981,49 @@ fn fork_and_exec_in_a_moved_process_bring_it_home() {
         logs(&c, &nodes)
     );
 }
+
+/// A way home that home refuses leaves the process running on the remote, unchanged: the
+/// process becomes nobody while on node 2, so home cannot rebuild it into its original process
+/// (whose credentials are still root's). `migrate PID home` fails with a line saying so and
+/// where it keeps running; `ps` still shows it on node 2; its output and exit code are those of
+/// an uninterrupted run.
+#[test]
+fn a_refused_way_home_leaves_it_running_on_the_remote() {
+    if !can_run("a_refused_way_home_leaves_it_running_on_the_remote") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.0.218 2\n", &nodes);
+    let prog = compile(c.dir.path(), "dropuid");
+    let args = ["70", "30", "25", "6"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(6), "uninterrupted run: {plain_st:?}");
+    assert!(plain_out.contains("line 25 pid"), "{plain_out}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(200));
+    migrate_ok(&c, &nodes, pid, "2");
+    guest_pid(&c, 2, pid);
+    // after line 25 it is nobody, on node 2
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = cli(&c, 1, &["migrate", &pid.to_string(), "home"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "came home unexpectedly: {said}");
+    assert!(
+        said.contains("keeps running on node 2") && said.contains("credentials"),
+        "{said}\n{}",
+        logs(&c, &nodes)
+    );
+    let row = ps_row(&c, 1, pid).expect("home still lists it");
+    assert_eq!(row["node"].as_u64(), Some(2), "{row}");
+    assert_eq!(row["state"], "running", "{row}");
+
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&format!("pid {plain_pid} "), &format!("pid {pid} "));
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(6), "{st:?}\n{}", logs(&c, &nodes));
+}
