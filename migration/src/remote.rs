@@ -334,6 +334,8 @@ pub struct Supervisor<P: HomePort> {
     /// Notifications waiting for a forwarded result, by id.
     waiting: HashMap<u64, (Notif, Req)>,
     stats: Stats,
+    /// [`Supervisor::run_until_idle`] is running.
+    stop_when_idle: bool,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -346,6 +348,7 @@ impl<P: HomePort> Supervisor<P> {
             port,
             waiting: HashMap::new(),
             stats: Stats::default(),
+            stop_when_idle: false,
         }
     }
 
@@ -359,6 +362,24 @@ impl<P: HomePort> Supervisor<P> {
 
     pub fn listener(&self) -> &Listener {
         &self.listener
+    }
+
+    /// Calls forwarded home and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.waiting.len().max(self.fwd.in_flight())
+    }
+
+    /// Like [`Supervisor::run`], but returns [`Stop::Deadline`] as soon as no forwarded call
+    /// is in flight (at once if none is): the moment to freeze the process for its way home
+    /// without leaving a call half-done at home (a read whose data would be lost).
+    pub fn run_until_idle(&mut self, deadline: Instant) -> Result<Stop, Error> {
+        if self.in_flight() == 0 {
+            return Ok(Stop::Deadline);
+        }
+        self.stop_when_idle = true;
+        let r = self.run(deadline);
+        self.stop_when_idle = false;
+        r
     }
 
     /// Serves calls until the process exits, must go home, or `deadline` passes.
@@ -395,6 +416,9 @@ impl<P: HomePort> Supervisor<P> {
                 while let Some(m) = self.port.try_recv() {
                     let acts = self.fwd.on_msg(m);
                     self.perform(acts)?;
+                }
+                if self.stop_when_idle && self.in_flight() == 0 {
+                    return Ok(Stop::Deadline);
                 }
             }
             if pfds[0].revents != 0 {

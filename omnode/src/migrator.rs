@@ -793,6 +793,28 @@ fn home_thread(
                     }
                 }
                 Wire::Proto { msg, .. } if msg.mig() == ret_mig => match msg {
+                    Msg::Offer(_)
+                        if back.is_none() && {
+                            // data read at home for it and not yet delivered would be lost
+                            let fds: Vec<i32> = lock(&fds_shared).keys().copied().collect();
+                            fds.iter().any(|&fd| dep.pushed_back(fd) > 0)
+                        } =>
+                    {
+                        let why =
+                            "data read at home for it is still waiting to be delivered; try again";
+                        m.send(
+                            to,
+                            Lane::Control,
+                            &Wire::Proto {
+                                msg: Msg::Abort {
+                                    mig: ret_mig,
+                                    reason: protocol::AbortReason::Cancelled(why.into()),
+                                },
+                                ident: None,
+                            },
+                            Bytes::new(),
+                        );
+                    }
                     Msg::Offer(offer) if back.is_none() => {
                         match crate::gohome::Back::on_offer(m, to, offer, leaving_why.clone()) {
                             Some((mut b, acts)) => {

@@ -406,8 +406,43 @@ fn builder(
             Ok(Stop::Exited) => break,
             Ok(Stop::Deadline) => {
                 if let Ok(Go::ComeHome(why)) = go.try_recv() {
-                    if !leave(pid, ident.pid, why, &go, &out) && blocked_at_home_call {
-                        tracing::info!(pid, "it still waits at a call that must run at home");
+                    // Not while a call forwarded home is half-done (a read's data would be
+                    // lost): serve until none is, for at most 3 s.
+                    let until = Instant::now() + Duration::from_secs(3);
+                    let mut stop = Ok(Stop::Deadline);
+                    while sup.in_flight() > 0 && Instant::now() < until {
+                        stop = sup.run_until_idle(until);
+                        if !matches!(stop, Ok(Stop::Deadline)) {
+                            break;
+                        }
+                    }
+                    match stop {
+                        Ok(Stop::Deadline) if sup.in_flight() == 0 => {
+                            if !leave(pid, ident.pid, why, &go, &out) && blocked_at_home_call {
+                                tracing::info!(
+                                    pid,
+                                    "it still waits at a call that must run at home"
+                                );
+                            }
+                        }
+                        Ok(Stop::Deadline) => {
+                            let _ = out.send(Built::LeaveFailed(
+                                "a call forwarded home is in progress (e.g. a read waiting for input there); try again".into(),
+                            ));
+                        }
+                        Ok(Stop::Exited) => break,
+                        Ok(Stop::GoHome { reason, .. }) => {
+                            let why = format!("it made a call that must run at home ({reason:?})");
+                            if !leave(pid, ident.pid, why, &go, &out) {
+                                blocked_at_home_call = true;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(pid, "supervisor: {e}; killing the remote copy");
+                            // SAFETY: kill with integer arguments, our own child.
+                            unsafe { libc::kill(pid, libc::SIGKILL) };
+                            break;
+                        }
                     }
                 }
                 continue;

@@ -1027,3 +1027,83 @@ fn a_refused_way_home_leaves_it_running_on_the_remote() {
     assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
     assert_eq!(st.code(), Some(6), "{st:?}\n{}", logs(&c, &nodes));
 }
+
+/// gzip reading stdin from a pipe fed slowly by the test and writing stdout to a pipe, moved
+/// to node 2, on to node 3, then home, mid-run: its reads wait at home for input, and each
+/// way home waits for the moment no forwarded read is half-done (no input is lost or read
+/// twice). Output byte-identical to gzip's on the same input; exit 0.
+#[test]
+fn gzip_between_two_pipes_moved_to_2_then_3_then_home() {
+    if !can_run("gzip_between_two_pipes_moved_to_2_then_3_then_home") {
+        return;
+    }
+    use std::io::Write;
+    let nodes = [1, 2, 3];
+    let c = cluster("1 127.0.0.222 3\n", &nodes);
+    let gzip = PathBuf::from("/usr/bin/gzip");
+    assert!(
+        gzip.exists(),
+        "gzip is needed for this test (/usr/bin/gzip)"
+    );
+    let blocks = 60usize;
+    let input: Vec<u8> = (0..blocks).flat_map(block).collect();
+    let reference = {
+        let mut k = Command::new(&gzip)
+            .args(["-c", "-n"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut i = k.stdin.take().unwrap();
+        let data = input.clone();
+        let w = std::thread::spawn(move || i.write_all(&data));
+        let o = k.wait_with_output().unwrap();
+        w.join().unwrap().unwrap();
+        o.stdout
+    };
+    let mut cmd = Command::new(&gzip);
+    cmd.args(["-c", "-n"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut kid = Kid(cmd.spawn().unwrap());
+    let pid = kid.0.id();
+    let mut stdin = kid.0.stdin.take().unwrap();
+    let s = Stream::new(&mut kid);
+    let feeder = std::thread::spawn(move || {
+        for i in 0..blocks {
+            stdin.write_all(&block(i)).unwrap();
+            std::thread::sleep(Duration::from_millis(60));
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    migrate_ok(&c, &nodes, pid, "2");
+    guest_pid(&c, 2, pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let said = migrate_ok(&c, &nodes, pid, "3");
+    assert!(said.contains("came home from node 2"), "{said}");
+    guest_pid(&c, 3, pid);
+    std::thread::sleep(Duration::from_millis(500));
+    let said = migrate_ok(&c, &nodes, pid, "home");
+    assert!(said.contains("came home from node 3"), "{said}");
+    feeder.join().unwrap();
+    let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
+        .unwrap_or_else(|| panic!("gzip did not end\n{}", logs(&c, &nodes)));
+    std::thread::sleep(Duration::from_millis(100));
+    let out = s.buf.lock().unwrap().clone();
+    assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &nodes));
+    assert!(
+        out == reference,
+        "gzip output differs ({} vs {} bytes)\n{}",
+        out.len(),
+        reference.len(),
+        logs(&c, &nodes)
+    );
+}
