@@ -1107,3 +1107,44 @@ fn gzip_between_two_pipes_moved_to_2_then_3_then_home() {
         logs(&c, &nodes)
     );
 }
+
+/// A python3 script moved to node 2, on to node 3, then home, mid-run: output identical to an
+/// uninterrupted run, exit code 4 at home.
+#[test]
+fn python_script_moved_to_2_then_3_then_home() {
+    if !can_run("python_script_moved_to_2_then_3_then_home") {
+        return;
+    }
+    let nodes = [1, 2, 3];
+    let c = cluster("1 127.0.0.226 3\n", &nodes);
+    let exe = Command::new("python3")
+        .args([
+            "-c",
+            "import os,sys; print(os.path.realpath(sys.executable))",
+        ])
+        .output()
+        .expect("python3 is needed for this test");
+    let py = PathBuf::from(String::from_utf8_lossy(&exe.stdout).trim());
+    let script = "import sys, time\n\
+        acc = 0\n\
+        for i in range(150):\n\
+        \x20   acc = (acc * 31 + i * i) % 1000003\n\
+        \x20   sys.stdout.write(f'{i} {acc}\\n'); sys.stdout.flush()\n\
+        \x20   time.sleep(0.02)\n\
+        sys.exit(4)\n";
+    let (plain, plain_st) = finish(spawn(&py, &["-S", "-c", script]), Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(4));
+    let kid = spawn(&py, &["-S", "-c", script]);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(500));
+    migrate_ok(&c, &nodes, pid, "2");
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "3");
+    assert!(said.contains("moved to node 3"), "{said}");
+    std::thread::sleep(Duration::from_millis(300));
+    let said = migrate_ok(&c, &nodes, pid, "home");
+    assert!(said.contains("came home from node 3"), "{said}");
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(out, plain, "{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(4), "{}", logs(&c, &nodes));
+}
