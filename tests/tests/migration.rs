@@ -1148,3 +1148,37 @@ fn python_script_moved_to_2_then_3_then_home() {
     assert_eq!(out, plain, "{}", logs(&c, &nodes));
     assert_eq!(st.code(), Some(4), "{}", logs(&c, &nodes));
 }
+
+/// A moved process that calls execve (no fork): the exec brings it home and runs there, once;
+/// the exec'd shell has the home PID and its exit code reaches the parent.
+#[test]
+fn exec_in_a_moved_process_brings_it_home() {
+    if !can_run("exec_in_a_moved_process_brings_it_home") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.0.230 2\n", &nodes);
+    let prog = compile(c.dir.path(), "forkexec");
+    let args = ["30", "40", "exec"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(11), "uninterrupted run: {plain_st:?}: {plain_out}");
+    assert!(plain_out.contains(&format!("exec pid {plain_pid}\n")), "{plain_out}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(300));
+    migrate_ok(&c, &nodes, pid, "2");
+    guest_pid(&c, 2, pid);
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
+    assert!(
+        c.log_text(1)
+            .contains("the process came home (it made a call that must run at home (Exec))"),
+        "home did not log the way home for the exec\n{}",
+        logs(&c, &nodes)
+    );
+}
