@@ -10,6 +10,9 @@
 //! ({kill, release, park as the home shell}); [`Thawing::skeleton`] → pages → attributes → fds
 //! (with placeholders for home-backed fds) → [`Thawing::install_filter`] (seccomp user
 //! notification, listener handed back) → run. [`freeze`] and [`thaw`] compose them.
+//! Coming home is a thaw INTO the parked home shell ([`Thawing::into_shell`], same phases on
+//! the original process, whose fds are kept; [`Thawing::back_to_shell`] parks it again on
+//! failure); a supervised guest on its way home is frozen with [`seize_guest`].
 //!
 //! Every ptrace call for a process comes from that process's own tracer thread (see
 //! [`Tracer`]): the handles above are `Send`, the tracee state never leaves its thread.

@@ -12,9 +12,11 @@
 //! tracer thread), so they never run on the async runtime; the thread talks to the transport
 //! through the runtime handle, each send bounded by the system's send time-out.
 //!
+//! Coming home and moving on (`migrate PID home`, `migrate PID N` for a moved process, calls
+//! that must run at home) are in [`crate::gohome`]; this thread drives the home half of them.
+//!
 //! Not yet: the image is frozen into memory and then streamed (not streamed while the process
-//! is being read), CPU features are not compared, `migrate PID home`, job-control mirroring,
-//! tty emulation, path calls run in the daemon's cwd rather than the home process's.
+//! is being read), CPU features are not compared, job-control mirroring, tty emulation.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};

@@ -7,9 +7,10 @@
 //! [`HomePort`] carrying forwarded calls to the home deputy over the control lane.
 //! Must not know: how the process is rebuilt or how calls are classified (the crates do).
 //!
-//! Not yet: calls that must go home (fork, exec, ...) leave the process blocked at that call
-//! (never a wrong answer, but it does not come home yet); blocking (`mosctl block`) is not
-//! consulted; CPU features are not compared.
+//! The way home (asked by home, or a call that must run at home: fork, exec, ...) freezes the
+//! copy here and drives the return trip's `protocol::Home`; see [`crate::gohome`].
+//!
+//! Not yet: blocking (`mosctl block`) is not consulted; CPU features are not compared.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
