@@ -396,7 +396,7 @@ impl Thawing {
                 return Err(gone(pid));
             };
             let tramp = bd.b.tramp;
-            let signals = bd.shell.as_mut().map(|s| s.take_signals());
+            let mut signals = bd.shell.as_mut().map(|s| s.take_signals());
             let r = finish::finish(
                 &mut bd.b,
                 &img,
@@ -406,6 +406,13 @@ impl Thawing {
                 bd.listener_in_child,
                 keep_creds,
             );
+            if let Some(v) = signals.as_mut() {
+                // signals that arrived during the injected calls of the rebuild
+                v.extend(bd.b.t.stashed.drain(..).filter_map(|info| {
+                    info.get(..4)
+                        .map(|b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
+                }));
+            }
             match r {
                 Ok(()) => bd.guard.armed = false,
                 Err(e) => {
