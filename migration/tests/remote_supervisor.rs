@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use common::spawn_filtered_prep;
+use common::{spawn_filtered, spawn_filtered_prep};
 use migration::remote::{FdTable, GoHome, Identity, Stop, Supervisor};
 use migration::seccomp::{Program, Response, TrapSet};
 use migration::standin;
@@ -343,4 +343,78 @@ fn interrupted_forwarded_read_loses_nothing() {
     unsafe { libc::write(in_w.as_raw_fd(), b"data first\n".as_ptr().cast(), 11) };
     let (code, stats) = run_interrupted(prep, program, HashMap::from([(0, in_r)]));
     assert_eq!(code, 0, "{stats:?}");
+}
+
+/// Reads 16 bytes from (home-backed) fd 0; exits 0 when it got "x\n".
+fn reads_one_line() -> i32 {
+    let mut b = [0u8; 16];
+    // SAFETY: raw read into our own buffer.
+    let n = unsafe { libc::syscall(libc::SYS_read, 0, b.as_mut_ptr(), 16) };
+    if n == 2 && &b[..2] == b"x\n" { 0 } else { 1 }
+}
+
+/// `run_until_idle` (the moment a moved process may be frozen for its way home) does not
+/// return while a forwarded read waits at home for input, and returns as soon as that read is
+/// answered: then no call is half-done at home and no input can be lost.
+#[test]
+fn run_until_idle_waits_for_a_forwarded_read_to_be_answered() {
+    let prog = Program::build(&TrapSet::remote()).unwrap();
+    let (in_r, in_w) = pipe();
+    let (port, standin) = standin::spawn(HashMap::from([(0, in_r)])).unwrap();
+    let (mut child, listener) = spawn_filtered(&prog, reads_one_line);
+    let id = Identity {
+        pid: HOME_PID as i32,
+        ppid: HOME_PPID as i32,
+        pgid: HOME_PID as i32,
+        sid: HOME_PPID as i32,
+        local_pid: child.pid,
+    };
+    let mut sup = Supervisor::new(listener, id, FdTable::new([0]), port);
+    assert_eq!(sup.in_flight(), 0);
+    assert_eq!(sup.run_until_idle(Instant::now()).unwrap(), Stop::Deadline);
+    // the read goes home and waits there for input
+    let until = Instant::now() + Duration::from_secs(10);
+    while sup.in_flight() == 0 {
+        assert!(Instant::now() < until, "the read was never forwarded");
+        assert_eq!(
+            sup.run(Instant::now() + Duration::from_millis(20)).unwrap(),
+            Stop::Deadline
+        );
+    }
+    let t0 = Instant::now();
+    assert_eq!(
+        sup.run_until_idle(t0 + Duration::from_millis(300)).unwrap(),
+        Stop::Deadline
+    );
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "returned while the read waited"
+    );
+    assert_eq!(sup.in_flight(), 1);
+    // input arrives: the read is answered and run_until_idle returns at once
+    // SAFETY: writing 2 bytes into our pipe.
+    unsafe { libc::write(in_w.as_raw_fd(), b"x\n".as_ptr().cast(), 2) };
+    let t0 = Instant::now();
+    assert_eq!(
+        sup.run_until_idle(t0 + Duration::from_secs(10)).unwrap(),
+        Stop::Deadline
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "did not return when the read was answered"
+    );
+    assert_eq!(sup.in_flight(), 0);
+    loop {
+        match sup.run(Instant::now() + Duration::from_secs(10)).unwrap() {
+            Stop::Exited => break,
+            other => panic!("unexpected stop: {other:?}"),
+        }
+    }
+    let status = child.wait();
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the child did not get its line: {status:#x}"
+    );
+    drop(sup);
+    standin.join();
 }
