@@ -137,6 +137,7 @@ impl Read for ChunkReader {
 }
 
 /// From the builder thread to the protocol shell.
+#[allow(clippy::large_enum_variant)] // one `Leaving` per way home: not worth a box
 enum Built {
     Ready(Result<(), String>),
     Running(i32),
