@@ -13,7 +13,7 @@
 //! through the runtime handle, each send bounded by the system's send time-out.
 //!
 //! Not yet: the image is frozen into memory and then streamed (not streamed while the process
-//! is being read), CPU features are not compared, `migrate PID home`, job-control mirroring,
+//! is being read), `migrate PID home`, job-control mirroring,
 //! tty emulation, path calls run in the daemon's cwd rather than the home process's.
 
 use std::collections::HashMap;
@@ -463,6 +463,14 @@ fn home_thread(
             let _ = d.send(r);
         }
     };
+    let cpu_features = match crate::cpufeat::offered() {
+        Ok(f) => f,
+        Err(e) => {
+            return answer(Err(format!(
+                "process {pid} cannot move to node {to}: this node's CPU features are unknown ({e})"
+            )));
+        }
+    };
     let mut seized = match migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT) {
         Ok(s) => s,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
@@ -501,7 +509,7 @@ fn home_thread(
         uid: img.creds.uid[0],
         image_size: image.len() as u64,
         memory_needed: streamed.page_bytes,
-        cpu_features: Vec::new(),
+        cpu_features,
         exe,
     };
     lock(&m.table).insert(

@@ -4,12 +4,14 @@
 //!
 //! Owns: the shell driving `migration::protocol::Target` with explicit time, the builder thread
 //! (the `migrate` thaw phases, fed by the image chunks through a pipe-like reader), and the
-//! [`HomePort`] carrying forwarded calls to the home deputy over the control lane.
+//! [`HomePort`] carrying forwarded calls to the home deputy over the control lane. Admission
+//! compares the offer's CPU features with this node's ([`crate::cpufeat`]); every guest gets a
+//! [`crate::watchdog`] that kills it if this daemon dies.
 //! Must not know: how the process is rebuilt or how calls are classified (the crates do).
 //!
 //! Not yet: calls that must go home (fork, exec, ...) leave the process blocked at that call
 //! (never a wrong answer, but it does not come home yet); blocking (`mosctl block`) is not
-//! consulted; CPU features are not compared.
+//! consulted.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -272,6 +274,12 @@ fn builder(
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
     };
+    // Before confirming: a guest must never outlive this daemon (a SIGKILLed daemon cannot kill
+    // it). Without the watchdog the move fails and the process stays at home.
+    let _watchdog = match crate::watchdog::Watchdog::start(t.pid()) {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot start the guest's watchdog: {e}")),
+    };
     drop(placeholders);
     let _ = out.send(Built::Ready(Ok(())));
     // Wait for the commit; dropping `t` (abort) kills the half-built process.
@@ -373,7 +381,11 @@ fn target_thread(
         up: true,
         blocked: false,
         free_memory: free_memory(),
-        cpu_features: offer.cpu_features.clone(),
+        // Unknown features here (unreadable /proc/cpuinfo) refuse every offer: fail closed.
+        cpu_features: crate::cpufeat::local().unwrap_or_else(|e| {
+            tracing::error!(home, mig, "CPU features unknown, refusing: {e}");
+            Vec::new()
+        }),
         exe: crate::migrator::exe_identity(&offer.exe.path),
         in_progress,
         max_in_progress: MAX_IN_PROGRESS,
