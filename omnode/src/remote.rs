@@ -280,6 +280,13 @@ fn builder(
         Ok(w) => w,
         Err(e) => return fail(format!("cannot start the guest's watchdog: {e}")),
     };
+    tracing::info!(
+        home,
+        mig,
+        local_pid = t.pid(),
+        watchdog = _watchdog.pid(),
+        "guest watched by its watchdog"
+    );
     drop(placeholders);
     let _ = out.send(Built::Ready(Ok(())));
     // Wait for the commit; dropping `t` (abort) kills the half-built process.
@@ -452,7 +459,10 @@ fn target_thread(
                         pending.extend(target.on_built(Err(e.to_string()), Instant::now()));
                     }
                 }
-                TargetAction::Feed { data, .. } => {
+                TargetAction::Feed { offset, data } => {
+                    if offset == 0 {
+                        tracing::info!(home, mig, "the image streams in (first chunk)");
+                    }
                     if let Some(c) = &chunks {
                         let _ = c.send(data);
                     }
