@@ -471,6 +471,7 @@ fn home_thread(
             )));
         }
     };
+    let frozen_at = Instant::now();
     let mut seized = match migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT) {
         Ok(s) => s,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
@@ -489,6 +490,7 @@ fn home_thread(
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };
     let image = Bytes::from(buf);
+    let imaged = frozen_at.elapsed();
     let Some(exe) = exe_identity(&img.exe) else {
         return answer(Err(format!(
             "process {pid}: its executable {} is unreadable",
@@ -592,7 +594,20 @@ fn home_thread(
                                 deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
-                            answer(Ok(format!("process {pid} moved to node {to}")));
+                            let frozen = frozen_at.elapsed();
+                            tracing::info!(
+                                pid,
+                                node = to,
+                                image_bytes = image.len(),
+                                image_ms = imaged.as_secs_f64() * 1e3,
+                                frozen_ms = frozen.as_secs_f64() * 1e3,
+                                "moved"
+                            );
+                            answer(Ok(format!(
+                                "process {pid} moved to node {to} (image {:.1} MiB, frozen {:.1} ms)",
+                                image.len() as f64 / 1048576.0,
+                                frozen.as_secs_f64() * 1e3
+                            )));
                         }
                         Ok(_) => {}
                         Err(e) => {
