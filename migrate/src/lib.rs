@@ -50,7 +50,8 @@ mod tracer;
 
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
-    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, StreamPlan,
+    Streamed,
     can_thaw_here, freeze, seize,
 };
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};

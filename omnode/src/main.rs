@@ -11,6 +11,7 @@ mod control;
 mod cpufeat;
 mod daemon;
 mod error;
+mod imagestream;
 mod install;
 mod key;
 mod loadmon;
