@@ -10,6 +10,7 @@
 # starts is killed and the directory removed on exit. Environment:
 #   SIZES="1 64 512"  heap sizes (MiB) of the moved process   REPS=3  repetitions per size
 #   STARTS=50         mosrun / fork+exec repetitions          WRITES=20000  64-byte writes
+#   PARTS="move start write cpu"  which measurements to run
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/omnode}")
@@ -17,6 +18,8 @@ SIZES=${SIZES:-"1 64 512"}
 REPS=${REPS:-3}
 STARTS=${STARTS:-50}
 WRITES=${WRITES:-20000}
+PARTS=${PARTS:-"move start write cpu"}
+part() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "no omnode binary at $BIN (cargo build --release -p omnode)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (ptrace and seccomp filters of other processes)" >&2; exit 1; }
 
@@ -140,7 +143,7 @@ ms() { date +%s%N; }
 echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) omnode: $BIN"
 
 # --- move of a N MiB process ----------------------------------------------------------------
-for mib in $SIZES; do
+part move && for mib in $SIZES; do
     for r in $(seq "$REPS"); do
         "$D/heap" "$mib" > "$D/heap.out" & hp=$!; PIDS+=($hp)
         for _ in $(seq 600); do grep -q ready "$D/heap.out" 2>/dev/null && break; sleep 0.05; done
@@ -155,6 +158,7 @@ for mib in $SIZES; do
 done
 
 # --- remote start ---------------------------------------------------------------------------
+if part start; then
 t0=$(ms); for _ in $(seq "$STARTS"); do /bin/true; done; t1=$(ms)
 local_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
 t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- /bin/true; done; t1=$(ms)
@@ -162,8 +166,10 @@ mos_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
 athome=$(grep -c 'mosrun: it runs at home' "$D/n1.log" || true)
 printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s ended before they were moved\n' \
     "$mos_us" "$local_us" "$athome" "$STARTS"
+fi
 
 # --- forwarded 64-byte write ----------------------------------------------------------------
+if part write; then
 "$D/wr" "$D/f.local" "$WRITES" > "$D/wr.local"
 "$D/wr" "$D/f.moved" "$WRITES" > "$D/wr.moved" & wp=$!; PIDS+=($wp)
 for _ in $(seq 100); do grep -q ready "$D/wr.moved" 2>/dev/null && break; sleep 0.02; done
@@ -173,9 +179,10 @@ wait $wp
 pp=$("$D/tcp" pingpong "$WRITES")
 printf 'write 64 B: forwarded %8s us | local %6s us | raw TCP ping-pong %6s us | goal <= 2x ping-pong\n' \
     "$(tail -1 "$D/wr.moved")" "$(tail -1 "$D/wr.local")" "$pp"
+fi
 
 # --- CPU-bound job moved once ---------------------------------------------------------------
-for r in $(seq "$REPS"); do
+part cpu && for r in $(seq "$REPS"); do
     t0=$(ms); "$D/cpu" 40 > "$D/cpu.a"; t1=$(ms)
     plain=$(echo "($t1 - $t0) / 1000000" | bc -l)
     t0=$(ms); "$D/cpu" 40 > "$D/cpu.b" & cp=$!; PIDS+=($cp)

@@ -218,7 +218,10 @@ mod tests {
     fn state(pid: u32) -> char {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
             .ok()
-            .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.trim_start().chars().next()))
+            .and_then(|s| {
+                s.rsplit_once(')')
+                    .and_then(|(_, r)| r.trim_start().chars().next())
+            })
             .unwrap_or('?')
     }
 
@@ -237,12 +240,12 @@ mod tests {
             eprintln!("skipping: needs root (ptrace of a child)");
             return;
         }
-        let kid = Kid(Command::new("python3")
+        let mut kid = Kid(Command::new("python3")
             .args(["-c", "import time\nx = bytes(range(256)) * (32 << 12)\nprint('ready', flush=True)\ntime.sleep(60)"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3"));
-        let mut out = kid.0.stdout.as_ref().unwrap();
+        let mut out = kid.0.stdout.take().unwrap();
         let mut line = [0u8; 6];
         std::io::Read::read_exact(&mut out, &mut line).unwrap();
         let pid = kid.0.id() as i32;
@@ -274,10 +277,17 @@ mod tests {
             "held {} bytes at once",
             src.peak
         );
-        assert!(src.get(0, 10, Duration::from_secs(1)).is_err(), "released bytes came back");
+        assert!(
+            src.get(0, 10, Duration::from_secs(1)).is_err(),
+            "released bytes came back"
+        );
         let seized = src.finish().expect("the process comes back");
         drop(seized);
         std::thread::sleep(Duration::from_millis(100));
-        assert!(matches!(state(pid as u32), 'S' | 'R'), "{}", state(pid as u32));
+        assert!(
+            matches!(state(pid as u32), 'S' | 'R'),
+            "{}",
+            state(pid as u32)
+        );
     }
 }

@@ -139,21 +139,30 @@ mod tests {
 
     fn gone_or_zombie(pid: i32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .map(|s| s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+            .map(|s| {
+                s.rsplit_once(')')
+                    .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+            })
             .unwrap_or(true)
     }
 
     /// The watchdog ends by itself when its guest ends, and leaves our guest alone meanwhile.
     #[test]
     fn ends_with_its_guest() {
-        let mut guest = std::process::Command::new("sleep").arg("0.3").spawn().unwrap();
+        let mut guest = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .unwrap();
         let w = Watchdog::start(guest.id() as i32).unwrap();
         std::thread::sleep(Duration::from_millis(100));
         assert!(!gone_or_zombie(w.pid()), "the watchdog ended early");
         assert!(guest.wait().unwrap().success(), "the guest was killed");
         let t0 = Instant::now();
         while !gone_or_zombie(w.pid()) {
-            assert!(t0.elapsed() < Duration::from_secs(5), "the watchdog outlives its guest");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "the watchdog outlives its guest"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -170,7 +179,10 @@ mod tests {
             // SAFETY: fresh fds.
             unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) }
         };
-        let guest = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let guest = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let gpid = guest.id() as i32;
         // SAFETY: the child only makes raw calls and the watchdog's (also raw) then pauses.
         let daemon = unsafe { libc::fork() };

@@ -635,8 +635,8 @@ fn a_process_lost_with_its_target_ends_at_home_by_sigkill() {
         "{}",
         logs(&c, &[1])
     );
-    // The copy on node 2 does not run on (here because its trapped writes fail once the
-    // listener died with its daemon; nothing yet kills a copy whose daemon was SIGKILLed).
+    // The copy on node 2 does not run on (its watchdog kills it with its daemon; see
+    // migration_faults.rs for a copy that makes no system call).
     wait_for(Duration::from_secs(10), || {
         (!Path::new(&format!("/proc/{local}")).exists()
             || std::fs::read_to_string(format!("/proc/{local}/stat"))

@@ -286,13 +286,18 @@ fn target_killed_during_the_transfer_of_256_mib_the_process_runs_on_at_home() {
     );
 
     let st = ended(&mut kid, Duration::from_secs(120), "after the failed move");
-    assert_eq!(s.all(), plain_out, "output differs from the uninterrupted run");
+    assert_eq!(
+        s.all(),
+        plain_out,
+        "output differs from the uninterrupted run"
+    );
     assert_eq!(st.code(), Some(9), "{st:?}");
 }
 
 /// The target daemon stopped (SIGSTOP) for 2 s after the move, then continued: 2 s is less
 /// than the failure time-out, so the moved process survives and finishes with the output and
-/// exit code of an uninterrupted run (its heap hash included).
+/// exit code of an uninterrupted run (its heap hash included). On the way, the 64 MiB image
+/// streamed with bounded memory at home.
 #[test]
 fn target_stopped_for_2_s_after_the_move_the_process_finishes_correctly() {
     if !can_run("target_stopped_for_2_s") {
@@ -300,7 +305,7 @@ fn target_stopped_for_2_s_after_the_move_the_process_finishes_correctly() {
     }
     let mut c = cluster("1 127.0.0.204 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "bigheap");
-    let args = ["16", "100", "40", "4"];
+    let args = ["64", "100", "40", "4"];
     let (plain_out, plain_st) = plain_run(&prog, &args);
     assert_eq!(plain_st.code(), Some(4));
 
@@ -311,6 +316,23 @@ fn target_stopped_for_2_s_after_the_move_the_process_finishes_correctly() {
     moved(&c, pid, 2);
     let local = guest_pid(&c, 2, pid);
     let target = c.pid(2).expect("node 2 runs") as i32;
+    // The image streamed while it was read: home never held more than the protocol's window
+    // (4 MiB) and a few 256 KiB pieces of the 64 MiB image.
+    let log = c.log_text(1);
+    let field = |name: &str| -> u64 {
+        log.lines()
+            .find(|l| l.contains("migrator: moved "))
+            .and_then(|l| l.split(&format!("{name}=")).nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("node 1 logged no {name}\n{log}"))
+    };
+    let (image, held) = (field("image_bytes"), field("held_at_most"));
+    assert!(image > 64 << 20, "image of {image} bytes");
+    assert!(
+        held > 0 && held <= (4 << 20) + (8 << 18),
+        "home held {held} bytes of a {image}-byte image at once"
+    );
     let lines_before = s.text().lines().count();
     signal(target, libc::SIGSTOP);
     let cont = Cont(target);
@@ -366,7 +388,11 @@ fn a_guest_dies_with_its_own_daemon_and_nothing_is_left_behind() {
     c.kill(2);
     wait_for(Duration::from_secs(5), || gone(local).then_some(()))
         .unwrap_or_else(|| panic!("the guest {local} outlived its daemon by 5 s"));
-    let st = ended(&mut kid, Duration::from_secs(20), "home after the target died");
+    let st = ended(
+        &mut kid,
+        Duration::from_secs(20),
+        "home after the target died",
+    );
     assert_eq!(st.signal(), Some(libc::SIGKILL), "{st:?}");
     assert!(
         c.log_text(1).contains("moved process lost"),
@@ -376,7 +402,10 @@ fn a_guest_dies_with_its_own_daemon_and_nothing_is_left_behind() {
     wait_for(Duration::from_secs(5), || gone(watchdog).then_some(()))
         .unwrap_or_else(|| panic!("the watchdog {watchdog} is still there"));
     let left = running_exe(&prog);
-    assert!(left.is_empty(), "processes of the program still run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the program still run: {left:?}"
+    );
     assert!(!s.all().contains("done"), "the program ran to its end?");
 }
 
@@ -412,7 +441,10 @@ fn the_remote_copy_ends_when_home_goes_away() {
     // The home process (the parked shell) is ours to end; the remote one is gone.
     drop(kid);
     let left = running_exe(&prog);
-    assert!(left.is_empty(), "processes of the program still run: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of the program still run: {left:?}"
+    );
 }
 
 /// CPU features this machine has, among the ones the test hides from node 2.

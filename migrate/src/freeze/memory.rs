@@ -105,10 +105,8 @@ pub(super) fn write_plan<W: Write>(
                 off += l as usize;
             }
         } else {
-            read_mem(pid, buf, &sec.runs).map_err(ferr(
-                pid,
-                format!("reading memory at {:#x}", sec.runs[0].0),
-            ))?;
+            read_mem(pid, buf, &sec.runs)
+                .map_err(ferr(pid, format!("reading memory at {:#x}", sec.runs[0].0)))?;
         }
         hdr.clear();
         hdr.extend_from_slice(&(sec.runs.len() as u32).to_le_bytes());
