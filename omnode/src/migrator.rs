@@ -78,6 +78,9 @@ pub(crate) enum In {
         seq: migration::forward::Seq,
         reply: migration::forward::Reply,
     },
+    /// Another channel of the thread has news (the target's builder finished a step): look
+    /// there now rather than at the next time-out.
+    Wake,
 }
 
 /// A forwarded call for the deputy's worker thread.

@@ -74,12 +74,12 @@ pub(crate) fn incoming(m: &std::sync::Arc<Migrator>, from: NodeId, mig: MigId, w
     };
     let in_progress = lock(&m.remotes).len();
     let (tx, rx) = mpsc::channel();
-    lock(&m.remotes).insert(key, tx);
+    lock(&m.remotes).insert(key, tx.clone());
     let m2 = m.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("mig-remote-{}", ident.pid))
         .spawn(move || {
-            target_thread(&m2, from, offer, ident, in_progress, rx);
+            target_thread(&m2, from, offer, ident, in_progress, (tx, rx));
             lock(&m2.remotes).remove(&key);
             lock(&m2.table).remove(&mig);
         });
@@ -133,6 +133,23 @@ enum Built {
     Ready(Result<(), String>),
     Running(i32),
     Ended(ExitStatus),
+}
+
+/// The builder's way to the protocol shell: its news, and a wake-up of the shell's message
+/// loop (which otherwise looks only after a message or its time-out: a confirmation could
+/// wait up to 50 ms).
+#[derive(Clone)]
+struct BuiltTx {
+    tx: mpsc::Sender<Built>,
+    wake: mpsc::Sender<In>,
+}
+
+impl BuiltTx {
+    fn send(&self, b: Built) -> Result<(), mpsc::SendError<Built>> {
+        self.tx.send(b)?;
+        let _ = self.wake.send(In::Wake);
+        Ok(())
+    }
 }
 
 /// From the protocol shell to the builder thread.
@@ -226,7 +243,7 @@ fn builder(
     ident: Ident,
     reader: ChunkReader,
     go: mpsc::Receiver<Go>,
-    out: mpsc::Sender<Built>,
+    out: BuiltTx,
     port_rx: mpsc::Receiver<FwdMsg>,
     wake: std::sync::Arc<OwnedFd>,
 ) {
@@ -377,7 +394,7 @@ fn target_thread(
     offer: protocol::Offer,
     ident: Ident,
     in_progress: usize,
-    rx: mpsc::Receiver<In>,
+    (wake, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
 ) {
     let mig = offer.mig;
     let uid_known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(offer.uid))
@@ -417,6 +434,7 @@ fn target_thread(
         return;
     };
     let (built_tx, built_rx) = mpsc::channel::<Built>();
+    let built_tx = BuiltTx { tx: built_tx, wake };
     let (fwd_tx, fwd_rx) = mpsc::channel::<FwdMsg>();
     let wake = match eventfd() {
         Ok(w) => std::sync::Arc::new(w),
@@ -520,7 +538,7 @@ fn target_thread(
                     }
                 }
             },
-            Ok(In::Done { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(In::Done { .. } | In::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         while let Ok(b) = built_rx.try_recv() {
