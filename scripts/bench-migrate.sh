@@ -161,11 +161,12 @@ done
 if part start; then
 t0=$(ms); for _ in $(seq "$STARTS"); do /bin/true; done; t1=$(ms)
 local_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
-t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- /bin/true; done; t1=$(ms)
+fails=0
+t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- /bin/true || fails=$((fails + 1)); done; t1=$(ms)
 mos_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
 athome=$(grep -c 'mosrun: it runs at home' "$D/n1.log" || true)
-printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s ended before they were moved\n' \
-    "$mos_us" "$local_us" "$athome" "$STARTS"
+printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s ended before they were moved, %s failed\n' \
+    "$mos_us" "$local_us" "$athome" "$STARTS" "$fails"
 fi
 
 # --- forwarded 64-byte write ----------------------------------------------------------------
