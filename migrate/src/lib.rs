@@ -53,8 +53,8 @@ mod tracer;
 
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
-    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
-    can_thaw_here, freeze, seize, seize_guest,
+    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, StreamPlan,
+    Streamed, can_thaw_here, freeze, seize, seize_guest,
 };
 pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

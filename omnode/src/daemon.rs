@@ -41,6 +41,7 @@ struct Plan {
 
 pub fn run(args: DaemonArgs) -> Result<(), Error> {
     crate::logging::init(args.log_format);
+    crate::cpufeat::set_mask(args.mask_cpu_features.as_deref().unwrap_or(""));
     let key = key::load(&args.key_file)?;
     let plan = plan(&args)?;
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -8,9 +8,11 @@
 mod cgroup;
 mod ckpt;
 mod control;
+mod cpufeat;
 mod daemon;
 mod error;
 mod gohome;
+mod imagestream;
 mod install;
 mod key;
 mod loadmon;
@@ -25,6 +27,7 @@ mod reload;
 mod remote;
 mod setpe;
 mod status;
+mod watchdog;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -155,6 +158,11 @@ pub struct DaemonArgs {
 
     #[command(flatten)]
     pub mfs: mfsd::Args,
+
+    /// For tests only: CPU features (comma-separated /proc/cpuinfo names, or `xsave_size`)
+    /// this node pretends not to have when it admits migrations.
+    #[arg(long, hide = true, value_name = "LIST", env = "OMNODE_MASK_CPU_FEATURES")]
+    pub mask_cpu_features: Option<String>,
 }
 
 fn parse_port(s: &str) -> Result<u16, String> {

@@ -15,8 +15,10 @@
 //! Coming home and moving on (`migrate PID home`, `migrate PID N` for a moved process, calls
 //! that must run at home) are in [`crate::gohome`]; this thread drives the home half of them.
 //!
-//! Not yet: the image is frozen into memory and then streamed (not streamed while the process
-//! is being read), CPU features are not compared, job-control mirroring, tty emulation.
+//! The image streams while the process is read ([`crate::imagestream`]): home holds at most
+//! the protocol's window of it.
+//!
+//! Not yet: job-control mirroring, tty emulation.
 
 use std::collections::HashMap;
 use std::os::fd::{FromRawFd, OwnedFd};
@@ -100,6 +102,9 @@ pub(crate) enum In {
     ComeHome {
         reply: Done,
     },
+    /// Another channel of the thread has news (the target's builder finished a step): look
+    /// there now rather than at the next time-out.
+    Wake,
 }
 
 /// A forwarded call for the deputy's worker thread.
@@ -560,6 +565,15 @@ fn home_thread(
             let _ = d.send(r);
         }
     };
+    let cpu_features = match crate::cpufeat::offered() {
+        Ok(f) => f,
+        Err(e) => {
+            return answer(Err(format!(
+                "process {pid} cannot move to node {to}: this node's CPU features are unknown ({e})"
+            )));
+        }
+    };
+    let frozen_at = Instant::now();
     let mut seized = match migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT) {
         Ok(s) => s,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
@@ -572,14 +586,15 @@ fn home_thread(
         Ok(v) => v,
         Err(e) => return answer(Err(format!("process {pid}: {e}"))),
     };
-    let mut buf = Vec::new();
-    let streamed = match seized.stream(&img, &mut buf) {
-        Ok(s) => s,
+    // What the image holds and its exact size, before any page is read: the offer goes out
+    // now and the pages stream while they are read (bounded memory here).
+    let plan = match seized.plan(&img) {
+        Ok(p) => p,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };
-    let image = Bytes::from(buf);
     // moves made before (it came home since): the count goes on
     let prev_moves = lock(&m.came_home).get(&pid).map_or(0, |r| r.moves);
+    let (image_len, page_bytes) = (plan.image_bytes, plan.page_bytes);
     let Some(exe) = exe_identity(&img.exe) else {
         return answer(Err(format!(
             "process {pid}: its executable {} is unreadable",
@@ -599,9 +614,9 @@ fn home_thread(
         mig,
         pid: pid as u32,
         uid: img.creds.uid[0],
-        image_size: image.len() as u64,
-        memory_needed: streamed.page_bytes,
-        cpu_features: Vec::new(),
+        image_size: image_len,
+        memory_needed: page_bytes,
+        cpu_features,
         exe,
     };
     lock(&m.table).insert(
@@ -616,8 +631,19 @@ fn home_thread(
             local_pid: None,
         },
     );
+    let mut source = match crate::imagestream::ImageSource::start(seized, plan, pid) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            lock(&m.table).remove(&mig);
+            // the Seized went with the failed thread start and was dropped: the process runs
+            return answer(Err(format!(
+                "process {pid} cannot move to node {to}: cannot start reading it: {e}; it keeps running here"
+            )));
+        }
+    };
     let (mut home, acts) = Home::start(protocol::Config::default(), offer, Instant::now());
-    let mut seized = Some(seized);
+    let mut seized: Option<migrate::Seized> = None;
+    let mut held_peak = 0u64;
     let mut shell: Option<migrate::HomeShell> = None;
     let mut jobs: Option<mpsc::Sender<Job>> = None;
     let mut dep = DeputyFwd::new();
@@ -636,20 +662,29 @@ fn home_thread(
                     m.send(to, Lane::Control, &Wire::Proto { msg, ident }, Bytes::new());
                 }
                 HomeAction::SendChunk { offset, len } => {
-                    let (o, l) = (offset as usize, len as usize);
-                    let msg = Msg::Chunk {
-                        mig,
-                        offset,
-                        data: Bytes::new(),
+                    let data = match source.as_mut() {
+                        Some(src) => src.get(offset, len, Duration::from_secs(30)),
+                        None => Err("the image is no longer held".to_string()),
                     };
-                    m.send(
-                        to,
-                        Lane::Bulk,
-                        &Wire::Proto { msg, ident: None },
-                        image.slice(o..o + l),
-                    );
+                    match data {
+                        Ok(data) => {
+                            let msg = Msg::Chunk {
+                                mig,
+                                offset,
+                                data: Bytes::new(),
+                            };
+                            m.send(to, Lane::Bulk, &Wire::Proto { msg, ident: None }, data);
+                        }
+                        Err(e) => {
+                            tracing::warn!(pid, node = to, "image: {e}");
+                            pending.extend(home.cancel(&e, Instant::now()));
+                        }
+                    }
                 }
                 HomeAction::ResumeAtHome { reason } => {
+                    if let Some(src) = source.take() {
+                        seized = src.finish();
+                    }
                     drop(seized.take()); // puts the process back, running as it was
                     tracing::info!(pid, node = to, "migration refused or failed: {reason}");
                     return answer(Err(format!(
@@ -657,6 +692,9 @@ fn home_thread(
                     )));
                 }
                 HomeAction::ParkHome => {
+                    if let Some(src) = source.take() {
+                        seized = src.finish();
+                    }
                     let Some(s) = seized.take() else { continue };
                     match s.finish(migrate::Ending::ParkAsHomeShell) {
                         Ok(migrate::Finished::Parked(sh)) => {
@@ -691,7 +729,20 @@ fn home_thread(
                                 deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
-                            answer(Ok(format!("process {pid} moved to node {to}")));
+                            let frozen = frozen_at.elapsed();
+                            tracing::info!(
+                                pid,
+                                node = to,
+                                image_bytes = image_len,
+                                held_at_most = held_peak,
+                                frozen_ms = frozen.as_secs_f64() * 1e3,
+                                "moved"
+                            );
+                            answer(Ok(format!(
+                                "process {pid} moved to node {to} (image {:.1} MiB, frozen {:.1} ms)",
+                                image_len as f64 / 1048576.0,
+                                frozen.as_secs_f64() * 1e3
+                            )));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -842,7 +893,18 @@ fn home_thread(
                         }
                     }
                 },
-                Wire::Proto { msg, .. } => pending.extend(home.on_msg(msg, Instant::now())),
+                Wire::Proto { msg, .. } => {
+                    pending.extend(home.on_msg(msg, Instant::now()));
+                    if let Some(src) = source.as_mut() {
+                        match home.state() {
+                            protocol::HomeState::Streaming { acked, .. } => src.release(*acked),
+                            protocol::HomeState::Offering => {}
+                            // the whole image is acknowledged: let the memory go
+                            _ => src.release(u64::MAX),
+                        }
+                        held_peak = held_peak.max(src.peak);
+                    }
+                }
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
                     if jobs.is_some() {

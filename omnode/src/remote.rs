@@ -4,13 +4,15 @@
 //!
 //! Owns: the shell driving `migration::protocol::Target` with explicit time, the builder thread
 //! (the `migrate` thaw phases, fed by the image chunks through a pipe-like reader), and the
-//! [`HomePort`] carrying forwarded calls to the home deputy over the control lane.
+//! [`HomePort`] carrying forwarded calls to the home deputy over the control lane. Admission
+//! compares the offer's CPU features with this node's ([`crate::cpufeat`]); every guest gets a
+//! [`crate::watchdog`] that kills it if this daemon dies.
 //! Must not know: how the process is rebuilt or how calls are classified (the crates do).
 //!
 //! The way home (asked by home, or a call that must run at home: fork, exec, ...) freezes the
 //! copy here and drives the return trip's `protocol::Home`; see [`crate::gohome`].
 //!
-//! Not yet: blocking (`mosctl block`) is not consulted; CPU features are not compared.
+//! Not yet: blocking (`mosctl block`) is not consulted.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -73,12 +75,12 @@ pub(crate) fn incoming(m: &std::sync::Arc<Migrator>, from: NodeId, mig: MigId, w
     };
     let in_progress = lock(&m.remotes).len();
     let (tx, rx) = mpsc::channel();
-    lock(&m.remotes).insert(key, tx);
+    lock(&m.remotes).insert(key, tx.clone());
     let m2 = m.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("mig-remote-{}", ident.pid))
         .spawn(move || {
-            target_thread(&m2, from, offer, ident, in_progress, rx);
+            target_thread(&m2, from, offer, ident, in_progress, (tx, rx));
             lock(&m2.remotes).remove(&key);
             lock(&m2.table).remove(&mig);
         });
@@ -154,6 +156,23 @@ enum Built {
     LeaveFailed(String),
 }
 
+/// The builder's way to the protocol shell: its news, and a wake-up of the shell's message
+/// loop (which otherwise looks only after a message or its time-out: a confirmation could
+/// wait up to 50 ms).
+#[derive(Clone)]
+struct BuiltTx {
+    tx: mpsc::Sender<Built>,
+    wake: mpsc::Sender<In>,
+}
+
+impl BuiltTx {
+    fn send(&self, b: Built) -> Result<(), mpsc::SendError<Built>> {
+        self.tx.send(b)?;
+        let _ = self.wake.send(In::Wake);
+        Ok(())
+    }
+}
+
 /// From the protocol shell to the builder thread.
 enum Go {
     Run,
@@ -172,7 +191,7 @@ fn leave(
     home_pid: i32,
     why: String,
     go: &mpsc::Receiver<Go>,
-    out: &mpsc::Sender<Built>,
+    out: &BuiltTx,
 ) -> bool {
     let fail = |e: String| {
         tracing::warn!(pid, "it cannot go home now: {e}");
@@ -305,7 +324,7 @@ fn builder(
     ident: Ident,
     reader: ChunkReader,
     go: mpsc::Receiver<Go>,
-    out: mpsc::Sender<Built>,
+    out: BuiltTx,
     port_rx: mpsc::Receiver<FwdMsg>,
     wake: std::sync::Arc<OwnedFd>,
 ) {
@@ -353,6 +372,19 @@ fn builder(
         Ok(t) => t,
         Err(e) => return fail(e.to_string()),
     };
+    // Before confirming: a guest must never outlive this daemon (a SIGKILLed daemon cannot kill
+    // it). Without the watchdog the move fails and the process stays at home.
+    let _watchdog = match crate::watchdog::Watchdog::start(t.pid()) {
+        Ok(w) => w,
+        Err(e) => return fail(format!("cannot start the guest's watchdog: {e}")),
+    };
+    tracing::info!(
+        home,
+        mig,
+        local_pid = t.pid(),
+        watchdog = _watchdog.pid(),
+        "guest watched by its watchdog"
+    );
     drop(placeholders);
     let _ = out.send(Built::Ready(Ok(())));
     // Wait for the commit; dropping `t` (abort) kills the half-built process.
@@ -490,7 +522,7 @@ fn target_thread(
     offer: protocol::Offer,
     ident: Ident,
     in_progress: usize,
-    rx: mpsc::Receiver<In>,
+    (wake, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
 ) {
     let mig = offer.mig;
     let uid_known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(offer.uid))
@@ -501,7 +533,11 @@ fn target_thread(
         up: true,
         blocked: false,
         free_memory: free_memory(),
-        cpu_features: offer.cpu_features.clone(),
+        // Unknown features here (unreadable /proc/cpuinfo) refuse every offer: fail closed.
+        cpu_features: crate::cpufeat::local().unwrap_or_else(|e| {
+            tracing::error!(home, mig, "CPU features unknown, refusing: {e}");
+            Vec::new()
+        }),
         exe: crate::migrator::exe_identity(&offer.exe.path),
         in_progress,
         max_in_progress: MAX_IN_PROGRESS,
@@ -526,6 +562,7 @@ fn target_thread(
         return;
     };
     let (built_tx, built_rx) = mpsc::channel::<Built>();
+    let built_tx = BuiltTx { tx: built_tx, wake };
     let (fwd_tx, fwd_rx) = mpsc::channel::<FwdMsg>();
     let wake = match eventfd() {
         Ok(w) => std::sync::Arc::new(w),
@@ -572,7 +609,10 @@ fn target_thread(
                         pending.extend(target.on_built(Err(e.to_string()), Instant::now()));
                     }
                 }
-                TargetAction::Feed { data, .. } => {
+                TargetAction::Feed { offset, data } => {
+                    if offset == 0 {
+                        tracing::info!(home, mig, "the image streams in (first chunk)");
+                    }
                     if let Some(c) = &chunks {
                         let _ = c.send(data);
                     }
@@ -662,7 +702,8 @@ fn target_thread(
                     }
                 }
             },
-            Ok(In::Done { .. } | In::ComeHome { .. }) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(In::Done { .. } | In::ComeHome { .. } | In::Wake)
+            | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         while let Ok(b) = built_rx.try_recv() {

@@ -1,4 +1,5 @@
-//! Memory streaming: pagemap walk and PAGES sections through process_vm_readv or /proc/PID/mem.
+//! Memory streaming: a pagemap walk makes a [`PagePlan`]; the planned pages are then read
+//! through process_vm_readv or /proc/PID/mem and written as PAGES sections.
 
 use super::ferr;
 use crate::error::{Error, Result};
@@ -11,22 +12,44 @@ use std::os::unix::fs::FileExt;
 
 const CHUNK: usize = 512 << 10;
 
-struct Dumper<'a, W: Write> {
-    pid: pid_t,
-    sw: &'a mut SectionWriter<W>,
-    runs: Vec<(u64, u64)>,
-    data: Vec<u8>,
-    used: usize,
-    via_mem: bool,
-    mem: Option<File>,
-    total: u64,
-    sections: u64,
+/// Which pages a freeze writes and how they are cut into PAGES sections, decided by one
+/// pagemap walk before any page is read: the image size is then known up front (an offer can
+/// carry it while the pages are still to be read), and the image is exactly this plan even if
+/// a page changes state meanwhile (a reclaimed MADV_FREE page then reads as zeros, which is
+/// what the process itself would see).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct PagePlan {
+    pub(crate) sections: Vec<PlannedSection>,
+    /// Bytes of page contents.
+    pub(crate) total: u64,
 }
 
-impl<W: Write> Dumper<'_, W> {
-    fn add(&mut self, mut a: u64, mut l: u64, readable: bool) -> Result<()> {
+#[derive(Debug, Clone)]
+pub(crate) struct PlannedSection {
+    /// Read through /proc/PID/mem (unreadable mappings) rather than process_vm_readv.
+    via_mem: bool,
+    runs: Vec<(u64, u64)>,
+    bytes: usize,
+}
+
+impl PlannedSection {
+    /// Bytes of the section on the wire (header, run table, contents, checksum).
+    pub(crate) fn wire_bytes(&self) -> u64 {
+        12 + 4 + 16 * self.runs.len() as u64 + self.bytes as u64 + 4
+    }
+}
+
+struct Planner {
+    plan: PagePlan,
+    runs: Vec<(u64, u64)>,
+    used: usize,
+    via_mem: bool,
+}
+
+impl Planner {
+    fn add(&mut self, mut a: u64, mut l: u64, readable: bool) {
         if !self.runs.is_empty() && self.via_mem == readable {
-            self.flush()?;
+            self.flush();
         }
         self.via_mem = !readable;
         while l > 0 {
@@ -37,78 +60,81 @@ impl<W: Write> Dumper<'_, W> {
             a += take;
             l -= take;
             if self.used == CHUNK || self.runs.len() == 1024 {
-                self.flush()?;
+                self.flush();
             }
         }
-        Ok(())
     }
-    fn flush(&mut self) -> Result<()> {
+    fn flush(&mut self) {
         if self.runs.is_empty() {
-            return Ok(());
+            return;
         }
-        let pid = self.pid;
-        let buf = &mut self.data[..self.used];
-        if self.via_mem {
-            if self.mem.is_none() {
-                self.mem = Some(
+        self.plan.sections.push(PlannedSection {
+            via_mem: self.via_mem,
+            runs: std::mem::take(&mut self.runs),
+            bytes: self.used,
+        });
+        self.plan.total += self.used as u64;
+        self.used = 0;
+    }
+}
+
+/// Reads the planned pages of `pid` and writes them as PAGES sections; returns (page bytes,
+/// sections).
+pub(super) fn write_plan<W: Write>(
+    pid: pid_t,
+    plan: &PagePlan,
+    sw: &mut SectionWriter<W>,
+) -> Result<(u64, u64)> {
+    let mut data = vec![0u8; CHUNK];
+    let mut mem: Option<File> = None;
+    let mut hdr = Vec::new();
+    for sec in &plan.sections {
+        let buf = &mut data[..sec.bytes];
+        if sec.via_mem {
+            if mem.is_none() {
+                mem = Some(
                     File::open(format!("/proc/{pid}/mem"))
                         .map_err(ferr(pid, "opening /proc/PID/mem"))?,
                 );
             }
-            let m = self.mem.as_ref().unwrap();
+            let m = mem.as_ref().expect("just opened");
             let mut off = 0usize;
-            for &(a, l) in &self.runs {
+            for &(a, l) in &sec.runs {
                 m.read_exact_at(&mut buf[off..off + l as usize], a)
                     .map_err(ferr(pid, format!("reading memory at {a:#x}")))?;
                 off += l as usize;
             }
         } else {
-            read_mem(pid, buf, &self.runs).map_err(ferr(
-                pid,
-                format!("reading memory at {:#x}", self.runs[0].0),
-            ))?;
+            read_mem(pid, buf, &sec.runs)
+                .map_err(ferr(pid, format!("reading memory at {:#x}", sec.runs[0].0)))?;
         }
-        let mut hdr = Vec::with_capacity(4 + self.runs.len() * 16);
-        hdr.extend_from_slice(&(self.runs.len() as u32).to_le_bytes());
-        for &(a, l) in &self.runs {
+        hdr.clear();
+        hdr.extend_from_slice(&(sec.runs.len() as u32).to_le_bytes());
+        for &(a, l) in &sec.runs {
             hdr.extend_from_slice(&a.to_le_bytes());
             hdr.extend_from_slice(&l.to_le_bytes());
         }
-        self.sw
-            .section(TAG_PAGES, &[&hdr, buf])
-            .map_err(Error::Stream)?;
-        self.total += self.used as u64;
-        self.sections += 1;
-        self.runs.clear();
-        self.used = 0;
-        Ok(())
+        sw.section(TAG_PAGES, &[&hdr, buf]).map_err(Error::Stream)?;
     }
+    Ok((plan.total, plan.sections.len() as u64))
 }
 
-pub(super) fn dump_pages<W: Write>(
-    pid: pid_t,
-    vmas: &[Vma],
-    sw: &mut SectionWriter<W>,
-) -> Result<(u64, u64)> {
+/// The pages of `vmas` a freeze writes (see [`PagePlan`]).
+pub(super) fn plan_pages(pid: pid_t, vmas: &[Vma]) -> Result<PagePlan> {
     let pagemap =
         File::open(format!("/proc/{pid}/pagemap")).map_err(ferr(pid, "opening pagemap"))?;
-    let mut d = Dumper {
-        pid,
-        sw,
+    let mut d = Planner {
+        plan: PagePlan::default(),
         runs: Vec::new(),
-        data: vec![0u8; CHUNK],
         used: 0,
         via_mem: false,
-        mem: None,
-        total: 0,
-        sections: 0,
     };
     let mut pm: Vec<u8> = Vec::new();
     for v in vmas {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         match v.kind {
             VmaKind::SharedAnon => {
-                d.add(v.start, v.len(), readable)?;
+                d.add(v.start, v.len(), readable);
                 continue;
             }
             VmaKind::Anon => {}
@@ -141,18 +167,18 @@ pub(super) fn dump_pages<W: Write>(
                     (None, true) => run = Some((addr, PAGE)),
                     (Some(r), false) => {
                         let (a, l) = *r;
-                        d.add(a, l, readable)?;
+                        d.add(a, l, readable);
                         run = None;
                     }
                     (None, false) => {}
                 }
             }
             if let Some((a, l)) = run {
-                d.add(a, l, readable)?;
+                d.add(a, l, readable);
             }
             i0 += m;
         }
     }
-    d.flush()?;
-    Ok((d.total, d.sections))
+    d.flush();
+    Ok(d.plan)
 }

@@ -22,10 +22,12 @@ mod fds;
 mod memory;
 mod seized;
 mod state;
+mod stream;
+
+pub use stream::StreamPlan;
 
 use checks::{check_status, classify_vmas};
 use fds::{collect_fds, find_shared};
-use memory::dump_pages;
 pub(crate) use seized::Held;
 pub(crate) use seized::restart_fixup;
 use state::{find_gadget, parse_limits, sigmask_field};
@@ -255,23 +257,8 @@ impl Seized {
                 ),
             });
         }
-        let mem_start = Instant::now();
-        let sio = |e: io::Error| Error::Stream(e);
-        let mut sw = SectionWriter::new(io::BufWriter::with_capacity(1 << 16, out)).map_err(sio)?;
-        sw.section(TAG_PROCESS, &[&img.encode()]).map_err(sio)?;
-        let (page_bytes, sections) = dump_pages(self.pid, &img.vmas, &mut sw)?;
-        let mut end = [0u8; 16];
-        end[..8].copy_from_slice(&page_bytes.to_le_bytes());
-        end[8..].copy_from_slice(&sections.to_le_bytes());
-        sw.section(TAG_END, &[&end]).map_err(sio)?;
-        sw.w.flush().map_err(sio)?;
-        self.streamed = true;
-        Ok(Streamed {
-            image_bytes: sw.bytes,
-            page_bytes,
-            sections,
-            memory_time: mem_start.elapsed(),
-        })
+        let plan = self.plan(img)?;
+        self.stream_plan(&plan, out)
     }
 
     /// How long the process has been stopped so far.
