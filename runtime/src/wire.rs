@@ -15,7 +15,8 @@ use crate::transport::Frame;
 
 /// Bumped whenever anything on the wire changes incompatibly.
 /// v2: typed refusals in `HelloReply`, `Kind::Busy`.
-/// v3: per-actor credits (`Kind::Credit`).
+/// v3: per-actor credits (`Kind::Credit`); transport-tcp cuts frames into lane-tagged
+/// pieces.
 pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first message on an authenticated link, in both directions.

@@ -363,7 +363,10 @@ async fn a_fast_sender_to_a_sleeping_actor_is_held_back_by_credit() {
     match refused {
         (Error::Busy { node: 2, name }, waited) => {
             assert_eq!(name, "sleeper");
-            assert!(waited >= limit, "refused after {waited:?}, before the time-out");
+            assert!(
+                waited >= limit,
+                "refused after {waited:?}, before the time-out"
+            );
         }
         other => panic!("expected busy, got {other:?}"),
     }
@@ -388,7 +391,10 @@ async fn a_fast_sender_to_a_sleeping_actor_is_held_back_by_credit() {
         {
             Ok(()) => break,
             Err(Error::Busy { .. }) => {
-                assert!(std::time::Instant::now() < deadline, "credit never came back")
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "credit never came back"
+                )
             }
             Err(e) => panic!("{e}"),
         }

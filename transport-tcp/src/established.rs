@@ -130,6 +130,9 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     ctl.done.cancel();
 }
 
+/// See `read_loop`.
+const YIELD_BYTES: usize = 256 << 10;
+
 async fn read_loop(
     inner: &Inner,
     peer: NodeId,
@@ -139,7 +142,15 @@ async fn read_loop(
 ) -> String {
     let idle = inner.config.idle_timeout;
     let mut unpacker = Unpacker::new(inner.config.max_frame);
+    // Bytes opened since this task last let others run: a stream of bulk keeps the socket
+    // readable, and tokio's budget alone would let this loop hold its worker for
+    // milliseconds, delaying the tasks that answer control frames.
+    let mut since_yield = 0usize;
     loop {
+        if since_yield >= YIELD_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let msg = match tokio::time::timeout(idle, read.next()).await {
             Err(_) => return format!("nothing received for {idle:?} (peer dead or unreachable)"),
             Ok(None) => return "connection closed by peer".into(),
@@ -155,6 +166,7 @@ async fn read_loop(
             return "message failed authentication; dropped link".into();
         }
         nonce += 1;
+        since_yield += msg.len();
         loop {
             match unpacker.next_frame() {
                 Ok(Some(frame)) => {

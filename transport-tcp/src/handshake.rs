@@ -137,6 +137,7 @@ async fn negotiate(
 ) -> Result<Negotiated, HsError> {
     let cfg = &inner.config;
     stream.set_nodelay(true)?;
+    set_unsent_limit(&stream, cfg.unsent_limit)?;
     let (r, mut w) = stream.into_split();
     let mut r = FramedRead::new(r, length_codec());
     let proto = |e: snow::Error| HsError::Protocol(format!("{e:?}"));
@@ -309,4 +310,29 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         outbox,
         ctl,
     })
+}
+
+/// Cap the bytes the kernel holds unsent on `stream` (`TCP_NOTSENT_LOWAT`; 0: leave it).
+fn set_unsent_limit(stream: &TcpStream, limit: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if limit == 0 {
+        return Ok(());
+    }
+    let value = libc::c_int::try_from(limit).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd is the stream's open socket for the whole call; the option value is
+    // a c_int on our stack whose size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

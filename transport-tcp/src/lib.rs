@@ -58,7 +58,7 @@ use runtime::NodeId;
 use runtime::transport::link;
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -99,12 +99,10 @@ impl Transport {
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e| Error::Config(format!("{e:?}")))?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(&config).map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
             source,
@@ -267,4 +265,19 @@ impl rt::Transport for Transport {
             let _ = tokio::time::timeout(Duration::from_secs(3), all).await;
         })
     }
+}
+
+/// The listening socket, with the configured receive buffer (inherited by accepted links).
+fn listen(config: &Config) -> std::io::Result<TcpListener> {
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = config.recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(1024)
 }
