@@ -23,13 +23,15 @@
 //! [`crate::wire::Refusal`] it can log.
 //!
 //! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
-//! queue), [`link`] (control block, slot claim, size check), [`pacing`] (back-off, repeated
+//! queue), [`pieces`] (frames as lane-tagged pieces of a byte stream), [`link`] (control
+//! block, slot claim, size check), [`pacing`] (back-off, repeated
 //! warnings), [`pool`] (receive buffers).
 
 pub mod lanes;
 pub mod link;
 pub mod liveness;
 pub mod pacing;
+pub mod pieces;
 pub mod pool;
 
 use std::future::Future;
