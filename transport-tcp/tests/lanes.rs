@@ -170,3 +170,92 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
+
+/// Sleeps the number of milliseconds it is sent.
+struct Sleeper;
+
+impl Actor for Sleeper {
+    type Msg = Inbound<u64>;
+    async fn handle(&mut self, m: Inbound<u64>, _ctx: &mut Context<Self>) {
+        tokio::time::sleep(Duration::from_millis(m.msg)).await;
+    }
+}
+
+/// Per-actor credits over real TCP: a fast sender to a sleeping actor is held back at
+/// about `CREDIT` bytes (what the sleeping actor's node holds for it), gets `Busy` after
+/// its send time-out, while asks to another actor on the same link are answered at once
+/// and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_sender_to_a_sleeping_actor_is_held_back_over_tcp() {
+    init_logs();
+    let (a, ta) = node(3, 13).await;
+    let (b, tb) = node(4, 13).await;
+    let sleeper = b.spawn("sleeper", || Sleeper);
+    b.serve::<u64, _>("sleeper", sleeper);
+    let echo = b.spawn("echo", || Echo);
+    b.serve::<u64, _>("echo", echo);
+    let mut a_links = a.link_events();
+    let infos = vec![
+        runtime::transport::PeerInfo {
+            id: 3,
+            addrs: vec![ta.local_addr()],
+        },
+        runtime::transport::PeerInfo {
+            id: 4,
+            addrs: vec![tb.local_addr()],
+        },
+    ];
+    ta.set_peers(infos.clone());
+    tb.set_peers(infos);
+    let up = tokio::time::timeout(WAIT, a_links.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(up, LinkEvent::Up(4));
+    let limit = Duration::from_millis(300);
+    a.set_send_timeout(limit);
+    a.tell(4, "sleeper", &5_000u64).await.unwrap();
+    let chunk = Bytes::from(vec![3u8; 64 * 1024]);
+    let credit = runtime::system::CREDIT;
+    let mut sent = 0u64;
+    let (refused, waited) = loop {
+        let t0 = Instant::now();
+        match a
+            .tell_with_payload(4, "sleeper", &0u64, chunk.clone())
+            .await
+        {
+            Ok(()) => sent += chunk.len() as u64,
+            Err(e) => break (e, t0.elapsed()),
+        }
+        assert!(
+            sent <= 2 * credit,
+            "{sent} bytes accepted: no back-pressure"
+        );
+    };
+    assert!(
+        matches!(&refused, runtime::Error::Busy { node: 4, name } if name == "sleeper"),
+        "expected busy, got {refused:?}"
+    );
+    assert!(waited >= limit, "refused after {waited:?}");
+    assert!(
+        sent <= credit && sent + 2 * chunk.len() as u64 >= credit,
+        "held back after {sent} bytes, credit {credit}"
+    );
+    for n in 0..50u64 {
+        let t0 = Instant::now();
+        let r: u64 = a.ask(4, "echo", &n, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(r, n);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "ask took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(ta.connected(), vec![4]);
+    assert!(matches!(
+        a_links.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
