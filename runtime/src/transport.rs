@@ -25,7 +25,8 @@
 //! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
 //! queue), [`pieces`] (frames as lane-tagged pieces of a byte stream), [`link`] (control
 //! block, slot claim, size check), [`pacing`] (back-off, repeated
-//! warnings), [`pool`] (receive buffers).
+//! warnings), [`pool`] (receive buffers), [`table`] (the link table: one link per peer, the
+//! claim of its slot, the sender's lookup).
 
 pub mod lanes;
 pub mod link;
@@ -33,6 +34,7 @@ pub mod liveness;
 pub mod pacing;
 pub mod pieces;
 pub mod pool;
+pub mod table;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -11,6 +11,7 @@ use runtime::NodeId;
 use runtime::transport::lanes::Outq;
 use runtime::transport::link;
 use runtime::transport::pieces::{Large, Packer, Unpacker};
+use runtime::transport::table::Phase;
 use runtime::transport::{Event, Lane};
 use tracing::info;
 
@@ -49,14 +50,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let discovered = {
         let mut st = lock(&inner.state);
         let listed = st.listed.contains_key(&node);
-        let closed = st.closed;
-        let current = match st.links.get_mut(&node) {
-            Some(l) if l.id == id && !closed => {
-                l.up = true;
-                true
-            }
-            _ => false,
-        };
+        let current = !st.links.is_closed() && st.links.set_phase(node, id, Phase::Up);
         if !current {
             drop(st);
             inner.unclaim(node, id);
@@ -92,16 +86,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     link::join_or_abort(writer, Duration::from_secs(2)).await;
     drop(read);
 
-    let current = {
-        let mut st = lock(&inner.state);
-        match st.links.get_mut(&node) {
-            Some(l) if l.id == id => {
-                l.up = false;
-                true
-            }
-            _ => false,
-        }
-    };
+    let current = lock(&inner.state).links.set_phase(node, id, Phase::Closing);
     if current {
         info!("link to node {node} down: {reason}");
         inner.emit(Event::Down { peer: node, reason }).await;

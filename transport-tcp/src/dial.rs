@@ -75,7 +75,7 @@ pub(crate) async fn dial_loop(
     loop {
         // Nothing to do while a link (either direction) exists.
         loop {
-            let has_link = lock(&inner.state).links.contains_key(&peer);
+            let has_link = lock(&inner.state).links.contains(peer);
             if !has_link {
                 break;
             }

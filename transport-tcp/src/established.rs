@@ -16,7 +16,8 @@ use tracing::{debug, info};
 use crate::codec::Unpacker;
 use crate::handshake::{TAG, open, recv_raw};
 use crate::outbox::Outbox;
-use crate::state::{Inner, LinkState, lock};
+use crate::state::{Inner, lock};
+use runtime::transport::table::Phase;
 
 /// A link whose handshake completed and which is registered (Up not yet sent).
 pub(crate) struct Established {
@@ -74,10 +75,8 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         match confirm {
             Ok(()) => {
                 next_nonce = 3;
-                let mut st = lock(&inner.state);
-                match st.links.get_mut(&peer) {
-                    Some(l) if l.id == id => l.state = LinkState::Up,
-                    _ => ctl.close("replaced"),
+                if !lock(&inner.state).links.set_phase(peer, id, Phase::Up) {
+                    ctl.close("replaced");
                 }
             }
             Err(e) => {
@@ -104,25 +103,14 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let reason = ctl.reason().unwrap_or(reason);
     drop(read);
 
-    let current = {
-        let mut st = lock(&inner.state);
-        match st.links.get_mut(&peer) {
-            Some(l) if l.id == id => {
-                l.state = LinkState::Closing;
-                true
-            }
-            _ => false,
-        }
-    };
+    let current = lock(&inner.state).links.set_phase(peer, id, Phase::Closing);
     if current {
         if was_up {
             info!("link to node {peer} down: {reason}");
             inner.emit(Event::Down { peer, reason }).await;
         }
         let mut st = lock(&inner.state);
-        if st.links.get(&peer).is_some_and(|l| l.id == id) {
-            st.links.remove(&peer);
-        }
+        st.links.remove(peer, id);
         if let Some(p) = st.peers.get(&peer) {
             p.wake.notify_one();
         }

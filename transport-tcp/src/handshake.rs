@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 use crate::error::HsError;
 use crate::established::Established;
 use crate::outbox::Outbox;
-use crate::state::{Inner, LinkEntry, LinkState};
+use crate::state::{Inner, LinkEntry};
+use runtime::transport::table::{Phase, Slot};
 
 /// AES-GCM rather than ChaCha20-Poly1305: with ring's assembly it seals and opens twice as
 /// fast on CPUs with AES instructions (BENCHMARKS.md, `noise_1MiB`).
@@ -261,15 +262,13 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
     .map_err(HsError::Protocol)?;
     let ctl = Arc::new(LinkCtl::new(&inner.root));
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
-    let entry = LinkEntry {
+    let entry = Slot {
         id,
-        state: if arbiter {
-            LinkState::Reserved
-        } else {
-            LinkState::Up
+        phase: if arbiter { Phase::Reserved } else { Phase::Up },
+        link: LinkEntry {
+            outbox: outbox.clone(),
+            ctl: ctl.clone(),
         },
-        outbox: outbox.clone(),
-        ctl: ctl.clone(),
     };
     let refusal = |reason: Refusal| -> Vec<u8> {
         let m = seal(&noise, 1, &HelloReply::Refused { reason }.encode()).unwrap_or_default();

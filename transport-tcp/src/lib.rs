@@ -55,7 +55,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runtime::NodeId;
-use runtime::transport::link;
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
 use tokio::net::{TcpListener, TcpSocket};
@@ -68,7 +67,7 @@ pub use crate::error::Error;
 
 use crate::dial::{accept_loop, dial_loop};
 use crate::handshake::NOISE_PARAMS;
-use crate::state::{Inner, LinkState, PeerEntry, State, lock};
+use crate::state::{Inner, PeerEntry, State, lock};
 
 /// Inbound connections allowed in the handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 128;
@@ -143,20 +142,12 @@ impl Transport {
         peer: NodeId,
         frame: Frame,
     ) -> Result<(Arc<outbox::Outbox>, Frame), rt::SendError> {
-        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
-            return Err(rt::SendError::new(e, frame));
-        }
         let st = lock(&self.inner.state);
-        let error = if st.closed {
-            rt::Error::Closed
-        } else {
-            match st.links.get(&peer) {
-                Some(l) if l.state == LinkState::Up => return Ok((l.outbox.clone(), frame)),
-                _ if !st.peers.contains_key(&peer) => rt::Error::UnknownPeer(peer),
-                _ => rt::Error::Unreachable(peer),
-            }
-        };
-        Err(rt::SendError::new(error, frame))
+        let listed = st.peers.contains_key(&peer);
+        st.links
+            .route(peer, listed, frame, self.inner.config.max_frame, |l| {
+                l.outbox.clone()
+            })
     }
 }
 
@@ -200,7 +191,7 @@ impl rt::Transport for Transport {
     fn set_peers(&self, peers: Vec<PeerInfo>) {
         let inner = &self.inner;
         let mut st = lock(&inner.state);
-        if st.closed {
+        if st.links.is_closed() {
             return;
         }
         let wanted: HashMap<NodeId, Vec<SocketAddr>> = peers
@@ -218,8 +209,8 @@ impl rt::Transport for Transport {
             if let Some(p) = st.peers.remove(&id) {
                 p.cancel.cancel();
             }
-            if let Some(l) = st.links.get(&id) {
-                l.ctl.close("peer removed from the peer list");
+            if let Some(l) = st.links.get(id) {
+                l.link.ctl.close("peer removed from the peer list");
             }
         }
         for (id, addrs) in wanted {
@@ -242,15 +233,7 @@ impl rt::Transport for Transport {
     }
 
     fn connected(&self) -> Vec<NodeId> {
-        let st = lock(&self.inner.state);
-        let mut v: Vec<NodeId> = st
-            .links
-            .iter()
-            .filter(|(_, l)| l.state == LinkState::Up)
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort_unstable();
-        v
+        lock(&self.inner.state).links.up()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
