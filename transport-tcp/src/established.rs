@@ -155,21 +155,8 @@ async fn read_loop(
         }
         nonce += 1;
         since_yield += msg.len();
-        loop {
-            match unpacker.next_frame() {
-                Ok(Some(frame)) => {
-                    if inner
-                        .events
-                        .send(Event::Frame { peer, frame })
-                        .await
-                        .is_err()
-                    {
-                        return "event receiver closed".into();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return format!("malformed stream from peer: {e}"),
-            }
+        if let Err(reason) = unpacker.deliver(peer, &inner.events).await {
+            return reason;
         }
     }
 }

@@ -59,6 +59,35 @@ async fn node(id: u32, net: u8) -> (System, Arc<Transport>) {
     (sys, t)
 }
 
+/// Give `ta` and `tb` each other as peers and wait until both see the link up.
+async fn link(
+    ta: &Transport,
+    tb: &Transport,
+    a_links: &mut tokio::sync::broadcast::Receiver<LinkEvent>,
+    b_links: &mut tokio::sync::broadcast::Receiver<LinkEvent>,
+) {
+    let (ida, idb) = (ta.local_id(), tb.local_id());
+    let infos = vec![
+        runtime::transport::PeerInfo {
+            id: ida,
+            addrs: vec![ta.local_addr()],
+        },
+        runtime::transport::PeerInfo {
+            id: idb,
+            addrs: vec![tb.local_addr()],
+        },
+    ];
+    ta.set_peers(infos.clone());
+    tb.set_peers(infos);
+    for (links, peer) in [(a_links, idb), (b_links, ida)] {
+        let up = tokio::time::timeout(WAIT, links.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(up, LinkEvent::Up(peer));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     init_logs();
@@ -77,30 +106,7 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     b.serve::<u64, _>("echo", echo);
     let mut a_links = a.link_events();
     let mut b_links = b.link_events();
-    let infos = vec![
-        runtime::transport::PeerInfo {
-            id: 1,
-            addrs: vec![ta.local_addr()],
-        },
-        runtime::transport::PeerInfo {
-            id: 2,
-            addrs: vec![tb.local_addr()],
-        },
-    ];
-    ta.set_peers(infos.clone());
-    tb.set_peers(infos);
-    let up = tokio::time::timeout(WAIT, a_links.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(up, LinkEvent::Up(2));
-    assert_eq!(
-        tokio::time::timeout(WAIT, b_links.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        LinkEvent::Up(1)
-    );
+    link(&ta, &tb, &mut a_links, &mut b_links).await;
     a.set_send_timeout(Duration::from_secs(10));
 
     // Idle figures first, for comparison.
@@ -195,23 +201,8 @@ async fn a_fast_sender_to_a_sleeping_actor_is_held_back_over_tcp() {
     let echo = b.spawn("echo", || Echo);
     b.serve::<u64, _>("echo", echo);
     let mut a_links = a.link_events();
-    let infos = vec![
-        runtime::transport::PeerInfo {
-            id: 3,
-            addrs: vec![ta.local_addr()],
-        },
-        runtime::transport::PeerInfo {
-            id: 4,
-            addrs: vec![tb.local_addr()],
-        },
-    ];
-    ta.set_peers(infos.clone());
-    tb.set_peers(infos);
-    let up = tokio::time::timeout(WAIT, a_links.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(up, LinkEvent::Up(4));
+    let mut b_links = b.link_events();
+    link(&ta, &tb, &mut a_links, &mut b_links).await;
     let limit = Duration::from_millis(300);
     a.set_send_timeout(limit);
     a.tell(4, "sleeper", &5_000u64).await.unwrap();

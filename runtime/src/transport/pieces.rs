@@ -23,7 +23,8 @@
 //! yields frames; a frame of one piece is a slice of that buffer, a split one is
 //! assembled in one allocation of its size.
 
-use super::{Frame, Lane};
+use super::{Event, Events, Frame, Lane};
+use crate::NodeId;
 use crate::wire::{FRAME_OVERHEAD, decode_frame, encode_frame};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -287,6 +288,23 @@ impl Unpacker {
     pub fn commit(&mut self, n: usize, filled: usize) {
         let len = self.buf.len() - n + filled.min(n);
         self.buf.truncate(len);
+    }
+
+    /// Hand every complete frame in the stream to `events` as [`Event::Frame`] from
+    /// `peer`, in order. `Err`: why the link must end (a malformed stream, or the receiver
+    /// gone).
+    pub async fn deliver(&mut self, peer: NodeId, events: &Events) -> Result<(), String> {
+        loop {
+            match self.next_frame() {
+                Ok(Some(frame)) => {
+                    if events.send(Event::Frame { peer, frame }).await.is_err() {
+                        return Err("event receiver closed".into());
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed stream from peer: {e}")),
+            }
+        }
     }
 
     /// The next complete frame, if the stream holds one.
