@@ -72,7 +72,9 @@ impl Lane {
 
 /// One message on a link: a small head (the runtime's envelope, MessagePack) and an
 /// optional large payload carried beside it without extra copies, on one [`Lane`].
-/// The lane is the sender's choice of queue; it is not part of the encoded frame.
+/// The lane is the sender's choice of queue and of the pieces it travels in
+/// ([`pieces`]); [`crate::wire::encode_frame`] does not carry it. A received frame says the
+/// lane it came on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     pub head: Bytes,
