@@ -10,7 +10,7 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::Error;
-use crate::system::System;
+use crate::system::{Charge, System};
 
 /// Messages an actor may queue before senders wait.
 pub const MAILBOX: usize = 1024;
@@ -38,7 +38,9 @@ pub type ReplyTo<R> = oneshot::Sender<R>;
 
 /// A typed local address. Cheap to clone.
 pub struct Addr<A: Actor> {
-    tx: mpsc::Sender<A::Msg>,
+    /// Each message with the credit it holds for its remote sender (released when the
+    /// actor takes the message, see [`crate::system::Charge`]).
+    tx: mpsc::Sender<(A::Msg, Option<Charge>)>,
 }
 
 impl<A: Actor> Clone for Addr<A> {
@@ -60,12 +62,17 @@ impl<A: Actor> std::fmt::Debug for Addr<A> {
 impl<A: Actor> Addr<A> {
     /// Queue `msg`, waiting while the mailbox is full.
     pub async fn tell(&self, msg: A::Msg) -> Result<(), Error> {
+        self.tx.send((msg, None)).await.map_err(|_| Error::Stopped)
+    }
+
+    /// Queue a message that holds a sender's credit, waiting while the mailbox is full.
+    pub(crate) async fn tell_charged(&self, msg: (A::Msg, Option<Charge>)) -> Result<(), Error> {
         self.tx.send(msg).await.map_err(|_| Error::Stopped)
     }
 
     /// Queue `msg` without waiting.
     pub fn try_tell(&self, msg: A::Msg) -> Result<(), Error> {
-        self.tx.try_send(msg).map_err(|e| match e {
+        self.tx.try_send((msg, None)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => Error::MailboxFull,
             mpsc::error::TrySendError::Closed(_) => Error::Stopped,
         })
@@ -74,8 +81,8 @@ impl<A: Actor> Addr<A> {
     /// Queue `msg` without waiting, handing it back when the mailbox is full or closed.
     pub(crate) fn try_tell_back(
         &self,
-        msg: A::Msg,
-    ) -> Result<(), mpsc::error::TrySendError<A::Msg>> {
+        msg: (A::Msg, Option<Charge>),
+    ) -> Result<(), mpsc::error::TrySendError<(A::Msg, Option<Charge>)>> {
         self.tx.try_send(msg)
     }
 
@@ -184,11 +191,14 @@ pub(crate) fn spawn<A: Actor>(
                 fresh = false;
                 survives(actor.started(&mut ctx)).await
             } else {
-                let msg = tokio::select! {
+                let (msg, charge) = tokio::select! {
                     biased;
                     m = rx.recv() => match m { Some(m) => m, None => break },
                     _ = token.cancelled() => break,
                 };
+                // The message left the mailbox: its bytes no longer count against its
+                // sender's credit.
+                drop(charge);
                 survives(actor.handle(msg, &mut ctx)).await
             };
             if !survived {

@@ -42,9 +42,12 @@ pub enum Error {
     },
     #[error("node {node} refused: {reason}")]
     Remote { node: NodeId, reason: String },
-    /// The actor's mailbox (and its bounded backlog) is full: the request was refused
-    /// unprocessed; try again later.
-    #[error("actor {name:?} on node {node} is busy (mailbox full); request refused")]
+    /// The actor cannot take more now: an `ask` found its mailbox full, or a `tell` found
+    /// no credit left for it within the send time-out (the actor holds
+    /// [`system::CREDIT`] bytes of this node's messages). Refused unprocessed; try later.
+    #[error(
+        "actor {name:?} on node {node} is busy (mailbox full, or no credit left for it); message refused, try later"
+    )]
     Busy { node: NodeId, name: String },
     #[error(transparent)]
     Transport(#[from] transport::Error),

@@ -9,11 +9,23 @@
 //! own bounded backlog, which a task of its own feeds into the mailbox as room appears
 //! (order kept). So a slow actor delays only its own messages, never another actor's on
 //! the same link, nor the link's keepalives. An `ask` that finds the mailbox full is
-//! refused with [`Error::Busy`]; a `tell` is never dropped: the backlog grows (with a
-//! warning each time it doubles past [`BACKLOG`]). Not built yet: back-pressure from a
-//! slow actor to its remote senders (per-actor credits), so a sender that outruns its
-//! receiver fills the receiver's memory, not its own queue. Every send to a peer waits for room at most a bounded time
-//! ([`System::set_send_timeout`], the ask's own time-out for asks).
+//! refused with [`Error::Busy`]; a `tell` is never dropped.
+//!
+//! Per-actor credits bound what a slow actor holds: each sending node may have at most
+//! [`CREDIT`] bytes of tells to one named actor outstanding (on the way, in the backlog, in
+//! the mailbox). The sender counts them down as it sends; the receiving actor's
+//! [`Charge`]s count them back up as the actor takes messages out of its mailbox, and
+//! return them to the sender in [`wire::Kind::Credit`] frames on the control lane (in
+//! batches of a quarter of the credit). A sender without credit waits (at most its send
+//! time-out, then [`Error::Busy`]); only the senders of that actor wait, never the link's
+//! read task nor another actor. When a link goes down the sender starts its credits to that
+//! peer over (frames lost with the link return nothing); credit that still comes back for
+//! messages of the old link is capped at [`CREDIT`], so right after a reconnect at most
+//! twice the credit is outstanding, and none is ever lost. Asks take no credit: a full
+//! mailbox refuses them at once.
+//!
+//! Every send to a peer waits for room at most a bounded time ([`System::set_send_timeout`],
+//! the ask's own time-out for asks).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,6 +157,91 @@ pub const BACKLOG: usize = 4096;
 /// Default limit for waiting on room to a peer in `tell` and in answers.
 pub const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Bytes of tells one node may have outstanding to one named actor on another (or the
+/// same) node before its `tell`s wait: the bound on what a slow actor holds per sender
+/// (plus one message). Both ends of a link must agree on it (it is part of the protocol).
+pub const CREDIT: u64 = 16 << 20;
+
+/// What one message costs in credit beyond its bytes (so tiny messages are bounded too).
+const MSG_COST: u64 = 64;
+
+/// The credit `frame` (a tell) takes.
+fn cost(frame: &Frame) -> u64 {
+    (frame.head.len() + frame.payload.len()) as u64 + MSG_COST
+}
+
+/// The credit a message to a local actor holds for its sender until the actor takes it
+/// out of its mailbox; dropping it (taken, or never delivered) returns the credit.
+pub struct Charge {
+    grants: Arc<Grants>,
+    from: NodeId,
+    cost: u64,
+}
+
+impl std::fmt::Debug for Charge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Charge")
+            .field("from", &self.from)
+            .field("cost", &self.cost)
+            .finish()
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        Grants::release(&self.grants, self.from, self.cost);
+    }
+}
+
+/// One named actor's credit owed back to its senders: bytes taken out of its mailbox but
+/// not yet returned, per sending node.
+struct Grants {
+    system: Weak<Inner>,
+    actor: String,
+    owed: Mutex<std::collections::HashMap<NodeId, u64>>,
+}
+
+impl Grants {
+    /// `cost` bytes of `from`'s messages left the mailbox: return them in batches.
+    fn release(this: &Arc<Grants>, from: NodeId, cost: u64) {
+        let bytes = {
+            let mut owed = transport::link::lock(&this.owed);
+            let e = owed.entry(from).or_insert(0);
+            *e += cost;
+            if *e < CREDIT / 4 {
+                return;
+            }
+            std::mem::take(e)
+        };
+        let Some(inner) = this.system.upgrade() else {
+            return;
+        };
+        let system = System(inner);
+        if system.0.token.is_cancelled() {
+            return;
+        }
+        let Ok(head) = wire::encode_head(
+            &Header {
+                to: this.actor.clone(),
+                kind: Kind::Credit { bytes },
+            },
+            &(),
+        ) else {
+            return;
+        };
+        let frame = Frame::new(head, Bytes::new());
+        let limit = system.send_limit();
+        let grants = this.clone();
+        system.0.tasks.clone().spawn(async move {
+            if let Err(e) = system.route(from, frame, limit).await {
+                tracing::debug!(peer = from, "credit not returned yet: {e}");
+                // Owed still: returned with the next batch (or started over with the link).
+                Grants::release(&grants, from, bytes);
+            }
+        });
+    }
+}
+
 /// Why the dispatcher did not deliver a message.
 enum Undelivered {
     /// Mailbox full: the ask is handed back to be refused as busy.
@@ -156,9 +253,18 @@ enum Undelivered {
 }
 
 /// Decodes a message for one named actor and queues it without waiting (see the module
-/// docs).
-type Delivery =
-    Box<dyn Fn(NodeId, Bytes, Bytes, Option<Responder>) -> Result<(), Undelivered> + Send + Sync>;
+/// docs). A tell comes with the credit it holds.
+type Delivery = Box<
+    dyn Fn(NodeId, Bytes, Bytes, Option<Responder>, Option<Charge>) -> Result<(), Undelivered>
+        + Send
+        + Sync,
+>;
+
+/// A named actor as the dispatcher sees it.
+struct Named {
+    deliver: Delivery,
+    grants: Arc<Grants>,
+}
 type Answer = Result<(Bytes, Bytes), Error>;
 
 /// One actor's overflow: messages that found its mailbox full, fed in by a pump task.
@@ -170,7 +276,11 @@ struct Backlog<T> {
 struct Inner {
     local: NodeId,
     transport: OnceLock<Arc<dyn Transport>>,
-    named: DashMap<String, Delivery>,
+    named: DashMap<String, Named>,
+    /// Credit left per peer and named actor there (absent: full [`CREDIT`]).
+    credits: Mutex<std::collections::HashMap<NodeId, std::collections::HashMap<String, i64>>>,
+    /// Woken whenever credit comes back.
+    credit_back: tokio::sync::Notify,
     pending: DashMap<u64, oneshot::Sender<Answer>>,
     next_id: AtomicU64,
     links: broadcast::Sender<LinkEvent>,
@@ -201,6 +311,8 @@ impl System {
             local,
             transport: OnceLock::new(),
             named: DashMap::new(),
+            credits: Mutex::new(Default::default()),
+            credit_back: tokio::sync::Notify::new(),
             pending: DashMap::new(),
             next_id: AtomicU64::new(1),
             links,
@@ -280,13 +392,13 @@ impl System {
         A: Actor,
         A::Msg: From<Inbound<M>>,
     {
-        let backlog = Arc::new(Mutex::new(Backlog::<A::Msg> {
+        let backlog = Arc::new(Mutex::new(Backlog::<(A::Msg, Option<Charge>)> {
             queue: VecDeque::new(),
             pumping: false,
         }));
         let tasks = self.0.tasks.clone();
         let actor = name.to_string();
-        let deliver: Delivery = Box::new(move |from, body, payload, reply| {
+        let deliver: Delivery = Box::new(move |from, body, payload, reply, charge| {
             let msg =
                 wire::decode_body::<M>(&body).map_err(|e| Undelivered::Decode(e.to_string()))?;
             let mut b = transport::link::lock(&backlog);
@@ -300,10 +412,10 @@ impl System {
                 reply,
             }
             .into();
+            let msg = (msg, charge);
             if b.pumping {
-                // Never dropped: a tell is queued however long the backlog gets (a warning
-                // each time it doubles past BACKLOG). End-to-end back-pressure per actor
-                // (credits to the senders) is not built yet.
+                // Never dropped: a tell is queued; its sender's credit bounds the backlog
+                // (a warning each time it doubles past BACKLOG).
                 b.queue.push_back(msg);
                 let n = b.queue.len();
                 if n >= BACKLOG && n.is_power_of_two() {
@@ -332,7 +444,7 @@ impl System {
                                     }
                                 }
                             };
-                            if addr.tell(next).await.is_err() {
+                            if addr.tell_charged(next).await.is_err() {
                                 let mut b = transport::link::lock(&backlog);
                                 b.queue.clear();
                                 b.pumping = false;
@@ -344,7 +456,14 @@ impl System {
                 }
             }
         });
-        self.0.named.insert(name.to_string(), deliver);
+        let grants = Arc::new(Grants {
+            system: Arc::downgrade(&self.0),
+            actor: name.to_string(),
+            owed: Mutex::new(Default::default()),
+        });
+        self.0
+            .named
+            .insert(name.to_string(), Named { deliver, grants });
     }
 
     /// Subscribe to links coming up and going down.
@@ -384,7 +503,72 @@ impl System {
         payload: Bytes,
     ) -> Result<(), Error> {
         let frame = Self::tell_frame(lane, name, msg, payload)?;
-        self.route(node, frame, self.send_limit()).await
+        let limit = self.send_limit();
+        let cost = cost(&frame);
+        self.take_credit(node, name, cost, limit).await?;
+        let r = self.route(node, frame, limit).await;
+        if r.is_err() {
+            self.give_credit(node, name, cost); // never sent
+        }
+        r
+    }
+
+    /// Take `cost` bytes of credit for `(node, name)` if there is room now: at least the
+    /// cost, or half the credit for a message larger than that.
+    fn try_take_credit(&self, node: NodeId, name: &str, cost: u64) -> bool {
+        let mut all = transport::link::lock(&self.0.credits);
+        let per = all.entry(node).or_default();
+        let need = cost.min(CREDIT / 2) as i64;
+        match per.get_mut(name) {
+            Some(left) if *left >= need => *left -= cost as i64,
+            Some(_) => return false,
+            None => {
+                per.insert(name.to_string(), CREDIT as i64 - cost as i64);
+            }
+        }
+        true
+    }
+
+    /// Take credit, waiting for it at most `limit` ([`Error::Busy`] then).
+    async fn take_credit(
+        &self,
+        node: NodeId,
+        name: &str,
+        cost: u64,
+        limit: Duration,
+    ) -> Result<(), Error> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let back = self.0.credit_back.notified();
+            tokio::pin!(back);
+            back.as_mut().enable();
+            if self.try_take_credit(node, name, cost) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, back).await.is_err() {
+                return Err(Error::Busy {
+                    node,
+                    name: name.to_string(),
+                });
+            }
+        }
+    }
+
+    /// Credit for `(node, name)` came back (capped at [`CREDIT`]).
+    fn give_credit(&self, node: NodeId, name: &str, bytes: u64) {
+        {
+            let mut all = transport::link::lock(&self.0.credits);
+            if let Some(left) = all.get_mut(&node).and_then(|per| per.get_mut(name)) {
+                *left = (*left).saturating_add(bytes as i64).min(CREDIT as i64);
+            }
+        }
+        self.0.credit_back.notify_waiters();
+    }
+
+    /// `peer`'s link went down: credits to it start over (see the module docs).
+    fn reset_credit(&self, peer: NodeId) {
+        transport::link::lock(&self.0.credits).remove(&peer);
+        self.0.credit_back.notify_waiters();
     }
 
     /// `tell` without waiting: fails with [`transport::Error::Full`] when the control
@@ -396,16 +580,27 @@ impl System {
         msg: &M,
     ) -> Result<(), Error> {
         let frame = Self::tell_frame(Lane::Control, name, msg, Bytes::new())?;
+        let cost = cost(&frame);
+        if !self.try_take_credit(node, name, cost) {
+            return Err(Error::Busy {
+                node,
+                name: name.to_string(),
+            });
+        }
         if node == self.0.local {
             self.on_frame(node, frame);
             return Ok(());
         }
-        match self.0.transport.get() {
+        let r = match self.0.transport.get() {
             Some(t) => t
                 .try_send(node, frame)
                 .map_err(|e| Error::Transport(e.error)),
             None => Err(Error::Transport(transport::Error::Unreachable(node))),
+        };
+        if r.is_err() {
+            self.give_credit(node, name, cost);
         }
+        r
     }
 
     fn tell_frame<M: Serialize + ?Sized>(
@@ -537,6 +732,7 @@ impl System {
                 let _ = self.0.links.send(LinkEvent::Up(peer));
             }
             Event::Down { peer, reason } => {
+                self.reset_credit(peer);
                 let _ = self.0.links.send(LinkEvent::Down(peer, reason));
             }
         }
@@ -545,6 +741,7 @@ impl System {
     /// Dispatch one frame. Never waits (see the module docs): answers it cannot give now
     /// go out from tasks of their own.
     fn on_frame(&self, peer: NodeId, frame: Frame) {
+        let cost = cost(&frame);
         let (header, body) = match wire::decode_head(&frame.head) {
             Ok(x) => x,
             Err(e) => {
@@ -571,6 +768,7 @@ impl System {
                     }));
                 }
             }
+            Kind::Credit { bytes } => self.give_credit(peer, &header.to, bytes),
             Kind::Tell | Kind::Ask { .. } => {
                 let responder = match header.kind {
                     Kind::Ask { id } => Some(Responder {
@@ -584,8 +782,19 @@ impl System {
                 };
                 // Never awaits: the map guard is held only while the message is queued.
                 let outcome = match self.0.named.get(&header.to) {
-                    Some(deliver) => deliver(peer, body, frame.payload, responder),
+                    Some(named) => {
+                        let charge = responder.is_none().then(|| Charge {
+                            grants: named.grants.clone(),
+                            from: peer,
+                            cost,
+                        });
+                        (named.deliver)(peer, body, frame.payload, responder, charge)
+                    }
                     None => {
+                        if responder.is_none() {
+                            // No actor to hold the credit: return it at once.
+                            self.return_credit(peer, &header.to, cost);
+                        }
                         if let Some(mut r) = responder {
                             r.done = true;
                             let reason =
@@ -616,6 +825,22 @@ impl System {
                     }
                 }
             }
+        }
+    }
+}
+
+impl System {
+    /// Return `bytes` of credit for tells to `to` that no actor will take.
+    fn return_credit(&self, peer: NodeId, to: &str, bytes: u64) {
+        let head = wire::encode_head(
+            &Header {
+                to: to.to_string(),
+                kind: Kind::Credit { bytes },
+            },
+            &(),
+        );
+        if let Ok(head) = head {
+            self.send_later(peer, Frame::new(head, Bytes::new()));
         }
     }
 }

@@ -23,14 +23,18 @@
 //! [`crate::wire::Refusal`] it can log.
 //!
 //! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
-//! queue), [`link`] (control block, slot claim, size check), [`pacing`] (back-off, repeated
-//! warnings), [`pool`] (receive buffers).
+//! queue), [`pieces`] (frames as lane-tagged pieces of a byte stream), [`link`] (control
+//! block, slot claim, size check), [`pacing`] (back-off, repeated
+//! warnings), [`pool`] (receive buffers), [`table`] (the link table: one link per peer, the
+//! claim of its slot, the sender's lookup).
 
 pub mod lanes;
 pub mod link;
 pub mod liveness;
 pub mod pacing;
+pub mod pieces;
 pub mod pool;
+pub mod table;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -68,7 +72,9 @@ impl Lane {
 
 /// One message on a link: a small head (the runtime's envelope, MessagePack) and an
 /// optional large payload carried beside it without extra copies, on one [`Lane`].
-/// The lane is the sender's choice of queue; it is not part of the encoded frame.
+/// The lane is the sender's choice of queue and of the pieces it travels in
+/// ([`pieces`]); [`crate::wire::encode_frame`] does not carry it. A received frame says the
+/// lane it came on.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Frame {
     pub head: Bytes,

@@ -15,7 +15,9 @@ use crate::transport::Frame;
 
 /// Bumped whenever anything on the wire changes incompatibly.
 /// v2: typed refusals in `HelloReply`, `Kind::Busy`.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// v3: per-actor credits (`Kind::Credit`); transport-tcp cuts frames into lane-tagged
+/// pieces.
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The first message on an authenticated link, in both directions.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,6 +191,10 @@ pub enum Kind {
     Failed { id: u64, reason: String },
     /// The request `id` was refused because the actor's mailbox is full: try later.
     Busy { id: u64 },
+    /// `bytes` more of the receiver's actor `Header::to` may be sent as tells: the
+    /// actor has taken that many bytes of the sender's messages out of its mailbox (see
+    /// `runtime::system`, per-actor credits).
+    Credit { bytes: u64 },
 }
 
 /// The runtime's envelope: to which named actor, and what kind of message.

@@ -327,3 +327,76 @@ async fn a_sleeping_actor_does_not_delay_another_actor_on_the_same_link() {
     }
     assert!(t0.elapsed() < Duration::from_millis(500));
 }
+
+/// Per-actor credits: a fast sender to a sleeping actor is held back at about
+/// `CREDIT` bytes (the receiver's memory for that actor stays bounded), sees `Busy`
+/// after its send time-out, other actors on the same link are not affected, and the
+/// credit comes back once the actor takes its messages.
+#[tokio::test]
+async fn a_fast_sender_to_a_sleeping_actor_is_held_back_by_credit() {
+    let fabric = Fabric::new();
+    let a = node(&fabric, 1);
+    let _b = node(&fabric, 2);
+    let limit = Duration::from_millis(200);
+    a.set_send_timeout(limit);
+    a.tell(2, "sleeper", &Req::Sleep(1_500)).await.unwrap();
+    let chunk = Bytes::from(vec![7u8; 64 * 1024]);
+    let mut sent: u64 = 0;
+    let mut last = 0;
+    let refused = loop {
+        let t0 = std::time::Instant::now();
+        match a
+            .tell_with_payload(2, "sleeper", &Req::Ignore, chunk.clone())
+            .await
+        {
+            Ok(()) => {
+                sent += 1;
+                last = chunk.len() as u64;
+            }
+            Err(e) => break (e, t0.elapsed()),
+        }
+        assert!(
+            sent * chunk.len() as u64 <= 2 * runtime::system::CREDIT,
+            "{sent} messages accepted: no back-pressure"
+        );
+    };
+    match refused {
+        (Error::Busy { node: 2, name }, waited) => {
+            assert_eq!(name, "sleeper");
+            assert!(
+                waited >= limit,
+                "refused after {waited:?}, before the time-out"
+            );
+        }
+        other => panic!("expected busy, got {other:?}"),
+    }
+    let bytes = sent * last;
+    let credit = runtime::system::CREDIT;
+    assert!(
+        bytes <= credit && bytes + 2 * last >= credit,
+        "held back after {bytes} bytes, credit {credit}"
+    );
+    // Another actor on the same link is not held back.
+    for i in 1..=20 {
+        let total: i64 = a.ask(2, "counter", &Req::Add(1), T).await.unwrap();
+        assert_eq!(total, i);
+        a.tell(2, "counter", &Req::Seq(i)).await.unwrap();
+    }
+    // Once the sleeper wakes and takes its messages, its credit comes back.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        match a
+            .tell_with_payload(2, "sleeper", &Req::Ignore, chunk.clone())
+            .await
+        {
+            Ok(()) => break,
+            Err(Error::Busy { .. }) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "credit never came back"
+                )
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+}

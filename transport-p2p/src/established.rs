@@ -4,21 +4,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use futures_util::io::{AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use libp2p::{PeerId, Stream};
 use runtime::NodeId;
 use runtime::transport::lanes::Outq;
 use runtime::transport::link;
-use runtime::transport::{Event, Frame};
-use runtime::wire::{FRAME_OVERHEAD, decode_frame};
+use runtime::transport::pieces::{Large, Packer, Unpacker};
+use runtime::transport::table::Phase;
+use runtime::transport::{Event, Lane};
 use tracing::info;
 
 use crate::state::{Inner, LinkCtl, lock};
 use crate::swarm::Cmd;
 
-/// Payloads at least this big are written from their own buffer, not copied into a batch.
-const DIRECT_WRITE: usize = 32 * 1024;
 /// Bytes of small frames collected before a write.
 const WRITE_BATCH: usize = 256 * 1024;
 
@@ -51,14 +50,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let discovered = {
         let mut st = lock(&inner.state);
         let listed = st.listed.contains_key(&node);
-        let closed = st.closed;
-        let current = match st.links.get_mut(&node) {
-            Some(l) if l.id == id && !closed => {
-                l.up = true;
-                true
-            }
-            _ => false,
-        };
+        let current = !st.links.is_closed() && st.links.set_phase(node, id, Phase::Up);
         if !current {
             drop(st);
             inner.unclaim(node, id);
@@ -94,16 +86,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     link::join_or_abort(writer, Duration::from_secs(2)).await;
     drop(read);
 
-    let current = {
-        let mut st = lock(&inner.state);
-        match st.links.get_mut(&node) {
-            Some(l) if l.id == id => {
-                l.up = false;
-                true
-            }
-            _ => false,
-        }
-    };
+    let current = lock(&inner.state).links.set_phase(node, id, Phase::Closing);
     if current {
         info!("link to node {node} down: {reason}");
         inner.emit(Event::Down { peer: node, reason }).await;
@@ -116,27 +99,10 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     ctl.done.cancel();
 }
 
-/// Fill `buf`, giving up when nothing arrives for `idle`.
-async fn read_full(
-    r: &mut BufReader<ReadHalf<Stream>>,
-    buf: &mut [u8],
-    idle: Duration,
-) -> Result<(), String> {
-    let mut off = 0;
-    while off < buf.len() {
-        match tokio::time::timeout(idle, r.read(&mut buf[off..])).await {
-            Err(_) => {
-                return Err(format!(
-                    "nothing received for {idle:?} (peer dead or unreachable)"
-                ));
-            }
-            Ok(Ok(0)) => return Err("connection closed by peer".into()),
-            Ok(Ok(n)) => off += n,
-            Ok(Err(e)) => return Err(format!("read error: {e}")),
-        }
-    }
-    Ok(())
-}
+/// Bytes asked of the stream per read.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read before the loop lets other tasks run (see transport-tcp's read loop).
+const YIELD_BYTES: usize = 256 << 10;
 
 async fn read_loop(
     inner: &Inner,
@@ -145,61 +111,33 @@ async fn read_loop(
     r: &mut BufReader<ReadHalf<Stream>>,
 ) -> String {
     let idle = inner.config.idle_timeout;
-    let max = inner.config.max_frame;
+    let mut unpacker = Unpacker::new(inner.config.max_frame);
+    let mut since_yield = 0usize;
     loop {
-        let mut len = [0u8; 4];
-        if let Err(e) = read_full(r, &mut len, idle).await {
-            return e;
+        if since_yield >= YIELD_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
         }
-        ctl.touch();
-        let n = u32::from_be_bytes(len) as usize;
-        if n == 0 {
-            continue; // keepalive
-        }
-        if n > max {
-            return format!("peer sent a frame of {n} bytes (limit {max})");
-        }
-        let mut b = BytesMut::zeroed(n);
-        if let Err(e) = read_full(r, &mut b, idle).await {
-            return e;
-        }
-        let frame = match decode_frame(b.freeze()) {
-            Ok(f) => f,
-            Err(e) => return format!("malformed frame from peer: {e}"),
+        let spare = unpacker.spare(READ_CHUNK);
+        let n = match tokio::time::timeout(idle, r.read(spare)).await {
+            Err(_) => {
+                unpacker.commit(READ_CHUNK, 0);
+                return format!("nothing received for {idle:?} (peer dead or unreachable)");
+            }
+            Ok(Ok(0)) => return "connection closed by peer".into(),
+            Ok(Ok(n)) => n,
+            Ok(Err(e)) => return format!("read error: {e}"),
         };
-        if inner
-            .events
-            .send(Event::Frame { peer, frame })
-            .await
-            .is_err()
-        {
-            return "event receiver closed".into();
+        unpacker.commit(READ_CHUNK, n);
+        since_yield += n;
+        ctl.touch();
+        if let Err(reason) = unpacker.deliver(peer, &inner.events).await {
+            return reason;
         }
     }
 }
 
-/// Add `frame` to the batch; a large payload is written from its own buffer.
-async fn push_frame(
-    w: &mut WriteHalf<Stream>,
-    buf: &mut BytesMut,
-    frame: &Frame,
-) -> Result<(), String> {
-    let len = FRAME_OVERHEAD + frame.head.len() + frame.payload.len();
-    buf.reserve(8 + frame.head.len());
-    buf.put_u32(len as u32);
-    buf.put_u32(frame.head.len() as u32);
-    buf.put_slice(&frame.head);
-    if frame.payload.len() >= DIRECT_WRITE {
-        write_bytes(w, buf).await?;
-        w.write_all(&frame.payload)
-            .await
-            .map_err(|e| format!("write error: {e}"))?;
-    } else {
-        buf.put_slice(&frame.payload);
-    }
-    Ok(())
-}
-
+/// Hand what the packer has batched to the stream.
 async fn write_bytes(w: &mut WriteHalf<Stream>, buf: &mut BytesMut) -> Result<(), String> {
     if !buf.is_empty() {
         w.write_all(buf)
@@ -210,6 +148,14 @@ async fn write_bytes(w: &mut WriteHalf<Stream>, buf: &mut BytesMut) -> Result<()
     Ok(())
 }
 
+/// Collects the packer's chunks (the whole stream is one byte stream here).
+fn collect(out: &mut BytesMut) -> impl FnMut(&[u8]) -> Result<(), String> + '_ {
+    |c: &[u8]| {
+        out.extend_from_slice(c);
+        Ok(())
+    }
+}
+
 async fn write_loop(
     inner: Arc<Inner>,
     mut w: WriteHalf<Stream>,
@@ -217,29 +163,52 @@ async fn write_loop(
     ctl: Arc<LinkCtl>,
 ) {
     let keepalive = inner.config.keepalive;
+    let mut packer = Packer::new(WRITE_BATCH);
     let mut buf = BytesMut::with_capacity(WRITE_BATCH + 64 * 1024);
+    // A bulk frame being cut into pieces, with control frames written between them.
+    let mut large: Option<Large> = None;
     let result: Result<(), String> = async {
         loop {
-            let first = tokio::select! {
-                biased;
-                _ = ctl.cancel.cancelled() => break,
-                r = tokio::time::timeout(keepalive, queue.ready()) => r,
-            };
-            match first {
-                Err(_) => buf.put_u32(0),
-                Ok(false) => break,
-                Ok(true) => {
-                    // Control frames first (`pop`), up to a batch.
-                    while buf.len() < WRITE_BATCH {
-                        match queue.pop() {
-                            Some(f) => push_frame(&mut w, &mut buf, &f).await?,
-                            None => break,
-                        }
+            if large.is_none() {
+                let first = tokio::select! {
+                    biased;
+                    _ = ctl.cancel.cancelled() => break,
+                    r = tokio::time::timeout(keepalive, queue.ready()) => r,
+                };
+                match first {
+                    Err(_) => packer.keepalive(),
+                    Ok(false) => break,
+                    Ok(true) => {}
+                }
+            } else if ctl.cancel.is_cancelled() {
+                break;
+            }
+            // Control frames first (`pop`), up to a batch; a bulk frame goes piece by
+            // piece, control frames between its pieces.
+            while buf.len() + packer.pending() < WRITE_BATCH {
+                if let Some(l) = large.as_mut() {
+                    while l.lane() == Lane::Bulk
+                        && let Some(f) = queue.pop_control()
+                    {
+                        packer.push(&f, &mut collect(&mut buf))?;
                     }
+                    packer.piece(l, &mut collect(&mut buf))?;
+                    if l.is_empty() {
+                        large = None;
+                    }
+                    continue;
+                }
+                match queue.pop() {
+                    Some(f) => large = packer.push_split(&f, &mut collect(&mut buf))?,
+                    None => break,
                 }
             }
+            packer.flush(&mut collect(&mut buf))?;
             write_bytes(&mut w, &mut buf).await?;
             w.flush().await.map_err(|e| format!("write error: {e}"))?;
+            if large.is_some() {
+                tokio::task::yield_now().await;
+            }
         }
         Ok(())
     }
@@ -252,11 +221,21 @@ async fn write_loop(
     if inner.root.is_cancelled() {
         let flush = async {
             queue.close();
+            let mut sink = collect(&mut buf);
+            if let Some(mut l) = large.take() {
+                while !l.is_empty() {
+                    if packer.piece(&mut l, &mut sink).is_err() {
+                        return;
+                    }
+                }
+            }
             while let Some(f) = queue.pop() {
-                if push_frame(&mut w, &mut buf, &f).await.is_err() {
+                if packer.push(&f, &mut sink).is_err() {
                     return;
                 }
             }
+            let _ = packer.flush(&mut sink);
+            drop(sink);
             let _ = write_bytes(&mut w, &mut buf).await;
             let _ = w.flush().await;
         };

@@ -19,6 +19,7 @@ use crate::error::HsError;
 use crate::established::{Established, run_link};
 use crate::state::{Inner, LinkCtl, LinkEntry, lock};
 use crate::swarm::Cmd;
+use runtime::transport::table::{Phase, Slot};
 
 /// Largest handshake message.
 const MAX_HELLO: usize = 16 * 1024;
@@ -185,12 +186,14 @@ async fn handshake(
     let queue = Arc::new(Outq::new(cfg.control_window, cfg.bulk_window));
     let ctl = LinkCtl::new(&inner.root, &inner.config);
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
-    let entry = LinkEntry {
+    let entry = Slot {
         id,
-        peer_id,
-        up: false,
-        queue: queue.clone(),
-        ctl: ctl.clone(),
+        phase: Phase::Reserved,
+        link: LinkEntry {
+            peer_id,
+            queue: queue.clone(),
+            ctl: ctl.clone(),
+        },
     };
     if let Err(reason) = inner.claim(node, peer_id, entry).await {
         return Err(fail(refuse(&mut w, who, reason).await));

@@ -63,8 +63,8 @@ use libp2p::swarm::SwarmEvent;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{StreamProtocol, Swarm, identity, mdns};
 use runtime::NodeId;
-use runtime::transport::link;
 use runtime::transport::pacing::{Backoff, Repeats};
+use runtime::transport::table::Phase;
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
 use runtime::wire::FRAME_OVERHEAD;
 use tokio::sync::mpsc;
@@ -222,7 +222,10 @@ impl Transport {
     /// The libp2p identity of the peer behind `node`'s live link, if any.
     pub fn peer_id_of(&self, node: NodeId) -> Option<PeerId> {
         let st = lock(&self.inner.state);
-        st.links.get(&node).filter(|l| l.up).map(|l| l.peer_id)
+        st.links
+            .get(node)
+            .filter(|s| s.phase == Phase::Up)
+            .map(|s| s.link.peer_id)
     }
 }
 
@@ -233,22 +236,12 @@ impl Transport {
         peer: NodeId,
         frame: Frame,
     ) -> Result<(Arc<runtime::transport::lanes::Outq>, Frame), rt::SendError> {
-        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
-            return Err(rt::SendError::new(e, frame));
-        }
         let st = lock(&self.inner.state);
-        let error = if st.closed {
-            rt::Error::Closed
-        } else {
-            match st.links.get(&peer) {
-                Some(l) if l.up => return Ok((l.queue.clone(), frame)),
-                _ if !self.inner.config.mdns && !st.listed.contains_key(&peer) => {
-                    rt::Error::UnknownPeer(peer)
-                }
-                _ => rt::Error::Unreachable(peer),
-            }
-        };
-        Err(rt::SendError::new(error, frame))
+        let listed = self.inner.config.mdns || st.listed.contains_key(&peer);
+        st.links
+            .route(peer, listed, frame, self.inner.config.max_frame, |l| {
+                l.queue.clone()
+            })
     }
 }
 
@@ -298,15 +291,14 @@ impl rt::Transport for Transport {
             .collect();
         {
             let mut st = lock(&inner.state);
-            if st.closed {
+            if st.links.is_closed() {
                 return;
             }
             if !inner.config.mdns {
-                for (id, l) in &st.links {
-                    if !wanted.contains_key(id) {
-                        l.ctl.close("peer removed from the peer list");
-                    }
-                }
+                st.links.close_unless(
+                    |id| wanted.contains_key(&id),
+                    "peer removed from the peer list",
+                );
             }
             st.listed = wanted.clone();
         }
@@ -314,15 +306,7 @@ impl rt::Transport for Transport {
     }
 
     fn connected(&self) -> Vec<NodeId> {
-        let st = lock(&self.inner.state);
-        let mut v: Vec<NodeId> = st
-            .links
-            .iter()
-            .filter(|(_, l)| l.up)
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort_unstable();
-        v
+        lock(&self.inner.state).links.up()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {

@@ -12,6 +12,7 @@ use runtime::transport::lanes::Outq;
 use runtime::transport::link::{self, Claim};
 use runtime::transport::liveness;
 use runtime::transport::pacing::Repeats;
+use runtime::transport::table::{Entry, Phase, Slot, Table};
 use runtime::transport::{self as rt, Event};
 use runtime::wire::Refusal;
 use tokio::sync::mpsc;
@@ -41,23 +42,27 @@ pub(crate) struct Inner {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) closed: bool,
     /// Peers given to `set_peers`.
     pub(crate) listed: HashMap<NodeId, Vec<SocketAddr>>,
-    pub(crate) links: HashMap<NodeId, LinkEntry>,
+    pub(crate) links: Table<LinkEntry>,
     /// Where this node listens (sent to peers, who report it in `Event::Discovered`).
     pub(crate) listen_addrs: Vec<SocketAddr>,
     /// The listed nodes (and address) we dialled when we connected to a peer.
     pub(crate) dialled_for: HashMap<PeerId, Vec<(NodeId, Multiaddr)>>,
 }
 
+/// What transport-p2p keeps per link in the shared [`Table`] ([`Phase::Reserved`] until
+/// its `Up`).
 pub(crate) struct LinkEntry {
-    pub(crate) id: u64,
     pub(crate) peer_id: PeerId,
-    /// True between `Up` and the start of closing.
-    pub(crate) up: bool,
     pub(crate) queue: Arc<Outq>,
     pub(crate) ctl: Arc<LinkCtl>,
+}
+
+impl Entry for LinkEntry {
+    fn ctl(&self) -> &link::LinkCtl {
+        &self.ctl
+    }
 }
 
 /// The shared control block (cancel, first reason, done) plus the link's clocks
@@ -106,13 +111,7 @@ impl Inner {
     /// Stop dialling, close every link (writers flush briefly), then stop the swarm.
     /// Returns the links' completion tokens.
     pub(crate) fn begin_shutdown(&self) -> Vec<CancellationToken> {
-        let mut st = lock(&self.state);
-        st.closed = true;
-        let dones: Vec<CancellationToken> = st.links.values().map(|l| l.ctl.done.clone()).collect();
-        for l in st.links.values() {
-            l.ctl.close("transport shut down");
-        }
-        drop(st);
+        let dones = lock(&self.state).links.close_all("transport shut down");
         self.root.cancel();
         // Without a runtime (dropped outside tokio) the swarm task is gone anyway.
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -152,71 +151,56 @@ impl Inner {
         &self,
         node: NodeId,
         peer_id: PeerId,
-        entry: LinkEntry,
+        entry: Slot<LinkEntry>,
     ) -> Result<(), Refusal> {
         let mut entry = Some(entry);
+        let local = self.config.local;
         link::claim(|| {
             let mut st = lock(&self.state);
-            if st.closed {
-                return Claim::Decided(Err(Refusal::ShuttingDown));
-            }
-            if !self.config.mdns && !st.listed.contains_key(&node) {
-                return Claim::Decided(Err(Refusal::NotListed {
-                    peer: node,
-                    local: self.config.local,
-                }));
-            }
-            match st.links.get(&node) {
-                None => {
-                    st.links.insert(node, entry.take().expect("entry"));
-                    Claim::Decided(Ok(()))
-                }
-                Some(old)
-                    if old.peer_id != peer_id
-                        && old.up
-                        && old.ctl.stale() =>
-                {
+            let listed = self.config.mdns || st.listed.contains_key(&node);
+            st.links.claim_look(local, node, listed, &mut entry, |old| {
+                let (held_by, ctl) = (old.link.peer_id, &old.link.ctl);
+                if held_by != peer_id && old.phase == Phase::Up && ctl.stale() {
                     // Our link to the previous holder has missed its keepalives: most
                     // likely that node restarted (new libp2p identity) before we noticed.
                     info!(
-                        "node {node} reconnects as peer {peer_id}; its link to peer {} is silent for {:?}, closing it",
-                        old.peer_id,
-                        old.ctl.silent_for()
+                        "node {node} reconnects as peer {peer_id}; its link to peer {held_by} is silent for {:?}, closing it",
+                        ctl.silent_for()
                     );
-                    old.ctl
-                        .close("replaced: the node reconnected with a new identity");
-                    Claim::WaitFor(old.ctl.done.clone())
-                }
-                Some(old) if old.peer_id != peer_id => Claim::Decided(Err(Refusal::IdTaken {
-                    node,
-                    holder: old.peer_id.to_string(),
-                    claimant: peer_id.to_string(),
-                })),
-                Some(old) => {
+                    ctl.close("replaced: the node reconnected with a new identity");
+                    Claim::WaitFor(ctl.done.clone())
+                } else if held_by != peer_id {
+                    Claim::Decided(Err(Refusal::IdTaken {
+                        node,
+                        holder: held_by.to_string(),
+                        claimant: peer_id.to_string(),
+                    }))
+                } else {
                     // The same peer opened a new stream: its old one is dead.
-                    old.ctl.close("replaced by a new stream from the same peer");
-                    Claim::WaitFor(old.ctl.done.clone())
+                    ctl.close("replaced by a new stream from the same peer");
+                    Claim::WaitFor(ctl.done.clone())
                 }
-            }
+            })
         })
         .await
     }
 
     pub(crate) fn unclaim(&self, node: NodeId, id: u64) {
         let mut st = lock(&self.state);
-        if st.links.get(&node).is_some_and(|l| l.id == id) {
-            st.links.remove(&node);
-        }
+        st.links.remove(node, id);
     }
 
     pub(crate) fn link_up(&self, node: NodeId) -> bool {
-        lock(&self.state).links.get(&node).is_some_and(|l| l.up)
+        lock(&self.state)
+            .links
+            .get(node)
+            .is_some_and(|l| l.phase == Phase::Up)
     }
 
     pub(crate) fn has_link_with(&self, peer_id: &PeerId) -> bool {
         lock(&self.state)
             .links
-            .values()
-            .any(|l| &l.peer_id == peer_id)
+            .iter()
+            .any(|(_, s)| &s.link.peer_id == peer_id)
     }
 }

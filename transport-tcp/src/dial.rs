@@ -75,7 +75,7 @@ pub(crate) async fn dial_loop(
     loop {
         // Nothing to do while a link (either direction) exists.
         loop {
-            let has_link = lock(&inner.state).links.contains_key(&peer);
+            let has_link = lock(&inner.state).links.contains(peer);
             if !has_link {
                 break;
             }
@@ -149,6 +149,9 @@ async fn dial(inner: &Arc<Inner>, peer: NodeId, addr: SocketAddr) -> Result<Esta
         } else {
             TcpSocket::new_v6()?
         };
+        if let Some(size) = cfg.recv_buffer {
+            socket.set_recv_buffer_size(size)?;
+        }
         let ip = cfg.listen.ip();
         if !ip.is_unspecified() && ip.is_ipv4() == addr.is_ipv4() {
             socket.bind(SocketAddr::new(ip, 0))?;

@@ -16,7 +16,8 @@ use tracing::{debug, info};
 use crate::codec::Unpacker;
 use crate::handshake::{TAG, open, recv_raw};
 use crate::outbox::Outbox;
-use crate::state::{Inner, LinkState, lock};
+use crate::state::{Inner, lock};
+use runtime::transport::table::Phase;
 
 /// A link whose handshake completed and which is registered (Up not yet sent).
 pub(crate) struct Established {
@@ -74,10 +75,8 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         match confirm {
             Ok(()) => {
                 next_nonce = 3;
-                let mut st = lock(&inner.state);
-                match st.links.get_mut(&peer) {
-                    Some(l) if l.id == id => l.state = LinkState::Up,
-                    _ => ctl.close("replaced"),
+                if !lock(&inner.state).links.set_phase(peer, id, Phase::Up) {
+                    ctl.close("replaced");
                 }
             }
             Err(e) => {
@@ -104,31 +103,23 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let reason = ctl.reason().unwrap_or(reason);
     drop(read);
 
-    let current = {
-        let mut st = lock(&inner.state);
-        match st.links.get_mut(&peer) {
-            Some(l) if l.id == id => {
-                l.state = LinkState::Closing;
-                true
-            }
-            _ => false,
-        }
-    };
+    let current = lock(&inner.state).links.set_phase(peer, id, Phase::Closing);
     if current {
         if was_up {
             info!("link to node {peer} down: {reason}");
             inner.emit(Event::Down { peer, reason }).await;
         }
         let mut st = lock(&inner.state);
-        if st.links.get(&peer).is_some_and(|l| l.id == id) {
-            st.links.remove(&peer);
-        }
+        st.links.remove(peer, id);
         if let Some(p) = st.peers.get(&peer) {
             p.wake.notify_one();
         }
     }
     ctl.done.cancel();
 }
+
+/// See `read_loop`.
+const YIELD_BYTES: usize = 256 << 10;
 
 async fn read_loop(
     inner: &Inner,
@@ -139,7 +130,15 @@ async fn read_loop(
 ) -> String {
     let idle = inner.config.idle_timeout;
     let mut unpacker = Unpacker::new(inner.config.max_frame);
+    // Bytes opened since this task last let others run: a stream of bulk keeps the socket
+    // readable, and tokio's budget alone would let this loop hold its worker for
+    // milliseconds, delaying the tasks that answer control frames.
+    let mut since_yield = 0usize;
     loop {
+        if since_yield >= YIELD_BYTES {
+            since_yield = 0;
+            tokio::task::yield_now().await;
+        }
         let msg = match tokio::time::timeout(idle, read.next()).await {
             Err(_) => return format!("nothing received for {idle:?} (peer dead or unreachable)"),
             Ok(None) => return "connection closed by peer".into(),
@@ -155,21 +154,9 @@ async fn read_loop(
             return "message failed authentication; dropped link".into();
         }
         nonce += 1;
-        loop {
-            match unpacker.next_frame() {
-                Ok(Some(frame)) => {
-                    if inner
-                        .events
-                        .send(Event::Frame { peer, frame })
-                        .await
-                        .is_err()
-                    {
-                        return "event receiver closed".into();
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return format!("malformed stream from peer: {e}"),
-            }
+        since_yield += msg.len();
+        if let Err(reason) = unpacker.deliver(peer, &inner.events).await {
+            return reason;
         }
     }
 }

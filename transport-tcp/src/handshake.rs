@@ -20,7 +20,8 @@ use tracing::{debug, warn};
 use crate::error::HsError;
 use crate::established::Established;
 use crate::outbox::Outbox;
-use crate::state::{Inner, LinkEntry, LinkState};
+use crate::state::{Inner, LinkEntry};
+use runtime::transport::table::{Phase, Slot};
 
 /// AES-GCM rather than ChaCha20-Poly1305: with ring's assembly it seals and opens twice as
 /// fast on CPUs with AES instructions (BENCHMARKS.md, `noise_1MiB`).
@@ -137,6 +138,7 @@ async fn negotiate(
 ) -> Result<Negotiated, HsError> {
     let cfg = &inner.config;
     stream.set_nodelay(true)?;
+    set_unsent_limit(&stream, cfg.unsent_limit)?;
     let (r, mut w) = stream.into_split();
     let mut r = FramedRead::new(r, length_codec());
     let proto = |e: snow::Error| HsError::Protocol(format!("{e:?}"));
@@ -260,15 +262,13 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
     .map_err(HsError::Protocol)?;
     let ctl = Arc::new(LinkCtl::new(&inner.root));
     let id = inner.next_link.fetch_add(1, Ordering::Relaxed);
-    let entry = LinkEntry {
+    let entry = Slot {
         id,
-        state: if arbiter {
-            LinkState::Reserved
-        } else {
-            LinkState::Up
+        phase: if arbiter { Phase::Reserved } else { Phase::Up },
+        link: LinkEntry {
+            outbox: outbox.clone(),
+            ctl: ctl.clone(),
         },
-        outbox: outbox.clone(),
-        ctl: ctl.clone(),
     };
     let refusal = |reason: Refusal| -> Vec<u8> {
         let m = seal(&noise, 1, &HelloReply::Refused { reason }.encode()).unwrap_or_default();
@@ -309,4 +309,29 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         outbox,
         ctl,
     })
+}
+
+/// Cap the bytes the kernel holds unsent on `stream` (`TCP_NOTSENT_LOWAT`; 0: leave it).
+fn set_unsent_limit(stream: &TcpStream, limit: usize) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if limit == 0 {
+        return Ok(());
+    }
+    let value = libc::c_int::try_from(limit).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the fd is the stream's open socket for the whole call; the option value is
+    // a c_int on our stack whose size is passed with it.
+    let r = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

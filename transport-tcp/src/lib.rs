@@ -55,10 +55,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runtime::NodeId;
-use runtime::transport::link;
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -68,7 +67,7 @@ pub use crate::error::Error;
 
 use crate::dial::{accept_loop, dial_loop};
 use crate::handshake::NOISE_PARAMS;
-use crate::state::{Inner, LinkState, PeerEntry, State, lock};
+use crate::state::{Inner, PeerEntry, State, lock};
 
 /// Inbound connections allowed in the handshake at once.
 const MAX_PENDING_HANDSHAKES: usize = 128;
@@ -99,12 +98,10 @@ impl Transport {
         let params: snow::params::NoiseParams = NOISE_PARAMS
             .parse()
             .map_err(|e| Error::Config(format!("{e:?}")))?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| Error::Bind {
-                addr: config.listen,
-                source,
-            })?;
+        let listener = listen(&config).map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
             addr: config.listen,
             source,
@@ -145,20 +142,12 @@ impl Transport {
         peer: NodeId,
         frame: Frame,
     ) -> Result<(Arc<outbox::Outbox>, Frame), rt::SendError> {
-        if let Err(e) = link::check_size(&frame, self.inner.config.max_frame) {
-            return Err(rt::SendError::new(e, frame));
-        }
         let st = lock(&self.inner.state);
-        let error = if st.closed {
-            rt::Error::Closed
-        } else {
-            match st.links.get(&peer) {
-                Some(l) if l.state == LinkState::Up => return Ok((l.outbox.clone(), frame)),
-                _ if !st.peers.contains_key(&peer) => rt::Error::UnknownPeer(peer),
-                _ => rt::Error::Unreachable(peer),
-            }
-        };
-        Err(rt::SendError::new(error, frame))
+        let listed = st.peers.contains_key(&peer);
+        st.links
+            .route(peer, listed, frame, self.inner.config.max_frame, |l| {
+                l.outbox.clone()
+            })
     }
 }
 
@@ -202,7 +191,7 @@ impl rt::Transport for Transport {
     fn set_peers(&self, peers: Vec<PeerInfo>) {
         let inner = &self.inner;
         let mut st = lock(&inner.state);
-        if st.closed {
+        if st.links.is_closed() {
             return;
         }
         let wanted: HashMap<NodeId, Vec<SocketAddr>> = peers
@@ -220,8 +209,8 @@ impl rt::Transport for Transport {
             if let Some(p) = st.peers.remove(&id) {
                 p.cancel.cancel();
             }
-            if let Some(l) = st.links.get(&id) {
-                l.ctl.close("peer removed from the peer list");
+            if let Some(l) = st.links.get(id) {
+                l.link.ctl.close("peer removed from the peer list");
             }
         }
         for (id, addrs) in wanted {
@@ -244,15 +233,7 @@ impl rt::Transport for Transport {
     }
 
     fn connected(&self) -> Vec<NodeId> {
-        let st = lock(&self.inner.state);
-        let mut v: Vec<NodeId> = st
-            .links
-            .iter()
-            .filter(|(_, l)| l.state == LinkState::Up)
-            .map(|(id, _)| *id)
-            .collect();
-        v.sort_unstable();
-        v
+        lock(&self.inner.state).links.up()
     }
 
     fn shutdown(&self) -> BoxFuture<'_, ()> {
@@ -267,4 +248,19 @@ impl rt::Transport for Transport {
             let _ = tokio::time::timeout(Duration::from_secs(3), all).await;
         })
     }
+}
+
+/// The listening socket, with the configured receive buffer (inherited by accepted links).
+fn listen(config: &Config) -> std::io::Result<TcpListener> {
+    let socket = if config.listen.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let Some(size) = config.recv_buffer {
+        socket.set_recv_buffer_size(size)?;
+    }
+    socket.bind(config.listen)?;
+    socket.listen(1024)
 }

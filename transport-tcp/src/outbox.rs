@@ -8,16 +8,18 @@
 //! under one lock and only with non-blocking `try_write`, so frames stay in order and a
 //! sender's future can be dropped at any point without tearing a message.
 //!
-//! Control frames go before queued bulk frames, at frame granularity: a control frame
-//! waits at most for the bulk frame whose payload is being sealed (bounded by the sender's
-//! chunk size, see `Capabilities::max_frame`) and for the socket's send buffer.
+//! Control frames go before queued bulk frames, and between the pieces of a bulk frame
+//! being sealed (see [`crate::codec`]): a control frame waits behind at most one piece
+//! ([`crate::codec::PIECE`]) plus the sealed bytes not yet written (at most
+//! [`BULK_BATCH`] while bulk flows) and the socket's unsent bytes, which the link caps
+//! with `TCP_NOTSENT_LOWAT` (see `crate::config::Config::unsent_limit`).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 use runtime::NodeId;
 use runtime::transport::lanes::Outq;
 use runtime::transport::link::LinkCtl;
@@ -26,12 +28,15 @@ use snow::StatelessTransportState;
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::Notify;
 
-use crate::codec::{MAX_CHUNK, Packer};
+use crate::codec::{Large, MAX_CHUNK, Packer};
 use crate::state::lock;
+use runtime::transport::Lane;
 
 const TAG: usize = 16;
 /// Ciphertext collected before it is handed to the socket.
 const WRITE_BATCH: usize = 256 * 1024;
+/// ... while a bulk frame is being cut into pieces (what a control frame may wait behind).
+pub(crate) const BULK_BATCH: usize = 128 * 1024;
 /// Frames up to this size may be written by the sender itself.
 const INLINE_MAX: usize = 4 * MAX_CHUNK;
 /// ... when the previous send on the link is at least this long ago. A sender streaming
@@ -56,8 +61,8 @@ struct State {
     /// Sealed, not yet written.
     out: BytesMut,
     nonce: u64,
-    /// The rest of a large payload still to be sealed (it follows everything in `out`).
-    large: Option<Bytes>,
+    /// The rest of a split frame still to be sealed (it follows everything in `out`).
+    large: Option<Large>,
     /// A write failed; the link is dead.
     error: Option<String>,
     wrote_at: Instant,
@@ -109,12 +114,22 @@ impl State {
             ..
         } = self;
         loop {
-            if let Some(payload) = large.as_mut() {
-                while !payload.is_empty() && out.len() < limit {
-                    let piece = payload.split_to(payload.len().min(MAX_CHUNK));
-                    seal_into(noise, nonce, &piece, out)?;
+            if let Some(l) = large.as_mut() {
+                let bulk = l.lane() == Lane::Bulk;
+                let limit = if bulk { limit.min(BULK_BATCH) } else { limit };
+                while !l.is_empty() && out.len() < limit {
+                    let mut sink = |c: &[u8]| seal_into(noise, nonce, c, out);
+                    if bulk {
+                        // Control frames go between two pieces of a bulk frame.
+                        while let Some(f) = queue.pop_control() {
+                            packer.push(&f, &mut sink)?;
+                        }
+                    }
+                    packer.piece(l, &mut sink)?;
                 }
-                if !payload.is_empty() {
+                if !l.is_empty() {
+                    // Batched control frames and the word of the next piece go out now.
+                    packer.flush(&mut |c: &[u8]| seal_into(noise, nonce, c, out))?;
                     return Ok(());
                 }
                 *large = None;
@@ -126,9 +141,7 @@ impl State {
             let mut sink = |c: &[u8]| seal_into(noise, nonce, c, out);
             *large = packer.push_split(&frame, &mut sink)?;
         }
-        if large.is_none() {
-            packer.flush(&mut |c: &[u8]| seal_into(noise, nonce, c, out))?;
-        }
+        packer.flush(&mut |c: &[u8]| seal_into(noise, nonce, c, out))?;
         Ok(())
     }
 
@@ -299,6 +312,9 @@ impl Outbox {
                         Ok(false) => true,
                     }
                 };
+                // A batch is out and more waits: let other tasks (those that answer
+                // control frames) run before the next batch.
+                tokio::task::yield_now().await;
                 if blocked {
                     tokio::select! {
                         biased;

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use runtime::NodeId;
 use runtime::transport::link::{self, Claim, LinkCtl};
 use runtime::transport::pacing::Repeats;
+use runtime::transport::table::{Entry, Phase, Slot, Table};
 use runtime::transport::{self as rt, Event};
 use runtime::wire::Refusal;
 use tokio::sync::{Notify, Semaphore};
@@ -37,9 +38,8 @@ pub(crate) struct Inner {
 
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) closed: bool,
     pub(crate) peers: HashMap<NodeId, PeerEntry>,
-    pub(crate) links: HashMap<NodeId, LinkEntry>,
+    pub(crate) links: Table<LinkEntry>,
 }
 
 pub(crate) struct PeerEntry {
@@ -48,22 +48,17 @@ pub(crate) struct PeerEntry {
     pub(crate) wake: Arc<Notify>,
 }
 
+/// What transport-tcp keeps per link in the shared [`Table`]. A link accepted by this
+/// node (the arbiter) is [`Phase::Reserved`] until the peer confirms.
 pub(crate) struct LinkEntry {
-    pub(crate) id: u64,
-    pub(crate) state: LinkState,
     pub(crate) outbox: Arc<Outbox>,
     pub(crate) ctl: Arc<LinkCtl>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum LinkState {
-    /// Accepted by this node (the arbiter), waiting for the peer's confirmation; no `Up`
-    /// yet, so it vanishes silently if the peer dies now.
-    Reserved,
-    /// `Up` emitted (or about to be); frames may be sent.
-    Up,
-    /// Ending; its `Down` is being delivered.
-    Closing,
+impl Entry for LinkEntry {
+    fn ctl(&self) -> &LinkCtl {
+        &self.ctl
+    }
 }
 
 pub(crate) use runtime::transport::link::lock;
@@ -72,13 +67,7 @@ impl Inner {
     /// Stop accepting and dialling, close every link (writers flush briefly). Returns the
     /// links' completion tokens.
     pub(crate) fn begin_shutdown(&self) -> Vec<CancellationToken> {
-        let mut st = lock(&self.state);
-        st.closed = true;
-        let dones = st.links.values().map(|l| l.ctl.done.clone()).collect();
-        for l in st.links.values() {
-            l.ctl.close("transport shut down");
-        }
-        drop(st);
+        let dones = lock(&self.state).links.close_all("transport shut down");
         self.root.cancel();
         dones
     }
@@ -108,38 +97,22 @@ impl Inner {
         &self,
         peer: NodeId,
         arbiter: bool,
-        entry: LinkEntry,
+        entry: Slot<LinkEntry>,
     ) -> Result<(), Refusal> {
         let mut entry = Some(entry);
+        let local = self.config.local;
         link::claim(|| {
             let mut st = lock(&self.state);
-            if st.closed {
-                return Claim::Decided(Err(Refusal::ShuttingDown));
-            }
-            if !st.peers.contains_key(&peer) {
-                return Claim::Decided(Err(Refusal::NotListed {
-                    peer,
-                    local: self.config.local,
-                }));
-            }
-            match st.links.get(&peer) {
-                None => {
-                    st.links.insert(peer, entry.take().expect("entry"));
-                    Claim::Decided(Ok(()))
+            let listed = st.peers.contains_key(&peer);
+            st.links.claim_look(local, peer, listed, &mut entry, |old| {
+                if arbiter && old.phase != Phase::Closing {
+                    return Claim::Decided(Err(Refusal::Duplicate { local, peer }));
                 }
-                Some(old) if arbiter && old.state != LinkState::Closing => {
-                    Claim::Decided(Err(Refusal::Duplicate {
-                        local: self.config.local,
-                        peer,
-                    }))
+                if !arbiter {
+                    old.link.ctl.close("replaced by a new link");
                 }
-                Some(old) => {
-                    if !arbiter {
-                        old.ctl.close("replaced by a new link");
-                    }
-                    Claim::WaitFor(old.ctl.done.clone())
-                }
-            }
+                Claim::WaitFor(old.link.ctl.done.clone())
+            })
         })
         .await
     }

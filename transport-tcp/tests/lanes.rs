@@ -59,6 +59,35 @@ async fn node(id: u32, net: u8) -> (System, Arc<Transport>) {
     (sys, t)
 }
 
+/// Give `ta` and `tb` each other as peers and wait until both see the link up.
+async fn link(
+    ta: &Transport,
+    tb: &Transport,
+    a_links: &mut tokio::sync::broadcast::Receiver<LinkEvent>,
+    b_links: &mut tokio::sync::broadcast::Receiver<LinkEvent>,
+) {
+    let (ida, idb) = (ta.local_id(), tb.local_id());
+    let infos = vec![
+        runtime::transport::PeerInfo {
+            id: ida,
+            addrs: vec![ta.local_addr()],
+        },
+        runtime::transport::PeerInfo {
+            id: idb,
+            addrs: vec![tb.local_addr()],
+        },
+    ];
+    ta.set_peers(infos.clone());
+    tb.set_peers(infos);
+    for (links, peer) in [(a_links, idb), (b_links, ida)] {
+        let up = tokio::time::timeout(WAIT, links.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(up, LinkEvent::Up(peer));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     init_logs();
@@ -77,30 +106,7 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     b.serve::<u64, _>("echo", echo);
     let mut a_links = a.link_events();
     let mut b_links = b.link_events();
-    let infos = vec![
-        runtime::transport::PeerInfo {
-            id: 1,
-            addrs: vec![ta.local_addr()],
-        },
-        runtime::transport::PeerInfo {
-            id: 2,
-            addrs: vec![tb.local_addr()],
-        },
-    ];
-    ta.set_peers(infos.clone());
-    tb.set_peers(infos);
-    let up = tokio::time::timeout(WAIT, a_links.recv())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(up, LinkEvent::Up(2));
-    assert_eq!(
-        tokio::time::timeout(WAIT, b_links.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        LinkEvent::Up(1)
-    );
+    link(&ta, &tb, &mut a_links, &mut b_links).await;
     a.set_send_timeout(Duration::from_secs(10));
 
     // Idle figures first, for comparison.
@@ -167,6 +173,80 @@ async fn asks_keep_flowing_while_a_gigabyte_streams_on_the_bulk_lane() {
     // Every ask was answered within its 3 s limit (below the 4 s idle time-out); the
     // figures themselves belong in BENCHMARKS.md (release build), not in an assertion.
     assert_eq!(ta.connected(), vec![2]);
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+/// Sleeps the number of milliseconds it is sent.
+struct Sleeper;
+
+impl Actor for Sleeper {
+    type Msg = Inbound<u64>;
+    async fn handle(&mut self, m: Inbound<u64>, _ctx: &mut Context<Self>) {
+        tokio::time::sleep(Duration::from_millis(m.msg)).await;
+    }
+}
+
+/// Per-actor credits over real TCP: a fast sender to a sleeping actor is held back at
+/// about `CREDIT` bytes (what the sleeping actor's node holds for it), gets `Busy` after
+/// its send time-out, while asks to another actor on the same link are answered at once
+/// and the link stays up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_sender_to_a_sleeping_actor_is_held_back_over_tcp() {
+    init_logs();
+    let (a, ta) = node(3, 13).await;
+    let (b, tb) = node(4, 13).await;
+    let sleeper = b.spawn("sleeper", || Sleeper);
+    b.serve::<u64, _>("sleeper", sleeper);
+    let echo = b.spawn("echo", || Echo);
+    b.serve::<u64, _>("echo", echo);
+    let mut a_links = a.link_events();
+    let mut b_links = b.link_events();
+    link(&ta, &tb, &mut a_links, &mut b_links).await;
+    let limit = Duration::from_millis(300);
+    a.set_send_timeout(limit);
+    a.tell(4, "sleeper", &5_000u64).await.unwrap();
+    let chunk = Bytes::from(vec![3u8; 64 * 1024]);
+    let credit = runtime::system::CREDIT;
+    let mut sent = 0u64;
+    let (refused, waited) = loop {
+        let t0 = Instant::now();
+        match a
+            .tell_with_payload(4, "sleeper", &0u64, chunk.clone())
+            .await
+        {
+            Ok(()) => sent += chunk.len() as u64,
+            Err(e) => break (e, t0.elapsed()),
+        }
+        assert!(
+            sent <= 2 * credit,
+            "{sent} bytes accepted: no back-pressure"
+        );
+    };
+    assert!(
+        matches!(&refused, runtime::Error::Busy { node: 4, name } if name == "sleeper"),
+        "expected busy, got {refused:?}"
+    );
+    assert!(waited >= limit, "refused after {waited:?}");
+    assert!(
+        sent <= credit && sent + 2 * chunk.len() as u64 >= credit,
+        "held back after {sent} bytes, credit {credit}"
+    );
+    for n in 0..50u64 {
+        let t0 = Instant::now();
+        let r: u64 = a.ask(4, "echo", &n, Duration::from_secs(2)).await.unwrap();
+        assert_eq!(r, n);
+        assert!(
+            t0.elapsed() < Duration::from_millis(500),
+            "ask took {:?}",
+            t0.elapsed()
+        );
+    }
+    assert_eq!(ta.connected(), vec![4]);
+    assert!(matches!(
+        a_links.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
     a.shutdown(Duration::from_secs(2)).await;
     b.shutdown(Duration::from_secs(2)).await;
 }
