@@ -21,11 +21,19 @@ linked() {
   timeout 20 "$O" status --json --socket $SOCK 2>/dev/null | tr -d ' ' |
     grep -q "\"id\":$OTHER,[^}]*\"up\":true[^}]*\"link\":\"rdma\""
 }
-wait_linked() { # seconds
-  local i; for i in $(seq 1 "$1"); do linked && return 0; sleep 1; done; return 1
+alive() { kill -0 "$(cat /tmp/om/pid)" 2>/dev/null; }
+wait_linked() { # seconds of wall time
+  local end=$((SECONDS + $1))
+  while [ $SECONDS -lt $end ]; do
+    linked && return 0
+    alive || { echo "### INFO omnode daemon exited"; break; }
+    sleep 1
+  done
+  tail -25 /tmp/om/omnode.log | sed 's/^/### INFO omnode log: /'
+  return 1
 }
 start
-step omnode-rdma-up wait_linked 240
+step omnode-rdma-up wait_linked 180
 timeout 20 "$O" status --socket $SOCK
 if [ "$ROLE" = client ]; then
   sleep 3
@@ -33,18 +41,20 @@ if [ "$ROLE" = client ]; then
   echo "### INFO omnode node $ME SIGKILLed; restarting"
   sleep 2
   start
-  step omnode-rdma-up-after-restart wait_linked 240
-  # Stay up while the server checks it sees us again (it waits at most 240 s).
-  sleep 30
+  step omnode-rdma-up-after-restart wait_linked 120
+  # Stay up while the server checks it sees us again.
+  sleep 20
+  step omnode-rdma-still-up linked
 else
   # The peer goes away (SIGKILL) and comes back: see it down, then up over RDMA again.
   down() { ! linked; }
-  i=0; while linked && [ $i -lt 240 ]; do sleep 1; i=$((i+1)); done
+  end=$((SECONDS + 120)); while linked && [ $SECONDS -lt $end ]; do sleep 1; done
   step omnode-peer-seen-gone down
-  step omnode-rdma-up-after-peer-restart wait_linked 240
-  sleep 5
+  step omnode-rdma-up-after-peer-restart wait_linked 120
+  sleep 10
   step omnode-rdma-still-up linked
 fi
 timeout 20 "$O" status --socket $SOCK
-grep -E "linked over|RDMA link ended|ERROR|WARN" /tmp/om/omnode.log | sed 's/^/### INFO omnode log: /' | tail -20
+grep -E "linked over|RDMA link ended|not linked|ERROR|WARN|panick" /tmp/om/omnode.log | sed 's/^/### INFO omnode log: /' | tail -30
+alive || { echo "### INFO omnode daemon is not running at the end; log tail:"; tail -20 /tmp/om/omnode.log | sed 's/^/### INFO omnode log: /'; }
 kill "$(cat /tmp/om/pid)" 2>/dev/null; sleep 1

@@ -43,6 +43,8 @@ use crate::verbs::{Context, Mr, Pd};
 
 /// Side-channel connections in authentication at once (a flood waits, it does not grow).
 const MAX_PENDING_SIDE: usize = 16;
+/// Longest pause before negotiating again after an RDMA link failed.
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 /// Settings of the RDMA transport.
 #[derive(Clone, Debug)]
@@ -456,13 +458,13 @@ async fn on_tcp(inner: &Arc<Inner>, ev: Event) -> bool {
                     path: Path::Deciding(Vec::new()),
                     up: false,
                     cancel: cancel.clone(),
-                    backoff: Backoff::new(Duration::from_millis(500), Duration::from_secs(10)),
+                    backoff: Backoff::new(Duration::from_millis(500), BACKOFF_MAX),
                 },
             ) {
                 old.cancel.cancel();
             }
             drop(st);
-            tokio::spawn(negotiate(inner.clone(), peer, generation, cancel));
+            tokio::spawn(negotiate(inner.clone(), peer, generation, cancel, false));
             true
         }
         Event::Down { peer, reason } => {
@@ -544,11 +546,24 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
                         p.path = Path::Tcp(why.clone());
                     }
                     Outcome::Refused(why) => {
-                        error!(
-                            node = inner.local,
-                            "node {peer}: not linked: no RDMA ({why}) and --no-fallback forbids TCP"
-                        );
+                        let delay = p.backoff.failed();
+                        if inner.warned.warn_now(format!("refused {peer}")) {
+                            error!(
+                                node = inner.local,
+                                "node {peer}: not linked: no RDMA ({why}) and --no-fallback forbids TCP; trying again every {BACKOFF_MAX:?} at most"
+                            );
+                        } else {
+                            debug!(node = inner.local, "node {peer}: not linked: {why}");
+                        }
                         p.path = Path::Refused;
+                        st.next_generation += 1;
+                        let next = st.next_generation;
+                        // `p` borrowed `st`: look the entry up again to bump it.
+                        if let Some(p) = st.peers.get_mut(&peer) {
+                            p.generation = next;
+                        }
+                        drop(st);
+                        retry_after(inner, peer, next, delay);
                         return true;
                     }
                 }
@@ -606,39 +621,58 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
             {
                 return false;
             }
-            let tx = inner.internal.clone();
-            let root = inner.root.clone();
-            tokio::spawn(async move {
-                tokio::select! {
-                    _ = root.cancelled() => {}
-                    _ = tokio::time::sleep(delay) => {
-                        let _ = tx.send(Internal::Retry { peer, generation: next });
-                    }
-                }
-            });
+            retry_after(inner, peer, next, delay);
             true
         }
         Internal::Retry { peer, generation } => {
             let cancel = {
-                let st = lock(&inner.state);
-                match st.peers.get(&peer) {
-                    Some(p) if p.generation == generation => p.cancel.clone(),
+                let mut st = lock(&inner.state);
+                match st.peers.get_mut(&peer) {
+                    Some(p) if p.generation == generation && !p.up => {
+                        if matches!(p.path, Path::Refused) {
+                            p.path = Path::Deciding(Vec::new());
+                        }
+                        p.cancel.clone()
+                    }
                     _ => return true,
                 }
             };
-            tokio::spawn(negotiate(inner.clone(), peer, generation, cancel));
+            tokio::spawn(negotiate(inner.clone(), peer, generation, cancel, true));
             true
         }
     }
 }
 
-/// Decide RDMA or TCP for `peer`, and report it to the event loop.
-async fn negotiate(inner: Arc<Inner>, peer: NodeId, generation: u64, cancel: CancellationToken) {
+/// Negotiate with `peer` again after `delay`, unless its entry changed meanwhile.
+fn retry_after(inner: &Arc<Inner>, peer: NodeId, generation: u64, delay: Duration) {
+    let tx = inner.internal.clone();
+    let root = inner.root.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = root.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {
+                let _ = tx.send(Internal::Retry { peer, generation });
+            }
+        }
+    });
+}
+
+/// Decide RDMA or TCP for `peer`, and report it to the event loop. After an RDMA link
+/// failed (`retry`) the lower id dials only after its back-off, so the higher id waits
+/// that much longer before it gives up on RDMA.
+async fn negotiate(
+    inner: Arc<Inner>,
+    peer: NodeId,
+    generation: u64,
+    cancel: CancellationToken,
+    retry: bool,
+) {
     let attempt = async {
         if inner.local < peer {
             dial_side(&inner, peer).await
         } else {
-            wait_side(&inner, peer).await
+            let extra = if retry { BACKOFF_MAX } else { Duration::ZERO };
+            wait_side(&inner, peer, inner.cfg.decide_timeout + extra).await
         }
     };
     let outcome = tokio::select! {
@@ -723,7 +757,7 @@ async fn dial_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
 
 /// The higher id's side: wait for the lower id's side channel (accepted by
 /// [`side_accept_loop`], which already sent our offer).
-async fn wait_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
+async fn wait_side(inner: &Inner, peer: NodeId, t: Duration) -> Result<Link, String> {
     let rx = {
         let mut st = lock(&inner.state);
         match st.parked.remove(&peer) {
@@ -737,18 +771,15 @@ async fn wait_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
     };
     let (session, theirs) = match rx {
         Err(acc) => acc,
-        Ok(rx) => {
-            let t = inner.cfg.decide_timeout;
-            match tokio::time::timeout(t, rx).await {
-                Ok(Ok(acc)) => acc,
-                _ => {
-                    lock(&inner.state).waiting.remove(&peer);
-                    return Err(format!(
-                        "node {peer} opened no RDMA side channel within {t:?} (is it started with --transport rdma?)"
-                    ));
-                }
+        Ok(rx) => match tokio::time::timeout(t, rx).await {
+            Ok(Ok(acc)) => acc,
+            _ => {
+                lock(&inner.state).waiting.remove(&peer);
+                return Err(format!(
+                    "node {peer} opened no RDMA side channel within {t:?} (is it started with --transport rdma?)"
+                ));
             }
-        }
+        },
     };
     finish(inner, peer, session, theirs).await
 }
