@@ -42,9 +42,10 @@ if [ "$ROLE" = client ]; then
   sleep 2
   start
   step omnode-rdma-up-after-restart wait_linked 120
-  # Stay up while the server checks it sees us again.
-  sleep 20
+  sleep 5
   step omnode-rdma-still-up linked
+  # Stay up while the server checks that it sees us again (it ends 30 s after its check).
+  sleep 25
 else
   # The peer goes away (SIGKILL) and comes back: see it down, then up over RDMA again.
   down() { ! linked; }
@@ -53,6 +54,8 @@ else
   step omnode-rdma-up-after-peer-restart wait_linked 120
   sleep 10
   step omnode-rdma-still-up linked
+  # Stay up while the client checks that it sees us again.
+  sleep 20
 fi
 timeout 20 "$O" status --socket $SOCK
 grep -E "linked over|RDMA link ended|not linked|ERROR|WARN|panick" /tmp/om/omnode.log | sed 's/^/### INFO omnode log: /' | tail -30
