@@ -109,6 +109,25 @@ pub struct NodeRow {
     /// The load normalised by speed (runnable per 1000 MHz of capacity × speed).
     #[serde(default)]
     pub norm_load: Option<f64>,
+    /// The transport of this node's link to it (`tcp`, `p2p`, `rdma`, `tcp (fallback)`);
+    /// null for the answering node and nodes without a link.
+    #[serde(default)]
+    pub link: Option<String>,
+    /// Why a `--transport rdma` link runs over TCP (null otherwise).
+    #[serde(default)]
+    pub link_why: Option<String>,
+}
+
+impl NodeRow {
+    /// Fill in which transport links this node to the row's node (see [`crate::status`]).
+    fn with_link(mut self, local: NodeId) -> NodeRow {
+        if self.id != local {
+            if let Some((link, why)) = crate::status::link_of(self.id) {
+                (self.link, self.link_why) = (Some(link), why);
+            }
+        }
+        self
+    }
 }
 
 pub enum Msg {
@@ -246,7 +265,10 @@ impl Control {
                     total_mem: l.map(|(l, _)| l.total_mem),
                     capacity: l.map(|(l, _)| l.capacity()),
                     norm_load: l.map(|(l, _)| l.normalised()),
+                    link: None,
+                    link_why: None,
                 }
+                .with_link(self.local)
             })
             .collect();
         Ok(StatusReport {

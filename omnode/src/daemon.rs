@@ -29,12 +29,22 @@ enum Found {
     Mdns,
 }
 
+#[derive(Clone, Debug, Default)]
+struct RdmaOpts {
+    device: Option<String>,
+    gid_index: u8,
+    no_fallback: bool,
+}
+
 /// Everything decided before the node starts.
 struct Plan {
     found: Found,
     local: NodeId,
     listen: SocketAddr,
     transport: TransportKind,
+    /// `--rdma-device`, `--rdma-gid-index`, `--no-fallback`.
+    #[cfg_attr(not(feature = "rdma"), allow(dead_code))]
+    rdma: RdmaOpts,
     /// Sent in the handshake: the map's digest, or the mDNS constant.
     cluster: String,
 }
@@ -77,12 +87,20 @@ fn plan(args: &DaemonArgs) -> Result<Plan, Error> {
                 local,
                 listen: SocketAddr::new(addr, args.port),
                 transport: args.transport.unwrap_or(TransportKind::Tcp),
+                rdma: RdmaOpts {
+                    device: args.rdma_device.clone(),
+                    gid_index: args.rdma_gid_index,
+                    no_fallback: args.no_fallback,
+                },
                 cluster: map.digest_hex(),
                 found: Found::Map(map, path),
             })
         }
         None => {
-            if args.transport == Some(TransportKind::Tcp) {
+            if matches!(
+                args.transport,
+                Some(TransportKind::Tcp | TransportKind::Rdma)
+            ) {
                 return Err(Error::Config(
                     "mDNS discovery needs --transport p2p (or give a map with --map)".into(),
                 ));
@@ -110,6 +128,7 @@ fn plan(args: &DaemonArgs) -> Result<Plan, Error> {
                 local,
                 listen: SocketAddr::new(ip, args.port),
                 transport: TransportKind::P2p,
+                rdma: RdmaOpts::default(),
                 cluster: zeroconf::CLUSTER.into(),
             })
         }
@@ -148,7 +167,42 @@ async fn start_transport(
         TransportKind::P2p => Err(Error::Config(
             "this omnode was built without libp2p support (build with --features p2p)".into(),
         )),
+        #[cfg(feature = "rdma")]
+        TransportKind::Rdma => {
+            let tcp = transport_tcp::Config::new(plan.local, plan.listen, key, plan.cluster.clone());
+            let mut config = transport_rdma::Config::new(tcp);
+            config.link.device = plan.rdma.device.clone();
+            config.link.gid_index = plan.rdma.gid_index;
+            config.fallback = !plan.rdma.no_fallback;
+            let t = transport_rdma::Transport::start(config, events)
+                .await
+                .map_err(|e| fail(&e))?;
+            let (t2, t3) = (t.clone(), Arc::downgrade(&t));
+            crate::status::set_link_of(Box::new(move |peer| {
+                use transport_rdma::LinkKind;
+                match t3.upgrade()?.link_kind(peer)? {
+                    LinkKind::Rdma => Some(("rdma".into(), None)),
+                    LinkKind::Tcp(why) => Some(("tcp (fallback)".into(), Some(why))),
+                }
+            }));
+            Ok((t, Box::new(move |c| t2.tcp().set_cluster(c))))
+        }
+        #[cfg(not(feature = "rdma"))]
+        TransportKind::Rdma => Err(Error::Config(
+            "this omnode was built without RDMA support (build with --features rdma; needs libibverbs-dev, librdmacm-dev, libclang-dev, pkg-config)".into(),
+        )),
     }
+}
+
+/// The transport's name for the LINK column of `status`, for transports with one kind of link.
+fn set_plain_link_of(t: &Arc<dyn Transport>, name: &'static str) {
+    let t = Arc::downgrade(t);
+    crate::status::set_link_of(Box::new(move |peer| {
+        t.upgrade()?
+            .connected()
+            .contains(&peer)
+            .then(|| (name.to_string(), None))
+    }));
 }
 
 async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), Error> {
@@ -158,6 +212,11 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
     let local = plan.local;
     let system = System::new(local);
     let (transport, set_cluster) = start_transport(&plan, key, system.events()).await?;
+    match plan.transport {
+        TransportKind::Tcp => set_plain_link_of(&transport, "tcp"),
+        TransportKind::P2p => set_plain_link_of(&transport, "p2p"),
+        TransportKind::Rdma => {} // set by start_transport: rdma or tcp per link
+    }
     let mut addrs: BTreeMap<NodeId, String> = BTreeMap::new();
     let mut peers_of_map: Vec<NodeId> = Vec::new();
     addrs.insert(local, plan.listen.ip().to_string());

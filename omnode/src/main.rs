@@ -134,9 +134,24 @@ pub struct DaemonArgs {
     #[arg(long, value_enum, default_value_t = DiscoveryMode::Auto)]
     pub discovery: DiscoveryMode,
 
-    /// Link layer: `tcp` (default with a map) or `p2p` (libp2p; default and required with mDNS).
+    /// Link layer: `tcp` (default with a map), `p2p` (libp2p; default and required with
+    /// mDNS) or `rdma` (RDMA verbs where both ends have a device, TCP otherwise; built
+    /// with the `rdma` feature). RDMA needs the TCP port + 1 free for its side channel.
     #[arg(long, value_enum)]
     pub transport: Option<TransportKind>,
+
+    /// `--transport rdma`: the RDMA device to use (e.g. mlx5_0, rxe0; default: the first).
+    #[arg(long, value_name = "NAME")]
+    pub rdma_device: Option<String>,
+
+    /// `--transport rdma`: the GID table index (RoCE v2 over IPv4 is usually 1; see show_gids).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub rdma_gid_index: u8,
+
+    /// `--transport rdma`: refuse to start without a usable RDMA device, and leave a peer
+    /// unlinked rather than link it over TCP.
+    #[arg(long)]
+    pub no_fallback: bool,
 
     /// mDNS mode: the address to stand on (default: the first non-loopback IPv4 address);
     /// the node id is its last two bytes unless --node says otherwise.
@@ -184,6 +199,7 @@ pub enum DiscoveryMode {
 pub enum TransportKind {
     Tcp,
     P2p,
+    Rdma,
 }
 
 #[derive(Subcommand, Debug)]

@@ -328,6 +328,8 @@ mod tests {
             speed: up.then_some(2400),
             free_mem: up.then_some(1 << 30),
             total_mem: up.then_some(2 << 30),
+            link: None,
+            link_why: None,
         };
         let text = render(
             &StatusReport {

@@ -1,9 +1,26 @@
 //! `omnode status [--json]`: ask a node's daemon how it sees the cluster.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use crate::Error;
 use crate::control::{self, NodeRow, Request, Response, StatusReport};
+
+/// For each peer: the name of the transport its link uses now, and why it is not the one
+/// asked for (an `--transport rdma` link that fell back to TCP). `None` without a link.
+pub type LinkOf = Box<dyn Fn(u32) -> Option<(String, Option<String>)> + Send + Sync>;
+
+static LINK_OF: OnceLock<LinkOf> = OnceLock::new();
+
+/// Set once by the daemon when its transport starts (one transport per process).
+pub fn set_link_of(f: LinkOf) {
+    let _ = LINK_OF.set(f);
+}
+
+/// The transport of this node's link to `peer` (for the LINK column).
+pub fn link_of(peer: u32) -> Option<(String, Option<String>)> {
+    LINK_OF.get().and_then(|f| f(peer))
+}
 
 pub fn run(socket: &Path, json: bool) -> Result<(), Error> {
     let report = match control::call(socket, &Request::Status)? {
@@ -39,6 +56,7 @@ pub fn table(r: &StatusReport) -> String {
             "NODE",
             "ADDRESS",
             "STATE",
+            "LINK",
             "LOAD",
             "NLOAD",
             "CPUS",
@@ -75,7 +93,7 @@ pub fn table(r: &StatusReport) -> String {
     out
 }
 
-fn row(n: &NodeRow) -> [String; 11] {
+fn row(n: &NodeRow) -> [String; 12] {
     let dash = || "-".to_string();
     [
         if n.local {
@@ -92,6 +110,7 @@ fn row(n: &NodeRow) -> [String; 11] {
                 None => "DOWN (never seen)".into(),
             }
         },
+        n.link.clone().unwrap_or_else(dash),
         n.load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
         n.norm_load.map(|l| format!("{l:.2}")).unwrap_or_else(dash),
         n.cpus.map(|c| c.to_string()).unwrap_or_else(dash),
@@ -140,6 +159,8 @@ mod tests {
             total_mem: load.map(|_| 4 << 30),
             capacity: load.map(|_| 1.5),
             norm_load: load.map(|l| l / 3.6),
+            link: (id == 2).then(|| "tcp (fallback)".to_string()),
+            link_why: None,
         };
         let t = table(&StatusReport {
             node: 1,
@@ -151,6 +172,10 @@ mod tests {
         });
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("NODE  ADDRESS"), "{t}");
+        // The LINK column: a dash without a link, the transport's name with one.
+        let link_col = lines[0].find("LINK").expect("a LINK column");
+        assert!(lines[1][link_col..].starts_with("- "), "{t}");
+        assert!(lines[2][link_col..].starts_with("tcp (fallback)"), "{t}");
         assert!(
             lines[1].starts_with("1*")
                 && lines[1].contains("0.50")

@@ -26,19 +26,39 @@ for t in $TESTS; do
       [ -x "$b" ] || { echo "### STEP rust-present RC=1"; continue; }
       sleep 2
       K="$(cat /payload/key)"
-      # Run 1: completions by event (the default); 256 MiB bulk checked byte for byte.
+      # Run 1: completions by event (the default); 64 MiB bulk checked byte for byte.
       # Run 2: busy-poll mode (50 ms of polling before sleeping), for the latency ratio.
       if [ "$ROLE" = server ]; then
         step rdma-guest-test timeout 900 "$b" --key-hex "$K" server --listen "$IP:18600" --expect-refused 1
         step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 server --listen "$IP:18601" --expect-refused 1
       else
         step rdma-guest-test timeout 900 "$b" --key-hex "$K" client --connect "$PEER:18600" --retry-secs 120 \
-          --asks 500 --bulk-mib 256
+          --asks 500 --bulk-mib 64
         sleep 2
         step rdma-guest-test-busy-poll timeout 600 "$b" --key-hex "$K" --busy-poll-us 50000 client --connect "$PEER:18601" \
           --retry-secs 120 --asks 500 --bulk-mib 32
       fi
     done
+    ;;
+  transport)
+    # The Transport omnode uses (TCP link first, RDMA decided on the side channel, no
+    # fall-back allowed): asks, then 256 MiB on the bulk lane checked byte for byte; then
+    # transport-tcp alone between the same guests, the baseline of BENCHMARKS.md.
+    b=/payload/bin/rdma-guest-test
+    K="$(cat /payload/key)"
+    if [ "$ROLE" = server ]; then ME=2; OTHER=1; else ME=1; OTHER=2; fi
+    sleep 2
+    step transport-rdma timeout 900 "$b" --key-hex "$K" transport --node $ME --listen "$IP:18700" \
+      --peer-id $OTHER --peer "$PEER:18700" --asks 500 --bulk-mib 256
+    sleep 3
+    step transport-tcp-baseline timeout 600 "$b" --key-hex "$K" transport --tcp --node $ME --listen "$IP:18710" \
+      --peer-id $OTHER --peer "$PEER:18710" --asks 500 --bulk-mib 64
+    ;;
+  omnode)
+    # Two omnode daemons with --transport rdma form a cluster over RDMA; the client's
+    # daemon is SIGKILLed and restarted, and both see each other up over RDMA again.
+    sleep 3
+    bash /payload/omnode-test.sh
     ;;
   *) echo "### STEP unknown-test-$t RC=1" ;;
   esac

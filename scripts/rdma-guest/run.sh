@@ -10,7 +10,9 @@
 #   scripts/rdma-guest/run.sh [--payload DIR] [--tests "perftest rust"] [--keep]
 #     --payload DIR  files copied to /payload/bin in both guests (e.g. the rdma test binary)
 #     --tests LIST   which guest test groups to run: perftest (ibv_devinfo, ib_send_lat,
-#                    ib_write_bw between the guests), rust (/payload/bin/rdma-guest-test)
+#                    ib_write_bw between the guests), rust (/payload/bin/rdma-guest-test: one
+#                    link), transport (the Transport, and transport-tcp as baseline), omnode
+#                    (two daemons with --transport rdma, one SIGKILLed and restarted)
 #     --keep         keep the work dir (serial logs) after a passing run
 # Environment: OMNODE_RDMA_CACHE (cache dir, default ${XDG_CACHE_HOME:-/var/cache}/omnode-rdma-guest),
 #   RDMA_GUEST_TIMEOUT (seconds for each guest, default 900), RDMA_GUEST_PORT (first of the two
@@ -122,7 +124,8 @@ trap cleanup EXIT INT TERM
 mkdir -p "$WORK/p/payload/bin"
 cp "$HERE/guest-init.sh" "$WORK/p/init"
 cp "$HERE/guest-tests.sh" "$WORK/p/payload/tests.sh"
-chmod +x "$WORK/p/init" "$WORK/p/payload/tests.sh"
+cp "$HERE/omnode-test.sh" "$WORK/p/payload/omnode-test.sh"
+chmod +x "$WORK/p/init" "$WORK/p/payload/tests.sh" "$WORK/p/payload/omnode-test.sh"
 echo "$TESTS" >"$WORK/p/payload/tests.list"
 # A fresh cluster key for this run (both guests get it; the client also tries a wrong one).
 od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$WORK/p/payload/key"

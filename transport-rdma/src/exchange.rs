@@ -109,6 +109,58 @@ impl LinkInfo {
     }
 }
 
+const OFFER_MAGIC: &[u8; 8] = b"OMRDOFR1";
+/// Longest reason carried in an [`Offer`].
+pub const MAX_REASON: usize = 512;
+
+/// The first sealed message each side sends: which node it is, and whether it can set up
+/// an RDMA link (or why not, for the other side's log line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Offer {
+    pub node: u32,
+    /// `Ok` when this node has a usable RDMA device; the reason otherwise.
+    pub rdma: Result<(), String>,
+}
+
+impl Offer {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(16 + MAX_REASON);
+        b.extend_from_slice(OFFER_MAGIC);
+        b.extend_from_slice(&self.node.to_le_bytes());
+        match &self.rdma {
+            Ok(()) => b.push(1),
+            Err(why) => {
+                b.push(0);
+                // Cut on a char boundary, so the peer gets valid UTF-8.
+                let mut end = why.len().min(MAX_REASON);
+                while !why.is_char_boundary(end) {
+                    end -= 1;
+                }
+                b.extend_from_slice(&why.as_bytes()[..end]);
+            }
+        }
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Offer, Error> {
+        if b.len() < 13 || b.len() > 13 + MAX_REASON || &b[..8] != OFFER_MAGIC {
+            return Err(Error::Protocol(format!(
+                "RDMA offer: {} bytes, or not an omnode RDMA offer",
+                b.len()
+            )));
+        }
+        let node = u32::from_le_bytes(b[8..12].try_into().expect("4 bytes"));
+        let rdma = match b[12] {
+            1 if b.len() == 13 => Ok(()),
+            0 => Err(String::from_utf8_lossy(&b[13..]).into_owned()),
+            f => {
+                return Err(Error::Protocol(format!("RDMA offer: flag {f}")));
+            }
+        };
+        Ok(Offer { node, rdma })
+    }
+}
+
 /// An authenticated side channel to the peer.
 pub struct Session {
     stream: TcpStream,
@@ -220,6 +272,48 @@ impl Session {
             .map_err(|_| Error::Timeout("exchanging queue-pair details"))?
     }
 
+    /// Tell the peer who we are and whether this node can do RDMA, and learn the same of
+    /// it, sealed (nonce 2 each way), within `limit`. Sent before any verbs object exists,
+    /// so both ends agree on RDMA or TCP before either creates a queue pair.
+    pub async fn offer(&mut self, ours: &Offer, limit: Duration) -> Result<Offer, Error> {
+        self.send_offer(ours, limit).await?;
+        self.recv_offer(limit).await
+    }
+
+    /// The sending half of [`Session::offer`].
+    pub async fn send_offer(&mut self, ours: &Offer, limit: Duration) -> Result<(), Error> {
+        let proto = |e: snow::Error| Error::Protocol(format!("noise: {e:?}"));
+        let peer = self.peer.clone();
+        let io = |source| Error::Io { peer, source };
+        let plain = ours.encode();
+        let mut out = vec![0u8; plain.len() + 16];
+        let n = self
+            .noise
+            .write_message(2, &plain, &mut out)
+            .map_err(proto)?;
+        tokio::time::timeout(limit, write_msg(&mut self.stream, &out[..n]))
+            .await
+            .map_err(|_| Error::Timeout("sending the RDMA offer"))?
+            .map_err(io)
+    }
+
+    /// The receiving half of [`Session::offer`].
+    pub async fn recv_offer(&mut self, limit: Duration) -> Result<Offer, Error> {
+        let m = tokio::time::timeout(limit, read_msg(&mut self.stream))
+            .await
+            .map_err(|_| Error::Timeout("reading the peer's RDMA offer"))?
+            .map_err(|source| Error::Io {
+                peer: self.peer.clone(),
+                source,
+            })?;
+        let mut plain = vec![0u8; m.len()];
+        let n = self
+            .noise
+            .read_message(2, &m, &mut plain)
+            .map_err(|_| Error::Auth)?;
+        Offer::decode(&plain[..n])
+    }
+
     pub fn peer(&self) -> &str {
         &self.peer
     }
@@ -293,6 +387,64 @@ mod tests {
         let _held = l.accept().await.unwrap();
         let r = authenticate(s, &[1; 32], true, Duration::from_millis(100)).await;
         assert!(matches!(r, Err(Error::Timeout(_))), "{:?}", r.err());
+    }
+
+    #[tokio::test]
+    async fn offers_cross_sealed_and_bad_ones_are_refused() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = Duration::from_secs(5);
+        let server = tokio::spawn(async move {
+            let (s, _) = l.accept().await.unwrap();
+            let mut sess = authenticate(s, &[5; 32], false, t).await.unwrap();
+            let theirs = sess.recv_offer(t).await.unwrap();
+            sess.send_offer(
+                &Offer {
+                    node: 2,
+                    rdma: Ok(()),
+                },
+                t,
+            )
+            .await
+            .unwrap();
+            theirs
+        });
+        let s = TcpStream::connect(addr).await.unwrap();
+        let mut sess = authenticate(s, &[5; 32], true, t).await.unwrap();
+        let why = "no RDMA device; devices found: [] é".to_string();
+        let got = sess
+            .offer(
+                &Offer {
+                    node: 1,
+                    rdma: Err(why.clone()),
+                },
+                t,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            got,
+            Offer {
+                node: 2,
+                rdma: Ok(())
+            }
+        );
+        assert_eq!(
+            server.await.unwrap(),
+            Offer {
+                node: 1,
+                rdma: Err(why)
+            }
+        );
+
+        let long = Offer {
+            node: 3,
+            rdma: Err("é".repeat(MAX_REASON)),
+        };
+        let d = Offer::decode(&long.encode()).unwrap();
+        assert!(d.rdma.unwrap_err().len() <= MAX_REASON);
+        assert!(Offer::decode(b"OMRDOFR1\x01\0\0\0\x07").is_err());
+        assert!(Offer::decode(b"short").is_err());
     }
 
     #[test]

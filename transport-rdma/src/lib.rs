@@ -10,14 +10,19 @@
 //! Completions are read through the completion channel's fd in tokio; nothing spins.
 //!
 //! Must not know: actors, envelopes, processes, the cluster map. Frames are opaque bytes
-//! (`runtime::transport::Frame`). The `runtime::transport::Transport` implementation with
-//! TCP fall-back is the next step (see README, "RDMA").
+//! (`runtime::transport::Frame`).
+//!
+//! [`Transport`] is the `runtime::transport::Transport`: a transport-tcp link to every
+//! peer first (liveness, fall-back), then RDMA when both ends can, decided over the
+//! authenticated side channel before any queue pair exists ([`transport`]).
 
 pub mod credit;
 pub mod error;
 pub mod exchange;
 pub mod link;
 pub mod piece;
+pub mod transport;
 pub mod verbs;
 
 pub use error::Error;
+pub use transport::{Config, LinkKind, Transport};

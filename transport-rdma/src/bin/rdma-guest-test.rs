@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use runtime::transport::{Frame, Lane};
+use std::sync::Arc;
+
+use runtime::transport::{Event, Frame, Lane, PeerInfo, Transport as RtTransport};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use transport_rdma::Error;
@@ -55,6 +57,27 @@ enum Cmd {
         /// Bytes of each bulk frame.
         #[arg(long, default_value_t = 4 << 20)]
         frame_bytes: usize,
+    },
+    /// Through the `Transport` (what omnode uses): node `node` at `listen` and node
+    /// `peer_id` at `peer`. The lower id asks and streams; the higher echoes and checks.
+    Transport {
+        #[arg(long)]
+        node: u32,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        peer_id: u32,
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        #[arg(long, default_value_t = 500)]
+        asks: u32,
+        #[arg(long, default_value_t = 256)]
+        bulk_mib: u64,
+        #[arg(long, default_value_t = 4 << 20)]
+        frame_bytes: usize,
+        /// transport-tcp alone (the baseline between the same guests), not RDMA.
+        #[arg(long)]
+        tcp: bool,
     },
 }
 
@@ -308,6 +331,180 @@ async fn client(
     Ok(())
 }
 
+struct TransportRun {
+    node: u32,
+    listen: std::net::SocketAddr,
+    peer_id: u32,
+    peer: std::net::SocketAddr,
+    asks: u32,
+    bulk_mib: u64,
+    frame_bytes: usize,
+    tcp: bool,
+}
+
+async fn next_event(rx: &mut mpsc::Receiver<Event>, secs: u64) -> Result<Event, String> {
+    tokio::time::timeout(Duration::from_secs(secs), rx.recv())
+        .await
+        .map_err(|_| format!("nothing from the transport for {secs} s"))?
+        .ok_or_else(|| "the transport ended".to_string())
+}
+
+async fn next_frame(rx: &mut mpsc::Receiver<Event>) -> Result<Frame, String> {
+    loop {
+        match next_event(rx, 300).await? {
+            Event::Frame { frame, .. } => return Ok(frame),
+            Event::Down { peer, reason } => return Err(format!("node {peer} down: {reason}")),
+            _ => continue,
+        }
+    }
+}
+
+async fn transport_run(
+    k: [u8; 32],
+    cfg: Config,
+    spin: Duration,
+    r: TransportRun,
+) -> Result<(), String> {
+    let mut tc = transport_tcp::Config::new(r.node, r.listen, k, "rdma-guest");
+    // TCG guests are slow: generous liveness.
+    tc.idle_timeout = Duration::from_secs(20);
+    tc.keepalive = Duration::from_secs(2);
+    tc.handshake_timeout = Duration::from_secs(30);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let t: Arc<dyn RtTransport> = if r.tcp {
+        transport_tcp::Transport::start(tc, tx)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        let mut c = transport_rdma::Config::new(tc);
+        c.link = cfg;
+        c.fallback = false;
+        c.busy_poll = spin;
+        c.decide_timeout = Duration::from_secs(60);
+        transport_rdma::Transport::start(c, tx)
+            .await
+            .map_err(|e| e.to_string())?
+    };
+    t.set_peers(vec![PeerInfo {
+        id: r.peer_id,
+        addrs: vec![r.peer],
+    }]);
+    let t0 = Instant::now();
+    loop {
+        if let Event::Up { peer } = next_event(&mut rx, 180).await? {
+            info(format!(
+                "node {peer} up after {:.1} s",
+                t0.elapsed().as_secs_f64()
+            ));
+            break;
+        }
+    }
+    let kind = if r.tcp { "tcp" } else { "rdma" };
+    let total = r.bulk_mib << 20;
+    if r.node > r.peer_id {
+        // Echo control frames; check bulk bytes; report.
+        let (mut got, mut bad) = (0u64, 0u64);
+        let mut expect = None;
+        loop {
+            let f = next_frame(&mut rx).await?;
+            if f.head.as_ref() == b"BYE" {
+                break;
+            } else if let Some(n) = f.head.strip_prefix(b"BULK ") {
+                expect = std::str::from_utf8(n)
+                    .ok()
+                    .and_then(|s| s.parse::<u64>().ok());
+            } else if f.head.as_ref() == b"B" {
+                for (i, &b) in f.payload.iter().enumerate() {
+                    bad += (b != pattern(got + i as u64)) as u64;
+                }
+                got += f.payload.len() as u64;
+                if Some(got) == expect {
+                    let v = Frame::new(Bytes::from(format!("VERIFIED {got} {bad}")), Bytes::new());
+                    t.send(r.peer_id, v).await.map_err(|e| e.to_string())?;
+                }
+            } else {
+                t.send(r.peer_id, f).await.map_err(|e| e.to_string())?;
+            }
+        }
+        info(format!(
+            "{kind} transport: verified {got} bulk bytes, {bad} wrong"
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        t.shutdown().await;
+        return if bad == 0 && Some(got) == expect {
+            Ok(())
+        } else {
+            Err(format!(
+                "bulk {got} bytes, {bad} wrong, expected {expect:?}"
+            ))
+        };
+    }
+    let mut rtts = Vec::with_capacity(r.asks as usize);
+    for i in 0..r.asks {
+        let head = Bytes::from(format!("ask {i:060}"));
+        let s = Instant::now();
+        t.send(r.peer_id, Frame::new(head.clone(), Bytes::new()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let f = next_frame(&mut rx).await?;
+        rtts.push(s.elapsed());
+        if f.head != head {
+            return Err(format!("ask {i}: echo differs"));
+        }
+    }
+    rtts.sort();
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    if !rtts.is_empty() {
+        info(format!(
+            "{kind} transport ask round trip: {} asks, median {:.1} us, p99 {:.1} us",
+            r.asks,
+            us(rtts[rtts.len() / 2]),
+            us(rtts[rtts.len() * 99 / 100])
+        ));
+    }
+    t.send(
+        r.peer_id,
+        Frame::new(Bytes::from(format!("BULK {total}")), Bytes::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let s = Instant::now();
+    let (mut off, mut buf) = (0u64, vec![0u8; r.frame_bytes]);
+    while off < total {
+        let n = (total - off).min(r.frame_bytes as u64) as usize;
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = pattern(off + i as u64);
+        }
+        let f = Frame::on(
+            Lane::Bulk,
+            Bytes::from_static(b"B"),
+            Bytes::copy_from_slice(&buf[..n]),
+        );
+        t.send(r.peer_id, f).await.map_err(|e| e.to_string())?;
+        off += n as u64;
+    }
+    let v = next_frame(&mut rx).await?;
+    let secs = s.elapsed().as_secs_f64();
+    let verdict = String::from_utf8_lossy(&v.head).to_string();
+    info(format!(
+        "{kind} transport bulk: {} MiB in {secs:.2} s = {:.2} MB/s; peer says: {verdict}",
+        r.bulk_mib,
+        total as f64 / secs / 1e6
+    ));
+    t.send(
+        r.peer_id,
+        Frame::new(Bytes::from_static(b"BYE"), Bytes::new()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t.shutdown().await;
+    if verdict != format!("VERIFIED {total} 0") {
+        return Err(format!("peer verdict: {verdict}"));
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     tracing_subscriber::fmt()
@@ -350,6 +547,28 @@ async fn main() {
                 frame_bytes,
             )
             .await
+        }
+        Cmd::Transport {
+            node,
+            listen,
+            peer_id,
+            peer,
+            asks,
+            bulk_mib,
+            frame_bytes,
+            tcp,
+        } => {
+            let run = TransportRun {
+                node,
+                listen,
+                peer_id,
+                peer,
+                asks,
+                bulk_mib,
+                frame_bytes,
+                tcp,
+            };
+            transport_run(k, cfg, spin, run).await
         }
     };
     if let Err(e) = r {
