@@ -9,6 +9,7 @@ mod cgroup;
 mod ckpt;
 mod control;
 mod daemon;
+mod deputy;
 mod error;
 mod install;
 mod key;
