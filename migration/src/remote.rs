@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::forward::{Answered, Call, CallKey, FwdMsg, RemoteAction, RemoteFwd, Reply};
+use crate::homecall::{self, Arg, IoArg, Slot};
 use crate::seccomp::{self, Listener, Notif, Response};
 
 /// The moved process's identity at home.
@@ -123,11 +124,19 @@ pub enum Req {
     Close {
         fd: i32,
     },
-    /// openat(AT_FDCWD, path, …) / open(path, …): opened at home, placed here.
+    /// openat(dirfd, path, …) / open(path, …) / creat(path, mode): opened at home (relative
+    /// to home's cwd or to the home-backed `dirfd`), placed here. A local `dirfd` with a
+    /// relative path runs here.
     Openat {
+        dirfd: i32,
         path: u64,
         flags: i32,
         mode: u32,
+    },
+    /// A call of the [`crate::homecall`] table, run at home; its arguments are marshalled
+    /// from the trapped registers by the table.
+    Sys {
+        nr: i64,
     },
 }
 
@@ -220,16 +229,48 @@ pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
             buf: a[1],
         }),
         libc::SYS_close if home0 => Class::Forward(Req::Close { fd: fd0 as i32 }),
-        libc::SYS_openat if a[0] as i32 == libc::AT_FDCWD => Class::Forward(Req::Openat {
+        libc::SYS_openat => Class::Forward(Req::Openat {
+            dirfd: a[0] as i32,
             path: a[1],
             flags: a[2] as i32,
             mode: a[3] as u32,
         }),
         libc::SYS_open => Class::Forward(Req::Openat {
+            dirfd: libc::AT_FDCWD,
             path: a[0],
             flags: a[1] as i32,
             mode: a[2] as u32,
         }),
+        libc::SYS_creat => Class::Forward(Req::Openat {
+            dirfd: libc::AT_FDCWD,
+            path: a[0],
+            flags: libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            mode: a[1] as u32,
+        }),
+        libc::SYS_ioctl if home0 => match homecall::ioctl_arg(a[1]) {
+            Some(homecall::IoArg::Local) => Class::Continue,
+            Some(homecall::IoArg::Home) => Class::GoHome(GoHome::Identity),
+            Some(_) => Class::Forward(Req::Sys { nr }),
+            None => Class::GoHome(GoHome::Unsupported),
+        },
+        libc::SYS_fcntl if home0 => {
+            let cmd = a[1] as i32;
+            if homecall::fcntl_served(a[1]) {
+                Class::Forward(Req::Sys { nr })
+            } else if cmd == libc::F_GETFD || cmd == libc::F_SETFD {
+                Class::Continue // close-on-exec is per fd: the placeholder holds it
+            } else {
+                Class::GoHome(GoHome::Unsupported)
+            }
+        }
+        nr if homecall::template(nr).is_some_and(|t| t.first() == Some(&homecall::Slot::Fd)) => {
+            if home0 {
+                Class::Forward(Req::Sys { nr })
+            } else {
+                Class::Continue
+            }
+        }
+        nr if homecall::template(nr).is_some() => Class::Forward(Req::Sys { nr }),
         libc::SYS_poll | libc::SYS_ppoll | libc::SYS_select | libc::SYS_pselect6 => {
             if fds.home.is_empty() {
                 Class::Continue
@@ -486,7 +527,19 @@ impl<P: HomePort> Supervisor<P> {
             Class::CheckFdSet => unreachable!("resolved above"),
             Class::Forward(req) => {
                 let call = match self.build_call(&n, req) {
-                    Ok(c) => c,
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        // Relative to a local directory fd: it runs here.
+                        self.stats.continued += 1;
+                        self.answer(n.id, Response::Continue)?;
+                        return Ok(None);
+                    }
+                    Err(seccomp::Error::Mem { source, .. })
+                        if source.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+                    {
+                        self.answer(n.id, Response::Errno(libc::ENAMETOOLONG))?;
+                        return Ok(None);
+                    }
                     Err(seccomp::Error::Cancelled) => return Ok(None),
                     Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
                         self.answer(n.id, Response::Errno(libc::EFAULT))?;
@@ -509,8 +562,10 @@ impl<P: HomePort> Supervisor<P> {
         Ok(None)
     }
 
-    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Call> {
-        Ok(match req {
+    /// The call to send home, or `None` when it works relative to a local directory fd (it
+    /// then runs here).
+    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Option<Call>> {
+        Ok(Some(match req {
             Req::Read { fd, len, .. } => Call::Read { fd, len },
             Req::Write { fd, buf, len } => Call::Write {
                 fd,
@@ -532,9 +587,27 @@ impl<P: HomePort> Supervisor<P> {
             Req::Lseek { fd, offset, whence } => Call::Lseek { fd, offset, whence },
             Req::Fstat { fd, .. } => Call::Fstat { fd },
             Req::Close { fd } => Call::Close { fd },
-            Req::Openat { path, flags, mode } => Call::Openat {
-                dirfd: libc::AT_FDCWD,
-                path: Bytes::from(self.read_path(n, path)?),
+            Req::Sys { nr } => match self.sys_args(n, nr)? {
+                Some(args) => Call::Sys { nr, args },
+                None => return Ok(None),
+            },
+            Req::Openat {
+                dirfd,
+                path,
+                flags,
+                mode,
+            } => {
+                let path = self.read_path(n, path)?;
+                let dirfd = if dirfd == libc::AT_FDCWD || self.fds.is_home(dirfd.into()) {
+                    dirfd
+                } else if path.first() == Some(&b'/') {
+                    libc::AT_FDCWD // absolute: the local dirfd plays no part
+                } else {
+                    return Ok(None);
+                };
+                Call::Openat {
+                dirfd,
+                path: Bytes::from(path),
                 flags,
                 mode,
                 at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
@@ -544,8 +617,94 @@ impl<P: HomePort> Supervisor<P> {
                     len: 0,
                     source,
                 })?,
-            },
-        })
+            }
+            }
+        }))
+    }
+
+    /// The arguments of a [`Req::Sys`] call, read out of the process by the table; `None` when
+    /// a directory fd is local and its path relative (the call runs here).
+    fn sys_args(&self, n: &Notif, nr: i64) -> seccomp::Result<Option<Vec<Arg>>> {
+        let a = n.data.args;
+        let Some(t) = homecall::template(nr) else {
+            return Ok(Some(Vec::new())); // not reached: classify forwards only table calls
+        };
+        let clamp = |v: u64| v.min(u64::from(homecall::MAX_BUF));
+        let mut out = Vec::with_capacity(t.len());
+        let mut local_dir = false;
+        for (i, slot) in t.iter().enumerate() {
+            let arg = match slot {
+                Slot::Val => Arg::Val(a[i]),
+                Slot::Dir => {
+                    let fd = a[i] as i32;
+                    if fd == libc::AT_FDCWD {
+                        Arg::Val(libc::AT_FDCWD as u64)
+                    } else if self.fds.is_home(fd.into()) {
+                        Arg::Fd(fd)
+                    } else {
+                        local_dir = true;
+                        Arg::Val(libc::AT_FDCWD as u64)
+                    }
+                }
+                Slot::Fd => Arg::Fd(a[i] as i32),
+                Slot::Path | Slot::PathOrNull => {
+                    if a[i] == 0 && *slot == Slot::PathOrNull {
+                        if local_dir {
+                            return Ok(None);
+                        }
+                        Arg::Null
+                    } else {
+                        let p = self.read_path(n, a[i])?;
+                        if local_dir && p.first() != Some(&b'/') {
+                            return Ok(None);
+                        }
+                        local_dir = false;
+                        Arg::In(Bytes::from(p))
+                    }
+                }
+                Slot::In(len) => Arg::In(Bytes::from(self.listener.read_mem(n, a[i], *len as usize)?)),
+                Slot::InOrNull(len) => {
+                    if a[i] == 0 {
+                        Arg::Null
+                    } else {
+                        Arg::In(Bytes::from(self.listener.read_mem(n, a[i], *len as usize)?))
+                    }
+                }
+                Slot::Out(len) => Arg::Out(*len),
+                Slot::OutLen(li) => Arg::Out(clamp(a[*li]) as u32),
+                Slot::Len => Arg::Val(clamp(a[i])),
+                Slot::IoctlArg => match homecall::ioctl_arg(a[1]) {
+                    Some(IoArg::Val) | None | Some(IoArg::Local | IoArg::Home) => Arg::Val(a[i]),
+                    Some(IoArg::In(len) | IoArg::InOut(len)) => {
+                        Arg::In(Bytes::from(self.listener.read_mem(n, a[i], len as usize)?))
+                    }
+                    Some(IoArg::Out(len)) => Arg::Out(len),
+                },
+            };
+            out.push(arg);
+        }
+        Ok(Some(out))
+    }
+
+    /// Where a [`Req::Sys`] call's result buffers go in the process: (address, bytes), in the
+    /// order of the reply's data.
+    fn sys_outs(nr: i64, a: [u64; 6], ret: i64) -> Vec<(u64, usize)> {
+        let Some(t) = homecall::template(nr) else {
+            return Vec::new();
+        };
+        let clamp = |v: u64| v.min(u64::from(homecall::MAX_BUF)) as usize;
+        t.iter()
+            .enumerate()
+            .filter_map(|(i, slot)| match slot {
+                Slot::Out(len) => Some((a[i], *len as usize)),
+                Slot::OutLen(li) => Some((a[i], clamp(a[*li]).min(ret.max(0) as usize))),
+                Slot::IoctlArg => match homecall::ioctl_arg(a[1]) {
+                    Some(IoArg::Out(len) | IoArg::InOut(len)) => Some((a[i], len as usize)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     /// A NUL-terminated path (without the NUL) at `addr`, read page by page (a path may end
@@ -618,6 +777,29 @@ impl<P: HomePort> Supervisor<P> {
                     return Ok(Answered::DataRefused);
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        if let Req::Sys { nr } = req
+            && reply.ret >= 0
+        {
+            let mut at = 0usize;
+            for (addr, len) in Self::sys_outs(nr, n.data.args, reply.ret) {
+                let Some(piece) = reply.data.get(at..at + len) else {
+                    break; // a short reply: copy what came (the peer's table is older)
+                };
+                at += len;
+                if len == 0 {
+                    continue;
+                }
+                match self.listener.write_mem(&n, addr, piece) {
+                    Ok(()) => {}
+                    Err(seccomp::Error::Cancelled) => return Ok(Answered::Cancelled),
+                    Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
+                        self.answer(id, Response::Errno(libc::EFAULT))?;
+                        return Ok(Answered::DataRefused);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         if let Req::Openat { flags, .. } = req
@@ -777,6 +959,12 @@ mod tests {
         );
         assert_eq!(
             c(libc::SYS_ioctl, [1, 0x5401, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_ioctl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, 0x1234, 0, 0, 0, 0]),
             Class::GoHome(GoHome::Unsupported)
         );
         assert_eq!(c(libc::SYS_ioctl, [4, 0x5401, 0, 0, 0, 0]), Class::Continue);
@@ -797,9 +985,15 @@ mod tests {
             c(libc::SYS_close_range, [6, u32::MAX as u64, 0, 0, 0, 0]),
             Class::Continue
         );
+        // relative to a local dirfd: decided once the path is read
         assert_eq!(
             c(libc::SYS_openat, [3, 0, 0, 0, 0, 0]),
-            Class::GoHome(GoHome::Unsupported)
+            Class::Forward(Req::Openat {
+                dirfd: 3,
+                path: 0,
+                flags: 0,
+                mode: 0
+            })
         );
         assert_eq!(
             c(
@@ -807,6 +1001,7 @@ mod tests {
                 [libc::AT_FDCWD as u64, 0x10, 2, 0o644, 0, 0]
             ),
             Class::Forward(Req::Openat {
+                dirfd: libc::AT_FDCWD,
                 path: 0x10,
                 flags: 2,
                 mode: 0o644
@@ -814,8 +1009,53 @@ mod tests {
         );
         assert_eq!(
             c(libc::SYS_stat, [0; 6]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_stat
+            })
+        );
+        // terminal ioctls on a home fd run at home; unknown ones go home; local fds stay
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::TIOCGWINSZ, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_ioctl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::TIOCSPGRP, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Identity)
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::FIOCLEX, 0, 0, 0, 0]),
+            Class::Continue
+        );
+        assert_eq!(
+            c(libc::SYS_fcntl, [1, libc::F_GETFL as u64, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_fcntl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_fcntl, [1, libc::F_DUPFD as u64, 0, 0, 0, 0]),
             Class::GoHome(GoHome::Unsupported)
         );
+        assert_eq!(c(libc::SYS_fchdir, [4, 0, 0, 0, 0, 0]), Class::Continue);
+        assert_eq!(
+            c(libc::SYS_fchdir, [5, 0, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_fchdir
+            })
+        );
+        // not served remotely (yet): home
+        assert_eq!(
+            c(libc::SYS_openat2, [0; 6]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        // every table call is forwarded or run locally, never sent home blindly
+        for nr in seccomp::PATH_CALLS {
+            if homecall::template(*nr).is_some() {
+                assert!(matches!(c(*nr, [5, 0, 0, 0, 0, 0]), Class::Forward(_)), "{nr}");
+            }
+        }
         for nr in seccomp::HOME_CALLS {
             assert!(matches!(c(*nr, [0; 6]), Class::GoHome(_)), "{nr}");
         }
