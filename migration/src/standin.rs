@@ -85,6 +85,10 @@ pub fn spawn_with_delay(
     let thread = std::thread::Builder::new()
         .name("home-stand-in".into())
         .spawn(move || {
+            // Its own cwd (and umask): a forwarded chdir moves this thread only, as the
+            // deputy's worker does.
+            // SAFETY: unshare with a flag; it affects this thread's fs_struct only.
+            unsafe { libc::unshare(libc::CLONE_FS) };
             let mut fds = fds;
             let mut dep = DeputyFwd::new();
             loop {
