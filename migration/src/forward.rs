@@ -162,6 +162,10 @@ pub enum FwdMsg {
     Cancel { tid: Tid, seq: Seq },
     /// remote → home: these bytes read from `fd` were never delivered; serve them first.
     Unread { fd: i32, data: Bytes },
+    /// remote → home, before a call on a terminal whenever it changed: whether the moved
+    /// process ignores or blocks SIGTTIN / SIGTTOU (the deputy's job-control decision needs it,
+    /// see [`crate::jobctl`]).
+    TtySigs { ttin_off: bool, ttou_off: bool },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -534,7 +538,7 @@ impl DeputyFwd {
                 }
                 Vec::new()
             }
-            FwdMsg::Reply { .. } => Vec::new(),
+            FwdMsg::Reply { .. } | FwdMsg::TtySigs { .. } => Vec::new(),
         }
     }
 

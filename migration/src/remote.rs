@@ -49,13 +49,24 @@ pub struct Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FdTable {
     home: BTreeSet<i32>,
+    /// Home-backed fds that are terminals (job control applies to calls on them).
+    ttys: BTreeSet<i32>,
 }
 
 impl FdTable {
     pub fn new(home_fds: impl IntoIterator<Item = i32>) -> FdTable {
         FdTable {
             home: home_fds.into_iter().collect(),
+            ttys: BTreeSet::new(),
         }
+    }
+    /// Marks these home-backed fds as terminals.
+    pub fn with_ttys(mut self, ttys: impl IntoIterator<Item = i32>) -> FdTable {
+        self.ttys = ttys.into_iter().filter(|f| self.home.contains(f)).collect();
+        self
+    }
+    pub fn is_tty(&self, fd: i32) -> bool {
+        self.ttys.contains(&fd)
     }
     pub fn is_home(&self, fd: i64) -> bool {
         i32::try_from(fd).is_ok_and(|fd| self.home.contains(&fd))
@@ -64,6 +75,7 @@ impl FdTable {
         self.home.iter().copied()
     }
     fn remove(&mut self, fd: i32) {
+        self.ttys.remove(&fd);
         self.home.remove(&fd);
     }
     fn insert(&mut self, fd: i32) {
@@ -375,6 +387,8 @@ pub struct Supervisor<P: HomePort> {
     /// Notifications waiting for a forwarded result, by id.
     waiting: HashMap<u64, (Notif, Req)>,
     stats: Stats,
+    /// The SIGTTIN/SIGTTOU disposition last told home.
+    tty_sigs: Option<(bool, bool)>,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -387,6 +401,7 @@ impl<P: HomePort> Supervisor<P> {
             port,
             waiting: HashMap::new(),
             stats: Stats::default(),
+            tty_sigs: None,
         }
     }
 
@@ -548,6 +563,7 @@ impl<P: HomePort> Supervisor<P> {
                     Err(e) => return Err(e.into()),
                 };
                 self.stats.forwarded += 1;
+                self.tell_tty_sigs(&n, req)?;
                 // A thread has one live notification: older ones of this thread are dead.
                 self.waiting.retain(|_, (w, _)| w.pid != n.pid);
                 self.waiting.insert(n.id, (n, req));
@@ -560,6 +576,36 @@ impl<P: HomePort> Supervisor<P> {
             }
         }
         Ok(None)
+    }
+
+    /// Before a call on a terminal: tells home whether the thread ignores or blocks SIGTTIN and
+    /// SIGTTOU, when that changed. Unreadable: assumed default (the kernel's default stops).
+    fn tell_tty_sigs(&mut self, n: &Notif, req: Req) -> Result<(), Error> {
+        let fd = match req {
+            Req::Read { fd, .. } | Req::Write { fd, .. } => fd,
+            Req::Sys { nr } if nr == libc::SYS_ioctl => n.data.args[0] as i32,
+            _ => return Ok(()),
+        };
+        if !self.fds.is_tty(fd) {
+            return Ok(());
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid)).unwrap_or_default();
+        let line = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("0");
+        let off = |sig| {
+            crate::jobctl::mask_has(line("SigIgn:"), sig).unwrap_or(false)
+                || crate::jobctl::mask_has(line("SigBlk:"), sig).unwrap_or(false)
+        };
+        let now = (off(libc::SIGTTIN), off(libc::SIGTTOU));
+        if self.tty_sigs != Some(now) {
+            self.tty_sigs = Some(now);
+            self.port
+                .send(FwdMsg::TtySigs {
+                    ttin_off: now.0,
+                    ttou_off: now.1,
+                })
+                .map_err(Error::HomeGone)?;
+        }
+        Ok(())
     }
 
     /// The call to send home, or `None` when it works relative to a local directory fd (it
