@@ -7,12 +7,16 @@
 //! classified on the remote (`migration::remote`).
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
-use std::sync::mpsc;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::Duration;
 
 use bytes::Bytes;
 use discovery::NodeId;
-use migration::forward::{DeputyAction, DeputyFwd};
+use migration::forward::{Call, DeputyAction, DeputyFwd, Reply};
+use migration::homecall::{self, Arg};
+use migration::jobctl::{self, Gate, TtyOp, TtyState};
 use migration::protocol::MigId;
 use runtime::transport::Lane;
 
@@ -25,36 +29,66 @@ pub(crate) struct Job {
     call: migration::forward::Call,
 }
 
+/// What the deputy's protocol thread shares with its worker.
+#[derive(Debug, Default)]
+pub(crate) struct Shared {
+    /// SIGTTIN / SIGTTOU ignored or blocked by the moved process (from `FwdMsg::TtySigs`).
+    pub ttin_off: AtomicBool,
+    pub ttou_off: AtomicBool,
+    /// The last request the remote gave up on (`FwdMsg::Cancel`): a call held by job control
+    /// stops waiting.
+    pub cancelled: AtomicU64,
+    /// The deputy is ending: held calls stop waiting.
+    pub closed: AtomicBool,
+}
+
+/// The moved process's identity at home, as the worker thread took it.
+struct Identity {
+    ruid: u32,
+    rgid: u32,
+    fsuid: u32,
+    fsgid: u32,
+}
+
 /// The deputy's worker: runs forwarded calls on the real fds, one at a time, so a call that
 /// blocks at home (a read of an empty pipe) never stops the migration thread's heartbeats,
 /// signal forwarding or exit handling.
 ///
-/// Path calls run as the moved process would run them at home: this thread takes the
-/// process's filesystem uid, gid and groups (per thread: raw setfsuid/setfsgid/setgroups), and
-/// relative paths resolve against the process's cwd (its parked home shell keeps it). If that
-/// identity cannot be taken, every path call is refused with EACCES (never run as root).
+/// Path calls run as the moved process would run them at home: this thread unshares its
+/// filesystem context (`unshare(CLONE_FS)`) and takes the process's root, cwd and umask, and
+/// its filesystem uid, gid and groups (per thread: raw setfsuid/setfsgid/setgroups). A
+/// forwarded `chdir`/`fchdir` moves this thread's cwd, which later relative paths use: the
+/// deputy keeps the moved process's cwd (the parked home shell keeps the cwd it had when it
+/// moved). If that identity cannot be taken, every path call is refused with EACCES (never
+/// run as root).
+///
+/// Calls on the controlling terminal first pass the job-control check the kernel would make
+/// for the process ([`migration::jobctl::tty_gate`]): from a background group a read sends
+/// SIGTTIN to the group at home (and is held until the group is in the foreground), and so on.
 pub(crate) fn worker(
     pid: i32,
     mut fds: HashMap<i32, OwnedFd>,
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<In>,
+    shared: Arc<Shared>,
 ) {
-    let cwd = match take_identity(pid) {
-        Ok(cwd) => Some(cwd),
+    let ident = match take_identity(pid) {
+        Ok(i) => Some(i),
         Err(e) => {
             tracing::error!(pid, "deputy: {e}; path calls of this process are refused");
             None
         }
     };
     while let Ok(Job { tid, seq, call }) = jobs.recv() {
-        let reply = match (&call, &cwd) {
-            (migration::forward::Call::Openat { .. }, None) => {
-                migration::forward::Reply::errno(libc::EACCES)
+        let reply = match (&call, &ident) {
+            (Call::Openat { .. }, None) => Reply::errno(libc::EACCES),
+            (Call::Sys { nr, .. }, None) if *nr != libc::SYS_ioctl && *nr != libc::SYS_fcntl => {
+                Reply::errno(libc::EACCES)
             }
-            _ => {
-                use std::os::fd::AsFd;
-                migration::standin::execute_at(&mut fds, cwd.as_ref().map(|c| c.as_fd()), &call)
-            }
+            _ => match tty_check(pid, &fds, &call, seq, &shared) {
+                Some(r) => r,
+                None => run(pid, &mut fds, ident.as_ref(), &call),
+            },
         };
         crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
         if done.send(In::Done { tid, seq, reply }).is_err() {
@@ -63,9 +97,210 @@ pub(crate) fn worker(
     }
 }
 
-/// Makes the calling thread act on files as process `pid` does (its filesystem uid and gid
-/// and its supplementary groups) and returns its cwd as an `O_PATH` directory fd.
-fn take_identity(pid: i32) -> Result<OwnedFd, String> {
+/// Runs one call (after the job-control check).
+fn run(pid: i32, fds: &mut HashMap<i32, OwnedFd>, ident: Option<&Identity>, call: &Call) -> Reply {
+    if let Call::Sys { nr, args } = call {
+        // TIOCGPGRP / TIOCGSID on the controlling terminal: the kernel answers only members of
+        // the session, so answer from the home process's /proc entry.
+        if let Some(sp) = homecall::special(*nr, args)
+            && let Some(Arg::Fd(fd)) = args.first()
+            && let Some(real) = fds.get(fd)
+            && let Some(st) = ProcStat::read(pid)
+            && is_ctty(real, &st)
+        {
+            let v = match sp {
+                homecall::Special::GetPgrp => st.tpgid,
+                homecall::Special::GetSid => st.sid,
+            };
+            return Reply {
+                ret: 0,
+                data: Bytes::copy_from_slice(&v.to_ne_bytes()),
+            };
+        }
+        // access/faccessat(2) without AT_EACCESS check with the real uid and gid: the kernel
+        // would take the daemon's (root); check with the process's, as the effective ones.
+        let real_ids = match (*nr, args.as_slice()) {
+            (libc::SYS_access, [p, m]) => {
+                Some(vec![Arg::Val(libc::AT_FDCWD as u64), p.clone(), m.clone(), Arg::Val(0)])
+            }
+            (libc::SYS_faccessat, [d, p, m]) => {
+                Some(vec![d.clone(), p.clone(), m.clone(), Arg::Val(0)])
+            }
+            (libc::SYS_faccessat2, [d, p, m, Arg::Val(f)])
+                if *f & libc::AT_EACCESS as u64 == 0 =>
+            {
+                Some(args.clone())
+            }
+            _ => None,
+        };
+        if let (Some(mut a), Some(id)) = (real_ids, ident) {
+            if let Some(Arg::Val(f)) = a.get_mut(3) {
+                *f |= libc::AT_EACCESS as u64;
+            }
+            let table = &*fds;
+            return as_fs_ids(id.ruid, id.rgid, id, || {
+                homecall::execute(libc::SYS_faccessat2, &a, |f| {
+                    table.get(&f).map(AsRawFd::as_raw_fd)
+                })
+            });
+        }
+    }
+    migration::standin::execute_at(fds, None, call)
+}
+
+/// Runs `f` with the filesystem ids `uid`/`gid`, then goes back to the process's.
+fn as_fs_ids<R>(uid: u32, gid: u32, id: &Identity, f: impl FnOnce() -> R) -> R {
+    // SAFETY: raw per-thread credential calls with integer arguments.
+    unsafe {
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+    }
+    let r = f();
+    // SAFETY: as above.
+    unsafe {
+        libc::syscall(libc::SYS_setfsuid, id.fsuid);
+        libc::syscall(libc::SYS_setfsgid, id.fsgid);
+    }
+    r
+}
+
+/// The fields of `/proc/PID/stat` job control needs.
+#[derive(Debug, Clone, Copy)]
+struct ProcStat {
+    state: u8,
+    ppid: i32,
+    pgrp: i32,
+    sid: i32,
+    tty_nr: u64,
+    tpgid: i32,
+}
+
+impl ProcStat {
+    fn read(pid: i32) -> Option<ProcStat> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let rest = s.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(ProcStat {
+            state: *f.first()?.as_bytes().first()?,
+            ppid: f.get(1)?.parse().ok()?,
+            pgrp: f.get(2)?.parse().ok()?,
+            sid: f.get(3)?.parse().ok()?,
+            tty_nr: f.get(4)?.parse::<i64>().ok()? as u64,
+            tpgid: f.get(5)?.parse().ok()?,
+        })
+    }
+}
+
+/// Whether `fd` is the controlling terminal of the process whose stat is `st`.
+fn is_ctty(fd: &OwnedFd, st: &ProcStat) -> bool {
+    // SAFETY: fstat into a zeroed struct.
+    let mut sb: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat of our own fd.
+    let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut sb) };
+    r == 0 && sb.st_mode & libc::S_IFMT == libc::S_IFCHR && st.tty_nr != 0 && sb.st_rdev == st.tty_nr
+}
+
+/// Whether process group `pgrp` of session `sid` is orphaned: no member has a parent in
+/// another group of the same session (POSIX; the kernel's `will_become_orphaned_pgrp`).
+fn orphaned(pgrp: i32, sid: i32) -> bool {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return false; // unreadable: not orphaned (the signal is sent, as for a normal job)
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Some(st) = ProcStat::read(pid) else { continue };
+        if st.pgrp != pgrp {
+            continue;
+        }
+        if let Some(parent) = ProcStat::read(st.ppid)
+            && parent.pgrp != pgrp
+            && parent.sid == sid
+        {
+            return false;
+        }
+    }
+    true
+}
+
+/// The kernel's job-control check for a call on the process's controlling terminal. `None`:
+/// go ahead; `Some(reply)`: answer this instead (EIO, or EINTR when the held call was given
+/// up). While the process's group is in the background the call is held, the stop signal
+/// sent to the group (again after each continue, as the restarted call would).
+fn tty_check(
+    pid: i32,
+    fds: &HashMap<i32, OwnedFd>,
+    call: &Call,
+    seq: migration::forward::Seq,
+    shared: &Shared,
+) -> Option<Reply> {
+    let (fd, op) = match call {
+        Call::Read { fd, .. } => (*fd, TtyOp::Read),
+        Call::Write { fd, .. } => (*fd, TtyOp::Write),
+        Call::Sys { nr, args } if *nr == libc::SYS_ioctl => match (args.first(), args.get(1)) {
+            (Some(Arg::Fd(fd)), Some(Arg::Val(req))) if jobctl::ioctl_changes_tty(*req) => {
+                (*fd, TtyOp::Change)
+            }
+            _ => return None,
+        },
+        _ => return None,
+    };
+    let real = fds.get(&fd)?;
+    let mut sent = false;
+    let mut seen_stopped = false;
+    loop {
+        let st = ProcStat::read(pid)?;
+        if !is_ctty(real, &st) || st.pgrp == st.tpgid {
+            return None;
+        }
+        let tostop = op == TtyOp::Write && {
+            let mut tio = [0u8; 60];
+            // SAFETY: TCGETS into a buffer larger than the kernel's struct termios (36 bytes).
+            let r = unsafe { libc::ioctl(real.as_raw_fd(), libc::TCGETS, tio.as_mut_ptr()) };
+            let lflag = u32::from_ne_bytes([tio[12], tio[13], tio[14], tio[15]]);
+            r == 0 && lflag & libc::TOSTOP != 0
+        };
+        let state = TtyState {
+            pgrp: st.pgrp,
+            fg: st.tpgid,
+            tostop,
+            ttin_off: shared.ttin_off.load(Ordering::SeqCst),
+            ttou_off: shared.ttou_off.load(Ordering::SeqCst),
+            orphaned: false,
+        };
+        let gate = match jobctl::tty_gate(op, state) {
+            Gate::Signal(_) if orphaned(st.pgrp, st.sid) => {
+                jobctl::tty_gate(op, TtyState { orphaned: true, ..state })
+            }
+            g => g,
+        };
+        match gate {
+            Gate::Proceed => return None,
+            Gate::Eio => return Some(Reply::errno(libc::EIO)),
+            Gate::Signal(sig) => {
+                let stopped = matches!(st.state, b't' | b'T');
+                seen_stopped |= stopped;
+                if !sent || (seen_stopped && !stopped) {
+                    tracing::debug!(pid, pgrp = st.pgrp, sig, "deputy: background terminal access");
+                    // SAFETY: kill with integer arguments: the process's own group at home.
+                    unsafe { libc::kill(-st.pgrp, sig) };
+                    sent = true;
+                    seen_stopped = false;
+                }
+            }
+        }
+        if shared.cancelled.load(Ordering::SeqCst) == seq || shared.closed.load(Ordering::SeqCst) {
+            return Some(Reply::errno(libc::EINTR));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Makes the calling thread act on files as process `pid` does: its own filesystem context
+/// (root, cwd, umask) taken from the process, then its filesystem uid and gid and its
+/// supplementary groups.
+fn take_identity(pid: i32) -> Result<Identity, String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     let field = |key: &str| -> Result<Vec<u32>, String> {
@@ -81,25 +316,55 @@ fn take_identity(pid: i32) -> Result<OwnedFd, String> {
             .collect()
     };
     let (uids, gids, groups) = (field("Uid:")?, field("Gid:")?, field("Groups:")?);
-    let (Some(&fsuid), Some(&fsgid)) = (uids.get(3), gids.get(3)) else {
-        return Err(format!("/proc/{pid}/status: no filesystem uid or gid"));
+    let (Some(&ruid), Some(&rgid), Some(&fsuid), Some(&fsgid)) =
+        (uids.first(), gids.first(), uids.get(3), gids.get(3))
+    else {
+        return Err(format!("/proc/{pid}/status: no real or filesystem uid or gid"));
     };
-    let cwd = std::ffi::CString::new(format!("/proc/{pid}/cwd")).expect("no NUL");
-    // SAFETY: open of a NUL-terminated path; on success a fresh fd we own.
-    let fd = unsafe {
-        libc::open(
-            cwd.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
+    let umask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .ok_or_else(|| format!("/proc/{pid}/status has no readable Umask"))?;
+    let open_dir = |what: &str| -> Result<OwnedFd, String> {
+        let path = std::ffi::CString::new(format!("/proc/{pid}/{what}")).expect("no NUL");
+        // SAFETY: open of a NUL-terminated path; on success a fresh fd we own.
+        let fd = unsafe {
+            libc::open(
+                path.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "cannot open the {what} of {pid}: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: fresh fd.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     };
-    if fd < 0 {
-        return Err(format!(
-            "cannot open the cwd of {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
+    let root = open_dir("root")?;
+    let cwd = open_dir("cwd")?;
+    let os = |what: &str| format!("{what}: {}", std::io::Error::last_os_error());
+    // SAFETY: unshare/fchdir/chroot/umask act on this thread's own filesystem context once
+    // unshared (CLONE_FS); the fds are ours.
+    unsafe {
+        if libc::unshare(libc::CLONE_FS) != 0 {
+            return Err(os("unshare(CLONE_FS)"));
+        }
+        if std::fs::read_link(format!("/proc/{pid}/root")).ok().as_deref()
+            != Some(std::path::Path::new("/"))
+        {
+            if libc::fchdir(root.as_raw_fd()) != 0 || libc::chroot(c".".as_ptr()) != 0 {
+                return Err(os("taking the process's root"));
+            }
+        }
+        if libc::fchdir(cwd.as_raw_fd()) != 0 {
+            return Err(os("taking the process's cwd"));
+        }
+        libc::umask(umask as libc::mode_t);
     }
-    // SAFETY: fresh fd.
-    let cwd = unsafe { OwnedFd::from_raw_fd(fd) };
     let groups: Vec<libc::gid_t> = groups;
     // SAFETY: raw syscalls act on this thread only (glibc's wrappers would change every
     // thread of the daemon); the groups pointer and length describe a live Vec.
@@ -118,9 +383,13 @@ fn take_identity(pid: i32) -> Result<OwnedFd, String> {
             ));
         }
     }
-    Ok(cwd)
+    Ok(Identity {
+        ruid,
+        rgid,
+        fsuid,
+        fsgid,
+    })
 }
-
 
 /// The deputy: carries out the forwarding machine's actions; calls go to the worker.
 pub(crate) fn deputy(
@@ -129,6 +398,7 @@ pub(crate) fn deputy(
     mig: MigId,
     dep: &mut DeputyFwd,
     jobs: Option<&mpsc::Sender<Job>>,
+    shared: &Shared,
     acts: Vec<DeputyAction>,
 ) {
     for a in acts {
@@ -147,8 +417,28 @@ pub(crate) fn deputy(
                     }
                 }
             }
-            // Not yet: a call blocked at home is not interrupted (its reply still comes).
-            DeputyAction::Interrupt { .. } => {}
+            // A call held by job control stops waiting. Not yet: a call blocked in the kernel
+            // at home (a read of an empty pipe) is not interrupted (its reply still comes).
+            DeputyAction::Interrupt { seq, .. } => shared.cancelled.store(seq, Ordering::SeqCst),
         }
     }
+}
+
+/// Notes what the deputy itself needs from a message of the remote (before the forwarding
+/// machine sees it).
+pub(crate) fn note(shared: &Shared, msg: &migration::forward::FwdMsg) {
+    if let migration::forward::FwdMsg::TtySigs { ttin_off, ttou_off } = msg {
+        shared.ttin_off.store(*ttin_off, Ordering::SeqCst);
+        shared.ttou_off.store(*ttou_off, Ordering::SeqCst);
+    }
+}
+
+/// Whether `/proc/PID/fd/FD` is a terminal (a character device of the tty majors: 4 and 5,
+/// the Unix98 pty slaves 136–143).
+pub(crate) fn is_tty_fd(pid: i32, fd: i32) -> bool {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|m| {
+        let major = libc::major(m.rdev());
+        m.file_type().is_char_device() && (major == 4 || major == 5 || (136..=143).contains(&major))
+    })
 }

@@ -44,6 +44,9 @@ pub struct Ident {
     pub sid: i32,
     pub home_fds: Vec<i32>,
     pub cmd: String,
+    /// The home fds that are terminals (job control applies to calls on them).
+    #[serde(default)]
+    pub tty_fds: Vec<i32>,
 }
 
 /// What two migrators send each other. Image chunks go on the bulk lane with their bytes as
@@ -62,6 +65,12 @@ pub enum Wire {
     Signal {
         mig: MigId,
         signo: i32,
+    },
+    /// remote → home: the copy was stopped by `signo` (job control), or continued (`None`);
+    /// home mirrors a stop on the parked shell so the parent's wait sees it.
+    Stopped {
+        mig: MigId,
+        signo: Option<i32>,
     },
 }
 
@@ -205,10 +214,14 @@ impl Migrator {
                 *mig,
                 matches!(
                     msg,
-                    FwdMsg::Request { .. } | FwdMsg::Cancel { .. } | FwdMsg::Unread { .. }
+                    FwdMsg::Request { .. }
+                        | FwdMsg::Cancel { .. }
+                        | FwdMsg::Unread { .. }
+                        | FwdMsg::TtySigs { .. }
                 ),
             ),
             Wire::Signal { mig, .. } => (*mig, false),
+            Wire::Stopped { mig, .. } => (*mig, true),
         };
         if to_home {
             let tx = lock(&self.homes).get(&mig).cloned();
@@ -392,6 +405,12 @@ fn home_thread(
         sid,
         home_fds: img.fds.iter().map(|f| f.fd).collect(),
         cmd: img.comm.clone(),
+        tty_fds: img
+            .fds
+            .iter()
+            .map(|f| f.fd)
+            .filter(|&fd| crate::deputy::is_tty_fd(pid, fd))
+            .collect(),
     };
     let offer = Offer {
         mig,
@@ -419,6 +438,15 @@ fn home_thread(
     let mut shell: Option<migrate::HomeShell> = None;
     let mut jobs: Option<mpsc::Sender<Job>> = None;
     let mut dep = DeputyFwd::new();
+    let shared = std::sync::Arc::new(crate::deputy::Shared::default());
+    /// Held calls stop waiting once the deputy ends.
+    struct CloseOnDrop(std::sync::Arc<crate::deputy::Shared>);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.closed.store(true, Ordering::SeqCst);
+        }
+    }
+    let _close = CloseOnDrop(shared.clone());
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
     loop {
@@ -465,9 +493,10 @@ fn home_thread(
                             shell = Some(sh);
                             let (jtx, jrx) = mpsc::channel();
                             let back = me_tx.clone();
+                            let sh2 = shared.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name(format!("deputy-{pid}"))
-                                .spawn(move || worker(pid, fds, jrx, back))
+                                .spawn(move || worker(pid, fds, jrx, back, sh2))
                             {
                                 tracing::error!(pid, "cannot start the deputy worker: {e}");
                             }
@@ -478,8 +507,9 @@ fn home_thread(
                                 r.moves += 1;
                             }
                             for msg in std::mem::take(&mut early) {
+                                crate::deputy::note(&shared, &msg);
                                 let acts = dep.on_msg(msg);
-                                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
                             answer(Ok(format!("process {pid} moved to node {to}")));
@@ -567,17 +597,30 @@ fn home_thread(
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
                     if jobs.is_some() {
+                        crate::deputy::note(&shared, &msg);
                         let acts = dep.on_msg(msg);
-                        deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                        deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
                     } else {
                         early.push(msg);
                     }
                 }
                 Wire::Signal { .. } => {}
+                Wire::Stopped { signo, .. } => {
+                    home.on_sign_of_life(Instant::now());
+                    // Job control mirrored: the copy stopped, so the parked shell stops by the
+                    // same signal (sent by us, let through below), and its parent's
+                    // waitpid(WUNTRACED) sees it. A continue needs nothing: the SIGCONT that
+                    // continued the copy came through the shell.
+                    if let (Some(sig), Some(_)) = (signo, shell.as_ref()) {
+                        tracing::debug!(pid, sig, "the moved process stopped; stopping the home shell");
+                        // SAFETY: kill with integer arguments: our parked, traced process.
+                        unsafe { libc::kill(pid, sig) };
+                    }
+                }
             },
             Ok(In::Done { tid, seq, reply }) => {
                 let acts = dep.on_done(tid, seq, reply);
-                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
             }
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -588,10 +631,13 @@ fn home_thread(
             match sh.next_event(Duration::ZERO) {
                 Ok(None) => {}
                 Ok(Some(migrate::ShellEvent::Signal { info, held })) => {
+                    // Our own signals (a mirrored stop, the terminal's SIGTTIN/SIGTTOU for a
+                    // background read) act on the shell; the others only on the copy.
+                    let ours = info.from_us();
                     if held {
-                        let _ = sh.suppress();
+                        let _ = if ours { sh.deliver() } else { sh.suppress() };
                     }
-                    if !info.from_us() {
+                    if !ours || matches!(info.signo, libc::SIGTTIN | libc::SIGTTOU) {
                         m.send(
                             to,
                             Lane::Control,
@@ -604,15 +650,13 @@ fn home_thread(
                     }
                 }
                 Ok(Some(migrate::ShellEvent::GroupStop { signo })) => {
-                    // Job control is not mirrored yet: the stop goes to the remote, the shell
-                    // runs on parked.
-                    let _ = sh.resume();
-                    m.send(
-                        to,
-                        Lane::Control,
-                        &Wire::Signal { mig, signo },
-                        Bytes::new(),
-                    );
+                    // Only our own stop signals are let through: the shell stays stopped
+                    // (PTRACE_LISTEN) until the job is continued, as the parent expects.
+                    tracing::debug!(pid, signo, "the home shell is stopped by job control");
+                    if let Err(e) = sh.listen() {
+                        tracing::warn!(pid, "home shell: {e}; it runs on");
+                        let _ = sh.resume();
+                    }
                 }
                 Ok(Some(migrate::ShellEvent::Ended { status })) => {
                     tracing::warn!(
