@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     pub cancelled: AtomicU64,
     /// The deputy is ending: held calls stop waiting.
     pub closed: AtomicBool,
+    /// The moved process is stopped by job control: reads for it wait (a stopped process
+    /// reads nothing; its shell reads the terminal meanwhile).
+    pub stopped: AtomicBool,
 }
 
 /// The moved process's identity at home, as the worker thread took it.
@@ -85,7 +88,9 @@ pub(crate) fn worker(
             (Call::Sys { nr, .. }, None) if *nr != libc::SYS_ioctl && *nr != libc::SYS_fcntl => {
                 Reply::errno(libc::EACCES)
             }
-            _ => match tty_check(pid, &fds, &call, seq, &shared) {
+            _ => match tty_check(pid, &fds, &call, seq, &shared)
+                .or_else(|| wait_readable(&fds, &call, seq, &shared))
+            {
                 Some(r) => r,
                 None => run(pid, &mut fds, ident.as_ref(), &call),
             },
@@ -93,6 +98,41 @@ pub(crate) fn worker(
         crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
         if done.send(In::Done { tid, seq, reply }).is_err() {
             return;
+        }
+    }
+}
+
+/// Before a read: waits until the fd has data (poll, 20 ms at a time), so the wait can be
+/// given up (the remote cancelled the call, the deputy ends) and pauses while the moved
+/// process is stopped. `Some(EINTR)` when given up; `None`: go ahead and read.
+fn wait_readable(
+    fds: &HashMap<i32, OwnedFd>,
+    call: &Call,
+    seq: migration::forward::Seq,
+    shared: &Shared,
+) -> Option<Reply> {
+    let Call::Read { fd, .. } = call else {
+        return None;
+    };
+    let real = fds.get(fd)?.as_raw_fd();
+    loop {
+        if shared.cancelled.load(Ordering::SeqCst) == seq || shared.closed.load(Ordering::SeqCst) {
+            return Some(Reply::errno(libc::EINTR));
+        }
+        if !shared.stopped.load(Ordering::SeqCst) {
+            let mut p = libc::pollfd {
+                fd: real,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let r = unsafe { libc::poll(&mut p, 1, 20) };
+            // Readable, at its end, in error, or not pollable: the read itself tells.
+            if r != 0 {
+                return None;
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

@@ -607,6 +607,7 @@ fn home_thread(
                 Wire::Signal { .. } => {}
                 Wire::Stopped { signo, .. } => {
                     home.on_sign_of_life(Instant::now());
+                    shared.stopped.store(signo.is_some(), Ordering::SeqCst);
                     // Job control mirrored: the copy stopped, so the parked shell stops by the
                     // same signal (sent by us, let through below), and its parent's
                     // waitpid(WUNTRACED) sees it. A continue needs nothing: the SIGCONT that
