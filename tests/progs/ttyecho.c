@@ -1,6 +1,9 @@
-/* ttyecho WAIT_MS: prints its pid, waits WAIT_MS (the test moves it meanwhile), then whether
+/* ttyecho WAIT_MS [ign]: with "ign", ignores SIGTTIN first (a background read then fails with
+   EIO instead of stopping it). Prints its pid, waits WAIT_MS (the test moves it meanwhile), then whether
    stdin is a terminal and the terminal's size, then echoes every line it reads from the
    terminal as "got: LINE" until "quit". */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +14,7 @@
 
 int main(int argc, char **argv) {
     int ms = argc > 1 ? atoi(argv[1]) : 0;
+    if (argc > 2 && !strcmp(argv[2], "ign")) signal(SIGTTIN, SIG_IGN);
     printf("pid %d\n", getpid());
     fflush(stdout);
     for (int i = 0; i < ms / 10; i++) {
@@ -24,11 +28,13 @@ int main(int argc, char **argv) {
     else printf("winsize failed\n");
     fflush(stdout);
     char line[256];
+    errno = 0;
     while (fgets(line, sizeof line, stdin)) {
         printf("got: %s", line);
         fflush(stdout);
         if (!strcmp(line, "quit\n")) break;
     }
+    if (ferror(stdin)) printf("got: read error errno %d\n", errno);
     printf("done pgrp-is-fg %d\n", tcgetpgrp(0) == getpgrp());
     return 0;
 }

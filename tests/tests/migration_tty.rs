@@ -283,6 +283,32 @@ fn a_moved_background_reader_is_stopped_by_sigttin_as_unmoved() {
     );
     let got = background(&c, &prog, Some(2));
     assert_eq!(judged(&got), want, "moved run differs:\n{got}\n{}", logs(&c, &[1, 2]));
+
+    // With SIGTTIN ignored (told home by the remote), the background read fails with EIO
+    // instead, moved as unmoved.
+    let plain = background_ignoring(&c, &prog, None);
+    let want = judged(&plain);
+    assert!(
+        want.iter().any(|l| *l == format!("got: read error errno {}", libc::EIO))
+            && !want.iter().any(|l| l.contains("Stopped")),
+        "the unmoved run did not show what the test set up:\n{plain}"
+    );
+    let got = background_ignoring(&c, &prog, Some(2));
+    assert_eq!(judged(&got), want, "moved run differs:\n{got}\n{}", logs(&c, &[1, 2]));
+}
+
+/// The background reader with SIGTTIN ignored: its read fails (EIO) and it ends by itself.
+fn background_ignoring(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+    let mut t = Term::new(c.dir.path());
+    t.typed(&format!("{} 1500 ign &\n", prog.display()));
+    let pid = t.pid();
+    if let Some(to) = move_to {
+        moved(c, pid, to);
+    }
+    t.wait_for("done ");
+    t.typed("wait; echo rc=$?\n");
+    t.wait_for("rc=0");
+    t.finish()
 }
 
 /// Runs pathcalls as nobody in a fresh work directory; with `move_to`, moved while it waits.
