@@ -43,6 +43,9 @@ pub(crate) struct Shared {
     /// The moved process is stopped by job control: reads for it wait (a stopped process
     /// reads nothing; its shell reads the terminal meanwhile).
     pub stopped: AtomicBool,
+    /// The moved process's new cwd after a forwarded chdir/fchdir (absolute), for the parked
+    /// home shell to take too (so the process has it when it comes home).
+    pub cwd: std::sync::Mutex<Option<Vec<u8>>>,
 }
 
 /// The moved process's identity at home, as the worker thread took it.
@@ -95,6 +98,15 @@ pub(crate) fn worker(
                 None => run(pid, &mut fds, ident.as_ref(), &call),
             },
         };
+        if let Call::Sys { nr, .. } = &call
+            && (*nr == libc::SYS_chdir || *nr == libc::SYS_fchdir)
+            && reply.ret == 0
+            && let Ok(cwd) = std::env::current_dir()
+        {
+            // This thread's cwd (unshared): where the process now is.
+            *shared.cwd.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some(cwd.into_os_string().into_encoded_bytes());
+        }
         crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
         if done.send(In::Done { tid, seq, reply }).is_err() {
             return;
@@ -481,4 +493,27 @@ pub(crate) fn is_tty_fd(pid: i32, fd: i32) -> bool {
         let major = libc::major(m.rdev());
         m.file_type().is_char_device() && (major == 4 || major == 5 || (136..=143).contains(&major))
     })
+}
+
+/// Gives the parked home shell the cwd a forwarded chdir/fchdir gave the process (injected
+/// `chdir` in the shell's own context: same rights). Kept for later while the shell cannot
+/// take it (stopped by job control).
+pub(crate) fn mirror_cwd(pid: i32, sh: &mut migrate::HomeShell, shared: &Shared) {
+    let mut slot = shared.cwd.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(path) = slot.take() else { return };
+    let mut arg = path.clone();
+    arg.push(0);
+    match sh.syscall(libc::SYS_chdir, vec![migrate::ShellArg::In(arg)]) {
+        Ok((0, _)) => {}
+        Ok((r, _)) => tracing::warn!(
+            pid,
+            errno = -r,
+            "the home shell could not follow the process's chdir to {}",
+            String::from_utf8_lossy(&path)
+        ),
+        Err(e) => {
+            tracing::debug!(pid, "home shell cwd later: {e}");
+            *slot = Some(path);
+        }
+    }
 }

@@ -629,6 +629,9 @@ fn home_thread(
         }
         pending.extend(home.on_tick(Instant::now()));
         if let Some(sh) = shell.as_mut() {
+            crate::deputy::mirror_cwd(pid, sh, &shared);
+        }
+        if let Some(sh) = shell.as_mut() {
             match sh.next_event(Duration::ZERO) {
                 Ok(None) => {}
                 Ok(Some(migrate::ShellEvent::Signal { info, held })) => {

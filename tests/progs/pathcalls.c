@@ -75,5 +75,12 @@ int main(int argc, char **argv) {
     st("stat in root's dir", p, 1);
     rc("open missing", open("nope", O_RDONLY));
     rc("access root's dir w", access(argv[2], W_OK));
+    /* ends in a new directory, for a while: its cwd is seen at home */
+    rc("mkdir stay", mkdir("stay", 0777));
+    rc("chdir stay", chdir("stay"));
+    for (int i = 0; i < 60; i++) {
+        struct timespec ts = { 0, 10000000L };
+        while (nanosleep(&ts, &ts) != 0) {}
+    }
     return 0;
 }

@@ -348,6 +348,17 @@ fn pathcalls(c: &Cluster, prog: &Path, secret: &Path, move_to: Option<u32>) -> S
         std::thread::sleep(Duration::from_millis(200));
         moved(c, kid.0.id(), to);
     }
+    // Its cwd at home follows its chdir (the parked shell takes it too when moved).
+    let stay = work.join("stay");
+    let pid = kid.0.id();
+    let followed = wait_for(STEP, || {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if cwd.as_deref() == Some(stay.as_path()) {
+            return Some(true);
+        }
+        kid.0.try_wait().ok().flatten().map(|_| false)
+    });
+    assert_eq!(followed, Some(true), "the cwd at home never became {}", stay.display());
     let st = wait_for(STEP, || kid.0.try_wait().ok().flatten()).expect("pathcalls ended");
     assert!(st.success(), "{st:?}");
     reader.join().unwrap()
