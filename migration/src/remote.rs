@@ -8,14 +8,25 @@
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
-//! - `open` and `openat(AT_FDCWD, …)` → opened at home with the number the process would get
-//!   here (the lowest free one), then a placeholder is put at that number with `ADDFD` (with
-//!   `SEND`: it appears only if the answer is delivered) and the fd becomes home-backed;
-//! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, and every
-//!   trapped call this version does not implement (ioctl or dup of a home-backed fd, the other
-//!   path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left
-//!   unanswered, so the process stays blocked at that call until it is brought home, where the
-//!   call runs for real. Never a wrong answer.
+//! - `open`, `creat` and `openat` (relative to home's cwd or to a home-backed dirfd) → opened
+//!   at home with the number the process would get here (the lowest free one), then a
+//!   placeholder is put at that number with `ADDFD` (with `SEND`: it appears only if the answer
+//!   is delivered) and the fd becomes home-backed;
+//! - the other path calls (stat, lstat, newfstatat, statx, access, faccessat(2), readlink(at),
+//!   mkdir(at), unlink(at), rmdir, rename(at2), link(at), symlink(at), chmod, fchmodat, chown,
+//!   lchown, fchownat, truncate, utimensat, chdir, getcwd, statfs), and on a home-backed fd
+//!   fchdir, fstatfs, fchmod, fchown, ftruncate, fsync, fdatasync, getdents64, fcntl
+//!   F_GETFL/F_SETFL and the terminal ioctls of the table → run at home by number, their memory
+//!   arguments marshalled by [`crate::homecall`] and the results copied back exactly (struct
+//!   layouts, `ret`-sized buffers, errno). A call relative to a *local* dirfd with a relative
+//!   path runs here. Before a call on a home terminal, home is told whether the thread ignores
+//!   or blocks SIGTTIN/SIGTTOU ([`crate::forward::FwdMsg::TtySigs`]) for its job-control check;
+//! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, ioctls not in
+//!   the table (never answered ENOTTY) or needing the session (TIOCSPGRP, TIOCSCTTY, …), and
+//!   every trapped call this version does not implement (dup of a home-backed fd, openat2,
+//!   other fcntl commands, …) → [`Stop::GoHome`]: the notification is left unanswered, so the
+//!   process stays blocked at that call until it is brought home, where the call runs for real.
+//!   Never a wrong answer.
 //!
 //! Known gap: a home open whose answer is cancelled and never restarted (EINTR) leaves the file
 //! open at home (the process never learns its number).

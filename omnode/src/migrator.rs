@@ -13,8 +13,13 @@
 //! through the runtime handle, each send bounded by the system's send time-out.
 //!
 //! Not yet: the image is frozen into memory and then streamed (not streamed while the process
-//! is being read), CPU features are not compared, `migrate PID home`, job-control mirroring,
-//! tty emulation, path calls run in the daemon's cwd rather than the home process's.
+//! is being read), CPU features are not compared, `migrate PID home`.
+//!
+//! Job control is mirrored: a stop of the copy (reported by the target, `Wire::Stopped`) is
+//! reproduced on the parked shell by the same signal, let through and answered with
+//! PTRACE_LISTEN, so the parent's waitpid(WUNTRACED) sees it; `fg`/`bg` continue the shell, and
+//! their SIGCONT reaches the copy as any signal does. The deputy (`crate::deputy`) runs
+//! forwarded calls and emulates SIGTTIN/SIGTTOU for terminal access.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
