@@ -156,23 +156,23 @@ pub fn ioctl_arg(req: u64) -> Option<IoArg> {
     // Requests are 32-bit; glibc passes them sign-extended or not.
     let r = req as u32;
     Some(match r {
-        0x5401 => IoArg::Out(TERMIOS),                   // TCGETS
-        0x5402..=0x5404 => IoArg::In(TERMIOS),           // TCSETS, TCSETSW, TCSETSF
-        0x5405 => IoArg::Out(TERMIO),                    // TCGETA
-        0x5406..=0x5408 => IoArg::In(TERMIO),            // TCSETA, TCSETAW, TCSETAF
-        0x5409..=0x540B | 0x5425 => IoArg::Val,          // TCSBRK, TCXONC, TCFLSH, TCSBRKP
-        0x540F | 0x5429 => IoArg::Out(4),                // TIOCGPGRP, TIOCGSID (see Special)
-        0x5411 | 0x541B | 0x5424 => IoArg::Out(4),       // TIOCOUTQ, FIONREAD, TIOCGETD
-        0x5413 => IoArg::Out(8),                         // TIOCGWINSZ
-        0x5414 => IoArg::In(8),                          // TIOCSWINSZ
-        0x5421 => IoArg::In(4),                          // FIONBIO
-        0x5450 | 0x5451 => IoArg::Local,                 // FIONCLEX, FIOCLEX
+        0x5401 => IoArg::Out(TERMIOS),                             // TCGETS
+        0x5402..=0x5404 => IoArg::In(TERMIOS),                     // TCSETS, TCSETSW, TCSETSF
+        0x5405 => IoArg::Out(TERMIO),                              // TCGETA
+        0x5406..=0x5408 => IoArg::In(TERMIO),                      // TCSETA, TCSETAW, TCSETAF
+        0x5409..=0x540B | 0x5425 => IoArg::Val, // TCSBRK, TCXONC, TCFLSH, TCSBRKP
+        0x540F | 0x5429 => IoArg::Out(4),       // TIOCGPGRP, TIOCGSID (see Special)
+        0x5411 | 0x541B | 0x5424 => IoArg::Out(4), // TIOCOUTQ, FIONREAD, TIOCGETD
+        0x5413 => IoArg::Out(8),                // TIOCGWINSZ
+        0x5414 => IoArg::In(8),                 // TIOCSWINSZ
+        0x5421 => IoArg::In(4),                 // FIONBIO
+        0x5450 | 0x5451 => IoArg::Local,        // FIONCLEX, FIOCLEX
         0x540E | 0x5410 | 0x5412 | 0x5422 | 0x5452 => IoArg::Home, // SCTTY SPGRP STI NOTTY FIOASYNC
         // _IOC-encoded: the size is in the request.
         0x802C_542A => IoArg::Out(ioc_size(r)), // TCGETS2
         0x402C_542B..=0x402C_542D => IoArg::In(ioc_size(r)), // TCSETS2, TCSETSW2, TCSETSF2
         0x8004_5430 | 0x8004_5439 => IoArg::Out(ioc_size(r)), // TIOCGPTN, TIOCGPTLCK
-        0x4004_5431 => IoArg::In(ioc_size(r)), // TIOCSPTLCK
+        0x4004_5431 => IoArg::In(ioc_size(r)),  // TIOCSPTLCK
         _ => return None,
     })
 }
@@ -203,7 +203,11 @@ pub enum Refused {
     #[error("system call {0} is not run at home")]
     NotServed(i64),
     #[error("system call {nr}: argument {at} does not match the table ({why})")]
-    BadArg { nr: i64, at: usize, why: &'static str },
+    BadArg {
+        nr: i64,
+        at: usize,
+        why: &'static str,
+    },
 }
 
 fn val(args: &[Arg], i: usize) -> Option<u64> {
@@ -228,13 +232,13 @@ pub fn check(nr: i64, args: &[Arg]) -> Result<(), Refused> {
             (Slot::Val, Arg::Val(_)) => true,
             (Slot::Dir, Arg::Val(v)) => *v as i32 == libc::AT_FDCWD,
             (Slot::Dir | Slot::Fd, Arg::Fd(fd)) => *fd >= 0,
-            (Slot::Path | Slot::PathOrNull, Arg::In(p)) => {
-                p.len() < PATH_MAX && !p.contains(&0)
-            }
+            (Slot::Path | Slot::PathOrNull, Arg::In(p)) => p.len() < PATH_MAX && !p.contains(&0),
             (Slot::PathOrNull | Slot::InOrNull(_), Arg::Null) => true,
             (Slot::In(n) | Slot::InOrNull(n), Arg::In(b)) => b.len() == *n as usize,
             (Slot::Out(n), Arg::Out(m)) => n == m,
-            (Slot::OutLen(li), Arg::Out(m)) => *m <= MAX_BUF && val(args, *li) == Some(u64::from(*m)),
+            (Slot::OutLen(li), Arg::Out(m)) => {
+                *m <= MAX_BUF && val(args, *li) == Some(u64::from(*m))
+            }
             (Slot::Len, Arg::Val(v)) => *v <= u64::from(MAX_BUF),
             (Slot::IoctlArg, a) => match (val(args, 1).and_then(ioctl_arg), a) {
                 (Some(IoArg::Val), Arg::Val(_)) => true,
@@ -357,7 +361,13 @@ mod tests {
         assert!(check(libc::SYS_readlink, &[p(), Arg::Out(100), Arg::Val(200)]).is_err());
         assert!(check(libc::SYS_readlink, &[p(), Arg::Out(100), Arg::Val(100)]).is_ok());
         assert!(check(libc::SYS_fcntl, &[Arg::Fd(1), Arg::Val(0), Arg::Val(5)]).is_err()); // F_DUPFD
-        assert!(check(libc::SYS_ioctl, &[Arg::Fd(1), Arg::Val(0xdead), Arg::Val(0)]).is_err());
+        assert!(
+            check(
+                libc::SYS_ioctl,
+                &[Arg::Fd(1), Arg::Val(0xdead), Arg::Val(0)]
+            )
+            .is_err()
+        );
         assert!(
             check(libc::SYS_mkdirat, &[Arg::Val(3), p(), Arg::Val(0o755)]).is_err(),
             "a raw dirfd value other than AT_FDCWD is refused"
@@ -377,7 +387,10 @@ mod tests {
         assert_eq!(r.ret, 0);
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: stat into a zeroed struct.
-        assert_eq!(unsafe { libc::stat(c"/proc/self/exe".as_ptr(), &mut st) }, 0);
+        assert_eq!(
+            unsafe { libc::stat(c"/proc/self/exe".as_ptr(), &mut st) },
+            0
+        );
         // SAFETY: viewing the struct's bytes.
         let want = unsafe {
             std::slice::from_raw_parts((&st as *const libc::stat).cast::<u8>(), STAT as usize)
@@ -394,7 +407,10 @@ mod tests {
         assert_eq!(&r.data[..], exe.as_os_str().as_encoded_bytes());
         let r = execute(
             libc::SYS_stat,
-            &[Arg::In(Bytes::from_static(b"/nonexistent/x")), Arg::Out(STAT)],
+            &[
+                Arg::In(Bytes::from_static(b"/nonexistent/x")),
+                Arg::Out(STAT),
+            ],
             |_| None,
         );
         assert_eq!(r, Reply::errno(libc::ENOENT));

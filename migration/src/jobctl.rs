@@ -114,24 +114,42 @@ mod tests {
     #[test]
     fn background_read_stops_or_fails_as_the_kernel_decides() {
         assert_eq!(tty_gate(TtyOp::Read, st()), Gate::Signal(libc::SIGTTIN));
-        let ign = TtyState { ttin_off: true, ..st() };
+        let ign = TtyState {
+            ttin_off: true,
+            ..st()
+        };
         assert_eq!(tty_gate(TtyOp::Read, ign), Gate::Eio);
-        let orph = TtyState { orphaned: true, ..st() };
+        let orph = TtyState {
+            orphaned: true,
+            ..st()
+        };
         assert_eq!(tty_gate(TtyOp::Read, orph), Gate::Eio);
     }
 
     #[test]
     fn background_write_stops_only_with_tostop_and_a_live_sigttou() {
         assert_eq!(tty_gate(TtyOp::Write, st()), Gate::Proceed);
-        let tostop = TtyState { tostop: true, ..st() };
+        let tostop = TtyState {
+            tostop: true,
+            ..st()
+        };
         assert_eq!(tty_gate(TtyOp::Write, tostop), Gate::Signal(libc::SIGTTOU));
-        let ign = TtyState { ttou_off: true, ..tostop };
+        let ign = TtyState {
+            ttou_off: true,
+            ..tostop
+        };
         assert_eq!(tty_gate(TtyOp::Write, ign), Gate::Proceed);
-        let orph = TtyState { orphaned: true, ..tostop };
+        let orph = TtyState {
+            orphaned: true,
+            ..tostop
+        };
         assert_eq!(tty_gate(TtyOp::Write, orph), Gate::Eio);
         // tcsetattr needs no TOSTOP
         assert_eq!(tty_gate(TtyOp::Change, st()), Gate::Signal(libc::SIGTTOU));
-        let ign = TtyState { ttou_off: true, ..st() };
+        let ign = TtyState {
+            ttou_off: true,
+            ..st()
+        };
         assert_eq!(tty_gate(TtyOp::Change, ign), Gate::Proceed);
     }
 

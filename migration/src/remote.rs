@@ -601,7 +601,12 @@ impl<P: HomePort> Supervisor<P> {
             return Ok(());
         }
         let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid)).unwrap_or_default();
-        let line = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).unwrap_or("0");
+        let line = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("0")
+        };
         let off = |sig| {
             crate::jobctl::mask_has(line("SigIgn:"), sig).unwrap_or(false)
                 || crate::jobctl::mask_has(line("SigBlk:"), sig).unwrap_or(false)
@@ -663,18 +668,18 @@ impl<P: HomePort> Supervisor<P> {
                     return Ok(None);
                 };
                 Call::Openat {
-                dirfd,
-                path: Bytes::from(path),
-                flags,
-                mode,
-                at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
-                    op: "listing /proc/<pid>/fd",
-                    pid: n.pid,
-                    addr: 0,
-                    len: 0,
-                    source,
-                })?,
-            }
+                    dirfd,
+                    path: Bytes::from(path),
+                    flags,
+                    mode,
+                    at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
+                        op: "listing /proc/<pid>/fd",
+                        pid: n.pid,
+                        addr: 0,
+                        len: 0,
+                        source,
+                    })?,
+                }
             }
         }))
     }
@@ -719,12 +724,20 @@ impl<P: HomePort> Supervisor<P> {
                         Arg::In(Bytes::from(p))
                     }
                 }
-                Slot::In(len) => Arg::In(Bytes::from(self.listener.read_mem(n, a[i], *len as usize)?)),
+                Slot::In(len) => Arg::In(Bytes::from(self.listener.read_mem(
+                    n,
+                    a[i],
+                    *len as usize,
+                )?)),
                 Slot::InOrNull(len) => {
                     if a[i] == 0 {
                         Arg::Null
                     } else {
-                        Arg::In(Bytes::from(self.listener.read_mem(n, a[i], *len as usize)?))
+                        Arg::In(Bytes::from(self.listener.read_mem(
+                            n,
+                            a[i],
+                            *len as usize,
+                        )?))
                     }
                 }
                 Slot::Out(len) => Arg::Out(*len),
@@ -732,9 +745,9 @@ impl<P: HomePort> Supervisor<P> {
                 Slot::Len => Arg::Val(clamp(a[i])),
                 Slot::IoctlArg => match homecall::ioctl_arg(a[1]) {
                     Some(IoArg::Val) | None | Some(IoArg::Local | IoArg::Home) => Arg::Val(a[i]),
-                    Some(IoArg::In(len) | IoArg::InOut(len)) => {
-                        Arg::In(Bytes::from(self.listener.read_mem(n, a[i], len as usize)?))
-                    }
+                    Some(IoArg::In(len) | IoArg::InOut(len)) => Arg::In(Bytes::from(
+                        self.listener.read_mem(n, a[i], len as usize)?,
+                    )),
                     Some(IoArg::Out(len)) => Arg::Out(len),
                 },
             };
@@ -1066,9 +1079,7 @@ mod tests {
         );
         assert_eq!(
             c(libc::SYS_stat, [0; 6]),
-            Class::Forward(Req::Sys {
-                nr: libc::SYS_stat
-            })
+            Class::Forward(Req::Sys { nr: libc::SYS_stat })
         );
         // terminal ioctls on a home fd run at home; unknown ones go home; local fds stay
         assert_eq!(
@@ -1110,7 +1121,10 @@ mod tests {
         // every table call is forwarded or run locally, never sent home blindly
         for nr in seccomp::PATH_CALLS {
             if homecall::template(*nr).is_some() {
-                assert!(matches!(c(*nr, [5, 0, 0, 0, 0, 0]), Class::Forward(_)), "{nr}");
+                assert!(
+                    matches!(c(*nr, [5, 0, 0, 0, 0, 0]), Class::Forward(_)),
+                    "{nr}"
+                );
             }
         }
         for nr in seccomp::HOME_CALLS {

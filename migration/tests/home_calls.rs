@@ -56,7 +56,10 @@ fn stat_line(r: &mut Report, what: &str, ret: (i64, i32), st: &libc::stat) {
         ));
         // Only times the program set itself are the same in both runs.
         if st.st_mtime < 10_000_000 {
-            r.line(format_args!("{what} mtime={} atime={}", st.st_mtime, st.st_atime));
+            r.line(format_args!(
+                "{what} mtime={} atime={}",
+                st.st_mtime, st.st_atime
+            ));
         }
     } else {
         r.line(format_args!("{what} err {}", ret.1));
@@ -80,14 +83,29 @@ fn program() -> i32 {
     stat_line(&mut r, "stat f", x, &st);
     let x = sys!(SYS_lstat, c"missing".as_ptr(), &mut st as *mut stat);
     stat_line(&mut r, "lstat missing", x, &st);
-    r.line(format_args!("mkdir n {:?}", sys!(SYS_mkdir, c"n".as_ptr(), 0o750)));
-    r.line(format_args!("mkdir n again {:?}", sys!(SYS_mkdir, c"n".as_ptr(), 0o750)));
+    r.line(format_args!(
+        "mkdir n {:?}",
+        sys!(SYS_mkdir, c"n".as_ptr(), 0o750)
+    ));
+    r.line(format_args!(
+        "mkdir n again {:?}",
+        sys!(SYS_mkdir, c"n".as_ptr(), 0o750)
+    ));
     let x = sys!(SYS_stat, c"n".as_ptr(), &mut st as *mut stat);
     stat_line(&mut r, "stat n", x, &st);
-    r.line(format_args!("rename {:?}", sys!(SYS_rename, c"f".as_ptr(), c"n/g".as_ptr())));
-    r.line(format_args!("unlink f {:?}", sys!(SYS_unlink, c"f".as_ptr())));
+    r.line(format_args!(
+        "rename {:?}",
+        sys!(SYS_rename, c"f".as_ptr(), c"n/g".as_ptr())
+    ));
+    r.line(format_args!(
+        "unlink f {:?}",
+        sys!(SYS_unlink, c"f".as_ptr())
+    ));
     r.line(format_args!("rmdir n {:?}", sys!(SYS_rmdir, c"n".as_ptr())));
-    r.line(format_args!("symlink {:?}", sys!(SYS_symlink, c"n/g".as_ptr(), c"l".as_ptr())));
+    r.line(format_args!(
+        "symlink {:?}",
+        sys!(SYS_symlink, c"n/g".as_ptr(), c"l".as_ptr())
+    ));
     let mut link = [0u8; 64];
     let x = sys!(SYS_readlink, c"l".as_ptr(), link.as_mut_ptr(), 64);
     r.line(format_args!(
@@ -96,9 +114,18 @@ fn program() -> i32 {
     ));
     let x = sys!(SYS_readlink, c"d".as_ptr(), link.as_mut_ptr(), 64);
     r.line(format_args!("readlink dir {x:?}"));
-    r.line(format_args!("access {:?}", sys!(SYS_access, c"l".as_ptr(), F_OK)));
-    r.line(format_args!("chmod {:?}", sys!(SYS_chmod, c"n/g".as_ptr(), 0o600)));
-    r.line(format_args!("truncate {:?}", sys!(SYS_truncate, c"n/g".as_ptr(), 3)));
+    r.line(format_args!(
+        "access {:?}",
+        sys!(SYS_access, c"l".as_ptr(), F_OK)
+    ));
+    r.line(format_args!(
+        "chmod {:?}",
+        sys!(SYS_chmod, c"n/g".as_ptr(), 0o600)
+    ));
+    r.line(format_args!(
+        "truncate {:?}",
+        sys!(SYS_truncate, c"n/g".as_ptr(), 3)
+    ));
     let times = [
         timespec {
             tv_sec: 1_000_000,
@@ -118,7 +145,9 @@ fn program() -> i32 {
     let mut cwd = [0u8; 4096];
     let x = sys!(SYS_getcwd, cwd.as_mut_ptr(), 4096);
     let cwd_s = &cwd[..(x.0.max(1) - 1) as usize];
-    let tail = cwd_s.strip_prefix(base.as_bytes()).unwrap_or(b"(elsewhere)");
+    let tail = cwd_s
+        .strip_prefix(base.as_bytes())
+        .unwrap_or(b"(elsewhere)");
     r.line(format_args!(
         "getcwd {} {:?}",
         x.0 - base.as_bytes().len() as i64,
@@ -132,12 +161,27 @@ fn program() -> i32 {
         fd.0 >= 0,
         std::str::from_utf8(&buf[..n.0.max(0) as usize]).unwrap_or("?")
     ));
-    r.line(format_args!("chdir .. {:?}", sys!(SYS_chdir, c"..".as_ptr())));
+    r.line(format_args!(
+        "chdir .. {:?}",
+        sys!(SYS_chdir, c"..".as_ptr())
+    ));
     // a directory fd: openat, fstatat, getdents64 and unlinkat relative to it
-    let d = sys!(SYS_openat, AT_FDCWD, c"d".as_ptr(), O_RDONLY | O_DIRECTORY, 0);
+    let d = sys!(
+        SYS_openat,
+        AT_FDCWD,
+        c"d".as_ptr(),
+        O_RDONLY | O_DIRECTORY,
+        0
+    );
     let x = sys!(SYS_newfstatat, d.0, c"x".as_ptr(), &mut st as *mut stat, 0);
     stat_line(&mut r, "fstatat d/x", x, &st);
-    let x = sys!(SYS_newfstatat, d.0, c"".as_ptr(), &mut st as *mut stat, AT_EMPTY_PATH);
+    let x = sys!(
+        SYS_newfstatat,
+        d.0,
+        c"".as_ptr(),
+        &mut st as *mut stat,
+        AT_EMPTY_PATH
+    );
     stat_line(&mut r, "fstat d", x, &st);
     let f = sys!(SYS_openat, d.0, c"x".as_ptr(), O_RDONLY, 0);
     let n = sys!(SYS_read, f.0, buf.as_mut_ptr(), 16);
@@ -160,7 +204,10 @@ fn program() -> i32 {
     let x = sys!(SYS_faccessat, d.0, c"x".as_ptr(), F_OK);
     r.line(format_args!("faccessat d/x {x:?}"));
     let x = sys!(SYS_fcntl, 1, F_GETFL);
-    r.line(format_args!("fcntl stdout getfl {:o}", x.0 & i64::from(O_ACCMODE)));
+    r.line(format_args!(
+        "fcntl stdout getfl {:o}",
+        x.0 & i64::from(O_ACCMODE)
+    ));
     // the terminal at fd 3
     let mut tio = [0u8; 36];
     let x = sys!(SYS_ioctl, 3, TCGETS, tio.as_mut_ptr());
@@ -222,7 +269,10 @@ fn pty() -> (OwnedFd, OwnedFd) {
         let t0 = Instant::now();
         let mut avail = 0i32;
         while libc::ioctl(s, libc::FIONREAD, &mut avail) == 0 && avail < 6 {
-            assert!(t0.elapsed() < Duration::from_secs(5), "pty input never arrived");
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "pty input never arrived"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         (OwnedFd::from_raw_fd(m), OwnedFd::from_raw_fd(s))
@@ -278,7 +328,10 @@ fn unmoved_run() -> String {
     let mut status = 0;
     // SAFETY: waiting for our child.
     unsafe { libc::waitpid(pid, &mut status, 0) };
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{status:#x}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status:#x}"
+    );
     text
 }
 
@@ -308,20 +361,21 @@ fn moved_run() -> (String, migration::remote::Stats) {
     };
     let mut sup = Supervisor::new(listener, id, FdTable::new([1, 3]), port);
     let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match sup.run(deadline).unwrap() {
-            Stop::Exited => break,
-            Stop::Deadline => panic!("the child did not finish: {:?}", sup.stats()),
-            Stop::GoHome { notif, reason } => {
-                sup.listener()
-                    .respond(notif.id, Response::Errno(libc::ENOSYS))
-                    .unwrap();
-                panic!("call {} went home ({reason:?})", notif.data.nr);
-            }
+    match sup.run(deadline).unwrap() {
+        Stop::Exited => {}
+        Stop::Deadline => panic!("the child did not finish: {:?}", sup.stats()),
+        Stop::GoHome { notif, reason } => {
+            sup.listener()
+                .respond(notif.id, Response::Errno(libc::ENOSYS))
+                .unwrap();
+            panic!("call {} went home ({reason:?})", notif.data.nr);
         }
     }
     let status = child.wait();
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{status:#x}");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{status:#x}"
+    );
     let stats = sup.stats().clone();
     drop(sup);
     drop(standin.join()); // closes the home pipe's write end
@@ -341,12 +395,24 @@ fn path_calls_and_tty_ioctls_of_a_moved_process_match_an_unmoved_run() {
     assert_eq!(got, want, "moved run differs from the unmoved one");
     // The report is the real kernel's: spot checks that the comparison compared something.
     assert!(want.contains("stat f ok"), "{want}");
-    assert!(want.contains(&format!("lstat missing err {}", libc::ENOENT)), "{want}");
-    assert!(want.contains(&format!("mkdir n again (-1, {})", libc::EEXIST)), "{want}");
+    assert!(
+        want.contains(&format!("lstat missing err {}", libc::ENOENT)),
+        "{want}"
+    );
+    assert!(
+        want.contains(&format!("mkdir n again (-1, {})", libc::EEXIST)),
+        "{want}"
+    );
     assert!(want.contains("open g true read (3, 0) \"hel\""), "{want}");
-    assert!(want.contains("isatty true") && want.contains("winsize (0, 0) 24 80"), "{want}");
+    assert!(
+        want.contains("isatty true") && want.contains("winsize (0, 0) 24 80"),
+        "{want}"
+    );
     assert!(want.contains("tty read (6, 0) \"typed\\n\""), "{want}");
-    assert!(want.contains(&format!("stdout isatty (-1, {})", libc::ENOTTY)), "{want}");
+    assert!(
+        want.contains(&format!("stdout isatty (-1, {})", libc::ENOTTY)),
+        "{want}"
+    );
     // Every one of the program's 39 trapped calls (path calls, calls on fds 1 and 3 and on
     // the files and directory it opened at home) ran at home; none ran here.
     assert_eq!(stats.forwarded, 39, "{stats:?}");

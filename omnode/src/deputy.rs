@@ -172,15 +172,16 @@ fn run(pid: i32, fds: &mut HashMap<i32, OwnedFd>, ident: Option<&Identity>, call
         // access/faccessat(2) without AT_EACCESS check with the real uid and gid: the kernel
         // would take the daemon's (root); check with the process's, as the effective ones.
         let real_ids = match (*nr, args.as_slice()) {
-            (libc::SYS_access, [p, m]) => {
-                Some(vec![Arg::Val(libc::AT_FDCWD as u64), p.clone(), m.clone(), Arg::Val(0)])
-            }
+            (libc::SYS_access, [p, m]) => Some(vec![
+                Arg::Val(libc::AT_FDCWD as u64),
+                p.clone(),
+                m.clone(),
+                Arg::Val(0),
+            ]),
             (libc::SYS_faccessat, [d, p, m]) => {
                 Some(vec![d.clone(), p.clone(), m.clone(), Arg::Val(0)])
             }
-            (libc::SYS_faccessat2, [d, p, m, Arg::Val(f)])
-                if *f & libc::AT_EACCESS as u64 == 0 =>
-            {
+            (libc::SYS_faccessat2, [d, p, m, Arg::Val(f)]) if *f & libc::AT_EACCESS as u64 == 0 => {
                 Some(args.clone())
             }
             _ => None,
@@ -249,7 +250,10 @@ fn is_ctty(fd: &OwnedFd, st: &ProcStat) -> bool {
     let mut sb: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat of our own fd.
     let r = unsafe { libc::fstat(fd.as_raw_fd(), &mut sb) };
-    r == 0 && sb.st_mode & libc::S_IFMT == libc::S_IFCHR && st.tty_nr != 0 && sb.st_rdev == st.tty_nr
+    r == 0
+        && sb.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && st.tty_nr != 0
+        && sb.st_rdev == st.tty_nr
 }
 
 /// Whether process group `pgrp` of session `sid` is orphaned: no member has a parent in
@@ -262,7 +266,9 @@ fn orphaned(pgrp: i32, sid: i32) -> bool {
         let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        let Some(st) = ProcStat::read(pid) else { continue };
+        let Some(st) = ProcStat::read(pid) else {
+            continue;
+        };
         if st.pgrp != pgrp {
             continue;
         }
@@ -322,9 +328,13 @@ fn tty_check(
             orphaned: false,
         };
         let gate = match jobctl::tty_gate(op, state) {
-            Gate::Signal(_) if orphaned(st.pgrp, st.sid) => {
-                jobctl::tty_gate(op, TtyState { orphaned: true, ..state })
-            }
+            Gate::Signal(_) if orphaned(st.pgrp, st.sid) => jobctl::tty_gate(
+                op,
+                TtyState {
+                    orphaned: true,
+                    ..state
+                },
+            ),
             g => g,
         };
         match gate {
@@ -334,7 +344,12 @@ fn tty_check(
                 let stopped = matches!(st.state, b't' | b'T');
                 seen_stopped |= stopped;
                 if !sent || (seen_stopped && !stopped) {
-                    tracing::debug!(pid, pgrp = st.pgrp, sig, "deputy: background terminal access");
+                    tracing::debug!(
+                        pid,
+                        pgrp = st.pgrp,
+                        sig,
+                        "deputy: background terminal access"
+                    );
                     // SAFETY: kill with integer arguments: the process's own group at home.
                     unsafe { libc::kill(-st.pgrp, sig) };
                     sent = true;
@@ -371,7 +386,9 @@ fn take_identity(pid: i32) -> Result<Identity, String> {
     let (Some(&ruid), Some(&rgid), Some(&fsuid), Some(&fsgid)) =
         (uids.first(), gids.first(), uids.get(3), gids.get(3))
     else {
-        return Err(format!("/proc/{pid}/status: no real or filesystem uid or gid"));
+        return Err(format!(
+            "/proc/{pid}/status: no real or filesystem uid or gid"
+        ));
     };
     let umask = status
         .lines()
@@ -405,12 +422,13 @@ fn take_identity(pid: i32) -> Result<Identity, String> {
         if libc::unshare(libc::CLONE_FS) != 0 {
             return Err(os("unshare(CLONE_FS)"));
         }
-        if std::fs::read_link(format!("/proc/{pid}/root")).ok().as_deref()
+        if std::fs::read_link(format!("/proc/{pid}/root"))
+            .ok()
+            .as_deref()
             != Some(std::path::Path::new("/"))
+            && (libc::fchdir(root.as_raw_fd()) != 0 || libc::chroot(c".".as_ptr()) != 0)
         {
-            if libc::fchdir(root.as_raw_fd()) != 0 || libc::chroot(c".".as_ptr()) != 0 {
-                return Err(os("taking the process's root"));
-            }
+            return Err(os("taking the process's root"));
         }
         if libc::fchdir(cwd.as_raw_fd()) != 0 {
             return Err(os("taking the process's cwd"));

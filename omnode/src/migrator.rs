@@ -618,7 +618,11 @@ fn home_thread(
                     // waitpid(WUNTRACED) sees it. A continue needs nothing: the SIGCONT that
                     // continued the copy came through the shell.
                     if let (Some(sig), Some(_)) = (signo, shell.as_ref()) {
-                        tracing::debug!(pid, sig, "the moved process stopped; stopping the home shell");
+                        tracing::debug!(
+                            pid,
+                            sig,
+                            "the moved process stopped; stopping the home shell"
+                        );
                         // SAFETY: kill with integer arguments: our parked, traced process.
                         unsafe { libc::kill(pid, sig) };
                     }
@@ -689,7 +693,6 @@ fn home_thread(
         }
     }
 }
-
 
 /// A `Migrate` or `Ps` request from the control socket.
 pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::control::Response {

@@ -167,7 +167,9 @@ impl Term {
         let t = self.wait_for("pid ");
         let at = t.find("\npid ").or_else(|| t.find("pid ")).unwrap();
         let rest = &t[at..].trim_start_matches('\n')[4..];
-        let end = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
         if end == 0 {
             std::thread::sleep(Duration::from_millis(100));
             return self.pid();
@@ -240,7 +242,12 @@ fn a_moved_program_on_a_terminal_reads_lines_stops_and_continues_as_unmoved() {
         "the unmoved run did not show what the test set up:\n{plain}"
     );
     let got = foreground(&c, &prog, Some(2));
-    assert_eq!(judged(&got), want, "moved run differs:\n{got}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
 }
 
 /// A background program that reads the terminal is stopped by SIGTTIN (bash: "Stopped (tty
@@ -277,24 +284,34 @@ fn a_moved_background_reader_is_stopped_by_sigttin_as_unmoved() {
     let plain = background(&c, &prog, None);
     let want = judged(&plain);
     assert!(
-        want.iter().any(|l| l.contains("Stopped"))
-            && want.iter().any(|l| l == "got: bgline"),
+        want.iter().any(|l| l.contains("Stopped")) && want.iter().any(|l| l == "got: bgline"),
         "the unmoved run did not show what the test set up:\n{plain}"
     );
     let got = background(&c, &prog, Some(2));
-    assert_eq!(judged(&got), want, "moved run differs:\n{got}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
 
     // With SIGTTIN ignored (told home by the remote), the background read fails with EIO
     // instead, moved as unmoved.
     let plain = background_ignoring(&c, &prog, None);
     let want = judged(&plain);
     assert!(
-        want.iter().any(|l| *l == format!("got: read error errno {}", libc::EIO))
+        want.iter()
+            .any(|l| *l == format!("got: read error errno {}", libc::EIO))
             && !want.iter().any(|l| l.contains("Stopped")),
         "the unmoved run did not show what the test set up:\n{plain}"
     );
     let got = background_ignoring(&c, &prog, Some(2));
-    assert_eq!(judged(&got), want, "moved run differs:\n{got}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
 }
 
 /// The background reader with SIGTTIN ignored: its read fails (EIO) and it ends by itself.
@@ -358,7 +375,12 @@ fn pathcalls(c: &Cluster, prog: &Path, secret: &Path, move_to: Option<u32>) -> S
         }
         kid.0.try_wait().ok().flatten().map(|_| false)
     });
-    assert_eq!(followed, Some(true), "the cwd at home never became {}", stay.display());
+    assert_eq!(
+        followed,
+        Some(true),
+        "the cwd at home never became {}",
+        stay.display()
+    );
     let st = wait_for(STEP, || kid.0.try_wait().ok().flatten()).expect("pathcalls ended");
     assert!(st.success(), "{st:?}");
     reader.join().unwrap()
@@ -387,7 +409,10 @@ fn path_calls_of_a_moved_process_run_at_home_with_its_rights_and_cwd() {
         "read g: 3 \"hel\"".to_string(),
         "getcwd ends in: /n".to_string(),
     ] {
-        assert!(plain.contains(&want), "unmoved run lacks {want:?}:\n{plain}");
+        assert!(
+            plain.contains(&want),
+            "unmoved run lacks {want:?}:\n{plain}"
+        );
     }
     let got = pathcalls(&c, &prog, &secret, Some(2));
     assert_eq!(got, plain, "moved run differs\n{}", logs(&c, &[1, 2]));
