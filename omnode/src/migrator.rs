@@ -644,13 +644,19 @@ fn home_thread(
             match sh.next_event(Duration::ZERO) {
                 Ok(None) => {}
                 Ok(Some(migrate::ShellEvent::Signal { info, held })) => {
-                    // Our own signals (a mirrored stop, the terminal's SIGTTIN/SIGTTOU for a
-                    // background read) act on the shell; the others only on the copy.
-                    let ours = info.from_us();
+                    // Our own stop signals (a mirrored stop, the terminal's SIGTTIN/SIGTTOU
+                    // for a background read) act on the shell; the others only on the copy.
+                    let ours = info.from_us()
+                        && matches!(
+                            info.signo,
+                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                        );
                     if held {
                         let _ = if ours { sh.deliver() } else { sh.suppress() };
                     }
-                    if !ours || matches!(info.signo, libc::SIGTTIN | libc::SIGTTOU) {
+                    // Ours are not forwarded (they mirror the copy), except the terminal's
+                    // SIGTTIN/SIGTTOU, which the copy must get as the kernel would send it.
+                    if !info.from_us() || matches!(info.signo, libc::SIGTTIN | libc::SIGTTOU) {
                         m.send(
                             to,
                             Lane::Control,
