@@ -46,6 +46,10 @@ pub(crate) struct Shared {
     /// The moved process's new cwd after a forwarded chdir/fchdir (absolute), for the parked
     /// home shell to take too (so the process has it when it comes home).
     pub cwd: std::sync::Mutex<Option<Vec<u8>>>,
+    /// SIGTTIN/SIGTTOU the worker sent to the process's group for a background terminal
+    /// access: each stops the home shell directly, so the copy's stop it causes needs no
+    /// mirroring.
+    pub tty_stops: AtomicU64,
 }
 
 /// The moved process's identity at home, as the worker thread took it.
@@ -352,6 +356,7 @@ fn tty_check(
                     );
                     // SAFETY: kill with integer arguments: the process's own group at home.
                     unsafe { libc::kill(-st.pgrp, sig) };
+                    shared.tty_stops.fetch_add(1, Ordering::SeqCst);
                     sent = true;
                     seen_stopped = false;
                 }
@@ -534,4 +539,9 @@ pub(crate) fn mirror_cwd(pid: i32, sh: &mut migrate::HomeShell, shared: &Shared)
             *slot = Some(path);
         }
     }
+}
+
+/// Whether process `pid` is stopped (group stop, also under ptrace).
+pub(crate) fn is_stopped(pid: i32) -> bool {
+    ProcStat::read(pid).is_some_and(|st| matches!(st.state, b't' | b'T'))
 }

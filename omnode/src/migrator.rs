@@ -76,6 +76,10 @@ pub enum Wire {
     Stopped {
         mig: MigId,
         signo: Option<i32>,
+        /// How many SIGCONTs the copy had been sent when it reported: a stop report older
+        /// than a SIGCONT home has since forwarded is stale and not mirrored.
+        #[serde(default)]
+        conts: u64,
     },
 }
 
@@ -452,6 +456,9 @@ fn home_thread(
         }
     }
     let _close = CloseOnDrop(shared.clone());
+    // SIGCONTs forwarded to the copy (see `Wire::Stopped`).
+    let mut conts_sent = 0u64;
+    let mut tty_stops_seen = 0u64;
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
     loop {
@@ -610,14 +617,26 @@ fn home_thread(
                     }
                 }
                 Wire::Signal { .. } => {}
-                Wire::Stopped { signo, .. } => {
+                Wire::Stopped { signo, conts, .. } => {
                     home.on_sign_of_life(Instant::now());
                     shared.stopped.store(signo.is_some(), Ordering::SeqCst);
                     // Job control mirrored: the copy stopped, so the parked shell stops by the
                     // same signal (sent by us, let through below), and its parent's
                     // waitpid(WUNTRACED) sees it. A continue needs nothing: the SIGCONT that
                     // continued the copy came through the shell.
-                    if let (Some(sig), Some(_)) = (signo, shell.as_ref()) {
+                    // Not mirrored: a stale report (a SIGCONT went out since), a shell that is
+                    // stopped already, or a stop caused by the deputy's own SIGTTIN/SIGTTOU
+                    // (it stopped the shell directly; it may since have been continued).
+                    let emulated = signo.is_some_and(|s| s == libc::SIGTTIN || s == libc::SIGTTOU)
+                        && shared.tty_stops.load(Ordering::SeqCst) > tty_stops_seen;
+                    if emulated {
+                        tty_stops_seen += 1;
+                    }
+                    if let (Some(sig), Some(_), true) = (
+                        signo,
+                        shell.as_ref(),
+                        conts == conts_sent && !emulated && !crate::deputy::is_stopped(pid),
+                    ) {
                         tracing::debug!(
                             pid,
                             sig,
@@ -657,6 +676,9 @@ fn home_thread(
                     // Ours are not forwarded (they mirror the copy), except the terminal's
                     // SIGTTIN/SIGTTOU, which the copy must get as the kernel would send it.
                     if !info.from_us() || matches!(info.signo, libc::SIGTTIN | libc::SIGTTOU) {
+                        if info.signo == libc::SIGCONT {
+                            conts_sent += 1;
+                        }
                         m.send(
                             to,
                             Lane::Control,

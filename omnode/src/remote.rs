@@ -417,6 +417,7 @@ fn target_thread(
     // Job control: the stop signal last forwarded, and whether the copy is seen stopped.
     let mut stop_sig = libc::SIGSTOP;
     let mut stopped = false;
+    let mut conts = 0u64;
     loop {
         for a in std::mem::take(&mut pending) {
             match a {
@@ -494,6 +495,9 @@ fn target_thread(
                     target.on_sign_of_life(Instant::now());
                     match local_pid {
                         Some(p) => {
+                            if signo == libc::SIGCONT {
+                                conts += 1;
+                            }
                             let sig = stop_substitute(p, signo);
                             if sig == libc::SIGSTOP {
                                 stop_sig = signo;
@@ -516,6 +520,9 @@ fn target_thread(
                 Built::Running(p) => {
                     local_pid = Some(p);
                     for signo in early_signals.drain(..) {
+                        if signo == libc::SIGCONT {
+                            conts += 1;
+                        }
                         // SAFETY: kill with integer arguments.
                         unsafe { libc::kill(p, signo) };
                     }
@@ -548,7 +555,7 @@ fn target_thread(
                 m.send(
                     home,
                     Lane::Control,
-                    &Wire::Stopped { mig, signo },
+                    &Wire::Stopped { mig, signo, conts },
                     Bytes::new(),
                 );
                 if !now_stopped {
