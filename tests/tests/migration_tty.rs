@@ -188,6 +188,11 @@ impl Term {
 fn judged(text: &str) -> Vec<String> {
     text.lines()
         .map(str::trim)
+        // the program's output may follow bash's prompt on the same line
+        .map(|l| match l.find("# ") {
+            Some(i) if l.starts_with("bash-") => &l[i + 2..],
+            _ => l,
+        })
         .filter(|l| {
             ["got: ", "isatty", "winsize", "done ", "Stopped", "rc="]
                 .iter()
