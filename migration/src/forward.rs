@@ -87,6 +87,13 @@ pub enum Call {
         mode: u32,
         at: i32,
     },
+    /// Any other call run at home by number, its memory arguments marshalled by the table in
+    /// [`crate::homecall`] (path calls, ioctls and other calls on home-backed fds); the reply's
+    /// data holds the filled buffers in argument order.
+    Sys {
+        nr: i64,
+        args: Vec<crate::homecall::Arg>,
+    },
 }
 
 impl Call {
@@ -100,7 +107,11 @@ impl Call {
             | Call::Lseek { fd, .. }
             | Call::Fstat { fd }
             | Call::Close { fd } => Some(*fd),
-            Call::Openat { .. } => None,
+            Call::Openat { dirfd, .. } => (*dirfd >= 0).then_some(*dirfd),
+            Call::Sys { args, .. } => args.iter().find_map(|a| match a {
+                crate::homecall::Arg::Fd(fd) => Some(*fd),
+                _ => None,
+            }),
         }
     }
 
@@ -151,6 +162,10 @@ pub enum FwdMsg {
     Cancel { tid: Tid, seq: Seq },
     /// remote → home: these bytes read from `fd` were never delivered; serve them first.
     Unread { fd: i32, data: Bytes },
+    /// remote → home, before a call on a terminal whenever it changed: whether the moved
+    /// process ignores or blocks SIGTTIN / SIGTTOU (the deputy's job-control decision needs it,
+    /// see [`crate::jobctl`]).
+    TtySigs { ttin_off: bool, ttou_off: bool },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -523,7 +538,7 @@ impl DeputyFwd {
                 }
                 Vec::new()
             }
-            FwdMsg::Reply { .. } => Vec::new(),
+            FwdMsg::Reply { .. } | FwdMsg::TtySigs { .. } => Vec::new(),
         }
     }
 

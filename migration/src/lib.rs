@@ -8,6 +8,10 @@
 //!   push-back buffers;
 //! - [`seccomp`]: the seccomp user-notification machinery of the remote (the classic-BPF filter,
 //!   the listener, checked access to the trapped process's memory);
+//! - [`homecall`]: the table of calls run at home by number (path calls, terminal ioctls, other
+//!   calls on home-backed fds) and their checked execution by the deputy;
+//! - [`jobctl`]: the SIGTTIN/SIGTTOU decision the deputy makes for the moved process's
+//!   terminal access (pure);
 //! - [`remote`]: the remote supervisor loop that classifies trapped calls and answers, forwards or
 //!   reports them;
 //! - [`standin`]: an in-process home stand-in (a deputy executing forwarded calls on real fds of
@@ -40,6 +44,8 @@
 //! pipes/ptys relayed home) so the hot paths are not trapped at all.
 
 pub mod forward;
+pub mod homecall;
+pub mod jobctl;
 pub mod protocol;
 pub mod remote;
 pub mod seccomp;

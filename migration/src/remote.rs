@@ -8,14 +8,25 @@
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
-//! - `open` and `openat(AT_FDCWD, …)` → opened at home with the number the process would get
-//!   here (the lowest free one), then a placeholder is put at that number with `ADDFD` (with
-//!   `SEND`: it appears only if the answer is delivered) and the fd becomes home-backed;
-//! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, and every
-//!   trapped call this version does not implement (ioctl or dup of a home-backed fd, the other
-//!   path calls, openat relative to a dirfd, …) → [`Stop::GoHome`]: the notification is left
-//!   unanswered, so the process stays blocked at that call until it is brought home, where the
-//!   call runs for real. Never a wrong answer.
+//! - `open`, `creat` and `openat` (relative to home's cwd or to a home-backed dirfd) → opened
+//!   at home with the number the process would get here (the lowest free one), then a
+//!   placeholder is put at that number with `ADDFD` (with `SEND`: it appears only if the answer
+//!   is delivered) and the fd becomes home-backed;
+//! - the other path calls (stat, lstat, newfstatat, statx, access, faccessat(2), readlink(at),
+//!   mkdir(at), unlink(at), rmdir, rename(at2), link(at), symlink(at), chmod, fchmodat, chown,
+//!   lchown, fchownat, truncate, utimensat, chdir, getcwd, statfs), and on a home-backed fd
+//!   fchdir, fstatfs, fchmod, fchown, ftruncate, fsync, fdatasync, getdents64, fcntl
+//!   F_GETFL/F_SETFL and the terminal ioctls of the table → run at home by number, their memory
+//!   arguments marshalled by [`crate::homecall`] and the results copied back exactly (struct
+//!   layouts, `ret`-sized buffers, errno). A call relative to a *local* dirfd with a relative
+//!   path runs here. Before a call on a home terminal, home is told whether the thread ignores
+//!   or blocks SIGTTIN/SIGTTOU ([`crate::forward::FwdMsg::TtySigs`]) for its job-control check;
+//! - fork/vfork/clone/clone3/execve/execveat/ptrace, `mmap` of a home-backed fd, ioctls not in
+//!   the table (never answered ENOTTY) or needing the session (TIOCSPGRP, TIOCSCTTY, …), and
+//!   every trapped call this version does not implement (dup of a home-backed fd, openat2,
+//!   other fcntl commands, …) → [`Stop::GoHome`]: the notification is left unanswered, so the
+//!   process stays blocked at that call until it is brought home, where the call runs for real.
+//!   Never a wrong answer.
 //!
 //! Known gap: a home open whose answer is cancelled and never restarted (EINTR) leaves the file
 //! open at home (the process never learns its number).
@@ -31,6 +42,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::forward::{Answered, Call, CallKey, FwdMsg, RemoteAction, RemoteFwd, Reply};
+use crate::homecall::{self, Arg, IoArg, Slot};
 use crate::seccomp::{self, Listener, Notif, Response};
 
 /// The moved process's identity at home.
@@ -48,13 +60,24 @@ pub struct Identity {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FdTable {
     home: BTreeSet<i32>,
+    /// Home-backed fds that are terminals (job control applies to calls on them).
+    ttys: BTreeSet<i32>,
 }
 
 impl FdTable {
     pub fn new(home_fds: impl IntoIterator<Item = i32>) -> FdTable {
         FdTable {
             home: home_fds.into_iter().collect(),
+            ttys: BTreeSet::new(),
         }
+    }
+    /// Marks these home-backed fds as terminals.
+    pub fn with_ttys(mut self, ttys: impl IntoIterator<Item = i32>) -> FdTable {
+        self.ttys = ttys.into_iter().filter(|f| self.home.contains(f)).collect();
+        self
+    }
+    pub fn is_tty(&self, fd: i32) -> bool {
+        self.ttys.contains(&fd)
     }
     pub fn is_home(&self, fd: i64) -> bool {
         i32::try_from(fd).is_ok_and(|fd| self.home.contains(&fd))
@@ -63,6 +86,7 @@ impl FdTable {
         self.home.iter().copied()
     }
     fn remove(&mut self, fd: i32) {
+        self.ttys.remove(&fd);
         self.home.remove(&fd);
     }
     fn insert(&mut self, fd: i32) {
@@ -123,11 +147,19 @@ pub enum Req {
     Close {
         fd: i32,
     },
-    /// openat(AT_FDCWD, path, …) / open(path, …): opened at home, placed here.
+    /// openat(dirfd, path, …) / open(path, …) / creat(path, mode): opened at home (relative
+    /// to home's cwd or to the home-backed `dirfd`), placed here. A local `dirfd` with a
+    /// relative path runs here.
     Openat {
+        dirfd: i32,
         path: u64,
         flags: i32,
         mode: u32,
+    },
+    /// A call of the [`crate::homecall`] table, run at home; its arguments are marshalled
+    /// from the trapped registers by the table.
+    Sys {
+        nr: i64,
     },
 }
 
@@ -220,16 +252,48 @@ pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
             buf: a[1],
         }),
         libc::SYS_close if home0 => Class::Forward(Req::Close { fd: fd0 as i32 }),
-        libc::SYS_openat if a[0] as i32 == libc::AT_FDCWD => Class::Forward(Req::Openat {
+        libc::SYS_openat => Class::Forward(Req::Openat {
+            dirfd: a[0] as i32,
             path: a[1],
             flags: a[2] as i32,
             mode: a[3] as u32,
         }),
         libc::SYS_open => Class::Forward(Req::Openat {
+            dirfd: libc::AT_FDCWD,
             path: a[0],
             flags: a[1] as i32,
             mode: a[2] as u32,
         }),
+        libc::SYS_creat => Class::Forward(Req::Openat {
+            dirfd: libc::AT_FDCWD,
+            path: a[0],
+            flags: libc::O_CREAT | libc::O_WRONLY | libc::O_TRUNC,
+            mode: a[1] as u32,
+        }),
+        libc::SYS_ioctl if home0 => match homecall::ioctl_arg(a[1]) {
+            Some(homecall::IoArg::Local) => Class::Continue,
+            Some(homecall::IoArg::Home) => Class::GoHome(GoHome::Identity),
+            Some(_) => Class::Forward(Req::Sys { nr }),
+            None => Class::GoHome(GoHome::Unsupported),
+        },
+        libc::SYS_fcntl if home0 => {
+            let cmd = a[1] as i32;
+            if homecall::fcntl_served(a[1]) {
+                Class::Forward(Req::Sys { nr })
+            } else if cmd == libc::F_GETFD || cmd == libc::F_SETFD {
+                Class::Continue // close-on-exec is per fd: the placeholder holds it
+            } else {
+                Class::GoHome(GoHome::Unsupported)
+            }
+        }
+        nr if homecall::template(nr).is_some_and(|t| t.first() == Some(&homecall::Slot::Fd)) => {
+            if home0 {
+                Class::Forward(Req::Sys { nr })
+            } else {
+                Class::Continue
+            }
+        }
+        nr if homecall::template(nr).is_some() => Class::Forward(Req::Sys { nr }),
         libc::SYS_poll | libc::SYS_ppoll | libc::SYS_select | libc::SYS_pselect6 => {
             if fds.home.is_empty() {
                 Class::Continue
@@ -336,6 +400,8 @@ pub struct Supervisor<P: HomePort> {
     stats: Stats,
     /// [`Supervisor::run_until_idle`] is running.
     stop_when_idle: bool,
+    /// The SIGTTIN/SIGTTOU disposition last told home.
+    tty_sigs: Option<(bool, bool)>,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -349,6 +415,7 @@ impl<P: HomePort> Supervisor<P> {
             waiting: HashMap::new(),
             stats: Stats::default(),
             stop_when_idle: false,
+            tty_sigs: None,
         }
     }
 
@@ -510,7 +577,19 @@ impl<P: HomePort> Supervisor<P> {
             Class::CheckFdSet => unreachable!("resolved above"),
             Class::Forward(req) => {
                 let call = match self.build_call(&n, req) {
-                    Ok(c) => c,
+                    Ok(Some(c)) => c,
+                    Ok(None) => {
+                        // Relative to a local directory fd: it runs here.
+                        self.stats.continued += 1;
+                        self.answer(n.id, Response::Continue)?;
+                        return Ok(None);
+                    }
+                    Err(seccomp::Error::Mem { source, .. })
+                        if source.raw_os_error() == Some(libc::ENAMETOOLONG) =>
+                    {
+                        self.answer(n.id, Response::Errno(libc::ENAMETOOLONG))?;
+                        return Ok(None);
+                    }
                     Err(seccomp::Error::Cancelled) => return Ok(None),
                     Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
                         self.answer(n.id, Response::Errno(libc::EFAULT))?;
@@ -519,6 +598,7 @@ impl<P: HomePort> Supervisor<P> {
                     Err(e) => return Err(e.into()),
                 };
                 self.stats.forwarded += 1;
+                self.tell_tty_sigs(&n, req)?;
                 // A thread has one live notification: older ones of this thread are dead.
                 self.waiting.retain(|_, (w, _)| w.pid != n.pid);
                 self.waiting.insert(n.id, (n, req));
@@ -533,8 +613,45 @@ impl<P: HomePort> Supervisor<P> {
         Ok(None)
     }
 
-    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Call> {
-        Ok(match req {
+    /// Before a call on a terminal: tells home whether the thread ignores or blocks SIGTTIN and
+    /// SIGTTOU, when that changed. Unreadable: assumed default (the kernel's default stops).
+    fn tell_tty_sigs(&mut self, n: &Notif, req: Req) -> Result<(), Error> {
+        let fd = match req {
+            Req::Read { fd, .. } | Req::Write { fd, .. } => fd,
+            Req::Sys { nr } if nr == libc::SYS_ioctl => n.data.args[0] as i32,
+            _ => return Ok(()),
+        };
+        if !self.fds.is_tty(fd) {
+            return Ok(());
+        }
+        let status = std::fs::read_to_string(format!("/proc/{}/status", n.pid)).unwrap_or_default();
+        let line = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .unwrap_or("0")
+        };
+        let off = |sig| {
+            crate::jobctl::mask_has(line("SigIgn:"), sig).unwrap_or(false)
+                || crate::jobctl::mask_has(line("SigBlk:"), sig).unwrap_or(false)
+        };
+        let now = (off(libc::SIGTTIN), off(libc::SIGTTOU));
+        if self.tty_sigs != Some(now) {
+            self.tty_sigs = Some(now);
+            self.port
+                .send(FwdMsg::TtySigs {
+                    ttin_off: now.0,
+                    ttou_off: now.1,
+                })
+                .map_err(Error::HomeGone)?;
+        }
+        Ok(())
+    }
+
+    /// The call to send home, or `None` when it works relative to a local directory fd (it
+    /// then runs here).
+    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Option<Call>> {
+        Ok(Some(match req {
             Req::Read { fd, len, .. } => Call::Read { fd, len },
             Req::Write { fd, buf, len } => Call::Write {
                 fd,
@@ -556,20 +673,132 @@ impl<P: HomePort> Supervisor<P> {
             Req::Lseek { fd, offset, whence } => Call::Lseek { fd, offset, whence },
             Req::Fstat { fd, .. } => Call::Fstat { fd },
             Req::Close { fd } => Call::Close { fd },
-            Req::Openat { path, flags, mode } => Call::Openat {
-                dirfd: libc::AT_FDCWD,
-                path: Bytes::from(self.read_path(n, path)?),
+            Req::Sys { nr } => match self.sys_args(n, nr)? {
+                Some(args) => Call::Sys { nr, args },
+                None => return Ok(None),
+            },
+            Req::Openat {
+                dirfd,
+                path,
                 flags,
                 mode,
-                at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
-                    op: "listing /proc/<pid>/fd",
-                    pid: n.pid,
-                    addr: 0,
-                    len: 0,
-                    source,
-                })?,
-            },
-        })
+            } => {
+                let path = self.read_path(n, path)?;
+                let dirfd = if dirfd == libc::AT_FDCWD || self.fds.is_home(dirfd.into()) {
+                    dirfd
+                } else if path.first() == Some(&b'/') {
+                    libc::AT_FDCWD // absolute: the local dirfd plays no part
+                } else {
+                    return Ok(None);
+                };
+                Call::Openat {
+                    dirfd,
+                    path: Bytes::from(path),
+                    flags,
+                    mode,
+                    at: lowest_free_fd(n.pid).map_err(|source| seccomp::Error::Mem {
+                        op: "listing /proc/<pid>/fd",
+                        pid: n.pid,
+                        addr: 0,
+                        len: 0,
+                        source,
+                    })?,
+                }
+            }
+        }))
+    }
+
+    /// The arguments of a [`Req::Sys`] call, read out of the process by the table; `None` when
+    /// a directory fd is local and its path relative (the call runs here).
+    fn sys_args(&self, n: &Notif, nr: i64) -> seccomp::Result<Option<Vec<Arg>>> {
+        let a = n.data.args;
+        let Some(t) = homecall::template(nr) else {
+            return Ok(Some(Vec::new())); // not reached: classify forwards only table calls
+        };
+        let clamp = |v: u64| v.min(u64::from(homecall::MAX_BUF));
+        let mut out = Vec::with_capacity(t.len());
+        let mut local_dir = false;
+        for (i, slot) in t.iter().enumerate() {
+            let arg = match slot {
+                Slot::Val => Arg::Val(a[i]),
+                Slot::Dir => {
+                    let fd = a[i] as i32;
+                    if fd == libc::AT_FDCWD {
+                        Arg::Val(libc::AT_FDCWD as u64)
+                    } else if self.fds.is_home(fd.into()) {
+                        Arg::Fd(fd)
+                    } else {
+                        local_dir = true;
+                        Arg::Val(libc::AT_FDCWD as u64)
+                    }
+                }
+                Slot::Fd => Arg::Fd(a[i] as i32),
+                Slot::Path | Slot::PathOrNull => {
+                    if a[i] == 0 && *slot == Slot::PathOrNull {
+                        if local_dir {
+                            return Ok(None);
+                        }
+                        Arg::Null
+                    } else {
+                        let p = self.read_path(n, a[i])?;
+                        if local_dir && p.first() != Some(&b'/') {
+                            return Ok(None);
+                        }
+                        local_dir = false;
+                        Arg::In(Bytes::from(p))
+                    }
+                }
+                Slot::In(len) => Arg::In(Bytes::from(self.listener.read_mem(
+                    n,
+                    a[i],
+                    *len as usize,
+                )?)),
+                Slot::InOrNull(len) => {
+                    if a[i] == 0 {
+                        Arg::Null
+                    } else {
+                        Arg::In(Bytes::from(self.listener.read_mem(
+                            n,
+                            a[i],
+                            *len as usize,
+                        )?))
+                    }
+                }
+                Slot::Out(len) => Arg::Out(*len),
+                Slot::OutLen(li) => Arg::Out(clamp(a[*li]) as u32),
+                Slot::Len => Arg::Val(clamp(a[i])),
+                Slot::IoctlArg => match homecall::ioctl_arg(a[1]) {
+                    Some(IoArg::Val) | None | Some(IoArg::Local | IoArg::Home) => Arg::Val(a[i]),
+                    Some(IoArg::In(len) | IoArg::InOut(len)) => Arg::In(Bytes::from(
+                        self.listener.read_mem(n, a[i], len as usize)?,
+                    )),
+                    Some(IoArg::Out(len)) => Arg::Out(len),
+                },
+            };
+            out.push(arg);
+        }
+        Ok(Some(out))
+    }
+
+    /// Where a [`Req::Sys`] call's result buffers go in the process: (address, bytes), in the
+    /// order of the reply's data.
+    fn sys_outs(nr: i64, a: [u64; 6], ret: i64) -> Vec<(u64, usize)> {
+        let Some(t) = homecall::template(nr) else {
+            return Vec::new();
+        };
+        let clamp = |v: u64| v.min(u64::from(homecall::MAX_BUF)) as usize;
+        t.iter()
+            .enumerate()
+            .filter_map(|(i, slot)| match slot {
+                Slot::Out(len) => Some((a[i], *len as usize)),
+                Slot::OutLen(li) => Some((a[i], clamp(a[*li]).min(ret.max(0) as usize))),
+                Slot::IoctlArg => match homecall::ioctl_arg(a[1]) {
+                    Some(IoArg::Out(len) | IoArg::InOut(len)) => Some((a[i], len as usize)),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
     }
 
     /// A NUL-terminated path (without the NUL) at `addr`, read page by page (a path may end
@@ -642,6 +871,29 @@ impl<P: HomePort> Supervisor<P> {
                     return Ok(Answered::DataRefused);
                 }
                 Err(e) => return Err(e.into()),
+            }
+        }
+        if let Req::Sys { nr } = req
+            && reply.ret >= 0
+        {
+            let mut at = 0usize;
+            for (addr, len) in Self::sys_outs(nr, n.data.args, reply.ret) {
+                let Some(piece) = reply.data.get(at..at + len) else {
+                    break; // a short reply: copy what came (the peer's table is older)
+                };
+                at += len;
+                if len == 0 {
+                    continue;
+                }
+                match self.listener.write_mem(&n, addr, piece) {
+                    Ok(()) => {}
+                    Err(seccomp::Error::Cancelled) => return Ok(Answered::Cancelled),
+                    Err(seccomp::Error::Mem { .. } | seccomp::Error::ShortMem { .. }) => {
+                        self.answer(id, Response::Errno(libc::EFAULT))?;
+                        return Ok(Answered::DataRefused);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
             }
         }
         if let Req::Openat { flags, .. } = req
@@ -801,6 +1053,12 @@ mod tests {
         );
         assert_eq!(
             c(libc::SYS_ioctl, [1, 0x5401, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_ioctl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, 0x1234, 0, 0, 0, 0]),
             Class::GoHome(GoHome::Unsupported)
         );
         assert_eq!(c(libc::SYS_ioctl, [4, 0x5401, 0, 0, 0, 0]), Class::Continue);
@@ -821,9 +1079,15 @@ mod tests {
             c(libc::SYS_close_range, [6, u32::MAX as u64, 0, 0, 0, 0]),
             Class::Continue
         );
+        // relative to a local dirfd: decided once the path is read
         assert_eq!(
             c(libc::SYS_openat, [3, 0, 0, 0, 0, 0]),
-            Class::GoHome(GoHome::Unsupported)
+            Class::Forward(Req::Openat {
+                dirfd: 3,
+                path: 0,
+                flags: 0,
+                mode: 0
+            })
         );
         assert_eq!(
             c(
@@ -831,6 +1095,7 @@ mod tests {
                 [libc::AT_FDCWD as u64, 0x10, 2, 0o644, 0, 0]
             ),
             Class::Forward(Req::Openat {
+                dirfd: libc::AT_FDCWD,
                 path: 0x10,
                 flags: 2,
                 mode: 0o644
@@ -838,8 +1103,54 @@ mod tests {
         );
         assert_eq!(
             c(libc::SYS_stat, [0; 6]),
+            Class::Forward(Req::Sys { nr: libc::SYS_stat })
+        );
+        // terminal ioctls on a home fd run at home; unknown ones go home; local fds stay
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::TIOCGWINSZ, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_ioctl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::TIOCSPGRP, 0, 0, 0, 0]),
+            Class::GoHome(GoHome::Identity)
+        );
+        assert_eq!(
+            c(libc::SYS_ioctl, [1, libc::FIOCLEX, 0, 0, 0, 0]),
+            Class::Continue
+        );
+        assert_eq!(
+            c(libc::SYS_fcntl, [1, libc::F_GETFL as u64, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_fcntl
+            })
+        );
+        assert_eq!(
+            c(libc::SYS_fcntl, [1, libc::F_DUPFD as u64, 0, 0, 0, 0]),
             Class::GoHome(GoHome::Unsupported)
         );
+        assert_eq!(c(libc::SYS_fchdir, [4, 0, 0, 0, 0, 0]), Class::Continue);
+        assert_eq!(
+            c(libc::SYS_fchdir, [5, 0, 0, 0, 0, 0]),
+            Class::Forward(Req::Sys {
+                nr: libc::SYS_fchdir
+            })
+        );
+        // not served remotely (yet): home
+        assert_eq!(
+            c(libc::SYS_openat2, [0; 6]),
+            Class::GoHome(GoHome::Unsupported)
+        );
+        // every table call is forwarded or run locally, never sent home blindly
+        for nr in seccomp::PATH_CALLS {
+            if homecall::template(*nr).is_some() {
+                assert!(
+                    matches!(c(*nr, [5, 0, 0, 0, 0, 0]), Class::Forward(_)),
+                    "{nr}"
+                );
+            }
+        }
         for nr in seccomp::HOME_CALLS {
             assert!(matches!(c(*nr, [0; 6]), Class::GoHome(_)), "{nr}");
         }

@@ -85,6 +85,10 @@ pub fn spawn_with_delay(
     let thread = std::thread::Builder::new()
         .name("home-stand-in".into())
         .spawn(move || {
+            // Its own cwd (and umask): a forwarded chdir moves this thread only, as the
+            // deputy's worker does.
+            // SAFETY: unshare with a flag; it affects this thread's fs_struct only.
+            unsafe { libc::unshare(libc::CLONE_FS) };
             let mut fds = fds;
             let mut dep = DeputyFwd::new();
             loop {
@@ -165,6 +169,10 @@ pub fn execute_at(
     {
         return openat(fds, cwd, *dirfd, path, *flags, *mode, *at);
     }
+    if let Call::Sys { nr, args } = call {
+        let table = &*fds;
+        return crate::homecall::execute(*nr, args, |f| table.get(&f).map(AsRawFd::as_raw_fd));
+    }
     let Some(fd) = call.fd() else {
         return Reply::errno(libc::ENOSYS);
     };
@@ -232,7 +240,7 @@ pub fn execute_at(
             fds.remove(&fd);
             Reply::ok(0)
         }
-        Call::Openat { .. } => Reply::errno(libc::ENOSYS),
+        Call::Openat { .. } | Call::Sys { .. } => Reply::errno(libc::ENOSYS),
     }
 }
 
@@ -246,13 +254,17 @@ fn openat(
     mode: u32,
     at: i32,
 ) -> Reply {
-    if dirfd != libc::AT_FDCWD {
-        return Reply::errno(libc::ENOSYS);
-    }
+    let base = if dirfd == libc::AT_FDCWD {
+        cwd.map_or(libc::AT_FDCWD, |d| d.as_raw_fd())
+    } else {
+        match fds.get(&dirfd) {
+            Some(d) => d.as_raw_fd(),
+            None => return Reply::errno(libc::EBADF),
+        }
+    };
     let Ok(c) = std::ffi::CString::new(path.to_vec()) else {
         return Reply::errno(libc::EINVAL);
     };
-    let base = cwd.map_or(libc::AT_FDCWD, |d| d.as_raw_fd());
     // SAFETY: openat of a NUL-terminated path; on success a fresh fd owned here.
     let r = unsafe { libc::openat(base, c.as_ptr(), flags | libc::O_CLOEXEC, mode) };
     if r < 0 {

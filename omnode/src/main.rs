@@ -10,6 +10,7 @@ mod ckpt;
 mod control;
 mod cpufeat;
 mod daemon;
+mod deputy;
 mod error;
 mod gohome;
 mod imagestream;

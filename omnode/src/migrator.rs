@@ -18,17 +18,22 @@
 //! The image streams while the process is read ([`crate::imagestream`]): home holds at most
 //! the protocol's window of it.
 //!
-//! Not yet: job-control mirroring, tty emulation.
+//! Job control is mirrored: a stop of the copy (reported by the target, `Wire::Stopped`) is
+//! reproduced on the parked shell by the same signal, let through and answered with
+//! PTRACE_LISTEN, so the parent's waitpid(WUNTRACED) sees it; `fg`/`bg` continue the shell, and
+//! their SIGCONT reaches the copy as any signal does. The deputy (`crate::deputy`) runs
+//! forwarded calls and emulates SIGTTIN/SIGTTOU for terminal access.
 
 use std::collections::HashMap;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use discovery::NodeId;
-use migration::forward::{DeputyAction, DeputyFwd, FwdMsg};
+use migration::forward::{DeputyFwd, FwdMsg};
+
+use crate::deputy::{Job, deputy, worker};
 use migration::protocol::{self, ExeIdentity, ExitStatus, Home, HomeAction, MigId, Msg, Offer};
 use runtime::transport::Lane;
 use runtime::{Actor, Context, Inbound, System};
@@ -50,6 +55,9 @@ pub struct Ident {
     /// How many times it has moved, this move included (for `ps` on the node it runs on).
     #[serde(default)]
     pub moves: u32,
+    /// The home fds that are terminals (job control applies to calls on them).
+    #[serde(default)]
+    pub tty_fds: Vec<i32>,
 }
 
 /// What two migrators send each other. Image chunks go on the bulk lane with their bytes as
@@ -84,6 +92,16 @@ pub enum Wire {
         mig: MigId,
         why: String,
     },
+    /// remote → home: the copy was stopped by `signo` (job control), or continued (`None`);
+    /// home mirrors a stop on the parked shell so the parent's wait sees it.
+    Stopped {
+        mig: MigId,
+        signo: Option<i32>,
+        /// How many SIGCONTs the copy had been sent when it reported: a stop report older
+        /// than a SIGCONT home has since forwarded is stale and not mirrored.
+        #[serde(default)]
+        conts: u64,
+    },
 }
 
 /// Something for one migration's thread.
@@ -105,110 +123,6 @@ pub(crate) enum In {
     /// Another channel of the thread has news (the target's builder finished a step): look
     /// there now rather than at the next time-out.
     Wake,
-}
-
-/// A forwarded call for the deputy's worker thread.
-struct Job {
-    tid: migration::forward::Tid,
-    seq: migration::forward::Seq,
-    call: migration::forward::Call,
-}
-
-/// The deputy's worker: runs forwarded calls on the real fds, one at a time, so a call that
-/// blocks at home (a read of an empty pipe) never stops the migration thread's heartbeats,
-/// signal forwarding or exit handling.
-///
-/// Path calls run as the moved process would run them at home: this thread takes the
-/// process's filesystem uid, gid and groups (per thread: raw setfsuid/setfsgid/setgroups), and
-/// relative paths resolve against the process's cwd (its parked home shell keeps it). If that
-/// identity cannot be taken, every path call is refused with EACCES (never run as root).
-fn worker(
-    pid: i32,
-    fds: crate::gohome::DeputyFds,
-    jobs: mpsc::Receiver<Job>,
-    done: mpsc::Sender<In>,
-) {
-    let cwd = match take_identity(pid) {
-        Ok(cwd) => Some(cwd),
-        Err(e) => {
-            tracing::error!(pid, "deputy: {e}; path calls of this process are refused");
-            None
-        }
-    };
-    while let Ok(Job { tid, seq, call }) = jobs.recv() {
-        let reply = match (&call, &cwd) {
-            (migration::forward::Call::Openat { .. }, None) => {
-                migration::forward::Reply::errno(libc::EACCES)
-            }
-            _ => {
-                use std::os::fd::AsFd;
-                let mut fds = lock(&fds);
-                migration::standin::execute_at(&mut fds, cwd.as_ref().map(|c| c.as_fd()), &call)
-            }
-        };
-        crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
-        if done.send(In::Done { tid, seq, reply }).is_err() {
-            return;
-        }
-    }
-}
-
-/// Makes the calling thread act on files as process `pid` does (its filesystem uid and gid
-/// and its supplementary groups) and returns its cwd as an `O_PATH` directory fd.
-fn take_identity(pid: i32) -> Result<OwnedFd, String> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
-    let field = |key: &str| -> Result<Vec<u32>, String> {
-        let line = status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .ok_or_else(|| format!("/proc/{pid}/status has no {key}"))?;
-        line.split_whitespace()
-            .map(|v| {
-                v.parse::<u32>()
-                    .map_err(|_| format!("/proc/{pid}/status: bad {key} {line}"))
-            })
-            .collect()
-    };
-    let (uids, gids, groups) = (field("Uid:")?, field("Gid:")?, field("Groups:")?);
-    let (Some(&fsuid), Some(&fsgid)) = (uids.get(3), gids.get(3)) else {
-        return Err(format!("/proc/{pid}/status: no filesystem uid or gid"));
-    };
-    let cwd = std::ffi::CString::new(format!("/proc/{pid}/cwd")).expect("no NUL");
-    // SAFETY: open of a NUL-terminated path; on success a fresh fd we own.
-    let fd = unsafe {
-        libc::open(
-            cwd.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "cannot open the cwd of {pid}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: fresh fd.
-    let cwd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let groups: Vec<libc::gid_t> = groups;
-    // SAFETY: raw syscalls act on this thread only (glibc's wrappers would change every
-    // thread of the daemon); the groups pointer and length describe a live Vec.
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-            return Err(format!("setgroups: {}", std::io::Error::last_os_error()));
-        }
-        libc::syscall(libc::SYS_setfsgid, fsgid);
-        libc::syscall(libc::SYS_setfsuid, fsuid);
-        // setfsuid/setfsgid report the previous value, never an error: ask again to check
-        let now_gid = libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32;
-        let now_uid = libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32;
-        if now_uid != fsuid || now_gid != fsgid {
-            return Err(format!(
-                "cannot act as uid {fsuid} gid {fsgid} (still {now_uid}/{now_gid})"
-            ));
-        }
-    }
-    Ok(cwd)
 }
 
 /// Shared by the control socket, the inbound actor and the migration threads.
@@ -359,11 +273,16 @@ impl Migrator {
                 *mig,
                 matches!(
                     msg,
-                    FwdMsg::Request { .. } | FwdMsg::Cancel { .. } | FwdMsg::Unread { .. }
+                    FwdMsg::Request { .. }
+                        | FwdMsg::Cancel { .. }
+                        | FwdMsg::Unread { .. }
+                        | FwdMsg::TtySigs { .. }
                 ),
             ),
             Wire::Signal { mig, .. } | Wire::ComeHome { mig } => (*mig, false),
-            Wire::Leaving { mig, .. } | Wire::StaysHere { mig, .. } => (*mig, true),
+            Wire::Leaving { mig, .. } | Wire::StaysHere { mig, .. } | Wire::Stopped { mig, .. } => {
+                (*mig, true)
+            }
         };
         if to_home {
             let tx = lock(&self.homes).get(&mig).cloned();
@@ -609,6 +528,12 @@ fn home_thread(
         home_fds: img.fds.iter().map(|f| f.fd).collect(),
         cmd: img.comm.clone(),
         moves: prev_moves + 1,
+        tty_fds: img
+            .fds
+            .iter()
+            .map(|f| f.fd)
+            .filter(|&fd| crate::deputy::is_tty_fd(pid, fd))
+            .collect(),
     };
     let offer = Offer {
         mig,
@@ -647,6 +572,18 @@ fn home_thread(
     let mut shell: Option<migrate::HomeShell> = None;
     let mut jobs: Option<mpsc::Sender<Job>> = None;
     let mut dep = DeputyFwd::new();
+    let shared = std::sync::Arc::new(crate::deputy::Shared::default());
+    /// Held calls stop waiting once the deputy ends.
+    struct CloseOnDrop(std::sync::Arc<crate::deputy::Shared>);
+    impl Drop for CloseOnDrop {
+        fn drop(&mut self) {
+            self.0.closed.store(true, Ordering::SeqCst);
+        }
+    }
+    let _close = CloseOnDrop(shared.clone());
+    // SIGCONTs forwarded to the copy (see `Wire::Stopped`).
+    let mut conts_sent = 0u64;
+    let mut tty_stops_seen = 0u64;
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
     let fds_shared: crate::gohome::DeputyFds = Default::default();
@@ -712,9 +649,10 @@ fn home_thread(
                             let back = me_tx.clone();
                             *lock(&fds_shared) = fds;
                             let fds = fds_shared.clone();
+                            let sh2 = shared.clone();
                             if let Err(e) = std::thread::Builder::new()
                                 .name(format!("deputy-{pid}"))
-                                .spawn(move || worker(pid, fds, jrx, back))
+                                .spawn(move || worker(pid, fds, jrx, back, sh2))
                             {
                                 tracing::error!(pid, "cannot start the deputy worker: {e}");
                             }
@@ -725,8 +663,9 @@ fn home_thread(
                                 r.moves += 1;
                             }
                             for msg in std::mem::take(&mut early) {
+                                crate::deputy::note(&shared, &msg);
                                 let acts = dep.on_msg(msg);
-                                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
                             let frozen = frozen_at.elapsed();
@@ -908,17 +847,47 @@ fn home_thread(
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
                     if jobs.is_some() {
+                        crate::deputy::note(&shared, &msg);
                         let acts = dep.on_msg(msg);
-                        deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                        deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
                     } else {
                         early.push(msg);
                     }
                 }
                 Wire::Signal { .. } | Wire::ComeHome { .. } => {}
+                Wire::Stopped { signo, conts, .. } => {
+                    home.on_sign_of_life(Instant::now());
+                    shared.stopped.store(signo.is_some(), Ordering::SeqCst);
+                    // Job control mirrored: the copy stopped, so the parked shell stops by the
+                    // same signal (sent by us, let through below), and its parent's
+                    // waitpid(WUNTRACED) sees it. A continue needs nothing: the SIGCONT that
+                    // continued the copy came through the shell.
+                    // Not mirrored: a stale report (a SIGCONT went out since), a shell that is
+                    // stopped already, or a stop caused by the deputy's own SIGTTIN/SIGTTOU
+                    // (it stopped the shell directly; it may since have been continued).
+                    let emulated = signo.is_some_and(|s| s == libc::SIGTTIN || s == libc::SIGTTOU)
+                        && shared.tty_stops.load(Ordering::SeqCst) > tty_stops_seen;
+                    if emulated {
+                        tty_stops_seen += 1;
+                    }
+                    if let (Some(sig), Some(_), true) = (
+                        signo,
+                        shell.as_ref(),
+                        conts == conts_sent && !emulated && !crate::deputy::is_stopped(pid),
+                    ) {
+                        tracing::debug!(
+                            pid,
+                            sig,
+                            "the moved process stopped; stopping the home shell"
+                        );
+                        // SAFETY: kill with integer arguments: our parked, traced process.
+                        unsafe { libc::kill(pid, sig) };
+                    }
+                }
             },
             Ok(In::Done { tid, seq, reply }) => {
                 let acts = dep.on_done(tid, seq, reply);
-                deputy(m, to, mig, &mut dep, jobs.as_ref(), acts);
+                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
             }
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -1026,13 +995,28 @@ fn home_thread(
             }
         }
         if let Some(sh) = shell.as_mut() {
+            crate::deputy::mirror_cwd(pid, sh, &shared);
+        }
+        if let Some(sh) = shell.as_mut() {
             match sh.next_event(Duration::ZERO) {
                 Ok(None) => {}
                 Ok(Some(migrate::ShellEvent::Signal { info, held })) => {
+                    // Our own stop signals (a mirrored stop, the terminal's SIGTTIN/SIGTTOU
+                    // for a background read) act on the shell; the others only on the copy.
+                    let ours = info.from_us()
+                        && matches!(
+                            info.signo,
+                            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                        );
                     if held {
-                        let _ = sh.suppress();
+                        let _ = if ours { sh.deliver() } else { sh.suppress() };
                     }
-                    if !info.from_us() {
+                    // Ours are not forwarded (they mirror the copy), except the terminal's
+                    // SIGTTIN/SIGTTOU, which the copy must get as the kernel would send it.
+                    if !info.from_us() || matches!(info.signo, libc::SIGTTIN | libc::SIGTTOU) {
+                        if info.signo == libc::SIGCONT {
+                            conts_sent += 1;
+                        }
                         m.send(
                             to,
                             Lane::Control,
@@ -1045,15 +1029,13 @@ fn home_thread(
                     }
                 }
                 Ok(Some(migrate::ShellEvent::GroupStop { signo })) => {
-                    // Job control is not mirrored yet: the stop goes to the remote, the shell
-                    // runs on parked.
-                    let _ = sh.resume();
-                    m.send(
-                        to,
-                        Lane::Control,
-                        &Wire::Signal { mig, signo },
-                        Bytes::new(),
-                    );
+                    // Only our own stop signals are let through: the shell stays stopped
+                    // (PTRACE_LISTEN) until the job is continued, as the parent expects.
+                    tracing::debug!(pid, signo, "the home shell is stopped by job control");
+                    if let Err(e) = sh.listen() {
+                        tracing::warn!(pid, "home shell: {e}; it runs on");
+                        let _ = sh.resume();
+                    }
                 }
                 Ok(Some(migrate::ShellEvent::Ended { status })) => {
                     tracing::warn!(
@@ -1074,37 +1056,6 @@ fn home_thread(
                 }
                 Err(e) => tracing::debug!(pid, "home shell: {e}"),
             }
-        }
-    }
-}
-
-/// The deputy: carries out the forwarding machine's actions; calls go to the worker.
-fn deputy(
-    m: &Migrator,
-    to: NodeId,
-    mig: MigId,
-    dep: &mut DeputyFwd,
-    jobs: Option<&mpsc::Sender<Job>>,
-    acts: Vec<DeputyAction>,
-) {
-    for a in acts {
-        match a {
-            DeputyAction::Send(msg) => {
-                m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
-            }
-            DeputyAction::Execute { tid, seq, call } => {
-                let sent = jobs.is_some_and(|j| j.send(Job { tid, seq, call }).is_ok());
-                if !sent {
-                    let acts = dep.on_done(tid, seq, migration::forward::Reply::errno(libc::EIO));
-                    for a in acts {
-                        if let DeputyAction::Send(msg) = a {
-                            m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
-                        }
-                    }
-                }
-            }
-            // Not yet: a call blocked at home is not interrupted (its reply still comes).
-            DeputyAction::Interrupt { .. } => {}
         }
     }
 }

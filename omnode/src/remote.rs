@@ -431,10 +431,11 @@ fn builder(
         rx: port_rx,
         wake,
     };
-    let mut sup = Supervisor::new(listener, id, FdTable::new(ident.home_fds.clone()), port);
     // A call that must run at home and could not go there: the process waits at it (never a
     // wrong answer) until home asks for it again.
     let mut blocked_at_home_call = false;
+    let fds = FdTable::new(ident.home_fds.clone()).with_ttys(ident.tty_fds.clone());
+    let mut sup = Supervisor::new(listener, id, fds, port);
     loop {
         match sup.run(Instant::now() + Duration::from_millis(100)) {
             Ok(Stop::Exited) => break,
@@ -582,6 +583,10 @@ fn target_thread(
     let ret_mig = mig | crate::gohome::RETURN;
     let mut leave: Option<(protocol::Home, Option<migrate::Seized>, Bytes)> = None;
     let mut returned = false;
+    // Job control: the stop signal last forwarded, and whether the copy is seen stopped.
+    let mut stop_sig = libc::SIGSTOP;
+    let mut stopped = false;
+    let mut conts = 0u64;
     loop {
         for a in std::mem::take(&mut pending) {
             match a {
@@ -688,14 +693,21 @@ fn target_thread(
                     // SAFETY: writing 8 bytes to our eventfd.
                     unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
                 }
-                Wire::Leaving { .. } | Wire::StaysHere { .. } => {}
+                Wire::Leaving { .. } | Wire::StaysHere { .. } | Wire::Stopped { .. } => {}
                 Wire::Signal { signo, .. } => {
                     target.on_sign_of_life(Instant::now());
                     match local_pid {
-                        // SAFETY: kill with integer arguments.
-                        Some(p) => unsafe {
-                            libc::kill(p, signo);
-                        },
+                        Some(p) => {
+                            if signo == libc::SIGCONT {
+                                conts += 1;
+                            }
+                            let sig = stop_substitute(p, signo);
+                            if sig == libc::SIGSTOP {
+                                stop_sig = signo;
+                            }
+                            // SAFETY: kill with integer arguments.
+                            unsafe { libc::kill(p, sig) };
+                        }
                         // Home may forward a signal before the builder said the copy runs.
                         None if ran => early_signals.push(signo),
                         None => {}
@@ -712,6 +724,9 @@ fn target_thread(
                 Built::Running(p) => {
                     local_pid = Some(p);
                     for signo in early_signals.drain(..) {
+                        if signo == libc::SIGCONT {
+                            conts += 1;
+                        }
                         // SAFETY: kill with integer arguments.
                         unsafe { libc::kill(p, signo) };
                     }
@@ -784,6 +799,23 @@ fn target_thread(
                 local_pid,
                 &mut returned,
             );
+        }
+        if let Some(p) = local_pid {
+            // Job control mirrored home: a stop of the copy is reported, then its end.
+            let now_stopped = proc_state(p) == Some(b'T');
+            if now_stopped != stopped {
+                stopped = now_stopped;
+                let signo = now_stopped.then_some(stop_sig);
+                m.send(
+                    home,
+                    Lane::Control,
+                    &Wire::Stopped { mig, signo, conts },
+                    Bytes::new(),
+                );
+                if !now_stopped {
+                    stop_sig = libc::SIGSTOP;
+                }
+            }
         }
         pending.extend(target.on_tick(Instant::now()));
         if target.is_done() && local_pid.is_none() && pending.is_empty() {
@@ -875,5 +907,35 @@ fn leave_acts(
             }
             HomeAction::ReproduceExit(_) => {}
         }
+    }
+}
+
+/// The state letter of `/proc/PID/stat` (`T`: stopped).
+fn proc_state(pid: i32) -> Option<u8> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    s.rsplit_once(')')?.1.trim_start().bytes().next()
+}
+
+/// The signal to send the copy for `signo` forwarded from home. A job-control stop signal
+/// (TSTP, TTIN, TTOU) under its default action becomes SIGSTOP: the copy's process group here
+/// may be orphaned (its parent is the daemon), and the kernel drops those signals for
+/// orphaned groups, while at home the job would stop (deputy-facts: "orphaned process groups
+/// drop SIGTSTP/TTIN/TTOU"). A caught, ignored or blocked one goes as it is.
+fn stop_substitute(pid: i32, signo: i32) -> i32 {
+    if !matches!(signo, libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU) {
+        return signo;
+    }
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return signo;
+    };
+    let set = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .and_then(|v| migration::jobctl::mask_has(v, signo))
+    };
+    match (set("SigCgt:"), set("SigIgn:"), set("SigBlk:")) {
+        (Some(false), Some(false), Some(false)) => libc::SIGSTOP,
+        _ => signo,
     }
 }

@@ -1,0 +1,443 @@
+//! A moved process's terminal, job control and path calls, end to end: real daemons on
+//! 127.0.0.N, a real terminal (script(1) running an interactive bash), real processes moved
+//! with `omnode migrate`; each scenario is compared with the same scenario unmoved.
+//!
+//! Needs root (ptrace and seccomp filters of other processes); without root the tests say why
+//! and skip, under `CI=true` they fail instead.
+
+use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use omnode_tests::{Cluster, run_cli, wait_for};
+
+const FORM: Duration = Duration::from_secs(30);
+const STEP: Duration = Duration::from_secs(20);
+
+fn can_run(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true but {test} needs root (ptrace and seccomp filters of other processes)"
+    );
+    eprintln!("skipping {test}: needs root (ptrace and seccomp filters of other processes)");
+    false
+}
+
+fn compile(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed for these tests");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    out
+}
+
+/// A child killed (with its process group) when dropped, also when the test fails.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        // SAFETY: kill with integer arguments: the group our child leads (see `term`).
+        unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cluster(map: &str, nodes: &[u32]) -> Cluster {
+    let mut c = Cluster::new(map);
+    for &n in nodes {
+        c.start(n);
+    }
+    for &n in nodes {
+        let want: Vec<u64> = nodes.iter().map(|&x| u64::from(x)).collect();
+        wait_for(FORM, || c.up(n).filter(|up| *up == want))
+            .unwrap_or_else(|| panic!("node {n} never saw {want:?} up:\n{}", c.log_text(n)));
+    }
+    c
+}
+
+fn cli(c: &Cluster, node: u32, args: &[&str]) -> std::process::Output {
+    let sock = c.socket(node);
+    let mut a: Vec<&str> = args.to_vec();
+    a.extend(["--socket", sock.to_str().unwrap()]);
+    run_cli(&a)
+}
+
+fn logs(c: &Cluster, nodes: &[u32]) -> String {
+    nodes
+        .iter()
+        .map(|&n| format!("--- node {n} ---\n{}", c.log_text(n)))
+        .collect()
+}
+
+fn moved(c: &Cluster, pid: u32, to: u32) {
+    let out = cli(c, 1, &["migrate", &pid.to_string(), &to.to_string()]);
+    assert!(
+        out.status.success(),
+        "migrate failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        logs(c, &[1, to])
+    );
+}
+
+/// An interactive bash on a real terminal: script(1) gives it a pty; we type into script's
+/// stdin and read the terminal's output from script's stdout.
+struct Term {
+    kid: Kid,
+    input: ChildStdin,
+    out: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Term {
+    fn new(dir: &Path) -> Term {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qfec", "bash --norc --noprofile -i", "/dev/null"])
+            .current_dir(dir)
+            .env("PS1", "$ ")
+            .env("TERM", "dumb")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: setpgid and close_range are async-signal-safe; they act on the child only.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setpgid(0, 0);
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("script(1) is needed for this test");
+        let input = child.stdin.take().unwrap();
+        let mut so = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let o2 = out.clone();
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = so.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                o2.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        });
+        let mut t = Term {
+            kid: Kid(child),
+            input,
+            out,
+        };
+        t.typed("set -b; stty rows 33 cols 91; echo ready\n");
+        t.wait_for("\nready");
+        t
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.out.lock().unwrap()).replace('\r', "")
+    }
+
+    fn typed(&mut self, s: &str) {
+        self.input.write_all(s.as_bytes()).unwrap();
+        self.input.flush().unwrap();
+    }
+
+    /// Waits until the output has `pat` (after what was already matched is irrelevant: each
+    /// pattern of a scenario is distinct).
+    fn wait_for(&self, pat: &str) -> String {
+        wait_for(STEP, || {
+            let t = self.text();
+            t.contains(pat).then_some(t)
+        })
+        .unwrap_or_else(|| panic!("the terminal never showed {pat:?}:\n{}", self.text()))
+    }
+
+    /// The pid the program printed ("pid N").
+    fn pid(&self) -> u32 {
+        let t = self.wait_for("pid ");
+        let at = t.find("\npid ").or_else(|| t.find("pid ")).unwrap();
+        let rest = &t[at..].trim_start_matches('\n')[4..];
+        let end = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if end == 0 {
+            std::thread::sleep(Duration::from_millis(100));
+            return self.pid();
+        }
+        rest[..end].parse().unwrap()
+    }
+
+    fn finish(mut self) -> String {
+        self.typed("exit\n");
+        let _ = wait_for(STEP, || self.kid.0.try_wait().ok().flatten());
+        self.text()
+    }
+}
+
+/// The lines a scenario is judged by: what the program printed and what bash said of it.
+fn judged(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        // the program's output may follow bash's prompt on the same line
+        .map(|l| match l.find("# ") {
+            Some(i) if l.starts_with("bash-") => &l[i + 2..],
+            _ => l,
+        })
+        .filter(|l| {
+            ["got: ", "isatty", "winsize", "done ", "Stopped", "rc="]
+                .iter()
+                .any(|k| l.starts_with(k) || (l.contains(k) && l.starts_with('[')))
+        })
+        .map(String::from)
+        .collect()
+}
+
+/// A foreground program reading lines from the terminal: echoes, isatty, the real window
+/// size, Ctrl-Z (bash reports it stopped) and `fg`; with `move_to`, moved mid-run first.
+fn foreground(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+    let mut t = Term::new(c.dir.path());
+    t.typed(&format!("{} 1500\n", prog.display()));
+    let pid = t.pid();
+    if let Some(to) = move_to {
+        moved(c, pid, to);
+    }
+    t.wait_for("winsize ");
+    t.typed("one\n");
+    t.wait_for("got: one");
+    t.typed("\x1a");
+    t.wait_for("Stopped");
+    if let Some(to) = move_to {
+        assert_runs_on(c, pid, to);
+    }
+    t.typed("fg\n");
+    std::thread::sleep(Duration::from_millis(300));
+    t.typed("two\n");
+    t.wait_for("got: two");
+    t.typed("quit\n");
+    t.wait_for("done ");
+    t.typed("echo rc=$?\n");
+    t.wait_for("rc=0");
+    t.finish()
+}
+
+#[test]
+fn a_moved_program_on_a_terminal_reads_lines_stops_and_continues_as_unmoved() {
+    if !can_run("a_moved_program_on_a_terminal_reads_lines_stops_and_continues_as_unmoved") {
+        return;
+    }
+    let c = cluster("1 127.0.0.200 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "ttyecho");
+    let plain = foreground(&c, &prog, None);
+    let want = judged(&plain);
+    assert!(
+        want.iter().any(|l| l == "isatty 1 tcgetattr 0")
+            && want.iter().any(|l| l == "winsize 33 91")
+            && want.iter().any(|l| l.contains("Stopped"))
+            && want.iter().any(|l| l == "done pgrp-is-fg 1"),
+        "the unmoved run did not show what the test set up:\n{plain}"
+    );
+    let got = foreground(&c, &prog, Some(2));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
+}
+
+/// A background program that reads the terminal is stopped by SIGTTIN (bash: "Stopped (tty
+/// input)"); `fg` lets it read. Moved before it reads, it is stopped the same way.
+fn background(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+    let mut t = Term::new(c.dir.path());
+    t.typed(&format!("{} 1500 &\n", prog.display()));
+    let pid = t.pid();
+    if let Some(to) = move_to {
+        moved(c, pid, to);
+    }
+    t.wait_for("Stopped");
+    if let Some(to) = move_to {
+        assert_runs_on(c, pid, to);
+    }
+    t.typed("fg\n");
+    std::thread::sleep(Duration::from_millis(300));
+    t.typed("bgline\n");
+    t.wait_for("got: bgline");
+    t.typed("quit\n");
+    t.wait_for("done ");
+    t.typed("echo rc=$?\n");
+    t.wait_for("rc=0");
+    t.finish()
+}
+
+#[test]
+fn a_moved_background_reader_is_stopped_by_sigttin_as_unmoved() {
+    if !can_run("a_moved_background_reader_is_stopped_by_sigttin_as_unmoved") {
+        return;
+    }
+    let c = cluster("1 127.0.0.203 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "ttyecho");
+    let plain = background(&c, &prog, None);
+    let want = judged(&plain);
+    assert!(
+        want.iter().any(|l| l.contains("Stopped")) && want.iter().any(|l| l == "got: bgline"),
+        "the unmoved run did not show what the test set up:\n{plain}"
+    );
+    let got = background(&c, &prog, Some(2));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
+
+    // With SIGTTIN ignored (told home by the remote), the background read fails with EIO
+    // instead, moved as unmoved.
+    let plain = background_ignoring(&c, &prog, None);
+    let want = judged(&plain);
+    assert!(
+        want.iter()
+            .any(|l| *l == format!("got: read error errno {}", libc::EIO))
+            && !want.iter().any(|l| l.contains("Stopped")),
+        "the unmoved run did not show what the test set up:\n{plain}"
+    );
+    let got = background_ignoring(&c, &prog, Some(2));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(&c, &[1, 2])
+    );
+}
+
+/// The background reader with SIGTTIN ignored: its read fails (EIO) and it ends by itself.
+fn background_ignoring(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+    let mut t = Term::new(c.dir.path());
+    t.typed(&format!("{} 1500 ign &\n", prog.display()));
+    let pid = t.pid();
+    if let Some(to) = move_to {
+        moved(c, pid, to);
+    }
+    t.wait_for("done ");
+    t.typed("wait; echo rc=$?\n");
+    t.wait_for("rc=0");
+    t.finish()
+}
+
+/// Runs pathcalls as nobody in a fresh work directory; with `move_to`, moved while it waits.
+fn pathcalls(c: &Cluster, prog: &Path, secret: &Path, move_to: Option<u32>) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let work = c.dir.path().join("work");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("f"), "hello\n").unwrap();
+    std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+    std::os::unix::fs::chown(work.join("f"), Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&work, PermissionsExt::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new(prog);
+    cmd.args(["800", secret.to_str().unwrap()])
+        .current_dir(&work)
+        .uid(65534)
+        .gid(65534)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range and umask are async-signal-safe; they act on the child only.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0o027);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let mut kid = Kid(cmd.spawn().unwrap());
+    let mut so = kid.0.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = String::new();
+        let _ = so.read_to_string(&mut v);
+        v
+    });
+    if let Some(to) = move_to {
+        std::thread::sleep(Duration::from_millis(200));
+        moved(c, kid.0.id(), to);
+    }
+    // Its cwd at home follows its chdir (the parked shell takes it too when moved).
+    let stay = work.join("stay");
+    let pid = kid.0.id();
+    let followed = wait_for(STEP, || {
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if cwd.as_deref() == Some(stay.as_path()) {
+            return Some(true);
+        }
+        kid.0.try_wait().ok().flatten().map(|_| false)
+    });
+    assert_eq!(
+        followed,
+        Some(true),
+        "the cwd at home never became {}",
+        stay.display()
+    );
+    let st = wait_for(STEP, || kid.0.try_wait().ok().flatten()).expect("pathcalls ended");
+    assert!(st.success(), "{st:?}");
+    reader.join().unwrap()
+}
+
+#[test]
+fn path_calls_of_a_moved_process_run_at_home_with_its_rights_and_cwd() {
+    if !can_run("path_calls_of_a_moved_process_run_at_home_with_its_rights_and_cwd") {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let c = cluster("1 127.0.0.206 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "pathcalls");
+    std::fs::set_permissions(c.dir.path(), PermissionsExt::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&prog, PermissionsExt::from_mode(0o755)).unwrap();
+    let secret = c.dir.path().join("secret");
+    std::fs::create_dir(&secret).unwrap();
+    std::fs::set_permissions(&secret, PermissionsExt::from_mode(0o700)).unwrap();
+    let plain = pathcalls(&c, &prog, &secret, None);
+    for want in [
+        format!("lstat missing: errno {}", libc::ENOENT),
+        format!("mkdir in root's dir: errno {}", libc::EACCES),
+        format!("stat in root's dir: errno {}", libc::EACCES),
+        format!("access root's dir w: errno {}", libc::EACCES),
+        "stat n: mode 40750".to_string(),
+        "read g: 3 \"hel\"".to_string(),
+        "getcwd ends in: /n".to_string(),
+    ] {
+        assert!(
+            plain.contains(&want),
+            "unmoved run lacks {want:?}:\n{plain}"
+        );
+    }
+    let got = pathcalls(&c, &prog, &secret, Some(2));
+    assert_eq!(got, plain, "moved run differs\n{}", logs(&c, &[1, 2]));
+    // It really ran on node 2 and its calls went home.
+    let log2 = wait_for(STEP, || {
+        let l = c.log_text(2);
+        l.contains("guest ended").then_some(l)
+    })
+    .expect("node 2 logs the guest's end");
+    assert!(!log2.contains(" 0 calls forwarded home"), "{log2}");
+}
+
+/// `omnode ps --json` at home shows `pid` running on node `node`.
+fn assert_runs_on(c: &Cluster, pid: u32, node: u32) {
+    let out = cli(c, 1, &["ps", "--json"]);
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("ps --json");
+    let row = v["processes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)))
+        .unwrap_or_else(|| panic!("ps does not list {pid}: {v}"));
+    assert_eq!(row["node"], u64::from(node), "{v}");
+}
