@@ -8,7 +8,8 @@ use crate::sys::*;
 use libc::pid_t;
 
 /// Checks done before the process is touched (and again once it is stopped).
-pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
+/// `multi`: several threads are fine (see [`super::threads`]); otherwise they are refused.
+pub(super) fn check_status(pid: pid_t, seized: bool, multi: bool) -> Result<String> {
     let st = proc_read(pid, "status")?;
     // every check fails closed: a field that cannot be read or parsed refuses the freeze
     let field = |k: &str| {
@@ -25,10 +26,12 @@ pub(super) fn check_status(pid: pid_t, seized: bool) -> Result<String> {
             format!("cannot parse the thread count in /proc/{pid}/status"),
         )
     })?;
-    if threads > 1 {
+    if threads > 1 && !multi {
         return Err(unsup(
             pid,
-            format!("it has {threads} threads (threads are not supported yet)"),
+            format!(
+                "it has {threads} threads (`omnode freeze` carries threads; moving a multi-threaded process is not supported yet)"
+            ),
         ));
     }
     field("TracerPid")?;

@@ -22,6 +22,7 @@ mod fds;
 mod memory;
 mod seized;
 mod state;
+mod threads;
 
 use checks::{check_status, classify_vmas};
 use fds::{collect_fds, find_shared};
@@ -126,12 +127,19 @@ pub struct Seized {
 /// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
 /// process is touched.
 pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
+    seize_with(pid, timeout, false)
+}
+
+/// [`seize`], for [`freeze`] and thaw only: `multi` lets it have several threads (all seized,
+/// each one's state in the image). Migration and the home shell stay single-threaded: the
+/// remote supervisor and the parked shell know one thread only.
+fn seize_with(pid: i32, timeout: Duration, multi: bool) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
     }
     // --- checks before touching anything
-    check_status(pid, false)?;
+    check_status(pid, false, multi)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
     collect_fds(pid)?;
 
@@ -140,7 +148,7 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
         .ok_or_else(|| unsup(pid, format!("/proc/{pid}/status has no State line")))?
         .starts_with('T');
     let tracer = Tracer::spawn(format!("omnode-trace-{pid}"))?;
-    let stop_start = tracer.call(move |slot| stop(slot, pid, timeout))??;
+    let stop_start = tracer.call(move |slot| stop(slot, pid, timeout, multi))??;
     Ok(Seized {
         pid,
         tracer,
@@ -153,8 +161,13 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
 }
 
 /// On the tracer thread: seize and interrupt, wait for the stop (bounded).
-fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
-    if let Err(e) = ptrace_req(Req::Seize, pid, libc::PTRACE_O_TRACESYSGOOD as usize) {
+fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration, multi: bool) -> Result<Instant> {
+    let opts = if multi {
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE
+    } else {
+        libc::PTRACE_O_TRACESYSGOOD
+    };
+    if let Err(e) = ptrace_req(Req::Seize, pid, opts as usize) {
         return Err(match e.raw_os_error() {
             Some(libc::ESRCH) => Error::NoProcess { pid },
             Some(libc::EPERM) => unsup(
@@ -172,6 +185,8 @@ fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
         stashed: Vec::new(),
         active: true,
         queued: Vec::new(),
+        multi,
+        threads: Vec::new(),
         _not_send: std::marker::PhantomData,
     });
     let g = slot.get::<Held>().expect("just set");
@@ -196,10 +211,16 @@ fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
             if st >> 16 == libc::PTRACE_EVENT_STOP {
                 break;
             }
-            let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
-            g.stashed.push(info);
+            if st >> 16 == 0 {
+                let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
+                g.stashed.push(info);
+            }
+            // a kept signal, or an event (a clone in progress): on to the interrupt stop
             ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
         }
+    }
+    if multi {
+        threads::stop_threads(g, pid, deadline)?;
     }
     Ok(stop_start)
 }
@@ -340,7 +361,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         // a freeze never ends a process its caller cannot thaw: checked before touching it
         can_thaw_here().map_err(|reason| unsup(pid, reason))?;
     }
-    let mut s = seize(pid, DEFAULT_STOP_TIMEOUT)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
     let stop_start = s.stop_start;
@@ -367,7 +388,7 @@ fn collect(
     pre: Option<checks::MapView>,
 ) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
-    let status = check_status(pid, true)?;
+    let status = check_status(pid, true, g.multi)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
     find_shared(pid, &mut fds)?;
@@ -566,6 +587,10 @@ fn collect(
         let prctls = (r[6] as u64, int(2700) != 0, int(2704));
         Ok((r[0] as u64, acts, alt, w(2080), itimers, prctls))
     })();
+    let threads = match &res {
+        Ok(_) => threads::collect_threads(g, pid, &status, gadget, scratch),
+        Err(_) => Ok(Vec::new()),
+    };
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
         .map_err(inj)
@@ -578,6 +603,7 @@ fn collect(
         });
     let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
         res?;
+    let threads = threads?;
     unmap?;
     if pdeathsig != 0 {
         // thaw's tracer thread is the new parent, and its end would deliver the signal
@@ -654,6 +680,7 @@ fn collect(
         thp_disable,
         child_subreaper,
         oom_score_adj,
+        threads,
     };
 
     Ok(img)
@@ -716,7 +743,7 @@ mod tests {
         let tracer = Tracer::spawn("omnode-test-stuck".into()).unwrap();
         let t0 = Instant::now();
         let r = tracer
-            .call(move |slot| stop(slot, pid, Duration::from_millis(200)))
+            .call(move |slot| stop(slot, pid, Duration::from_millis(200), false))
             .unwrap();
         let e = r.expect_err("a D-state process cannot stop");
         assert!(matches!(e, Error::Stuck { .. }), "{e}");

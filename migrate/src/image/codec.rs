@@ -234,6 +234,40 @@ impl ProcessImage {
         e.u64(self.thp_disable);
         e.u8(self.child_subreaper as u8);
         e.u32(self.oom_score_adj as u32);
+        // appended later still: the other threads (absent: a single-threaded process). An
+        // older reader refuses an image with them ("trailing bytes"): it could not thaw it.
+        if !self.threads.is_empty() {
+            e.u64(self.threads.len() as u64);
+            for t in &self.threads {
+                e.u32(t.tid as u32);
+                e.str(&t.comm);
+                e.u64(t.regs.len() as u64);
+                for r in &t.regs {
+                    e.u64(*r)
+                }
+                e.bytes(&t.xstate);
+                e.u64(t.sigmask);
+                match t.rseq {
+                    Some((p, l, s)) => {
+                        e.u8(1);
+                        e.u64(p);
+                        e.u32(l);
+                        e.u32(s)
+                    }
+                    None => e.u8(0),
+                }
+                e.u64(t.altstack.0);
+                e.u32(t.altstack.1);
+                e.u64(t.altstack.2);
+                e.u64(t.clear_child_tid);
+                e.u64(t.robust_list.0);
+                e.u64(t.robust_list.1);
+                e.u64(t.pending.len() as u64);
+                for p in &t.pending {
+                    e.bytes(p)
+                }
+            }
+        }
         e.0
     }
 
@@ -422,6 +456,48 @@ impl ProcessImage {
             }
         }
         if !d.done() {
+            let n = d.len(1 << 16)?;
+            if n == 0 {
+                return Err(corrupt("thread count"));
+            }
+            for _ in 0..n {
+                let mut t = ThreadImage {
+                    tid: d.u32()? as i32,
+                    comm: d.str()?,
+                    ..Default::default()
+                };
+                if t.tid <= 0 || t.tid == p.pid || p.threads.last().is_some_and(|l| l.tid >= t.tid)
+                {
+                    return Err(corrupt("thread id"));
+                }
+                if d.len(64)? != 27 {
+                    return Err(corrupt("thread register count"));
+                }
+                for _ in 0..27 {
+                    t.regs.push(d.u64()?)
+                }
+                t.xstate = d.bytes()?;
+                t.sigmask = d.u64()?;
+                t.rseq = match d.u8()? {
+                    0 => None,
+                    1 => Some((d.u64()?, d.u32()?, d.u32()?)),
+                    _ => return Err(corrupt("thread rseq")),
+                };
+                t.altstack = (d.u64()?, d.u32()?, d.u64()?);
+                t.clear_child_tid = d.u64()?;
+                t.robust_list = (d.u64()?, d.u64()?);
+                let m = d.len(100_000)?;
+                for _ in 0..m {
+                    let info = d.bytes()?;
+                    if info.len() != 128 {
+                        return Err(corrupt("thread siginfo"));
+                    }
+                    t.pending.push(info)
+                }
+                p.threads.push(t)
+            }
+        }
+        if !d.done() {
             return Err(corrupt("trailing bytes"));
         }
         Ok(p)
@@ -517,5 +593,50 @@ mod tests {
             ),
             (0, 0, false, 0)
         );
+    }
+
+    #[test]
+    fn thread_records_round_trip_and_single_threaded_images_stay_as_before() {
+        let single = ProcessImage {
+            pid: 10,
+            regs: vec![0; 27],
+            ..Default::default()
+        };
+        let sb = single.encode();
+        let t = |tid: i32| ThreadImage {
+            tid,
+            comm: format!("worker {tid}"),
+            regs: (100..127).collect(),
+            xstate: vec![tid as u8; 832],
+            sigmask: 1 << 9,
+            rseq: Some((0x7f00_0000_1920, 32, 0x5305_3053)),
+            altstack: (0x7000, 0, 8192),
+            clear_child_tid: 0x7f00_0000_12d0,
+            robust_list: (0x7f00_0000_12e0, 24),
+            pending: vec![vec![tid as u8; 128]],
+        };
+        let multi = ProcessImage {
+            threads: vec![t(11), t(12)],
+            ..single.clone()
+        };
+        let mb = multi.encode();
+        // no thread records: byte for byte what a single-threaded image always was
+        assert!(mb.starts_with(&sb) && mb.len() > sb.len());
+        let q = ProcessImage::decode(&mb).unwrap();
+        assert_eq!(q.threads, multi.threads);
+        assert!(ProcessImage::decode(&sb).unwrap().threads.is_empty());
+        // every cut inside the thread records is an error, never a panic
+        for n in sb.len() + 1..mb.len() {
+            assert!(ProcessImage::decode(&mb[..n]).is_err(), "cut at {n}");
+        }
+        // thread ids must be ascending, positive and not the main thread's
+        for bad in [vec![t(12), t(11)], vec![t(10)], vec![t(-1)]] {
+            let b = ProcessImage {
+                threads: bad,
+                ..single.clone()
+            }
+            .encode();
+            assert!(ProcessImage::decode(&b).is_err());
+        }
     }
 }

@@ -230,4 +230,28 @@ pub struct ProcessImage {
     pub child_subreaper: bool,
     /// /proc/PID/oom_score_adj.
     pub oom_score_adj: i32,
+    /// Every thread but the main one (whose state is in the fields above), in TID order.
+    pub threads: Vec<ThreadImage>,
+}
+
+/// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs
+/// base, FPU/xsave state, signal mask and private pending signals, rseq, sigaltstack,
+/// clear_child_tid, robust list, name). Credentials, no_new_privs and seccomp are per thread
+/// too; freeze refuses threads whose ones differ from the main thread's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub comm: String,
+    /// `user_regs_struct` as 27 u64, syscall restart already applied.
+    pub regs: Vec<u64>,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// (pointer, length, signature)
+    pub rseq: Option<(u64, u32, u32)>,
+    /// (ss_sp, ss_flags, ss_size)
+    pub altstack: (u64, u32, u64),
+    pub clear_child_tid: u64,
+    pub robust_list: (u64, u64),
+    /// Signals queued for this thread alone (raw 128-byte siginfos).
+    pub pending: Vec<Vec<u8>>,
 }

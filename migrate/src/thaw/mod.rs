@@ -27,6 +27,7 @@ mod inject;
 mod maps;
 mod memory;
 mod spawn;
+mod threads;
 
 use checks::{check_file, fit_xstate, own_vdso_gadget, special_areas};
 use inject::{Builder, GADGET_AT, call};
