@@ -53,7 +53,7 @@ pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, Streamed,
     can_thaw_here, freeze, seize,
 };
-pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
+pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
 pub use thaw::{ImageReader, ThawOptions, Thawed, Thawing, thaw};

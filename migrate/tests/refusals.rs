@@ -33,14 +33,6 @@ fn refused_with(prog_name: &'static str, args: &[&str], what: &str) {
 }
 
 #[test]
-fn threaded_program_is_refused_and_runs_on() {
-    if !root() {
-        return;
-    }
-    refused("thread", "2 threads");
-}
-
-#[test]
 fn socket_is_refused_and_runs_on() {
     if !root() {
         return;

@@ -171,9 +171,7 @@ pub(super) fn collect_threads(
     if tids != held {
         return Err(unsup(
             pid,
-            format!(
-                "its threads changed while it was being stopped (now {tids:?}, held {held:?})"
-            ),
+            format!("its threads changed while it was being stopped (now {tids:?}, held {held:?})"),
         ));
     }
     g.threads.sort_by_key(|h| h.tid);
@@ -222,7 +220,9 @@ pub(super) fn collect_threads(
         if unsafe { libc::syscall(libc::SYS_get_robust_list, tid, &mut robust.0, &mut robust.1) }
             != 0
         {
-            return Err(ferr(pid, what("get_robust_list"))(io::Error::last_os_error()));
+            return Err(ferr(pid, what("get_robust_list"))(
+                io::Error::last_os_error(),
+            ));
         }
 
         // sigaltstack and clear_child_tid: only the thread itself can tell

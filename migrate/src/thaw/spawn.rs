@@ -17,7 +17,10 @@ impl Drop for ChildGuard {
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
             // its other threads (traced by us) must be reaped before the main thread reports
             if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
-                for tid in rd.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()) {
+                for tid in rd
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                {
                     if tid != self.pid {
                         let _ = wait(tid);
                     }

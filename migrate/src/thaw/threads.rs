@@ -259,7 +259,8 @@ pub(super) fn let_go(img: &ProcessImage, made: &[Made]) -> Result<()> {
         set_sigmask(m.tid, t.sigmask).map_err(terr(what("PTRACE_SETSIGMASK")))?;
     }
     for m in made {
-        ptrace_req(Req::Detach, m.tid, 0).map_err(terr(format!("PTRACE_DETACH of thread {}", m.tid)))?;
+        ptrace_req(Req::Detach, m.tid, 0)
+            .map_err(terr(format!("PTRACE_DETACH of thread {}", m.tid)))?;
     }
     Ok(())
 }

@@ -37,6 +37,19 @@ const STATUS: &[&str] = &[
     "x86_Thread_features",
 ];
 
+/// Lines of /proc/PID/task/TID/status compared per thread.
+const THREAD_STATUS: &[&str] = &[
+    "Uid",
+    "Gid",
+    "Groups",
+    "NoNewPrivs",
+    "Seccomp",
+    "SigPnd",
+    "SigBlk",
+    "CapEff",
+    "Cpus_allowed_list",
+];
+
 fn rd(pid: i32, f: &str) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/{f}"))
         .unwrap_or_else(|e| panic!("checker: reading /proc/{pid}/{f}: {e}"))
@@ -125,6 +138,31 @@ impl View {
             .collect();
         fds.sort();
         t.insert("fds", fds.into_iter().map(|f| f.1).collect());
+        // every thread, in TID order (TIDs themselves change with the PID): its name and its
+        // own lines of status (mask, pending signals, credentials, seccomp, affinity)
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("checker: listing /proc/{pid}/task: {e}"))
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        tids.sort();
+        let mut threads = Vec::new();
+        for (i, tid) in tids.iter().enumerate() {
+            let st = rd(pid, &format!("task/{tid}/status"));
+            let mut l = format!(
+                "thread #{i} {}",
+                rd(pid, &format!("task/{tid}/comm")).trim()
+            );
+            for k in THREAD_STATUS {
+                let v = st
+                    .lines()
+                    .find(|x| x.split(':').next() == Some(k))
+                    .map(|x| x.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                l.push_str(&format!(" {k}={v}"));
+            }
+            threads.push(l);
+        }
+        t.insert("threads", threads);
         View { topics: t }
     }
 
