@@ -5,56 +5,11 @@
 
 mod common;
 use common::check::View;
+use common::runs::{assert_same, compare};
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-/// Runs `mk(dir, tag)` uninterrupted and again with `cycles` freeze/thaw cycles `delay` apart;
-/// returns (reference output, migrated output) of the file `mk` names.
-fn compare(
-    mk: &dyn Fn(&Path, &str) -> (Command, PathBuf),
-    delay: Duration,
-    cycles: usize,
-) -> (Vec<u8>, Vec<u8>) {
-    let dir = tempfile::tempdir().unwrap();
-    let (mut c, out) = mk(dir.path(), "ref");
-    let mut p = spawn(&mut c, &dir.path().join("ref.stdout"), None);
-    let st = p.wait(T);
-    let reference = std::fs::read(&out).unwrap_or_default();
-    assert!(
-        exited_ok(st),
-        "reference run failed: {st:#x}: {}",
-        String::from_utf8_lossy(&reference)
-    );
-    let (mut c, out) = mk(dir.path(), "mig");
-    let mut p = spawn(&mut c, &dir.path().join("mig.stdout"), None);
-    for i in 0..cycles {
-        std::thread::sleep(delay);
-        assert!(p.alive(), "finished before freeze #{i}; make it run longer");
-        let img = freeze(p.pid, false).unwrap_or_else(|e| panic!("freeze #{i}: {e}"));
-        assert_threaded(&img);
-        p.wait(T); // the frozen original is gone
-        p = thaw(&img);
-    }
-    let st = p.wait(T);
-    let migrated = std::fs::read(&out).unwrap_or_default();
-    assert!(
-        exited_ok(st),
-        "migrated run failed: {st:#x}: {}",
-        String::from_utf8_lossy(&migrated)
-    );
-    (reference, migrated)
-}
-
-fn assert_same(r: &[u8], m: &[u8]) {
-    let (rs, ms) = (String::from_utf8_lossy(r), String::from_utf8_lossy(m));
-    assert!(!ms.contains("BAD"), "migrated run reported:\n{ms}");
-    assert!(
-        r == m,
-        "migrated output differs from the uninterrupted run:\n--- ref\n{rs}\n--- migrated\n{ms}"
-    );
-}
 
 /// The image holds more than the main thread.
 fn assert_threaded(img: &[u8]) {
@@ -84,7 +39,7 @@ fn c_program_with_four_pthreads_output_identical() {
         c.arg("150");
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, Duration::from_millis(200), 3);
+    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(200), 3);
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
@@ -116,7 +71,7 @@ fn python3_threading_output_identical() {
         "def work(n):\n",
         "    threading.current_thread().name = f'w{n}'\n",
         "    h = hashlib.sha256(str(n).encode())\n",
-        "    for i in range(150):\n",
+        "    for i in range(300):\n",
         "        for _ in range(200): h.update(h.digest())\n",
         "        with lock: total[0] += i\n",
         "        time.sleep(0.005)\n",
@@ -124,9 +79,9 @@ fn python3_threading_output_identical() {
         "ts = [threading.Thread(target=work, args=(n,)) for n in range(3)]\n",
         "for t in ts: t.start()\n",
         "got = {}\n",
-        "for _ in range(450):\n",
+        "for _ in range(900):\n",
         "    n, i, d = q.get(timeout=30); got[(n, i)] = d\n",
-        "    if len(got) % 30 == 0: print(len(got), flush=True)\n",
+        "    if len(got) % 60 == 0: print(len(got), flush=True)\n",
         "for t in ts: t.join()\n",
         "for k in sorted(got): print(k, got[k])\n",
         "print('total', total[0], threading.active_count())\n",
@@ -139,7 +94,7 @@ fn python3_threading_output_identical() {
         c.arg(&s);
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, Duration::from_millis(250), 2);
+    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(150), 2);
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
@@ -309,7 +264,7 @@ fn thread_blocked_in_pause_and_a_printing_main_thread() {
         c.arg("60");
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, Duration::from_millis(150), 2);
+    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(150), 2);
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }

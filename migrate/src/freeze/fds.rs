@@ -64,9 +64,18 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
             continue;
         }
         if let Some(k) = link.strip_prefix("anon_inode:") {
-            let what = match k.trim_matches(|c| c == '[' || c == ']') {
-                "eventpoll" => "an epoll instance".to_string(),
-                "eventfd" => "an eventfd".to_string(),
+            let k = k.trim_matches(|c| c == '[' || c == ']');
+            if k == "eventfd" {
+                let kind = super::inproc::eventfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            if k == "eventpoll" {
+                let kind = super::inproc::epoll(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            let what = match k {
                 "timerfd" => "a timerfd".to_string(),
                 "signalfd" => "a signalfd".to_string(),
                 "inotify" => "an inotify instance".to_string(),
@@ -88,6 +97,23 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                     },
                 });
                 continue;
+            }
+            if let Some(ino) = super::inproc::pipe_ino(&link) {
+                if super::inproc::holds_both_ends(pid, &dir, &link)? {
+                    // a pipe inside the process: its data is read once the fd table is
+                    // complete (inproc::complete)
+                    fds.push(Fd {
+                        fd,
+                        kind: FdKind::Pipe {
+                            pipe: ino,
+                            write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+                            flags,
+                            size: 0,
+                            data: Vec::new(),
+                        },
+                    });
+                    continue;
+                }
             }
             external_pipe(pid, fd, &link, flags, &dir)?;
             fds.push(Fd {
@@ -224,7 +250,10 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     let ids: Vec<Option<(u64, u64)>> = fds
         .iter()
         .map(|f| match f.kind {
-            FdKind::Path { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+            FdKind::Path { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::Epoll { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
                 .map(|m| Some((m.dev(), m.ino())))
                 .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
             _ => Ok(None),
@@ -254,10 +283,7 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
                 )(std::io::Error::last_os_error()));
             }
             if r == 0 {
-                let cloexec = match fds[j].kind {
-                    FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
-                    _ => false,
-                };
+                let cloexec = fds[j].kind.cloexec();
                 fds[j].kind = FdKind::SharedWith {
                     fd: fds[i].fd,
                     cloexec,

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod checks;
 mod fds;
+mod inproc;
 mod memory;
 mod seized;
 mod state;
@@ -392,6 +393,7 @@ fn collect(
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid)?;
     find_shared(pid, &mut fds)?;
+    inproc::complete(pid, &mut fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
     let xstate = get_xstate(pid).map_err(ferr(pid, "reading the xsave area"))?;

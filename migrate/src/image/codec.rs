@@ -224,6 +224,40 @@ impl ProcessImage {
                     e.str(what);
                     e.u32(*flags)
                 }
+                FdKind::Pipe {
+                    pipe,
+                    write,
+                    flags,
+                    size,
+                    data,
+                } => {
+                    e.u8(4);
+                    e.u64(*pipe);
+                    e.u8(*write as u8);
+                    e.u32(*flags);
+                    e.u32(*size);
+                    e.bytes(data)
+                }
+                FdKind::EventFd {
+                    count,
+                    semaphore,
+                    flags,
+                } => {
+                    e.u8(5);
+                    e.u64(*count);
+                    e.u8(*semaphore as u8);
+                    e.u32(*flags)
+                }
+                FdKind::Epoll { flags, watches } => {
+                    e.u8(6);
+                    e.u32(*flags);
+                    e.u64(watches.len() as u64);
+                    for w in watches {
+                        e.u32(w.fd as u32);
+                        e.u32(w.events);
+                        e.u64(w.data)
+                    }
+                }
             }
         }
         // appended after the first version of this section; a section without them decodes
@@ -433,6 +467,35 @@ impl ProcessImage {
                     what: d.str()?,
                     flags: d.u32()?,
                 },
+                4 => FdKind::Pipe {
+                    pipe: d.u64()?,
+                    write: d.u8()? != 0,
+                    flags: d.u32()?,
+                    size: d.u32()?,
+                    data: d.bytes()?,
+                },
+                5 => FdKind::EventFd {
+                    count: d.u64()?,
+                    semaphore: d.u8()? != 0,
+                    flags: d.u32()?,
+                },
+                6 => {
+                    let flags = d.u32()?;
+                    let n = d.len(1 << 20)?;
+                    let mut watches = Vec::with_capacity(n.min(1024));
+                    for _ in 0..n {
+                        let w = EpollWatch {
+                            fd: d.u32()? as i32,
+                            events: d.u32()?,
+                            data: d.u64()?,
+                        };
+                        if w.fd < 0 {
+                            return Err(corrupt("epoll watch fd"));
+                        }
+                        watches.push(w)
+                    }
+                    FdKind::Epoll { flags, watches }
+                }
                 _ => return Err(corrupt("fd kind")),
             };
             if fd < 0 {

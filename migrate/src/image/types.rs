@@ -121,6 +121,52 @@ pub enum FdKind {
         /// Its file status flags (O_ACCMODE, O_NONBLOCK, O_CLOEXEC ...).
         flags: u32,
     },
+    /// One end of a pipe whose both ends the process holds and no other process does (the
+    /// self-pipe of an event loop): made again with pipe2, its unread data written back.
+    Pipe {
+        /// The pipe's inode: the fds of one pipe share it.
+        pipe: u64,
+        write: bool,
+        flags: u32,
+        /// F_GETPIPE_SZ.
+        size: u32,
+        /// The bytes waiting in it (on the first read-end fd only).
+        data: Vec<u8>,
+    },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// An epoll instance with its registrations (made again once every other fd is there).
+    Epoll {
+        flags: u32,
+        watches: Vec<EpollWatch>,
+    },
+}
+
+/// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollWatch {
+    pub fd: i32,
+    /// EPOLLIN ... with EPOLLET/EPOLLONESHOT/EPOLLWAKEUP/EPOLLEXCLUSIVE.
+    pub events: u32,
+    pub data: u64,
+}
+
+impl FdKind {
+    /// O_CLOEXEC of the fd (kinds that keep their file status flags).
+    pub fn cloexec(&self) -> bool {
+        match self {
+            FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
+            FdKind::Path { flags, .. }
+            | FdKind::External { flags, .. }
+            | FdKind::Pipe { flags, .. }
+            | FdKind::EventFd { flags, .. }
+            | FdKind::Epoll { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,7 @@ mod checks;
 mod fds;
 mod finish;
 mod inject;
+mod inproc;
 mod maps;
 mod memory;
 mod spawn;

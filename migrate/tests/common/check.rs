@@ -137,7 +137,22 @@ impl View {
             })
             .collect();
         fds.sort();
-        t.insert("fds", fds.into_iter().map(|f| f.1).collect());
+        // a pipe inside the process gets a new inode: named by its first fd instead
+        let mut pipes: Vec<String> = Vec::new();
+        let fds = fds
+            .into_iter()
+            .map(|(_, l)| {
+                let Some(i) = l.find("pipe:[") else { return l };
+                let j = i + l[i..].find(']').unwrap() + 1;
+                let ino = l[i..j].to_string();
+                let k = pipes.iter().position(|p| *p == ino).unwrap_or_else(|| {
+                    pipes.push(ino.clone());
+                    pipes.len() - 1
+                });
+                format!("{}pipe#{k}{}", &l[..i], &l[j..])
+            })
+            .collect();
+        t.insert("fds", fds);
         // every thread, in TID order (TIDs themselves change with the PID): its name and its
         // own lines of status (mask, pending signals, credentials, seccomp, affinity)
         let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))

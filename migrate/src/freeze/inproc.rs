@@ -1,0 +1,336 @@
+//! File descriptors that live entirely inside the process, carried with their state: a pipe
+//! whose both ends it holds (with the bytes waiting in it), an eventfd (its counter), an
+//! epoll instance (its registrations). Everything fails closed: an fdinfo line that is missing
+//! or does not parse, a pipe another process also holds, a registration whose file cannot be
+//! matched to one of the process's fds, all refuse the freeze.
+
+use super::{ferr, unsup};
+use crate::error::Result;
+use crate::image::*;
+use crate::procfs::status_field;
+use crate::sys::*;
+use libc::pid_t;
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// The inode of `pipe:[N]`.
+pub(super) fn pipe_ino(link: &str) -> Option<u64> {
+    link.strip_prefix("pipe:[")?.strip_suffix(']')?.parse().ok()
+}
+
+/// Does the process hold both a read end and a write end of the pipe `link` among its fds
+/// above 2 (looked up in `dir`, /proc/PID/fd)? Read-write ends (a pipe reopened through /proc)
+/// are not carried.
+pub(super) fn holds_both_ends(pid: pid_t, dir: &str, link: &str) -> Result<bool> {
+    let (mut r, mut w) = (false, false);
+    for e in std::fs::read_dir(dir).map_err(ferr(pid, format!("listing {dir}")))? {
+        let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
+        let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if n <= 2 || !std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == link) {
+            continue;
+        }
+        let info = read_to_string(&format!("/proc/{pid}/fdinfo/{n}"))
+            .map_err(ferr(pid, format!("reading /proc/{pid}/fdinfo/{n}")))?;
+        match crate::procfs::fdinfo(&info).map(|(_, f)| f & libc::O_ACCMODE as u32) {
+            Some(0) => r = true,
+            Some(1) => w = true,
+            _ => return Ok(false),
+        }
+    }
+    Ok(r && w)
+}
+
+/// An eventfd's counter and mode from its fdinfo (`eventfd-count` is hex).
+pub(super) fn eventfd(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKind> {
+    let bad = || {
+        unsup(
+            pid,
+            format!("cannot parse the eventfd state in /proc/{pid}/fdinfo/{fd}"),
+        )
+    };
+    let count = status_field(info, "eventfd-count")
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(bad)?;
+    let semaphore = match status_field(info, "eventfd-semaphore").map(str::trim) {
+        Some("0") => false,
+        Some("1") => true,
+        _ => return Err(bad()),
+    };
+    Ok(FdKind::EventFd {
+        count,
+        semaphore,
+        flags,
+    })
+}
+
+/// An epoll instance's registrations from its fdinfo (`tfd: N events: X data: Y ...`, hex).
+pub(super) fn epoll(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKind> {
+    let mut watches = Vec::new();
+    for l in info.lines().filter(|l| l.starts_with("tfd:")) {
+        let w: Vec<&str> = l.split_whitespace().collect();
+        let get = |k: &str| {
+            w.iter()
+                .position(|x| *x == k)
+                .and_then(|i| w.get(i + 1).copied())
+        };
+        let parsed = (|| {
+            Some(EpollWatch {
+                fd: get("tfd:")?.parse().ok()?,
+                events: u32::from_str_radix(get("events:")?, 16).ok()?,
+                data: u64::from_str_radix(get("data:")?, 16).ok()?,
+            })
+        })();
+        watches.push(parsed.ok_or_else(|| {
+            unsup(
+                pid,
+                format!("cannot parse an epoll registration in /proc/{pid}/fdinfo/{fd}: {l}"),
+            )
+        })?);
+    }
+    Ok(FdKind::Epoll { flags, watches })
+}
+
+/// Once the fd table is complete (shared descriptions found): every epoll registration must
+/// name an fd of the process that is still the very file registered (kcmp KCMP_EPOLL_TFD) and
+/// that thaw makes again (not another epoll); every in-process pipe must be held by no other
+/// process; each pipe's waiting bytes are copied (tee: the pipe keeps them) into the image.
+pub(super) fn complete(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
+    check_epolls(pid, fds)?;
+    let pipes: BTreeSet<u64> = fds
+        .iter()
+        .filter_map(|f| match f.kind {
+            FdKind::Pipe { pipe, .. } => Some(pipe),
+            _ => None,
+        })
+        .collect();
+    if pipes.is_empty() {
+        return Ok(());
+    }
+    no_other_holder(pid, &pipes)?;
+    for ino in pipes {
+        for write in [false, true] {
+            let n = fds
+                .iter()
+                .filter(|f| matches!(f.kind, FdKind::Pipe { pipe, write: w, .. } if pipe == ino && w == write))
+                .count();
+            if n > 1 {
+                // reopened through /proc: thaw makes one description per end
+                return Err(unsup(
+                    pid,
+                    format!(
+                        "pipe:[{ino}] has {n} separately opened {} ends (not supported yet)",
+                        if write { "write" } else { "read" }
+                    ),
+                ));
+            }
+        }
+
+        let rd = fds
+            .iter()
+            .position(|f| matches!(f.kind, FdKind::Pipe { pipe, write: false, .. } if pipe == ino));
+        let Some(i) = rd else {
+            return Err(unsup(
+                pid,
+                format!("pipe:[{ino}] has no read end among its fds"),
+            ));
+        };
+        let (size, data) = pipe_contents(fds[i].fd, pid)
+            .map_err(ferr(pid, format!("reading what waits in pipe:[{ino}]")))?;
+        for f in fds.iter_mut() {
+            if let FdKind::Pipe { pipe, size: s, .. } = &mut f.kind {
+                if *pipe == ino {
+                    *s = size;
+                }
+            }
+        }
+        if let FdKind::Pipe { data: d, .. } = &mut fds[i].kind {
+            *d = data;
+        }
+    }
+    Ok(())
+}
+
+fn check_epolls(pid: pid_t, fds: &[Fd]) -> Result<()> {
+    for e in fds {
+        let FdKind::Epoll { watches, .. } = &e.kind else {
+            continue;
+        };
+        for w in watches {
+            let target = fds.iter().find(|f| f.fd == w.fd);
+            let refuse = |why: &str| {
+                unsup(
+                    pid,
+                    format!(
+                        "epoll fd {} watches fd {}, which {why} (not supported yet)",
+                        e.fd, w.fd
+                    ),
+                )
+            };
+            let Some(t) = target else {
+                return Err(refuse("the process no longer holds"));
+            };
+            let base = match &t.kind {
+                FdKind::SharedWith { fd, .. } => fds.iter().find(|f| f.fd == *fd).map(|f| &f.kind),
+                k => Some(k),
+            };
+            if matches!(base, Some(FdKind::Epoll { .. }) | None) {
+                return Err(refuse("is an epoll instance itself"));
+            }
+            #[repr(C)]
+            struct Slot {
+                efd: u32,
+                tfd: u32,
+                toff: u32,
+            }
+            let slot = Slot {
+                efd: e.fd as u32,
+                tfd: w.fd as u32,
+                toff: 0,
+            };
+            // SAFETY: kcmp with KCMP_EPOLL_TFD reads one kcmp_epoll_slot, which lives for the call.
+            let r = unsafe {
+                libc::syscall(
+                    libc::SYS_kcmp,
+                    pid,
+                    pid,
+                    7, /* KCMP_EPOLL_TFD */
+                    w.fd,
+                    &slot as *const Slot,
+                )
+            };
+            if r != 0 {
+                return Err(refuse(
+                    "is no longer the file registered (closed or replaced since)",
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses when any other process holds one of `pipes` (moving the pipe would cut it off).
+/// Fails closed: a process whose fds cannot be listed might hold it.
+fn no_other_holder(pid: pid_t, pipes: &BTreeSet<u64>) -> Result<()> {
+    let links: Vec<String> = pipes.iter().map(|p| format!("pipe:[{p}]")).collect();
+    let rd = std::fs::read_dir("/proc").map_err(ferr(pid, "listing /proc"))?;
+    for e in rd {
+        let e = e.map_err(ferr(pid, "listing /proc"))?;
+        let Some(other) = e.file_name().to_str().and_then(|s| s.parse::<pid_t>().ok()) else {
+            continue;
+        };
+        if other == pid {
+            continue;
+        }
+        let fd_dir = match std::fs::read_dir(format!("/proc/{other}/fd")) {
+            Ok(d) => d,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue, // gone
+            Err(e) => {
+                return Err(unsup(
+                    pid,
+                    format!("whether process {other} also holds its pipe cannot be checked ({e})"),
+                ));
+            }
+        };
+        // a thread of `pid` shows its fds here too: same fd table
+        let tgid = read_to_string(&format!("/proc/{other}/status"))
+            .ok()
+            .and_then(|s| status_field(&s, "Tgid").and_then(|v| v.parse::<pid_t>().ok()));
+        if tgid == Some(pid) {
+            continue;
+        }
+        for f in fd_dir.flatten() {
+            if let Ok(l) = std::fs::read_link(f.path()) {
+                let l = l.to_string_lossy();
+                if links.iter().any(|x| *x == l) {
+                    return Err(unsup(
+                        pid,
+                        format!(
+                            "its {l} is also held by process {other} (a pipe between processes; not supported yet)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// (F_GETPIPE_SZ, the bytes waiting) of the pipe whose read end `pid` holds at `fd`, without
+/// taking them out: tee into a pipe of our own, then read that.
+fn pipe_contents(fd: i32, pid: pid_t) -> io::Result<(u32, Vec<u8>)> {
+    // a new open file description of the same pipe: the process's flags stay untouched
+    let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).unwrap();
+    // SAFETY: open of a NUL-terminated path.
+    let src = unsafe {
+        libc::open(
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_NONBLOCK | libc::O_CLOEXEC,
+        )
+    };
+    if src < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: src was just opened and is ours alone.
+    let src = unsafe { OwnedFd::from_raw_fd(src) };
+    // SAFETY: fcntl with integer arguments.
+    let size = unsafe { libc::fcntl(src.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    if size <= 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(src.as_raw_fd(), libc::FIONREAD, &mut waiting) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if waiting == 0 {
+        return Ok((size as u32, Vec::new()));
+    }
+    let mut p = [0i32; 2];
+    // SAFETY: pipe2 writes two fds.
+    if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both fds were just made and are ours alone.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(p[0]), OwnedFd::from_raw_fd(p[1])) };
+    // SAFETY: fcntl with integer arguments.
+    if unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, size) } < size {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: tee between two pipes we hold.
+    let n = unsafe {
+        libc::tee(
+            src.as_raw_fd(),
+            w.as_raw_fd(),
+            size as usize,
+            libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if n as i64 != waiting as i64 {
+        return Err(io::Error::other(format!(
+            "copied {n} of the {waiting} bytes waiting"
+        )));
+    }
+    let mut data = vec![0u8; n as usize];
+    let mut got = 0usize;
+    while got < data.len() {
+        // SAFETY: reads into the rest of `data`.
+        let m = unsafe {
+            libc::read(
+                r.as_raw_fd(),
+                data[got..].as_mut_ptr().cast(),
+                data.len() - got,
+            )
+        };
+        if m <= 0 {
+            return Err(io::Error::other("short read of the copied pipe data"));
+        }
+        got += m as usize;
+    }
+    Ok((size as u32, data))
+}

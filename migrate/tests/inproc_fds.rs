@@ -1,0 +1,130 @@
+//! File descriptors that live inside the process, carried with their state (needs root;
+//! skipped with a message otherwise): a self-pipe with bytes waiting, a large pipe, an
+//! eventfd's counter, epoll registrations; and node.js, whose event loop holds all of them
+//! beside its threads. Outputs must equal an uninterrupted run's.
+
+mod common;
+use common::runs::{assert_same, compare};
+use common::*;
+use migrate::FdKind;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn kinds(img: &[u8]) -> Vec<FdKind> {
+    let r = migrate::ImageReader::new(img).expect("image");
+    r.process().fds.iter().map(|f| f.kind.clone()).collect()
+}
+
+/// The inproc program's pipes, eventfd and epoll come back with their state, through three
+/// freeze/thaw cycles.
+#[test]
+fn self_pipe_eventfd_and_epoll_come_back_with_their_state() {
+    if !root() {
+        return;
+    }
+    let check = |img: &[u8]| {
+        let k = kinds(img);
+        let waiting: usize = k
+            .iter()
+            .map(|k| match k {
+                FdKind::Pipe { data, .. } => data.len(),
+                _ => 0,
+            })
+            .sum();
+        assert!(waiting >= 200_000, "pipe data not in the image: {waiting}");
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::Pipe { size: 262144, .. }))
+        );
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::EventFd { semaphore: true, count, .. } if *count > 0))
+        );
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::Epoll { watches, .. } if watches.len() == 3))
+        );
+        assert!(
+            k.iter().any(|k| matches!(k, FdKind::SharedWith { .. })),
+            "the dup'ed read end"
+        );
+    };
+    let mk = |dir: &Path, tag: &str| {
+        let mut c = Command::new(prog("inproc"));
+        c.arg("60");
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare(&mk, &check, Duration::from_millis(150), 3);
+    assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
+    assert_same(&r, &m);
+}
+
+/// The round-trip checker on the same program: fds with flags and offsets (pipes by identity,
+/// not inode number) and everything else /proc shows come back.
+#[test]
+fn round_trip_checker_on_in_process_fds() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("inproc")).arg("60"), &out, None);
+    wait_lines(&out, 3, T);
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(p.pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_millis(50));
+    let (mut q, diff) = common::check::round_trip(&mut p, false);
+    assert!(
+        diff.is_empty(),
+        "differences after the round trip:\n{}",
+        diff.join("\n")
+    );
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(q.pid, libc::SIGCONT) };
+    assert!(exited_ok(q.wait(T)), "{}", read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"), "{}", read(&out));
+}
+
+/// node.js: its event loop (epoll, eventfds, self-pipes), its libuv thread pool (pbkdf2) and
+/// V8's threads, frozen twice while it works.
+#[test]
+fn node_script_output_identical() {
+    if !root() {
+        return;
+    }
+    if Command::new("node").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no node");
+        return;
+    }
+    let script = concat!(
+        "const crypto = require('crypto');\n",
+        "let i = 0, acc = 0;\n",
+        "function step() {\n",
+        "  crypto.pbkdf2('pw' + i, 'salt', 3000, 16, 'sha256', (err, key) => {\n",
+        "    if (err) throw err;\n",
+        "    acc = (acc * 31 + key[0]) % 1000003;\n",
+        "    console.log(i, key.toString('hex'), acc);\n",
+        "    i++;\n",
+        "    if (i < 120) setTimeout(step, 8); else console.log('DONE ok');\n",
+        "  });\n",
+        "}\n",
+        "step();\n",
+    );
+    let check = |img: &[u8]| {
+        let r = migrate::ImageReader::new(img).expect("image");
+        assert!(!r.process().threads.is_empty(), "node with one thread?");
+        let k = kinds(img);
+        assert!(k.iter().any(|k| matches!(k, FdKind::Epoll { .. })), "{k:?}");
+    };
+    let mk = move |dir: &Path, tag: &str| {
+        let s = dir.join("loop.js");
+        std::fs::write(&s, script).unwrap();
+        let mut c = Command::new("node");
+        c.arg(&s);
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare(&mk, &check, Duration::from_millis(400), 2);
+    assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
+    assert_same(&r, &m);
+}
