@@ -360,6 +360,18 @@ fn image(a: ImageArgs) -> ExitCode {
             v.name
         );
     }
+    if !p.threads.is_empty() {
+        let _ = writeln!(
+            o,
+            "threads:  {} besides the main thread: {}",
+            p.threads.len(),
+            p.threads
+                .iter()
+                .map(|t| format!("{} {}", t.tid, t.comm))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(o, "fds:");
     for f in &p.fds {
         let d = match &f.kind {
@@ -374,6 +386,31 @@ fn image(a: ImageArgs) -> ExitCode {
                     f.fd
                 )
             }
+            migrate::FdKind::Pipe {
+                pipe,
+                write,
+                size,
+                data,
+                ..
+            } => format!(
+                "{} end of pipe:[{pipe}] inside the process ({size} bytes big, {} bytes waiting)",
+                if *write { "write" } else { "read" },
+                data.len()
+            ),
+            migrate::FdKind::EventFd {
+                count, semaphore, ..
+            } => format!(
+                "eventfd, count {count}{}",
+                if *semaphore { ", semaphore" } else { "" }
+            ),
+            migrate::FdKind::Epoll { watches, .. } => format!(
+                "epoll watching fds {}",
+                watches
+                    .iter()
+                    .map(|w| format!("{} (events {:#x})", w.fd, w.events))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
     }
