@@ -128,3 +128,45 @@ fn node_script_output_identical() {
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
+
+/// Timerfds (periodic, and one-shot with an unread expiration), a signalfd with its signal
+/// pending, a sealed memfd at an offset and a deleted file opened for appending: through
+/// three freeze/thaw cycles, the output equals an uninterrupted run's.
+#[test]
+fn timerfd_signalfd_memfd_and_deleted_file_come_back() {
+    if !root() {
+        return;
+    }
+    let check = |img: &[u8]| {
+        let k = kinds(img);
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::TimerFd { clockid: 1, .. })),
+            "{k:?}"
+        );
+        assert!(k.iter().any(|k| matches!(
+            k,
+            FdKind::TimerFd {
+                clockid: 0,
+                ticks: 1,
+                ..
+            }
+        )));
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::SignalFd { mask, .. } if *mask == 1 << 9))
+        );
+        assert!(k.iter().any(|k| matches!(k, FdKind::Contents { memfd: true, seals: 6, data, .. } if data.len() == 300_000)));
+        assert!(k.iter().any(|k| matches!(k, FdKind::Contents { memfd: false, name, .. } if name.ends_with("/scratch"))));
+    };
+    let mk = |dir: &Path, tag: &str| {
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        let mut c = Command::new(prog("fdmore"));
+        c.arg(&d).arg("60");
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare(&mk, &check, Duration::from_millis(120), 3);
+    assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
+    assert_same(&r, &m);
+}

@@ -171,13 +171,11 @@ fn failed_image_write_leaves_the_process_running_unchanged() {
 }
 
 #[test]
-fn timerfd_signalfd_inotify_and_shared_memory_are_refused() {
+fn inotify_and_shared_memory_are_refused() {
     if !root() {
         return;
     }
     for (kind, what) in [
-        ("timerfd", "timerfd"),
-        ("signalfd", "signalfd"),
         ("inotify", "inotify"),
         ("sysv", "SysV shared memory"),
         ("posixshm", "POSIX shared memory"),

@@ -403,6 +403,24 @@ fn image(a: ImageArgs) -> ExitCode {
                 "eventfd, count {count}{}",
                 if *semaphore { ", semaphore" } else { "" }
             ),
+            migrate::FdKind::TimerFd {
+                clockid,
+                value,
+                interval,
+                ticks,
+                ..
+            } => format!(
+                "timerfd on clock {clockid}, {}.{:09} s left, every {}.{:09} s, {ticks} expirations unread",
+                value.0, value.1, interval.0, interval.1
+            ),
+            migrate::FdKind::SignalFd { mask, .. } => format!("signalfd for mask {mask:#x}"),
+            migrate::FdKind::Contents {
+                name, memfd, data, ..
+            } => format!(
+                "{} {name}, {} bytes carried in the image",
+                if *memfd { "memfd" } else { "deleted file" },
+                data.len()
+            ),
             migrate::FdKind::Epoll { watches, .. } => format!(
                 "epoll watching fds {}",
                 watches

@@ -15,7 +15,8 @@ const SAFE_CHARDEVS: &[&str] = &[
     "/dev/urandom",
 ];
 
-pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
+/// `with_data`: read the contents of files without a name (only once the process is stopped).
+pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
     use std::os::unix::fs::FileTypeExt;
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(ferr(pid, format!("listing {dir}")))?;
@@ -75,6 +76,16 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 fds.push(Fd { fd, kind });
                 continue;
             }
+            if k == "timerfd" {
+                let kind = super::inproc::timerfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            if k == "signalfd" {
+                let kind = super::inproc::signalfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
             let what = match k {
                 "timerfd" => "a timerfd".to_string(),
                 "signalfd" => "a signalfd".to_string(),
@@ -127,6 +138,10 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
         }
         if !link.starts_with('/') {
             return Err(refuse(&link));
+        }
+        if let Some(kind) = super::inproc::contents(pid, fd, &link, flags, pos, with_data)? {
+            fds.push(Fd { fd, kind });
+            continue;
         }
         if link.ends_with(" (deleted)") {
             return Err(refuse(&format!("a deleted file ({link})")));
@@ -253,7 +268,10 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
             FdKind::Path { .. }
             | FdKind::Pipe { .. }
             | FdKind::EventFd { .. }
-            | FdKind::Epoll { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+            | FdKind::Epoll { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::Contents { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
                 .map(|m| Some((m.dev(), m.ino())))
                 .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
             _ => Ok(None),

@@ -334,3 +334,173 @@ fn pipe_contents(fd: i32, pid: pid_t) -> io::Result<(u32, Vec<u8>)> {
     }
     Ok((size as u32, data))
 }
+
+/// Largest unnamed file (memfd, deleted file) carried in the image.
+pub(super) const MAX_CONTENTS: u64 = 64 << 20;
+
+/// A timerfd from its fdinfo: `clockid: 1`, `ticks: 0`, `settime flags: 00` (octal),
+/// `it_value: (s, ns)`, `it_interval: (s, ns)`. A timer set to be cancelled when the clock
+/// is set (TFD_TIMER_CANCEL_ON_SET) is refused.
+pub(super) fn timerfd(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKind> {
+    let bad = || {
+        unsup(
+            pid,
+            format!("cannot parse the timerfd state in /proc/{pid}/fdinfo/{fd}"),
+        )
+    };
+    let field = |k: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
+    let pair = |k: &str| -> Option<(u64, u64)> {
+        let v = field(k)?;
+        let (a, b) = v.strip_prefix('(')?.strip_suffix(')')?.split_once(',')?;
+        Some((a.trim().parse().ok()?, b.trim().parse().ok()?))
+    };
+    let clockid: i32 = field("clockid:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(bad)?;
+    let ticks: u64 = field("ticks:")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(bad)?;
+    let settime = field("settime flags:")
+        .and_then(|v| u32::from_str_radix(&v, 8).ok())
+        .ok_or_else(bad)?;
+    if settime & 2 != 0 {
+        return Err(unsup(
+            pid,
+            format!(
+                "fd {fd} is a timerfd cancelled when the clock is set (TFD_TIMER_CANCEL_ON_SET; not supported yet)"
+            ),
+        ));
+    }
+    let value = pair("it_value:").ok_or_else(bad)?;
+    let interval = pair("it_interval:").ok_or_else(bad)?;
+    Ok(FdKind::TimerFd {
+        clockid,
+        flags,
+        ticks,
+        value,
+        interval,
+    })
+}
+
+/// A signalfd from its fdinfo (`sigmask:` hex).
+pub(super) fn signalfd(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKind> {
+    let mask = status_field(info, "sigmask")
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| {
+            unsup(
+                pid,
+                format!("cannot parse the signalfd mask in /proc/{pid}/fdinfo/{fd}"),
+            )
+        })?;
+    Ok(FdKind::SignalFd { mask, flags })
+}
+
+/// A memfd (`/memfd:NAME (deleted)`) or a deleted regular file (`PATH (deleted)`) at `fd`:
+/// its contents, mode and seals. `None` when `link` is neither. Refused: one larger than
+/// [`MAX_CONTENTS`], one not open for reading and writing (memfd), one that is not a regular
+/// file, one the process also maps (checked with the memory map).
+pub(super) fn contents(
+    pid: pid_t,
+    fd: i32,
+    link: &str,
+    flags: u32,
+    pos: u64,
+    with_data: bool,
+) -> Result<Option<FdKind>> {
+    use std::os::unix::fs::MetadataExt;
+    let Some(path) = link.strip_suffix(" (deleted)") else {
+        return Ok(None);
+    };
+    let memfd = path.starts_with("/memfd:");
+    let refuse = |why: String| unsup(pid, format!("fd {fd} is {link}, {why}"));
+    let proc_path = format!("/proc/{pid}/fd/{fd}");
+    let md = std::fs::metadata(&proc_path).map_err(ferr(pid, format!("stat of fd {fd}")))?;
+    if !md.file_type().is_file() {
+        return Ok(None);
+    }
+    if md.size() > MAX_CONTENTS {
+        return Err(refuse(format!(
+            "{} bytes; larger than the {} MiB carried for a file without a name",
+            md.size(),
+            MAX_CONTENTS >> 20
+        )));
+    }
+    if md.nlink() != 0 {
+        // "(deleted)" but still linked elsewhere: a hard link holds it, reopening it by the
+        // old name would give another file
+        return Err(refuse(
+            "deleted but still linked under another name (not supported yet)".into(),
+        ));
+    }
+    if flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32 {
+        return Err(refuse("open for writing only (not supported yet)".into()));
+    }
+    let mut seals = 0u32;
+    let mut data = Vec::new();
+    if with_data {
+        let f = std::fs::File::open(&proc_path).map_err(ferr(pid, format!("opening fd {fd}")))?;
+        if memfd {
+            // SAFETY: fcntl with integer arguments on our own fd.
+            let s = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GET_SEALS) };
+            if s < 0 {
+                return Err(ferr(pid, format!("F_GET_SEALS of fd {fd}"))(
+                    io::Error::last_os_error(),
+                ));
+            }
+            seals = s as u32;
+        }
+        use std::io::Read;
+        (&f).take(MAX_CONTENTS + 1)
+            .read_to_end(&mut data)
+            .map_err(ferr(pid, format!("reading the contents of fd {fd}")))?;
+        if data.len() as u64 != md.size() {
+            return Err(refuse(format!(
+                "and reading it gave {} of its {} bytes",
+                data.len(),
+                md.size()
+            )));
+        }
+    }
+    Ok(Some(FdKind::Contents {
+        name: if memfd {
+            path.trim_start_matches("/memfd:").to_string()
+        } else {
+            path.to_string()
+        },
+        memfd,
+        flags,
+        pos,
+        mode: md.mode() & 0o7777,
+        seals,
+        data,
+    }))
+}
+
+/// Two fds opened separately on one unnamed file would come back as two files: refused.
+pub(super) fn check_contents_unique(pid: pid_t, fds: &[Fd]) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen: Vec<((u64, u64), i32)> = Vec::new();
+    for f in fds {
+        if !matches!(f.kind, FdKind::Contents { .. }) {
+            continue;
+        }
+        let md = std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+            .map_err(ferr(pid, format!("stat of fd {}", f.fd)))?;
+        let id = (md.dev(), md.ino());
+        if let Some((_, other)) = seen.iter().find(|s| s.0 == id) {
+            return Err(unsup(
+                pid,
+                format!(
+                    "fds {other} and {} are separately opened on one file without a name (not supported yet)",
+                    f.fd
+                ),
+            ));
+        }
+        seen.push((id, f.fd));
+    }
+    Ok(())
+}

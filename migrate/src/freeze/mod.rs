@@ -142,7 +142,7 @@ fn seize_with(pid: i32, timeout: Duration, multi: bool) -> Result<Seized> {
     // --- checks before touching anything
     check_status(pid, false, multi)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
-    collect_fds(pid)?;
+    collect_fds(pid, false)?;
 
     // fails closed: a stopped process must come back stopped
     let was_stopped = status_field(&proc_read(pid, "status")?, "State")
@@ -391,8 +391,9 @@ fn collect(
     // --- authoritative checks, now that it cannot change
     let status = check_status(pid, true, g.multi)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
-    let mut fds = collect_fds(pid)?;
+    let mut fds = collect_fds(pid, true)?;
     find_shared(pid, &mut fds)?;
+    inproc::check_contents_unique(pid, &fds)?;
     inproc::complete(pid, &mut fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;

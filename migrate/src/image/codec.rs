@@ -248,6 +248,44 @@ impl ProcessImage {
                     e.u8(*semaphore as u8);
                     e.u32(*flags)
                 }
+                FdKind::TimerFd {
+                    clockid,
+                    flags,
+                    ticks,
+                    value,
+                    interval,
+                } => {
+                    e.u8(7);
+                    e.u32(*clockid as u32);
+                    e.u32(*flags);
+                    e.u64(*ticks);
+                    for v in [value.0, value.1, interval.0, interval.1] {
+                        e.u64(v)
+                    }
+                }
+                FdKind::SignalFd { mask, flags } => {
+                    e.u8(8);
+                    e.u64(*mask);
+                    e.u32(*flags)
+                }
+                FdKind::Contents {
+                    name,
+                    memfd,
+                    flags,
+                    pos,
+                    mode,
+                    seals,
+                    data,
+                } => {
+                    e.u8(9);
+                    e.str(name);
+                    e.u8(*memfd as u8);
+                    e.u32(*flags);
+                    e.u64(*pos);
+                    e.u32(*mode);
+                    e.u32(*seals);
+                    e.bytes(data)
+                }
                 FdKind::Epoll { flags, watches } => {
                     e.u8(6);
                     e.u32(*flags);
@@ -496,6 +534,26 @@ impl ProcessImage {
                     }
                     FdKind::Epoll { flags, watches }
                 }
+                7 => FdKind::TimerFd {
+                    clockid: d.u32()? as i32,
+                    flags: d.u32()?,
+                    ticks: d.u64()?,
+                    value: (d.u64()?, d.u64()?),
+                    interval: (d.u64()?, d.u64()?),
+                },
+                8 => FdKind::SignalFd {
+                    mask: d.u64()?,
+                    flags: d.u32()?,
+                },
+                9 => FdKind::Contents {
+                    name: d.str()?,
+                    memfd: d.u8()? != 0,
+                    flags: d.u32()?,
+                    pos: d.u64()?,
+                    mode: d.u32()?,
+                    seals: d.u32()?,
+                    data: d.bytes()?,
+                },
                 _ => return Err(corrupt("fd kind")),
             };
             if fd < 0 {

@@ -144,6 +144,33 @@ pub enum FdKind {
         flags: u32,
         watches: Vec<EpollWatch>,
     },
+    /// A timerfd: its clock, the time left and the interval (as /proc shows them), and the
+    /// expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        flags: u32,
+        ticks: u64,
+        /// (seconds, nanoseconds) left until it next expires; zero: disarmed.
+        value: (u64, u64),
+        interval: (u64, u64),
+    },
+    /// A signalfd with its signal mask.
+    SignalFd { mask: u64, flags: u32 },
+    /// A file that no longer has a name: a memfd, or a deleted file; its contents travel in
+    /// the image, and thaw makes it again (a memfd of the same name and seals; a file of the
+    /// same name in the same directory, deleted again at once).
+    Contents {
+        /// The memfd's name (after `memfd:`), or the deleted file's path.
+        name: String,
+        memfd: bool,
+        flags: u32,
+        pos: u64,
+        /// The file mode (permission bits).
+        mode: u32,
+        /// F_GET_SEALS of a memfd.
+        seals: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
@@ -164,7 +191,10 @@ impl FdKind {
             | FdKind::External { flags, .. }
             | FdKind::Pipe { flags, .. }
             | FdKind::EventFd { flags, .. }
-            | FdKind::Epoll { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            | FdKind::Epoll { flags, .. }
+            | FdKind::TimerFd { flags, .. }
+            | FdKind::SignalFd { flags, .. }
+            | FdKind::Contents { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
         }
     }
 }

@@ -76,7 +76,12 @@ pub(super) fn restore_fds(
                 }
             }
             // made by inproc::before, or by inproc::after once every other fd is there
-            FdKind::Pipe { .. } | FdKind::EventFd { .. } | FdKind::Epoll { .. } => {}
+            FdKind::Pipe { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::Epoll { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::Contents { .. } => {}
             FdKind::SharedWith { fd: o, .. } if super::inproc::is_epoll(img, *o) => {}
             FdKind::SharedWith { fd: o, cloexec } => {
                 let fl = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };

@@ -11,7 +11,7 @@ use crate::sys::read_mem;
 
 const CLOEXEC: u64 = libc::O_CLOEXEC as u64;
 /// File status flags fcntl(F_SETFL) sets on the made files.
-const SETFL: u32 = (libc::O_NONBLOCK | libc::O_ASYNC) as u32;
+const SETFL: u32 = (libc::O_NONBLOCK | libc::O_ASYNC | libc::O_APPEND) as u32;
 
 fn skip(placeholders: &[(i32, std::os::fd::RawFd)], fd: i32) -> bool {
     placeholders.iter().any(|p| p.0 == fd)
@@ -162,10 +162,191 @@ pub(super) fn before(
                 set_fl(b, e, *flags)?;
                 place(b, e, f.fd, f.kind.cloexec())?;
             }
+            FdKind::TimerFd {
+                clockid,
+                flags,
+                ticks,
+                value,
+                interval,
+            } => {
+                let t = b.sys(
+                    "timerfd_create",
+                    libc::SYS_timerfd_create,
+                    &[*clockid as u64, libc::TFD_CLOEXEC as u64],
+                )?;
+                let t = lift(b, t, above)?;
+                if value.0 != 0 || value.1 != 0 {
+                    // relative: the time left, as at the freeze
+                    let mut its = Vec::with_capacity(32);
+                    for w in [interval.0, interval.1, value.0, value.1] {
+                        its.extend_from_slice(&w.to_ne_bytes());
+                    }
+                    let p = b.data(&its)?;
+                    b.sys("timerfd_settime", libc::SYS_timerfd_settime, &[t, 0, p, 0])?;
+                }
+                if *ticks > 0 {
+                    const TFD_IOC_SET_TICKS: u64 = 0x4008_5400;
+                    let p = b.data(&ticks.to_ne_bytes())?;
+                    b.sys(
+                        "ioctl(TFD_IOC_SET_TICKS)",
+                        libc::SYS_ioctl,
+                        &[t, TFD_IOC_SET_TICKS, p],
+                    )?;
+                }
+                set_fl(b, t, *flags)?;
+                place(b, t, f.fd, f.kind.cloexec())?;
+            }
+            FdKind::SignalFd { mask, flags } => {
+                let p = b.data(&mask.to_ne_bytes())?;
+                let s = b.sys(
+                    "signalfd4",
+                    libc::SYS_signalfd4,
+                    &[u64::MAX, p, 8, libc::SFD_CLOEXEC as u64],
+                )?;
+                let s = lift(b, s, above)?;
+                set_fl(b, s, *flags)?;
+                place(b, s, f.fd, f.kind.cloexec())?;
+            }
+            FdKind::Contents { .. } => contents(b, f, above)?,
             _ => {}
         }
     }
     Ok(())
+}
+
+/// A memfd or deleted file made again with its contents; the contents are written through a
+/// copy of the fd taken into this process (pidfd_getfd), not through the argument area.
+fn contents(b: &mut Builder, f: &Fd, above: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let FdKind::Contents {
+        name,
+        memfd,
+        flags,
+        pos,
+        mode,
+        seals,
+        data,
+    } = &f.kind
+    else {
+        return Ok(());
+    };
+    let pid = b.t.pid;
+    let rw = (libc::O_RDWR | libc::O_CLOEXEC) as u64;
+    // `reopen`: whether the file can be opened again through /proc (with its own flags)
+    let (tmp, reopen) = if *memfd {
+        // F_SEAL_SEAL alone is what a memfd made without MFD_ALLOW_SEALING has
+        let sealable = *seals != libc::F_SEAL_SEAL as u32;
+        let p = b.cstr(name)?;
+        let fl = libc::MFD_CLOEXEC as u64
+            | if sealable {
+                libc::MFD_ALLOW_SEALING as u64
+            } else {
+                0
+            };
+        (
+            b.sys(
+                &format!("memfd_create {name}"),
+                libc::SYS_memfd_create,
+                &[p, fl],
+            )?,
+            true,
+        )
+    } else {
+        // the same name in the same directory, deleted again at once; where that name is
+        // taken, an unnamed file in that directory
+        let p = b.cstr(name)?;
+        let excl = (libc::O_CREAT | libc::O_EXCL) as u64 | rw;
+        let r =
+            b.t.syscall_raw(
+                libc::SYS_openat,
+                &[libc::AT_FDCWD as u64, p, excl, *mode as u64],
+            )
+            .map_err(terr(format!("creating {name}")))?;
+        if r >= 0 {
+            let p = b.cstr(name)?;
+            b.sys(
+                &format!("unlink {name}"),
+                libc::SYS_unlinkat,
+                &[libc::AT_FDCWD as u64, p, 0],
+            )?;
+            (r as u64, true)
+        } else {
+            let dir = std::path::Path::new(name)
+                .parent()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/".into());
+            let p = b.cstr(&dir)?;
+            let t = b.sys(
+                &format!("an unnamed file in {dir} for deleted {name}"),
+                libc::SYS_openat,
+                &[
+                    libc::AT_FDCWD as u64,
+                    p,
+                    libc::O_TMPFILE as u64 | rw,
+                    *mode as u64,
+                ],
+            )?;
+            (t, true)
+        }
+    };
+    let tmp = lift(b, tmp, above)?;
+    {
+        let copy = crate::seccomp::pidfd_getfd(pid, tmp as i32)
+            .map_err(terr(format!("pidfd_getfd of the new file for fd {}", f.fd)))?;
+        let mut off = 0usize;
+        while off < data.len() {
+            // SAFETY: writes from `data`, into our own copy of the fd.
+            let n = unsafe {
+                libc::pwrite(
+                    copy.as_raw_fd(),
+                    data[off..].as_ptr().cast(),
+                    data.len() - off,
+                    off as i64,
+                )
+            };
+            if n <= 0 {
+                return Err(terr(format!("writing the contents of fd {}", f.fd))(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            off += n as usize;
+        }
+        if *memfd && *seals != 0 && *seals != libc::F_SEAL_SEAL as u32 {
+            // SAFETY: fcntl with integer arguments on our own copy.
+            if unsafe { libc::fcntl(copy.as_raw_fd(), libc::F_ADD_SEALS, *seals as libc::c_int) }
+                != 0
+            {
+                return Err(terr(format!("sealing the memfd of fd {}", f.fd))(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+        }
+    }
+    // its own open flags (read-only, append ...): a new open of the file through /proc
+    let acc = flags & libc::O_ACCMODE as u32;
+    let fd = if reopen && (acc != libc::O_RDWR as u32 || flags & libc::O_APPEND as u32 != 0) {
+        let p = b.cstr(&format!("/proc/self/fd/{tmp}"))?;
+        let keep =
+            flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL | libc::O_NOCTTY) as u32);
+        let r = b.sys(
+            &format!("reopening the file of fd {}", f.fd),
+            libc::SYS_openat,
+            &[
+                libc::AT_FDCWD as u64,
+                p,
+                (keep | libc::O_CLOEXEC as u32) as u64,
+            ],
+        )?;
+        b.sys("close", libc::SYS_close, &[tmp])?;
+        lift(b, r, above)?
+    } else {
+        set_fl(b, tmp, *flags)?;
+        tmp
+    };
+    if *pos > 0 {
+        b.sys("lseek", libc::SYS_lseek, &[fd, *pos, libc::SEEK_SET as u64])?;
+    }
+    place(b, fd, f.fd, f.kind.cloexec())
 }
 
 /// Epoll instances with their registrations, and the fds that share them; every other fd

@@ -8,6 +8,16 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub topics: BTreeMap<&'static str, Vec<String>>,
+    /// Stopped by job control (state T) when the view was taken.
+    pub stopped: bool,
+}
+
+/// Is `pid` stopped (state T)?
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+    })
 }
 
 /// Lines of /proc/PID/status compared (the rest are counters or PIDs).
@@ -178,7 +188,10 @@ impl View {
             threads.push(l);
         }
         t.insert("threads", threads);
-        View { topics: t }
+        View {
+            topics: t,
+            stopped: stopped(pid),
+        }
     }
 
     /// The lines of one topic.
@@ -213,6 +226,13 @@ pub fn round_trip(p: &mut super::Proc, leave_running: bool) -> (super::Proc, Vec
         p.wait(super::T);
     }
     let q = super::thaw(&img);
+    if stopped(p.pid) || before.stopped {
+        // thaw stops it again as it lets it go: wait for that stop to land (bounded)
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped(q.pid) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     let after = View::of(q.pid);
     let d = after.diff_from(&before);
     (q, d)
