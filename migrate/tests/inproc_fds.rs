@@ -170,3 +170,62 @@ fn timerfd_signalfd_memfd_and_deleted_file_come_back() {
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
+
+/// `xz -9 -T2`: a self-pipe (its signal handling) and a second thread, frozen mid-compression
+/// twice; the compressed file must equal an uninterrupted run's byte for byte.
+#[test]
+fn xz_with_its_self_pipe_and_a_thread_byte_identical() {
+    if !root() {
+        return;
+    }
+    if Command::new("xz").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: no xz");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("input");
+    let mut x: u64 = 7;
+    let mut s = Vec::with_capacity(4 << 20);
+    while s.len() < 3 << 20 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.extend_from_slice(format!("{} {:x}\n", x % 100_003, x >> 44).as_bytes());
+    }
+    std::fs::write(&input, &s).unwrap();
+    let run = |tag: &str, interrupt: bool| -> Vec<u8> {
+        let out = dir.path().join(format!("{tag}.xz"));
+        let mut p = spawn(
+            Command::new("xz").args(["-9", "-T2", "-c"]).arg(&input),
+            &out,
+            Some(&dir.path().join("err")),
+        );
+        if interrupt {
+            for _ in 0..2 {
+                std::thread::sleep(Duration::from_millis(300));
+                assert!(
+                    p.alive(),
+                    "xz finished before the freeze; make the input larger"
+                );
+                let img = freeze(p.pid, false).expect("freeze");
+                assert!(
+                    kinds(&img).iter().any(|k| matches!(k, FdKind::Pipe { .. })),
+                    "no self-pipe in the image"
+                );
+                p.wait(T);
+                p = thaw(&img);
+            }
+        }
+        assert!(exited_ok(p.wait(T)), "{}", read(&dir.path().join("err")));
+        std::fs::read(&out).unwrap()
+    };
+    let r = run("ref", false);
+    let m = run("mig", true);
+    assert!(r.len() > 1000);
+    assert!(
+        r == m,
+        "xz output differs ({} vs {} bytes)",
+        r.len(),
+        m.len()
+    );
+}

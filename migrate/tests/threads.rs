@@ -5,7 +5,7 @@
 
 mod common;
 use common::check::View;
-use common::runs::{assert_same, compare};
+use common::runs::{assert_same, compare_when};
 use common::*;
 use std::path::Path;
 use std::process::Command;
@@ -39,7 +39,13 @@ fn c_program_with_four_pthreads_output_identical() {
         c.arg("150");
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(200), 3);
+    let (r, m) = compare_when(
+        &mk,
+        &|pid| threads_of(pid) > 1,
+        &assert_threaded,
+        Duration::from_millis(200),
+        3,
+    );
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
@@ -94,7 +100,13 @@ fn python3_threading_output_identical() {
         c.arg(&s);
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(150), 2);
+    let (r, m) = compare_when(
+        &mk,
+        &|pid| threads_of(pid) > 1,
+        &assert_threaded,
+        Duration::from_millis(150),
+        2,
+    );
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }
@@ -264,7 +276,13 @@ fn thread_blocked_in_pause_and_a_printing_main_thread() {
         c.arg("60");
         (c, dir.join(format!("{tag}.stdout")))
     };
-    let (r, m) = compare(&mk, &assert_threaded, Duration::from_millis(150), 2);
+    let (r, m) = compare_when(
+        &mk,
+        &|pid| threads_of(pid) > 1,
+        &assert_threaded,
+        Duration::from_millis(150),
+        2,
+    );
     assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
     assert_same(&r, &m);
 }

@@ -21,14 +21,25 @@ pub enum Cmd {
     /// to thaw's); signal handlers, mask, pending signals, alternate stack; interval timers;
     /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
+    /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
+    /// signals, rseq, robust list, clear_child_tid, sigaltstack and name; a thread blocked in
+    /// a system call (futex wait, sleep, read) makes that call again.
+    /// Files inside the process: a pipe whose both ends it holds and no other process does
+    /// (with the bytes waiting in it and its size), eventfds (counter), epoll instances (their
+    /// registrations; an edge-triggered event already reported may be reported once more),
+    /// timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
+    /// and deleted files (contents, up to 64 MiB each; made again under the same name and
+    /// deleted at once).
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
-    /// not restore it exactly: threads, child processes, sockets, terminals beyond fds 0-2, a
-    /// pipe or FIFO the process holds twice (both ends) or with unread data in it,
-    /// epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
-    /// shared memory, memfd, deleted files, shared memory also mapped by another process,
-    /// userfaultfd, sealed or device mappings, seccomp filters, a parent-death signal, a
-    /// process already traced. Every check fails closed: what cannot be read is refused.
+    /// not restore it exactly: threads whose credentials differ from the main thread's, child
+    /// processes, sockets, terminals beyond fds 0-2, a pipe or FIFO shared with another
+    /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
+    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
+    /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
+    /// process, userfaultfd, sealed or device mappings, seccomp filters, a parent-death
+    /// signal, a process already traced. Every check fails closed: what cannot be read is
+    /// refused. `omnode migrate` (moving to another node) still refuses threads.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A user who could not thaw the image (non-root) cannot end the process: use

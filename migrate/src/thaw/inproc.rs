@@ -175,7 +175,13 @@ pub(super) fn before(
                     &[*clockid as u64, libc::TFD_CLOEXEC as u64],
                 )?;
                 let t = lift(b, t, above)?;
-                if value.0 != 0 || value.1 != 0 {
+                let mut value = *value;
+                if value == (0, 0) {
+                    // a periodic timer that has expired shows no time left until its
+                    // expiration is read (the kernel re-arms it then): one interval from now
+                    value = *interval;
+                }
+                if value != (0, 0) {
                     // relative: the time left, as at the freeze
                     let mut its = Vec::with_capacity(32);
                     for w in [interval.0, interval.1, value.0, value.1] {

@@ -14,6 +14,17 @@ pub fn compare(
     delay: Duration,
     cycles: usize,
 ) -> (Vec<u8>, Vec<u8>) {
+    compare_when(mk, &|_| true, check_image, delay, cycles)
+}
+
+/// [`compare`], each freeze also waiting (up to [`T`]) until `ready(pid)` holds.
+pub fn compare_when(
+    mk: &dyn Fn(&Path, &str) -> (Command, PathBuf),
+    ready: &dyn Fn(i32) -> bool,
+    check_image: &dyn Fn(&[u8]),
+    delay: Duration,
+    cycles: usize,
+) -> (Vec<u8>, Vec<u8>) {
     let dir = tempfile::tempdir().unwrap();
     let (mut c, out) = mk(dir.path(), "ref");
     let mut p = spawn(&mut c, &dir.path().join("ref.stdout"), None);
@@ -28,6 +39,14 @@ pub fn compare(
     let mut p = spawn(&mut c, &dir.path().join("mig.stdout"), None);
     for i in 0..cycles {
         std::thread::sleep(delay);
+        let end = std::time::Instant::now() + T;
+        while !ready(p.pid) && p.alive() {
+            assert!(
+                std::time::Instant::now() < end,
+                "never ready for freeze #{i}"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
         assert!(p.alive(), "finished before freeze #{i}; make it run longer");
         let img = freeze(p.pid, false).unwrap_or_else(|e| panic!("freeze #{i}: {e}"));
         check_image(&img);
