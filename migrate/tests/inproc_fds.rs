@@ -229,3 +229,23 @@ fn xz_with_its_self_pipe_and_a_thread_byte_identical() {
         m.len()
     );
 }
+
+/// Migration (seize: fds stay at home, calls on them are forwarded) still refuses files that
+/// live inside the process, and leaves the process running untouched.
+#[test]
+fn migration_still_refuses_in_process_fds_and_the_process_runs_on() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut p = spawn(Command::new(prog("inproc")).arg("40"), &out, None);
+    wait_lines(&out, 2, T);
+    let e = migrate::seize(p.pid, Duration::from_secs(5)).expect_err("must be refused");
+    assert!(e.to_string().contains("moving it to another node"), "{e}");
+    assert_eq!(e.refusal(), Some(migrate::RefusalKind::CannotMove), "{e}");
+    let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
+    assert!(st.contains("TracerPid:\t0"), "left traced");
+    assert!(exited_ok(p.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"), "{}", read(&out));
+}

@@ -312,3 +312,33 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     }
     Ok(())
 }
+
+/// Moving a process to another node (the [`super::seize`] path: migration, the home shell)
+/// keeps its fds at home and forwards calls on them; files that live inside the process
+/// (carried by `omnode freeze`) would behave differently there, so they are still refused.
+pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
+    for f in fds {
+        let what = match &f.kind {
+            FdKind::Pipe { pipe, .. } => {
+                format!("one end of pipe:[{pipe}], whose both ends it holds")
+            }
+            FdKind::EventFd { .. } => "an eventfd".into(),
+            FdKind::Epoll { .. } => "an epoll instance".into(),
+            FdKind::TimerFd { .. } => "a timerfd".into(),
+            FdKind::SignalFd { .. } => "a signalfd".into(),
+            FdKind::Contents {
+                memfd: true, name, ..
+            } => format!("memfd {name}"),
+            FdKind::Contents { name, .. } => format!("a deleted file ({name})"),
+            _ => continue,
+        };
+        return Err(unsup(
+            pid,
+            format!(
+                "fd {} is {what} (moving it to another node is not supported yet; `omnode freeze` carries it)",
+                f.fd
+            ),
+        ));
+    }
+    Ok(())
+}

@@ -142,7 +142,10 @@ fn seize_with(pid: i32, timeout: Duration, multi: bool) -> Result<Seized> {
     // --- checks before touching anything
     check_status(pid, false, multi)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
-    collect_fds(pid, false)?;
+    let fds = collect_fds(pid, false)?;
+    if !multi {
+        fds::refuse_for_migration(pid, &fds)?;
+    }
 
     // fails closed: a stopped process must come back stopped
     let was_stopped = status_field(&proc_read(pid, "status")?, "State")
@@ -393,6 +396,9 @@ fn collect(
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid, true)?;
     find_shared(pid, &mut fds)?;
+    if !g.multi {
+        fds::refuse_for_migration(pid, &fds)?;
+    }
     inproc::check_contents_unique(pid, &fds)?;
     inproc::complete(pid, &mut fds)?;
 
