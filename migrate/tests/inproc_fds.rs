@@ -16,10 +16,10 @@ fn kinds(img: &[u8]) -> Vec<FdKind> {
     r.process().fds.iter().map(|f| f.kind.clone()).collect()
 }
 
-/// The inproc program's pipes, eventfd and epoll come back with their state, through three
-/// freeze/thaw cycles.
+/// The inproc program's pipes, eventfd, socketpair and epoll come back with their state,
+/// through three freeze/thaw cycles.
 #[test]
-fn self_pipe_eventfd_and_epoll_come_back_with_their_state() {
+fn self_pipe_socketpair_eventfd_and_epoll_come_back_with_their_state() {
     if !root() {
         return;
     }
@@ -43,7 +43,12 @@ fn self_pipe_eventfd_and_epoll_come_back_with_their_state() {
         );
         assert!(
             k.iter()
-                .any(|k| matches!(k, FdKind::Epoll { watches, .. } if watches.len() == 3))
+                .any(|k| matches!(k, FdKind::Epoll { watches, .. } if watches.len() == 4))
+        );
+        assert!(
+            k.iter()
+                .any(|k| matches!(k, FdKind::SocketPair { data, .. } if data.starts_with(b"back"))),
+            "{k:?}"
         );
         assert!(
             k.iter().any(|k| matches!(k, FdKind::SharedWith { .. })),

@@ -25,7 +25,8 @@ pub enum Cmd {
     /// signals, rseq, robust list, clear_child_tid, sigaltstack and name; a thread blocked in
     /// a system call (futex wait, sleep, read) makes that call again.
     /// Files inside the process: a pipe whose both ends it holds and no other process does
-    /// (with the bytes waiting in it and its size), eventfds (counter), epoll instances (their
+    /// (with the bytes waiting in it and its size), a connected AF_UNIX stream socketpair whose
+    /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll instances (their
     /// registrations; an edge-triggered event already reported may be reported once more),
     /// timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
     /// and deleted files (contents, up to 64 MiB each; made again under the same name and
@@ -33,7 +34,7 @@ pub enum Cmd {
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
-    /// processes, sockets, terminals beyond fds 0-2, a pipe or FIFO shared with another
+    /// processes, other sockets, terminals beyond fds 0-2, a pipe or FIFO shared with another
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
     /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
@@ -425,6 +426,10 @@ fn image(a: ImageArgs) -> ExitCode {
                 value.0, value.1, interval.0, interval.1
             ),
             migrate::FdKind::SignalFd { mask, .. } => format!("signalfd for mask {mask:#x}"),
+            migrate::FdKind::SocketPair { pair, data, .. } => format!(
+                "one end of socketpair {pair} inside the process ({} bytes waiting)",
+                data.len()
+            ),
             migrate::FdKind::Contents {
                 name, memfd, data, ..
             } => format!(

@@ -95,6 +95,13 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
             };
             return Err(refuse(&what));
         }
+        if let Some(ino) = super::inproc::socket_ino(&link) {
+            if let Some(kind) = super::inproc::socketpair_end(pid, &dir, ino, flags)? {
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            return Err(refuse("a socket"));
+        }
         if link.starts_with("socket:") {
             return Err(refuse("a socket"));
         }
@@ -271,7 +278,8 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
             | FdKind::Epoll { .. }
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
-            | FdKind::Contents { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+            | FdKind::Contents { .. }
+            | FdKind::SocketPair { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
                 .map(|m| Some((m.dev(), m.ino())))
                 .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
             _ => Ok(None),
@@ -330,6 +338,7 @@ pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
                 memfd: true, name, ..
             } => format!("memfd {name}"),
             FdKind::Contents { name, .. } => format!("a deleted file ({name})"),
+            FdKind::SocketPair { .. } => "one end of a socketpair whose both ends it holds".into(),
             _ => continue,
         };
         return Err(unsup(

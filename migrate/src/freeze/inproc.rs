@@ -99,6 +99,47 @@ pub(super) fn epoll(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKin
 /// process; each pipe's waiting bytes are copied (tee: the pipe keeps them) into the image.
 pub(super) fn complete(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     check_epolls(pid, fds)?;
+    // socketpairs: both ends held, by no one else; what waits in each
+    let socks: Vec<(i32, u64)> = fds
+        .iter()
+        .filter_map(|f| match f.kind {
+            FdKind::SocketPair { pair, .. } => Some((f.fd, pair)),
+            _ => None,
+        })
+        .collect();
+    if !socks.is_empty() {
+        let links: Vec<String> = socks
+            .iter()
+            .map(|(fd, _)| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|l| l.to_string_lossy().into_owned())
+                    .map_err(ferr(pid, format!("reading fd {fd}")))
+            })
+            .collect::<Result<_>>()?;
+        no_other_holder(pid, &links)?;
+        for (fd, pair) in &socks {
+            for first in [false, true] {
+                let n = fds
+                    .iter()
+                    .filter(|f| matches!(f.kind, FdKind::SocketPair { pair: p, first: q, .. } if p == *pair && q == first))
+                    .count();
+                if n != 1 {
+                    return Err(unsup(
+                        pid,
+                        format!(
+                            "socketpair of fd {fd}: {n} separately held ends of one side (not supported yet)"
+                        ),
+                    ));
+                }
+            }
+            let data = socket_waiting(pid, *fd)?;
+            if let Some(FdKind::SocketPair { data: d, .. }) =
+                fds.iter_mut().find(|f| f.fd == *fd).map(|f| &mut f.kind)
+            {
+                *d = data;
+            }
+        }
+    }
     let pipes: BTreeSet<u64> = fds
         .iter()
         .filter_map(|f| match f.kind {
@@ -109,7 +150,13 @@ pub(super) fn complete(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     if pipes.is_empty() {
         return Ok(());
     }
-    no_other_holder(pid, &pipes)?;
+    no_other_holder(
+        pid,
+        &pipes
+            .iter()
+            .map(|p| format!("pipe:[{p}]"))
+            .collect::<Vec<_>>(),
+    )?;
     for ino in pipes {
         for write in [false, true] {
             let n = fds
@@ -213,8 +260,10 @@ fn check_epolls(pid: pid_t, fds: &[Fd]) -> Result<()> {
 
 /// Refuses when any other process holds one of `pipes` (moving the pipe would cut it off).
 /// Fails closed: a process whose fds cannot be listed might hold it.
-fn no_other_holder(pid: pid_t, pipes: &BTreeSet<u64>) -> Result<()> {
-    let links: Vec<String> = pipes.iter().map(|p| format!("pipe:[{p}]")).collect();
+fn no_other_holder(pid: pid_t, links: &[String]) -> Result<()> {
+    if links.is_empty() {
+        return Ok(());
+    }
     let rd = std::fs::read_dir("/proc").map_err(ferr(pid, "listing /proc"))?;
     for e in rd {
         let e = e.map_err(ferr(pid, "listing /proc"))?;
@@ -248,7 +297,7 @@ fn no_other_holder(pid: pid_t, pipes: &BTreeSet<u64>) -> Result<()> {
                     return Err(unsup(
                         pid,
                         format!(
-                            "its {l} is also held by process {other} (a pipe between processes; not supported yet)"
+                            "its {l} is also held by process {other} (shared between processes; not supported yet)"
                         ),
                     ));
                 }
@@ -503,4 +552,228 @@ pub(super) fn check_contents_unique(pid: pid_t, fds: &[Fd]) -> Result<()> {
         seen.push((id, f.fd));
     }
     Ok(())
+}
+
+/// Largest amount of data waiting in one socket of an in-process socketpair that is carried.
+pub(super) const MAX_SOCKET_DATA: usize = 64 << 10;
+
+/// The inode of `socket:[N]`.
+pub(super) fn socket_ino(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+/// What sock_diag says of one AF_UNIX socket.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct UnixSock {
+    pub(super) peer: u64,
+    pub(super) stype: u8,
+    pub(super) state: u8,
+    pub(super) named: bool,
+    pub(super) shutdown: u8,
+}
+
+/// Asks sock_diag (NETLINK_SOCK_DIAG, UNIX_DIAG) about the AF_UNIX socket `ino`. `None`: no
+/// such AF_UNIX socket (another family).
+pub(super) fn unix_diag(ino: u64) -> io::Result<Option<UnixSock>> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_NAME: u32 = 1;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UNIX_DIAG_NAME: u16 = 0;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let ino32 = u32::try_from(ino).map_err(|_| io::Error::other("socket inode too large"))?;
+    // SAFETY: socket with integer arguments.
+    let s = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if s < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just made, ours alone.
+    let s = unsafe { OwnedFd::from_raw_fd(s) };
+    // nlmsghdr (16) + unix_diag_req (24)
+    let mut req = [0u8; 40];
+    req[0..4].copy_from_slice(&40u32.to_ne_bytes());
+    req[4..6].copy_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req[6..8].copy_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req[8..12].copy_from_slice(&1u32.to_ne_bytes()); // seq
+    req[16] = libc::AF_UNIX as u8; // sdiag_family
+    req[20..24].copy_from_slice(&u32::MAX.to_ne_bytes()); // udiag_states
+    req[24..28].copy_from_slice(&ino32.to_ne_bytes()); // udiag_ino
+    req[28..32]
+        .copy_from_slice(&(UDIAG_SHOW_NAME | UDIAG_SHOW_PEER | 0x40/* SHUTDOWN */).to_ne_bytes());
+    req[32..40].copy_from_slice(&[0xff; 8]); // no cookie
+    // SAFETY: zeroed plain struct.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: sendto from a valid buffer to a valid sockaddr_nl.
+    let n = unsafe {
+        libc::sendto(
+            s.as_raw_fd(),
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            &sa as *const libc::sockaddr_nl as *const libc::sockaddr,
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if n != req.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 8192];
+    // a bounded wait: sock_diag answers at once
+    let mut pfd = libc::pollfd {
+        fd: s.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd.
+    if unsafe { libc::poll(&mut pfd, 1, 2000) } != 1 {
+        return Err(io::Error::other("sock_diag did not answer"));
+    }
+    // SAFETY: receives into `buf`.
+    let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 16 {
+        return Err(io::Error::last_os_error());
+    }
+    let b = &buf[..n as usize];
+    let u16_at = |o: usize| u16::from_ne_bytes(b[o..o + 2].try_into().unwrap());
+    let u32_at = |o: usize| u32::from_ne_bytes(b[o..o + 4].try_into().unwrap());
+    let ty = u16_at(4);
+    if ty == libc::NLMSG_ERROR as u16 {
+        let err = u32_at(16) as i32;
+        if err == -libc::ENOENT {
+            return Ok(None);
+        }
+        return Err(io::Error::from_raw_os_error(-err));
+    }
+    if ty != SOCK_DIAG_BY_FAMILY || b.len() < 32 {
+        return Err(io::Error::other("unexpected sock_diag answer"));
+    }
+    let len = (u32_at(0) as usize).min(b.len());
+    // unix_diag_msg: family, type, state, pad, ino, cookie[2]
+    let mut u = UnixSock {
+        peer: 0,
+        stype: b[17],
+        state: b[18],
+        named: false,
+        shutdown: 0,
+    };
+    if u32_at(20) != ino32 {
+        return Err(io::Error::other("sock_diag answered for another socket"));
+    }
+    let mut o = 32;
+    while o + 4 <= len {
+        let alen = u16_at(o) as usize;
+        let aty = u16_at(o + 2);
+        if alen < 4 || o + alen > len {
+            break;
+        }
+        match aty {
+            UNIX_DIAG_NAME => u.named = true,
+            UNIX_DIAG_PEER if alen >= 8 => u.peer = u32_at(o + 4) as u64,
+            UNIX_DIAG_SHUTDOWN if alen >= 5 => u.shutdown = b[o + 4],
+            _ => {}
+        }
+        o += (alen + 3) & !3;
+    }
+    Ok(Some(u))
+}
+
+/// The kind of fd `fd` (`socket:[ino]`) when it is one end of a connected AF_UNIX stream
+/// socketpair whose other end the process also holds; `None` otherwise (refused by the
+/// caller). Its waiting data is read by [`complete`].
+pub(super) fn socketpair_end(
+    pid: pid_t,
+    dir: &str,
+    ino: u64,
+    flags: u32,
+) -> Result<Option<FdKind>> {
+    let Some(u) = unix_diag(ino).map_err(ferr(pid, format!("sock_diag of socket:[{ino}]")))? else {
+        return Ok(None);
+    };
+    if u.named || u.peer == 0 || u.stype != libc::SOCK_STREAM as u8 || u.state != 1 {
+        return Ok(None);
+    }
+    if u.shutdown != 0 {
+        return Ok(None);
+    }
+    let peer_link = format!("socket:[{}]", u.peer);
+    let mut held = false;
+    for e in std::fs::read_dir(dir).map_err(ferr(pid, format!("listing {dir}")))? {
+        let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
+        if std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy() == peer_link) {
+            held = true;
+            break;
+        }
+    }
+    if !held {
+        return Ok(None);
+    }
+    Ok(Some(FdKind::SocketPair {
+        pair: ino.min(u.peer),
+        first: ino < u.peer,
+        flags,
+        data: Vec::new(),
+    }))
+}
+
+/// The bytes waiting to be read in the socket at `fd` (MSG_PEEK: they stay). Refused: more
+/// than [`MAX_SOCKET_DATA`], or ancillary data (passed fds, credentials) in the queue.
+fn socket_waiting(pid: pid_t, fd: i32) -> Result<Vec<u8>> {
+    let copy = crate::seccomp::pidfd_getfd(pid, fd)
+        .map_err(ferr(pid, format!("pidfd_getfd of socket fd {fd}")))?;
+    let mut data = vec![0u8; MAX_SOCKET_DATA + 1];
+    let mut ctl = [0u64; 64];
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
+    // SAFETY: zeroed plain struct, filled below with pointers to live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl.as_mut_ptr().cast();
+    msg.msg_controllen = size_of_val(&ctl);
+    // SAFETY: recvmsg into the buffers `msg` describes.
+    let n = unsafe {
+        libc::recvmsg(
+            copy.as_raw_fd(),
+            &mut msg,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::WouldBlock {
+            return Ok(Vec::new());
+        }
+        return Err(ferr(pid, format!("peeking into socket fd {fd}"))(e));
+    }
+    if msg.msg_controllen > 0 || msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        return Err(unsup(
+            pid,
+            format!(
+                "socket fd {fd} holds passed fds or credentials not read yet (not supported yet)"
+            ),
+        ));
+    }
+    if n as usize > MAX_SOCKET_DATA {
+        return Err(unsup(
+            pid,
+            format!(
+                "socket fd {fd} holds more than {} KiB not read yet (not supported yet)",
+                MAX_SOCKET_DATA >> 10
+            ),
+        ));
+    }
+    data.truncate(n as usize);
+    Ok(data)
 }

@@ -286,6 +286,18 @@ impl ProcessImage {
                     e.u32(*seals);
                     e.bytes(data)
                 }
+                FdKind::SocketPair {
+                    pair,
+                    first,
+                    flags,
+                    data,
+                } => {
+                    e.u8(10);
+                    e.u64(*pair);
+                    e.u8(*first as u8);
+                    e.u32(*flags);
+                    e.bytes(data)
+                }
                 FdKind::Epoll { flags, watches } => {
                     e.u8(6);
                     e.u32(*flags);
@@ -552,6 +564,12 @@ impl ProcessImage {
                     pos: d.u64()?,
                     mode: d.u32()?,
                     seals: d.u32()?,
+                    data: d.bytes()?,
+                },
+                10 => FdKind::SocketPair {
+                    pair: d.u64()?,
+                    first: d.u8()? != 0,
+                    flags: d.u32()?,
                     data: d.bytes()?,
                 },
                 _ => return Err(corrupt("fd kind")),

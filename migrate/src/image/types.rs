@@ -171,6 +171,16 @@ pub enum FdKind {
         seals: u32,
         data: Vec<u8>,
     },
+    /// One end of a connected AF_UNIX stream socketpair whose both ends the process holds and
+    /// no other process does, with the bytes waiting to be read on this end.
+    SocketPair {
+        /// The lower of the two socket inodes: the ends of one pair share it.
+        pair: u64,
+        /// This end has the lower inode.
+        first: bool,
+        flags: u32,
+        data: Vec<u8>,
+    },
 }
 
 /// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
@@ -194,7 +204,8 @@ impl FdKind {
             | FdKind::Epoll { flags, .. }
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }
-            | FdKind::Contents { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            | FdKind::Contents { flags, .. }
+            | FdKind::SocketPair { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
         }
     }
 }

@@ -81,7 +81,8 @@ pub(super) fn restore_fds(
             | FdKind::Epoll { .. }
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
-            | FdKind::Contents { .. } => {}
+            | FdKind::Contents { .. }
+            | FdKind::SocketPair { .. } => {}
             FdKind::SharedWith { fd: o, .. } if super::inproc::is_epoll(img, *o) => {}
             FdKind::SharedWith { fd: o, cloexec } => {
                 let fl = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };

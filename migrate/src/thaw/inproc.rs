@@ -67,6 +67,7 @@ pub(super) fn before(
 ) -> Result<()> {
     let pid = b.t.pid;
     let mut done_pipes = Vec::new();
+    let mut done_pairs = Vec::new();
     for f in &img.fds {
         if skip(placeholders, f.fd) {
             continue;
@@ -214,8 +215,83 @@ pub(super) fn before(
                 place(b, s, f.fd, f.kind.cloexec())?;
             }
             FdKind::Contents { .. } => contents(b, f, above)?,
+            FdKind::SocketPair { pair, .. } if !done_pairs.contains(pair) => {
+                done_pairs.push(*pair);
+                socketpair(b, img, *pair, placeholders, above)?;
+            }
             _ => {}
         }
+    }
+    Ok(())
+}
+
+/// A socketpair made again, the bytes waiting on each end written by the other end.
+fn socketpair(
+    b: &mut Builder,
+    img: &ProcessImage,
+    pair: u64,
+    placeholders: &[(i32, std::os::fd::RawFd)],
+    above: u64,
+) -> Result<()> {
+    let end = |first: bool| {
+        img.fds.iter().find(
+            |g| matches!(g.kind, FdKind::SocketPair { pair: p, first: q, .. } if p == pair && q == first),
+        )
+    };
+    let (Some(a), Some(z)) = (end(true), end(false)) else {
+        return Err(Error::Thaw(format!(
+            "the image holds only one end of socketpair {pair}"
+        )));
+    };
+    if skip(placeholders, a.fd) || skip(placeholders, z.fd) {
+        return Err(Error::Thaw(format!(
+            "a placeholder was given for an end of socketpair {pair}"
+        )));
+    }
+    let pid = b.t.pid;
+    let p = b.data(&[0u8; 8])?;
+    b.sys(
+        "socketpair",
+        libc::SYS_socketpair,
+        &[
+            libc::AF_UNIX as u64,
+            (libc::SOCK_STREAM | libc::SOCK_CLOEXEC) as u64,
+            0,
+            p,
+        ],
+    )?;
+    let mut two = [0u8; 8];
+    read_mem(pid, &mut two, &[(p, 8)]).map_err(terr("reading socketpair's fds"))?;
+    let s0 = u32::from_ne_bytes(two[..4].try_into().unwrap()) as u64;
+    let s1 = u32::from_ne_bytes(two[4..].try_into().unwrap()) as u64;
+    let (s0, s1) = (lift(b, s0, above)?, lift(b, s1, above)?);
+    // what waits on an end was written by the other end
+    for (other, f) in [(s1, a), (s0, z)] {
+        let FdKind::SocketPair { data, .. } = &f.kind else {
+            unreachable!("found as SocketPair")
+        };
+        if !data.is_empty() {
+            let p = b.data(data)?;
+            let n = b.sys(
+                &format!("write of what waits on socket fd {}", f.fd),
+                libc::SYS_write,
+                &[other, p, data.len() as u64],
+            )?;
+            if n != data.len() as u64 {
+                return Err(Error::Thaw(format!(
+                    "short write into socket fd {} ({n} of {})",
+                    f.fd,
+                    data.len()
+                )));
+            }
+        }
+    }
+    for (s, f) in [(s0, a), (s1, z)] {
+        let FdKind::SocketPair { flags, .. } = &f.kind else {
+            unreachable!("found as SocketPair")
+        };
+        set_fl(b, s, *flags)?;
+        place(b, s, f.fd, f.kind.cloexec())?;
     }
     Ok(())
 }

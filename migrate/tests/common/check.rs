@@ -147,19 +147,22 @@ impl View {
             })
             .collect();
         fds.sort();
-        // a pipe inside the process gets a new inode: named by its first fd instead
+        // a pipe or socket inside the process gets a new inode: named by order instead
         let mut pipes: Vec<String> = Vec::new();
         let fds = fds
             .into_iter()
             .map(|(_, l)| {
-                let Some(i) = l.find("pipe:[") else { return l };
+                let Some(i) = l.find("pipe:[").or_else(|| l.find("socket:[")) else {
+                    return l;
+                };
                 let j = i + l[i..].find(']').unwrap() + 1;
                 let ino = l[i..j].to_string();
                 let k = pipes.iter().position(|p| *p == ino).unwrap_or_else(|| {
                     pipes.push(ino.clone());
                     pipes.len() - 1
                 });
-                format!("{}pipe#{k}{}", &l[..i], &l[j..])
+                let kind = &l[i..i + l[i..].find('[').unwrap()];
+                format!("{}{kind}#{k}{}", &l[..i], &l[j..])
             })
             .collect();
         t.insert("fds", fds);

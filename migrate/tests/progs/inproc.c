@@ -1,15 +1,18 @@
 /* Files that live inside the process: a self-pipe (both ends held, bytes waiting, the read
  * end dup'ed), a second pipe enlarged to 256 KiB holding 200000 bytes, a semaphore eventfd
- * with a count, and an epoll instance watching all three (level-triggered). Every iteration
+ * with a count, a stream socketpair with bytes waiting both ways, and an epoll instance
+ * watching four of them (level-triggered). Every iteration
  * feeds and drains them and prints what epoll reports and what waits.  usage: inproc ITERS */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #define QN 200000
@@ -28,6 +31,9 @@ int main(int argc, char **argv) {
         if (w <= 0) return 3;
         off += w;
     }
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv)) return 4;
+    if (write(sv[1], "back", 4) != 4) return 5;
     int dupr = dup(p[0]);
     int ev = eventfd(3, EFD_SEMAPHORE | EFD_NONBLOCK);
     int ep = epoll_create1(EPOLL_CLOEXEC);
@@ -37,7 +43,19 @@ int main(int argc, char **argv) {
     epoll_ctl(ep, EPOLL_CTL_ADD, ev, &e);
     e.data.u64 = 0x3333333333ULL;
     epoll_ctl(ep, EPOLL_CTL_ADD, q[0], &e);
+    e.data.u64 = 444;
+    epoll_ctl(ep, EPOLL_CTL_ADD, sv[1], &e);
     for (int i = 0; i < n; i++) {
+        if (i % 3 == 0) {
+            char m[32];
+            int l = snprintf(m, sizeof m, "msg%d;", i);
+            if (write(sv[0], m, l) != l) printf("BAD socket write\n");
+        }
+        if (i % 3 == 1) {
+            char m[6];
+            if (read(sv[1], m, 5) != 5) printf("BAD socket read\n");
+            else printf("socket gave %.5s\n", m);
+        }
         if (i % 4 == 0) {
             if (write(p[1], "xy", 2) != 2) printf("BAD write\n");
             eventfd_write(ev, 2);
@@ -50,12 +68,12 @@ int main(int argc, char **argv) {
         }
         struct epoll_event out[8];
         int k = epoll_wait(ep, out, 8, 0);
-        uint64_t seen[3] = {0, 0, 0};
-        for (int j = 0; j < k; j++) seen[j < 3 ? j : 2] += out[j].data.u64;
+        uint64_t seen[4] = {0, 0, 0, 0};
+        for (int j = 0; j < k; j++) seen[j < 4 ? j : 3] += out[j].data.u64;
         int waiting = 0;
         ioctl(p[0], FIONREAD, &waiting);
         printf("iter %d: %d ready (sum %llu), %d bytes in the self-pipe\n", i, k,
-               (unsigned long long)(seen[0] + seen[1] + seen[2]), waiting);
+               (unsigned long long)(seen[0] + seen[1] + seen[2] + seen[3]), waiting);
         fflush(stdout);
         usleep(10000);
     }
@@ -70,7 +88,11 @@ int main(int argc, char **argv) {
     int left = 0;
     uint64_t v;
     while (read(ev, &v, 8) == 8) left++;
-    printf("pipe %s, eventfd had %d left\n", bad ? "BAD" : "ok", left);
+    char back[8] = "";
+    if (read(sv[0], back, 4) != 4 || memcmp(back, "back", 4)) bad = 1;
+    int sock_left = 0;
+    ioctl(sv[1], FIONREAD, &sock_left);
+    printf("pipe %s, eventfd had %d left, %d bytes left in the socket\n", bad ? "BAD" : "ok", left, sock_left);
     printf(bad ? "BAD\n" : "DONE ok\n");
     return bad;
 }
