@@ -20,9 +20,9 @@
 //! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
 //! the migrator can send it over any transport while the process is frozen.
 //!
-//! Anything it cannot restore exactly (sockets other than in-process socketpairs, pipes shared with other processes and holding
-//! unread data, terminals other than stdio, shared memory shared with other processes,
-//! SysV/POSIX shm, mapped memfds or deleted files, inotify/pidfd, POSIX timers, seccomp, child
+//! Anything it cannot restore exactly (sockets other than in-process socketpairs, pipes
+//! shared with other processes and holding unread data, terminals other than stdio, shared
+//! memory shared with other processes, SysV/POSIX shm, mapped memfds or deleted files, inotify/pidfd, POSIX timers, seccomp, child
 //! processes, userfaultfd/sealed/device mappings, a parent-death signal, a traced process,
 //! threads with credentials of their own) is refused before the process is touched; a refusal
 //! or failure leaves it running as it was. Every check fails closed: what cannot be read is
@@ -35,7 +35,8 @@
 //! shell) still refuses a multi-threaded process.
 //!
 //! Files that live inside the process are carried with their state: pipes with both ends in
-//! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations, timerfds, signalfds, memfds and deleted files.
+//! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations,
+//! timerfds, signalfds, memfds and deleted files.
 //!
 //! Carried beyond the registers and memory: each mapping's protections, grows-down flag,
 //! madvise state, mlock, MAP_NORESERVE, commit charge and maximum protection (smaps'

@@ -26,9 +26,9 @@ pub enum Cmd {
     /// a system call (futex wait, sleep, read) makes that call again.
     /// Files inside the process: a pipe whose both ends it holds and no other process does
     /// (with the bytes waiting in it and its size), a connected AF_UNIX stream socketpair whose
-    /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll instances (their
-    /// registrations; an edge-triggered event already reported may be reported once more),
-    /// timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
+    /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll
+    /// instances (their registrations; an edge-triggered event already reported may be
+    /// reported once more), timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
     /// and deleted files (contents, up to 64 MiB each; made again under the same name and
     /// deleted at once).
     ///
