@@ -68,7 +68,15 @@ fn main() {
     }
     for _ in 0..7 {
         for r in res.iter_mut() {
-            let mut child = Command::new(&bin)
+            let mut cmd = Command::new(&bin);
+            // SAFETY: close_range is async-signal-safe; drop fds inherited from whoever runs us.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+                    libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                    Ok(())
+                });
+            }
+            let mut child = cmd
                 .arg(mib.to_string())
                 .arg(r.0.to_string())
                 .stdin(Stdio::null())
