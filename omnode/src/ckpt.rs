@@ -106,6 +106,9 @@ pub struct ImageArgs {
     pub image: PathBuf,
 }
 
+#[path = "ckpt_tty.rs"]
+mod tty;
+
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("omnode: {msg}");
     ExitCode::FAILURE
@@ -256,7 +259,16 @@ fn thaw(a: ThawArgs) -> ExitCode {
             "{path}: --print-pid would write the PID into the thawed program's own stdout (it is this command's stdout); name a file for it with --stdout FILE"
         ));
     }
-    let t = match thaw_phases(reader, &opts) {
+    // job control only when thaw waits in the foreground of a terminal (a shell's foreground job)
+    let term = if a.wait {
+        tty::Terminal::of_stdin()
+    } else {
+        None
+    };
+    let mut fg: Option<i32> = None;
+    let t = match thaw_phases(reader, &opts, |pid| {
+        fg = term.as_ref().and_then(|t| t.hand_to(pid));
+    }) {
         Ok(t) => t,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
@@ -276,6 +288,24 @@ fn thaw(a: ThawArgs) -> ExitCode {
     loop {
         // SAFETY: waiting for our own child.
         let r = unsafe { libc_waitpid(t.pid, &mut st) };
+        if r == t.pid && st & 0xff == 0x7f {
+            // stopped (Ctrl-Z, SIGSTOP): as a shell would, say so and give the shell control
+            let sig = (st >> 8) & 0xff;
+            match (&term, fg) {
+                (Some(term), Some(pgrp)) => {
+                    eprintln!(
+                        "\nomnode: process {} stopped by signal {sig}; `fg` continues it",
+                        t.pid
+                    );
+                    term.stop_with(pgrp);
+                }
+                _ => eprintln!(
+                    "omnode: process {} stopped by signal {sig}; `kill -CONT {}` continues it",
+                    t.pid, t.pid
+                ),
+            }
+            continue;
+        }
         if r == t.pid {
             break;
         }
@@ -296,14 +326,18 @@ const fn libc_o_accmode() -> u32 {
 }
 
 /// [`migrate::thaw`], from an image whose process section was already read.
+/// `before_run` gets the new PID once the process has its group and session and before it
+/// runs (the moment to hand it the terminal).
 fn thaw_phases<R: std::io::Read>(
     mut reader: migrate::ImageReader<R>,
     opts: &migrate::ThawOptions,
+    before_run: impl FnOnce(i32),
 ) -> migrate::Result<migrate::Thawed> {
     let mut t = migrate::Thawing::skeleton(&reader, opts)?;
     t.pages(&mut reader)?;
     t.attributes()?;
     t.fds()?;
+    before_run(t.pid());
     t.run()
 }
 
@@ -313,7 +347,9 @@ unsafe extern "C" {
 }
 unsafe fn libc_waitpid(pid: i32, st: &mut i32) -> i32 {
     // SAFETY: plain waitpid on our child.
-    unsafe { libc_waitpid_raw(pid, st, 0) }
+    unsafe {
+        libc_waitpid_raw(pid, st, 2 /* WUNTRACED */)
+    }
 }
 
 fn image(a: ImageArgs) -> ExitCode {
