@@ -104,6 +104,22 @@ impl Tmux {
     fn wait_for(&self, pane: &str, text: &str) -> String {
         self.wait_line(pane, text, |l| l.contains(text.trim_end()))
     }
+    /// Polls until the pane's shell is back in its own foreground (the job ended).
+    fn wait_idle(&self, pane: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while self
+            .tmux(&["list-panes", "-t", pane, "-F", "#{pane_current_command}"])
+            .trim()
+            != "bash"
+        {
+            assert!(
+                Instant::now() < end,
+                "pane {pane}: the job never ended:\n{}",
+                self.screen(pane)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
     fn pane_pid(&self, pane: &str) -> i32 {
         self.tmux(&["list-panes", "-t", pane, "-F", "#{pane_pid}"])
             .trim()
@@ -142,7 +158,7 @@ fn omnode() -> &'static str {
 }
 
 #[test]
-fn python_repl_thawed_on_a_terminal_reads_lines_and_takes_ctrl_c() {
+fn python_repl_thawed_on_a_terminal_reads_lines_takes_ctrl_c_and_ctrl_z() {
     if !ready() {
         return;
     }
@@ -164,23 +180,32 @@ fn python_repl_thawed_on_a_terminal_reads_lines_and_takes_ctrl_c() {
     );
 
     t.shell("b");
-    let cmd = format!("{} thaw --wait {}; echo THAWRC=$?", omnode(), img.display());
+    let cmd = format!("{} thaw --wait {}", omnode(), img.display());
     t.keys("b", &[&cmd, "Enter"]);
     t.wait_for("b", "omnode: thawed process");
     // a line typed on the new terminal reaches the REPL: the product is computed, not echoed
     t.keys("b", &["print(6*7)", "Enter"]);
     t.wait_line("b", "42", |l| l.trim() == "42");
-    // Ctrl-C reaches the program (its own group has the foreground), not thaw
+    // Ctrl-C reaches the program (its own group has the foreground), not thaw: the REPL
+    // still computes (were thaw gone, bash would get the line and print no 48)
     t.keys("b", &["C-c"]);
     t.wait_for("b", "KeyboardInterrupt");
     t.keys("b", &["print(6*8)", "Enter"]);
-    let s = t.wait_line("b", "48", |l| l.trim() == "48");
-    assert!(
-        !s.lines().any(|l| l.starts_with("THAWRC=")),
-        "thaw ended on Ctrl-C:\n{s}"
-    );
+    t.wait_line("b", "48", |l| l.trim() == "48");
+    // Ctrl-Z stops the program; thaw says so and stops too, so the shell has a stopped job;
+    // `fg` continues thaw, which gives the terminal back to the REPL and continues it
+    t.keys("b", &["C-z"]);
+    t.wait_for("b", "stopped by signal 20; `fg` continues it");
+    t.wait_line("b", "bash's Stopped job", |l| {
+        l.contains("Stopped") && l.contains("thaw")
+    });
+    t.keys("b", &["fg", "Enter"]);
+    t.keys("b", &["print(6*6)", "Enter"]);
+    t.wait_line("b", "36", |l| l.trim() == "36");
     // the REPL's exit status becomes thaw's
     t.keys("b", &["exit(3)", "Enter"]);
+    t.wait_idle("b");
+    t.keys("b", &["echo THAWRC=$?", "Enter"]);
     t.wait_line("b", "THAWRC=3", |l| l.trim_end() == "THAWRC=3");
     // and the shell has its terminal back: a command runs and prints
     t.keys("b", &["echo $((6*9))", "Enter"]);
