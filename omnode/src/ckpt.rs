@@ -74,6 +74,9 @@ pub struct ThawArgs {
     /// Image file written by `omnode freeze`.
     pub image: PathBuf,
     /// Stay until the thawed process exits and return its exit status (128+N if killed by signal N).
+    /// Run from a shell on a terminal, the thawed process gets the terminal's foreground (when it
+    /// led its own process group; a frozen session leader gets a new session and no terminal):
+    /// Ctrl-C and Ctrl-Z reach the program, and when it stops, thaw stops too (`fg` continues both).
     #[arg(long)]
     pub wait: bool,
     /// Keep the original PID if it is free (waits up to 5 s for it to be reaped); else a new PID.
