@@ -26,7 +26,7 @@ fn ready() -> bool {
             .output()
             .is_ok_and(|o| o.status.success())
     };
-    if !have("tmux") || !Command::new("python3").arg("-V").output().is_ok() {
+    if !have("tmux") || Command::new("python3").arg("-V").output().is_err() {
         assert!(
             !ci,
             "terminal thaw tests need tmux and python3 and CI=true is set"
