@@ -1,6 +1,6 @@
 //! migrate: omnode's own checkpoint/restore engine for Linux processes (no CRIU).
 //!
-//! Owns: freezing a single-threaded x86_64 process into an *image* (ptrace, /proc,
+//! Owns: freezing an x86_64 process (all its threads) into an *image* (ptrace, /proc,
 //! process_vm_readv, injected system calls), thawing an image into a new process, the image
 //! format itself (versioned, checksummed sections; see [`image`]), and the home shell (the
 //! original process parked and trimmed at home once its image has left; see [`HomeShell`]).
@@ -23,15 +23,23 @@
 //! [`std::io::Write`] as one stream and read back from any [`std::io::Read`] with no seeking, so
 //! the migrator can send it over any transport while the process is frozen.
 //!
-//! Anything it cannot restore exactly (threads, sockets, pipes inside the process or holding
-//! unread data, terminals other than stdio, shared memory shared with other processes,
-//! SysV/POSIX shm, memfd, deleted files, epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX
-//! timers, seccomp, child processes, userfaultfd/sealed/device mappings, a parent-death
-//! signal, a traced process) is refused before the process is touched; a refusal or failure
-//! leaves it running as it was. Every check fails closed: what cannot be read is refused.
-//! [`freeze`] never ends a process its caller could not thaw ([`can_thaw_here`]). A pipe or
-//! FIFO whose other end lies outside the process is carried as external
+//! Anything it cannot restore exactly (sockets other than in-process socketpairs, pipes
+//! shared with other processes and holding unread data, terminals other than stdio, shared
+//! memory shared with other processes, SysV/POSIX shm, mapped memfds or deleted files, inotify/pidfd, POSIX timers, seccomp, child
+//! processes, userfaultfd/sealed/device mappings, a parent-death signal, a traced process,
+//! threads with credentials of their own) is refused before the process is touched; a refusal
+//! or failure leaves it running as it was. Every check fails closed: what cannot be read is
+//! refused. [`freeze`] never ends a process its caller could not thaw ([`can_thaw_here`]). A
+//! pipe or FIFO whose other end lies outside the process is carried as external
 //! ([`FdKind::External`]): thaw attaches what the caller names there.
+//!
+//! Threads: [`freeze`] seizes every thread and keeps each one's own state
+//! ([`ThreadImage`]); thaw makes them again by injected clone3. [`seize`] (migration, the home
+//! shell) still refuses a multi-threaded process.
+//!
+//! Files that live inside the process are carried with their state: pipes with both ends in
+//! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations,
+//! timerfds, signalfds, memfds and deleted files.
 //!
 //! Carried beyond the registers and memory: each mapping's protections, grows-down flag,
 //! madvise state, mlock, MAP_NORESERVE, commit charge and maximum protection (smaps'
@@ -56,7 +64,7 @@ pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, StreamPlan,
     Streamed, can_thaw_here, freeze, seize, seize_guest,
 };
-pub use image::{Fd, FdKind, ProcessImage, Vma, VmaKind};
+pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
 pub use thaw::{ImageReader, ThawOptions, Thawed, Thawing, thaw};

@@ -21,14 +21,26 @@ pub enum Cmd {
     /// to thaw's); signal handlers, mask, pending signals, alternate stack; interval timers;
     /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
+    /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
+    /// signals, rseq, robust list, clear_child_tid, sigaltstack and name; a thread blocked in
+    /// a system call (futex wait, sleep, read) makes that call again.
+    /// Files inside the process: a pipe whose both ends it holds and no other process does
+    /// (with the bytes waiting in it and its size), a connected AF_UNIX stream socketpair whose
+    /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll
+    /// instances (their registrations; an edge-triggered event already reported may be
+    /// reported once more), timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
+    /// and deleted files (contents, up to 64 MiB each; made again under the same name and
+    /// deleted at once).
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
-    /// not restore it exactly: threads, child processes, sockets, terminals beyond fds 0-2, a
-    /// pipe or FIFO the process holds twice (both ends) or with unread data in it,
-    /// epoll/eventfd/timerfd/signalfd/inotify/pidfd, POSIX timers, SysV and POSIX
-    /// shared memory, memfd, deleted files, shared memory also mapped by another process,
-    /// userfaultfd, sealed or device mappings, seccomp filters, a parent-death signal, a
-    /// process already traced. Every check fails closed: what cannot be read is refused.
+    /// not restore it exactly: threads whose credentials differ from the main thread's, child
+    /// processes, other sockets, terminals beyond fds 0-2, a pipe or FIFO shared with another
+    /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
+    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
+    /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
+    /// process, userfaultfd, sealed or device mappings, seccomp filters, a parent-death
+    /// signal, a process already traced. Every check fails closed: what cannot be read is
+    /// refused. `omnode migrate` (moving to another node) still refuses threads.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A user who could not thaw the image (non-root) cannot end the process: use
@@ -62,6 +74,9 @@ pub struct ThawArgs {
     /// Image file written by `omnode freeze`.
     pub image: PathBuf,
     /// Stay until the thawed process exits and return its exit status (128+N if killed by signal N).
+    /// Run from a shell on a terminal, the thawed process gets the terminal's foreground (when it
+    /// led its own process group; a frozen session leader gets a new session and no terminal):
+    /// Ctrl-C and Ctrl-Z reach the program, and when it stops, thaw stops too (`fg` continues both).
     #[arg(long)]
     pub wait: bool,
     /// Keep the original PID if it is free (waits up to 5 s for it to be reaped); else a new PID.
@@ -93,6 +108,9 @@ pub struct ImageArgs {
     /// Image file to describe.
     pub image: PathBuf,
 }
+
+#[path = "ckpt_tty.rs"]
+mod tty;
 
 fn fail(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("omnode: {msg}");
@@ -244,7 +262,16 @@ fn thaw(a: ThawArgs) -> ExitCode {
             "{path}: --print-pid would write the PID into the thawed program's own stdout (it is this command's stdout); name a file for it with --stdout FILE"
         ));
     }
-    let t = match thaw_phases(reader, &opts) {
+    // job control only when thaw waits in the foreground of a terminal (a shell's foreground job)
+    let term = if a.wait {
+        tty::Terminal::of_stdin()
+    } else {
+        None
+    };
+    let mut fg: Option<i32> = None;
+    let t = match thaw_phases(reader, &opts, |pid| {
+        fg = term.as_ref().and_then(|t| t.hand_to(pid));
+    }) {
         Ok(t) => t,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
@@ -264,6 +291,24 @@ fn thaw(a: ThawArgs) -> ExitCode {
     loop {
         // SAFETY: waiting for our own child.
         let r = unsafe { libc_waitpid(t.pid, &mut st) };
+        if r == t.pid && st & 0xff == 0x7f {
+            // stopped (Ctrl-Z, SIGSTOP): as a shell would, say so and give the shell control
+            let sig = (st >> 8) & 0xff;
+            match (&term, fg) {
+                (Some(term), Some(pgrp)) => {
+                    eprintln!(
+                        "\nomnode: process {} stopped by signal {sig}; `fg` continues it",
+                        t.pid
+                    );
+                    term.stop_with(pgrp);
+                }
+                _ => eprintln!(
+                    "omnode: process {} stopped by signal {sig}; `kill -CONT {}` continues it",
+                    t.pid, t.pid
+                ),
+            }
+            continue;
+        }
         if r == t.pid {
             break;
         }
@@ -284,14 +329,18 @@ const fn libc_o_accmode() -> u32 {
 }
 
 /// [`migrate::thaw`], from an image whose process section was already read.
+/// `before_run` gets the new PID once the process has its group and session and before it
+/// runs (the moment to hand it the terminal).
 fn thaw_phases<R: std::io::Read>(
     mut reader: migrate::ImageReader<R>,
     opts: &migrate::ThawOptions,
+    before_run: impl FnOnce(i32),
 ) -> migrate::Result<migrate::Thawed> {
     let mut t = migrate::Thawing::skeleton(&reader, opts)?;
     t.pages(&mut reader)?;
     t.attributes()?;
     t.fds()?;
+    before_run(t.pid());
     t.run()
 }
 
@@ -301,7 +350,9 @@ unsafe extern "C" {
 }
 unsafe fn libc_waitpid(pid: i32, st: &mut i32) -> i32 {
     // SAFETY: plain waitpid on our child.
-    unsafe { libc_waitpid_raw(pid, st, 0) }
+    unsafe {
+        libc_waitpid_raw(pid, st, 2 /* WUNTRACED */)
+    }
 }
 
 fn image(a: ImageArgs) -> ExitCode {
@@ -360,6 +411,18 @@ fn image(a: ImageArgs) -> ExitCode {
             v.name
         );
     }
+    if !p.threads.is_empty() {
+        let _ = writeln!(
+            o,
+            "threads:  {} besides the main thread: {}",
+            p.threads.len(),
+            p.threads
+                .iter()
+                .map(|t| format!("{} {}", t.tid, t.comm))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let _ = writeln!(o, "fds:");
     for f in &p.fds {
         let d = match &f.kind {
@@ -374,6 +437,53 @@ fn image(a: ImageArgs) -> ExitCode {
                     f.fd
                 )
             }
+            migrate::FdKind::Pipe {
+                pipe,
+                write,
+                size,
+                data,
+                ..
+            } => format!(
+                "{} end of pipe:[{pipe}] inside the process ({size} bytes big, {} bytes waiting)",
+                if *write { "write" } else { "read" },
+                data.len()
+            ),
+            migrate::FdKind::EventFd {
+                count, semaphore, ..
+            } => format!(
+                "eventfd, count {count}{}",
+                if *semaphore { ", semaphore" } else { "" }
+            ),
+            migrate::FdKind::TimerFd {
+                clockid,
+                value,
+                interval,
+                ticks,
+                ..
+            } => format!(
+                "timerfd on clock {clockid}, {}.{:09} s left, every {}.{:09} s, {ticks} expirations unread",
+                value.0, value.1, interval.0, interval.1
+            ),
+            migrate::FdKind::SignalFd { mask, .. } => format!("signalfd for mask {mask:#x}"),
+            migrate::FdKind::SocketPair { pair, data, .. } => format!(
+                "one end of socketpair {pair} inside the process ({} bytes waiting)",
+                data.len()
+            ),
+            migrate::FdKind::Contents {
+                name, memfd, data, ..
+            } => format!(
+                "{} {name}, {} bytes carried in the image",
+                if *memfd { "memfd" } else { "deleted file" },
+                data.len()
+            ),
+            migrate::FdKind::Epoll { watches, .. } => format!(
+                "epoll watching fds {}",
+                watches
+                    .iter()
+                    .map(|w| format!("{} (events {:#x})", w.fd, w.events))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
     }

@@ -219,3 +219,72 @@ fn an_inherited_pipe_needs_a_name_at_thaw_and_gets_it_with_fd_n_null() {
     let l = std::fs::read_link(format!("/proc/{pid}/fd/100")).unwrap();
     assert_eq!(l, std::path::Path::new("/dev/null"));
 }
+
+/// `omnode freeze` of node.js (threads, epoll, eventfds, self-pipes), then `omnode image`
+/// lists its threads and in-process fds, and `omnode thaw` brings it back running with as many
+/// threads; `omnode freeze --help` says threads are carried.
+#[test]
+fn node_with_threads_and_its_event_loop_through_the_cli() {
+    if !root() {
+        return;
+    }
+    let help = omnode().args(["freeze", "--help"]).output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("Threads: every thread"), "{help}");
+    assert!(help.contains("epoll"), "{help}");
+    let mut c = Command::new("node");
+    c.args(["-e", "setInterval(() => {}, 20)"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe.
+    unsafe {
+        c.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    let Ok(child) = c.spawn() else {
+        eprintln!("SKIPPED: no node");
+        return;
+    };
+    let _orig = Reap(child.id() as i32);
+    let tasks = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let end = Instant::now() + Duration::from_secs(30);
+    while tasks(child.id() as i32) < 2 {
+        assert!(Instant::now() < end, "node never started its threads");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let n = tasks(child.id() as i32);
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("node.img");
+    freeze_into(child.id(), &img);
+    let o = omnode().arg("image").arg(&img).output().unwrap();
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("threads:  {} besides the main thread", n - 1)),
+        "{text}"
+    );
+    assert!(text.contains("epoll watching fds"), "{text}");
+    assert!(text.contains("eventfd, count"), "{text}");
+    let o = omnode()
+        .args(["thaw", "--print-pid", "--stdout", "/dev/null"])
+        .arg(&img)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let pid: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    let _thawed = Reap(pid);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(tasks(pid), n, "threads after the thaw");
+    let st = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let state = st.rsplit_once(')').unwrap().1.trim_start().chars().next();
+    assert!(matches!(state, Some('S' | 'R')), "thawed node is {st}");
+}

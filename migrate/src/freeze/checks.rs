@@ -8,7 +8,9 @@ use crate::sys::*;
 use libc::pid_t;
 
 /// Checks done before the process is touched (and again once it is stopped).
-pub(super) fn check_status(pid: pid_t, seized: bool, guest: bool) -> Result<String> {
+/// `multi`: several threads are fine (see [`super::threads`]); otherwise they are refused.
+/// `guest`: a seccomp filter is fine (the supervisor's, on a guest; see [`super::seize_guest`]).
+pub(super) fn check_status(pid: pid_t, seized: bool, multi: bool, guest: bool) -> Result<String> {
     let st = proc_read(pid, "status")?;
     // every check fails closed: a field that cannot be read or parsed refuses the freeze
     let field = |k: &str| {
@@ -25,10 +27,12 @@ pub(super) fn check_status(pid: pid_t, seized: bool, guest: bool) -> Result<Stri
             format!("cannot parse the thread count in /proc/{pid}/status"),
         )
     })?;
-    if threads > 1 {
+    if threads > 1 && !multi {
         return Err(unsup(
             pid,
-            format!("it has {threads} threads (threads are not supported yet)"),
+            format!(
+                "it has {threads} threads (`omnode freeze` carries threads; moving a multi-threaded process is not supported yet)"
+            ),
         ));
     }
     field("TracerPid")?;

@@ -15,7 +15,8 @@ const SAFE_CHARDEVS: &[&str] = &[
     "/dev/urandom",
 ];
 
-pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
+/// `with_data`: read the contents of files without a name (only once the process is stopped).
+pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
     use std::os::unix::fs::FileTypeExt;
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(ferr(pid, format!("listing {dir}")))?;
@@ -64,9 +65,28 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
             continue;
         }
         if let Some(k) = link.strip_prefix("anon_inode:") {
-            let what = match k.trim_matches(|c| c == '[' || c == ']') {
-                "eventpoll" => "an epoll instance".to_string(),
-                "eventfd" => "an eventfd".to_string(),
+            let k = k.trim_matches(|c| c == '[' || c == ']');
+            if k == "eventfd" {
+                let kind = super::inproc::eventfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            if k == "eventpoll" {
+                let kind = super::inproc::epoll(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            if k == "timerfd" {
+                let kind = super::inproc::timerfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            if k == "signalfd" {
+                let kind = super::inproc::signalfd(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            let what = match k {
                 "timerfd" => "a timerfd".to_string(),
                 "signalfd" => "a signalfd".to_string(),
                 "inotify" => "an inotify instance".to_string(),
@@ -74,6 +94,13 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 o => format!("an anonymous-inode file ({o})"),
             };
             return Err(refuse(&what));
+        }
+        if let Some(ino) = super::inproc::socket_ino(&link) {
+            if let Some(kind) = super::inproc::socketpair_end(pid, &dir, ino, flags)? {
+                fds.push(Fd { fd, kind });
+                continue;
+            }
+            return Err(refuse("a socket"));
         }
         if link.starts_with("socket:") {
             return Err(refuse("a socket"));
@@ -89,6 +116,23 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
                 });
                 continue;
             }
+            if let Some(ino) = super::inproc::pipe_ino(&link) {
+                if super::inproc::holds_both_ends(pid, &dir, &link)? {
+                    // a pipe inside the process: its data is read once the fd table is
+                    // complete (inproc::complete)
+                    fds.push(Fd {
+                        fd,
+                        kind: FdKind::Pipe {
+                            pipe: ino,
+                            write: flags & libc::O_ACCMODE as u32 == libc::O_WRONLY as u32,
+                            flags,
+                            size: 0,
+                            data: Vec::new(),
+                        },
+                    });
+                    continue;
+                }
+            }
             external_pipe(pid, fd, &link, flags, &dir)?;
             fds.push(Fd {
                 fd,
@@ -101,6 +145,10 @@ pub(super) fn collect_fds(pid: pid_t) -> Result<Vec<Fd>> {
         }
         if !link.starts_with('/') {
             return Err(refuse(&link));
+        }
+        if let Some(kind) = super::inproc::contents(pid, fd, &link, flags, pos, with_data)? {
+            fds.push(Fd { fd, kind });
+            continue;
         }
         if link.ends_with(" (deleted)") {
             return Err(refuse(&format!("a deleted file ({link})")));
@@ -224,7 +272,14 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     let ids: Vec<Option<(u64, u64)>> = fds
         .iter()
         .map(|f| match f.kind {
-            FdKind::Path { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+            FdKind::Path { .. }
+            | FdKind::Pipe { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::Epoll { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::Contents { .. }
+            | FdKind::SocketPair { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
                 .map(|m| Some((m.dev(), m.ino())))
                 .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
             _ => Ok(None),
@@ -254,10 +309,7 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
                 )(std::io::Error::last_os_error()));
             }
             if r == 0 {
-                let cloexec = match fds[j].kind {
-                    FdKind::Path { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
-                    _ => false,
-                };
+                let cloexec = fds[j].kind.cloexec();
                 fds[j].kind = FdKind::SharedWith {
                     fd: fds[i].fd,
                     cloexec,
@@ -265,6 +317,37 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
                 break;
             }
         }
+    }
+    Ok(())
+}
+
+/// Moving a process to another node (the [`super::seize`] path: migration, the home shell)
+/// keeps its fds at home and forwards calls on them; files that live inside the process
+/// (carried by `omnode freeze`) would behave differently there, so they are still refused.
+pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
+    for f in fds {
+        let what = match &f.kind {
+            FdKind::Pipe { pipe, .. } => {
+                format!("one end of pipe:[{pipe}], whose both ends it holds")
+            }
+            FdKind::EventFd { .. } => "an eventfd".into(),
+            FdKind::Epoll { .. } => "an epoll instance".into(),
+            FdKind::TimerFd { .. } => "a timerfd".into(),
+            FdKind::SignalFd { .. } => "a signalfd".into(),
+            FdKind::Contents {
+                memfd: true, name, ..
+            } => format!("memfd {name}"),
+            FdKind::Contents { name, .. } => format!("a deleted file ({name})"),
+            FdKind::SocketPair { .. } => "one end of a socketpair whose both ends it holds".into(),
+            _ => continue,
+        };
+        return Err(unsup(
+            pid,
+            format!(
+                "fd {} is {what} (moving it to another node is not supported yet; `omnode freeze` carries it)",
+                f.fd
+            ),
+        ));
     }
     Ok(())
 }

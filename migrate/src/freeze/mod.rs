@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 mod checks;
 mod fds;
+mod inproc;
 mod memory;
 mod seized;
 mod state;
 mod stream;
+mod threads;
 
 pub use stream::StreamPlan;
 
@@ -130,7 +132,7 @@ pub struct Seized {
 /// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
 /// process is touched.
 pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, false)
+    seize_with(pid, timeout, false, false)
 }
 
 /// [`seize`] for a guest: a process this node rebuilt (thawed) and supervises under its own
@@ -140,25 +142,31 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
 /// the image is thawed (the registers are those of the call about to be made), never answered
 /// here.
 pub fn seize_guest(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, true)
+    seize_with(pid, timeout, false, true)
 }
 
-fn seize_with(pid: i32, timeout: Duration, guest: bool) -> Result<Seized> {
+/// `multi`, for [`freeze`] and thaw only: lets it have several threads (all seized, each one's
+/// state in the image). Migration and the home shell stay single-threaded: the remote
+/// supervisor and the parked shell know one thread only. `guest`: see [`seize_guest`].
+fn seize_with(pid: i32, timeout: Duration, multi: bool, guest: bool) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
     }
     // --- checks before touching anything
-    check_status(pid, false, guest)?;
+    check_status(pid, false, multi, guest)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
-    collect_fds(pid)?;
+    let fds = collect_fds(pid, false)?;
+    if !multi {
+        fds::refuse_for_migration(pid, &fds)?;
+    }
 
     // fails closed: a stopped process must come back stopped
     let was_stopped = status_field(&proc_read(pid, "status")?, "State")
         .ok_or_else(|| unsup(pid, format!("/proc/{pid}/status has no State line")))?
         .starts_with('T');
     let tracer = Tracer::spawn(format!("omnode-trace-{pid}"))?;
-    let stop_start = tracer.call(move |slot| stop(slot, pid, timeout))??;
+    let stop_start = tracer.call(move |slot| stop(slot, pid, timeout, multi))??;
     Ok(Seized {
         pid,
         tracer,
@@ -172,8 +180,13 @@ fn seize_with(pid: i32, timeout: Duration, guest: bool) -> Result<Seized> {
 }
 
 /// On the tracer thread: seize and interrupt, wait for the stop (bounded).
-fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
-    if let Err(e) = ptrace_req(Req::Seize, pid, libc::PTRACE_O_TRACESYSGOOD as usize) {
+fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration, multi: bool) -> Result<Instant> {
+    let opts = if multi {
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE
+    } else {
+        libc::PTRACE_O_TRACESYSGOOD
+    };
+    if let Err(e) = ptrace_req(Req::Seize, pid, opts as usize) {
         return Err(match e.raw_os_error() {
             Some(libc::ESRCH) => Error::NoProcess { pid },
             Some(libc::EPERM) => unsup(
@@ -191,6 +204,8 @@ fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
         stashed: Vec::new(),
         active: true,
         queued: Vec::new(),
+        multi,
+        threads: Vec::new(),
         _not_send: std::marker::PhantomData,
     });
     let g = slot.get::<Held>().expect("just set");
@@ -215,10 +230,16 @@ fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration) -> Result<Instant> {
             if st >> 16 == libc::PTRACE_EVENT_STOP {
                 break;
             }
-            let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
-            g.stashed.push(info);
+            if st >> 16 == 0 {
+                let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
+                g.stashed.push(info);
+            }
+            // a kept signal, or an event (a clone in progress): on to the interrupt stop
             ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
         }
+    }
+    if multi {
+        threads::stop_threads(g, pid, deadline)?;
     }
     Ok(stop_start)
 }
@@ -345,7 +366,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         // a freeze never ends a process its caller cannot thaw: checked before touching it
         can_thaw_here().map_err(|reason| unsup(pid, reason))?;
     }
-    let mut s = seize(pid, DEFAULT_STOP_TIMEOUT)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
     let stop_start = s.stop_start;
@@ -373,10 +394,15 @@ fn collect(
     guest: bool,
 ) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
-    let status = check_status(pid, true, guest)?;
+    let status = check_status(pid, true, g.multi, guest)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
-    let mut fds = collect_fds(pid)?;
+    let mut fds = collect_fds(pid, true)?;
     find_shared(pid, &mut fds)?;
+    if !g.multi {
+        fds::refuse_for_migration(pid, &fds)?;
+    }
+    inproc::check_contents_unique(pid, &fds)?;
+    inproc::complete(pid, &mut fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
     let xstate = get_xstate(pid).map_err(ferr(pid, "reading the xsave area"))?;
@@ -572,6 +598,10 @@ fn collect(
         let prctls = (r[6] as u64, int(2700) != 0, int(2704));
         Ok((r[0] as u64, acts, alt, w(2080), itimers, prctls))
     })();
+    let threads = match &res {
+        Ok(_) => threads::collect_threads(g, pid, &status, gadget, scratch),
+        Err(_) => Ok(Vec::new()),
+    };
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
         .map_err(inj)
@@ -584,6 +614,7 @@ fn collect(
         });
     let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
         res?;
+    let threads = threads?;
     unmap?;
     if pdeathsig != 0 {
         // thaw's tracer thread is the new parent, and its end would deliver the signal
@@ -660,6 +691,7 @@ fn collect(
         thp_disable,
         child_subreaper,
         oom_score_adj,
+        threads,
     };
 
     Ok(img)
@@ -722,7 +754,7 @@ mod tests {
         let tracer = Tracer::spawn("omnode-test-stuck".into()).unwrap();
         let t0 = Instant::now();
         let r = tracer
-            .call(move |slot| stop(slot, pid, Duration::from_millis(200)))
+            .call(move |slot| stop(slot, pid, Duration::from_millis(200), false))
             .unwrap();
         let e = r.expect_err("a D-state process cannot stop");
         assert!(matches!(e, Error::Stuck { .. }), "{e}");

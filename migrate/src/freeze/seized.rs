@@ -15,6 +15,10 @@ pub(crate) struct Held {
     pub(crate) active: bool,
     /// Signals that were queued in the process when its image was taken (they are in the image).
     pub(crate) queued: Vec<i32>,
+    /// May it have more than one thread (`freeze`), or not (`seize`: migration, home shell)?
+    pub(crate) multi: bool,
+    /// Its other threads, seized and stopped (see [`super::threads`]).
+    pub(crate) threads: Vec<super::threads::HeldThread>,
     pub(crate) _not_send: crate::tracer::NotSend,
 }
 
@@ -24,6 +28,9 @@ impl Held {
             return;
         }
         self.active = false;
+        for t in self.threads.iter_mut() {
+            t.release(self.pid);
+        }
         if let Some(mut r) = self.orig_regs.take() {
             restart_fixup(&mut r, false);
             let _ = setregs(self.pid, &r);
@@ -50,6 +57,19 @@ impl Held {
             == Some(unsafe { libc::getpid() });
         // SAFETY: plain kill; we are the tracer, so collect the exit notification.
         unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        // every traced thread reports its death to us and stays until reaped; the main
+        // thread reports only once the others are gone
+        for t in &self.threads {
+            loop {
+                match wait(t.tid) {
+                    Ok(st) if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) => break,
+                    Ok(_) => {
+                        let _ = ptrace_req(Req::Cont, t.tid, 0);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
         if parent {
             // SAFETY: waitid with a zeroed siginfo out-parameter.
             unsafe {

@@ -224,6 +224,90 @@ impl ProcessImage {
                     e.str(what);
                     e.u32(*flags)
                 }
+                FdKind::Pipe {
+                    pipe,
+                    write,
+                    flags,
+                    size,
+                    data,
+                } => {
+                    e.u8(4);
+                    e.u64(*pipe);
+                    e.u8(*write as u8);
+                    e.u32(*flags);
+                    e.u32(*size);
+                    e.bytes(data)
+                }
+                FdKind::EventFd {
+                    count,
+                    semaphore,
+                    flags,
+                } => {
+                    e.u8(5);
+                    e.u64(*count);
+                    e.u8(*semaphore as u8);
+                    e.u32(*flags)
+                }
+                FdKind::TimerFd {
+                    clockid,
+                    flags,
+                    ticks,
+                    value,
+                    interval,
+                } => {
+                    e.u8(7);
+                    e.u32(*clockid as u32);
+                    e.u32(*flags);
+                    e.u64(*ticks);
+                    for v in [value.0, value.1, interval.0, interval.1] {
+                        e.u64(v)
+                    }
+                }
+                FdKind::SignalFd { mask, flags } => {
+                    e.u8(8);
+                    e.u64(*mask);
+                    e.u32(*flags)
+                }
+                FdKind::Contents {
+                    name,
+                    memfd,
+                    flags,
+                    pos,
+                    mode,
+                    seals,
+                    data,
+                } => {
+                    e.u8(9);
+                    e.str(name);
+                    e.u8(*memfd as u8);
+                    e.u32(*flags);
+                    e.u64(*pos);
+                    e.u32(*mode);
+                    e.u32(*seals);
+                    e.bytes(data)
+                }
+                FdKind::SocketPair {
+                    pair,
+                    first,
+                    flags,
+                    data,
+                } => {
+                    e.u8(10);
+                    e.u64(*pair);
+                    e.u8(*first as u8);
+                    e.u32(*flags);
+                    e.bytes(data)
+                }
+                FdKind::Epoll { flags, watches } => {
+                    e.u8(6);
+                    e.u32(*flags);
+                    e.u64(watches.len() as u64);
+                    for w in watches {
+                        e.u32(w.fd as u32);
+                        e.u32(w.events);
+                        e.u64(w.data)
+                    }
+                }
             }
         }
         // appended after the first version of this section; a section without them decodes
@@ -234,6 +318,40 @@ impl ProcessImage {
         e.u64(self.thp_disable);
         e.u8(self.child_subreaper as u8);
         e.u32(self.oom_score_adj as u32);
+        // appended later still: the other threads (absent: a single-threaded process). An
+        // older reader refuses an image with them ("trailing bytes"): it could not thaw it.
+        if !self.threads.is_empty() {
+            e.u64(self.threads.len() as u64);
+            for t in &self.threads {
+                e.u32(t.tid as u32);
+                e.str(&t.comm);
+                e.u64(t.regs.len() as u64);
+                for r in &t.regs {
+                    e.u64(*r)
+                }
+                e.bytes(&t.xstate);
+                e.u64(t.sigmask);
+                match t.rseq {
+                    Some((p, l, s)) => {
+                        e.u8(1);
+                        e.u64(p);
+                        e.u32(l);
+                        e.u32(s)
+                    }
+                    None => e.u8(0),
+                }
+                e.u64(t.altstack.0);
+                e.u32(t.altstack.1);
+                e.u64(t.altstack.2);
+                e.u64(t.clear_child_tid);
+                e.u64(t.robust_list.0);
+                e.u64(t.robust_list.1);
+                e.u64(t.pending.len() as u64);
+                for p in &t.pending {
+                    e.bytes(p)
+                }
+            }
+        }
         e.0
     }
 
@@ -399,6 +517,61 @@ impl ProcessImage {
                     what: d.str()?,
                     flags: d.u32()?,
                 },
+                4 => FdKind::Pipe {
+                    pipe: d.u64()?,
+                    write: d.u8()? != 0,
+                    flags: d.u32()?,
+                    size: d.u32()?,
+                    data: d.bytes()?,
+                },
+                5 => FdKind::EventFd {
+                    count: d.u64()?,
+                    semaphore: d.u8()? != 0,
+                    flags: d.u32()?,
+                },
+                6 => {
+                    let flags = d.u32()?;
+                    let n = d.len(1 << 20)?;
+                    let mut watches = Vec::with_capacity(n.min(1024));
+                    for _ in 0..n {
+                        let w = EpollWatch {
+                            fd: d.u32()? as i32,
+                            events: d.u32()?,
+                            data: d.u64()?,
+                        };
+                        if w.fd < 0 {
+                            return Err(corrupt("epoll watch fd"));
+                        }
+                        watches.push(w)
+                    }
+                    FdKind::Epoll { flags, watches }
+                }
+                7 => FdKind::TimerFd {
+                    clockid: d.u32()? as i32,
+                    flags: d.u32()?,
+                    ticks: d.u64()?,
+                    value: (d.u64()?, d.u64()?),
+                    interval: (d.u64()?, d.u64()?),
+                },
+                8 => FdKind::SignalFd {
+                    mask: d.u64()?,
+                    flags: d.u32()?,
+                },
+                9 => FdKind::Contents {
+                    name: d.str()?,
+                    memfd: d.u8()? != 0,
+                    flags: d.u32()?,
+                    pos: d.u64()?,
+                    mode: d.u32()?,
+                    seals: d.u32()?,
+                    data: d.bytes()?,
+                },
+                10 => FdKind::SocketPair {
+                    pair: d.u64()?,
+                    first: d.u8()? != 0,
+                    flags: d.u32()?,
+                    data: d.bytes()?,
+                },
                 _ => return Err(corrupt("fd kind")),
             };
             if fd < 0 {
@@ -419,6 +592,48 @@ impl ProcessImage {
             p.oom_score_adj = d.u32()? as i32;
             if !(-1000..=1000).contains(&p.oom_score_adj) {
                 return Err(corrupt("oom_score_adj"));
+            }
+        }
+        if !d.done() {
+            let n = d.len(1 << 16)?;
+            if n == 0 {
+                return Err(corrupt("thread count"));
+            }
+            for _ in 0..n {
+                let mut t = ThreadImage {
+                    tid: d.u32()? as i32,
+                    comm: d.str()?,
+                    ..Default::default()
+                };
+                if t.tid <= 0 || t.tid == p.pid || p.threads.last().is_some_and(|l| l.tid >= t.tid)
+                {
+                    return Err(corrupt("thread id"));
+                }
+                if d.len(64)? != 27 {
+                    return Err(corrupt("thread register count"));
+                }
+                for _ in 0..27 {
+                    t.regs.push(d.u64()?)
+                }
+                t.xstate = d.bytes()?;
+                t.sigmask = d.u64()?;
+                t.rseq = match d.u8()? {
+                    0 => None,
+                    1 => Some((d.u64()?, d.u32()?, d.u32()?)),
+                    _ => return Err(corrupt("thread rseq")),
+                };
+                t.altstack = (d.u64()?, d.u32()?, d.u64()?);
+                t.clear_child_tid = d.u64()?;
+                t.robust_list = (d.u64()?, d.u64()?);
+                let m = d.len(100_000)?;
+                for _ in 0..m {
+                    let info = d.bytes()?;
+                    if info.len() != 128 {
+                        return Err(corrupt("thread siginfo"));
+                    }
+                    t.pending.push(info)
+                }
+                p.threads.push(t)
             }
         }
         if !d.done() {
@@ -517,5 +732,50 @@ mod tests {
             ),
             (0, 0, false, 0)
         );
+    }
+
+    #[test]
+    fn thread_records_round_trip_and_single_threaded_images_stay_as_before() {
+        let single = ProcessImage {
+            pid: 10,
+            regs: vec![0; 27],
+            ..Default::default()
+        };
+        let sb = single.encode();
+        let t = |tid: i32| ThreadImage {
+            tid,
+            comm: format!("worker {tid}"),
+            regs: (100..127).collect(),
+            xstate: vec![tid as u8; 832],
+            sigmask: 1 << 9,
+            rseq: Some((0x7f00_0000_1920, 32, 0x5305_3053)),
+            altstack: (0x7000, 0, 8192),
+            clear_child_tid: 0x7f00_0000_12d0,
+            robust_list: (0x7f00_0000_12e0, 24),
+            pending: vec![vec![tid as u8; 128]],
+        };
+        let multi = ProcessImage {
+            threads: vec![t(11), t(12)],
+            ..single.clone()
+        };
+        let mb = multi.encode();
+        // no thread records: byte for byte what a single-threaded image always was
+        assert!(mb.starts_with(&sb) && mb.len() > sb.len());
+        let q = ProcessImage::decode(&mb).unwrap();
+        assert_eq!(q.threads, multi.threads);
+        assert!(ProcessImage::decode(&sb).unwrap().threads.is_empty());
+        // every cut inside the thread records is an error, never a panic
+        for n in sb.len() + 1..mb.len() {
+            assert!(ProcessImage::decode(&mb[..n]).is_err(), "cut at {n}");
+        }
+        // thread ids must be ascending, positive and not the main thread's
+        for bad in [vec![t(12), t(11)], vec![t(10)], vec![t(-1)]] {
+            let b = ProcessImage {
+                threads: bad,
+                ..single.clone()
+            }
+            .encode();
+            assert!(ProcessImage::decode(&b).is_err());
+        }
     }
 }

@@ -121,6 +121,93 @@ pub enum FdKind {
         /// Its file status flags (O_ACCMODE, O_NONBLOCK, O_CLOEXEC ...).
         flags: u32,
     },
+    /// One end of a pipe whose both ends the process holds and no other process does (the
+    /// self-pipe of an event loop): made again with pipe2, its unread data written back.
+    Pipe {
+        /// The pipe's inode: the fds of one pipe share it.
+        pipe: u64,
+        write: bool,
+        flags: u32,
+        /// F_GETPIPE_SZ.
+        size: u32,
+        /// The bytes waiting in it (on the first read-end fd only).
+        data: Vec<u8>,
+    },
+    /// An eventfd with its counter.
+    EventFd {
+        count: u64,
+        semaphore: bool,
+        flags: u32,
+    },
+    /// An epoll instance with its registrations (made again once every other fd is there).
+    Epoll {
+        flags: u32,
+        watches: Vec<EpollWatch>,
+    },
+    /// A timerfd: its clock, the time left and the interval (as /proc shows them), and the
+    /// expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        flags: u32,
+        ticks: u64,
+        /// (seconds, nanoseconds) left until it next expires; zero: disarmed.
+        value: (u64, u64),
+        interval: (u64, u64),
+    },
+    /// A signalfd with its signal mask.
+    SignalFd { mask: u64, flags: u32 },
+    /// A file that no longer has a name: a memfd, or a deleted file; its contents travel in
+    /// the image, and thaw makes it again (a memfd of the same name and seals; a file of the
+    /// same name in the same directory, deleted again at once).
+    Contents {
+        /// The memfd's name (after `memfd:`), or the deleted file's path.
+        name: String,
+        memfd: bool,
+        flags: u32,
+        pos: u64,
+        /// The file mode (permission bits).
+        mode: u32,
+        /// F_GET_SEALS of a memfd.
+        seals: u32,
+        data: Vec<u8>,
+    },
+    /// One end of a connected AF_UNIX stream socketpair whose both ends the process holds and
+    /// no other process does, with the bytes waiting to be read on this end.
+    SocketPair {
+        /// The lower of the two socket inodes: the ends of one pair share it.
+        pair: u64,
+        /// This end has the lower inode.
+        first: bool,
+        flags: u32,
+        data: Vec<u8>,
+    },
+}
+
+/// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpollWatch {
+    pub fd: i32,
+    /// EPOLLIN ... with EPOLLET/EPOLLONESHOT/EPOLLWAKEUP/EPOLLEXCLUSIVE.
+    pub events: u32,
+    pub data: u64,
+}
+
+impl FdKind {
+    /// O_CLOEXEC of the fd (kinds that keep their file status flags).
+    pub fn cloexec(&self) -> bool {
+        match self {
+            FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
+            FdKind::Path { flags, .. }
+            | FdKind::External { flags, .. }
+            | FdKind::Pipe { flags, .. }
+            | FdKind::EventFd { flags, .. }
+            | FdKind::Epoll { flags, .. }
+            | FdKind::TimerFd { flags, .. }
+            | FdKind::SignalFd { flags, .. }
+            | FdKind::Contents { flags, .. }
+            | FdKind::SocketPair { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -230,4 +317,28 @@ pub struct ProcessImage {
     pub child_subreaper: bool,
     /// /proc/PID/oom_score_adj.
     pub oom_score_adj: i32,
+    /// Every thread but the main one (whose state is in the fields above), in TID order.
+    pub threads: Vec<ThreadImage>,
+}
+
+/// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs
+/// base, FPU/xsave state, signal mask and private pending signals, rseq, sigaltstack,
+/// clear_child_tid, robust list, name). Credentials, no_new_privs and seccomp are per thread
+/// too; freeze refuses threads whose ones differ from the main thread's.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub comm: String,
+    /// `user_regs_struct` as 27 u64, syscall restart already applied.
+    pub regs: Vec<u64>,
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    /// (pointer, length, signature)
+    pub rseq: Option<(u64, u32, u32)>,
+    /// (ss_sp, ss_flags, ss_size)
+    pub altstack: (u64, u32, u64),
+    pub clear_child_tid: u64,
+    pub robust_list: (u64, u64),
+    /// Signals queued for this thread alone (raw 128-byte siginfos).
+    pub pending: Vec<Vec<u8>>,
 }

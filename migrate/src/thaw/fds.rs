@@ -16,6 +16,7 @@ pub(super) fn restore_fds(
 ) -> Result<()> {
     let above = img.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2) as u64 + 1;
     let mut pidfd = None;
+    super::inproc::before(b, img, placeholders, above)?;
     // file descriptors (one by one: each depends on the fd number the last open returned)
     for f in &img.fds {
         let fd = f.fd as u64;
@@ -39,12 +40,7 @@ pub(super) fn restore_fds(
                     q
                 }
             };
-            let cloexec = match &f.kind {
-                FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
-                FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
-                    flags & libc::O_CLOEXEC as u32 != 0
-                }
-            };
+            let cloexec = f.kind.cloexec();
             let r = b.sys(
                 &format!("pidfd_getfd of placeholder {local} for fd {fd}"),
                 libc::SYS_pidfd_getfd,
@@ -79,6 +75,15 @@ pub(super) fn restore_fds(
                     )?;
                 }
             }
+            // made by inproc::before, or by inproc::after once every other fd is there
+            FdKind::Pipe { .. }
+            | FdKind::EventFd { .. }
+            | FdKind::Epoll { .. }
+            | FdKind::TimerFd { .. }
+            | FdKind::SignalFd { .. }
+            | FdKind::Contents { .. }
+            | FdKind::SocketPair { .. } => {}
+            FdKind::SharedWith { fd: o, .. } if super::inproc::is_epoll(img, *o) => {}
             FdKind::SharedWith { fd: o, cloexec } => {
                 let fl = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
                 b.sys(
@@ -123,6 +128,7 @@ pub(super) fn restore_fds(
             }
         }
     }
+    super::inproc::after(b, img, placeholders, above)?;
     if let Some(p) = pidfd {
         b.sys("close", libc::SYS_close, &[p])?;
     }

@@ -17,9 +17,12 @@ pub(super) fn finish(
     listener_in_child: Option<u64>,
     keep_creds: bool,
 ) -> Result<()> {
+    // the other threads first: made while the main thread still has the privileges
+    let threads = super::threads::create(b, img, pid)?;
     // pending signals (all signals are blocked in the child until the final mask is set),
     // then credentials last: they drop the privileges needed above
     let mut calls = Vec::new();
+    super::threads::pending_calls(b, img, pid, &threads, &mut calls)?;
     for ps in &img.pending {
         let sig = i32::from_ne_bytes(ps.info[..4].try_into().unwrap()) as u64;
         let p = b.data(&ps.info)?;
@@ -127,6 +130,7 @@ pub(super) fn finish(
         ),
     })?;
     set_sigmask(pid, img.sigmask).map_err(terr("PTRACE_SETSIGMASK"))?;
+    super::threads::let_go(img, &threads)?;
     if img.stopped {
         // it was stopped by job control: it stops again as soon as it is let go
         // SAFETY: signal to our own child.

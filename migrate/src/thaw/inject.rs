@@ -8,8 +8,8 @@ use crate::sys::*;
 pub(super) const GADGET_AT: u64 = 0; // `syscall; int3`
 const DATA_AT: u64 = 4096; // arguments (paths, structs), bump-allocated per call or batch
 const DATA_END: u64 = 128 << 10;
-const OUT_AT: u64 = 128 << 10; // results of a batch, 8 bytes each
-const CODE_AT: u64 = 136 << 10; // code of a batch
+pub(super) const OUT_AT: u64 = 128 << 10; // results of a batch, 8 bytes each
+pub(super) const CODE_AT: u64 = 136 << 10; // code of a batch
 const MAX_BATCH: usize = 1000;
 
 /// One injected system call, with a description for error messages.

@@ -215,6 +215,14 @@ fn prepare<R: Read>(
             FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
                 flags & libc::O_CLOEXEC as u32 != 0
             }
+            // in-process fds (pipes inside, eventfd, epoll, ...) are refused before a move
+            // (`fds::refuse_for_migration`): a guest coming home never has one
+            other => {
+                return Err(shell_err(
+                    pid,
+                    format!("fd {} is a kind a moved process cannot have: {other:?}", f.fd),
+                ));
+            }
         };
         f.kind = FdKind::Stdio {
             cloexec,

@@ -25,9 +25,11 @@ mod fds;
 mod finish;
 mod inject;
 mod into_shell;
+mod inproc;
 mod maps;
 mod memory;
 mod spawn;
+mod threads;
 
 use checks::{check_file, fit_xstate, own_vdso_gadget, special_areas};
 use inject::{Builder, GADGET_AT, call};
@@ -611,9 +613,6 @@ fn build_skeleton(
         }
     }
     b.run(&calls)?;
-
-    // --- the mappings: open each file once, map everything, close the files
-    maps::map_vmas(b, img)?;
 
     // --- the mappings: open each file once, map everything, close the files
     maps::map_vmas(b, img)?;

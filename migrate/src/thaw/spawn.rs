@@ -15,6 +15,17 @@ impl Drop for ChildGuard {
         if self.armed {
             // SAFETY: our own child.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            // its other threads (traced by us) must be reaped before the main thread reports
+            if let Ok(rd) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) {
+                for tid in rd
+                    .flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                {
+                    if tid != self.pid {
+                        let _ = wait(tid);
+                    }
+                }
+            }
             let _ = wait(self.pid);
             let mut st = 0;
             // SAFETY: reap our child.

@@ -8,6 +8,16 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default)]
 pub struct View {
     pub topics: BTreeMap<&'static str, Vec<String>>,
+    /// Stopped by job control (state T) when the view was taken.
+    pub stopped: bool,
+}
+
+/// Is `pid` stopped (state T)?
+fn stopped(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('T'))
+    })
 }
 
 /// Lines of /proc/PID/status compared (the rest are counters or PIDs).
@@ -35,6 +45,19 @@ const STATUS: &[&str] = &[
     "Mems_allowed_list",
     "untag_mask",
     "x86_Thread_features",
+];
+
+/// Lines of /proc/PID/task/TID/status compared per thread.
+const THREAD_STATUS: &[&str] = &[
+    "Uid",
+    "Gid",
+    "Groups",
+    "NoNewPrivs",
+    "Seccomp",
+    "SigPnd",
+    "SigBlk",
+    "CapEff",
+    "Cpus_allowed_list",
 ];
 
 fn rd(pid: i32, f: &str) -> String {
@@ -124,8 +147,54 @@ impl View {
             })
             .collect();
         fds.sort();
-        t.insert("fds", fds.into_iter().map(|f| f.1).collect());
-        View { topics: t }
+        // a pipe or socket inside the process gets a new inode: named by order instead
+        let mut pipes: Vec<String> = Vec::new();
+        let fds = fds
+            .into_iter()
+            .map(|(_, l)| {
+                let Some(i) = l.find("pipe:[").or_else(|| l.find("socket:[")) else {
+                    return l;
+                };
+                let j = i + l[i..].find(']').unwrap() + 1;
+                let ino = l[i..j].to_string();
+                let k = pipes.iter().position(|p| *p == ino).unwrap_or_else(|| {
+                    pipes.push(ino.clone());
+                    pipes.len() - 1
+                });
+                let kind = &l[i..i + l[i..].find('[').unwrap()];
+                format!("{}{kind}#{k}{}", &l[..i], &l[j..])
+            })
+            .collect();
+        t.insert("fds", fds);
+        // every thread, in TID order (TIDs themselves change with the PID): its name and its
+        // own lines of status (mask, pending signals, credentials, seccomp, affinity)
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap_or_else(|e| panic!("checker: listing /proc/{pid}/task: {e}"))
+            .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect();
+        tids.sort();
+        let mut threads = Vec::new();
+        for (i, tid) in tids.iter().enumerate() {
+            let st = rd(pid, &format!("task/{tid}/status"));
+            let mut l = format!(
+                "thread #{i} {}",
+                rd(pid, &format!("task/{tid}/comm")).trim()
+            );
+            for k in THREAD_STATUS {
+                let v = st
+                    .lines()
+                    .find(|x| x.split(':').next() == Some(k))
+                    .map(|x| x.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+                    .unwrap_or_default();
+                l.push_str(&format!(" {k}={v}"));
+            }
+            threads.push(l);
+        }
+        t.insert("threads", threads);
+        View {
+            topics: t,
+            stopped: stopped(pid),
+        }
     }
 
     /// The lines of one topic.
@@ -160,6 +229,13 @@ pub fn round_trip(p: &mut super::Proc, leave_running: bool) -> (super::Proc, Vec
         p.wait(super::T);
     }
     let q = super::thaw(&img);
+    if stopped(p.pid) || before.stopped {
+        // thaw stops it again as it lets it go: wait for that stop to land (bounded)
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !stopped(q.pid) && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
     let after = View::of(q.pid);
     let d = after.diff_from(&before);
     (q, d)

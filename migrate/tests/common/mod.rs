@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod check;
+pub mod runs;
 
 use std::collections::HashMap;
 use std::os::unix::process::CommandExt;

@@ -1,4 +1,4 @@
-/* A second thread: freezing must be refused, the process must run on unaffected.  usage: thread ITERS */
+/* A second thread that waits in pause() for ever while the main thread prints.  usage: thread ITERS */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>

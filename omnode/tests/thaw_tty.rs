@@ -1,0 +1,213 @@
+//! `omnode thaw --wait` on a terminal (issue 8 part 6), driven through tmux as a user would:
+//! a python REPL started from an interactive shell is frozen in one pane and thawed with
+//! `--wait` in another; typed lines reach the REPL, Ctrl-C interrupts the REPL (not thaw), and
+//! thaw's exit status is the program's. Needs root (ptrace of a process it did not start,
+//! thaw's PR_SET_MM_MAP) and tmux. Each test runs its own tmux server (own -L socket) and
+//! kills it on drop, also on failure.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn ready() -> bool {
+    let ci = std::env::var("CI").as_deref() == Ok("true");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(
+            !ci,
+            "terminal thaw tests need root (ptrace, PR_SET_MM_MAP) and CI=true is set"
+        );
+        eprintln!("SKIPPED: terminal thaw tests need root (ptrace, PR_SET_MM_MAP)");
+        return false;
+    }
+    let have = |p: &str| {
+        Command::new(p)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("tmux") || Command::new("python3").arg("-V").output().is_err() {
+        assert!(
+            !ci,
+            "terminal thaw tests need tmux and python3 and CI=true is set"
+        );
+        eprintln!("SKIPPED: terminal thaw tests need tmux and python3");
+        return false;
+    }
+    true
+}
+
+/// A tmux server of this test alone; killed (with everything in its panes) on drop.
+struct Tmux {
+    sock: String,
+    dir: PathBuf,
+}
+
+impl Tmux {
+    fn new(name: &str) -> Tmux {
+        let sock = format!("omnode-{name}-{}", std::process::id());
+        let dir = std::env::temp_dir().join(&sock);
+        std::fs::create_dir_all(&dir).unwrap();
+        Tmux { sock, dir }
+    }
+    fn tmux(&self, args: &[&str]) -> String {
+        let o = Command::new("tmux")
+            .args(["-L", &self.sock, "-f", "/dev/null"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+    /// A pane running an interactive bash (the user's shell, with job control).
+    fn shell(&self, name: &str) {
+        self.tmux(&[
+            "new-session",
+            "-d",
+            "-s",
+            name,
+            "-x",
+            "120",
+            "-y",
+            "40",
+            "env PS1='$ ' bash --norc --noprofile -i",
+        ]);
+        self.wait_for(name, "$ ");
+    }
+    fn keys(&self, pane: &str, keys: &[&str]) {
+        let mut a = vec!["send-keys", "-t", pane];
+        a.extend_from_slice(keys);
+        self.tmux(&a);
+    }
+    fn screen(&self, pane: &str) -> String {
+        self.tmux(&["capture-pane", "-p", "-J", "-S", "-200", "-t", pane])
+    }
+    /// Polls the pane until a line satisfies `ok` (30 s, generous for a loaded machine).
+    fn wait_line(&self, pane: &str, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            let s = self.screen(pane);
+            if s.lines().any(|l| ok(l.trim_end())) {
+                return s;
+            }
+            assert!(
+                Instant::now() < end,
+                "pane {pane} never showed {what}; screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn wait_for(&self, pane: &str, text: &str) -> String {
+        self.wait_line(pane, text, |l| l.contains(text.trim_end()))
+    }
+    /// Polls until the pane's shell is back in its own foreground (the job ended).
+    fn wait_idle(&self, pane: &str) {
+        let end = Instant::now() + Duration::from_secs(30);
+        while self
+            .tmux(&["list-panes", "-t", pane, "-F", "#{pane_current_command}"])
+            .trim()
+            != "bash"
+        {
+            assert!(
+                Instant::now() < end,
+                "pane {pane}: the job never ended:\n{}",
+                self.screen(pane)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    fn pane_pid(&self, pane: &str) -> i32 {
+        self.tmux(&["list-panes", "-t", pane, "-F", "#{pane_pid}"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.sock, "kill-server"])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The child of `pid` running `comm` (the program the shell started).
+fn child_named(pid: i32, comm: &str) -> i32 {
+    let end = Instant::now() + Duration::from_secs(30);
+    loop {
+        let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        for k in kids.split_whitespace() {
+            let c = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
+            if c.trim() == comm {
+                return k.parse().unwrap();
+            }
+        }
+        assert!(Instant::now() < end, "no {comm} under shell {pid}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn omnode() -> &'static str {
+    env!("CARGO_BIN_EXE_omnode")
+}
+
+#[test]
+fn python_repl_thawed_on_a_terminal_reads_lines_takes_ctrl_c_and_ctrl_z() {
+    if !ready() {
+        return;
+    }
+    let t = Tmux::new("py");
+    let img = t.dir.join("py.img");
+    t.shell("a");
+    t.keys("a", &["python3 -q", "Enter"]);
+    t.wait_for("a", ">>>");
+    let py = child_named(t.pane_pid("a"), "python3");
+    let o = Command::new(omnode())
+        .args(["freeze", &py.to_string(), "--image"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "freeze: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    t.shell("b");
+    let cmd = format!("{} thaw --wait {}", omnode(), img.display());
+    t.keys("b", &[&cmd, "Enter"]);
+    t.wait_for("b", "omnode: thawed process");
+    // a line typed on the new terminal reaches the REPL: the product is computed, not echoed
+    t.keys("b", &["print(6*7)", "Enter"]);
+    t.wait_line("b", "42", |l| l.trim() == "42");
+    // Ctrl-C reaches the program (its own group has the foreground), not thaw: the REPL
+    // still computes (were thaw gone, bash would get the line and print no 48)
+    t.keys("b", &["C-c"]);
+    t.wait_for("b", "KeyboardInterrupt");
+    t.keys("b", &["print(6*8)", "Enter"]);
+    t.wait_line("b", "48", |l| l.trim() == "48");
+    // Ctrl-Z stops the program; thaw says so and stops too, so the shell has a stopped job;
+    // `fg` continues thaw, which gives the terminal back to the REPL and continues it
+    t.keys("b", &["C-z"]);
+    t.wait_for("b", "stopped by signal 20; `fg` continues it");
+    t.wait_line("b", "bash's Stopped job", |l| {
+        l.contains("Stopped") && l.contains("thaw")
+    });
+    t.keys("b", &["fg", "Enter"]);
+    t.keys("b", &["print(6*6)", "Enter"]);
+    t.wait_line("b", "36", |l| l.trim() == "36");
+    // the REPL's exit status becomes thaw's
+    t.keys("b", &["exit(3)", "Enter"]);
+    t.wait_idle("b");
+    t.keys("b", &["echo THAWRC=$?", "Enter"]);
+    t.wait_line("b", "THAWRC=3", |l| l.trim_end() == "THAWRC=3");
+    // and the shell has its terminal back: a command runs and prints
+    t.keys("b", &["echo $((6*9))", "Enter"]);
+    t.wait_line("b", "54", |l| l.trim() == "54");
+}
