@@ -5,6 +5,7 @@
 //! wiring of the daemon. Must not know: how links, membership or checkpoints work inside
 //! (their crates do).
 
+mod balancer;
 mod cgroup;
 mod ckpt;
 mod control;
@@ -19,6 +20,7 @@ mod metrics;
 mod mfsd;
 mod migcli;
 mod migrator;
+mod mosctl;
 mod notify;
 mod reload;
 mod remote;
@@ -67,6 +69,10 @@ pub const CLASSIC: &[Classic] = &[
     Classic {
         name: "mps",
         cmd: "ps",
+    },
+    Classic {
+        name: "mosctl",
+        cmd: "mosctl",
     },
 ];
 
@@ -202,7 +208,12 @@ pub enum Cmd {
     /// Move a running process to another node (`migrate PID NODE`; `home` brings it back).
     Migrate(migcli::MigrateArgs),
     /// Run a program under the cluster (`mosrun -j2 prog args`): it becomes the program.
+    #[command(disable_help_flag = true)]
     Run(migcli::RunArgs),
+    /// The node's flags and figures, the classic mosctl: stay, nostay, lstay, nolstay, block,
+    /// noblock, quiet, noquiet, expel, bring, getload, getspeed, getmem, getfree, getutil,
+    /// isup, status, whois, setspeed.
+    Mosctl(mosctl::Args),
     /// Processes of this node running elsewhere, and guests running here (`mps`).
     Ps(migcli::PsArgs),
     #[command(flatten)]
@@ -282,6 +293,7 @@ fn main() -> ExitCode {
         Some(Cmd::Migrate(a)) => migcli::migrate(a),
         Some(Cmd::Ps(a)) => migcli::ps(a),
         Some(Cmd::Run(a)) => migcli::run(a),
+        Some(Cmd::Mosctl(a)) => mosctl::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),

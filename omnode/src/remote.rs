@@ -371,7 +371,7 @@ fn target_thread(
         .is_some();
     let facts = LocalFacts {
         up: true,
-        blocked: false,
+        blocked: crate::balancer::blocked(),
         free_memory: free_memory(),
         cpu_features: offer.cpu_features.clone(),
         exe: crate::migrator::exe_identity(&offer.exe.path),
