@@ -21,6 +21,7 @@ mod mfsd;
 mod migcli;
 mod migrator;
 mod mosctl;
+mod mosmon;
 mod notify;
 mod reload;
 mod remote;
@@ -73,6 +74,10 @@ pub const CLASSIC: &[Classic] = &[
     Classic {
         name: "mosctl",
         cmd: "mosctl",
+    },
+    Classic {
+        name: "mosmon",
+        cmd: "mon",
     },
 ];
 
@@ -214,6 +219,9 @@ pub enum Cmd {
     /// noblock, quiet, noquiet, expel, bring, getload, getspeed, getmem, getfree, getutil,
     /// isup, status, whois, setspeed.
     Mosctl(mosctl::Args),
+    /// Live bars of load, speed, memory and utilisation per node (`mosmon`; keys l s m u d
+    /// t q, arrows scroll).
+    Mon(mosmon::Args),
     /// Processes of this node running elsewhere, and guests running here (`mps`).
     Ps(migcli::PsArgs),
     #[command(flatten)]
@@ -294,6 +302,7 @@ fn main() -> ExitCode {
         Some(Cmd::Ps(a)) => migcli::ps(a),
         Some(Cmd::Run(a)) => migcli::run(a),
         Some(Cmd::Mosctl(a)) => mosctl::run(a),
+        Some(Cmd::Mon(a)) => mosmon::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),

@@ -21,6 +21,9 @@ pub struct PsArgs {
     /// `{"processes":[{"pid":N,"node":N,"home":N,"state":"...","moves":N,"cmd":"..."}]}`.
     #[arg(long)]
     pub json: bool,
+    /// Refresh every SECS seconds (like mtop), until interrupted.
+    #[arg(long, value_name = "SECS", conflicts_with = "json")]
+    pub watch: Option<f64>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
@@ -118,6 +121,22 @@ pub fn migrate(a: MigrateArgs) -> Result<(), Error> {
 }
 
 pub fn ps(a: PsArgs) -> Result<(), Error> {
+    if let Some(secs) = a.watch {
+        let every = std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0));
+        loop {
+            // clear the screen, then the table
+            print!("\x1b[H\x1b[2J");
+            // keeps watching while the daemon is away, saying so
+            if let Err(e) = ps(PsArgs {
+                watch: None,
+                json: false,
+                socket: a.socket.clone(),
+            }) {
+                println!("omnode: {e}");
+            }
+            std::thread::sleep(every);
+        }
+    }
     let path = &a.socket.socket;
     let rows = match control::call(path, &Request::Ps)? {
         Response::Ps(r) => r,
