@@ -571,3 +571,40 @@ async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zombie or a missing process is no candidate; a live one is measured from /proc.
+    #[test]
+    fn candidates_are_live_processes_measured_from_proc() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        let (age, _cpu, size) = measure(me).expect("own process measurable");
+        assert!(size > 0);
+        assert!(age < Duration::from_secs(24 * 3600));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // an ended child not yet reaped is a zombie
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !alive(pid)
+        });
+        assert!(zombie, "an ended child still counted as alive");
+        child.wait().unwrap();
+        assert!(!alive(pid));
+        assert_eq!(measure(pid), None);
+    }
+
+    #[test]
+    fn only_root_or_the_daemon_user_changes_the_node() {
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(privileged(Some(0), "block").is_ok());
+        assert!(privileged(Some(me), "block").is_ok());
+        let other = if me == 65534 { 65533 } else { 65534 };
+        let e = privileged(Some(other), "block").unwrap_err();
+        assert!(e.contains(&format!("uid {other} may not change this node")), "{e}");
+        assert!(privileged(None, "block").unwrap_err().contains("SO_PEERCRED"));
+    }
+}
