@@ -123,6 +123,10 @@ struct Shared {
     members: Addr<Members>,
     /// Placement uses the same policy object as the tick (its pending moves count).
     policy: Mutex<policy::Balancer>,
+    /// When `mosrun` last started processes here: they count in this node's load for the
+    /// policy's `pending_for` (the measured load rises slowly), so that jobs started together
+    /// do not all stay.
+    placed_here: Mutex<Vec<Instant>>,
 }
 
 static GLOBAL: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -173,6 +177,7 @@ pub fn start(
         load,
         members,
         policy: Mutex::new(policy::Balancer::new(policy::Config::default())),
+        placed_here: Mutex::new(Vec::new()),
     });
     let _ = GLOBAL.set(shared.clone());
     system.spawn("balancer", move || Balancer {
@@ -425,11 +430,24 @@ async fn place_process(
         Placement::Best | Placement::Among(_) => match sh.view().await {
             // Own load unknown: start at home (a move needs figures).
             None => sh.local,
-            Some((local, mut peers)) => {
+            Some((mut local, mut peers)) => {
                 if let Placement::Among(list) = &place {
                     peers.retain(|p| list.contains(&p.id));
                 }
-                let best = lock(&sh.policy).place(Instant::now(), &local, &peers, 0);
+                let now = Instant::now();
+                let mut policy = lock(&sh.policy);
+                let recent = {
+                    let mut placed = lock(&sh.placed_here);
+                    let window = policy.config().pending_for;
+                    placed.retain(|t| now.saturating_duration_since(*t) < window);
+                    placed.len()
+                };
+                local.load.load += recent as f64;
+                let best = policy.place(now, &local, &peers, 0);
+                if best == sh.local {
+                    lock(&sh.placed_here).push(now);
+                }
+                drop(policy);
                 match &place {
                     // -j2,3 without this node: one of the list, the best of it.
                     Placement::Among(list) if best == sh.local && !list.contains(&sh.local) => {
@@ -604,7 +622,14 @@ mod tests {
         assert!(privileged(Some(me), "block").is_ok());
         let other = if me == 65534 { 65533 } else { 65534 };
         let e = privileged(Some(other), "block").unwrap_err();
-        assert!(e.contains(&format!("uid {other} may not change this node")), "{e}");
-        assert!(privileged(None, "block").unwrap_err().contains("SO_PEERCRED"));
+        assert!(
+            e.contains(&format!("uid {other} may not change this node")),
+            "{e}"
+        );
+        assert!(
+            privileged(None, "block")
+                .unwrap_err()
+                .contains("SO_PEERCRED")
+        );
     }
 }
