@@ -50,24 +50,32 @@ done
 [ "$up" = 4 ] || { echo "cluster did not form"; exit 1; }
 
 # job NODE CMD...: run CMD in node NODE's cgroup, output to a file
-job() { local n=$1; shift; sh -c "echo \$\$ > $CG/n$n/cgroup.procs && exec \"\$@\"" sh "$@" >"$W/out.$RANDOM$RANDOM" & }
+JOBPIDS=()
+job() {
+    local n=$1; shift
+    sh -c "echo \$\$ > $CG/n$n/cgroup.procs && exec \"\$@\"" sh "$@" >"$W/out.${#JOBPIDS[@]}" &
+    JOBPIDS+=($!)
+}
 makespan() {
     local label=$1; shift
     rm -f "$W"/out.*
+    JOBPIDS=()
     sleep 3 # loads back to idle
     local s e
     s=$(date +%s.%N)
     "$@"
     e=$(date +%s.%N)
     local bad=0
-    for f in "$W"/out.*; do cmp -s "$f" "$W/want" || bad=$((bad + 1)); done
+    for f in "$W"/out.*; do
+        cmp -s "$f" "$W/want" || { bad=$((bad + 1)); echo "wrong output in $f: $(head -c 100 "$f")"; }
+    done
     python3 -c "import sys; print(f'{sys.argv[1]:<14} {float(sys.argv[3])-float(sys.argv[2]):7.1f} s   wrong outputs: {sys.argv[4]}')" "$label" "$s" "$e" "$bad"
 }
 ideal() { for i in $(seq 0 $((JOBS - 1))); do job $((i % 4 + 1)) "$W/spin" "$WORK"; done; waitjobs; }
 home() { for _ in $(seq $JOBS); do job 1 "$B" run -h -L --socket "$W/n1.sock" -- "$W/spin" "$WORK"; done; waitjobs; }
 omnode() { for _ in $(seq $JOBS); do job 1 "$B" run --socket "$W/n1.sock" -- "$W/spin" "$WORK"; done; waitjobs; }
-# waits for the jobs (not the daemons): the jobs are the background children started last
-waitjobs() { for p in $(jobs -p | tail -n "$JOBS"); do wait "$p" || true; done; }
+# waits for the jobs (not the daemons)
+waitjobs() { for p in "${JOBPIDS[@]}"; do wait "$p" || echo "job $p exited with $?"; done; }
 echo "$JOBS jobs of spin $WORK; one job alone: $( { TIMEFORMAT=%U; time "$W/spin" "$WORK" >/dev/null; } 2>&1 ) s CPU"
 if [ "${3:-}" = reverse ]; then
     makespan omnode omnode

@@ -478,6 +478,15 @@ async fn place_process(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // Not while the dynamic loader is still at work: a process moved right after its
+        // exec was seen to end with 127 and no output (bench-balance.sh). Wait until it has
+        // run 10 ms of its own (ld.so needs about 1), or for 1 s if it sleeps.
+        let t1 = Instant::now();
+        while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
+            && t1.elapsed() < Duration::from_secs(1)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
         match m.migrate(pid, to, uid).await {
             Ok(s) => tracing::info!(pid, "mosrun: {s}"),
             Err(e) => tracing::warn!(pid, "mosrun: it runs here: {e}"),
