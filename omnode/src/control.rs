@@ -56,6 +56,17 @@ pub enum Request {
     /// `omnode ps` / `mps`: the processes of this node running elsewhere and the guests
     /// running here.
     Ps,
+    /// `mosrun` (no `-j` of one node): the caller (process `pid`) is about to exec its
+    /// program; place it by the policy ([`crate::balancer`]) and, unless `lock` (`mosrun
+    /// -L`), let the balancer move it later. Answered at once (before the exec).
+    Place {
+        pid: i32,
+        place: crate::balancer::Placement,
+        #[serde(default)]
+        lock: bool,
+    },
+    /// `mosctl`: change or read this node's flags; expel, bring.
+    Node(crate::balancer::NodeOp),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -71,6 +82,10 @@ pub enum Response {
     Done(String),
     Error(String),
     Ps(Vec<crate::migrator::PsRow>),
+    /// This node's flags (`mosctl status`, and after a `mosctl` change).
+    Flags(crate::balancer::FlagsReport),
+    /// What `mosctl expel` / `bring` moved and what not (with why).
+    Moves(crate::balancer::MoveReport),
 }
 
 /// The cluster as one node sees it.
@@ -207,7 +222,11 @@ impl Control {
                     },
                 }
             }
-            Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps => {
+            Request::Migrate { .. }
+            | Request::MoveAfterExec { .. }
+            | Request::Ps
+            | Request::Place { .. }
+            | Request::Node(_) => {
                 Response::Error("migrations are served by the socket connection".into())
             }
             Request::Leave => {
@@ -363,6 +382,9 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
             // Migrations take longer than an ask of the control actor may: served here.
             Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => {
                 crate::migrator::serve(req, uid).await
+            }
+            Ok(req @ (Request::Place { .. } | Request::Node(_))) => {
+                crate::balancer::serve(req, uid).await
             }
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)

@@ -261,6 +261,13 @@ async fn serve(args: DaemonArgs, plan: Plan, key: [u8; key::LEN]) -> Result<(), 
         Found::Mdns => None,
     };
     crate::migrator::start(&system);
+    crate::balancer::start(
+        &system,
+        local,
+        load.clone(),
+        members.clone(),
+        tick.max(Duration::from_millis(500)),
+    );
     let leave = CancellationToken::new();
     let (m2, l2, r2, leave2) = (members.clone(), load.clone(), reload.clone(), leave.clone());
     let control = system.spawn("control", move || {

@@ -82,7 +82,11 @@ impl LoadMonitor {
             }
         }
         match self.scope.as_ref()?.sample() {
-            Ok(l) => {
+            Ok(mut l) => {
+                // `mosctl setspeed` replaces the measured speed.
+                if let Some(speed) = crate::balancer::speed() {
+                    l.speed = speed;
+                }
                 if self.failing.take().is_some() {
                     tracing::info!(node = self.local, "own load measurable again");
                 }
@@ -123,7 +127,8 @@ impl LoadMonitor {
             &self.peers,
             load::DEFAULT_FANOUT,
         );
-        if targets.is_empty() {
+        // `mosctl quiet`: this node sends no load to others.
+        if targets.is_empty() || crate::balancer::quiet() {
             return;
         }
         let gossip = Gossip {

@@ -5,6 +5,7 @@
 //! wiring of the daemon. Must not know: how links, membership or checkpoints work inside
 //! (their crates do).
 
+mod balancer;
 mod cgroup;
 mod ckpt;
 mod control;
@@ -23,6 +24,8 @@ mod metrics;
 mod mfsd;
 mod migcli;
 mod migrator;
+mod mosctl;
+mod mosmon;
 mod notify;
 mod reload;
 mod remote;
@@ -72,6 +75,14 @@ pub const CLASSIC: &[Classic] = &[
     Classic {
         name: "mps",
         cmd: "ps",
+    },
+    Classic {
+        name: "mosctl",
+        cmd: "mosctl",
+    },
+    Classic {
+        name: "mosmon",
+        cmd: "mon",
     },
 ];
 
@@ -228,7 +239,15 @@ pub enum Cmd {
     /// Move a running process to another node (`migrate PID NODE`; `home` brings it back).
     Migrate(migcli::MigrateArgs),
     /// Run a program under the cluster (`mosrun -j2 prog args`): it becomes the program.
+    #[command(disable_help_flag = true)]
     Run(migcli::RunArgs),
+    /// The node's flags and figures, the classic mosctl: stay, nostay, lstay, nolstay, block,
+    /// noblock, quiet, noquiet, expel, bring, getload, getspeed, getmem, getfree, getutil,
+    /// isup, status, whois, setspeed.
+    Mosctl(mosctl::Args),
+    /// Live bars of load, speed, memory and utilisation per node (`mosmon`; keys l s m u d
+    /// t q, arrows scroll).
+    Mon(mosmon::Args),
     /// Processes of this node running elsewhere, and guests running here (`mps`).
     Ps(migcli::PsArgs),
     #[command(flatten)]
@@ -308,6 +327,8 @@ fn main() -> ExitCode {
         Some(Cmd::Migrate(a)) => migcli::migrate(a),
         Some(Cmd::Ps(a)) => migcli::ps(a),
         Some(Cmd::Run(a)) => migcli::run(a),
+        Some(Cmd::Mosctl(a)) => mosctl::run(a),
+        Some(Cmd::Mon(a)) => mosmon::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),

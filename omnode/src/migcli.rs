@@ -21,16 +21,33 @@ pub struct PsArgs {
     /// `{"processes":[{"pid":N,"node":N,"home":N,"state":"...","moves":N,"cmd":"..."}]}`.
     #[arg(long)]
     pub json: bool,
+    /// Refresh every SECS seconds (like mtop), until interrupted.
+    #[arg(long, value_name = "SECS", conflicts_with = "json")]
+    pub watch: Option<f64>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
 }
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
-    /// Run on one of these nodes (`-j2` or `-j2,3`: the first of the list). Without it, the
-    /// program runs at home.
-    #[arg(short = 'j', value_name = "NODES")]
+    /// Start on one of these nodes (`-j2`: node 2; `-j2,3`: the best of them now).
+    #[arg(short = 'j', value_name = "NODES", conflicts_with_all = ["home", "best"])]
     pub nodes: Option<String>,
+    /// Start at home (the balancer may still move it later, unless -L).
+    #[arg(short = 'h', conflicts_with = "best")]
+    pub home: bool,
+    /// Start on the best node now (the default).
+    #[arg(short = 'b')]
+    pub best: bool,
+    /// Allow automatic moves (the default).
+    #[arg(short = 'l', conflicts_with = "lock")]
+    pub unlock: bool,
+    /// Lock: never move it automatically (an explicit `migrate` still may).
+    #[arg(short = 'L')]
+    pub lock: bool,
+    /// Print help.
+    #[arg(long, action = clap::ArgAction::Help)]
+    pub help: Option<bool>,
     #[command(flatten)]
     pub socket: crate::SocketArg,
     /// The program and its arguments.
@@ -39,24 +56,35 @@ pub struct RunArgs {
 }
 
 /// `mosrun`: becomes the program (same PID: `$?`, `wait` and job control are the program's),
-/// after asking the daemon to move it to the chosen node once the exec is done.
+/// after asking the daemon to place it ([`crate::balancer`]: the best node now, home with
+/// `-h`, one of a list with `-j`); it is moved once the exec is done.
 pub fn run(a: RunArgs) -> Result<(), Error> {
+    use crate::balancer::Placement;
     use std::os::unix::process::CommandExt;
     let path = &a.socket.socket;
-    if let Some(nodes) = &a.nodes {
-        let first = nodes.split(',').next().unwrap_or_default();
-        let to: u32 = first
-            .parse()
-            .map_err(|_| Error::Config(format!("-j{nodes}: '{first}' is not a node number")))?;
-        let req = Request::MoveAfterExec {
-            pid: std::process::id() as i32,
-            to,
-        };
-        match control::call(path, &req)? {
-            Response::Done(_) => {}
-            Response::Error(e) => return Err(refused(path, e)),
-            other => return Err(refused(path, format!("unexpected answer {other:?}"))),
-        }
+    let place = match &a.nodes {
+        Some(nodes) => Placement::Among(
+            nodes
+                .split(',')
+                .map(|n| {
+                    n.parse().map_err(|_| {
+                        Error::Config(format!("-j{nodes}: '{n}' is not a node number"))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        None if a.home => Placement::Home,
+        None => Placement::Best,
+    };
+    let req = Request::Place {
+        pid: std::process::id() as i32,
+        place,
+        lock: a.lock,
+    };
+    match control::call(path, &req)? {
+        Response::Done(_) => {}
+        Response::Error(e) => return Err(refused(path, e)),
+        other => return Err(refused(path, format!("unexpected answer {other:?}"))),
     }
     let err = std::process::Command::new(&a.cmd[0])
         .args(&a.cmd[1..])
@@ -93,6 +121,22 @@ pub fn migrate(a: MigrateArgs) -> Result<(), Error> {
 }
 
 pub fn ps(a: PsArgs) -> Result<(), Error> {
+    if let Some(secs) = a.watch {
+        let every = std::time::Duration::from_secs_f64(secs.clamp(0.1, 3600.0));
+        loop {
+            // clear the screen, then the table
+            print!("\x1b[H\x1b[2J");
+            // keeps watching while the daemon is away, saying so
+            if let Err(e) = ps(PsArgs {
+                watch: None,
+                json: false,
+                socket: a.socket.clone(),
+            }) {
+                println!("omnode: {e}");
+            }
+            std::thread::sleep(every);
+        }
+    }
     let path = &a.socket.socket;
     let rows = match control::call(path, &Request::Ps)? {
         Response::Ps(r) => r,

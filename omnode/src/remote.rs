@@ -532,7 +532,7 @@ fn target_thread(
         .is_some();
     let facts = LocalFacts {
         up: true,
-        blocked: false,
+        blocked: crate::balancer::blocked(),
         free_memory: free_memory(),
         // Unknown features here (unreadable /proc/cpuinfo) refuse every offer: fail closed.
         cpu_features: crate::cpufeat::local().unwrap_or_else(|e| {

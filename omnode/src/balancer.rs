@@ -1,0 +1,644 @@
+//! The balancer: this node's automatic load balancing, openMosix style, and the node flags
+//! `mosctl` sets.
+//!
+//! Owns: the node's administrative state (stay, lstay, block, quiet, a speed set by
+//! `mosctl setspeed`), the table of processes it may move (its candidates), the tick that
+//! feeds the load table and the candidates to `balance::policy` and asks the migrator for the
+//! moves it decides, the placement of `mosrun` (no node flag: the best node now; `-h` home;
+//! `-b` best; `-jLIST` the best of the list), and the `mosctl` requests of the control socket.
+//! Must not know: how a process moves (the migrator does that) or how the decisions are made
+//! (`balance::policy`); it only measures processes (/proc) and passes plain figures.
+//!
+//! Candidates, decided as openMosix did (every process may move unless it is locked): every
+//! process started with `mosrun` at this node that still runs here is a candidate, unless it
+//! was started with `mosrun -L` (locked); `mosrun -l` says the default explicitly. Processes
+//! not started by mosrun are never moved automatically (the daemon does not trace what it
+//! did not start for). A process that moved away is no longer a candidate here: guests are
+//! not moved on (a guest moving on to a third node is not implemented).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use balance::load::Load;
+use balance::policy::{self, Flags, Local, Peer, Process};
+use discovery::NodeId;
+use runtime::{Actor, Addr, Context};
+use serde::{Deserialize, Serialize};
+
+use crate::control::{Request, Response};
+use crate::loadmon::{self, LoadMonitor};
+use crate::members::{self, Members};
+
+/// How long an internal actor may take to answer.
+const ASK_TIMEOUT: Duration = Duration::from_secs(5);
+/// A placement at `mosrun` waits this long at most for the program's exec.
+const EXEC_WAIT: Duration = Duration::from_secs(5);
+
+/// The administrative flags of `mosctl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Flag {
+    /// No automatic migration away from this node.
+    Stay,
+    /// Processes started here stay here.
+    Lstay,
+    /// No guests arrive.
+    Block,
+    /// No automatic decisions and no load sent to other nodes.
+    Quiet,
+}
+
+/// Where `mosrun` starts a program.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// `-h`: at home.
+    Home,
+    /// no flag or `-b`: the best node now.
+    Best,
+    /// `-jLIST`: the best of these nodes.
+    Among(Vec<NodeId>),
+}
+
+/// A `mosctl` request that changes or reads this node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum NodeOp {
+    Set {
+        flag: Flag,
+        on: bool,
+    },
+    SetSpeed {
+        speed: u32,
+    },
+    /// Send every guest away (also sets block).
+    Expel,
+    /// Bring every process of ours home (also sets lstay).
+    Bring,
+    /// The flags in force.
+    Flags,
+}
+
+/// The node's flags as `mosctl status` shows them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FlagsReport {
+    pub node: NodeId,
+    pub stay: bool,
+    pub lstay: bool,
+    pub block: bool,
+    pub quiet: bool,
+    /// The speed set by `mosctl setspeed`, if any (else the measured one is used).
+    pub speed: Option<u32>,
+    /// Processes this node may move now.
+    pub candidates: usize,
+}
+
+/// What `expel` / `bring` did, process by process.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MoveReport {
+    pub moved: Vec<i32>,
+    /// PID and why it did not move.
+    pub failed: Vec<(i32, String)>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Candidate {
+    lock: bool,
+}
+
+#[derive(Default)]
+struct State {
+    flags: Flags,
+    quiet: bool,
+    speed: Option<u32>,
+    candidates: HashMap<i32, Candidate>,
+}
+
+/// Shared by the actor, the control socket and the load monitor.
+struct Shared {
+    local: NodeId,
+    state: Mutex<State>,
+    load: Addr<LoadMonitor>,
+    members: Addr<Members>,
+    /// Placement uses the same policy object as the tick (its pending moves count).
+    policy: Mutex<policy::Balancer>,
+    /// When `mosrun` last started processes here: they count in this node's load for the
+    /// policy's `pending_for` (the measured load rises slowly), so that jobs started together
+    /// do not all stay.
+    placed_here: Mutex<Vec<Instant>>,
+}
+
+static GLOBAL: OnceLock<Arc<Shared>> = OnceLock::new();
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Whether this node takes no guests (`mosctl block`); read by the remote side of an offer.
+pub fn blocked() -> bool {
+    GLOBAL.get().is_some_and(|s| lock(&s.state).flags.block)
+}
+
+/// Whether this node sends no load to others (`mosctl quiet`).
+pub fn quiet() -> bool {
+    GLOBAL.get().is_some_and(|s| lock(&s.state).quiet)
+}
+
+/// The speed set by `mosctl setspeed`, if any.
+pub fn speed() -> Option<u32> {
+    GLOBAL.get().and_then(|s| lock(&s.state).speed)
+}
+
+pub enum Msg {
+    Tick,
+    Refused(NodeId),
+}
+
+/// The tick: decides and asks the migrator for moves.
+pub struct Balancer {
+    shared: Arc<Shared>,
+    tick: Duration,
+    /// A move decided by the tick still running (one at a time).
+    busy: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Starts the balancer (after the migrator): ticks every `tick`.
+pub fn start(
+    system: &runtime::System,
+    local: NodeId,
+    load: Addr<LoadMonitor>,
+    members: Addr<Members>,
+    tick: Duration,
+) -> Addr<Balancer> {
+    let shared = Arc::new(Shared {
+        local,
+        state: Mutex::new(State::default()),
+        load,
+        members,
+        policy: Mutex::new(policy::Balancer::new(policy::Config::default())),
+        placed_here: Mutex::new(Vec::new()),
+    });
+    let _ = GLOBAL.set(shared.clone());
+    system.spawn("balancer", move || Balancer {
+        shared: shared.clone(),
+        tick,
+        busy: Arc::default(),
+    })
+}
+
+impl Shared {
+    /// This node and its peers as the policy sees them; None when this node's own load is
+    /// unknown (nothing is decided on a made-up figure).
+    async fn view(&self) -> Option<(Local, Vec<Peer>)> {
+        let loads: BTreeMap<NodeId, Load> = self
+            .load
+            .ask(loadmon::Msg::Snapshot, ASK_TIMEOUT)
+            .await
+            .ok()?
+            .into_iter()
+            .map(|(id, l, _)| (id, l))
+            .collect();
+        let states = self
+            .members
+            .ask(members::Msg::Snapshot, ASK_TIMEOUT)
+            .await
+            .ok()?;
+        let own = *loads.get(&self.local)?;
+        let flags = lock(&self.state).flags;
+        let local = Local {
+            id: self.local,
+            load: own,
+            flags,
+        };
+        let peers = states
+            .into_iter()
+            .filter(|(s, _)| s.id != self.local)
+            .filter_map(|(s, _)| {
+                Some(Peer {
+                    id: s.id,
+                    load: *loads.get(&s.id)?,
+                    up: s.up,
+                    blocked: false,
+                    bandwidth: None,
+                })
+            })
+            .collect();
+        Some((local, peers))
+    }
+
+    /// The candidates still running here and not moved or moving, measured.
+    fn processes(&self) -> Vec<Process> {
+        let moved: Vec<i32> = crate::migrator::global()
+            .map(|m| {
+                m.rows()
+                    .into_iter()
+                    .filter(|r| r.home == self.local)
+                    .map(|r| r.pid)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut st = lock(&self.state);
+        st.candidates.retain(|pid, _| alive(*pid));
+        st.candidates
+            .iter()
+            .filter(|(pid, _)| !moved.contains(pid))
+            .filter_map(|(&pid, c)| {
+                let (age, cpu, size) = measure(pid)?;
+                Some(Process {
+                    pid: pid as u32,
+                    home: self.local,
+                    age,
+                    cpu,
+                    size,
+                    lock: c.lock,
+                    arrived: None,
+                    came_from: None,
+                })
+            })
+            .collect()
+    }
+}
+
+impl Balancer {
+    async fn on_tick(&mut self, ctx: &Context<Self>) {
+        let sh = &self.shared;
+        if self.busy.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let (stay, quiet) = {
+            let st = lock(&sh.state);
+            (st.flags.stay, st.quiet)
+        };
+        if stay || quiet {
+            return;
+        }
+        let procs = sh.processes();
+        if procs.iter().all(|p| p.lock) {
+            return;
+        }
+        let Some((local, peers)) = sh.view().await else {
+            return;
+        };
+        let decisions = lock(&sh.policy).on_tick(Instant::now(), &local, &peers, &procs);
+        let Some(m) = crate::migrator::global() else {
+            return;
+        };
+        for d in decisions {
+            tracing::info!(pid = d.pid, to = d.to, reason = ?d.reason, "balancer: moving");
+            self.busy.store(true, std::sync::atomic::Ordering::Release);
+            let (m, busy, me) = (m.clone(), self.busy.clone(), ctx.addr().clone());
+            tokio::spawn(async move {
+                // The daemon acts on its own authority: the owner was checked when mosrun
+                // registered the process.
+                match m.migrate(d.pid as i32, d.to, Some(0)).await {
+                    Ok(s) => tracing::info!(pid = d.pid, "balancer: {s}"),
+                    Err(e) => {
+                        tracing::info!(pid = d.pid, to = d.to, "balancer: not moved: {e}");
+                        let _ = me.tell(Msg::Refused(d.to)).await;
+                    }
+                }
+                busy.store(false, std::sync::atomic::Ordering::Release);
+            });
+            // One move at a time: the next tick sees its effect.
+            break;
+        }
+    }
+}
+
+impl Actor for Balancer {
+    type Msg = Msg;
+
+    async fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.every(self.tick, || Msg::Tick);
+    }
+
+    async fn handle(&mut self, msg: Msg, ctx: &mut Context<Self>) {
+        match msg {
+            Msg::Tick => self.on_tick(ctx).await,
+            Msg::Refused(to) => lock(&self.shared.policy).on_refused(to, Instant::now()),
+        }
+    }
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.split_whitespace().next() != Some("Z"))
+        })
+        .unwrap_or(false)
+}
+
+/// Age, CPU time used and resident size of `pid`, from /proc; None when unreadable (the
+/// process is then not moved: nothing is decided on made-up figures).
+fn measure(pid: i32) -> Option<(Duration, Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // fields after the comm: state is 0, utime 11, stime 12, starttime 19
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .filter(|t| *t > 0)? as f64;
+    let num = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok());
+    let cpu = (num(11)? + num(12)?) as f64 / ticks;
+    let start = num(19)? as f64 / ticks;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let rss: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096) as u64;
+    Some((
+        Duration::from_secs_f64((uptime - start).max(0.0)),
+        Duration::from_secs_f64(cpu),
+        rss * page,
+    ))
+}
+
+/// The owner of `pid`.
+fn owner(pid: i32) -> Result<u32, String> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}"))
+        .map(|m| m.uid())
+        .map_err(|e| format!("process {pid}: no such process ({e})"))
+}
+
+/// Whether `uid` may change this node: root or the daemon's own user.
+fn privileged(uid: Option<u32>, what: &str) -> Result<(), String> {
+    let me = nix::unistd::geteuid().as_raw();
+    match uid {
+        Some(u) if u == 0 || u == me => Ok(()),
+        Some(u) => Err(format!(
+            "{what}: uid {u} may not change this node (only root or uid {me}, which runs omnode)"
+        )),
+        None => Err(format!(
+            "{what}: the caller's uid is unknown (SO_PEERCRED failed); refused"
+        )),
+    }
+}
+
+/// A `Place` or `Node` request from the control socket.
+pub async fn serve(req: Request, uid: Option<u32>) -> Response {
+    let Some(sh) = GLOBAL.get().cloned() else {
+        return Response::Error("this daemon has no balancer".into());
+    };
+    match req {
+        Request::Place { pid, place, lock } => {
+            match place_process(&sh, pid, place, lock, uid).await {
+                Ok(s) => Response::Done(s),
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::Node(op) => node_op(&sh, op, uid).await,
+        _ => Response::Error("not a balancing request".into()),
+    }
+}
+
+async fn place_process(
+    sh: &Arc<Shared>,
+    pid: i32,
+    place: Placement,
+    locked: bool,
+    uid: Option<u32>,
+) -> Result<String, String> {
+    let owner = owner(pid)?;
+    match uid {
+        Some(0) => {}
+        Some(u) if u == owner => {}
+        Some(u) => {
+            return Err(format!(
+                "uid {u} may not place process {pid} (it belongs to uid {owner})"
+            ));
+        }
+        None => return Err("the caller's uid is unknown (SO_PEERCRED failed); refused".into()),
+    }
+    lock(&sh.state)
+        .candidates
+        .insert(pid, Candidate { lock: locked });
+    let to = match &place {
+        Placement::Home => sh.local,
+        Placement::Among(list) if list.len() == 1 => list[0],
+        Placement::Best | Placement::Among(_) => match sh.view().await {
+            // Own load unknown: start at home (a move needs figures).
+            None => sh.local,
+            Some((mut local, mut peers)) => {
+                if let Placement::Among(list) = &place {
+                    peers.retain(|p| list.contains(&p.id));
+                }
+                let now = Instant::now();
+                let mut policy = lock(&sh.policy);
+                let recent = {
+                    let mut placed = lock(&sh.placed_here);
+                    let window = policy.config().pending_for;
+                    placed.retain(|t| now.saturating_duration_since(*t) < window);
+                    placed.len()
+                };
+                local.load.load += recent as f64;
+                let best = policy.place(now, &local, &peers, 0);
+                if best == sh.local {
+                    lock(&sh.placed_here).push(now);
+                }
+                drop(policy);
+                match &place {
+                    // -j2,3 without this node: one of the list, the best of it.
+                    Placement::Among(list) if best == sh.local && !list.contains(&sh.local) => {
+                        peers
+                            .iter()
+                            .filter(|p| p.up)
+                            .max_by(|a, b| a.load.share(1.0).total_cmp(&b.load.share(1.0)))
+                            .map(|p| p.id)
+                            .unwrap_or(list[0])
+                    }
+                    _ => best,
+                }
+            }
+        },
+    };
+    if to == sh.local {
+        return Ok(format!("process {pid} starts here, on node {to}"));
+    }
+    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
+    let before = exe(pid).ok_or_else(|| format!("process {pid}: no such process"))?;
+    let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
+    tokio::spawn(async move {
+        let t0 = Instant::now();
+        while exe(pid).as_ref() == Some(&before) {
+            if t0.elapsed() > EXEC_WAIT {
+                tracing::warn!(pid, "mosrun: no exec within 5 s; it runs here");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        // Not while the dynamic loader is still at work: a process moved right after its
+        // exec was seen to end with 127 and no output (bench-balance.sh). Wait until it has
+        // run 10 ms of its own (ld.so needs about 1), or for 1 s if it sleeps.
+        let t1 = Instant::now();
+        while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
+            && t1.elapsed() < Duration::from_secs(1)
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        match m.migrate(pid, to, uid).await {
+            Ok(s) => tracing::info!(pid, "mosrun: {s}"),
+            Err(e) => tracing::warn!(pid, "mosrun: it runs here: {e}"),
+        }
+    });
+    Ok(format!(
+        "process {pid} moves to node {to} once it runs its program"
+    ))
+}
+
+async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
+    let report = |sh: &Shared| {
+        let st = lock(&sh.state);
+        FlagsReport {
+            node: sh.local,
+            stay: st.flags.stay,
+            lstay: st.flags.lstay,
+            block: st.flags.block,
+            quiet: st.quiet,
+            speed: st.speed,
+            candidates: st.candidates.len(),
+        }
+    };
+    let what = match &op {
+        NodeOp::Flags => return Response::Flags(report(sh)),
+        NodeOp::Set { flag, on } => {
+            format!("{}{flag:?}", if *on { "" } else { "no" }).to_lowercase()
+        }
+        NodeOp::SetSpeed { .. } => "setspeed".into(),
+        NodeOp::Expel => "expel".into(),
+        NodeOp::Bring => "bring".into(),
+    };
+    if let Err(e) = privileged(uid, &what) {
+        return Response::Error(e);
+    }
+    match op {
+        NodeOp::Flags => unreachable!("answered above"),
+        NodeOp::Set { flag, on } => {
+            {
+                let mut st = lock(&sh.state);
+                match flag {
+                    Flag::Stay => st.flags.stay = on,
+                    Flag::Lstay => st.flags.lstay = on,
+                    Flag::Block => st.flags.block = on,
+                    Flag::Quiet => st.quiet = on,
+                }
+            }
+            tracing::info!(node = sh.local, "mosctl {what}");
+            Response::Flags(report(sh))
+        }
+        NodeOp::SetSpeed { speed } => {
+            if speed == 0 {
+                return Response::Error("setspeed: the speed must be at least 1".into());
+            }
+            lock(&sh.state).speed = Some(speed);
+            tracing::info!(node = sh.local, speed, "mosctl setspeed");
+            Response::Flags(report(sh))
+        }
+        NodeOp::Expel => {
+            lock(&sh.state).flags.block = true;
+            let rows = crate::migrator::global()
+                .map(|m| m.rows())
+                .unwrap_or_default();
+            // Guests go home; the return is the home node's (`migrate PID home` there).
+            let failed = rows
+                .into_iter()
+                .filter(|r| r.node == sh.local && r.home != sh.local)
+                .map(|r| {
+                    (
+                        r.pid,
+                        format!(
+                            "guest of node {} (PID {} there): sending a guest home from the node it runs on is not implemented yet; run `migrate {} home` on node {}",
+                            r.home, r.pid, r.pid, r.home
+                        ),
+                    )
+                })
+                .collect();
+            Response::Moves(MoveReport {
+                moved: Vec::new(),
+                failed,
+            })
+        }
+        NodeOp::Bring => {
+            lock(&sh.state).flags.lstay = true;
+            let rows = crate::migrator::global()
+                .map(|m| m.rows())
+                .unwrap_or_default();
+            let mut out = MoveReport {
+                moved: Vec::new(),
+                failed: Vec::new(),
+            };
+            for r in rows
+                .into_iter()
+                .filter(|r| r.home == sh.local && r.node != sh.local)
+            {
+                let req = Request::Migrate {
+                    pid: r.pid,
+                    to: "home".into(),
+                };
+                match crate::migrator::serve(req, uid).await {
+                    Response::Done(_) => out.moved.push(r.pid),
+                    Response::Error(e) => out.failed.push((r.pid, e)),
+                    other => out
+                        .failed
+                        .push((r.pid, format!("unexpected answer {other:?}"))),
+                }
+            }
+            Response::Moves(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zombie or a missing process is no candidate; a live one is measured from /proc.
+    #[test]
+    fn candidates_are_live_processes_measured_from_proc() {
+        let me = std::process::id() as i32;
+        assert!(alive(me));
+        let (age, _cpu, size) = measure(me).expect("own process measurable");
+        assert!(size > 0);
+        assert!(age < Duration::from_secs(24 * 3600));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // an ended child not yet reaped is a zombie
+        let zombie = (0..500).any(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            !alive(pid)
+        });
+        assert!(zombie, "an ended child still counted as alive");
+        child.wait().unwrap();
+        assert!(!alive(pid));
+        assert_eq!(measure(pid), None);
+    }
+
+    #[test]
+    fn only_root_or_the_daemon_user_changes_the_node() {
+        let me = nix::unistd::geteuid().as_raw();
+        assert!(privileged(Some(0), "block").is_ok());
+        assert!(privileged(Some(me), "block").is_ok());
+        let other = if me == 65534 { 65533 } else { 65534 };
+        let e = privileged(Some(other), "block").unwrap_err();
+        assert!(
+            e.contains(&format!("uid {other} may not change this node")),
+            "{e}"
+        );
+        assert!(
+            privileged(None, "block")
+                .unwrap_err()
+                .contains("SO_PEERCRED")
+        );
+    }
+}
