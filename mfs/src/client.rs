@@ -11,10 +11,14 @@
 //!   sent while the writer goes on (one batch in flight); `flush` (close), `fsync`, reads,
 //!   getattr and setattr wait for them, and a failed batch is reported by the next of those.
 //!
-//! `/mfs` itself holds one directory per node and the magic links `here` and `home` (this
-//! node until processes migrate).
+//! - Locks: POSIX (fcntl) and flock locks are held on the serving node for their owner
+//!   (see [`crate::server`]); a blocking lock is retried until granted; an owner's locks go
+//!   when it closes the file (flush: POSIX, release: flock).
+//!
+//! `/mfs` itself holds one directory per node and the magic links of [`crate::magic`]
+//! (`here`, `home`, `magic`, `lastexec`, `selected`), resolved per calling process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +28,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
-use crate::proto::{self, Attr, Cred, Fh, Handle, Kind, Op, ROOT, Reply, SetAttr, StatFs};
+use crate::magic::{Magic, Resolver, Unmoved};
+use crate::proto::{self, Attr, Cred, Fh, Handle, Kind, Lock, Op, ROOT, Reply, SetAttr, StatFs};
 use crate::server::Server;
 use crate::{Error, NodeId};
 
@@ -56,6 +61,10 @@ impl Direct {
     }
     pub fn add(&self, node: NodeId, server: Server) {
         self.servers.write().expect("servers").insert(node, server);
+    }
+    /// The server standing for `node`.
+    pub fn server(&self, node: NodeId) -> Option<Server> {
+        self.servers.read().expect("servers").get(&node).cloned()
     }
     /// As if `node` went down: calls to it fail with ENOTCONN.
     pub fn remove(&self, node: NodeId) {
@@ -92,10 +101,12 @@ impl Remote for Direct {
 
 /// The local inode of `/mfs`.
 pub const ROOT_INO: u64 = 1;
-/// `/mfs/here`: the node the calling process runs on.
+/// `/mfs/here`: the node the calling process runs on (the other magic links: [`Magic::ino`]).
 pub const HERE_INO: u64 = 2;
 /// `/mfs/home`: the calling process's home node.
 pub const HOME_INO: u64 = 3;
+/// The longest pause between two tries of a blocking lock held by another owner.
+const LOCK_RETRY_MAX: Duration = Duration::from_millis(50);
 const FIRST_INO: u64 = 16;
 
 #[derive(Clone, Debug)]
@@ -221,6 +232,9 @@ pub struct Mfs {
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     started: (i64, u32),
+    resolver: RwLock<Arc<dyn Resolver>>,
+    /// (inode, lock owner) pairs that took a lock: their locks are dropped at close.
+    lockers: Mutex<HashSet<(u64, u64)>>,
 }
 
 fn magic_attr(ino: u64, kind: Kind, perm: u32, size: u64, t: (i64, u32)) -> Attr {
@@ -259,6 +273,7 @@ fn eacces() -> Error {
 
 impl Mfs {
     pub fn new(remote: Arc<dyn Remote>, cfg: Config, nodes: Vec<NodeId>) -> Mfs {
+        let cfg_local = cfg.local;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -275,6 +290,8 @@ impl Mfs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: (now.as_secs() as i64, now.subsec_nanos()),
+            resolver: RwLock::new(Arc::new(Unmoved(cfg_local))),
+            lockers: Mutex::new(HashSet::new()),
         }
     }
 
@@ -291,9 +308,31 @@ impl Mfs {
         self.nodes.read().expect("nodes").contains(&n) || n == self.cfg.local
     }
 
-    /// The node `here`/`home` stand for. Until processes migrate both are this node.
-    fn magic_node(&self, _ino: u64) -> NodeId {
-        self.cfg.local
+    /// Who answers the magic folders (by default: processes never move, all are this node).
+    pub fn set_resolver(&self, r: Arc<dyn Resolver>) {
+        *self.resolver.write().expect("resolver") = r;
+    }
+
+    /// The node magic link `ino` stands for, for process `pid`.
+    fn magic_node(&self, ino: u64, pid: u32) -> NodeId {
+        match Magic::from_ino(ino) {
+            Some(m) => self.resolver.read().expect("resolver").resolve(m, pid),
+            None => self.cfg.local,
+        }
+    }
+
+    /// Process `pid` created `ino` with O_CREAT (what `/mfs/magic` follows).
+    pub fn note_created(&self, pid: u32, ino: u64) {
+        let node = self
+            .table
+            .lock()
+            .expect("inode table")
+            .inodes
+            .get(&ino)
+            .map(|i| i.node);
+        if let Some(node) = node {
+            self.resolver.read().expect("resolver").created(pid, node);
+        }
     }
 
     async fn send(
@@ -479,22 +518,22 @@ impl Mfs {
         magic_attr(ROOT_INO, Kind::Dir, 0o555, 0, self.started)
     }
 
+    /// A magic link's attributes; its size is that of this node's number (the target
+    /// depends on who reads it).
     fn magic_link(&self, ino: u64) -> Attr {
-        let target = self.magic_node(ino).to_string();
+        let target = self.cfg.local.to_string();
         magic_attr(ino, Kind::Symlink, 0o777, target.len() as u64, self.started)
     }
 
     pub async fn lookup(&self, cred: &Cred, parent: u64, name: &[u8]) -> Result<Entry, Error> {
         if parent == ROOT_INO {
+            if let Some(m) = Magic::from_name(name) {
+                return Ok(Entry {
+                    ino: m.ino(),
+                    attr: self.magic_link(m.ino()),
+                });
+            }
             return match name {
-                b"here" => Ok(Entry {
-                    ino: HERE_INO,
-                    attr: self.magic_link(HERE_INO),
-                }),
-                b"home" => Ok(Entry {
-                    ino: HOME_INO,
-                    attr: self.magic_link(HOME_INO),
-                }),
                 b"." | b".." => Ok(Entry {
                     ino: ROOT_INO,
                     attr: self.root_attr(),
@@ -606,7 +645,7 @@ impl Mfs {
     pub async fn getattr(&self, cred: &Cred, ino: u64) -> Result<Attr, Error> {
         match ino {
             ROOT_INO => return Ok(self.root_attr()),
-            HERE_INO | HOME_INO => return Ok(self.magic_link(ino)),
+            i if Magic::from_ino(i).is_some() => return Ok(self.magic_link(ino)),
             _ => {}
         }
         self.settle(ino).await?;
@@ -675,9 +714,15 @@ impl Mfs {
         }
     }
 
+    /// readlink as an unknown process (magic links: as one that never moved).
     pub async fn readlink(&self, cred: &Cred, ino: u64) -> Result<Vec<u8>, Error> {
-        if ino == HERE_INO || ino == HOME_INO {
-            return Ok(self.magic_node(ino).to_string().into_bytes());
+        self.readlink_for(cred, 0, ino).await
+    }
+
+    /// readlink by process `pid`: magic links name the node they stand for, for it.
+    pub async fn readlink_for(&self, cred: &Cred, pid: u32, ino: u64) -> Result<Vec<u8>, Error> {
+        if Magic::from_ino(ino).is_some() {
+            return Ok(self.magic_node(ino, pid).to_string().into_bytes());
         }
         let (node, r, _) = self
             .on(
@@ -1094,18 +1139,14 @@ impl Mfs {
                     next: 0,
                 });
             }
-            items.push(DirItem {
-                name: b"here".to_vec(),
-                kind: Kind::Symlink,
-                ino: HERE_INO,
-                next: 0,
-            });
-            items.push(DirItem {
-                name: b"home".to_vec(),
-                kind: Kind::Symlink,
-                ino: HOME_INO,
-                next: 0,
-            });
+            for m in Magic::ALL {
+                items.push(DirItem {
+                    name: m.name().as_bytes().to_vec(),
+                    kind: Kind::Symlink,
+                    ino: m.ino(),
+                    next: 0,
+                });
+            }
             for (i, it) in items.iter_mut().enumerate() {
                 it.next = i as u64 + 1;
             }
@@ -1352,11 +1393,16 @@ impl Mfs {
 
     /// The serving node's real numbers; `/mfs` itself reports this node's export.
     pub async fn statfs(&self, cred: &Cred, ino: u64) -> Result<StatFs, Error> {
+        self.statfs_for(cred, 0, ino).await
+    }
+
+    /// statfs by process `pid` (a magic link: the node it stands for, for `pid`).
+    pub async fn statfs_for(&self, cred: &Cred, pid: u32, ino: u64) -> Result<StatFs, Error> {
         let (node, r) = if ino < FIRST_INO {
             let node = if ino == ROOT_INO {
                 self.cfg.local
             } else {
-                self.magic_node(ino)
+                self.magic_node(ino, pid)
             };
             (
                 node,
@@ -1377,5 +1423,115 @@ impl Mfs {
                 what: format!("{r:?} to statfs"),
             }),
         }
+    }
+
+    /// Set, change or remove (`lock.typ` F_UNLCK) a lock of `owner` on `ino`. `wait`: retry
+    /// while another owner holds a conflicting lock (F_SETLKW, flock without LOCK_NB);
+    /// errors of the serving node (it went down) end the wait.
+    pub async fn setlk(
+        &self,
+        cred: &Cred,
+        ino: u64,
+        owner: u64,
+        lock: Lock,
+        wait: bool,
+    ) -> Result<(), Error> {
+        if ino < FIRST_INO {
+            return Err(eacces());
+        }
+        if lock.typ != libc::F_UNLCK {
+            // Before the first try: a close racing with this lock must find it.
+            self.lockers.lock().expect("lockers").insert((ino, owner));
+        }
+        let mut pause = Duration::from_millis(1);
+        loop {
+            let r = self
+                .on(
+                    cred,
+                    &[ino],
+                    |h| Op::Lock {
+                        handle: h[0],
+                        client: self.cfg.local,
+                        owner,
+                        lock,
+                    },
+                    Bytes::new(),
+                )
+                .await;
+            match r {
+                Ok(_) => return Ok(()),
+                Err(e) if wait && matches!(e.errno(), libc::EAGAIN | libc::EACCES) => {
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(LOCK_RETRY_MAX);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The first lock of another owner that would conflict with `lock`; F_UNLCK if none.
+    pub async fn getlk(
+        &self,
+        cred: &Cred,
+        ino: u64,
+        owner: u64,
+        lock: Lock,
+    ) -> Result<Lock, Error> {
+        if ino < FIRST_INO {
+            return Err(eacces());
+        }
+        let (node, r, _) = self
+            .on(
+                cred,
+                &[ino],
+                |h| Op::GetLock {
+                    handle: h[0],
+                    client: self.cfg.local,
+                    owner,
+                    lock,
+                },
+                Bytes::new(),
+            )
+            .await?;
+        match r {
+            Reply::Lock(l) => Ok(l),
+            r => Err(Error::Protocol {
+                node,
+                what: format!("{r:?} to getlk"),
+            }),
+        }
+    }
+
+    /// The file `fh` is closed by `owner`: every lock it holds on the file goes (POSIX on
+    /// flush: any close by the process; flock on release: the last close of that open file).
+    pub async fn drop_locks(&self, fh: u64, owner: u64) -> Result<(), Error> {
+        let Some((ino, cred)) = self
+            .files
+            .lock()
+            .expect("open files")
+            .get(&fh)
+            .map(|f| (f.ino, f.cred.clone()))
+        else {
+            return Err(Error::BadFile(fh));
+        };
+        self.drop_locks_of(&cred, ino, owner).await
+    }
+
+    async fn drop_locks_of(&self, cred: &Cred, ino: u64, owner: u64) -> Result<(), Error> {
+        if !self.lockers.lock().expect("lockers").remove(&(ino, owner)) {
+            return Ok(());
+        }
+        self.on(
+            cred,
+            &[ino],
+            |h| Op::DropLocks {
+                handle: h[0],
+                client: self.cfg.local,
+                owner,
+            },
+            Bytes::new(),
+        )
+        .await
+        .map(drop)
     }
 }
