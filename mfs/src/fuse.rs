@@ -54,6 +54,16 @@ impl Drop for Mounted {
 /// Mount `mfs` at `dir`, serving kernel requests on `rt`. A dead mount left by a killed
 /// daemon at `dir` ("transport endpoint is not connected") is detached first.
 pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::Result<Mounted> {
+    mount_with(mfs, dir, rt, false)
+}
+
+/// [`mount`], read-only if asked (`mount -o ro`).
+pub fn mount_with(
+    mfs: Arc<Mfs>,
+    dir: &Path,
+    rt: tokio::runtime::Handle,
+    read_only: bool,
+) -> std::io::Result<Mounted> {
     if let Err(e) = std::fs::metadata(dir) {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
             let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
@@ -66,7 +76,7 @@ pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::
         rt,
         groups: Arc::new(Mutex::new(HashMap::new())),
     };
-    let options = [
+    let mut options = vec![
         MountOption::FSName("mfs".into()),
         MountOption::Subtype("mfs".into()),
         MountOption::AllowOther,
@@ -74,6 +84,9 @@ pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    if read_only {
+        options.push(MountOption::RO);
+    }
     let session = fuser::Session::new(fs, dir, &options)?.spawn()?;
     Ok(Mounted {
         session: Some(session),

@@ -56,6 +56,19 @@ pub enum Request {
     /// `omnode ps` / `mps`: the processes of this node running elsewhere and the guests
     /// running here.
     Ps,
+    /// `omnode mfs select NODE`: `/mfs/selected` of process `pid` and of the children it
+    /// starts from now on. Its owner or root.
+    MfsSelect {
+        pid: u32,
+        node: u32,
+    },
+    /// `mount.mfs` / `omnode mfs mount`: mount `/mfs` at `dir` (`options`: mount's `-o`).
+    /// Root only.
+    MfsMount {
+        dir: PathBuf,
+        #[serde(default)]
+        options: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -190,6 +203,9 @@ impl Control {
             }
             Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps => {
                 Response::Error("migrations are served by the socket connection".into())
+            }
+            Request::MfsSelect { .. } | Request::MfsMount { .. } => {
+                Response::Error("mfs requests are served by the socket connection".into())
             }
             Request::Leave => {
                 if let Err(e) = Self::privileged(uid) {
@@ -341,6 +357,9 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
             // Migrations take longer than an ask of the control actor may: served here.
             Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => {
                 crate::migrator::serve(req, uid).await
+            }
+            Ok(req @ (Request::MfsSelect { .. } | Request::MfsMount { .. })) => {
+                crate::mfsd::serve(req, uid).await
             }
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)

@@ -99,6 +99,8 @@ fn worker(
     jobs: mpsc::Receiver<Job>,
     done: mpsc::Sender<In>,
 ) {
+    // /mfs magic folders read by this thread answer for the moved process.
+    let _mfs = crate::mfsmagic::acting_for(pid);
     let cwd = match take_identity(pid) {
         Ok(cwd) => Some(cwd),
         Err(e) => {
