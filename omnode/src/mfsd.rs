@@ -328,7 +328,11 @@ fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error
     use mfs::client::{Config, Mfs};
     let mut mounts = lock(&state.mounts);
     if mounts.iter().any(|(d, _, _)| d == dir) {
-        return Ok(None);
+        if mounted_at(dir) {
+            return Ok(None);
+        }
+        // Unmounted from outside (umount /mfs): forget it and mount again.
+        mounts.retain(|(d, _, _)| d != dir);
     }
     let system = &state.system;
     let remote = Arc::new(ActorRemote {
@@ -351,6 +355,20 @@ fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error
     tracing::info!("mfs: every node's files at {}", dir.display());
     mounts.push((dir.to_path_buf(), client, mounted));
     Ok(Some(()))
+}
+
+/// Whether an mfs FUSE mount sits at `dir` (this daemon's mount namespace).
+#[cfg(feature = "mfs")]
+fn mounted_at(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true; // cannot tell: do not stack a second mount on it
+    };
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+        f.get(4) == Some(&want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
+    })
 }
 
 #[cfg(not(feature = "mfs"))]
