@@ -88,10 +88,36 @@ pub fn mount_with(
         options.push(MountOption::RO);
     }
     let session = fuser::Session::new(fs, dir, &options)?.spawn()?;
+    raise_read_ahead(dir);
     Ok(Mounted {
         session: Some(session),
         dir: dir.to_path_buf(),
     })
+}
+
+/// The kernel's read-ahead for this mount, in KiB: it caps each read request at the
+/// device's read-ahead (128 KiB by default) whatever `max_readahead` says.
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raise the mount's read-ahead (root only: /sys/class/bdi/MAJ:MIN/read_ahead_kb); fewer,
+/// larger read requests. Failing is harmless (smaller requests).
+fn raise_read_ahead(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(dir) else {
+        return;
+    };
+    let dev = m.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+        tracing::debug!(
+            "cannot raise the read-ahead of {}: {path}: {e}",
+            dir.display()
+        );
+    }
 }
 
 type Groups = Arc<Mutex<HashMap<(u32, u32, u32), (Vec<u32>, Instant)>>>;

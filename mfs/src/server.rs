@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::proto::{
@@ -719,10 +719,8 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         }
         Op::Read { fh, offset, size } => {
             let (fd, _) = s.file(fh)?;
-            let mut buf = BytesMut::zeroed(size.min(MAX_READ) as usize);
-            let n = sys::pread(fd.as_fd(), &mut buf, offset)
+            let buf = sys::pread_new(fd.as_fd(), size.min(MAX_READ) as usize, offset)
                 .map_err(|e| Error::os("read", format!("file {fh}"), e))?;
-            buf.truncate(n);
             return Ok((Reply::Data, buf.freeze()));
         }
         Op::Write { fh, offset } => {

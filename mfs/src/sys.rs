@@ -214,15 +214,21 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     unit(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
 
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the pointer and length stay inside `buf`.
+/// Read up to `len` bytes at `offset` into a fresh buffer, without zeroing it first (the
+/// buffer holds only what the kernel wrote).
+pub fn pread_new(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<bytes::BytesMut> {
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len().min(len - done);
+        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which is
+        // that long; only the bytes it reports written are then counted as initialised.
         let n = unsafe {
             libc::pread(
                 fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
+                spare.as_mut_ptr().cast(),
+                want,
                 (offset + done as u64) as libc::off_t,
             )
         };
@@ -236,9 +242,10 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
         if n == 0 {
             break;
         }
-        done += n as usize;
+        // SAFETY: `n` <= `want` bytes past the old length were just written by pread.
+        unsafe { buf.set_len(done + n as usize) };
     }
-    Ok(done)
+    Ok(buf)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {

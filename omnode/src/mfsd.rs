@@ -7,8 +7,8 @@
 //! Locks: the asking node of a lock call is taken from the authenticated link (never from the
 //! message), and when a node's link goes down every lock it held here is released.
 //!
-//! File data travels as the `Bytes` payload of an ask (`ask_with_payload`), so moving it to
-//! the transport's bulk lane is a change of that one call.
+//! File data travels as the `Bytes` payload of an ask or its answer, on the transport's bulk
+//! lane (writes' requests, reads' answers); everything else on the control lane.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -18,6 +18,7 @@ use bytes::Bytes;
 use mfs::client::{BoxFuture, Remote};
 use mfs::proto::{ACTOR, Answer, Op, Reply, Request};
 use mfs::server::{Export, Server};
+use runtime::transport::Lane;
 use runtime::{Actor, Context, Inbound, LinkEvent, NodeId, System};
 use tokio::sync::Semaphore;
 
@@ -91,7 +92,9 @@ impl Actor for ServerActor {
                         (Err(late.to_fault()), Bytes::new())
                     }
                 };
-            let _ = reply.send_with_payload(&answer, data).await;
+            // File data goes on the bulk lane: it never holds back control messages.
+            let lane = if data.is_empty() { Lane::Control } else { Lane::Bulk };
+            let _ = reply.send_on(lane, &answer, data).await;
             drop(permit);
         });
     }
@@ -113,7 +116,12 @@ impl Remote for ActorRemote {
     ) -> BoxFuture<'static, Result<(Reply, Bytes), mfs::Error>> {
         let (system, after) = (self.system.clone(), self.timeout);
         Box::pin(async move {
-            let asked = system.ask_with_payload::<Request, Answer>(node, ACTOR, &req, data, after);
+            let lane = if data.is_empty() {
+                Lane::Control
+            } else {
+                Lane::Bulk
+            };
+            let asked = system.ask_on::<Request, Answer>(lane, node, ACTOR, &req, data, after);
             // The ask's own time-out covers the answer; this one also covers the send.
             match tokio::time::timeout(after + Duration::from_millis(500), asked).await {
                 Err(_) | Ok(Err(runtime::Error::Timeout { .. })) => {
