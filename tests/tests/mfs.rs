@@ -874,7 +874,7 @@ fn locks_through_mfs_are_held_on_the_serving_node() {
     );
     let waited = run_within(
         Duration::from_secs(20),
-        &mut flock(&["-x"], &on3).arg("true"),
+        flock(&["-x"], &on3).arg("true"),
     )
     .expect("the blocking flock hung after the holder ended");
     assert!(waited.status.success());
