@@ -872,11 +872,8 @@ fn locks_through_mfs_are_held_on_the_serving_node() {
         Some(1),
         "node 3 took a lock node 1 holds"
     );
-    let waited = run_within(
-        Duration::from_secs(20),
-        flock(&["-x"], &on3).arg("true"),
-    )
-    .expect("the blocking flock hung after the holder ended");
+    let waited = run_within(Duration::from_secs(20), flock(&["-x"], &on3).arg("true"))
+        .expect("the blocking flock hung after the holder ended");
     assert!(waited.status.success());
     assert!(
         t0.elapsed() > Duration::from_millis(1000),
