@@ -275,6 +275,10 @@ impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
+        // Answers are async (several in flight per file): let the kernel queue more
+        // read-ahead and write-back requests than its default 12 before it throttles.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
         // Locks are the serving node's business, not this kernel's: without these the
         // kernel would keep them local, and two nodes would both "hold" the same lock.
         use fuser::consts::{FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS};
