@@ -42,11 +42,7 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
 
 impl Passthrough {
     fn ino(&self, m: &std::fs::Metadata) -> u64 {
-        if m.ino() == self.root_ino {
-            1
-        } else {
-            m.ino()
-        }
+        if m.ino() == self.root_ino { 1 } else { m.ino() }
     }
 
     fn attr(&self, m: &std::fs::Metadata) -> FileAttr {
@@ -109,7 +105,10 @@ impl Filesystem for Passthrough {
     }
 
     fn getattr(&mut self, _req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
-        match self.path(ino).and_then(|p| std::fs::symlink_metadata(p).map_err(|e| errno(&e))) {
+        match self
+            .path(ino)
+            .and_then(|p| std::fs::symlink_metadata(p).map_err(|e| errno(&e)))
+        {
             Ok(m) => reply.attr(&TTL, &self.attr(&m)),
             Err(e) => reply.error(e),
         }
@@ -176,7 +175,10 @@ impl Filesystem for Passthrough {
     }
 
     fn unlink(&mut self, _req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
-        match self.path(parent).and_then(|p| std::fs::remove_file(p.join(name)).map_err(|e| errno(&e))) {
+        match self
+            .path(parent)
+            .and_then(|p| std::fs::remove_file(p.join(name)).map_err(|e| errno(&e)))
+        {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(e),
         }
