@@ -2,19 +2,26 @@
 # MFS sequential throughput on loopback, with its baselines in the same run:
 #   write and read SIZE_MB through /mfs/2/ (node 1's mount, node 2's export) with dd bs=1M,
 #   the same dd on node 2's export directly (local disk, same page cache), cp of a file both
-#   ways, and a raw TCP stream of the same size (python3, 1 MiB send/recv) on 127.0.0.1.
+#   ways, the read again with the kernel's default 128 KiB read-ahead for the mount (omnode
+#   sets 1 MiB), and a raw TCP stream of the same size (python3, 1 MiB send/recv) on 127.0.0.1.
+# The FUSE baseline: mfs/examples/passthrough.rs (same fuser, same 1 MiB requests) mounted over
+# node 2's export at $W/pt, the same dd through it. Many small files: untar /usr/include/linux (or
+# the repository if absent) into local disk, the passthrough and /mfs/2, then walk it (readdir,
+# µs per entry) and stat every file (µs per stat), dentry and inode caches dropped before each.
 # Needs root (mount). Usage: scripts/bench-mfs.sh [SIZE_MB, default 1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZE_MB=${1:-1024}
 cargo build -q --release -p omnode --features mfs
+cargo build -q --release -p mfs --features fuse --example passthrough
+PT=${CARGO_TARGET_DIR:-target}/release/examples/passthrough
 B=${CARGO_TARGET_DIR:-target}/release/omnode
 W=$(mktemp -d /var/tmp/mfs-bench.XXXXXX)   # on disk, not tmpfs
 PIDS=()
 cleanup() {
     for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
     sleep 1
-    umount -l "$W/m1" "$W/m2" 2>/dev/null || true
+    umount -l "$W/m1" "$W/m2" "$W/pt" 2>/dev/null || true
     rm -rf "$W"
 }
 trap cleanup EXIT
@@ -28,6 +35,11 @@ for n in 1 2; do
     PIDS+=($!)
 done
 for _ in $(seq 100); do [ -d "$W/m1/2" ] && ls "$W/m1/2" >/dev/null 2>&1 && break; sleep 0.1; done
+mkdir -p "$W/pt"
+"$PT" "$W/e2" "$W/pt" 2>"$W/log-pt" &
+PIDS+=($!)
+for _ in $(seq 100); do mountpoint -q "$W/pt" && break; sleep 0.1; done
+echo 1024 >"/sys/class/bdi/$(mountpoint -d "$W/pt")/read_ahead_kb"   # as omnode does for /mfs
 
 now() { date +%s.%N; }
 # rate LABEL START END: MiB/s for SIZE_MB in END-START seconds
@@ -43,9 +55,18 @@ run "write local disk (dd bs=1M conv=fsync)" dd if=/dev/zero of="$W/e2/w.local" 
 run "write through /mfs/2 (dd bs=1M conv=fsync)" dd if=/dev/zero of="$W/m1/2/w.mfs" bs=1M count=$SIZE_MB conv=fsync status=none
 run "read local (dd bs=1M, page cache)" dd if="$W/e2/src" of=/dev/null bs=1M status=none
 run "read through /mfs/2 (dd bs=1M, first read)" dd if="$W/m1/2/src" of=/dev/null bs=1M status=none
+run "write through FUSE passthrough (dd conv=fsync)" dd if=/dev/zero of="$W/pt/w.pt" bs=1M count=$SIZE_MB conv=fsync status=none
+run "read through FUSE passthrough (dd bs=1M)" dd if="$W/pt/src2" of=/dev/null bs=1M status=none
 run "cp local -> local" cp "$W/e2/src2" "$W/e1/cp.local"
 run "cp /mfs/2 -> local" cp "$W/m1/2/src2" "$W/e1/cp.mfs"
 cmp "$W/e2/src2" "$W/e1/cp.mfs"
+# The same read with the kernel's default read-ahead for the mount (128 KiB; omnode sets
+# 1 MiB): what the larger read requests bring, in this run.
+dev=$(mountpoint -d "$W/m1")
+echo 3 >/proc/sys/vm/drop_caches; cat "$W/e2/src" >/dev/null
+echo 128 >"/sys/class/bdi/$dev/read_ahead_kb"
+run "read through /mfs/2, kernel read-ahead 128 KiB" dd if="$W/m1/2/src" of=/dev/null bs=1M status=none
+echo 1024 >"/sys/class/bdi/$dev/read_ahead_kb"
 run "raw TCP 127.0.0.1 (python3, 1 MiB chunks)" python3 - "$SIZE_MB" <<'PY'
 import socket, sys, threading
 n = int(sys.argv[1]) << 20
@@ -62,3 +83,34 @@ s = socket.create_connection(srv.getsockname()); chunk = b"\0" * (1 << 20)
 for _ in range(n >> 20): s.sendall(chunk)
 s.close(); t.join()
 PY
+
+# Many small files: untar, then readdir and stat latency, local disk vs passthrough vs /mfs/2.
+if [ -d /usr/include/linux ]; then tar -C /usr/include -cf "$W/small.tar" linux; else git archive --format=tar HEAD >"$W/small.tar"; fi
+echo "small files: $(tar -tf "$W/small.tar" | grep -vc '/$') files, $(( $(stat -c %s "$W/small.tar") >> 20 )) MiB tar"
+small() {
+    local label=$1 dir=$2 s
+    mkdir -p "$dir"; sync; s=$(now)
+    tar -C "$dir" -xf "$W/small.tar"
+    python3 - "$label" "$s" "$(now)" "$dir" <<'PY'
+import os, sys, time
+label, s, e, top = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+def drop():
+    os.sync(); open("/proc/sys/vm/drop_caches", "w").write("2")
+drop(); t = time.perf_counter(); files = []; n = 0
+stack = [top]
+while stack:
+    d = stack.pop()
+    with os.scandir(d) as it:
+        for x in it:
+            n += 1
+            (stack if x.is_dir(follow_symlinks=False) else files).append(x.path)
+rd = time.perf_counter() - t
+drop(); t = time.perf_counter()
+for f in files: os.lstat(f)
+st = time.perf_counter() - t
+print(f"{label:<22} untar {e - s:6.2f} s   readdir {rd / n * 1e6:7.1f} us/entry   stat {st / len(files) * 1e6:7.1f} us/file")
+PY
+}
+small "local disk" "$W/e2/small.local"
+small "FUSE passthrough" "$W/pt/small.pt"
+small "/mfs/2" "$W/m1/2/small.mfs"

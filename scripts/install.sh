@@ -39,6 +39,10 @@ names=$("$bin" generate --names)
 for name in $names; do
   ln -sfn omnode "$(root "$bindir/$name")"
 done
+# mount(8) runs /sbin/mount.mfs for `mount -t mfs` and the seed's fstab line
+# `mfs_mnt /mfs mfs dfsa=1 0 0`: omnode answers to that name too (the daemon mounts).
+install -d "$(root /sbin)"
+ln -sfn "$bindir/omnode" "$(root /sbin/mount.mfs)"
 
 sed "s|@BINDIR@|$bindir|g" "$top/dist/omnode.service" >"$(root "$UNITDIR/omnode.service")"
 chmod 0644 "$(root "$UNITDIR/omnode.service")"

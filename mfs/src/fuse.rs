@@ -16,11 +16,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
+    TimeOrNow,
 };
 
-use crate::client::Mfs;
-use crate::proto::{Attr, Cred, Kind, SetAttr, TimeSet};
+use crate::client::{Entry, Mfs};
+use crate::proto::{Attr, Cred, Kind, Lock, SetAttr, TimeSet};
 
 /// How long the kernel may keep attributes and names (as the library's attribute cache).
 const TTL: Duration = Duration::from_secs(1);
@@ -53,6 +54,16 @@ impl Drop for Mounted {
 /// Mount `mfs` at `dir`, serving kernel requests on `rt`. A dead mount left by a killed
 /// daemon at `dir` ("transport endpoint is not connected") is detached first.
 pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::Result<Mounted> {
+    mount_with(mfs, dir, rt, false)
+}
+
+/// [`mount`], read-only if asked (`mount -o ro`).
+pub fn mount_with(
+    mfs: Arc<Mfs>,
+    dir: &Path,
+    rt: tokio::runtime::Handle,
+    read_only: bool,
+) -> std::io::Result<Mounted> {
     if let Err(e) = std::fs::metadata(dir) {
         if e.raw_os_error() == Some(libc::ENOTCONN) {
             let c = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
@@ -65,7 +76,7 @@ pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::
         rt,
         groups: Arc::new(Mutex::new(HashMap::new())),
     };
-    let options = [
+    let mut options = vec![
         MountOption::FSName("mfs".into()),
         MountOption::Subtype("mfs".into()),
         MountOption::AllowOther,
@@ -73,11 +84,40 @@ pub fn mount(mfs: Arc<Mfs>, dir: &Path, rt: tokio::runtime::Handle) -> std::io::
         MountOption::NoDev,
         MountOption::NoSuid,
     ];
+    if read_only {
+        options.push(MountOption::RO);
+    }
     let session = fuser::Session::new(fs, dir, &options)?.spawn()?;
+    raise_read_ahead(dir);
     Ok(Mounted {
         session: Some(session),
         dir: dir.to_path_buf(),
     })
+}
+
+/// The kernel's read-ahead for this mount, in KiB: it caps each read request at the
+/// device's read-ahead (128 KiB by default) whatever `max_readahead` says.
+const READ_AHEAD_KB: u32 = 1024;
+
+/// Raise the mount's read-ahead (root only: /sys/class/bdi/MAJ:MIN/read_ahead_kb); fewer,
+/// larger read requests. Failing is harmless (smaller requests).
+fn raise_read_ahead(dir: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = std::fs::metadata(dir) else {
+        return;
+    };
+    let dev = m.dev();
+    let path = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    if let Err(e) = std::fs::write(&path, READ_AHEAD_KB.to_string()) {
+        tracing::debug!(
+            "cannot raise the read-ahead of {}: {path}: {e}",
+            dir.display()
+        );
+    }
 }
 
 type Groups = Arc<Mutex<HashMap<(u32, u32, u32), (Vec<u32>, Instant)>>>;
@@ -164,6 +204,34 @@ fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
     })
 }
 
+/// The kernel's replies: each can carry an errno.
+trait Fail: Send + 'static {
+    fn fail(self, errno: libc::c_int);
+}
+
+macro_rules! fail {
+    ($($t:ty),*) => {$(
+        impl Fail for $t {
+            fn fail(self, errno: libc::c_int) {
+                self.error(errno)
+            }
+        }
+    )*};
+}
+
+fail!(
+    ReplyAttr,
+    ReplyCreate,
+    ReplyData,
+    ReplyDirectory,
+    ReplyEmpty,
+    ReplyEntry,
+    ReplyLock,
+    ReplyOpen,
+    ReplyStatfs,
+    ReplyWrite
+);
+
 impl Adapter {
     fn cred(&self, req: &Request<'_>) -> Cred {
         Cred {
@@ -173,8 +241,33 @@ impl Adapter {
         }
     }
 
-    fn spawn(&self, f: impl Future<Output = ()> + Send + 'static) {
-        self.rt.spawn(f);
+    /// Run `call` on the runtime; answer the kernel with `ok` on success, the errno of the
+    /// crate's one mapping otherwise. The session thread never waits.
+    fn answer<T, R: Fail>(
+        &self,
+        reply: R,
+        call: impl Future<Output = Result<T, crate::Error>> + Send + 'static,
+        ok: impl FnOnce(R, T) + Send + 'static,
+    ) {
+        self.rt.spawn(async move {
+            match call.await {
+                Ok(v) => ok(reply, v),
+                Err(e) => reply.fail(e.errno()),
+            }
+        });
+    }
+}
+
+fn entry(reply: ReplyEntry, e: Entry) {
+    reply.entry(&TTL, &fattr(e.ino, &e.attr), 0)
+}
+
+fn lock_of(start: u64, end: u64, typ: i32, pid: u32) -> Lock {
+    Lock {
+        typ,
+        start,
+        end,
+        pid,
     }
 }
 
@@ -182,32 +275,43 @@ impl Filesystem for Adapter {
     fn init(&mut self, _req: &Request<'_>, config: &mut KernelConfig) -> Result<(), libc::c_int> {
         let _ = config.set_max_readahead(1 << 20);
         let _ = config.set_max_write(1 << 20);
+        // Answers are async (several in flight per file): let the kernel queue more
+        // read-ahead and write-back requests than its default 12 before it throttles.
+        let _ = config.set_max_background(64);
+        let _ = config.set_congestion_threshold(48);
+        // Locks are the serving node's business, not this kernel's: without these the
+        // kernel would keep them local, and two nodes would both "hold" the same lock.
+        use fuser::consts::{FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS};
+        if let Err(missing) = config.add_capabilities(FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS) {
+            tracing::warn!(
+                missing,
+                "the kernel offers no remote locking: locks on /mfs stay on this node"
+            );
+        }
         Ok(())
     }
 
     fn lookup(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match m.lookup(&c, parent, &name).await {
-                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.lookup(&c, parent, &name).await },
+            entry,
+        );
     }
 
     fn forget(&mut self, _req: &Request<'_>, ino: u64, nlookup: u64) {
         let m = self.mfs.clone();
-        self.spawn(async move { m.forget(ino, nlookup) });
+        self.rt.spawn(async move { m.forget(ino, nlookup) });
     }
 
     fn getattr(&mut self, req: &Request<'_>, ino: u64, _fh: Option<u64>, reply: ReplyAttr) {
         let (m, c) = (self.mfs.clone(), self.cred(req));
-        self.spawn(async move {
-            match m.getattr(&c, ino).await {
-                Ok(a) => reply.attr(&TTL, &fattr(ino, &a)),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.getattr(&c, ino).await },
+            move |r, a| r.attr(&TTL, &fattr(ino, &a)),
+        );
     }
 
     fn setattr(
@@ -238,22 +342,20 @@ impl Filesystem for Adapter {
             mtime: time_set(mtime),
             fh: None,
         };
-        self.spawn(async move {
-            match m.setattr(&c, ino, set, fh).await {
-                Ok(a) => reply.attr(&TTL, &fattr(ino, &a)),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.setattr(&c, ino, set, fh).await },
+            move |r, a| r.attr(&TTL, &fattr(ino, &a)),
+        );
     }
 
     fn readlink(&mut self, req: &Request<'_>, ino: u64, reply: ReplyData) {
-        let (m, c) = (self.mfs.clone(), self.cred(req));
-        self.spawn(async move {
-            match m.readlink(&c, ino).await {
-                Ok(t) => reply.data(&t),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        let (m, c, pid) = (self.mfs.clone(), self.cred(req), req.pid());
+        self.answer(
+            reply,
+            async move { m.readlink_for(&c, pid, ino).await },
+            |r, t| r.data(&t),
+        );
     }
 
     fn mkdir(
@@ -266,32 +368,30 @@ impl Filesystem for Adapter {
         reply: ReplyEntry,
     ) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match m.mkdir(&c, parent, &name, mode & !umask & 0o7777).await {
-                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        let mode = mode & !umask & 0o7777;
+        self.answer(
+            reply,
+            async move { m.mkdir(&c, parent, &name, mode).await },
+            entry,
+        );
     }
 
     fn unlink(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match m.unlink(&c, parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.unlink(&c, parent, &name).await },
+            |r, ()| r.ok(),
+        );
     }
 
     fn rmdir(&mut self, req: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEmpty) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match m.rmdir(&c, parent, &name).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.rmdir(&c, parent, &name).await },
+            |r, ()| r.ok(),
+        );
     }
 
     fn symlink(
@@ -307,12 +407,11 @@ impl Filesystem for Adapter {
             link_name.as_bytes().to_vec(),
             target.as_os_str().as_bytes().to_vec(),
         );
-        self.spawn(async move {
-            match m.symlink(&c, parent, &name, &target).await {
-                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.symlink(&c, parent, &name, &target).await },
+            entry,
+        );
     }
 
     fn rename(
@@ -327,15 +426,14 @@ impl Filesystem for Adapter {
     ) {
         let (m, c) = (self.mfs.clone(), self.cred(req));
         let (name, newname) = (name.as_bytes().to_vec(), newname.as_bytes().to_vec());
-        self.spawn(async move {
-            match m
-                .rename(&c, parent, &name, newparent, &newname, flags)
-                .await
-            {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move {
+                m.rename(&c, parent, &name, newparent, &newname, flags)
+                    .await
+            },
+            |r, ()| r.ok(),
+        );
     }
 
     fn link(
@@ -346,34 +444,29 @@ impl Filesystem for Adapter {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        let (m, c, name) = (
-            self.mfs.clone(),
-            self.cred(req),
-            newname.as_bytes().to_vec(),
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let name = newname.as_bytes().to_vec();
+        self.answer(
+            reply,
+            async move { m.link(&c, ino, newparent, &name).await },
+            entry,
         );
-        self.spawn(async move {
-            match m.link(&c, ino, newparent, &name).await {
-                Ok(e) => reply.entry(&TTL, &fattr(e.ino, &e.attr), 0),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
     }
 
     fn open(&mut self, req: &Request<'_>, ino: u64, flags: i32, reply: ReplyOpen) {
         let (m, c) = (self.mfs.clone(), self.cred(req));
-        self.spawn(async move {
-            match m.open(&c, ino, flags).await {
-                Ok(o) => reply.opened(
-                    o.fh,
-                    if o.keep_cache {
-                        fuser::consts::FOPEN_KEEP_CACHE
-                    } else {
-                        0
-                    },
-                ),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.open(&c, ino, flags).await },
+            |r, o| {
+                let keep = if o.keep_cache {
+                    fuser::consts::FOPEN_KEEP_CACHE
+                } else {
+                    0
+                };
+                r.opened(o.fh, keep)
+            },
+        );
     }
 
     fn read(
@@ -388,12 +481,11 @@ impl Filesystem for Adapter {
         reply: ReplyData,
     ) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.read(fh, offset.max(0) as u64, size).await {
-                Ok(d) => reply.data(&d),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.read(fh, offset.max(0) as u64, size).await },
+            |r, d| r.data(&d),
+        );
     }
 
     fn write(
@@ -409,67 +501,73 @@ impl Filesystem for Adapter {
         reply: ReplyWrite,
     ) {
         let (m, data) = (self.mfs.clone(), data.to_vec());
-        self.spawn(async move {
-            match m.write(fh, offset.max(0) as u64, &data).await {
-                Ok(n) => reply.written(n),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.write(fh, offset.max(0) as u64, &data).await },
+            |r, n| r.written(n),
+        );
     }
 
+    /// close(2) of a descriptor: written data reaches the server, and the closing process's
+    /// POSIX locks on the file go (POSIX: any close by the owner releases them).
     fn flush(
         &mut self,
         _req: &Request<'_>,
         _ino: u64,
         fh: u64,
-        _lock_owner: u64,
+        lock_owner: u64,
         reply: ReplyEmpty,
     ) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.flush(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move {
+                let written = m.flush(fh).await;
+                let unlocked = m.drop_locks(fh, lock_owner).await;
+                written.and(unlocked)
+            },
+            |r, ()| r.ok(),
+        );
     }
 
+    /// The last close of an open file: its flock lock (owned by the open file) goes.
     fn release(
         &mut self,
         _req: &Request<'_>,
         _ino: u64,
         fh: u64,
         _flags: i32,
-        _lock_owner: Option<u64>,
+        lock_owner: Option<u64>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.release(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move {
+                let unlocked = match lock_owner {
+                    Some(o) => m.drop_locks(fh, o).await,
+                    None => Ok(()),
+                };
+                m.release(fh).await.and(unlocked)
+            },
+            |r, ()| r.ok(),
+        );
     }
 
     fn fsync(&mut self, _req: &Request<'_>, _ino: u64, fh: u64, datasync: bool, reply: ReplyEmpty) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.fsync(fh, datasync).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(
+            reply,
+            async move { m.fsync(fh, datasync).await },
+            |r, ()| r.ok(),
+        );
     }
 
     fn opendir(&mut self, req: &Request<'_>, ino: u64, _flags: i32, reply: ReplyOpen) {
         let (m, c) = (self.mfs.clone(), self.cred(req));
-        self.spawn(async move {
-            match m.opendir(&c, ino).await {
-                Ok(fh) => reply.opened(fh, 0),
-                Err(e) => reply.error(e.errno()),
-            }
+        self.answer(reply, async move { m.opendir(&c, ino).await }, |r, fh| {
+            r.opened(fh, 0)
         });
     }
 
@@ -479,28 +577,27 @@ impl Filesystem for Adapter {
         _ino: u64,
         fh: u64,
         offset: i64,
-        mut reply: ReplyDirectory,
+        reply: ReplyDirectory,
     ) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.readdir(fh, offset.max(0) as u64).await {
-                Ok(items) => {
-                    for it in items {
-                        let ino = if it.ino == 0 { u64::MAX } else { it.ino };
-                        if reply.add(
-                            ino,
-                            it.next as i64,
-                            file_type(it.kind),
-                            OsStr::from_bytes(&it.name),
-                        ) {
-                            break;
-                        }
+        self.answer(
+            reply,
+            async move { m.readdir(fh, offset.max(0) as u64).await },
+            |mut r, items| {
+                for it in items {
+                    let ino = if it.ino == 0 { u64::MAX } else { it.ino };
+                    if r.add(
+                        ino,
+                        it.next as i64,
+                        file_type(it.kind),
+                        OsStr::from_bytes(&it.name),
+                    ) {
+                        break;
                     }
-                    reply.ok();
                 }
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+                r.ok();
+            },
+        );
     }
 
     fn releasedir(
@@ -512,24 +609,20 @@ impl Filesystem for Adapter {
         reply: ReplyEmpty,
     ) {
         let m = self.mfs.clone();
-        self.spawn(async move {
-            match m.releasedir(fh).await {
-                Ok(()) => reply.ok(),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        self.answer(reply, async move { m.releasedir(fh).await }, |r, ()| r.ok());
     }
 
     fn statfs(&mut self, req: &Request<'_>, ino: u64, reply: ReplyStatfs) {
-        let (m, c) = (self.mfs.clone(), self.cred(req));
-        self.spawn(async move {
-            match m.statfs(&c, ino).await {
-                Ok(s) => reply.statfs(
+        let (m, c, pid) = (self.mfs.clone(), self.cred(req), req.pid());
+        self.answer(
+            reply,
+            async move { m.statfs_for(&c, pid, ino).await },
+            |r, s| {
+                r.statfs(
                     s.blocks, s.bfree, s.bavail, s.files, s.ffree, s.bsize, s.namelen, s.frsize,
-                ),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+                )
+            },
+        );
     }
 
     fn create(
@@ -543,14 +636,60 @@ impl Filesystem for Adapter {
         reply: ReplyCreate,
     ) {
         let (m, c, name) = (self.mfs.clone(), self.cred(req), name.as_bytes().to_vec());
-        self.spawn(async move {
-            match m
-                .create(&c, parent, &name, mode & !umask & 0o7777, flags)
-                .await
-            {
-                Ok((e, o)) => reply.created(&TTL, &fattr(e.ino, &e.attr), 0, o.fh, 0),
-                Err(e) => reply.error(e.errno()),
-            }
-        });
+        let (mode, pid) = (mode & !umask & 0o7777, req.pid());
+        self.answer(
+            reply,
+            async move {
+                let made = m.create(&c, parent, &name, mode, flags).await?;
+                m.note_created(pid, made.0.ino);
+                Ok(made)
+            },
+            |r, (e, o)| r.created(&TTL, &fattr(e.ino, &e.attr), 0, o.fh, 0),
+        );
+    }
+
+    fn getlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: ReplyLock,
+    ) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let want = lock_of(start, end, typ, pid);
+        self.answer(
+            reply,
+            async move { m.getlk(&c, ino, lock_owner, want).await },
+            |r, l| r.locked(l.start, l.end, l.typ, l.pid),
+        );
+    }
+
+    /// POSIX locks (owner: the process's file table) and flock locks (owner: the open file;
+    /// the kernel sends them here too, as whole-file locks).
+    fn setlk(
+        &mut self,
+        req: &Request<'_>,
+        ino: u64,
+        _fh: u64,
+        lock_owner: u64,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let (m, c) = (self.mfs.clone(), self.cred(req));
+        let want = lock_of(start, end, typ, pid);
+        self.answer(
+            reply,
+            async move { m.setlk(&c, ino, lock_owner, want, sleep).await },
+            |r, ()| r.ok(),
+        );
     }
 }

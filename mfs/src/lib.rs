@@ -8,11 +8,12 @@
 //! and, behind the `fuse` feature, the thin FUSE adapter ([`fuse`]).
 //!
 //! Must not know: the actor runtime, sockets or transports (the daemon implements
-//! [`client::Remote`] with them), processes or migration (the magic folders will ask the
-//! daemon through a trait, not look themselves).
+//! [`client::Remote`] with them), processes or migration (the magic folders ask the daemon
+//! through [`magic::Resolver`], never look themselves).
 
 pub mod client;
 mod error;
+pub mod magic;
 pub mod proto;
 pub mod server;
 mod sys;

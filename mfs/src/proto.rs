@@ -94,6 +94,20 @@ pub struct StatFs {
 }
 
 /// One operation. Names are raw bytes (Linux file names need not be UTF-8).
+/// A byte-range lock as FUSE and fcntl describe it: `typ` F_RDLCK, F_WRLCK or F_UNLCK;
+/// `start..=end` with `end` = `i64::MAX` for "to the end of the file, however long";
+/// `pid`: the holder's PID as its node knows it (answers to getlk; 0 if unknown).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lock {
+    pub typ: i32,
+    pub start: u64,
+    pub end: u64,
+    pub pid: u32,
+}
+
+/// The `end` of a lock that reaches past any end of file.
+pub const LOCK_TO_EOF: u64 = i64::MAX as u64;
+
 #[derive(Serialize, Deserialize, Clone, Debug)]
 pub enum Op {
     Lookup {
@@ -186,6 +200,28 @@ pub enum Op {
     StatFs {
         handle: Handle,
     },
+    /// Take, change or drop (F_UNLCK) a lock of `owner` without waiting: EAGAIN while
+    /// another owner holds a conflicting one. `client`: the asking node — set by the
+    /// serving daemon from the authenticated link, whatever the asker wrote.
+    Lock {
+        handle: Handle,
+        client: u32,
+        owner: u64,
+        lock: Lock,
+    },
+    /// The first conflicting lock of another owner (F_UNLCK: none).
+    GetLock {
+        handle: Handle,
+        client: u32,
+        owner: u64,
+        lock: Lock,
+    },
+    /// Every lock of `owner` on the file goes (it closed the file).
+    DropLocks {
+        handle: Handle,
+        client: u32,
+        owner: u64,
+    },
 }
 
 impl Op {
@@ -238,6 +274,7 @@ pub enum Reply {
         eof: bool,
     },
     StatFs(StatFs),
+    Lock(Lock),
 }
 
 /// A refused operation: the errno and a reason a person can read.

@@ -7,6 +7,13 @@
 //! RESOLVE_NO_MAGICLINKS)` of one checked name, so neither `..` nor a symlink leads out of
 //! the export. /proc, devices, sockets and fifos are not exported. A read-only export
 //! refuses every change before touching anything.
+//!
+//! Locks: POSIX (fcntl) and flock locks of a client are held here as open-file-description
+//! locks (F_OFD_SETLK) on a descriptor of their own per (client node, file, lock owner), so
+//! they conflict with each other and with local processes' locks exactly as the kernel
+//! decides; that descriptor closes — and its locks go — when the owner closes the file or the
+//! client node is dropped ([`Server::drop_client`], the daemon calls it when its link goes
+//! down). Never waits: a conflict answers EAGAIN and the client retries.
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -14,11 +21,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::proto::{
-    Attr, Cred, DirEntry, Fh, Handle, Kind, Op, ROOT, Reply, SetAttr, StatFs, TimeSet,
+    Attr, Cred, DirEntry, Fh, Handle, Kind, Lock, Op, ROOT, Reply, SetAttr, StatFs, TimeSet,
 };
 use crate::{Error, sys};
 
@@ -75,11 +82,15 @@ struct Shared {
     proc_fd: OwnedFd,
     handles: Mutex<Handles>,
     open: Mutex<HashMap<Fh, Open>>,
+    /// The lock descriptors: (client node, file, lock owner).
+    locks: Mutex<HashMap<LockKey, Arc<OwnedFd>>>,
     next_fh: AtomicU64,
     /// The daemon runs as root and may take on any caller's ids.
     root: bool,
     own: (u32, u32, Vec<u32>),
 }
+
+type LockKey = (u32, Handle, u64);
 
 struct Job {
     cred: Cred,
@@ -199,6 +210,7 @@ impl Server {
             proc_fd,
             handles: Mutex::new(handles),
             open: Mutex::new(HashMap::new()),
+            locks: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(base),
             root: euid == 0,
             own: (euid, egid, sys::thread_groups()),
@@ -217,6 +229,27 @@ impl Server {
 
     pub fn read_only(&self) -> bool {
         self.shared.read_only
+    }
+
+    /// Node `client` is gone: every lock it held here is released.
+    pub fn drop_client(&self, client: u32) {
+        let gone: Vec<Arc<OwnedFd>> = {
+            let mut locks = self.shared.locks.lock().expect("lock table");
+            let keys: Vec<LockKey> = locks.keys().filter(|k| k.0 == client).copied().collect();
+            keys.iter().filter_map(|k| locks.remove(k)).collect()
+        };
+        if !gone.is_empty() {
+            tracing::info!(
+                client,
+                owners = gone.len(),
+                "mfs: locks of a departed node released"
+            );
+        }
+    }
+
+    /// Lock owners holding a descriptor here (tests, metrics).
+    pub fn lock_owners(&self) -> usize {
+        self.shared.locks.lock().expect("lock table").len()
     }
 
     /// Run one operation as `cred`. `data` is the payload (write data); the answer's `Bytes`
@@ -578,6 +611,65 @@ impl Shared {
         Ok((entries[start..end].to_vec(), end == entries.len()))
     }
 
+    /// The lock descriptor of `key` (opened on first use, as the caller: for reading and
+    /// writing if it may, else for what it may).
+    fn lock_fd(&self, key: LockKey, create: bool) -> Result<Option<Arc<OwnedFd>>, Error> {
+        if let Some(fd) = self.locks.lock().expect("lock table").get(&key) {
+            return Ok(Some(fd.clone()));
+        }
+        if !create {
+            return Ok(None);
+        }
+        let (fd, kind) = self.node(key.1)?;
+        let what = format!("handle {}", key.1);
+        if kind != Kind::File {
+            return Err(Error::NotOpenable(what));
+        }
+        let name = Self::proc_name(fd.as_fd());
+        let modes: &[i32] = if self.read_only {
+            &[libc::O_RDONLY]
+        } else {
+            &[libc::O_RDWR, libc::O_WRONLY, libc::O_RDONLY]
+        };
+        let mut last = None;
+        for &m in modes {
+            match sys::openat(self.proc_fd.as_fd(), &name, m | libc::O_NOCTTY, 0) {
+                Ok(f) => {
+                    let f = Arc::new(f);
+                    let mut locks = self.locks.lock().expect("lock table");
+                    return Ok(Some(locks.entry(key).or_insert(f).clone()));
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(Error::os(
+            "open for locking",
+            what,
+            last.unwrap_or_else(|| std::io::Error::from_raw_os_error(libc::EACCES)),
+        ))
+    }
+
+    fn setlk(&self, key: LockKey, l: Lock) -> Result<(), Error> {
+        let what = || format!("lock on handle {}", key.1);
+        let Some(fd) = self.lock_fd(key, l.typ != libc::F_UNLCK)? else {
+            return Ok(()); // nothing held: nothing to unlock
+        };
+        sys::ofd_setlk(fd.as_fd(), l.typ, l.start, l.end).map_err(|e| Error::os("lock", what(), e))
+    }
+
+    fn getlk(&self, key: LockKey, l: Lock) -> Result<Lock, Error> {
+        let fd = self.lock_fd(key, true)?.expect("created");
+        let (typ, start, end, pid) = sys::ofd_getlk(fd.as_fd(), l.typ, l.start, l.end)
+            .map_err(|e| Error::os("getlk", format!("handle {}", key.1), e))?;
+        // OFD locks have no PID (-1); a local process's lock has its PID on this node.
+        Ok(Lock {
+            typ,
+            start,
+            end,
+            pid: u32::try_from(pid).unwrap_or(0),
+        })
+    }
+
     fn release(&self, fh: Fh) -> Result<(), Error> {
         self.open
             .lock()
@@ -627,10 +719,8 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         }
         Op::Read { fh, offset, size } => {
             let (fd, _) = s.file(fh)?;
-            let mut buf = BytesMut::zeroed(size.min(MAX_READ) as usize);
-            let n = sys::pread(fd.as_fd(), &mut buf, offset)
+            let buf = sys::pread_new(fd.as_fd(), size.min(MAX_READ) as usize, offset)
                 .map_err(|e| Error::os("read", format!("file {fh}"), e))?;
-            buf.truncate(n);
             return Ok((Reply::Data, buf.freeze()));
         }
         Op::Write { fh, offset } => {
@@ -742,6 +832,34 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
                 .map_err(|e| Error::os("symlink", shown(name), e))?;
             let (handle, attr) = s.lookup(parent, name)?;
             Reply::Entry { handle, attr }
+        }
+        Op::Lock {
+            handle,
+            client,
+            owner,
+            lock,
+        } => {
+            s.setlk((client, handle, owner), lock)?;
+            Reply::Ok
+        }
+        Op::GetLock {
+            handle,
+            client,
+            owner,
+            lock,
+        } => Reply::Lock(s.getlk((client, handle, owner), lock)?),
+        Op::DropLocks {
+            handle,
+            client,
+            owner,
+        } => {
+            let fd = s
+                .locks
+                .lock()
+                .expect("lock table")
+                .remove(&(client, handle, owner));
+            drop(fd);
+            Reply::Ok
         }
         Op::StatFs { handle } => {
             let (fd, _) = s.node(handle)?;

@@ -214,15 +214,21 @@ pub fn ftruncate(fd: BorrowedFd<'_>, size: u64) -> io::Result<()> {
     unit(unsafe { libc::ftruncate(fd.as_raw_fd(), size as libc::off_t) })
 }
 
-pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut done = 0;
-    while done < buf.len() {
-        // SAFETY: the pointer and length stay inside `buf`.
+/// Read up to `len` bytes at `offset` into a fresh buffer, without zeroing it first (the
+/// buffer holds only what the kernel wrote).
+pub fn pread_new(fd: BorrowedFd<'_>, len: usize, offset: u64) -> io::Result<bytes::BytesMut> {
+    let mut buf = bytes::BytesMut::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = buf.spare_capacity_mut();
+        let want = spare.len().min(len - done);
+        // SAFETY: the kernel writes at most `want` bytes into the spare capacity, which is
+        // that long; only the bytes it reports written are then counted as initialised.
         let n = unsafe {
             libc::pread(
                 fd.as_raw_fd(),
-                buf[done..].as_mut_ptr().cast(),
-                buf.len() - done,
+                spare.as_mut_ptr().cast(),
+                want,
                 (offset + done as u64) as libc::off_t,
             )
         };
@@ -236,9 +242,10 @@ pub fn pread(fd: BorrowedFd<'_>, buf: &mut [u8], offset: u64) -> io::Result<usiz
         if n == 0 {
             break;
         }
-        done += n as usize;
+        // SAFETY: `n` <= `want` bytes past the old length were just written by pread.
+        unsafe { buf.set_len(done + n as usize) };
     }
-    Ok(done)
+    Ok(buf)
 }
 
 pub fn pwrite(fd: BorrowedFd<'_>, buf: &[u8], offset: u64) -> io::Result<usize> {
@@ -301,6 +308,54 @@ pub fn fsync(fd: BorrowedFd<'_>, datasync: bool) -> io::Result<()> {
 }
 
 /// The names and d_types of a directory, without "." and "..".
+/// An open-file-description lock (F_OFD_SETLK, never waits) on `fd`: `typ` F_RDLCK,
+/// F_WRLCK or F_UNLCK over `start..=end` (`end` = i64::MAX: to the end of any file).
+pub fn ofd_setlk(fd: BorrowedFd<'_>, typ: i32, start: u64, end: u64) -> io::Result<()> {
+    let mut fl = flock_of(typ, start, end)?;
+    // SAFETY: fcntl on a live fd with a pointer to a valid struct flock on our stack.
+    unit(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) })
+}
+
+/// F_OFD_GETLK: the first lock conflicting with `typ` over `start..=end`, as
+/// (type, start, end); type F_UNLCK when none.
+pub fn ofd_getlk(
+    fd: BorrowedFd<'_>,
+    typ: i32,
+    start: u64,
+    end: u64,
+) -> io::Result<(i32, u64, u64, i32)> {
+    let mut fl = flock_of(typ, start, end)?;
+    // SAFETY: as in ofd_setlk; the kernel fills `fl`.
+    unit(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) })?;
+    let s = fl.l_start.max(0) as u64;
+    let e = if fl.l_len <= 0 {
+        i64::MAX as u64
+    } else {
+        s.saturating_add(fl.l_len as u64 - 1)
+    };
+    Ok((i32::from(fl.l_type), s, e, fl.l_pid))
+}
+
+fn flock_of(typ: i32, start: u64, end: u64) -> io::Result<libc::flock> {
+    let bad = || io::Error::from_raw_os_error(libc::EINVAL);
+    if ![libc::F_RDLCK, libc::F_WRLCK, libc::F_UNLCK].contains(&typ) || end < start {
+        return Err(bad());
+    }
+    let l_start = i64::try_from(start).map_err(|_| bad())?;
+    let l_len = if end >= i64::MAX as u64 {
+        0
+    } else {
+        i64::try_from(end - start + 1).map_err(|_| bad())?
+    };
+    // SAFETY: struct flock is plain integers; all-zero is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = typ as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = l_start;
+    fl.l_len = l_len;
+    Ok(fl)
+}
+
 pub fn read_dir(dir: OwnedFd) -> io::Result<Vec<(Vec<u8>, u8, u64)>> {
     // SAFETY: fdopendir takes ownership of the fd on success.
     let d = unsafe { libc::fdopendir(dir.as_raw_fd()) };

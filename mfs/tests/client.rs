@@ -123,7 +123,9 @@ async fn the_tree_shows_every_node_and_the_magic_links() {
     std::fs::write(w.dirs[1].path().join("on2"), b"node two").unwrap();
     assert_eq!(
         names(&w, ROOT_INO).await,
-        [".", "..", "1", "2", "here", "home"]
+        [
+            ".", "..", "1", "2", "here", "home", "magic", "lastexec", "selected"
+        ]
     );
     let here = w.mfs.lookup(&me(), ROOT_INO, b"here").await.unwrap();
     assert_eq!(here.attr.kind, Kind::Symlink);
@@ -385,4 +387,179 @@ async fn random_operations_match_a_model() {
     }
     assert_eq!(std::fs::read(w.dirs[1].path().join("fsx")).unwrap(), model);
     assert!(counts.values().all(|&c| c > 100), "{counts:?}");
+}
+
+/// A resolver with a table: (folder, pid) -> node, and the creations it was told of.
+#[derive(Default)]
+struct Table {
+    map: std::sync::Mutex<HashMap<(mfs::magic::Magic, u32), NodeId>>,
+    created: std::sync::Mutex<Vec<(u32, NodeId)>>,
+}
+
+impl mfs::magic::Resolver for Table {
+    fn resolve(&self, which: mfs::magic::Magic, pid: u32) -> NodeId {
+        self.map
+            .lock()
+            .unwrap()
+            .get(&(which, pid))
+            .copied()
+            .unwrap_or(1)
+    }
+    fn created(&self, pid: u32, node: NodeId) {
+        self.created.lock().unwrap().push((pid, node));
+    }
+}
+
+/// Each magic link names the node the resolver gives for the calling PID, the same link
+/// read by two processes gives two answers, and a creation is reported with its node.
+#[tokio::test]
+async fn magic_links_answer_per_calling_process() {
+    use mfs::magic::Magic;
+    let w = world(Config::new(1));
+    let t = Arc::new(Table::default());
+    w.mfs.set_resolver(t.clone());
+    for (i, m) in Magic::ALL.into_iter().enumerate() {
+        t.map.lock().unwrap().insert((m, 100), 2);
+        t.map.lock().unwrap().insert((m, 200 + i as u32), 2);
+    }
+    for m in Magic::ALL {
+        let e = w
+            .mfs
+            .lookup(&me(), ROOT_INO, m.name().as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(e.ino, m.ino());
+        assert_eq!(e.attr.kind, Kind::Symlink);
+        assert_eq!(w.mfs.readlink_for(&me(), 100, e.ino).await.unwrap(), b"2");
+        assert_eq!(w.mfs.readlink_for(&me(), 101, e.ino).await.unwrap(), b"1");
+        // Only the folder the resolver was given for pid 200+j says 2 for that pid.
+        for (j, n) in Magic::ALL.into_iter().enumerate() {
+            let want: &[u8] = if n == m { b"2" } else { b"1" };
+            let got = w
+                .mfs
+                .readlink_for(&me(), 200 + j as u32, m.ino())
+                .await
+                .unwrap();
+            assert_eq!(got, want, "{m:?} read by the process that has {n:?} set");
+        }
+    }
+    // statfs through a magic link reaches the node it stands for, for the caller.
+    std::fs::write(w.dirs[1].path().join("f"), b"x").unwrap();
+    let via = w
+        .mfs
+        .statfs_for(&me(), 100, Magic::Here.ino())
+        .await
+        .unwrap();
+    assert!(via.blocks > 0);
+    let n2 = path(&w, "2").await.unwrap();
+    let (e, o) = w
+        .mfs
+        .create(&me(), n2, b"tmp", 0o600, libc::O_RDWR)
+        .await
+        .unwrap();
+    w.mfs.note_created(4242, e.ino);
+    w.mfs.release(o.fh).await.unwrap();
+    assert_eq!(*t.created.lock().unwrap(), vec![(4242, 2)]);
+}
+
+fn lk(typ: i32, start: u64, end: u64) -> mfs::proto::Lock {
+    mfs::proto::Lock {
+        typ,
+        start,
+        end,
+        pid: 0,
+    }
+}
+
+/// Locks of two owners (as two processes on two client nodes would be) on a file of node 2:
+/// a conflicting one is refused at once or waited for until the holder lets go, ranges that
+/// do not overlap coexist, getlk names the holder's range, and closing (drop_locks) or the
+/// holder's node going away releases them.
+#[tokio::test]
+async fn locks_conflict_between_owners_and_go_when_the_owner_closes() {
+    use mfs::proto::LOCK_TO_EOF;
+    let w = world(Config::new(1));
+    // A second client node (3) sharing node 2's server.
+    let other = Mfs::new(Arc::new(w.direct.clone()), Config::new(3), vec![1, 2]);
+    std::fs::write(w.dirs[1].path().join("f"), b"0123456789").unwrap();
+    let a_ino = path(&w, "2/f").await.unwrap();
+    let mut b_ino = ROOT_INO;
+    for c in ["2", "f"] {
+        b_ino = other.lookup(&me(), b_ino, c.as_bytes()).await.unwrap().ino;
+    }
+    let a = w.mfs.open(&me(), a_ino, libc::O_RDWR).await.unwrap();
+    let b = other.open(&me(), b_ino, libc::O_RDWR).await.unwrap();
+    let (oa, ob) = (7, 7); // the same owner number on two nodes: still two owners
+
+    w.mfs
+        .setlk(&me(), a_ino, oa, lk(libc::F_WRLCK, 0, 4), false)
+        .await
+        .unwrap();
+    assert_eq!(
+        errno(
+            other
+                .setlk(&me(), b_ino, ob, lk(libc::F_RDLCK, 3, 3), false)
+                .await
+        ),
+        libc::EAGAIN
+    );
+    other
+        .setlk(&me(), b_ino, ob, lk(libc::F_WRLCK, 5, LOCK_TO_EOF), false)
+        .await
+        .unwrap();
+    let seen = other
+        .getlk(&me(), b_ino, ob, lk(libc::F_WRLCK, 0, LOCK_TO_EOF))
+        .await
+        .unwrap();
+    assert_eq!((seen.typ, seen.start, seen.end), (libc::F_WRLCK, 0, 4));
+    let free = w
+        .mfs
+        .getlk(&me(), a_ino, oa, lk(libc::F_WRLCK, 0, 4))
+        .await
+        .unwrap();
+    assert_eq!(free.typ, libc::F_UNLCK);
+
+    // A waiter gets the lock once the holder closes the file.
+    let waiter = {
+        let other = Arc::new(other);
+        let o2 = other.clone();
+        let t = tokio::spawn(async move {
+            o2.setlk(&me(), b_ino, 8, lk(libc::F_WRLCK, 0, 0), true)
+                .await
+        });
+        (other, t)
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!waiter.1.is_finished(), "the lock was given while held");
+    w.mfs.flush(a.fh).await.unwrap();
+    w.mfs.drop_locks(a.fh, oa).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter.1)
+        .await
+        .expect("the waiter got the lock after the close")
+        .unwrap()
+        .unwrap();
+    let other = waiter.0;
+    // Node 3 goes away: its locks on node 2 go with it.
+    assert_eq!(
+        errno(
+            w.mfs
+                .setlk(&me(), a_ino, oa, lk(libc::F_WRLCK, 6, 6), false)
+                .await
+        ),
+        libc::EAGAIN
+    );
+    let server2 = w.direct.server(2).unwrap();
+    assert_eq!(
+        server2.lock_owners(),
+        3,
+        "node 1's owner 7, node 3's owners 7 and 8"
+    );
+    server2.drop_client(3);
+    assert_eq!(server2.lock_owners(), 1);
+    w.mfs
+        .setlk(&me(), a_ino, oa, lk(libc::F_WRLCK, 0, LOCK_TO_EOF), false)
+        .await
+        .unwrap();
+    other.release(b.fh).await.unwrap();
+    w.mfs.release(a.fh).await.unwrap();
 }

@@ -67,6 +67,19 @@ pub enum Request {
     },
     /// `mosctl`: change or read this node's flags; expel, bring.
     Node(crate::balancer::NodeOp),
+    /// `omnode mfs select NODE`: `/mfs/selected` of process `pid` and of the children it
+    /// starts from now on. Its owner or root.
+    MfsSelect {
+        pid: u32,
+        node: u32,
+    },
+    /// `mount.mfs` / `omnode mfs mount`: mount `/mfs` at `dir` (`options`: mount's `-o`).
+    /// Root only.
+    MfsMount {
+        dir: PathBuf,
+        #[serde(default)]
+        options: String,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -229,6 +242,9 @@ impl Control {
             | Request::Node(_) => {
                 Response::Error("migrations are served by the socket connection".into())
             }
+            Request::MfsSelect { .. } | Request::MfsMount { .. } => {
+                Response::Error("mfs requests are served by the socket connection".into())
+            }
             Request::Leave => {
                 if let Err(e) = Self::privileged(uid) {
                     return Response::Error(e);
@@ -385,6 +401,9 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
             }
             Ok(req @ (Request::Place { .. } | Request::Node(_))) => {
                 crate::balancer::serve(req, uid).await
+            }
+            Ok(req @ (Request::MfsSelect { .. } | Request::MfsMount { .. })) => {
+                crate::mfsd::serve(req, uid).await
             }
             Ok(req) => control
                 .ask(|reply| Msg::Request { req, uid, reply }, ASK_TIMEOUT)

@@ -82,6 +82,8 @@ pub(crate) fn worker(
     done: mpsc::Sender<In>,
     shared: Arc<Shared>,
 ) {
+    // /mfs magic folders read by this thread answer for the moved process.
+    let _mfs = crate::mfsmagic::acting_for(pid);
     let ident = match take_identity(pid) {
         Ok(i) => Some(i),
         Err(e) => {

@@ -21,7 +21,9 @@ mod loadmon;
 mod logging;
 mod members;
 mod metrics;
+mod mfscli;
 mod mfsd;
+mod mfsmagic;
 mod migcli;
 mod migrator;
 mod mosctl;
@@ -252,6 +254,10 @@ pub enum Cmd {
     Ps(migcli::PsArgs),
     #[command(flatten)]
     Ckpt(ckpt::Cmd),
+    /// MFS: choose /mfs/selected (`select NODE`), mount /mfs through the daemon (`mount`,
+    /// also run as `mount.mfs` by mount(8)).
+    #[command(subcommand)]
+    Mfs(mfscli::Cmd),
     /// Print the help of omnode or of one of its commands (`omnode help setpe`).
     Help {
         /// The command whose help to print.
@@ -277,6 +283,9 @@ pub fn dispatch(mut args: Vec<OsString>) -> Vec<OsString> {
         .unwrap_or_default();
     if let Some(c) = CLASSIC.iter().find(|c| name == c.name) {
         args.splice(0..1, [OsString::from("omnode"), OsString::from(c.cmd)]);
+    } else if name == "mount.mfs" {
+        // mount(8)'s helper for `mount -t mfs` (a link /sbin/mount.mfs -> omnode).
+        args.splice(0..1, ["omnode", "mfs", "mount"].map(OsString::from));
     }
     if args.get(1).is_some_and(|a| a == "setpe") {
         for a in args.iter_mut().skip(2) {
@@ -330,6 +339,7 @@ fn main() -> ExitCode {
         Some(Cmd::Mosctl(a)) => mosctl::run(a),
         Some(Cmd::Mon(a)) => mosmon::run(a),
         Some(Cmd::Ckpt(c)) => return ckpt::run(c),
+        Some(Cmd::Mfs(c)) => mfscli::run(c),
         Some(Cmd::Help { command }) => help(command),
         Some(Cmd::Generate(a)) => install::generate(a),
     };
@@ -368,6 +378,29 @@ mod tests {
         assert_eq!(
             dispatch(os(&["omnode", "status", "-off"])),
             os(&["omnode", "status", "-off"])
+        );
+        let m = dispatch(os(&[
+            "/sbin/mount.mfs",
+            "mfs_mnt",
+            "/mfs",
+            "-o",
+            "rw,dfsa=1",
+        ]));
+        assert_eq!(
+            m,
+            os(&[
+                "omnode",
+                "mfs",
+                "mount",
+                "mfs_mnt",
+                "/mfs",
+                "-o",
+                "rw,dfsa=1"
+            ])
+        );
+        let c = Cli::try_parse_from(m).unwrap();
+        assert!(
+            matches!(c.cmd, Some(Cmd::Mfs(mfscli::Cmd::Mount(ref a))) if a.options == "rw,dfsa=1")
         );
         // Every classic name names an existing subcommand.
         let cli = Cli::command();

@@ -1,18 +1,24 @@
 //! MFS in the daemon: the mfs server actor (this node's export, served to authenticated
 //! peers only — the runtime accepts no message from a link without the cluster key), the
-//! client's [`mfs::client::Remote`] over the actor system, and the `/mfs` mount (feature `mfs`).
+//! client's [`mfs::client::Remote`] over the actor system, the `/mfs` mounts (feature `mfs`:
+//! `--mfs DIR` at start, and `mount.mfs` / `omnode mfs mount` while running), the magic
+//! folders' resolver ([`crate::mfsmagic`]) and `omnode mfs select`.
 //!
-//! File data travels as the `Bytes` payload of an ask (`ask_with_payload`), so moving it to
-//! the transport's bulk lane is a change of that one call.
+//! Locks: the asking node of a lock call is taken from the authenticated link (never from the
+//! message), and when a node's link goes down every lock it held here is released.
+//!
+//! File data travels as the `Bytes` payload of an ask or its answer, on the transport's bulk
+//! lane (writes' requests, reads' answers); everything else on the control lane.
 
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use mfs::client::{BoxFuture, Remote};
-use mfs::proto::{ACTOR, Answer, Reply, Request};
+use mfs::proto::{ACTOR, Answer, Op, Reply, Request};
 use mfs::server::{Export, Server};
+use runtime::transport::Lane;
 use runtime::{Actor, Context, Inbound, LinkEvent, NodeId, System};
 use tokio::sync::Semaphore;
 
@@ -67,7 +73,13 @@ impl Actor for ServerActor {
             return;
         };
         let server = self.server.clone();
-        let (req, local) = (inbound.msg, ctx.system().local_id());
+        let (mut req, local) = (inbound.msg, ctx.system().local_id());
+        // Whose locks these are is the link's to say, not the message's.
+        if let Op::Lock { client, .. } | Op::GetLock { client, .. } | Op::DropLocks { client, .. } =
+            &mut req.op
+        {
+            *client = inbound.from;
+        }
         ctx.system().tasks().spawn(async move {
             let (answer, data): (Answer, Bytes) =
                 // A file system that hangs (a dead NFS mount inside the export) must not
@@ -80,7 +92,9 @@ impl Actor for ServerActor {
                         (Err(late.to_fault()), Bytes::new())
                     }
                 };
-            let _ = reply.send_with_payload(&answer, data).await;
+            // File data goes on the bulk lane: it never holds back control messages.
+            let lane = if data.is_empty() { Lane::Control } else { Lane::Bulk };
+            let _ = reply.send_on(lane, &answer, data).await;
             drop(permit);
         });
     }
@@ -102,7 +116,12 @@ impl Remote for ActorRemote {
     ) -> BoxFuture<'static, Result<(Reply, Bytes), mfs::Error>> {
         let (system, after) = (self.system.clone(), self.timeout);
         Box::pin(async move {
-            let asked = system.ask_with_payload::<Request, Answer>(node, ACTOR, &req, data, after);
+            let lane = if data.is_empty() {
+                Lane::Control
+            } else {
+                Lane::Bulk
+            };
+            let asked = system.ask_on::<Request, Answer>(lane, node, ACTOR, &req, data, after);
             // The ask's own time-out covers the answer; this one also covers the send.
             match tokio::time::timeout(after + Duration::from_millis(500), asked).await {
                 Err(_) | Ok(Err(runtime::Error::Timeout { .. })) => {
@@ -125,8 +144,15 @@ impl Remote for ActorRemote {
 
 /// What runs while the daemon runs; dropping it unmounts.
 pub struct Running {
-    #[cfg(feature = "mfs")]
-    _mount: Option<mfs::fuse::Mounted>,
+    #[cfg_attr(not(feature = "mfs"), allow(dead_code))]
+    state: Arc<State>,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        #[cfg(feature = "mfs")]
+        lock(&self.state.mounts).clear();
+    }
 }
 
 /// Serve this node's export, and mount `/mfs` when asked. `nodes`: the map's nodes (more
@@ -136,8 +162,9 @@ pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running
     let server = Server::start(&export, SERVER_THREADS)
         .map_err(|e| Error::Config(format!("--mfs-export {}: {e}", args.mfs_export)))?;
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let served = server.clone();
     let addr = system.spawn(ACTOR, move || ServerActor {
-        server: server.clone(),
+        server: served.clone(),
         slots: slots.clone(),
     });
     system.serve::<Request, _>(ACTOR, addr);
@@ -145,18 +172,177 @@ pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running
         "mfs: serving {} to the cluster",
         mfs::server::describe(&export.root, export.read_only)
     );
-    let Some(dir) = &args.mfs else {
-        return Ok(Running {
-            #[cfg(feature = "mfs")]
-            _mount: None,
-        });
-    };
-    mount(system, dir, nodes)
+    let state = Arc::new(State {
+        system: system.clone(),
+        nodes: Mutex::new(nodes),
+        resolver: Arc::new(crate::mfsmagic::Resolver::new(system.local_id())),
+        #[cfg(feature = "mfs")]
+        mounts: Mutex::new(Vec::new()),
+    });
+    let _ = STATE.set(state.clone());
+    watch_links(system, state.clone(), server);
+    if let Some(dir) = &args.mfs {
+        mount(&state, dir, false)?;
+    }
+    Ok(Running { state })
 }
 
+/// What `omnode mfs ...` requests reach, once [`start`] ran.
+struct State {
+    system: System,
+    /// The nodes shown under `/mfs` (the map's, and every node whose link came up since).
+    nodes: Mutex<Vec<NodeId>>,
+    resolver: Arc<crate::mfsmagic::Resolver>,
+    #[cfg(feature = "mfs")]
+    mounts: Mutex<Vec<(PathBuf, Arc<mfs::client::Mfs>, mfs::fuse::Mounted)>>,
+}
+
+static STATE: OnceLock<Arc<State>> = OnceLock::new();
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Nodes found later (mDNS) get their folder when their link comes up; a node whose link
+/// goes down loses the locks it held here.
+fn watch_links(system: &System, state: Arc<State>, server: Server) {
+    let mut events = system.link_events();
+    let token = system.shutdown_token();
+    system.tasks().spawn(async move {
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Ok(LinkEvent::Up(n)) => {
+                        let mut known = lock(&state.nodes);
+                        if !known.contains(&n) {
+                            known.push(n);
+                            #[cfg(feature = "mfs")]
+                            for (_, client, _) in lock(&state.mounts).iter() {
+                                client.set_nodes(known.clone());
+                            }
+                        }
+                    }
+                    Ok(LinkEvent::Down(n, _)) => server.drop_client(n),
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                    _ => {}
+                },
+            }
+        }
+    });
+}
+
+/// A control request about MFS (`omnode mfs select`, `omnode mfs mount` / `mount.mfs`).
+pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::control::Response {
+    use crate::control::{Request, Response};
+    let Some(state) = STATE.get().cloned() else {
+        return Response::Error("this daemon does not run MFS".into());
+    };
+    let Some(uid) = uid else {
+        return Response::Error("the caller's uid is unknown (SO_PEERCRED failed); refused".into());
+    };
+    match req {
+        Request::MfsSelect { pid, node } => {
+            let owner = std::fs::metadata(format!("/proc/{pid}"))
+                .map(|m| std::os::unix::fs::MetadataExt::uid(&m));
+            match owner {
+                Err(_) => return Response::Error(format!("process {pid}: no such process")),
+                Ok(o) if uid != 0 && o != uid => {
+                    return Response::Error(format!(
+                        "uid {uid} may not select for process {pid} (it belongs to uid {o})"
+                    ));
+                }
+                Ok(_) => {}
+            }
+            let known = lock(&state.nodes).contains(&node) || node == state.system.local_id();
+            if !known {
+                return Response::Error(format!(
+                    "node {node} is not in this cluster (nodes: {:?})",
+                    lock(&state.nodes)
+                ));
+            }
+            match state.resolver.select(pid, node) {
+                Ok(()) => Response::Done(format!(
+                    "/mfs/selected is node {node} for process {pid} and the children it starts from now on"
+                )),
+                Err(e) => Response::Error(e),
+            }
+        }
+        Request::MfsMount { dir, options } => {
+            if uid != 0 {
+                return Response::Error(format!("uid {uid} may not mount (root only)"));
+            }
+            let opts = match MountOptions::parse(&options) {
+                Ok(o) => o,
+                Err(e) => return Response::Error(e),
+            };
+            match mount(&state, &dir, opts.read_only) {
+                Ok(None) => Response::Done(format!("mfs is already mounted at {}", dir.display())),
+                Ok(Some(())) => Response::Done(format!(
+                    "mounted every node's files at {}{}",
+                    dir.display(),
+                    if opts.dfsa {
+                        " (dfsa=1: moved processes' file calls still go home; DFSA is not implemented yet)"
+                    } else {
+                        ""
+                    }
+                )),
+                Err(e) => Response::Error(e.to_string()),
+            }
+        }
+        _ => Response::Error("not an mfs request".into()),
+    }
+}
+
+/// The `-o` options of `mount -t mfs` (the seed's fstab line has `dfsa=1`).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct MountOptions {
+    pub read_only: bool,
+    pub dfsa: bool,
+}
+
+impl MountOptions {
+    /// mount(8)'s generic options are accepted (and mostly mount(8)'s business); anything
+    /// else is refused with its name, never silently ignored.
+    pub fn parse(s: &str) -> Result<MountOptions, String> {
+        let mut o = MountOptions::default();
+        for opt in s.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+            match opt {
+                "ro" => o.read_only = true,
+                "rw" => o.read_only = false,
+                "dfsa=1" => o.dfsa = true,
+                "dfsa=0" => o.dfsa = false,
+                "defaults" | "auto" | "noauto" | "user" | "nouser" | "users" | "_netdev"
+                | "nofail" | "nodev" | "nosuid" | "exec" | "noexec" | "relatime" | "noatime"
+                | "atime" | "async" | "sync" => {}
+                x if x.starts_with("x-") || x.starts_with("comment=") => {}
+                x if x.starts_with("dfsa=") => {
+                    return Err(format!("mount option '{x}': dfsa is 0 or 1"));
+                }
+                x => {
+                    return Err(format!(
+                        "unknown mount option '{x}' for mfs (known: ro, rw, dfsa=0|1 and mount(8)'s generic ones)"
+                    ));
+                }
+            }
+        }
+        Ok(o)
+    }
+}
+
+/// Mount `/mfs` at `dir`. `Ok(None)`: it already is.
 #[cfg(feature = "mfs")]
-fn mount(system: &System, dir: &std::path::Path, nodes: Vec<NodeId>) -> Result<Running, Error> {
+fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error> {
     use mfs::client::{Config, Mfs};
+    let mut mounts = lock(&state.mounts);
+    if mounts.iter().any(|(d, _, _)| d == dir) {
+        if mounted_at(dir) {
+            return Ok(None);
+        }
+        // Unmounted from outside (umount /mfs): forget it and mount again.
+        mounts.retain(|(d, _, _)| d != dir);
+    }
+    let system = &state.system;
     let remote = Arc::new(ActorRemote {
         system: system.clone(),
         timeout: CALL_TIMEOUT,
@@ -164,40 +350,65 @@ fn mount(system: &System, dir: &std::path::Path, nodes: Vec<NodeId>) -> Result<R
     let client = Arc::new(Mfs::new(
         remote,
         Config::new(system.local_id()),
-        nodes.clone(),
+        lock(&state.nodes).clone(),
     ));
-    let mounted = mfs::fuse::mount(client.clone(), dir, tokio::runtime::Handle::current())
-        .map_err(|e| Error::Config(format!("cannot mount mfs at {}: {e}", dir.display())))?;
-    // Nodes found later (mDNS) get their folder when their link comes up.
-    let mut events = system.link_events();
-    let token = system.shutdown_token();
-    system.tasks().spawn(async move {
-        let mut known = nodes;
-        loop {
-            tokio::select! {
-                _ = token.cancelled() => break,
-                ev = events.recv() => match ev {
-                    Ok(LinkEvent::Up(n)) if !known.contains(&n) => {
-                        known.push(n);
-                        client.set_nodes(known.clone());
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-                    _ => {}
-                },
-            }
-        }
-    });
+    client.set_resolver(state.resolver.clone());
+    let mounted = mfs::fuse::mount_with(
+        client.clone(),
+        dir,
+        tokio::runtime::Handle::current(),
+        read_only,
+    )
+    .map_err(|e| Error::Config(format!("cannot mount mfs at {}: {e}", dir.display())))?;
     tracing::info!("mfs: every node's files at {}", dir.display());
-    Ok(Running {
-        _mount: Some(mounted),
+    mounts.push((dir.to_path_buf(), client, mounted));
+    Ok(Some(()))
+}
+
+/// Whether an mfs FUSE mount sits at `dir` (this daemon's mount namespace).
+#[cfg(feature = "mfs")]
+fn mounted_at(dir: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return true; // cannot tell: do not stack a second mount on it
+    };
+    let want = dir.to_string_lossy().replace(' ', "\\040");
+    info.lines().any(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        let fstype = f.iter().position(|x| *x == "-").and_then(|i| f.get(i + 1));
+        f.get(4) == Some(&want.as_str()) && fstype.is_some_and(|t| t.starts_with("fuse"))
     })
 }
 
 #[cfg(not(feature = "mfs"))]
-fn mount(_system: &System, dir: &std::path::Path, _nodes: Vec<NodeId>) -> Result<Running, Error> {
-    let _ = LinkEvent::Up(0);
+fn mount(_state: &State, dir: &Path, _read_only: bool) -> Result<Option<()>, Error> {
     Err(Error::Config(format!(
-        "--mfs {}: this omnode was built without FUSE support (build with --features mfs)",
+        "mfs at {}: this omnode was built without FUSE support (build with --features mfs)",
         dir.display()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MountOptions;
+
+    #[test]
+    fn the_seeds_fstab_options_parse_and_unknown_ones_are_named() {
+        let o = MountOptions::parse("rw,dfsa=1,noauto,_netdev").unwrap();
+        assert_eq!(
+            o,
+            MountOptions {
+                read_only: false,
+                dfsa: true
+            }
+        );
+        assert!(MountOptions::parse("ro").unwrap().read_only);
+        assert_eq!(MountOptions::parse("").unwrap(), MountOptions::default());
+        let e = MountOptions::parse("rw,cache=loose").unwrap_err();
+        assert!(e.contains("'cache=loose'"), "{e}");
+        assert!(
+            MountOptions::parse("dfsa=2")
+                .unwrap_err()
+                .contains("dfsa is 0 or 1")
+        );
+    }
 }

@@ -304,6 +304,8 @@ mod tests {
             total_mem: Some(4 << 30),
             capacity: Some(0.5),
             norm_load: None,
+            link: None,
+            link_why: None,
         }
     }
 

@@ -72,12 +72,23 @@ impl Responder {
     }
 
     pub async fn send_with_payload<R: Serialize>(
+        self,
+        answer: &R,
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        self.send_on(Lane::Control, answer, payload).await
+    }
+
+    /// Answer on `lane`: [`Lane::Bulk`] for large payloads (file blocks).
+    pub async fn send_on<R: Serialize>(
         mut self,
+        lane: Lane,
         answer: &R,
         payload: Bytes,
     ) -> Result<(), Error> {
         self.done = true;
-        let frame = self.frame(Kind::Reply { id: self.id }, answer, payload)?;
+        let mut frame = self.frame(Kind::Reply { id: self.id }, answer, payload)?;
+        frame.lane = lane;
         let limit = self.system.send_limit();
         self.system.route(self.peer, frame, limit).await
     }
@@ -641,6 +652,20 @@ impl System {
         payload: Bytes,
         timeout: Duration,
     ) -> Result<(R, Bytes), Error> {
+        self.ask_on(Lane::Control, node, name, req, payload, timeout)
+            .await
+    }
+
+    /// `ask_with_payload` with the request on `lane` ([`Lane::Bulk`] for file blocks).
+    pub async fn ask_on<Q: Serialize + ?Sized, R: DeserializeOwned>(
+        &self,
+        lane: Lane,
+        node: NodeId,
+        name: &str,
+        req: &Q,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<(R, Bytes), Error> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
         let head = wire::encode_head(
             &Header {
@@ -653,7 +678,7 @@ impl System {
         self.0.pending.insert(id, tx);
         let _forget = Forget { system: self, id };
         let deadline = Instant::now() + timeout;
-        self.route(node, Frame::new(head, payload), timeout)
+        self.route(node, Frame::on(lane, head, payload), timeout)
             .await
             .map_err(|e| match e {
                 Error::Transport(transport::Error::Timeout { .. }) => Error::Timeout {

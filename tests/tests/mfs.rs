@@ -116,6 +116,24 @@ impl Mfs {
             .expect("start omnode");
         self.nodes.push((n, child));
     }
+    fn socket(&self, n: u32) -> PathBuf {
+        self.dir.path().join(format!("node{n}.sock"))
+    }
+    /// Wait until every started node's mount shows the `hello` of nodes `of`.
+    fn ready(&self, on: &[u32], of: &[u32]) {
+        let ok = wait_for(Duration::from_secs(30), || {
+            on.iter()
+                .all(|&n| {
+                    of.iter()
+                        .all(|&m| std::fs::read(self.mnt(n).join(format!("{m}/hello"))).is_ok())
+                })
+                .then_some(())
+        });
+        assert!(
+            ok.is_some(),
+            "the mounts did not show {of:?} on {on:?} within 30 s"
+        );
+    }
     fn pid(&self, n: u32) -> u32 {
         self.nodes
             .iter()
@@ -321,7 +339,12 @@ fn three_nodes_share_their_files_through_real_mounts() {
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
     top.sort();
-    assert_eq!(top, ["1", "2", "3", "here", "home"]);
+    assert_eq!(
+        top,
+        [
+            "1", "2", "3", "here", "home", "lastexec", "magic", "selected"
+        ]
+    );
     assert_eq!(std::fs::read_link(m1.join("here")).unwrap(), Path::new("1"));
     assert_eq!(
         std::fs::read_link(c.mnt(2).join("home")).unwrap(),
@@ -633,4 +656,382 @@ fn read_only_exports_refuse_changes_and_a_foreign_key_sees_nothing() {
         std::fs::read_to_string(m1.join("2/hello")).ok()
     });
     assert_eq!(back.as_deref(), Some("hello from node 2\n"));
+}
+
+/// A child killed (and reaped) when dropped, also when the test fails.
+struct Kid(Child);
+
+impl Drop for Kid {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Compiles tests/progs/NAME.c into `dir`.
+fn compile(dir: &Path, name: &str) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
+    let out = dir.join(name);
+    let st = Command::new("gcc")
+        .args(["-O1", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc is needed for this test");
+    assert!(st.success(), "gcc failed on {}", src.display());
+    out
+}
+
+fn sh(script: &str, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = run_within(Duration::from_secs(20), &mut cmd).expect("the shell hung");
+    assert!(
+        out.status.success(),
+        "sh -c {script:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The magic folders answer per process: a process that never moved sees here = home =
+/// lastexec = its node; `magic` follows its own last O_CREAT; `selected` is what `omnode mfs
+/// select` set for its parent before it started, or its own OMNODE_MFS_SELECTED. And a process
+/// moved from node 1 to node 2 (`omnode migrate`) opening `/mfs/here/who` after the move
+/// reads node 2's file, while `/mfs/home/who` stays node 1's; the output equals an
+/// uninterrupted run's plus the one line the move changes.
+#[test]
+fn magic_folders_answer_per_process_and_follow_a_moved_process() {
+    if !need_root("magic_folders_answer_per_process_and_follow_a_moved_process") {
+        return;
+    }
+    let mut c = Mfs::at(BASE + 8);
+    for n in 1..=3 {
+        std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
+        std::fs::write(c.export(n).join("who"), format!("node {n}\n")).unwrap();
+    }
+    for n in 1..=3 {
+        c.start(n);
+    }
+    c.ready(&[1, 2, 3], &[1, 2, 3]);
+    let m1 = c.mnt(1);
+    let m = m1.to_str().unwrap();
+    let sock = c.socket(1);
+    let omnode = omnode_bin();
+
+    let all = format!(
+        "for f in here home magic lastexec selected; do printf '%s=%s ' $f $(readlink {m}/$f); done"
+    );
+    assert_eq!(
+        sh(&all, &[]),
+        "here=1 home=1 magic=1 lastexec=1 selected=1 "
+    );
+    assert_eq!(
+        sh(
+            &format!("readlink {m}/selected"),
+            &[("OMNODE_MFS_SELECTED", "3")]
+        ),
+        "3\n"
+    );
+    // The same link read through node 2's mount by a process of node 2.
+    assert_eq!(
+        sh(&format!("readlink {}/here", c.mnt(2).display()), &[]),
+        "2\n"
+    );
+
+    // omnode mfs select: for the calling shell and the children it starts afterwards.
+    let sel = format!(
+        "{} mfs select 2 --socket {} >/dev/null && readlink {m}/selected",
+        omnode.display(),
+        sock.display()
+    );
+    assert_eq!(sh(&sel, &[]), "2\n");
+    assert_eq!(
+        sh(&format!("readlink {m}/selected"), &[]),
+        "1\n",
+        "another shell"
+    );
+    let bad = run_cli(&["mfs", "select", "9", "--socket", sock.to_str().unwrap()]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("node 9 is not in this cluster"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    // magic: one process creates on node 3, then reads the link; another process does not
+    // see its record.
+    let py = format!(
+        "import os; print(os.readlink('{m}/magic')); open('{m}/3/tmpfile', 'w').close(); \
+         print(os.readlink('{m}/magic')); print(open('{m}/magic/tmpfile').read() == '')"
+    );
+    let out = run_within(
+        Duration::from_secs(20),
+        Command::new("python3").args(["-c", &py]),
+    )
+    .expect("python hung");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1\n3\nTrue\n");
+    assert!(c.export(3).join("tmpfile").exists());
+    assert_eq!(sh(&format!("readlink {m}/magic"), &[]), "1\n");
+
+    // A moved process: its opens run at home (node 1) by a deputy thread, which answers
+    // for it: here is node 2 now, home still node 1.
+    let prog = compile(c.dir.path(), "mfswho");
+    let here = m1.join("here/who");
+    let home = m1.join("home/who");
+    let run = || {
+        let mut cmd = Command::new(&prog);
+        cmd.args(["40", "100", here.to_str().unwrap(), home.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        Kid(cmd.spawn().unwrap())
+    };
+    let finish = |mut k: Kid| {
+        let st = wait_for(Duration::from_secs(60), || k.0.try_wait().ok().flatten())
+            .expect("mfswho did not end within 60 s");
+        let mut out = String::new();
+        std::io::Read::read_to_string(k.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+        assert!(st.success(), "{st:?}: {out}");
+        out
+    };
+    let plain = finish(run());
+    assert_eq!(plain, "0: node 1\n1: node 1\n", "the uninterrupted run");
+    let kid = run();
+    std::thread::sleep(Duration::from_millis(800));
+    let pid = kid.0.id().to_string();
+    let mv = run_cli(&["migrate", &pid, "2", "--socket", sock.to_str().unwrap()]);
+    assert!(
+        mv.status.success(),
+        "migrate: {}{}",
+        String::from_utf8_lossy(&mv.stdout),
+        String::from_utf8_lossy(&mv.stderr)
+    );
+    let moved = finish(kid);
+    let node2_who = std::fs::read_to_string(c.export(2).join("who")).unwrap();
+    assert_eq!(moved, format!("{plain}0: {node2_who}"), "the moved run");
+}
+
+/// flock and POSIX locks through /mfs, between processes on different nodes: a lock taken
+/// on node 1 on a file of node 2 refuses node 3's non-blocking try, makes its blocking one
+/// wait until the holder ends, conflicts with a local process's POSIX lock on node 2's own
+/// file, and goes when the holder's node dies.
+#[test]
+fn locks_through_mfs_are_held_on_the_serving_node() {
+    if !need_root("locks_through_mfs_are_held_on_the_serving_node") {
+        return;
+    }
+    let mut c = Mfs::at(BASE + 12);
+    for n in 1..=3 {
+        std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
+    }
+    std::fs::write(c.export(2).join("lockf"), b"").unwrap();
+    std::fs::write(c.export(2).join("posix"), b"0123456789").unwrap();
+    for n in 1..=3 {
+        c.start(n);
+    }
+    c.ready(&[1, 3], &[2]);
+    let (on1, on3) = (c.mnt(1).join("2/lockf"), c.mnt(3).join("2/lockf"));
+    let flock = |args: &[&str], f: &Path| {
+        let mut cmd = Command::new("flock");
+        cmd.args(args).arg(f);
+        cmd
+    };
+
+    // flock: node 1 holds it for 2 s.
+    let holder = Kid(flock(&["-x"], &on1)
+        .args(["-c", "echo held; sleep 2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut holder = holder;
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    assert_eq!(line, "held\n");
+    let t0 = Instant::now();
+    let busy = run_within(
+        Duration::from_secs(10),
+        flock(&["-n", "-x"], &on3).arg("true"),
+    )
+    .unwrap();
+    assert_eq!(
+        busy.status.code(),
+        Some(1),
+        "node 3 took a lock node 1 holds"
+    );
+    let waited = run_within(Duration::from_secs(20), flock(&["-x"], &on3).arg("true"))
+        .expect("the blocking flock hung after the holder ended");
+    assert!(waited.status.success());
+    assert!(
+        t0.elapsed() > Duration::from_millis(1000),
+        "the blocking flock did not wait for the holder ({:?})",
+        t0.elapsed()
+    );
+    assert!(holder.0.wait().unwrap().success());
+
+    // POSIX: node 1 holds a write lock on bytes 0..=4 of node 2's file; a local process
+    // of node 2 is refused bytes 2..=3 but gets 5..=9; it gets 0..=4 once node 1 dies.
+    let hold = format!(
+        "import fcntl,sys,time; f=open('{}','r+'); fcntl.lockf(f, fcntl.LOCK_EX, 5, 0); \
+         print('held', flush=True); time.sleep(60)",
+        c.mnt(1).join("2/posix").display()
+    );
+    let mut holder = Kid(Command::new("python3")
+        .args(["-c", &hold])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap());
+    let mut line = String::new();
+    {
+        use std::io::BufRead;
+        std::io::BufReader::new(holder.0.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    }
+    assert_eq!(line, "held\n");
+    let local = c.export(2).join("posix");
+    let try_lock = |start: u32, len: u32| -> String {
+        let py = format!(
+            "import fcntl\nf=open('{}','r+')\ntry:\n  fcntl.lockf(f, fcntl.LOCK_EX|fcntl.LOCK_NB, {len}, {start}); print('got')\nexcept OSError as e: print('busy', e.errno)",
+            local.display()
+        );
+        let out = run_within(
+            Duration::from_secs(10),
+            Command::new("python3").args(["-c", &py]),
+        )
+        .expect("python hung");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(try_lock(2, 2), format!("busy {}", libc::EAGAIN));
+    assert_eq!(try_lock(5, 5), "got");
+    let t0 = Instant::now();
+    c.kill(1);
+    let freed = wait_for(Duration::from_secs(10), || {
+        (try_lock(0, 5) == "got").then_some(())
+    });
+    assert!(
+        freed.is_some(),
+        "node 1 died but its lock on node 2's file stayed ({:?})",
+        t0.elapsed()
+    );
+    drop(holder);
+}
+
+/// mount(8) runs /sbin/mount.mfs (a link to omnode) for `mount -t mfs` and for the seed's
+/// fstab line; the running daemon mounts, and the files are there.
+#[test]
+fn mount_t_mfs_asks_the_running_daemon() {
+    if !need_root("mount_t_mfs_asks_the_running_daemon") {
+        return;
+    }
+    struct Helper(Option<PathBuf>);
+    impl Drop for Helper {
+        fn drop(&mut self) {
+            if let Some(p) = &self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let link = Path::new("/sbin/mount.mfs");
+    let _helper = match std::fs::read_link(link) {
+        Ok(t) if t == omnode_bin() => Helper(None),
+        Ok(_) | Err(_) if link.symlink_metadata().is_ok() => {
+            eprintln!("skipping: /sbin/mount.mfs exists and is not this omnode");
+            return;
+        }
+        _ => {
+            std::os::unix::fs::symlink(omnode_bin(), link).unwrap();
+            Helper(Some(link.to_path_buf()))
+        }
+    };
+    let mut c = Mfs::at(BASE + 16);
+    for n in 1..=3 {
+        std::fs::write(c.export(n).join("hello"), format!("hello from node {n}\n")).unwrap();
+    }
+    c.start(1);
+    c.start(2);
+    c.ready(&[1], &[2]);
+    let dir = c.dir.path().join("viamount");
+    std::fs::create_dir(&dir).unwrap();
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            umount(&self.0);
+        }
+    }
+    let _u = Unmount(dir.clone());
+    let sock = c.socket(1);
+    let mount = |args: &[&str]| {
+        let mut cmd = Command::new("mount");
+        cmd.args(args).env("OMNODE_SOCKET", &sock);
+        run_within(Duration::from_secs(20), &mut cmd).expect("mount hung")
+    };
+    let out = mount(&[
+        "-t",
+        "mfs",
+        "-o",
+        "dfsa=1",
+        "mfs_mnt",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "mount -t mfs: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hello = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("2/hello")).ok()
+    });
+    assert_eq!(hello.as_deref(), Some("hello from node 2\n"));
+    assert_eq!(
+        std::fs::read_link(dir.join("here")).unwrap(),
+        Path::new("1")
+    );
+    let bad = mount(&[
+        "-t",
+        "mfs",
+        "-o",
+        "cache=loose",
+        "mfs_mnt",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("cache=loose"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    umount(&dir);
+    // The seed's fstab line, from a temp fstab.
+    let fstab = c.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!("mfs_mnt {} mfs dfsa=1 0 0\n", dir.display()),
+    )
+    .unwrap();
+    let out = mount(&["-T", fstab.to_str().unwrap(), dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "mount from the fstab line: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hello = wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(dir.join("1/hello")).ok()
+    });
+    assert_eq!(hello.as_deref(), Some("hello from node 1\n"));
 }

@@ -11,10 +11,14 @@
 //!   sent while the writer goes on (one batch in flight); `flush` (close), `fsync`, reads,
 //!   getattr and setattr wait for them, and a failed batch is reported by the next of those.
 //!
-//! `/mfs` itself holds one directory per node and the magic links `here` and `home` (this
-//! node until processes migrate).
+//! - Locks: POSIX (fcntl) and flock locks are held on the serving node for their owner
+//!   (see [`crate::server`]); a blocking lock is retried until granted; an owner's locks go
+//!   when it closes the file (flush: POSIX, release: flock).
+//!
+//! `/mfs` itself holds one directory per node and the magic links of [`crate::magic`]
+//! (`here`, `home`, `magic`, `lastexec`, `selected`), resolved per calling process.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,75 +28,21 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
+use crate::magic::{Magic, Resolver, Unmoved};
 use crate::proto::{self, Attr, Cred, Fh, Handle, Kind, Op, ROOT, Reply, SetAttr, StatFs};
-use crate::server::Server;
 use crate::{Error, NodeId};
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// How the client reaches the mfs server of a node. The daemon implements it with the actor
-/// system; tests with [`Direct`].
-pub trait Remote: Send + Sync + 'static {
-    /// Run `req` on `node`'s server; `data` is the payload (write data), and so is the
-    /// answer's `Bytes` (read data). Must give up within a bounded time.
-    fn call(
-        &self,
-        node: NodeId,
-        req: proto::Request,
-        data: Bytes,
-    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>>;
-}
+pub use remote::{Direct, Remote};
 
-/// Servers in this process, one per node number. Errors come back as they would over the
-/// wire: as the errno and message of a [`proto::Fault`].
-#[derive(Clone, Default)]
-pub struct Direct {
-    servers: Arc<RwLock<HashMap<NodeId, Server>>>,
-}
-
-impl Direct {
-    pub fn new() -> Direct {
-        Direct::default()
-    }
-    pub fn add(&self, node: NodeId, server: Server) {
-        self.servers.write().expect("servers").insert(node, server);
-    }
-    /// As if `node` went down: calls to it fail with ENOTCONN.
-    pub fn remove(&self, node: NodeId) {
-        self.servers.write().expect("servers").remove(&node);
-    }
-}
-
-impl Remote for Direct {
-    fn call(
-        &self,
-        node: NodeId,
-        req: proto::Request,
-        data: Bytes,
-    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
-        let server = self.servers.read().expect("servers").get(&node).cloned();
-        Box::pin(async move {
-            let Some(server) = server else {
-                return Err(Error::Unreachable {
-                    node,
-                    reason: "no such server".into(),
-                });
-            };
-            server.call(req.cred, req.op, data).await.map_err(|e| {
-                let f = e.to_fault();
-                Error::Remote {
-                    node,
-                    errno: f.errno,
-                    msg: f.msg,
-                }
-            })
-        })
-    }
-}
+mod data;
+mod locks;
+mod remote;
 
 /// The local inode of `/mfs`.
 pub const ROOT_INO: u64 = 1;
-/// `/mfs/here`: the node the calling process runs on.
+/// `/mfs/here`: the node the calling process runs on (the other magic links: [`Magic::ino`]).
 pub const HERE_INO: u64 = 2;
 /// `/mfs/home`: the calling process's home node.
 pub const HOME_INO: u64 = 3;
@@ -221,6 +171,9 @@ pub struct Mfs {
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
     next_fh: AtomicU64,
     started: (i64, u32),
+    resolver: RwLock<Arc<dyn Resolver>>,
+    /// (inode, lock owner) pairs that took a lock: their locks are dropped at close.
+    lockers: Mutex<HashSet<(u64, u64)>>,
 }
 
 fn magic_attr(ino: u64, kind: Kind, perm: u32, size: u64, t: (i64, u32)) -> Attr {
@@ -259,6 +212,7 @@ fn eacces() -> Error {
 
 impl Mfs {
     pub fn new(remote: Arc<dyn Remote>, cfg: Config, nodes: Vec<NodeId>) -> Mfs {
+        let cfg_local = cfg.local;
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
@@ -275,6 +229,8 @@ impl Mfs {
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: (now.as_secs() as i64, now.subsec_nanos()),
+            resolver: RwLock::new(Arc::new(Unmoved(cfg_local))),
+            lockers: Mutex::new(HashSet::new()),
         }
     }
 
@@ -291,9 +247,31 @@ impl Mfs {
         self.nodes.read().expect("nodes").contains(&n) || n == self.cfg.local
     }
 
-    /// The node `here`/`home` stand for. Until processes migrate both are this node.
-    fn magic_node(&self, _ino: u64) -> NodeId {
-        self.cfg.local
+    /// Who answers the magic folders (by default: processes never move, all are this node).
+    pub fn set_resolver(&self, r: Arc<dyn Resolver>) {
+        *self.resolver.write().expect("resolver") = r;
+    }
+
+    /// The node magic link `ino` stands for, for process `pid`.
+    fn magic_node(&self, ino: u64, pid: u32) -> NodeId {
+        match Magic::from_ino(ino) {
+            Some(m) => self.resolver.read().expect("resolver").resolve(m, pid),
+            None => self.cfg.local,
+        }
+    }
+
+    /// Process `pid` created `ino` with O_CREAT (what `/mfs/magic` follows).
+    pub fn note_created(&self, pid: u32, ino: u64) {
+        let node = self
+            .table
+            .lock()
+            .expect("inode table")
+            .inodes
+            .get(&ino)
+            .map(|i| i.node);
+        if let Some(node) = node {
+            self.resolver.read().expect("resolver").created(pid, node);
+        }
     }
 
     async fn send(
@@ -479,22 +457,22 @@ impl Mfs {
         magic_attr(ROOT_INO, Kind::Dir, 0o555, 0, self.started)
     }
 
+    /// A magic link's attributes; its size is that of this node's number (the target
+    /// depends on who reads it).
     fn magic_link(&self, ino: u64) -> Attr {
-        let target = self.magic_node(ino).to_string();
+        let target = self.cfg.local.to_string();
         magic_attr(ino, Kind::Symlink, 0o777, target.len() as u64, self.started)
     }
 
     pub async fn lookup(&self, cred: &Cred, parent: u64, name: &[u8]) -> Result<Entry, Error> {
         if parent == ROOT_INO {
+            if let Some(m) = Magic::from_name(name) {
+                return Ok(Entry {
+                    ino: m.ino(),
+                    attr: self.magic_link(m.ino()),
+                });
+            }
             return match name {
-                b"here" => Ok(Entry {
-                    ino: HERE_INO,
-                    attr: self.magic_link(HERE_INO),
-                }),
-                b"home" => Ok(Entry {
-                    ino: HOME_INO,
-                    attr: self.magic_link(HOME_INO),
-                }),
                 b"." | b".." => Ok(Entry {
                     ino: ROOT_INO,
                     attr: self.root_attr(),
@@ -606,7 +584,7 @@ impl Mfs {
     pub async fn getattr(&self, cred: &Cred, ino: u64) -> Result<Attr, Error> {
         match ino {
             ROOT_INO => return Ok(self.root_attr()),
-            HERE_INO | HOME_INO => return Ok(self.magic_link(ino)),
+            i if Magic::from_ino(i).is_some() => return Ok(self.magic_link(ino)),
             _ => {}
         }
         self.settle(ino).await?;
@@ -675,9 +653,15 @@ impl Mfs {
         }
     }
 
+    /// readlink as an unknown process (magic links: as one that never moved).
     pub async fn readlink(&self, cred: &Cred, ino: u64) -> Result<Vec<u8>, Error> {
-        if ino == HERE_INO || ino == HOME_INO {
-            return Ok(self.magic_node(ino).to_string().into_bytes());
+        self.readlink_for(cred, 0, ino).await
+    }
+
+    /// readlink by process `pid`: magic links name the node they stand for, for it.
+    pub async fn readlink_for(&self, cred: &Cred, pid: u32, ino: u64) -> Result<Vec<u8>, Error> {
+        if Magic::from_ino(ino).is_some() {
+            return Ok(self.magic_node(ino, pid).to_string().into_bytes());
         }
         let (node, r, _) = self
             .on(
@@ -801,270 +785,6 @@ impl Mfs {
         ))
     }
 
-    fn file(&self, fh: u64) -> Result<Arc<OpenFile>, Error> {
-        self.files
-            .lock()
-            .expect("open files")
-            .get(&fh)
-            .cloned()
-            .ok_or(Error::BadFile(fh))
-    }
-
-    fn fetch(
-        &self,
-        f: &OpenFile,
-        off: u64,
-        len: usize,
-    ) -> impl Future<Output = Result<Window, Error>> + Send + 'static {
-        let generation = f.generation.load(Ordering::Relaxed);
-        let (node, fh) = (f.node, f.fh);
-        let call = self.remote.call(
-            node,
-            proto::Request {
-                cred: f.cred.clone(),
-                op: Op::Read {
-                    fh,
-                    offset: off,
-                    size: len as u32,
-                },
-            },
-            Bytes::new(),
-        );
-        async move {
-            let (r, data) = call.await?;
-            if r != Reply::Data || data.len() > len {
-                return Err(Error::Protocol {
-                    node,
-                    what: format!("{r:?} with {} bytes to a read of {len}", data.len()),
-                });
-            }
-            Ok(Window {
-                generation,
-                off,
-                eof: data.len() < len,
-                data,
-            })
-        }
-    }
-
-    pub async fn read(&self, fh: u64, off: u64, size: u32) -> Result<Bytes, Error> {
-        let f = self.file(fh)?;
-        // What any descriptor of this file wrote here is readable (POSIX, within one node).
-        self.settle(f.ino).await?;
-        let mut st = f.st.lock().await;
-        self.drain(&f, &mut st).await?;
-        let end = off + u64::from(size);
-        let ra = self.cfg.read_ahead.max(4096);
-        let mut out: Option<BytesMut> = None;
-        let mut first: Option<Bytes> = None;
-        let mut pos = off;
-        while pos < end {
-            let generation = f.generation.load(Ordering::Relaxed);
-            if let Some(w) = &st.window {
-                let wend = w.off + w.data.len() as u64;
-                if w.generation == generation && w.off <= pos && pos < wend {
-                    let take = end.min(wend);
-                    let piece = w
-                        .data
-                        .slice((pos - w.off) as usize..(take - w.off) as usize);
-                    pos = take;
-                    match (&mut out, first.take()) {
-                        (None, None) => first = Some(piece),
-                        (None, Some(p)) => {
-                            let mut b = BytesMut::with_capacity(size as usize);
-                            b.extend_from_slice(&p);
-                            b.extend_from_slice(&piece);
-                            out = Some(b);
-                        }
-                        (Some(b), _) => b.extend_from_slice(&piece),
-                    }
-                    if pos >= wend && w.eof {
-                        break;
-                    }
-                    continue;
-                }
-                if w.generation == generation && w.eof && pos >= wend {
-                    break;
-                }
-            }
-            // Not in the window: the next prefetched one, or a fresh fetch.
-            let mut found = None;
-            while let Some(p) = st.prefetch.pop_front() {
-                match p.await {
-                    Ok(Ok(w))
-                        if w.generation == generation
-                            && w.off <= pos
-                            && pos < w.off + w.data.len().max(1) as u64 =>
-                    {
-                        found = Some(w);
-                        break;
-                    }
-                    // Before the reader: skip it. Anything else: the sequence is broken.
-                    Ok(Ok(w)) if w.generation == generation && w.off < pos => {}
-                    _ => {
-                        Self::cancel_prefetch(&mut st);
-                        break;
-                    }
-                }
-            }
-            let w = match found {
-                Some(w) => w,
-                None => {
-                    Self::cancel_prefetch(&mut st);
-                    self.fetch(&f, pos, ra.max((end - pos) as usize)).await?
-                }
-            };
-            let empty = w.data.is_empty();
-            st.window = Some(w);
-            if empty {
-                break;
-            }
-        }
-        // A sequential reader: the next windows are fetched while it reads this one.
-        let sequential = off == st.last_end;
-        st.last_end = pos;
-        if let Some(w) = &st.window {
-            let wend = w.off + w.data.len() as u64;
-            if sequential && !w.eof {
-                if st.prefetch.is_empty() {
-                    st.ahead = wend;
-                }
-                // Not past the end as last seen (a file growing meanwhile is read on demand).
-                let size = {
-                    let t = self.table.lock().expect("inode table");
-                    t.inodes.get(&f.ino).map_or(u64::MAX, |i| i.attr.size)
-                };
-                while st.prefetch.len() < self.cfg.read_ahead_windows.max(1) && st.ahead < size {
-                    let at = st.ahead;
-                    st.prefetch.push_back(tokio::spawn(self.fetch(&f, at, ra)));
-                    st.ahead = at + ra as u64;
-                }
-            }
-        }
-        Ok(match (out, first) {
-            (Some(b), _) => b.freeze(),
-            (None, Some(p)) => p,
-            (None, None) => Bytes::new(),
-        })
-    }
-
-    pub async fn write(&self, fh: u64, off: u64, data: &[u8]) -> Result<u32, Error> {
-        let f = self.file(fh)?;
-        // Batches of two descriptors must not overtake each other: one writer at a time.
-        self.settle_others(f.ino, Some(&f)).await?;
-        let mut st = f.st.lock().await;
-        f.generation.fetch_add(1, Ordering::Relaxed);
-        st.window = None;
-        Self::cancel_prefetch(&mut st);
-        self.expire_attr(f.ino);
-        let wb = self.cfg.write_behind.max(4096);
-        let appended = match &mut st.dirty {
-            Some((o, buf)) if *o + buf.len() as u64 == off && buf.len() + data.len() <= wb => {
-                buf.extend_from_slice(data);
-                true
-            }
-            _ => false,
-        };
-        if !appended {
-            self.push(&f, &mut st).await?;
-            st.dirty = Some((off, BytesMut::from(data)));
-        }
-        if st.dirty.as_ref().is_some_and(|(_, b)| b.len() >= wb) {
-            self.push(&f, &mut st).await?;
-        }
-        Ok(data.len() as u32)
-    }
-
-    fn cancel_prefetch(st: &mut FileState) {
-        for p in st.prefetch.drain(..) {
-            p.abort();
-        }
-    }
-
-    /// Send the gathered writes (after the batch still in flight has landed).
-    async fn push(&self, f: &OpenFile, st: &mut FileState) -> Result<(), Error> {
-        if let Some(prev) = st.inflight.take() {
-            prev.await.map_err(|_| Error::Stopped)??;
-        }
-        let Some((off, buf)) = st.dirty.take() else {
-            return Ok(());
-        };
-        let len = buf.len();
-        let node = f.node;
-        let call = self.remote.call(
-            node,
-            proto::Request {
-                cred: f.cred.clone(),
-                op: Op::Write {
-                    fh: f.fh,
-                    offset: off,
-                },
-            },
-            buf.freeze(),
-        );
-        st.inflight = Some(tokio::spawn(async move {
-            match call.await? {
-                (Reply::Written(n), _) if n as usize == len => Ok(()),
-                (Reply::Written(n), _) => Err(Error::Remote {
-                    node,
-                    errno: libc::EIO,
-                    msg: format!("short write: {n} of {len} bytes"),
-                }),
-                (r, _) => Err(Error::Protocol {
-                    node,
-                    what: format!("{r:?} to a write"),
-                }),
-            }
-        }));
-        Ok(())
-    }
-
-    /// Everything written so far has reached the server (or the error that stopped it).
-    async fn drain(&self, f: &OpenFile, st: &mut FileState) -> Result<(), Error> {
-        self.push(f, st).await?;
-        if let Some(prev) = st.inflight.take() {
-            prev.await.map_err(|_| Error::Stopped)??;
-        }
-        Ok(())
-    }
-
-    /// close(2) of one descriptor: written data reaches the server, errors are reported.
-    pub async fn flush(&self, fh: u64) -> Result<(), Error> {
-        let f = self.file(fh)?;
-        let mut st = f.st.lock().await;
-        let r = self.drain(&f, &mut st).await;
-        self.expire_attr(f.ino);
-        r
-    }
-
-    pub async fn fsync(&self, fh: u64, datasync: bool) -> Result<(), Error> {
-        let f = self.file(fh)?;
-        let mut st = f.st.lock().await;
-        self.drain(&f, &mut st).await?;
-        self.send(
-            f.node,
-            &f.cred,
-            Op::Fsync { fh: f.fh, datasync },
-            Bytes::new(),
-        )
-        .await
-        .map(drop)
-    }
-
-    pub async fn release(&self, fh: u64) -> Result<(), Error> {
-        let Some(f) = self.files.lock().expect("open files").remove(&fh) else {
-            return Err(Error::BadFile(fh));
-        };
-        let mut st = f.st.lock().await;
-        Self::cancel_prefetch(&mut st);
-        let written = self.drain(&f, &mut st).await;
-        let closed = self
-            .send(f.node, &f.cred, Op::Release { fh: f.fh }, Bytes::new())
-            .await
-            .map(drop);
-        written.and(closed)
-    }
-
     pub async fn opendir(&self, cred: &Cred, ino: u64) -> Result<u64, Error> {
         let dir = if ino == ROOT_INO {
             let mut items = vec![
@@ -1094,18 +814,14 @@ impl Mfs {
                     next: 0,
                 });
             }
-            items.push(DirItem {
-                name: b"here".to_vec(),
-                kind: Kind::Symlink,
-                ino: HERE_INO,
-                next: 0,
-            });
-            items.push(DirItem {
-                name: b"home".to_vec(),
-                kind: Kind::Symlink,
-                ino: HOME_INO,
-                next: 0,
-            });
+            for m in Magic::ALL {
+                items.push(DirItem {
+                    name: m.name().as_bytes().to_vec(),
+                    kind: Kind::Symlink,
+                    ino: m.ino(),
+                    next: 0,
+                });
+            }
             for (i, it) in items.iter_mut().enumerate() {
                 it.next = i as u64 + 1;
             }
@@ -1352,11 +1068,16 @@ impl Mfs {
 
     /// The serving node's real numbers; `/mfs` itself reports this node's export.
     pub async fn statfs(&self, cred: &Cred, ino: u64) -> Result<StatFs, Error> {
+        self.statfs_for(cred, 0, ino).await
+    }
+
+    /// statfs by process `pid` (a magic link: the node it stands for, for `pid`).
+    pub async fn statfs_for(&self, cred: &Cred, pid: u32, ino: u64) -> Result<StatFs, Error> {
         let (node, r) = if ino < FIRST_INO {
             let node = if ino == ROOT_INO {
                 self.cfg.local
             } else {
-                self.magic_node(ino)
+                self.magic_node(ino, pid)
             };
             (
                 node,
