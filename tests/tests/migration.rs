@@ -1150,3 +1150,29 @@ fn exec_in_a_moved_process_brings_it_home() {
         logs(&c, &nodes)
     );
 }
+
+/// A moved program whose first output goes through stdio (glibc fstat()s stdout first: a call
+/// on a home fd) prints everything an uninterrupted run prints and exits with its code: the
+/// call is answered exactly (forwarded home, or the process comes home for it), never lost.
+#[test]
+fn stdio_output_after_the_move_is_not_lost() {
+    if !can_run("stdio_output_after_the_move") {
+        return;
+    }
+    let c = cluster("1 127.0.0.246 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "stdiocount");
+    let plain = spawn(&prog, &["15"]);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(5), "uninterrupted run: {plain_st:?}");
+    assert_eq!(plain_out.lines().count(), 15, "{plain_out}");
+
+    let kid = spawn(&prog, &["15"]);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(200));
+    migrate_ok(&c, &[1, 2], pid, "2");
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &[1, 2]));
+    assert_eq!(st.code(), Some(5), "moved run: {st:?}\n{}", logs(&c, &[1, 2]));
+}
