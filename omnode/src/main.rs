@@ -190,7 +190,12 @@ pub struct DaemonArgs {
 
     /// For tests only: CPU features (comma-separated /proc/cpuinfo names, or `xsave_size`)
     /// this node pretends not to have when it admits migrations.
-    #[arg(long, hide = true, value_name = "LIST", env = "OMNODE_MASK_CPU_FEATURES")]
+    #[arg(
+        long,
+        hide = true,
+        value_name = "LIST",
+        env = "OMNODE_MASK_CPU_FEATURES"
+    )]
     pub mask_cpu_features: Option<String>,
 }
 

@@ -186,13 +186,7 @@ enum Go {
 
 /// Freezes the copy for its way home and hands it to the protocol shell; true when it went
 /// home (the copy here was killed), false when it runs on here.
-fn leave(
-    pid: i32,
-    home_pid: i32,
-    why: String,
-    go: &mpsc::Receiver<Go>,
-    out: &BuiltTx,
-) -> bool {
+fn leave(pid: i32, home_pid: i32, why: String, go: &mpsc::Receiver<Go>, out: &BuiltTx) -> bool {
     let fail = |e: String| {
         tracing::warn!(pid, "it cannot go home now: {e}");
         let _ = out.send(Built::LeaveFailed(e));

@@ -1131,8 +1131,15 @@ fn exec_in_a_moved_process_brings_it_home() {
     let plain = spawn(&prog, &args);
     let plain_pid = plain.0.id();
     let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(11), "uninterrupted run: {plain_st:?}: {plain_out}");
-    assert!(plain_out.contains(&format!("exec pid {plain_pid}\n")), "{plain_out}");
+    assert_eq!(
+        plain_st.code(),
+        Some(11),
+        "uninterrupted run: {plain_st:?}: {plain_out}"
+    );
+    assert!(
+        plain_out.contains(&format!("exec pid {plain_pid}\n")),
+        "{plain_out}"
+    );
 
     let kid = spawn(&prog, &args);
     let pid = kid.0.id();
@@ -1174,5 +1181,10 @@ fn stdio_output_after_the_move_is_not_lost() {
     let (out, st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
     assert_eq!(out, want, "output differs\n{}", logs(&c, &[1, 2]));
-    assert_eq!(st.code(), Some(5), "moved run: {st:?}\n{}", logs(&c, &[1, 2]));
+    assert_eq!(
+        st.code(),
+        Some(5),
+        "moved run: {st:?}\n{}",
+        logs(&c, &[1, 2])
+    );
 }

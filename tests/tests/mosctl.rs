@@ -251,14 +251,13 @@ fn bring_and_expel_account_for_every_process() {
             .is_some_and(|r| r.iter().any(|r| r["pid"] == pid && r["node"] == 2))
     };
     // generous: on a busy machine the exec and the move can take a while
-    wait_for(Duration::from_secs(60), || listed(2).then_some(()))
-        .unwrap_or_else(|| {
-            panic!(
-                "{pid} never ran on node 2\n{}\n{}",
-                c.log_text(1),
-                c.log_text(2)
-            )
-        });
+    wait_for(Duration::from_secs(60), || listed(2).then_some(())).unwrap_or_else(|| {
+        panic!(
+            "{pid} never ran on node 2\n{}\n{}",
+            c.log_text(1),
+            c.log_text(2)
+        )
+    });
 
     for (node, verb, flag) in [(2, "expel", "block"), (1, "bring", "lstay")] {
         let o = mosctl(&c, node, &[verb]);

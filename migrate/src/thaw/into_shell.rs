@@ -220,7 +220,10 @@ fn prepare<R: Read>(
             other => {
                 return Err(shell_err(
                     pid,
-                    format!("fd {} is a kind a moved process cannot have: {other:?}", f.fd),
+                    format!(
+                        "fd {} is a kind a moved process cannot have: {other:?}",
+                        f.fd
+                    ),
                 ));
             }
         };
