@@ -1188,3 +1188,95 @@ fn stdio_output_after_the_move_is_not_lost() {
         logs(&c, &[1, 2])
     );
 }
+
+/// Issue 13: a dynamically linked program moved the instant its exec is seen (`MoveAfterExec`,
+/// the `mosrun -jN` request, with no wait for the dynamic loader) prints what an unmoved run
+/// prints and exits with its code, whatever ld.so was doing at the move (opening, reading,
+/// fstat-ing or mapping libc.so.6 through an fd that became home-backed): the move is exact,
+/// or the process comes home for the call, or the move is refused before it is touched.
+/// ld.so's work is widened by an LD_LIBRARY_PATH of directories that do not exist (each one
+/// tried before the system's; the unmoved run has none: the output must not depend on it).
+#[test]
+fn a_program_moved_while_its_dynamic_loader_runs_is_exact() {
+    use std::io::{BufRead, Write};
+    if !can_run("a_program_moved_while_its_dynamic_loader_runs_is_exact") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.0.247 2\n", &nodes);
+    let prog = compile(c.dir.path(), "ldhello");
+    // Attempt n searches 25 * n directories that do not exist before the system's, so the
+    // move lands at a different point of ld.so's work in each attempt.
+    let lib_path = |n: usize| -> String {
+        (0..25 * n)
+            .map(|i| format!("{}/none{i}", c.dir.path().display()))
+            .collect::<Vec<_>>()
+            .join(":")
+    };
+    // `sh -c 'read go; exec prog N'`: the test learns the pid, asks for the move after the
+    // exec, then lets the shell exec the program.
+    let start = |n: usize| -> (Kid, std::process::ChildStdin) {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "read go; exec \"$0\" \"$1\""])
+            .arg(&prog)
+            .arg(n.to_string())
+            .env("LD_LIBRARY_PATH", lib_path(n));
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().expect("spawn sh");
+        let stdin = child.stdin.take().unwrap();
+        (Kid(child), stdin)
+    };
+    let (plain, mut go) = start(0);
+    let plain_pid = plain.0.id();
+    go.write_all(b"go\n").unwrap();
+    drop(go);
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(7), "unmoved run: {plain_st:?}");
+    let mut moved = 0;
+    let attempts = 8;
+    for n in 1..=attempts {
+        let (kid, mut go) = start(n);
+        let pid = kid.0.id();
+        let mut s = std::os::unix::net::UnixStream::connect(c.socket(1)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        writeln!(s, r#"{{"cmd":"move_after_exec","pid":{pid},"to":2}}"#).unwrap();
+        let mut answer = String::new();
+        std::io::BufReader::new(s).read_line(&mut answer).unwrap();
+        assert!(answer.contains("once it runs"), "move_after_exec: {answer}");
+        go.write_all(b"go\n").unwrap();
+        drop(go);
+        let (out, st) = finish(kid, Duration::from_secs(60));
+        let want = plain_out
+            .replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"))
+            .replace("hello 0 ", &format!("hello {n} "));
+        assert_eq!(
+            out,
+            want,
+            "attempt {n}: output differs\n{}",
+            logs(&c, &nodes)
+        );
+        assert_eq!(
+            st.code(),
+            Some(7),
+            "attempt {n}: {st:?}\n{}",
+            logs(&c, &nodes)
+        );
+        let needle = format!("process {pid} ");
+        if c.log_text(1)
+            .lines()
+            .any(|l| l.contains(&needle) && l.contains("moved"))
+        {
+            moved += 1;
+        }
+    }
+    eprintln!("moved in {moved} of {attempts} attempts");
+}
