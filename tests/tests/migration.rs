@@ -1241,7 +1241,7 @@ fn a_program_moved_while_its_dynamic_loader_runs_is_exact() {
     drop(go);
     let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
     assert_eq!(plain_st.code(), Some(7), "unmoved run: {plain_st:?}");
-    let mut moved = 0;
+    let (mut moved, mut during_ld_so) = (0, 0);
     let attempts = 8;
     for n in 1..=attempts {
         let (kid, mut go) = start(n);
@@ -1277,6 +1277,18 @@ fn a_program_moved_while_its_dynamic_loader_runs_is_exact() {
         {
             moved += 1;
         }
+        // Moved before ld.so mapped libc: it came home for that mmap.
+        let pid_field = format!("pid={pid} ");
+        if c.log_text(1).lines().any(|l| {
+            l.contains(&pid_field)
+                && l.contains("the process came home")
+                && l.contains("MmapHomeFd")
+        }) {
+            during_ld_so += 1;
+        }
     }
-    eprintln!("moved in {moved} of {attempts} attempts");
+    // How many moves landed inside the loader depends on timing: reported, not asserted.
+    eprintln!(
+        "moved in {moved} of {attempts} attempts, {during_ld_so} of them before ld.so mapped libc"
+    );
 }
