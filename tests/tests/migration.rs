@@ -1196,6 +1196,14 @@ fn stdio_output_after_the_move_is_not_lost() {
 /// or the process comes home for the call, or the move is refused before it is touched.
 /// ld.so's work is widened by an LD_LIBRARY_PATH of directories that do not exist (each one
 /// tried before the system's; the unmoved run has none: the output must not depend on it).
+/// The fault of issue 13 (on the tree of 5d6c6bc^ this test fails at its first attempt): ld.so's
+/// `fstat` of libc (`newfstatat(fd, "", AT_EMPTY_PATH)`, nr 262) on an fd that had become
+/// home-backed was a call the remote could not serve, the way home did not exist yet, and the
+/// supervisor gave up by dropping its seccomp listener while the process lived: the kernel
+/// then answers every pending and later trapped call with ENOSYS, so ld.so failed and exited
+/// 127 with its message on the (discarded) stderr. Since then the call is run at home
+/// (`migration::homecall`), a call that cannot be served brings the process home, and the
+/// listener is dropped only once the process has exited or been killed.
 #[test]
 fn a_program_moved_while_its_dynamic_loader_runs_is_exact() {
     use std::io::{BufRead, Write};
