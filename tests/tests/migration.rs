@@ -11,37 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use omnode_tests::moving::{FORM, can_run, cli, cluster, compile, logs, moved};
 use omnode_tests::{Cluster, run_cli, wait_for};
-
-const FORM: Duration = Duration::from_secs(30);
-
-/// Whether the test can run; panics under CI when it cannot.
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {test} needs root (ptrace and seccomp filters of other processes)"
-    );
-    eprintln!("skipping {test}: needs root (ptrace and seccomp filters of other processes)");
-    false
-}
-
-/// Compiles tests/progs/NAME.c into the cluster's directory.
-fn compile(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
-    let out = dir.join(name);
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for these tests");
-    assert!(st.success(), "gcc failed on {}", src.display());
-    out
-}
 
 /// A child that is killed when dropped, also when the test fails.
 struct Kid(Child);
@@ -96,33 +67,6 @@ fn finish(mut kid: Kid, limit: Duration) -> (String, std::process::ExitStatus) {
         .unwrap_or_else(|| panic!("the program did not end within {limit:?}"));
     let out = reader.join().unwrap();
     (String::from_utf8_lossy(&out).into_owned(), status)
-}
-
-fn cluster(map: &str, nodes: &[u32]) -> Cluster {
-    let mut c = Cluster::new(map);
-    for &n in nodes {
-        c.start(n);
-    }
-    for &n in nodes {
-        let want: Vec<u64> = nodes.iter().map(|&x| u64::from(x)).collect();
-        wait_for(FORM, || c.up(n).filter(|up| *up == want))
-            .unwrap_or_else(|| panic!("node {n} never saw {want:?} up:\n{}", c.log_text(n)));
-    }
-    c
-}
-
-fn cli(c: &Cluster, node: u32, args: &[&str]) -> std::process::Output {
-    let sock = c.socket(node);
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["--socket", sock.to_str().unwrap()]);
-    run_cli(&a)
-}
-
-fn logs(c: &Cluster, nodes: &[u32]) -> String {
-    nodes
-        .iter()
-        .map(|&n| format!("--- node {n} ---\n{}", c.log_text(n)))
-        .collect()
 }
 
 /// The simplest real case: a C program writing to a pipe owned by the test is moved to node
@@ -291,17 +235,6 @@ impl Stream {
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
     }
-}
-
-fn moved(c: &Cluster, pid: u32, to: u32) {
-    let out = cli(c, 1, &["migrate", &pid.to_string(), &to.to_string()]);
-    assert!(
-        out.status.success(),
-        "migrate failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        logs(c, &[1, to])
-    );
 }
 
 fn kill(pid: u32, sig: i32) {

@@ -4,8 +4,8 @@
 //! (its guest dies with it, nothing is left behind), the home daemon SIGKILLed; and a target
 //! that lacks CPU features the process may use.
 //!
-//! Needs root, as tests/migration.rs (whose helpers are repeated here: each test file is a
-//! crate of its own). Without root the tests say why and skip; under `CI=true` they fail.
+//! Needs root, as tests/migration.rs (the helpers they share are in `omnode_tests::moving`).
+//! Without root the tests say why and skip; under `CI=true` they fail.
 
 use std::io::Read;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -13,37 +13,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use omnode_tests::moving::{FORM, can_run, cli, compile, logs, moved};
 use omnode_tests::{Cluster, run_cli, wait_for};
-
-const FORM: Duration = Duration::from_secs(30);
-
-/// Whether the test can run; panics under CI when it cannot.
-fn can_run(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true but {test} needs root (ptrace and seccomp filters of other processes)"
-    );
-    eprintln!("skipping {test}: needs root (ptrace and seccomp filters of other processes)");
-    false
-}
-
-/// Compiles tests/progs/NAME.c into the cluster's directory.
-fn compile(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
-    let out = dir.join(name);
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for these tests");
-    assert!(st.success(), "gcc failed on {}", src.display());
-    out
-}
 
 /// A child that is killed when dropped, also when the test fails.
 struct Kid(Child);
@@ -139,31 +110,6 @@ fn formed(c: &Cluster, nodes: &[u32]) {
         wait_for(FORM, || c.up(n).filter(|up| *up == want))
             .unwrap_or_else(|| panic!("node {n} never saw {want:?} up:\n{}", c.log_text(n)));
     }
-}
-
-fn cli(c: &Cluster, node: u32, args: &[&str]) -> std::process::Output {
-    let sock = c.socket(node);
-    let mut a: Vec<&str> = args.to_vec();
-    a.extend(["--socket", sock.to_str().unwrap()]);
-    run_cli(&a)
-}
-
-fn logs(c: &Cluster, nodes: &[u32]) -> String {
-    nodes
-        .iter()
-        .map(|&n| format!("--- node {n} ---\n{}", c.log_text(n)))
-        .collect()
-}
-
-fn moved(c: &Cluster, pid: u32, to: u32) {
-    let out = cli(c, 1, &["migrate", &pid.to_string(), &to.to_string()]);
-    assert!(
-        out.status.success(),
-        "migrate failed: {}{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-        logs(c, &[1, to])
-    );
 }
 
 /// The PID on `node` of the guest whose home PID is `pid` (from `ps --json` there), waiting
