@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use omnode_tests::moving::{FORM, can_run, cli, cluster, compile, logs, moved};
-use omnode_tests::{Cluster, run_cli, wait_for};
+use omnode_tests::{Cluster, wait_for};
 
 /// A child that is killed when dropped, also when the test fails.
 struct Kid(Child);

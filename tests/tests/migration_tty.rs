@@ -7,15 +7,14 @@
 
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omnode_tests::moving::{FORM, can_run, cli, cluster, compile, logs, moved};
-use omnode_tests::{Cluster, run_cli, wait_for};
+use omnode_tests::moving::{can_run, cli, cluster, compile, logs, moved};
+use omnode_tests::{Cluster, wait_for};
 
-const FORM: Duration = Duration::from_secs(30);
 const STEP: Duration = Duration::from_secs(20);
 
 /// A child killed (with its process group) when dropped, also when the test fails.
