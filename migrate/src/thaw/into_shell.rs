@@ -269,31 +269,7 @@ fn build_in_shell(slot: &mut Slot, pid: i32, img: &ProcessImage) -> Result<()> {
         )
         .map_err(terr("parsing maps"))?;
         let keep_names = ["[vvar]", "[vvar_vclock]", "[vdso]"];
-        let mut busy: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
-        busy.extend(img.vmas.iter().map(|v| (v.start, v.end)));
-        let tramp = find_gap(&mut busy, TRAMP, 0x1000_0000)
-            .ok_or_else(|| Error::Thaw("no free address range".into()))?;
-        let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
-        let r = b.sys(
-            "mmap of the trampoline",
-            libc::SYS_mmap,
-            &[
-                tramp,
-                TRAMP,
-                rwx,
-                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
-                u64::MAX,
-                0,
-            ],
-        )?;
-        if r != tramp {
-            return Err(Error::Thaw("trampoline landed at the wrong address".into()));
-        }
-        write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp + GADGET_AT, 3)])
-            .map_err(terr("writing the trampoline"))?;
-        b.t.gadget = tramp + GADGET_AT;
-        b.t.int3 = true;
-        b.tramp = tramp;
+        let (tramp, _) = super::place_trampoline(b, pid, &maps, img)?;
         let mut keep: Vec<(u64, u64)> = vec![(tramp, tramp + TRAMP)];
         keep.extend(
             maps.iter()

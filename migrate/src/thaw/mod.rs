@@ -531,31 +531,7 @@ fn build_skeleton(
     let child_maps =
         parse_maps(&read_to_string(&format!("/proc/{pid}/maps")).map_err(terr("reading maps"))?)
             .map_err(terr("parsing maps"))?;
-    let mut busy: Vec<(u64, u64)> = child_maps.iter().map(|m| (m.start, m.end)).collect();
-    busy.extend(img.vmas.iter().map(|v| (v.start, v.end)));
-    let tramp = find_gap(&mut busy, TRAMP, 0x1000_0000)
-        .ok_or_else(|| Error::Thaw("no free address range".into()))?;
-    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
-    let r = b.sys(
-        "mmap of the trampoline",
-        libc::SYS_mmap,
-        &[
-            tramp,
-            TRAMP,
-            rwx,
-            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
-            u64::MAX,
-            0,
-        ],
-    )?;
-    if r != tramp {
-        return Err(Error::Thaw("trampoline landed at the wrong address".into()));
-    }
-    write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp + GADGET_AT, 3)])
-        .map_err(terr("writing the trampoline"))?;
-    b.t.gadget = tramp + GADGET_AT;
-    b.t.int3 = true;
-    b.tramp = tramp;
+    let (tramp, busy) = place_trampoline(b, pid, &child_maps, img)?;
 
     // drop what the child inherited from us: rseq, fds, every mapping but ours and the vdso
     let mut calls = Vec::new();
@@ -617,6 +593,43 @@ fn build_skeleton(
     // --- the mappings: open each file once, map everything, close the files
     maps::map_vmas(b, img)?;
     Ok((pid, pid_note))
+}
+
+/// Maps the trampoline (syscall gadget + int3, and scratch) at an address free both in the
+/// process now (`maps`) and in the image, and makes it the builder's gadget. Returns its
+/// address and the ranges that were busy (sorted), for later searches of free space.
+fn place_trampoline(
+    b: &mut Builder,
+    pid: i32,
+    maps: &[crate::procfs::MapsLine],
+    img: &ProcessImage,
+) -> Result<(u64, Vec<(u64, u64)>)> {
+    let mut busy: Vec<(u64, u64)> = maps.iter().map(|m| (m.start, m.end)).collect();
+    busy.extend(img.vmas.iter().map(|v| (v.start, v.end)));
+    let tramp = find_gap(&mut busy, TRAMP, 0x1000_0000)
+        .ok_or_else(|| Error::Thaw("no free address range".into()))?;
+    let rwx = (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64;
+    let r = b.sys(
+        "mmap of the trampoline",
+        libc::SYS_mmap,
+        &[
+            tramp,
+            TRAMP,
+            rwx,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    if r != tramp {
+        return Err(Error::Thaw("trampoline landed at the wrong address".into()));
+    }
+    write_mem(pid, &[0x0f, 0x05, 0xcc], &[(tramp + GADGET_AT, 3)])
+        .map_err(terr("writing the trampoline"))?;
+    b.t.gadget = tramp + GADGET_AT;
+    b.t.int3 = true;
+    b.tramp = tramp;
+    Ok((tramp, busy))
 }
 
 fn unsafe_zeroed_regs() -> libc::user_regs_struct {
