@@ -8,9 +8,15 @@ pub enum ImageError {
     #[error("not an omnode image (bad magic)")]
     BadMagic,
     #[error(
-        "image format version {found} is not supported (this omnode reads version {supported})"
+        "image format version {found} is not supported (this omnode reads versions 1 to {supported})"
     )]
     WrongVersion { found: u32, supported: u32 },
+    /// A version-2 image holds a record this reader does not know and may not skip: state
+    /// it could not restore.
+    #[error(
+        "image holds state this omnode cannot restore (process record {tag}); thaw it with a newer omnode"
+    )]
+    UnknownRecord { tag: u32 },
     #[error("image is truncated (ends inside {0})")]
     Truncated(&'static str),
     #[error("image is corrupt: checksum mismatch in {0} section")]

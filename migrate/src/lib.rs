@@ -24,7 +24,7 @@
 //! the migrator can send it over any transport while the process is frozen.
 //!
 //! Anything it cannot restore exactly (sockets other than in-process socketpairs, pipes
-//! shared with other processes and holding unread data, terminals other than stdio, shared
+//! shared with other processes and holding unread data, terminals other than the one of its stdio, shared
 //! memory shared with other processes, SysV/POSIX shm, mapped memfds or deleted files, inotify/pidfd, POSIX timers, seccomp, child
 //! processes, userfaultfd/sealed/device mappings, a parent-death signal, a traced process,
 //! threads with credentials of their own) is refused before the process is touched; a refusal
@@ -90,7 +90,7 @@ pub fn inspect<R: Read>(input: R) -> Result<ImageSummary> {
     if sr.next(&mut buf)? != TAG_PROCESS {
         return Err(ImageError::Corrupt("first section is not the process section".into()).into());
     }
-    let process = ProcessImage::decode(&buf)?;
+    let process = ProcessImage::decode_version(&buf, sr.version)?;
     let mut vma_bytes = vec![0u64; process.vmas.len()];
     let total = read_pages(&mut sr, &mut buf, |runs, _| {
         for &(a, l) in runs {

@@ -18,7 +18,9 @@ pub enum Cmd {
     /// NOHUGEPAGE, MERGEABLE, SEQUENTIAL, RANDOM), mlock/MLOCK_ONFAULT, MAP_NORESERVE and the
     /// maximum protection of shared file mappings; regular files, directories, O_PATH fds and
     /// /dev/null-like devices at their offsets and flags; stdio terminals and pipes (attached
-    /// to thaw's); signal handlers, mask, pending signals, alternate stack; interval timers;
+    /// to thaw's); the terminal's settings (termios, set again on thaw's terminal), further
+    /// fds of that terminal (/dev/tty opened by less, vi, top: opened again on thaw's), and a
+    /// session leader's controlling terminal; signal handlers, mask, pending signals, alternate stack; interval timers;
     /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
     /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
@@ -34,7 +36,7 @@ pub enum Cmd {
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
-    /// processes, other sockets, terminals beyond fds 0-2, a pipe or FIFO shared with another
+    /// processes, other sockets, terminals other than the one of its stdio, a pipe or FIFO shared with another
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
     /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
@@ -411,6 +413,18 @@ fn image(a: ImageArgs) -> ExitCode {
             v.name
         );
     }
+    if let Some(t) = &p.terminal {
+        let _ = writeln!(
+            o,
+            "terminal: at fd {}, its settings carried{}",
+            t.fd,
+            if t.ctty {
+                "; its controlling terminal"
+            } else {
+                ""
+            }
+        );
+    }
     if !p.threads.is_empty() {
         let _ = writeln!(
             o,
@@ -476,6 +490,9 @@ fn image(a: ImageArgs) -> ExitCode {
                 if *memfd { "memfd" } else { "deleted file" },
                 data.len()
             ),
+            migrate::FdKind::Terminal { like, .. } => {
+                format!("the terminal at fd {like}, opened again (as /dev/tty)")
+            }
             migrate::FdKind::Epoll { watches, .. } => format!(
                 "epoll watching fds {}",
                 watches

@@ -21,6 +21,8 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(ferr(pid, format!("listing {dir}")))?;
     let mut fds = Vec::new();
+    // terminals above fd 2: (fd, link, flags, device), matched with stdio once all are read
+    let mut ttys: Vec<(i32, String, u32, u64)> = Vec::new();
     for e in rd {
         let e = e.map_err(ferr(pid, format!("listing {dir}")))?;
         let Some(fd) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -175,7 +177,9 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
                 continue;
             }
             if is_tty {
-                return Err(refuse(&format!("a terminal {link}")));
+                use std::os::unix::fs::MetadataExt;
+                ttys.push((fd, link, flags, md.rdev()));
+                continue;
             }
             external_pipe(pid, fd, &link, flags, &dir)?;
             fds.push(Fd {
@@ -204,7 +208,109 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
         });
     }
     fds.sort_by_key(|f| f.fd);
+    if !ttys.is_empty() {
+        terminals_above_stdio(pid, &mut fds, ttys)?;
+    }
     Ok(fds)
+}
+
+/// The device number of the controlling terminal (/proc/PID/stat field 7, decoded), 0: none.
+fn ctty_dev(pid: pid_t) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let st = read_to_string(&path).map_err(ferr(pid, format!("reading {path}")))?;
+    let nr: u64 = st
+        .rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().nth(4)?.parse::<i64>().ok())
+        .map(|v| v as u32 as u64)
+        .ok_or_else(|| unsup(pid, format!("cannot parse the terminal field of {path}")))?;
+    if nr == 0 {
+        return Ok(0);
+    }
+    let (major, minor) = ((nr >> 8) & 0xfff, (nr & 0xff) | ((nr >> 12) & 0xfff00));
+    Ok(libc::makedev(major as u32, minor as u32))
+}
+
+/// The device of a stdio fd that is a terminal (`Stdio { what: "terminal ..." }`).
+fn stdio_tty_devs(pid: pid_t, fds: &[Fd]) -> Result<Vec<(i32, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut v = Vec::new();
+    for f in fds {
+        if let FdKind::Stdio { what, .. } = &f.kind {
+            if what.starts_with("terminal ") {
+                let md = std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
+                    .map_err(ferr(pid, format!("stat of fd {}", f.fd)))?;
+                v.push((f.fd, md.rdev()));
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// A terminal above fd 2 (`less`, `vi` and `top` open /dev/tty) is carried when it is the
+/// terminal of the process's stdio (by device, or /dev/tty naming its controlling terminal):
+/// thaw opens the terminal it attaches there again. Any other terminal is refused.
+fn terminals_above_stdio(
+    pid: pid_t,
+    fds: &mut Vec<Fd>,
+    ttys: Vec<(i32, String, u32, u64)>,
+) -> Result<()> {
+    let stdio = stdio_tty_devs(pid, fds)?;
+    let first = stdio.first().copied();
+    let dev_tty = libc::makedev(5, 0);
+    let ctty = ctty_dev(pid)?;
+    for (fd, link, flags, dev) in ttys {
+        let dev = if dev == dev_tty { ctty } else { dev };
+        match first {
+            Some((like, d)) if dev != 0 && d == dev => fds.push(Fd {
+                fd,
+                kind: FdKind::Terminal { like, flags },
+            }),
+            _ => {
+                return Err(unsup(
+                    pid,
+                    format!(
+                        "fd {fd} is a terminal {link} that is not the terminal of its stdin/stdout/stderr (not supported yet)"
+                    ),
+                ));
+            }
+        }
+    }
+    fds.sort_by_key(|f| f.fd);
+    Ok(())
+}
+
+/// The terminal of the process's stdio, read while it is stopped: its settings (TCGETS) and
+/// whether it is the controlling terminal. Fails closed: a terminal whose settings cannot be
+/// read refuses the freeze (thaw could not set them again).
+pub(super) fn terminal_state(pid: pid_t, fds: &[Fd]) -> Result<Option<TerminalImage>> {
+    let Some((fd, dev)) = stdio_tty_devs(pid, fds)?.first().copied() else {
+        return Ok(None);
+    };
+    let why = |e: std::io::Error| {
+        unsup(
+            pid,
+            format!("the settings of its terminal at fd {fd} cannot be read ({e})"),
+        )
+    };
+    let copy = crate::seccomp::pidfd_getfd(pid, fd).map_err(why)?;
+    // the kernel's struct termios (TCGETS): 4 flag words, c_line, 19 control characters
+    let mut t = [0u8; 36];
+    // SAFETY: TCGETS writes a kernel struct termios (36 bytes on x86_64) into `t`.
+    let r = unsafe {
+        libc::ioctl(
+            std::os::fd::AsRawFd::as_raw_fd(&copy),
+            libc::TCGETS,
+            t.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(why(std::io::Error::last_os_error()));
+    }
+    Ok(Some(TerminalImage {
+        termios: t.to_vec(),
+        ctty: ctty_dev(pid)? == dev,
+        fd,
+    }))
 }
 
 fn end_name(flags: u32) -> &'static str {
@@ -339,6 +445,7 @@ pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
             } => format!("memfd {name}"),
             FdKind::Contents { name, .. } => format!("a deleted file ({name})"),
             FdKind::SocketPair { .. } => "one end of a socketpair whose both ends it holds".into(),
+            FdKind::Terminal { .. } => "a terminal above fd 2".into(),
             _ => continue,
         };
         return Err(unsup(

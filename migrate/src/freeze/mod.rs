@@ -403,6 +403,7 @@ fn collect(
     }
     inproc::check_contents_unique(pid, &fds)?;
     inproc::complete(pid, &mut fds)?;
+    let terminal = fds::terminal_state(pid, &fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
     let xstate = get_xstate(pid).map_err(ferr(pid, "reading the xsave area"))?;
@@ -692,6 +693,7 @@ fn collect(
         child_subreaper,
         oom_score_adj,
         threads,
+        terminal,
     };
 
     Ok(img)

@@ -1,4 +1,14 @@
 //! Encoder and decoder of the PROCESS section.
+//!
+//! Version 2 (written now): a sequence of records `tag u32 | len u64 | payload`:
+//! CORE (1, first; the fields version 1 began with), ATTRS (2; madvise/mlock flags of each
+//! mapping, THP disable, child subreaper, oom_score_adj), THREADS (3; every thread but the
+//! main one), TERMINAL (4; the terminal's settings and whether it was the controlling one).
+//! A tag with bit 31 set is optional: a reader that does not know it skips it; an unknown tag
+//! without it is refused ([`ImageError::UnknownRecord`]): state the reader could not restore.
+//! Version 1 (still read): CORE, then ATTRS and THREADS appended without tags, each optional
+//! at the end. One writer and one reader serve the main thread's and the other threads'
+//! state.
 
 use super::*;
 use crate::error::ImageError;
@@ -95,30 +105,177 @@ impl<'a> Dec<'a> {
     }
 }
 
+/// Records of a version-2 process section. Bit 31 of a tag: optional (an older reader that
+/// does not know the record skips it); any other unknown tag is refused.
+pub(crate) const REC_CORE: u32 = 1;
+pub(crate) const REC_ATTRS: u32 = 2;
+pub(crate) const REC_THREADS: u32 = 3;
+pub(crate) const REC_TERMINAL: u32 = 4;
+pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
+
+/// State of one thread's CPU and its kernel-side registrations, written the same way for the
+/// main thread and for every other thread (one writer, one reader).
+struct Cpu<'a> {
+    regs: &'a [u64],
+    xstate: &'a [u8],
+    sigmask: u64,
+    rseq: Option<(u64, u32, u32)>,
+}
+
+impl Enc {
+    fn record(&mut self, tag: u32, f: impl FnOnce(&mut Enc)) {
+        let mut inner = Enc::default();
+        f(&mut inner);
+        self.u32(tag);
+        self.bytes(&inner.0);
+    }
+    fn cpu(&mut self, c: Cpu<'_>) {
+        self.u64(c.regs.len() as u64);
+        for r in c.regs {
+            self.u64(*r)
+        }
+        self.bytes(c.xstate);
+        self.u64(c.sigmask);
+        match c.rseq {
+            Some((p, l, s)) => {
+                self.u8(1);
+                self.u64(p);
+                self.u32(l);
+                self.u32(s)
+            }
+            None => self.u8(0),
+        }
+    }
+    fn altstack(&mut self, a: (u64, u32, u64)) {
+        self.u64(a.0);
+        self.u32(a.1);
+        self.u64(a.2);
+    }
+    fn pair(&mut self, p: (u64, u64)) {
+        self.u64(p.0);
+        self.u64(p.1);
+    }
+}
+
+impl Dec<'_> {
+    /// Registers (exactly 27), xstate, signal mask, rseq.
+    #[allow(clippy::type_complexity)]
+    fn cpu(&mut self, who: &str) -> Result<(Vec<u64>, Vec<u8>, u64, Option<(u64, u32, u32)>), ImageError> {
+        if self.len(64)? != 27 {
+            return Err(corrupt(&format!("{who} register count")));
+        }
+        let mut regs = Vec::with_capacity(27);
+        for _ in 0..27 {
+            regs.push(self.u64()?)
+        }
+        let xstate = self.bytes()?;
+        let sigmask = self.u64()?;
+        let rseq = match self.u8()? {
+            0 => None,
+            1 => Some((self.u64()?, self.u32()?, self.u32()?)),
+            _ => return Err(corrupt(&format!("{who} rseq"))),
+        };
+        Ok((regs, xstate, sigmask, rseq))
+    }
+    fn altstack(&mut self) -> Result<(u64, u32, u64), ImageError> {
+        Ok((self.u64()?, self.u32()?, self.u64()?))
+    }
+    fn pair(&mut self) -> Result<(u64, u64), ImageError> {
+        Ok((self.u64()?, self.u64()?))
+    }
+    fn flag(&mut self, what: &str) -> Result<bool, ImageError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(corrupt(what)),
+        }
+    }
+    fn siginfo(&mut self, who: &str) -> Result<Vec<u8>, ImageError> {
+        let info = self.bytes()?;
+        if info.len() != 128 {
+            return Err(corrupt(&format!("{who} siginfo")));
+        }
+        Ok(info)
+    }
+}
+
+fn vma_kind_tag(k: VmaKind) -> u8 {
+    match k {
+        VmaKind::Anon => 0,
+        VmaKind::SharedAnon => 1,
+        VmaKind::File => 2,
+        VmaKind::Vvar => 3,
+        VmaKind::VvarVclock => 4,
+        VmaKind::Vdso => 5,
+        VmaKind::Vsyscall => 6,
+    }
+}
+
+fn vma_kind(t: u8) -> Result<VmaKind, ImageError> {
+    Ok(match t {
+        0 => VmaKind::Anon,
+        1 => VmaKind::SharedAnon,
+        2 => VmaKind::File,
+        3 => VmaKind::Vvar,
+        4 => VmaKind::VvarVclock,
+        5 => VmaKind::Vdso,
+        6 => VmaKind::Vsyscall,
+        _ => return Err(corrupt("mapping kind")),
+    })
+}
+
 impl ProcessImage {
+    /// The process section in the current format (version 2): tagged records.
     pub(crate) fn encode(&self) -> Vec<u8> {
         let mut e = Enc::default();
+        e.record(REC_CORE, |e| self.enc_core(e, true));
+        e.record(REC_ATTRS, |e| self.enc_attrs(e));
+        if !self.threads.is_empty() {
+            e.record(REC_THREADS, |e| self.enc_threads(e));
+        }
+        if let Some(t) = &self.terminal {
+            e.record(REC_TERMINAL, |e| {
+                e.bytes(&t.termios);
+                e.u8(t.ctty as u8);
+                e.u32(t.fd as u32);
+            });
+        }
+        e.0
+    }
+
+    /// The process section as version 1 wrote it (kept so that tests can make version-1
+    /// images of real processes and prove they still thaw). Refuses state version 1 cannot
+    /// hold (a terminal's settings, terminals above fd 2).
+    pub(crate) fn encode_v1(&self) -> Result<Vec<u8>, ImageError> {
+        if self.terminal.is_some() || self.fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { .. })) {
+            return Err(ImageError::Corrupt(
+                "a terminal's state cannot be written in image format version 1".into(),
+            ));
+        }
+        let mut e = Enc::default();
+        self.enc_core(&mut e, false);
+        self.enc_attrs(&mut e);
+        if !self.threads.is_empty() {
+            self.enc_threads(&mut e);
+        }
+        Ok(e.0)
+    }
+
+    /// Everything the first version of the section held (the v2 CORE record: the same
+    /// fields; `v2` allows fd kinds version 1 did not have).
+    fn enc_core(&self, e: &mut Enc, v2: bool) {
         e.u64(self.pid as u64);
         e.str(&self.boot_id);
         e.str(&self.comm);
         e.bytes(&self.cmdline);
         e.str(&self.exe);
         e.fid(&self.exe_id);
-        e.u64(self.regs.len() as u64);
-        for r in &self.regs {
-            e.u64(*r)
-        }
-        e.bytes(&self.xstate);
-        e.u64(self.sigmask);
-        match self.rseq {
-            Some((p, l, s)) => {
-                e.u8(1);
-                e.u64(p);
-                e.u32(l);
-                e.u32(s)
-            }
-            None => e.u8(0),
-        }
+        e.cpu(Cpu {
+            regs: &self.regs,
+            xstate: &self.xstate,
+            sigmask: self.sigmask,
+            rseq: self.rseq,
+        });
         for v in self.mm.words() {
             e.u64(v)
         }
@@ -151,17 +308,14 @@ impl ProcessImage {
             e.u64(a.restorer);
             e.u64(a.mask)
         }
-        e.u64(self.altstack.0);
-        e.u32(self.altstack.1);
-        e.u64(self.altstack.2);
+        e.altstack(self.altstack);
         e.u64(self.pending.len() as u64);
         for p in &self.pending {
             e.u8(p.shared as u8);
             e.bytes(&p.info)
         }
         e.u64(self.clear_child_tid);
-        e.u64(self.robust_list.0);
-        e.u64(self.robust_list.1);
+        e.pair(self.robust_list);
         for t in &self.itimers {
             for w in t {
                 e.u64(*w)
@@ -175,15 +329,7 @@ impl ProcessImage {
             e.u8(v.shared as u8);
             e.u8(v.growsdown as u8);
             e.u64(v.offset);
-            e.u8(match v.kind {
-                VmaKind::Anon => 0,
-                VmaKind::SharedAnon => 1,
-                VmaKind::File => 2,
-                VmaKind::Vvar => 3,
-                VmaKind::VvarVclock => 4,
-                VmaKind::Vdso => 5,
-                VmaKind::Vsyscall => 6,
-            });
+            e.u8(vma_kind_tag(v.kind));
             e.str(&v.name);
             match &v.file {
                 Some(f) => {
@@ -193,193 +339,135 @@ impl ProcessImage {
                 None => e.u8(0),
             }
         }
-        e.u64(self.fds.len() as u64);
-        for f in &self.fds {
-            e.u32(f.fd as u32);
-            match &f.kind {
-                FdKind::Path {
-                    path,
-                    flags,
-                    pos,
-                    is_dir,
-                } => {
-                    e.u8(0);
-                    e.str(path);
-                    e.u32(*flags);
-                    e.u64(*pos);
-                    e.u8(*is_dir as u8)
-                }
-                FdKind::SharedWith { fd, cloexec } => {
-                    e.u8(1);
-                    e.u32(*fd as u32);
-                    e.u8(*cloexec as u8)
-                }
-                FdKind::Stdio { what, cloexec } => {
-                    e.u8(2);
-                    e.str(what);
-                    e.u8(*cloexec as u8)
-                }
-                FdKind::External { what, flags } => {
-                    e.u8(3);
-                    e.str(what);
-                    e.u32(*flags)
-                }
-                FdKind::Pipe {
-                    pipe,
-                    write,
-                    flags,
-                    size,
-                    data,
-                } => {
-                    e.u8(4);
-                    e.u64(*pipe);
-                    e.u8(*write as u8);
-                    e.u32(*flags);
-                    e.u32(*size);
-                    e.bytes(data)
-                }
-                FdKind::EventFd {
-                    count,
-                    semaphore,
-                    flags,
-                } => {
-                    e.u8(5);
-                    e.u64(*count);
-                    e.u8(*semaphore as u8);
-                    e.u32(*flags)
-                }
-                FdKind::TimerFd {
-                    clockid,
-                    flags,
-                    ticks,
-                    value,
-                    interval,
-                } => {
-                    e.u8(7);
-                    e.u32(*clockid as u32);
-                    e.u32(*flags);
-                    e.u64(*ticks);
-                    for v in [value.0, value.1, interval.0, interval.1] {
-                        e.u64(v)
-                    }
-                }
-                FdKind::SignalFd { mask, flags } => {
-                    e.u8(8);
-                    e.u64(*mask);
-                    e.u32(*flags)
-                }
-                FdKind::Contents {
-                    name,
-                    memfd,
-                    flags,
-                    pos,
-                    mode,
-                    seals,
-                    data,
-                } => {
-                    e.u8(9);
-                    e.str(name);
-                    e.u8(*memfd as u8);
-                    e.u32(*flags);
-                    e.u64(*pos);
-                    e.u32(*mode);
-                    e.u32(*seals);
-                    e.bytes(data)
-                }
-                FdKind::SocketPair {
-                    pair,
-                    first,
-                    flags,
-                    data,
-                } => {
-                    e.u8(10);
-                    e.u64(*pair);
-                    e.u8(*first as u8);
-                    e.u32(*flags);
-                    e.bytes(data)
-                }
-                FdKind::Epoll { flags, watches } => {
-                    e.u8(6);
-                    e.u32(*flags);
-                    e.u64(watches.len() as u64);
-                    for w in watches {
-                        e.u32(w.fd as u32);
-                        e.u32(w.events);
-                        e.u64(w.data)
-                    }
-                }
-            }
+        let fds: Vec<&Fd> = self
+            .fds
+            .iter()
+            .filter(|f| v2 || !matches!(f.kind, FdKind::Terminal { .. }))
+            .collect();
+        e.u64(fds.len() as u64);
+        for f in fds {
+            enc_fd(e, f)
         }
-        // appended after the first version of this section; a section without them decodes
-        // with the defaults (not carried then)
+    }
+
+    /// Attributes added to the first version: per-mapping madvise/mlock flags, THP disable,
+    /// child subreaper, oom_score_adj.
+    fn enc_attrs(&self, e: &mut Enc) {
         for v in &self.vmas {
             e.u32(v.flags)
         }
         e.u64(self.thp_disable);
         e.u8(self.child_subreaper as u8);
         e.u32(self.oom_score_adj as u32);
-        // appended later still: the other threads (absent: a single-threaded process). An
-        // older reader refuses an image with them ("trailing bytes"): it could not thaw it.
-        if !self.threads.is_empty() {
-            e.u64(self.threads.len() as u64);
-            for t in &self.threads {
-                e.u32(t.tid as u32);
-                e.str(&t.comm);
-                e.u64(t.regs.len() as u64);
-                for r in &t.regs {
-                    e.u64(*r)
-                }
-                e.bytes(&t.xstate);
-                e.u64(t.sigmask);
-                match t.rseq {
-                    Some((p, l, s)) => {
-                        e.u8(1);
-                        e.u64(p);
-                        e.u32(l);
-                        e.u32(s)
+    }
+
+    fn enc_threads(&self, e: &mut Enc) {
+        e.u64(self.threads.len() as u64);
+        for t in &self.threads {
+            e.u32(t.tid as u32);
+            e.str(&t.comm);
+            e.cpu(Cpu {
+                regs: &t.regs,
+                xstate: &t.xstate,
+                sigmask: t.sigmask,
+                rseq: t.rseq,
+            });
+            e.altstack(t.altstack);
+            e.u64(t.clear_child_tid);
+            e.pair(t.robust_list);
+            e.u64(t.pending.len() as u64);
+            for p in &t.pending {
+                e.bytes(p)
+            }
+        }
+    }
+
+    /// Decodes a process section of the current version.
+    #[cfg(test)]
+    pub(crate) fn decode(b: &[u8]) -> Result<Self, ImageError> {
+        Self::decode_version(b, VERSION)
+    }
+
+    /// Decodes a process section of image format `version` (1 or 2).
+    pub(crate) fn decode_version(b: &[u8], version: u32) -> Result<Self, ImageError> {
+        let mut d = Dec::new(b);
+        let mut p = ProcessImage::default();
+        if version == 1 {
+            // the core, then what was appended to it over time, each part optional at the end
+            p.dec_core(&mut d, false)?;
+            if !d.done() {
+                p.dec_attrs(&mut d)?;
+            }
+            if !d.done() {
+                p.dec_threads(&mut d)?;
+            }
+            if !d.done() {
+                return Err(corrupt("trailing bytes"));
+            }
+            return Ok(p);
+        }
+        let mut seen: Vec<u32> = Vec::new();
+        while !d.done() {
+            let tag = d.u32()?;
+            let n = d.len(usize::MAX)?;
+            let body = d.take(n)?;
+            if seen.contains(&tag) {
+                return Err(corrupt(&format!("record {tag} (twice)")));
+            }
+            seen.push(tag);
+            if tag != REC_CORE && seen.len() == 1 {
+                return Err(corrupt("first record (not the core)"));
+            }
+            let mut r = Dec::new(body);
+            match tag {
+                REC_CORE => p.dec_core(&mut r, true)?,
+                REC_ATTRS => p.dec_attrs(&mut r)?,
+                REC_THREADS => p.dec_threads(&mut r)?,
+                REC_TERMINAL => {
+                    let termios = r.bytes()?;
+                    if termios.is_empty() || termios.len() > 256 {
+                        return Err(corrupt("terminal settings"));
                     }
-                    None => e.u8(0),
+                    let ctty = r.flag("controlling terminal")?;
+                    let fd = r.u32()? as i32;
+                    if !(0..=2).contains(&fd) {
+                        return Err(corrupt("terminal fd"));
+                    }
+                    p.terminal = Some(TerminalImage { termios, ctty, fd });
                 }
-                e.u64(t.altstack.0);
-                e.u32(t.altstack.1);
-                e.u64(t.altstack.2);
-                e.u64(t.clear_child_tid);
-                e.u64(t.robust_list.0);
-                e.u64(t.robust_list.1);
-                e.u64(t.pending.len() as u64);
-                for p in &t.pending {
-                    e.bytes(p)
+                t if t & REC_OPTIONAL != 0 => continue, // optional and unknown: skipped
+                t => return Err(ImageError::UnknownRecord { tag: t }),
+            }
+            if !r.done() {
+                return Err(corrupt(&format!("record {tag} (trailing bytes)")));
+            }
+        }
+        // a version-2 writer always writes both
+        if !seen.contains(&REC_CORE) || !seen.contains(&REC_ATTRS) {
+            return Err(corrupt("process section (no core or attributes record)"));
+        }
+        // a terminal fd above 2 names a stdio fd that holds a terminal
+        for f in &p.fds {
+            if let FdKind::Terminal { like, .. } = f.kind {
+                let ok = p.terminal.as_ref().is_some_and(|t| t.fd == like)
+                    && p.fds.iter().any(|g| g.fd == like && matches!(g.kind, FdKind::Stdio { .. }));
+                if !ok {
+                    return Err(corrupt("terminal fd (no terminal at the stdio fd it names)"));
                 }
             }
         }
-        e.0
+        Ok(p)
     }
 
-    pub(crate) fn decode(b: &[u8]) -> Result<Self, ImageError> {
-        let mut d = Dec::new(b);
-        let mut p = ProcessImage {
-            pid: d.u64()? as i32,
-            boot_id: d.str()?,
-            comm: d.str()?,
-            cmdline: d.bytes()?,
-            exe: d.str()?,
-            exe_id: d.fid()?,
-            ..Default::default()
-        };
-        let n = d.len(64)?;
-        if n != 27 {
-            return Err(corrupt("register count"));
-        }
-        for _ in 0..n {
-            p.regs.push(d.u64()?)
-        }
-        p.xstate = d.bytes()?;
-        p.sigmask = d.u64()?;
-        p.rseq = match d.u8()? {
-            0 => None,
-            1 => Some((d.u64()?, d.u32()?, d.u32()?)),
-            _ => return Err(corrupt("rseq")),
-        };
+    fn dec_core(&mut self, d: &mut Dec<'_>, v2: bool) -> Result<(), ImageError> {
+        let p = self;
+        p.pid = d.u64()? as i32;
+        p.boot_id = d.str()?;
+        p.comm = d.str()?;
+        p.cmdline = d.bytes()?;
+        p.exe = d.str()?;
+        p.exe_id = d.fid()?;
+        (p.regs, p.xstate, p.sigmask, p.rseq) = d.cpu("main thread")?;
         let mut m = [0u64; 11];
         for v in m.iter_mut() {
             *v = d.u64()?
@@ -433,18 +521,15 @@ impl ProcessImage {
             }
             p.sigactions.push(a)
         }
-        p.altstack = (d.u64()?, d.u32()?, d.u64()?);
+        p.altstack = d.altstack()?;
         let n = d.len(100_000)?;
         for _ in 0..n {
             let shared = d.u8()? != 0;
-            let info = d.bytes()?;
-            if info.len() != 128 {
-                return Err(corrupt("siginfo"));
-            }
+            let info = d.siginfo("pending")?;
             p.pending.push(PendingSignal { shared, info })
         }
         p.clear_child_tid = d.u64()?;
-        p.robust_list = (d.u64()?, d.u64()?);
+        p.robust_list = d.pair()?;
         for t in p.itimers.iter_mut() {
             for w in t.iter_mut() {
                 *w = d.u64()?
@@ -458,16 +543,7 @@ impl ProcessImage {
             let shared = d.u8()? != 0;
             let growsdown = d.u8()? != 0;
             let offset = d.u64()?;
-            let kind = match d.u8()? {
-                0 => VmaKind::Anon,
-                1 => VmaKind::SharedAnon,
-                2 => VmaKind::File,
-                3 => VmaKind::Vvar,
-                4 => VmaKind::VvarVclock,
-                5 => VmaKind::Vdso,
-                6 => VmaKind::Vsyscall,
-                _ => return Err(corrupt("mapping kind")),
-            };
+            let kind = vma_kind(d.u8()?)?;
             let name = d.str()?;
             let file = match d.u8()? {
                 0 => None,
@@ -477,10 +553,8 @@ impl ProcessImage {
             if start >= end || start % PAGE != 0 || end % PAGE != 0 {
                 return Err(corrupt("mapping bounds"));
             }
-            if let Some(last) = p.vmas.last() {
-                if start < last.end {
-                    return Err(corrupt("mapping order"));
-                }
+            if p.vmas.last().is_some_and(|last| start < last.end) {
+                return Err(corrupt("mapping order"));
             }
             p.vmas.push(Vma {
                 start,
@@ -497,150 +571,276 @@ impl ProcessImage {
         }
         let n = d.len(1 << 20)?;
         for _ in 0..n {
-            let fd = d.u32()? as i32;
-            let kind = match d.u8()? {
-                0 => FdKind::Path {
-                    path: d.str()?,
-                    flags: d.u32()?,
-                    pos: d.u64()?,
-                    is_dir: d.u8()? != 0,
-                },
-                1 => FdKind::SharedWith {
-                    fd: d.u32()? as i32,
-                    cloexec: d.u8()? != 0,
-                },
-                2 => FdKind::Stdio {
-                    what: d.str()?,
-                    cloexec: d.u8()? != 0,
-                },
-                3 => FdKind::External {
-                    what: d.str()?,
-                    flags: d.u32()?,
-                },
-                4 => FdKind::Pipe {
-                    pipe: d.u64()?,
-                    write: d.u8()? != 0,
-                    flags: d.u32()?,
-                    size: d.u32()?,
-                    data: d.bytes()?,
-                },
-                5 => FdKind::EventFd {
-                    count: d.u64()?,
-                    semaphore: d.u8()? != 0,
-                    flags: d.u32()?,
-                },
-                6 => {
-                    let flags = d.u32()?;
-                    let n = d.len(1 << 20)?;
-                    let mut watches = Vec::with_capacity(n.min(1024));
-                    for _ in 0..n {
-                        let w = EpollWatch {
-                            fd: d.u32()? as i32,
-                            events: d.u32()?,
-                            data: d.u64()?,
-                        };
-                        if w.fd < 0 {
-                            return Err(corrupt("epoll watch fd"));
-                        }
-                        watches.push(w)
-                    }
-                    FdKind::Epoll { flags, watches }
-                }
-                7 => FdKind::TimerFd {
-                    clockid: d.u32()? as i32,
-                    flags: d.u32()?,
-                    ticks: d.u64()?,
-                    value: (d.u64()?, d.u64()?),
-                    interval: (d.u64()?, d.u64()?),
-                },
-                8 => FdKind::SignalFd {
-                    mask: d.u64()?,
-                    flags: d.u32()?,
-                },
-                9 => FdKind::Contents {
-                    name: d.str()?,
-                    memfd: d.u8()? != 0,
-                    flags: d.u32()?,
-                    pos: d.u64()?,
-                    mode: d.u32()?,
-                    seals: d.u32()?,
-                    data: d.bytes()?,
-                },
-                10 => FdKind::SocketPair {
-                    pair: d.u64()?,
-                    first: d.u8()? != 0,
-                    flags: d.u32()?,
-                    data: d.bytes()?,
-                },
-                _ => return Err(corrupt("fd kind")),
-            };
-            if fd < 0 {
-                return Err(corrupt("fd number"));
-            }
-            p.fds.push(Fd { fd, kind })
+            let f = dec_fd(d, v2)?;
+            p.fds.push(f)
         }
-        if !d.done() {
-            for v in p.vmas.iter_mut() {
-                v.flags = d.u32()?;
-            }
-            p.thp_disable = d.u64()?;
-            p.child_subreaper = match d.u8()? {
-                0 => false,
-                1 => true,
-                _ => return Err(corrupt("child subreaper")),
-            };
-            p.oom_score_adj = d.u32()? as i32;
-            if !(-1000..=1000).contains(&p.oom_score_adj) {
-                return Err(corrupt("oom_score_adj"));
-            }
-        }
-        if !d.done() {
-            let n = d.len(1 << 16)?;
-            if n == 0 {
-                return Err(corrupt("thread count"));
-            }
-            for _ in 0..n {
-                let mut t = ThreadImage {
-                    tid: d.u32()? as i32,
-                    comm: d.str()?,
-                    ..Default::default()
-                };
-                if t.tid <= 0 || t.tid == p.pid || p.threads.last().is_some_and(|l| l.tid >= t.tid)
-                {
-                    return Err(corrupt("thread id"));
-                }
-                if d.len(64)? != 27 {
-                    return Err(corrupt("thread register count"));
-                }
-                for _ in 0..27 {
-                    t.regs.push(d.u64()?)
-                }
-                t.xstate = d.bytes()?;
-                t.sigmask = d.u64()?;
-                t.rseq = match d.u8()? {
-                    0 => None,
-                    1 => Some((d.u64()?, d.u32()?, d.u32()?)),
-                    _ => return Err(corrupt("thread rseq")),
-                };
-                t.altstack = (d.u64()?, d.u32()?, d.u64()?);
-                t.clear_child_tid = d.u64()?;
-                t.robust_list = (d.u64()?, d.u64()?);
-                let m = d.len(100_000)?;
-                for _ in 0..m {
-                    let info = d.bytes()?;
-                    if info.len() != 128 {
-                        return Err(corrupt("thread siginfo"));
-                    }
-                    t.pending.push(info)
-                }
-                p.threads.push(t)
-            }
-        }
-        if !d.done() {
-            return Err(corrupt("trailing bytes"));
-        }
-        Ok(p)
+        Ok(())
     }
+
+    fn dec_attrs(&mut self, d: &mut Dec<'_>) -> Result<(), ImageError> {
+        for v in self.vmas.iter_mut() {
+            v.flags = d.u32()?;
+        }
+        self.thp_disable = d.u64()?;
+        self.child_subreaper = d.flag("child subreaper")?;
+        self.oom_score_adj = d.u32()? as i32;
+        if !(-1000..=1000).contains(&self.oom_score_adj) {
+            return Err(corrupt("oom_score_adj"));
+        }
+        Ok(())
+    }
+
+    fn dec_threads(&mut self, d: &mut Dec<'_>) -> Result<(), ImageError> {
+        let n = d.len(1 << 16)?;
+        if n == 0 {
+            return Err(corrupt("thread count"));
+        }
+        for _ in 0..n {
+            let tid = d.u32()? as i32;
+            let comm = d.str()?;
+            if tid <= 0 || tid == self.pid || self.threads.last().is_some_and(|l| l.tid >= tid) {
+                return Err(corrupt("thread id"));
+            }
+            let (regs, xstate, sigmask, rseq) = d.cpu("thread")?;
+            let altstack = d.altstack()?;
+            let clear_child_tid = d.u64()?;
+            let robust_list = d.pair()?;
+            let m = d.len(100_000)?;
+            let mut pending = Vec::new();
+            for _ in 0..m {
+                pending.push(d.siginfo("thread")?)
+            }
+            self.threads.push(ThreadImage {
+                tid,
+                comm,
+                regs,
+                xstate,
+                sigmask,
+                rseq,
+                altstack,
+                clear_child_tid,
+                robust_list,
+                pending,
+            })
+        }
+        Ok(())
+    }
+}
+
+fn enc_fd(e: &mut Enc, f: &Fd) {
+    e.u32(f.fd as u32);
+    match &f.kind {
+        FdKind::Path {
+            path,
+            flags,
+            pos,
+            is_dir,
+        } => {
+            e.u8(0);
+            e.str(path);
+            e.u32(*flags);
+            e.u64(*pos);
+            e.u8(*is_dir as u8)
+        }
+        FdKind::SharedWith { fd, cloexec } => {
+            e.u8(1);
+            e.u32(*fd as u32);
+            e.u8(*cloexec as u8)
+        }
+        FdKind::Stdio { what, cloexec } => {
+            e.u8(2);
+            e.str(what);
+            e.u8(*cloexec as u8)
+        }
+        FdKind::External { what, flags } => {
+            e.u8(3);
+            e.str(what);
+            e.u32(*flags)
+        }
+        FdKind::Pipe {
+            pipe,
+            write,
+            flags,
+            size,
+            data,
+        } => {
+            e.u8(4);
+            e.u64(*pipe);
+            e.u8(*write as u8);
+            e.u32(*flags);
+            e.u32(*size);
+            e.bytes(data)
+        }
+        FdKind::EventFd {
+            count,
+            semaphore,
+            flags,
+        } => {
+            e.u8(5);
+            e.u64(*count);
+            e.u8(*semaphore as u8);
+            e.u32(*flags)
+        }
+        FdKind::Epoll { flags, watches } => {
+            e.u8(6);
+            e.u32(*flags);
+            e.u64(watches.len() as u64);
+            for w in watches {
+                e.u32(w.fd as u32);
+                e.u32(w.events);
+                e.u64(w.data)
+            }
+        }
+        FdKind::TimerFd {
+            clockid,
+            flags,
+            ticks,
+            value,
+            interval,
+        } => {
+            e.u8(7);
+            e.u32(*clockid as u32);
+            e.u32(*flags);
+            e.u64(*ticks);
+            for v in [value.0, value.1, interval.0, interval.1] {
+                e.u64(v)
+            }
+        }
+        FdKind::SignalFd { mask, flags } => {
+            e.u8(8);
+            e.u64(*mask);
+            e.u32(*flags)
+        }
+        FdKind::Contents {
+            name,
+            memfd,
+            flags,
+            pos,
+            mode,
+            seals,
+            data,
+        } => {
+            e.u8(9);
+            e.str(name);
+            e.u8(*memfd as u8);
+            e.u32(*flags);
+            e.u64(*pos);
+            e.u32(*mode);
+            e.u32(*seals);
+            e.bytes(data)
+        }
+        FdKind::SocketPair {
+            pair,
+            first,
+            flags,
+            data,
+        } => {
+            e.u8(10);
+            e.u64(*pair);
+            e.u8(*first as u8);
+            e.u32(*flags);
+            e.bytes(data)
+        }
+        FdKind::Terminal { like, flags } => {
+            e.u8(11);
+            e.u32(*like as u32);
+            e.u32(*flags)
+        }
+    }
+}
+
+fn dec_fd(d: &mut Dec<'_>, v2: bool) -> Result<Fd, ImageError> {
+    let fd = d.u32()? as i32;
+    let kind = match d.u8()? {
+        0 => FdKind::Path {
+            path: d.str()?,
+            flags: d.u32()?,
+            pos: d.u64()?,
+            is_dir: d.u8()? != 0,
+        },
+        1 => FdKind::SharedWith {
+            fd: d.u32()? as i32,
+            cloexec: d.u8()? != 0,
+        },
+        2 => FdKind::Stdio {
+            what: d.str()?,
+            cloexec: d.u8()? != 0,
+        },
+        3 => FdKind::External {
+            what: d.str()?,
+            flags: d.u32()?,
+        },
+        4 => FdKind::Pipe {
+            pipe: d.u64()?,
+            write: d.u8()? != 0,
+            flags: d.u32()?,
+            size: d.u32()?,
+            data: d.bytes()?,
+        },
+        5 => FdKind::EventFd {
+            count: d.u64()?,
+            semaphore: d.u8()? != 0,
+            flags: d.u32()?,
+        },
+        6 => {
+            let flags = d.u32()?;
+            let n = d.len(1 << 20)?;
+            let mut watches = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                let w = EpollWatch {
+                    fd: d.u32()? as i32,
+                    events: d.u32()?,
+                    data: d.u64()?,
+                };
+                if w.fd < 0 {
+                    return Err(corrupt("epoll watch fd"));
+                }
+                watches.push(w)
+            }
+            FdKind::Epoll { flags, watches }
+        }
+        7 => FdKind::TimerFd {
+            clockid: d.u32()? as i32,
+            flags: d.u32()?,
+            ticks: d.u64()?,
+            value: (d.u64()?, d.u64()?),
+            interval: (d.u64()?, d.u64()?),
+        },
+        8 => FdKind::SignalFd {
+            mask: d.u64()?,
+            flags: d.u32()?,
+        },
+        9 => FdKind::Contents {
+            name: d.str()?,
+            memfd: d.u8()? != 0,
+            flags: d.u32()?,
+            pos: d.u64()?,
+            mode: d.u32()?,
+            seals: d.u32()?,
+            data: d.bytes()?,
+        },
+        10 => FdKind::SocketPair {
+            pair: d.u64()?,
+            first: d.u8()? != 0,
+            flags: d.u32()?,
+            data: d.bytes()?,
+        },
+        11 if v2 => {
+            let like = d.u32()? as i32;
+            if !(0..=2).contains(&like) {
+                return Err(corrupt("terminal fd"));
+            }
+            FdKind::Terminal {
+                like,
+                flags: d.u32()?,
+            }
+        }
+        _ => return Err(corrupt("fd kind")),
+    };
+    if fd < 0 {
+        return Err(corrupt("fd number"));
+    }
+    Ok(Fd { fd, kind })
 }
 
 #[cfg(test)]
@@ -716,13 +916,24 @@ mod tests {
         assert_eq!(format!("{p:?}"), format!("{q:?}"));
         // every truncation of the section is an error, never a panic
         let b = p.encode();
-        // ...except exactly where the first version of the section ended: that decodes,
-        // with nothing of the appended fields carried
-        let v1 = b.len() - (4 * p.vmas.len() + 8 + 1 + 4);
         for n in 0..b.len() {
-            assert_eq!(ProcessImage::decode(&b[..n]).is_ok(), n == v1, "cut at {n}");
+            assert!(ProcessImage::decode(&b[..n]).is_err(), "cut at {n}");
         }
-        let old = ProcessImage::decode(&b[..v1]).unwrap();
+        // version 1 of the same state reads back the same
+        let b1 = p.encode_v1().unwrap();
+        let q1 = ProcessImage::decode_version(&b1, 1).unwrap();
+        assert_eq!(format!("{p:?}"), format!("{q1:?}"));
+        // ...and in version 1 a cut exactly where its first version ended decodes, with
+        // nothing of the appended fields carried
+        let v1 = b1.len() - (4 * p.vmas.len() + 8 + 1 + 4);
+        for n in 0..b1.len() {
+            assert_eq!(
+                ProcessImage::decode_version(&b1[..n], 1).is_ok(),
+                n == v1,
+                "cut at {n}"
+            );
+        }
+        let old = ProcessImage::decode_version(&b1[..v1], 1).unwrap();
         assert_eq!(
             (
                 old.vmas[0].flags,
@@ -732,6 +943,9 @@ mod tests {
             ),
             (0, 0, false, 0)
         );
+        // a version-1 section is not a version-2 one and the other way round
+        assert!(ProcessImage::decode_version(&b1, 2).is_err());
+        assert!(ProcessImage::decode_version(&b, 1).is_err());
     }
 
     #[test]
@@ -742,6 +956,7 @@ mod tests {
             ..Default::default()
         };
         let sb = single.encode();
+        let sb1 = single.encode_v1().unwrap();
         let t = |tid: i32| ThreadImage {
             tid,
             comm: format!("worker {tid}"),
@@ -759,14 +974,27 @@ mod tests {
             ..single.clone()
         };
         let mb = multi.encode();
-        // no thread records: byte for byte what a single-threaded image always was
+        // no thread record: the single-threaded section is the same without it
         assert!(mb.starts_with(&sb) && mb.len() > sb.len());
         let q = ProcessImage::decode(&mb).unwrap();
         assert_eq!(q.threads, multi.threads);
         assert!(ProcessImage::decode(&sb).unwrap().threads.is_empty());
-        // every cut inside the thread records is an error, never a panic
+        // every cut inside the thread record is an error, never a panic
         for n in sb.len() + 1..mb.len() {
             assert!(ProcessImage::decode(&mb[..n]).is_err(), "cut at {n}");
+        }
+        // version 1: threads appended to the single-threaded section, read back the same
+        let mb1 = multi.encode_v1().unwrap();
+        assert!(mb1.starts_with(&sb1) && mb1.len() > sb1.len());
+        assert_eq!(
+            ProcessImage::decode_version(&mb1, 1).unwrap().threads,
+            multi.threads
+        );
+        for n in sb1.len() + 1..mb1.len() {
+            assert!(
+                ProcessImage::decode_version(&mb1[..n], 1).is_err(),
+                "cut at {n}"
+            );
         }
         // thread ids must be ascending, positive and not the main thread's
         for bad in [vec![t(12), t(11)], vec![t(10)], vec![t(-1)]] {
@@ -777,5 +1005,74 @@ mod tests {
             .encode();
             assert!(ProcessImage::decode(&b).is_err());
         }
+    }
+
+    fn with_record(b: &[u8], tag: u32, payload: &[u8]) -> Vec<u8> {
+        let mut v = b.to_vec();
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn unknown_optional_records_are_skipped_and_unknown_required_ones_refused() {
+        let p = ProcessImage {
+            pid: 10,
+            regs: vec![0; 27],
+            oom_score_adj: 5,
+            ..Default::default()
+        };
+        let b = p.encode();
+        let skip = with_record(&b, REC_OPTIONAL | 77, b"from a newer omnode");
+        let q = ProcessImage::decode(&skip).unwrap();
+        assert_eq!((q.pid, q.oom_score_adj), (10, 5));
+        let refuse = with_record(&b, 77, b"from a newer omnode");
+        assert!(matches!(
+            ProcessImage::decode(&refuse),
+            Err(ImageError::UnknownRecord { tag: 77 })
+        ));
+        // a known record twice, or a record before the core, is corrupt
+        let twice = with_record(&b, REC_ATTRS, &b[b.len() - 13..]);
+        assert!(ProcessImage::decode(&twice).is_err());
+        assert!(ProcessImage::decode(&with_record(&[], REC_OPTIONAL | 1, b"")).is_err());
+    }
+
+    #[test]
+    fn terminal_state_round_trips_and_is_checked() {
+        let p = ProcessImage {
+            pid: 10,
+            regs: vec![0; 27],
+            fds: vec![
+                Fd {
+                    fd: 0,
+                    kind: FdKind::Stdio {
+                        what: "terminal /dev/pts/3".into(),
+                        cloexec: false,
+                    },
+                },
+                Fd {
+                    fd: 3,
+                    kind: FdKind::Terminal {
+                        like: 0,
+                        flags: 0o2,
+                    },
+                },
+            ],
+            terminal: Some(TerminalImage {
+                termios: (0..60).collect(),
+                ctty: true,
+                fd: 0,
+            }),
+            ..Default::default()
+        };
+        let q = ProcessImage::decode(&p.encode()).unwrap();
+        assert_eq!(format!("{p:?}"), format!("{q:?}"));
+        // version 1 cannot hold it: refused rather than written without it
+        assert!(p.encode_v1().is_err());
+        // a terminal fd naming a stdio fd without a terminal is corrupt
+        let mut bad = p.clone();
+        bad.terminal = None;
+        assert!(ProcessImage::decode(&bad.encode()).is_err());
     }
 }

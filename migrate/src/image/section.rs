@@ -39,6 +39,8 @@ impl<W: Write> SectionWriter<W> {
 pub(crate) struct SectionReader<R: Read> {
     r: R,
     pub bytes: u64,
+    /// The format version of the stream (1 or 2): how its process section is encoded.
+    pub version: u32,
 }
 
 fn read_full<R: Read>(r: &mut R, buf: &mut [u8], what: &'static str) -> Result<(), crate::Error> {
@@ -68,14 +70,18 @@ impl<R: Read> SectionReader<R> {
             return Err(ImageError::BadMagic.into());
         }
         let v = u32::from_le_bytes(head[8..].try_into().unwrap());
-        if v != VERSION {
+        if !(1..=VERSION).contains(&v) {
             return Err(ImageError::WrongVersion {
                 found: v,
                 supported: VERSION,
             }
             .into());
         }
-        Ok(SectionReader { r, bytes: 12 })
+        Ok(SectionReader {
+            r,
+            bytes: 12,
+            version: v,
+        })
     }
 
     /// Reads the next section into `buf` (resized to the payload length) and returns its tag.
@@ -114,6 +120,32 @@ impl<R: Read> SectionReader<R> {
         }
         self.bytes += len + 16;
         Ok(tag)
+    }
+}
+
+/// Rewrites a current image as image format version 1 (the process section in the old
+/// encoding; page data unchanged). For tests that prove version-1 images still thaw: a real
+/// process frozen now, its image made version 1. Refuses state version 1 cannot hold.
+#[doc(hidden)]
+pub fn rewrite_as_v1<R: Read, W: Write>(input: R, out: W) -> Result<(), crate::Error> {
+    let mut sr = SectionReader::new(input)?;
+    let mut buf = Vec::new();
+    if sr.next(&mut buf)? != TAG_PROCESS {
+        return Err(ImageError::Corrupt("first section is not the process section".into()).into());
+    }
+    let p = ProcessImage::decode_version(&buf, sr.version)?;
+    let mut w = out;
+    let io = crate::Error::Stream;
+    w.write_all(MAGIC).map_err(io)?;
+    w.write_all(&1u32.to_le_bytes()).map_err(io)?;
+    let mut sw = SectionWriter { w, bytes: 12 };
+    sw.section(TAG_PROCESS, &[&p.encode_v1()?]).map_err(io)?;
+    loop {
+        let tag = sr.next(&mut buf)?;
+        sw.section(tag, &[&buf]).map_err(io)?;
+        if tag == TAG_END {
+            return Ok(());
+        }
     }
 }
 

@@ -181,6 +181,27 @@ pub enum FdKind {
         flags: u32,
         data: Vec<u8>,
     },
+    /// A terminal above fd 2 (`less`, `vi`, `top` open /dev/tty): another open file of the
+    /// terminal at stdio fd `like`. Thaw opens the terminal it attaches at `like` again
+    /// (a terminal there is required) with these file status flags.
+    Terminal {
+        /// The stdio fd (0..2) holding the same terminal.
+        like: i32,
+        flags: u32,
+    },
+}
+
+/// The process's terminal (issue 8 part 6): its settings and whether it was the controlling
+/// terminal. Present when some fd of the process was a terminal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TerminalImage {
+    /// `struct termios` as TCGETS returns it (raw bytes; 60 on x86_64): set on the terminal
+    /// thaw attaches before the process runs.
+    pub termios: Vec<u8>,
+    /// It was the process's controlling terminal (a session leader gets it back as such).
+    pub ctty: bool,
+    /// The stdio fd (0..2) that holds it.
+    pub fd: i32,
 }
 
 /// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
@@ -205,7 +226,8 @@ impl FdKind {
             | FdKind::TimerFd { flags, .. }
             | FdKind::SignalFd { flags, .. }
             | FdKind::Contents { flags, .. }
-            | FdKind::SocketPair { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            | FdKind::SocketPair { flags, .. }
+            | FdKind::Terminal { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
         }
     }
 }
@@ -319,6 +341,8 @@ pub struct ProcessImage {
     pub oom_score_adj: i32,
     /// Every thread but the main one (whose state is in the fields above), in TID order.
     pub threads: Vec<ThreadImage>,
+    /// The terminal of its stdio, with its settings (None: no fd was a terminal).
+    pub terminal: Option<TerminalImage>,
 }
 
 /// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs

@@ -83,6 +83,27 @@ pub(super) fn restore_fds(
             | FdKind::SignalFd { .. }
             | FdKind::Contents { .. }
             | FdKind::SocketPair { .. } => {}
+            FdKind::Terminal { like, flags } => {
+                // the terminal attached at `like` (checked before the process was made),
+                // opened again: a new open file of it, as /dev/tty gave the program
+                let fl = (*flags
+                    & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32))
+                    | libc::O_NOCTTY as u32;
+                let p = b.cstr(&format!("/proc/self/fd/{like}"))?;
+                let r = b.sys(
+                    &format!("open of the terminal at fd {like} for fd {fd}"),
+                    libc::SYS_openat,
+                    &[libc::AT_FDCWD as u64, p, fl as u64],
+                )?;
+                if r != fd {
+                    b.sys(
+                        "dup3",
+                        libc::SYS_dup3,
+                        &[r, fd, (fl & libc::O_CLOEXEC as u32) as u64],
+                    )?;
+                    b.sys("close", libc::SYS_close, &[r])?;
+                }
+            }
             FdKind::SharedWith { fd: o, .. } if super::inproc::is_epoll(img, *o) => {}
             FdKind::SharedWith { fd: o, cloexec } => {
                 let fl = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
@@ -131,6 +152,41 @@ pub(super) fn restore_fds(
     super::inproc::after(b, img, placeholders, above)?;
     if let Some(p) = pidfd {
         b.sys("close", libc::SYS_close, &[p])?;
+    }
+    if let Some(t) = &img.terminal {
+        restore_terminal(b, img, t)?;
+    }
+    Ok(())
+}
+
+/// The terminal's settings set again on the terminal now at its fd (from inside the new
+/// process, whose blocked SIGTTOU lets a background group set them), and a session leader
+/// gets its controlling terminal back. Nothing to do when no terminal is attached there now
+/// (stdio named files at thaw: ENOTTY).
+fn restore_terminal(b: &mut Builder, img: &ProcessImage, t: &TerminalImage) -> Result<()> {
+    let fd = t.fd as u64;
+    let p = b.data(&t.termios)?;
+    let r =
+        b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TCSETS as u64, p])
+            .map_err(terr("ioctl(TCSETS)"))?;
+    if r == -(libc::ENOTTY as i64) {
+        return Ok(());
+    }
+    if r < 0 {
+        return Err(terr(format!("setting the terminal settings on fd {fd}"))(
+            crate::error::from_neg(r),
+        ));
+    }
+    if img.session_leader && t.ctty {
+        let r =
+            b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TIOCSCTTY as u64, 0])
+                .map_err(terr("ioctl(TIOCSCTTY)"))?;
+        if r < 0 {
+            return Err(crate::error::Error::Thaw(format!(
+                "the process led its session with its terminal as the controlling terminal, and the terminal at fd {fd} cannot become its controlling terminal ({}): it is another session's; thaw it in a terminal of its own (e.g. `exec omnode thaw --wait IMAGE`, or a new terminal window running `omnode thaw --wait IMAGE`)",
+                crate::error::from_neg(r)
+            )));
+        }
     }
     Ok(())
 }

@@ -102,7 +102,7 @@ impl<R: Read> ImageReader<R> {
                 ImageError::Corrupt("first section is not the process section".into()).into(),
             );
         }
-        let process = Arc::new(ProcessImage::decode(&buf)?);
+        let process = Arc::new(ProcessImage::decode_version(&buf, sr.version)?);
         Ok(ImageReader { sr, buf, process })
     }
     pub fn process(&self) -> &ProcessImage {
@@ -220,6 +220,7 @@ impl Thawing {
         if !unnamed.is_empty() {
             return Err(Error::FdsNeedNames { fds: unnamed });
         }
+        check_terminals(img, opts)?;
         let gadget = own_vdso_gadget(&self_maps)
             .ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
 
@@ -460,6 +461,39 @@ pub fn thaw<R: Read>(input: R, opts: &ThawOptions) -> Result<Thawed> {
 }
 
 /// On the tracer thread: the new process, emptied, with the image's mappings.
+/// A terminal above fd 2 is opened again from the terminal attached at its stdio fd: that must
+/// be a terminal now. The settings must be the kernel's struct termios of this machine.
+fn check_terminals(img: &ProcessImage, opts: &ThawOptions) -> Result<()> {
+    if let Some(t) = &img.terminal {
+        if t.termios.len() != 36 {
+            return Err(Error::TargetUnfit {
+                reason: format!(
+                    "the image's terminal settings are {} bytes, this machine's struct termios 36",
+                    t.termios.len()
+                ),
+            });
+        }
+    }
+    for f in &img.fds {
+        if let FdKind::Terminal { like, .. } = f.kind {
+            let ours = match like {
+                0 => opts.stdin,
+                1 => opts.stdout,
+                _ => opts.stderr,
+            }
+            .unwrap_or(like);
+            // SAFETY: isatty only queries the fd.
+            if unsafe { libc::isatty(ours) } != 1 {
+                return Err(Error::Thaw(format!(
+                    "fd {} was another open file of the terminal at fd {like}, and what thaw attaches at fd {like} is no terminal: thaw it from a terminal (without a file for fd {like})",
+                    f.fd
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn build_skeleton(
     slot: &mut Slot,
     img: &ProcessImage,
