@@ -176,3 +176,34 @@ fn well_checksummed_nonsense_never_panics() {
         );
     }
 }
+
+#[test]
+fn a_version_1_image_of_a_real_process_still_thaws() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (mut p, out) = spawn_counter(dir.path());
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    assert_eq!(
+        u32::from_le_bytes(img[8..12].try_into().unwrap()),
+        migrate::image::VERSION
+    );
+    // the same process as the old code wrote it: version 1, its process section untagged
+    let mut v1 = Vec::new();
+    migrate::image::rewrite_as_v1(&img[..], &mut v1).expect("rewrite as version 1");
+    assert_eq!(u32::from_le_bytes(v1[8..12].try_into().unwrap()), 1);
+    assert_ne!(v1, img);
+    let a = migrate::inspect(&img[..]).unwrap();
+    let b = migrate::inspect(&v1[..]).unwrap();
+    assert_eq!(format!("{:?}", a.process), format!("{:?}", b.process));
+    assert_eq!(a.page_bytes, b.page_bytes);
+    // and it thaws: the counter checks its own heap and registers and finishes
+    let mut q = thaw(&v1);
+    assert!(exited_ok(q.wait(T)), "the thawed version-1 image failed");
+    let o = read(&out);
+    assert!(o.ends_with("DONE ok\n"), "{o}");
+    assert!(!o.contains("BAD"), "{o}");
+}

@@ -77,7 +77,8 @@ pub struct ThawArgs {
     pub image: PathBuf,
     /// Stay until the thawed process exits and return its exit status (128+N if killed by signal N).
     /// Run from a shell on a terminal, the thawed process gets the terminal's foreground (when it
-    /// led its own process group; a frozen session leader gets a new session and no terminal):
+    /// led its own process group; a frozen session leader gets a new session, and the terminal as
+    /// its controlling terminal when thaw leads the terminal's session, e.g. `exec omnode thaw`):
     /// Ctrl-C and Ctrl-Z reach the program, and when it stops, thaw stops too (`fg` continues both).
     #[arg(long)]
     pub wait: bool,
@@ -265,7 +266,14 @@ fn thaw(a: ThawArgs) -> ExitCode {
         ));
     }
     // job control only when thaw waits in the foreground of a terminal (a shell's foreground job)
-    let term = if a.wait {
+    // a session leader that had its terminal as controlling terminal takes thaw's, when thaw
+    // leads that terminal's session; then thaw does no job control (it has no terminal left)
+    let p = reader.process();
+    let released = p.session_leader
+        && p.terminal.as_ref().is_some_and(|t| t.ctty)
+        && a.stdin.is_none()
+        && tty::release_for_session_leader();
+    let term = if a.wait && !released {
         tty::Terminal::of_stdin()
     } else {
         None

@@ -211,3 +211,139 @@ fn python_repl_thawed_on_a_terminal_reads_lines_takes_ctrl_c_and_ctrl_z() {
     t.keys("b", &["echo $((6*9))", "Enter"]);
     t.wait_line("b", "54", |l| l.trim() == "54");
 }
+
+impl Tmux {
+    fn pane_tty(&self, pane: &str) -> String {
+        self.tmux(&["list-panes", "-t", pane, "-F", "#{pane_tty}"])
+            .trim()
+            .to_string()
+    }
+}
+
+/// The settings of terminal `tty` as `stty -g` prints them (read from outside, as root).
+fn stty(tty: &str) -> String {
+    let o = Command::new("stty").args(["-F", tty, "-g"]).output().unwrap();
+    assert!(o.status.success(), "stty -F {tty}");
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn freeze_cli(pid: i32, img: &std::path::Path) {
+    let o = Command::new(omnode())
+        .args(["freeze", &pid.to_string(), "--image"])
+        .arg(img)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "freeze: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn less_thawed_on_another_terminal_keeps_its_settings_and_reads_keys_from_dev_tty() {
+    if !ready() {
+        return;
+    }
+    let t = Tmux::new("less");
+    let img = t.dir.join("less.img");
+    let text = t.dir.join("text");
+    let lines: String = (1..=300).map(|i| format!("line number {i}\n")).collect();
+    std::fs::write(&text, lines).unwrap();
+    t.shell("a");
+    t.keys("a", &[&format!("less {}", text.display()), "Enter"]);
+    t.wait_line("a", "less's first page", |l| l == "line number 1");
+    let less = child_named(t.pane_pid("a"), "less");
+    // less reads keys from the terminal it opened itself (/dev/tty), an fd above 2
+    let fd3 = std::fs::read_link(format!("/proc/{less}/fd/3")).unwrap();
+    let fd3 = fd3.to_str().unwrap();
+    assert!(
+        fd3 == "/dev/tty" || fd3 == t.pane_tty("a"),
+        "fd 3 of less is {fd3}"
+    );
+    let frozen_settings = stty(&t.pane_tty("a"));
+    freeze_cli(less, &img);
+    let o = Command::new(omnode()).arg("image").arg(&img).output().unwrap();
+    let desc = String::from_utf8_lossy(&o.stdout);
+    assert!(desc.contains("terminal: at fd"), "{desc}");
+
+    t.shell("b");
+    let shell_settings = stty(&t.pane_tty("b"));
+    assert_ne!(shell_settings, frozen_settings, "the test proves nothing");
+    let cmd = format!("{} thaw --wait {}", omnode(), img.display());
+    t.keys("b", &[&cmd, "Enter"]);
+    t.wait_for("b", "omnode: thawed process");
+    let thawed = child_named(t.pane_pid("b"), "omnode");
+    let thawed = child_named(thawed, "less");
+    // the new terminal has less's settings (no echo, no line editing)...
+    assert_eq!(stty(&t.pane_tty("b")), frozen_settings);
+    // ...so a single key, without Enter, reaches it through its /dev/tty: G goes to the end
+    t.keys("b", &["G"]);
+    t.wait_line("b", "the last line", |l| l == "line number 300");
+    t.keys("b", &["g"]);
+    t.wait_line("b", "the first line", |l| l == "line number 1");
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{thawed}/fd/3"))
+            .unwrap()
+            .to_str(),
+        Some(t.pane_tty("b").as_str())
+    );
+    t.keys("b", &["q"]);
+    t.wait_idle("b");
+    t.keys("b", &["echo THAWRC=$?", "Enter"]);
+    t.wait_line("b", "THAWRC=0", |l| l.trim_end() == "THAWRC=0");
+    // the shell's terminal settings are its own again
+    assert_eq!(stty(&t.pane_tty("b")), shell_settings);
+}
+
+#[test]
+fn a_session_leader_gets_its_controlling_terminal_back() {
+    if !ready() {
+        return;
+    }
+    let t = Tmux::new("lead");
+    let img = t.dir.join("lead.img");
+    // python as the pane's own command: it leads the pane's session, the pane its terminal
+    t.tmux(&[
+        "new-session", "-d", "-s", "a", "-x", "120", "-y", "40", "python3 -q",
+    ]);
+    t.wait_for("a", ">>>");
+    let py = t.pane_pid("a");
+    let stat = |pid: i32| -> Vec<String> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let r = s.rsplit_once(')').unwrap().1.to_string();
+        r.split_whitespace().map(str::to_string).collect()
+    };
+    // after the comm: state ppid pgrp session tty_nr tpgid
+    let f = stat(py);
+    assert_eq!(f[3], py.to_string(), "python does not lead its session");
+    assert_ne!(f[4], "0");
+    freeze_cli(py, &img);
+    // thaw as the command of a new pane: it leads that terminal's session and hands it over
+    let cmd = format!("{} thaw --wait {}", omnode(), img.display());
+    t.tmux(&[
+        "new-session", "-d", "-s", "b", "-x", "120", "-y", "40", &cmd,
+    ]);
+    t.wait_for("b", "omnode: thawed process");
+    let thaw_pid = t.pane_pid("b");
+    let q = child_named(thaw_pid, "python3");
+    let f = stat(q);
+    assert_eq!(f[3], q.to_string(), "the thawed python leads no session");
+    // its controlling terminal is the new pane's, and its group has the foreground
+    let tty_b = t.pane_tty("b");
+    let md = std::fs::metadata(&tty_b).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let (maj, min) = (libc::major(md.rdev()), libc::minor(md.rdev()));
+    let nr = (min & 0xff) | (maj << 8) | ((min & !0xff) << 12);
+    assert_eq!(f[4], nr.to_string(), "controlling terminal");
+    assert_eq!(f[5], q.to_string(), "foreground group");
+    t.keys("b", &["print(6*7)", "Enter"]);
+    t.wait_line("b", "42", |l| l.trim() == "42");
+    // Ctrl-C goes to python (its terminal's foreground), which survives it
+    t.keys("b", &["C-c"]);
+    t.wait_for("b", "KeyboardInterrupt");
+    t.keys("b", &["import os; print(os.ttyname(0) == os.ctermid() or os.ctermid())", "Enter"]);
+    t.wait_line("b", "True or /dev/tty", |l| l.trim() == "True" || l.trim() == "/dev/tty");
+    t.keys("b", &["open('/dev/tty','w').write('via dev tty\\n')", "Enter"]);
+    t.wait_line("b", "a write to /dev/tty", |l| l.trim() == "via dev tty");
+}
