@@ -347,3 +347,28 @@ fn a_session_leader_gets_its_controlling_terminal_back() {
     t.keys("b", &["open('/dev/tty','w').write('via dev tty\\n')", "Enter"]);
     t.wait_line("b", "a write to /dev/tty", |l| l.trim() == "via dev tty");
 }
+
+/// (vi is not here: vim 9 uses a POSIX timer, which freeze still refuses.)
+#[test]
+fn top_comes_back_usable() {
+    if !ready() {
+        return;
+    }
+    let t = Tmux::new("top");
+    // top: it redraws on the new terminal every 0.2 s and quits on a single key
+    t.shell("c");
+    t.keys("c", &["top -d 0.2", "Enter"]);
+    t.wait_line("c", "top's header", |l| l.starts_with("Tasks:"));
+    let top = child_named(t.pane_pid("c"), "top");
+    let img = t.dir.join("top.img");
+    freeze_cli(top, &img);
+    t.shell("d");
+    t.keys("d", &[&format!("{} thaw --wait {}", omnode(), img.display()), "Enter"]);
+    t.wait_line("d", "top's header on the new terminal", |l| {
+        l.starts_with("Tasks:")
+    });
+    t.keys("d", &["q"]);
+    t.wait_idle("d");
+    t.keys("d", &["echo THAWRC=$?", "Enter"]);
+    t.wait_line("d", "THAWRC=0", |l| l.trim_end() == "THAWRC=0");
+}
