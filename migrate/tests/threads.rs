@@ -130,35 +130,22 @@ fn parallel_sort_of_a_large_file_byte_identical() {
     }
     std::fs::write(&input, &s).unwrap();
     drop(s);
-    let run = |tag: &str, interrupt: bool| -> Vec<u8> {
-        let out = dir.path().join(format!("{tag}.sorted"));
-        let mut p = spawn(
-            Command::new("sort")
-                .args(["--parallel=4", "-S", "200M", "-T"])
-                .arg(dir.path())
-                .arg(&input)
-                .env("LC_ALL", "C"),
-            &out,
-            Some(&dir.path().join("err")),
-        );
-        if interrupt {
-            // wait until its sorting threads run
-            let end = std::time::Instant::now() + T;
-            while threads_of(p.pid) < 2 {
-                assert!(p.alive(), "sort finished before it had threads");
-                assert!(std::time::Instant::now() < end);
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            let img = freeze(p.pid, false).expect("freeze");
-            assert_threaded(&img);
-            p.wait(T);
-            p = thaw(&img);
-        }
-        assert!(exited_ok(p.wait(T)), "{}", read(&dir.path().join("err")));
-        std::fs::read(&out).unwrap()
+    // sort's output (its stdout) with and without a freeze/thaw while its threads sort
+    let mk = |d: &Path, tag: &str| {
+        let mut c = Command::new("sort");
+        c.args(["--parallel=4", "-S", "200M", "-T"])
+            .arg(d)
+            .arg(&input)
+            .env("LC_ALL", "C");
+        (c, d.join(format!("{tag}.stdout")))
     };
-    let r = run("ref", false);
-    let m = run("mig", true);
+    let (r, m) = compare_when(
+        &mk,
+        &|pid| threads_of(pid) >= 2,
+        &assert_threaded,
+        Duration::ZERO,
+        1,
+    );
     assert!(r.len() > 1000);
     assert!(
         r == m,

@@ -222,7 +222,10 @@ impl Tmux {
 
 /// The settings of terminal `tty` as `stty -g` prints them (read from outside, as root).
 fn stty(tty: &str) -> String {
-    let o = Command::new("stty").args(["-F", tty, "-g"]).output().unwrap();
+    let o = Command::new("stty")
+        .args(["-F", tty, "-g"])
+        .output()
+        .unwrap();
     assert!(o.status.success(), "stty -F {tty}");
     String::from_utf8_lossy(&o.stdout).trim().to_string()
 }
@@ -263,7 +266,11 @@ fn less_thawed_on_another_terminal_keeps_its_settings_and_reads_keys_from_dev_tt
     );
     let frozen_settings = stty(&t.pane_tty("a"));
     freeze_cli(less, &img);
-    let o = Command::new(omnode()).arg("image").arg(&img).output().unwrap();
+    let o = Command::new(omnode())
+        .arg("image")
+        .arg(&img)
+        .output()
+        .unwrap();
     let desc = String::from_utf8_lossy(&o.stdout);
     assert!(desc.contains("terminal: at fd"), "{desc}");
 
@@ -305,7 +312,15 @@ fn a_session_leader_gets_its_controlling_terminal_back() {
     let img = t.dir.join("lead.img");
     // python as the pane's own command: it leads the pane's session, the pane its terminal
     t.tmux(&[
-        "new-session", "-d", "-s", "a", "-x", "120", "-y", "40", "python3 -q",
+        "new-session",
+        "-d",
+        "-s",
+        "a",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "python3 -q",
     ]);
     t.wait_for("a", ">>>");
     let py = t.pane_pid("a");
@@ -322,7 +337,15 @@ fn a_session_leader_gets_its_controlling_terminal_back() {
     // thaw as the command of a new pane: it leads that terminal's session and hands it over
     let cmd = format!("{} thaw --wait {}", omnode(), img.display());
     t.tmux(&[
-        "new-session", "-d", "-s", "b", "-x", "120", "-y", "40", &cmd,
+        "new-session",
+        "-d",
+        "-s",
+        "b",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        &cmd,
     ]);
     t.wait_for("b", "omnode: thawed process");
     let thaw_pid = t.pane_pid("b");
@@ -342,9 +365,20 @@ fn a_session_leader_gets_its_controlling_terminal_back() {
     // Ctrl-C goes to python (its terminal's foreground), which survives it
     t.keys("b", &["C-c"]);
     t.wait_for("b", "KeyboardInterrupt");
-    t.keys("b", &["import os; print(os.ttyname(0) == os.ctermid() or os.ctermid())", "Enter"]);
-    t.wait_line("b", "True or /dev/tty", |l| l.trim() == "True" || l.trim() == "/dev/tty");
-    t.keys("b", &["open('/dev/tty','w').write('via dev tty\\n')", "Enter"]);
+    t.keys(
+        "b",
+        &[
+            "import os; print(os.ttyname(0) == os.ctermid() or os.ctermid())",
+            "Enter",
+        ],
+    );
+    t.wait_line("b", "True or /dev/tty", |l| {
+        l.trim() == "True" || l.trim() == "/dev/tty"
+    });
+    t.keys(
+        "b",
+        &["open('/dev/tty','w').write('via dev tty\\n')", "Enter"],
+    );
     t.wait_line("b", "a write to /dev/tty", |l| l.trim() == "via dev tty");
 }
 
@@ -363,7 +397,13 @@ fn top_comes_back_usable() {
     let img = t.dir.join("top.img");
     freeze_cli(top, &img);
     t.shell("d");
-    t.keys("d", &[&format!("{} thaw --wait {}", omnode(), img.display()), "Enter"]);
+    t.keys(
+        "d",
+        &[
+            &format!("{} thaw --wait {}", omnode(), img.display()),
+            "Enter",
+        ],
+    );
     t.wait_line("d", "top's header on the new terminal", |l| {
         l.starts_with("Tasks:")
     });

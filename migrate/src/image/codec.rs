@@ -160,7 +160,10 @@ impl Enc {
 impl Dec<'_> {
     /// Registers (exactly 27), xstate, signal mask, rseq.
     #[allow(clippy::type_complexity)]
-    fn cpu(&mut self, who: &str) -> Result<(Vec<u64>, Vec<u8>, u64, Option<(u64, u32, u32)>), ImageError> {
+    fn cpu(
+        &mut self,
+        who: &str,
+    ) -> Result<(Vec<u64>, Vec<u8>, u64, Option<(u64, u32, u32)>), ImageError> {
         if self.len(64)? != 27 {
             return Err(corrupt(&format!("{who} register count")));
         }
@@ -247,7 +250,12 @@ impl ProcessImage {
     /// images of real processes and prove they still thaw). Refuses state version 1 cannot
     /// hold (a terminal's settings, terminals above fd 2).
     pub(crate) fn encode_v1(&self) -> Result<Vec<u8>, ImageError> {
-        if self.terminal.is_some() || self.fds.iter().any(|f| matches!(f.kind, FdKind::Terminal { .. })) {
+        if self.terminal.is_some()
+            || self
+                .fds
+                .iter()
+                .any(|f| matches!(f.kind, FdKind::Terminal { .. }))
+        {
             return Err(ImageError::Corrupt(
                 "a terminal's state cannot be written in image format version 1".into(),
             ));
@@ -450,9 +458,13 @@ impl ProcessImage {
         for f in &p.fds {
             if let FdKind::Terminal { like, .. } = f.kind {
                 let ok = p.terminal.as_ref().is_some_and(|t| t.fd == like)
-                    && p.fds.iter().any(|g| g.fd == like && matches!(g.kind, FdKind::Stdio { .. }));
+                    && p.fds
+                        .iter()
+                        .any(|g| g.fd == like && matches!(g.kind, FdKind::Stdio { .. }));
                 if !ok {
-                    return Err(corrupt("terminal fd (no terminal at the stdio fd it names)"));
+                    return Err(corrupt(
+                        "terminal fd (no terminal at the stdio fd it names)",
+                    ));
                 }
             }
         }

@@ -17,8 +17,8 @@ mod codec;
 mod section;
 mod types;
 
-pub(crate) use section::{SectionReader, SectionWriter, read_pages};
 pub use section::rewrite_as_v1;
+pub(crate) use section::{SectionReader, SectionWriter, read_pages};
 pub use types::*;
 
 pub const MAGIC: &[u8; 8] = b"OMNIMAGE";

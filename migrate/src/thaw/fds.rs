@@ -86,8 +86,7 @@ pub(super) fn restore_fds(
             FdKind::Terminal { like, flags } => {
                 // the terminal attached at `like` (checked before the process was made),
                 // opened again: a new open file of it, as /dev/tty gave the program
-                let fl = (*flags
-                    & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32))
+                let fl = (*flags & !((libc::O_CREAT | libc::O_TRUNC | libc::O_EXCL) as u32))
                     | libc::O_NOCTTY as u32;
                 let p = b.cstr(&format!("/proc/self/fd/{like}"))?;
                 let r = b.sys(
