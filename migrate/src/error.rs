@@ -78,6 +78,10 @@ pub enum Error {
         .fds.iter().map(|(n, w)| format!("fd {n} ({w})")).collect::<Vec<_>>().join(", ")
     )]
     FdsNeedNames { fds: Vec<(i32, String)> },
+    /// The image is not its caller's to thaw ([`crate::ThawOwner`]): it would run as another
+    /// user, or with more than the caller has (groups, limits); nothing was created.
+    #[error("cannot thaw: the image is not yours to thaw: {reason}")]
+    NotOwner { reason: String },
     /// The tracer thread of a process is gone (it panicked): a bug, reported, never a hang.
     #[error("tracer thread {name} is gone")]
     TracerGone { name: String },
@@ -111,7 +115,9 @@ pub enum RefusalKind {
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Error::Unsupported { .. } | Error::FdsNeedNames { .. } => ErrorKind::CannotMove,
+            Error::Unsupported { .. } | Error::FdsNeedNames { .. } | Error::NotOwner { .. } => {
+                ErrorKind::CannotMove
+            }
             Error::NoProcess { .. } => ErrorKind::ProcessGone,
             Error::Freeze { source, .. } if source.raw_os_error() == Some(libc::ESRCH) => {
                 ErrorKind::ProcessGone

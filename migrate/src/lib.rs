@@ -67,7 +67,7 @@ pub use freeze::{
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
-pub use thaw::{ImageReader, ThawOptions, Thawed, Thawing, thaw};
+pub use thaw::{ImageReader, ThawOptions, ThawOwner, Thawed, Thawing, thaw};
 pub use tracer::Tracer;
 
 use image::*;

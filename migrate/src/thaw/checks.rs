@@ -98,3 +98,58 @@ mod tests {
         assert!(fit_xstate(&[0u8; 100]).is_err());
     }
 }
+
+/// An image thawed for `o` runs as `o` and with no more than `o` has: every uid is `o`'s,
+/// every gid and group one of `o`'s groups, no hard limit above `o`'s, no oom_score_adj
+/// below `o`'s. Fails closed: a limit `o` has no figure for is refused.
+pub(super) fn check_owner(img: &ProcessImage, o: &super::ThawOwner) -> Result<()> {
+    let no = |reason: String| Err(Error::NotOwner { reason });
+    let c = &img.creds;
+    if let Some(u) = c.uid.iter().find(|&&u| u != o.uid) {
+        return no(format!("it runs as uid {u}, you are uid {}", o.uid));
+    }
+    if let Some(g) = c
+        .gid
+        .iter()
+        .chain(&c.groups)
+        .find(|g| !o.groups.contains(g))
+    {
+        return no(format!("it has group {g}, which you do not"));
+    }
+    for &(r, _, hard) in &img.rlimits {
+        match o.hard_limits.iter().find(|l| l.0 == r) {
+            Some(&(_, mine)) if hard <= mine => {}
+            Some(&(_, mine)) => {
+                return no(format!(
+                    "its hard limit {r} is {hard}, above yours ({mine})"
+                ));
+            }
+            None => return no(format!("your hard limit {r} is unknown")),
+        }
+    }
+    if img.oom_score_adj < o.oom_score_adj {
+        return no(format!(
+            "its oom_score_adj is {}, below yours ({})",
+            img.oom_score_adj, o.oom_score_adj
+        ));
+    }
+    Ok(())
+}
+
+/// The new process's file-system uid and gid are the image's (checked after they were set:
+/// setfsuid does not say whether it failed). Fails closed.
+pub(super) fn check_fs_creds(pid: i32, c: &Creds) -> Result<()> {
+    let st = read_to_string(&format!("/proc/{pid}/status"))
+        .map_err(|e| Error::Thaw(format!("cannot read /proc/{pid}/status: {e}")))?;
+    let fs = |key: &str| {
+        crate::procfs::status_field(&st, key)
+            .and_then(|v| v.split_whitespace().nth(3)?.parse::<u32>().ok())
+    };
+    if fs("Uid") != Some(c.uid[3]) || fs("Gid") != Some(c.gid[3]) {
+        return Err(Error::Thaw(format!(
+            "the new process's file-system uid/gid did not become {}/{}",
+            c.uid[3], c.gid[3]
+        )));
+    }
+    Ok(())
+}

@@ -57,6 +57,77 @@ pub struct ThawOptions {
     /// process's own credentials; its listener comes back in [`Thawed::listener`]. Calls the
     /// engine injects after it that the filter traps are answered "continue".
     pub seccomp_filter: Option<SeccompFilter>,
+    /// Thaw on behalf of this user (a root daemon serving an unprivileged caller): an image
+    /// that would run as anyone else or with more than the user has is refused before
+    /// anything is made, and the new process opens every file (mapped files, the
+    /// executable, fds, cwd) with the user's file-system credentials, never root's.
+    pub owner: Option<ThawOwner>,
+}
+
+/// The caller a thaw is for (see [`ThawOptions::owner`]).
+#[derive(Debug, Clone, Default)]
+pub struct ThawOwner {
+    pub uid: u32,
+    /// Every group the caller has (primary and supplementary).
+    pub groups: Vec<u32>,
+    /// The caller's hard limits (resource, hard limit): an image may not ask for more.
+    pub hard_limits: Vec<(u32, u64)>,
+    /// The caller's oom_score_adj: an image may not ask for less.
+    pub oom_score_adj: i32,
+}
+
+impl ThawOwner {
+    /// The owner as process `pid` is now (its real uid, every group, hard limits and
+    /// oom_score_adj from /proc): for a daemon, the caller on the other end of its socket
+    /// (SO_PEERCRED's pid). Fails closed: what cannot be read or parsed is an error.
+    pub fn of_process(pid: i32) -> std::result::Result<ThawOwner, String> {
+        let read = |f: &str| {
+            read_to_string(&format!("/proc/{pid}/{f}"))
+                .map_err(|e| format!("cannot read /proc/{pid}/{f}: {e}"))
+        };
+        let st = read("status")?;
+        let bad = |what: &str| format!("cannot parse {what} in /proc/{pid}/status");
+        let ids = |key: &str| -> std::result::Result<Vec<u32>, String> {
+            crate::procfs::status_field(&st, key)
+                .ok_or_else(|| bad(key))?
+                .split_whitespace()
+                .map(|v| v.parse::<u32>().map_err(|_| bad(key)))
+                .collect()
+        };
+        let uids = ids("Uid")?;
+        let gids = ids("Gid")?;
+        if uids.len() != 4 || gids.len() != 4 {
+            return Err(bad("Uid/Gid"));
+        }
+        // the caller's real ids: a set-uid caller is not the user it runs for
+        let mut groups = ids("Groups")?;
+        groups.push(gids[0]);
+        let mut hard_limits = Vec::new();
+        for (i, l) in read("limits")?.lines().skip(1).enumerate() {
+            let v: Vec<&str> = l
+                .split_whitespace()
+                .filter(|w| *w == "unlimited" || w.parse::<u64>().is_ok())
+                .collect();
+            let hard = match v.get(1).copied() {
+                Some("unlimited") => u64::MAX,
+                Some(n) => n
+                    .parse()
+                    .map_err(|_| format!("cannot parse /proc/{pid}/limits"))?,
+                None => return Err(format!("cannot parse /proc/{pid}/limits: {l}")),
+            };
+            hard_limits.push((i as u32, hard));
+        }
+        let oom_score_adj = read("oom_score_adj")?
+            .trim()
+            .parse()
+            .map_err(|_| format!("cannot parse /proc/{pid}/oom_score_adj"))?;
+        Ok(ThawOwner {
+            uid: uids[0],
+            groups,
+            hard_limits,
+            oom_score_adj,
+        })
+    }
 }
 
 /// What a thaw did.
@@ -221,6 +292,9 @@ impl Thawing {
             return Err(Error::FdsNeedNames { fds: unnamed });
         }
         check_terminals(img, opts)?;
+        if let Some(o) = &opts.owner {
+            checks::check_owner(img, o)?;
+        }
         let gadget = own_vdso_gadget(&self_maps)
             .ok_or_else(|| Error::Thaw("no vDSO in this process".into()))?;
 
@@ -581,6 +655,23 @@ fn build_skeleton(
         libc::SYS_close_range,
         &[3, u32::MAX as u64, 0],
     ));
+    if opts.owner.is_some() {
+        // from here on every file is opened as the user (the file-system uid and gid drop
+        // root's file capabilities; the rest of root's stays for PR_SET_MM and the like)
+        let c = &img.creds;
+        let mut g = Vec::with_capacity(c.groups.len() * 4);
+        for x in &c.groups {
+            g.extend_from_slice(&x.to_ne_bytes());
+        }
+        let p = b.data(&g)?;
+        calls.push(call(
+            "setgroups",
+            libc::SYS_setgroups,
+            &[c.groups.len() as u64, p],
+        ));
+        calls.push(call("setfsgid", libc::SYS_setfsgid, &[c.gid[3] as u64]));
+        calls.push(call("setfsuid", libc::SYS_setfsuid, &[c.uid[3] as u64]));
+    }
     let mut keep: Vec<(u64, u64)> = vec![(tramp, tramp + TRAMP)];
     keep.extend(own.iter().map(|x| (x.1, x.2)));
     keep.sort();
@@ -623,6 +714,9 @@ fn build_skeleton(
         }
     }
     b.run(&calls)?;
+    if opts.owner.is_some() {
+        checks::check_fs_creds(pid, &img.creds)?;
+    }
 
     // --- the mappings: open each file once, map everything, close the files
     maps::map_vmas(b, img)?;
