@@ -69,6 +69,10 @@ pub struct FreezeArgs {
     /// Checkpoint only: let the process run on after its image is written.
     #[arg(long)]
     pub leave_running: bool,
+    /// The daemon a non-root user's freeze goes through (only root can thaw, so only the
+    /// daemon may end a user's process; it checks that the user could thaw it).
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -104,6 +108,10 @@ pub struct ThawArgs {
     /// or `N=null`. Thaw names the fds that need one.
     #[arg(long = "fd", value_name = "N=FILE|N=null")]
     pub fds: Vec<String>,
+    /// The daemon a non-root user's thaw goes through (it thaws only the user's own images,
+    /// as the user; --wait then waits for the exit status without job control).
+    #[command(flatten)]
+    pub socket: crate::SocketArg,
 }
 
 #[derive(clap::Args, Debug)]
@@ -145,6 +153,37 @@ fn freeze(a: FreezeArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot create image file {path}: {e}")),
     };
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 && !a.leave_running {
+        let mut f = f;
+        return match crate::ckpt_daemon::freeze(&a.socket.socket, a.pid, false, &mut f) {
+            Ok(crate::ckpt_daemon::Reply::Froze {
+                pid,
+                ended: true,
+                image_bytes,
+                page_bytes,
+                frozen_ms,
+            }) => {
+                eprintln!(
+                    "omnode: froze {pid} into {path} (through the daemon): {:.1} MiB image, {:.1} MiB memory, stopped for {frozen_ms:.1} ms",
+                    image_bytes as f64 / 1048576.0,
+                    page_bytes as f64 / 1048576.0,
+                );
+                ExitCode::SUCCESS
+            }
+            r => {
+                drop(f);
+                let _ = std::fs::remove_file(&a.image);
+                match r {
+                    Ok(crate::ckpt_daemon::Reply::Error(e)) | Err(e) => fail(e),
+                    Ok(o) => fail(format_args!(
+                        "the daemon did not end process {} ({o:?}); it runs on",
+                        a.pid
+                    )),
+                }
+            }
+        };
+    }
     let opts = migrate::FreezeOptions {
         leave_running: a.leave_running,
     };
@@ -266,6 +305,27 @@ fn thaw(a: ThawArgs) -> ExitCode {
         ));
     }
     // job control only when thaw waits in the foreground of a terminal (a shell's foreground job)
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        let unnamed: Vec<String> = reader
+            .process()
+            .fds
+            .iter()
+            .filter(|f| {
+                matches!(f.kind, migrate::FdKind::External { .. })
+                    && !named.iter().any(|n| n.0 == f.fd)
+            })
+            .map(|f| f.fd.to_string())
+            .collect();
+        if !unnamed.is_empty() {
+            return fail(format_args!(
+                "{path}: fds {} lay outside the process; name what each gets (--fd N=FILE or --fd N=null)",
+                unnamed.join(", ")
+            ));
+        }
+        drop(reader);
+        return thaw_through_daemon(&a, &opts, &named);
+    }
     // a session leader that had its terminal as controlling terminal takes thaw's, when thaw
     // leads that terminal's session; then thaw does no job control (it has no terminal left)
     let p = reader.process();
@@ -332,6 +392,51 @@ fn thaw(a: ThawArgs) -> ExitCode {
         128 + (st & 0x7f)
     };
     ExitCode::from(code as u8)
+}
+
+/// A non-root user's thaw: the daemon thaws the image as the user (only root can thaw).
+fn thaw_through_daemon(
+    a: &ThawArgs,
+    opts: &migrate::ThawOptions,
+    named: &[(i32, File)],
+) -> ExitCode {
+    let path = a.image.display().to_string();
+    let mut f = match File::open(&a.image) {
+        Ok(f) => f,
+        Err(e) => return fail(format_args!("cannot open image {path}: {e}")),
+    };
+    let stdio = [
+        opts.stdin.unwrap_or(0),
+        opts.stdout.unwrap_or(1),
+        opts.stderr.unwrap_or(2),
+    ];
+    let named: Vec<(i32, i32)> = named.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect();
+    let (reply, mut conn) =
+        match crate::ckpt_daemon::thaw(&a.socket.socket, &mut f, stdio, &named, a.wait) {
+            Ok(r) => r,
+            Err(e) => return fail(format_args!("{path}: {e}")),
+        };
+    let pid = match reply {
+        crate::ckpt_daemon::Reply::Thawed { pid, old_pid } => {
+            if a.print_pid {
+                println!("{pid}");
+                let _ = std::io::stdout().flush();
+            } else {
+                eprintln!("omnode: thawed process {old_pid} as PID {pid} (through the daemon)");
+            }
+            pid
+        }
+        crate::ckpt_daemon::Reply::Error(e) => return fail(format_args!("{path}: {e}")),
+        o => return fail(format_args!("{path}: unexpected answer {o:?}")),
+    };
+    if !a.wait {
+        return ExitCode::SUCCESS;
+    }
+    match crate::ckpt_daemon::exit_status(&mut conn) {
+        Ok(st) if st & 0x7f == 0 => ExitCode::from(((st >> 8) & 0xff) as u8),
+        Ok(st) => ExitCode::from((128 + (st & 0x7f)) as u8),
+        Err(e) => fail(format_args!("lost track of process {pid}: {e}")),
+    }
 }
 
 const fn libc_o_accmode() -> u32 {

@@ -73,6 +73,22 @@ pub enum Request {
         pid: u32,
         node: u32,
     },
+    /// `omnode freeze` of a non-root user: the daemon freezes `pid` if the caller could thaw
+    /// it, streams the image back and ends the process once the caller stored it (see
+    /// [`crate::ckpt_daemon`]).
+    Freeze {
+        pid: i32,
+        #[serde(default)]
+        leave_running: bool,
+    },
+    /// `omnode thaw` of a non-root user: the caller sends its stdio and these `--fd`
+    /// descriptors, then the image; the daemon thaws it as the caller.
+    Thaw {
+        #[serde(default)]
+        placeholders: Vec<i32>,
+        #[serde(default)]
+        wait: bool,
+    },
     /// `mount.mfs` / `omnode mfs mount`: mount `/mfs` at `dir` (`options`: mount's `-o`).
     /// Root only.
     MfsMount {
@@ -245,6 +261,9 @@ impl Control {
             Request::MfsSelect { .. } | Request::MfsMount { .. } => {
                 Response::Error("mfs requests are served by the socket connection".into())
             }
+            Request::Freeze { .. } | Request::Thaw { .. } => {
+                Response::Error("freeze and thaw are served by the socket connection".into())
+            }
             Request::Leave => {
                 if let Err(e) = Self::privileged(uid) {
                     return Response::Error(e);
@@ -386,7 +405,8 @@ pub async fn serve(
 }
 
 async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Result<()> {
-    let uid = stream.peer_cred().ok().map(|c| c.uid());
+    let cred = stream.peer_cred().ok();
+    let uid = cred.map(|c| c.uid());
     let (rd, mut wr) = stream.into_split();
     let mut lines = BufReader::new(rd.take(MAX_REQUEST as u64));
     let mut line = String::new();
@@ -395,6 +415,30 @@ async fn connection(stream: UnixStream, control: Addr<Control>) -> std::io::Resu
         Ok(Err(e)) => Response::Error(format!("unreadable request: {e}")),
         Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
             Err(e) => Response::Error(format!("bad request: {e}")),
+            // a user's freeze/thaw: a binary conversation on the raw socket, on a blocking
+            // thread (the client sends nothing after its request line until told to)
+            Ok(req @ (Request::Freeze { .. } | Request::Thaw { .. })) => {
+                let Some(c) = cred else {
+                    return Err(std::io::Error::other("SO_PEERCRED failed"));
+                };
+                let peer = crate::ckpt_daemon::Peer {
+                    uid: c.uid(),
+                    pid: c.pid(),
+                };
+                let rd = lines.into_inner().into_inner();
+                let s = rd.reunite(wr).map_err(std::io::Error::other)?.into_std()?;
+                s.set_nonblocking(false)?;
+                tokio::task::spawn_blocking(move || match req {
+                    Request::Freeze { pid, leave_running } => {
+                        crate::ckpt_daemon::serve_freeze(pid, leave_running, peer, s)
+                    }
+                    Request::Thaw { placeholders, wait } => {
+                        crate::ckpt_daemon::serve_thaw(placeholders, wait, peer, s)
+                    }
+                    _ => {}
+                });
+                return Ok(());
+            }
             // Migrations take longer than an ask of the control actor may: served here.
             Ok(req @ (Request::Migrate { .. } | Request::MoveAfterExec { .. } | Request::Ps)) => {
                 crate::migrator::serve(req, uid).await

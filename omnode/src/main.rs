@@ -8,6 +8,7 @@
 mod balancer;
 mod cgroup;
 mod ckpt;
+mod ckpt_daemon;
 mod control;
 mod cpufeat;
 mod daemon;

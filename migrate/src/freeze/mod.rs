@@ -385,6 +385,49 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
     })
 }
 
+/// [`freeze`] for a root daemon serving the unprivileged user `owner`: the process must be
+/// one `owner` could thaw through the daemon (its uids are `owner`'s, its groups among
+/// `owner`'s, no more limits; checked on its collected state before a byte is written, and a
+/// refusal releases it untouched), and unless `leave_running` it ends only when `stored`,
+/// asked once the whole image is written, says the caller has kept the image (a caller that
+/// lost it or went away leaves the process running). Returns the report and whether the
+/// process was ended.
+pub fn freeze_for<W: Write>(
+    pid: i32,
+    out: W,
+    leave_running: bool,
+    owner: &crate::ThawOwner,
+    stored: impl FnOnce() -> bool,
+) -> Result<(FreezeReport, bool)> {
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false)?;
+    let img = s.collect()?;
+    if let Err(e) = crate::thaw::check_owner(&img, owner) {
+        s.finish(Ending::Release)?;
+        return Err(match e {
+            Error::NotOwner { reason } => unsup(
+                pid,
+                format!("you could not thaw it ({reason}); nothing was changed"),
+            ),
+            e => e,
+        });
+    }
+    let st = s.stream(&img, out)?;
+    let stop_start = s.stop_start;
+    let end = !leave_running && stored();
+    s.finish(if end { Ending::Kill } else { Ending::Release })?;
+    Ok((
+        FreezeReport {
+            pid,
+            image_bytes: st.image_bytes,
+            page_bytes: st.page_bytes,
+            vmas: img.vmas.len(),
+            frozen: stop_start.elapsed(),
+            memory_time: st.memory_time,
+        },
+        end,
+    ))
+}
+
 /// On the tracer thread: phase 2.
 fn collect(
     g: &mut Held,

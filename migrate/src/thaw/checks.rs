@@ -102,7 +102,7 @@ mod tests {
 /// An image thawed for `o` runs as `o` and with no more than `o` has: every uid is `o`'s,
 /// every gid and group one of `o`'s groups, no hard limit above `o`'s, no oom_score_adj
 /// below `o`'s. Fails closed: a limit `o` has no figure for is refused.
-pub(super) fn check_owner(img: &ProcessImage, o: &super::ThawOwner) -> Result<()> {
+pub(crate) fn check_owner(img: &ProcessImage, o: &super::ThawOwner) -> Result<()> {
     let no = |reason: String| Err(Error::NotOwner { reason });
     let c = &img.creds;
     if let Some(u) = c.uid.iter().find(|&&u| u != o.uid) {

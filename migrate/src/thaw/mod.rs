@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 mod attrs;
 mod checks;
+pub(crate) use checks::check_owner;
 mod fds;
 mod finish;
 mod inject;
