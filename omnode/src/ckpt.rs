@@ -45,8 +45,9 @@ pub enum Cmd {
     /// refused. `omnode migrate` (moving to another node) still refuses threads.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
-    /// A user who could not thaw the image (non-root) cannot end the process: use
-    /// --leave-running.
+    /// A non-root user's freeze goes through the daemon (only root can thaw): it freezes the
+    /// user's own dumpable processes that the user could thaw, and ends one only after this
+    /// command has synced the image; --leave-running checkpoints without the daemon.
     Freeze(FreezeArgs),
     /// Recreate a frozen process from its image as a new process, report its PID (on stderr,
     /// or alone on stdout with --print-pid) and return.

@@ -27,8 +27,13 @@ impl Drop for Prog {
 /// A python loop as `uid` writing `n` numbered lines into `out` (its own file), then
 /// exiting with status 3. Its stdio is /dev/null.
 fn counter(uid: u32, out: &Path, n: u32) -> Prog {
+    counter_with(uid, out, n, "")
+}
+
+/// [`counter`] running `pre` (python) first.
+fn counter_with(uid: u32, out: &Path, n: u32, pre: &str) -> Prog {
     let script = format!(
-        "import time\nf = open({:?}, 'a')\nfor i in range({n}):\n    f.write(f'{{i}}\\n'); f.flush(); time.sleep(0.01)\nf.write('done\\n'); f.close()\nraise SystemExit(3)\n",
+        "{pre}\nimport time\nf = open({:?}, 'a')\nfor i in range({n}):\n    f.write(f'{{i}}\\n'); f.flush(); time.sleep(0.01)\nf.write('done\\n'); f.close()\nraise SystemExit(3)\n",
         out.to_str().unwrap()
     );
     let mut c = Command::new("/usr/bin/python3");
@@ -234,4 +239,24 @@ fn the_daemon_never_freezes_or_thaws_across_users() {
         text(&o)
     );
     assert!(o.stdout.is_empty());
+
+    // nobody's own process that hides its memory from its own user (not dumpable, as
+    // ssh-agent does): refused, and it runs on untouched
+    let out = dir.path().join("hidden-count");
+    let p = counter_with(
+        NOBODY,
+        &out,
+        1000,
+        "import ctypes; ctypes.CDLL(None).prctl(4, 0, 0, 0, 0)",
+    );
+    let pid = p.0.id();
+    let img2 = dir.path().join("img2");
+    let o = as_user(
+        NOBODY,
+        &sock,
+        &["freeze", &pid.to_string(), "--image", img2.to_str().unwrap()],
+    );
+    assert!(!o.status.success(), "nobody froze a non-dumpable process");
+    assert!(text(&o).contains("not dumpable"), "{}", text(&o));
+    assert!(alive(pid), "the refused freeze ended the process");
 }

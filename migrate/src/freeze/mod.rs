@@ -399,6 +399,23 @@ pub fn freeze_for<W: Write>(
     owner: &crate::ThawOwner,
     stored: impl FnOnce() -> bool,
 ) -> Result<(FreezeReport, bool)> {
+    // before touching it: the files in /proc/PID belong to the process's user only while it
+    // is dumpable (else to root);
+    // a process of another user, or one that hides its memory from its own user (ssh-agent
+    // and set-uid programs are not dumpable), is not the caller's to take
+    use std::os::unix::fs::MetadataExt;
+    let owner_uid = std::fs::metadata(format!("/proc/{pid}/status"))
+        .map_err(ferr(pid, format!("stat of /proc/{pid}/status")))?
+        .uid();
+    if owner_uid != owner.uid {
+        return Err(unsup(
+            pid,
+            format!(
+                "you could not thaw it (it runs as uid {owner_uid}, or it is not dumpable; you are uid {}); nothing was changed",
+                owner.uid
+            ),
+        ));
+    }
     let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false)?;
     let img = s.collect()?;
     if let Err(e) = crate::thaw::check_owner(&img, owner) {
