@@ -190,3 +190,153 @@ fn job_control_stopped_process_comes_back_stopped() {
     assert!(exited_ok(q.wait(T)));
     assert!(read(&out).ends_with("DONE ok\n"));
 }
+
+/// A pty pair of this test: (master, slave), closed on drop.
+struct Pty(std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+
+fn pty() -> Pty {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (-1, -1);
+    // SAFETY: openpty writes two fds; the name/termios/winsize pointers may be null.
+    let r = unsafe {
+        libc::openpty(
+            &mut m,
+            &mut s,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty gave us two new fds.
+    unsafe {
+        Pty(
+            std::os::fd::OwnedFd::from_raw_fd(m),
+            std::os::fd::OwnedFd::from_raw_fd(s),
+        )
+    }
+}
+
+fn termios(fd: i32) -> libc::termios {
+    // SAFETY: tcgetattr fills the zeroed struct.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        assert_eq!(libc::tcgetattr(fd, &mut t), 0);
+        t
+    }
+}
+
+fn same(a: &libc::termios, b: &libc::termios) -> bool {
+    (a.c_iflag, a.c_oflag, a.c_cflag, a.c_lflag, a.c_cc)
+        == (b.c_iflag, b.c_oflag, b.c_cflag, b.c_lflag, b.c_cc)
+}
+
+/// The terminal's settings travel in the image: a process on a pty in raw mode comes back on
+/// another pty, whose settings were the default, in raw mode; an fd above 2 opened on its
+/// terminal (as /dev/tty) comes back as the new terminal.
+#[test]
+fn terminal_settings_and_a_second_terminal_fd_come_back_on_another_pty() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let (a, b) = (pty(), pty());
+    let sa = a.1.as_raw_fd();
+    let mut raw = termios(sa);
+    // SAFETY: cfmakeraw edits the struct; tcsetattr on our own pty.
+    unsafe {
+        libc::cfmakeraw(&mut raw);
+        raw.c_cc[libc::VMIN] = 3;
+        assert_eq!(libc::tcsetattr(sa, libc::TCSANOW, &raw), 0);
+    }
+    let frozen = termios(sa);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let mut c = Command::new(prog("counter"));
+    c.args(["60", "1", "10"]);
+    // fd 5: another open file of its terminal (as /dev/tty gives one)
+    let path = std::fs::read_link(format!("/proc/self/fd/{sa}")).unwrap();
+    let other = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    let mut p = spawn_with(&mut c, &out, None, &[(sa, 0), (other.as_raw_fd(), 5)]);
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let r = migrate::ImageReader::new(&img[..]).unwrap();
+    let t = r
+        .process()
+        .terminal
+        .clone()
+        .expect("no terminal in the image");
+    assert_eq!(t.fd, 0);
+    assert!(
+        r.process()
+            .fds
+            .iter()
+            .any(|f| f.fd == 5 && matches!(f.kind, migrate::FdKind::Terminal { like: 0, .. })),
+        "{:?}",
+        r.process().fds
+    );
+    let sb = b.1.as_raw_fd();
+    assert!(!same(&termios(sb), &frozen), "the test proves nothing");
+    let t = thaw_with(
+        &img,
+        migrate::ThawOptions {
+            stdin: Some(sb),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    assert!(
+        same(&termios(sb), &frozen),
+        "the settings did not come back"
+    );
+    // its fd 5 is the new terminal, opened again
+    let l = std::fs::read_link(format!("/proc/{}/fd/5", t.pid)).unwrap();
+    let l0 = std::fs::read_link(format!("/proc/{}/fd/0", t.pid)).unwrap();
+    assert_eq!(l, l0);
+    assert_ne!(
+        l,
+        std::fs::read_link(format!("/proc/self/fd/{sa}")).unwrap()
+    );
+    assert!(exited_ok(q.wait(T)));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}
+
+/// A terminal above fd 2 needs a terminal at its stdio fd at thaw: with a file named for
+/// stdin instead, the thaw is refused before anything is made.
+#[test]
+fn a_second_terminal_fd_without_a_terminal_at_thaw_is_refused() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let a = pty();
+    let slave = a.1.as_raw_fd();
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Command::new(prog("counter"));
+    c.args(["60", "1", "10"]);
+    let mut p = spawn_with(
+        &mut c,
+        &dir.path().join("out"),
+        None,
+        &[(slave, 0), (slave, 7)],
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let e = thaw_with(
+        &img,
+        migrate::ThawOptions {
+            stdin: Some(null.as_raw_fd()),
+            ..Default::default()
+        },
+    )
+    .expect_err("a terminal fd was thawed without a terminal");
+    assert!(e.to_string().contains("no terminal"), "{e}");
+}

@@ -127,6 +127,12 @@ impl Drop for Proc {
 /// Spawns `cmd` with stdin from /dev/null, stdout (and stderr unless `err` is given) to `out`,
 /// and no other inherited fds.
 pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
+    spawn_with(cmd, out, err, &[])
+}
+
+/// [`spawn`], with each (fd of ours, fd of the child) of `fds` installed in the child (after
+/// its stdio: an fd 0..2 there replaces stdio).
+pub fn spawn_with(cmd: &mut Command, out: &Path, err: Option<&Path>, fds: &[(i32, i32)]) -> Proc {
     let f = std::fs::File::create(out).unwrap();
     let e = match err {
         Some(p) => std::fs::File::create(p).unwrap(),
@@ -135,19 +141,35 @@ pub fn spawn(cmd: &mut Command, out: &Path, err: Option<&Path>) -> Proc {
     cmd.stdin(Stdio::null()).stdout(f).stderr(e);
     let leak = inherited_pipe();
     let w = leak.as_ref().map(|p| p.1).unwrap_or(-1);
-    // SAFETY: dup2 and close_range are async-signal-safe.
+    // the fds the child keeps above 2, ascending
+    let mut keep: Vec<i32> = fds.iter().map(|p| p.1).filter(|&d| d > 2).collect();
+    if w >= 0 {
+        keep.push(LEAKED_FD);
+    }
+    keep.sort();
+    let fds = fds.to_vec();
+    // SAFETY: dup2 and close_range are async-signal-safe; no allocation in the child.
     unsafe {
         cmd.pre_exec(move || {
+            for &(from, to) in &fds {
+                if libc::dup2(from, to) != to {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             if w >= 0 {
                 // an unused write end of a pipe, as a careless shell leaks one
                 if libc::dup2(w, LEAKED_FD) != LEAKED_FD {
                     return Err(std::io::Error::last_os_error());
                 }
-                libc::syscall(libc::SYS_close_range, 3u32, LEAKED_FD as u32 - 1, 0u32);
-                libc::syscall(libc::SYS_close_range, LEAKED_FD as u32 + 1, u32::MAX, 0u32);
-            } else {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             }
+            let mut from = 3u32;
+            for &k in &keep {
+                if k as u32 > from {
+                    libc::syscall(libc::SYS_close_range, from, k as u32 - 1, 0u32);
+                }
+                from = k as u32 + 1;
+            }
+            libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32);
             Ok(())
         });
     }
