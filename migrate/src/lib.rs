@@ -33,6 +33,15 @@
 //! pipe or FIFO whose other end lies outside the process is carried as external
 //! ([`FdKind::External`]): thaw attaches what the caller names there.
 //!
+//! Users: [`freeze_for`] and [`ThawOptions::owner`] serve an unprivileged caller from a root
+//! daemon: only what the caller could thaw is frozen (and ended only once the caller kept the
+//! image), only the caller's own images are thawed, and with the caller's file-system
+//! credentials from the first injected call on.
+//!
+//! Terminals: the terminal of the process's stdio travels as its settings (termios, set again
+//! on the terminal attached at thaw) and whether it was the controlling terminal (a session
+//! leader takes the new one as such); further fds of it (/dev/tty) are opened again there.
+//!
 //! Threads: [`freeze`] seizes every thread and keeps each one's own state
 //! ([`ThreadImage`]); thaw makes them again by injected clone3. [`seize`] (migration, the home
 //! shell) still refuses a multi-threaded process.
