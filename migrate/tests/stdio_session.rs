@@ -191,8 +191,11 @@ fn job_control_stopped_process_comes_back_stopped() {
     assert!(read(&out).ends_with("DONE ok\n"));
 }
 
-/// A pty pair of this test: (master, slave), closed on drop.
-struct Pty(std::os::fd::OwnedFd, std::os::fd::OwnedFd);
+/// A pty pair of this test, closed on drop (the master only keeps the slave usable).
+struct Pty {
+    _master: std::os::fd::OwnedFd,
+    slave: std::os::fd::OwnedFd,
+}
 
 fn pty() -> Pty {
     use std::os::fd::FromRawFd;
@@ -210,10 +213,10 @@ fn pty() -> Pty {
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
     // SAFETY: openpty gave us two new fds.
     unsafe {
-        Pty(
-            std::os::fd::OwnedFd::from_raw_fd(m),
-            std::os::fd::OwnedFd::from_raw_fd(s),
-        )
+        Pty {
+            _master: std::os::fd::OwnedFd::from_raw_fd(m),
+            slave: std::os::fd::OwnedFd::from_raw_fd(s),
+        }
     }
 }
 
@@ -241,7 +244,7 @@ fn terminal_settings_and_a_second_terminal_fd_come_back_on_another_pty() {
     }
     use std::os::fd::AsRawFd;
     let (a, b) = (pty(), pty());
-    let sa = a.1.as_raw_fd();
+    let sa = a.slave.as_raw_fd();
     let mut raw = termios(sa);
     // SAFETY: cfmakeraw edits the struct; tcsetattr on our own pty.
     unsafe {
@@ -280,7 +283,7 @@ fn terminal_settings_and_a_second_terminal_fd_come_back_on_another_pty() {
         "{:?}",
         r.process().fds
     );
-    let sb = b.1.as_raw_fd();
+    let sb = b.slave.as_raw_fd();
     assert!(!same(&termios(sb), &frozen), "the test proves nothing");
     let t = thaw_with(
         &img,
@@ -316,7 +319,7 @@ fn a_second_terminal_fd_without_a_terminal_at_thaw_is_refused() {
     }
     use std::os::fd::AsRawFd;
     let a = pty();
-    let slave = a.1.as_raw_fd();
+    let slave = a.slave.as_raw_fd();
     let dir = tempfile::tempdir().unwrap();
     let mut c = Command::new(prog("counter"));
     c.args(["60", "1", "10"]);

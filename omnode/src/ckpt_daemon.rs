@@ -149,7 +149,7 @@ pub fn serve_freeze(pid: i32, leave_running: bool, peer: Peer, mut s: UnixStream
         }
         let mut l = String::new();
         let mut r = BufReader::new(&mut ack).take(64);
-        matches!(r.read_line(&mut l), Ok(_) if l == "stored\n")
+        r.read_line(&mut l).is_ok() && l == "stored\n"
     };
     match migrate::freeze_for(pid, frames, leave_running, &o, stored) {
         Ok((r, ended)) => {
@@ -365,9 +365,7 @@ pub fn thaw(
     let cm = [ControlMessage::ScmRights(&fds)];
     let sent = sendmsg::<()>(w.as_raw_fd(), &iov, &cm, MsgFlags::empty(), None)
         .map_err(|e| format!("sending descriptors to the daemon: {e}"))
-        .and_then(|_| {
-            std::io::copy(image, &mut w).map_err(|e| format!("sending the image: {e}"))
-        });
+        .and_then(|_| std::io::copy(image, &mut w).map_err(|e| format!("sending the image: {e}")));
     let _ = w.shutdown(std::net::Shutdown::Write);
     // a daemon that refused stops reading: its reason beats our broken pipe
     let reply = match (sent, read_line(&mut r)) {

@@ -81,24 +81,6 @@ pub(super) fn fit_xstate(x: &[u8]) -> Result<Vec<u8>> {
     Ok(v)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn xstate_with_unknown_features_is_refused_and_sizes_are_fitted() {
-        let Some((_, size)) = own_xsave() else { return };
-        let mut x = vec![0u8; 832];
-        x[512..520].copy_from_slice(&(1u64 << 62).to_le_bytes());
-        let e = fit_xstate(&x).expect_err("bit 62 is no CPU feature");
-        assert!(e.to_string().contains("same CPU features"), "{e}");
-        assert_eq!(e.kind(), crate::ErrorKind::RetryElsewhere, "{e}");
-        x[512..520].copy_from_slice(&3u64.to_le_bytes()); // x87 + SSE
-        assert_eq!(fit_xstate(&x).unwrap().len(), size);
-        assert!(fit_xstate(&[0u8; 100]).is_err());
-    }
-}
-
 /// An image thawed for `o` runs as `o` and with no more than `o` has: every uid is `o`'s,
 /// every gid and group one of `o`'s groups, no hard limit above `o`'s, no oom_score_adj
 /// below `o`'s. Fails closed: a limit `o` has no figure for is refused.
@@ -152,4 +134,22 @@ pub(super) fn check_fs_creds(pid: i32, c: &Creds) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn xstate_with_unknown_features_is_refused_and_sizes_are_fitted() {
+        let Some((_, size)) = own_xsave() else { return };
+        let mut x = vec![0u8; 832];
+        x[512..520].copy_from_slice(&(1u64 << 62).to_le_bytes());
+        let e = fit_xstate(&x).expect_err("bit 62 is no CPU feature");
+        assert!(e.to_string().contains("same CPU features"), "{e}");
+        assert_eq!(e.kind(), crate::ErrorKind::RetryElsewhere, "{e}");
+        x[512..520].copy_from_slice(&3u64.to_le_bytes()); // x87 + SSE
+        assert_eq!(fit_xstate(&x).unwrap().len(), size);
+        assert!(fit_xstate(&[0u8; 100]).is_err());
+    }
 }

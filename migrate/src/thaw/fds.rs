@@ -166,7 +166,7 @@ fn restore_terminal(b: &mut Builder, img: &ProcessImage, t: &TerminalImage) -> R
     let fd = t.fd as u64;
     let p = b.data(&t.termios)?;
     let r =
-        b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TCSETS as u64, p])
+        b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TCSETS, p])
             .map_err(terr("ioctl(TCSETS)"))?;
     if r == -(libc::ENOTTY as i64) {
         return Ok(());
@@ -178,7 +178,7 @@ fn restore_terminal(b: &mut Builder, img: &ProcessImage, t: &TerminalImage) -> R
     }
     if img.session_leader && t.ctty {
         let r =
-            b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TIOCSCTTY as u64, 0])
+            b.t.syscall_raw(libc::SYS_ioctl, &[fd, libc::TIOCSCTTY, 0])
                 .map_err(terr("ioctl(TIOCSCTTY)"))?;
         if r < 0 {
             return Err(crate::error::Error::Thaw(format!(
