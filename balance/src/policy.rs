@@ -102,7 +102,7 @@ impl Default for Config {
             choose_among: 3,
             refuse_backoff: Duration::from_secs(10),
             pending_for: Duration::from_secs(3),
-            max_load_per_cpu: 8.0,
+            max_load_per_cpu: 16.0,
             max_mem_margin: 256 << 20,
         }
     }
@@ -181,7 +181,9 @@ pub struct Decision {
 pub enum Refusal {
     #[error("node {node} is blocked (mosctl block): it takes no guests")]
     Blocked { node: NodeId },
-    #[error("node {node} has {free} bytes free, {needed} needed to stay above its low-water mark")]
+    #[error(
+        "node {node} has {free} bytes of memory free, {needed} needed (the process and the margin the node keeps)"
+    )]
     NoMemory {
         node: NodeId,
         free: u64,
