@@ -195,7 +195,7 @@ fn bring_brings_every_process_home_and_sets_lstay() {
     assert_eq!(away(&c), 0, "{:?}", ps_rows(&c, 1));
     for n in [2, 3] {
         assert!(
-            !ps_rows(&c, n).iter().any(|(_, home, at)| *home == 1 && *at == n),
+            !ps_rows(&c, n).iter().any(|(_, home, at)| *home == 1 && *at == u64::from(n)),
             "node {n} still runs a process of node 1"
         );
     }
@@ -317,7 +317,8 @@ fn low_memory_moves_a_process_to_a_node_with_room() {
     let args = bigheap_args(mib, 150, 100);
     let want = unmoved(&prog, &args);
     let mut job = Children::default();
-    job.0.push(cc.mosrun(1, &["-h"], &prog, &args));
+    let a: Vec<&str> = args.iter().map(String::as_str).collect();
+    job.0.push(cc.mosrun(1, &["-h"], &prog, &a));
     let pid = u64::from(job.0[0].id());
     let away = wait_for(Duration::from_secs(60), || {
         cc.ps(1)
