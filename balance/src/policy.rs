@@ -264,14 +264,17 @@ pub fn admit(cfg: &Config, me: &Local, size: u64) -> Result<(), Refusal> {
         });
     }
     let per_cpu = (me.load.load + 1.0) / me.load.capacity();
-    if !(per_cpu <= cfg.max_load_per_cpu) {
-        return Err(Refusal::Loaded {
+    // a figure that is not a number is no figure: it refuses too
+    let within = per_cpu.is_finite() && per_cpu <= cfg.max_load_per_cpu;
+    if within {
+        Ok(())
+    } else {
+        Err(Refusal::Loaded {
             node: me.id,
             per_cpu,
             limit: cfg.max_load_per_cpu,
-        });
+        })
     }
-    Ok(())
 }
 
 /// The free memory a node keeps after taking a guest: the low-water mark, capped.

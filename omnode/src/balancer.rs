@@ -148,7 +148,11 @@ pub fn blocked() -> bool {
 pub fn guest_refusal(size: u64) -> Option<String> {
     let load = match loadmon::own(Duration::from_secs(2)) {
         Ok(l) => l,
-        Err(e) => return Some(format!("this node cannot measure its own load and memory: {e}")),
+        Err(e) => {
+            return Some(format!(
+                "this node cannot measure its own load and memory: {e}"
+            ));
+        }
     };
     let (id, flags, cfg) = match GLOBAL.get() {
         Some(s) => (
@@ -160,6 +164,14 @@ pub fn guest_refusal(size: u64) -> Option<String> {
     };
     let me = Local { id, load, flags };
     policy::admit(&cfg, &me, size).err().map(|r| r.to_string())
+}
+
+/// `node` sends our processes back (`mosctl expel` there): it is not chosen as a target
+/// for a while, as after a refusal.
+pub fn sent_back_by(node: NodeId) {
+    if let Some(s) = GLOBAL.get() {
+        lock(&s.policy).on_refused(node, Instant::now());
+    }
 }
 
 /// Whether this node sends no load to others (`mosctl quiet`).
@@ -307,7 +319,8 @@ impl Balancer {
         let Some(m) = crate::migrator::global() else {
             return;
         };
-        for d in decisions {
+        // One move at a time: the next tick sees its effect.
+        if let Some(d) = decisions.into_iter().next() {
             tracing::info!(pid = d.pid, to = d.to, reason = ?d.reason, "balancer: moving");
             self.busy.store(true, std::sync::atomic::Ordering::Release);
             let (m, busy, me) = (m.clone(), self.busy.clone(), ctx.addr().clone());
@@ -323,8 +336,6 @@ impl Balancer {
                 }
                 busy.store(false, std::sync::atomic::Ordering::Release);
             });
-            // One move at a time: the next tick sees its effect.
-            break;
         }
     }
 }
@@ -611,9 +622,7 @@ async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
                     (
                         pid,
                         home,
-                        tokio::spawn(
-                            async move { crate::takeback::ask(&system, home, pid).await },
-                        ),
+                        tokio::spawn(async move { crate::takeback::ask(&system, home, pid).await }),
                     )
                 })
                 .collect();

@@ -74,6 +74,9 @@ async fn take_back(from: NodeId, pid: i32) -> Answer {
             "process {pid} of node {local} does not run on node {from} (as node {local} knows it)"
         ));
     }
+    // The node expels (it is blocked now): the balancer here does not send the process
+    // straight back to it.
+    crate::balancer::sent_back_by(from);
     // The daemon acts on its own authority here: the node running the process asked, over
     // an authenticated link, and the owner was checked when the process first moved.
     m.come_home(pid, Some(0))

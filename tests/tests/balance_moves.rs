@@ -195,7 +195,9 @@ fn bring_brings_every_process_home_and_sets_lstay() {
     assert_eq!(away(&c), 0, "{:?}", ps_rows(&c, 1));
     for n in [2, 3] {
         assert!(
-            !ps_rows(&c, n).iter().any(|(_, home, at)| *home == 1 && *at == u64::from(n)),
+            !ps_rows(&c, n)
+                .iter()
+                .any(|(_, home, at)| *home == 1 && *at == u64::from(n)),
             "node {n} still runs a process of node 1"
         );
     }
@@ -284,7 +286,11 @@ fn targets_refuse_without_memory_or_when_loaded_and_another_takes_it() {
     }
     let out = cc.cli(1, &["migrate", &pid, "4"]);
     assert!(out.status.success(), "{out:?}\n{}", cc.logs(4));
-    assert!(cc.ps(1).iter().any(|(p, n)| p.to_string() == pid && *n == 4));
+    assert!(
+        cc.ps(1)
+            .iter()
+            .any(|(p, n)| p.to_string() == pid && *n == 4)
+    );
     let got = output_of(&mut job.0[0], "the moved process", || cc.logs(4));
     assert_eq!(got, want);
     drop(load);

@@ -638,7 +638,10 @@ fn admit_checks_block_memory_with_margin_and_load_per_cpu() {
     assert!(e.to_string().contains("loaded"), "{e}");
     // a load that is not a number refuses
     small.load.load = f64::NAN;
-    assert!(matches!(admit(&cfg, &small, MIB), Err(Refusal::Loaded { .. })));
+    assert!(matches!(
+        admit(&cfg, &small, MIB),
+        Err(Refusal::Loaded { .. })
+    ));
     small.load.load = 0.0;
     small.flags.block = true;
     assert_eq!(admit(&cfg, &small, MIB), Err(Refusal::Blocked { node: 2 }));

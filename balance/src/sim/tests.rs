@@ -107,8 +107,14 @@ fn spread_ticks_are_measured_and_grow_with_the_cluster() {
     let (s16, l16) = at(16, false);
     let (s4096, l4096) = at(4096, false);
     // one seed's runs vary by a tick or so between near sizes; 16 against 4096 does not
-    assert!(s16 < s4096, "idle known after {s16} ticks at 16 nodes, {s4096} at 4096");
-    assert!(l16 < l4096, "least known after {l16} ticks at 16 nodes, {l4096} at 4096");
+    assert!(
+        s16 < s4096,
+        "idle known after {s16} ticks at 16 nodes, {s4096} at 4096"
+    );
+    assert!(
+        l16 < l4096,
+        "least known after {l16} ticks at 16 nodes, {l4096} at 4096"
+    );
     let (_, p4096) = at(4096, true);
     assert!(p4096 <= l4096, "push-pull {p4096} against push {l4096}");
 }
