@@ -78,6 +78,13 @@ pub struct Config {
     pub refuse_backoff: Duration,
     /// A process sent to a node counts in that node's load for this long.
     pub pending_for: Duration,
+    /// A target takes no guest while it runs more than this many runnable processes per
+    /// CPU of capacity, the guest counted ([`admit`]).
+    pub max_load_per_cpu: f64,
+    /// The margin of free memory a target keeps after taking a guest is the low-water mark
+    /// ([`Config::mem_low`] of its total), but at most this many bytes (a large machine
+    /// need not keep gigabytes free).
+    pub max_mem_margin: u64,
 }
 
 impl Default for Config {
@@ -95,6 +102,8 @@ impl Default for Config {
             choose_among: 3,
             refuse_backoff: Duration::from_secs(10),
             pending_for: Duration::from_secs(3),
+            max_load_per_cpu: 16.0,
+            max_mem_margin: 256 << 20,
         }
     }
 }
@@ -172,7 +181,9 @@ pub struct Decision {
 pub enum Refusal {
     #[error("node {node} is blocked (mosctl block): it takes no guests")]
     Blocked { node: NodeId },
-    #[error("node {node} has {free} bytes free, {needed} needed to stay above its low-water mark")]
+    #[error(
+        "node {node} has {free} bytes of memory free, {needed} needed (the process and the margin the node keeps)"
+    )]
     NoMemory {
         node: NodeId,
         free: u64,
@@ -182,6 +193,14 @@ pub enum Refusal {
         "node {node} is no faster for it any more: {there:.0} MHz there against {here:.0} MHz at the sender"
     )]
     Busy { node: NodeId, there: f64, here: f64 },
+    #[error(
+        "node {node} is loaded: {per_cpu:.1} runnable processes per CPU with the guest, more than its limit of {limit:.1}"
+    )]
+    Loaded {
+        node: NodeId,
+        per_cpu: f64,
+        limit: f64,
+    },
 }
 
 /// What the sender tells a target when asking it to take a process.
@@ -225,6 +244,42 @@ pub fn accept(cfg: &Config, me: &Local, offer: &Offer) -> Result<(), Refusal> {
         });
     }
     Ok(())
+}
+
+/// Whether this node takes a guest of `size` bytes now, by its own fresh figures alone (the
+/// check every arriving process passes, whoever sent it and why): not blocked, free memory
+/// (its own cgroup's when it runs in one) of at least `size` plus its margin
+/// ([`guest_margin`]), and at most [`Config::max_load_per_cpu`] runnable per CPU of capacity
+/// with the guest counted. A load figure that is not a number refuses (fail closed).
+pub fn admit(cfg: &Config, me: &Local, size: u64) -> Result<(), Refusal> {
+    if me.flags.block {
+        return Err(Refusal::Blocked { node: me.id });
+    }
+    let needed = size.saturating_add(guest_margin(cfg, &me.load));
+    if me.load.free_mem < needed {
+        return Err(Refusal::NoMemory {
+            node: me.id,
+            free: me.load.free_mem,
+            needed,
+        });
+    }
+    let per_cpu = (me.load.load + 1.0) / me.load.capacity();
+    // a figure that is not a number is no figure: it refuses too
+    let within = per_cpu.is_finite() && per_cpu <= cfg.max_load_per_cpu;
+    if within {
+        Ok(())
+    } else {
+        Err(Refusal::Loaded {
+            node: me.id,
+            per_cpu,
+            limit: cfg.max_load_per_cpu,
+        })
+    }
+}
+
+/// The free memory a node keeps after taking a guest: the low-water mark, capped.
+pub fn guest_margin(cfg: &Config, l: &Load) -> u64 {
+    low_water(cfg, l).min(cfg.max_mem_margin)
 }
 
 /// A fixed mix of node and pid (splitmix64 finaliser): deterministic, differs per node.

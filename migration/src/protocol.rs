@@ -98,6 +98,9 @@ pub enum Refusal {
     Busy,
     /// The target cannot run processes of this uid.
     UnknownUser { uid: u32 },
+    /// The target's balancing policy refuses guests now (its memory or load; the reason
+    /// names the node and the figures).
+    Policy(String),
 }
 
 impl fmt::Display for Refusal {
@@ -116,6 +119,7 @@ impl fmt::Display for Refusal {
             }
             Refusal::Busy => f.write_str("too many migrations in progress on the node"),
             Refusal::UnknownUser { uid } => write!(f, "cannot run processes of uid {uid}"),
+            Refusal::Policy(why) => f.write_str(why),
         }
     }
 }
@@ -681,6 +685,9 @@ pub struct LocalFacts {
     pub max_in_progress: usize,
     /// Whether this node can run processes of the offer's uid.
     pub uid_known: bool,
+    /// Why the node's balancing policy takes no guest of this size now (its free memory
+    /// or its load), if it does not.
+    pub policy_refusal: Option<String>,
 }
 
 /// Decides whether the target takes an offer. Pure: the same facts give the same answer.
@@ -693,6 +700,9 @@ pub fn admit(offer: &Offer, facts: &LocalFacts) -> Result<(), Refusal> {
     }
     if facts.in_progress >= facts.max_in_progress {
         return Err(Refusal::Busy);
+    }
+    if let Some(why) = &facts.policy_refusal {
+        return Err(Refusal::Policy(why.clone()));
     }
     if !facts.uid_known {
         return Err(Refusal::UnknownUser { uid: offer.uid });

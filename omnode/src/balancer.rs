@@ -34,6 +34,8 @@ use crate::members::{self, Members};
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// A placement at `mosrun` waits this long at most for the program's exec.
 const EXEC_WAIT: Duration = Duration::from_secs(5);
+/// A placement tries at most this many targets (each refusal puts that target aside).
+const PLACE_TRIES: usize = 3;
 
 /// The administrative flags of `mosctl`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -140,6 +142,38 @@ pub fn blocked() -> bool {
     GLOBAL.get().is_some_and(|s| lock(&s.state).flags.block)
 }
 
+/// Why this node takes no guest needing `size` bytes now, if it does not: its balancing
+/// policy ([`policy::admit`]) on its own fresh figures (its cgroup's free memory and load).
+/// Figures that cannot be measured refuse (fail closed). Read by the remote side of an offer.
+pub fn guest_refusal(size: u64) -> Option<String> {
+    let load = match loadmon::own(Duration::from_secs(2)) {
+        Ok(l) => l,
+        Err(e) => {
+            return Some(format!(
+                "this node cannot measure its own load and memory: {e}"
+            ));
+        }
+    };
+    let (id, flags, cfg) = match GLOBAL.get() {
+        Some(s) => (
+            s.local,
+            lock(&s.state).flags,
+            lock(&s.policy).config().clone(),
+        ),
+        None => (0, Flags::default(), policy::Config::default()),
+    };
+    let me = Local { id, load, flags };
+    policy::admit(&cfg, &me, size).err().map(|r| r.to_string())
+}
+
+/// `node` sends our processes back (`mosctl expel` there): it is not chosen as a target
+/// for a while, as after a refusal.
+pub fn sent_back_by(node: NodeId) {
+    if let Some(s) = GLOBAL.get() {
+        lock(&s.policy).on_refused(node, Instant::now());
+    }
+}
+
 /// Whether this node sends no load to others (`mosctl quiet`).
 pub fn quiet() -> bool {
     GLOBAL.get().is_some_and(|s| lock(&s.state).quiet)
@@ -180,6 +214,7 @@ pub fn start(
         placed_here: Mutex::new(Vec::new()),
     });
     let _ = GLOBAL.set(shared.clone());
+    crate::takeback::start(system);
     system.spawn("balancer", move || Balancer {
         shared: shared.clone(),
         tick,
@@ -284,7 +319,8 @@ impl Balancer {
         let Some(m) = crate::migrator::global() else {
             return;
         };
-        for d in decisions {
+        // One move at a time: the next tick sees its effect.
+        if let Some(d) = decisions.into_iter().next() {
             tracing::info!(pid = d.pid, to = d.to, reason = ?d.reason, "balancer: moving");
             self.busy.store(true, std::sync::atomic::Ordering::Release);
             let (m, busy, me) = (m.clone(), self.busy.clone(), ctx.addr().clone());
@@ -300,8 +336,6 @@ impl Balancer {
                 }
                 busy.store(false, std::sync::atomic::Ordering::Release);
             });
-            // One move at a time: the next tick sees its effect.
-            break;
         }
     }
 }
@@ -469,6 +503,7 @@ async fn place_process(
     let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
     let before = exe(pid).ok_or_else(|| format!("process {pid}: no such process"))?;
     let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
+    let sh = sh.clone();
     tokio::spawn(async move {
         let t0 = Instant::now();
         while exe(pid).as_ref() == Some(&before) {
@@ -487,9 +522,31 @@ async fn place_process(
         {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        match m.migrate(pid, to, uid).await {
-            Ok(s) => tracing::info!(pid, "mosrun: {s}"),
-            Err(e) => tracing::warn!(pid, "mosrun: it runs here: {e}"),
+        // A target that refuses (its memory, load or block) is left alone for a while and
+        // the next best is tried; when none is better than here, the process stays home.
+        let mut to = to;
+        for attempt in 1..=PLACE_TRIES {
+            match m.migrate(pid, to, uid).await {
+                Ok(s) => {
+                    tracing::info!(pid, "mosrun: {s}");
+                    return;
+                }
+                Err(e) => {
+                    tracing::info!(pid, to, "mosrun: not moved to node {to}: {e}");
+                    lock(&sh.policy).on_refused(to, Instant::now());
+                }
+            }
+            let next = match sh.view().await {
+                Some((local, peers)) if attempt < PLACE_TRIES => {
+                    lock(&sh.policy).place(Instant::now(), &local, &peers, 0)
+                }
+                _ => sh.local,
+            };
+            if next == sh.local || !alive(pid) {
+                tracing::info!(pid, "mosrun: it runs here, on node {}", sh.local);
+                return;
+            }
+            to = next;
         }
     });
     Ok(format!(
@@ -547,27 +604,45 @@ async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
         }
         NodeOp::Expel => {
             lock(&sh.state).flags.block = true;
-            let rows = crate::migrator::global()
-                .map(|m| m.rows())
-                .unwrap_or_default();
-            // Guests go home; the return is the home node's (`migrate PID home` there).
-            let failed = rows
+            let Some(m) = crate::migrator::global() else {
+                return Response::Error("expel: this daemon has no migrator".into());
+            };
+            // Every guest's home is asked to take it back, all at once (each way home is
+            // bounded): the guest leaves through its home's own `migrate PID home`.
+            let guests: Vec<(i32, NodeId)> = m
+                .rows()
                 .into_iter()
                 .filter(|r| r.node == sh.local && r.home != sh.local)
-                .map(|r| {
+                .map(|r| (r.pid, r.home))
+                .collect();
+            let asks: Vec<_> = guests
+                .into_iter()
+                .map(|(pid, home)| {
+                    let system = m.system.clone();
                     (
-                        r.pid,
-                        format!(
-                            "guest of node {} (PID {} there): sending a guest home from the node it runs on is not implemented yet; run `migrate {} home` on node {}",
-                            r.home, r.pid, r.pid, r.home
-                        ),
+                        pid,
+                        home,
+                        tokio::spawn(async move { crate::takeback::ask(&system, home, pid).await }),
                     )
                 })
                 .collect();
-            Response::Moves(MoveReport {
+            let mut out = MoveReport {
                 moved: Vec::new(),
-                failed,
-            })
+                failed: Vec::new(),
+            };
+            for (pid, home, ask) in asks {
+                match ask.await {
+                    Ok(Ok(s)) => {
+                        tracing::info!(node = sh.local, pid, home, "expel: {s}");
+                        out.moved.push(pid);
+                    }
+                    Ok(Err(e)) => out.failed.push((pid, e)),
+                    Err(e) => out
+                        .failed
+                        .push((pid, format!("guest of node {home}: the request ended: {e}"))),
+                }
+            }
+            Response::Moves(out)
         }
         NodeOp::Bring => {
             lock(&sh.state).flags.lstay = true;

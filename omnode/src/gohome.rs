@@ -108,6 +108,8 @@ impl Back {
             in_progress: 0,
             max_in_progress: 1,
             uid_known: true,
+            // home always takes its own process back
+            policy_refusal: None,
         };
         let (t, acts) =
             Target::on_offer(protocol::Config::default(), offer, &facts, Instant::now());

@@ -17,6 +17,31 @@ use serde::{Deserialize, Serialize};
 /// The name peers send gossip to.
 pub const NAME: &str = "load";
 
+/// This node's own figures from the last tick (smoothed load, measured memory), for the
+/// checks that need them outside the actor (a guest's admission, [`own`]).
+static OWN: std::sync::Mutex<Option<(Instant, Load)>> = std::sync::Mutex::new(None);
+
+/// This node's own figures, at most `max_age` old: the last tick's, or measured now when
+/// the tick's are older (or there was none yet). Err when they cannot be measured.
+pub fn own(max_age: Duration) -> Result<Load, String> {
+    let last = *OWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, l)) = last
+        && at.elapsed() <= max_age
+    {
+        return Ok(l);
+    }
+    let scope = Scope::detect().map_err(|e| e.to_string())?;
+    let mut l = scope.sample().map_err(|e| e.to_string())?;
+    if let Some(speed) = crate::balancer::speed() {
+        l.speed = speed;
+    }
+    // the raw runnable count; the smoothed figure, when there is one, rose from it slowly
+    if let Some((_, old)) = last {
+        l.load = l.load.max(old.load);
+    }
+    Ok(l)
+}
+
 /// What one node sends another each tick.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Gossip {
@@ -117,6 +142,7 @@ impl LoadMonitor {
                 ..sample
             };
             self.vector.update(self.local, own, now);
+            *OWN.lock().unwrap_or_else(|p| p.into_inner()) = Some((now, own));
         }
         for gone in self.vector.expire(now) {
             tracing::debug!(node = gone, "load entry aged out");

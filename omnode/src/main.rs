@@ -34,6 +34,7 @@ mod reload;
 mod remote;
 mod setpe;
 mod status;
+mod takeback;
 mod watchdog;
 
 use std::ffi::OsString;

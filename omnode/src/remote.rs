@@ -537,6 +537,8 @@ fn target_thread(
         in_progress,
         max_in_progress: MAX_IN_PROGRESS,
         uid_known,
+        // free memory (own cgroup's) for the image plus a margin, and the load limit
+        policy_refusal: crate::balancer::guest_refusal(offer.memory_needed),
     };
     let send = |msg: Msg| {
         m.send(

@@ -10,224 +10,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use omnode_tests::{Cluster, omnode_bin, run_cli, wait_for};
-
-const CPU: &str = "/sys/fs/cgroup/cpu";
-
-fn unsupported() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("needs root (cgroups, ptrace)".into());
-    }
-    if !Path::new(CPU).join("cpu.cfs_quota_us").exists() {
-        return Some(format!("needs the cgroup v1 hierarchy {CPU}"));
-    }
-    None
-}
-
-fn skip_or_fail(test: &str, reason: &str) {
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} cannot run under CI=true: {reason}"
-    );
-    eprintln!("SKIPPED {test}: {reason}");
-}
-
-fn write(path: &Path, text: &str) {
-    std::fs::write(path, text)
-        .unwrap_or_else(|e| panic!("write {text:?} to {}: {e}", path.display()));
-}
-
-/// Test cgroups, removed on drop after killing every process left inside (daemons, jobs,
-/// guests the daemons restored: all were started by this test).
-struct Cgroups(Vec<PathBuf>);
-
-impl Drop for Cgroups {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            for attempt in 0..50 {
-                if let Ok(tasks) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-                    for pid in tasks.lines().filter_map(|p| p.parse::<i32>().ok()) {
-                        // SAFETY: kill has no memory preconditions; pid is in our cgroup.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-                match std::fs::remove_dir(dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                    Err(e) if attempt == 49 => eprintln!("cannot remove {}: {e}", dir.display()),
-                    Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                }
-            }
-        }
-    }
-}
-
-/// Child processes killed and reaped on drop.
-#[derive(Default)]
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// `sh -c` that puts itself into `cgroup`, then execs `cmd` (same PID).
-fn in_cgroup(cgroup: &Path, cmd: &str) -> Command {
-    let mut c = Command::new("sh");
-    c.arg("-c").arg(format!(
-        "echo $$ > '{}' && exec {cmd}",
-        cgroup.join("cgroup.procs").display()
-    ));
-    c
-}
-
-fn quote(args: &[String]) -> String {
-    args.iter()
-        .map(|a| format!("'{a}'"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-/// A cluster of `n` daemons on 127.0.0.X.., each in its own cgroup capped at half a CPU.
-struct CgCluster {
-    c: Cluster,
-    dirs: Vec<PathBuf>,
-    _daemons: Children,
-    // dropped last: the cgroups outlive the processes inside them
-    _cg: Cgroups,
-}
-
-impl CgCluster {
-    fn start(map: &str, n: u32, tag: &str) -> CgCluster {
-        let mut cg = Cgroups(Vec::new());
-        let top = Path::new(CPU).join(format!("omnode-test-{tag}-{}", std::process::id()));
-        std::fs::create_dir(&top).unwrap();
-        cg.0.push(top.clone());
-        let mut dirs = Vec::new();
-        for i in 1..=n {
-            let d = top.join(format!("n{i}"));
-            std::fs::create_dir(&d).unwrap();
-            cg.0.push(d.clone());
-            write(&d.join("cpu.cfs_period_us"), "100000");
-            write(&d.join("cpu.cfs_quota_us"), "50000");
-            dirs.push(d);
-        }
-        let c = Cluster::new(map);
-        let mut daemons = Children::default();
-        for i in 1..=n {
-            let args = vec![
-                omnode_bin().display().to_string(),
-                "--map".into(),
-                c.map.display().to_string(),
-                "--node".into(),
-                i.to_string(),
-                "--key-file".into(),
-                c.key.display().to_string(),
-                "--port".into(),
-                c.port.to_string(),
-                "--socket".into(),
-                c.socket(i).display().to_string(),
-                "--load-tick-ms".into(),
-                "250".into(),
-            ];
-            let log = std::fs::File::create(c.log(i)).unwrap();
-            let child = in_cgroup(&dirs[i as usize - 1], &quote(&args))
-                .env("RUST_LOG", "info")
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().unwrap())
-                .stderr(log)
-                .spawn()
-                .expect("start omnode");
-            daemons.0.push(child);
-        }
-        let cc = CgCluster {
-            c,
-            dirs,
-            _daemons: daemons,
-            _cg: cg,
-        };
-        let formed = wait_for(Duration::from_secs(30), || {
-            (1..=n)
-                .all(|from| {
-                    cc.c.up_with_load(from)
-                        .is_some_and(|ids| ids.len() == n as usize)
-                })
-                .then_some(())
-        });
-        assert!(formed.is_some(), "cluster did not form\n{}", cc.logs(n));
-        cc
-    }
-
-    fn logs(&self, n: u32) -> String {
-        (1..=n)
-            .map(|i| format!("==== node {i} ====\n{}", self.c.log_text(i)))
-            .collect()
-    }
-
-    fn cli(&self, node: u32, args: &[&str]) -> std::process::Output {
-        let sock = self.c.socket(node);
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["--socket", sock.to_str().unwrap()]);
-        run_cli(&full)
-    }
-
-    /// `mps --json` at `node`: (home PID, node it runs on) of node `node`'s processes moved.
-    fn ps(&self, node: u32) -> Vec<(u64, u64)> {
-        let out = self.cli(node, &["ps", "--json"]);
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["processes"]
-            .as_array()
-            .map(|rows| {
-                rows.iter()
-                    .filter(|r| r["home"] == u64::from(node))
-                    .filter_map(|r| Some((r["pid"].as_u64()?, r["node"].as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    /// `mosrun OPTS prog ARGS` started in node `node`'s cgroup, output piped.
-    fn mosrun(&self, node: u32, opts: &[&str], prog: &Path, args: &[&str]) -> Child {
-        let mut a = vec![
-            omnode_bin().display().to_string(),
-            "run".into(),
-            "--socket".into(),
-            self.c.socket(node).display().to_string(),
-        ];
-        a.extend(opts.iter().map(|s| s.to_string()));
-        a.push("--".into());
-        a.push(prog.display().to_string());
-        a.extend(args.iter().map(|s| s.to_string()));
-        in_cgroup(&self.dirs[node as usize - 1], &quote(&a))
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("mosrun")
-    }
-}
-
-fn compile(dir: &Path, name: &str) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
-    let out = dir.join(name);
-    let st = Command::new("gcc")
-        .args(["-O1", "-o"])
-        .arg(&out)
-        .arg(&src)
-        .status()
-        .expect("gcc is needed for these tests");
-    assert!(st.success(), "gcc failed on {}", src.display());
-    out
-}
+use omnode_tests::cgcluster::{CgCluster, Children, skip_or_fail, unsupported};
+use omnode_tests::moving::compile;
 
 /// Eight CPU-bound jobs `mosrun` at node 1 with node 3 blocked: `mps` shows them on at least
 /// three nodes over time, never on node 3; each prints what a local run prints. An explicit
@@ -238,7 +25,7 @@ fn eight_jobs_spread_but_never_to_a_blocked_node() {
     if let Some(r) = unsupported() {
         return skip_or_fail(TEST, &r);
     }
-    let cc = CgCluster::start("1 127.0.0.161 4\n", 4, "bal8");
+    let cc = CgCluster::start("1 127.0.0.161 4\n", 4, "omnode-test-bal8");
     let prog = compile(cc.c.dir.path(), "lcg");
     let work = "1000";
     let local = Command::new(&prog).arg(work).output().unwrap();
@@ -343,7 +130,7 @@ fn equal_loads_do_not_ping_pong() {
     if let Some(r) = unsupported() {
         return skip_or_fail(TEST, &r);
     }
-    let cc = CgCluster::start("1 127.0.0.171 2\n", 2, "balpp");
+    let cc = CgCluster::start("1 127.0.0.171 2\n", 2, "omnode-test-balpp");
     let prog = compile(cc.c.dir.path(), "lcg");
     let mut jobs = Children::default();
     jobs.0.push(cc.mosrun(1, &["-h"], &prog, &["1000000"]));

@@ -583,3 +583,66 @@ fn senders_spread_over_equally_good_targets() {
     // deterministic
     assert_eq!(pick(&spread, 3, 7), pick(&spread, 3, 7));
 }
+
+/// A guest is admitted by the target's own figures: memory for the image plus the margin
+/// (10% of its total, at most 256 MiB), the load per CPU with the guest at most the limit.
+#[test]
+fn admit_checks_block_memory_with_margin_and_load_per_cpu() {
+    let cfg = Config::default();
+    const MIB: u64 = 1 << 20;
+    // a cgroup node: 160 MiB total, 40 MiB free, half a CPU
+    let mut small = Local {
+        id: 2,
+        load: Load {
+            load: 0.0,
+            cpus: 2,
+            speed: 2000,
+            free_mem: 40 * MIB,
+            total_mem: 160 * MIB,
+            capacity: 0.5,
+        },
+        flags: Flags::default(),
+    };
+    // margin 16 MiB: 24 MiB fits, 24 MiB + 1 byte does not
+    assert_eq!(admit(&cfg, &small, 24 * MIB), Ok(()));
+    let e = admit(&cfg, &small, 24 * MIB + 1).unwrap_err();
+    assert_eq!(
+        e,
+        Refusal::NoMemory {
+            node: 2,
+            free: 40 * MIB,
+            needed: 40 * MIB + 1
+        }
+    );
+    assert!(e.to_string().contains("node 2") && e.to_string().contains("memory"));
+    // a big machine keeps at most 256 MiB, not 10% of 64 GiB
+    let big = Local {
+        load: Load {
+            free_mem: GIB,
+            total_mem: 64 * GIB,
+            ..small.load
+        },
+        ..small
+    };
+    assert_eq!(admit(&cfg, &big, GIB - (256 << 20)), Ok(()));
+    assert!(admit(&cfg, &big, GIB - (256 << 20) + 1).is_err());
+    // load: (7 + 1) / 0.5 = 16 per CPU is the limit; 7.5 + 1 is over it
+    small.load.load = 7.0;
+    assert_eq!(admit(&cfg, &small, MIB), Ok(()));
+    small.load.load = 7.5;
+    let e = admit(&cfg, &small, MIB).unwrap_err();
+    assert!(
+        matches!(e, Refusal::Loaded { node: 2, per_cpu, .. } if (per_cpu - 17.0).abs() < 1e-9),
+        "{e}"
+    );
+    assert!(e.to_string().contains("loaded"), "{e}");
+    // a load that is not a number refuses
+    small.load.load = f64::NAN;
+    assert!(matches!(
+        admit(&cfg, &small, MIB),
+        Err(Refusal::Loaded { .. })
+    ));
+    small.load.load = 0.0;
+    small.flags.block = true;
+    assert_eq!(admit(&cfg, &small, MIB), Err(Refusal::Blocked { node: 2 }));
+}

@@ -44,6 +44,7 @@ fn facts() -> LocalFacts {
         in_progress: 0,
         max_in_progress: 4,
         uid_known: true,
+        policy_refusal: None,
     }
 }
 
@@ -447,6 +448,13 @@ fn refusals_leave_the_process_at_home_and_build_nothing() {
                 ..facts()
             },
             Refusal::Busy,
+        ),
+        (
+            LocalFacts {
+                policy_refusal: Some("node 2 runs 9.0 processes per CPU".into()),
+                ..facts()
+            },
+            Refusal::Policy("node 2 runs 9.0 processes per CPU".into()),
         ),
     ];
     for (f, want) in cases {
