@@ -65,9 +65,14 @@ impl<A: Actor> Addr<A> {
         self.tx.send((msg, None)).await.map_err(|_| Error::Stopped)
     }
 
-    /// Queue a message that holds a sender's credit, waiting while the mailbox is full.
-    pub(crate) async fn tell_charged(&self, msg: (A::Msg, Option<Charge>)) -> Result<(), Error> {
-        self.tx.send(msg).await.map_err(|_| Error::Stopped)
+    /// Wait for room for `n` messages at once (`n` at most a quarter of the mailbox): the
+    /// backlog pump moves a batch per wake-up instead of waking once per message.
+    pub(crate) async fn reserve_many(
+        &self,
+        n: usize,
+    ) -> Result<mpsc::PermitIterator<'_, (A::Msg, Option<Charge>)>, Error> {
+        let n = n.clamp(1, (self.tx.max_capacity() / 4).max(1));
+        self.tx.reserve_many(n).await.map_err(|_| Error::Stopped)
     }
 
     /// Queue `msg` without waiting.

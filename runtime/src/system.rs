@@ -42,7 +42,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::actor::{self, Actor, Addr, Restarts};
 use crate::transport::{self, Event, Events, Frame, Lane, Transport};
-use crate::wire::{self, Header, Kind};
+use crate::wire::{self, Kind};
 use crate::{Error, NodeId};
 
 /// A message that came to a named actor through [`System::serve`].
@@ -114,13 +114,7 @@ impl Responder {
         body: &R,
         payload: Bytes,
     ) -> Result<Frame, Error> {
-        let head = wire::encode_head(
-            &Header {
-                to: self.to.clone(),
-                kind,
-            },
-            body,
-        )?;
+        let head = wire::encode_envelope(&self.to, &kind, body)?;
         Ok(Frame::new(head, payload))
     }
 
@@ -231,13 +225,7 @@ impl Grants {
         if system.0.token.is_cancelled() {
             return;
         }
-        let Ok(head) = wire::encode_head(
-            &Header {
-                to: this.actor.clone(),
-                kind: Kind::Credit { bytes },
-            },
-            &(),
-        ) else {
+        let Ok(head) = wire::encode_envelope(&this.actor, &Kind::Credit { bytes }, &()) else {
             return;
         };
         let frame = Frame::new(head, Bytes::new());
@@ -445,21 +433,30 @@ impl System {
                     tracing::debug!(actor = %actor, "mailbox full; feeding its backlog");
                     tasks.spawn(async move {
                         loop {
-                            let next = {
+                            let waiting = {
                                 let mut b = transport::link::lock(&backlog);
-                                match b.queue.pop_front() {
-                                    Some(m) => m,
-                                    None => {
-                                        b.pumping = false;
-                                        return;
-                                    }
+                                if b.queue.is_empty() {
+                                    b.pumping = false;
+                                    return;
                                 }
+                                b.queue.len()
                             };
-                            if addr.tell_charged(next).await.is_err() {
+                            // Room for a batch, then move it in one go: one wake-up of
+                            // this task per batch, not per message.
+                            let Ok(permits) = addr.reserve_many(waiting).await else {
                                 let mut b = transport::link::lock(&backlog);
                                 b.queue.clear();
                                 b.pumping = false;
                                 return;
+                            };
+                            // Only this task takes from the queue: it holds at least
+                            // `permits.len()` messages.
+                            let mut b = transport::link::lock(&backlog);
+                            for permit in permits {
+                                match b.queue.pop_front() {
+                                    Some(m) => permit.send(m),
+                                    None => break,
+                                }
                             }
                         }
                     });
@@ -548,6 +545,10 @@ impl System {
         cost: u64,
         limit: Duration,
     ) -> Result<(), Error> {
+        // Credit is there nearly always: no clock read, no waiter registered.
+        if self.try_take_credit(node, name, cost) {
+            return Ok(());
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let back = self.0.credit_back.notified();
@@ -620,13 +621,7 @@ impl System {
         msg: &M,
         payload: Bytes,
     ) -> Result<Frame, Error> {
-        let head = wire::encode_head(
-            &Header {
-                to: name.to_string(),
-                kind: Kind::Tell,
-            },
-            msg,
-        )?;
+        let head = wire::encode_envelope(name, &Kind::Tell, msg)?;
         Ok(Frame::on(lane, head, payload))
     }
 
@@ -667,13 +662,7 @@ impl System {
         timeout: Duration,
     ) -> Result<(R, Bytes), Error> {
         let id = self.0.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = wire::encode_head(
-            &Header {
-                to: name.to_string(),
-                kind: Kind::Ask { id },
-            },
-            req,
-        )?;
+        let head = wire::encode_envelope(name, &Kind::Ask { id }, req)?;
         let (tx, rx) = oneshot::channel();
         self.0.pending.insert(id, tx);
         let _forget = Forget { system: self, id };
@@ -738,12 +727,20 @@ impl System {
             self.on_frame(node, frame);
             return Ok(());
         }
-        match self.0.transport.get() {
-            Some(t) => t
+        let Some(t) = self.0.transport.get() else {
+            return Err(Error::Transport(transport::Error::Unreachable(node)));
+        };
+        // Room is there nearly always: queue without a boxed future; wait only when full.
+        match t.try_send(node, frame) {
+            Ok(()) => Ok(()),
+            Err(transport::SendError {
+                error: transport::Error::Full { .. },
+                frame,
+            }) => t
                 .send_timeout(node, frame, limit)
                 .await
                 .map_err(|e| Error::Transport(e.error)),
-            None => Err(Error::Transport(transport::Error::Unreachable(node))),
+            Err(e) => Err(Error::Transport(e.error)),
         }
     }
 
@@ -767,14 +764,14 @@ impl System {
     /// go out from tasks of their own.
     fn on_frame(&self, peer: NodeId, frame: Frame) {
         let cost = cost(&frame);
-        let (header, body) = match wire::decode_head(&frame.head) {
+        let (to, kind, body) = match wire::decode_envelope(&frame.head) {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(peer, "dropping malformed frame: {e}");
                 return;
             }
         };
-        match header.kind {
+        match kind {
             Kind::Reply { id } => {
                 if let Some((_, tx)) = self.0.pending.remove(&id) {
                     let _ = tx.send(Ok((body, frame.payload)));
@@ -793,20 +790,20 @@ impl System {
                     }));
                 }
             }
-            Kind::Credit { bytes } => self.give_credit(peer, &header.to, bytes),
+            Kind::Credit { bytes } => self.give_credit(peer, to, bytes),
             Kind::Tell | Kind::Ask { .. } => {
-                let responder = match header.kind {
+                let responder = match kind {
                     Kind::Ask { id } => Some(Responder {
                         system: self.clone(),
                         peer,
                         id,
-                        to: header.to.clone(),
+                        to: to.to_string(),
                         done: false,
                     }),
                     _ => None,
                 };
                 // Never awaits: the map guard is held only while the message is queued.
-                let outcome = match self.0.named.get(&header.to) {
+                let outcome = match self.0.named.get(to) {
                     Some(named) => {
                         let charge = responder.is_none().then(|| Charge {
                             grants: named.grants.clone(),
@@ -818,12 +815,12 @@ impl System {
                     None => {
                         if responder.is_none() {
                             // No actor to hold the credit: return it at once.
-                            self.return_credit(peer, &header.to, cost);
+                            self.return_credit(peer, to, cost);
                         }
                         if let Some(mut r) = responder {
                             r.done = true;
                             let reason =
-                                format!("no actor named {:?} on node {}", header.to, self.0.local);
+                                format!("no actor named {:?} on node {}", to, self.0.local);
                             if let Ok(f) = r.failure(reason) {
                                 self.send_later(peer, f);
                             }
@@ -834,19 +831,19 @@ impl System {
                 match outcome {
                     Ok(()) => {}
                     Err(Undelivered::Busy(r)) => {
-                        tracing::debug!(peer, to = %header.to, "mailbox full; ask refused as busy");
+                        tracing::debug!(peer, to = %to, "mailbox full; ask refused as busy");
                         r.busy();
                     }
                     Err(Undelivered::Backlogged(n)) => tracing::warn!(
                         peer,
-                        to = %header.to,
+                        to = %to,
                         "actor is slow: {n} messages wait in its backlog beyond its mailbox"
                     ),
                     Err(Undelivered::Stopped) => {
-                        tracing::debug!(peer, to = %header.to, "message not delivered: no such actor or it stopped")
+                        tracing::debug!(peer, to = %to, "message not delivered: no such actor or it stopped")
                     }
                     Err(Undelivered::Decode(e)) => {
-                        tracing::debug!(peer, to = %header.to, "message not delivered: {e}")
+                        tracing::debug!(peer, to = %to, "message not delivered: {e}")
                     }
                 }
             }
@@ -857,13 +854,7 @@ impl System {
 impl System {
     /// Return `bytes` of credit for tells to `to` that no actor will take.
     fn return_credit(&self, peer: NodeId, to: &str, bytes: u64) {
-        let head = wire::encode_head(
-            &Header {
-                to: to.to_string(),
-                kind: Kind::Credit { bytes },
-            },
-            &(),
-        );
+        let head = wire::encode_envelope(to, &Kind::Credit { bytes }, &());
         if let Ok(head) = head {
             self.send_later(peer, Frame::new(head, Bytes::new()));
         }

@@ -244,8 +244,13 @@ pub async fn queue_send(
     frame: Frame,
     limit: Option<std::time::Duration>,
 ) -> Result<(), SendError> {
+    // Room is there nearly always: no clock read, no waiter registered.
+    let frame = match q.try_send(frame) {
+        Err((frame, lanes::QueueError::Full)) => frame,
+        r => return r.map_err(|(frame, e)| queue_error(peer, frame, e, limit)),
+    };
     let r = match limit {
-        Some(d) if d.is_zero() => q.try_send(frame),
+        Some(d) if d.is_zero() => Err((frame, lanes::QueueError::Full)),
         Some(d) => q.send(frame, Some(tokio::time::Instant::now() + d)).await,
         None => q.send(frame, None).await,
     };

@@ -248,13 +248,13 @@ impl Outbox {
 
     /// Seal and write `frame` now if the link is idle; hands it back otherwise.
     fn write_inline(&self, frame: Frame) -> Option<Frame> {
-        if self.queue.is_closed() {
+        let size = frame.head.len() + frame.payload.len();
+        if size > INLINE_MAX {
             return Some(frame);
         }
-        let size = frame.head.len() + frame.payload.len();
         let now = self.epoch.elapsed().as_nanos() as u64;
         let gap = now.saturating_sub(self.last_send.swap(now, Ordering::Relaxed));
-        if size > INLINE_MAX || gap < INLINE_GAP_NS {
+        if gap < INLINE_GAP_NS || self.queue.is_closed() {
             return Some(frame);
         }
         let Ok(mut guard) = self.state.try_lock() else {

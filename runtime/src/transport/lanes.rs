@@ -43,6 +43,10 @@ pub fn cost(frame: &Frame) -> usize {
 struct LaneState {
     frames: VecDeque<Frame>,
     bytes: usize,
+    /// A sender found this lane full since the last wake-up: the next pop wakes the
+    /// waiting senders (a pop with nobody waiting skips `Notify::notify_waiters`, which
+    /// takes a lock).
+    blocked: bool,
 }
 
 struct State {
@@ -67,6 +71,7 @@ impl Outq {
         let lane = || LaneState {
             frames: VecDeque::new(),
             bytes: 0,
+            blocked: false,
         };
         Outq {
             windows: [control.max(1), bulk.max(1)],
@@ -93,6 +98,7 @@ impl Outq {
         let c = cost(&frame);
         let lane = &mut st.lanes[l];
         if lane.bytes > 0 && lane.bytes + c > self.windows[l] {
+            lane.blocked = true;
             return Err((frame, QueueError::Full));
         }
         lane.bytes += c;
@@ -141,8 +147,11 @@ impl Outq {
             let lane = &mut st.lanes[l];
             if let Some(f) = lane.frames.pop_front() {
                 lane.bytes -= cost(&f);
+                let wake = std::mem::take(&mut lane.blocked);
                 drop(st);
-                self.room[l].notify_waiters();
+                if wake {
+                    self.room[l].notify_waiters();
+                }
                 return Some(f);
             }
         }
@@ -156,8 +165,11 @@ impl Outq {
         let lane = &mut st.lanes[l];
         let f = lane.frames.pop_front()?;
         lane.bytes -= cost(&f);
+        let wake = std::mem::take(&mut lane.blocked);
         drop(st);
-        self.room[l].notify_waiters();
+        if wake {
+            self.room[l].notify_waiters();
+        }
         Some(f)
     }
 
@@ -212,6 +224,11 @@ impl Outq {
             n += lane.frames.len();
             lane.frames.clear();
             lane.bytes = 0;
+            lane.blocked = false;
+        }
+        drop(st);
+        for r in &self.room {
+            r.notify_waiters();
         }
         n
     }
