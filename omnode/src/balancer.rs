@@ -6,6 +6,11 @@
 //! feeds the load table and the candidates to `balance::policy` and asks the migrator for the
 //! moves it decides, the placement of `mosrun` (no node flag: the best node now; `-h` home;
 //! `-b` best; `-jLIST` the best of the list), and the `mosctl` requests of the control socket.
+//!
+//! Remote start: when `mosrun` is placed on another node, the daemon seizes the caller before
+//! answering ([`migrate::watch_exec`]); its exec then stops it before the program's first
+//! instruction, and the migrator moves it from there (a tiny image: no library loaded yet).
+//! Placed at home, it is not traced at all. Any refusal lets it run at home.
 //! Must not know: how a process moves (the migrator does that) or how the decisions are made
 //! (`balance::policy`); it only measures processes (/proc) and passes plain figures.
 //!
@@ -32,7 +37,8 @@ use crate::members::{self, Members};
 
 /// How long an internal actor may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-/// A placement at `mosrun` waits this long at most for the program's exec.
+/// A placement at `mosrun` on another node waits this long at most for the program's exec
+/// (the program is seized before it execs; without an exec in time it is let go, at home).
 const EXEC_WAIT: Duration = Duration::from_secs(5);
 
 /// The administrative flags of `mosctl`.
@@ -466,34 +472,37 @@ async fn place_process(
     if to == sh.local {
         return Ok(format!("process {pid} starts here, on node {to}"));
     }
-    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let before = exe(pid).ok_or_else(|| format!("process {pid}: no such process"))?;
+    // Remote start: seized now, stopped by its exec before the program's first instruction
+    // (its image is then the program's and the loader's mappings and a fresh stack), and moved
+    // from there. Anything that fails lets it run here: it is never lost.
     let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
+    let watch = match tokio::task::spawn_blocking(move || migrate::watch_exec(pid)).await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            tracing::warn!(pid, "mosrun: it runs here: {e}");
+            return Ok(format!("process {pid} starts here (not moved to node {to}: {e})"));
+        }
+        Err(e) => return Err(format!("process {pid}: placement failed: {e}")),
+    };
     tokio::spawn(async move {
-        let t0 = Instant::now();
-        while exe(pid).as_ref() == Some(&before) {
-            if t0.elapsed() > EXEC_WAIT {
-                tracing::warn!(pid, "mosrun: no exec within 5 s; it runs here");
+        let seized = match tokio::task::spawn_blocking(move || watch.wait(EXEC_WAIT)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(pid, "mosrun: it runs here: {e}");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Not while the dynamic loader is still at work: a process moved right after its
-        // exec was seen to end with 127 and no output (bench-balance.sh). Wait until it has
-        // run 10 ms of its own (ld.so needs about 1), or for 1 s if it sleeps.
-        let t1 = Instant::now();
-        while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
-            && t1.elapsed() < Duration::from_secs(1)
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        match m.migrate(pid, to, uid).await {
+            Err(e) => {
+                tracing::warn!(pid, "mosrun: it runs here: the exec watch failed: {e}");
+                return;
+            }
+        };
+        match m.migrate_seized(seized, to, uid).await {
             Ok(s) => tracing::info!(pid, "mosrun: {s}"),
             Err(e) => tracing::warn!(pid, "mosrun: it runs here: {e}"),
         }
     });
     Ok(format!(
-        "process {pid} moves to node {to} once it runs its program"
+        "process {pid} moves to node {to} before its program's first instruction"
     ))
 }
 
