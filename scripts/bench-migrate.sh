@@ -173,10 +173,10 @@ t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- /bin/true || fails=$((
 mos_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
 moved=$(grep -c 'mosrun: process [0-9]* moved to node 2' "$D/n1.log" || true)
 athome=$(grep -c 'mosrun: it runs here' "$D/n1.log" || true)
-printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s moved before their first instruction, %s ran at home, %s failed\n' \
+printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s moved, %s not moved (ended first, or refused), %s failed\n' \
     "$mos_us" "$local_us" "$moved" "$STARTS" "$athome" "$fails"
 home=$(grep -c 'coming home' "$D/n1.log" || true)
-echo "start: of the $moved moved /bin/true (dynamically linked), $home came home (the loader's mmap of a file opened at home)"
+echo "start: of the $moved moved /bin/true (dynamically linked: moved after its loader, 10 ms of CPU or 1 s), $home came home"
 sed -n 's/.*mosrun: process [0-9]* moved to node 2 (image \([0-9.]*\) MiB, frozen \([0-9.]*\) ms).*/\1 \2/p' "$D/n1.log" \
     | sort -k2 -n | awk '{ if ($1 + 0 >= img + 0) img = $1; f[NR] = $2 } END { if (NR) printf "start: moves at the first instruction: image <= %s MiB, frozen min %s / median %s / max %s ms\n", img, f[1], f[int((NR + 1) / 2)], f[NR] }'
 before=$(wc -l < "$D/n1.log")
