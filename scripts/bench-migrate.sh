@@ -5,12 +5,14 @@
 #   CARGO_TARGET_DIR=target cargo build --release -p omnode
 #   sudo scripts/bench-migrate.sh [target/release/omnode]
 #
-# Starts two daemons on 127.0.0.241/242 (loopback, nothing leaves the machine), compiles small
+# Starts two daemons on $ADDR and the next address (default 127.0.0.241/242; loopback, nothing
+# leaves the machine), compiles small
 # C programs into a temporary directory, and prints one line per measurement. Everything it
 # starts is killed and the directory removed on exit. Environment:
 #   SIZES="1 64 512"  heap sizes (MiB) of the moved process   REPS=3  repetitions per size
 #   STARTS=50         mosrun / fork+exec repetitions          WRITES=20000  64-byte writes
 #   PARTS="move start write cpu"  which measurements to run
+#   ADDR=127.0.0.241  node 1's address (node 2 has the next one)
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/omnode}")
@@ -19,6 +21,7 @@ REPS=${REPS:-3}
 STARTS=${STARTS:-50}
 WRITES=${WRITES:-20000}
 PARTS=${PARTS:-"move start write cpu"}
+ADDR=${ADDR:-127.0.0.241}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "no omnode binary at $BIN (cargo build --release -p omnode)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (ptrace and seccomp filters of other processes)" >&2; exit 1; }
@@ -124,13 +127,17 @@ int main(int c, char **v) {
 }
 EOF
 for p in heap tcp wr cpu; do gcc -O2 -o "$D/$p" "$D/$p.c"; done
+# a static /bin/true: no dynamic loader (a dynamically linked program started remotely comes
+# home at the loader's first mmap of a file it opened at home)
+echo 'int main(void) { return 0; }' > "$D/true.c"
+gcc -O2 -static -o "$D/true-static" "$D/true.c"
 
 # --- two nodes ------------------------------------------------------------------------------
-printf '1 127.0.0.241 2\n' > "$D/map"
+printf '1 %s 2\n' "$ADDR" > "$D/map"
 "$BIN" keygen --out "$D/key" >/dev/null
 PORT=$(( 20000 + RANDOM % 20000 ))
 for n in 1 2; do
-    RUST_LOG=warn "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
+    RUST_LOG=warn,omnode::balancer=info,omnode::migrator=info "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
         --socket "$D/n$n.sock" --load-tick-ms 1000 >"$D/n$n.log" 2>&1 &
     PIDS+=($!)
 done
@@ -164,9 +171,23 @@ local_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
 fails=0
 t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- /bin/true || fails=$((fails + 1)); done; t1=$(ms)
 mos_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
-athome=$(grep -c 'mosrun: it runs at home' "$D/n1.log" || true)
-printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s ended before they were moved, %s failed\n' \
-    "$mos_us" "$local_us" "$athome" "$STARTS" "$fails"
+moved=$(grep -c 'mosrun: process [0-9]* moved to node 2' "$D/n1.log" || true)
+athome=$(grep -c 'mosrun: it runs here' "$D/n1.log" || true)
+printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s moved, %s not moved (ended first, or refused), %s failed\n' \
+    "$mos_us" "$local_us" "$moved" "$STARTS" "$athome" "$fails"
+home=$(grep -c 'coming home' "$D/n1.log" || true)
+echo "start: of the $moved moved /bin/true (dynamically linked: moved after its loader, 10 ms of CPU or 1 s), $home came home"
+sed -n 's/.*mosrun: process [0-9]* moved to node 2 (image \([0-9.]*\) MiB, frozen \([0-9.]*\) ms).*/\1 \2/p' "$D/n1.log" \
+    | sort -k2 -n | awk '{ if ($1 + 0 >= img + 0) img = $1; f[NR] = $2 } END { if (NR) printf "start: moves at the first instruction: image <= %s MiB, frozen min %s / median %s / max %s ms\n", img, f[1], f[int((NR + 1) / 2)], f[NR] }'
+before=$(wc -l < "$D/n1.log")
+t0=$(ms); for _ in $(seq "$STARTS"); do "$BIN" run -j2 -- "$D/true-static" || fails=$((fails + 1)); done; t1=$(ms)
+st_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
+t0=$(ms); for _ in $(seq "$STARTS"); do "$D/true-static"; done; t1=$(ms)
+stl_us=$(echo "($t1 - $t0) / 1000 / $STARTS" | bc -l)
+smoved=$(tail -n +"$((before + 1))" "$D/n1.log" | grep -c 'mosrun: process [0-9]* moved to node 2' || true)
+shome=$(tail -n +"$((before + 1))" "$D/n1.log" | grep -c 'coming home' || true)
+printf 'start: mosrun -j2 true-static %8.0f us | local fork+exec true-static %6.0f us | goal <= local + 5000 us | %s of %s moved, %s came home, %s failed (both kinds)\n' \
+    "$st_us" "$stl_us" "$smoved" "$STARTS" "$shome" "$fails"
 fi
 
 # --- forwarded 64-byte write ----------------------------------------------------------------

@@ -12,7 +12,9 @@
 //! notification, listener handed back) → run. [`freeze`] and [`thaw`] compose them.
 //! Coming home is a thaw INTO the parked home shell ([`Thawing::into_shell`], same phases on
 //! the original process, whose fds are kept; [`Thawing::back_to_shell`] parks it again on
-//! failure); a supervised guest on its way home is frozen with [`seize_guest`].
+//! failure); a supervised guest on its way home is frozen with [`seize_guest`]. A program
+//! about to start is seized at its exec, before its first instruction, with [`watch_exec`]
+//! (remote start).
 //!
 //! Every ptrace call for a process comes from that process's own tracer thread (see
 //! [`Tracer`]): the handles above are `Send`, the tracee state never leaves its thread.
@@ -70,8 +72,8 @@ mod tracer;
 
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
-    DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, StreamPlan,
-    Streamed, can_thaw_here, freeze, freeze_for, seize, seize_guest,
+    DEFAULT_STOP_TIMEOUT, Ending, ExecWatch, Finished, FreezeOptions, FreezeReport, Seized,
+    StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, seize, seize_guest, watch_exec,
 };
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

@@ -6,6 +6,13 @@
 //! feeds the load table and the candidates to `balance::policy` and asks the migrator for the
 //! moves it decides, the placement of `mosrun` (no node flag: the best node now; `-h` home;
 //! `-b` best; `-jLIST` the best of the list), and the `mosctl` requests of the control socket.
+//!
+//! Remote start: when `mosrun` is placed on another node, the daemon seizes the caller before
+//! answering ([`migrate::watch_exec`]); its exec then stops it before the program's first
+//! instruction, and a statically linked program moves from there (a tiny image). A dynamically
+//! linked one is let go and moved once its loader is done (its loader's mmaps of libraries
+//! opened at home would bring it straight back). Placed at home, it is not traced at all. Any
+//! refusal lets it run at home.
 //! Must not know: how a process moves (the migrator does that) or how the decisions are made
 //! (`balance::policy`); it only measures processes (/proc) and passes plain figures.
 //!
@@ -32,7 +39,8 @@ use crate::members::{self, Members};
 
 /// How long an internal actor may take to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
-/// A placement at `mosrun` waits this long at most for the program's exec.
+/// A placement at `mosrun` on another node waits this long at most for the program's exec
+/// (the program is seized before it execs; without an exec in time it is let go, at home).
 const EXEC_WAIT: Duration = Duration::from_secs(5);
 /// A placement tries at most this many targets (each refusal puts that target aside).
 const PLACE_TRIES: usize = 3;
@@ -398,6 +406,22 @@ fn measure(pid: i32) -> Option<(Duration, Duration, u64)> {
     ))
 }
 
+/// Whether `pid`'s program has a dynamic loader (AT_BASE in its auxiliary vector is not 0);
+/// an unreadable vector is an error (the program is then not moved).
+fn has_interpreter(pid: i32) -> Result<bool, String> {
+    let auxv = std::fs::read(format!("/proc/{pid}/auxv"))
+        .map_err(|e| format!("process {pid}: /proc/{pid}/auxv unreadable: {e}"))?;
+    let words: Vec<u64> = auxv
+        .chunks_exact(8)
+        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    words
+        .chunks_exact(2)
+        .find(|p| p[0] == libc::AT_BASE)
+        .map(|p| p[1] != 0)
+        .ok_or_else(|| format!("process {pid}: no AT_BASE in /proc/{pid}/auxv"))
+}
+
 /// The owner of `pid`.
 fn owner(pid: i32) -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt;
@@ -500,33 +524,62 @@ async fn place_process(
     if to == sh.local {
         return Ok(format!("process {pid} starts here, on node {to}"));
     }
-    let exe = |pid: i32| std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    let before = exe(pid).ok_or_else(|| format!("process {pid}: no such process"))?;
+    // Remote start: seized now, stopped by its exec before the program's first instruction
+    // (its image is then the program's and the loader's mappings and a fresh stack), and moved
+    // from there. Anything that fails lets it run here: it is never lost.
     let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
     let sh = sh.clone();
+    // After a refusal the next best is tried, among the nodes the user named (if any): an
+    // explicit single node (`-j3`) is not replaced by another.
+    let among = match &place {
+        Placement::Among(list) => Some(list.clone()),
+        _ => None,
+    };
+    let retry = !matches!(&place, Placement::Among(list) if list.len() == 1);
+    let watch = match tokio::task::spawn_blocking(move || migrate::watch_exec(pid)).await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            tracing::warn!(pid, "mosrun: it runs here: {e}");
+            return Ok(format!("process {pid} starts here (not moved to node {to}: {e})"));
+        }
+        Err(e) => return Err(format!("process {pid}: placement failed: {e}")),
+    };
     tokio::spawn(async move {
-        let t0 = Instant::now();
-        while exe(pid).as_ref() == Some(&before) {
-            if t0.elapsed() > EXEC_WAIT {
-                tracing::warn!(pid, "mosrun: no exec within 5 s; it runs here");
+        let seized = match tokio::task::spawn_blocking(move || watch.wait(EXEC_WAIT)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(pid, "mosrun: it runs here: {e}");
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        // Not while the dynamic loader is still at work: a process moved right after its
-        // exec was seen to end with 127 and no output (bench-balance.sh). Wait until it has
-        // run 10 ms of its own (ld.so needs about 1), or for 1 s if it sleeps.
-        let t1 = Instant::now();
-        while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
-            && t1.elapsed() < Duration::from_secs(1)
-        {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+            Err(e) => {
+                tracing::warn!(pid, "mosrun: it runs here: the exec watch failed: {e}");
+                return;
+            }
+        };
+        // A dynamically linked program moved now would come straight back: its loader maps
+        // the libraries it opens at home, and an mmap of a home-backed fd brings the process
+        // home (`GoHome::MmapHomeFd`). Until the remote maps such files itself, it starts here
+        // and moves once the loader is done (10 ms of CPU of its own, ld.so needs about 1; or
+        // 1 s if it sleeps). A statically linked one moves now, before its first instruction.
+        let mut result = match has_interpreter(pid) {
+            Ok(false) => m.migrate_seized(seized, to, uid).await,
+            Ok(true) => {
+                drop(seized); // released: it runs here
+                let t1 = Instant::now();
+                while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
+                    && t1.elapsed() < Duration::from_secs(1)
+                {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                m.migrate(pid, to, uid).await
+            }
+            Err(e) => Err(e),
+        };
         // A target that refuses (its memory, load or block) is left alone for a while and
         // the next best is tried; when none is better than here, the process stays home.
         let mut to = to;
         for attempt in 1..=PLACE_TRIES {
-            match m.migrate(pid, to, uid).await {
+            match result {
                 Ok(s) => {
                     tracing::info!(pid, "mosrun: {s}");
                     return;
@@ -537,7 +590,10 @@ async fn place_process(
                 }
             }
             let next = match sh.view().await {
-                Some((local, peers)) if attempt < PLACE_TRIES => {
+                Some((local, mut peers)) if retry && attempt < PLACE_TRIES => {
+                    if let Some(list) = &among {
+                        peers.retain(|p| list.contains(&p.id));
+                    }
                     lock(&sh.policy).place(Instant::now(), &local, &peers, 0)
                 }
                 _ => sh.local,
@@ -547,10 +603,11 @@ async fn place_process(
                 return;
             }
             to = next;
+            result = m.migrate(pid, to, uid).await;
         }
     });
     Ok(format!(
-        "process {pid} moves to node {to} once it runs its program"
+        "process {pid} moves to node {to} when it starts its program"
     ))
 }
 
@@ -697,6 +754,43 @@ mod tests {
         child.wait().unwrap();
         assert!(!alive(pid));
         assert_eq!(measure(pid), None);
+    }
+
+    /// The test binary has a dynamic loader; a static program (when gcc can build one) has
+    /// none; a missing process is an error, not a guess.
+    #[test]
+    fn a_dynamic_loader_is_read_from_the_auxiliary_vector() {
+        assert_eq!(has_interpreter(std::process::id() as i32), Ok(true));
+        assert!(has_interpreter(i32::MAX).is_err());
+        let dir = tempfile::tempdir().unwrap();
+        let (src, bin) = (dir.path().join("s.c"), dir.path().join("s"));
+        std::fs::write(&src, "#include <unistd.h>\nint main(void) { pause(); return 0; }\n")
+            .unwrap();
+        let built = std::process::Command::new("gcc")
+            .arg("-static")
+            .arg("-o")
+            .arg(&bin)
+            .arg(&src)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !built {
+            eprintln!("no static build (gcc or libc.a missing): static case not checked");
+            return;
+        }
+        let mut child = std::process::Command::new(&bin).spawn().unwrap();
+        let pid = child.id() as i32;
+        // the auxv is the program's once its exec is done
+        let exe = (0..500).find_map(|_| {
+            std::thread::sleep(Duration::from_millis(10));
+            std::fs::read_link(format!("/proc/{pid}/exe"))
+                .ok()
+                .filter(|e| *e == bin)
+        });
+        assert!(exe.is_some(), "the static program never ran");
+        let r = has_interpreter(pid);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(r, Ok(false));
     }
 
     #[test]

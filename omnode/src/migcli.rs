@@ -57,7 +57,8 @@ pub struct RunArgs {
 
 /// `mosrun`: becomes the program (same PID: `$?`, `wait` and job control are the program's),
 /// after asking the daemon to place it ([`crate::balancer`]: the best node now, home with
-/// `-h`, one of a list with `-j`); it is moved once the exec is done.
+/// `-h`, one of a list with `-j`). Placed elsewhere, the daemon has seized it before it answers:
+/// the exec stops it before the program's first instruction and it moves from there.
 pub fn run(a: RunArgs) -> Result<(), Error> {
     use crate::balancer::Placement;
     use std::os::unix::process::CommandExt;

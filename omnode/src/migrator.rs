@@ -320,6 +320,28 @@ impl Migrator {
         to: NodeId,
         uid: Option<u32>,
     ) -> Result<String, String> {
+        self.migrate_from(pid, to, uid, None).await
+    }
+
+    /// [`Migrator::migrate`] of a process already seized, stopped at the first instruction of
+    /// its program (`mosrun`'s remote start, [`migrate::watch_exec`]). A refusal or failure
+    /// releases it: it runs at home.
+    pub async fn migrate_seized(
+        self: &Arc<Self>,
+        seized: migrate::Seized,
+        to: NodeId,
+        uid: Option<u32>,
+    ) -> Result<String, String> {
+        self.migrate_from(seized.pid(), to, uid, Some(seized)).await
+    }
+
+    async fn migrate_from(
+        self: &Arc<Self>,
+        pid: i32,
+        to: NodeId,
+        uid: Option<u32>,
+        seized: Option<migrate::Seized>,
+    ) -> Result<String, String> {
         may_move(pid, uid)?;
         if to == self.local {
             return Err(format!("process {pid} already runs on node {to}"));
@@ -338,7 +360,7 @@ impl Migrator {
         std::thread::Builder::new()
             .name(format!("mig-home-{pid}"))
             .spawn(move || {
-                home_thread(&me, mig, pid, to, (tx, rx), done_tx);
+                home_thread(&me, mig, pid, to, seized, (tx, rx), done_tx);
                 lock(&me.homes).remove(&mig);
                 lock(&me.table).remove(&mig);
             })
@@ -475,6 +497,7 @@ fn home_thread(
     mig: MigId,
     pid: i32,
     to: NodeId,
+    seized: Option<migrate::Seized>,
     (me_tx, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
     done: Done,
 ) {
@@ -493,7 +516,11 @@ fn home_thread(
         }
     };
     let frozen_at = Instant::now();
-    let mut seized = match migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT) {
+    let seized = match seized {
+        Some(s) => Ok(s),
+        None => migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT),
+    };
+    let mut seized = match seized {
         Ok(s) => s,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };

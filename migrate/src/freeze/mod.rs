@@ -17,6 +17,7 @@ use libc::pid_t;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
+mod at_exec;
 mod checks;
 mod fds;
 mod inproc;
@@ -26,6 +27,7 @@ mod state;
 mod stream;
 mod threads;
 
+pub use at_exec::{ExecWatch, watch_exec};
 pub use stream::StreamPlan;
 
 use checks::{check_status, classify_vmas};
