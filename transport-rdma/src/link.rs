@@ -44,6 +44,10 @@ pub struct Config {
     pub max_frame: usize,
     /// Bound on the set-up exchange.
     pub setup_timeout: Duration,
+    /// A posted send or write that has not completed after this long ends the link: a
+    /// broken route may stall a queue pair without any completion in error (seen with
+    /// soft-RoCE and a blackholed route), and nothing may wait forever.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Config {
@@ -59,6 +63,7 @@ impl Default for Config {
             send_depth: 32,
             max_frame: 64 << 20,
             setup_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(15),
         }
     }
 }
@@ -266,6 +271,9 @@ impl Link {
         let mut wcs = Vec::with_capacity(64);
         let mut side_buf = [0u8; 64];
         let mut delivered: VecDeque<Frame> = VecDeque::new();
+        // When the oldest unfinished send was posted, or the last send completed since.
+        let mut progress = tokio::time::Instant::now();
+        let stall = self.cfg.stall_timeout;
         for wc in std::mem::take(&mut self.early) {
             self.completion(wc, &mut credits, &mut free, &mut rx, &mut delivered)?;
         }
@@ -279,13 +287,24 @@ impl Link {
                 // Completions keep being served below.
             }
             let want_more = out_open && lanes.iter().map(|l| l.len()).sum::<usize>() < 4;
+            let outstanding = free.len() < self.cfg.send_depth as usize;
+            if !outstanding {
+                progress = tokio::time::Instant::now();
+            }
             tokio::select! {
                 biased;
                 r = self.cq.wait(&mut wcs, 64), if delivered.len() < 16 => {
                     r?;
+                    let before = free.len();
                     for wc in wcs.drain(..) {
                         self.completion(wc, &mut credits, &mut free, &mut rx, &mut delivered)?;
                     }
+                    if free.len() > before {
+                        progress = tokio::time::Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep_until(progress + stall), if outstanding && !stall.is_zero() => {
+                    return Err(Error::Stalled(stall));
                 }
                 permit = incoming.reserve(), if !delivered.is_empty() => {
                     let permit = permit.map_err(|_| Error::Closed("the receiver of incoming frames is gone".into()))?;

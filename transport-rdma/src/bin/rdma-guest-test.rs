@@ -731,6 +731,7 @@ async fn faults_run(k: [u8; 32], cfg: Config, r: FaultsRun) -> Result<(), String
     let mut c = transport_rdma::Config::new(tc);
     c.link = cfg;
     c.link.setup_timeout = Duration::from_secs(15);
+    c.link.stall_timeout = Duration::from_secs(6);
     c.fallback = true;
     c.decide_timeout = Duration::from_secs(20);
     c.reprobe_max = Duration::from_secs(4);
