@@ -63,7 +63,8 @@ for t in $TESTS; do
   faults)
     # A route failure under a running RDMA link, and its mending. TCP (and the side
     # channel) run over a second address, 10.0.1.N, while RoCE keeps GID index 1
-    # (10.0.0.N); the client (lower id) blackholes the route to the peer's 10.0.0.N:
+    # (10.0.0.N); the client (lower id) points the peer's 10.0.0.N at a MAC nobody has
+    # (a blackhole route does not stop soft-RoCE on 6.1: it keeps a cached route):
     # the link must fall back to TCP (losses only with a Down or a send error), then,
     # after the route is deleted, switch back to RDMA with no Down and nothing lost.
     b=/payload/bin/rdma-guest-test
@@ -76,7 +77,8 @@ for t in $TESTS; do
       step rdma-faults timeout 400 "$b" $A --node 2 --peer-id 1
     else
       step rdma-faults timeout 400 "$b" $A --node 1 --peer-id 2 \
-        --break-cmd "ip route add blackhole $PEER/32" --mend-cmd "ip route del blackhole $PEER/32"
+        --break-cmd "ip neigh replace $PEER lladdr 52:54:00:00:00:99 dev $NIC nud permanent" \
+        --mend-cmd "ip neigh del $PEER dev $NIC"
     fi
     ;;
   errors)
