@@ -9,8 +9,9 @@
 //!
 //! A marker names the queue pair numbers of the new link (the sender's, then the
 //! receiver's), so a marker of an earlier switch cannot release a later link's frames.
-//! It is a frame the runtime never sends: a 16-byte head that starts with a zero byte and
-//! a fixed text, the two queue pair numbers, and no payload.
+//! It is a frame the runtime never sends: a head of a zero byte and a fixed text (16 bytes),
+//! the two queue pair numbers, and no payload. The runtime's heads start with its msgpack
+//! header struct, and a msgpack struct never begins with the byte 0 (that is the integer 0).
 //!
 //! Must not know: verbs, sockets. Pure logic, tested here.
 
