@@ -141,9 +141,9 @@ async fn check_route(
             }
         }
     };
-    tokio::time::timeout(limit, wait)
-        .await
-        .map_err(|_| Error::Timeout("the route check (zero-byte RDMA write) was not acknowledged"))??;
+    tokio::time::timeout(limit, wait).await.map_err(|_| {
+        Error::Timeout("the route check (zero-byte RDMA write) was not acknowledged")
+    })??;
     Ok(early)
 }
 

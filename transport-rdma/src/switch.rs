@@ -75,7 +75,10 @@ mod tests {
         // A frame with the same head but a payload, a shorter head, or another text: no.
         let with_payload = Frame::new(m.head.clone(), Bytes::from_static(b"x"));
         assert_eq!(parse(&with_payload), None);
-        assert_eq!(parse(&Frame::new(m.head.slice(..LEN - 1), Bytes::new())), None);
+        assert_eq!(
+            parse(&Frame::new(m.head.slice(..LEN - 1), Bytes::new())),
+            None
+        );
         let mut other = m.head.to_vec();
         other[3] ^= 1;
         assert_eq!(parse(&Frame::new(Bytes::from(other), Bytes::new())), None);

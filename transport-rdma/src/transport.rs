@@ -615,7 +615,11 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
                         info!(
                             node = inner.local,
                             "node {peer}: linked over TCP, not RDMA: {why}{}",
-                            if again { "; trying RDMA again with back-off" } else { "" }
+                            if again {
+                                "; trying RDMA again with back-off"
+                            } else {
+                                ""
+                            }
                         );
                         p.path = Path::Tcp(why.clone());
                         if again {
@@ -785,10 +789,7 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
                 drop(st);
                 reprobe_after(inner, peer, generation, delay);
             } else {
-                info!(
-                    node = inner.local,
-                    "node {peer}: staying on TCP: {why}"
-                );
+                info!(node = inner.local, "node {peer}: staying on TCP: {why}");
             }
             true
         }
@@ -876,7 +877,16 @@ async fn switch_to_rdma(inner: Arc<Inner>, peer: NodeId, generation: u64, link: 
             return;
         }
     }
-    run_link(inner, link, q, peer, generation, cancel, Some((seen, (theirs, ours)))).await;
+    run_link(
+        inner,
+        link,
+        q,
+        peer,
+        generation,
+        cancel,
+        Some((seen, (theirs, ours))),
+    )
+    .await;
 }
 
 /// Negotiate with `peer` again after `delay`, unless its entry changed meanwhile.

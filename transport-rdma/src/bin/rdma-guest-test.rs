@@ -652,7 +652,9 @@ async fn errors_run(k: [u8; 32], cfg: Config, port_flap: Option<String>) -> Resu
             .map_err(|e| e.to_string())?;
         sh(&format!("ip link set {nic} down"))?;
         let r = wait_probe(&cfg, false, 20).await;
-        let up = sh(&format!("ip link set {nic} up && ip route replace 10.0.0.0/24 dev {nic}"));
+        let up = sh(&format!(
+            "ip link set {nic} up && ip route replace 10.0.0.0/24 dev {nic}"
+        ));
         let down = r?;
         up?;
         info(format!("port down: {down}"));
@@ -757,7 +759,10 @@ async fn faults_run(k: [u8; 32], cfg: Config, r: FaultsRun) -> Result<(), String
                 if frame.head.as_ref() == b"BYE" {
                     break;
                 }
-                match t.send_within(peer, frame, Some(Duration::from_secs(2))).await {
+                match t
+                    .send_within(peer, frame, Some(Duration::from_secs(2)))
+                    .await
+                {
                     Ok(()) => echoed += 1,
                     Err(_) => failed += 1,
                 }
@@ -770,7 +775,8 @@ async fn faults_run(k: [u8; 32], cfg: Config, r: FaultsRun) -> Result<(), String
         t.shutdown().await;
         return Ok(());
     }
-    let kind = |t: &transport_rdma::Transport| t.link_kind(peer).map(|k| k.name()).unwrap_or("none");
+    let kind =
+        |t: &transport_rdma::Transport| t.link_kind(peer).map(|k| k.name()).unwrap_or("none");
     let mut phase = Phase::Rdma;
     let mut seq = 0u64;
     let mut sent: std::collections::VecDeque<u64> = Default::default();
@@ -845,7 +851,9 @@ async fn faults_run(k: [u8; 32], cfg: Config, r: FaultsRun) -> Result<(), String
             let secs = t_phase.elapsed().as_secs_f64();
             match phase {
                 Phase::Rdma => {
-                    info(format!("linked over rdma, 20 echoes; breaking the route after {secs:.1} s"));
+                    info(format!(
+                        "linked over rdma, 20 echoes; breaking the route after {secs:.1} s"
+                    ));
                     sh(&r.break_cmd)?;
                     phase = Phase::Broken;
                 }
