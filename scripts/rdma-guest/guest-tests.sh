@@ -60,6 +60,41 @@ for t in $TESTS; do
     sleep 3
     bash /payload/omnode-test.sh
     ;;
+  faults)
+    # A route failure under a running RDMA link, and its mending. TCP (and the side
+    # channel) run over a second address, 10.0.1.N, while RoCE keeps GID index 1
+    # (10.0.0.N); the client (lower id) points the peer's 10.0.0.N at a MAC nobody has
+    # (a blackhole route does not stop soft-RoCE on 6.1: it keeps a cached route):
+    # the link must fall back to TCP (losses only with a Down or a send error), then,
+    # after the route is deleted, switch back to RDMA with no Down and nothing lost.
+    b=/payload/bin/rdma-guest-test
+    K="$(cat /payload/key)"
+    NIC="$(ls /sys/class/net | grep -v '^lo$' | head -1)"
+    ip addr add "10.0.1.${IP##*.}/24" dev "$NIC"
+    A="--key-hex $K faults --listen 10.0.1.${IP##*.}:18800 --peer 10.0.1.${PEER##*.}:18800"
+    sleep 3
+    if [ "$ROLE" = server ]; then
+      step rdma-faults timeout 400 "$b" $A --node 2 --peer-id 1
+    else
+      step rdma-faults timeout 400 "$b" $A --node 1 --peer-id 2 \
+        --break-cmd "ip neigh replace $PEER lladdr 52:54:00:00:00:99 dev $NIC nud permanent" \
+        --mend-cmd "ip neigh del $PEER dev $NIC"
+    fi
+    ;;
+  errors)
+    # Actionable errors with the real device: no such device, a wrong GID index,
+    # RLIMIT_MEMLOCK too low (CAP_IPC_LOCK dropped), and on the server the port down
+    # (its NIC set down and up again). Last, because the port flap disturbs the wire.
+    b=/payload/bin/rdma-guest-test
+    K="$(cat /payload/key)"
+    NIC="$(ls /sys/class/net | grep -v '^lo$' | head -1)"
+    sleep 2
+    if [ "$ROLE" = server ]; then
+      step rdma-errors timeout 180 "$b" --key-hex "$K" errors --port-flap "$NIC"
+    else
+      step rdma-errors timeout 180 "$b" --key-hex "$K" errors
+    fi
+    ;;
   *) echo "### STEP unknown-test-$t RC=1" ;;
   esac
 done

@@ -12,11 +12,14 @@
 #     --tests LIST   which guest test groups to run: perftest (ibv_devinfo, ib_send_lat,
 #                    ib_write_bw between the guests), rust (/payload/bin/rdma-guest-test: one
 #                    link), transport (the Transport, and transport-tcp as baseline), omnode
-#                    (two daemons with --transport rdma, one SIGKILLed and restarted)
+#                    (two daemons with --transport rdma, one SIGKILLed and restarted), faults (a
+#                    route breaks under a link: TCP fall-back, switch back), errors (no device,
+#                    wrong GID, port down, RLIMIT_MEMLOCK)
 #     --keep         keep the work dir (serial logs) after a passing run
 # Environment: OMNODE_RDMA_CACHE (cache dir, default ${XDG_CACHE_HOME:-/var/cache}/omnode-rdma-guest),
 #   RDMA_GUEST_TIMEOUT (seconds for each guest, default 900), RDMA_GUEST_PORT (first of the two
-#   127.0.0.1 UDP ports of the wire, default random in 40000-59999).
+#   UDP ports of the wire, default random in 40000-59999), RDMA_GUEST_HOST (the loopback
+#   address of the wire, default 127.0.0.1).
 #
 # The base image (kernel + initramfs) is cached, keyed on the package versions and on this
 # script's module list; only the small payload cpio is rebuilt per run. KVM does not work on
@@ -41,6 +44,7 @@ CACHE="${OMNODE_RDMA_CACHE:-${XDG_CACHE_HOME:-/var/cache}/omnode-rdma-guest}"
 GUEST_TIMEOUT="${RDMA_GUEST_TIMEOUT:-900}"
 # A random even port pair, so two runs on one machine (CI, a developer) do not collide.
 PORT="${RDMA_GUEST_PORT:-$(( 40000 + (RANDOM % 10000) * 2 ))}"
+WIRE_HOST="${RDMA_GUEST_HOST:-127.0.0.1}"
 MIRROR="${RDMA_GUEST_MIRROR:-http://deb.debian.org/debian}"
 SUITE=bookworm
 GUEST_PKGS="rdma-core,ibverbs-providers,ibverbs-utils,rdmacm-utils,perftest,iproute2,kmod,librdmacm1,libibverbs1"
@@ -139,7 +143,7 @@ boot() { # role ip mac localport remoteport
   timeout --kill-after=10 "$GUEST_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 1536 -smp 1 \
     -nographic -no-reboot -monitor none -serial "file:$WORK/$role.log" \
     -kernel "$BASE/vmlinuz" -initrd "$WORK/initrd.cpio" \
-    -netdev "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=$lp,remote.type=inet,remote.host=127.0.0.1,remote.port=$rp" \
+    -netdev "dgram,id=n0,local.type=inet,local.host=$WIRE_HOST,local.port=$lp,remote.type=inet,remote.host=$WIRE_HOST,remote.port=$rp" \
     -device "virtio-net-pci,netdev=n0,mac=$mac" \
     -append "console=ttyS0 panic=-1 quiet loglevel=4 rdinit=/init omnode.role=$role omnode.ip=$ip omnode.peer=$6" \
     >"$WORK/$role.qemu.log" 2>&1 &

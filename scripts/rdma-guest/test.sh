@@ -25,4 +25,4 @@ P="$(mktemp -d /tmp/omnode-rdma-payload.XXXXXX)"
 trap 'rm -rf "$P"' EXIT
 cp "$T" "$P/rdma-guest-test"
 objcopy --strip-debug "$O" "$P/omnode"
-scripts/rdma-guest/run.sh --payload "$P" --tests "${RDMA_GUEST_TESTS:-perftest rust transport omnode}" "$@"
+scripts/rdma-guest/run.sh --payload "$P" --tests "${RDMA_GUEST_TESTS:-perftest rust transport omnode faults errors}" "$@"

@@ -45,6 +45,14 @@ pub enum Error {
         "work request {wr_id} failed: {status} (the queue pair is in the error state; the link must be redialled)"
     )]
     Completion { wr_id: u64, status: String },
+    #[error(
+        "the RDMA path to the peer does not work: {status} (the queue pair is set up but a zero-byte RDMA write was not acknowledged: no route to the peer's GID, RoCE (UDP 4791) blocked, or its port down)"
+    )]
+    Route { status: String },
+    #[error(
+        "no send on the RDMA link completed for {0:?}: the path to the peer is broken (port down, no route, RoCE blocked) or the peer stopped answering"
+    )]
+    Stalled(std::time::Duration),
     #[error("range {off}+{len} is outside the {region}-byte registered region")]
     OutOfBounds {
         off: usize,

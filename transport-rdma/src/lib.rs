@@ -14,13 +14,16 @@
 //!
 //! [`Transport`] is the `runtime::transport::Transport`: a transport-tcp link to every
 //! peer first (liveness, fall-back), then RDMA when both ends can, decided over the
-//! authenticated side channel before any queue pair exists ([`transport`]).
+//! authenticated side channel before any queue pair exists ([`transport`]). A peer on the
+//! TCP fall-back is re-probed with back-off and switched back to RDMA when it works again,
+//! without reordering a lane ([`switch`]).
 
 pub mod credit;
 pub mod error;
 pub mod exchange;
 pub mod link;
 pub mod piece;
+pub mod switch;
 pub mod transport;
 pub mod verbs;
 

@@ -44,6 +44,10 @@ pub struct Config {
     pub max_frame: usize,
     /// Bound on the set-up exchange.
     pub setup_timeout: Duration,
+    /// A posted send or write that has not completed after this long ends the link: a
+    /// broken route may stall a queue pair without any completion in error (seen with
+    /// soft-RoCE and a blackholed route), and nothing may wait forever.
+    pub stall_timeout: Duration,
 }
 
 impl Default for Config {
@@ -59,12 +63,15 @@ impl Default for Config {
             send_depth: 32,
             max_frame: 64 << 20,
             setup_timeout: Duration::from_secs(20),
+            stall_timeout: Duration::from_secs(15),
         }
     }
 }
 
 const RECV: u64 = 1 << 32;
 const SEND: u64 = 2 << 32;
+/// The zero-byte RDMA write that proves the route before the link is declared up.
+const ROUTE_CHECK: u64 = 3 << 32;
 
 /// Counters a test or `status` can show.
 #[derive(Clone, Copy, Debug, Default)]
@@ -91,6 +98,8 @@ pub struct Link {
     peer: LinkInfo,
     cfg: Config,
     side: tokio::net::TcpStream,
+    /// Completions taken while waiting for the route check (the peer may already send).
+    early: Vec<Completion>,
     pub stats: Stats,
 }
 
@@ -99,6 +108,43 @@ fn psn() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     (t.subsec_nanos() ^ std::process::id().rotate_left(11)) & 0xff_ffff
+}
+
+/// A queue pair in RTS says nothing about the wire: set-up sends no packet. Write zero
+/// bytes into the peer's ring and wait for the acknowledgement, so a link whose route is
+/// broken (port down, no route to the GID, RoCE filtered) fails here, before it is
+/// declared up, and the caller can fall back. Other completions seen meanwhile (the peer
+/// may already send) are returned for [`Link::run`] to handle first.
+async fn check_route(
+    qp: &Qp,
+    cq: &mut Cq,
+    staging: &Mr,
+    peer: &LinkInfo,
+    limit: Duration,
+) -> Result<Vec<Completion>, Error> {
+    qp.post_write(ROUTE_CHECK, staging, 0, 0, peer.ring_addr, peer.ring_rkey)?;
+    let mut early = Vec::new();
+    let mut wcs = Vec::with_capacity(16);
+    let wait = async {
+        loop {
+            cq.wait(&mut wcs, 16).await?;
+            for wc in wcs.drain(..) {
+                if wc.wr_id == ROUTE_CHECK {
+                    if !wc.ok() {
+                        return Err(Error::Route {
+                            status: wc.status_str(),
+                        });
+                    }
+                    return Ok(());
+                }
+                early.push(wc);
+            }
+        }
+    };
+    tokio::time::timeout(limit, wait).await.map_err(|_| {
+        Error::Timeout("the route check (zero-byte RDMA write) was not acknowledged")
+    })??;
+    Ok(early)
 }
 
 impl Link {
@@ -158,6 +204,8 @@ impl Link {
         )?;
         let piece = peer.recv_size.max(peer.slot_size) as usize;
         let staging = Mr::new(&pd, piece * cfg.send_depth as usize, false)?;
+        let mut cq = cq;
+        let early = check_route(&qp, &mut cq, &staging, &peer, cfg.setup_timeout).await?;
         debug!(
             device = ctx.name(),
             qpn = ours.qpn,
@@ -176,6 +224,7 @@ impl Link {
             peer,
             cfg,
             side: session.into_stream(),
+            early,
             stats: Stats::default(),
         })
     }
@@ -222,6 +271,12 @@ impl Link {
         let mut wcs = Vec::with_capacity(64);
         let mut side_buf = [0u8; 64];
         let mut delivered: VecDeque<Frame> = VecDeque::new();
+        // When the oldest unfinished send was posted, or the last send completed since.
+        let mut progress = tokio::time::Instant::now();
+        let stall = self.cfg.stall_timeout;
+        for wc in std::mem::take(&mut self.early) {
+            self.completion(wc, &mut credits, &mut free, &mut rx, &mut delivered)?;
+        }
         loop {
             // 1. Send what credits and staging allow, control first.
             self.pump(&mut credits, &mut free, &mut lanes, piece_size)?;
@@ -232,13 +287,24 @@ impl Link {
                 // Completions keep being served below.
             }
             let want_more = out_open && lanes.iter().map(|l| l.len()).sum::<usize>() < 4;
+            let outstanding = free.len() < self.cfg.send_depth as usize;
+            if !outstanding {
+                progress = tokio::time::Instant::now();
+            }
             tokio::select! {
                 biased;
                 r = self.cq.wait(&mut wcs, 64), if delivered.len() < 16 => {
                     r?;
+                    let before = free.len();
                     for wc in wcs.drain(..) {
                         self.completion(wc, &mut credits, &mut free, &mut rx, &mut delivered)?;
                     }
+                    if free.len() > before {
+                        progress = tokio::time::Instant::now();
+                    }
+                }
+                _ = tokio::time::sleep_until(progress + stall), if outstanding && !stall.is_zero() => {
+                    return Err(Error::Stalled(stall));
                 }
                 permit = incoming.reserve(), if !delivered.is_empty() => {
                     let permit = permit.map_err(|_| Error::Closed("the receiver of incoming frames is gone".into()))?;

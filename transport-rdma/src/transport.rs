@@ -20,6 +20,14 @@
 //! get `Unreachable` with their frame), and the pair negotiates again after a back-off
 //! while the TCP link stays; the TCP link ending (peer killed, restarted, silent past the
 //! idle time-out) ends everything for that peer, and the TCP transport redials.
+//!
+//! A link set up fails before it is declared up when the wire does not carry RDMA
+//! (the zero-byte RDMA write of [`Link::establish`] is not acknowledged): the pair falls
+//! back to TCP. A pair on TCP although both ends have RDMA is re-probed: the lower id dials
+//! the side channel again after a back-off (1 s doubling to `reprobe_max`), and when an
+//! RDMA link comes up both ends switch to it without a `Down`: in-flight TCP sends finish
+//! first (a per-peer gate), each end sends its end-of-TCP markers, and each holds the new
+//! link's frames until the peer's markers arrived ([`crate::switch`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -32,19 +40,22 @@ use runtime::transport::link::{check_size, lock};
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Event, Events, Frame, PeerInfo};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{RwLock, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::error::Error;
 use crate::exchange::{Offer, Session, authenticate};
 use crate::link::{self, Link};
+use crate::switch::{self, Seen};
 use crate::verbs::{Context, Mr, Pd};
 
 /// Side-channel connections in authentication at once (a flood waits, it does not grow).
 const MAX_PENDING_SIDE: usize = 16;
 /// Longest pause before negotiating again after an RDMA link failed.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// First pause before re-probing RDMA for a peer on the TCP fall-back.
+const REPROBE_MIN: Duration = Duration::from_secs(1);
 
 /// Settings of the RDMA transport.
 #[derive(Clone, Debug)]
@@ -64,6 +75,9 @@ pub struct Config {
     pub bulk_window: usize,
     /// Poll completions this long before sleeping on the channel (zero: never spin).
     pub busy_poll: Duration,
+    /// A peer linked over TCP although both ends have RDMA (its set-up or route failed) is
+    /// re-probed after 1 s, then after pauses doubling up to this; zero: never.
+    pub reprobe_max: Duration,
 }
 
 impl Config {
@@ -78,6 +92,7 @@ impl Config {
             control_window,
             bulk_window,
             busy_poll: Duration::ZERO,
+            reprobe_max: Duration::from_secs(60),
         }
     }
 }
@@ -145,11 +160,22 @@ struct Peer {
     up: bool,
     cancel: CancellationToken,
     backoff: Backoff,
+    /// Pauses between re-probes of RDMA while on TCP.
+    reprobe: Backoff,
+    /// The peer's end-of-TCP markers (see [`crate::switch`]).
+    seen: watch::Sender<Seen>,
+    /// TCP sends hold it shared; a switch to RDMA takes it exclusively, so no TCP frame
+    /// goes after the end-of-TCP markers.
+    gate: Arc<RwLock<()>>,
 }
+
+/// Why not RDMA, and whether it may work later (both ends have RDMA; set-up, route or
+/// side channel failed), so the lower id re-probes.
+type Fail = (String, bool);
 
 enum Outcome {
     Rdma(Box<Link>),
-    Tcp(String),
+    Tcp(String, bool),
     Refused(String),
 }
 
@@ -167,6 +193,18 @@ enum Internal {
     Retry {
         peer: NodeId,
         generation: u64,
+    },
+    /// Time to try RDMA again for a peer on TCP (the lower id dials).
+    Reprobe {
+        peer: NodeId,
+        generation: u64,
+    },
+    /// A re-probe failed; `retry`: schedule another.
+    ReprobeFailed {
+        peer: NodeId,
+        generation: u64,
+        why: String,
+        retry: bool,
     },
 }
 
@@ -282,6 +320,14 @@ impl Transport {
         }
     }
 
+    /// The gate of `peer`'s TCP sends (see [`Peer::gate`]).
+    fn gate(&self, peer: NodeId) -> Option<Arc<RwLock<()>>> {
+        lock(&self.inner.state)
+            .peers
+            .get(&peer)
+            .map(|p| p.gate.clone())
+    }
+
     fn route(
         &self,
         peer: NodeId,
@@ -371,6 +417,11 @@ impl rt::Transport for Transport {
         limit: Option<Duration>,
     ) -> BoxFuture<'_, Result<(), rt::SendError>> {
         Box::pin(async move {
+            let gate = self.gate(peer);
+            let _shared = match &gate {
+                Some(g) => Some(g.read().await),
+                None => None,
+            };
             match self.route(peer, frame)? {
                 (Some(q), frame) => rt::queue_send(&q, peer, frame, limit).await,
                 (None, frame) => self.inner.tcp.send_within(peer, frame, limit).await,
@@ -379,6 +430,18 @@ impl rt::Transport for Transport {
     }
 
     fn try_send(&self, peer: NodeId, frame: Frame) -> Result<(), rt::SendError> {
+        let gate = self.gate(peer);
+        let _shared = match &gate {
+            Some(g) => match g.try_read() {
+                Ok(s) => Some(s),
+                // A switch to RDMA is draining the TCP sends: like a full lane.
+                Err(_) => {
+                    let lane = frame.lane;
+                    return Err(rt::SendError::new(rt::Error::Full { peer, lane }, frame));
+                }
+            },
+            None => None,
+        };
         match self.route(peer, frame)? {
             (Some(q), frame) => rt::queue_try_send(&q, peer, frame),
             (None, frame) => self.inner.tcp.try_send(peer, frame),
@@ -459,6 +522,9 @@ async fn on_tcp(inner: &Arc<Inner>, ev: Event) -> bool {
                     up: false,
                     cancel: cancel.clone(),
                     backoff: Backoff::new(Duration::from_millis(500), BACKOFF_MAX),
+                    reprobe: Backoff::new(REPROBE_MIN, inner.cfg.reprobe_max.max(REPROBE_MIN)),
+                    seen: watch::Sender::new(Seen::default()),
+                    gate: Arc::new(RwLock::new(())),
                 },
             ) {
                 old.cancel.cancel();
@@ -481,6 +547,12 @@ async fn on_tcp(inner: &Arc<Inner>, ev: Event) -> bool {
             }
         }
         Event::Frame { peer, frame } => {
+            if let Some(pair) = switch::parse(&frame) {
+                if let Some(p) = lock(&inner.state).peers.get(&peer) {
+                    p.seen.send_modify(|s| s.record(frame.lane, pair));
+                }
+                return true;
+            }
             let send = {
                 let mut st = lock(&inner.state);
                 match st.peers.get_mut(&peer).map(|p| &mut p.path) {
@@ -538,12 +610,22 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
                         p.backoff.reset();
                         q = Some(outq);
                     }
-                    Outcome::Tcp(why) => {
+                    Outcome::Tcp(why, retry) => {
+                        let again = *retry && reprobes(inner, peer);
                         info!(
                             node = inner.local,
-                            "node {peer}: linked over TCP, not RDMA: {why}"
+                            "node {peer}: linked over TCP, not RDMA: {why}{}",
+                            if again {
+                                "; trying RDMA again with back-off"
+                            } else {
+                                ""
+                            }
                         );
                         p.path = Path::Tcp(why.clone());
+                        if again {
+                            let delay = p.reprobe.failed();
+                            reprobe_after(inner, peer, generation, delay);
+                        }
                     }
                     Outcome::Refused(why) => {
                         let delay = p.backoff.failed();
@@ -579,7 +661,21 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
                 }
             }
             if let (Outcome::Rdma(link), Some(q)) = (outcome, q) {
-                tokio::spawn(run_link(inner.clone(), *link, q, peer, generation, cancel));
+                // Nothing went over TCP before this verdict; the markers are for a peer
+                // that was on TCP and switches (it holds our RDMA frames until they come).
+                for lane in [rt::Lane::Control, rt::Lane::Bulk] {
+                    let m = switch::marker(lane, link.ours().qpn, link.peer().qpn);
+                    let _ = rt::Transport::try_send(&*inner.tcp, peer, m);
+                }
+                tokio::spawn(run_link(
+                    inner.clone(),
+                    *link,
+                    q,
+                    peer,
+                    generation,
+                    cancel,
+                    None,
+                ));
             }
             true
         }
@@ -640,7 +736,157 @@ async fn on_internal(inner: &Arc<Inner>, m: Internal) -> bool {
             tokio::spawn(negotiate(inner.clone(), peer, generation, cancel, true));
             true
         }
+        Internal::Reprobe { peer, generation } => {
+            let cancel = {
+                let st = lock(&inner.state);
+                match st.peers.get(&peer) {
+                    Some(p) if p.generation == generation && matches!(p.path, Path::Tcp(_)) => {
+                        p.cancel.clone()
+                    }
+                    _ => return true,
+                }
+            };
+            let inner = inner.clone();
+            tokio::spawn(async move {
+                let r = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    r = dial_side(&inner, peer) => r,
+                };
+                match r {
+                    Ok(link) => switch_to_rdma(inner, peer, generation, link).await,
+                    Err((why, retry)) => {
+                        let _ = inner.internal.send(Internal::ReprobeFailed {
+                            peer,
+                            generation,
+                            why,
+                            retry,
+                        });
+                    }
+                }
+            });
+            true
+        }
+        Internal::ReprobeFailed {
+            peer,
+            generation,
+            why,
+            retry,
+        } => {
+            let mut st = lock(&inner.state);
+            let Some(p) = st
+                .peers
+                .get_mut(&peer)
+                .filter(|p| p.generation == generation && matches!(p.path, Path::Tcp(_)))
+            else {
+                return true;
+            };
+            if retry {
+                let delay = p.reprobe.failed();
+                debug!(
+                    node = inner.local,
+                    "node {peer}: RDMA still not possible ({why}); staying on TCP, next try in {delay:?}"
+                );
+                drop(st);
+                reprobe_after(inner, peer, generation, delay);
+            } else {
+                info!(node = inner.local, "node {peer}: staying on TCP: {why}");
+            }
+            true
+        }
     }
+}
+
+/// Whether this node re-probes RDMA for `peer` while on TCP: the lower id dials, the
+/// higher only answers; only with RDMA here and re-probing configured.
+fn reprobes(inner: &Inner, peer: NodeId) -> bool {
+    inner.local < peer && inner.avail.is_ok() && !inner.cfg.reprobe_max.is_zero()
+}
+
+fn reprobe_after(inner: &Arc<Inner>, peer: NodeId, generation: u64, delay: Duration) {
+    let tx = inner.internal.clone();
+    let root = inner.root.clone();
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = root.cancelled() => {}
+            _ = tokio::time::sleep(delay) => {
+                let _ = tx.send(Internal::Reprobe { peer, generation });
+            }
+        }
+    });
+}
+
+/// A peer on TCP has an RDMA link again: stop TCP sends (waiting for those under way),
+/// point the peer at the new link, send the end-of-TCP markers, and run the link, whose
+/// frames are held until the peer's markers arrived. Anything failing ends the new link
+/// like any RDMA link (`Down`, negotiate again); nothing is dropped unnoticed.
+async fn switch_to_rdma(inner: Arc<Inner>, peer: NodeId, generation: u64, link: Link) {
+    let current = |st: &State| {
+        st.peers
+            .get(&peer)
+            .filter(|p| p.generation == generation && matches!(p.path, Path::Tcp(_)))
+            .map(|p| (p.gate.clone(), p.cancel.clone()))
+    };
+    let Some((gate, cancel)) = current(&lock(&inner.state)) else {
+        return;
+    };
+    let t = inner.cfg.decide_timeout;
+    let exclusive = tokio::select! {
+        _ = cancel.cancelled() => return,
+        w = tokio::time::timeout(t, gate.write()) => w,
+    };
+    let Ok(exclusive) = exclusive else {
+        // The peer may have switched: its link ends when ours is dropped, and it redials.
+        warn!(
+            node = inner.local,
+            "node {peer}: not switching to RDMA: TCP sends still under way after {t:?}"
+        );
+        return;
+    };
+    let q = Arc::new(Outq::new(inner.cfg.control_window, inner.cfg.bulk_window));
+    let seen = {
+        let mut st = lock(&inner.state);
+        if current(&st).is_none() {
+            return;
+        }
+        let Some(p) = st.peers.get_mut(&peer) else {
+            return;
+        };
+        p.path = Path::Rdma(q.clone());
+        p.reprobe.reset();
+        p.backoff.reset();
+        p.seen.subscribe()
+    };
+    drop(exclusive);
+    info!(
+        node = inner.local,
+        "node {peer}: RDMA works again: switched from TCP to RDMA ({}, qpn {} to {})",
+        link.device(),
+        link.ours().qpn,
+        link.peer().qpn
+    );
+    let (ours, theirs) = (link.ours().qpn, link.peer().qpn);
+    for lane in [rt::Lane::Control, rt::Lane::Bulk] {
+        let m = switch::marker(lane, ours, theirs);
+        if let Err(e) = rt::Transport::send_within(&*inner.tcp, peer, m, Some(t)).await {
+            q.close();
+            let _ = inner.internal.send(Internal::LinkEnded {
+                peer,
+                generation,
+                error: format!("switching to RDMA: the end-of-TCP marker: {}", e.error),
+            });
+            return;
+        }
+    }
+    run_link(
+        inner,
+        link,
+        q,
+        peer,
+        generation,
+        cancel,
+        Some((seen, (theirs, ours))),
+    )
+    .await;
 }
 
 /// Negotiate with `peer` again after `delay`, unless its entry changed meanwhile.
@@ -679,8 +925,8 @@ async fn negotiate(
         _ = cancel.cancelled() => return,
         r = attempt => match r {
             Ok(link) => Outcome::Rdma(Box::new(link)),
-            Err(why) if inner.cfg.fallback => Outcome::Tcp(why),
-            Err(why) => Outcome::Refused(why),
+            Err((why, retry)) if inner.cfg.fallback => Outcome::Tcp(why, retry),
+            Err((why, _)) => Outcome::Refused(why),
         },
     };
     let _ = inner.internal.send(Internal::Decided {
@@ -696,35 +942,38 @@ async fn finish(
     peer: NodeId,
     session: Session,
     theirs: Offer,
-) -> Result<Link, String> {
+) -> Result<Link, Fail> {
     if theirs.node != peer {
-        return Err(format!(
-            "the RDMA side channel answered as node {}, not {peer}",
-            theirs.node
+        return Err((
+            format!(
+                "the RDMA side channel answered as node {}, not {peer}",
+                theirs.node
+            ),
+            false,
         ));
     }
     if let Err(why) = &inner.avail {
-        return Err(format!("no RDMA on this node: {why}"));
+        return Err((format!("no RDMA on this node: {why}"), false));
     }
     if let Err(why) = theirs.rdma {
-        return Err(format!("node {peer} has no RDMA: {why}"));
+        return Err((format!("node {peer} has no RDMA: {why}"), false));
     }
     let mut link = Link::establish(session, inner.cfg.link.clone())
         .await
-        .map_err(|e| format!("RDMA link set-up failed: {e}"))?;
+        .map_err(|e| (format!("RDMA link set-up failed: {e}"), true))?;
     link.set_busy_poll(inner.cfg.busy_poll);
     Ok(link)
 }
 
 /// The lower id's side: connect to the peer's side channel, authenticate, swap offers.
-async fn dial_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
+async fn dial_side(inner: &Inner, peer: NodeId) -> Result<Link, Fail> {
     let addrs = lock(&inner.state)
         .addrs
         .get(&peer)
         .cloned()
         .unwrap_or_default();
     let t = inner.cfg.decide_timeout;
-    let mut why = format!("node {peer} has no address");
+    let mut why = (format!("node {peer} has no address"), false);
     for addr in addrs {
         let Some(side) = side_addr(addr) else {
             continue;
@@ -732,24 +981,31 @@ async fn dial_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
         let stream = match tokio::time::timeout(t, TcpStream::connect(side)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                why = format!(
-                    "no RDMA side channel at {side} ({e}; is node {peer} started with --transport rdma?)"
+                // Refused: the peer runs without RDMA (a restart bounces the TCP link).
+                let retry = e.kind() != std::io::ErrorKind::ConnectionRefused;
+                why = (
+                    format!(
+                        "no RDMA side channel at {side} ({e}; is node {peer} started with --transport rdma?)"
+                    ),
+                    retry,
                 );
                 continue;
             }
             Err(_) => {
-                why =
-                    format!("connecting to the RDMA side channel at {side} timed out after {t:?}");
+                why = (
+                    format!("connecting to the RDMA side channel at {side} timed out after {t:?}"),
+                    true,
+                );
                 continue;
             }
         };
         let mut session = authenticate(stream, &inner.key, true, t)
             .await
-            .map_err(|e| format!("RDMA side channel at {side}: {e}"))?;
+            .map_err(|e| (format!("RDMA side channel at {side}: {e}"), true))?;
         let theirs = session
             .offer(&inner.ours(), t)
             .await
-            .map_err(|e| format!("RDMA side channel at {side}: {e}"))?;
+            .map_err(|e| (format!("RDMA side channel at {side}: {e}"), true))?;
         return finish(inner, peer, session, theirs).await;
     }
     Err(why)
@@ -757,7 +1013,7 @@ async fn dial_side(inner: &Inner, peer: NodeId) -> Result<Link, String> {
 
 /// The higher id's side: wait for the lower id's side channel (accepted by
 /// [`side_accept_loop`], which already sent our offer).
-async fn wait_side(inner: &Inner, peer: NodeId, t: Duration) -> Result<Link, String> {
+async fn wait_side(inner: &Inner, peer: NodeId, t: Duration) -> Result<Link, Fail> {
     let rx = {
         let mut st = lock(&inner.state);
         match st.parked.remove(&peer) {
@@ -775,8 +1031,11 @@ async fn wait_side(inner: &Inner, peer: NodeId, t: Duration) -> Result<Link, Str
             Ok(Ok(acc)) => acc,
             _ => {
                 lock(&inner.state).waiting.remove(&peer);
-                return Err(format!(
-                    "node {peer} opened no RDMA side channel within {t:?} (is it started with --transport rdma?)"
+                return Err((
+                    format!(
+                        "node {peer} opened no RDMA side channel within {t:?} (is it started with --transport rdma?)"
+                    ),
+                    true,
                 ));
             }
         },
@@ -820,7 +1079,7 @@ async fn side_accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
-async fn side_accept(inner: &Inner, stream: TcpStream) -> Result<(), String> {
+async fn side_accept(inner: &Arc<Inner>, stream: TcpStream) -> Result<(), String> {
     let t = inner.cfg.decide_timeout;
     let mut session = authenticate(stream, &inner.key, false, t)
         .await
@@ -852,6 +1111,31 @@ async fn side_accept(inner: &Inner, stream: TcpStream) -> Result<(), String> {
         },
         None => acc,
     };
+    // A re-probe from the lower id while the peer is on TCP: set the link up, then switch.
+    let on_tcp = st
+        .peers
+        .get(&peer)
+        .filter(|p| matches!(p.path, Path::Tcp(_)))
+        .map(|p| (p.generation, p.cancel.clone()));
+    if let Some((generation, cancel)) = on_tcp {
+        drop(st);
+        let inner = inner.clone();
+        let (session, theirs) = acc;
+        tokio::spawn(async move {
+            let r = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = finish(&inner, peer, session, theirs) => r,
+            };
+            match r {
+                Ok(link) => switch_to_rdma(inner, peer, generation, link).await,
+                Err((why, _)) => debug!(
+                    node = inner.local,
+                    "node {peer}: RDMA re-probe failed ({why}); staying on TCP"
+                ),
+            }
+        });
+        return Ok(());
+    }
     st.parked.insert(peer, acc);
     Ok(())
 }
@@ -864,6 +1148,7 @@ async fn run_link(
     peer: NodeId,
     generation: u64,
     cancel: CancellationToken,
+    hold: Option<(watch::Receiver<Seen>, switch::Pair)>,
 ) {
     let (out_tx, out_rx) = mpsc::channel::<Frame>(1);
     let (in_tx, mut in_rx) = mpsc::channel::<Frame>(16);
@@ -878,7 +1163,22 @@ async fn run_link(
         }
     });
     let inner2 = inner.clone();
+    let wait = inner.cfg.decide_timeout;
     let forward = tokio::spawn(async move {
+        // After a switch from TCP: nothing from the new link before the peer's TCP frames.
+        if let Some((mut seen, pair)) = hold {
+            match tokio::time::timeout(wait, seen.wait_for(|s| s.both(pair))).await {
+                Ok(Ok(_)) => {}
+                _ => {
+                    // Dropping `in_rx` ends the link (`Down`, negotiate again).
+                    warn!(
+                        node = inner2.local,
+                        "node {peer}: no end-of-TCP markers within {wait:?} after the switch to RDMA"
+                    );
+                    return;
+                }
+            }
+        }
         while let Some(frame) = in_rx.recv().await {
             if !inner2.emit(Event::Frame { peer, frame }).await {
                 return;

@@ -718,7 +718,28 @@ impl Qp {
         len: usize,
         to: WriteTo,
     ) -> Result<(), Error> {
-        self.post(wr_id, mr, off, len, Some((to.remote_addr, to.rkey, to.imm)))
+        self.post(
+            wr_id,
+            mr,
+            off,
+            len,
+            Some((to.remote_addr, to.rkey, Some(to.imm))),
+        )
+    }
+
+    /// Post a plain RDMA write (no immediate: no receive is consumed on the peer) of `len`
+    /// bytes from `mr` at `off` to `remote_addr`/`rkey`. Zero bytes is allowed: it needs
+    /// the responder's acknowledgement all the same, so its completion proves the route.
+    pub fn post_write(
+        &self,
+        wr_id: u64,
+        mr: &Mr,
+        off: usize,
+        len: usize,
+        remote_addr: u64,
+        rkey: u32,
+    ) -> Result<(), Error> {
+        self.post(wr_id, mr, off, len, Some((remote_addr, rkey, None)))
     }
 
     fn post(
@@ -727,7 +748,7 @@ impl Qp {
         mr: &Mr,
         off: usize,
         len: usize,
-        write: Option<(u64, u32, u32)>,
+        write: Option<(u64, u32, Option<u32>)>,
     ) -> Result<(), Error> {
         mr.check(off, len)?;
         let mut sge = sys::ibv_sge {
@@ -739,13 +760,19 @@ impl Qp {
         let mut wr: sys::ibv_send_wr = unsafe { std::mem::zeroed() };
         wr.wr_id = wr_id;
         wr.sg_list = &mut sge;
-        wr.num_sge = 1;
+        // A zero-byte write carries no scatter/gather entry at all.
+        wr.num_sge = (len > 0) as i32;
         wr.send_flags = sys::ibv_send_flags::IBV_SEND_SIGNALED.0;
         match write {
             None => wr.opcode = sys::ibv_wr_opcode::IBV_WR_SEND,
             Some((remote_addr, rkey, imm)) => {
-                wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
-                wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+                match imm {
+                    Some(imm) => {
+                        wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE_WITH_IMM;
+                        wr.imm_data_invalidated_rkey_union.imm_data = imm.to_be();
+                    }
+                    None => wr.opcode = sys::ibv_wr_opcode::IBV_WR_RDMA_WRITE,
+                }
                 wr.wr.rdma = sys::rdma_t { remote_addr, rkey };
             }
         }

@@ -79,6 +79,28 @@ enum Cmd {
         #[arg(long)]
         tcp: bool,
     },
+    /// Actionable errors with the real device: no such device, wrong GID index, the port
+    /// down (`--port-flap NIC`: set it down and up again), RLIMIT_MEMLOCK too low.
+    Errors {
+        #[arg(long)]
+        port_flap: Option<String>,
+    },
+    /// Route failure under a running link (`--break-cmd`, run by the lower id), fall-back
+    /// to TCP, and the switch back to RDMA after `--mend-cmd`.
+    Faults {
+        #[arg(long)]
+        node: u32,
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        peer_id: u32,
+        #[arg(long)]
+        peer: std::net::SocketAddr,
+        #[arg(long, default_value = "")]
+        break_cmd: String,
+        #[arg(long, default_value = "")]
+        mend_cmd: String,
+    },
 }
 
 fn pattern(off: u64) -> u8 {
@@ -505,6 +527,370 @@ async fn transport_run(
     Ok(())
 }
 
+// ---- error paths and route failures (issue 12 parts 1 and 2) ----
+
+/// Drop CAP_IPC_LOCK from this process, so the memory-lock limit applies to it although
+/// it runs as root (the guests run everything as root).
+fn drop_ipc_lock() -> Result<(), String> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: i32,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const V3: u32 = 0x2008_0522;
+    const CAP_IPC_LOCK: u32 = 14;
+    let mut h = Header {
+        version: V3,
+        pid: 0,
+    };
+    let mut d = [Data::default(); 2];
+    // SAFETY: capget reads the header and writes two Data entries (version 3), which `d` has.
+    if unsafe { libc::syscall(libc::SYS_capget, &mut h, d.as_mut_ptr()) } != 0 {
+        return Err(format!("capget: {}", std::io::Error::last_os_error()));
+    }
+    d[0].effective &= !(1 << CAP_IPC_LOCK);
+    d[0].permitted &= !(1 << CAP_IPC_LOCK);
+    // SAFETY: as above; capset only reads both.
+    if unsafe { libc::syscall(libc::SYS_capset, &mut h, d.as_ptr()) } != 0 {
+        return Err(format!("capset: {}", std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn sh(cmd: &str) -> Result<(), String> {
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .map_err(|e| format!("{cmd}: {e}"))?;
+    if !st.success() {
+        return Err(format!("{cmd}: {st}"));
+    }
+    info(format!("ran `{cmd}`"));
+    Ok(())
+}
+
+/// `probe` with `cfg` must fail with an error `want` accepts and whose text names `words`.
+fn expect_error(
+    what: &str,
+    cfg: &Config,
+    want: fn(&Error) -> bool,
+    words: &[&str],
+) -> Result<(), String> {
+    match transport_rdma::transport::probe(cfg) {
+        Ok(dev) => Err(format!("{what}: the probe succeeded on {dev}")),
+        Err(e) => {
+            let text = e.to_string();
+            info(format!("{what}: {text}"));
+            if !want(&e) {
+                return Err(format!("{what}: wrong kind of error: {e:?}"));
+            }
+            if text.contains('\n') {
+                return Err(format!("{what}: the error is not one line"));
+            }
+            for w in words {
+                if !text.contains(w) {
+                    return Err(format!("{what}: the error does not name `{w}`"));
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn wait_probe(cfg: &Config, ok: bool, secs: u64) -> Result<String, String> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let r = transport_rdma::transport::probe(cfg);
+        if r.is_ok() == ok {
+            return Ok(match r {
+                Ok(d) => d,
+                Err(e) => e.to_string(),
+            });
+        }
+        if Instant::now() > until {
+            return Err(format!("probe still {r:?} after {secs} s"));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Errors a person can act on, with the real device: no such device, a GID index that is
+/// not there, the port down, the memory-lock limit too low (last: it stays for the process).
+async fn errors_run(k: [u8; 32], cfg: Config, port_flap: Option<String>) -> Result<(), String> {
+    let good = transport_rdma::transport::probe(&cfg).map_err(|e| format!("probe: {e}"))?;
+    let dev = Config {
+        device: Some("nosuch0".into()),
+        ..cfg.clone()
+    };
+    expect_error(
+        "no device",
+        &dev,
+        |e| matches!(e, Error::NoDevice { .. }),
+        &["nosuch0", &good],
+    )?;
+    let gid = Config {
+        gid_index: 200,
+        ..cfg.clone()
+    };
+    expect_error(
+        "wrong GID",
+        &gid,
+        |e| matches!(e, Error::Gid { .. }),
+        &["GID index 200", &good],
+    )?;
+    if let Some(nic) = port_flap {
+        let before = transport_rdma::verbs::Context::open(cfg.device.as_deref(), cfg.port)
+            .and_then(|c| c.gid(cfg.gid_index))
+            .map_err(|e| e.to_string())?;
+        sh(&format!("ip link set {nic} down"))?;
+        let r = wait_probe(&cfg, false, 20).await;
+        let up = sh(&format!(
+            "ip link set {nic} up && ip route replace 10.0.0.0/24 dev {nic}"
+        ));
+        let down = r?;
+        up?;
+        info(format!("port down: {down}"));
+        if !down.contains("is not active") || !down.contains(&good) {
+            return Err(format!("port down: the error does not say so: {down}"));
+        }
+        wait_probe(&cfg, true, 60).await?;
+        let after = transport_rdma::verbs::Context::open(cfg.device.as_deref(), cfg.port)
+            .and_then(|c| c.gid(cfg.gid_index))
+            .map_err(|e| e.to_string())?;
+        if after != before {
+            return Err("the GID changed across the port flap".into());
+        }
+        info("port up again, same GID");
+    }
+    drop_ipc_lock()?;
+    let lim = libc::rlimit {
+        rlim_cur: 64 << 10,
+        rlim_max: 64 << 10,
+    };
+    // SAFETY: setrlimit reads the rlimit we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        return Err(format!("setrlimit: {}", std::io::Error::last_os_error()));
+    }
+    expect_error(
+        "memlock",
+        &cfg,
+        |e| matches!(e, Error::MemLock { .. }),
+        &["RLIMIT_MEMLOCK", "ulimit -l", "65536"],
+    )?;
+    // What omnode --transport rdma --no-fallback says at start.
+    let tc = transport_tcp::Config::new(1, "127.0.0.1:18790".parse().unwrap(), k, "rdma-guest");
+    let mut c = transport_rdma::Config::new(tc);
+    c.link = cfg.clone();
+    c.fallback = false;
+    let (tx, _rx) = mpsc::channel(16);
+    match transport_rdma::Transport::start(c, tx).await {
+        Ok(_) => return Err("the transport started without fall-back despite the limit".into()),
+        Err(e) => {
+            let text = e.to_string();
+            info(format!("--no-fallback start: {text}"));
+            if !text.contains("RLIMIT_MEMLOCK") || text.contains('\n') {
+                return Err(format!("the start error is not the one-line limit: {text}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+struct FaultsRun {
+    node: u32,
+    listen: std::net::SocketAddr,
+    peer_id: u32,
+    peer: std::net::SocketAddr,
+    break_cmd: String,
+    mend_cmd: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Rdma,
+    Broken,
+    Mended,
+}
+
+/// The route under an RDMA link breaks (the lower id runs `break_cmd`), and mends: the
+/// pair must fall back to TCP (frames lost on the way only with a `Down` or a send
+/// error), and switch back to RDMA when the route works again, with no `Down` and no
+/// frame lost or reordered at the switch. Sequence-numbered frames flow all along; the
+/// higher id echoes them.
+async fn faults_run(k: [u8; 32], cfg: Config, r: FaultsRun) -> Result<(), String> {
+    let mut tc = transport_tcp::Config::new(r.node, r.listen, k, "rdma-guest");
+    tc.idle_timeout = Duration::from_secs(20);
+    tc.keepalive = Duration::from_secs(2);
+    tc.handshake_timeout = Duration::from_secs(30);
+    let mut c = transport_rdma::Config::new(tc);
+    c.link = cfg;
+    c.link.setup_timeout = Duration::from_secs(15);
+    c.link.stall_timeout = Duration::from_secs(6);
+    c.fallback = true;
+    c.decide_timeout = Duration::from_secs(20);
+    c.reprobe_max = Duration::from_secs(4);
+    let (tx, mut rx) = mpsc::channel(1024);
+    let t = transport_rdma::Transport::start(c, tx)
+        .await
+        .map_err(|e| e.to_string())?;
+    t.set_peers(vec![PeerInfo {
+        id: r.peer_id,
+        addrs: vec![r.peer],
+    }]);
+    let peer = r.peer_id;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    if r.node > r.peer_id {
+        let (mut echoed, mut failed) = (0u64, 0u64);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let ev = tokio::time::timeout(left, rx.recv())
+                .await
+                .map_err(|_| "the echo side ran out of time".to_string())?
+                .ok_or("the transport ended")?;
+            if let Event::Frame { frame, .. } = ev {
+                if frame.head.as_ref() == b"BYE" {
+                    break;
+                }
+                match t
+                    .send_within(peer, frame, Some(Duration::from_secs(2)))
+                    .await
+                {
+                    Ok(()) => echoed += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+        }
+        info(format!(
+            "faults echo side: {echoed} echoed, {failed} refused by the transport"
+        ));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        t.shutdown().await;
+        return Ok(());
+    }
+    let kind =
+        |t: &transport_rdma::Transport| t.link_kind(peer).map(|k| k.name()).unwrap_or("none");
+    let mut phase = Phase::Rdma;
+    let mut seq = 0u64;
+    let mut sent: std::collections::VecDeque<u64> = Default::default();
+    let (mut downs, mut ups, mut refused, mut lost) = (0u32, 0u32, 0u32, 0u64);
+    let (mut mended_downs, mut mended_lost) = (0u32, 0u64);
+    let mut good_in_phase = 0u32;
+    let mut t_phase = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let t0 = Instant::now();
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!(
+                "phase {phase:?} not done in time (link {}, downs {downs}, lost {lost})",
+                kind(&t)
+            ));
+        }
+        tokio::select! {
+            _ = tick.tick() => {
+                if t.link_kind(peer).is_none() {
+                    continue;
+                }
+                seq += 1;
+                let f = Frame::new(Bytes::from(format!("S {seq}")), Bytes::new());
+                match t.send_within(peer, f, Some(Duration::from_secs(2))).await {
+                    Ok(()) => sent.push_back(seq),
+                    Err(e) => {
+                        refused += 1;
+                        if refused <= 3 || refused.is_power_of_two() {
+                            info(format!("send {seq} refused ({refused} so far): {}", e.error));
+                        }
+                    }
+                }
+            }
+            ev = rx.recv() => match ev.ok_or("the transport ended")? {
+                Event::Frame { frame, .. } => {
+                    let s = std::str::from_utf8(&frame.head)
+                        .ok()
+                        .and_then(|h| h.strip_prefix("S "))
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .ok_or("an echo that is not ours")?;
+                    while sent.front().is_some_and(|&f| f < s) {
+                        sent.pop_front();
+                        lost += 1;
+                        if phase == Phase::Mended {
+                            mended_lost += 1;
+                        }
+                    }
+                    if sent.pop_front() != Some(s) {
+                        return Err(format!("echo {s} out of order (phase {phase:?})"));
+                    }
+                    let want = if phase == Phase::Broken { "tcp" } else { "rdma" };
+                    if kind(&t) == want {
+                        good_in_phase += 1;
+                    }
+                }
+                Event::Down { reason, .. } => {
+                    downs += 1;
+                    if phase == Phase::Mended {
+                        mended_downs += 1;
+                    }
+                    info(format!("Down at {:.1} s in phase {phase:?}: {reason}", t0.elapsed().as_secs_f64()));
+                }
+                Event::Up { .. } => {
+                    ups += 1;
+                    info(format!("Up at {:.1} s in phase {phase:?}, link {}", t0.elapsed().as_secs_f64(), kind(&t)));
+                }
+                Event::Discovered { .. } => {}
+            },
+        }
+        if good_in_phase >= 20 {
+            good_in_phase = 0;
+            let secs = t_phase.elapsed().as_secs_f64();
+            match phase {
+                Phase::Rdma => {
+                    info(format!(
+                        "linked over rdma, 20 echoes; breaking the route after {secs:.1} s"
+                    ));
+                    sh(&r.break_cmd)?;
+                    phase = Phase::Broken;
+                }
+                Phase::Broken => {
+                    info(format!(
+                        "fell back to tcp and 20 echoes came back over it {secs:.1} s after the break; mending"
+                    ));
+                    sh(&r.mend_cmd)?;
+                    phase = Phase::Mended;
+                }
+                Phase::Mended => {
+                    info(format!(
+                        "switched back to rdma and 20 echoes came back over it {secs:.1} s after mending"
+                    ));
+                    break;
+                }
+            }
+            t_phase = Instant::now();
+        }
+    }
+    info(format!(
+        "faults: {seq} frames, {refused} refused by send, {lost} lost in flight, {downs} Down, {ups} Up; at the switch back: {mended_downs} Down, {mended_lost} lost"
+    ));
+    t.send(peer, Frame::new(Bytes::from_static(b"BYE"), Bytes::new()))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    t.shutdown().await;
+    if lost > 0 && downs == 0 {
+        return Err(format!("{lost} frames lost without a Down"));
+    }
+    if mended_downs > 0 || mended_lost > 0 {
+        return Err("the switch back to RDMA was not seamless".into());
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     tracing_subscriber::fmt()
@@ -569,6 +955,25 @@ async fn main() {
                 tcp,
             };
             transport_run(k, cfg, spin, run).await
+        }
+        Cmd::Errors { port_flap } => errors_run(k, cfg, port_flap).await,
+        Cmd::Faults {
+            node,
+            listen,
+            peer_id,
+            peer,
+            break_cmd,
+            mend_cmd,
+        } => {
+            let run = FaultsRun {
+                node,
+                listen,
+                peer_id,
+                peer,
+                break_cmd,
+                mend_cmd,
+            };
+            faults_run(k, cfg, run).await
         }
     };
     if let Err(e) = r {
