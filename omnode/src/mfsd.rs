@@ -46,6 +46,12 @@ pub struct Args {
     /// Every node of the cluster reaches it with the calling user's own uid and groups.
     #[arg(long, value_name = "DIR[:ro]", default_value = "/")]
     pub mfs_export: String,
+
+    /// DFSA for the `--mfs` mount (as the seed's `dfsa=1`): a process that moved here runs
+    /// its file calls on MFS paths here, when its home node mounts MFS at the same path with
+    /// DFSA too; 0: they go home.
+    #[arg(long, value_name = "0|1", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub mfs_dfsa: u8,
 }
 
 pub struct ServerActor {
@@ -178,13 +184,23 @@ pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running
         resolver: Arc::new(crate::mfsmagic::Resolver::new(system.local_id())),
         #[cfg(feature = "mfs")]
         mounts: Mutex::new(Vec::new()),
+        settings: Mutex::new(Vec::new()),
     });
     let _ = STATE.set(state.clone());
     watch_links(system, state.clone(), server);
     if let Some(dir) = &args.mfs {
-        mount(&state, dir, false)?;
+        mount(&state, dir, false, args.mfs_dfsa == 1)?;
     }
     Ok(Running { state })
+}
+
+/// This node's `/mfs` mounts and their settings (empty when MFS is not mounted): sent with a
+/// migration offer, and compared with the home's by the node a process moves to (DFSA).
+pub fn mounts() -> Vec<migration::dfsa::Mount> {
+    STATE
+        .get()
+        .map(|s| lock(&s.settings).clone())
+        .unwrap_or_default()
 }
 
 /// What `omnode mfs ...` requests reach, once [`start`] ran.
@@ -195,6 +211,8 @@ struct State {
     resolver: Arc<crate::mfsmagic::Resolver>,
     #[cfg(feature = "mfs")]
     mounts: Mutex<Vec<(PathBuf, Arc<mfs::client::Mfs>, mfs::fuse::Mounted)>>,
+    /// Each mount's path, dfsa and read-only settings (what DFSA compares between nodes).
+    settings: Mutex<Vec<migration::dfsa::Mount>>,
 }
 
 static STATE: OnceLock<Arc<State>> = OnceLock::new();
@@ -276,13 +294,13 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                 Ok(o) => o,
                 Err(e) => return Response::Error(e),
             };
-            match mount(&state, &dir, opts.read_only) {
+            match mount(&state, &dir, opts.read_only, opts.dfsa) {
                 Ok(None) => Response::Done(format!("mfs is already mounted at {}", dir.display())),
                 Ok(Some(())) => Response::Done(format!(
                     "mounted every node's files at {}{}",
                     dir.display(),
                     if opts.dfsa {
-                        " (dfsa=1: moved processes' file calls still go home; DFSA is not implemented yet)"
+                        " (dfsa=1: processes moved here from nodes with the same setting run their file calls on it here)"
                     } else {
                         ""
                     }
@@ -332,7 +350,7 @@ impl MountOptions {
 
 /// Mount `/mfs` at `dir`. `Ok(None)`: it already is.
 #[cfg(feature = "mfs")]
-fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error> {
+fn mount(state: &State, dir: &Path, read_only: bool, dfsa: bool) -> Result<Option<()>, Error> {
     use mfs::client::{Config, Mfs};
     let mut mounts = lock(&state.mounts);
     if mounts.iter().any(|(d, _, _)| d == dir) {
@@ -360,8 +378,19 @@ fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error
         read_only,
     )
     .map_err(|e| Error::Config(format!("cannot mount mfs at {}: {e}", dir.display())))?;
-    tracing::info!("mfs: every node's files at {}", dir.display());
+    tracing::info!(
+        "mfs: every node's files at {} (dfsa={})",
+        dir.display(),
+        u8::from(dfsa)
+    );
     mounts.push((dir.to_path_buf(), client, mounted));
+    let mut settings = lock(&state.settings);
+    settings.retain(|m| m.path != dir);
+    settings.push(migration::dfsa::Mount {
+        path: dir.to_path_buf(),
+        dfsa,
+        read_only,
+    });
     Ok(Some(()))
 }
 
@@ -380,7 +409,7 @@ fn mounted_at(dir: &Path) -> bool {
 }
 
 #[cfg(not(feature = "mfs"))]
-fn mount(_state: &State, dir: &Path, _read_only: bool) -> Result<Option<()>, Error> {
+fn mount(_state: &State, dir: &Path, _read_only: bool, _dfsa: bool) -> Result<Option<()>, Error> {
     Err(Error::Config(format!(
         "mfs at {}: this omnode was built without FUSE support (build with --features mfs)",
         dir.display()

@@ -58,6 +58,9 @@ pub struct Ident {
     /// The home fds that are terminals (job control applies to calls on them).
     #[serde(default)]
     pub tty_fds: Vec<i32>,
+    /// Home's `/mfs` mounts (DFSA runs file calls on the ones both nodes have alike).
+    #[serde(default)]
+    pub mfs: Vec<migration::dfsa::Mount>,
 }
 
 /// What two migrators send each other. Image chunks go on the bulk lane with their bytes as
@@ -534,6 +537,7 @@ fn home_thread(
             .map(|f| f.fd)
             .filter(|&fd| crate::deputy::is_tty_fd(pid, fd))
             .collect(),
+        mfs: crate::mfsd::mounts(),
     };
     let offer = Offer {
         mig,

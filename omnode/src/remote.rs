@@ -430,6 +430,10 @@ fn builder(
     let mut blocked_at_home_call = false;
     let fds = FdTable::new(ident.home_fds.clone()).with_ttys(ident.tty_fds.clone());
     let mut sup = Supervisor::new(listener, id, fds, port);
+    sup.set_dfsa(migration::dfsa::Dfsa::open(&migration::dfsa::agreed(
+        &ident.mfs,
+        &crate::mfsd::mounts(),
+    )));
     loop {
         match sup.run(Instant::now() + Duration::from_millis(100)) {
             Ok(Stop::Exited) => break,
@@ -503,10 +507,11 @@ fn builder(
         home,
         pid = ident.pid,
         local_pid = pid,
-        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here",
+        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here, {} file calls on /mfs run here by DFSA",
         st.forwarded,
         st.identity,
-        st.continued
+        st.continued,
+        st.dfsa
     );
     let _ = out.send(Built::Ended(status));
 }
