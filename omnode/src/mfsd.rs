@@ -203,6 +203,68 @@ pub fn mounts() -> Vec<migration::dfsa::Mount> {
         .unwrap_or_default()
 }
 
+/// A process coming home holds fds that it opened on the node it ran on by DFSA (under a
+/// `/mfs` mount with dfsa=1, which means the same file here): opened again here by path, with
+/// the image's flags and offset, so the rebuild can install them like the deputy's copies.
+/// `held`: the fd numbers the deputy has copies of. An fd that cannot be opened again is left
+/// out (the rebuild then refuses it, and the process stays where it runs).
+pub fn reopen_dfsa_fds(
+    img: &migrate::ProcessImage,
+    held: &[i32],
+) -> Vec<(i32, std::os::fd::OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ours: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|m| m.dfsa)
+        .map(|m| m.path)
+        .collect();
+    let mut out = Vec::new();
+    for f in &img.fds {
+        let migrate::FdKind::Path {
+            path, flags, pos, ..
+        } = &f.kind
+        else {
+            continue;
+        };
+        let dfsa = ours.iter().any(|m| {
+            migration::dfsa::under(m.as_os_str().as_encoded_bytes(), path.as_bytes()).is_some()
+        });
+        if held.contains(&f.fd) || !dfsa {
+            continue;
+        }
+        // Opened already: never create or truncate again.
+        let flags = *flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        let mut o = std::fs::OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => o.write(true),
+            libc::O_RDWR => o.read(true).write(true),
+            _ => o.read(true),
+        };
+        o.custom_flags(flags & !libc::O_ACCMODE);
+        let file = match o.open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(fd = f.fd, path, "a DFSA fd cannot be opened at home: {e}");
+                continue;
+            }
+        };
+        if flags & libc::O_APPEND == 0 {
+            use std::io::Seek;
+            let mut file = &file;
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(*pos)) {
+                tracing::warn!(
+                    fd = f.fd,
+                    path,
+                    "a DFSA fd cannot be put at {pos} at home: {e}"
+                );
+                continue;
+            }
+        }
+        out.push((f.fd, std::os::fd::OwnedFd::from(file)));
+    }
+    out
+}
+
 /// What `omnode mfs ...` requests reach, once [`start`] ran.
 struct State {
     system: System,

@@ -285,3 +285,78 @@ fn a_different_dfsa_setting_sends_every_call_home() {
         "{forwarded} calls forwarded: the file calls did not go home"
     );
 }
+
+/// An fd opened by DFSA on node 2 and still open when the process comes home (`migrate PID
+/// home`) is opened again at home by its /mfs path, at the same place: the file is that of an
+/// unmoved run.
+#[test]
+fn a_dfsa_fd_comes_home_with_the_process() {
+    if !can_run("a_dfsa_fd_comes_home_with_the_process") {
+        return;
+    }
+    let (c, _) = setup(&[]);
+    let prog = compile(c.dir.path(), "dfsahold");
+    let sock = c.socket(1);
+    let go = |out: &str, moves: &[(u64, &str)]| -> String {
+        let path = c.mnt().join("1").join(out);
+        let mut cmd = c.in_ns(1, &prog);
+        cmd.args(["30", "100", path.to_str().unwrap()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut kid = Kid(cmd.spawn().unwrap());
+        let pid = kid.0.id().to_string();
+        let mut waited = 0;
+        for &(at, to) in moves {
+            std::thread::sleep(Duration::from_millis(at - waited));
+            waited = at;
+            let r = run_cli(&["migrate", &pid, to, "--socket", sock.to_str().unwrap()]);
+            assert!(
+                r.status.success(),
+                "migrate {to}: {}{}\n{}\n{}",
+                String::from_utf8_lossy(&r.stdout),
+                String::from_utf8_lossy(&r.stderr),
+                c.log(1),
+                c.log(2)
+            );
+        }
+        let st = wait_for(Duration::from_secs(60), || kid.0.try_wait().ok().flatten())
+            .expect("dfsahold did not end within 60 s");
+        let mut stdout = String::new();
+        std::io::Read::read_to_string(kid.0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+        assert!(st.success(), "{st:?}: {stdout}\n{}\n{}", c.log(1), c.log(2));
+        assert_eq!(stdout, "done\n");
+        (0..3)
+            .map(|k| {
+                let f = c.export(1).join(format!("{out}.{k}"));
+                format!("{k}:\n{}", std::fs::read_to_string(f).unwrap_or_default())
+            })
+            .collect::<String>()
+    };
+    let plain = go("plain", &[]);
+    let want: String = (0..30)
+        .map(|i| {
+            format!(
+                "{}{i}\n",
+                if i % 10 == 0 {
+                    format!("{}:\n", i / 10)
+                } else {
+                    String::new()
+                }
+            )
+        })
+        .collect();
+    assert_eq!(plain, want, "the unmoved run");
+    // Moved at ~0.5 s (round 5): round 10 opens file .1 by DFSA on node 2 (the fd number that
+    // file .0 had at home); home at ~1.5 s (round 15) with that fd open; round 20 opens .2 at
+    // home.
+    let moved = go("moved", &[(500, "2"), (1500, "home")]);
+    assert_eq!(moved, plain, "the moved run's file");
+    let (_, dfsa) = wait_for(Duration::from_secs(10), || guest_counts(&c.log(2)))
+        .expect("node 2 logged no guest counts");
+    assert!(
+        dfsa >= 1,
+        "the open at round 10 did not run on node 2\n{}",
+        c.log(2)
+    );
+}
