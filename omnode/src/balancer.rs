@@ -478,6 +478,8 @@ async fn place_process(
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // A remote start counts as an exec on `to` (/mfs/lastexec); undone if it stays here.
+        crate::mfsmagic::started_on(pid as u32, to);
         // Not while the dynamic loader is still at work: a process moved right after its
         // exec was seen to end with 127 and no output (bench-balance.sh). Wait until it has
         // run 10 ms of its own (ld.so needs about 1), or for 1 s if it sleeps.
@@ -489,7 +491,10 @@ async fn place_process(
         }
         match m.migrate(pid, to, uid).await {
             Ok(s) => tracing::info!(pid, "mosrun: {s}"),
-            Err(e) => tracing::warn!(pid, "mosrun: it runs here: {e}"),
+            Err(e) => {
+                crate::mfsmagic::started_here(pid as u32);
+                tracing::warn!(pid, "mosrun: it runs here: {e}")
+            }
         }
     });
     Ok(format!(

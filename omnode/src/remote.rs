@@ -395,6 +395,8 @@ fn builder(
         }
     };
     let pid = thawed.pid;
+    // its /mfs/lastexec, for as long as it runs here
+    let _exec = crate::mfsmagic::guest_lastexec(pid as u32, ident.lastexec);
     let _ = out.send(Built::Running(pid));
     let Some(listener) = thawed.listener else {
         let _ = out.send(Built::Ended(wait_status(pid)));

@@ -360,3 +360,72 @@ fn a_dfsa_fd_comes_home_with_the_process() {
         c.log(2)
     );
 }
+
+/// `omnode run -j2` (a remote start) makes node 2 the process's `/mfs/lastexec` while home
+/// stays node 1: read on node 2 by DFSA (node 2 answers for its guest) and, with dfsa=0 on node
+/// 2, at home (node 1 answers for it), the same.
+#[test]
+fn lastexec_after_a_remote_start_is_the_node_it_started_on() {
+    if !can_run("lastexec_after_a_remote_start_is_the_node_it_started_on") {
+        return;
+    }
+    for node2 in [&[][..], &["--mfs-dfsa", "0"][..]] {
+        let (c, _) = setup(node2);
+        for n in [1, 2] {
+            std::fs::write(c.export(n).join("who"), format!("node {n}\n")).unwrap();
+        }
+        let prog = compile(c.dir.path(), "mfswho");
+        let m = c.mnt();
+        let mut cmd = c.in_ns(1, &omnode_bin());
+        cmd.args([
+            "run",
+            "-j2",
+            "--socket",
+            c.socket(1).to_str().unwrap(),
+            "--",
+        ])
+        .arg(&prog)
+        .args(["20", "100"])
+        .arg(m.join("lastexec/who"))
+        .arg(m.join("home/who"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "{node2:?}: {stdout}{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            c.log(1),
+            c.log(2)
+        );
+        // The first round may read before the daemon saw the exec (it polls for it): the
+        // answer it settles on is node 2, and home is node 1 throughout.
+        let last = |k: &str| {
+            stdout
+                .lines()
+                .filter(|l| l.starts_with(k))
+                .last()
+                .map(str::to_owned)
+        };
+        assert_eq!(
+            last("0: ").as_deref(),
+            Some("0: node 2"),
+            "{node2:?}: {stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .filter(|l| l.starts_with("1: "))
+                .eq(["1: node 1"]),
+            "{node2:?}: {stdout}"
+        );
+        let moved = wait_for(Duration::from_secs(10), || guest_counts(&c.log(2)));
+        assert!(
+            moved.is_some(),
+            "{node2:?}: it never ran on node 2\n{}",
+            c.log(2)
+        );
+    }
+}
