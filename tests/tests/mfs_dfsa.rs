@@ -429,3 +429,63 @@ fn lastexec_after_a_remote_start_is_the_node_it_started_on() {
         );
     }
 }
+
+/// fcntl locks between processes on two nodes, on files of node 1: P (node 1) holds a and
+/// waits for b; Q (node 2) holds b and asks for a: Q gets EDEADLK at once instead of both
+/// waiting forever, and when Q exits (its lock on b goes) P is woken and gets b.
+#[test]
+fn a_lock_cycle_across_nodes_is_edeadlk_and_a_release_wakes_the_waiter() {
+    if !can_run("a_lock_cycle_across_nodes_is_edeadlk_and_a_release_wakes_the_waiter") {
+        return;
+    }
+    use std::io::BufRead;
+    let (c, _) = setup(&[]);
+    for f in ["a", "b"] {
+        std::fs::write(c.export(1).join(f), "x").unwrap();
+    }
+    let prog = compile(c.dir.path(), "lockpair");
+    let m = c.mnt().join("1");
+    let go = |k: &str| c.dir.path().join(format!("go-{k}"));
+    let start = |node: u32, first: &str, second: &str, k: &str| {
+        let mut cmd = c.in_ns(node, &prog);
+        cmd.arg(m.join(first))
+            .arg(m.join(second))
+            .arg(go(k))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut kid = Kid(cmd.spawn().unwrap());
+        let mut out = std::io::BufReader::new(kid.0.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert_eq!(
+            line,
+            "locked\n",
+            "{k} on node {node}\n{}\n{}",
+            c.log(1),
+            c.log(2)
+        );
+        (kid, out)
+    };
+    let (mut p, mut p_out) = start(1, "a", "b", "p");
+    let (mut q, mut q_out) = start(2, "b", "a", "q");
+    std::fs::write(go("p"), "").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        p.0.try_wait().unwrap().is_none(),
+        "P got b while Q holds it"
+    );
+    std::fs::write(go("q"), "").unwrap();
+    let q_end = wait_for(Duration::from_secs(20), || q.0.try_wait().ok().flatten())
+        .expect("Q did not end: the cycle was not found");
+    let mut q_line = String::new();
+    q_out.read_line(&mut q_line).unwrap();
+    assert!(q_end.success());
+    assert_eq!(q_line, format!("second: errno {}\n", libc::EDEADLK));
+    let p_end = wait_for(Duration::from_secs(20), || p.0.try_wait().ok().flatten())
+        .expect("P was not woken when Q's lock went");
+    let mut p_line = String::new();
+    p_out.read_line(&mut p_line).unwrap();
+    assert!(p_end.success());
+    assert_eq!(p_line, "second: ok\n");
+}
