@@ -37,10 +37,13 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A remote start: the node, and the process's start time and auxv when it was recorded.
+/// A remote start: the node, and the process's start time and auxv. The auxv is read at the
+/// first question ([`lastexec_of`]), not when the exec is seen: the kernel sets the new
+/// program's `/proc/PID/exe` before its auxv, and by the first question (a file call of the
+/// program, or its freeze for the move) the exec is over.
 struct ExecRecord {
     start: u64,
-    auxv: Vec<u8>,
+    auxv: Option<Vec<u8>>,
     node: NodeId,
 }
 
@@ -63,14 +66,21 @@ fn auxv(pid: u32) -> Option<Vec<u8>> {
 /// Process `pid` of this node was started remotely: it exec'd and was moved to `node` at once
 /// (`omnode run -jN`). Its `/mfs/lastexec` is `node` until it execs again.
 pub fn started_on(pid: u32, node: NodeId) {
-    let (Some((start, _)), Some(auxv)) = (stat(pid), auxv(pid)) else {
+    let Some((start, _)) = stat(pid) else {
         return; // gone: nothing to remember
     };
     let mut e = lock(execs());
     if e.len() >= SWEEP_AT {
         e.retain(|p, r| stat(*p).is_some_and(|(st, _)| st == r.start));
     }
-    e.insert(pid, ExecRecord { start, auxv, node });
+    e.insert(
+        pid,
+        ExecRecord {
+            start,
+            auxv: None,
+            node,
+        },
+    );
 }
 
 /// The remote start of `pid` did not happen: it runs here, where it exec'd.
@@ -80,10 +90,18 @@ pub fn started_here(pid: u32) {
 
 /// Where process `pid` of this node last exec'd, when that is not here.
 pub fn lastexec_of(pid: u32) -> Option<NodeId> {
-    let e = lock(execs());
-    let r = e.get(&pid)?;
-    let same = stat(pid).is_some_and(|(st, _)| st == r.start) && auxv(pid)? == r.auxv;
-    same.then_some(r.node)
+    let mut e = lock(execs());
+    let r = e.get_mut(&pid)?;
+    if stat(pid).is_none_or(|(st, _)| st != r.start) {
+        return None;
+    }
+    let now = auxv(pid)?;
+    match &r.auxv {
+        None => r.auxv = Some(now),
+        Some(a) if *a != now => return None, // it exec'd again
+        Some(_) => {}
+    }
+    Some(r.node)
 }
 
 /// While alive: the guest with local PID `pid` last exec'd on `node` (from its offer).
