@@ -405,8 +405,7 @@ fn lastexec_after_a_remote_start_is_the_node_it_started_on() {
         let last = |k: &str| {
             stdout
                 .lines()
-                .filter(|l| l.starts_with(k))
-                .last()
+                .rfind(|l| l.starts_with(k))
                 .map(str::to_owned)
         };
         assert_eq!(
