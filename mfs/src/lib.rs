@@ -4,7 +4,8 @@
 //! operation on a local export root with the caller's ids and never lets a path leave the
 //! export ([`server`]); the client library — an inode table, attribute caching with
 //! close-to-open consistency, read-ahead and write-behind — that reaches servers through the
-//! [`client::Remote`] trait ([`client`]); the one mapping from errors to errno ([`Error::errno`]);
+//! [`client::Remote`] trait ([`client`]); who holds and who waits for which lock, for EDEADLK
+//! ([`lockwait`]); the one mapping from errors to errno ([`Error::errno`]);
 //! and, behind the `fuse` feature, the thin FUSE adapter ([`fuse`]).
 //!
 //! Must not know: the actor runtime, sockets or transports (the daemon implements
@@ -13,6 +14,7 @@
 
 pub mod client;
 mod error;
+pub mod lockwait;
 pub mod magic;
 pub mod proto;
 pub mod server;

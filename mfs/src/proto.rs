@@ -200,14 +200,18 @@ pub enum Op {
     StatFs {
         handle: Handle,
     },
-    /// Take, change or drop (F_UNLCK) a lock of `owner` without waiting: EAGAIN while
-    /// another owner holds a conflicting one. `client`: the asking node — set by the
-    /// serving daemon from the authenticated link, whatever the asker wrote.
+    /// Take, change or drop (F_UNLCK) a lock of `owner`: EAGAIN while another owner holds a
+    /// conflicting one. `wait_ms` > 0: wait up to that long for it, woken when a lock of the
+    /// file is released (EAGAIN at the end: ask again), EDEADLK when waiting would close a
+    /// cycle of waiting owners. `client`: the asking node — set by the serving daemon from
+    /// the authenticated link, whatever the asker wrote.
     Lock {
         handle: Handle,
         client: u32,
         owner: u64,
         lock: Lock,
+        #[serde(default)]
+        wait_ms: u32,
     },
     /// The first conflicting lock of another owner (F_UNLCK: none).
     GetLock {

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::proto::{
     Attr, Cred, DirEntry, Fh, Handle, Kind, Lock, Op, ROOT, Reply, SetAttr, StatFs, TimeSet,
 };
-use crate::{Error, sys};
+use crate::{Error, lockwait, sys};
 
 const PROC_SUPER_MAGIC: i64 = 0x9fa0;
 const FUSE_SUPER_MAGIC: i64 = 0x6573_5546;
@@ -84,6 +84,10 @@ struct Shared {
     open: Mutex<HashMap<Fh, Open>>,
     /// The lock descriptors: (client node, file, lock owner).
     locks: Mutex<HashMap<LockKey, Arc<OwnedFd>>>,
+    /// The ranges granted to each owner and who waits for whom (EDEADLK).
+    graph: Mutex<lockwait::Graph>,
+    /// Woken whenever a lock here may have been released: waiting lock calls try again.
+    released: tokio::sync::Notify,
     next_fh: AtomicU64,
     /// The daemon runs as root and may take on any caller's ids.
     root: bool,
@@ -91,6 +95,13 @@ struct Shared {
 }
 
 type LockKey = (u32, Handle, u64);
+
+/// The longest one waiting lock call waits before it answers EAGAIN (the client asks again):
+/// below the daemon's call time-out, so a wait never looks like a dead node.
+pub const MAX_LOCK_WAIT_MS: u32 = 2000;
+/// How often a waiting lock call tries again while only locks of local processes (which send
+/// no release notice) are in its way.
+const LOCAL_RECHECK: std::time::Duration = std::time::Duration::from_millis(50);
 
 struct Job {
     cred: Cred,
@@ -211,6 +222,8 @@ impl Server {
             handles: Mutex::new(handles),
             open: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            graph: Mutex::new(lockwait::Graph::default()),
+            released: tokio::sync::Notify::new(),
             next_fh: AtomicU64::new(base),
             root: euid == 0,
             own: (euid, egid, sys::thread_groups()),
@@ -238,6 +251,12 @@ impl Server {
             let keys: Vec<LockKey> = locks.keys().filter(|k| k.0 == client).copied().collect();
             keys.iter().filter_map(|k| locks.remove(k)).collect()
         };
+        self.shared
+            .graph
+            .lock()
+            .expect("lock graph")
+            .client_gone(client);
+        self.shared.released.notify_waiters();
         if !gone.is_empty() {
             tracing::info!(
                 client,
@@ -255,6 +274,87 @@ impl Server {
     /// Run one operation as `cred`. `data` is the payload (write data); the answer's `Bytes`
     /// is read data.
     pub async fn call(&self, cred: Cred, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
+        match op {
+            Op::Lock {
+                handle,
+                client,
+                owner,
+                lock,
+                wait_ms,
+            } if wait_ms > 0 && lock.typ != libc::F_UNLCK => {
+                self.lock_wait(cred, handle, (client, owner), lock, wait_ms)
+                    .await
+            }
+            op => self.job(cred, op, data).await,
+        }
+    }
+
+    /// A lock call that waits (up to `wait_ms`): tried, and tried again each time a lock of
+    /// this server is released; refused with EDEADLK when the owners it would wait for wait
+    /// (through any chain) for it. A conflicting lock of a local process of this node sends no
+    /// release notice: while only such locks are in the way it is tried again every
+    /// [`LOCAL_RECHECK`].
+    async fn lock_wait(
+        &self,
+        cred: Cred,
+        handle: Handle,
+        who: lockwait::Owner,
+        lock: Lock,
+        wait_ms: u32,
+    ) -> Result<(Reply, Bytes), Error> {
+        let until = tokio::time::Instant::now()
+            + std::time::Duration::from_millis(u64::from(wait_ms.min(MAX_LOCK_WAIT_MS)));
+        let graph = &self.shared.graph;
+        let unwait = || graph.lock().expect("lock graph").unwait(who);
+        loop {
+            // Registered before the try: a release between the try and the wait still wakes.
+            let released = self.shared.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            let op = Op::Lock {
+                handle,
+                client: who.0,
+                owner: who.1,
+                lock,
+                wait_ms: 0,
+            };
+            let r = self.job(cred.clone(), op, Bytes::new()).await;
+            let busy = matches!(&r, Err(e) if matches!(e.errno(), libc::EAGAIN | libc::EACCES));
+            if !busy {
+                unwait();
+                return r;
+            }
+            let ours = {
+                let mut g = graph.lock().expect("lock graph");
+                if g.would_deadlock(who, handle, lock) {
+                    g.unwait(who);
+                    return Err(Error::os(
+                        "lock",
+                        format!("handle {handle}: waiting would deadlock"),
+                        std::io::Error::from_raw_os_error(libc::EDEADLK),
+                    ));
+                }
+                g.wait(who, handle, lock);
+                !g.holders(who, handle, lock).is_empty()
+            };
+            let now = tokio::time::Instant::now();
+            if now >= until {
+                unwait();
+                return r;
+            }
+            let nap = if ours {
+                until
+            } else {
+                (now + LOCAL_RECHECK).min(until)
+            };
+            tokio::select! {
+                _ = released => {}
+                _ = tokio::time::sleep_until(nap) => {}
+            }
+        }
+    }
+
+    async fn job(&self, cred: Cred, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
         let (done, rx) = oneshot::channel();
         let job = Job {
             cred,
@@ -654,7 +754,15 @@ impl Shared {
         let Some(fd) = self.lock_fd(key, l.typ != libc::F_UNLCK)? else {
             return Ok(()); // nothing held: nothing to unlock
         };
-        sys::ofd_setlk(fd.as_fd(), l.typ, l.start, l.end).map_err(|e| Error::os("lock", what(), e))
+        sys::ofd_setlk(fd.as_fd(), l.typ, l.start, l.end)
+            .map_err(|e| Error::os("lock", what(), e))?;
+        self.graph
+            .lock()
+            .expect("lock graph")
+            .granted((key.0, key.2), key.1, l);
+        // An unlock, or a write lock made a read lock: waiters may go on now.
+        self.released.notify_waiters();
+        Ok(())
     }
 
     fn getlk(&self, key: LockKey, l: Lock) -> Result<Lock, Error> {
@@ -838,6 +946,7 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
             client,
             owner,
             lock,
+            ..
         } => {
             s.setlk((client, handle, owner), lock)?;
             Reply::Ok
@@ -859,6 +968,11 @@ fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Error> {
                 .expect("lock table")
                 .remove(&(client, handle, owner));
             drop(fd);
+            s.graph
+                .lock()
+                .expect("lock graph")
+                .dropped((client, owner), handle);
+            s.released.notify_waiters();
             Reply::Ok
         }
         Op::StatFs { handle } => {

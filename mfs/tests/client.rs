@@ -563,3 +563,94 @@ async fn locks_conflict_between_owners_and_go_when_the_owner_closes() {
     other.release(b.fh).await.unwrap();
     w.mfs.release(a.fh).await.unwrap();
 }
+
+/// Counts the lock calls that pass.
+struct LockCount {
+    inner: Direct,
+    n: AtomicUsize,
+}
+
+impl Remote for LockCount {
+    fn call(
+        &self,
+        node: NodeId,
+        req: Request,
+        data: Bytes,
+    ) -> BoxFuture<'static, Result<(Reply, Bytes), Error>> {
+        if matches!(req.op, Op::Lock { .. }) {
+            self.n.fetch_add(1, Ordering::Relaxed);
+        }
+        self.inner.call(node, req, data)
+    }
+}
+
+/// A blocking lock waits on the serving node and is woken by the release (one call in a
+/// second of waiting, not a poll), and an owner on node 1 asking for the lock of an owner on
+/// node 3 that waits for node 1's owner gets EDEADLK instead of waiting forever.
+#[tokio::test]
+async fn a_blocking_lock_is_woken_by_the_release_and_a_cycle_is_edeadlk() {
+    let w = world(Config::new(1));
+    let count = Arc::new(LockCount {
+        inner: w.direct.clone(),
+        n: 0.into(),
+    });
+    let other = Arc::new(Mfs::new(count.clone(), Config::new(3), vec![1, 2]));
+    for f in ["f1", "f2"] {
+        std::fs::write(w.dirs[1].path().join(f), b"0123456789").unwrap();
+    }
+    let (a1, a2) = (
+        path(&w, "2/f1").await.unwrap(),
+        path(&w, "2/f2").await.unwrap(),
+    );
+    let mut b = Vec::new();
+    for f in ["f1", "f2"] {
+        let d = other.lookup(&me(), ROOT_INO, b"2").await.unwrap().ino;
+        b.push(other.lookup(&me(), d, f.as_bytes()).await.unwrap().ino);
+    }
+    let (b1, b2) = (b[0], b[1]);
+    let (oa, ob) = (11, 22);
+    let wr = lk(libc::F_WRLCK, 0, 0);
+    w.mfs.setlk(&me(), a1, oa, wr, true).await.unwrap();
+    other.setlk(&me(), b2, ob, wr, true).await.unwrap();
+    assert_eq!(count.n.load(Ordering::Relaxed), 1);
+
+    // node 3's owner waits for f1, held by node 1's owner
+    let o2 = other.clone();
+    let waiter = tokio::spawn(async move { o2.setlk(&me(), b1, ob, wr, true).await });
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    assert!(!waiter.is_finished(), "the lock was given while held");
+    let calls = count.n.load(Ordering::Relaxed) - 1;
+    assert_eq!(calls, 1, "a second of waiting took {calls} lock calls");
+
+    // node 1's owner now asks for f2, held by the waiter: a cycle
+    assert_eq!(
+        errno(w.mfs.setlk(&me(), a2, oa, wr, true).await),
+        libc::EDEADLK
+    );
+    // it gives f1 up: the waiter is woken
+    w.mfs
+        .setlk(&me(), a1, oa, lk(libc::F_UNLCK, 0, 0), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        .await
+        .expect("the waiter was not woken by the release")
+        .unwrap()
+        .unwrap();
+    assert!(count.n.load(Ordering::Relaxed) <= 3);
+    // no cycle any more: node 1's owner waits for f2 until node 3's owner lets it go
+    let m1 = Arc::new(w.mfs);
+    let m = m1.clone();
+    let again = tokio::spawn(async move { m.setlk(&me(), a2, oa, wr, true).await });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!again.is_finished());
+    other
+        .setlk(&me(), b2, ob, lk(libc::F_UNLCK, 0, 0), false)
+        .await
+        .unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), again)
+        .await
+        .expect("not woken")
+        .unwrap()
+        .unwrap();
+}

@@ -14,6 +14,7 @@
 //!   terminal access (pure);
 //! - [`remote`]: the remote supervisor loop that classifies trapped calls and answers, forwards or
 //!   reports them;
+//! - [`dfsa`]: which path calls on `/mfs` of a moved process run where it runs (DFSA);
 //! - [`standin`]: an in-process home stand-in (a deputy executing forwarded calls on real fds of
 //!   this process), for tests and measurements.
 //!
@@ -43,6 +44,7 @@
 //! answered CONTINUE; a later optimisation may give the stdio fds local proxy fds (option 3:
 //! pipes/ptys relayed home) so the hot paths are not trapped at all.
 
+pub mod dfsa;
 pub mod forward;
 pub mod homecall;
 pub mod jobctl;

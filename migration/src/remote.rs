@@ -386,6 +386,8 @@ pub struct Stats {
     pub identity: u64,
     pub forwarded: u64,
     pub replayed_or_cancelled: u64,
+    /// Path calls on `/mfs` run here by DFSA instead of going home ([`crate::dfsa`]).
+    pub dfsa: u64,
 }
 
 /// The remote supervisor of one process. See the module documentation.
@@ -402,6 +404,8 @@ pub struct Supervisor<P: HomePort> {
     stop_when_idle: bool,
     /// The SIGTTIN/SIGTTOU disposition last told home.
     tty_sigs: Option<(bool, bool)>,
+    /// The `/mfs` mounts whose path calls run here ([`crate::dfsa`]); none: all go home.
+    dfsa: Option<crate::dfsa::Dfsa>,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -416,7 +420,13 @@ impl<P: HomePort> Supervisor<P> {
             stats: Stats::default(),
             stop_when_idle: false,
             tty_sigs: None,
+            dfsa: None,
         }
+    }
+
+    /// Path calls on these `/mfs` mounts run here (DFSA) from now on.
+    pub fn set_dfsa(&mut self, dfsa: Option<crate::dfsa::Dfsa>) {
+        self.dfsa = dfsa;
     }
 
     pub fn stats(&self) -> &Stats {
@@ -575,6 +585,10 @@ impl<P: HomePort> Supervisor<P> {
                 return Ok(Some(Stop::GoHome { notif: n, reason }));
             }
             Class::CheckFdSet => unreachable!("resolved above"),
+            Class::Forward(req) if self.dfsa_here(&n, req) => {
+                self.stats.dfsa += 1;
+                self.answer(n.id, Response::Continue)?;
+            }
             Class::Forward(req) => {
                 let call = match self.build_call(&n, req) {
                     Ok(Some(c)) => c,
@@ -646,6 +660,20 @@ impl<P: HomePort> Supervisor<P> {
                 .map_err(Error::HomeGone)?;
         }
         Ok(())
+    }
+
+    /// Whether path call `req` runs here by DFSA: every path it names is on an agreed `/mfs`
+    /// mount and stays below it. A path that cannot be read: no (it goes the usual way).
+    fn dfsa_here(&self, n: &Notif, req: Req) -> bool {
+        let Some(d) = &self.dfsa else {
+            return false;
+        };
+        let Some(addrs) = crate::dfsa::path_args(req, n.data.args) else {
+            return false;
+        };
+        let paths: Option<Vec<Vec<u8>>> =
+            addrs.iter().map(|&a| self.read_path(n, a).ok()).collect();
+        paths.is_some_and(|p| d.allows(&p))
     }
 
     /// The call to send home, or `None` when it works relative to a local directory fd (it

@@ -561,6 +561,8 @@ async fn place_process(
         // home (`GoHome::MmapHomeFd`). Until the remote maps such files itself, it starts here
         // and moves once the loader is done (10 ms of CPU of its own, ld.so needs about 1; or
         // 1 s if it sleeps). A statically linked one moves now, before its first instruction.
+        // A remote start counts as an exec on `to` (/mfs/lastexec); undone if it stays here.
+        crate::mfsmagic::started_on(pid as u32, to);
         let mut result = match has_interpreter(pid) {
             Ok(false) => m.migrate_seized(seized, to, uid).await,
             Ok(true) => {
@@ -599,10 +601,12 @@ async fn place_process(
                 _ => sh.local,
             };
             if next == sh.local || !alive(pid) {
+                crate::mfsmagic::started_here(pid as u32);
                 tracing::info!(pid, "mosrun: it runs here, on node {}", sh.local);
                 return;
             }
             to = next;
+            crate::mfsmagic::started_on(pid as u32, to);
             result = m.migrate(pid, to, uid).await;
         }
     });

@@ -314,16 +314,19 @@ fn start(
 /// Rebuilds the process into P, waits for the commit, lets P go.
 fn build_back(
     shell: migrate::HomeShell,
-    fds: Vec<(i32, OwnedFd)>,
+    mut fds: Vec<(i32, OwnedFd)>,
     reader: ChunkReader,
     go: mpsc::Receiver<()>,
     out: &mpsc::Sender<BackEv>,
 ) -> BackEv {
-    let raw: Vec<(i32, RawFd)> = fds.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect();
     let mut reader = match migrate::ImageReader::new(reader) {
         Ok(r) => r,
         Err(e) => return BackEv::Failed(Some(shell), e.to_string()),
     };
+    // fds opened by DFSA where it ran are opened again here (same /mfs path, same file)
+    let held: Vec<i32> = fds.iter().map(|(n, _)| *n).collect();
+    fds.extend(crate::mfsd::reopen_dfsa_fds(reader.process(), &held));
+    let raw: Vec<(i32, RawFd)> = fds.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect();
     let mut t = match migrate::Thawing::into_shell(&mut reader, shell, &raw) {
         Ok(t) => t,
         Err((sh, e)) => return BackEv::Failed(Some(sh), e.to_string()),

@@ -46,6 +46,12 @@ pub struct Args {
     /// Every node of the cluster reaches it with the calling user's own uid and groups.
     #[arg(long, value_name = "DIR[:ro]", default_value = "/")]
     pub mfs_export: String,
+
+    /// DFSA for the `--mfs` mount (as the seed's `dfsa=1`): a process that moved here runs
+    /// its file calls on MFS paths here, when its home node mounts MFS at the same path with
+    /// DFSA too; 0: they go home.
+    #[arg(long, value_name = "0|1", default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub mfs_dfsa: u8,
 }
 
 pub struct ServerActor {
@@ -178,13 +184,85 @@ pub fn start(system: &System, args: &Args, nodes: Vec<NodeId>) -> Result<Running
         resolver: Arc::new(crate::mfsmagic::Resolver::new(system.local_id())),
         #[cfg(feature = "mfs")]
         mounts: Mutex::new(Vec::new()),
+        settings: Mutex::new(Vec::new()),
     });
     let _ = STATE.set(state.clone());
     watch_links(system, state.clone(), server);
     if let Some(dir) = &args.mfs {
-        mount(&state, dir, false)?;
+        mount(&state, dir, false, args.mfs_dfsa == 1)?;
     }
     Ok(Running { state })
+}
+
+/// This node's `/mfs` mounts and their settings (empty when MFS is not mounted): sent with a
+/// migration offer, and compared with the home's by the node a process moves to (DFSA).
+pub fn mounts() -> Vec<migration::dfsa::Mount> {
+    STATE
+        .get()
+        .map(|s| lock(&s.settings).clone())
+        .unwrap_or_default()
+}
+
+/// A process coming home holds fds that it opened on the node it ran on by DFSA (under a
+/// `/mfs` mount with dfsa=1, which means the same file here): opened again here by path, with
+/// the image's flags and offset, so the rebuild can install them like the deputy's copies.
+/// `held`: the fd numbers the deputy has copies of. An fd that cannot be opened again is left
+/// out (the rebuild then refuses it, and the process stays where it runs).
+pub fn reopen_dfsa_fds(
+    img: &migrate::ProcessImage,
+    held: &[i32],
+) -> Vec<(i32, std::os::fd::OwnedFd)> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let ours: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|m| m.dfsa)
+        .map(|m| m.path)
+        .collect();
+    let mut out = Vec::new();
+    for f in &img.fds {
+        let migrate::FdKind::Path {
+            path, flags, pos, ..
+        } = &f.kind
+        else {
+            continue;
+        };
+        let dfsa = ours.iter().any(|m| {
+            migration::dfsa::under(m.as_os_str().as_encoded_bytes(), path.as_bytes()).is_some()
+        });
+        if held.contains(&f.fd) || !dfsa {
+            continue;
+        }
+        // Opened already: never create or truncate again.
+        let flags = *flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+        let mut o = std::fs::OpenOptions::new();
+        match flags & libc::O_ACCMODE {
+            libc::O_WRONLY => o.write(true),
+            libc::O_RDWR => o.read(true).write(true),
+            _ => o.read(true),
+        };
+        o.custom_flags(flags & !libc::O_ACCMODE);
+        let file = match o.open(path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(fd = f.fd, path, "a DFSA fd cannot be opened at home: {e}");
+                continue;
+            }
+        };
+        if flags & libc::O_APPEND == 0 {
+            use std::io::Seek;
+            let mut file = &file;
+            if let Err(e) = file.seek(std::io::SeekFrom::Start(*pos)) {
+                tracing::warn!(
+                    fd = f.fd,
+                    path,
+                    "a DFSA fd cannot be put at {pos} at home: {e}"
+                );
+                continue;
+            }
+        }
+        out.push((f.fd, std::os::fd::OwnedFd::from(file)));
+    }
+    out
 }
 
 /// What `omnode mfs ...` requests reach, once [`start`] ran.
@@ -195,6 +273,8 @@ struct State {
     resolver: Arc<crate::mfsmagic::Resolver>,
     #[cfg(feature = "mfs")]
     mounts: Mutex<Vec<(PathBuf, Arc<mfs::client::Mfs>, mfs::fuse::Mounted)>>,
+    /// Each mount's path, dfsa and read-only settings (what DFSA compares between nodes).
+    settings: Mutex<Vec<migration::dfsa::Mount>>,
 }
 
 static STATE: OnceLock<Arc<State>> = OnceLock::new();
@@ -276,13 +356,13 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                 Ok(o) => o,
                 Err(e) => return Response::Error(e),
             };
-            match mount(&state, &dir, opts.read_only) {
+            match mount(&state, &dir, opts.read_only, opts.dfsa) {
                 Ok(None) => Response::Done(format!("mfs is already mounted at {}", dir.display())),
                 Ok(Some(())) => Response::Done(format!(
                     "mounted every node's files at {}{}",
                     dir.display(),
                     if opts.dfsa {
-                        " (dfsa=1: moved processes' file calls still go home; DFSA is not implemented yet)"
+                        " (dfsa=1: processes moved here from nodes with the same setting run their file calls on it here)"
                     } else {
                         ""
                     }
@@ -332,7 +412,7 @@ impl MountOptions {
 
 /// Mount `/mfs` at `dir`. `Ok(None)`: it already is.
 #[cfg(feature = "mfs")]
-fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error> {
+fn mount(state: &State, dir: &Path, read_only: bool, dfsa: bool) -> Result<Option<()>, Error> {
     use mfs::client::{Config, Mfs};
     let mut mounts = lock(&state.mounts);
     if mounts.iter().any(|(d, _, _)| d == dir) {
@@ -360,8 +440,19 @@ fn mount(state: &State, dir: &Path, read_only: bool) -> Result<Option<()>, Error
         read_only,
     )
     .map_err(|e| Error::Config(format!("cannot mount mfs at {}: {e}", dir.display())))?;
-    tracing::info!("mfs: every node's files at {}", dir.display());
+    tracing::info!(
+        "mfs: every node's files at {} (dfsa={})",
+        dir.display(),
+        u8::from(dfsa)
+    );
     mounts.push((dir.to_path_buf(), client, mounted));
+    let mut settings = lock(&state.settings);
+    settings.retain(|m| m.path != dir);
+    settings.push(migration::dfsa::Mount {
+        path: dir.to_path_buf(),
+        dfsa,
+        read_only,
+    });
     Ok(Some(()))
 }
 
@@ -380,7 +471,7 @@ fn mounted_at(dir: &Path) -> bool {
 }
 
 #[cfg(not(feature = "mfs"))]
-fn mount(_state: &State, dir: &Path, _read_only: bool) -> Result<Option<()>, Error> {
+fn mount(_state: &State, dir: &Path, _read_only: bool, _dfsa: bool) -> Result<Option<()>, Error> {
     Err(Error::Config(format!(
         "mfs at {}: this omnode was built without FUSE support (build with --features mfs)",
         dir.display()

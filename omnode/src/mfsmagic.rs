@@ -12,8 +12,13 @@
 //!   home = this node; its records are those of its home PID.
 //!
 //! Records are keyed by PID and the process's start time, so a reused PID starts afresh.
-//! `lastexec` is the home node for every process: an exec runs at home (the remote side does
-//! not exec a moved process yet), and a process that never moved exec'd here.
+//! `lastexec`: an exec runs at home (a moved process that execs comes home for it), so it is
+//! home — except after a remote start (`omnode run -jN`: moved to N as soon as it exec'd),
+//! which counts as an exec on N ([`started_on`]) until the process execs again. A later exec is
+//! told by a change of `/proc/PID/auxv` (written by every exec: entry point, random bytes'
+//! address, …; with address randomisation off, a second exec of the same program may keep it,
+//! and N then stays the answer). The node a moved process runs on learns it from the offer
+//! ([`guest_lastexec`]).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
@@ -30,6 +35,90 @@ const MAX_DEPTH: usize = 64;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A remote start: the node, and the process's start time and auxv. The auxv is read at the
+/// first question ([`lastexec_of`]), not when the exec is seen: the kernel sets the new
+/// program's `/proc/PID/exe` before its auxv, and by the first question (a file call of the
+/// program, or its freeze for the move) the exec is over.
+struct ExecRecord {
+    start: u64,
+    auxv: Option<Vec<u8>>,
+    node: NodeId,
+}
+
+/// Processes of this node that were started remotely (see [`started_on`]).
+fn execs() -> &'static Mutex<HashMap<u32, ExecRecord>> {
+    static E: OnceLock<Mutex<HashMap<u32, ExecRecord>>> = OnceLock::new();
+    E.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Guests running here (their local PID) and the node of their last exec.
+fn guest_execs() -> &'static Mutex<HashMap<u32, NodeId>> {
+    static G: OnceLock<Mutex<HashMap<u32, NodeId>>> = OnceLock::new();
+    G.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+fn auxv(pid: u32) -> Option<Vec<u8>> {
+    std::fs::read(format!("/proc/{pid}/auxv")).ok()
+}
+
+/// Process `pid` of this node was started remotely: it exec'd and was moved to `node` at once
+/// (`omnode run -jN`). Its `/mfs/lastexec` is `node` until it execs again.
+pub fn started_on(pid: u32, node: NodeId) {
+    let Some((start, _)) = stat(pid) else {
+        return; // gone: nothing to remember
+    };
+    let mut e = lock(execs());
+    if e.len() >= SWEEP_AT {
+        e.retain(|p, r| stat(*p).is_some_and(|(st, _)| st == r.start));
+    }
+    e.insert(
+        pid,
+        ExecRecord {
+            start,
+            auxv: None,
+            node,
+        },
+    );
+}
+
+/// The remote start of `pid` did not happen: it runs here, where it exec'd.
+pub fn started_here(pid: u32) {
+    lock(execs()).remove(&pid);
+}
+
+/// Where process `pid` of this node last exec'd, when that is not here.
+pub fn lastexec_of(pid: u32) -> Option<NodeId> {
+    let mut e = lock(execs());
+    let r = e.get_mut(&pid)?;
+    if stat(pid).is_none_or(|(st, _)| st != r.start) {
+        return None;
+    }
+    let now = auxv(pid)?;
+    match &r.auxv {
+        None => r.auxv = Some(now),
+        Some(a) if *a != now => return None, // it exec'd again
+        Some(_) => {}
+    }
+    Some(r.node)
+}
+
+/// While alive: the guest with local PID `pid` last exec'd on `node` (from its offer).
+pub struct GuestExec(u32);
+
+impl Drop for GuestExec {
+    fn drop(&mut self) {
+        lock(guest_execs()).remove(&self.0);
+    }
+}
+
+/// Records a guest's lastexec node (none: its home) until the guard is dropped.
+pub fn guest_lastexec(pid: u32, node: Option<NodeId>) -> GuestExec {
+    if let Some(n) = node {
+        lock(guest_execs()).insert(pid, n);
+    }
+    GuestExec(pid)
 }
 
 /// Deputy threads of this daemon (thread id) and the home PID each acts for.
@@ -93,6 +182,7 @@ struct Subject {
     pid: u32,
     here: NodeId,
     home: NodeId,
+    lastexec: NodeId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -134,6 +224,7 @@ impl Resolver {
                 pid: home_pid as u32,
                 here,
                 home: self.local,
+                lastexec: lastexec_of(home_pid as u32).unwrap_or(self.local),
             };
         }
         if let Some(r) = rows.iter().find(|r| {
@@ -143,6 +234,7 @@ impl Resolver {
                 pid,
                 here: self.local,
                 home: r.home,
+                lastexec: lock(guest_execs()).get(&pid).copied().unwrap_or(r.home),
             };
         }
         // One of ours; its parked home shell (if it moved) stands for where it runs.
@@ -154,6 +246,7 @@ impl Resolver {
             pid,
             here,
             home: self.local,
+            lastexec: lastexec_of(pid).unwrap_or(self.local),
         }
     }
 
@@ -209,7 +302,8 @@ impl mfs::magic::Resolver for Resolver {
         let s = self.subject(pid);
         match which {
             Magic::Here => s.here,
-            Magic::Home | Magic::LastExec => s.home,
+            Magic::Home => s.home,
+            Magic::LastExec => s.lastexec,
             Magic::Magic => {
                 let rec = lock(&self.created).get(&s.pid).copied();
                 match rec {
@@ -291,6 +385,48 @@ mod tests {
         }
         // Before the selection: none; after: the parent's; its own environment is nearer.
         assert_eq!(got, [1, 2, 7]);
+    }
+
+    /// A remote start counts as an exec on the node it went to, until the process really
+    /// execs again (here: a shell that execs sleep when told to).
+    #[test]
+    fn a_remote_start_is_lastexec_until_the_next_exec() {
+        use std::io::Write;
+        let r = Resolver::new(1);
+        let mut sh = std::process::Command::new("sh")
+            .args(["-c", "read x; exec sleep 5"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = sh.id();
+        assert_eq!(
+            r.resolve(Magic::LastExec, pid),
+            1,
+            "never started elsewhere"
+        );
+        started_on(pid, 3);
+        assert_eq!(r.resolve(Magic::LastExec, pid), 3);
+        assert_eq!(r.resolve(Magic::Home, pid), 1);
+        sh.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let execd = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "sleep")
+        });
+        let after = r.resolve(Magic::LastExec, pid);
+        let _ = sh.kill();
+        let _ = sh.wait();
+        assert!(execd, "sh did not exec sleep");
+        assert_eq!(after, 1, "it exec'd here since");
+        // A guest: its offer's node, and its home when the offer had none.
+        let me = std::process::id();
+        {
+            let _g = guest_lastexec(me, Some(2));
+            assert_eq!(lock(guest_execs()).get(&me), Some(&2));
+        }
+        assert!(
+            lock(guest_execs()).get(&me).is_none(),
+            "the guard forgets it"
+        );
     }
 
     #[test]

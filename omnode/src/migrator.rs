@@ -58,6 +58,12 @@ pub struct Ident {
     /// The home fds that are terminals (job control applies to calls on them).
     #[serde(default)]
     pub tty_fds: Vec<i32>,
+    /// Home's `/mfs` mounts (DFSA runs file calls on the ones both nodes have alike).
+    #[serde(default)]
+    pub mfs: Vec<migration::dfsa::Mount>,
+    /// Where it last exec'd, when not at home (a remote start): its `/mfs/lastexec`.
+    #[serde(default)]
+    pub lastexec: Option<u32>,
 }
 
 /// What two migrators send each other. Image chunks go on the bulk lane with their bytes as
@@ -561,6 +567,8 @@ fn home_thread(
             .map(|f| f.fd)
             .filter(|&fd| crate::deputy::is_tty_fd(pid, fd))
             .collect(),
+        mfs: crate::mfsd::mounts(),
+        lastexec: crate::mfsmagic::lastexec_of(pid as u32),
     };
     let offer = Offer {
         mig,
@@ -1158,9 +1166,15 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
                     }
                     tokio::time::sleep(Duration::from_millis(1)).await;
                 }
+                // A remote start counts as an exec there (/mfs/lastexec), from before the move
+                // (its offer carries it).
+                crate::mfsmagic::started_on(pid as u32, to);
                 match m2.migrate(pid, to, uid).await {
                     Ok(s) => tracing::info!(pid, "mosrun: {s}"),
-                    Err(e) => tracing::warn!(pid, "mosrun: it runs at home: {e}"),
+                    Err(e) => {
+                        crate::mfsmagic::started_here(pid as u32);
+                        tracing::warn!(pid, "mosrun: it runs at home: {e}")
+                    }
                 }
             });
             Response::Done(format!(

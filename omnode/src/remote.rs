@@ -395,6 +395,8 @@ fn builder(
         }
     };
     let pid = thawed.pid;
+    // its /mfs/lastexec, for as long as it runs here
+    let _exec = crate::mfsmagic::guest_lastexec(pid as u32, ident.lastexec);
     let _ = out.send(Built::Running(pid));
     let Some(listener) = thawed.listener else {
         let _ = out.send(Built::Ended(wait_status(pid)));
@@ -430,6 +432,10 @@ fn builder(
     let mut blocked_at_home_call = false;
     let fds = FdTable::new(ident.home_fds.clone()).with_ttys(ident.tty_fds.clone());
     let mut sup = Supervisor::new(listener, id, fds, port);
+    sup.set_dfsa(migration::dfsa::Dfsa::open(&migration::dfsa::agreed(
+        &ident.mfs,
+        &crate::mfsd::mounts(),
+    )));
     loop {
         match sup.run(Instant::now() + Duration::from_millis(100)) {
             Ok(Stop::Exited) => break,
@@ -503,10 +509,11 @@ fn builder(
         home,
         pid = ident.pid,
         local_pid = pid,
-        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here",
+        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here, {} file calls on /mfs run here by DFSA",
         st.forwarded,
         st.identity,
-        st.continued
+        st.continued,
+        st.dfsa
     );
     let _ = out.send(Built::Ended(status));
 }

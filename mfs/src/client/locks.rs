@@ -1,18 +1,16 @@
 //! Locks through the client: each call goes to the serving node (see [`crate::server`]); a
-//! blocking lock is retried until granted; the (inode, owner) pairs that took a lock are
+//! blocking lock waits there, woken when a lock of the file is released (no polling), and is
+//! asked again each time the server's bounded wait ends; EDEADLK when the server finds a
+//! cycle of waiting owners; the (inode, owner) pairs that took a lock are
 //! remembered so that a close drops them with one call, and closes of files never locked
 //! cost nothing.
-
-use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::{FIRST_INO, Mfs, eacces};
 use crate::Error;
 use crate::proto::{Cred, Lock, Op, Reply};
-
-/// The longest pause between two tries of a blocking lock held by another owner.
-const LOCK_RETRY_MAX: Duration = Duration::from_millis(50);
+use crate::server::MAX_LOCK_WAIT_MS;
 
 impl Mfs {
     /// Set, change or remove (`lock.typ` F_UNLCK) a lock of `owner` on `ino`. `wait`: retry
@@ -33,7 +31,6 @@ impl Mfs {
             // Before the first try: a close racing with this lock must find it.
             self.lockers.lock().expect("lockers").insert((ino, owner));
         }
-        let mut pause = Duration::from_millis(1);
         loop {
             let r = self
                 .on(
@@ -44,16 +41,15 @@ impl Mfs {
                         client: self.cfg.local,
                         owner,
                         lock,
+                        wait_ms: if wait { MAX_LOCK_WAIT_MS } else { 0 },
                     },
                     Bytes::new(),
                 )
                 .await;
             match r {
                 Ok(_) => return Ok(()),
-                Err(e) if wait && matches!(e.errno(), libc::EAGAIN | libc::EACCES) => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(LOCK_RETRY_MAX);
-                }
+                // The server's wait ended without the lock: ask again at once.
+                Err(e) if wait && matches!(e.errno(), libc::EAGAIN | libc::EACCES) => {}
                 Err(e) => return Err(e),
             }
         }
