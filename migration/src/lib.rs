@@ -12,6 +12,7 @@
 //!   calls on home-backed fds) and their checked execution by the deputy;
 //! - [`jobctl`]: the SIGTTIN/SIGTTOU decision the deputy makes for the moved process's
 //!   terminal access (pure);
+//! - [`guard`]: the guest is killed before its supervisor's listener closes;
 //! - [`remote`]: the remote supervisor loop that classifies trapped calls and answers, forwards or
 //!   reports them;
 //! - [`standin`]: an in-process home stand-in (a deputy executing forwarded calls on real fds of
@@ -44,6 +45,7 @@
 //! pipes/ptys relayed home) so the hot paths are not trapped at all.
 
 pub mod forward;
+pub mod guard;
 pub mod homecall;
 pub mod jobctl;
 pub mod protocol;
