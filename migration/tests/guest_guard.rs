@@ -18,10 +18,18 @@ use migration::seccomp::{Program, TrapSet};
 use migration::standin::DirectPort;
 
 /// Writes "x" to fd 1 every millisecond; exits 7 when a write fails with ENOSYS (the filter
-/// has no listener any more), 8 on any other failure.
+/// has no listener any more), 8 on any other failure. After its first write (served, so the
+/// supervisor holds the listener) it closes its own copy of the listener, as a thawed guest
+/// has none: only the supervisor's copy keeps the listener open.
 fn writer() -> i32 {
     // SAFETY (whole body): raw system calls on our own buffers, in the forked child.
     unsafe {
+        if libc::syscall(libc::SYS_write, 1, b"x".as_ptr(), 1) != 1 {
+            return 8;
+        }
+        for fd in 3..1024 {
+            libc::syscall(libc::SYS_close, fd);
+        }
         loop {
             let r = libc::syscall(libc::SYS_write, 1, b"x".as_ptr(), 1);
             if r != 1 {
