@@ -180,6 +180,10 @@ pub enum RemoteAction {
     /// Answer notification `notif` of thread `tid`: check ID_VALID, copy `reply.data` into the
     /// caller's buffer, SEND `reply.ret`; then report with [`RemoteFwd::on_answered`].
     Answer { notif: u64, tid: Tid, reply: Reply },
+    /// The call of notification `notif` was given up at home before it did anything (see
+    /// [`RemoteFwd::interrupt_all`]): leave it unanswered; the caller still waits at it, and the
+    /// call is made again (at home once the process is there, or forwarded anew).
+    Unanswered { notif: u64, tid: Tid },
 }
 
 /// How answering a notification went.
@@ -234,6 +238,9 @@ pub struct RemoteFwd {
     /// fds with an orphaned read still running at home: further calls on them wait.
     held_fds: HashSet<i32>,
     deferred: VecDeque<Deferred>,
+    /// Requests home was asked to give up while their callers still wait
+    /// ([`RemoteFwd::interrupt_all`]).
+    interrupting: HashSet<Seq>,
 }
 
 impl RemoteFwd {
@@ -244,6 +251,22 @@ impl RemoteFwd {
     /// Requests in flight (for tests and `mps`).
     pub fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    /// The process is to be frozen (for its way home) while calls forwarded home are in flight,
+    /// e.g. a read waiting at home for input that does not come: asks the deputy to give each
+    /// up. Their callers keep waiting. A result that comes back anyway (the call had finished)
+    /// is delivered as usual; one given up before it did anything (`EINTR`, the deputy's
+    /// answer to an interrupted wait) becomes [`RemoteAction::Unanswered`]: never a wrong
+    /// `EINTR` to the process, which makes the call again where it next runs.
+    pub fn interrupt_all(&mut self) -> Vec<RemoteAction> {
+        let mut out = Vec::new();
+        for (&seq, p) in &self.pending {
+            if p.notif.is_some() && self.interrupting.insert(seq) {
+                out.push(RemoteAction::Send(FwdMsg::Cancel { tid: p.tid, seq }));
+            }
+        }
+        out
     }
 
     fn unread(out: &mut Vec<RemoteAction>, d: Delivering) {
@@ -346,6 +369,13 @@ impl RemoteFwd {
         }
         if self.current.get(&tid) == Some(&seq) {
             self.current.remove(&tid);
+        }
+        if self.interrupting.remove(&seq)
+            && reply.ret == -i64::from(libc::EINTR)
+            && let Some(notif) = p.notif
+        {
+            out.push(RemoteAction::Unanswered { notif, tid });
+            return out;
         }
         let d = Delivering {
             tid,

@@ -12,6 +12,7 @@
 //!   calls on home-backed fds) and their checked execution by the deputy;
 //! - [`jobctl`]: the SIGTTIN/SIGTTOU decision the deputy makes for the moved process's
 //!   terminal access (pure);
+//! - [`guard`]: the guest is killed before its supervisor's listener closes;
 //! - [`remote`]: the remote supervisor loop that classifies trapped calls and answers, forwards or
 //!   reports them;
 //! - [`dfsa`]: which path calls on `/mfs` of a moved process run where it runs (DFSA);
@@ -46,6 +47,7 @@
 
 pub mod dfsa;
 pub mod forward;
+pub mod guard;
 pub mod homecall;
 pub mod jobctl;
 pub mod protocol;

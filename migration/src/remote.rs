@@ -392,6 +392,9 @@ pub struct Stats {
 
 /// The remote supervisor of one process. See the module documentation.
 pub struct Supervisor<P: HomePort> {
+    /// Declared before the listener, so dropped before it: the guest dies before the listener
+    /// closes (see [`crate::guard`]).
+    guard: Option<crate::guard::KillOnDrop>,
     listener: Listener,
     id: Identity,
     fds: FdTable,
@@ -406,11 +409,15 @@ pub struct Supervisor<P: HomePort> {
     tty_sigs: Option<(bool, bool)>,
     /// The `/mfs` mounts whose path calls run here ([`crate::dfsa`]); none: all go home.
     dfsa: Option<crate::dfsa::Dfsa>,
+    /// Notifications whose forwarded call home gave up ([`Supervisor::interrupt_in_flight`]):
+    /// left unanswered, their callers waiting.
+    given_up: Vec<Notif>,
 }
 
 impl<P: HomePort> Supervisor<P> {
     pub fn new(listener: Listener, id: Identity, fds: FdTable, port: P) -> Self {
         Supervisor {
+            guard: None,
             listener,
             id,
             fds,
@@ -421,12 +428,45 @@ impl<P: HomePort> Supervisor<P> {
             stop_when_idle: false,
             tty_sigs: None,
             dfsa: None,
+            given_up: Vec::new(),
         }
     }
 
     /// Path calls on these `/mfs` mounts run here (DFSA) from now on.
     pub fn set_dfsa(&mut self, dfsa: Option<crate::dfsa::Dfsa>) {
         self.dfsa = dfsa;
+    }
+
+    /// Before freezing the process for its way home while calls forwarded home are in flight
+    /// (a read waiting there for input that may never come): asks home to give them up, then
+    /// [`Supervisor::run_until_idle`] serves until none is. A call home gave up stays
+    /// unanswered (its caller never sees a made-up EINTR): the freeze cancels it and the
+    /// kernel makes it again at home. If the freeze does not happen,
+    /// [`Supervisor::resume_given_up`] forwards them anew.
+    pub fn interrupt_in_flight(&mut self) -> Result<(), Error> {
+        let acts = self.fwd.interrupt_all();
+        self.perform(acts)
+    }
+
+    /// The process stays here after all: the calls given up at home are forwarded again
+    /// (those the process has since restarted come back as new notifications by themselves).
+    pub fn resume_given_up(&mut self) -> Result<Option<Stop>, Error> {
+        for n in std::mem::take(&mut self.given_up) {
+            if !self.listener.id_valid(n.id)? {
+                continue;
+            }
+            if let Some(stop) = self.on_notif(n)? {
+                return Ok(Some(stop));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The guest is killed when this supervisor is dropped (before its listener closes), also
+    /// on a panic: it never runs on with `ENOSYS` for its trapped calls.
+    pub fn kill_guest_on_drop(mut self, guard: crate::guard::KillOnDrop) -> Self {
+        self.guard = Some(guard);
+        self
     }
 
     pub fn stats(&self) -> &Stats {
@@ -872,6 +912,11 @@ impl<P: HomePort> Supervisor<P> {
                     }
                     let more = self.fwd.on_answered(notif, how);
                     self.perform(more)?;
+                }
+                RemoteAction::Unanswered { notif, .. } => {
+                    if let Some((n, _)) = self.waiting.remove(&notif) {
+                        self.given_up.push(n);
+                    }
                 }
             }
         }

@@ -9,24 +9,19 @@
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, OnceLock, mpsc};
 use std::time::Duration;
 
 use bytes::Bytes;
-use discovery::NodeId;
-use migration::forward::{Call, DeputyAction, DeputyFwd, Reply};
+use migration::forward::{Call, Reply};
 use migration::homecall::{self, Arg};
 use migration::jobctl::{self, Gate, TtyOp, TtyState};
-use migration::protocol::MigId;
-use runtime::transport::Lane;
-
-use crate::migrator::{In, Migrator, Wire};
 
 /// A forwarded call for the deputy's worker thread.
 pub(crate) struct Job {
-    tid: migration::forward::Tid,
-    seq: migration::forward::Seq,
-    call: migration::forward::Call,
+    pub(crate) tid: migration::forward::Tid,
+    pub(crate) seq: migration::forward::Seq,
+    pub(crate) call: migration::forward::Call,
 }
 
 /// What the deputy's protocol thread shares with its worker.
@@ -69,8 +64,8 @@ struct Identity {
 /// its filesystem uid, gid and groups (per thread: raw setfsuid/setfsgid/setgroups). A
 /// forwarded `chdir`/`fchdir` moves this thread's cwd, which later relative paths use: the
 /// deputy keeps the moved process's cwd (the parked home shell keeps the cwd it had when it
-/// moved). If that identity cannot be taken, every path call is refused with EACCES (never
-/// run as root).
+/// moved). The worker starts before the process leaves home ([`prepare`]): if that identity
+/// cannot be taken, the move is refused and the process runs on at home, unchanged.
 ///
 /// Calls on the controlling terminal first pass the job-control check the kernel would make
 /// for the process ([`migration::jobctl::tty_gate`]): from a background group a read sends
@@ -79,18 +74,24 @@ pub(crate) fn worker(
     pid: i32,
     fds: crate::gohome::DeputyFds,
     jobs: mpsc::Receiver<Job>,
-    done: mpsc::Sender<In>,
+    way: Arc<OnceLock<Arc<crate::fwdpath::DeputyWay>>>,
     shared: Arc<Shared>,
+    ready: mpsc::Sender<Result<(), String>>,
 ) {
     // /mfs magic folders read by this thread answer for the moved process.
     let _mfs = crate::mfsmagic::acting_for(pid);
     let ident = match take_identity(pid) {
-        Ok(i) => Some(i),
+        Ok(i) => {
+            let _ = ready.send(Ok(()));
+            Some(i)
+        }
         Err(e) => {
-            tracing::error!(pid, "deputy: {e}; path calls of this process are refused");
-            None
+            // the move is refused before the process leaves (see `prepare`)
+            let _ = ready.send(Err(e));
+            return;
         }
     };
+    drop(ready);
     while let Ok(Job { tid, seq, call }) = jobs.recv() {
         let reply = match (&call, &ident) {
             (Call::Openat { .. }, None) => Reply::errno(libc::EACCES),
@@ -123,9 +124,50 @@ pub(crate) fn worker(
                 Some(cwd.into_os_string().into_encoded_bytes());
         }
         crate::metrics::bump(&crate::metrics::COUNTERS.forwarded_calls);
-        if done.send(In::Done { tid, seq, reply }).is_err() {
-            return;
+        // the reply goes from here straight to the link (crate::fwdpath)
+        match way.get() {
+            Some(w) => w.done(tid, seq, reply),
+            None => tracing::error!(pid, "deputy: a call ran before its way was open"),
         }
+    }
+}
+
+/// The deputy made ready while the process is still frozen at home, before the offer: what
+/// it needs was taken, or the move is refused and the process runs on unchanged.
+pub(crate) struct Prepared {
+    /// Its fds (pidfd_getfd copies), by number.
+    pub(crate) fds: crate::gohome::DeputyFds,
+    /// To the worker, which runs as the process's identity; dropping it ends the worker.
+    pub(crate) jobs: mpsc::Sender<Job>,
+    /// Set when the deputy's way opens (after the commit).
+    pub(crate) way: Arc<OnceLock<Arc<crate::fwdpath::DeputyWay>>>,
+}
+
+/// Takes copies of the process's fds `numbers` and starts the worker, which takes the process's
+/// identity (root, cwd, umask, filesystem ids, groups). Everything the deputy will need is
+/// checked here, before the process leaves: an error names what failed.
+pub(crate) fn prepare(pid: i32, numbers: &[i32], shared: Arc<Shared>) -> Result<Prepared, String> {
+    let pidfd = migration::seccomp::pidfd_open(pid)
+        .map_err(|e| format!("the deputy cannot open process {pid}: {e}"))?;
+    let mut taken = HashMap::new();
+    for &fd in numbers {
+        let f = migration::seccomp::pidfd_getfd(&pidfd, fd)
+            .map_err(|e| format!("the deputy cannot take its fd {fd}: {e}"))?;
+        taken.insert(fd, f);
+    }
+    let fds: crate::gohome::DeputyFds = Arc::new(std::sync::Mutex::new(taken));
+    let (jobs, jrx) = mpsc::channel();
+    let (rtx, rrx) = mpsc::channel();
+    let way: Arc<OnceLock<Arc<crate::fwdpath::DeputyWay>>> = Arc::default();
+    let (f2, w2) = (fds.clone(), way.clone());
+    std::thread::Builder::new()
+        .name(format!("deputy-{pid}"))
+        .spawn(move || worker(pid, f2, jrx, w2, shared, rtx))
+        .map_err(|e| format!("cannot start the deputy's worker: {e}"))?;
+    match rrx.recv_timeout(Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(Prepared { fds, jobs, way }),
+        Ok(Err(e)) => Err(format!("the deputy cannot act as it at home: {e}")),
+        Err(_) => Err("the deputy's worker did not start within 10 s".into()),
     }
 }
 
@@ -403,6 +445,17 @@ fn tty_check(
 /// (root, cwd, umask) taken from the process, then its filesystem uid and gid and its
 /// supplementary groups.
 fn take_identity(pid: i32) -> Result<Identity, String> {
+    // Debug builds only: the tests make this fail for a program of a given name (there is no
+    // way to make a root daemon fail it for real on loopback), to check that the move is then
+    // refused and the process runs on at home.
+    #[cfg(debug_assertions)]
+    if let Ok(name) = std::env::var("OMNODE_TEST_DEPUTY_FAULT")
+        && std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+    {
+        return Err(format!(
+            "cannot take the identity of {pid} (OMNODE_TEST_DEPUTY_FAULT={name})"
+        ));
+    }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|e| format!("cannot read /proc/{pid}/status: {e}"))?;
     let field = |key: &str| -> Result<Vec<u32>, String> {
@@ -494,39 +547,6 @@ fn take_identity(pid: i32) -> Result<Identity, String> {
         fsuid,
         fsgid,
     })
-}
-
-/// The deputy: carries out the forwarding machine's actions; calls go to the worker.
-pub(crate) fn deputy(
-    m: &Migrator,
-    to: NodeId,
-    mig: MigId,
-    dep: &mut DeputyFwd,
-    jobs: Option<&mpsc::Sender<Job>>,
-    shared: &Shared,
-    acts: Vec<DeputyAction>,
-) {
-    for a in acts {
-        match a {
-            DeputyAction::Send(msg) => {
-                m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
-            }
-            DeputyAction::Execute { tid, seq, call } => {
-                let sent = jobs.is_some_and(|j| j.send(Job { tid, seq, call }).is_ok());
-                if !sent {
-                    let acts = dep.on_done(tid, seq, migration::forward::Reply::errno(libc::EIO));
-                    for a in acts {
-                        if let DeputyAction::Send(msg) = a {
-                            m.send(to, Lane::Control, &Wire::Fwd { mig, msg }, Bytes::new());
-                        }
-                    }
-                }
-            }
-            // A call held by job control stops waiting. Not yet: a call blocked in the kernel
-            // at home (a read of an empty pipe) is not interrupted (its reply still comes).
-            DeputyAction::Interrupt { seq, .. } => shared.cancelled.store(seq, Ordering::SeqCst),
-        }
-    }
 }
 
 /// Notes what the deputy itself needs from a message of the remote (before the forwarding

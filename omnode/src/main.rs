@@ -14,6 +14,7 @@ mod cpufeat;
 mod daemon;
 mod deputy;
 mod error;
+mod fwdpath;
 mod gohome;
 mod imagestream;
 mod install;

@@ -31,9 +31,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use discovery::NodeId;
-use migration::forward::{DeputyFwd, FwdMsg};
+use migration::forward::FwdMsg;
 
-use crate::deputy::{Job, deputy, worker};
 use migration::protocol::{self, ExeIdentity, ExitStatus, Home, HomeAction, MigId, Msg, Offer};
 use runtime::transport::Lane;
 use runtime::{Actor, Context, Inbound, System};
@@ -116,12 +115,6 @@ pub(crate) enum In {
         from: NodeId,
         wire: Wire,
     },
-    /// The deputy's worker finished a forwarded call.
-    Done {
-        tid: migration::forward::Tid,
-        seq: migration::forward::Seq,
-        reply: migration::forward::Reply,
-    },
     /// `migrate PID home`: bring the process back.
     ComeHome {
         reply: Done,
@@ -146,6 +139,9 @@ pub struct Migrator {
     /// Processes of this node that moved and came back (state "home"), by PID, for `ps` and
     /// their move count.
     pub(crate) came_home: Mutex<HashMap<i32, PsRow>>,
+    /// The direct ways of forwarded-call messages (no migration-thread hop), see
+    /// [`crate::fwdpath`].
+    pub(crate) fwd_paths: crate::fwdpath::Paths,
 }
 
 /// One row of `omnode ps`.
@@ -198,6 +194,7 @@ pub fn start(system: &System) -> Arc<Migrator> {
         remotes: Mutex::new(HashMap::new()),
         table: Mutex::new(HashMap::new()),
         came_home: Mutex::new(HashMap::new()),
+        fwd_paths: Default::default(),
     });
     let _ = GLOBAL.set(m.clone());
     let m2 = m.clone();
@@ -290,6 +287,15 @@ impl Migrator {
                 (*mig, true)
             }
         };
+        // forwarded calls and their replies go straight to the deputy's worker or to the
+        // remote's supervisor once those run (crate::fwdpath)
+        let wire = match wire {
+            Wire::Fwd { mig, msg } => match self.fwd_paths.deliver(from, mig, to_home, msg) {
+                None => return,
+                Some(msg) => Wire::Fwd { mig, msg },
+            },
+            w => w,
+        };
         if to_home {
             let tx = lock(&self.homes).get(&mig).cloned();
             match tx {
@@ -303,8 +309,15 @@ impl Migrator {
         }
     }
 
-    /// Sends `wire` to `node`'s migrator from a migration thread (blocking, bounded).
+    /// Sends `wire` to `node`'s migrator from a migration thread (blocking, bounded). A small
+    /// control message goes without the runtime when the lane has room now.
     pub(crate) fn send(&self, node: NodeId, lane: Lane, wire: &Wire, payload: Bytes) -> bool {
+        if lane == Lane::Control
+            && payload.is_empty()
+            && self.system.try_tell(node, NAME, wire).is_ok()
+        {
+            return true;
+        }
         let sys = self.system.clone();
         match self
             .rt
@@ -504,7 +517,7 @@ fn home_thread(
     pid: i32,
     to: NodeId,
     seized: Option<migrate::Seized>,
-    (me_tx, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
+    (_me_tx, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
     done: Done,
 ) {
     let mut done = Some(done);
@@ -570,6 +583,20 @@ fn home_thread(
         mfs: crate::mfsd::mounts(),
         lastexec: crate::mfsmagic::lastexec_of(pid as u32),
     };
+    // Shared by the deputy's worker and this thread (made ready before the offer).
+    let shared = std::sync::Arc::new(crate::deputy::Shared::default());
+    // Everything the deputy will need is taken now, while the process is frozen here: if it
+    // cannot be (an fd, the process's identity), the move is refused before anything left.
+    let mut prepared = match crate::deputy::prepare(pid, &ident.home_fds, shared.clone()) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(pid, node = to, "move refused: {e}");
+            drop(seized); // puts the process back, running as it was
+            return answer(Err(format!(
+                "process {pid} cannot move to node {to}: {e}; it keeps running here"
+            )));
+        }
+    };
     let offer = Offer {
         mig,
         pid: pid as u32,
@@ -605,9 +632,11 @@ fn home_thread(
     let mut seized: Option<migrate::Seized> = None;
     let mut held_peak = 0u64;
     let mut shell: Option<migrate::HomeShell> = None;
-    let mut jobs: Option<mpsc::Sender<Job>> = None;
-    let mut dep = DeputyFwd::new();
-    let shared = std::sync::Arc::new(crate::deputy::Shared::default());
+    // The deputy's front once the shell is parked (crate::fwdpath), and its way open while
+    // the deputy works.
+    let mut way: Option<Arc<crate::fwdpath::DeputyWay>> = None;
+    let mut opened: Option<crate::fwdpath::Opened<'_>> = None;
+    let mut fwd_seen = 0u64;
     /// Held calls stop waiting once the deputy ends.
     struct CloseOnDrop(std::sync::Arc<crate::deputy::Shared>);
     impl Drop for CloseOnDrop {
@@ -621,7 +650,10 @@ fn home_thread(
     let mut tty_stops_seen = 0u64;
     let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
-    let fds_shared: crate::gohome::DeputyFds = Default::default();
+    let fds_shared: crate::gohome::DeputyFds = prepared
+        .as_ref()
+        .map(|p| p.fds.clone())
+        .unwrap_or_default();
     let mut back: Option<crate::gohome::Back> = None;
     let mut waiters: Vec<Done> = Vec::new();
     let mut leaving_why = String::from("asked at home");
@@ -670,37 +702,28 @@ fn home_thread(
                     let Some(s) = seized.take() else { continue };
                     match s.finish(migrate::Ending::ParkAsHomeShell) {
                         Ok(migrate::Finished::Parked(sh)) => {
-                            let mut fds = HashMap::new();
-                            for &fd in &ident.home_fds {
-                                match sh.take_fd(fd) {
-                                    Ok(f) => {
-                                        fds.insert(fd, f);
-                                    }
-                                    Err(e) => tracing::warn!(pid, fd, "deputy cannot take fd: {e}"),
-                                }
-                            }
                             shell = Some(sh);
-                            let (jtx, jrx) = mpsc::channel();
-                            let back = me_tx.clone();
-                            *lock(&fds_shared) = fds;
-                            let fds = fds_shared.clone();
-                            let sh2 = shared.clone();
-                            if let Err(e) = std::thread::Builder::new()
-                                .name(format!("deputy-{pid}"))
-                                .spawn(move || worker(pid, fds, jrx, back, sh2))
-                            {
-                                tracing::error!(pid, "cannot start the deputy worker: {e}");
-                            }
-                            jobs = Some(jtx);
+                            // the deputy was made ready before the offer (its fds, its worker)
+                            let Some(p) = prepared.take() else { continue };
+                            let w = Arc::new(crate::fwdpath::DeputyWay::new(
+                                m,
+                                to,
+                                mig,
+                                p.jobs,
+                                shared.clone(),
+                            ));
+                            let _ = p.way.set(w.clone());
+                            opened = Some(m.fwd_paths.open_deputy(w.clone()));
+                            way = Some(w);
                             if let Some(r) = lock(&m.table).get_mut(&mig) {
                                 r.node = to;
                                 r.state = "running".into();
                                 r.moves += 1;
                             }
-                            for msg in std::mem::take(&mut early) {
-                                crate::deputy::note(&shared, &msg);
-                                let acts = dep.on_msg(msg);
-                                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
+                            if let Some(w) = &way {
+                                for msg in std::mem::take(&mut early) {
+                                    w.on_msg(msg, true);
+                                }
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
                             let frozen = frozen_at.elapsed();
@@ -797,7 +820,7 @@ fn home_thread(
             }));
         match rx.recv_timeout(wait) {
             Ok(In::ComeHome { reply }) => {
-                if shell.is_none() || back.is_some() || jobs.is_none() {
+                if shell.is_none() || back.is_some() || way.is_none() {
                     let _ = reply.send(Err(format!(
                         "process {pid} is not running on node {to} right now (moving or already coming home)"
                     )));
@@ -824,7 +847,7 @@ fn home_thread(
                         if back.is_none() && {
                             // data read at home for it and not yet delivered would be lost
                             let fds: Vec<i32> = lock(&fds_shared).keys().copied().collect();
-                            fds.iter().any(|&fd| dep.pushed_back(fd) > 0)
+                            way.as_ref().is_some_and(|w| w.pushed_back(&fds) > 0)
                         } =>
                     {
                         let why =
@@ -881,12 +904,9 @@ fn home_thread(
                 }
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
-                    if jobs.is_some() {
-                        crate::deputy::note(&shared, &msg);
-                        let acts = dep.on_msg(msg);
-                        deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
-                    } else {
-                        early.push(msg);
+                    match &way {
+                        Some(w) => w.on_msg(msg, true),
+                        None => early.push(msg),
                     }
                 }
                 Wire::Signal { .. } | Wire::ComeHome { .. } => {}
@@ -920,13 +940,17 @@ fn home_thread(
                     }
                 }
             },
-            Ok(In::Done { tid, seq, reply }) => {
-                let acts = dep.on_done(tid, seq, reply);
-                deputy(m, to, mig, &mut dep, jobs.as_ref(), &shared, acts);
-            }
             Ok(_) => {}
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        // calls that took the short way are signs of life too
+        if let Some(w) = &way {
+            let seen = w.seen.load(Ordering::Relaxed);
+            if seen != fwd_seen {
+                fwd_seen = seen;
+                home.on_sign_of_life(Instant::now());
+            }
         }
         pending.extend(home.on_tick(Instant::now()));
         if let Some(b) = back.as_mut() {
@@ -986,7 +1010,8 @@ fn home_thread(
                 for w in waiters.drain(..) {
                     let _ = w.send(Ok(format!("process {pid} came home from node {to}")));
                 }
-                drop(jobs.take()); // the deputy's worker ends
+                drop(opened.take()); // the deputy's worker ends
+                drop(way.take());
                 // answer a re-sent commit for a little while (our `Running` may be lost)
                 let until = Instant::now() + Duration::from_secs(3);
                 while let Some(left) = until.checked_duration_since(Instant::now()) {

@@ -397,6 +397,19 @@ fn builder(
     let pid = thawed.pid;
     // its /mfs/lastexec, for as long as it runs here
     let _exec = crate::mfsmagic::guest_lastexec(pid as u32, ident.lastexec);
+    // The guest never outlives its supervisor's listener (it would get ENOSYS for its home
+    // calls): the guard kills it first, whatever ends the supervisor.
+    let guard = match migration::guard::KillOnDrop::new(pid) {
+        Ok(g) => g,
+        Err(e) => {
+            tracing::error!(pid, "cannot watch the rebuilt process: {e}; killing it");
+            // SAFETY: kill with integer arguments, our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = out.send(Built::Running(pid));
+            let _ = out.send(Built::Ended(wait_status(pid)));
+            return;
+        }
+    };
     let _ = out.send(Built::Running(pid));
     let Some(listener) = thawed.listener else {
         let _ = out.send(Built::Ended(wait_status(pid)));
@@ -431,7 +444,7 @@ fn builder(
     // wrong answer) until home asks for it again.
     let mut blocked_at_home_call = false;
     let fds = FdTable::new(ident.home_fds.clone()).with_ttys(ident.tty_fds.clone());
-    let mut sup = Supervisor::new(listener, id, fds, port);
+    let mut sup = Supervisor::new(listener, id, fds, port).kill_guest_on_drop(guard);
     sup.set_dfsa(migration::dfsa::Dfsa::open(&migration::dfsa::agreed(
         &ident.mfs,
         &crate::mfsd::mounts(),
@@ -442,10 +455,12 @@ fn builder(
             Ok(Stop::Deadline) => {
                 if let Ok(Go::ComeHome(why)) = go.try_recv() {
                     // Not while a call forwarded home is half-done (a read's data would be
-                    // lost): serve until none is, for at most 3 s.
+                    // lost): home gives up the calls still waiting there (a read of an empty
+                    // pipe), which then stay unanswered here and are made again at home; serve
+                    // until none is in flight, for at most 3 s.
                     let until = Instant::now() + Duration::from_secs(3);
-                    let mut stop = Ok(Stop::Deadline);
-                    while sup.in_flight() > 0 && Instant::now() < until {
+                    let mut stop = sup.interrupt_in_flight().map(|()| Stop::Deadline);
+                    while stop.is_ok() && sup.in_flight() > 0 && Instant::now() < until {
                         stop = sup.run_until_idle(until);
                         if !matches!(stop, Ok(Stop::Deadline)) {
                             break;
@@ -453,18 +468,27 @@ fn builder(
                     }
                     match stop {
                         Ok(Stop::Deadline) if sup.in_flight() == 0 => {
-                            if !leave(pid, ident.pid, why, &go, &out) && blocked_at_home_call {
-                                tracing::info!(
-                                    pid,
-                                    "it still waits at a call that must run at home"
-                                );
+                            if !leave(pid, ident.pid, why, &go, &out) {
+                                if blocked_at_home_call {
+                                    tracing::info!(
+                                        pid,
+                                        "it still waits at a call that must run at home"
+                                    );
+                                }
+                                // it stays: the calls given up at home are made again
+                                stop = sup.resume_given_up().map(|s| s.unwrap_or(Stop::Deadline));
                             }
                         }
                         Ok(Stop::Deadline) => {
                             let _ = out.send(Built::LeaveFailed(
                                 "a call forwarded home is in progress (e.g. a read waiting for input there); try again".into(),
                             ));
+                            stop = sup.resume_given_up().map(|s| s.unwrap_or(Stop::Deadline));
                         }
+                        _ => {}
+                    }
+                    match stop {
+                        Ok(Stop::Deadline) => {}
                         Ok(Stop::Exited) => break,
                         Ok(Stop::GoHome { reason, .. }) => {
                             let why = format!("it made a call that must run at home ({reason:?})");
@@ -576,6 +600,16 @@ fn target_thread(
         }
     };
     let mut fwd_rx = Some(fwd_rx);
+    // Replies from home go straight to the supervisor (crate::fwdpath); counted as signs of
+    // life of home.
+    let fwd_seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut fwd_seen_last = 0u64;
+    let fwd_way = || crate::fwdpath::RemoteWay {
+        tx: fwd_tx.clone(),
+        wake: wake.clone(),
+        seen: fwd_seen.clone(),
+    };
+    let _opened = m.fwd_paths.open_remote(home, mig, fwd_way());
     let mut chunks: Option<mpsc::Sender<Bytes>> = None;
     let mut go: Option<mpsc::Sender<Go>> = None;
     let mut local_pid: Option<i32> = None;
@@ -691,10 +725,7 @@ fn target_thread(
                 Wire::Proto { msg, .. } => pending.extend(target.on_msg(msg, Instant::now())),
                 Wire::Fwd { msg, .. } => {
                     target.on_sign_of_life(Instant::now());
-                    let _ = fwd_tx.send(msg);
-                    let one = 1u64;
-                    // SAFETY: writing 8 bytes to our eventfd.
-                    unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+                    fwd_way().give(msg);
                 }
                 Wire::Leaving { .. } | Wire::StaysHere { .. } | Wire::Stopped { .. } => {}
                 Wire::Signal { signo, .. } => {
@@ -717,9 +748,14 @@ fn target_thread(
                     }
                 }
             },
-            Ok(In::Done { .. } | In::ComeHome { .. } | In::Wake)
+            Ok(In::ComeHome { .. } | In::Wake)
             | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
+        }
+        let seen = fwd_seen.load(std::sync::atomic::Ordering::Relaxed);
+        if seen != fwd_seen_last {
+            fwd_seen_last = seen;
+            target.on_sign_of_life(Instant::now());
         }
         while let Ok(b) = built_rx.try_recv() {
             match b {

@@ -300,6 +300,7 @@ proptest! {
                             match a {
                                 RemoteAction::Send(m) => to_dep.push(m),
                                 RemoteAction::Answer { notif, reply, .. } => answer_queue.push((notif, reply)),
+                                RemoteAction::Unanswered { .. } => unreachable!("interrupt_all is not used here"),
                             }
                         }
                     }
@@ -321,6 +322,7 @@ proptest! {
                                 match a {
                                     RemoteAction::Send(m) => to_dep.push(m),
                                     RemoteAction::Answer { notif, reply, .. } => answer_queue.push((notif, reply)),
+                                RemoteAction::Unanswered { .. } => unreachable!("interrupt_all is not used here"),
                                 }
                             }
                         } else {
@@ -338,6 +340,7 @@ proptest! {
                             match a {
                                 RemoteAction::Send(m) => to_dep.push(m),
                                 RemoteAction::Answer { notif, reply, .. } => answer_queue.push((notif, reply)),
+                                RemoteAction::Unanswered { .. } => unreachable!("interrupt_all is not used here"),
                             }
                         }
                     }
@@ -386,4 +389,67 @@ proptest! {
         all.extend(home.pipe.iter());
         prop_assert_eq!(all, original);
     }
+}
+
+/// Issue 13 part 2c: the process must go home while its read waits at home for input. Home is
+/// asked to give the read up; its EINTR is never delivered (the call stays unanswered, to be
+/// made again at home), and nothing is in flight any more.
+#[test]
+fn an_interrupted_read_that_did_nothing_stays_unanswered() {
+    let mut rem = RemoteFwd::new();
+    let mut dep = DeputyFwd::new();
+    let k = key(READ, 0x1000, 64);
+    let acts = rem.on_call(7, 1, k, Call::Read { fd: 0, len: 64 });
+    let [FwdMsg::Request { tid, seq, call }] = <[FwdMsg; 1]>::try_from(sends(&acts)).unwrap() else {
+        panic!("{acts:?}")
+    };
+    assert!(matches!(
+        dep.on_msg(FwdMsg::Request { tid, seq, call }).as_slice(),
+        [DeputyAction::Execute { .. }]
+    ));
+    // the way home begins: the deputy is asked to give the waiting read up
+    let acts = rem.interrupt_all();
+    assert_eq!(sends(&acts), vec![FwdMsg::Cancel { tid: 7, seq }]);
+    assert!(rem.interrupt_all().is_empty(), "asked once");
+    assert_eq!(
+        dep.on_msg(FwdMsg::Cancel { tid: 7, seq }),
+        vec![DeputyAction::Interrupt { tid: 7, seq }]
+    );
+    // the worker's wait gives up before reading: EINTR
+    let back = dep.on_done(7, seq, Reply::errno(libc::EINTR));
+    let [DeputyAction::Send(reply)] = back.as_slice() else {
+        panic!("{back:?}")
+    };
+    let acts = rem.on_msg(reply.clone());
+    assert_eq!(acts, vec![RemoteAction::Unanswered { notif: 1, tid: 7 }]);
+    assert!(answers(&acts).is_empty(), "EINTR is never delivered");
+    assert_eq!(rem.in_flight(), 0);
+    // the process stayed after all: the same call forwarded again is a new request, run anew
+    let acts = rem.on_call(7, 1, k, Call::Read { fd: 0, len: 64 });
+    let [FwdMsg::Request { seq: seq2, .. }] = <[FwdMsg; 1]>::try_from(sends(&acts)).unwrap() else {
+        panic!("{acts:?}")
+    };
+    assert!(seq2 > seq);
+}
+
+/// A read that had already got its data when home was asked to give it up: the data is
+/// delivered as usual (never lost, never turned into EINTR).
+#[test]
+fn an_interrupted_read_that_got_data_is_delivered() {
+    let mut rem = RemoteFwd::new();
+    let k = key(READ, 0x1000, 64);
+    let acts = rem.on_call(7, 1, k, Call::Read { fd: 0, len: 64 });
+    let [FwdMsg::Request { seq, .. }] = <[FwdMsg; 1]>::try_from(sends(&acts)).unwrap() else {
+        panic!("{acts:?}")
+    };
+    assert_eq!(rem.interrupt_all().len(), 1);
+    let data = Reply::data(Bytes::from_static(b"late line\n"));
+    let acts = rem.on_msg(FwdMsg::Reply {
+        tid: 7,
+        seq,
+        reply: data.clone(),
+    });
+    assert_eq!(answers(&acts), vec![(1, data)]);
+    assert!(rem.on_answered(1, Answered::Delivered).is_empty());
+    assert_eq!(rem.in_flight(), 0);
 }
