@@ -62,7 +62,7 @@ mod tracer;
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, Finished, FreezeOptions, FreezeReport, Seized, StreamPlan,
-    Streamed, can_thaw_here, freeze, seize, seize_guest,
+    Streamed, can_thaw_here, freeze, home_backed, lives_inside, seize, seize_guest,
 };
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

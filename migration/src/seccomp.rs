@@ -242,6 +242,7 @@ pub const PATH_CALLS: &[i64] = &[
 /// Calls whose answers are home's identity: the getpid family and signals by PID.
 pub const IDENTITY_CALLS: &[i64] = &[
     libc::SYS_getpid,
+    libc::SYS_gettid,
     libc::SYS_getppid,
     libc::SYS_getpgid,
     libc::SYS_getpgrp,
