@@ -1,8 +1,10 @@
-/* threads4 ROUNDS MS CODE: 4 worker threads compute a share of each round (a heap walk) and
+/* threads4 ROUNDS MS CODE [spawn]: 4 worker threads compute a share of each round (a heap walk) and
    add it to a sum under a mutex; the main thread waits on a condition variable until all 4 are
    done, prints "round i sum S pid P", sleeps MS ms and starts the next round. Every 5th round
    it also sends SIGUSR1 to worker i%4 with pthread_kill and waits until THAT worker's handler
    ran ("signal to worker k handled"), and checks gettid() == getpid() in the main thread.
+   With "spawn", at round ROUNDS/2 the main thread also makes a 6th thread (pthread_create:
+   clone) that computes and is joined ("extra thread computed X").
    Output depends only on ROUNDS; exits with CODE. */
 #define _GNU_SOURCE
 #include <pthread.h>
@@ -50,8 +52,16 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static void *extra(void *arg) {
+    uint64_t s = 0;
+    for (size_t j = 0; j < HEAP; j += 8191) s = s * 131 + heap[j];
+    *(uint64_t *)arg = s;
+    return NULL;
+}
+
 int main(int argc, char **argv) {
-    if (argc != 4) return 2;
+    if (argc != 4 && argc != 5) return 2;
+    int spawn = argc == 5 && strcmp(argv[4], "spawn") == 0;
     rounds = atoi(argv[1]);
     int ms = atoi(argv[2]), code = atoi(argv[3]);
     heap = malloc(HEAP);
@@ -88,6 +98,15 @@ int main(int argc, char **argv) {
             len = snprintf(line, sizeof line, "signal to worker %d %s; main tid %s\n", k,
                            handled[k] != before ? "handled" : "LOST",
                            syscall(SYS_gettid) == getpid() ? "is pid" : "DIFFERS");
+            if (write(1, line, (size_t)len) != len) return 3;
+        }
+        if (spawn && r == rounds / 2) {
+            pthread_t x;
+            uint64_t got = 0;
+            if (pthread_create(&x, NULL, extra, &got) != 0) return 5;
+            pthread_join(x, NULL);
+            len = snprintf(line, sizeof line, "extra thread computed %llu\n",
+                           (unsigned long long)got);
             if (write(1, line, (size_t)len) != len) return 3;
         }
         struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};

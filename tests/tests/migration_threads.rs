@@ -214,3 +214,51 @@ fn epoll_watching_a_home_fd_is_refused_and_the_process_runs_on() {
     assert_eq!(out, want, "output differs\n{}", logs(&c, &[1, 2]));
     assert_eq!(st.code(), Some(4), "{st:?}");
 }
+
+/// A moved multi-threaded process that makes a new thread (pthread_create, a clone the remote
+/// does not serve) comes home with all its threads first, and the clone runs at home: `ps` on
+/// home then shows it at home, and its output and exit code equal an uninterrupted run.
+#[test]
+fn a_new_thread_on_the_remote_brings_the_process_home() {
+    if !can_run("a_new_thread_on_the_remote_brings_the_process_home") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.12.40 2\n", &nodes);
+    let prog = compile(c.dir.path(), "threads4");
+    let args = ["60", "25", "8", "spawn"];
+    let plain = spawn(&prog, &args);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
+    assert_eq!(plain_st.code(), Some(8), "uninterrupted run: {plain_st:?}");
+    assert!(plain_out.contains("extra thread computed"), "{plain_out}");
+
+    let kid = spawn(&prog, &args);
+    let pid = kid.0.id();
+    std::thread::sleep(Duration::from_millis(200));
+    let (ok, said) = migrate(&c, pid, "2");
+    assert!(ok, "migrate {pid} 2 failed: {said}\n{}", logs(&c, &nodes));
+    guest_pid(&c, 2, pid);
+    // the clone brings it home
+    wait_for(Duration::from_secs(20), || {
+        let ps = cli(&c, 1, &["ps", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
+        v["processes"]
+            .as_array()?
+            .iter()
+            .find(|r| r["pid"] == u64::from(pid) && r["state"] == "home")
+            .cloned()
+    })
+    .unwrap_or_else(|| panic!("{pid} never came home\n{}", logs(&c, &nodes)));
+
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
+    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(st.code(), Some(8), "{st:?}\n{}", logs(&c, &nodes));
+    assert!(
+        c.log_text(1)
+            .contains("the process came home (it made a call that must run at home (Fork))"),
+        "home did not log the way home for the clone\n{}",
+        logs(&c, &nodes)
+    );
+}
