@@ -4,7 +4,9 @@
 //! [`classify`] (pure) sorts a trapped call:
 //! - a call on a local fd (any fd not in the [`FdTable`]'s home-backed set) → `CONTINUE`;
 //! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
-//!   itself (by its home PID) is sent locally;
+//!   itself (by its home PID) is sent locally; gettid is the home PID in the main thread and
+//!   the local TID in the others (what glibc cached for them when they were rebuilt here), and
+//!   tgkill(home PID, tid) reaches that thread here;
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
