@@ -11,6 +11,7 @@
 #   SIZES="1 64 512"  heap sizes (MiB) of the moved process   REPS=3  repetitions per size
 #   STARTS=50         mosrun / fork+exec repetitions          WRITES=20000  64-byte writes
 #   PARTS="move start write cpu"  which measurements to run
+#   FIRST_IP=127.0.0.241  node 1's address (node 2 gets the next one)
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/omnode}")
@@ -19,6 +20,7 @@ REPS=${REPS:-3}
 STARTS=${STARTS:-50}
 WRITES=${WRITES:-20000}
 PARTS=${PARTS:-"move start write cpu"}
+FIRST_IP=${FIRST_IP:-127.0.0.241}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "no omnode binary at $BIN (cargo build --release -p omnode)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (ptrace and seccomp filters of other processes)" >&2; exit 1; }
@@ -126,7 +128,7 @@ EOF
 for p in heap tcp wr cpu; do gcc -O2 -o "$D/$p" "$D/$p.c"; done
 
 # --- two nodes ------------------------------------------------------------------------------
-printf '1 127.0.0.241 2\n' > "$D/map"
+printf '1 %s 2\n' "$FIRST_IP" > "$D/map"
 "$BIN" keygen --out "$D/key" >/dev/null
 PORT=$(( 20000 + RANDOM % 20000 ))
 for n in 1 2; do

@@ -383,3 +383,99 @@ pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(fd: i32, kind: FdKind) -> Fd {
+        Fd { fd, kind }
+    }
+
+    fn table(epoll_watches: &[i32]) -> Vec<Fd> {
+        vec![
+            fd(
+                0,
+                FdKind::Stdio {
+                    what: "pipe".into(),
+                    cloexec: false,
+                },
+            ),
+            fd(
+                3,
+                FdKind::Pipe {
+                    pipe: 7,
+                    write: false,
+                    flags: 0,
+                    size: 65536,
+                    data: Vec::new(),
+                },
+            ),
+            fd(
+                4,
+                FdKind::EventFd {
+                    count: 0,
+                    semaphore: false,
+                    flags: 0,
+                },
+            ),
+            fd(
+                5,
+                FdKind::Path {
+                    path: "/etc/hostname".into(),
+                    flags: 0,
+                    pos: 0,
+                    is_dir: false,
+                },
+            ),
+            fd(
+                6,
+                FdKind::SharedWith {
+                    fd: 3,
+                    cloexec: false,
+                },
+            ),
+            fd(
+                7,
+                FdKind::SharedWith {
+                    fd: 5,
+                    cloexec: false,
+                },
+            ),
+            fd(
+                8,
+                FdKind::Epoll {
+                    flags: 0,
+                    watches: epoll_watches
+                        .iter()
+                        .map(|&fd| EpollWatch {
+                            fd,
+                            events: 1,
+                            data: 0,
+                        })
+                        .collect(),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn inner_fds_move_and_the_others_stay_home() {
+        let t = table(&[3, 4]);
+        // a dup of an inner pipe moves with it; a dup of a file stays home with it
+        assert_eq!(home_backed(&t), vec![0, 5, 7]);
+        assert!(refuse_for_migration(1, &t).is_ok());
+    }
+
+    #[test]
+    fn an_epoll_watching_a_home_fd_is_refused_naming_both_fds() {
+        for home in [0, 5, 7] {
+            let e = refuse_for_migration(1, &table(&[3, home])).unwrap_err();
+            let s = e.to_string();
+            assert!(
+                s.contains("fd 8") && s.contains(&format!("watching fd {home}")),
+                "{s}"
+            );
+        }
+    }
+}
