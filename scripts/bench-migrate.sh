@@ -12,7 +12,7 @@
 #   SIZES="1 64 512"  heap sizes (MiB) of the moved process   REPS=3  repetitions per size
 #   STARTS=50         mosrun / fork+exec repetitions          WRITES=20000  64-byte writes
 #   PARTS="move start write cpu"  which measurements to run
-#   ADDR=127.0.0.241  node 1's address (node 2 has the next one)
+#   FIRST_IP=127.0.0.241  node 1's address (node 2 gets the next one; ADDR= is the same)
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/omnode}")
@@ -21,7 +21,7 @@ REPS=${REPS:-3}
 STARTS=${STARTS:-50}
 WRITES=${WRITES:-20000}
 PARTS=${PARTS:-"move start write cpu"}
-ADDR=${ADDR:-127.0.0.241}
+FIRST_IP=${FIRST_IP:-${ADDR:-127.0.0.241}}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "no omnode binary at $BIN (cargo build --release -p omnode)" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "needs root (ptrace and seccomp filters of other processes)" >&2; exit 1; }
@@ -133,7 +133,7 @@ echo 'int main(void) { return 0; }' > "$D/true.c"
 gcc -O2 -static -o "$D/true-static" "$D/true.c"
 
 # --- two nodes ------------------------------------------------------------------------------
-printf '1 %s 2\n' "$ADDR" > "$D/map"
+printf '1 %s 2\n' "$FIRST_IP" > "$D/map"
 "$BIN" keygen --out "$D/key" >/dev/null
 PORT=$(( 20000 + RANDOM % 20000 ))
 for n in 1 2; do

@@ -44,13 +44,16 @@
 //! on the terminal attached at thaw) and whether it was the controlling terminal (a session
 //! leader takes the new one as such); further fds of it (/dev/tty) are opened again there.
 //!
-//! Threads: [`freeze`] seizes every thread and keeps each one's own state
-//! ([`ThreadImage`]); thaw makes them again by injected clone3. [`seize`] (migration, the home
-//! shell) still refuses a multi-threaded process.
+//! Threads: [`freeze`] and [`seize`] seize every thread and keep each one's own state
+//! ([`ThreadImage`]); thaw makes them again by injected clone3 (after the seccomp filter is
+//! installed, so every thread inherits it). The home shell parks the main thread only: the
+//! others have their rseq unregistered, then exit once P is trimmed.
 //!
 //! Files that live inside the process are carried with their state: pipes with both ends in
 //! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations,
 //! timerfds, signalfds, memfds and deleted files.
+//! They move with a migrated process ([`lives_inside`]; the others stay at home,
+//! [`home_backed`]), except an epoll watching an fd that stays home and a deleted file.
 //!
 //! Carried beyond the registers and memory: each mapping's protections, grows-down flag,
 //! madvise state, mlock, MAP_NORESERVE, commit charge and maximum protection (smaps'
@@ -73,7 +76,8 @@ mod tracer;
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, ExecWatch, Finished, FreezeOptions, FreezeReport, Seized,
-    StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, seize, seize_guest, watch_exec,
+    StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, home_backed, lives_inside, seize,
+    seize_guest, watch_exec,
 };
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

@@ -63,7 +63,10 @@ pub(crate) fn answer_continue(listener: RawFd, pid: pid_t) -> io::Result<()> {
         error: 0,
         flags: 0,
     };
-    if n.pid as pid_t == pid {
+    // the process or one of its threads (a thread being made and set up by injected calls)
+    if n.pid as pid_t == pid
+        || std::path::Path::new(&format!("/proc/{pid}/task/{}", n.pid)).exists()
+    {
         resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
     } else {
         resp.error = -libc::ENOSYS;

@@ -134,6 +134,10 @@ fn serr(pid: pid_t, what: impl Into<String>) -> Error {
         what: what.into(),
     }
 }
+fn tio(pid: pid_t, what: String) -> impl FnOnce(io::Error) -> Error {
+    move |e| serr(pid, format!("{what}: {e}"))
+}
+
 fn sio(pid: pid_t, what: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |e| serr(pid, format!("{what}: {e}"))
 }
@@ -311,12 +315,36 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
     )
     .map_err(sio(pid, "PTRACE_SETOPTIONS"))?;
 
+    // The other threads' rseq areas go with the trim: unregistered first (the kernel would
+    // fault on them when a thread runs to its exit), registered again if the trim is undone.
+    let tids: Vec<pid_t> = held.threads.iter().map(|t| t.tid).collect();
+    let unregistered = match thread_rseq(pid, gadget, &tids, None) {
+        Ok(v) => v,
+        Err((done, e)) => {
+            let _ = thread_rseq(pid, gadget, &tids, Some(&done));
+            let _ = ptrace_req(Req::SetOptions, pid, libc::PTRACE_O_TRACESYSGOOD as usize);
+            slot.set(held);
+            return Err(e);
+        }
+    };
     let queued = std::mem::take(&mut held.queued);
-    match trim(pid, gadget, regs, &maps, keep_args, rseq, &queued) {
+    let trimmed = trim(pid, gadget, regs, &maps, keep_args, rseq, &queued);
+    if let Err(Trim::Undone(_)) = &trimmed {
+        let _ = thread_rseq(pid, gadget, &tids, Some(&unregistered));
+    }
+    match trimmed {
         Ok(()) => {
             // P now belongs to the shell: nothing to put back
             held.active = false;
+            let threads: Vec<pid_t> = held.threads.drain(..).map(|t| t.tid).collect();
             drop(held);
+            // its other threads have nothing left to run (their image left with P's): each
+            // one is made to exit; the shell is the main thread alone
+            if let Err(e) = end_threads(pid, gadget, &threads) {
+                // SAFETY: plain kill of our tracee, already taken apart.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                return Err(e);
+            }
         }
         Err(Trim::Undone(e)) => {
             // nothing of P was taken apart: put it back (the held process is released when
@@ -359,6 +387,81 @@ fn park(slot: &mut Slot, pid: pid_t) -> Result<()> {
 }
 
 /// How a trim failed: before anything of P was changed for good (undone), or after.
+/// On the tracer thread, P trimmed: makes each of `tids` (seized and stopped threads of P,
+/// not the main one) run `exit(0)` at the `syscall` instruction `gadget` (in the vDSO, which the
+/// trim keeps), and reaps it, within [`WORK_TIMEOUT`]. Signals it gets meanwhile are dropped.
+fn end_threads(pid: pid_t, gadget: u64, tids: &[pid_t]) -> Result<()> {
+    let deadline = Instant::now() + WORK_TIMEOUT;
+    for &tid in tids {
+        let mut r = match getregs(tid) {
+            Ok(r) => r,
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue, // gone already
+            Err(e) => return Err(tio(pid, format!("PTRACE_GETREGS of thread {tid}"))(e)),
+        };
+        r.rip = gadget;
+        r.rax = libc::SYS_exit as u64;
+        r.orig_rax = u64::MAX;
+        r.rdi = 0;
+        setregs(tid, &r).map_err(tio(pid, format!("PTRACE_SETREGS of thread {tid}")))?;
+        ptrace_req(Req::Cont, tid, 0).map_err(tio(pid, format!("PTRACE_CONT of thread {tid}")))?;
+        loop {
+            let st = wait_until(tid, deadline)
+                .map_err(tio(pid, format!("waiting for thread {tid} to exit")))?
+                .ok_or_else(|| serr(pid, format!("thread {tid} did not exit in time")))?;
+            if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+                break;
+            }
+            // a signal-delivery stop or an event: dropped, on to the exit
+            ptrace_req(Req::Cont, tid, 0)
+                .map_err(tio(pid, format!("PTRACE_CONT of thread {tid}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// rseq of each thread in `tids` (stopped threads of P, not the main one) by a call injected
+/// at `gadget`, its registers put back after: `again: None` unregisters each registered one
+/// and returns them; `Some(list)` registers those of `list` again. On error: what was done.
+#[allow(clippy::type_complexity)]
+fn thread_rseq(
+    pid: pid_t,
+    gadget: u64,
+    tids: &[pid_t],
+    again: Option<&[(pid_t, (u64, u32, u32))]>,
+) -> std::result::Result<Vec<(pid_t, (u64, u32, u32))>, (Vec<(pid_t, (u64, u32, u32))>, Error)> {
+    let mut done = Vec::new();
+    let todo: Vec<(pid_t, Option<(u64, u32, u32)>)> = match again {
+        Some(list) => list.iter().map(|&(t, r)| (t, Some(r))).collect(),
+        None => tids.iter().map(|&t| (t, None)).collect(),
+    };
+    for (tid, known) in todo {
+        let conf = match known {
+            Some(c) => Some(c),
+            None => match get_rseq(tid) {
+                Ok(c) => c,
+                Err(e) => return Err((done, tio(pid, format!("rseq of thread {tid}"))(e))),
+            },
+        };
+        let Some((p, l, sig)) = conf.filter(|c| c.0 != 0) else {
+            continue;
+        };
+        let regs = match getregs(tid) {
+            Ok(r) => r,
+            Err(e) => return Err((done, tio(pid, format!("PTRACE_GETREGS of thread {tid}"))(e))),
+        };
+        let mut t = Tracee::new(tid, gadget, regs);
+        t.call_timeout = Some(WORK_TIMEOUT);
+        let flags = if again.is_some() { 0 } else { 1 }; // RSEQ_FLAG_UNREGISTER
+        let r = t.syscall(libc::SYS_rseq, &[p, l as u64, flags, sig as u64]);
+        let put_back = setregs(tid, &regs);
+        if let Err(e) = r.and(put_back) {
+            return Err((done, tio(pid, format!("rseq in thread {tid}"))(e)));
+        }
+        done.push((tid, (p, l, sig)));
+    }
+    Ok(done)
+}
+
 enum Trim {
     Undone(Error),
     Broken(Error),

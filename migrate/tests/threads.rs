@@ -200,10 +200,10 @@ fn round_trip_checker_sees_every_thread_come_back() {
     assert!(read(&out).ends_with("DONE ok\n"), "{}", read(&out));
 }
 
-/// Migration (seize, then park as the home shell) still refuses a multi-threaded process,
-/// and leaves it running untouched: the remote supervisor runs one thread only.
+/// Migration's seize takes a multi-threaded process with all its threads (each one's state in
+/// the image), and a seize given up puts every thread back: the process runs on to its end.
 #[test]
-fn migration_still_refuses_threads_and_the_process_runs_on() {
+fn migration_seizes_every_thread_and_puts_them_back_when_given_up() {
     if !root() {
         return;
     }
@@ -211,9 +211,10 @@ fn migration_still_refuses_threads_and_the_process_runs_on() {
     let out = dir.path().join("out");
     let mut p = spawn(Command::new(prog("threads4")).arg("150"), &out, None);
     wait_lines(&out, 3, T);
-    let e = migrate::seize(p.pid, Duration::from_secs(5)).expect_err("threads must be refused");
-    assert!(e.to_string().contains("5 threads"), "{e}");
-    assert_eq!(e.refusal(), Some(migrate::RefusalKind::CannotMove), "{e}");
+    let mut s = migrate::seize(p.pid, Duration::from_secs(5)).expect("seize");
+    let img = s.collect().expect("collect");
+    assert_eq!(img.threads.len(), 4, "the 4 other threads are in the image");
+    drop(s);
     let st = std::fs::read_to_string(format!("/proc/{}/status", p.pid)).unwrap();
     assert!(st.contains("TracerPid:\t0"), "left traced");
     assert!(exited_ok(p.wait(T)));

@@ -277,9 +277,11 @@ pub struct Config {
     pub failure_timeout: Duration,
     /// While the moved process runs, each side sends `Alive` this often. Default 500 ms.
     pub heartbeat_interval: Duration,
-    /// Largest chunk of image data. Default 256 KiB.
+    /// Largest chunk of image data. Default 1 MiB.
     pub chunk_size: u64,
-    /// The window the target grants (bytes in flight). Default 4 MiB.
+    /// The window the target grants (bytes in flight). Default 16 MiB. The target acknowledges
+    /// once per quarter window (and at the end), not per chunk: home always has a quarter of
+    /// the window to send while an acknowledgement travels.
     pub window: u64,
 }
 
@@ -293,8 +295,8 @@ impl Default for Config {
             commit_timeout: Duration::from_secs(3),
             failure_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_millis(500),
-            chunk_size: 256 * 1024,
-            window: 4 * 1024 * 1024,
+            chunk_size: 1024 * 1024,
+            window: 16 * 1024 * 1024,
         }
     }
 }
@@ -960,10 +962,17 @@ impl Target {
                     }
                     let now_received = received + len;
                     out.push(TargetAction::Feed { offset, data });
-                    out.push(TargetAction::Send(Msg::Ack {
-                        mig,
-                        received: now_received,
-                    }));
+                    // One acknowledgement per quarter window crossed (any advance of a quarter
+                    // crosses one, so a full window always brings one), and at the end.
+                    let step = (self.config.window / 4).max(1);
+                    if now_received / step != received / step
+                        || now_received == self.offer.image_size
+                    {
+                        out.push(TargetAction::Send(Msg::Ack {
+                            mig,
+                            received: now_received,
+                        }));
+                    }
                     if now_received == self.offer.image_size {
                         self.state = TargetState::Building;
                         out.push(TargetAction::FinishThaw);

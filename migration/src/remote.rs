@@ -4,7 +4,9 @@
 //! [`classify`] (pure) sorts a trapped call:
 //! - a call on a local fd (any fd not in the [`FdTable`]'s home-backed set) → `CONTINUE`;
 //! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
-//!   itself (by its home PID) is sent locally;
+//!   itself (by its home PID) is sent locally; gettid is the home PID in the main thread and
+//!   the local TID in the others (what glibc cached for them when they were rebuilt here), and
+//!   tgkill(home PID, tid) reaches that thread here;
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
@@ -172,6 +174,12 @@ pub enum Class {
     Answer(i64),
     /// Send `sig` to the process itself here (it signalled its home PID).
     SignalSelf { sig: i32 },
+    /// Send `sig` to thread `tid` of the process here (tgkill of its home PID; the main
+    /// thread's TID is the home PID, the others' their TIDs here).
+    SignalThread { tid: i32, sig: i32 },
+    /// gettid: the main thread's TID is the home PID (as getpid says); another thread's is
+    /// its TID here (what glibc cached in its thread descriptor when the thread was made).
+    Gettid,
     /// Forward it home.
     Forward(Req),
     /// The process must go home first.
@@ -195,7 +203,15 @@ pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
         libc::SYS_getpgid if a[0] == 0 || a[0] as i32 == id.pid => Class::Answer(id.pgid.into()),
         libc::SYS_getsid if a[0] == 0 || a[0] as i32 == id.pid => Class::Answer(id.sid.into()),
         libc::SYS_kill if a[0] as i32 == id.pid => Class::SignalSelf { sig: a[1] as i32 },
-        libc::SYS_tgkill if a[0] as i32 == id.pid => Class::SignalSelf { sig: a[2] as i32 },
+        libc::SYS_tgkill if a[0] as i32 == id.pid => Class::SignalThread {
+            tid: if a[1] as i32 == id.pid {
+                id.local_pid
+            } else {
+                a[1] as i32
+            },
+            sig: a[2] as i32,
+        },
+        libc::SYS_gettid => Class::Gettid,
         // Children are born at home, so it has none here: waiting is local (ECHILD).
         libc::SYS_wait4 | libc::SYS_waitid => Class::Continue,
         libc::SYS_getpgid
@@ -614,6 +630,31 @@ impl<P: HomePort> Supervisor<P> {
                     )
                 };
                 self.answer(n.id, resp)?;
+            }
+            Class::SignalThread { tid, sig } => {
+                self.stats.identity += 1;
+                // SAFETY: tgkill with integer arguments; the kernel checks that `tid` is a
+                // thread of the process we supervise (else ESRCH, the answer it would get).
+                let r = unsafe { libc::syscall(libc::SYS_tgkill, self.id.local_pid, tid, sig) };
+                let resp = if r == 0 {
+                    Response::Value(0)
+                } else {
+                    Response::Errno(
+                        io::Error::last_os_error()
+                            .raw_os_error()
+                            .unwrap_or(libc::EIO),
+                    )
+                };
+                self.answer(n.id, resp)?;
+            }
+            Class::Gettid => {
+                self.stats.identity += 1;
+                let tid = if n.pid as i32 == self.id.local_pid {
+                    self.id.pid
+                } else {
+                    n.pid as i32
+                };
+                self.answer(n.id, Response::Value(tid.into()))?;
             }
             Class::GoHome(reason) => {
                 tracing::info!(
@@ -1104,6 +1145,20 @@ mod tests {
             c(libc::SYS_kill, [4712, 10, 0, 0, 0, 0]),
             Class::GoHome(GoHome::Identity)
         );
+        // the main thread's TID is the home PID; other threads keep their TIDs here
+        assert_eq!(
+            c(libc::SYS_tgkill, [4711, 4711, 10, 0, 0, 0]),
+            Class::SignalThread { tid: 99, sig: 10 }
+        );
+        assert_eq!(
+            c(libc::SYS_tgkill, [4711, 123, 12, 0, 0, 0]),
+            Class::SignalThread { tid: 123, sig: 12 }
+        );
+        assert_eq!(
+            c(libc::SYS_tgkill, [4712, 123, 12, 0, 0, 0]),
+            Class::GoHome(GoHome::Identity)
+        );
+        assert_eq!(c(libc::SYS_gettid, [0; 6]), Class::Gettid);
         assert_eq!(
             c(libc::SYS_write, [1, 0x1000, 64, 0, 0, 0]),
             Class::Forward(Req::Write {

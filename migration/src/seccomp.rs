@@ -242,6 +242,7 @@ pub const PATH_CALLS: &[i64] = &[
 /// Calls whose answers are home's identity: the getpid family and signals by PID.
 pub const IDENTITY_CALLS: &[i64] = &[
     libc::SYS_getpid,
+    libc::SYS_gettid,
     libc::SYS_getppid,
     libc::SYS_getpgid,
     libc::SYS_getpgrp,
@@ -853,6 +854,7 @@ mod tests {
             libc::SYS_write,
             libc::SYS_openat,
             libc::SYS_getpid,
+            libc::SYS_gettid,
             libc::SYS_clone3,
         ] {
             assert_eq!(p.evaluate(a, nr as i32, [0; 6]), RET_USER_NOTIF, "{nr}");
@@ -861,7 +863,6 @@ mod tests {
             libc::SYS_futex,
             libc::SYS_clock_gettime,
             libc::SYS_brk,
-            libc::SYS_gettid,
             libc::SYS_exit_group,
         ] {
             assert_eq!(p.evaluate(a, nr as i32, [0; 6]), RET_ALLOW, "{nr}");

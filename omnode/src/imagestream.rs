@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 /// Size of one piece from the producer: the protocol's chunk size, so a chunk the protocol
 /// asks for is one piece (sent without a copy).
-pub const PIECE: usize = 256 * 1024;
+pub const PIECE: usize = 1024 * 1024;
 /// Pieces the producer may run ahead of what the protocol asked for.
 const AHEAD: usize = 4;
 

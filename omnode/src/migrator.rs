@@ -571,13 +571,12 @@ fn home_thread(
         ppid,
         pgid,
         sid,
-        home_fds: img.fds.iter().map(|f| f.fd).collect(),
+        // fds that live inside the process (pipes within it, eventfd, epoll, ...) move with it
+        home_fds: migrate::home_backed(&img.fds),
         cmd: img.comm.clone(),
         moves: prev_moves + 1,
-        tty_fds: img
-            .fds
-            .iter()
-            .map(|f| f.fd)
+        tty_fds: migrate::home_backed(&img.fds)
+            .into_iter()
             .filter(|&fd| crate::deputy::is_tty_fd(pid, fd))
             .collect(),
         mfs: crate::mfsd::mounts(),

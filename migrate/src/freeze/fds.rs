@@ -427,34 +427,162 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
     Ok(())
 }
 
+/// Does fd `f` live inside the process (made again wherever the image is thawed), rather than
+/// stay at home when the process moves (files, terminals, pipes and sockets to other processes)?
+pub fn lives_inside(fds: &[Fd], f: &Fd) -> bool {
+    match &f.kind {
+        FdKind::Pipe { .. }
+        | FdKind::EventFd { .. }
+        | FdKind::Epoll { .. }
+        | FdKind::TimerFd { .. }
+        | FdKind::SignalFd { .. }
+        | FdKind::Contents { .. }
+        | FdKind::SocketPair { .. } => true,
+        FdKind::SharedWith { fd, .. } => fds
+            .iter()
+            .find(|o| o.fd == *fd && !matches!(o.kind, FdKind::SharedWith { .. }))
+            .is_some_and(|o| lives_inside(fds, o)),
+        FdKind::Path { .. } | FdKind::Stdio { .. } | FdKind::External { .. } => false,
+    }
+}
+
+/// The fds a moved process keeps at home (its calls on them are forwarded there): every fd but
+/// those that [`lives_inside`] it, which move with it.
+pub fn home_backed(fds: &[Fd]) -> Vec<i32> {
+    fds.iter()
+        .filter(|f| !lives_inside(fds, f))
+        .map(|f| f.fd)
+        .collect()
+}
+
 /// Moving a process to another node (the [`super::seize`] path: migration, the home shell)
-/// keeps its fds at home and forwards calls on them; files that live inside the process
-/// (carried by `omnode freeze`) would behave differently there, so they are still refused.
+/// keeps its files, terminals and outside pipes at home and forwards calls on them; the fds
+/// that live inside the process (pipes with both ends in it, socketpairs, eventfd, timerfd,
+/// signalfd, memfd, epoll) move with it. Refused: an epoll instance watching an fd that stays
+/// at home (the watch cannot follow it), and a deleted file (it is made again in its own
+/// directory, which is home's).
 pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
     for f in fds {
         let what = match &f.kind {
-            FdKind::Pipe { pipe, .. } => {
-                format!("one end of pipe:[{pipe}], whose both ends it holds")
+            FdKind::Epoll { watches, .. } => {
+                let Some(w) = watches.iter().find(|w| {
+                    fds.iter()
+                        .find(|o| o.fd == w.fd)
+                        .is_none_or(|o| !lives_inside(fds, o))
+                }) else {
+                    continue;
+                };
+                format!(
+                    "an epoll instance watching fd {}, which stays at home (an epoll may watch only fds that move with the process: pipes inside it, eventfd, timerfd, signalfd, socketpairs)",
+                    w.fd
+                )
             }
-            FdKind::EventFd { .. } => "an eventfd".into(),
-            FdKind::Epoll { .. } => "an epoll instance".into(),
-            FdKind::TimerFd { .. } => "a timerfd".into(),
-            FdKind::SignalFd { .. } => "a signalfd".into(),
             FdKind::Contents {
-                memfd: true, name, ..
-            } => format!("memfd {name}"),
-            FdKind::Contents { name, .. } => format!("a deleted file ({name})"),
-            FdKind::SocketPair { .. } => "one end of a socketpair whose both ends it holds".into(),
+                memfd: false, name, ..
+            } => format!("a deleted file ({name}), which would be made again in a directory of home's"),
             FdKind::Terminal { .. } => "a terminal above fd 2".into(),
             _ => continue,
         };
         return Err(unsup(
             pid,
-            format!(
-                "fd {} is {what} (moving it to another node is not supported yet; `omnode freeze` carries it)",
-                f.fd
-            ),
+            format!("fd {} is {what}; moving it to another node is not supported", f.fd),
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd(fd: i32, kind: FdKind) -> Fd {
+        Fd { fd, kind }
+    }
+
+    fn table(epoll_watches: &[i32]) -> Vec<Fd> {
+        vec![
+            fd(
+                0,
+                FdKind::Stdio {
+                    what: "pipe".into(),
+                    cloexec: false,
+                },
+            ),
+            fd(
+                3,
+                FdKind::Pipe {
+                    pipe: 7,
+                    write: false,
+                    flags: 0,
+                    size: 65536,
+                    data: Vec::new(),
+                },
+            ),
+            fd(
+                4,
+                FdKind::EventFd {
+                    count: 0,
+                    semaphore: false,
+                    flags: 0,
+                },
+            ),
+            fd(
+                5,
+                FdKind::Path {
+                    path: "/etc/hostname".into(),
+                    flags: 0,
+                    pos: 0,
+                    is_dir: false,
+                },
+            ),
+            fd(
+                6,
+                FdKind::SharedWith {
+                    fd: 3,
+                    cloexec: false,
+                },
+            ),
+            fd(
+                7,
+                FdKind::SharedWith {
+                    fd: 5,
+                    cloexec: false,
+                },
+            ),
+            fd(
+                8,
+                FdKind::Epoll {
+                    flags: 0,
+                    watches: epoll_watches
+                        .iter()
+                        .map(|&fd| EpollWatch {
+                            fd,
+                            events: 1,
+                            data: 0,
+                        })
+                        .collect(),
+                },
+            ),
+        ]
+    }
+
+    #[test]
+    fn inner_fds_move_and_the_others_stay_home() {
+        let t = table(&[3, 4]);
+        // a dup of an inner pipe moves with it; a dup of a file stays home with it
+        assert_eq!(home_backed(&t), vec![0, 5, 7]);
+        assert!(refuse_for_migration(1, &t).is_ok());
+    }
+
+    #[test]
+    fn an_epoll_watching_a_home_fd_is_refused_naming_both_fds() {
+        for home in [0, 5, 7] {
+            let e = refuse_for_migration(1, &table(&[3, home])).unwrap_err();
+            let s = e.to_string();
+            assert!(
+                s.contains("fd 8") && s.contains(&format!("watching fd {home}")),
+                "{s}"
+            );
+        }
+    }
 }

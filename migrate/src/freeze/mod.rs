@@ -29,6 +29,7 @@ mod threads;
 
 pub use at_exec::{ExecWatch, watch_exec};
 pub use stream::StreamPlan;
+pub use fds::{home_backed, lives_inside};
 
 use checks::{check_status, classify_vmas};
 use fds::{collect_fds, find_shared};
@@ -127,6 +128,9 @@ pub struct Seized {
     pre_map: Option<checks::MapView>,
     /// Seized with [`seize_guest`].
     guest: bool,
+    /// Seized to move to another node ([`seize`], [`seize_guest`]): the fds that cannot move
+    /// are refused (see [`fds::refuse_for_migration`]).
+    moving: bool,
 }
 
 /// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
@@ -134,7 +138,7 @@ pub struct Seized {
 /// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
 /// process is touched.
 pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, false, false)
+    seize_with(pid, timeout, true, false, true)
 }
 
 /// [`seize`] for a guest: a process this node rebuilt (thawed) and supervises under its own
@@ -144,13 +148,19 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
 /// the image is thawed (the registers are those of the call about to be made), never answered
 /// here.
 pub fn seize_guest(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, false, true)
+    seize_with(pid, timeout, true, true, true)
 }
 
-/// `multi`, for [`freeze`] and thaw only: lets it have several threads (all seized, each one's
-/// state in the image). Migration and the home shell stay single-threaded: the remote
-/// supervisor and the parked shell know one thread only. `guest`: see [`seize_guest`].
-fn seize_with(pid: i32, timeout: Duration, multi: bool, guest: bool) -> Result<Seized> {
+/// `multi`: lets it have several threads (all seized, each one's state in the image; the home
+/// shell ends all but the main one when it parks). `guest`: see [`seize_guest`]. `moving`: to
+/// another node (fds that cannot follow are refused, see [`fds::refuse_for_migration`]).
+fn seize_with(
+    pid: i32,
+    timeout: Duration,
+    multi: bool,
+    guest: bool,
+    moving: bool,
+) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
@@ -159,7 +169,7 @@ fn seize_with(pid: i32, timeout: Duration, multi: bool, guest: bool) -> Result<S
     check_status(pid, false, multi, guest)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
     let fds = collect_fds(pid, false)?;
-    if !multi {
+    if moving {
         fds::refuse_for_migration(pid, &fds)?;
     }
 
@@ -178,6 +188,7 @@ fn seize_with(pid: i32, timeout: Duration, multi: bool, guest: bool) -> Result<S
         streamed: false,
         pre_map: Some(pre_map),
         guest,
+        moving,
     })
 }
 
@@ -256,12 +267,12 @@ impl Seized {
     pub fn collect(&mut self) -> Result<ProcessImage> {
         let (pid, was_stopped) = (self.pid, self.was_stopped);
         let pre = self.pre_map.take();
-        let guest = self.guest;
+        let (guest, moving) = (self.guest, self.moving);
         let img = self.tracer.call(move |slot| {
             let g = slot.get::<Held>().ok_or(Error::TracerGone {
                 name: format!("omnode-trace-{pid}"),
             })?;
-            collect(g, pid, was_stopped, pre, guest)
+            collect(g, pid, was_stopped, pre, guest, moving)
         })??;
         self.collected = true;
         Ok(img)
@@ -368,7 +379,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         // a freeze never ends a process its caller cannot thaw: checked before touching it
         can_thaw_here().map_err(|reason| unsup(pid, reason))?;
     }
-    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
     let stop_start = s.stop_start;
@@ -454,13 +465,14 @@ fn collect(
     was_stopped: bool,
     pre: Option<checks::MapView>,
     guest: bool,
+    moving: bool,
 ) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
     let status = check_status(pid, true, g.multi, guest)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
     let mut fds = collect_fds(pid, true)?;
     find_shared(pid, &mut fds)?;
-    if !g.multi {
+    if moving {
         fds::refuse_for_migration(pid, &fds)?;
     }
     inproc::check_contents_unique(pid, &fds)?;

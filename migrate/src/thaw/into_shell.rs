@@ -196,9 +196,21 @@ fn prepare<R: Read>(
     img.session_leader = false;
     img.pgrp_leader = false;
     let mut placeholders = Vec::new();
+    let inside: Vec<i32> = img
+        .fds
+        .iter()
+        .filter(|f| crate::freeze::lives_inside(&img.fds, f))
+        .map(|f| f.fd)
+        .collect();
     for f in &mut img.fds {
         if let Some(&(_, local)) = deputy_fds.iter().find(|d| d.0 == f.fd) {
             placeholders.push((f.fd, local));
+            continue;
+        }
+        if inside.contains(&f.fd) {
+            // moved with the process (a pipe inside it, an eventfd, ...): made again here from
+            // the image; whatever P holds at that number (its state from before it left) is
+            // closed first
             continue;
         }
         if !have.contains(&f.fd) {
@@ -215,8 +227,6 @@ fn prepare<R: Read>(
             FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
                 flags & libc::O_CLOEXEC as u32 != 0
             }
-            // in-process fds (pipes inside, eventfd, epoll, ...) are refused before a move
-            // (`fds::refuse_for_migration`): a guest coming home never has one
             other => {
                 return Err(shell_err(
                     pid,
@@ -234,7 +244,7 @@ fn prepare<R: Read>(
     }
     let close: Vec<i32> = have
         .into_iter()
-        .filter(|n| !img.fds.iter().any(|f| f.fd == *n))
+        .filter(|n| inside.contains(n) || !img.fds.iter().any(|f| f.fd == *n))
         .collect();
     let opts = ThawOptions {
         fd_placeholders: placeholders,

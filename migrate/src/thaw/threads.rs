@@ -30,12 +30,8 @@ pub(super) fn create(b: &mut Builder, img: &ProcessImage, pid: pid_t) -> Result<
     if img.threads.is_empty() {
         return Ok(Vec::new());
     }
-    if b.t.listener.is_some() {
-        return Err(Error::Thaw(
-            "a seccomp filter cannot be installed into a multi-threaded process (not supported yet)"
-                .into(),
-        ));
-    }
+    // With a seccomp filter installed (a guest), each thread made here inherits it (clone
+    // copies the filter); the injected clone3 that the filter traps is answered "continue".
     // before anything is made: every thread's FPU state must fit this CPU
     let fitted = img
         .threads

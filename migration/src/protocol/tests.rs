@@ -738,6 +738,48 @@ fn bad_input_is_refused_not_panicked() {
     ));
 }
 
+/// The target acknowledges once per quarter window crossed and at the end, not per chunk;
+/// every byte is still fed, in order.
+#[test]
+fn target_acknowledges_per_quarter_window_not_per_chunk() {
+    let now = Instant::now();
+    let config = Config {
+        chunk_size: 500,
+        window: 4000,
+        ..Config::default()
+    };
+    let (t, _) = Target::on_offer(config, offer(4300), &facts(), now);
+    let mut t = t.unwrap();
+    let mut acks = Vec::new();
+    let mut fed = 0u64;
+    let mut offset = 0u64;
+    while offset < 4300 {
+        let len = 500.min(4300 - offset);
+        let acts = t.on_msg(
+            Msg::Chunk {
+                mig: 9,
+                offset,
+                data: Bytes::from(vec![1; len as usize]),
+            },
+            now,
+        );
+        for a in acts {
+            match a {
+                TargetAction::Feed { offset: o, data } => {
+                    assert_eq!(o, fed);
+                    fed += data.len() as u64;
+                }
+                TargetAction::Send(Msg::Ack { received, .. }) => acks.push(received),
+                _ => {}
+            }
+        }
+        offset += len;
+    }
+    assert_eq!(fed, 4300);
+    // quarter window = 1000 bytes: after 1000, 2000, 3000, 4000, and the end
+    assert_eq!(acks, vec![1000, 2000, 3000, 4000, 4300]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Random loss, duplication and delay.
 // ---------------------------------------------------------------------------------------------
