@@ -75,6 +75,7 @@ impl ExecWatch {
             streamed: false,
             pre_map: Some(pre_map),
             guest: false,
+            moving: true,
         })
     }
 }

@@ -442,7 +442,10 @@ pub fn lives_inside(fds: &[Fd], f: &Fd) -> bool {
             .iter()
             .find(|o| o.fd == *fd && !matches!(o.kind, FdKind::SharedWith { .. }))
             .is_some_and(|o| lives_inside(fds, o)),
-        FdKind::Path { .. } | FdKind::Stdio { .. } | FdKind::External { .. } => false,
+        FdKind::Path { .. }
+        | FdKind::Stdio { .. }
+        | FdKind::External { .. }
+        | FdKind::Terminal { .. } => false,
     }
 }
 

@@ -429,7 +429,7 @@ pub fn freeze_for<W: Write>(
             ),
         ));
     }
-    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false)?;
     let img = s.collect()?;
     if let Err(e) = crate::thaw::check_owner(&img, owner) {
         s.finish(Ending::Release)?;
