@@ -29,6 +29,8 @@ enum Found {
     Mdns,
 }
 
+/// Read only by the `rdma` build (without it, `--transport rdma` is refused before they matter).
+#[cfg_attr(not(feature = "rdma"), allow(dead_code))]
 #[derive(Clone, Debug, Default)]
 struct RdmaOpts {
     device: Option<String>,
