@@ -228,6 +228,25 @@ pub fn unmoved(prog: &Path, args: &[&str], code: i32) -> (String, u32) {
     (out, pid)
 }
 
+/// The moved run `kid` ends within 60 s with exit code `code` and printed `want` (the
+/// unmoved run's output, with its PID put right where the output names it); otherwise the
+/// nodes' logs say why.
+pub fn ends_as(c: &Cluster, nodes: &[u32], kid: Kid, want: &str, code: i32) {
+    let (out, st) = finish(kid, Duration::from_secs(60));
+    assert_eq!(
+        out,
+        want,
+        "output differs from the uninterrupted run\n{}",
+        logs(c, nodes)
+    );
+    assert_eq!(
+        st.code(),
+        Some(code),
+        "moved run: {st:?}\n{}",
+        logs(c, nodes)
+    );
+}
+
 /// The child's output as it comes, read by a thread of its own.
 pub struct Stream {
     pub buf: Arc<Mutex<Vec<u8>>>,

@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use omnode_tests::moving::{
-    FORM, Kid, Stream, can_run, cli, cluster, compile, counting_script, finish, guest_pid,
+    FORM, Kid, Stream, can_run, cli, cluster, compile, counting_script, ends_as, finish, guest_pid,
     gzip_fed, logs, moved, no_stray_fds, nobody, python3, said, spawn, spawn_cmd, unmoved,
 };
 use omnode_tests::{Cluster, wait_for};
@@ -56,19 +56,12 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
     // And node 2 lists it as a guest from home 1 (once its copy started there).
     guest_pid(&c, 2, pid);
 
-    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(
-        moved_out,
-        want,
-        "output differs from the uninterrupted run\n{}",
-        logs(&c, &[1, 2])
-    );
-    assert_eq!(
-        moved_st.code(),
-        Some(7),
-        "moved run: {moved_st:?}\n{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        7,
     );
     // Its writes after the move really ran at home: node 2 forwarded them.
     let line = wait_for(Duration::from_secs(10), || {
@@ -112,12 +105,13 @@ fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
     );
     assert!(err.contains("keeps running"), "{err}");
 
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"))
+    ends_as(
+        &c,
+        &[1],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        5,
     );
-    assert_eq!(st.code(), Some(5));
 }
 
 /// A user may not move another user's process: refused before anything is touched.
@@ -227,14 +221,13 @@ fn mosrun_j2_runs_the_program_on_node_2() {
     let kid = spawn(&bin, &full);
     let pid = kid.0.id();
     guest_pid(&c, 2, pid);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
-        "{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        3,
     );
-    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
 }
 
 /// gzip reading stdin from a pipe fed slowly by the test (so its forwarded reads wait at home
@@ -301,9 +294,7 @@ fn python_script_moved_mid_run() {
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(500));
     moved(&c, pid, 2);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(out, plain, "{}", logs(&c, &[1, 2]));
-    assert_eq!(st.code(), Some(4), "{}", logs(&c, &[1, 2]));
+    ends_as(&c, &[1, 2], kid, &plain, 4);
 }
 
 /// A regular file open before the move stays at home with its offset shared: the program's
@@ -450,14 +441,13 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
             "guest {local} gids:\n{status}"
         );
     }
-    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        moved_out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
-        "output differs from the uninterrupted run\n{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        9,
     );
-    assert_eq!(moved_st.code(), Some(9), "moved run: {moved_st:?}");
 }
 
 /// The metrics endpoint counts moves: after one move of a program that writes through its
@@ -572,14 +562,12 @@ fn stdio_output_after_the_move_is_not_lost() {
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(200));
     moved(&c, pid, 2);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &[1, 2]));
-    assert_eq!(
-        st.code(),
-        Some(5),
-        "moved run: {st:?}\n{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        5,
     );
 }
 

@@ -9,8 +9,8 @@
 use std::time::Duration;
 
 use omnode_tests::moving::{
-    can_run, cli, cluster, compile, counting_script, finish, gzip_fed, logs, ps_row, python3, said,
-    spawn, unmoved, walk,
+    can_run, cli, cluster, compile, counting_script, ends_as, gzip_fed, logs, ps_row, python3,
+    said, spawn, unmoved, walk,
 };
 use omnode_tests::wait_for;
 
@@ -54,10 +54,8 @@ fn counter_moved_to_2_then_3_then_home() {
     assert!(status.contains("TracerPid:\t0\n"), "{status}");
     assert!(status.contains("Seccomp:\t0\n"), "{status}");
 
-    let (out, st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(9), "{st:?}\n{}", logs(&c, &nodes));
+    ends_as(&c, &nodes, kid, &want, 9);
 }
 
 /// A moved process that forks and then execs: fork (a call the remote cannot serve) brings it
@@ -92,10 +90,8 @@ fn fork_and_exec_in_a_moved_process_bring_it_home() {
     assert_eq!(row["node"].as_u64(), Some(1), "{row}");
     assert_eq!(row["moves"].as_u64(), Some(2), "{row}");
 
-    let (out, st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
+    ends_as(&c, &nodes, kid, &want, 11);
     let log = c.log_text(1);
     assert!(
         log.contains("the process came home (it made a call that must run at home (Fork))"),
@@ -138,10 +134,8 @@ fn a_refused_way_home_leaves_it_running_on_the_remote() {
     assert_eq!(row["node"].as_u64(), Some(2), "{row}");
     assert_eq!(row["state"], "running", "{row}");
 
-    let (out, st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&format!("pid {plain_pid} "), &format!("pid {pid} "));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(6), "{st:?}\n{}", logs(&c, &nodes));
+    ends_as(&c, &nodes, kid, &want, 6);
 }
 
 /// gzip reading stdin from a pipe fed slowly by the test and writing stdout to a pipe, moved
@@ -175,9 +169,7 @@ fn python_script_moved_to_2_then_3_then_home() {
     let kid = spawn(&py, &["-S", "-c", &script]);
     let path = [(500, "2"), (300, "3"), (300, "home")];
     walk(&c, &nodes, kid.0.id(), &path, |_, _| {});
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(out, plain, "{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(4), "{}", logs(&c, &nodes));
+    ends_as(&c, &nodes, kid, &plain, 4);
 }
 
 /// A moved process that calls execve (no fork): the exec brings it home and runs there, once;
@@ -200,10 +192,8 @@ fn exec_in_a_moved_process_brings_it_home() {
     let kid = spawn(&prog, &args);
     let pid = kid.0.id();
     walk(&c, &nodes, pid, &[(300, "2")], |_, _| {});
-    let (out, st) = finish(kid, Duration::from_secs(60));
     let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
+    ends_as(&c, &nodes, kid, &want, 11);
     assert!(
         c.log_text(1)
             .contains("the process came home (it made a call that must run at home (Exec))"),
