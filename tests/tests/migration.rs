@@ -7,67 +7,15 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use omnode_tests::moving::{FORM, can_run, cli, cluster, compile, logs, moved};
+use omnode_tests::moving::{
+    FORM, Kid, Stream, can_run, cli, cluster, compile, counting_script, ends_as, finish, guest_pid,
+    gzip_fed, logs, moved, no_stray_fds, nobody, python3, said, spawn, spawn_cmd, unmoved,
+};
 use omnode_tests::{Cluster, wait_for};
-
-/// A child that is killed when dropped, also when the test fails.
-struct Kid(Child);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `prog args` with stdout on a pipe owned by this test, stdin and stderr on /dev/null,
-/// and no fds inherited beyond those three.
-fn spawn(prog: &Path, args: &[&str]) -> Kid {
-    let mut cmd = Command::new(prog);
-    cmd.args(args);
-    spawn_cmd(cmd)
-}
-
-/// Starts `cmd` as [`spawn`] does (stdout on a pipe owned by this test, stdin and stderr on
-/// /dev/null, no fds beyond those three), with whatever else the caller set on it.
-fn spawn_cmd(mut cmd: Command) -> Kid {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    Kid(cmd.spawn().expect("spawn the test program"))
-}
-
-/// `prog args` as nobody (std drops root's supplementary groups with the uid).
-fn nobody(prog: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new(prog);
-    cmd.args(args).uid(65534).gid(65534);
-    cmd
-}
-
-/// Reads the child's whole output and waits for it, at most `limit`.
-fn finish(mut kid: Kid, limit: Duration) -> (String, std::process::ExitStatus) {
-    let mut out = kid.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let status = wait_for(limit, || kid.0.try_wait().ok().flatten())
-        .unwrap_or_else(|| panic!("the program did not end within {limit:?}"));
-    let out = reader.join().unwrap();
-    (String::from_utf8_lossy(&out).into_owned(), status)
-}
 
 /// The simplest real case: a C program writing to a pipe owned by the test is moved to node
 /// 2 mid-run. Its output is byte-identical to an uninterrupted run (with getpid() still the
@@ -80,19 +28,13 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
     let c = cluster("1 127.0.0.101 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["60", "25", "7"];
-
-    // The uninterrupted run.
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(7), "uninterrupted run: {plain_st:?}");
+    let (plain_out, plain_pid) = unmoved(&prog, &args, 7);
 
     let kid = spawn(&prog, &args);
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(400));
     let out = cli(&c, 1, &["migrate", &pid.to_string(), "2"]);
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let said = said(&out);
     assert!(
         out.status.success(),
         "migrate failed: {said}\n{}",
@@ -114,19 +56,12 @@ fn counter_moved_to_node_2_keeps_its_output_pid_and_exit_code() {
     // And node 2 lists it as a guest from home 1 (once its copy started there).
     guest_pid(&c, 2, pid);
 
-    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(
-        moved_out,
-        want,
-        "output differs from the uninterrupted run\n{}",
-        logs(&c, &[1, 2])
-    );
-    assert_eq!(
-        moved_st.code(),
-        Some(7),
-        "moved run: {moved_st:?}\n{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        7,
     );
     // Its writes after the move really ran at home: node 2 forwarded them.
     let line = wait_for(Duration::from_secs(10), || {
@@ -155,9 +90,7 @@ fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
     let c = cluster("1 127.0.0.104 2\n", &[1]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["40", "25", "5"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, _) = finish(plain, Duration::from_secs(60));
+    let (plain_out, plain_pid) = unmoved(&prog, &args, 5);
 
     let kid = spawn(&prog, &args);
     let pid = kid.0.id();
@@ -172,12 +105,13 @@ fn move_to_a_down_node_is_refused_and_the_process_runs_on() {
     );
     assert!(err.contains("keeps running"), "{err}");
 
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"))
+    ends_as(
+        &c,
+        &[1],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        5,
     );
-    assert_eq!(st.code(), Some(5));
 }
 
 /// A user may not move another user's process: refused before anything is touched.
@@ -209,32 +143,6 @@ fn a_user_cannot_move_roots_process() {
         kid.0.try_wait().unwrap().is_none(),
         "the process was touched"
     );
-}
-
-/// The child's output as it comes, read by a thread of its own.
-struct Stream {
-    buf: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl Stream {
-    fn new(kid: &mut Kid) -> Stream {
-        let mut out = kid.0.stdout.take().unwrap();
-        let buf = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let b2 = buf.clone();
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = out.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                b2.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        });
-        Stream { buf }
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.buf.lock().unwrap()).into_owned()
-    }
 }
 
 fn kill(pid: u32, sig: i32) {
@@ -286,27 +194,6 @@ fn signals_sent_at_home_reach_the_moved_process() {
     );
 }
 
-/// The PID on `node` of the guest whose home PID is `pid` (from `ps --json` there), waiting
-/// for it to appear.
-fn guest_pid(c: &Cluster, node: u32, pid: u32) -> u64 {
-    let mut last = serde_json::Value::Null;
-    wait_for(Duration::from_secs(10), || {
-        let ps = cli(c, node, &["ps", "--json"]);
-        last = serde_json::from_slice(&ps.stdout).ok()?;
-        last["processes"]
-            .as_array()?
-            .iter()
-            .find(|r| r["pid"] == u64::from(pid) && r["home"] == 1 && r["node"] == node)
-            .and_then(|r| r["local_pid"].as_u64())
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "node {node} does not list guest {pid}: {last}\n{}",
-            logs(c, &[1, node])
-        )
-    })
-}
-
 /// `omnode run -j2 prog` (`mosrun -j2`): the program runs under the caller's own PID (the
 /// test is its parent), shows up as a guest on node 2, and its output and exit code are those
 /// of an uninterrupted run.
@@ -318,9 +205,7 @@ fn mosrun_j2_runs_the_program_on_node_2() {
     let c = cluster("1 127.0.0.116 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "pipecount");
     let args = ["60", "25", "3"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, _) = finish(plain, Duration::from_secs(60));
+    let (plain_out, plain_pid) = unmoved(&prog, &args, 3);
 
     let sock = c.socket(1);
     let bin = omnode_tests::omnode_bin();
@@ -336,21 +221,13 @@ fn mosrun_j2_runs_the_program_on_node_2() {
     let kid = spawn(&bin, &full);
     let pid = kid.0.id();
     guest_pid(&c, 2, pid);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
-        "{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        3,
     );
-    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
-}
-
-/// Deterministic input for gzip: `n` blocks of 4 KiB.
-fn block(i: usize) -> Vec<u8> {
-    (0..4096)
-        .map(|j| ((i * 31 + j * 7 + (j >> 5)) % 251) as u8)
-        .collect()
 }
 
 /// gzip reading stdin from a pipe fed slowly by the test (so its forwarded reads wait at home
@@ -361,69 +238,16 @@ fn gzip_between_two_pipes_moved_mid_run() {
     if !can_run("gzip_between_two_pipes_moved_mid_run") {
         return;
     }
-    use std::io::Write;
     let c = cluster("1 127.0.0.119 2\n", &[1, 2]);
-    let gzip = PathBuf::from("/usr/bin/gzip");
-    if !gzip.exists() {
-        panic!("gzip is needed for this test (/usr/bin/gzip)");
-    }
-    let blocks = 40usize;
-    let input: Vec<u8> = (0..blocks).flat_map(block).collect();
-    let reference = {
-        let mut k = Command::new(&gzip)
-            .args(["-c", "-n"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut i = k.stdin.take().unwrap();
-        let data = input.clone();
-        let w = std::thread::spawn(move || i.write_all(&data));
-        let o = k.wait_with_output().unwrap();
-        w.join().unwrap().unwrap();
-        o.stdout
-    };
-    let mut cmd = Command::new(&gzip);
-    cmd.args(["-c", "-n"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut kid = Kid(cmd.spawn().unwrap());
-    let pid = kid.0.id();
-    let mut stdin = kid.0.stdin.take().unwrap();
-    let s = Stream::new(&mut kid);
-    let feeder = std::thread::spawn(move || {
-        for i in 0..blocks {
-            stdin.write_all(&block(i)).unwrap();
-            // In the middle, a pause longer than the failure time-out (5 s): a forwarded read
-            // waiting at home must not starve the heartbeats.
-            let ms = if i == blocks / 2 { 6000 } else { 60 };
-            std::thread::sleep(Duration::from_millis(ms));
-        }
-    });
+    const BLOCKS: usize = 40;
+    // In the middle, a pause longer than the failure time-out (5 s): a forwarded read waiting
+    // at home must not starve the heartbeats.
+    let gzip = gzip_fed(BLOCKS, |i| if i == BLOCKS / 2 { 6000 } else { 60 });
+    let pid = gzip.pid();
     std::thread::sleep(Duration::from_millis(300));
     moved(&c, pid, 2);
     guest_pid(&c, 2, pid);
-    feeder.join().unwrap();
-    let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
-        .unwrap_or_else(|| panic!("gzip did not end\n{}", logs(&c, &[1, 2])));
-    std::thread::sleep(Duration::from_millis(100));
-    let out = s.buf.lock().unwrap().clone();
-    assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &[1, 2]));
-    assert!(
-        out == reference,
-        "gzip output differs ({} vs {} bytes)\n{}",
-        out.len(),
-        reference.len(),
-        logs(&c, &[1, 2])
-    );
+    gzip.check(&c, &[1, 2]);
 }
 
 /// A moved process that dies by SIGSEGV on the remote: the parent at home sees it killed by
@@ -464,30 +288,13 @@ fn python_script_moved_mid_run() {
         return;
     }
     let c = cluster("1 127.0.0.125 2\n", &[1, 2]);
-    let exe = Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys; print(os.path.realpath(sys.executable))",
-        ])
-        .output()
-        .expect("python3 is needed for this test");
-    let py = PathBuf::from(String::from_utf8_lossy(&exe.stdout).trim());
-    let script = "import sys, time\n\
-        acc = 0\n\
-        for i in range(80):\n\
-        \x20   acc = (acc * 31 + i * i) % 1000003\n\
-        \x20   sys.stdout.write(f'{i} {acc}\\n'); sys.stdout.flush()\n\
-        \x20   time.sleep(0.02)\n\
-        sys.exit(4)\n";
-    let (plain, plain_st) = finish(spawn(&py, &["-S", "-c", script]), Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(4));
-    let kid = spawn(&py, &["-S", "-c", script]);
+    let (py, script) = (python3(), counting_script(80));
+    let (plain, _) = unmoved(&py, &["-S", "-c", &script], 4);
+    let kid = spawn(&py, &["-S", "-c", &script]);
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(500));
     moved(&c, pid, 2);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(out, plain, "{}", logs(&c, &[1, 2]));
-    assert_eq!(st.code(), Some(4), "{}", logs(&c, &[1, 2]));
+    ends_as(&c, &[1, 2], kid, &plain, 4);
 }
 
 /// A regular file open before the move stays at home with its offset shared: the program's
@@ -510,13 +317,7 @@ fn a_file_open_before_the_move_keeps_its_shared_offset() {
             .stdin(Stdio::null())
             .stdout(f.try_clone().unwrap())
             .stderr(Stdio::null());
-        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
+        no_stray_fds(&mut cmd);
         let mut kid = Kid(cmd.spawn().unwrap());
         let pid = kid.0.id();
         if move_it {
@@ -612,8 +413,7 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
         .gid(65534)
         .output()
         .unwrap();
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let said = said(&out);
     assert!(
         out.status.success(),
         "nobody could not move their own process: {said}\n{}",
@@ -641,14 +441,13 @@ fn a_user_moves_their_own_process_which_runs_as_them_on_the_target() {
             "guest {local} gids:\n{status}"
         );
     }
-    let (moved_out, moved_st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(
-        moved_out,
-        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
-        "output differs from the uninterrupted run\n{}",
-        logs(&c, &[1, 2])
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        9,
     );
-    assert_eq!(moved_st.code(), Some(9), "moved run: {moved_st:?}");
 }
 
 /// The metrics endpoint counts moves: after one move of a program that writes through its
@@ -746,351 +545,6 @@ fn paths_opened_after_the_move_use_the_process_cwd_and_rights() {
     assert!(st.success(), "{st:?}");
 }
 
-/// The `ps --json` row of `pid` on `node`, if it lists it.
-fn ps_row(c: &Cluster, node: u32, pid: u32) -> Option<serde_json::Value> {
-    let ps = cli(c, node, &["ps", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
-    v["processes"]
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["pid"] == u64::from(pid)).cloned())
-}
-
-/// `omnode migrate PID TO` on home (node 1); returns what it said.
-fn migrate_ok(c: &Cluster, nodes: &[u32], pid: u32, to: &str) -> String {
-    let out = cli(c, 1, &["migrate", &pid.to_string(), to]);
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "migrate {pid} {to} failed: {said}\n{}",
-        logs(c, nodes)
-    );
-    said
-}
-
-/// The C counter with a heap goes to node 2, on to node 3 (via home), then home, mid-run:
-/// its output is byte-identical to an uninterrupted run (getpid() the home PID throughout),
-/// the parent's wait sees its exit code, and `ps` on home counts the moves and shows where it
-/// runs at each step.
-#[test]
-fn counter_moved_to_2_then_3_then_home() {
-    if !can_run("counter_moved_to_2_then_3_then_home") {
-        return;
-    }
-    let nodes = [1, 2, 3];
-    let c = cluster("1 127.0.0.210 3\n", &nodes);
-    let prog = compile(c.dir.path(), "pipecount");
-    let args = ["70", "30", "9"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(9), "uninterrupted run: {plain_st:?}");
-
-    let kid = spawn(&prog, &args);
-    let pid = kid.0.id();
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "2");
-    assert!(said.contains("moved to node 2"), "{said}");
-    guest_pid(&c, 2, pid);
-    let row = ps_row(&c, 1, pid).expect("home lists it");
-    assert_eq!(
-        (row["node"].as_u64(), row["moves"].as_u64()),
-        (Some(2), Some(1)),
-        "{row}"
-    );
-
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "3");
-    assert!(said.contains("came home from node 2"), "{said}");
-    assert!(said.contains("moved to node 3"), "{said}");
-    guest_pid(&c, 3, pid);
-    let row = ps_row(&c, 1, pid).expect("home lists it");
-    assert_eq!(
-        (row["node"].as_u64(), row["moves"].as_u64()),
-        (Some(3), Some(3)),
-        "{row}"
-    );
-
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "home");
-    assert!(said.contains("came home from node 3"), "{said}");
-    let row = ps_row(&c, 1, pid).expect("home lists it after it came home");
-    assert_eq!(row["node"].as_u64(), Some(1), "{row}");
-    assert_eq!(row["state"], "home", "{row}");
-    assert_eq!(row["moves"].as_u64(), Some(4), "{row}");
-    // it runs here as a normal process again: not traced, not under a filter
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    assert!(status.contains("TracerPid:\t0\n"), "{status}");
-    assert!(status.contains("Seccomp:\t0\n"), "{status}");
-
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(9), "{st:?}\n{}", logs(&c, &nodes));
-}
-
-/// A moved process that forks and then execs: fork (a call the remote cannot serve) brings it
-/// home first, where the fork is made once (the child's parent is the home process); the exec
-/// then runs at home too. Output and exit code are those of an uninterrupted run, and `ps` on
-/// home shows it at home afterwards.
-#[test]
-fn fork_and_exec_in_a_moved_process_bring_it_home() {
-    if !can_run("fork_and_exec_in_a_moved_process_bring_it_home") {
-        return;
-    }
-    let nodes = [1, 2];
-    let c = cluster("1 127.0.0.214 2\n", &nodes);
-    let prog = compile(c.dir.path(), "forkexec");
-    let args = ["30", "40"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(
-        plain_st.code(),
-        Some(11),
-        "uninterrupted run: {plain_st:?}: {plain_out}"
-    );
-    assert!(plain_out.contains("child exited 5\n"), "{plain_out}");
-
-    let kid = spawn(&prog, &args);
-    let pid = kid.0.id();
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "2");
-    assert!(said.contains("moved to node 2"), "{said}");
-    guest_pid(&c, 2, pid);
-    // the fork brings it home; while the exec'd shell runs, home shows it there
-    let row = wait_for(Duration::from_secs(20), || {
-        ps_row(&c, 1, pid).filter(|r| r["state"] == "home")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "ps on home never showed {pid} at home\n{}",
-            logs(&c, &nodes)
-        )
-    });
-    assert_eq!(row["node"].as_u64(), Some(1), "{row}");
-    assert_eq!(row["moves"].as_u64(), Some(2), "{row}");
-
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
-    let log = c.log_text(1);
-    assert!(
-        log.contains("the process came home (it made a call that must run at home (Fork))"),
-        "home did not log the way home for the fork\n{}",
-        logs(&c, &nodes)
-    );
-}
-
-/// A way home that home refuses leaves the process running on the remote, unchanged: the
-/// process becomes nobody while on node 2, so home cannot rebuild it into its original process
-/// (whose credentials are still root's). `migrate PID home` fails with a line saying so and
-/// where it keeps running; `ps` still shows it on node 2; its output and exit code are those of
-/// an uninterrupted run.
-#[test]
-fn a_refused_way_home_leaves_it_running_on_the_remote() {
-    if !can_run("a_refused_way_home_leaves_it_running_on_the_remote") {
-        return;
-    }
-    let nodes = [1, 2];
-    let c = cluster("1 127.0.0.218 2\n", &nodes);
-    let prog = compile(c.dir.path(), "dropuid");
-    let args = ["70", "30", "25", "6"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(6), "uninterrupted run: {plain_st:?}");
-    assert!(plain_out.contains("line 25 pid"), "{plain_out}");
-
-    let kid = spawn(&prog, &args);
-    let pid = kid.0.id();
-    std::thread::sleep(Duration::from_millis(200));
-    migrate_ok(&c, &nodes, pid, "2");
-    guest_pid(&c, 2, pid);
-    // after line 25 it is nobody, on node 2
-    std::thread::sleep(Duration::from_millis(1200));
-    let out = cli(&c, 1, &["migrate", &pid.to_string(), "home"]);
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "came home unexpectedly: {said}");
-    assert!(
-        said.contains("keeps running on node 2") && said.contains("credentials"),
-        "{said}\n{}",
-        logs(&c, &nodes)
-    );
-    let row = ps_row(&c, 1, pid).expect("home still lists it");
-    assert_eq!(row["node"].as_u64(), Some(2), "{row}");
-    assert_eq!(row["state"], "running", "{row}");
-
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid} "), &format!("pid {pid} "));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(6), "{st:?}\n{}", logs(&c, &nodes));
-}
-
-/// gzip reading stdin from a pipe fed slowly by the test and writing stdout to a pipe, moved
-/// to node 2, on to node 3, then home, mid-run: its reads wait at home for input, and each
-/// way home waits for the moment no forwarded read is half-done (no input is lost or read
-/// twice). Output byte-identical to gzip's on the same input; exit 0.
-#[test]
-fn gzip_between_two_pipes_moved_to_2_then_3_then_home() {
-    if !can_run("gzip_between_two_pipes_moved_to_2_then_3_then_home") {
-        return;
-    }
-    use std::io::Write;
-    let nodes = [1, 2, 3];
-    let c = cluster("1 127.0.0.222 3\n", &nodes);
-    let gzip = PathBuf::from("/usr/bin/gzip");
-    assert!(
-        gzip.exists(),
-        "gzip is needed for this test (/usr/bin/gzip)"
-    );
-    let blocks = 60usize;
-    let input: Vec<u8> = (0..blocks).flat_map(block).collect();
-    let reference = {
-        let mut k = Command::new(&gzip)
-            .args(["-c", "-n"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut i = k.stdin.take().unwrap();
-        let data = input.clone();
-        let w = std::thread::spawn(move || i.write_all(&data));
-        let o = k.wait_with_output().unwrap();
-        w.join().unwrap().unwrap();
-        o.stdout
-    };
-    let mut cmd = Command::new(&gzip);
-    cmd.args(["-c", "-n"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut kid = Kid(cmd.spawn().unwrap());
-    let pid = kid.0.id();
-    let mut stdin = kid.0.stdin.take().unwrap();
-    let s = Stream::new(&mut kid);
-    let feeder = std::thread::spawn(move || {
-        for i in 0..blocks {
-            stdin.write_all(&block(i)).unwrap();
-            std::thread::sleep(Duration::from_millis(60));
-        }
-    });
-    std::thread::sleep(Duration::from_millis(300));
-    migrate_ok(&c, &nodes, pid, "2");
-    guest_pid(&c, 2, pid);
-    std::thread::sleep(Duration::from_millis(500));
-    let said = migrate_ok(&c, &nodes, pid, "3");
-    assert!(said.contains("came home from node 2"), "{said}");
-    guest_pid(&c, 3, pid);
-    std::thread::sleep(Duration::from_millis(500));
-    let said = migrate_ok(&c, &nodes, pid, "home");
-    assert!(said.contains("came home from node 3"), "{said}");
-    feeder.join().unwrap();
-    let st = wait_for(Duration::from_secs(30), || kid.0.try_wait().ok().flatten())
-        .unwrap_or_else(|| panic!("gzip did not end\n{}", logs(&c, &nodes)));
-    std::thread::sleep(Duration::from_millis(100));
-    let out = s.buf.lock().unwrap().clone();
-    assert_eq!(st.code(), Some(0), "{st:?}\n{}", logs(&c, &nodes));
-    assert!(
-        out == reference,
-        "gzip output differs ({} vs {} bytes)\n{}",
-        out.len(),
-        reference.len(),
-        logs(&c, &nodes)
-    );
-}
-
-/// A python3 script moved to node 2, on to node 3, then home, mid-run: output identical to an
-/// uninterrupted run, exit code 4 at home.
-#[test]
-fn python_script_moved_to_2_then_3_then_home() {
-    if !can_run("python_script_moved_to_2_then_3_then_home") {
-        return;
-    }
-    let nodes = [1, 2, 3];
-    let c = cluster("1 127.0.0.226 3\n", &nodes);
-    let exe = Command::new("python3")
-        .args([
-            "-c",
-            "import os,sys; print(os.path.realpath(sys.executable))",
-        ])
-        .output()
-        .expect("python3 is needed for this test");
-    let py = PathBuf::from(String::from_utf8_lossy(&exe.stdout).trim());
-    let script = "import sys, time\n\
-        acc = 0\n\
-        for i in range(150):\n\
-        \x20   acc = (acc * 31 + i * i) % 1000003\n\
-        \x20   sys.stdout.write(f'{i} {acc}\\n'); sys.stdout.flush()\n\
-        \x20   time.sleep(0.02)\n\
-        sys.exit(4)\n";
-    let (plain, plain_st) = finish(spawn(&py, &["-S", "-c", script]), Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(4));
-    let kid = spawn(&py, &["-S", "-c", script]);
-    let pid = kid.0.id();
-    std::thread::sleep(Duration::from_millis(500));
-    migrate_ok(&c, &nodes, pid, "2");
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "3");
-    assert!(said.contains("moved to node 3"), "{said}");
-    std::thread::sleep(Duration::from_millis(300));
-    let said = migrate_ok(&c, &nodes, pid, "home");
-    assert!(said.contains("came home from node 3"), "{said}");
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    assert_eq!(out, plain, "{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(4), "{}", logs(&c, &nodes));
-}
-
-/// A moved process that calls execve (no fork): the exec brings it home and runs there, once;
-/// the exec'd shell has the home PID and its exit code reaches the parent.
-#[test]
-fn exec_in_a_moved_process_brings_it_home() {
-    if !can_run("exec_in_a_moved_process_brings_it_home") {
-        return;
-    }
-    let nodes = [1, 2];
-    let c = cluster("1 127.0.0.230 2\n", &nodes);
-    let prog = compile(c.dir.path(), "forkexec");
-    let args = ["30", "40", "exec"];
-    let plain = spawn(&prog, &args);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(
-        plain_st.code(),
-        Some(11),
-        "uninterrupted run: {plain_st:?}: {plain_out}"
-    );
-    assert!(
-        plain_out.contains(&format!("exec pid {plain_pid}\n")),
-        "{plain_out}"
-    );
-
-    let kid = spawn(&prog, &args);
-    let pid = kid.0.id();
-    std::thread::sleep(Duration::from_millis(300));
-    migrate_ok(&c, &nodes, pid, "2");
-    guest_pid(&c, 2, pid);
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&plain_pid.to_string(), &pid.to_string());
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
-    assert_eq!(st.code(), Some(11), "{st:?}\n{}", logs(&c, &nodes));
-    assert!(
-        c.log_text(1)
-            .contains("the process came home (it made a call that must run at home (Exec))"),
-        "home did not log the way home for the exec\n{}",
-        logs(&c, &nodes)
-    );
-}
-
 /// A moved program whose first output goes through stdio (glibc fstat()s stdout first: a call
 /// on a home fd) prints everything an uninterrupted run prints and exits with its code: the
 /// call is answered exactly (forwarded home, or the process comes home for it), never lost.
@@ -1101,24 +555,19 @@ fn stdio_output_after_the_move_is_not_lost() {
     }
     let c = cluster("1 127.0.0.246 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "stdiocount");
-    let plain = spawn(&prog, &["15"]);
-    let plain_pid = plain.0.id();
-    let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(5), "uninterrupted run: {plain_st:?}");
+    let (plain_out, plain_pid) = unmoved(&prog, &["15"], 5);
     assert_eq!(plain_out.lines().count(), 15, "{plain_out}");
 
     let kid = spawn(&prog, &["15"]);
     let pid = kid.0.id();
     std::thread::sleep(Duration::from_millis(200));
-    migrate_ok(&c, &[1, 2], pid, "2");
-    let (out, st) = finish(kid, Duration::from_secs(60));
-    let want = plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(out, want, "output differs\n{}", logs(&c, &[1, 2]));
-    assert_eq!(
-        st.code(),
-        Some(5),
-        "moved run: {st:?}\n{}",
-        logs(&c, &[1, 2])
+    moved(&c, pid, 2);
+    ends_as(
+        &c,
+        &[1, 2],
+        kid,
+        &plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        5,
     );
 }
 
@@ -1165,13 +614,7 @@ fn a_program_moved_while_its_dynamic_loader_runs_is_exact() {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
+        no_stray_fds(&mut cmd);
         let mut child = cmd.spawn().expect("spawn sh");
         let stdin = child.stdin.take().unwrap();
         (Kid(child), stdin)

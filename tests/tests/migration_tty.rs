@@ -12,15 +12,15 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use omnode_tests::moving::{can_run, cli, cluster, compile, logs, moved};
+use omnode_tests::moving::{self, can_run, cli, cluster, compile, logs, moved, no_stray_fds};
 use omnode_tests::{Cluster, wait_for};
 
 const STEP: Duration = Duration::from_secs(20);
 
 /// A child killed (with its process group) when dropped, also when the test fails.
-struct Kid(Child);
+struct Group(Child);
 
-impl Drop for Kid {
+impl Drop for Group {
     fn drop(&mut self) {
         // SAFETY: kill with integer arguments: the group our child leads (see `term`).
         unsafe { libc::kill(-(self.0.id() as i32), libc::SIGKILL) };
@@ -32,7 +32,7 @@ impl Drop for Kid {
 /// An interactive bash on a real terminal: script(1) gives it a pty; we type into script's
 /// stdin and read the terminal's output from script's stdout.
 struct Term {
-    kid: Kid,
+    kid: Group,
     input: ChildStdin,
     out: Arc<Mutex<Vec<u8>>>,
 }
@@ -47,14 +47,14 @@ impl Term {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        // SAFETY: setpgid and close_range are async-signal-safe; they act on the child only.
+        // SAFETY: setpgid is async-signal-safe; it acts on the child only.
         unsafe {
             cmd.pre_exec(|| {
                 libc::setpgid(0, 0);
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                 Ok(())
             });
         }
+        no_stray_fds(&mut cmd);
         let mut child = cmd.spawn().expect("script(1) is needed for this test");
         let input = child.stdin.take().unwrap();
         let mut so = child.stdout.take().unwrap();
@@ -70,7 +70,7 @@ impl Term {
             }
         });
         let mut t = Term {
-            kid: Kid(child),
+            kid: Group(child),
             input,
             out,
         };
@@ -138,32 +138,72 @@ fn judged(text: &str) -> Vec<String> {
         .collect()
 }
 
-/// A foreground program reading lines from the terminal: echoes, isatty, the real window
-/// size, Ctrl-Z (bash reports it stopped) and `fg`; with `move_to`, moved mid-run first.
-fn foreground(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+/// A new terminal where `line` is typed at bash's prompt; with `move_to`, the program (the
+/// pid it prints) is moved there at once. The terminal and the program's pid.
+fn started(c: &Cluster, line: &str, move_to: Option<u32>) -> (Term, u32) {
     let mut t = Term::new(c.dir.path());
-    t.typed(&format!("{} 1500\n", prog.display()));
+    t.typed(line);
     let pid = t.pid();
     if let Some(to) = move_to {
         moved(c, pid, to);
     }
-    t.wait_for("winsize ");
-    t.typed("one\n");
-    t.wait_for("got: one");
-    t.typed("\x1a");
+    (t, pid)
+}
+
+/// Bash said the job stopped; with `move_to`, home's `ps` shows it still on that node.
+fn stopped(c: &Cluster, t: &Term, pid: u32, move_to: Option<u32>) {
     t.wait_for("Stopped");
     if let Some(to) = move_to {
         assert_runs_on(c, pid, to);
     }
+}
+
+/// `fg`, then the program reads `line`, is told to quit and ends with 0 (bash's `$?`); the
+/// terminal's whole text.
+fn fg_reads_then_quits(mut t: Term, line: &str) -> String {
     t.typed("fg\n");
     std::thread::sleep(Duration::from_millis(300));
-    t.typed("two\n");
-    t.wait_for("got: two");
+    t.typed(&format!("{line}\n"));
+    t.wait_for(&format!("got: {line}"));
     t.typed("quit\n");
     t.wait_for("done ");
     t.typed("echo rc=$?\n");
     t.wait_for("rc=0");
     t.finish()
+}
+
+/// `scenario(None)` (unmoved) must show what `set_up` checks; `scenario(Some(2))` (moved to
+/// node 2) must then show the same [`judged`] lines.
+fn same_moved_as_unmoved(
+    c: &Cluster,
+    scenario: impl Fn(Option<u32>) -> String,
+    set_up: impl Fn(&[String]) -> bool,
+) {
+    let plain = scenario(None);
+    let want = judged(&plain);
+    assert!(
+        set_up(&want),
+        "the unmoved run did not show what the test set up:\n{plain}"
+    );
+    let got = scenario(Some(2));
+    assert_eq!(
+        judged(&got),
+        want,
+        "moved run differs:\n{got}\n{}",
+        logs(c, &[1, 2])
+    );
+}
+
+/// A foreground program reading lines from the terminal: echoes, isatty, the real window
+/// size, Ctrl-Z (bash reports it stopped) and `fg`; with `move_to`, moved mid-run first.
+fn foreground(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
+    let (mut t, pid) = started(c, &format!("{} 1500\n", prog.display()), move_to);
+    t.wait_for("winsize ");
+    t.typed("one\n");
+    t.wait_for("got: one");
+    t.typed("\x1a");
+    stopped(c, &t, pid, move_to);
+    fg_reads_then_quits(t, "two")
 }
 
 #[test]
@@ -173,46 +213,24 @@ fn a_moved_program_on_a_terminal_reads_lines_stops_and_continues_as_unmoved() {
     }
     let c = cluster("1 127.0.0.200 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "ttyecho");
-    let plain = foreground(&c, &prog, None);
-    let want = judged(&plain);
-    assert!(
-        want.iter().any(|l| l == "isatty 1 tcgetattr 0")
-            && want.iter().any(|l| l == "winsize 33 91")
-            && want.iter().any(|l| l.contains("Stopped"))
-            && want.iter().any(|l| l == "done pgrp-is-fg 1"),
-        "the unmoved run did not show what the test set up:\n{plain}"
-    );
-    let got = foreground(&c, &prog, Some(2));
-    assert_eq!(
-        judged(&got),
-        want,
-        "moved run differs:\n{got}\n{}",
-        logs(&c, &[1, 2])
+    same_moved_as_unmoved(
+        &c,
+        |to| foreground(&c, &prog, to),
+        |want| {
+            want.iter().any(|l| l == "isatty 1 tcgetattr 0")
+                && want.iter().any(|l| l == "winsize 33 91")
+                && want.iter().any(|l| l.contains("Stopped"))
+                && want.iter().any(|l| l == "done pgrp-is-fg 1")
+        },
     );
 }
 
 /// A background program that reads the terminal is stopped by SIGTTIN (bash: "Stopped (tty
 /// input)"); `fg` lets it read. Moved before it reads, it is stopped the same way.
 fn background(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
-    let mut t = Term::new(c.dir.path());
-    t.typed(&format!("{} 1500 &\n", prog.display()));
-    let pid = t.pid();
-    if let Some(to) = move_to {
-        moved(c, pid, to);
-    }
-    t.wait_for("Stopped");
-    if let Some(to) = move_to {
-        assert_runs_on(c, pid, to);
-    }
-    t.typed("fg\n");
-    std::thread::sleep(Duration::from_millis(300));
-    t.typed("bgline\n");
-    t.wait_for("got: bgline");
-    t.typed("quit\n");
-    t.wait_for("done ");
-    t.typed("echo rc=$?\n");
-    t.wait_for("rc=0");
-    t.finish()
+    let (t, pid) = started(c, &format!("{} 1500 &\n", prog.display()), move_to);
+    stopped(c, &t, pid, move_to);
+    fg_reads_then_quits(t, "bgline")
 }
 
 #[test]
@@ -222,47 +240,30 @@ fn a_moved_background_reader_is_stopped_by_sigttin_as_unmoved() {
     }
     let c = cluster("1 127.0.0.203 2\n", &[1, 2]);
     let prog = compile(c.dir.path(), "ttyecho");
-    let plain = background(&c, &prog, None);
-    let want = judged(&plain);
-    assert!(
-        want.iter().any(|l| l.contains("Stopped")) && want.iter().any(|l| l == "got: bgline"),
-        "the unmoved run did not show what the test set up:\n{plain}"
-    );
-    let got = background(&c, &prog, Some(2));
-    assert_eq!(
-        judged(&got),
-        want,
-        "moved run differs:\n{got}\n{}",
-        logs(&c, &[1, 2])
+    same_moved_as_unmoved(
+        &c,
+        |to| background(&c, &prog, to),
+        |want| {
+            want.iter().any(|l| l.contains("Stopped")) && want.iter().any(|l| l == "got: bgline")
+        },
     );
 
     // With SIGTTIN ignored (told home by the remote), the background read fails with EIO
     // instead, moved as unmoved.
-    let plain = background_ignoring(&c, &prog, None);
-    let want = judged(&plain);
-    assert!(
-        want.iter()
-            .any(|l| *l == format!("got: read error errno {}", libc::EIO))
-            && !want.iter().any(|l| l.contains("Stopped")),
-        "the unmoved run did not show what the test set up:\n{plain}"
-    );
-    let got = background_ignoring(&c, &prog, Some(2));
-    assert_eq!(
-        judged(&got),
-        want,
-        "moved run differs:\n{got}\n{}",
-        logs(&c, &[1, 2])
+    same_moved_as_unmoved(
+        &c,
+        |to| background_ignoring(&c, &prog, to),
+        |want| {
+            want.iter()
+                .any(|l| *l == format!("got: read error errno {}", libc::EIO))
+                && !want.iter().any(|l| l.contains("Stopped"))
+        },
     );
 }
 
 /// The background reader with SIGTTIN ignored: its read fails (EIO) and it ends by itself.
 fn background_ignoring(c: &Cluster, prog: &Path, move_to: Option<u32>) -> String {
-    let mut t = Term::new(c.dir.path());
-    t.typed(&format!("{} 1500 ign &\n", prog.display()));
-    let pid = t.pid();
-    if let Some(to) = move_to {
-        moved(c, pid, to);
-    }
+    let (mut t, _) = started(c, &format!("{} 1500 ign &\n", prog.display()), move_to);
     t.wait_for("done ");
     t.typed("wait; echo rc=$?\n");
     t.wait_for("rc=0");
@@ -287,15 +288,15 @@ fn pathcalls(c: &Cluster, prog: &Path, secret: &Path, move_to: Option<u32>) -> S
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: close_range and umask are async-signal-safe; they act on the child only.
+    // SAFETY: umask is async-signal-safe; it acts on the child only.
     unsafe {
         cmd.pre_exec(|| {
             libc::umask(0o027);
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
             Ok(())
         });
     }
-    let mut kid = Kid(cmd.spawn().unwrap());
+    no_stray_fds(&mut cmd);
+    let mut kid = moving::Kid(cmd.spawn().unwrap());
     let mut so = kid.0.stdout.take().unwrap();
     let reader = std::thread::spawn(move || {
         let mut v = String::new();
