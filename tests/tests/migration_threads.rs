@@ -5,88 +5,32 @@
 //! Needs root (ptrace, the remote's seccomp filter). Without root the tests say why and skip;
 //! under `CI=true` they fail instead.
 
-use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use omnode_tests::moving::{can_run, cli, cluster, compile, logs};
 use omnode_tests::{Cluster, wait_for};
-
-/// A child that is killed when dropped, also when the test fails.
-/// (The stdin pipe is kept open, never written, until the child is dropped.)
-struct Kid(Child, #[allow(dead_code)] Option<ChildStdin>);
-
-impl Drop for Kid {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use omnode_tests::moving::{
+    Kid, can_run, cli, cluster, compile, finish, guest_pid, logs, no_stray_fds, said,
+};
 
 /// Starts `prog args` with stdout on a pipe owned by this test, stdin on a pipe the test keeps
-/// open (and never writes), stderr on /dev/null, no fds inherited beyond those three.
+/// open inside the child handle (never written), stderr on /dev/null, no fds inherited beyond
+/// those three.
 fn spawn(prog: &Path, args: &[&str]) -> Kid {
     let mut cmd = Command::new(prog);
     cmd.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    let mut c = cmd.spawn().expect("spawn the test program");
-    let stdin = c.stdin.take();
-    Kid(c, stdin)
-}
-
-/// Reads the child's whole output and waits for it, at most `limit`.
-fn finish(mut kid: Kid, limit: Duration) -> (String, std::process::ExitStatus) {
-    let mut out = kid.0.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let status = wait_for(limit, || kid.0.try_wait().ok().flatten())
-        .unwrap_or_else(|| panic!("the program did not end within {limit:?}"));
-    let out = reader.join().unwrap();
-    (String::from_utf8_lossy(&out).into_owned(), status)
+    no_stray_fds(&mut cmd);
+    Kid(cmd.spawn().expect("spawn the test program"))
 }
 
 /// `omnode migrate PID TO` on home (node 1): (success, what it said).
 fn migrate(c: &Cluster, pid: u32, to: &str) -> (bool, String) {
     let out = cli(c, 1, &["migrate", &pid.to_string(), to]);
-    let said =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.success(), said)
-}
-
-/// The PID on `node` of the guest whose home PID is `pid` (from `ps --json` there), waiting
-/// for it to appear.
-fn guest_pid(c: &Cluster, node: u32, pid: u32) -> u32 {
-    let mut last = serde_json::Value::Null;
-    wait_for(Duration::from_secs(10), || {
-        let ps = cli(c, node, &["ps", "--json"]);
-        last = serde_json::from_slice(&ps.stdout).ok()?;
-        last["processes"]
-            .as_array()?
-            .iter()
-            .find(|r| r["pid"] == u64::from(pid) && r["home"] == 1 && r["node"] == node)
-            .and_then(|r| r["local_pid"].as_u64())
-    })
-    .map(|p| p as u32)
-    .unwrap_or_else(|| {
-        panic!(
-            "node {node} does not list guest {pid}: {last}\n{}",
-            logs(c, &[1, node])
-        )
-    })
+    (out.status.success(), said(&out))
 }
 
 /// A line of /proc/PID/status.
@@ -112,7 +56,7 @@ fn there_and_back(c: &Cluster, prog: &Path, args: &[&str], code: i32, on_remote:
     let (ok, said) = migrate(c, pid, "2");
     assert!(ok, "migrate {pid} 2 failed: {said}\n{}", logs(c, &nodes));
     assert!(said.contains("moved to node 2"), "{said}");
-    on_remote(guest_pid(c, 2, pid));
+    on_remote(guest_pid(c, 2, pid) as u32);
 
     std::thread::sleep(Duration::from_millis(400));
     let (ok, said) = migrate(c, pid, "home");
