@@ -157,7 +157,10 @@ mod tests {
         assert_ne!(ib.hash, ia.hash);
         // not a regular file
         let d = std::fs::File::open(&dir).unwrap();
-        assert_eq!(of_fd(d.as_fd()).unwrap_err().raw_os_error(), Some(libc::ENODEV));
+        assert_eq!(
+            of_fd(d.as_fd()).unwrap_err().raw_os_error(),
+            Some(libc::ENODEV)
+        );
     }
 
     struct Clean(std::path::PathBuf);
