@@ -104,11 +104,7 @@ fn there_and_back(c: &Cluster, prog: &Path, args: &[&str], code: i32, on_remote:
     let plain = spawn(prog, args);
     let plain_pid = plain.0.id();
     let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(
-        plain_st.code(),
-        Some(code),
-        "uninterrupted run: {plain_st:?}"
-    );
+    assert_eq!(plain_st.code(), Some(code), "uninterrupted run: {plain_st:?}");
 
     let kid = spawn(prog, args);
     let pid = kid.0.id();
@@ -155,10 +151,7 @@ fn pthreads_moved_to_node_2_and_home() {
         for t in tasks {
             let tid = t.unwrap().file_name().to_string_lossy().into_owned();
             let st = std::fs::read_to_string(format!("/proc/{guest}/task/{tid}/status")).unwrap();
-            assert!(
-                st.contains("Seccomp:\t2\n"),
-                "thread {tid} is not filtered: {st}"
-            );
+            assert!(st.contains("Seccomp:\t2\n"), "thread {tid} is not filtered: {st}");
         }
     });
 }
