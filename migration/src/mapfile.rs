@@ -22,7 +22,7 @@ pub struct FileId {
 }
 
 /// Larger files are not compared (they go the slow way: the process goes home).
-pub const MAX_SIZE: u64 = 1 << 30;
+pub const MAX_SIZE: u64 = 256 << 20;
 
 /// Bytes of [`FileId::to_bytes`].
 pub const WIRE_LEN: usize = 40;

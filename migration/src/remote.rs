@@ -426,8 +426,9 @@ struct RoFile {
 /// The mapping type bits of mmap's flags (`MAP_TYPE` in the kernel).
 const MAP_TYPE: i32 = 0x0f;
 
-/// The local file at absolute `path`, opened read-only, if it is a regular file with the size
-/// and content of `home`; anything else (missing, different, unreadable): `None`.
+/// The local file at absolute `path`, opened read-only, if it is a regular file everyone may
+/// read with the size and content of `home`; anything else (missing, different, unreadable,
+/// not world-readable): `None`.
 fn open_same(path: &[u8], home: crate::mapfile::FileId) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::{AsFd, FromRawFd};
     let c = std::ffi::CString::new(path).ok()?;
@@ -444,6 +445,13 @@ fn open_same(path: &[u8], home: crate::mapfile::FileId) -> Option<std::os::fd::O
     }
     // SAFETY: fresh fd.
     let f = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // This daemon opened it as root: only a file everyone may read is compared (else the
+    // answer would tell the user whether a file they may not read equals one they may).
+    // SAFETY: fstat into a zeroed struct stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(raw, &mut st) } < 0 || st.st_mode & libc::S_IROTH == 0 {
+        return None;
+    }
     let here = crate::mapfile::of_fd(f.as_fd()).ok()?;
     if here != home {
         return None;
