@@ -127,8 +127,8 @@ int main(int c, char **v) {
 }
 EOF
 for p in heap tcp wr cpu; do gcc -O2 -o "$D/$p" "$D/$p.c"; done
-# a static /bin/true: no dynamic loader (a dynamically linked program started remotely comes
-# home at the loader's first mmap of a file it opened at home)
+# a static /bin/true: no dynamic loader (compared with the dynamic /bin/true, whose loader maps
+# the libraries it opened at home from the identical files on node 2)
 echo 'int main(void) { return 0; }' > "$D/true.c"
 gcc -O2 -static -o "$D/true-static" "$D/true.c"
 
@@ -137,7 +137,7 @@ printf '1 %s 2\n' "$FIRST_IP" > "$D/map"
 "$BIN" keygen --out "$D/key" >/dev/null
 PORT=$(( 20000 + RANDOM % 20000 ))
 for n in 1 2; do
-    RUST_LOG=warn,omnode::balancer=info,omnode::migrator=info "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
+    RUST_LOG=warn,omnode::balancer=info,omnode::migrator=info,omnode::remote=info "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
         --socket "$D/n$n.sock" --load-tick-ms 1000 >"$D/n$n.log" 2>&1 &
     PIDS+=($!)
 done
@@ -176,7 +176,9 @@ athome=$(grep -c 'mosrun: it runs here' "$D/n1.log" || true)
 printf 'start: mosrun -j2 /bin/true %8.0f us | local fork+exec /bin/true %6.0f us | goal <= local + 5000 us | %s of %s moved, %s not moved (ended first, or refused), %s failed\n' \
     "$mos_us" "$local_us" "$moved" "$STARTS" "$athome" "$fails"
 home=$(grep -c 'coming home' "$D/n1.log" || true)
-echo "start: of the $moved moved /bin/true (dynamically linked: moved after its loader, 10 ms of CPU or 1 s), $home came home"
+mapped=$(grep -c 'home files mapped here' "$D/n2.log" || true)
+nmapped=$(sed -n 's/.* \([0-9]*\) home files mapped here.*/\1/p' "$D/n2.log" | awk '{ s += $1; if ($1 > 0) k++ } END { printf "%d in %d of them", s, k }')
+echo "start: of the $moved moved /bin/true (dynamically linked, moved at its exec stop), $home came home; $mapped ended on node 2, libraries mapped there from local files: $nmapped"
 sed -n 's/.*mosrun: process [0-9]* moved to node 2 (image \([0-9.]*\) MiB, frozen \([0-9.]*\) ms).*/\1 \2/p' "$D/n1.log" \
     | sort -k2 -n | awk '{ if ($1 + 0 >= img + 0) img = $1; f[NR] = $2 } END { if (NR) printf "start: moves at the first instruction: image <= %s MiB, frozen min %s / median %s / max %s ms\n", img, f[1], f[int((NR + 1) / 2)], f[NR] }'
 before=$(wc -l < "$D/n1.log")

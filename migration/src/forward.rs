@@ -77,6 +77,12 @@ pub enum Call {
     Close {
         fd: i32,
     },
+    /// The identity of the regular file behind home fd `fd` ([`crate::mapfile::FileId`], its
+    /// bytes in the reply's data): the remote maps an identical local file instead of coming
+    /// home. Not a regular file, too large or unreadable: an errno.
+    FileId {
+        fd: i32,
+    },
     /// A path call, run at home (relative paths against home's cwd / `dirfd`); the new fd
     /// gets number `at` at home (the remote picks the lowest number free in the process, so
     /// both sides agree on it).
@@ -106,6 +112,7 @@ impl Call {
             | Call::Pwrite { fd, .. }
             | Call::Lseek { fd, .. }
             | Call::Fstat { fd }
+            | Call::FileId { fd }
             | Call::Close { fd } => Some(*fd),
             Call::Openat { dirfd, .. } => (*dirfd >= 0).then_some(*dirfd),
             Call::Sys { args, .. } => args.iter().find_map(|a| match a {

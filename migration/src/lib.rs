@@ -50,6 +50,7 @@ pub mod forward;
 pub mod guard;
 pub mod homecall;
 pub mod jobctl;
+pub mod mapfile;
 pub mod protocol;
 pub mod remote;
 pub mod seccomp;

@@ -149,6 +149,12 @@ pub enum Req {
     Close {
         fd: i32,
     },
+    /// An `mmap` of home-backed `fd`, opened read-only by absolute path: home says what the
+    /// file is ([`crate::mapfile::FileId`]); when the same path here is the same file, the
+    /// placeholder becomes the local file and the mmap runs here, else the process goes home.
+    FileId {
+        fd: i32,
+    },
     /// openat(dirfd, path, …) / open(path, …) / creat(path, mode): opened at home (relative
     /// to home's cwd or to the home-backed `dirfd`), placed here. A local `dirfd` with a
     /// relative path runs here.
@@ -404,6 +410,56 @@ pub struct Stats {
     pub replayed_or_cancelled: u64,
     /// Path calls on `/mfs` run here by DFSA instead of going home ([`crate::dfsa`]).
     pub dfsa: u64,
+    /// Home files mapped here from an identical local file ([`Req::FileId`]).
+    pub mapped_here: u64,
+}
+
+/// A home-backed fd opened read-only by absolute path.
+#[derive(Debug, Clone)]
+struct RoFile {
+    path: Vec<u8>,
+    cloexec: bool,
+    /// The placeholder is the local file, proven the same as home's.
+    local: bool,
+}
+
+/// The mapping type bits of mmap's flags (`MAP_TYPE` in the kernel).
+const MAP_TYPE: i32 = 0x0f;
+
+/// The local file at absolute `path`, opened read-only, if it is a regular file everyone may
+/// read with the size and content of `home`; anything else (missing, different, unreadable,
+/// not world-readable): `None`.
+fn open_same(path: &[u8], home: crate::mapfile::FileId) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsFd, FromRawFd};
+    let c = std::ffi::CString::new(path).ok()?;
+    // O_NONBLOCK: a FIFO at that path here must not block the supervisor.
+    // SAFETY: open of a NUL-terminated path; the fd is owned right after.
+    let raw = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )
+    };
+    if raw < 0 {
+        return None;
+    }
+    // SAFETY: fresh fd.
+    let f = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    // This daemon opened it as root: only a file everyone may read is compared (else the
+    // answer would tell the user whether a file they may not read equals one they may).
+    // SAFETY: fstat into a zeroed struct stat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(raw, &mut st) } < 0 || st.st_mode & libc::S_IROTH == 0 {
+        return None;
+    }
+    let here = crate::mapfile::of_fd(f.as_fd()).ok()?;
+    if here != home {
+        return None;
+    }
+    // A regular file (of_fd checked): back to the blocking mode the process opened it with.
+    // SAFETY: fcntl with integer arguments on our fd.
+    unsafe { libc::fcntl(raw, libc::F_SETFL, 0) };
+    Some(f)
 }
 
 /// The remote supervisor of one process. See the module documentation.
@@ -425,6 +481,13 @@ pub struct Supervisor<P: HomePort> {
     tty_sigs: Option<(bool, bool)>,
     /// The `/mfs` mounts whose path calls run here ([`crate::dfsa`]); none: all go home.
     dfsa: Option<crate::dfsa::Dfsa>,
+    /// Home-backed fds opened read-only by absolute path (candidates for a local mmap).
+    ro_files: HashMap<i32, RoFile>,
+    /// The absolute paths of forwarded opens in flight, by notification id.
+    open_paths: HashMap<u64, Vec<u8>>,
+    /// A stop decided while a reply was delivered (a mapped file differs here): returned by
+    /// the loop next.
+    pending_stop: Option<Stop>,
     /// Notifications whose forwarded call home gave up ([`Supervisor::interrupt_in_flight`]):
     /// left unanswered, their callers waiting.
     given_up: Vec<Notif>,
@@ -445,6 +508,9 @@ impl<P: HomePort> Supervisor<P> {
             tty_sigs: None,
             dfsa: None,
             given_up: Vec::new(),
+            ro_files: HashMap::new(),
+            open_paths: HashMap::new(),
+            pending_stop: None,
         }
     }
 
@@ -518,6 +584,9 @@ impl<P: HomePort> Supervisor<P> {
     /// Serves calls until the process exits, must go home, or `deadline` passes.
     pub fn run(&mut self, deadline: Instant) -> Result<Stop, Error> {
         loop {
+            if let Some(stop) = self.pending_stop.take() {
+                return Ok(stop);
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Ok(Stop::Deadline);
@@ -550,6 +619,9 @@ impl<P: HomePort> Supervisor<P> {
                     let acts = self.fwd.on_msg(m);
                     self.perform(acts)?;
                 }
+                if let Some(stop) = self.pending_stop.take() {
+                    return Ok(stop);
+                }
                 if self.stop_when_idle && self.in_flight() == 0 {
                     return Ok(Stop::Deadline);
                 }
@@ -573,6 +645,9 @@ impl<P: HomePort> Supervisor<P> {
                         while let Some(m) = self.port.try_recv() {
                             let acts = self.fwd.on_msg(m);
                             self.perform(acts)?;
+                        }
+                        if let Some(stop) = self.pending_stop.take() {
+                            return Ok(stop);
                         }
                     }
                     Ok(None) => {}
@@ -600,6 +675,9 @@ impl<P: HomePort> Supervisor<P> {
                 Err(seccomp::Error::Cancelled) => return Ok(None),
                 Err(_) => Class::Answer(-i64::from(libc::EFAULT)),
             };
+        }
+        if class == Class::GoHome(GoHome::MmapHomeFd) {
+            class = self.map_here(n.data.args).unwrap_or(class);
         }
         match class {
             Class::Continue => {
@@ -697,12 +775,16 @@ impl<P: HomePort> Supervisor<P> {
                 // A thread has one live notification: older ones of this thread are dead.
                 self.waiting.retain(|_, (w, _)| w.pid != n.pid);
                 self.waiting.insert(n.id, (n, req));
+                self.open_paths.retain(|id, _| self.waiting.contains_key(id));
                 let key = CallKey {
                     nr,
                     args: n.data.args,
                 };
                 let acts = self.fwd.on_call(n.pid, n.id, key, call);
                 self.perform(acts)?;
+                if let Some(stop) = self.pending_stop.take() {
+                    return Ok(Some(stop));
+                }
             }
         }
         Ok(None)
@@ -759,7 +841,7 @@ impl<P: HomePort> Supervisor<P> {
 
     /// The call to send home, or `None` when it works relative to a local directory fd (it
     /// then runs here).
-    fn build_call(&self, n: &Notif, req: Req) -> seccomp::Result<Option<Call>> {
+    fn build_call(&mut self, n: &Notif, req: Req) -> seccomp::Result<Option<Call>> {
         Ok(Some(match req {
             Req::Read { fd, len, .. } => Call::Read { fd, len },
             Req::Write { fd, buf, len } => Call::Write {
@@ -781,6 +863,7 @@ impl<P: HomePort> Supervisor<P> {
             },
             Req::Lseek { fd, offset, whence } => Call::Lseek { fd, offset, whence },
             Req::Fstat { fd, .. } => Call::Fstat { fd },
+            Req::FileId { fd } => Call::FileId { fd },
             Req::Close { fd } => Call::Close { fd },
             Req::Sys { nr } => match self.sys_args(n, nr)? {
                 Some(args) => Call::Sys { nr, args },
@@ -793,6 +876,9 @@ impl<P: HomePort> Supervisor<P> {
                 mode,
             } => {
                 let path = self.read_path(n, path)?;
+                if path.first() == Some(&b'/') && flags & (libc::O_ACCMODE | libc::O_PATH) == 0 {
+                    self.open_paths.insert(n.id, path.clone());
+                }
                 let dirfd = if dirfd == libc::AT_FDCWD || self.fds.is_home(dirfd.into()) {
                     dirfd
                 } else if path.first() == Some(&b'/') {
@@ -966,9 +1052,13 @@ impl<P: HomePort> Supervisor<P> {
 
     /// Copies a result into the process and answers it.
     fn deliver(&mut self, id: u64, reply: &Reply) -> Result<Answered, Error> {
+        let open_path = self.open_paths.remove(&id);
         let Some((n, req)) = self.waiting.remove(&id) else {
             return Ok(Answered::Cancelled);
         };
+        if let Req::FileId { fd } = req {
+            return self.map_local(n, fd, reply);
+        }
         let buf = match req {
             Req::Read { buf, .. } | Req::Pread { buf, .. } | Req::Fstat { buf, .. } => Some(buf),
             _ => None,
@@ -1013,13 +1103,30 @@ impl<P: HomePort> Supervisor<P> {
         if let Req::Openat { flags, .. } = req
             && reply.ret >= 0
         {
-            return self.place_home_fd(&n, reply.ret as i32, flags & libc::O_CLOEXEC != 0);
+            let (at, cloexec) = (reply.ret as i32, flags & libc::O_CLOEXEC != 0);
+            let how = self.place_home_fd(&n, at, cloexec)?;
+            self.ro_files.remove(&at);
+            if how == Answered::Delivered
+                && self.fds.is_home(at.into())
+                && let Some(path) = open_path
+            {
+                self.ro_files.insert(
+                    at,
+                    RoFile {
+                        path,
+                        cloexec,
+                        local: false,
+                    },
+                );
+            }
+            return Ok(how);
         }
         let resp = if reply.ret < 0 {
             Response::Errno((-reply.ret) as i32)
         } else if let Req::Close { fd } = req {
             // Closed at home: let the kernel close the local placeholder too.
             self.fds.remove(fd);
+            self.ro_files.remove(&fd);
             Response::Continue
         } else {
             Response::Value(if matches!(req, Req::Fstat { .. }) {
@@ -1029,6 +1136,64 @@ impl<P: HomePort> Supervisor<P> {
             })
         };
         match self.listener.respond(id, resp) {
+            Ok(()) => Ok(Answered::Delivered),
+            Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// An `mmap` of home-backed `fd`: runs here on the local file when it is the file home
+    /// has (see [`Req::FileId`]); `None`: it goes home.
+    fn map_here(&self, a: [u64; 6]) -> Option<Class> {
+        let fd = a[4] as i32;
+        let rf = self.ro_files.get(&fd)?;
+        // A shared mapping would have to see writes made at home: only private ones.
+        if a[3] as i32 & MAP_TYPE != libc::MAP_PRIVATE {
+            return None;
+        }
+        Some(if rf.local {
+            Class::Continue
+        } else {
+            Class::Forward(Req::FileId { fd })
+        })
+    }
+
+    /// Home said what the file behind `fd` is: if the same path here holds the same file,
+    /// the placeholder at `fd` becomes that local file and the mmap runs here (the fd stays
+    /// home-backed: reads, seeks and close still go home). Otherwise the process goes home
+    /// ([`Stop::GoHome`], the mmap unanswered).
+    fn map_local(&mut self, n: Notif, fd: i32, reply: &Reply) -> Result<Answered, Error> {
+        let home = (reply.ret >= 0)
+            .then(|| crate::mapfile::FileId::from_bytes(&reply.data))
+            .flatten();
+        let local = match (home, self.ro_files.get(&fd)) {
+            (Some(h), Some(rf)) => open_same(&rf.path, h).map(|f| (f, rf.cloexec)),
+            _ => None,
+        };
+        let Some((file, cloexec)) = local else {
+            tracing::info!(
+                tid = n.pid,
+                fd,
+                ret = reply.ret,
+                "a mapped home file is not the same here: the process goes home"
+            );
+            self.pending_stop = Some(Stop::GoHome {
+                notif: n,
+                reason: GoHome::MmapHomeFd,
+            });
+            return Ok(Answered::Delivered);
+        };
+        let raw = std::os::fd::AsRawFd::as_raw_fd(&file);
+        match self.listener.add_fd(n.id, raw, Some(fd), cloexec, false) {
+            Ok(_) => {}
+            Err(seccomp::Error::Cancelled) => return Ok(Answered::Cancelled),
+            Err(e) => return Err(e.into()),
+        }
+        if let Some(rf) = self.ro_files.get_mut(&fd) {
+            rf.local = true;
+        }
+        self.stats.mapped_here += 1;
+        match self.listener.respond(n.id, Response::Continue) {
             Ok(()) => Ok(Answered::Delivered),
             Err(seccomp::Error::Cancelled) => Ok(Answered::Cancelled),
             Err(e) => Err(e.into()),

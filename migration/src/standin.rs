@@ -236,6 +236,14 @@ pub fn execute_at(
                 data: Bytes::copy_from_slice(bytes),
             }
         }
+        Call::FileId { .. } => {
+            // SAFETY: `real` is open in `fds` for the duration of this call.
+            let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(real) };
+            match crate::mapfile::of_fd(b) {
+                Ok(id) => Reply::data(Bytes::copy_from_slice(&id.to_bytes())),
+                Err(e) => Reply::errno(e.raw_os_error().unwrap_or(libc::EIO)),
+            }
+        }
         Call::Close { .. } => {
             fds.remove(&fd);
             Reply::ok(0)

@@ -406,22 +406,6 @@ fn measure(pid: i32) -> Option<(Duration, Duration, u64)> {
     ))
 }
 
-/// Whether `pid`'s program has a dynamic loader (AT_BASE in its auxiliary vector is not 0);
-/// an unreadable vector is an error (the program is then not moved).
-fn has_interpreter(pid: i32) -> Result<bool, String> {
-    let auxv = std::fs::read(format!("/proc/{pid}/auxv"))
-        .map_err(|e| format!("process {pid}: /proc/{pid}/auxv unreadable: {e}"))?;
-    let words: Vec<u64> = auxv
-        .chunks_exact(8)
-        .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
-        .collect();
-    words
-        .chunks_exact(2)
-        .find(|p| p[0] == libc::AT_BASE)
-        .map(|p| p[1] != 0)
-        .ok_or_else(|| format!("process {pid}: no AT_BASE in /proc/{pid}/auxv"))
-}
-
 /// The owner of `pid`.
 fn owner(pid: i32) -> Result<u32, String> {
     use std::os::unix::fs::MetadataExt;
@@ -556,27 +540,12 @@ async fn place_process(
                 return;
             }
         };
-        // A dynamically linked program moved now would come straight back: its loader maps
-        // the libraries it opens at home, and an mmap of a home-backed fd brings the process
-        // home (`GoHome::MmapHomeFd`). Until the remote maps such files itself, it starts here
-        // and moves once the loader is done (10 ms of CPU of its own, ld.so needs about 1; or
-        // 1 s if it sleeps). A statically linked one moves now, before its first instruction.
+        // Moved now, before its first instruction, static or dynamic: a dynamic loader's
+        // mmaps of the libraries it opened at home run on the identical local files
+        // (`migration::remote`, `Req::FileId`); a library that differs here brings it home.
         // A remote start counts as an exec on `to` (/mfs/lastexec); undone if it stays here.
         crate::mfsmagic::started_on(pid as u32, to);
-        let mut result = match has_interpreter(pid) {
-            Ok(false) => m.migrate_seized(seized, to, uid).await,
-            Ok(true) => {
-                drop(seized); // released: it runs here
-                let t1 = Instant::now();
-                while measure(pid).is_some_and(|(_, cpu, _)| cpu < Duration::from_millis(10))
-                    && t1.elapsed() < Duration::from_secs(1)
-                {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-                m.migrate(pid, to, uid).await
-            }
-            Err(e) => Err(e),
-        };
+        let mut result = m.migrate_seized(seized, to, uid).await;
         // A target that refuses (its memory, load or block) is left alone for a while and
         // the next best is tried; when none is better than here, the process stays home.
         let mut to = to;
@@ -758,43 +727,6 @@ mod tests {
         child.wait().unwrap();
         assert!(!alive(pid));
         assert_eq!(measure(pid), None);
-    }
-
-    /// The test binary has a dynamic loader; a static program (when gcc can build one) has
-    /// none; a missing process is an error, not a guess.
-    #[test]
-    fn a_dynamic_loader_is_read_from_the_auxiliary_vector() {
-        assert_eq!(has_interpreter(std::process::id() as i32), Ok(true));
-        assert!(has_interpreter(i32::MAX).is_err());
-        let dir = tempfile::tempdir().unwrap();
-        let (src, bin) = (dir.path().join("s.c"), dir.path().join("s"));
-        std::fs::write(&src, "#include <unistd.h>\nint main(void) { pause(); return 0; }\n")
-            .unwrap();
-        let built = std::process::Command::new("gcc")
-            .arg("-static")
-            .arg("-o")
-            .arg(&bin)
-            .arg(&src)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !built {
-            eprintln!("no static build (gcc or libc.a missing): static case not checked");
-            return;
-        }
-        let mut child = std::process::Command::new(&bin).spawn().unwrap();
-        let pid = child.id() as i32;
-        // the auxv is the program's once its exec is done
-        let exe = (0..500).find_map(|_| {
-            std::thread::sleep(Duration::from_millis(10));
-            std::fs::read_link(format!("/proc/{pid}/exe"))
-                .ok()
-                .filter(|e| *e == bin)
-        });
-        assert!(exe.is_some(), "the static program never ran");
-        let r = has_interpreter(pid);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(r, Ok(false));
     }
 
     #[test]

@@ -533,11 +533,12 @@ fn builder(
         home,
         pid = ident.pid,
         local_pid = pid,
-        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here, {} file calls on /mfs run here by DFSA",
+        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here, {} file calls on /mfs run here by DFSA, {} home files mapped here",
         st.forwarded,
         st.identity,
         st.continued,
-        st.dfsa
+        st.dfsa,
+        st.mapped_here
     );
     let _ = out.send(Built::Ended(status));
 }

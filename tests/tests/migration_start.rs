@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use omnode_tests::moving::{can_run, cli, cluster, compile, logs};
 
-/// Compiles tests/progs/NAME.c statically (no dynamic loader: a dynamically linked program
-/// started remotely comes home at the loader's first mmap of a file it opened at home, see
-/// the report in BENCHMARKS.md "Migration", run 4), into the cluster's directory.
+/// Compiles tests/progs/NAME.c statically (no dynamic loader), into the cluster's directory.
 fn compile_static(dir: &Path, name: &str) -> std::path::PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("progs/{name}.c"));
     let out = dir.join(format!("{name}-static"));
@@ -203,4 +201,78 @@ fn a_refused_remote_start_runs_the_program_at_home() {
         logs(&c, &[1, 2])
     );
     assert_eq!(st.code(), Some(5), "{}", logs(&c, &[1, 2]));
+}
+
+/// `mosrun -j2` of a dynamically linked program: it moves before its first instruction (its
+/// loader has not run yet), and the loader, running on node 2, opens /etc/ld.so.cache and libc
+/// at home but maps the identical local files instead of coming home (node 2's log counts
+/// them). It runs on node 2 to its end, never comes home, and its output and exit code are
+/// those of an unmoved run.
+#[test]
+fn mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction() {
+    if !can_run("mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction") {
+        return;
+    }
+    let c = cluster("1 127.0.22.1 2\n", &[1, 2]);
+    let prog = compile(c.dir.path(), "startecho");
+    let plain = spawn(&prog, &[]);
+    let plain_pid = plain.0.id();
+    let (plain_out, plain_st) = finish(plain, INPUT);
+    assert_eq!(plain_st.code(), Some(5), "unmoved run: {plain_st:?}");
+
+    let kid = mosrun(&c, &["-j2"], &prog);
+    let pid = kid.0.id();
+    // the loader has run (on node 2) when the program waits for its input there
+    let row = wait_for(Duration::from_secs(20), || {
+        ps_row(&c, pid).filter(|r| r["node"] == 2u64 && r["state"] != "migrating")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{pid} never listed on node 2 at home: {:?}\n{}",
+            ps_row(&c, pid),
+            logs(&c, &[1, 2])
+        )
+    });
+    assert_eq!(row["home"], 1u64, "{row}");
+    assert_eq!(row["moves"], 1u64, "{row}");
+    // moved from its exec stop (not after running at home): the move was of a seized process
+    let needle = format!("mosrun: process {pid} moved to node 2");
+    assert!(
+        c.log_text(1).lines().any(|l| l.contains(&needle)),
+        "no remote start of {pid} in node 1's log\n{}",
+        logs(&c, &[1, 2])
+    );
+
+    let (out, st) = finish(kid, INPUT);
+    assert_eq!(
+        out,
+        plain_out.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n")),
+        "{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(st.code(), Some(5), "{}", logs(&c, &[1, 2]));
+    assert!(
+        !came_home(&c, 1, pid),
+        "it came home instead of running on node 2\n{}",
+        logs(&c, &[1, 2])
+    );
+    // node 2 mapped its libraries from local files (at least libc)
+    let tag = format!("pid={pid}");
+    let mapped = wait_for(Duration::from_secs(10), || {
+        c.log_text(2).lines().find_map(|l| {
+            if !l.contains(&tag) || !l.contains("guest ended") {
+                return None;
+            }
+            let n: u64 = l
+                .split(" home files mapped here")
+                .next()?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            Some(n)
+        })
+    })
+    .unwrap_or_else(|| panic!("no end of {pid} in node 2's log\n{}", logs(&c, &[1, 2])));
+    assert!(mapped >= 1, "no library mapped on node 2 ({mapped})\n{}", logs(&c, &[1, 2]));
 }
