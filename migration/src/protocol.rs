@@ -479,7 +479,8 @@ impl Home {
         let mut out = Vec::new();
         match (&self.state, msg) {
             (HomeState::Offering, Msg::Accept { window, .. }) => {
-                self.window = window;
+                // home's own limit too: the bytes in flight are held in home's memory
+                self.window = window.min(self.config.window);
                 self.state = HomeState::Streaming { acked: 0, sent: 0 };
                 self.since = now;
                 self.last_send = now;

@@ -73,13 +73,15 @@ pub struct ImageSource {
 }
 
 impl ImageSource {
-    /// Starts reading `seized` per `plan` on a thread of its own.
+    /// Starts reading `seized` per `plan` on a thread of its own, at most `ahead` pieces (1 to
+    /// 4) ahead of what is sent.
     pub fn start(
         mut seized: migrate::Seized,
         plan: migrate::StreamPlan,
         pid: i32,
+        ahead: usize,
     ) -> io::Result<ImageSource> {
-        let (tx, rx) = mpsc::sync_channel(AHEAD);
+        let (tx, rx) = mpsc::sync_channel(ahead.clamp(1, AHEAD));
         let producer = std::thread::Builder::new()
             .name(format!("mig-read-{pid}"))
             .spawn(move || {
@@ -257,7 +259,7 @@ mod tests {
         assert_eq!(whole.len() as u64, plan.image_bytes, "planned length");
         assert!(plan.page_bytes >= 8 << 20, "{}", plan.page_bytes);
 
-        let mut src = ImageSource::start(seized, plan.clone(), pid).unwrap();
+        let mut src = ImageSource::start(seized, plan.clone(), pid, AHEAD).unwrap();
         let mut got = Vec::new();
         let step = PIECE as u64 - 1000; // ranges that cross pieces
         let mut at = 0u64;

@@ -510,6 +510,20 @@ pub(crate) fn exe_identity(path: &str) -> Option<ExeIdentity> {
 
 type Done = tokio::sync::oneshot::Sender<Result<String, String>>;
 
+/// The protocol's settings for a move from here. Home holds the image bytes in flight (read,
+/// not yet acknowledged) in its own memory, in the cgroup of the process it moves: on a node
+/// short of memory (the reason for ushering) a full 16 MiB window could make that cgroup kill
+/// the very process being moved. So home's window is at most an eighth of its free memory
+/// (at least one chunk; the pieces read ahead follow it, and with the transport's copies home
+/// holds a few times that); when the free memory cannot be read, the default.
+fn home_config() -> protocol::Config {
+    let mut c = protocol::Config::default();
+    if let Ok(own) = crate::loadmon::own(Duration::from_secs(2)) {
+        c.window = (own.free_mem / 8).clamp(c.chunk_size, c.window);
+    }
+    c
+}
+
 /// The home side of one migration, then its deputy, until the moved process ends.
 fn home_thread(
     m: &Migrator,
@@ -617,7 +631,10 @@ fn home_thread(
             local_pid: None,
         },
     );
-    let mut source = match crate::imagestream::ImageSource::start(seized, plan, pid) {
+    let config = home_config();
+    // pieces read ahead are held here too: no more than the window allows
+    let ahead = (config.window / crate::imagestream::PIECE as u64) as usize;
+    let mut source = match crate::imagestream::ImageSource::start(seized, plan, pid, ahead) {
         Ok(s) => Some(s),
         Err(e) => {
             lock(&m.table).remove(&mig);
@@ -627,7 +644,7 @@ fn home_thread(
             )));
         }
     };
-    let (mut home, acts) = Home::start(protocol::Config::default(), offer, Instant::now());
+    let (mut home, acts) = Home::start(config, offer, Instant::now());
     let mut seized: Option<migrate::Seized> = None;
     let mut held_peak = 0u64;
     let mut shell: Option<migrate::HomeShell> = None;

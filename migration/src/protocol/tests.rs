@@ -885,3 +885,27 @@ proptest! {
         let _ = sim.elapsed();
     }
 }
+
+/// Home keeps its own window when the target grants a larger one (the bytes in flight are held
+/// in home's memory: a node short of memory moves with a small window).
+#[test]
+fn home_sends_no_more_than_its_own_window_whatever_the_target_grants() {
+    let t0 = Instant::now();
+    let config = Config {
+        chunk_size: 1000,
+        window: 2000,
+        ..Config::default()
+    };
+    let o = offer(10_000);
+    let mig = o.mig;
+    let (mut home, _) = Home::start(config, o, t0);
+    let acts = home.on_msg(Msg::Accept { mig, window: 8000 }, t0);
+    let asked: u64 = acts
+        .iter()
+        .map(|a| match a {
+            HomeAction::SendChunk { len, .. } => *len,
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(asked, 2000, "{acts:?}");
+}
