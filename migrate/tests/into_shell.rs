@@ -38,7 +38,11 @@ fn parked(
 fn deputy_copies(pid: i32, img: &migrate::ProcessImage) -> Vec<(i32, OwnedFd)> {
     // SAFETY: pidfd_open with integer arguments; on success a new fd we own.
     let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    assert!(pidfd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: fresh fd.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
     migrate::home_backed(&img.fds)
@@ -46,7 +50,11 @@ fn deputy_copies(pid: i32, img: &migrate::ProcessImage) -> Vec<(i32, OwnedFd)> {
         .map(|n| {
             // SAFETY: pidfd_getfd with integer arguments; on success a new fd we own.
             let f = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
-            assert!(f >= 0, "pidfd_getfd {n}: {}", std::io::Error::last_os_error());
+            assert!(
+                f >= 0,
+                "pidfd_getfd {n}: {}",
+                std::io::Error::last_os_error()
+            );
             // SAFETY: fresh fd.
             (n, unsafe { OwnedFd::from_raw_fd(f as i32) })
         })
@@ -99,8 +107,9 @@ fn a_parked_process_takes_its_image_back_and_runs_on_as_itself() {
     };
     let missing = copies[0].0;
     assert!(
-        e.to_string()
-            .contains(&format!("fd {missing} of the image stays at home but the deputy holds no copy")),
+        e.to_string().contains(&format!(
+            "fd {missing} of the image stays at home but the deputy holds no copy"
+        )),
         "{e}"
     );
     assert!(rss_kb(p.pid) < 100, "not parked: {}", status(p.pid));

@@ -404,7 +404,10 @@ mod tests {
     fn held_messages_run_first_and_in_the_order_they_came() {
         let mut f = Front::held();
         let mut noted = Vec::new();
-        assert!(f.on_msg(unread(), |_| panic!("noted while held")).is_empty());
+        assert!(
+            f.on_msg(unread(), |_| panic!("noted while held"))
+                .is_empty()
+        );
         assert!(f.on_msg(read(1), |_| panic!("noted while held")).is_empty());
         let acts = f.start(|m| noted.push(m.clone()));
         assert_eq!(noted, vec![unread(), read(1)]);

@@ -272,13 +272,17 @@ fn an_fd_number_reused_while_away_is_the_new_file_when_the_process_comes_home() 
     let dir = run_in("moved");
     let (mut kid, mut stdin, s) = spawn(&prog, &[dir.to_str().unwrap()]);
     let pid = kid.0.id();
-    wait_for(Duration::from_secs(10), || s.text().contains("a at 3").then_some(()))
-        .expect("the program opened a");
+    wait_for(Duration::from_secs(10), || {
+        s.text().contains("a at 3").then_some(())
+    })
+    .expect("the program opened a");
     let (ok, said) = migrate(&c, pid, "2");
     assert!(ok, "migrate {pid} 2: {said}\n{}", logs(&c, &nodes));
     writeln!(stdin).unwrap();
-    wait_for(Duration::from_secs(10), || s.text().contains("b at 3").then_some(()))
-        .unwrap_or_else(|| panic!("b opened on node 2: {}\n{}", s.text(), logs(&c, &nodes)));
+    wait_for(Duration::from_secs(10), || {
+        s.text().contains("b at 3").then_some(())
+    })
+    .unwrap_or_else(|| panic!("b opened on node 2: {}\n{}", s.text(), logs(&c, &nodes)));
     let row = ps_row(&c, 1, pid).expect("home lists it");
     assert_eq!(row["node"].as_u64(), Some(2), "{row}");
     let (ok, said) = migrate(&c, pid, "home");
@@ -299,9 +303,23 @@ fn an_fd_number_reused_while_away_is_the_new_file_when_the_process_comes_home() 
     let st = ended(&mut kid, Duration::from_secs(30), "moved run");
     let out = s.all();
     let swap = |t: &str| t.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
-    assert_eq!(out, swap(&plain_out), "output differs\n{}", logs(&c, &nodes));
+    assert_eq!(
+        out,
+        swap(&plain_out),
+        "output differs\n{}",
+        logs(&c, &nodes)
+    );
     assert!(st.success(), "{st:?}\n{}", logs(&c, &nodes));
-    assert_eq!(std::fs::read_to_string(dir.join("b")).unwrap(), swap(&plain_b));
-    assert_eq!(std::fs::read_to_string(dir.join("a")).unwrap(), "original a\n");
-    assert_eq!(std::fs::read_to_string(dir.join("c")).unwrap(), "original c\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b")).unwrap(),
+        swap(&plain_b)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a")).unwrap(),
+        "original a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("c")).unwrap(),
+        "original c\n"
+    );
 }

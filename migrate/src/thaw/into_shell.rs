@@ -363,7 +363,10 @@ mod tests {
         for have in [vec![0, 5], vec![0]] {
             let e = plan_fds(7, &img, &have, &[(0, 100)]).unwrap_err();
             let s = e.to_string();
-            assert!(s.contains("fd 5") && s.contains("deputy holds no copy"), "{s}");
+            assert!(
+                s.contains("fd 5") && s.contains("deputy holds no copy"),
+                "{s}"
+            );
         }
     }
 
