@@ -205,6 +205,9 @@ fn prepare<R: Read>(
     Ok((Arc::new(img), close, opts, xstate))
 }
 
+/// The placeholders (image fd, deputy's fd) and P's fds to close.
+type FdPlan = (Vec<(i32, RawFd)>, Vec<i32>);
+
 /// The fd table of a process coming home, decided by the image alone (P's own fd table is
 /// stale: the process may have closed an fd while away, and reused its number for another
 /// file). `fds`: the image's; `have`: P's open fd numbers; `deputy_fds`: the deputy's current
@@ -215,12 +218,7 @@ fn prepare<R: Read>(
 /// copy is refused: P's own fd at that number may be a file the process closed while away.
 /// Deputy copies of numbers the image does not have (or has as an fd that lives inside the
 /// process) are not used.
-fn plan_fds(
-    pid: i32,
-    fds: &[Fd],
-    have: &[i32],
-    deputy_fds: &[(i32, RawFd)],
-) -> Result<(Vec<(i32, RawFd)>, Vec<i32>)> {
+fn plan_fds(pid: i32, fds: &[Fd], have: &[i32], deputy_fds: &[(i32, RawFd)]) -> Result<FdPlan> {
     let mut placeholders = Vec::new();
     let mut inside = Vec::new();
     for f in fds {
