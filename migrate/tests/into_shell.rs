@@ -6,6 +6,7 @@
 
 mod common;
 use common::*;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::time::Duration;
 
@@ -30,6 +31,38 @@ fn parked(
         other => panic!("not parked: {other:?}"),
     };
     (p, out, bytes, shell)
+}
+
+/// What the deputy holds while the process is away: pidfd_getfd copies of its fds that stay
+/// at home, by number.
+fn deputy_copies(pid: i32, img: &migrate::ProcessImage) -> Vec<(i32, OwnedFd)> {
+    // SAFETY: pidfd_open with integer arguments; on success a new fd we own.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        pidfd >= 0,
+        "pidfd_open: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: fresh fd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as i32) };
+    migrate::home_backed(&img.fds)
+        .into_iter()
+        .map(|n| {
+            // SAFETY: pidfd_getfd with integer arguments; on success a new fd we own.
+            let f = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+            assert!(
+                f >= 0,
+                "pidfd_getfd {n}: {}",
+                std::io::Error::last_os_error()
+            );
+            // SAFETY: fresh fd.
+            (n, unsafe { OwnedFd::from_raw_fd(f as i32) })
+        })
+        .collect()
+}
+
+fn raw(fds: &[(i32, OwnedFd)]) -> Vec<(i32, std::os::fd::RawFd)> {
+    fds.iter().map(|(n, f)| (*n, f.as_raw_fd())).collect()
 }
 
 fn status(pid: i32) -> String {
@@ -64,7 +97,23 @@ fn a_parked_process_takes_its_image_back_and_runs_on_as_itself() {
     assert!(rss_kb(p.pid) < 100, "not trimmed: {}", status(p.pid));
     std::thread::sleep(Duration::from_millis(100));
     let mut reader = migrate::ImageReader::new(&img[..]).expect("image");
-    let mut t = migrate::Thawing::into_shell(&mut reader, sh, &[])
+    let copies = deputy_copies(p.pid, reader.process());
+    assert!(!copies.is_empty(), "the counter has fds that stay home");
+    // fail closed: without the deputy's copy of a home fd, P's own fd at that number (which
+    // the process may have closed while away) is not taken instead; the shell stays parked
+    let (sh, e) = match migrate::Thawing::into_shell(&mut reader, sh, &raw(&copies[1..])) {
+        Ok(_) => panic!("a home fd without a deputy copy was accepted"),
+        Err(x) => x,
+    };
+    let missing = copies[0].0;
+    assert!(
+        e.to_string().contains(&format!(
+            "fd {missing} of the image stays at home but the deputy holds no copy"
+        )),
+        "{e}"
+    );
+    assert!(rss_kb(p.pid) < 100, "not parked: {}", status(p.pid));
+    let mut t = migrate::Thawing::into_shell(&mut reader, sh, &raw(&copies))
         .unwrap_or_else(|(_, e)| panic!("into_shell: {e}"));
     assert_eq!(t.pid(), p.pid, "the same process, not a new one");
     t.pages(&mut reader).expect("pages");
@@ -98,7 +147,8 @@ fn a_failed_thaw_into_the_shell_leaves_it_parked_and_usable() {
     // mapped), then the pages fail
     let cut = &img[..img.len() / 2];
     let mut reader = migrate::ImageReader::new(cut).expect("the process section is whole");
-    let mut t = migrate::Thawing::into_shell(&mut reader, sh, &[])
+    let copies = deputy_copies(p.pid, reader.process());
+    let mut t = migrate::Thawing::into_shell(&mut reader, sh, &raw(&copies))
         .unwrap_or_else(|(_, e)| panic!("into_shell: {e}"));
     let e = t
         .pages(&mut reader)

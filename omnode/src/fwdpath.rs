@@ -137,13 +137,100 @@ impl RemoteWay {
     }
 }
 
+/// The forwarding machine of one moved process and the messages given to it before it started
+/// (sans-IO: what to do comes back as actions). While `held`, messages are kept in arrival
+/// order; [`Front::start`] runs them before any later one. So the way can be opened before the
+/// remote can send anything on it, and the switch from "not yet" to "serving" keeps the
+/// remote's order (an `Unread` and the `Request` after it on the same fd cannot swap).
+#[derive(Debug, Default)]
+pub(crate) struct Front {
+    pub(crate) dep: DeputyFwd,
+    held: Option<Vec<FwdMsg>>,
+}
+
+impl Front {
+    /// A front that holds what it is given until [`Front::start`].
+    pub(crate) fn held() -> Front {
+        Front {
+            dep: DeputyFwd::new(),
+            held: Some(Vec::new()),
+        }
+    }
+
+    /// A message from the remote: held, or given to the machine (`note` sees each message
+    /// when the machine does).
+    pub(crate) fn on_msg(&mut self, msg: FwdMsg, note: impl FnOnce(&FwdMsg)) -> Vec<DeputyAction> {
+        match &mut self.held {
+            Some(h) => {
+                h.push(msg);
+                Vec::new()
+            }
+            None => {
+                note(&msg);
+                self.dep.on_msg(msg)
+            }
+        }
+    }
+
+    /// Serving from now on: the held messages first, in the order they came.
+    pub(crate) fn start(&mut self, mut note: impl FnMut(&FwdMsg)) -> Vec<DeputyAction> {
+        let mut acts = Vec::new();
+        for msg in self.held.take().unwrap_or_default() {
+            note(&msg);
+            acts.extend(self.dep.on_msg(msg));
+        }
+        acts
+    }
+
+    /// Forgets what it holds (the move failed; nothing of it may run).
+    pub(crate) fn drop_held(&mut self) {
+        if let Some(h) = &mut self.held {
+            h.clear();
+        }
+    }
+}
+
+/// The messages to the remote, in the order the machine made them, sent by one sender at a time
+/// (sans-IO: the caller sends what [`OutQueue::next`] gives and then calls [`OutQueue::sent`]).
+/// A reply replayed from the inbox and a reply from the worker go out in the order they were
+/// made, whichever thread sends them.
+#[derive(Debug, Default)]
+pub(crate) struct OutQueue {
+    q: std::collections::VecDeque<FwdMsg>,
+    /// A sender is at work (it takes the next message when it is done).
+    busy: bool,
+}
+
+impl OutQueue {
+    pub(crate) fn push(&mut self, msg: FwdMsg) {
+        self.q.push_back(msg);
+    }
+
+    /// The next message to send, unless another sender is at work (it sends it then).
+    pub(crate) fn next(&mut self) -> Option<FwdMsg> {
+        if self.busy {
+            return None;
+        }
+        let m = self.q.pop_front()?;
+        self.busy = true;
+        Some(m)
+    }
+
+    /// The message from [`OutQueue::next`] was sent (or given up).
+    pub(crate) fn sent(&mut self) {
+        self.busy = false;
+    }
+}
+
 /// The deputy's front: the forwarding machine of one moved process, shared by the inbox (which
-/// hands it requests), the worker (which reports results) and the migration thread.
+/// hands it requests), the worker (which reports results) and the migration thread. Opened
+/// before the offer, held until the process runs there ([`DeputyWay::start`]).
 pub(crate) struct DeputyWay {
     /// The node the process runs on.
     pub(crate) to: NodeId,
     pub(crate) mig: MigId,
-    pub(crate) dep: Mutex<DeputyFwd>,
+    front: Mutex<Front>,
+    out: Arc<Mutex<OutQueue>>,
     /// To the worker; `None` once the deputy ends (the worker then ends).
     jobs: Mutex<Option<mpsc::Sender<Job>>>,
     pub(crate) shared: Arc<Shared>,
@@ -154,6 +241,7 @@ pub(crate) struct DeputyWay {
 }
 
 impl DeputyWay {
+    /// A way that holds the remote's messages until [`DeputyWay::start`].
     pub(crate) fn new(
         m: &Migrator,
         to: NodeId,
@@ -164,13 +252,30 @@ impl DeputyWay {
         DeputyWay {
             to,
             mig,
-            dep: Mutex::new(DeputyFwd::new()),
+            front: Mutex::new(Front::held()),
+            out: Arc::default(),
             jobs: Mutex::new(Some(jobs)),
             shared,
             seen: AtomicU64::new(0),
             system: m.system.clone(),
             rt: m.rt.clone(),
         }
+    }
+
+    /// The process runs there and its deputy is ready: what came meanwhile is served first, in
+    /// order (the caller is not on the runtime).
+    pub(crate) fn start(&self) {
+        {
+            let mut f = lock(&self.front);
+            let acts = f.start(|m| crate::deputy::note(&self.shared, m));
+            self.act(&mut f, acts);
+        }
+        self.flush(true);
+    }
+
+    /// The move failed: nothing held runs.
+    pub(crate) fn drop_held(&self) {
+        lock(&self.front).drop_held();
     }
 
     /// The worker ends after its current call.
@@ -180,35 +285,44 @@ impl DeputyWay {
 
     /// Bytes read at home for the process and not yet delivered, on any of `fds`.
     pub(crate) fn pushed_back(&self, fds: &[i32]) -> usize {
-        let dep = lock(&self.dep);
-        fds.iter().map(|&fd| dep.pushed_back(fd)).sum()
+        let f = lock(&self.front);
+        fds.iter().map(|&fd| f.dep.pushed_back(fd)).sum()
     }
 
     /// A message from the remote. `may_block`: the caller is not on the runtime.
     pub(crate) fn on_msg(&self, msg: FwdMsg, may_block: bool) {
         self.seen.fetch_add(1, Ordering::Relaxed);
-        crate::deputy::note(&self.shared, &msg);
-        let acts = lock(&self.dep).on_msg(msg);
-        self.act(acts, may_block);
+        {
+            let mut f = lock(&self.front);
+            let acts = f.on_msg(msg, |m| crate::deputy::note(&self.shared, m));
+            self.act(&mut f, acts);
+        }
+        self.flush(may_block);
     }
 
     /// The worker finished a call (it may block: it is not on the runtime).
     pub(crate) fn done(&self, tid: Tid, seq: Seq, reply: Reply) {
-        let acts = lock(&self.dep).on_done(tid, seq, reply);
-        self.act(acts, true);
+        {
+            let mut f = lock(&self.front);
+            let acts = f.dep.on_done(tid, seq, reply);
+            self.act(&mut f, acts);
+        }
+        self.flush(true);
     }
 
-    fn act(&self, acts: Vec<DeputyAction>, may_block: bool) {
-        for a in acts {
+    /// Carries out the machine's actions while its lock is held, so messages to the remote are
+    /// queued and calls handed to the worker in the machine's order.
+    fn act(&self, f: &mut Front, acts: Vec<DeputyAction>) {
+        let mut acts = std::collections::VecDeque::from(acts);
+        while let Some(a) = acts.pop_front() {
             match a {
-                DeputyAction::Send(msg) => self.send(msg, may_block),
+                DeputyAction::Send(msg) => lock(&self.out).push(msg),
                 DeputyAction::Execute { tid, seq, call } => {
                     let sent = lock(&self.jobs)
                         .as_ref()
                         .is_some_and(|j| j.send(Job { tid, seq, call }).is_ok());
                     if !sent {
-                        let acts = lock(&self.dep).on_done(tid, seq, Reply::errno(libc::EIO));
-                        self.act(acts, may_block);
+                        acts.extend(f.dep.on_done(tid, seq, Reply::errno(libc::EIO)));
                     }
                 }
                 // A call held by the worker's waits (input, the foreground) stops waiting.
@@ -219,26 +333,136 @@ impl DeputyWay {
         }
     }
 
-    /// Sends to the remote on the control lane: at once when the lane has room, else bounded
-    /// by the send time-out (from a thread), or from a task of the runtime (on the runtime).
-    fn send(&self, msg: FwdMsg, may_block: bool) {
-        let wire = Wire::Fwd { mig: self.mig, msg };
-        if self.system.try_tell(self.to, NAME, &wire).is_ok() {
+    /// Sends what is queued for the remote on the control lane, in order, unless another
+    /// sender is at work (it sends it): at once when the lane has room, else bounded by the
+    /// send time-out (from a thread), or from one task of the runtime that then sends the rest
+    /// (on the runtime).
+    fn flush(&self, may_block: bool) {
+        let (sys, to, mig, out) = (self.system.clone(), self.to, self.mig, self.out.clone());
+        loop {
+            let Some(msg) = lock(&out).next() else { return };
+            let wire = Wire::Fwd { mig, msg };
+            if sys.try_tell(to, NAME, &wire).is_ok() {
+                lock(&out).sent();
+                continue;
+            }
+            if may_block {
+                self.rt.block_on(tell(&sys, to, &wire));
+                lock(&out).sent();
+                continue;
+            }
+            self.rt.spawn(async move {
+                let mut wire = wire;
+                loop {
+                    tell(&sys, to, &wire).await;
+                    let mut o = lock(&out);
+                    o.sent();
+                    match o.next() {
+                        Some(msg) => wire = Wire::Fwd { mig, msg },
+                        None => return,
+                    }
+                }
+            });
             return;
         }
-        let (sys, to) = (self.system.clone(), self.to);
-        let fut = async move {
-            if let Err(e) = sys
-                .tell_on(Lane::Control, to, NAME, &wire, Bytes::new())
-                .await
-            {
-                tracing::debug!(node = to, "forwarded-call reply not sent: {e}");
-            }
-        };
-        if may_block {
-            self.rt.block_on(fut);
-        } else {
-            self.rt.spawn(fut);
+    }
+}
+
+async fn tell(sys: &runtime::System, to: NodeId, wire: &Wire) {
+    if let Err(e) = sys
+        .tell_on(Lane::Control, to, NAME, wire, Bytes::new())
+        .await
+    {
+        tracing::debug!(node = to, "forwarded-call reply not sent: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use migration::forward::Call;
+
+    fn read(seq: Seq) -> FwdMsg {
+        FwdMsg::Request {
+            tid: 1,
+            seq,
+            call: Call::Read { fd: 0, len: 2 },
         }
+    }
+
+    fn unread() -> FwdMsg {
+        FwdMsg::Unread {
+            fd: 0,
+            data: Bytes::from_static(b"xy"),
+        }
+    }
+
+    /// What the remote sent before the deputy started is served first, in its order: the
+    /// bytes it gave back (`Unread`) answer the read it sent after them, and a request that
+    /// comes after the start is handled after the held ones.
+    #[test]
+    fn held_messages_run_first_and_in_the_order_they_came() {
+        let mut f = Front::held();
+        let mut noted = Vec::new();
+        assert!(
+            f.on_msg(unread(), |_| panic!("noted while held"))
+                .is_empty()
+        );
+        assert!(f.on_msg(read(1), |_| panic!("noted while held")).is_empty());
+        let acts = f.start(|m| noted.push(m.clone()));
+        assert_eq!(noted, vec![unread(), read(1)]);
+        assert_eq!(
+            acts,
+            vec![DeputyAction::Send(FwdMsg::Reply {
+                tid: 1,
+                seq: 1,
+                reply: Reply::data(Bytes::from_static(b"xy")),
+            })]
+        );
+        // started: a later request runs at once, after the held ones
+        let acts = f.on_msg(read(2), |_| {});
+        assert!(
+            matches!(acts.as_slice(), [DeputyAction::Execute { seq: 2, .. }]),
+            "{acts:?}"
+        );
+        // swapped (the bug this prevents): the read runs on the real fd, the bytes wait
+        let mut g = Front::held();
+        g.on_msg(read(1), |_| {});
+        g.on_msg(unread(), |_| {});
+        assert!(matches!(
+            g.start(|_| {}).as_slice(),
+            [DeputyAction::Execute { seq: 1, .. }]
+        ));
+    }
+
+    #[test]
+    fn a_failed_move_drops_what_was_held() {
+        let mut f = Front::held();
+        f.on_msg(read(1), |_| {});
+        f.drop_held();
+        assert!(f.start(|_| {}).is_empty());
+    }
+
+    /// One sender at a time: a message queued while another is being sent waits for it, so a
+    /// replayed reply (queued by the inbox) and the next reply (by the worker) keep their order.
+    #[test]
+    fn the_out_queue_gives_one_message_at_a_time_in_order() {
+        let reply = |seq| FwdMsg::Reply {
+            tid: 1,
+            seq,
+            reply: Reply::ok(0),
+        };
+        let mut q = OutQueue::default();
+        q.push(reply(1));
+        assert_eq!(q.next(), Some(reply(1)));
+        q.push(reply(2));
+        q.push(reply(3));
+        assert_eq!(q.next(), None, "a second sender while the first is at work");
+        q.sent();
+        assert_eq!(q.next(), Some(reply(2)));
+        q.sent();
+        assert_eq!(q.next(), Some(reply(3)));
+        q.sent();
+        assert_eq!(q.next(), None);
     }
 }

@@ -648,10 +648,24 @@ fn home_thread(
     let mut seized: Option<migrate::Seized> = None;
     let mut held_peak = 0u64;
     let mut shell: Option<migrate::HomeShell> = None;
-    // The deputy's front once the shell is parked (crate::fwdpath), and its way open while
-    // the deputy works.
+    // The deputy's front (crate::fwdpath), serving once the shell is parked (`way`). Its way
+    // opens now, before the offer, so no forwarded message can reach this thread instead:
+    // what the remote sends before the shell is parked is held there in the order it came and
+    // served first (`DeputyWay::start`).
     let mut way: Option<Arc<crate::fwdpath::DeputyWay>> = None;
-    let mut opened: Option<crate::fwdpath::Opened<'_>> = None;
+    let held_way: Option<Arc<crate::fwdpath::DeputyWay>> = prepared.as_ref().map(|p| {
+        let w = Arc::new(crate::fwdpath::DeputyWay::new(
+            m,
+            to,
+            mig,
+            p.jobs.clone(),
+            shared.clone(),
+        ));
+        let _ = p.way.set(w.clone());
+        w
+    });
+    let mut opened: Option<crate::fwdpath::Opened<'_>> =
+        held_way.clone().map(|w| m.fwd_paths.open_deputy(w));
     let mut fwd_seen = 0u64;
     /// Held calls stop waiting once the deputy ends.
     struct CloseOnDrop(std::sync::Arc<crate::deputy::Shared>);
@@ -664,7 +678,6 @@ fn home_thread(
     // SIGCONTs forwarded to the copy (see `Wire::Stopped`).
     let mut conts_sent = 0u64;
     let mut tty_stops_seen = 0u64;
-    let mut early: Vec<FwdMsg> = Vec::new();
     let mut pending = acts;
     let fds_shared: crate::gohome::DeputyFds = prepared
         .as_ref()
@@ -719,27 +732,16 @@ fn home_thread(
                     match s.finish(migrate::Ending::ParkAsHomeShell) {
                         Ok(migrate::Finished::Parked(sh)) => {
                             shell = Some(sh);
-                            // the deputy was made ready before the offer (its fds, its worker)
-                            let Some(p) = prepared.take() else { continue };
-                            let w = Arc::new(crate::fwdpath::DeputyWay::new(
-                                m,
-                                to,
-                                mig,
-                                p.jobs,
-                                shared.clone(),
-                            ));
-                            let _ = p.way.set(w.clone());
-                            opened = Some(m.fwd_paths.open_deputy(w.clone()));
+                            // the deputy was made ready before the offer (its fds, its worker,
+                            // its way): it serves from now on, what came meanwhile first
+                            drop(prepared.take());
+                            let Some(w) = held_way.clone() else { continue };
+                            w.start();
                             way = Some(w);
                             if let Some(r) = lock(&m.table).get_mut(&mig) {
                                 r.node = to;
                                 r.state = "running".into();
                                 r.moves += 1;
-                            }
-                            if let Some(w) = &way {
-                                for msg in std::mem::take(&mut early) {
-                                    w.on_msg(msg, true);
-                                }
                             }
                             crate::metrics::bump(&crate::metrics::COUNTERS.migrations_out);
                             let frozen = frozen_at.elapsed();
@@ -764,7 +766,10 @@ fn home_thread(
                             // apart, kills it). Nothing of the copy has touched home yet (no
                             // deputy: its forwarded calls were only queued), so ending the copy
                             // leaves exactly one process: the one at home, if it is still there.
-                            early.clear();
+                            if let Some(w) = &held_way {
+                                w.drop_held();
+                            }
+                            drop(opened.take());
                             m.send(
                                 to,
                                 Lane::Control,
@@ -920,9 +925,13 @@ fn home_thread(
                 }
                 Wire::Fwd { msg, .. } => {
                     home.on_sign_of_life(Instant::now());
+                    // only when the way was not open (no deputy): nothing serves it
                     match &way {
                         Some(w) => w.on_msg(msg, true),
-                        None => early.push(msg),
+                        None => match &held_way {
+                            Some(w) => w.on_msg(msg, true),
+                            None => tracing::debug!(pid, "a forwarded message with no deputy"),
+                        },
                     }
                 }
                 Wire::Signal { .. } | Wire::ComeHome { .. } => {}

@@ -235,3 +235,91 @@ fn a_move_whose_deputy_cannot_act_for_the_process_is_refused_before_it_leaves() 
     assert_eq!(out, want, "output differs\n{}", logs(&c, &nodes));
     assert_eq!(st.code(), Some(7), "{st:?}");
 }
+
+/// Issue 13 part 4 (the fd table on the way home): a process opens file a at fd 3 and c at fd
+/// 4, is moved to node 2, closes both there and opens file b (fd 3 again), is brought home and
+/// writes through fd 3. Home's parked process still held a and c at 3 and 4; the way home must
+/// install the image's table exactly: fd 3 is b (which gets the data; a is unchanged) and fd 4
+/// is closed. Output and files equal those of an unmoved run.
+#[test]
+fn an_fd_number_reused_while_away_is_the_new_file_when_the_process_comes_home() {
+    if !can_run("an_fd_number_reused_while_away_is_the_new_file_when_the_process_comes_home") {
+        return;
+    }
+    let nodes = [1, 2];
+    let c = cluster("1 127.0.20.1 2\n", &nodes);
+    let prog = compile(c.dir.path(), "fdreuse");
+    let run_in = |name: &str| {
+        let d = c.dir.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(d.join("a"), "original a\n").unwrap();
+        std::fs::write(d.join("c"), "original c\n").unwrap();
+        d
+    };
+
+    let plain_dir = run_in("plain");
+    let (mut plain, mut stdin, s) = spawn(&prog, &[plain_dir.to_str().unwrap()]);
+    let plain_pid = plain.0.id();
+    writeln!(stdin).unwrap();
+    writeln!(stdin).unwrap();
+    drop(stdin);
+    let st = ended(&mut plain, Duration::from_secs(30), "unmoved run");
+    assert!(st.success(), "unmoved run: {st:?}");
+    let plain_out = s.all();
+    assert!(plain_out.contains("b at 3\n"), "{plain_out}");
+    let plain_b = std::fs::read_to_string(plain_dir.join("b")).unwrap();
+
+    let dir = run_in("moved");
+    let (mut kid, mut stdin, s) = spawn(&prog, &[dir.to_str().unwrap()]);
+    let pid = kid.0.id();
+    wait_for(Duration::from_secs(10), || {
+        s.text().contains("a at 3").then_some(())
+    })
+    .expect("the program opened a");
+    let (ok, said) = migrate(&c, pid, "2");
+    assert!(ok, "migrate {pid} 2: {said}\n{}", logs(&c, &nodes));
+    writeln!(stdin).unwrap();
+    wait_for(Duration::from_secs(10), || {
+        s.text().contains("b at 3").then_some(())
+    })
+    .unwrap_or_else(|| panic!("b opened on node 2: {}\n{}", s.text(), logs(&c, &nodes)));
+    let row = ps_row(&c, 1, pid).expect("home lists it");
+    assert_eq!(row["node"].as_u64(), Some(2), "{row}");
+    let (ok, said) = migrate(&c, pid, "home");
+    assert!(
+        ok && said.contains("came home from node 2"),
+        "migrate {pid} home: {said}\n{}",
+        logs(&c, &nodes)
+    );
+    // at home: fd 3 is b, fd 4 is gone
+    let fd3 = std::fs::read_link(format!("/proc/{pid}/fd/3")).unwrap();
+    assert_eq!(fd3, dir.join("b"), "fd 3 at home");
+    assert!(
+        std::fs::read_link(format!("/proc/{pid}/fd/4")).is_err(),
+        "fd 4, closed on node 2, is open at home"
+    );
+    writeln!(stdin).unwrap();
+    drop(stdin);
+    let st = ended(&mut kid, Duration::from_secs(30), "moved run");
+    let out = s.all();
+    let swap = |t: &str| t.replace(&format!("pid {plain_pid}\n"), &format!("pid {pid}\n"));
+    assert_eq!(
+        out,
+        swap(&plain_out),
+        "output differs\n{}",
+        logs(&c, &nodes)
+    );
+    assert!(st.success(), "{st:?}\n{}", logs(&c, &nodes));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("b")).unwrap(),
+        swap(&plain_b)
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("a")).unwrap(),
+        "original a\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("c")).unwrap(),
+        "original c\n"
+    );
+}

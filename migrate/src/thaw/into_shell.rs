@@ -6,9 +6,10 @@
 //! over and runs the usual phases on P itself:
 //! skeleton (checks; a trampoline; every mapping unmapped but the trampoline and the vDSO
 //! areas, which are already where the image wants them; the image's mappings made) → pages →
-//! attributes (without the session step: P is still in its own) → fds (each fd of the image
-//! is either the deputy's copy, installed with pidfd_getfd, or P's own, kept; P's fds that the
-//! image no longer has are closed) → run (credentials are P's own and are not touched; the
+//! attributes (without the session step: P is still in its own) → fds (exactly the image's
+//! table: each fd that stays at home is the deputy's current copy for that number, installed
+//! with pidfd_getfd, and refused if the deputy has none; each fd inside the process is made
+//! again; every other fd P still holds from before it left is closed) → run (credentials are P's own and are not touched; the
 //! registers, FPU state and mask; PTRACE_DETACH: P runs as a normal local process, its
 //! parent's wait() and signals as before).
 //!
@@ -81,9 +82,10 @@ fn same_creds(pid: i32, img: &ProcessImage) -> Result<()> {
 
 impl Thawing {
     /// The skeleton phase of a thaw INTO the parked home shell `shell` (see the module docs).
-    /// `deputy_fds` names, per fd number of the image, an fd of the calling process holding the
-    /// description the process used there while away (the deputy's copies); image fds not named
-    /// there must be open in P already and are kept. On `Err` the shell comes back: parked as it
+    /// `deputy_fds` names, per fd number, an fd of the calling process holding the description
+    /// the process uses at that number while away (the deputy's current copies): every fd of
+    /// the image that stays at home must be named there, or the way home is refused; P's own
+    /// fds are never kept (see `plan_fds`). On `Err` the shell comes back: parked as it
     /// was, or (if P could not be parked again) with the error saying P was killed.
     pub fn into_shell<R: Read>(
         reader: &mut ImageReader<R>,
@@ -190,67 +192,61 @@ fn prepare<R: Read>(
             ),
         });
     }
-    // the fd table: the deputy's copies, P's own, and nothing else
+    // the fd table: exactly the image's (see `plan_fds`)
     let have = open_fds(pid)?;
     let mut img = src.clone();
     img.session_leader = false;
     img.pgrp_leader = false;
-    let mut placeholders = Vec::new();
-    let inside: Vec<i32> = img
-        .fds
-        .iter()
-        .filter(|f| crate::freeze::lives_inside(&img.fds, f))
-        .map(|f| f.fd)
-        .collect();
-    for f in &mut img.fds {
-        if let Some(&(_, local)) = deputy_fds.iter().find(|d| d.0 == f.fd) {
-            placeholders.push((f.fd, local));
-            continue;
-        }
-        if inside.contains(&f.fd) {
-            // moved with the process (a pipe inside it, an eventfd, ...): made again here from
-            // the image; whatever P holds at that number (its state from before it left) is
-            // closed first
-            continue;
-        }
-        if !have.contains(&f.fd) {
-            return Err(shell_err(
-                pid,
-                format!(
-                    "fd {} of the image is neither open at home nor held by the deputy",
-                    f.fd
-                ),
-            ));
-        }
-        let cloexec = match &f.kind {
-            FdKind::Stdio { cloexec, .. } | FdKind::SharedWith { cloexec, .. } => *cloexec,
-            FdKind::Path { flags, .. } | FdKind::External { flags, .. } => {
-                flags & libc::O_CLOEXEC as u32 != 0
-            }
-            other => {
-                return Err(shell_err(
-                    pid,
-                    format!(
-                        "fd {} is a kind a moved process cannot have: {other:?}",
-                        f.fd
-                    ),
-                ));
-            }
-        };
-        f.kind = FdKind::Stdio {
-            cloexec,
-            what: "kept at home".into(),
-        };
-    }
-    let close: Vec<i32> = have
-        .into_iter()
-        .filter(|n| inside.contains(n) || !img.fds.iter().any(|f| f.fd == *n))
-        .collect();
+    let (placeholders, close) = plan_fds(pid, &img.fds, &have, deputy_fds)?;
     let opts = ThawOptions {
         fd_placeholders: placeholders,
         ..Default::default()
     };
     Ok((Arc::new(img), close, opts, xstate))
+}
+
+/// The placeholders (image fd, deputy's fd) and P's fds to close.
+type FdPlan = (Vec<(i32, RawFd)>, Vec<i32>);
+
+/// The fd table of a process coming home, decided by the image alone (P's own fd table is
+/// stale: the process may have closed an fd while away, and reused its number for another
+/// file). `fds`: the image's; `have`: P's open fd numbers; `deputy_fds`: the deputy's current
+/// copies by number. Returns the placeholders (every fd of the image that stays at home, from
+/// the deputy's copy with its number) and P's fds to close before the table is installed
+/// (every one the image does not have, and those the image makes again inside the process; a
+/// placeholder's number is replaced by it, dup3). A home-backed fd of the image with no deputy
+/// copy is refused: P's own fd at that number may be a file the process closed while away.
+/// Deputy copies of numbers the image does not have (or has as an fd that lives inside the
+/// process) are not used.
+fn plan_fds(pid: i32, fds: &[Fd], have: &[i32], deputy_fds: &[(i32, RawFd)]) -> Result<FdPlan> {
+    let mut placeholders = Vec::new();
+    let mut inside = Vec::new();
+    for f in fds {
+        if crate::freeze::lives_inside(fds, f) {
+            // moved with the process (a pipe inside it, an eventfd, ...): made again here from
+            // the image; whatever P holds at that number is closed first
+            inside.push(f.fd);
+            continue;
+        }
+        match deputy_fds.iter().find(|d| d.0 == f.fd) {
+            Some(&(_, local)) => placeholders.push((f.fd, local)),
+            None => {
+                return Err(shell_err(
+                    pid,
+                    format!(
+                        "fd {} of the image stays at home but the deputy holds no copy of it; the process stays where it runs",
+                        f.fd
+                    ),
+                ));
+            }
+        }
+    }
+    let close = have
+        .iter()
+        .copied()
+        .filter(|n| inside.contains(n) || !placeholders.iter().any(|p| p.0 == *n))
+        .collect();
+    Ok((placeholders, close))
 }
 
 /// On the shell's tracer thread: P stopped, emptied but for the vDSO areas, the image's
@@ -306,4 +302,81 @@ fn build_in_shell(slot: &mut Slot, pid: i32, img: &ProcessImage) -> Result<()> {
         return Err(e);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn path(fd: i32, p: &str) -> Fd {
+        Fd {
+            fd,
+            kind: FdKind::Path {
+                path: p.into(),
+                flags: libc::O_RDWR as u32,
+                pos: 0,
+                is_dir: false,
+            },
+        }
+    }
+
+    fn pipe(fd: i32, write: bool) -> Fd {
+        Fd {
+            fd,
+            kind: FdKind::Pipe {
+                pipe: 9,
+                write,
+                flags: 0,
+                size: 65536,
+                data: Vec::new(),
+            },
+        }
+    }
+
+    fn stdio(fd: i32) -> Fd {
+        Fd {
+            fd,
+            kind: FdKind::Stdio {
+                cloexec: false,
+                what: "pipe".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_number_reused_while_away_comes_from_the_deputy_and_a_closed_one_is_closed() {
+        // left with 0-2, 3 (file a) and 4 (file c); away it closed 3 and 4 and opened b at 3
+        let img = [stdio(0), stdio(1), stdio(2), path(3, "/dev/null")];
+        let have = [0, 1, 2, 3, 4];
+        let deputy = [(0, 100), (1, 101), (2, 102), (3, 103)];
+        let (ph, close) = plan_fds(7, &img, &have, &deputy).unwrap();
+        assert_eq!(ph, deputy.to_vec());
+        // P's 0-3 are replaced by the deputy's copies, its 4 (c) is closed
+        assert_eq!(close, vec![4]);
+    }
+
+    #[test]
+    fn a_home_fd_the_deputy_does_not_hold_is_refused_even_if_p_has_that_number() {
+        let img = [stdio(0), path(5, "/dev/null")];
+        for have in [vec![0, 5], vec![0]] {
+            let e = plan_fds(7, &img, &have, &[(0, 100)]).unwrap_err();
+            let s = e.to_string();
+            assert!(
+                s.contains("fd 5") && s.contains("deputy holds no copy"),
+                "{s}"
+            );
+        }
+    }
+
+    #[test]
+    fn fds_inside_the_process_are_made_again_and_stale_deputy_copies_are_not_used() {
+        // a pipe made away at 3 and 4 (3 was a home file before), the deputy still lists 3 and
+        // 8, which the image does not have as home fds
+        let img = [stdio(0), pipe(3, false), pipe(4, true)];
+        let have = [0, 3, 6];
+        let deputy = [(0, 100), (3, 103), (8, 108)];
+        let (ph, close) = plan_fds(7, &img, &have, &deputy).unwrap();
+        assert_eq!(ph, vec![(0, 100)]);
+        assert_eq!(close, vec![3, 6]);
+    }
 }
