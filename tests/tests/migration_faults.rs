@@ -253,10 +253,13 @@ fn peak_rss(pid: u32) -> u64 {
         * 1024
 }
 
-/// The target daemon's memory is bounded by the move's window, not by the image: a 256 MiB
+/// The target daemon's memory is bounded by the move's window, not by the image: after a
+/// warm-up move of a 1 MiB process (threads, filters, buffers of a first move), a 256 MiB
 /// process moves to node 2, and the peak resident set of node 2's daemon (VmHWM) grows by less
-/// than the window (16 MiB) plus 64 MiB over its idle peak; the moved process ends with the
-/// output (heap hash included) and exit code of an uninterrupted run.
+/// than the window (16 MiB) plus 16 MiB; the moved process ends with the output (heap hash
+/// included) and exit code of an uninterrupted run. (Measured: 14-19 MiB of growth in three
+/// runs; acknowledging on receipt, as before, 23-46 MiB in three runs, two of which this bound
+/// caught: the faster the builder, the less the old way grew.)
 #[test]
 fn the_target_daemon_holds_at_most_a_window_of_a_256_mib_image() {
     if !can_run("the_target_daemon_holds_at_most_a_window") {
@@ -269,6 +272,13 @@ fn the_target_daemon_holds_at_most_a_window_of_a_256_mib_image() {
     assert_eq!(plain_st.code(), Some(7), "uninterrupted run: {plain_st:?}");
 
     let target = c.pid(2).expect("node 2 runs");
+    let mut warm = spawn(&prog, &["1", "40", "25", "0"]);
+    let warm_out = Stream::new(&mut warm);
+    wait_for(FORM, || warm_out.text().contains("line 2 ").then_some(()))
+        .expect("the warm-up program runs");
+    moved(&c, warm.0.id(), 2);
+    let st = ended(&mut warm, Duration::from_secs(60), "the warm-up move");
+    assert_eq!(st.code(), Some(0), "warm-up: {st:?}");
     let idle = peak_rss(target);
     let mut kid = spawn(&prog, &args);
     let pid = kid.0.id();
@@ -279,12 +289,12 @@ fn the_target_daemon_holds_at_most_a_window_of_a_256_mib_image() {
     let after = peak_rss(target);
     let st = ended(&mut kid, Duration::from_secs(120), "after the move");
     eprintln!(
-        "target daemon VmHWM: idle {} MiB, after the 256 MiB move {} MiB",
+        "target daemon VmHWM: after the warm-up {} MiB, after the 256 MiB move {} MiB",
         idle >> 20,
         after >> 20
     );
     assert!(
-        after < idle + (16 << 20) + (64 << 20),
+        after < idle + (16 << 20) + (16 << 20),
         "the target daemon's peak grew from {idle} to {after} bytes for a 256 MiB image\n{}",
         logs(&c, &[1, 2])
     );
