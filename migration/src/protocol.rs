@@ -11,7 +11,7 @@
 //! Offer ───────────────────────────────▶ admit? ── StartThaw
 //!       ◀─────────────────────── Accept{window} | Refuse{reason}
 //! Chunk(offset,data)… (≤ window unacked) ▶ Feed
-//!       ◀─────────────────────────────── Ack{received}
+//!       ◀─────────────────────────────── Ack{received}    (or consumed: Config::ack_consumed)
 //!                                         (all bytes) FinishThaw … on_built
 //!       ◀─────────────────────────────── Confirm          (built, stopped, not running)
 //! Commit ──────────────────────────────▶ RunRemote
@@ -43,6 +43,11 @@
 //! the next expected offset and acknowledges the bytes received so far; the sender never has
 //! more than `window` unacknowledged bytes in flight, and resends from the last acknowledged
 //! offset when acknowledgements stop coming.
+//!
+//! With [`Config::ack_consumed`] the target acknowledges bytes only when its builder has
+//! consumed them ([`Target::on_consumed`]), so the bytes it holds unconsumed never exceed the
+//! window (a chunk past `consumed-acknowledged + window` is a protocol error), and a builder
+//! that stops consuming for `stream_timeout` ends the move before the commit.
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -194,7 +199,8 @@ pub enum Msg {
         offset: u64,
         data: Bytes,
     },
-    /// The target holds the first `received` bytes of the image.
+    /// The target holds the first `received` bytes of the image (with
+    /// [`Config::ack_consumed`]: its builder has consumed them).
     Ack {
         mig: MigId,
         received: u64,
@@ -283,6 +289,13 @@ pub struct Config {
     /// once per quarter window (and at the end), not per chunk: home always has a quarter of
     /// the window to send while an acknowledgement travels.
     pub window: u64,
+    /// The target acknowledges only bytes its builder has consumed (reported by the shell with
+    /// [`Target::on_consumed`]), not bytes received: the bytes held on the target between the
+    /// socket and the builder never exceed `window`, however slow the builder. A builder that
+    /// consumes nothing for `stream_timeout` while bytes wait fails the move (before the
+    /// commit: the process stays at home). Default false (acknowledge on receipt) for shells
+    /// that do not report consumption.
+    pub ack_consumed: bool,
 }
 
 impl Default for Config {
@@ -297,6 +310,7 @@ impl Default for Config {
             heartbeat_interval: Duration::from_millis(500),
             chunk_size: 1024 * 1024,
             window: 16 * 1024 * 1024,
+            ack_consumed: false,
         }
     }
 }
@@ -803,6 +817,12 @@ pub struct Target {
     last_heard: Instant,
     /// The answer to the offer (re-sent on a duplicate offer).
     answer: Msg,
+    /// Bytes the builder consumed (== received unless `config.ack_consumed`).
+    consumed: u64,
+    /// The highest `received` acknowledged so far.
+    acked: u64,
+    /// Since when bytes wait for the builder without it consuming any (`ack_consumed` only).
+    waiting_since: Instant,
 }
 
 impl Target {
@@ -842,6 +862,9 @@ impl Target {
             last_send: now,
             last_heard: now,
             answer,
+            consumed: 0,
+            acked: 0,
+            waiting_since: now,
         };
         (Some(t), out)
     }
@@ -861,9 +884,15 @@ impl Target {
     /// The latest time the shell must call [`Target::on_tick`] by (None once done).
     pub fn next_deadline(&self) -> Option<Instant> {
         let c = &self.config;
+        let stall = self
+            .builder_waits()
+            .then(|| self.waiting_since + c.stream_timeout);
         match self.state {
-            TargetState::Receiving { .. } => Some(self.last_heard + c.stream_timeout),
-            TargetState::Building => None,
+            TargetState::Receiving { .. } => {
+                let silent = self.last_heard + c.stream_timeout;
+                Some(stall.map_or(silent, |s| s.min(silent)))
+            }
+            TargetState::Building => stall,
             TargetState::AwaitCommit => {
                 Some((self.last_send + c.resend_interval).min(self.since + c.commit_timeout))
             }
@@ -874,6 +903,97 @@ impl Target {
                 Some((self.last_send + c.resend_interval).min(self.last_heard + c.failure_timeout))
             }
             TargetState::Done { .. } => None,
+        }
+    }
+
+    /// Bytes received so far (the whole image once receiving ended).
+    fn received(&self) -> u64 {
+        match self.state {
+            TargetState::Receiving { received } => received,
+            _ => self.offer.image_size,
+        }
+    }
+
+    /// Whether received bytes wait for the builder (only counted with `ack_consumed`, before
+    /// the build is reported).
+    fn builder_waits(&self) -> bool {
+        self.config.ack_consumed
+            && matches!(
+                self.state,
+                TargetState::Receiving { .. } | TargetState::Building
+            )
+            && self.consumed < self.received()
+    }
+
+    /// The point acknowledged now: what the builder consumed, or what arrived.
+    fn ack_point(&self) -> u64 {
+        if self.config.ack_consumed {
+            self.consumed
+        } else {
+            self.received()
+        }
+    }
+
+    fn ack(&mut self, received: u64) -> TargetAction {
+        self.acked = self.acked.max(received);
+        TargetAction::Send(Msg::Ack {
+            mig: self.offer.mig,
+            received,
+        })
+    }
+
+    /// Bytes held here that the builder has not consumed yet (never more than the window with
+    /// `ack_consumed`).
+    pub fn unconsumed(&self) -> u64 {
+        match self.state {
+            TargetState::Receiving { .. } | TargetState::Building => {
+                self.received() - self.consumed
+            }
+            _ => 0,
+        }
+    }
+
+    /// The builder has consumed the first `consumed` bytes of the image (the shell reports it;
+    /// with `ack_consumed` this is what gets acknowledged, once per quarter window crossed and
+    /// at the end). Reports beyond the bytes received are a fault of the shell: the move ends.
+    pub fn on_consumed(&mut self, consumed: u64, now: Instant) -> Vec<TargetAction> {
+        if !self.config.ack_consumed
+            || !matches!(
+                self.state,
+                TargetState::Receiving { .. } | TargetState::Building
+            )
+            || consumed <= self.consumed
+        {
+            return Vec::new();
+        }
+        if consumed > self.received() {
+            return self.kill(
+                AbortReason::BuildFailed(format!(
+                    "the builder reports {consumed} bytes consumed, only {} received",
+                    self.received()
+                )),
+                true,
+            );
+        }
+        let before = self.consumed;
+        self.consumed = consumed;
+        self.waiting_since = now;
+        let step = (self.config.window / 4).max(1);
+        if consumed / step != before / step || consumed == self.offer.image_size {
+            vec![self.ack(consumed)]
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// The shell gives up before the commit (e.g. it cannot hand bytes to the builder): the
+    /// copy is killed and home told. Does nothing after the commit.
+    pub fn fail(&mut self, why: String) -> Vec<TargetAction> {
+        match self.state {
+            TargetState::Receiving { .. } | TargetState::Building | TargetState::AwaitCommit => {
+                self.kill(AbortReason::BuildFailed(why), true)
+            }
+            _ => Vec::new(),
         }
     }
 
@@ -922,12 +1042,20 @@ impl Target {
         }
         match result {
             Ok(()) => {
+                let mut out = Vec::new();
+                if self.acked < self.offer.image_size {
+                    // built, so consumed: home must hold the whole image acknowledged before
+                    // it takes the confirm
+                    self.consumed = self.offer.image_size;
+                    out.push(self.ack(self.offer.image_size));
+                }
                 self.state = TargetState::AwaitCommit;
                 self.since = now;
                 self.last_send = now;
-                vec![TargetAction::Send(Msg::Confirm {
+                out.push(TargetAction::Send(Msg::Confirm {
                     mig: self.offer.mig,
-                })]
+                }));
+                out
             }
             Err(e) => self.kill(AbortReason::BuildFailed(e), true),
         }
@@ -962,17 +1090,33 @@ impl Target {
                         );
                     }
                     let now_received = received + len;
+                    if self.config.ack_consumed {
+                        // Home never has more than the window beyond what we acknowledged.
+                        if now_received > self.acked + self.config.window {
+                            return self.kill(
+                                AbortReason::Protocol(format!(
+                                    "chunk at {offset} of {len} bytes passes the window: {} \
+                                     acknowledged, window {}",
+                                    self.acked, self.config.window
+                                )),
+                                true,
+                            );
+                        }
+                        if self.consumed == received {
+                            // the builder had nothing to do until now
+                            self.waiting_since = now;
+                        }
+                    }
                     out.push(TargetAction::Feed { offset, data });
                     // One acknowledgement per quarter window crossed (any advance of a quarter
-                    // crosses one, so a full window always brings one), and at the end.
+                    // crosses one, so a full window always brings one), and at the end; with
+                    // `ack_consumed` they come from `on_consumed` instead.
                     let step = (self.config.window / 4).max(1);
-                    if now_received / step != received / step
-                        || now_received == self.offer.image_size
+                    if !self.config.ack_consumed
+                        && (now_received / step != received / step
+                            || now_received == self.offer.image_size)
                     {
-                        out.push(TargetAction::Send(Msg::Ack {
-                            mig,
-                            received: now_received,
-                        }));
+                        out.push(self.ack(now_received));
                     }
                     if now_received == self.offer.image_size {
                         self.state = TargetState::Building;
@@ -984,14 +1128,13 @@ impl Target {
                     }
                 } else {
                     // A duplicate or a chunk after a lost one: say where we are.
-                    out.push(TargetAction::Send(Msg::Ack { mig, received }));
+                    let at = self.ack_point();
+                    out.push(self.ack(at));
                 }
             }
             (TargetState::Building, Msg::Chunk { .. }) => {
-                out.push(TargetAction::Send(Msg::Ack {
-                    mig,
-                    received: self.offer.image_size,
-                }));
+                let at = self.ack_point();
+                out.push(self.ack(at));
             }
             (TargetState::AwaitCommit, Msg::Chunk { .. }) => {
                 out.push(TargetAction::Send(Msg::Ack {
@@ -1041,12 +1184,24 @@ impl Target {
         let mig = self.offer.mig;
         let mut out = Vec::new();
         match self.state {
-            TargetState::Receiving { .. } => {
-                if now >= self.last_heard + c.stream_timeout {
+            TargetState::Receiving { .. } | TargetState::Building => {
+                if self.builder_waits() && now >= self.waiting_since + c.stream_timeout {
+                    return self.kill(
+                        AbortReason::BuildFailed(format!(
+                            "the builder consumed nothing for {:?} ({} of {} bytes consumed)",
+                            now - self.waiting_since,
+                            self.consumed,
+                            self.received()
+                        )),
+                        true,
+                    );
+                }
+                if matches!(self.state, TargetState::Receiving { .. })
+                    && now >= self.last_heard + c.stream_timeout
+                {
                     return self.kill(AbortReason::HomeSilent, true);
                 }
             }
-            TargetState::Building => {}
             TargetState::AwaitCommit => {
                 if now >= self.since + c.commit_timeout {
                     return self.kill(AbortReason::CommitTimeout, true);

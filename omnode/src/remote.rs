@@ -3,7 +3,9 @@
 //! (`migration::remote::Supervisor`), and reports its end home.
 //!
 //! Owns: the shell driving `migration::protocol::Target` with explicit time, the builder thread
-//! (the `migrate` thaw phases, fed by the image chunks through a pipe-like reader), and the
+//! (the `migrate` thaw phases, fed by the image chunks through a pipe-like reader bounded in
+//! bytes by the protocol's window; the protocol acknowledges to home only what the builder has
+//! read, so the image held here never exceeds the window, however slow the builder), and the
 //! [`HomePort`] carrying forwarded calls to the home deputy over the control lane. Admission
 //! compares the offer's CPU features with this node's ([`crate::cpufeat`]); every guest gets a
 //! [`crate::watchdog`] that kills it if this daemon dies.
@@ -16,7 +18,8 @@
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -102,19 +105,80 @@ fn free_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Image bytes from the protocol shell to the builder thread.
+/// Image bytes from the protocol shell to the builder thread. It counts the bytes the builder
+/// took ([`FeedTx`] bounds what is fed by it; the shell acknowledges it to home).
 pub(crate) struct ChunkReader {
     rx: mpsc::Receiver<Bytes>,
     cur: Bytes,
+    /// Bytes read out so far (shared with the feeding side).
+    consumed: Arc<AtomicU64>,
+    total: u64,
+    /// Wakes the protocol shell each time a chunk is used up (it then acknowledges).
+    wake: Option<mpsc::Sender<In>>,
 }
 
 impl ChunkReader {
+    /// A reader of chunks that are not bounded or acknowledged on consumption.
     pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> ChunkReader {
         ChunkReader {
             rx,
             cur: Bytes::new(),
+            consumed: Arc::new(AtomicU64::new(0)),
+            total: 0,
+            wake: None,
         }
     }
+}
+
+/// The protocol shell's end of the image channel to the builder, bounded in bytes: bytes fed
+/// and not yet read by the builder never exceed `limit` (the protocol's window). It never
+/// blocks: bytes past the bound are refused (the protocol already keeps home within the
+/// window, so a refusal means a fault, and the move ends before the commit).
+pub(crate) struct FeedTx {
+    tx: mpsc::Sender<Bytes>,
+    fed: u64,
+    consumed: Arc<AtomicU64>,
+    limit: u64,
+}
+
+impl FeedTx {
+    pub(crate) fn send(&mut self, data: Bytes) -> Result<(), String> {
+        let len = data.len() as u64;
+        let held = self.fed - self.consumed.load(Ordering::Acquire).min(self.fed);
+        if held + len > self.limit {
+            return Err(format!(
+                "the builder has {held} image bytes unread; {len} more would pass the bound of {}",
+                self.limit
+            ));
+        }
+        self.tx
+            .send(data)
+            .map_err(|_| "the builder stopped reading the image".to_string())?;
+        self.fed += len;
+        Ok(())
+    }
+}
+
+/// A byte-bounded image channel (see [`FeedTx`]); `wake` is poked each time the builder used
+/// up a chunk.
+pub(crate) fn feed_channel(limit: u64, wake: Option<mpsc::Sender<In>>) -> (FeedTx, ChunkReader) {
+    let (tx, rx) = mpsc::channel();
+    let consumed = Arc::new(AtomicU64::new(0));
+    (
+        FeedTx {
+            tx,
+            fed: 0,
+            consumed: consumed.clone(),
+            limit,
+        },
+        ChunkReader {
+            rx,
+            cur: Bytes::new(),
+            consumed,
+            total: 0,
+            wake,
+        },
+    )
 }
 
 impl Read for ChunkReader {
@@ -134,6 +198,15 @@ impl Read for ChunkReader {
         let n = buf.len().min(self.cur.len());
         buf[..n].copy_from_slice(&self.cur[..n]);
         let _ = self.cur.split_to(n);
+        self.total += n as u64;
+        self.consumed.store(self.total, Ordering::Release);
+        if self.cur.is_empty() {
+            // drop the used-up chunk now, then let the shell acknowledge
+            self.cur = Bytes::new();
+            if let Some(w) = &self.wake {
+                let _ = w.send(In::Wake);
+            }
+        }
         Ok(n)
     }
 }
@@ -580,7 +653,14 @@ fn target_thread(
             Bytes::new(),
         );
     };
-    let (t, acts) = Target::on_offer(protocol::Config::default(), offer, &facts, Instant::now());
+    // The target acknowledges what the builder consumed: what this node holds of the image
+    // stays within the window however slow the builder is.
+    let config = protocol::Config {
+        ack_consumed: true,
+        ..protocol::Config::default()
+    };
+    let window = config.window;
+    let (t, acts) = Target::on_offer(config, offer, &facts, Instant::now());
     let Some(mut target) = t else {
         for a in acts {
             if let TargetAction::Send(msg) = a {
@@ -591,6 +671,7 @@ fn target_thread(
         return;
     };
     let (built_tx, built_rx) = mpsc::channel::<Built>();
+    let reader_wake = wake.clone();
     let built_tx = BuiltTx { tx: built_tx, wake };
     let (fwd_tx, fwd_rx) = mpsc::channel::<FwdMsg>();
     let wake = match eventfd() {
@@ -611,7 +692,10 @@ fn target_thread(
         seen: fwd_seen.clone(),
     };
     let _opened = m.fwd_paths.open_remote(home, mig, fwd_way());
-    let mut chunks: Option<mpsc::Sender<Bytes>> = None;
+    let mut chunks: Option<FeedTx> = None;
+    // the builder's consumption, as last reported to the protocol
+    let mut consumed: Option<Arc<AtomicU64>> = None;
+    let mut consumed_last = 0u64;
     let mut go: Option<mpsc::Sender<Go>> = None;
     let mut local_pid: Option<i32> = None;
     let mut pending = acts;
@@ -630,8 +714,9 @@ fn target_thread(
             match a {
                 TargetAction::Send(msg) => send(msg),
                 TargetAction::StartThaw(_) => {
-                    let (ctx, crx) = mpsc::channel();
+                    let (ctx, reader) = feed_channel(window, Some(reader_wake.clone()));
                     let (gtx, grx) = mpsc::channel();
+                    consumed = Some(ctx.consumed.clone());
                     chunks = Some(ctx);
                     go = Some(gtx);
                     let (m2, ident2, out, prx, w2) = (
@@ -641,10 +726,6 @@ fn target_thread(
                         fwd_rx.take().expect("one thaw per migration"),
                         wake.clone(),
                     );
-                    let reader = ChunkReader {
-                        rx: crx,
-                        cur: Bytes::new(),
-                    };
                     if let Err(e) = std::thread::Builder::new()
                         .name(format!("mig-build-{}", ident.pid))
                         .spawn(move || builder(m2, home, mig, ident2, reader, grx, out, prx, w2))
@@ -656,8 +737,11 @@ fn target_thread(
                     if offset == 0 {
                         tracing::info!(home, mig, "the image streams in (first chunk)");
                     }
-                    if let Some(c) = &chunks {
-                        let _ = c.send(data);
+                    if let Some(c) = chunks.as_mut()
+                        && let Err(e) = c.send(data)
+                    {
+                        tracing::warn!(home, mig, "image not handed to the builder: {e}");
+                        pending.extend(target.fail(e));
                     }
                 }
                 TargetAction::FinishThaw => chunks = None,
@@ -758,9 +842,19 @@ fn target_thread(
             fwd_seen_last = seen;
             target.on_sign_of_life(Instant::now());
         }
+        if let Some(c) = &consumed {
+            let now_consumed = c.load(Ordering::Acquire);
+            if now_consumed != consumed_last {
+                consumed_last = now_consumed;
+                pending.extend(target.on_consumed(now_consumed, Instant::now()));
+            }
+        }
         while let Ok(b) = built_rx.try_recv() {
             match b {
-                Built::Ready(r) => pending.extend(target.on_built(r, Instant::now())),
+                Built::Ready(r) => {
+                    consumed = None;
+                    pending.extend(target.on_built(r, Instant::now()))
+                }
                 Built::Running(p) => {
                     local_pid = Some(p);
                     for signo in early_signals.drain(..) {
@@ -977,5 +1071,37 @@ fn stop_substitute(pid: i32, signo: i32) -> i32 {
     match (set("SigCgt:"), set("SigIgn:"), set("SigBlk:")) {
         (Some(false), Some(false), Some(false)) => libc::SIGSTOP,
         _ => signo,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The image channel holds at most its bound of unread bytes: more is refused without
+    /// blocking; what the builder reads frees room, is counted exactly, and each used-up
+    /// chunk wakes the shell; the bytes come out whole and in order.
+    #[test]
+    fn feed_channel_is_bounded_in_bytes_and_counts_consumption() {
+        let (wtx, wrx) = mpsc::channel();
+        let (mut tx, mut rx) = feed_channel(10, Some(wtx));
+        tx.send(Bytes::from_static(b"abcdef")).unwrap();
+        tx.send(Bytes::from_static(b"ghij")).unwrap();
+        let e = tx.send(Bytes::from_static(b"k")).unwrap_err();
+        assert!(e.contains("10 image bytes unread"), "{e}");
+        let mut buf = [0u8; 4];
+        assert_eq!(rx.read(&mut buf).unwrap(), 4);
+        assert_eq!(&buf, b"abcd");
+        assert_eq!(tx.consumed.load(Ordering::Acquire), 4);
+        assert!(wrx.try_recv().is_err(), "no wake before a chunk is used up");
+        // 4 read: room for 4 more, not 5
+        assert!(tx.send(Bytes::from_static(b"klmno")).is_err());
+        tx.send(Bytes::from_static(b"klmn")).unwrap();
+        let mut all = b"abcd".to_vec();
+        drop(tx);
+        rx.read_to_end(&mut all).unwrap();
+        assert_eq!(all, b"abcdefghijklmn");
+        assert_eq!(rx.consumed.load(Ordering::Acquire), 14);
+        assert_eq!(wrx.try_iter().filter(|w| matches!(w, In::Wake)).count(), 3);
     }
 }

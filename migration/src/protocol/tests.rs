@@ -908,4 +908,318 @@ fn home_sends_no_more_than_its_own_window_whatever_the_target_grants() {
         })
         .sum();
     assert_eq!(asked, 2000, "{acts:?}");
+// ---------------------------------------------------------------------------------------------
+// Acknowledgement on consumption (Config::ack_consumed).
+// ---------------------------------------------------------------------------------------------
+
+/// Home and target on an instant, lossless link, with a builder that consumes what the shell
+/// lets it: the test decides how much per step.
+struct Paced {
+    now: Instant,
+    home: Home,
+    target: Target,
+    image: Vec<u8>,
+    /// Bytes fed to the builder (in order), and how many of them it consumed.
+    fed: Vec<u8>,
+    consumed: u64,
+    /// Every ack the target sent, with the bytes consumed when it sent it.
+    acks: Vec<(u64, u64)>,
+    finish: bool,
+    most_unconsumed: u64,
+    home_actions: Vec<HomeAction>,
+    target_actions: Vec<TargetAction>,
+}
+
+impl Paced {
+    fn new(config: Config, size: usize) -> Paced {
+        let now = Instant::now();
+        let image: Vec<u8> = (0..size).map(|i| (i * 7 % 253) as u8).collect();
+        let (home, hacts) = Home::start(config.clone(), offer(size as u64), now);
+        let Some(HomeAction::Send(Msg::Offer(o))) = hacts.into_iter().next() else {
+            panic!("no offer")
+        };
+        let (t, tacts) = Target::on_offer(config, o, &facts(), now);
+        let mut p = Paced {
+            now,
+            home,
+            target: t.expect("admitted"),
+            image,
+            fed: Vec::new(),
+            consumed: 0,
+            acks: Vec::new(),
+            finish: false,
+            most_unconsumed: 0,
+            home_actions: Vec::new(),
+            target_actions: Vec::new(),
+        };
+        p.deliver(Vec::new(), tacts);
+        p
+    }
+
+    /// Carries out actions until both sides are quiet.
+    fn deliver(&mut self, mut h: Vec<HomeAction>, mut t: Vec<TargetAction>) {
+        while !h.is_empty() || !t.is_empty() {
+            for a in std::mem::take(&mut h) {
+                self.home_actions.push(a.clone());
+                let msg = match a {
+                    HomeAction::Send(m) => m,
+                    HomeAction::SendChunk { offset, len } => Msg::Chunk {
+                        mig: 9,
+                        offset,
+                        data: Bytes::copy_from_slice(
+                            &self.image[offset as usize..(offset + len) as usize],
+                        ),
+                    },
+                    _ => continue,
+                };
+                t.extend(self.target.on_msg(msg, self.now));
+                self.most_unconsumed = self.most_unconsumed.max(self.target.unconsumed());
+            }
+            for a in std::mem::take(&mut t) {
+                self.target_actions.push(a.clone());
+                match a {
+                    TargetAction::Send(m) => {
+                        if let Msg::Ack { received, .. } = m {
+                            self.acks.push((received, self.consumed));
+                        }
+                        h.extend(self.home.on_msg(m, self.now));
+                    }
+                    TargetAction::Feed { offset, data } => {
+                        assert_eq!(offset as usize, self.fed.len(), "fed out of order");
+                        self.fed.extend_from_slice(&data);
+                    }
+                    TargetAction::FinishThaw => self.finish = true,
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// The builder consumes up to `n` more of the bytes it was fed; time moves on by `dt`.
+    fn step(&mut self, n: u64, dt: Duration) {
+        self.now += dt;
+        let c = (self.consumed + n).min(self.fed.len() as u64);
+        if c > self.consumed {
+            self.consumed = c;
+            let t = self.target.on_consumed(c, self.now);
+            self.deliver(Vec::new(), t);
+        }
+        if self.finish && self.consumed == self.image.len() as u64 {
+            self.finish = false;
+            let t = self.target.on_built(Ok(()), self.now);
+            self.deliver(Vec::new(), t);
+        }
+        let h = self.home.on_tick(self.now);
+        let t = self.target.on_tick(self.now);
+        self.deliver(h, t);
+    }
+}
+
+fn consumed_config() -> Config {
+    Config {
+        ack_consumed: true,
+        ..small_config()
+    }
+}
+
+/// With `ack_consumed`, the target acknowledges what its builder consumed, never what merely
+/// arrived: a builder that does not consume gets at most one window of bytes, which home
+/// stops sending; a builder that consumes slowly gets acknowledgements at its pace, per
+/// quarter window; the image arrives whole and in order, and the move completes.
+#[test]
+fn acks_follow_consumption_and_unconsumed_bytes_stay_within_the_window() {
+    let size = 20_000usize;
+    let config = consumed_config();
+    let mut p = Paced::new(config.clone(), size);
+    // The builder consumes nothing: one window arrives, no acknowledgement, nothing more.
+    for _ in 0..10 {
+        p.step(0, TICK);
+    }
+    assert_eq!(p.fed.len() as u64, config.window, "one window, no more");
+    assert_eq!(p.target.unconsumed(), config.window);
+    assert!(p.acks.is_empty(), "acks without consumption: {:?}", p.acks);
+    assert_eq!(
+        *p.home.state(),
+        HomeState::Streaming {
+            acked: 0,
+            sent: config.window
+        }
+    );
+    // It consumes 700 bytes per step (not a multiple of anything here).
+    let mut steps = 0;
+    while !matches!(p.home.state(), HomeState::Committing | HomeState::Moved) {
+        p.step(700, TICK);
+        steps += 1;
+        assert!(steps < 1000, "no commit: {:?}", p.home.state());
+        assert!(p.target.unconsumed() <= config.window);
+    }
+    assert!(p.most_unconsumed <= config.window, "{}", p.most_unconsumed);
+    assert_eq!(p.fed, p.image, "the image arrived whole and in order");
+    // Every ack names consumed bytes, per quarter window crossed, and the end.
+    let step = config.window / 4;
+    let mut last = 0;
+    for &(acked, consumed) in &p.acks {
+        assert!(acked <= consumed, "ack of {acked} with {consumed} consumed");
+        assert!(acked > last, "acks move forward: {:?}", p.acks);
+        assert!(acked / step != last / step || acked == size as u64, "{:?}", p.acks);
+        last = acked;
+    }
+    assert_eq!(last, size as u64);
+    assert!(
+        p.acks.len() as u64 <= size as u64 / step + 1,
+        "not one ack per quarter window: {:?}",
+        p.acks
+    );
+
+    // The same stalled builder with acknowledgement on receipt: the whole image arrives,
+    // unconsumed, which is what `ack_consumed` prevents.
+    let mut r = Paced::new(small_config(), size);
+    for _ in 0..10 {
+        r.step(0, TICK);
+    }
+    assert_eq!(r.fed.len(), size, "on receipt everything is sent at once");
+    assert_eq!(r.target.unconsumed(), size as u64);
+}
+
+/// A builder that stops consuming fails the move before the commit: home resumes the
+/// process and the target kills its copy, each within the stream time-out.
+#[test]
+fn a_stalled_builder_fails_the_move_and_the_process_stays_home() {
+    let config = consumed_config();
+    let mut p = Paced::new(config.clone(), 20_000);
+    for _ in 0..3 {
+        p.step(1500, TICK);
+    }
+    let t0 = p.now;
+    let mut waited = Duration::ZERO;
+    while !(p.home.is_done() && p.target.is_done()) {
+        p.step(0, TICK);
+        waited = p.now - t0;
+        assert!(waited < config.stream_timeout * 2, "nobody gave up");
+    }
+    assert!(waited <= config.stream_timeout + TICK, "{waited:?}");
+    assert!(
+        p.home_actions
+            .iter()
+            .any(|a| matches!(a, HomeAction::ResumeAtHome { .. })),
+        "the process stays at home"
+    );
+    assert!(
+        !p.home_actions
+            .iter()
+            .any(|a| matches!(a, HomeAction::Send(Msg::Commit { .. }))),
+        "never committed"
+    );
+    assert!(
+        p.target_actions
+            .iter()
+            .any(|a| matches!(a, TargetAction::KillRemote { .. })),
+        "the copy is killed"
+    );
+}
+
+/// The target's own time-out: bytes wait, home keeps resending (so it is not silent), the
+/// builder consumes nothing: the target ends the copy and tells home why.
+#[test]
+fn the_target_ends_a_stalled_build_even_while_home_keeps_sending() {
+    let config = consumed_config();
+    let now = Instant::now();
+    let (t, _) = Target::on_offer(config.clone(), offer(20_000), &facts(), now);
+    let mut t = t.unwrap();
+    let chunk = |o: u64| Msg::Chunk {
+        mig: 9,
+        offset: o,
+        data: Bytes::from(vec![3; 1000]),
+    };
+    t.on_msg(chunk(0), now);
+    t.on_msg(chunk(1000), now);
+    assert_eq!(t.unconsumed(), 2000);
+    let mut at = now;
+    let mut end = None;
+    while at < now + config.stream_timeout * 2 {
+        at += config.resend_interval;
+        let mut acts = t.on_msg(chunk(0), at); // home's go-back resend
+        acts.extend(t.on_tick(at));
+        if let Some(a) = acts
+            .iter()
+            .find(|a| matches!(a, TargetAction::KillRemote { .. }))
+        {
+            end = Some((at, a.clone(), acts.clone()));
+            break;
+        }
+        assert!(
+            acts.iter()
+                .all(|a| matches!(a, TargetAction::Send(Msg::Ack { received: 0, .. }))),
+            "{acts:?}"
+        );
+    }
+    let (at, kill, acts) = end.expect("the target never gave up");
+    assert!(at - now >= config.stream_timeout, "too early");
+    assert!(matches!(
+        kill,
+        TargetAction::KillRemote {
+            reason: AbortReason::BuildFailed(_)
+        }
+    ));
+    assert!(
+        acts.iter()
+            .any(|a| matches!(a, TargetAction::Send(Msg::Abort { .. }))),
+        "home is told"
+    );
+}
+
+/// A chunk beyond acknowledged + window is a protocol error, and consumption reports beyond
+/// what arrived are refused too.
+#[test]
+fn bytes_beyond_the_window_or_false_consumption_end_the_move() {
+    let config = consumed_config();
+    let now = Instant::now();
+    let (t, _) = Target::on_offer(config.clone(), offer(20_000), &facts(), now);
+    let mut t = t.unwrap();
+    for i in 0..4 {
+        let acts = t.on_msg(
+            Msg::Chunk {
+                mig: 9,
+                offset: i * 1000,
+                data: Bytes::from(vec![1; 1000]),
+            },
+            now,
+        );
+        assert!(matches!(acts[..], [TargetAction::Feed { .. }]), "{acts:?}");
+    }
+    let acts = t.on_msg(
+        Msg::Chunk {
+            mig: 9,
+            offset: 4000,
+            data: Bytes::from(vec![1; 1]),
+        },
+        now,
+    );
+    assert!(
+        matches!(
+            acts[0],
+            TargetAction::KillRemote {
+                reason: AbortReason::Protocol(_)
+            }
+        ),
+        "{acts:?}"
+    );
+
+    let (t, _) = Target::on_offer(config, offer(20_000), &facts(), now);
+    let mut t = t.unwrap();
+    t.on_msg(
+        Msg::Chunk {
+            mig: 9,
+            offset: 0,
+            data: Bytes::from(vec![1; 1000]),
+        },
+        now,
+    );
+    let acts = t.on_consumed(1001, now);
+    assert!(matches!(
+        acts[0],
+        TargetAction::KillRemote {
+            reason: AbortReason::BuildFailed(_)
+        }
+    ));
 }
