@@ -152,6 +152,7 @@ echo "# $(date -u +%FT%TZ) load: $(cut -d' ' -f1-3 /proc/loadavg) omnode: $BIN"
 # --- move of a N MiB process ----------------------------------------------------------------
 part move && for mib in $SIZES; do
     for r in $(seq "$REPS"); do
+        rm -f "$D/heap.out"  # the last run's "ready" must not be seen
         "$D/heap" "$mib" > "$D/heap.out" & hp=$!; PIDS+=($hp)
         for _ in $(seq 600); do grep -q ready "$D/heap.out" 2>/dev/null && break; sleep 0.05; done
         t0=$(ms); said=$("$BIN" migrate $hp 2 2>&1) || { echo "move failed: $said"; exit 1; }; t1=$(ms)

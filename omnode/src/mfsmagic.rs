@@ -375,6 +375,16 @@ mod tests {
             .spawn()
             .unwrap();
         let mut kids = [before, after, with_env];
+        // spawn returns once the kernel let go of the parent's memory in execve, a moment
+        // before it has set up the new program's environment: wait until /proc shows it
+        for k in &kids {
+            let t0 = std::time::Instant::now();
+            while std::fs::read(format!("/proc/{}/environ", k.id())).is_ok_and(|e| e.is_empty())
+                && t0.elapsed() < std::time::Duration::from_secs(5)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
         let got: Vec<NodeId> = kids
             .iter()
             .map(|k| r.resolve(Magic::Selected, k.id()))
