@@ -908,6 +908,8 @@ fn home_sends_no_more_than_its_own_window_whatever_the_target_grants() {
         })
         .sum();
     assert_eq!(asked, 2000, "{acts:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Acknowledgement on consumption (Config::ack_consumed).
 // ---------------------------------------------------------------------------------------------
