@@ -775,7 +775,8 @@ impl<P: HomePort> Supervisor<P> {
                 // A thread has one live notification: older ones of this thread are dead.
                 self.waiting.retain(|_, (w, _)| w.pid != n.pid);
                 self.waiting.insert(n.id, (n, req));
-                self.open_paths.retain(|id, _| self.waiting.contains_key(id));
+                self.open_paths
+                    .retain(|id, _| self.waiting.contains_key(id));
                 let key = CallKey {
                     nr,
                     args: n.data.args,

@@ -159,11 +159,7 @@ fn run(
     let here = dir.join("lib.so");
     std::fs::write(&here, HERE).unwrap();
     // only files everyone may read are compared here
-    std::fs::set_permissions(
-        &here,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
+    std::fs::set_permissions(&here, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let path = std::ffi::CString::new(here.to_str().unwrap()).unwrap();
     slot.set(path).unwrap();
     let to = home_content.map(|c| {

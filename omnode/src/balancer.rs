@@ -524,7 +524,9 @@ async fn place_process(
         Ok(Ok(w)) => w,
         Ok(Err(e)) => {
             tracing::warn!(pid, "mosrun: it runs here: {e}");
-            return Ok(format!("process {pid} starts here (not moved to node {to}: {e})"));
+            return Ok(format!(
+                "process {pid} starts here (not moved to node {to}: {e})"
+            ));
         }
         Err(e) => return Err(format!("process {pid}: placement failed: {e}")),
     };

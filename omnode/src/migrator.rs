@@ -679,10 +679,8 @@ fn home_thread(
     let mut conts_sent = 0u64;
     let mut tty_stops_seen = 0u64;
     let mut pending = acts;
-    let fds_shared: crate::gohome::DeputyFds = prepared
-        .as_ref()
-        .map(|p| p.fds.clone())
-        .unwrap_or_default();
+    let fds_shared: crate::gohome::DeputyFds =
+        prepared.as_ref().map(|p| p.fds.clone()).unwrap_or_default();
     let mut back: Option<crate::gohome::Back> = None;
     let mut waiters: Vec<Done> = Vec::new();
     let mut leaving_why = String::from("asked at home");

@@ -833,8 +833,7 @@ fn target_thread(
                     }
                 }
             },
-            Ok(In::ComeHome { .. } | In::Wake)
-            | Err(mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(In::ComeHome { .. } | In::Wake) | Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => return,
         }
         let seen = fwd_seen.load(std::sync::atomic::Ordering::Relaxed);

@@ -254,7 +254,12 @@ fn the_daemon_never_freezes_or_thaws_across_users() {
     let o = as_user(
         NOBODY,
         &sock,
-        &["freeze", &pid.to_string(), "--image", img2.to_str().unwrap()],
+        &[
+            "freeze",
+            &pid.to_string(),
+            "--image",
+            img2.to_str().unwrap(),
+        ],
     );
     assert!(!o.status.success(), "nobody froze a non-dumpable process");
     assert!(text(&o).contains("not dumpable"), "{}", text(&o));

@@ -24,17 +24,20 @@ fn compile_static(dir: &Path, name: &str) -> std::path::PathBuf {
         .arg(&src)
         .status()
         .expect("gcc is needed for these tests");
-    assert!(st.success(), "gcc -static failed on {} (libc.a missing?)", src.display());
+    assert!(
+        st.success(),
+        "gcc -static failed on {} (libc.a missing?)",
+        src.display()
+    );
     out
 }
 
 /// Whether node `node`'s log says process `pid` came (or was coming) home.
 fn came_home(c: &Cluster, node: u32, pid: u32) -> bool {
     let tag = format!("pid={pid}");
-    c.log_text(node).lines().any(|l| {
-        l.contains("coming home")
-            && l.split_whitespace().any(|w| w == tag)
-    })
+    c.log_text(node)
+        .lines()
+        .any(|l| l.contains("coming home") && l.split_whitespace().any(|w| w == tag))
 }
 use omnode_tests::{Cluster, wait_for};
 
@@ -89,7 +92,12 @@ fn mosrun(c: &Cluster, opts: &[&str], prog: &Path) -> Kid {
     let sock = c.socket(1);
     let mut a = vec!["run"];
     a.extend(opts);
-    a.extend(["--socket", sock.to_str().unwrap(), "--", prog.to_str().unwrap()]);
+    a.extend([
+        "--socket",
+        sock.to_str().unwrap(),
+        "--",
+        prog.to_str().unwrap(),
+    ]);
     spawn(&omnode_tests::omnode_bin(), &a)
 }
 
@@ -151,7 +159,10 @@ fn mosrun_j2_moves_the_program_before_its_first_instruction() {
         .and_then(|r| r.split(" MiB").next())
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("cannot read the image size in: {line}"));
-    assert!(mib < 1.0, "a {mib} MiB image is not a program at its entry: {line}");
+    assert!(
+        mib < 1.0,
+        "a {mib} MiB image is not a program at its entry: {line}"
+    );
 
     let (out, st) = finish(kid, INPUT);
     assert_eq!(
@@ -191,8 +202,17 @@ fn a_refused_remote_start_runs_the_program_at_home() {
             .any(|l| l.contains(&refused) && l.contains("mosrun: it runs here"))
             .then_some(())
     })
-    .unwrap_or_else(|| panic!("no refusal for {pid} in node 1's log\n{}", logs(&c, &[1, 2])));
-    assert_eq!(ps_row(&c, pid), None, "a refused start is not listed as moved");
+    .unwrap_or_else(|| {
+        panic!(
+            "no refusal for {pid} in node 1's log\n{}",
+            logs(&c, &[1, 2])
+        )
+    });
+    assert_eq!(
+        ps_row(&c, pid),
+        None,
+        "a refused start is not listed as moved"
+    );
     let (out, st) = finish(kid, INPUT);
     assert_eq!(
         out,
@@ -274,5 +294,9 @@ fn mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction() {
         })
     })
     .unwrap_or_else(|| panic!("no end of {pid} in node 2's log\n{}", logs(&c, &[1, 2])));
-    assert!(mapped >= 1, "no library mapped on node 2 ({mapped})\n{}", logs(&c, &[1, 2]));
+    assert!(
+        mapped >= 1,
+        "no library mapped on node 2 ({mapped})\n{}",
+        logs(&c, &[1, 2])
+    );
 }

@@ -9,10 +9,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use omnode_tests::{Cluster, wait_for};
 use omnode_tests::moving::{
     Kid, can_run, cli, cluster, compile, finish, guest_pid, logs, no_stray_fds, said,
 };
+use omnode_tests::{Cluster, wait_for};
 
 /// Starts `prog args` with stdout on a pipe owned by this test, stdin on a pipe the test keeps
 /// open inside the child handle (never written), stderr on /dev/null, no fds inherited beyond
@@ -48,7 +48,11 @@ fn there_and_back(c: &Cluster, prog: &Path, args: &[&str], code: i32, on_remote:
     let plain = spawn(prog, args);
     let plain_pid = plain.0.id();
     let (plain_out, plain_st) = finish(plain, Duration::from_secs(60));
-    assert_eq!(plain_st.code(), Some(code), "uninterrupted run: {plain_st:?}");
+    assert_eq!(
+        plain_st.code(),
+        Some(code),
+        "uninterrupted run: {plain_st:?}"
+    );
 
     let kid = spawn(prog, args);
     let pid = kid.0.id();
@@ -95,7 +99,10 @@ fn pthreads_moved_to_node_2_and_home() {
         for t in tasks {
             let tid = t.unwrap().file_name().to_string_lossy().into_owned();
             let st = std::fs::read_to_string(format!("/proc/{guest}/task/{tid}/status")).unwrap();
-            assert!(st.contains("Seccomp:\t2\n"), "thread {tid} is not filtered: {st}");
+            assert!(
+                st.contains("Seccomp:\t2\n"),
+                "thread {tid} is not filtered: {st}"
+            );
         }
     });
 }

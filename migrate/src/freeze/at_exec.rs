@@ -140,9 +140,11 @@ fn at_exec(
     ptrace_req(Req::Interrupt, pid, 0).map_err(ferr(pid, "PTRACE_INTERRUPT"))?;
     ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
     loop {
-        let Some(st) =
-            wait_until(pid, deadline.max(Instant::now() + super::DEFAULT_STOP_TIMEOUT))
-                .map_err(ferr(pid, "waiting for the process to stop"))?
+        let Some(st) = wait_until(
+            pid,
+            deadline.max(Instant::now() + super::DEFAULT_STOP_TIMEOUT),
+        )
+        .map_err(ferr(pid, "waiting for the process to stop"))?
         else {
             g.active = false;
             return Err(Error::Stuck {
@@ -167,12 +169,8 @@ fn at_exec(
     }
     // From here on it is an ordinary seized process: the options of `seize` (a later exec,
     // e.g. at home after it came back, must not stop it).
-    ptrace_req(
-        Req::SetOptions,
-        pid,
-        libc::PTRACE_O_TRACESYSGOOD as usize,
-    )
-    .map_err(ferr(pid, "PTRACE_SETOPTIONS"))?;
+    ptrace_req(Req::SetOptions, pid, libc::PTRACE_O_TRACESYSGOOD as usize)
+        .map_err(ferr(pid, "PTRACE_SETOPTIONS"))?;
     // 3. the checks of `seize`, here where this thread is its tracer (a refusal drops the
     // Held with the slot's next state or the thread's end: it is released and runs at home)
     let checked = (|| {
@@ -202,7 +200,10 @@ mod tests {
 
     /// `sh -c 'read go; exec PROG ARGS'`: a child that execs `prog` once a line arrives on its
     /// stdin (the returned pipe), with its stdout on a pipe.
-    fn exec_on_signal(prog: &str, args: &[&str]) -> (std::process::Child, std::process::ChildStdin) {
+    fn exec_on_signal(
+        prog: &str,
+        args: &[&str],
+    ) -> (std::process::Child, std::process::ChildStdin) {
         let mut child = std::process::Command::new("/bin/sh")
             .args(["-c", "read go; exec \"$@\"", "sh", prog])
             .args(args)
@@ -240,11 +241,7 @@ mod tests {
         assert!(exe.ends_with("echo"), "{exe:?}");
         // Its instruction pointer is the entry the kernel gave it (AT_ENTRY, or the
         // interpreter's entry): the stack still holds only argc/argv/envp/auxv.
-        let regs = s
-            .tracer
-            .call(move |_| getregs(pid))
-            .unwrap()
-            .unwrap();
+        let regs = s.tracer.call(move |_| getregs(pid)).unwrap().unwrap();
         let auxv = std::fs::read(format!("/proc/{pid}/auxv")).unwrap();
         let aux: Vec<u64> = auxv
             .chunks_exact(8)

@@ -482,13 +482,18 @@ pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
             }
             FdKind::Contents {
                 memfd: false, name, ..
-            } => format!("a deleted file ({name}), which would be made again in a directory of home's"),
+            } => format!(
+                "a deleted file ({name}), which would be made again in a directory of home's"
+            ),
             FdKind::Terminal { .. } => "a terminal above fd 2".into(),
             _ => continue,
         };
         return Err(unsup(
             pid,
-            format!("fd {} is {what}; moving it to another node is not supported", f.fd),
+            format!(
+                "fd {} is {what}; moving it to another node is not supported",
+                f.fd
+            ),
         ));
     }
     Ok(())

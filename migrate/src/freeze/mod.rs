@@ -28,8 +28,8 @@ mod stream;
 mod threads;
 
 pub use at_exec::{ExecWatch, watch_exec};
-pub use stream::StreamPlan;
 pub use fds::{home_backed, lives_inside};
+pub use stream::StreamPlan;
 
 use checks::{check_status, classify_vmas};
 use fds::{collect_fds, find_shared};

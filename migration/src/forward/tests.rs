@@ -400,7 +400,8 @@ fn an_interrupted_read_that_did_nothing_stays_unanswered() {
     let mut dep = DeputyFwd::new();
     let k = key(READ, 0x1000, 64);
     let acts = rem.on_call(7, 1, k, Call::Read { fd: 0, len: 64 });
-    let [FwdMsg::Request { tid, seq, call }] = <[FwdMsg; 1]>::try_from(sends(&acts)).unwrap() else {
+    let [FwdMsg::Request { tid, seq, call }] = <[FwdMsg; 1]>::try_from(sends(&acts)).unwrap()
+    else {
         panic!("{acts:?}")
     };
     assert!(matches!(

@@ -1063,7 +1063,11 @@ fn acks_follow_consumption_and_unconsumed_bytes_stay_within_the_window() {
     for &(acked, consumed) in &p.acks {
         assert!(acked <= consumed, "ack of {acked} with {consumed} consumed");
         assert!(acked > last, "acks move forward: {:?}", p.acks);
-        assert!(acked / step != last / step || acked == size as u64, "{:?}", p.acks);
+        assert!(
+            acked / step != last / step || acked == size as u64,
+            "{:?}",
+            p.acks
+        );
         last = acked;
     }
     assert_eq!(last, size as u64);
