@@ -76,8 +76,8 @@ mod tracer;
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, ExecWatch, Finished, FreezeOptions, FreezeReport, Seized,
-    StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, home_backed, lives_inside, seize,
-    seize_guest, watch_exec,
+    StreamPlan, Streamed, TreeFreezeReport, can_thaw_here, freeze, freeze_for, freeze_tree,
+    home_backed, lives_inside, seize, seize_guest, watch_exec,
 };
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;

@@ -76,6 +76,7 @@ impl ExecWatch {
             pre_map: Some(pre_map),
             guest: false,
             moving: true,
+            tree: false,
         })
     }
 }

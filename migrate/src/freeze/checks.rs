@@ -11,6 +11,18 @@ use libc::pid_t;
 /// `multi`: several threads are fine (see [`super::threads`]); otherwise they are refused.
 /// `guest`: a seccomp filter is fine (the supervisor's, on a guest; see [`super::seize_guest`]).
 pub(super) fn check_status(pid: pid_t, seized: bool, multi: bool, guest: bool) -> Result<String> {
+    check_status_in(pid, seized, multi, guest, false)
+}
+
+/// [`check_status`]; `tree`: frozen with its descendants ([`super::tree`]), so children are
+/// allowed (the tree takes them).
+pub(super) fn check_status_in(
+    pid: pid_t,
+    seized: bool,
+    multi: bool,
+    guest: bool,
+    tree: bool,
+) -> Result<String> {
     let st = proc_read(pid, "status")?;
     // every check fails closed: a field that cannot be read or parsed refuses the freeze
     let field = |k: &str| {
@@ -70,7 +82,7 @@ pub(super) fn check_status(pid: pid_t, seized: bool, multi: bool, guest: bool) -
     }
     let kids = proc_read(pid, &format!("task/{pid}/children"))?;
     let kids: Vec<&str> = kids.split_whitespace().collect();
-    if !kids.is_empty() {
+    if !kids.is_empty() && !tree {
         return Err(unsup(
             pid,
             format!(

@@ -17,6 +17,13 @@ const SAFE_CHARDEVS: &[&str] = &[
 
 /// `with_data`: read the contents of files without a name (only once the process is stopped).
 pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
+    collect_fds_in(pid, with_data, false)
+}
+
+/// [`collect_fds`]; `tree`: frozen with its descendants, so a pipe to another process may
+/// hold unread data (the tree carries what is waiting in pipes between its processes and
+/// refuses the rest, see [`super::tree`]).
+pub(super) fn collect_fds_in(pid: pid_t, with_data: bool, tree: bool) -> Result<Vec<Fd>> {
     use std::os::unix::fs::FileTypeExt;
     let dir = format!("/proc/{pid}/fd");
     let rd = std::fs::read_dir(&dir).map_err(ferr(pid, format!("listing {dir}")))?;
@@ -135,7 +142,7 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
                     continue;
                 }
             }
-            external_pipe(pid, fd, &link, flags, &dir)?;
+            external_pipe(pid, fd, &link, flags, &dir, tree)?;
             fds.push(Fd {
                 fd,
                 kind: FdKind::External {
@@ -181,7 +188,7 @@ pub(super) fn collect_fds(pid: pid_t, with_data: bool) -> Result<Vec<Fd>> {
                 ttys.push((fd, link, flags, md.rdev()));
                 continue;
             }
-            external_pipe(pid, fd, &link, flags, &dir)?;
+            external_pipe(pid, fd, &link, flags, &dir, tree)?;
             fds.push(Fd {
                 fd,
                 kind: FdKind::External {
@@ -324,7 +331,7 @@ fn end_name(flags: u32) -> &'static str {
 /// A pipe or FIFO above fd 2 is carried as external (thaw attaches it to what the user names)
 /// when its other end lies outside the process and no data waiting in it would be lost;
 /// otherwise refused. Fails closed: what cannot be checked is refused.
-fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str) -> Result<()> {
+fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str, tree: bool) -> Result<()> {
     let refuse = |why: String| unsup(pid, format!("fd {fd} is {link}, {why}"));
     // the process holds it at another fd as well (both ends: a self-pipe)
     let rd = std::fs::read_dir(dir).map_err(ferr(pid, format!("listing {dir}")))?;
@@ -340,7 +347,7 @@ fn external_pipe(pid: pid_t, fd: i32, link: &str, flags: u32, dir: &str) -> Resu
             )));
         }
     }
-    if flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32 {
+    if !tree && flags & libc::O_ACCMODE as u32 != libc::O_WRONLY as u32 {
         // data the process has not read yet would stay behind in the old pipe
         let copy = crate::seccomp::pidfd_getfd(pid, fd).map_err(|e| {
             refuse(format!(

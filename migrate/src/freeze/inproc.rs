@@ -309,7 +309,7 @@ fn no_other_holder(pid: pid_t, links: &[String]) -> Result<()> {
 
 /// (F_GETPIPE_SZ, the bytes waiting) of the pipe whose read end `pid` holds at `fd`, without
 /// taking them out: tee into a pipe of our own, then read that.
-fn pipe_contents(fd: i32, pid: pid_t) -> io::Result<(u32, Vec<u8>)> {
+pub(super) fn pipe_contents(fd: i32, pid: pid_t) -> io::Result<(u32, Vec<u8>)> {
     // a new open file description of the same pipe: the process's flags stay untouched
     let path = std::ffi::CString::new(format!("/proc/{pid}/fd/{fd}")).unwrap();
     // SAFETY: open of a NUL-terminated path.

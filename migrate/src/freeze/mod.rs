@@ -26,13 +26,15 @@ mod seized;
 mod state;
 mod stream;
 mod threads;
+mod tree;
 
 pub use at_exec::{ExecWatch, watch_exec};
 pub use fds::{home_backed, lives_inside};
 pub use stream::StreamPlan;
+pub use tree::{TreeFreezeReport, freeze_tree};
 
-use checks::{check_status, classify_vmas};
-use fds::{collect_fds, find_shared};
+use checks::classify_vmas;
+use fds::find_shared;
 pub(crate) use seized::Held;
 pub(crate) use seized::restart_fixup;
 use state::{find_gadget, parse_limits, sigmask_field};
@@ -131,6 +133,9 @@ pub struct Seized {
     /// Seized to move to another node ([`seize`], [`seize_guest`]): the fds that cannot move
     /// are refused (see [`fds::refuse_for_migration`]).
     moving: bool,
+    /// Seized as one process of a tree ([`freeze_tree`]): children and data in pipes to
+    /// other processes are the tree's to check.
+    tree: bool,
 }
 
 /// Phase 1: checks that need no stop, then PTRACE_SEIZE + PTRACE_INTERRUPT and a wait for the
@@ -138,7 +143,7 @@ pub struct Seized {
 /// [`Error::Stuck`] and is left as it was. Refusals ([`Error::Unsupported`]) come before the
 /// process is touched.
 pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, true, false, true)
+    seize_with(pid, timeout, true, false, true, false)
 }
 
 /// [`seize`] for a guest: a process this node rebuilt (thawed) and supervises under its own
@@ -148,7 +153,7 @@ pub fn seize(pid: i32, timeout: Duration) -> Result<Seized> {
 /// the image is thawed (the registers are those of the call about to be made), never answered
 /// here.
 pub fn seize_guest(pid: i32, timeout: Duration) -> Result<Seized> {
-    seize_with(pid, timeout, true, true, true)
+    seize_with(pid, timeout, true, true, true, false)
 }
 
 /// `multi`: lets it have several threads (all seized, each one's state in the image; the home
@@ -160,15 +165,16 @@ fn seize_with(
     multi: bool,
     guest: bool,
     moving: bool,
+    tree: bool,
 ) -> Result<Seized> {
     // SAFETY: getpid has no preconditions.
     if pid <= 1 || pid == unsafe { libc::getpid() } {
         return Err(unsup(pid, "omnode cannot freeze itself or init"));
     }
     // --- checks before touching anything
-    check_status(pid, false, multi, guest)?;
+    checks::check_status_in(pid, false, multi, guest, tree)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
-    let fds = collect_fds(pid, false)?;
+    let fds = fds::collect_fds_in(pid, false, tree)?;
     if moving {
         fds::refuse_for_migration(pid, &fds)?;
     }
@@ -189,6 +195,7 @@ fn seize_with(
         pre_map: Some(pre_map),
         guest,
         moving,
+        tree,
     })
 }
 
@@ -267,12 +274,12 @@ impl Seized {
     pub fn collect(&mut self) -> Result<ProcessImage> {
         let (pid, was_stopped) = (self.pid, self.was_stopped);
         let pre = self.pre_map.take();
-        let (guest, moving) = (self.guest, self.moving);
+        let (guest, moving, tree) = (self.guest, self.moving, self.tree);
         let img = self.tracer.call(move |slot| {
             let g = slot.get::<Held>().ok_or(Error::TracerGone {
                 name: format!("omnode-trace-{pid}"),
             })?;
-            collect(g, pid, was_stopped, pre, guest, moving)
+            collect(g, pid, was_stopped, pre, guest, moving, tree)
         })??;
         self.collected = true;
         Ok(img)
@@ -379,7 +386,7 @@ pub fn freeze<W: Write>(pid: i32, out: W, opts: &FreezeOptions) -> Result<Freeze
         // a freeze never ends a process its caller cannot thaw: checked before touching it
         can_thaw_here().map_err(|reason| unsup(pid, reason))?;
     }
-    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false, false)?;
     let img = s.collect()?;
     let st = s.stream(&img, out)?;
     let stop_start = s.stop_start;
@@ -429,7 +436,7 @@ pub fn freeze_for<W: Write>(
             ),
         ));
     }
-    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false)?;
+    let mut s = seize_with(pid, DEFAULT_STOP_TIMEOUT, true, false, false, false)?;
     let img = s.collect()?;
     if let Err(e) = crate::thaw::check_owner(&img, owner) {
         s.finish(Ending::Release)?;
@@ -466,11 +473,12 @@ fn collect(
     pre: Option<checks::MapView>,
     guest: bool,
     moving: bool,
+    tree: bool,
 ) -> Result<ProcessImage> {
     // --- authoritative checks, now that it cannot change
-    let status = check_status(pid, true, g.multi, guest)?;
+    let status = checks::check_status_in(pid, true, g.multi, guest, tree)?;
     let (vmas, _) = classify_vmas(pid, pre)?;
-    let mut fds = collect_fds(pid, true)?;
+    let mut fds = fds::collect_fds_in(pid, true, tree)?;
     find_shared(pid, &mut fds)?;
     if moving {
         fds::refuse_for_migration(pid, &fds)?;

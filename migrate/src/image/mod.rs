@@ -15,10 +15,14 @@
 
 mod codec;
 mod section;
+mod tree;
 mod types;
 
 pub use section::rewrite_as_v1;
 pub(crate) use section::{SectionReader, SectionWriter, read_pages};
+pub use tree::{
+    Shared, SharedEnd, SharedKind, TREE_MAGIC, TREE_VERSION, TreeImage, TreeProc, is_tree_image,
+};
 pub use types::*;
 
 pub const MAGIC: &[u8; 8] = b"OMNIMAGE";
