@@ -82,7 +82,7 @@ pub use freeze::{
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
-pub use thaw::{ImageReader, ThawOptions, ThawOwner, Thawed, Thawing, thaw};
+pub use thaw::{ImageReader, ThawOptions, ThawOwner, Thawed, ThawedTree, Thawing, thaw, thaw_tree};
 pub use tracer::Tracer;
 
 use image::*;

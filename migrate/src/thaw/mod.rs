@@ -31,6 +31,9 @@ mod maps;
 mod memory;
 mod spawn;
 mod threads;
+mod tree;
+pub(crate) use tree::TreeSpot;
+pub use tree::{ThawedTree, thaw_tree};
 
 use checks::{check_file, fit_xstate, own_vdso_gadget, special_areas};
 use inject::{Builder, GADGET_AT, call};
@@ -236,6 +239,17 @@ impl Thawing {
     /// new process (a traced child of the caller), its inherited mappings and fds dropped, the
     /// vDSO moved to its old place and every mapping of the image made.
     pub fn skeleton<R: Read>(reader: &ImageReader<R>, opts: &ThawOptions) -> Result<Thawing> {
+        Self::skeleton_in(reader, opts, TreeSpot::default()).map(|(t, _)| t)
+    }
+
+    /// [`Thawing::skeleton`] of one process of a tree (see [`tree`]): `spot` says whether to
+    /// take over a process already forked for it, and which children to fork from it.
+    /// Returns the PIDs forked.
+    pub(crate) fn skeleton_in<R: Read>(
+        reader: &ImageReader<R>,
+        opts: &ThawOptions,
+        spot: TreeSpot,
+    ) -> Result<(Thawing, Vec<i32>)> {
         let t0 = Instant::now();
         let arc = reader.process.clone();
         let img: &ProcessImage = &arc;
@@ -302,23 +316,26 @@ impl Thawing {
         let tracer = Tracer::spawn(format!("omnode-thaw-{}", img.pid))?;
         let img2 = arc.clone();
         let opts2 = opts.clone();
-        let (pid, pid_note) = tracer.call(move |slot: &mut Slot| {
-            build_skeleton(slot, &img2, &opts2, gadget, own, theirs)
+        let (pid, pid_note, forked) = tracer.call(move |slot: &mut Slot| {
+            build_skeleton(slot, &img2, &opts2, gadget, own, theirs, &spot)
         })??;
-        Ok(Thawing {
-            tracer,
-            pid,
-            img: arc,
-            opts: opts.clone(),
-            xstate,
-            pid_note,
-            t0,
-            page_bytes: 0,
-            memory_time: Duration::ZERO,
-            listener: None,
-            done: 1,
-            shell_close: None,
-        })
+        Ok((
+            Thawing {
+                tracer,
+                pid,
+                img: arc,
+                opts: opts.clone(),
+                xstate,
+                pid_note,
+                t0,
+                page_bytes: 0,
+                memory_time: Duration::ZERO,
+                listener: None,
+                done: 1,
+                shell_close: None,
+            },
+            forked,
+        ))
     }
 
     /// PID of the new process.
@@ -576,7 +593,8 @@ fn build_skeleton(
     gadget: u64,
     own: Vec<(VmaKind, u64, u64)>,
     theirs: Vec<(VmaKind, u64, u64)>,
-) -> Result<(i32, Option<String>)> {
+    spot: &TreeSpot,
+) -> Result<(i32, Option<String>, Vec<i32>)> {
     // --- the new process
     let fds = [
         opts.stdin.unwrap_or(-1),
@@ -584,7 +602,10 @@ fn build_skeleton(
         opts.stderr.unwrap_or(-1),
     ];
     let mut pid_note = None;
-    let pid = if opts.same_pid {
+    let pid = if let Some(p) = spot.adopt {
+        tree::seize_forked(p)?;
+        p
+    } else if opts.same_pid {
         let deadline = Instant::now() + opts.same_pid_wait.unwrap_or(Duration::from_secs(5));
         loop {
             match spawn(&fds, Some(img.pid)) {
@@ -621,18 +642,22 @@ fn build_skeleton(
         shell: None,
     });
     let bd = slot.get::<Building>().expect("just set");
-    let st = wait(pid).map_err(terr("waiting for the new process"))?;
-    if !libc::WIFSTOPPED(st) {
-        return Err(Error::Thaw(
-            "the new process did not stop as expected".into(),
-        ));
+    if spot.adopt.is_some() {
+        tree::interrupt_forked(pid)?;
+    } else {
+        let st = wait(pid).map_err(terr("waiting for the new process"))?;
+        if !libc::WIFSTOPPED(st) {
+            return Err(Error::Thaw(
+                "the new process did not stop as expected".into(),
+            ));
+        }
+        ptrace_req(
+            Req::SetOptions,
+            pid,
+            (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize,
+        )
+        .map_err(terr("PTRACE_SETOPTIONS"))?;
     }
-    ptrace_req(
-        Req::SetOptions,
-        pid,
-        (libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL) as usize,
-    )
-    .map_err(terr("PTRACE_SETOPTIONS"))?;
     bd.b.t.base = getregs(pid).map_err(terr("PTRACE_GETREGS"))?;
     let b = &mut bd.b;
 
@@ -641,6 +666,10 @@ fn build_skeleton(
         parse_maps(&read_to_string(&format!("/proc/{pid}/maps")).map_err(terr("reading maps"))?)
             .map_err(terr("parsing maps"))?;
     let (tramp, busy) = place_trampoline(b, pid, &child_maps, img)?;
+    // a tree: its session, then its children forked from it while it is still a copy of us
+    // (each takes over from there as the new process does), before anything is dropped
+    let forked = tree::fork_children(b, spot, opts)?;
+    let forked_guard = tree::KillOnDrop(forked);
 
     // drop what the child inherited from us: rseq, fds, every mapping but ours and the vdso
     let mut calls = Vec::new();
@@ -721,7 +750,7 @@ fn build_skeleton(
 
     // --- the mappings: open each file once, map everything, close the files
     maps::map_vmas(b, img)?;
-    Ok((pid, pid_note))
+    Ok((pid, pid_note, forked_guard.disarm()))
 }
 
 /// Maps the trampoline (syscall gadget + int3, and scratch) at an address free both in the
