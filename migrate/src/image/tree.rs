@@ -341,6 +341,14 @@ impl TreeImage {
     }
 }
 
+impl TreeImage {
+    /// Reads the tree section at the start of a tree image (for tools and tests; the process
+    /// images that follow are left in `r`).
+    pub fn read_from<R: Read>(mut r: R) -> Result<TreeImage, crate::Error> {
+        Self::read_head(&mut r)
+    }
+}
+
 /// Whether `head` (the first 8 bytes of a stream) starts a tree image.
 pub fn is_tree_image(head: &[u8]) -> bool {
     head.len() >= 8 && &head[..8] == TREE_MAGIC

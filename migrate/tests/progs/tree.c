@@ -1,0 +1,79 @@
+/* A small process tree for the tree freeze/thaw tests.
+ * tree zombie: forks a child that exits 42 at once (a zombie until reaped), and a writer child
+ *   that sends 400 lines through a pipe in bursts; the parent reads them slowly (bytes wait in
+ *   the pipe), sums them, then reaps both and prints what wait() said. The output names no
+ *   PID, so an interrupted run must print exactly what an uninterrupted one does.
+ * tree produce N: prints N pseudo-random lines slowly (for `tree produce N | sort | md5sum`). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static void nap(long ms) {
+    struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&t, &t) != 0) {
+    }
+}
+
+static int produce(int n) {
+    unsigned x = 12345;
+    for (int i = 0; i < n; i++) {
+        x = x * 1103515245u + 12345u;
+        printf("%u line %d\n", x % 100000u, i);
+        if (i % 50 == 49) {
+            fflush(stdout);
+            nap(10);
+        }
+    }
+    return 0;
+}
+
+static int zombie(void) {
+    int p[2];
+    if (pipe(p) != 0) return 2;
+    pid_t z = fork();
+    if (z == 0) _exit(42);
+    pid_t w = fork();
+    if (w == 0) {
+        close(p[0]);
+        for (int i = 0; i < 400; i++) {
+            char b[64];
+            int n = snprintf(b, sizeof b, "line %d %d\n", i, i * i);
+            if (write(p[1], b, n) != n) _exit(3);
+            if (i % 40 == 39) nap(20);
+        }
+        _exit(7);
+    }
+    close(p[1]);
+    FILE *in = fdopen(p[0], "r");
+    char line[128];
+    long sum = 0, lines = 0;
+    while (fgets(line, sizeof line, in)) {
+        int a, b;
+        if (sscanf(line, "line %d %d", &a, &b) != 2 || b != a * a) {
+            printf("BAD line %s", line);
+            return 4;
+        }
+        sum += b;
+        lines++;
+        if (lines % 10 == 0) nap(6);
+    }
+    printf("lines %ld sum %ld\n", lines, sum);
+    int st = 0;
+    pid_t r = waitpid(z, &st, 0);
+    printf("zombie: waitpid %s, exited %d status %d\n", r == z ? "same pid" : "OTHER PID",
+           WIFEXITED(st), WEXITSTATUS(st));
+    r = waitpid(w, &st, 0);
+    printf("writer: waitpid %s, exited %d status %d\n", r == w ? "same pid" : "OTHER PID",
+           WIFEXITED(st), WEXITSTATUS(st));
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc >= 3 && strcmp(argv[1], "produce") == 0) return produce(atoi(argv[2]));
+    if (argc >= 2 && strcmp(argv[1], "zombie") == 0) return zombie();
+    fprintf(stderr, "usage: tree zombie | tree produce N\n");
+    return 2;
+}
