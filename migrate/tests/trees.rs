@@ -271,7 +271,7 @@ fn gcc_frozen_mid_compile_makes_the_identical_object() {
     if !root() {
         return;
     }
-    let src = big_c(1500);
+    let src = big_c(250);
     let mk = |d: &Path| {
         std::fs::write(d.join("big.c"), &src).unwrap();
         let mut c = Command::new("gcc");
