@@ -48,6 +48,17 @@ pub enum Cmd {
     /// A non-root user's freeze goes through the daemon (only root can thaw): it freezes the
     /// user's own dumpable processes that the user could thaw, and ends one only after this
     /// command has synced the image; --leave-running checkpoints without the daemon.
+    ///
+    /// With --tree, the process and all its descendants go into one tree image (root only):
+    /// parent links, process groups, zombies (the exit status their parent's wait() will
+    /// get), pipes between the processes with the bytes waiting in them, files they share
+    /// with one offset, and the stdio and outside pipes they inherited from the process
+    /// itself. Refused, with every process left running as it was: a descendant in another
+    /// session or in a process group led from outside the tree, a zombie killed by a signal,
+    /// shared memory between them, anything else several of them share (directories,
+    /// eventfds, sockets, terminals above fd 2), an outside fd a descendant holds that the
+    /// process itself does not, and whatever a single freeze refuses of any one of them.
+    /// All or nothing: every process is stopped and checked before any is ended.
     Freeze(FreezeArgs),
     /// Recreate a frozen process from its image as a new process, report its PID (on stderr,
     /// or alone on stdout with --print-pid) and return.
@@ -70,6 +81,10 @@ pub struct FreezeArgs {
     /// Checkpoint only: let the process run on after its image is written.
     #[arg(long)]
     pub leave_running: bool,
+    /// Take the process with all its descendants (a tree image; `thaw` rebuilds the tree,
+    /// every descendant with its old PID). Root only.
+    #[arg(long)]
+    pub tree: bool,
     /// The daemon a non-root user's freeze goes through (only root can thaw, so only the
     /// daemon may end a user's process; it checks that the user could thaw it).
     #[command(flatten)]
@@ -154,6 +169,9 @@ fn freeze(a: FreezeArgs) -> ExitCode {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot create image file {path}: {e}")),
     };
+    if a.tree {
+        return freeze_tree(&a, f, &path);
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 && !a.leave_running {
         let mut f = f;
@@ -215,6 +233,166 @@ fn freeze(a: FreezeArgs) -> ExitCode {
     }
 }
 
+fn freeze_tree(a: &FreezeArgs, f: File, path: &str) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        drop(f);
+        let _ = std::fs::remove_file(&a.image);
+        return fail(
+            "freeze --tree needs root (thawing a tree makes processes with chosen PIDs); nothing was changed",
+        );
+    }
+    let opts = migrate::FreezeOptions {
+        leave_running: a.leave_running,
+    };
+    match migrate::freeze_tree(a.pid, std::io::BufWriter::with_capacity(1 << 20, &f), &opts) {
+        Ok(r) => {
+            if let Err(e) = f.sync_data() {
+                return fail(format_args!("image {path} may be incomplete: {e}"));
+            }
+            eprintln!(
+                "omnode: froze the tree of {} ({} processes: {}{}) into {path}: {:.1} MiB image, {:.1} MiB memory, stopped for {:.1} ms{}",
+                r.root,
+                r.pids.len(),
+                r.pids
+                    .iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                if r.zombies > 0 {
+                    format!(", {} of them zombies", r.zombies)
+                } else {
+                    String::new()
+                },
+                r.image_bytes as f64 / 1048576.0,
+                r.page_bytes as f64 / 1048576.0,
+                r.frozen.as_secs_f64() * 1e3,
+                if a.leave_running {
+                    " (still running)"
+                } else {
+                    ""
+                }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            drop(f);
+            let _ = std::fs::remove_file(&a.image);
+            fail(e)
+        }
+    }
+}
+
+/// `thaw` of a tree image (see `freeze --tree`): the root gets thaw's stdio (or the files
+/// named) and the --fd names; every descendant its old PID.
+fn thaw_tree(a: &ThawArgs, input: BufReader<File>, path: &str) -> ExitCode {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return fail(format_args!("{path}: thawing a tree needs root"));
+    }
+    if a.print_pid && a.stdout.is_none() {
+        return fail(format_args!(
+            "{path}: --print-pid would write the PID into the thawed tree's stdout; name a file for it with --stdout FILE"
+        ));
+    }
+    let mut keep: Vec<File> = Vec::new();
+    let mut std3 = [None, None, None];
+    for (i, p) in [&a.stdin, &a.stdout, &a.stderr].into_iter().enumerate() {
+        if let Some(p) = p {
+            let f = if i == 0 {
+                File::open(p).map_err(|e| format!("cannot open {}: {e}", p.display()))
+            } else {
+                open_out(p)
+            };
+            match f {
+                Ok(f) => {
+                    std3[i] = Some(f.as_raw_fd());
+                    keep.push(f);
+                }
+                Err(e) => return fail(e),
+            }
+        }
+    }
+    let mut named = Vec::new();
+    for spec in &a.fds {
+        let Some((n, target)) = spec.split_once('=') else {
+            return fail(format_args!("--fd {spec}: expected N=FILE or N=null"));
+        };
+        let Ok(n) = n.parse::<i32>() else {
+            return fail(format_args!("--fd {spec}: {n} is not an fd number"));
+        };
+        let p = if target == "null" {
+            "/dev/null"
+        } else {
+            target
+        };
+        match std::fs::OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(target != "null")
+            .open(p)
+            .or_else(|_| File::open(p))
+        {
+            Ok(f) => {
+                named.push((n, f.as_raw_fd()));
+                keep.push(f);
+            }
+            Err(e) => return fail(format_args!("--fd {spec}: cannot open {p}: {e}")),
+        }
+    }
+    let opts = migrate::ThawOptions {
+        same_pid: a.same_pid,
+        stdin: std3[0],
+        stdout: std3[1],
+        stderr: std3[2],
+        fd_placeholders: named,
+        ..Default::default()
+    };
+    let t = match migrate::thaw_tree(input, &opts) {
+        Ok(t) => t,
+        Err(e) => return fail(format_args!("{path}: {e}")),
+    };
+    if let Some(n) = &t.root.pid_note {
+        eprintln!("omnode: {n}");
+    }
+    if a.print_pid {
+        println!("{}", t.root.pid);
+        let _ = std::io::stdout().flush();
+    } else {
+        eprintln!(
+            "omnode: thawed the tree of {} as PID {} ({} processes{})",
+            t.root.old_pid,
+            t.root.pid,
+            t.pids.len() + t.zombies,
+            if t.zombies > 0 {
+                format!(", {} of them zombies", t.zombies)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if !a.wait {
+        return ExitCode::SUCCESS;
+    }
+    let mut st = 0;
+    loop {
+        // SAFETY: waiting for our own child.
+        let r = unsafe { libc_waitpid(t.root.pid, &mut st) };
+        if r == t.root.pid && st & 0xff != 0x7f {
+            break;
+        }
+        if r < 0 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            return fail(format_args!("lost track of process {}", t.root.pid));
+        }
+    }
+    let code = if st & 0x7f == 0 {
+        (st >> 8) & 0xff
+    } else {
+        128 + (st & 0x7f)
+    };
+    ExitCode::from(code as u8)
+}
+
 fn open_out(p: &PathBuf) -> Result<File, String> {
     File::options()
         .create(true)
@@ -248,7 +426,13 @@ fn thaw(a: ThawArgs) -> ExitCode {
         Some(Ok(f)) => Some(f),
         None => None,
     };
-    let reader = match migrate::ImageReader::new(BufReader::with_capacity(64 << 10, f)) {
+    let mut input = BufReader::with_capacity(64 << 10, f);
+    match std::io::BufRead::fill_buf(&mut input) {
+        Ok(head) if migrate::image::is_tree_image(head) => return thaw_tree(&a, input, &path),
+        Ok(_) => {}
+        Err(e) => return fail(format_args!("cannot read image {path}: {e}")),
+    }
+    let reader = match migrate::ImageReader::new(input) {
         Ok(r) => r,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
@@ -471,13 +655,76 @@ unsafe fn libc_waitpid(pid: i32, st: &mut i32) -> i32 {
     }
 }
 
+/// `omnode image` of a tree image: the tree, what its processes share, and each process's
+/// totals (every checksum verified).
+fn image_tree(path: &str, mut input: BufReader<File>) -> ExitCode {
+    let tree = match migrate::image::TreeImage::read_from(&mut input) {
+        Ok(t) => t,
+        Err(e) => return fail(format_args!("{path}: {e}")),
+    };
+    println!("tree image: {} processes", tree.procs.len());
+    for p in &tree.procs {
+        let what = match p.zombie {
+            Some(st) if libc::WIFEXITED(st) => {
+                format!("zombie, exited with {}", libc::WEXITSTATUS(st))
+            }
+            Some(st) => format!("zombie, wait status {st:#x}"),
+            None => match migrate::inspect(&mut input) {
+                Ok(s) => format!(
+                    "{} ({}): {} mappings, {:.1} MiB memory, {} fds",
+                    s.process.comm,
+                    s.process.exe,
+                    s.process.vmas.len(),
+                    s.page_bytes as f64 / 1048576.0,
+                    s.process.fds.len()
+                ),
+                Err(e) => return fail(format_args!("{path}: process {}: {e}", p.pid)),
+            },
+        };
+        println!(
+            "  pid {} parent {} group {}: {what}",
+            p.pid,
+            if p.ppid == 0 {
+                "(thaw)".to_string()
+            } else {
+                p.ppid.to_string()
+            },
+            p.pgid
+        );
+    }
+    for s in &tree.shared {
+        let ends = s
+            .ends
+            .iter()
+            .map(|e| format!("{}:{}{}", e.pid, e.fd, if e.write { "w" } else { "" }))
+            .collect::<Vec<_>>()
+            .join(" ");
+        match &s.kind {
+            migrate::image::SharedKind::Pipe { size, data } => println!(
+                "  pipe ({size} bytes, {} waiting) between {ends}",
+                data.len()
+            ),
+            migrate::image::SharedKind::File { path, pos, .. } => {
+                println!("  file {path} at offset {pos}, shared by {ends}")
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
 fn image(a: ImageArgs) -> ExitCode {
     let path = a.image.display().to_string();
     let f = match File::open(&a.image) {
         Ok(f) => f,
         Err(e) => return fail(format_args!("cannot open image {path}: {e}")),
     };
-    let s = match migrate::inspect(BufReader::with_capacity(64 << 10, f)) {
+    let mut input = BufReader::with_capacity(64 << 10, f);
+    if let Ok(head) = std::io::BufRead::fill_buf(&mut input) {
+        if migrate::image::is_tree_image(head) {
+            return image_tree(&path, input);
+        }
+    }
+    let s = match migrate::inspect(input) {
         Ok(s) => s,
         Err(e) => return fail(format_args!("{path}: {e}")),
     };
