@@ -35,6 +35,12 @@
 //! pipe or FIFO whose other end lies outside the process is carried as external
 //! ([`FdKind::External`]): thaw attaches what the caller names there.
 //!
+//! Trees: [`freeze_tree`] takes a process with all its descendants into a tree image
+//! ([`image::TreeImage`]: one ordinary process image per live process, plus parent links,
+//! process groups, zombies and the open file descriptions they share); [`thaw_tree`] forks
+//! each child from its rebuilt parent with its old PID. What a tree cannot rebuild exactly is
+//! refused with every process left running (see `freeze/tree.rs`).
+//!
 //! Users: [`freeze_for`] and [`ThawOptions::owner`] serve an unprivileged caller from a root
 //! daemon: only what the caller could thaw is frozen (and ended only once the caller kept the
 //! image), only the caller's own images are thawed, and with the caller's file-system
