@@ -192,17 +192,22 @@ pub fn freeze_tree<W: Write>(
     if procs.iter().any(|p| p.pid == me) {
         return Err(unsup(root, "omnode cannot freeze a tree it belongs to"));
     }
+    // a descendant that ends meanwhile: the tree changed, nothing was changed
+    let ended = |e: Error| match e {
+        Error::NoProcess { pid } if pid != root => unsup(
+            root,
+            format!(
+                "its descendant {pid} ended while the tree was being frozen; nothing was changed, try again"
+            ),
+        ),
+        e => e,
+    };
     let mut seized: Vec<Seized> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
         // dropping `seized` on an error releases the ones already stopped
-        seized.push(seize_with(
-            p.pid,
-            DEFAULT_STOP_TIMEOUT,
-            true,
-            false,
-            false,
-            true,
-        )?);
+        seized.push(
+            seize_with(p.pid, DEFAULT_STOP_TIMEOUT, true, false, false, true).map_err(ended)?,
+        );
     }
     let again = discover(root)?;
     if again != procs {
@@ -213,7 +218,7 @@ pub fn freeze_tree<W: Write>(
     }
     let mut imgs = Vec::with_capacity(seized.len());
     for s in seized.iter_mut() {
-        imgs.push(s.collect()?);
+        imgs.push(s.collect().map_err(ended)?);
     }
     let shared = shared_fds(&procs, &imgs)?;
     let tree = TreeImage { procs, shared };
