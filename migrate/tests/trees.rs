@@ -253,6 +253,49 @@ fn a_zombie_child_keeps_its_exit_status_and_a_pipe_its_bytes() {
     assert_same(&r, &m);
 }
 
+/// A root that leads its own session, a child leading its own process group and another
+/// child in that group: after the thaw each is in the session, group and under the parent it
+/// was (the root's setsid comes before its children are forked, the groups once all exist).
+#[test]
+fn sessions_process_groups_and_parents_are_rebuilt() {
+    if !root() {
+        return;
+    }
+    let exe = prog("tree");
+    let mk = |d: &Path| {
+        let mut c = Command::new(&exe);
+        c.arg("groups").current_dir(d);
+        (c, d.join("stdout"))
+    };
+    let ready = |pid: i32| {
+        let d = descendants(pid);
+        let grouped = d.len() == 2
+            && d.iter().all(|&k| {
+                std::fs::read_to_string(format!("/proc/{k}/stat")).is_ok_and(|s| {
+                    s.rsplit_once(')').and_then(|(_, r)| {
+                        r.split_whitespace().nth(2).map(|g| g == d[0].to_string())
+                    }) == Some(true)
+                })
+            });
+        if grouped {
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        grouped
+    };
+    let check = |img: &[u8]| {
+        let t = tree_image(img);
+        assert_eq!(t.procs.len(), 3, "{:?}", t.procs);
+        let a = t.procs[1].pid;
+        assert!(t.procs[1..].iter().all(|p| p.pgid == a), "{:?}", t.procs);
+    };
+    let (r, m) = compare_tree(&mk, &ready, &check);
+    assert_eq!(
+        String::from_utf8_lossy(&r),
+        "A: same session 1, own group 1, parent 1\nB: same session 1, A's group 1, parent 1\nP: leads session 1 and group 1; reaped A 1 B 1\n"
+    );
+    assert_same(&r, &m);
+}
+
 /// A C file large enough to keep cc1 busy for a while.
 fn big_c(n: usize) -> String {
     let mut s = String::from("/* generated */\n");
@@ -323,9 +366,11 @@ fn a_refused_tree_leaves_every_process_running_untouched() {
         .prefix("h8tree-")
         .tempdir()
         .unwrap();
+    let shm = format!("{} shm", prog("tree").display());
     for (script, why) in [
         ("exec 3<.; sleep 30 & sleep 30 & wait", "directory"),
         ("setsid sleep 30 & wait", "session"),
+        (shm.as_str(), "shared anonymous memory"),
     ] {
         let mut c = Command::new("sh");
         c.arg("-c").arg(script).current_dir(dir.path());
@@ -342,7 +387,21 @@ fn a_refused_tree_leaves_every_process_running_untouched() {
         }
         let all: Vec<i32> = std::iter::once(p.pid).chain(descendants(p.pid)).collect();
         let _g = KillAll(all.clone());
-        let views: Vec<View> = all.iter().map(|&k| View::of(k)).collect();
+        // settled: two views 100 ms apart agree (shells block signals around forks)
+        let mut views: Vec<View> = all.iter().map(|&k| View::of(k)).collect();
+        loop {
+            std::thread::sleep(Duration::from_millis(100));
+            let again: Vec<View> = all.iter().map(|&k| View::of(k)).collect();
+            let same = again
+                .iter()
+                .zip(&views)
+                .all(|(a, b)| a.diff_from(b).is_empty());
+            views = again;
+            if same {
+                break;
+            }
+            assert!(Instant::now() < end, "the processes never settled");
+        }
         let e = freeze_tree(p.pid, false).expect_err("refused");
         assert!(
             matches!(e, migrate::Error::Unsupported { .. }) && e.to_string().contains(why),

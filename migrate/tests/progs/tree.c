@@ -3,10 +3,15 @@
  *   that sends 400 lines through a pipe in bursts; the parent reads them slowly (bytes wait in
  *   the pipe), sums them, then reaps both and prints what wait() said. The output names no
  *   PID, so an interrupted run must print exactly what an uninterrupted one does.
- * tree produce N: prints N pseudo-random lines slowly (for `tree produce N | sort | md5sum`). */
+ * tree produce N: prints N pseudo-random lines slowly (for `tree produce N | sort | md5sum`).
+ * tree groups: leads a new session, forks A (leads its own process group) and B (joins A's
+ *   group); each reports, after a while, whether its session, group and parent are what they
+ *   were made (1 = yes), then the parent reaps both. No PID is printed.
+ * tree shm: maps shared anonymous memory, forks, and both sleep (a tree that is refused). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -71,7 +76,51 @@ static int zombie(void) {
     return 0;
 }
 
+static int groups(void) {
+    if (setsid() < 0) return 2;
+    pid_t p = getpid();
+    pid_t a = fork();
+    if (a == 0) {
+        setpgid(0, 0);
+        nap(1500);
+        printf("A: same session %d, own group %d, parent %d\n", getsid(0) == p,
+               getpgid(0) == getpid(), getppid() == p);
+        fflush(stdout);
+        _exit(0);
+    }
+    setpgid(a, a); /* as a shell does, so that B can join at once */
+    pid_t b = fork();
+    if (b == 0) {
+        setpgid(0, a);
+        nap(1700);
+        printf("B: same session %d, A's group %d, parent %d\n", getsid(0) == p, getpgid(0) == a,
+               getppid() == p);
+        fflush(stdout);
+        _exit(0);
+    }
+    setpgid(b, a);
+    int sa = -1, sb = -1;
+    pid_t ra = waitpid(a, &sa, 0), rb = waitpid(b, &sb, 0);
+    printf("P: leads session %d and group %d; reaped A %d B %d\n", getsid(0) == p,
+           getpgid(0) == p, ra == a && sa == 0, rb == b && sb == 0);
+    return 0;
+}
+
+static int shm(void) {
+    volatile char *m = mmap(0, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return 2;
+    m[0] = 1;
+    if (fork() == 0) {
+        nap(30000);
+        _exit(0);
+    }
+    nap(30000);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc >= 2 && strcmp(argv[1], "groups") == 0) return groups();
+    if (argc >= 2 && strcmp(argv[1], "shm") == 0) return shm();
     if (argc >= 3 && strcmp(argv[1], "produce") == 0) return produce(atoi(argv[2]));
     if (argc >= 2 && strcmp(argv[1], "zombie") == 0) return zombie();
     fprintf(stderr, "usage: tree zombie | tree produce N\n");
