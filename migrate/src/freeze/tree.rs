@@ -193,20 +193,29 @@ pub fn freeze_tree<W: Write>(
         return Err(unsup(root, "omnode cannot freeze a tree it belongs to"));
     }
     // a descendant that ends meanwhile: the tree changed, nothing was changed
-    let ended = |e: Error| match e {
-        Error::NoProcess { pid } if pid != root => unsup(
-            root,
-            format!(
-                "its descendant {pid} ended while the tree was being frozen; nothing was changed, try again"
-            ),
-        ),
-        e => e,
+    let ended = |pid: pid_t, e: Error| {
+        let st = read_to_string(&format!("/proc/{pid}/stat")).unwrap_or_default();
+        let over = st.is_empty()
+            || st
+                .rsplit_once(')')
+                .is_some_and(|(_, r)| r.trim_start().starts_with(['Z', 'X']));
+        if pid != root && (over || matches!(e, Error::NoProcess { .. })) {
+            unsup(
+                root,
+                format!(
+                    "its descendant {pid} ended while the tree was being frozen; nothing was changed, try again"
+                ),
+            )
+        } else {
+            e
+        }
     };
     let mut seized: Vec<Seized> = Vec::new();
     for p in procs.iter().filter(|p| p.zombie.is_none()) {
         // dropping `seized` on an error releases the ones already stopped
         seized.push(
-            seize_with(p.pid, DEFAULT_STOP_TIMEOUT, true, false, false, true).map_err(ended)?,
+            seize_with(p.pid, DEFAULT_STOP_TIMEOUT, true, false, false, true)
+                .map_err(|e| ended(p.pid, e))?,
         );
     }
     let again = discover(root)?;
@@ -218,7 +227,8 @@ pub fn freeze_tree<W: Write>(
     }
     let mut imgs = Vec::with_capacity(seized.len());
     for s in seized.iter_mut() {
-        imgs.push(s.collect().map_err(ended)?);
+        let pid = s.pid();
+        imgs.push(s.collect().map_err(|e| ended(pid, e))?);
     }
     let shared = shared_fds(&procs, &imgs)?;
     let tree = TreeImage { procs, shared };

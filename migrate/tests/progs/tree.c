@@ -1,7 +1,8 @@
 /* A small process tree for the tree freeze/thaw tests.
  * tree zombie: forks a child that exits 42 at once (a zombie until reaped), and a writer child
- *   that sends 400 lines through a pipe in bursts; the parent reads them slowly (bytes wait in
- *   the pipe), sums them, then reaps both and prints what wait() said. The output names no
+ *   that sends 400 lines through a pipe at once and then sleeps 1.5 s before it exits 7; the
+ *   parent reads them slowly (bytes wait in the pipe meanwhile), sums them, then reaps both
+ *   and prints what wait() said. The output names no
  *   PID, so an interrupted run must print exactly what an uninterrupted one does.
  * tree produce N: prints N pseudo-random lines slowly (for `tree produce N | sort | md5sum`).
  * tree groups: leads a new session, forks A (leads its own process group) and B (joins A's
@@ -27,7 +28,7 @@ static int produce(int n) {
     for (int i = 0; i < n; i++) {
         x = x * 1103515245u + 12345u;
         printf("%u line %d\n", x % 100000u, i);
-        if (i % 50 == 49) {
+        if (i % 25 == 24) {
             fflush(stdout);
             nap(10);
         }
@@ -47,8 +48,8 @@ static int zombie(void) {
             char b[64];
             int n = snprintf(b, sizeof b, "line %d %d\n", i, i * i);
             if (write(p[1], b, n) != n) _exit(3);
-            if (i % 40 == 39) nap(20);
         }
+        nap(1500);
         _exit(7);
     }
     close(p[1]);
@@ -63,7 +64,7 @@ static int zombie(void) {
         }
         sum += b;
         lines++;
-        if (lines % 10 == 0) nap(6);
+        if (lines % 10 == 0) nap(30);
     }
     printf("lines %ld sum %ld\n", lines, sum);
     int st = 0;
