@@ -153,9 +153,12 @@ pub struct ThawedTree {
     pub elapsed: Duration,
 }
 
+/// (process, fd number in it) → our fd to hand it.
+type LocalFds = Vec<((i32, i32), RawFd)>;
+
 /// Local copies of what several processes share: pipes (made again with their bytes) and
-/// files (opened once). (pid, fd) → our fd.
-fn shared_locals(tree: &TreeImage) -> Result<(Vec<OwnedFd>, Vec<((i32, i32), RawFd)>)> {
+/// files (opened once), kept open until every process has its copies.
+fn shared_locals(tree: &TreeImage) -> Result<(Vec<OwnedFd>, LocalFds)> {
     let mut keep = Vec::new();
     let mut map = Vec::new();
     for s in &tree.shared {
