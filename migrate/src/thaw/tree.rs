@@ -323,6 +323,12 @@ pub fn thaw_tree<R: Read>(mut input: R, opts: &ThawOptions) -> Result<ThawedTree
                 .collect(),
             setsid: is_root && img.session_leader,
         };
+        // the terminal a session-leading root had as its controlling terminal
+        let ctty = img
+            .terminal
+            .as_ref()
+            .filter(|t| spot.setsid && t.ctty)
+            .map(|t| t.fd);
         if spot.setsid {
             // done before the forks (children belong to its session); not again later
             let mut copy = (*reader.process).clone();
@@ -335,6 +341,23 @@ pub fn thaw_tree<R: Read>(mut input: R, opts: &ThawOptions) -> Result<ThawedTree
         page_bytes += t.pages(&mut reader)?;
         t.attributes()?;
         t.fds()?;
+        if let Some(fd) = ctty {
+            // as a lone session leader's thaw does (fds::restore_terminal): nothing when no
+            // terminal is attached there now
+            on_thread(&t, move |bd| {
+                let r =
+                    bd.b.t
+                        .syscall_raw(libc::SYS_ioctl, &[fd as u64, libc::TIOCSCTTY, 0])
+                        .map_err(terr("ioctl(TIOCSCTTY)"))?;
+                if r < 0 && r != -(libc::ENOTTY as i64) {
+                    return Err(Error::Thaw(format!(
+                        "the root led its session with its terminal as the controlling terminal, and the terminal at fd {fd} cannot become its controlling terminal ({}): thaw it in a terminal of its own",
+                        crate::error::from_neg(r)
+                    )));
+                }
+                Ok(())
+            })?;
+        }
         made.thawings.push(t);
     }
     // process groups: leaders made theirs in `attributes`; members join them
