@@ -36,7 +36,7 @@ pub enum Cmd {
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
-    /// processes, other sockets, terminals other than the one of its stdio, a pipe or FIFO shared with another
+    /// processes (take them with --tree), other sockets, terminals other than the one of its stdio, a pipe or FIFO shared with another
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
     /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
