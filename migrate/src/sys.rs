@@ -639,6 +639,95 @@ pub(crate) fn stat_id(path: &str) -> io::Result<crate::image::FileId> {
     })
 }
 
+/// PAGEMAP_SCAN (Linux 6.7+) page categories (uapi linux/fs.h).
+pub(crate) const PAGE_IS_FILE: u64 = 1 << 2;
+pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub(crate) const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub(crate) const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// _IOWR('f', 16, struct pm_scan_arg) (96 bytes).
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// One PAGEMAP_SCAN answer: pages [start, end) that all have `categories`.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// The pages of [start, end) that are present or swapped, as ranges with their categories
+/// (PRESENT, SWAPPED, FILE, PFNZERO), through the PAGEMAP_SCAN ioctl on an open
+/// /proc/PID/pagemap: one call returns whole ranges instead of 8 bytes per page. `buf` is
+/// reused between calls. Errors of a kernel without the ioctl (ENOTTY, EINVAL) are returned
+/// as they are: the caller falls back to reading pagemap.
+pub(crate) fn pagemap_scan(
+    pagemap: &std::fs::File,
+    start: u64,
+    end: u64,
+    buf: &mut Vec<PageRegion>,
+    out: &mut Vec<PageRegion>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if buf.is_empty() {
+        buf.resize(4096, PageRegion::default());
+    }
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg; vec points to vec_len writable PageRegions
+        // (same layout as struct page_region); the kernel writes at most vec_len of them.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        if n < 0 {
+            return Err(errno());
+        }
+        let n = n as usize;
+        if n > buf.len() || arg.walk_end <= at || arg.walk_end > end {
+            return Err(io::Error::other(format!(
+                "PAGEMAP_SCAN answered {n} regions, walked to {:#x} from {at:#x} (end {end:#x})",
+                arg.walk_end
+            )));
+        }
+        for r in &buf[..n] {
+            if r.start < at || r.end > arg.walk_end || r.start >= r.end {
+                return Err(io::Error::other(format!(
+                    "PAGEMAP_SCAN region {:#x}-{:#x} outside {at:#x}-{:#x}",
+                    r.start, r.end, arg.walk_end
+                )));
+            }
+        }
+        out.extend_from_slice(&buf[..n]);
+        at = arg.walk_end;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
