@@ -677,7 +677,8 @@ pub(crate) struct PageRegion {
 /// (PRESENT, SWAPPED, FILE, PFNZERO), through the PAGEMAP_SCAN ioctl on an open
 /// /proc/PID/pagemap: one call returns whole ranges instead of 8 bytes per page. `buf` is
 /// reused between calls. Errors of a kernel without the ioctl (ENOTTY, EINVAL) are returned
-/// as they are: the caller falls back to reading pagemap.
+/// as they are, an answer outside the range asked for as `InvalidData`: the caller then falls
+/// back to reading pagemap.
 pub(crate) fn pagemap_scan(
     pagemap: &std::fs::File,
     start: u64,
@@ -709,20 +710,34 @@ pub(crate) fn pagemap_scan(
         }
         let n = n as usize;
         if n > buf.len() || arg.walk_end <= at || arg.walk_end > end {
-            return Err(io::Error::other(format!(
-                "PAGEMAP_SCAN answered {n} regions, walked to {:#x} from {at:#x} (end {end:#x})",
-                arg.walk_end
-            )));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "PAGEMAP_SCAN answered {n} regions, walked to {:#x} from {at:#x} (end {end:#x})",
+                    arg.walk_end
+                ),
+            ));
         }
+        // when the buffer fills, the scan stops at walk_end, and its last region may reach
+        // past it (or start there): only what lies before walk_end counts, the next call
+        // starts there
         for r in &buf[..n] {
-            if r.start < at || r.end > arg.walk_end || r.start >= r.end {
-                return Err(io::Error::other(format!(
-                    "PAGEMAP_SCAN region {:#x}-{:#x} outside {at:#x}-{:#x}",
-                    r.start, r.end, arg.walk_end
-                )));
+            if r.start < at || r.start >= r.end || r.end > end {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "PAGEMAP_SCAN region {:#x}-{:#x} outside {at:#x}-{end:#x}",
+                        r.start, r.end
+                    ),
+                ));
+            }
+            if r.start < arg.walk_end {
+                out.push(PageRegion {
+                    end: r.end.min(arg.walk_end),
+                    ..*r
+                });
             }
         }
-        out.extend_from_slice(&buf[..n]);
         at = arg.walk_end;
     }
     Ok(())
@@ -757,6 +772,76 @@ mod tests {
         assert_eq!(back, [7u8; 16]);
         let e = read_mem(me, &mut back, &[(at, 8)]).expect_err("read runs must fill it");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// Pages alternately written and only read (zero page): PAGEMAP_SCAN with a buffer of 3
+    /// regions (it stops and is called again, its last region may reach past where it
+    /// stopped) gives the same regions as with a big buffer, and each page its category.
+    #[test]
+    fn pagemap_scan_resumes_where_a_full_buffer_stopped() {
+        let pg = 4096usize;
+        // SAFETY: a fresh private anonymous mapping of our own, unmapped at the end.
+        let a = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                64 * pg,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(a, libc::MAP_FAILED);
+        let a = a as *mut u8;
+        let mut sum = 0u32;
+        // pages 0,1 written, 2 read, 3,4 written, 5 read, ...; 60..64 untouched
+        // SAFETY: offsets inside the mapping.
+        unsafe {
+            for p in 0..60 {
+                if p % 3 == 2 {
+                    sum += a.add(p * pg).read_volatile() as u32;
+                } else {
+                    a.add(p * pg).write_volatile(1);
+                }
+            }
+        }
+        assert_eq!(sum, 0);
+        let (start, end) = (a as u64, a as u64 + 64 * pg as u64);
+        let pm = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let mut whole = Vec::new();
+        pagemap_scan(&pm, start, end, &mut Vec::new(), &mut whole).unwrap();
+        let mut pieces = Vec::new();
+        let mut small = vec![PageRegion::default(); 3];
+        pagemap_scan(&pm, start, end, &mut small, &mut pieces).unwrap();
+        let expect: Vec<(u64, u64, bool)> = (0..20u64)
+            .flat_map(|k| {
+                let at = start + 3 * k * pg as u64;
+                [
+                    (at, at + 2 * pg as u64, false),
+                    (at + 2 * pg as u64, at + 3 * pg as u64, true),
+                ]
+            })
+            .collect();
+        let got = |v: &[PageRegion]| -> Vec<(u64, u64, bool)> {
+            v.iter()
+                .map(|r| {
+                    assert_ne!(r.categories & PAGE_IS_PRESENT, 0);
+                    (r.start, r.end, r.categories & PAGE_IS_PFNZERO != 0)
+                })
+                .collect()
+        };
+        assert_eq!(got(&whole), expect);
+        // a region cut where a call stopped continues in the next answer: merge neighbours
+        let mut merged: Vec<(u64, u64, bool)> = Vec::new();
+        for r in got(&pieces) {
+            match merged.last_mut() {
+                Some(l) if l.1 == r.0 && l.2 == r.2 => l.1 = r.1,
+                _ => merged.push(r),
+            }
+        }
+        assert_eq!(merged, expect);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(a.cast(), 64 * pg) };
     }
 
     #[test]

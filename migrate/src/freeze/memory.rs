@@ -182,6 +182,11 @@ pub(super) fn plan_pages(pid: pid_t, vmas: &[Vma]) -> Result<PagePlan> {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOTTY | libc::EINVAL)) => {
                     scan = false;
                 }
+                // an answer that does not fit the question is not trusted: this mapping is
+                // planned from pagemap instead (correct, only slower)
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    tracing::warn!(pid, vma = %format_args!("{:#x}-{:#x}", v.start, v.end), "{e}; planned from pagemap");
+                }
                 Err(e) => {
                     return Err(ferr(pid, format!("PAGEMAP_SCAN of {:#x}", v.start))(e));
                 }
