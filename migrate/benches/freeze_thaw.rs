@@ -2,8 +2,10 @@
 //! beside CRIU, all measured in the same run. Needs root and gcc; CRIU is used when `criu` is
 //! installed (and said why not when it cannot run here).
 //!
-//! `cargo bench -p migrate --bench freeze_thaw` (sizes in MiB: `MIGRATE_BENCH_SIZES=1,64,256,1024`,
-//! repetitions `MIGRATE_BENCH_REPS=3`, image directory `MIGRATE_BENCH_DIR=/dev/shm`)
+//! `cargo bench -p migrate --bench freeze_thaw` (sizes in MiB:
+//! `MIGRATE_BENCH_SIZES=1,64,256,1024,1024r`, where `r` is a heap only read, never written: its
+//! pages all map the shared zero page; repetitions `MIGRATE_BENCH_REPS=3`, image directory
+//! `MIGRATE_BENCH_DIR=/dev/shm`)
 //!
 //! - freeze→pipe: `migrate::freeze(--leave-running)` into a pipe drained by another thread (the
 //!   image is kept in memory for the thaw); frozen = how long the process was stopped.
@@ -32,8 +34,10 @@ const SRC: &str = r#"
 int main(int argc, char **argv) {
     size_t n = (size_t)atol(argv[1]) << 20;
     char *p = mmap(0, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (atoi(argv[2])) for (size_t i = 0; i < n; i += 64) p[i] = (char)(i >> 6);
-    printf("%lx\n", (unsigned long)p); fflush(stdout);
+    unsigned long sum = 0;
+    if (atoi(argv[2]) == 1) for (size_t i = 0; i < n; i += 64) p[i] = (char)(i >> 6);
+    if (atoi(argv[2]) == 2) for (size_t i = 0; i < n; i += 4096) sum += ((volatile char *)p)[i];
+    printf("%lx\n", (unsigned long)p + sum); fflush(stdout);
     for (;;) pause();
 }
 "#;
@@ -47,7 +51,9 @@ struct Victim {
 impl Victim {
     /// Starts the heap program with stdin /dev/null and stdout a file (CRIU dumps files, not
     /// pipes to processes outside the dump) and waits for it to print its heap address.
-    fn new(bin: &Path, dir: &Path, mib: usize, touch: bool) -> Victim {
+    /// `touch`: 0 untouched, 1 written (every page present), 2 only read (every page maps the
+    /// shared zero page).
+    fn new(bin: &Path, dir: &Path, mib: usize, touch: u8) -> Victim {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let k = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let out_path = dir.join(format!("victim-{k}.out"));
@@ -62,7 +68,7 @@ impl Victim {
         }
         let child = cmd
             .arg(mib.to_string())
-            .arg(if touch { "1" } else { "0" })
+            .arg(touch.to_string())
             .stdin(Stdio::null())
             .stdout(out)
             .spawn()
@@ -275,10 +281,17 @@ fn main() {
             .unwrap()
             .success()
     );
-    let sizes: Vec<usize> = std::env::var("MIGRATE_BENCH_SIZES")
-        .unwrap_or_else(|_| "1,64,256,1024".into())
+    // "1024r": a heap only read, not written (zero pages)
+    let sizes: Vec<(usize, bool)> = std::env::var("MIGRATE_BENCH_SIZES")
+        .unwrap_or_else(|_| "1,64,256,1024,1024r".into())
         .split(',')
-        .map(|s| s.trim().parse().unwrap())
+        .map(|s| {
+            let s = s.trim();
+            match s.strip_suffix('r') {
+                Some(n) => (n.parse().unwrap(), true),
+                None => (s.parse().unwrap(), false),
+            }
+        })
         .collect();
     let reps: usize = std::env::var("MIGRATE_BENCH_REPS")
         .ok()
@@ -305,9 +318,15 @@ fn main() {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     let mut phase_lines = Vec::new();
-    for &mib in &sizes {
+    for &(mib, read_only) in &sizes {
         let len = mib << 20;
-        let v = Victim::new(&bin, dir.path(), mib, true);
+        let touch = if read_only { 2 } else { 1 };
+        let label = if read_only {
+            format!("{mib} MiB read-only")
+        } else {
+            format!("{mib} MiB")
+        };
+        let v = Victim::new(&bin, dir.path(), mib, touch);
         let pid = v.child.id() as i32;
         let mut buf = vec![1u8; 2 << 20];
         let mut t: [Vec<Duration>; 13] = Default::default();
@@ -387,7 +406,7 @@ fn main() {
             phases[3].push(t_streamed - t_planned);
             std::fs::remove_file(&img_path).unwrap();
             // raw: process_vm_writev into untouched memory of a fresh process
-            let fresh = Victim::new(&bin, dir.path(), mib, false);
+            let fresh = Victim::new(&bin, dir.path(), mib, 0);
             let t0 = Instant::now();
             let mut off = 0;
             while off < len {
@@ -421,7 +440,7 @@ fn main() {
             }
             // CRIU: dump a victim of its own (restore needs the dumped PID free), then restore
             if criu.is_ok() {
-                let cv = Victim::new(&bin, dir.path(), mib, true);
+                let cv = Victim::new(&bin, dir.path(), mib, touch);
                 let cpid = cv.child.id() as i32;
                 let cdir = imgdir.path().join(format!("criu-{mib}-{rep}"));
                 match criu_dump(cpid, &cdir) {
@@ -443,13 +462,13 @@ fn main() {
         }
         let p: Vec<Duration> = phases.iter().map(|x| median(x.clone())).collect();
         phase_lines.push(format!(
-            "{mib} MiB freeze→file phases: seize {:.2} ms, collect {:.2} ms, plan (pagemap) {:.2} ms, stream {:.2} ms",
+            "{label} freeze→file phases: seize {:.2} ms, collect {:.2} ms, plan (pagemap) {:.2} ms, stream {:.2} ms",
             ms(p[0]), ms(p[1]), ms(p[2]), ms(p[3])
         ));
         let m: Vec<Duration> = t.iter().map(|x| median(x.clone())).collect();
         let opt = |d: Duration, s: String| if d.is_zero() { "—".to_string() } else { s };
         println!(
-            "| {mib} MiB | {:.2} GB/s | {:.2} GB/s | {:.2} GB/s | {:.1} ms | {:.1} ms ({:.1}) | {:.1} ms | {:.1} ms | {} | {} | {:.2} GB/s | {:.1} ms | {} | {:.1} MiB |",
+            "| {label} | {:.2} GB/s | {:.2} GB/s | {:.2} GB/s | {:.1} ms | {:.1} ms ({:.1}) | {:.1} ms | {:.1} ms | {} | {} | {:.2} GB/s | {:.1} ms | {} | {:.1} MiB |",
             gbs(len, m[0]),
             gbs(len, m[1]),
             gbs(len, m[2]),
