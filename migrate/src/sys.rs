@@ -639,6 +639,110 @@ pub(crate) fn stat_id(path: &str) -> io::Result<crate::image::FileId> {
     })
 }
 
+/// PAGEMAP_SCAN (Linux 6.7+) page categories (uapi linux/fs.h).
+pub(crate) const PAGE_IS_FILE: u64 = 1 << 2;
+pub(crate) const PAGE_IS_PRESENT: u64 = 1 << 3;
+pub(crate) const PAGE_IS_SWAPPED: u64 = 1 << 4;
+pub(crate) const PAGE_IS_PFNZERO: u64 = 1 << 5;
+/// _IOWR('f', 16, struct pm_scan_arg) (96 bytes).
+const PAGEMAP_SCAN: libc::c_ulong = 0xC060_6610;
+
+#[repr(C)]
+#[derive(Default)]
+struct PmScanArg {
+    size: u64,
+    flags: u64,
+    start: u64,
+    end: u64,
+    walk_end: u64,
+    vec: u64,
+    vec_len: u64,
+    max_pages: u64,
+    category_inverted: u64,
+    category_mask: u64,
+    category_anyof_mask: u64,
+    return_mask: u64,
+}
+
+/// One PAGEMAP_SCAN answer: pages [start, end) that all have `categories`.
+#[repr(C)]
+#[derive(Default, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PageRegion {
+    pub start: u64,
+    pub end: u64,
+    pub categories: u64,
+}
+
+/// The pages of [start, end) that are present or swapped, as ranges with their categories
+/// (PRESENT, SWAPPED, FILE, PFNZERO), through the PAGEMAP_SCAN ioctl on an open
+/// /proc/PID/pagemap: one call returns whole ranges instead of 8 bytes per page. `buf` is
+/// reused between calls. Errors of a kernel without the ioctl (ENOTTY, EINVAL) are returned
+/// as they are, an answer outside the range asked for as `InvalidData`: the caller then falls
+/// back to reading pagemap.
+pub(crate) fn pagemap_scan(
+    pagemap: &std::fs::File,
+    start: u64,
+    end: u64,
+    buf: &mut Vec<PageRegion>,
+    out: &mut Vec<PageRegion>,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if buf.is_empty() {
+        buf.resize(4096, PageRegion::default());
+    }
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: buf.as_mut_ptr() as u64,
+            vec_len: buf.len() as u64,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        // SAFETY: arg is a valid pm_scan_arg; vec points to vec_len writable PageRegions
+        // (same layout as struct page_region); the kernel writes at most vec_len of them.
+        let n = unsafe { libc::ioctl(pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
+        if n < 0 {
+            return Err(errno());
+        }
+        let n = n as usize;
+        if n > buf.len() || arg.walk_end <= at || arg.walk_end > end {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "PAGEMAP_SCAN answered {n} regions, walked to {:#x} from {at:#x} (end {end:#x})",
+                    arg.walk_end
+                ),
+            ));
+        }
+        // when the buffer fills, the scan stops at walk_end, and its last region may reach
+        // past it (or start there): only what lies before walk_end counts, the next call
+        // starts there
+        for r in &buf[..n] {
+            if r.start < at || r.start >= r.end || r.end > end {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "PAGEMAP_SCAN region {:#x}-{:#x} outside {at:#x}-{end:#x}",
+                        r.start, r.end
+                    ),
+                ));
+            }
+            if r.start < arg.walk_end {
+                out.push(PageRegion {
+                    end: r.end.min(arg.walk_end),
+                    ..*r
+                });
+            }
+        }
+        at = arg.walk_end;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -668,6 +772,76 @@ mod tests {
         assert_eq!(back, [7u8; 16]);
         let e = read_mem(me, &mut back, &[(at, 8)]).expect_err("read runs must fill it");
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    /// Pages alternately written and only read (zero page): PAGEMAP_SCAN with a buffer of 3
+    /// regions (it stops and is called again, its last region may reach past where it
+    /// stopped) gives the same regions as with a big buffer, and each page its category.
+    #[test]
+    fn pagemap_scan_resumes_where_a_full_buffer_stopped() {
+        let pg = 4096usize;
+        // SAFETY: a fresh private anonymous mapping of our own, unmapped at the end.
+        let a = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                64 * pg,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(a, libc::MAP_FAILED);
+        let a = a as *mut u8;
+        let mut sum = 0u32;
+        // pages 0,1 written, 2 read, 3,4 written, 5 read, ...; 60..64 untouched
+        // SAFETY: offsets inside the mapping.
+        unsafe {
+            for p in 0..60 {
+                if p % 3 == 2 {
+                    sum += a.add(p * pg).read_volatile() as u32;
+                } else {
+                    a.add(p * pg).write_volatile(1);
+                }
+            }
+        }
+        assert_eq!(sum, 0);
+        let (start, end) = (a as u64, a as u64 + 64 * pg as u64);
+        let pm = std::fs::File::open("/proc/self/pagemap").unwrap();
+        let mut whole = Vec::new();
+        pagemap_scan(&pm, start, end, &mut Vec::new(), &mut whole).unwrap();
+        let mut pieces = Vec::new();
+        let mut small = vec![PageRegion::default(); 3];
+        pagemap_scan(&pm, start, end, &mut small, &mut pieces).unwrap();
+        let expect: Vec<(u64, u64, bool)> = (0..20u64)
+            .flat_map(|k| {
+                let at = start + 3 * k * pg as u64;
+                [
+                    (at, at + 2 * pg as u64, false),
+                    (at + 2 * pg as u64, at + 3 * pg as u64, true),
+                ]
+            })
+            .collect();
+        let got = |v: &[PageRegion]| -> Vec<(u64, u64, bool)> {
+            v.iter()
+                .map(|r| {
+                    assert_ne!(r.categories & PAGE_IS_PRESENT, 0);
+                    (r.start, r.end, r.categories & PAGE_IS_PFNZERO != 0)
+                })
+                .collect()
+        };
+        assert_eq!(got(&whole), expect);
+        // a region cut where a call stopped continues in the next answer: merge neighbours
+        let mut merged: Vec<(u64, u64, bool)> = Vec::new();
+        for r in got(&pieces) {
+            match merged.last_mut() {
+                Some(l) if l.1 == r.0 && l.2 == r.2 => l.1 = r.1,
+                _ => merged.push(r),
+            }
+        }
+        assert_eq!(merged, expect);
+        // SAFETY: the mapping made above, no longer used.
+        unsafe { libc::munmap(a.cast(), 64 * pg) };
     }
 
     #[test]
