@@ -367,10 +367,10 @@ fn a_refused_tree_leaves_every_process_running_untouched() {
         .tempdir()
         .unwrap();
     let shm = format!("{} shm", prog("tree").display());
-    for (script, why) in [
-        ("exec 3<.; sleep 30 & sleep 30 & wait", "directory"),
-        ("setsid sleep 30 & wait", "session"),
-        (shm.as_str(), "shared anonymous memory"),
+    for (script, why, procs) in [
+        ("exec 3<.; sleep 30 & sleep 30 & wait", "directory", 3),
+        ("setsid sleep 30 & wait", "session", 2),
+        (shm.as_str(), "shared anonymous memory", 2),
     ] {
         let mut c = Command::new("sh");
         c.arg("-c").arg(script).current_dir(dir.path());
@@ -385,23 +385,31 @@ fn a_refused_tree_leaves_every_process_running_untouched() {
             assert!(Instant::now() < end, "children never started");
             std::thread::sleep(Duration::from_millis(2));
         }
+        // every process of the tree exists (the `shm` program forks its child after its loader ran)
+        while 1 + descendants(p.pid).len() < procs {
+            assert!(Instant::now() < end, "children never started");
+            std::thread::sleep(Duration::from_millis(2));
+        }
         let all: Vec<i32> = std::iter::once(p.pid).chain(descendants(p.pid)).collect();
         let _g = KillAll(all.clone());
-        // settled: two views 100 ms apart agree (shells block signals around forks)
-        let mut views: Vec<View> = all.iter().map(|&k| View::of(k)).collect();
-        loop {
+        // settled: two views 100 ms apart agree (shells block signals around forks; a process
+        // still in its loader opens and closes fds, so a view that cannot be read is not settled)
+        let views_now = || {
+            std::panic::catch_unwind(|| all.iter().map(|&k| View::of(k)).collect::<Vec<View>>())
+                .ok()
+        };
+        let mut views: Option<Vec<View>> = views_now();
+        let views = loop {
             std::thread::sleep(Duration::from_millis(100));
-            let again: Vec<View> = all.iter().map(|&k| View::of(k)).collect();
-            let same = again
-                .iter()
-                .zip(&views)
-                .all(|(a, b)| a.diff_from(b).is_empty());
-            views = again;
-            if same {
-                break;
+            let again = views_now();
+            if let (Some(a), Some(b)) = (&again, &views) {
+                if a.iter().zip(b).all(|(a, b)| a.diff_from(b).is_empty()) {
+                    break again.unwrap();
+                }
             }
+            views = again;
             assert!(Instant::now() < end, "the processes never settled");
-        }
+        };
         let e = freeze_tree(p.pid, false).expect_err("refused");
         assert!(
             matches!(e, migrate::Error::Unsupported { .. }) && e.to_string().contains(why),
