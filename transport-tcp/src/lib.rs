@@ -55,6 +55,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runtime::NodeId;
+use runtime::transport::lifecycle;
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
 use tokio::net::{TcpListener, TcpSocket};
@@ -127,6 +128,16 @@ impl Transport {
     /// the running node). Links already up stay up; the layers above check the digest again.
     pub fn set_cluster(&self, cluster: impl Into<String>) {
         *lock(&self.inner.cluster) = cluster.into();
+        // Peers refused for another map are tried afresh with this one.
+        let mut st = lock(&self.inner.state);
+        let now = std::time::Instant::now();
+        let ids: Vec<NodeId> = st.peers.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = st.peers.get_mut(&id) {
+                let a = p.life.rearm(now);
+                Inner::act(&mut st, id, a);
+            }
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -213,21 +224,33 @@ impl rt::Transport for Transport {
                 l.link.ctl.close("peer removed from the peer list");
             }
         }
+        let now = std::time::Instant::now();
         for (id, addrs) in wanted {
             if let Some(p) = st.peers.get_mut(&id) {
-                p.addrs = addrs;
+                if p.addrs != addrs {
+                    // New addresses: a peer that was given up on is tried afresh.
+                    p.addrs = addrs;
+                    let a = p.life.rearm(now);
+                    Inner::act(&mut st, id, a);
+                }
                 continue;
             }
             let cancel = inner.root.child_token();
             let wake = Arc::new(Notify::new());
+            let seed = lifecycle::random_seed();
+            let mut life = lifecycle::Peer::new(inner.config.local, id, inner.life_config(), seed);
+            let first = life.set_wanted(now, true);
             st.peers.insert(
                 id,
                 PeerEntry {
                     addrs,
                     cancel: cancel.clone(),
                     wake: wake.clone(),
+                    life,
+                    dial_now: false,
                 },
             );
+            Inner::act(&mut st, id, first);
             tokio::spawn(dial_loop(inner.clone(), id, cancel, wake));
         }
     }

@@ -51,6 +51,12 @@ use crate::wire::Refusal;
 /// The shell's name for one link (one connection or stream), unique within a transport.
 pub type LinkId = u64;
 
+/// A fresh seed for [`Peer::new`] (shells that want no repeatable jitter; tests pass
+/// their own).
+pub fn random_seed() -> u64 {
+    rand::random()
+}
+
 /// Who opened a link.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Dir {
@@ -68,6 +74,11 @@ pub struct Config {
     pub keepalive: Duration,
     pub idle: Duration,
     pub handshake_timeout: Duration,
+    /// True: the machine watches live links (the shell reports every arrival with
+    /// [`Peer::on_received`] and sends the keepalives it asks for). False: the shell's
+    /// link tasks send keepalives and end silent links themselves, and report the end
+    /// with [`Peer::on_closed`] (transport-tcp's reader and writer do, per message).
+    pub watch_liveness: bool,
 }
 
 impl Config {
@@ -521,6 +532,7 @@ impl Peer {
                 {
                     Some(Ended::HandshakeTimeout)
                 }
+                Phase::Up if !self.cfg.watch_liveness => None,
                 Phase::Up => match l.live.poll(now) {
                     Due::Dead { silent } => Some(Ended::Idle { silent }),
                     Due::Keepalive => {
@@ -546,9 +558,9 @@ impl Peer {
 
     /// When [`Peer::on_tick`] must run next, if anything is pending.
     pub fn next_deadline(&self) -> Option<Instant> {
-        let links = self.links.iter().map(|l| match l.phase {
-            Phase::Handshaking | Phase::Reserved => l.since + self.cfg.handshake_timeout,
-            Phase::Up => l.live.next_due(),
+        let links = self.links.iter().filter_map(|l| match l.phase {
+            Phase::Handshaking | Phase::Reserved => Some(l.since + self.cfg.handshake_timeout),
+            Phase::Up => self.cfg.watch_liveness.then(|| l.live.next_due()),
         });
         let dial = self.dial_at.filter(|_| self.may_dial());
         links.chain(dial).min()
@@ -673,6 +685,7 @@ mod tests {
             keepalive: 500 * MS,
             idle: 2000 * MS,
             handshake_timeout: 1000 * MS,
+            watch_liveness: true,
         }
     }
 
@@ -1200,6 +1213,26 @@ mod tests {
         let r = p.on_tick(t0 + c.idle);
         assert!(!r.iter().any(|a| matches!(a, Action::Down { .. })), "{r:?}");
         assert_eq!(p.live(), Some(2));
+    }
+
+    #[test]
+    fn unwatched_links_are_left_to_the_shell() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(
+            2,
+            1,
+            Config {
+                watch_liveness: false,
+                ..cfg()
+            },
+            1,
+        );
+        p.set_wanted(t0, true);
+        p.on_connected(t0, 1, Dir::Outbound);
+        p.on_hello_ok(t0, 1);
+        assert_eq!(p.next_deadline(), None);
+        assert!(p.on_tick(t0 + 10 * cfg().idle).is_empty());
+        assert_eq!(p.live(), Some(1));
     }
 
     #[test]
