@@ -430,26 +430,51 @@ impl Peer {
             }
         } else {
             // The arbiter accepted this link: every other link goes.
-            self.links.retain(|l| {
-                if l.id == link {
-                    return true;
-                }
-                out.push(Action::Close {
-                    link: l.id,
-                    why: Ended::Replaced,
-                });
-                if l.phase == Phase::Up {
-                    out.push(Action::Down {
-                        why: Ended::Replaced,
-                    });
-                }
-                false
-            });
-            let i = self.index(link).expect("kept");
-            self.up(now, i, &mut out);
+            self.replace_with(now, link, &mut out);
         }
         self.poll(now, &mut out);
         out
+    }
+
+    /// A link settled by the shell's own rule is up (transport-p2p: the lower libp2p
+    /// identity opens the one stream of a connection, a node id is claimed once): it
+    /// replaces every other link, and ends any attempt of ours.
+    pub fn on_settled(&mut self, now: Instant, link: LinkId, dir: Dir) -> Vec<Action> {
+        let mut out = Vec::new();
+        self.dialing = false;
+        if !self.wanted {
+            return out;
+        }
+        if !self.has(link) {
+            out.extend(self.on_connected(now, link, dir));
+        }
+        self.replace_with(now, link, &mut out);
+        self.poll(now, &mut out);
+        out
+    }
+
+    /// `link` is up; every other link goes (`Down` for one that was up).
+    fn replace_with(&mut self, now: Instant, link: LinkId, out: &mut Vec<Action>) {
+        self.links.retain(|l| {
+            if l.id == link {
+                return true;
+            }
+            out.push(Action::Close {
+                link: l.id,
+                why: Ended::Replaced,
+            });
+            if l.phase == Phase::Up {
+                out.push(Action::Down {
+                    why: Ended::Replaced,
+                });
+            }
+            false
+        });
+        if let Some(i) = self.index(link) {
+            if self.links[i].phase != Phase::Up {
+                self.up(now, i, out);
+            }
+        }
     }
 
     /// Arbiter: the peer's first message on a reserved link confirms it; it is up.
@@ -1233,6 +1258,37 @@ mod tests {
         assert_eq!(p.next_deadline(), None);
         assert!(p.on_tick(t0 + 10 * cfg().idle).is_empty());
         assert_eq!(p.live(), Some(1));
+    }
+
+    #[test]
+    fn a_link_settled_by_the_shell_replaces_the_others_and_ends_the_attempt() {
+        let t0 = Instant::now();
+        let mut p = Peer::new(2, 1, cfg(), 4);
+        assert_eq!(p.set_wanted(t0, true), vec![Action::Dial]);
+        assert_eq!(
+            p.on_settled(t0, 7, Dir::Inbound),
+            vec![Action::Up { link: 7 }]
+        );
+        assert_eq!(p.stage(), Stage::Up);
+        let r = p.on_settled(t0, 8, Dir::Inbound);
+        assert_eq!(
+            r,
+            vec![
+                Action::Close {
+                    link: 7,
+                    why: Ended::Replaced
+                },
+                Action::Down {
+                    why: Ended::Replaced
+                },
+                Action::Up { link: 8 },
+            ]
+        );
+        // The attempt is over: once the link ends, a dial comes after about the first step.
+        let r = p.on_closed(t0, 8, Ended::Closed("eof".into()));
+        assert!(matches!(&r[..], [Action::Down { .. }]), "{r:?}");
+        let at = p.next_deadline().expect("re-dial scheduled");
+        assert_eq!(p.on_tick(at), vec![Action::Dial]);
     }
 
     #[test]
