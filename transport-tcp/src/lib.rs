@@ -1,7 +1,9 @@
 //! `runtime::transport::Transport` over TCP (tokio).
 //!
-//! Owns: the listening socket, dialling and re-dialling peers with back-off, one link per
-//! pair of nodes (simultaneous dials resolved by the lower node id), the Noise handshake
+//! Owns: the listening socket, dialling and re-dialling peers, one link per pair of nodes
+//! (when to dial, the back-off, how a refusal paces re-dialling and which of two
+//! simultaneous links survives are decided by `runtime::transport::lifecycle`, whose
+//! thin shell is each peer's dial task), the Noise handshake
 //! (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, the cluster key as PSK: both ends prove the
 //! key without sending it, and everything after is encrypted), the `wire::Hello`
 //! exchange, framing (2-byte length-delimited Noise messages carrying the [`codec`]
