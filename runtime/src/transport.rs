@@ -24,11 +24,14 @@
 //!
 //! Shared link machinery (used by every transport, written once): [`lanes`] (the two-lane
 //! queue), [`pieces`] (frames as lane-tagged pieces of a byte stream), [`link`] (control
-//! block, slot claim, size check), [`pacing`] (back-off, repeated
+//! block, slot claim, size check), [`lifecycle`] (the links to one peer as a sans-IO
+//! state machine: dialling, back-off, arbitration of simultaneous dials, refusals,
+//! keepalive and idle time-out, `Up`/`Down`), [`pacing`] (back-off, repeated
 //! warnings), [`pool`] (receive buffers), [`table`] (the link table: one link per peer, the
 //! claim of its slot, the sender's lookup).
 
 pub mod lanes;
+pub mod lifecycle;
 pub mod link;
 pub mod liveness;
 pub mod pacing;

@@ -29,10 +29,11 @@ pub(crate) enum HsError {
     Closed,
     #[error("handshake timed out")]
     Timeout,
+    /// This node refused the peer's `Hello` (told the peer why).
     #[error("{0}")]
-    Refused(String),
+    Refused(runtime::wire::Refusal),
     #[error("peer refused the link: {0}")]
-    RefusedByPeer(String),
+    RefusedByPeer(runtime::wire::Refusal),
     #[error("{0}")]
     Protocol(String),
 }

@@ -72,7 +72,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     }
     info!("link to node {node} up (peer {peer_id})");
     inner.emit(Event::Up { peer: node }).await;
-    let _ = inner.cmd.send(Cmd::LinkUp(node));
+    let _ = inner.cmd.send(Cmd::LinkUp { node, link: id });
 
     let writer = tokio::spawn(write_loop(inner.clone(), write, queue.clone(), ctl.clone()));
     let reason = tokio::select! {
@@ -95,6 +95,8 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let _ = inner.cmd.send(Cmd::LinkEnded {
         node: Some(node),
         peer_id,
+        link: Some(id),
+        refused: None,
     });
     ctl.done.cancel();
 }

@@ -67,15 +67,25 @@ pub(crate) fn link_failed(inner: &Inner, peer_id: PeerId, node: Option<NodeId>, 
             );
         }
     }
+    let refused = match &e {
+        HsError::Refused(r) | HsError::RefusedByPeer(r) => Some(r.clone()),
+        _ => None,
+    };
+    let ended = Cmd::LinkEnded {
+        node,
+        peer_id,
+        link: None,
+        refused,
+    };
     if matches!(e, HsError::Refused(_)) {
         // Give the refused peer time to read why before its connection goes.
         let cmd = inner.cmd.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let _ = cmd.send(Cmd::LinkEnded { node, peer_id });
+            let _ = cmd.send(ended);
         });
     } else {
-        let _ = inner.cmd.send(Cmd::LinkEnded { node, peer_id });
+        let _ = inner.cmd.send(ended);
     }
 }
 
@@ -152,10 +162,12 @@ async fn handshake(
             format!("refuse {peer_id} {reason}"),
             &format!("refused {who}: {reason}"),
         );
-        let text = reason.to_string();
-        let _ = send_msg(w, &HelloReply::Refused { reason }.encode()).await;
+        let reply = HelloReply::Refused {
+            reason: reason.clone(),
+        };
+        let _ = send_msg(w, &reply.encode()).await;
         let _ = w.close().await;
-        HsError::Refused(text)
+        HsError::Refused(reason)
     };
     let hello = match Hello::decode(&theirs) {
         Ok(h) => h,
@@ -208,7 +220,7 @@ async fn handshake(
                     format!("refused-by {peer_id} {reason}"),
                     &format!("{who} refused the link: {reason}"),
                 );
-                Err(HsError::RefusedByPeer(reason.to_string()))
+                Err(HsError::RefusedByPeer(reason))
             }
             Err(e) => Err(HsError::Protocol(format!(
                 "malformed hello reply from {who}: {e}"

@@ -190,13 +190,6 @@ impl Inner {
         st.links.remove(node, id);
     }
 
-    pub(crate) fn link_up(&self, node: NodeId) -> bool {
-        lock(&self.state)
-            .links
-            .get(node)
-            .is_some_and(|l| l.phase == Phase::Up)
-    }
-
     pub(crate) fn has_link_with(&self, peer_id: &PeerId) -> bool {
         lock(&self.state)
             .links

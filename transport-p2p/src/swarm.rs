@@ -16,7 +16,9 @@ use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, identity, mdns, noise, tcp, yamux};
 use runtime::NodeId;
-use runtime::transport::pacing::{Backoff, jittered};
+use runtime::transport::lifecycle::{self, Action, Dir, Ended, Failure};
+use runtime::transport::pacing::Backoff;
+use runtime::wire::Refusal;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -32,12 +34,19 @@ const DIAL_TICK: Duration = Duration::from_millis(200);
 /// Requests to the swarm task.
 pub(crate) enum Cmd {
     SetPeers(Vec<(NodeId, Vec<SocketAddr>)>),
-    LinkUp(NodeId),
-    /// A link (or a link attempt) with this peer ended: close its connections unless
-    /// another link to it is live, and re-dial soon.
+    /// Link `link` to `node` is up.
+    LinkUp {
+        node: NodeId,
+        link: u64,
+    },
+    /// A link (`link`: it was up) or a link attempt (`refused`: why, if a refusal ended
+    /// it) with this peer ended: close its connections unless another link to it is live;
+    /// the peer's lifecycle decides when to re-dial.
     LinkEnded {
         node: Option<NodeId>,
         peer_id: PeerId,
+        link: Option<u64>,
+        refused: Option<Refusal>,
     },
 }
 
@@ -45,6 +54,19 @@ pub(crate) enum Cmd {
 pub(crate) struct Behaviour {
     pub(crate) stream: libp2p_stream::Behaviour,
     pub(crate) mdns: Toggle<mdns::tokio::Behaviour>,
+}
+
+/// The lifecycle's timings, from the configuration. The link tasks keep their own
+/// keepalive and idle clocks (`state::LinkCtl`).
+fn life_config(c: &Config) -> lifecycle::Config {
+    lifecycle::Config {
+        backoff_min: c.backoff_min,
+        backoff_max: c.backoff_max,
+        keepalive: c.keepalive,
+        idle: c.idle_timeout,
+        handshake_timeout: c.handshake_timeout,
+        watch_liveness: false,
+    }
 }
 
 pub(crate) fn build_transport(
@@ -93,16 +115,47 @@ struct DialEntry {
     next_at: Instant,
 }
 
+/// A listed peer: its addresses and its link lifecycle (`runtime::transport::lifecycle`),
+/// which says when to dial; this task dials and reports how each attempt ended.
+struct MapEntry {
+    addrs: Vec<Multiaddr>,
+    life: lifecycle::Peer,
+    /// Dials of the current attempt not yet connected or failed.
+    pending: usize,
+    /// One of them connected: the attempt ends with the link (up or failed).
+    connected: bool,
+    /// The lifecycle asked for a dial that has not started yet.
+    due: bool,
+}
+
+impl MapEntry {
+    /// The attempt ended without a link.
+    fn failed(&mut self, why: Failure) {
+        self.pending = 0;
+        self.connected = false;
+        let a = self.life.on_dial_failed(Instant::now(), why);
+        self.note(a);
+    }
+
+    /// Remember a dial the lifecycle asks for (the next tick starts it).
+    fn note(&mut self, actions: Vec<Action>) {
+        if actions.contains(&Action::Dial) {
+            self.due = true;
+        }
+    }
+}
+
 struct Dialer {
     /// Listed peers (map mode and hints), by node id.
-    map: HashMap<NodeId, DialEntry>,
+    map: HashMap<NodeId, MapEntry>,
     /// Peers found by mDNS, by libp2p identity.
     found: HashMap<PeerId, DialEntry>,
     /// Dials in flight: the address (map mode) or peer (mDNS).
     pending_addr: HashMap<ConnectionId, (NodeId, Multiaddr)>,
     pending_peer: HashMap<ConnectionId, PeerId>,
-    /// Established connections we dialled, by remote address.
-    dialled: HashMap<ConnectionId, Multiaddr>,
+    /// Established connections we dialled, by remote address (and the listed node the
+    /// dial was for).
+    dialled: HashMap<ConnectionId, (Option<NodeId>, Multiaddr)>,
 }
 
 pub(crate) async fn swarm_task(
@@ -128,7 +181,7 @@ pub(crate) async fn swarm_task(
             Some(cmd) = cmd_rx.recv() => on_cmd(&inner, &mut swarm, &mut d, cmd),
             _ = tick.tick() => {
                 if !inner.root.is_cancelled() {
-                    dial_due(&inner, &mut swarm, &mut d);
+                    dial_due(&mut swarm, &mut d);
                 }
             }
         }
@@ -136,15 +189,21 @@ pub(crate) async fn swarm_task(
     debug!("swarm task of node {} stopped", cfg.local);
 }
 
-fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer) {
+fn dial_due(swarm: &mut Swarm<Behaviour>, d: &mut Dialer) {
     let now = Instant::now();
     for (node, e) in d.map.iter_mut() {
-        if now < e.next_at || inner.link_up(*node) {
+        // Only a dial is this task's to do: links close themselves, and their Up/Down
+        // are emitted by the link tasks.
+        let a = e.life.on_tick(now);
+        e.note(a);
+        if !std::mem::take(&mut e.due) {
             continue;
         }
+        e.pending = 0;
+        e.connected = false;
         for addr in &e.addrs {
             let busy = d.pending_addr.values().any(|(_, a)| a == addr)
-                || d.dialled.values().any(|a| a == addr);
+                || d.dialled.values().any(|(_, a)| a == addr);
             if busy {
                 continue;
             }
@@ -153,11 +212,14 @@ fn dial_due(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer) {
             match swarm.dial(opts) {
                 Ok(()) => {
                     d.pending_addr.insert(id, (*node, addr.clone()));
+                    e.pending += 1;
                 }
                 Err(e) => debug!("cannot dial node {node} at {addr}: {e}"),
             }
         }
-        e.next_at = now + e.backoff.failed();
+        if e.pending == 0 {
+            e.failed(Failure::Unreachable);
+        }
     }
     for (peer, e) in d.found.iter_mut() {
         if now < e.next_at || swarm.is_connected(peer) || d.pending_peer.values().any(|p| p == peer)
@@ -192,36 +254,81 @@ fn on_cmd(inner: &Inner, swarm: &mut Swarm<Behaviour>, d: &mut Dialer, cmd: Cmd)
                     Some(e) => {
                         if e.addrs != addrs {
                             e.addrs = addrs;
-                            e.next_at = now;
-                            e.backoff.reset();
+                            let a = e.life.rearm(now);
+                            e.note(a);
                         }
                     }
                     None => {
+                        let mut life = lifecycle::Peer::new(
+                            cfg.local,
+                            node,
+                            life_config(cfg),
+                            lifecycle::random_seed(),
+                        );
+                        // A link already up (found by the peer's dial) counts.
+                        let up = lock(&inner.state)
+                            .links
+                            .get(node)
+                            .filter(|s| s.phase == runtime::transport::table::Phase::Up)
+                            .map(|s| s.id);
+                        let mut due = life.set_wanted(now, true);
+                        if let Some(link) = up {
+                            due.extend(life.on_settled(now, link, Dir::Inbound));
+                        }
+                        let due = due.contains(&Action::Dial) && life.live().is_none();
                         d.map.insert(
                             node,
-                            DialEntry {
+                            MapEntry {
                                 addrs,
-                                backoff: Backoff::new(cfg.backoff_min, cfg.backoff_max),
-                                next_at: now,
+                                life,
+                                pending: 0,
+                                connected: false,
+                                due,
                             },
                         );
                     }
                 }
             }
             d.map.retain(|n, _| keep.contains(n));
-            dial_due(inner, swarm, d);
+            dial_due(swarm, d);
         }
-        Cmd::LinkUp(node) => {
+        Cmd::LinkUp { node, link } => {
             if let Some(e) = d.map.get_mut(&node) {
-                e.backoff.reset();
+                e.pending = 0;
+                e.connected = false;
+                let a = e.life.on_settled(Instant::now(), link, Dir::Inbound);
+                e.note(a);
             }
         }
-        Cmd::LinkEnded { node, peer_id } => {
+        Cmd::LinkEnded {
+            node,
+            peer_id,
+            link,
+            refused,
+        } => {
             if !inner.has_link_with(&peer_id) && swarm.is_connected(&peer_id) {
                 let _ = swarm.disconnect_peer_id(peer_id);
             }
-            if let Some(e) = node.and_then(|n| d.map.get_mut(&n)) {
-                e.next_at = e.next_at.min(Instant::now() + jittered(cfg.backoff_min));
+            let ours = node.filter(|n| {
+                lock(&inner.state)
+                    .dialled_for
+                    .get(&peer_id)
+                    .is_some_and(|v| v.iter().any(|(w, _)| w == n))
+            });
+            let now = Instant::now();
+            match (link, node.and_then(|n| d.map.get_mut(&n))) {
+                (Some(link), Some(e)) => {
+                    let a = e
+                        .life
+                        .on_closed(now, link, Ended::Closed("link ended".into()));
+                    e.note(a);
+                }
+                // An attempt of ours failed after it connected: a refusal paces the
+                // re-dial as its kind says.
+                (None, Some(e)) if ours.is_some() && e.connected => {
+                    e.failed(refused.map_or(Failure::Unreachable, Failure::Refused));
+                }
+                _ => {}
             }
         }
     }
@@ -256,7 +363,11 @@ fn on_swarm_event(
             ..
         } => {
             d.pending_peer.remove(&connection_id);
-            if let Some((_, addr)) = d.pending_addr.remove(&connection_id) {
+            if let Some((node, addr)) = d.pending_addr.remove(&connection_id) {
+                if let Some(e) = d.map.get_mut(&node) {
+                    e.pending = e.pending.saturating_sub(1);
+                    e.connected = true;
+                }
                 // Every listed node that has this address expects to find itself here.
                 let wanted: Vec<(NodeId, Multiaddr)> = d
                     .map
@@ -265,7 +376,7 @@ fn on_swarm_event(
                     .map(|(n, _)| (*n, addr.clone()))
                     .collect();
                 lock(&inner.state).dialled_for.insert(peer_id, wanted);
-                d.dialled.insert(connection_id, addr);
+                d.dialled.insert(connection_id, (Some(node), addr));
             }
             debug!(%peer_id, addr = %endpoint.get_remote_address(), "connection established");
             if let Some(e) = d.found.get_mut(&peer_id) {
@@ -305,7 +416,14 @@ fn on_swarm_event(
             cause,
             ..
         } => {
-            d.dialled.remove(&connection_id);
+            // A connection we dialled that closes before its link came up ends the attempt.
+            if let Some((Some(node), _)) = d.dialled.remove(&connection_id) {
+                if let Some(e) = d.map.get_mut(&node) {
+                    if e.connected && e.life.stage() == lifecycle::Stage::Dialing {
+                        e.failed(Failure::Unreachable);
+                    }
+                }
+            }
             debug!(%peer_id, ?cause, remaining = num_established, "connection closed");
             if num_established == 0 {
                 lock(&inner.state).dialled_for.remove(&peer_id);
@@ -319,7 +437,16 @@ fn on_swarm_event(
             peer_id,
             error,
         } => {
-            let addr = d.pending_addr.remove(&connection_id).map(|(_, a)| a);
+            let pending = d.pending_addr.remove(&connection_id);
+            if let Some((node, _)) = &pending {
+                if let Some(e) = d.map.get_mut(node) {
+                    e.pending = e.pending.saturating_sub(1);
+                    if e.pending == 0 && !e.connected {
+                        e.failed(Failure::Unreachable);
+                    }
+                }
+            }
+            let addr = pending.map(|(_, a)| a);
             d.pending_peer.remove(&connection_id);
             let target = match (&addr, peer_id) {
                 (Some(a), _) => a.to_string(),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use runtime::NodeId;
-use runtime::transport::pacing::Backoff;
+use runtime::transport::lifecycle::{Failure, Redial};
+use runtime::wire::Refusal;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -63,57 +64,68 @@ pub(crate) async fn accept_loop(inner: Arc<Inner>, listener: TcpListener) {
     }
 }
 
+/// The peer's dial task: the thin shell of its `lifecycle::Peer` (kept in its
+/// `PeerEntry`). It runs the lifecycle's timers, makes the dials it asks for (each over
+/// the peer's addresses in turn) and reports how they ended; links run in tasks of their
+/// own.
 pub(crate) async fn dial_loop(
     inner: Arc<Inner>,
     peer: NodeId,
     cancel: CancellationToken,
     wake: Arc<Notify>,
 ) {
-    let cfg = &inner.config;
-    let mut backoff = Backoff::new(cfg.backoff_min, cfg.backoff_max);
     let mut last_error = String::new();
     loop {
-        // Nothing to do while a link (either direction) exists.
-        loop {
-            let has_link = lock(&inner.state).links.contains(peer);
-            if !has_link {
-                break;
-            }
-            // A link exists (whoever dialled it): start afresh when it ends.
-            backoff.reset();
-            last_error.clear();
+        // What is due: a dial, or nothing until the lifecycle's next deadline.
+        let (addrs, deadline) = {
+            let mut st = lock(&inner.state);
+            let Some(p) = st.peers.get_mut(&peer) else {
+                return;
+            };
+            let a = p.life.on_tick(std::time::Instant::now());
+            Inner::act_from(&mut st, peer, a, false);
+            let Some(p) = st.peers.get_mut(&peer) else {
+                return;
+            };
+            let addrs = std::mem::take(&mut p.dial_now).then(|| p.addrs.clone());
+            (addrs, p.life.next_deadline())
+        };
+        let Some(addrs) = addrs else {
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = wake.notified() => {}
+                _ = sleep => {}
             }
-        }
-        let addrs = match lock(&inner.state).peers.get(&peer) {
-            Some(p) => p.addrs.clone(),
-            None => return,
+            continue;
         };
-        let mut linked = false;
+        // The mildest failure over the addresses decides how re-dialling goes on.
+        let mut failure: Option<Failure> = None;
         for addr in addrs {
             if cancel.is_cancelled() {
                 return;
             }
             // Not raced against `cancel`: see accept_loop.
-            let r = dial(&inner, peer, addr).await;
-            match r {
+            match dial(&inner, peer, addr).await {
                 Ok(link) => {
-                    linked = true;
                     last_error.clear();
-                    run_link(inner.clone(), link).await;
+                    failure = None;
+                    tokio::spawn(run_link(inner.clone(), link));
                     break;
                 }
-                // The peer keeps another link (usually ours from its side, about to show
-                // up here); if that one is stale, retry with growing pauses.
-                Err(HsError::Duplicate) => break,
                 Err(e) => {
                     let msg = e.to_string();
                     if msg != last_error {
                         match e {
                             // Refusals were logged where they were decided.
-                            HsError::Refused(_) | HsError::RefusedByPeer(_) => {}
+                            HsError::Refused(_)
+                            | HsError::RefusedByPeer(_)
+                            | HsError::Duplicate => {}
                             HsError::Auth | HsError::Closed => {
                                 warn!("link to node {peer} at {addr} failed: {msg}")
                             }
@@ -123,21 +135,47 @@ pub(crate) async fn dial_loop(
                     } else {
                         debug!("cannot reach node {peer} at {addr}: {msg}");
                     }
+                    let f = failure_of(peer, &e, inner.config.local);
+                    failure = Some(match failure {
+                        Some(old) if mildness(&old) <= mildness(&f) => old,
+                        _ => f,
+                    });
                 }
             }
         }
-        let pause = if linked {
-            backoff.reset();
-            backoff.pause()
-        } else {
-            backoff.failed()
-        };
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(pause) => {}
-            // A link coming up from the other side (or going down) re-checks at once.
-            _ = wake.notified() => {}
+        let mut st = lock(&inner.state);
+        if let Some(p) = st.peers.get_mut(&peer) {
+            let now = std::time::Instant::now();
+            // After a success the lifecycle already knows (the claim told it); a failure
+            // after the lifecycle moved on (the attempt was settled) changes nothing.
+            let a = p
+                .life
+                .on_dial_failed(now, failure.unwrap_or(Failure::Unreachable));
+            Inner::act_from(&mut st, peer, a, false);
         }
+    }
+}
+
+/// What a failed attempt means to the lifecycle.
+fn failure_of(peer: NodeId, e: &HsError, local: NodeId) -> Failure {
+    match e {
+        HsError::Auth => Failure::Auth,
+        HsError::Timeout => Failure::Timeout,
+        HsError::Refused(r) | HsError::RefusedByPeer(r) => Failure::Refused(r.clone()),
+        HsError::Duplicate => Failure::Refused(Refusal::Duplicate {
+            local: peer,
+            peer: local,
+        }),
+        HsError::Io(_) | HsError::Closed | HsError::Protocol(_) => Failure::Unreachable,
+    }
+}
+
+/// Lower is milder: plain back-off, then the slow pace, then stopping.
+fn mildness(f: &Failure) -> u8 {
+    match Redial::after(f) {
+        Redial::Backoff => 0,
+        Redial::Slow => 1,
+        Redial::Stop => 2,
     }
 }
 

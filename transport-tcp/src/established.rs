@@ -17,7 +17,6 @@ use crate::codec::Unpacker;
 use crate::handshake::{TAG, open, recv_raw};
 use crate::outbox::Outbox;
 use crate::state::{Inner, lock};
-use runtime::transport::table::Phase;
 
 /// A link whose handshake completed and which is registered (Up not yet sent).
 pub(crate) struct Established {
@@ -75,7 +74,7 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
         match confirm {
             Ok(()) => {
                 next_nonce = 3;
-                if !lock(&inner.state).links.set_phase(peer, id, Phase::Up) {
+                if !inner.confirmed(peer, id) {
                     ctl.close("replaced");
                 }
             }
@@ -103,17 +102,14 @@ pub(crate) async fn run_link(inner: Arc<Inner>, link: Established) {
     let reason = ctl.reason().unwrap_or(reason);
     drop(read);
 
-    let current = lock(&inner.state).links.set_phase(peer, id, Phase::Closing);
+    // The lifecycle hears of the end here, with the slot going to `Closing` (one lock).
+    let current = inner.closing(peer, id, &reason);
     if current {
         if was_up {
             info!("link to node {peer} down: {reason}");
             inner.emit(Event::Down { peer, reason }).await;
         }
-        let mut st = lock(&inner.state);
-        st.links.remove(peer, id);
-        if let Some(p) = st.peers.get(&peer) {
-            p.wake.notify_one();
-        }
+        lock(&inner.state).links.remove(peer, id);
     }
     ctl.done.cancel();
 }

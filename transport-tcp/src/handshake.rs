@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use bytes::{BufMut, BytesMut};
 use futures_util::StreamExt;
 use runtime::NodeId;
+use runtime::transport::lifecycle::Dir;
 use runtime::transport::link::LinkCtl;
 use runtime::wire::{Hello, HelloReply, Refusal};
 use snow::StatelessTransportState;
@@ -89,7 +90,7 @@ pub(crate) async fn handshake(
     let limit = inner.config.handshake_timeout;
     let neg = tokio::select! {
         biased;
-        _ = inner.root.cancelled() => Err(HsError::Refused(Refusal::ShuttingDown.to_string())),
+        _ = inner.root.cancelled() => Err(HsError::Refused(Refusal::ShuttingDown)),
         r = tokio::time::timeout(limit, negotiate(inner, stream, remote, initiator, expect)) => {
             r.unwrap_or(Err(HsError::Timeout))
         }
@@ -110,13 +111,14 @@ async fn refuse(
         format!("refused {who} {reason}"),
         &format!("refused {who} at {remote}: {reason}"),
     );
-    let text = reason.to_string();
-    let reply = HelloReply::Refused { reason };
+    let reply = HelloReply::Refused {
+        reason: reason.clone(),
+    };
     if let Ok(m) = seal(noise, 1, &reply.encode()) {
         let _ = send_raw(w, &m).await;
         let _ = w.shutdown().await;
     }
-    HsError::Refused(text)
+    HsError::Refused(reason)
 }
 
 /// A link whose peer is authenticated and agreed; only the arbiter's decision remains.
@@ -124,6 +126,7 @@ struct Negotiated {
     peer: NodeId,
     remote: SocketAddr,
     arbiter: bool,
+    initiator: bool,
     read: FramedRead<OwnedReadHalf, LengthDelimitedCodec>,
     write: OwnedWriteHalf,
     noise: StatelessTransportState,
@@ -215,7 +218,7 @@ async fn negotiate(
                 format!("refused by {peer} {reason}"),
                 &format!("node {peer} at {remote} refused the link: {reason}"),
             );
-            return Err(HsError::RefusedByPeer(reason.to_string()));
+            return Err(HsError::RefusedByPeer(reason));
         }
         Err(e) => {
             return Err(HsError::Protocol(format!(
@@ -227,6 +230,7 @@ async fn negotiate(
         peer,
         remote,
         arbiter,
+        initiator,
         read: r,
         write: w,
         noise,
@@ -240,6 +244,7 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         peer,
         remote,
         arbiter,
+        initiator,
         read,
         write,
         noise,
@@ -277,7 +282,12 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
         b.extend_from_slice(&m);
         b
     };
-    match inner.claim(peer, arbiter, entry).await {
+    let dir = if initiator {
+        Dir::Outbound
+    } else {
+        Dir::Inbound
+    };
+    match inner.claim(peer, arbiter, dir, entry).await {
         Ok(()) => {}
         Err(reason @ Refusal::Duplicate { .. }) if arbiter => {
             debug!("node {peer} at {remote}: {reason}");
@@ -289,14 +299,13 @@ async fn register(inner: &Arc<Inner>, neg: Negotiated) -> Result<Established, Hs
                 format!("refused node {peer} {reason}"),
                 &format!("refused node {peer} at {remote}: {reason}"),
             );
-            let text = reason.to_string();
-            outbox.write_now(&refusal(reason));
-            return Err(HsError::Refused(text));
+            outbox.write_now(&refusal(reason.clone()));
+            return Err(HsError::Refused(reason));
         }
         Err(reason) => {
             // The arbiter accepted already; it will see this link close at once.
             warn!("dropped the link node {peer} at {remote} accepted: {reason}");
-            return Err(HsError::Refused(reason.to_string()));
+            return Err(HsError::Refused(reason));
         }
     }
     Ok(Established {

@@ -1,7 +1,9 @@
 //! `runtime::transport::Transport` over TCP (tokio).
 //!
-//! Owns: the listening socket, dialling and re-dialling peers with back-off, one link per
-//! pair of nodes (simultaneous dials resolved by the lower node id), the Noise handshake
+//! Owns: the listening socket, dialling and re-dialling peers, one link per pair of nodes
+//! (when to dial, the back-off, how a refusal paces re-dialling and which of two
+//! simultaneous links survives are decided by `runtime::transport::lifecycle`, whose
+//! thin shell is each peer's dial task), the Noise handshake
 //! (`Noise_NNpsk0_25519_AESGCM_BLAKE2s`, the cluster key as PSK: both ends prove the
 //! key without sending it, and everything after is encrypted), the `wire::Hello`
 //! exchange, framing (2-byte length-delimited Noise messages carrying the [`codec`]
@@ -55,6 +57,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use runtime::NodeId;
+use runtime::transport::lifecycle;
 use runtime::transport::pacing::{Backoff, Repeats};
 use runtime::transport::{self as rt, BoxFuture, Frame, PeerInfo};
 use tokio::net::{TcpListener, TcpSocket};
@@ -127,6 +130,16 @@ impl Transport {
     /// the running node). Links already up stay up; the layers above check the digest again.
     pub fn set_cluster(&self, cluster: impl Into<String>) {
         *lock(&self.inner.cluster) = cluster.into();
+        // Peers refused for another map are tried afresh with this one.
+        let mut st = lock(&self.inner.state);
+        let now = std::time::Instant::now();
+        let ids: Vec<NodeId> = st.peers.keys().copied().collect();
+        for id in ids {
+            if let Some(p) = st.peers.get_mut(&id) {
+                let a = p.life.rearm(now);
+                Inner::act(&mut st, id, a);
+            }
+        }
     }
 
     /// The address actually bound (useful with port 0).
@@ -213,21 +226,33 @@ impl rt::Transport for Transport {
                 l.link.ctl.close("peer removed from the peer list");
             }
         }
+        let now = std::time::Instant::now();
         for (id, addrs) in wanted {
             if let Some(p) = st.peers.get_mut(&id) {
-                p.addrs = addrs;
+                if p.addrs != addrs {
+                    // New addresses: a peer that was given up on is tried afresh.
+                    p.addrs = addrs;
+                    let a = p.life.rearm(now);
+                    Inner::act(&mut st, id, a);
+                }
                 continue;
             }
             let cancel = inner.root.child_token();
             let wake = Arc::new(Notify::new());
+            let seed = lifecycle::random_seed();
+            let mut life = lifecycle::Peer::new(inner.config.local, id, inner.life_config(), seed);
+            let first = life.set_wanted(now, true);
             st.peers.insert(
                 id,
                 PeerEntry {
                     addrs,
                     cancel: cancel.clone(),
                     wake: wake.clone(),
+                    life,
+                    dial_now: false,
                 },
             );
+            Inner::act(&mut st, id, first);
             tokio::spawn(dial_loop(inner.clone(), id, cancel, wake));
         }
     }

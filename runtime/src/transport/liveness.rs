@@ -82,6 +82,12 @@ impl Liveness {
         }
     }
 
+    /// When [`Liveness::poll`] will next have something to do (a keepalive or death) if
+    /// nothing is sent or received before.
+    pub fn next_due(&self) -> Instant {
+        (self.last_rx + self.idle).min(self.last_tx + self.keepalive)
+    }
+
     /// When the peer will count as dead if nothing arrives before.
     pub fn dead_at(&self) -> Instant {
         self.last_rx + self.idle
