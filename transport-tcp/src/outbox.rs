@@ -44,12 +44,6 @@ const INLINE_MAX: usize = 4 * MAX_CHUNK;
 /// operation and one syscall for hundreds of small frames); a lone request or reply is
 /// written at once.
 const INLINE_GAP_NS: u64 = 5_000;
-/// Bytes a streaming sender may leave in the writer's pending batch (see
-/// [`Outbox::append`]) before its frames go through the lane queue and its windows.
-const DIRECT_MAX: usize = WRITE_BATCH;
-/// Largest frame appended that way: small control frames (tells, asks, answers). Bulk
-/// frames always go through the queue, which puts control frames between their pieces.
-const APPEND_MAX: usize = 4 * 1024;
 
 pub(crate) struct Outbox {
     write: OwnedWriteHalf,
@@ -253,11 +247,6 @@ impl Outbox {
     }
 
     /// Seal and write `frame` now if the link is idle; hands it back otherwise.
-    ///
-    /// A sender streaming frames back to back instead appends its frame straight to the
-    /// writer's pending batch (the packer), when nothing is queued ahead of it and the
-    /// batch is below [`DIRECT_MAX`]: no queue operation per frame, and the writer seals
-    /// and writes the whole batch at once. Otherwise the frame comes back for the queue.
     fn write_inline(&self, frame: Frame) -> Option<Frame> {
         let size = frame.head.len() + frame.payload.len();
         if size > INLINE_MAX {
@@ -265,13 +254,7 @@ impl Outbox {
         }
         let now = self.epoch.elapsed().as_nanos() as u64;
         let gap = now.saturating_sub(self.last_send.swap(now, Ordering::Relaxed));
-        if gap < INLINE_GAP_NS {
-            if frame.lane == Lane::Control && size <= APPEND_MAX {
-                return self.append(frame);
-            }
-            return Some(frame);
-        }
-        if self.queue.is_closed() {
+        if gap < INLINE_GAP_NS || self.queue.is_closed() {
             return Some(frame);
         }
         let Ok(mut guard) = self.state.try_lock() else {
@@ -294,37 +277,6 @@ impl Outbox {
         }
         drop(guard);
         self.kick.notify_one();
-        None
-    }
-
-    /// Append a small `frame` to the pending batch for the writer (see
-    /// [`Outbox::write_inline`]); hands it back when it must be queued instead.
-    fn append(&self, frame: Frame) -> Option<Frame> {
-        let Ok(mut guard) = self.state.try_lock() else {
-            return Some(frame);
-        };
-        let st = &mut *guard;
-        // Order: a frame queued earlier (by this sender too) goes first, and a split frame
-        // being cut must not get a frame of its own lane between its pieces. Bytes: the
-        // batch stays below DIRECT_MAX; beyond, the lane windows of the queue hold back.
-        if st.error.is_some()
-            || st.large.is_some()
-            || st.out.len() + st.packer.pending() >= DIRECT_MAX
-            || !self.queue.is_open_and_empty()
-        {
-            return Some(frame);
-        }
-        let was_empty = st.out.is_empty() && st.packer.pending() == 0;
-        let noise = &self.noise;
-        let (packer, nonce, out) = (&mut st.packer, &mut st.nonce, &mut st.out);
-        if let Err(e) = packer.push(&frame, &mut |c: &[u8]| seal_into(noise, nonce, c, out)) {
-            st.error = Some(e);
-        }
-        drop(guard);
-        if was_empty {
-            // The writer was (or is about to go) idle: it flushes this batch.
-            self.kick.notify_one();
-        }
         None
     }
 

@@ -196,14 +196,6 @@ impl Outq {
         self.lock().lanes.iter().all(|l| l.frames.is_empty())
     }
 
-    /// True when the queue is open and nothing is queued on either lane (one lock): a
-    /// sender may then hand its frame to the writer another way without overtaking a
-    /// queued one.
-    pub fn is_open_and_empty(&self) -> bool {
-        let st = self.lock();
-        !st.closed && st.lanes.iter().all(|l| l.frames.is_empty())
-    }
-
     /// Bytes queued on `lane`.
     pub fn queued(&self, lane: Lane) -> usize {
         self.lock().lanes[lane.index()].bytes
