@@ -15,6 +15,10 @@ use crate::system::{Charge, System};
 /// Messages an actor may queue before senders wait.
 pub const MAILBOX: usize = 1024;
 
+/// Messages an actor takes out of its mailbox per wake-up (one `recv_many`): their
+/// credit goes back to their senders at once, in one release per sender.
+const BATCH: usize = 64;
+
 /// An actor: state plus a handler run for one message at a time.
 pub trait Actor: Send + Sized + 'static {
     type Msg: Send + 'static;
@@ -191,19 +195,46 @@ pub(crate) fn spawn<A: Actor>(
         let mut panics: VecDeque<Instant> = VecDeque::new();
         let mut actor = factory();
         let mut fresh = true;
+        // Messages taken out of the mailbox and not yet handled, the next one last.
+        let mut batch: Vec<A::Msg> = Vec::with_capacity(BATCH);
+        let mut taken: Vec<(A::Msg, Option<Charge>)> = Vec::with_capacity(BATCH);
         loop {
             let survived = if fresh {
                 fresh = false;
                 survives(actor.started(&mut ctx)).await
             } else {
-                let (msg, charge) = tokio::select! {
-                    biased;
-                    m = rx.recv() => match m { Some(m) => m, None => break },
-                    _ = token.cancelled() => break,
-                };
-                // The message left the mailbox: its bytes no longer count against its
-                // sender's credit.
-                drop(charge);
+                if batch.is_empty() {
+                    // A batch per wake-up (messages already queued come at once; the
+                    // mailbox is preferred over the shutdown token, as before).
+                    let n = tokio::select! {
+                        biased;
+                        n = rx.recv_many(&mut taken, BATCH) => n,
+                        _ = token.cancelled() => break,
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    // The messages left the mailbox: their bytes no longer count against
+                    // their senders' credit (one release per run of one sender's tells).
+                    let mut owed: Option<Charge> = None;
+                    for (msg, charge) in taken.drain(..).rev() {
+                        batch.push(msg);
+                        if let Some(c) = charge {
+                            owed = Some(match owed.take() {
+                                None => c,
+                                Some(mut o) => match o.absorb(c) {
+                                    Ok(()) => o,
+                                    Err(c) => {
+                                        drop(o);
+                                        c
+                                    }
+                                },
+                            });
+                        }
+                    }
+                    drop(owed);
+                }
+                let msg = batch.pop().expect("a batch of at least one message");
                 survives(actor.handle(msg, &mut ctx)).await
             };
             if !survived {

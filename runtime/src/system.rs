@@ -192,9 +192,24 @@ impl std::fmt::Debug for Charge {
     }
 }
 
+impl Charge {
+    /// Take over `other`'s credit when it is owed to the same sender by the same actor
+    /// (one release for a batch of messages instead of one per message); hands `other`
+    /// back otherwise.
+    pub(crate) fn absorb(&mut self, mut other: Charge) -> Result<(), Charge> {
+        if other.from != self.from || !Arc::ptr_eq(&other.grants, &self.grants) {
+            return Err(other);
+        }
+        self.cost += std::mem::take(&mut other.cost);
+        Ok(())
+    }
+}
+
 impl Drop for Charge {
     fn drop(&mut self) {
-        Grants::release(&self.grants, self.from, self.cost);
+        if self.cost > 0 {
+            Grants::release(&self.grants, self.from, self.cost);
+        }
     }
 }
 
@@ -886,5 +901,54 @@ struct Forget<'a> {
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
         self.system.0.pending.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn charge(grants: &Arc<Grants>, from: NodeId, cost: u64) -> Charge {
+        Charge {
+            grants: grants.clone(),
+            from,
+            cost,
+        }
+    }
+
+    fn owed(grants: &Grants) -> Vec<(NodeId, u64)> {
+        let mut v: Vec<_> = transport::link::lock(&grants.owed)
+            .iter()
+            .map(|(k, v)| (*k, *v))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// A batch's charges merge per sender and actor; every byte is owed back exactly once,
+    /// to the node that sent it.
+    #[test]
+    fn merged_charges_return_every_byte_once_to_its_sender() {
+        let grants = |actor: &str| {
+            Arc::new(Grants {
+                system: Weak::new(),
+                actor: actor.into(),
+                owed: Mutex::new(Default::default()),
+            })
+        };
+        let (a, b) = (grants("a"), grants("b"));
+        let mut first = charge(&a, 1, 100);
+        first.absorb(charge(&a, 1, 20)).unwrap();
+        first.absorb(charge(&a, 1, 3)).unwrap();
+        // Another sender, or another actor's charge: handed back, not merged.
+        let other_node = first.absorb(charge(&a, 2, 7)).unwrap_err();
+        let other_actor = first.absorb(charge(&b, 1, 9)).unwrap_err();
+        assert_eq!(owed(&a), vec![], "nothing released before the charges drop");
+        drop(first);
+        assert_eq!(owed(&a), vec![(1, 123)]);
+        drop(other_node);
+        drop(other_actor);
+        assert_eq!(owed(&a), vec![(1, 123), (2, 7)]);
+        assert_eq!(owed(&b), vec![(1, 9)]);
     }
 }

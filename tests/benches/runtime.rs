@@ -73,7 +73,7 @@ enum Via {
 }
 
 async fn node(via: Via, id: u32, port: u16, key: [u8; 32]) -> (System, Arc<AtomicU64>) {
-    let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 70 + n as u8));
+    let ip = |n: u32| IpAddr::V4(Ipv4Addr::new(127, 0, 36, 70 + n as u8));
     let sys = System::new(id);
     let listen = SocketAddr::new(ip(id), port);
     let t: Arc<dyn Transport> = match via {
@@ -108,7 +108,7 @@ async fn node(via: Via, id: u32, port: u16, key: [u8; 32]) -> (System, Arc<Atomi
 
 async fn pair(via: Via) -> Pair {
     let port = {
-        let l = std::net::TcpListener::bind("127.0.0.71:0").unwrap();
+        let l = std::net::TcpListener::bind("127.0.36.71:0").unwrap();
         l.local_addr().unwrap().port()
     };
     let key = [7u8; 32];
@@ -128,7 +128,7 @@ async fn pair(via: Via) -> Pair {
 }
 
 async fn raw_pair() -> (TcpStream, TcpStream) {
-    let l = TcpListener::bind("127.0.0.73:0").await.unwrap();
+    let l = TcpListener::bind("127.0.36.73:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let (c, s) = tokio::join!(TcpStream::connect(addr), l.accept());
     let (c, s) = (c.unwrap(), s.unwrap().0);

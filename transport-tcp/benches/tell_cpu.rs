@@ -44,7 +44,7 @@ fn cpu() -> Duration {
 }
 
 async fn node(id: u32, port: u16) -> (System, Arc<AtomicU64>) {
-    let ip = |n: u32| std::net::Ipv4Addr::new(127, 0, 13, 10 + n as u8);
+    let ip = |n: u32| std::net::Ipv4Addr::new(127, 0, 36, 10 + n as u8);
     let sys = System::new(id);
     let listen = SocketAddr::from((ip(id), port));
     let cfg = transport_tcp::Config::new(id, listen, [3u8; 32], "tell-cpu");
@@ -85,7 +85,7 @@ fn main() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let port = std::net::TcpListener::bind("127.0.13.11:0")
+        let port = std::net::TcpListener::bind("127.0.36.11:0")
             .unwrap()
             .local_addr()
             .unwrap()
@@ -99,7 +99,7 @@ fn main() {
         }
 
         // Raw framed TCP: the same bytes per message, no actors, no encryption.
-        let l = TcpListener::bind("127.0.13.13:0").await.unwrap();
+        let l = TcpListener::bind("127.0.36.13:0").await.unwrap();
         let at = l.local_addr().unwrap();
         let (c, s) = tokio::join!(TcpStream::connect(at), l.accept());
         let (c, s) = (c.unwrap(), s.unwrap().0);

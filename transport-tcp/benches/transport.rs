@@ -32,7 +32,7 @@ const ECHO: u8 = 0;
 const SINK: u8 = 1;
 
 fn addr(host: u8) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 240 + host], 0))
+    SocketAddr::from(([127, 0, 36, 240 + host], 0))
 }
 
 /// Counts what a receiver got and wakes the bench when a target is reached.

@@ -130,16 +130,32 @@ async fn read_loop(
     // readable, and tokio's budget alone would let this loop hold its worker for
     // milliseconds, delaying the tasks that answer control frames.
     let mut since_yield = 0usize;
+    // One idle timer for the link's life, moved only when it fires (to `idle` after the
+    // last message): no timer registered and removed per message read.
+    let mut last = tokio::time::Instant::now();
+    let quiet = tokio::time::sleep(idle);
+    tokio::pin!(quiet);
     loop {
         if since_yield >= YIELD_BYTES {
             since_yield = 0;
             tokio::task::yield_now().await;
         }
-        let msg = match tokio::time::timeout(idle, read.next()).await {
-            Err(_) => return format!("nothing received for {idle:?} (peer dead or unreachable)"),
-            Ok(None) => return "connection closed by peer".into(),
-            Ok(Some(Err(e))) => return format!("read error: {e}"),
-            Ok(Some(Ok(m))) => m,
+        let next = tokio::select! {
+            biased;
+            m = read.next() => m,
+            _ = &mut quiet => {
+                if last.elapsed() >= idle {
+                    return format!("nothing received for {idle:?} (peer dead or unreachable)");
+                }
+                quiet.as_mut().reset(last + idle);
+                continue;
+            }
+        };
+        last = tokio::time::Instant::now();
+        let msg = match next {
+            None => return "connection closed by peer".into(),
+            Some(Err(e)) => return format!("read error: {e}"),
+            Some(Ok(m)) => m,
         };
         if msg.len() < TAG {
             return "malformed message (shorter than its tag)".into();
