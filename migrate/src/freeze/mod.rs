@@ -26,6 +26,7 @@ mod seized;
 mod state;
 mod stream;
 mod threads;
+mod timers;
 
 pub use at_exec::{ExecWatch, watch_exec};
 pub use fds::{home_backed, lives_inside};
@@ -167,6 +168,7 @@ fn seize_with(
     }
     // --- checks before touching anything
     check_status(pid, false, multi, guest)?;
+    timers::check(pid, moving)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
     let fds = collect_fds(pid, false)?;
     if moving {
@@ -677,6 +679,11 @@ fn collect(
         Ok(_) => threads::collect_threads(g, pid, &status, gadget, scratch),
         Err(_) => Ok(Vec::new()),
     };
+    let tids: Vec<pid_t> = g.threads.iter().map(|h| h.tid).collect();
+    let posix_timers = match (&res, &threads) {
+        (Ok(_), Ok(_)) => timers::collect(&mut t, pid, scratch + 2720, &tids, moving),
+        _ => Ok(Vec::new()),
+    };
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
         .map_err(inj)
@@ -690,6 +697,7 @@ fn collect(
     let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
         res?;
     let threads = threads?;
+    let posix_timers = posix_timers?;
     unmap?;
     if pdeathsig != 0 {
         // thaw's tracer thread is the new parent, and its end would deliver the signal
@@ -768,6 +776,7 @@ fn collect(
         oom_score_adj,
         threads,
         terminal,
+        posix_timers,
     };
 
     Ok(img)

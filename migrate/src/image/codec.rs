@@ -111,6 +111,8 @@ pub(crate) const REC_CORE: u32 = 1;
 pub(crate) const REC_ATTRS: u32 = 2;
 pub(crate) const REC_THREADS: u32 = 3;
 pub(crate) const REC_TERMINAL: u32 = 4;
+/// POSIX timers (required: a reader that cannot make them again must not thaw).
+pub(crate) const REC_POSIX_TIMERS: u32 = 5;
 pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
 
 /// State of one thread's CPU and its kernel-side registrations, written the same way for the
@@ -243,6 +245,9 @@ impl ProcessImage {
                 e.u32(t.fd as u32);
             });
         }
+        if !self.posix_timers.is_empty() {
+            e.record(REC_POSIX_TIMERS, |e| enc_posix_timers(e, &self.posix_timers));
+        }
         e.0
     }
 
@@ -250,6 +255,11 @@ impl ProcessImage {
     /// images of real processes and prove they still thaw). Refuses state version 1 cannot
     /// hold (a terminal's settings, terminals above fd 2).
     pub(crate) fn encode_v1(&self) -> Result<Vec<u8>, ImageError> {
+        if !self.posix_timers.is_empty() {
+            return Err(ImageError::Corrupt(
+                "POSIX timers cannot be written in image format version 1".into(),
+            ));
+        }
         if self.terminal.is_some()
             || self
                 .fds
@@ -443,6 +453,7 @@ impl ProcessImage {
                     }
                     p.terminal = Some(TerminalImage { termios, ctty, fd });
                 }
+                REC_POSIX_TIMERS => p.posix_timers = dec_posix_timers(&mut r)?,
                 t if t & REC_OPTIONAL != 0 => continue, // optional and unknown: skipped
                 t => return Err(ImageError::UnknownRecord { tag: t }),
             }
@@ -637,6 +648,63 @@ impl ProcessImage {
         }
         Ok(())
     }
+}
+
+// --- POSIX timers (issue 8 part 3)
+
+fn enc_posix_timers(e: &mut Enc, ts: &[PosixTimer]) {
+    e.u64(ts.len() as u64);
+    for t in ts {
+        e.u32(t.id as u32);
+        e.u32(t.clock as u32);
+        e.u32(t.signo as u32);
+        e.u64(t.value);
+        e.u32(t.notify as u32);
+        e.u32(t.target as u32);
+        for w in [t.interval.0, t.interval.1, t.left.0, t.left.1] {
+            e.u64(w);
+        }
+    }
+}
+
+fn dec_posix_timers(d: &mut Dec<'_>) -> Result<Vec<PosixTimer>, ImageError> {
+    let n = d.len(1 << 20)?;
+    let mut v: Vec<PosixTimer> = Vec::new();
+    for _ in 0..n {
+        let id = d.u32()? as i32;
+        if id < 0 || v.last().is_some_and(|l| l.id >= id) {
+            return Err(corrupt("POSIX timer id"));
+        }
+        let clock = d.u32()? as i32;
+        let signo = d.u32()? as i32;
+        let value = d.u64()?;
+        let notify = d.u32()? as i32;
+        let target = d.u32()? as i32;
+        let mut w = [0u64; 4];
+        for x in w.iter_mut() {
+            *x = d.u64()?;
+        }
+        let known = [libc::SIGEV_SIGNAL, libc::SIGEV_NONE, libc::SIGEV_THREAD];
+        if !known.contains(&(notify & !libc::SIGEV_THREAD_ID))
+            || target <= 0
+            || !(0..=64).contains(&signo)
+            || w[1] >= 1_000_000_000
+            || w[3] >= 1_000_000_000
+        {
+            return Err(corrupt("POSIX timer"));
+        }
+        v.push(PosixTimer {
+            id,
+            clock,
+            signo,
+            value,
+            notify,
+            target,
+            interval: (w[0], w[1]),
+            left: (w[2], w[3]),
+        });
+    }
+    Ok(v)
 }
 
 fn enc_fd(e: &mut Enc, f: &Fd) {
@@ -1086,5 +1154,41 @@ mod tests {
         let mut bad = p.clone();
         bad.terminal = None;
         assert!(ProcessImage::decode(&bad.encode()).is_err());
+    }
+
+    #[test]
+    fn posix_timers_round_trip_and_bad_ones_are_corrupt() {
+        let t = |id: i32| PosixTimer {
+            id,
+            clock: 1,
+            signo: 32,
+            value: 0x5647_9cd1_3050,
+            notify: libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID,
+            target: 100 + id,
+            interval: (0, 500_000_000),
+            left: (3, 250_000_000),
+        };
+        let p = ProcessImage {
+            pid: 99,
+            posix_timers: vec![t(0), t(4)],
+            ..Default::default()
+        };
+        let b = p.encode();
+        assert_eq!(ProcessImage::decode(&b).unwrap().posix_timers, p.posix_timers);
+        // version 1 cannot hold them: refused rather than written without them
+        assert!(p.encode_v1().is_err());
+        // without timers the record is not written at all
+        let none = ProcessImage { pid: 99, ..Default::default() };
+        assert!(b.len() > none.encode().len());
+        for (what, bad) in [
+            ("ids out of order", vec![t(4), t(0)]),
+            ("nanoseconds", vec![PosixTimer { left: (0, 1_000_000_000), ..t(0) }]),
+            ("notify", vec![PosixTimer { notify: 9, ..t(0) }]),
+        ] {
+            let q = ProcessImage { posix_timers: bad, ..p.clone() };
+            assert!(ProcessImage::decode(&q.encode()).is_err(), "{what}");
+        }
+        // the record is required: a reader that does not know tag 5 must refuse it
+        assert_eq!(REC_POSIX_TIMERS & REC_OPTIONAL, 0);
     }
 }

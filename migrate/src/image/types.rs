@@ -204,6 +204,27 @@ pub struct TerminalImage {
     pub fd: i32,
 }
 
+// --- POSIX timers (issue 8 part 3)
+
+/// One POSIX timer (timer_create): thaw makes it again under the same id, on the same clock,
+/// with the same notification, aimed at the same thread (its new TID), armed for the time
+/// that was left and the same interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// sigev_signo and sigev_value.
+    pub signo: i32,
+    pub value: u64,
+    /// sigev_notify (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, with SIGEV_THREAD_ID).
+    pub notify: i32,
+    /// The thread it signals (SIGEV_THREAD_ID: an old TID or the old PID) or the process.
+    pub target: i32,
+    /// (seconds, nanoseconds) of `it_interval` and of the time left (`it_value`).
+    pub interval: (u64, u64),
+    pub left: (u64, u64),
+}
+
 /// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EpollWatch {
@@ -343,6 +364,8 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadImage>,
     /// The terminal of its stdio, with its settings (None: no fd was a terminal).
     pub terminal: Option<TerminalImage>,
+    /// Its POSIX timers (timer_create), in id order.
+    pub posix_timers: Vec<PosixTimer>,
 }
 
 /// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs

@@ -23,6 +23,8 @@ pub(super) fn finish(
     // then credentials last: they drop the privileges needed above
     let mut calls = Vec::new();
     super::threads::pending_calls(b, img, pid, &threads, &mut calls)?;
+    // POSIX timers, now that the threads they signal exist (before credentials: alarm clocks)
+    super::timers::calls(b, img, pid, &threads, &mut calls)?;
     for ps in &img.pending {
         let sig = i32::from_ne_bytes(ps.info[..4].try_into().unwrap()) as u64;
         let p = b.data(&ps.info)?;

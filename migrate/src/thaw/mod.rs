@@ -31,6 +31,7 @@ mod maps;
 mod memory;
 mod spawn;
 mod threads;
+mod timers;
 
 use checks::{check_file, fit_xstate, own_vdso_gadget, special_areas};
 use inject::{Builder, GADGET_AT, call};
