@@ -696,8 +696,8 @@ fn collect(
         });
     let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
         res?;
-    let threads = threads?;
-    let posix_timers = posix_timers?;
+    let mut threads = threads?;
+    let mut posix_timers = posix_timers?;
     unmap?;
     if pdeathsig != 0 {
         // thaw's tracer thread is the new parent, and its end would deliver the signal
@@ -728,6 +728,11 @@ fn collect(
             shared: false,
             info: info.clone(),
         });
+    }
+    // a pending expiry of a carried timer becomes an expiry at once (see timers::absorb)
+    pending.retain(|p| !timers::absorb(&mut posix_timers, &p.info));
+    for t in threads.iter_mut() {
+        t.pending.retain(|i| !timers::absorb(&mut posix_timers, i));
     }
     let img = ProcessImage {
         pid,

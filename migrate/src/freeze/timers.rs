@@ -90,6 +90,11 @@ pub(super) fn parse(pid: pid_t, text: &str) -> Result<Vec<ProcTimer>> {
             clock,
         });
     }
+    // the kernel lists them in its hash order; the image keeps them in id order
+    out.sort_by_key(|t| t.id);
+    if out.windows(2).any(|w| w[0].id == w[1].id) {
+        return Err(bad("an id listed twice"));
+    }
     Ok(out)
 }
 
@@ -154,13 +159,55 @@ pub(super) fn collect(
     Ok(v)
 }
 
+/// The id of the timer whose expiry the siginfo `info` reports (si_code SI_TIMER), if any.
+fn timer_of(info: &[u8]) -> Option<i32> {
+    let int = |o: usize| Some(i32::from_ne_bytes(info.get(o..o + 4)?.try_into().ok()?));
+    // struct siginfo on x86_64: signo, errno, code, padding, then _timer's si_tid (the id)
+    (int(8)? == libc::SI_TIMER).then_some(int(16)?)
+}
+
+/// A timer's expiry whose signal is still pending is not carried as a queued signal (a copy
+/// queued by thaw would not re-arm a periodic timer when taken, as the kernel's own does):
+/// true when `info` is such an expiry of one of `timers`, which is then armed to expire at
+/// once instead, so that the new kernel queues its own signal; the caller drops `info`.
+pub(super) fn absorb(timers: &mut [PosixTimer], info: &[u8]) -> bool {
+    let Some(t) = timer_of(info).and_then(|id| timers.iter_mut().find(|t| t.id == id)) else {
+        return false;
+    };
+    t.left = (0, 1);
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn a_pending_expiry_becomes_an_expiry_at_once() {
+        let info = |code: i32, id: i32| {
+            let mut v = vec![0u8; 128];
+            v[0..4].copy_from_slice(&34i32.to_ne_bytes());
+            v[8..12].copy_from_slice(&code.to_ne_bytes());
+            v[16..20].copy_from_slice(&id.to_ne_bytes());
+            v
+        };
+        let t = |id| PosixTimer {
+            id,
+            left: (0, 0),
+            interval: (0, 15_000_000),
+            ..Default::default()
+        };
+        let mut ts = vec![t(1), t(2)];
+        assert!(absorb(&mut ts, &info(libc::SI_TIMER, 2)));
+        assert!(!absorb(&mut ts, &info(libc::SI_USER, 1)));
+        assert!(!absorb(&mut ts, &info(libc::SI_TIMER, 9)), "a timer it does not carry");
+        assert!(!absorb(&mut ts, &[0u8; 8]), "short");
+        assert_eq!((ts[0].left, ts[1].left), ((0, 0), (0, 1)));
+    }
+
+    #[test]
     fn parses_the_kernels_format_and_refuses_cpu_clocks_and_garbage() {
-        let text = "ID: 0\nsignal: 32/000056479cd13050\nnotify: signal/tid.10095\nClockID: 1\nID: 3\nsignal: 14/0000000000000000\nnotify: signal/pid.7\nClockID: 0\n";
+        let text = "ID: 3\nsignal: 14/0000000000000000\nnotify: signal/pid.7\nClockID: 0\nID: 0\nsignal: 32/000056479cd13050\nnotify: signal/tid.10095\nClockID: 1\n";
         let t = parse(7, text).unwrap();
         assert_eq!(t.len(), 2);
         assert_eq!(

@@ -1,4 +1,5 @@
-//! Final state: pending signals, credentials, timers, rseq, registers; then let it go.
+//! Final state: pending signals, credentials, timers, rseq, registers; then let it go (with a
+//! SIGWINCH when it had a terminal, whose size may have changed).
 
 use super::inject::{Builder, call};
 use super::{TRAMP, terr};
@@ -140,5 +141,12 @@ pub(super) fn finish(
     }
     b.t.listener = None;
     ptrace_req(Req::Detach, pid, 0).map_err(terr("PTRACE_DETACH"))?;
+    if img.terminal.is_some() {
+        // Its terminal is another one now, of another size perhaps: tell it, as a terminal
+        // does when its window is resized, so that a full-screen program (less, vim, top)
+        // asks for the size and redraws (SIGWINCH is ignored by default, so harmless else).
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGWINCH) };
+    }
     Ok(())
 }

@@ -191,6 +191,34 @@ impl View {
             threads.push(l);
         }
         t.insert("threads", threads);
+        // POSIX timers: id, signal and value, notification, clock; the thread a timer signals
+        // named by its place in TID order
+        let mut timers = Vec::new();
+        let mut cur = String::new();
+        for l in rd(pid, "timers").lines() {
+            let l = if let Some(n) = l.strip_prefix("notify: ") {
+                let (how, whom) = n.split_once('/').expect("checker: odd notify line");
+                let (kind, id) = whom.split_once('.').expect("checker: odd notify target");
+                let id: i32 = id.parse().expect("checker: odd notify target");
+                let who = match tids.iter().position(|&x| x == id) {
+                    Some(i) if kind == "tid" => format!("thread #{i}"),
+                    _ if id == pid => "process".to_string(),
+                    _ => format!("{kind} {id} (not one of its threads)"),
+                };
+                format!("notify: {how}/{who}")
+            } else {
+                l.to_string()
+            };
+            if l.starts_with("ID:") && !cur.is_empty() {
+                timers.push(std::mem::take(&mut cur));
+            }
+            cur.push_str(&l);
+            cur.push(' ');
+        }
+        if !cur.is_empty() {
+            timers.push(cur);
+        }
+        t.insert("timers", timers);
         View {
             topics: t,
             stopped: stopped(pid),
