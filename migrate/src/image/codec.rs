@@ -1170,6 +1170,7 @@ mod tests {
         };
         let p = ProcessImage {
             pid: 99,
+            regs: vec![0; 27],
             posix_timers: vec![t(0), t(4)],
             ..Default::default()
         };
@@ -1178,7 +1179,10 @@ mod tests {
         // version 1 cannot hold them: refused rather than written without them
         assert!(p.encode_v1().is_err());
         // without timers the record is not written at all
-        let none = ProcessImage { pid: 99, ..Default::default() };
+        let none = ProcessImage {
+            posix_timers: Vec::new(),
+            ..p.clone()
+        };
         assert!(b.len() > none.encode().len());
         for (what, bad) in [
             ("ids out of order", vec![t(4), t(0)]),
