@@ -127,3 +127,76 @@ fn a_timer_on_a_cpu_clock_is_refused_and_the_process_runs_on() {
     assert!(exited_ok(st), "{st:#x}: {}", read(&out));
     assert!(read(&out).ends_with("DONE ok\n"), "{}", read(&out));
 }
+
+/// Builds tests/progs/go/busy.go with the Go toolchain (Debian's golang-go); `None` (after
+/// saying why) when there is none, which fails under CI=true.
+fn go_program() -> Option<std::path::PathBuf> {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join(format!("busy.{}", std::process::id()));
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/progs/go/busy.go");
+    let r = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .env("GO111MODULE", "off")
+        .env("GOCACHE", dir.join("cache"))
+        .env("HOME", &dir)
+        .output();
+    match r {
+        Ok(o) if o.status.success() => Some(out),
+        r => {
+            let why = match r {
+                Ok(o) => format!("go build failed: {}", String::from_utf8_lossy(&o.stderr)),
+                Err(e) => format!("no Go toolchain (`go`: {e}); apt-get install golang-go"),
+            };
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true: not skipping: {why}"
+            );
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// A Go program: its runtime's threads (each blocked in a futex, epoll_pwait or running),
+/// SIGURG preemption signals pending for a thread (queued again by that thread itself, as
+/// only it may), its netpoller's epoll with a pipe and the self-pipe it wakes itself with;
+/// three freeze/thaw cycles, output identical to an uninterrupted run.
+#[test]
+fn go_program_output_identical() {
+    if !root() {
+        return;
+    }
+    let Some(exe) = go_program() else {
+        return;
+    };
+    let _rm = RemoveOnDrop(exe.clone());
+    let mk = |dir: &Path, tag: &str| {
+        let mut c = Command::new(&exe);
+        c.arg("300");
+        (c, dir.join(format!("{tag}.stdout")))
+    };
+    let (r, m) = compare_when(
+        &mk,
+        &|pid| {
+            std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) > 2
+        },
+        &|img| {
+            let r = migrate::ImageReader::new(img).expect("image");
+            assert!(r.process().threads.len() >= 2, "Go runs on several threads");
+        },
+        Duration::from_millis(300),
+        3,
+    );
+    assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
+    assert_same(&r, &m);
+}
+
+struct RemoveOnDrop(std::path::PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}

@@ -23,7 +23,6 @@ pub(super) fn finish(
     // pending signals (all signals are blocked in the child until the final mask is set),
     // then credentials last: they drop the privileges needed above
     let mut calls = Vec::new();
-    super::threads::pending_calls(b, img, pid, &threads, &mut calls)?;
     // POSIX timers, now that the threads they signal exist (before credentials: alarm clocks)
     super::timers::calls(b, img, pid, &threads, &mut calls)?;
     for ps in &img.pending {

@@ -3,7 +3,7 @@
 //! pthread; its clear_child_tid by CLONE_CHILD_CLEARTID; its old TID by `set_tid` when the
 //! process got its old PID back). A thread made so stops before it runs any user code (it is
 //! auto-attached, PTRACE_O_TRACECLONE); what only the thread itself can set is injected into
-//! it (robust list, sigaltstack, name, no_new_privs, groups and ids, rseq); its registers, FPU
+//! it (robust list, sigaltstack, name, its pending signals, no_new_privs, groups and ids, rseq); its registers, FPU
 //! state and signal mask are set through ptrace just before it is let go.
 
 use super::inject::{Builder, CODE_AT, GADGET_AT, OUT_AT};
@@ -171,6 +171,17 @@ fn set_own_state(b: &mut Builder, t: &ThreadImage, tid: pid_t, img: &ProcessImag
             "prctl(PR_SET_NO_NEW_PRIVS)",
         );
     }
+    // its own pending signals, queued by itself: the kernel lets only the thread itself queue
+    // one that tgkill or kill sent (si_code SI_TKILL or >= 0; Go preempts with tgkill)
+    for info in &t.pending {
+        let sig = i32::from_ne_bytes(info[..4].try_into().unwrap()) as u64;
+        let p = b.data(info)?;
+        c(
+            libc::SYS_rt_tgsigqueueinfo,
+            &[b.t.pid as u64, tid as u64, sig, p],
+            "rt_tgsigqueueinfo of its pending signal",
+        );
+    }
     let cr = &img.creds;
     let mut gs = Vec::new();
     for g in &cr.groups {
@@ -215,29 +226,6 @@ fn set_own_state(b: &mut Builder, t: &ThreadImage, tid: pid_t, img: &ProcessImag
         return Err(Error::Thaw(format!(
             "new thread {tid} got a signal while it was being built"
         )));
-    }
-    Ok(())
-}
-
-/// Queues each thread's own pending signals (injected into the main thread, which may do so
-/// for any thread of its group).
-pub(super) fn pending_calls(
-    b: &mut Builder,
-    img: &ProcessImage,
-    pid: pid_t,
-    made: &[Made],
-    calls: &mut Vec<super::inject::Call>,
-) -> Result<()> {
-    for (t, m) in img.threads.iter().zip(made) {
-        for info in &t.pending {
-            let sig = i32::from_ne_bytes(info[..4].try_into().unwrap()) as u64;
-            let p = b.data(info)?;
-            calls.push(super::inject::call(
-                format!("rt_tgsigqueueinfo for thread {}", m.tid),
-                libc::SYS_rt_tgsigqueueinfo,
-                &[pid as u64, m.tid as u64, sig, p],
-            ));
-        }
     }
     Ok(())
 }
