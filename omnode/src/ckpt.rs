@@ -615,6 +615,14 @@ fn image(a: ImageArgs) -> ExitCode {
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+            migrate::FdKind::Inotify { watches, .. } => format!(
+                "inotify watching {}",
+                watches
+                    .iter()
+                    .map(|w| format!("{} (wd {}, mask {:#x})", w.path, w.wd, w.mask))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         };
         let _ = writeln!(o, "  {:>4}  {d}", f.fd);
     }

@@ -826,6 +826,18 @@ fn enc_fd(e: &mut Enc, f: &Fd) {
             e.u32(*like as u32);
             e.u32(*flags)
         }
+        FdKind::Inotify { flags, watches } => {
+            e.u8(12);
+            e.u32(*flags);
+            e.u64(watches.len() as u64);
+            for w in watches {
+                e.u32(w.wd as u32);
+                e.u32(w.mask);
+                e.str(&w.path);
+                e.u64(w.dev);
+                e.u64(w.ino);
+            }
+        }
     }
 }
 
@@ -914,6 +926,25 @@ fn dec_fd(d: &mut Dec<'_>, v2: bool) -> Result<Fd, ImageError> {
                 like,
                 flags: d.u32()?,
             }
+        }
+        12 if v2 => {
+            let flags = d.u32()?;
+            let n = d.len(1 << 20)?;
+            let mut watches: Vec<InotifyWatch> = Vec::new();
+            for _ in 0..n {
+                let w = InotifyWatch {
+                    wd: d.u32()? as i32,
+                    mask: d.u32()?,
+                    path: d.str()?,
+                    dev: d.u64()?,
+                    ino: d.u64()?,
+                };
+                if w.wd <= 0 || watches.last().is_some_and(|l| l.wd >= w.wd) || !w.path.starts_with('/') {
+                    return Err(corrupt("inotify watch"));
+                }
+                watches.push(w);
+            }
+            FdKind::Inotify { flags, watches }
         }
         _ => return Err(corrupt("fd kind")),
     };

@@ -189,6 +189,24 @@ pub enum FdKind {
         like: i32,
         flags: u32,
     },
+    /// An inotify instance with its watches (issue 8 part 3), added again in watch-descriptor
+    /// order so that each gets its old number.
+    Inotify {
+        flags: u32,
+        watches: Vec<InotifyWatch>,
+    },
+}
+
+/// One watch of an inotify instance: its descriptor, its mask (as inotify_add_watch takes it)
+/// and the file or directory it watches (its path when frozen, and its device and inode: thaw
+/// refuses a path that names another file now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The process's terminal (issue 8 part 6): its settings and whether it was the controlling
@@ -248,7 +266,8 @@ impl FdKind {
             | FdKind::SignalFd { flags, .. }
             | FdKind::Contents { flags, .. }
             | FdKind::SocketPair { flags, .. }
-            | FdKind::Terminal { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            | FdKind::Terminal { flags, .. }
+            | FdKind::Inotify { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
         }
     }
 }
