@@ -200,3 +200,122 @@ impl Drop for RemoveOnDrop {
         let _ = std::fs::remove_file(&self.0);
     }
 }
+
+/// Freezes `pid`, trying again while the only refusal is inotify events not read yet (a
+/// legitimate "try later": the program reads them a moment later).
+fn freeze_when_read(pid: i32) -> Vec<u8> {
+    let end = Instant::now() + T;
+    loop {
+        match freeze(pid, false) {
+            Ok(img) => return img,
+            Err(e) if e.to_string().contains("not read yet") && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(3));
+            }
+            Err(e) => panic!("freeze of {pid}: {e}"),
+        }
+    }
+}
+
+/// An inotify instance watching a directory and a file in it: after two freeze/thaw cycles
+/// the watches have their descriptors and masks (the events the program causes name them),
+/// and the output equals an uninterrupted run's; the image names the watched paths.
+#[test]
+fn inotify_watches_come_back_output_identical() {
+    if !root() {
+        return;
+    }
+    let run = |cycles: usize| -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path().join("watched");
+        std::fs::create_dir(&w).unwrap();
+        let out = dir.path().join("out");
+        let mut p = spawn(Command::new(prog("inotify")).arg(&w).arg("150"), &out, None);
+        for i in 0..cycles {
+            std::thread::sleep(Duration::from_millis(400));
+            assert!(p.alive(), "finished before freeze #{i}");
+            let img = freeze_when_read(p.pid);
+            let r = migrate::ImageReader::new(&img[..]).expect("image");
+            let watches: Vec<(i32, String)> = r
+                .process()
+                .fds
+                .iter()
+                .find_map(|f| match &f.kind {
+                    migrate::FdKind::Inotify { watches, .. } => Some(
+                        watches.iter().map(|w| (w.wd, w.path.clone())).collect(),
+                    ),
+                    _ => None,
+                })
+                .expect("an inotify fd in the image");
+            let log = w.join("log").display().to_string();
+            assert_eq!(watches, [(1, w.display().to_string()), (2, log)]);
+            p.wait(T);
+            p = thaw(&img);
+        }
+        let st = p.wait(T);
+        let o = std::fs::read(&out).unwrap();
+        assert!(exited_ok(st), "{st:#x}: {}", String::from_utf8_lossy(&o));
+        o
+    };
+    let r = run(0);
+    assert!(String::from_utf8_lossy(&r).ends_with("DONE ok\n"));
+    assert_same(&r, &run(2));
+}
+
+/// A watch that was removed leaves a gap in the descriptors, which thaw could not give back:
+/// refused before the process is touched, and it runs on.
+#[test]
+fn inotify_with_a_removed_watch_is_refused_and_runs_on() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    // tail -F of a file that is replaced: its first watch goes, the second one stays
+    let f = dir.path().join("f");
+    std::fs::write(&f, "a\n").unwrap();
+    let p = spawn(
+        Command::new("tail").args(["-F", "-s", "0.05"]).arg(&f),
+        &out,
+        None,
+    );
+    wait_lines(&out, 1, T);
+    let wds = |pid: i32| -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+            .unwrap()
+            .flat_map(|e| {
+                std::fs::read_to_string(e.unwrap().path())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|l| Some(l.strip_prefix("inotify wd:")?.split(' ').next()?.to_string()))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // replace the file until tail watches it under a descriptor above 2 (its directory's is 1)
+    let end = Instant::now() + T;
+    let mut n = 0;
+    let high = |pid: i32| {
+        wds(pid)
+            .iter()
+            .any(|w| u32::from_str_radix(w, 16).is_ok_and(|w| w > 2))
+    };
+    while !high(p.pid) {
+        assert!(Instant::now() < end, "tail never watched again: {:?}", wds(p.pid));
+        let tmp = dir.path().join("f.new");
+        std::fs::write(&tmp, format!("b{n}\n")).unwrap();
+        std::fs::rename(&tmp, &f).unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let e = freeze(p.pid, false).expect_err("a gap in the watch descriptors must be refused");
+    assert!(matches!(e, migrate::Error::Unsupported { .. }), "{e}");
+    assert!(e.to_string().contains("watch descriptors"), "{e}");
+    // it runs on: a line appended now is printed
+    use std::io::Write;
+    writeln!(std::fs::OpenOptions::new().append(true).open(&f).unwrap(), "after").unwrap();
+    let end = Instant::now() + T;
+    while !read(&out).contains("after\n") {
+        assert!(Instant::now() < end && p.alive(), "tail stopped: {}", read(&out));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

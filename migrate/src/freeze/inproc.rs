@@ -780,7 +780,7 @@ fn socket_waiting(pid: pid_t, fd: i32) -> Result<Vec<u8>> {
 
 // --- inotify (issue 8 part 3)
 
-/// An inotify instance from its fdinfo (one `inotify wd:N ino:HEX sdev:HEX mask:HEX
+/// An inotify instance from its fdinfo (one `inotify wd:HEX ino:HEX sdev:HEX mask:HEX
 /// ignored_mask:HEX fhandle-bytes:HEX fhandle-type:HEX f_handle:HEX` line per watch): each
 /// watch's path found again from its file handle (open_by_handle_at, which needs
 /// CAP_DAC_READ_SEARCH). Refused (fails closed): events not read yet (they cannot be queued
@@ -815,8 +815,9 @@ pub(super) fn inotify(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdK
                 .find_map(|w| w.strip_prefix(k)?.strip_prefix(':'))
         };
         let hex = |k: &str| field(k).and_then(|v| u64::from_str_radix(v, 16).ok());
-        let wd: i32 = field("wd")
-            .and_then(|v| v.parse().ok())
+        // every number of the line is hexadecimal, the descriptor too
+        let wd = hex("wd")
+            .and_then(|v| i32::try_from(v).ok())
             .ok_or_else(|| bad(l))?;
         let (Some(ino), Some(sdev), Some(mask), Some(hbytes), Some(htype), Some(handle)) = (
             hex("ino"),
