@@ -20,7 +20,11 @@ pub enum Cmd {
     /// /dev/null-like devices at their offsets and flags; stdio terminals and pipes (attached
     /// to thaw's); the terminal's settings (termios, set again on thaw's terminal), further
     /// fds of that terminal (/dev/tty opened by less, vi, top: opened again on thaw's), and a
-    /// session leader's controlling terminal; signal handlers, mask, pending signals, alternate stack; interval timers;
+    /// session leader's controlling terminal (thaw sends the program SIGWINCH, so that a
+    /// full-screen program redraws at the new terminal's size); signal handlers, mask, pending
+    /// signals, alternate stack; interval timers; POSIX timers (timer_create: the same ids,
+    /// clocks, signals and values, aimed at the same threads, with the time left and the
+    /// interval; vim's timer thread);
     /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
     /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
@@ -32,17 +36,22 @@ pub enum Cmd {
     /// instances (their registrations; an edge-triggered event already reported may be
     /// reported once more), timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
     /// and deleted files (contents, up to 64 MiB each; made again under the same name and
-    /// deleted at once).
+    /// deleted at once); inotify instances (each watch added again under its descriptor, for
+    /// the same file found again by its file handle; thaw refuses a path that names another
+    /// file now).
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
     /// processes, other sockets, terminals other than the one of its stdio, a pipe or FIFO shared with another
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
-    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
+    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, pidfds, an inotify instance with events not
+    /// read yet or a removed watch (its descriptors must be 1 to n) or watching a file that
+    /// has no name, a POSIX timer on a CPU-time clock, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
     /// process, userfaultfd, sealed or device mappings, seccomp filters, a parent-death
     /// signal, a process already traced. Every check fails closed: what cannot be read is
-    /// refused. `omnode migrate` (moving to another node) still refuses threads.
+    /// refused. `omnode migrate` (moving to another node) still refuses threads, POSIX timers
+    /// and inotify.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A non-root user's freeze goes through the daemon (only root can thaw): it freezes the
