@@ -319,3 +319,87 @@ fn inotify_with_a_removed_watch_is_refused_and_runs_on() {
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// A pseudo-terminal pair of `rows` x `cols`: (master, slave), both close-on-exec from the
+/// start (tests run in parallel threads that spawn processes), closed on drop.
+fn pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // SAFETY: plain open of the pty multiplexer; the fd is ours from here on.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let m = unsafe { std::os::fd::OwnedFd::from_raw_fd(m) };
+    let mut name = [0 as libc::c_char; 64];
+    // SAFETY: grantpt/unlockpt on our master; ptsname_r writes at most name.len() bytes.
+    unsafe {
+        assert_eq!(libc::grantpt(m.as_raw_fd()), 0);
+        assert_eq!(libc::unlockpt(m.as_raw_fd()), 0);
+        assert_eq!(libc::ptsname_r(m.as_raw_fd(), name.as_mut_ptr(), name.len()), 0);
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated path.
+    let s = unsafe {
+        libc::open(
+            name.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        )
+    };
+    assert!(s >= 0, "open of the pty: {}", std::io::Error::last_os_error());
+    // SAFETY: as above.
+    let s = unsafe { std::os::fd::OwnedFd::from_raw_fd(s) };
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+    (m, s)
+}
+
+/// A program on a terminal is thawed on another terminal of another size: thaw tells it
+/// (SIGWINCH), and the size it then reads is the new terminal's.
+#[test]
+fn thawed_on_another_terminal_the_program_gets_sigwinch_and_the_new_size() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("report");
+    let (_m1, s1) = pty(24, 80);
+    let s = s1.as_raw_fd();
+    let mut p = spawn_with(
+        Command::new(prog("winch")).arg(&report),
+        &dir.path().join("unused"),
+        None,
+        &[(s, 0), (s, 1), (s, 2)],
+    );
+    let end = Instant::now() + T;
+    while !read(&report).contains("started") {
+        assert!(Instant::now() < end && p.alive(), "never started");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(read(&report), "started 24 80\n");
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    assert!(
+        migrate::ImageReader::new(&img[..]).unwrap().process().terminal.is_some(),
+        "its terminal is in the image"
+    );
+    let (_m2, s2) = pty(40, 100);
+    let t = thaw_with(
+        &img,
+        migrate::ThawOptions {
+            stdin: Some(s2.as_raw_fd()),
+            stdout: Some(s2.as_raw_fd()),
+            stderr: Some(s2.as_raw_fd()),
+            ..Default::default()
+        },
+    )
+    .expect("thaw");
+    let mut q = Proc::new(t.pid);
+    let st = q.wait(T);
+    assert!(exited_ok(st), "{st:#x}: {}", read(&report));
+    assert_eq!(read(&report), "started 24 80\nwinch 40 100\n");
+}
