@@ -85,9 +85,13 @@ fn round_trip_checker_sees_the_posix_timers() {
     std::thread::sleep(Duration::from_millis(100));
     let before = View::of(p.pid);
     assert_eq!(before.get("timers").len(), 4, "{:?}", before.get("timers"));
-    let (mut q, diff) = round_trip(&mut p, false);
+    let (mut q, mut diff) = round_trip(&mut p, false);
     // SAFETY: signal to our own child.
     unsafe { libc::kill(q.pid, libc::SIGCONT) };
+    if std::env::var_os(INHERITED_PIPE_ENV).is_some() {
+        // the leaked pipe is given /dev/null at thaw (see thaw_with)
+        diff.retain(|l| !l.contains(&format!("fd {LEAKED_FD} ->")));
+    }
     assert!(diff.is_empty(), "differences after thaw:\n{}", diff.join("\n"));
     let after = View::of(q.pid);
     assert!(
