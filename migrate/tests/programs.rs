@@ -407,3 +407,84 @@ fn thawed_on_another_terminal_the_program_gets_sigwinch_and_the_new_size() {
     assert!(exited_ok(st), "{st:#x}: {}", read(&report));
     assert_eq!(read(&report), "started 24 80\nwinch 40 100\n");
 }
+
+/// What a root daemon does for an unprivileged caller (`freeze_for`, a thaw with an owner):
+/// programs of the user nobody with POSIX timers and with inotify watches come back as
+/// nobody, their output identical to an uninterrupted run's.
+#[test]
+fn as_an_unprivileged_user_timers_and_inotify_come_back() {
+    if !root() {
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let me = migrate::ThawOwner::of_process(std::process::id() as i32).expect("own /proc");
+    let owner = migrate::ThawOwner {
+        uid: NOBODY,
+        groups: vec![NOBODY],
+        ..me
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let watched = dir.path().join("watched");
+    let run = |args: &[&std::ffi::OsStr], tag: &str, freeze_at: Option<Duration>| -> Vec<u8> {
+        let out = dir.path().join(tag);
+        let mut c = Command::new(prog(&args[0].to_string_lossy()));
+        c.args(&args[1..]).uid(NOBODY).gid(NOBODY);
+        let mut p = spawn(&mut c, &out, None);
+        std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o666)).unwrap();
+        if let Some(at) = freeze_at {
+            std::thread::sleep(at);
+            let mut img = Vec::new();
+            let end = Instant::now() + T;
+            loop {
+                img.clear();
+                match migrate::freeze_for(p.pid, &mut img, false, &owner, || true) {
+                    Ok((_, ended)) => {
+                        assert!(ended, "frozen but not ended");
+                        break;
+                    }
+                    Err(e) if e.to_string().contains("not read yet") && Instant::now() < end => {
+                        std::thread::sleep(Duration::from_millis(3))
+                    }
+                    Err(e) => panic!("freeze_for nobody: {e}"),
+                }
+            }
+            p.wait(T);
+            let t = thaw_with(
+                &img,
+                migrate::ThawOptions {
+                    owner: Some(owner.clone()),
+                    ..Default::default()
+                },
+            )
+            .expect("thaw for nobody");
+            p = Proc::new(t.pid);
+            let st = std::fs::read_to_string(format!("/proc/{}/status", t.pid)).unwrap();
+            assert!(st.contains(&format!("Uid:\t{NOBODY}\t")), "{st}");
+        }
+        let st = p.wait(T);
+        let o = std::fs::read(&out).unwrap();
+        assert!(exited_ok(st), "{tag}: {st:#x}: {}", String::from_utf8_lossy(&o));
+        o
+    };
+    let timers = ["ptimers".as_ref(), "300".as_ref()];
+    assert_same(
+        &run(&timers, "t.ref", None),
+        &run(&timers, "t.mig", Some(Duration::from_millis(600))),
+    );
+    for tag in ["i.ref", "i.mig"] {
+        let _ = std::fs::remove_dir_all(&watched);
+        std::fs::create_dir(&watched).unwrap();
+        std::fs::set_permissions(&watched, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let args = ["inotify".as_ref(), watched.as_os_str(), "150".as_ref()];
+        let at = (tag == "i.mig").then_some(Duration::from_millis(500));
+        let o = run(&args, tag, at);
+        if tag == "i.ref" {
+            std::fs::write(dir.path().join("i.expected"), &o).unwrap();
+        } else {
+            assert_same(&std::fs::read(dir.path().join("i.expected")).unwrap(), &o);
+        }
+    }
+}
