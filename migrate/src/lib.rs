@@ -54,7 +54,8 @@
 //! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations,
 //! timerfds, signalfds, memfds, deleted files and inotify instances (watches re-added under
 //! their descriptors). POSIX timers come back under their ids (PR_TIMER_CREATE_RESTORE_IDS),
-//! aimed at the new TIDs of their threads. A thawed process that had a terminal gets SIGWINCH.
+//! aimed at the new TIDs of their threads. File locks (flock, fcntl, OFD) are taken again on
+//! the same fds before it runs. A thawed process that had a terminal gets SIGWINCH.
 //! They move with a migrated process ([`lives_inside`]; the others stay at home,
 //! [`home_backed`]), except an epoll watching an fd that stays home and a deleted file.
 //!
@@ -63,7 +64,7 @@
 //! VmFlags); THP disable, child subreaper, oom_score_adj, personality, limits, credentials.
 //!
 //! Not carried (yet, and not refused): namespaces, cgroups, capabilities other than what
-//! setresuid implies, file locks, mlockall(MCL_FUTURE), the shadow stack (no CET on
+//! setresuid implies, mlockall(MCL_FUTURE), the shadow stack (no CET on
 //! these nodes), sharing between several mappings of one shared-anonymous object.
 
 pub mod error;

@@ -488,3 +488,109 @@ fn as_an_unprivileged_user_timers_and_inotify_come_back() {
         }
     }
 }
+
+/// Who holds a conflicting fcntl lock on `len` bytes from `start` of `path` (F_GETLK from
+/// this process): its PID, or None.
+fn posix_holder(path: &Path, write: bool, start: i64, len: i64) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    // SAFETY: zeroed plain struct, filled below.
+    let mut l: libc::flock = unsafe { std::mem::zeroed() };
+    l.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    l.l_whence = libc::SEEK_SET as i16;
+    l.l_start = start;
+    l.l_len = len;
+    // SAFETY: F_GETLK reads and writes one struct flock.
+    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) }, 0);
+    (l.l_type != libc::F_UNLCK as i16).then_some(l.l_pid)
+}
+
+/// flock of `path` through a new open file, without waiting: did it get the lock?
+fn flock_free(path: &Path, exclusive: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(path).unwrap();
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    // SAFETY: flock on our own fd (released when it closes).
+    unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) == 0 }
+}
+
+/// File locks of every kind (flock exclusive and shared, fcntl write and read ranges, an OFD
+/// lock) are held again by the thawed process: other processes find them taken by it (and
+/// free where they were free), the round-trip checker sees the same lock lines on the same
+/// fds, and the program ends as an uninterrupted run does.
+#[test]
+fn file_locks_are_held_again_after_thaw() {
+    if !root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out");
+    let mut p = spawn(Command::new(prog("locks")).arg(d).arg("300"), &out, None);
+    wait_lines(&out, 2, T);
+    let check = |pid: i32| {
+        assert!(!flock_free(&d.join("a"), false), "flock LOCK_EX of a not held");
+        assert!(flock_free(&d.join("s"), false), "s is shared-locked: another reader may");
+        assert!(!flock_free(&d.join("s"), true), "flock LOCK_SH of s not held");
+        assert_eq!(posix_holder(&d.join("b"), false, 7, 1), Some(pid));
+        assert_eq!(posix_holder(&d.join("b"), false, 20, 10), None);
+        assert_eq!(posix_holder(&d.join("b"), false, 1000, 1), None, "a read lock");
+        assert_eq!(posix_holder(&d.join("b"), true, 1000, 1), Some(pid));
+        assert_eq!(posix_holder(&d.join("c"), true, 9, 1), Some(-1), "the OFD lock");
+        assert_eq!(posix_holder(&d.join("c"), true, 10, 1), None);
+    };
+    check(p.pid);
+    let before = View::of(p.pid);
+    assert_eq!(
+        before.get("fds").iter().map(|l| l.matches(" lock ").count()).sum::<usize>(),
+        5,
+        "{:?}",
+        before.get("fds")
+    );
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    {
+        let r = migrate::ImageReader::new(&img[..]).unwrap();
+        assert_eq!(r.process().file_locks.len(), 5, "{:?}", r.process().file_locks);
+    }
+    let mut q = thaw(&img);
+    check(q.pid);
+    let mut diff = View::of(q.pid).diff_from(&before);
+    if std::env::var_os(INHERITED_PIPE_ENV).is_some() {
+        diff.retain(|l| !l.contains(&format!("fd {LEAKED_FD} ->")));
+    }
+    assert!(diff.is_empty(), "differences after thaw:\n{}", diff.join("\n"));
+    let st = q.wait(T);
+    assert!(exited_ok(st), "{st:#x}: {}", read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"));
+    // and once it has ended, every lock is free
+    assert!(flock_free(&d.join("a"), true));
+    assert_eq!(posix_holder(&d.join("b"), true, 0, 0), None);
+}
+
+/// A thaw that cannot take a lock back (another process holds it now) fails before the
+/// process runs, naming the lock; the image still thaws once the lock is free.
+#[test]
+fn a_lock_held_elsewhere_fails_the_thaw_and_the_image_thaws_later() {
+    if !root() {
+        return;
+    }
+    use std::os::fd::AsRawFd;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out");
+    let mut p = spawn(Command::new(prog("locks")).arg(d).arg("60"), &out, None);
+    wait_lines(&out, 2, T);
+    let img = freeze(p.pid, false).expect("freeze");
+    p.wait(T);
+    let other = std::fs::File::open(d.join("a")).unwrap();
+    // SAFETY: flock on our own fd.
+    assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    let e = thaw_with(&img, migrate::ThawOptions::default()).expect_err("the lock is taken");
+    assert!(e.to_string().contains("flock"), "{e}");
+    drop(other);
+    let mut q = thaw(&img);
+    let st = q.wait(T);
+    assert!(exited_ok(st), "{st:#x}: {}", read(&out));
+    assert!(read(&out).ends_with("DONE ok\n"));
+}

@@ -38,7 +38,8 @@ pub enum Cmd {
     /// and deleted files (contents, up to 64 MiB each; made again under the same name and
     /// deleted at once); inotify instances (each watch added again under its descriptor, for
     /// the same file found again by its file handle; thaw refuses a path that names another
-    /// file now).
+    /// file now); file locks (flock, fcntl and OFD locks, taken again on the same fds before
+    /// the program runs; a thaw whose lock another process holds now fails, the image stays).
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
@@ -46,12 +47,12 @@ pub enum Cmd {
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
     /// a timerfd with TFD_TIMER_CANCEL_ON_SET, pidfds, an inotify instance with events not
     /// read yet or a removed watch (its descriptors must be 1 to n) or watching a file that
-    /// has no name, a POSIX timer on a CPU-time clock, SysV and POSIX
+    /// has no name, a POSIX timer on a CPU-time clock, leases, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
     /// process, userfaultfd, sealed or device mappings, seccomp filters, a parent-death
     /// signal, a process already traced. Every check fails closed: what cannot be read is
-    /// refused. `omnode migrate` (moving to another node) still refuses threads, POSIX timers
-    /// and inotify.
+    /// refused. `omnode migrate` (moving to another node) still refuses threads, POSIX timers,
+    /// inotify and file locks.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A non-root user's freeze goes through the daemon (only root can thaw): it freezes the

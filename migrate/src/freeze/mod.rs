@@ -21,6 +21,7 @@ mod at_exec;
 mod checks;
 mod fds;
 mod inproc;
+mod locks;
 mod memory;
 mod seized;
 mod state;
@@ -479,6 +480,7 @@ fn collect(
     }
     inproc::check_contents_unique(pid, &fds)?;
     inproc::complete(pid, &mut fds)?;
+    let file_locks = locks::collect(pid, &fds, moving)?;
     let terminal = fds::terminal_state(pid, &fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
@@ -782,6 +784,7 @@ fn collect(
         threads,
         terminal,
         posix_timers,
+        file_locks,
     };
 
     Ok(img)

@@ -113,6 +113,8 @@ pub(crate) const REC_THREADS: u32 = 3;
 pub(crate) const REC_TERMINAL: u32 = 4;
 /// POSIX timers (required: a reader that cannot make them again must not thaw).
 pub(crate) const REC_POSIX_TIMERS: u32 = 5;
+/// File locks (required: a reader that cannot take them again must not thaw).
+pub(crate) const REC_FILE_LOCKS: u32 = 6;
 pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
 
 /// State of one thread's CPU and its kernel-side registrations, written the same way for the
@@ -248,6 +250,9 @@ impl ProcessImage {
         if !self.posix_timers.is_empty() {
             e.record(REC_POSIX_TIMERS, |e| enc_posix_timers(e, &self.posix_timers));
         }
+        if !self.file_locks.is_empty() {
+            e.record(REC_FILE_LOCKS, |e| enc_file_locks(e, &self.file_locks));
+        }
         e.0
     }
 
@@ -255,9 +260,9 @@ impl ProcessImage {
     /// images of real processes and prove they still thaw). Refuses state version 1 cannot
     /// hold (a terminal's settings, terminals above fd 2).
     pub(crate) fn encode_v1(&self) -> Result<Vec<u8>, ImageError> {
-        if !self.posix_timers.is_empty() {
+        if !self.posix_timers.is_empty() || !self.file_locks.is_empty() {
             return Err(ImageError::Corrupt(
-                "POSIX timers cannot be written in image format version 1".into(),
+                "POSIX timers and file locks cannot be written in image format version 1".into(),
             ));
         }
         if self.terminal.is_some()
@@ -454,6 +459,7 @@ impl ProcessImage {
                     p.terminal = Some(TerminalImage { termios, ctty, fd });
                 }
                 REC_POSIX_TIMERS => p.posix_timers = dec_posix_timers(&mut r)?,
+                REC_FILE_LOCKS => p.file_locks = dec_file_locks(&mut r)?,
                 t if t & REC_OPTIONAL != 0 => continue, // optional and unknown: skipped
                 t => return Err(ImageError::UnknownRecord { tag: t }),
             }
@@ -702,6 +708,58 @@ fn dec_posix_timers(d: &mut Dec<'_>) -> Result<Vec<PosixTimer>, ImageError> {
             target,
             interval: (w[0], w[1]),
             left: (w[2], w[3]),
+        });
+    }
+    Ok(v)
+}
+
+// --- file locks (issue 8 part 3)
+
+fn enc_file_locks(e: &mut Enc, ls: &[FileLock]) {
+    e.u64(ls.len() as u64);
+    for l in ls {
+        e.u32(l.fd as u32);
+        e.u8(match l.kind {
+            LockKind::Flock => 0,
+            LockKind::Posix => 1,
+            LockKind::Ofd => 2,
+        });
+        e.u8(l.write as u8);
+        e.u64(l.start);
+        e.u8(l.end.is_some() as u8);
+        e.u64(l.end.unwrap_or(0));
+    }
+}
+
+fn dec_file_locks(d: &mut Dec<'_>) -> Result<Vec<FileLock>, ImageError> {
+    let n = d.len(1 << 20)?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let fd = d.u32()? as i32;
+        let kind = match d.u8()? {
+            0 => LockKind::Flock,
+            1 => LockKind::Posix,
+            2 => LockKind::Ofd,
+            _ => return Err(corrupt("file lock kind")),
+        };
+        let write = d.flag("file lock type")?;
+        let start = d.u64()?;
+        let bounded = d.flag("file lock end")?;
+        let end = d.u64()?;
+        let end = bounded.then_some(end);
+        if fd < 0
+            || start > i64::MAX as u64
+            || end.is_some_and(|e| e < start || e > i64::MAX as u64)
+            || (kind == LockKind::Flock && (start, end) != (0, None))
+        {
+            return Err(corrupt("file lock"));
+        }
+        v.push(FileLock {
+            fd,
+            kind,
+            write,
+            start,
+            end,
         });
     }
     Ok(v)
@@ -1225,5 +1283,36 @@ mod tests {
         }
         // the record is required: a reader that does not know tag 5 must refuse it
         assert_eq!(REC_POSIX_TIMERS & REC_OPTIONAL, 0);
+    }
+
+    #[test]
+    fn file_locks_round_trip_and_bad_ones_are_corrupt() {
+        let l = |fd, kind, end| FileLock {
+            fd,
+            kind,
+            write: fd % 2 == 0,
+            start: if kind == LockKind::Flock { 0 } else { 5 },
+            end,
+        };
+        let p = ProcessImage {
+            pid: 99,
+            regs: vec![0; 27],
+            file_locks: vec![
+                l(3, LockKind::Flock, None),
+                l(4, LockKind::Posix, Some(14)),
+                l(5, LockKind::Ofd, None),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(ProcessImage::decode(&p.encode()).unwrap().file_locks, p.file_locks);
+        assert!(p.encode_v1().is_err());
+        for bad in [l(3, LockKind::Flock, Some(9)), l(4, LockKind::Posix, Some(2))] {
+            let q = ProcessImage {
+                file_locks: vec![bad],
+                ..p.clone()
+            };
+            assert!(ProcessImage::decode(&q.encode()).is_err());
+        }
+        assert_eq!(REC_FILE_LOCKS & REC_OPTIONAL, 0);
     }
 }

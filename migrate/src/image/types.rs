@@ -222,6 +222,33 @@ pub struct TerminalImage {
     pub fd: i32,
 }
 
+// --- file locks (issue 8 part 3)
+
+/// Which call took a file lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// flock(2): on the open file description.
+    Flock,
+    /// fcntl(F_SETLK): the process's, over a byte range.
+    Posix,
+    /// fcntl(F_OFD_SETLK): the open file description's, over a byte range.
+    Ofd,
+}
+
+/// One file lock the process holds, on the file open at `fd` (the open file description
+/// it was taken through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLock {
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock; else a read (shared) one.
+    pub write: bool,
+    /// First byte, and last byte (None: to the end of the file, however long). A flock
+    /// covers the whole file: (0, None).
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
 // --- POSIX timers (issue 8 part 3)
 
 /// One POSIX timer (timer_create): thaw makes it again under the same id, on the same clock,
@@ -385,6 +412,8 @@ pub struct ProcessImage {
     pub terminal: Option<TerminalImage>,
     /// Its POSIX timers (timer_create), in id order.
     pub posix_timers: Vec<PosixTimer>,
+    /// The file locks it holds (flock, fcntl and OFD locks), taken again at thaw.
+    pub file_locks: Vec<FileLock>,
 }
 
 /// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs

@@ -25,6 +25,8 @@ pub(super) fn finish(
     let mut calls = Vec::new();
     // POSIX timers, now that the threads they signal exist (before credentials: alarm clocks)
     super::timers::calls(b, img, pid, &threads, &mut calls)?;
+    // file locks, every fd being there
+    super::locks::calls(b, img, &mut calls)?;
     for ps in &img.pending {
         let sig = i32::from_ne_bytes(ps.info[..4].try_into().unwrap()) as u64;
         let p = b.data(&ps.info)?;

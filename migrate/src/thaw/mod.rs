@@ -26,6 +26,7 @@ mod fds;
 mod finish;
 mod inject;
 mod inproc;
+mod locks;
 mod into_shell;
 mod maps;
 mod memory;

@@ -135,10 +135,25 @@ impl View {
                         .map(|v| v.trim().to_string())
                         .unwrap_or_default()
                 };
+                // each file lock held through it, without its number and holder's PID
+                let locks: String = info
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("lock:"))
+                    .map(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        let keep: Vec<&str> = w
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != 0 && *i != 4)
+                            .map(|(_, x)| *x)
+                            .collect();
+                        format!(" lock {}", keep.join(" "))
+                    })
+                    .collect();
                 (
                     n,
                     format!(
-                        "fd {n} -> {} pos {} flags {}",
+                        "fd {n} -> {} pos {} flags {}{locks}",
                         link(&format!("fd/{n}")),
                         field("pos:"),
                         field("flags:")
