@@ -83,7 +83,10 @@ pub use freeze::{
     StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, home_backed, lives_inside, seize,
     seize_guest, watch_exec,
 };
-pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
+pub use image::{
+    Fd, FdKind, FileLock, InotifyWatch, LockKind, PosixTimer, ProcessImage, ThreadImage, Vma,
+    VmaKind,
+};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
 pub use thaw::{ImageReader, ThawOptions, ThawOwner, Thawed, Thawing, thaw};

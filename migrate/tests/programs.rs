@@ -92,7 +92,11 @@ fn round_trip_checker_sees_the_posix_timers() {
         // the leaked pipe is given /dev/null at thaw (see thaw_with)
         diff.retain(|l| !l.contains(&format!("fd {LEAKED_FD} ->")));
     }
-    assert!(diff.is_empty(), "differences after thaw:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "differences after thaw:\n{}",
+        diff.join("\n")
+    );
     let after = View::of(q.pid);
     assert!(
         after.get("timers").iter().any(|l| l.contains("thread #")),
@@ -184,9 +188,7 @@ fn go_program_output_identical() {
     };
     let (r, m) = compare_when(
         &mk,
-        &|pid| {
-            std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) > 2
-        },
+        &|pid| std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count()) > 2,
         &|img| {
             let r = migrate::ImageReader::new(img).expect("image");
             assert!(r.process().threads.len() >= 2, "Go runs on several threads");
@@ -244,9 +246,9 @@ fn inotify_watches_come_back_output_identical() {
                 .fds
                 .iter()
                 .find_map(|f| match &f.kind {
-                    migrate::FdKind::Inotify { watches, .. } => Some(
-                        watches.iter().map(|w| (w.wd, w.path.clone())).collect(),
-                    ),
+                    migrate::FdKind::Inotify { watches, .. } => {
+                        Some(watches.iter().map(|w| (w.wd, w.path.clone())).collect())
+                    }
                     _ => None,
                 })
                 .expect("an inotify fd in the image");
@@ -290,7 +292,14 @@ fn inotify_with_a_removed_watch_is_refused_and_runs_on() {
                 std::fs::read_to_string(e.unwrap().path())
                     .unwrap_or_default()
                     .lines()
-                    .filter_map(|l| Some(l.strip_prefix("inotify wd:")?.split(' ').next()?.to_string()))
+                    .filter_map(|l| {
+                        Some(
+                            l.strip_prefix("inotify wd:")?
+                                .split(' ')
+                                .next()?
+                                .to_string(),
+                        )
+                    })
                     .collect::<Vec<_>>()
             })
             .collect()
@@ -304,7 +313,11 @@ fn inotify_with_a_removed_watch_is_refused_and_runs_on() {
             .any(|w| u32::from_str_radix(w, 16).is_ok_and(|w| w > 2))
     };
     while !high(p.pid) {
-        assert!(Instant::now() < end, "tail never watched again: {:?}", wds(p.pid));
+        assert!(
+            Instant::now() < end,
+            "tail never watched again: {:?}",
+            wds(p.pid)
+        );
         let tmp = dir.path().join("f.new");
         std::fs::write(&tmp, format!("b{n}\n")).unwrap();
         std::fs::rename(&tmp, &f).unwrap();
@@ -316,10 +329,18 @@ fn inotify_with_a_removed_watch_is_refused_and_runs_on() {
     assert!(e.to_string().contains("watch descriptors"), "{e}");
     // it runs on: a line appended now is printed
     use std::io::Write;
-    writeln!(std::fs::OpenOptions::new().append(true).open(&f).unwrap(), "after").unwrap();
+    writeln!(
+        std::fs::OpenOptions::new().append(true).open(&f).unwrap(),
+        "after"
+    )
+    .unwrap();
     let end = Instant::now() + T;
     while !read(&out).contains("after\n") {
-        assert!(Instant::now() < end && p.alive(), "tail stopped: {}", read(&out));
+        assert!(
+            Instant::now() < end && p.alive(),
+            "tail stopped: {}",
+            read(&out)
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -338,7 +359,10 @@ fn pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
     unsafe {
         assert_eq!(libc::grantpt(m.as_raw_fd()), 0);
         assert_eq!(libc::unlockpt(m.as_raw_fd()), 0);
-        assert_eq!(libc::ptsname_r(m.as_raw_fd(), name.as_mut_ptr(), name.len()), 0);
+        assert_eq!(
+            libc::ptsname_r(m.as_raw_fd(), name.as_mut_ptr(), name.len()),
+            0
+        );
     }
     // SAFETY: ptsname_r wrote a NUL-terminated path.
     let s = unsafe {
@@ -347,7 +371,11 @@ fn pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
             libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
         )
     };
-    assert!(s >= 0, "open of the pty: {}", std::io::Error::last_os_error());
+    assert!(
+        s >= 0,
+        "open of the pty: {}",
+        std::io::Error::last_os_error()
+    );
     // SAFETY: as above.
     let s = unsafe { std::os::fd::OwnedFd::from_raw_fd(s) };
     let ws = libc::winsize {
@@ -357,7 +385,10 @@ fn pty(rows: u16, cols: u16) -> (std::os::fd::OwnedFd, std::os::fd::OwnedFd) {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads one winsize.
-    assert_eq!(unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) }, 0);
+    assert_eq!(
+        unsafe { libc::ioctl(m.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
     (m, s)
 }
 
@@ -388,7 +419,11 @@ fn thawed_on_another_terminal_the_program_gets_sigwinch_and_the_new_size() {
     let img = freeze(p.pid, false).expect("freeze");
     p.wait(T);
     assert!(
-        migrate::ImageReader::new(&img[..]).unwrap().process().terminal.is_some(),
+        migrate::ImageReader::new(&img[..])
+            .unwrap()
+            .process()
+            .terminal
+            .is_some(),
         "its terminal is in the image"
     );
     let (_m2, s2) = pty(40, 100);
@@ -466,7 +501,11 @@ fn as_an_unprivileged_user_timers_and_inotify_come_back() {
         }
         let st = p.wait(T);
         let o = std::fs::read(&out).unwrap();
-        assert!(exited_ok(st), "{tag}: {st:#x}: {}", String::from_utf8_lossy(&o));
+        assert!(
+            exited_ok(st),
+            "{tag}: {st:#x}: {}",
+            String::from_utf8_lossy(&o)
+        );
         o
     };
     let timers = ["ptimers".as_ref(), "300".as_ref()];
@@ -493,7 +532,11 @@ fn as_an_unprivileged_user_timers_and_inotify_come_back() {
 /// this process): its PID, or None.
 fn posix_holder(path: &Path, write: bool, start: i64, len: i64) -> Option<i32> {
     use std::os::fd::AsRawFd;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     // SAFETY: zeroed plain struct, filled below.
     let mut l: libc::flock = unsafe { std::mem::zeroed() };
     l.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
@@ -501,7 +544,10 @@ fn posix_holder(path: &Path, write: bool, start: i64, len: i64) -> Option<i32> {
     l.l_start = start;
     l.l_len = len;
     // SAFETY: F_GETLK reads and writes one struct flock.
-    assert_eq!(unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) }, 0);
+    assert_eq!(
+        unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETLK, &mut l) },
+        0
+    );
     (l.l_type != libc::F_UNLCK as i16).then_some(l.l_pid)
 }
 
@@ -509,7 +555,11 @@ fn posix_holder(path: &Path, write: bool, start: i64, len: i64) -> Option<i32> {
 fn flock_free(path: &Path, exclusive: bool) -> bool {
     use std::os::fd::AsRawFd;
     let f = std::fs::File::open(path).unwrap();
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH };
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    };
     // SAFETY: flock on our own fd (released when it closes).
     unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) == 0 }
 }
@@ -529,20 +579,41 @@ fn file_locks_are_held_again_after_thaw() {
     let mut p = spawn(Command::new(prog("locks")).arg(d).arg("300"), &out, None);
     wait_lines(&out, 2, T);
     let check = |pid: i32| {
-        assert!(!flock_free(&d.join("a"), false), "flock LOCK_EX of a not held");
-        assert!(flock_free(&d.join("s"), false), "s is shared-locked: another reader may");
-        assert!(!flock_free(&d.join("s"), true), "flock LOCK_SH of s not held");
+        assert!(
+            !flock_free(&d.join("a"), false),
+            "flock LOCK_EX of a not held"
+        );
+        assert!(
+            flock_free(&d.join("s"), false),
+            "s is shared-locked: another reader may"
+        );
+        assert!(
+            !flock_free(&d.join("s"), true),
+            "flock LOCK_SH of s not held"
+        );
         assert_eq!(posix_holder(&d.join("b"), false, 7, 1), Some(pid));
         assert_eq!(posix_holder(&d.join("b"), false, 20, 10), None);
-        assert_eq!(posix_holder(&d.join("b"), false, 1000, 1), None, "a read lock");
+        assert_eq!(
+            posix_holder(&d.join("b"), false, 1000, 1),
+            None,
+            "a read lock"
+        );
         assert_eq!(posix_holder(&d.join("b"), true, 1000, 1), Some(pid));
-        assert_eq!(posix_holder(&d.join("c"), true, 9, 1), Some(-1), "the OFD lock");
+        assert_eq!(
+            posix_holder(&d.join("c"), true, 9, 1),
+            Some(-1),
+            "the OFD lock"
+        );
         assert_eq!(posix_holder(&d.join("c"), true, 10, 1), None);
     };
     check(p.pid);
     let before = View::of(p.pid);
     assert_eq!(
-        before.get("fds").iter().map(|l| l.matches(" lock ").count()).sum::<usize>(),
+        before
+            .get("fds")
+            .iter()
+            .map(|l| l.matches(" lock ").count())
+            .sum::<usize>(),
         5,
         "{:?}",
         before.get("fds")
@@ -551,7 +622,12 @@ fn file_locks_are_held_again_after_thaw() {
     p.wait(T);
     {
         let r = migrate::ImageReader::new(&img[..]).unwrap();
-        assert_eq!(r.process().file_locks.len(), 5, "{:?}", r.process().file_locks);
+        assert_eq!(
+            r.process().file_locks.len(),
+            5,
+            "{:?}",
+            r.process().file_locks
+        );
     }
     let mut q = thaw(&img);
     check(q.pid);
@@ -559,7 +635,11 @@ fn file_locks_are_held_again_after_thaw() {
     if std::env::var_os(INHERITED_PIPE_ENV).is_some() {
         diff.retain(|l| !l.contains(&format!("fd {LEAKED_FD} ->")));
     }
-    assert!(diff.is_empty(), "differences after thaw:\n{}", diff.join("\n"));
+    assert!(
+        diff.is_empty(),
+        "differences after thaw:\n{}",
+        diff.join("\n")
+    );
     let st = q.wait(T);
     assert!(exited_ok(st), "{st:#x}: {}", read(&out));
     assert!(read(&out).ends_with("DONE ok\n"));
@@ -585,7 +665,10 @@ fn a_lock_held_elsewhere_fails_the_thaw_and_the_image_thaws_later() {
     p.wait(T);
     let other = std::fs::File::open(d.join("a")).unwrap();
     // SAFETY: flock on our own fd.
-    assert_eq!(unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) }, 0);
+    assert_eq!(
+        unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
     let e = thaw_with(&img, migrate::ThawOptions::default()).expect_err("the lock is taken");
     assert!(e.to_string().contains("flock"), "{e}");
     drop(other);

@@ -561,6 +561,31 @@ fn image(a: ImageArgs) -> ExitCode {
                 .join(", ")
         );
     }
+    for t in &p.posix_timers {
+        let how = match t.notify & !libc::SIGEV_THREAD_ID {
+            libc::SIGEV_NONE => "no notification".to_string(),
+            _ if t.notify & libc::SIGEV_THREAD_ID != 0 => {
+                format!("signal {} to thread {}", t.signo, t.target)
+            }
+            _ => format!("signal {}", t.signo),
+        };
+        let _ = writeln!(
+            o,
+            "timer:    POSIX timer {} on clock {}, {how}, {}.{:09} s left, every {}.{:09} s",
+            t.id, t.clock, t.left.0, t.left.1, t.interval.0, t.interval.1
+        );
+    }
+    for l in &p.file_locks {
+        let _ = writeln!(
+            o,
+            "lock:     {:?} {} lock on fd {}, bytes {} to {}",
+            l.kind,
+            if l.write { "write" } else { "read" },
+            l.fd,
+            l.start,
+            l.end.map_or("EOF".to_string(), |e| e.to_string())
+        );
+    }
     let _ = writeln!(o, "fds:");
     for f in &p.fds {
         let d = match &f.kind {

@@ -435,15 +435,15 @@ fn vim_editing_a_file_comes_back_usable() {
     t.shell("a");
     t.keys(
         "a",
-        &[
-            &format!("vim -u NONE -i NONE {}", file.display()),
-            "Enter",
-        ],
+        &[&format!("vim -u NONE -i NONE {}", file.display()), "Enter"],
     );
     t.wait_line("a", "the file in vim", |l| l == "note line 1");
     let vim = child_named(t.pane_pid("a"), "vim");
     let timers = std::fs::read_to_string(format!("/proc/{vim}/timers")).unwrap();
-    assert!(timers.contains("ID:"), "vim has no POSIX timer to carry:\n{timers}");
+    assert!(
+        timers.contains("ID:"),
+        "vim has no POSIX timer to carry:\n{timers}"
+    );
     let img = t.dir.join("vim.img");
     freeze_cli(vim, &img);
     t.shell("b");
@@ -462,9 +462,16 @@ fn vim_editing_a_file_comes_back_usable() {
     let thawed = child_named(thawed, "vim");
     let after = std::fs::read_to_string(format!("/proc/{thawed}/timers")).unwrap();
     let ids = |s: &str| -> Vec<String> {
-        s.lines().filter(|l| l.starts_with("ID:") || l.starts_with("ClockID:")).map(String::from).collect()
+        s.lines()
+            .filter(|l| l.starts_with("ID:") || l.starts_with("ClockID:"))
+            .map(String::from)
+            .collect()
     };
-    assert_eq!(ids(&after), ids(&timers), "vim's POSIX timers:\n{timers}\n{after}");
+    assert_eq!(
+        ids(&after),
+        ids(&timers),
+        "vim's POSIX timers:\n{timers}\n{after}"
+    );
     t.keys("b", &["g", "g", "d", "d"]);
     t.keys("b", &[":wq", "Enter"]);
     t.wait_idle("b");

@@ -836,9 +836,8 @@ pub(super) fn inotify(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdK
         let handle = handle.ok_or_else(|| bad(l))?;
         // the kernel's dev_t (20-bit minor) as stat's st_dev
         let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
-        let path = watched_path(pid, dev, ino, htype as i32, &handle).map_err(|why| {
-            refuse(format!("watching inode {ino} on device {:x}: {why}", dev))
-        })?;
+        let path = watched_path(pid, dev, ino, htype as i32, &handle)
+            .map_err(|why| refuse(format!("watching inode {ino} on device {:x}: {why}", dev)))?;
         watches.push(InotifyWatch {
             wd,
             mask: mask as u32,
@@ -848,7 +847,11 @@ pub(super) fn inotify(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdK
         });
     }
     watches.sort_by_key(|w| w.wd);
-    if watches.iter().enumerate().any(|(i, w)| w.wd != i as i32 + 1) {
+    if watches
+        .iter()
+        .enumerate()
+        .any(|(i, w)| w.wd != i as i32 + 1)
+    {
         let wds: Vec<String> = watches.iter().map(|w| w.wd.to_string()).collect();
         return Err(refuse(format!(
             "whose watch descriptors ({}) are not 1 to {} (a watch was removed; thaw could not give each its number again)",
@@ -861,7 +864,13 @@ pub(super) fn inotify(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdK
 
 /// The path of the file (`dev`, `ino`) that an inotify watch names by file handle, as the
 /// mount table of `pid` shows it; it must still name that file.
-fn watched_path(pid: pid_t, dev: u64, ino: u64, htype: i32, handle: &[u8]) -> std::result::Result<String, String> {
+fn watched_path(
+    pid: pid_t,
+    dev: u64,
+    ino: u64,
+    htype: i32,
+    handle: &[u8],
+) -> std::result::Result<String, String> {
     use std::os::unix::fs::MetadataExt;
     let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
     let mi = read_to_string(&format!("/proc/{pid}/mountinfo"))

@@ -19,7 +19,10 @@ pub(super) fn parse(pid: pid_t, fd: i32, info: &str) -> Result<Vec<FileLock>> {
         let bad = || {
             unsup(
                 pid,
-                format!("cannot parse the lock {:?} in /proc/{pid}/fdinfo/{fd}", l.trim()),
+                format!(
+                    "cannot parse the lock {:?} in /proc/{pid}/fdinfo/{fd}",
+                    l.trim()
+                ),
             )
         };
         let w: Vec<&str> = l.split_whitespace().collect();
@@ -34,12 +37,17 @@ pub(super) fn parse(pid: pid_t, fd: i32, info: &str) -> Result<Vec<FileLock>> {
             other => {
                 return Err(unsup(
                     pid,
-                    format!("fd {fd} holds a {other} lock (only flock, fcntl and OFD locks are carried)"),
+                    format!(
+                        "fd {fd} holds a {other} lock (only flock, fcntl and OFD locks are carried)"
+                    ),
                 ));
             }
         };
         if w[2] != "ADVISORY" {
-            return Err(unsup(pid, format!("fd {fd} holds a {} lock (not supported)", w[2])));
+            return Err(unsup(
+                pid,
+                format!("fd {fd} holds a {} lock (not supported)", w[2]),
+            ));
         }
         let write = match w[3] {
             "WRITE" => true,
@@ -81,13 +89,19 @@ pub(super) fn collect(pid: pid_t, fds: &[Fd], moving: bool) -> Result<Vec<FileLo
         if !locks.is_empty() && !matches!(f.kind, FdKind::Path { .. } | FdKind::Contents { .. }) {
             return Err(unsup(
                 pid,
-                format!("fd {} holds a file lock on something other than a file (not supported)", f.fd),
+                format!(
+                    "fd {} holds a file lock on something other than a file (not supported)",
+                    f.fd
+                ),
             ));
         }
         if moving && !locks.is_empty() {
             return Err(unsup(
                 pid,
-                format!("fd {} holds a file lock (carried by `omnode freeze`, not yet by migration)", f.fd),
+                format!(
+                    "fd {} holds a file lock (carried by `omnode freeze`, not yet by migration)",
+                    f.fd
+                ),
             ));
         }
         v.extend(locks);
@@ -106,14 +120,37 @@ mod tests {
         assert_eq!(
             l,
             [
-                FileLock { fd: 4, kind: LockKind::Flock, write: true, start: 0, end: None },
-                FileLock { fd: 4, kind: LockKind::Posix, write: false, start: 5, end: Some(14) },
-                FileLock { fd: 4, kind: LockKind::Ofd, write: true, start: 100, end: None },
+                FileLock {
+                    fd: 4,
+                    kind: LockKind::Flock,
+                    write: true,
+                    start: 0,
+                    end: None
+                },
+                FileLock {
+                    fd: 4,
+                    kind: LockKind::Posix,
+                    write: false,
+                    start: 5,
+                    end: Some(14)
+                },
+                FileLock {
+                    fd: 4,
+                    kind: LockKind::Ofd,
+                    write: true,
+                    start: 100,
+                    end: None
+                },
             ]
         );
         assert!(parse(7, 4, "pos:\t0\n").unwrap().is_empty());
         let lease = "lock:\t1: LEASE  ACTIVE    READ 3511 fe:00:1 0 EOF\n";
-        assert!(parse(7, 4, lease).unwrap_err().to_string().contains("LEASE"));
+        assert!(
+            parse(7, 4, lease)
+                .unwrap_err()
+                .to_string()
+                .contains("LEASE")
+        );
         for bad in [
             "lock:\t1: POSIX  ADVISORY  WRITE 3511 fe:00:1 9 3\n",
             "lock:\t1: POSIX  ADVISORY  WRITE 3511 fe:00:1 x EOF\n",

@@ -35,7 +35,9 @@ pub(super) fn parse(pid: pid_t, text: &str) -> Result<Vec<ProcTimer>> {
     let bad = |l: &str| {
         unsup(
             pid,
-            format!("cannot parse /proc/{pid}/timers (at {l:?}), so its POSIX timers cannot be checked"),
+            format!(
+                "cannot parse /proc/{pid}/timers (at {l:?}), so its POSIX timers cannot be checked"
+            ),
         )
     };
     let mut out = Vec::new();
@@ -125,7 +127,8 @@ pub(super) fn collect(
 ) -> Result<Vec<PosixTimer>> {
     let mut v = Vec::new();
     for pt in check(pid, moving)? {
-        if pt.notify & libc::SIGEV_THREAD_ID != 0 && pt.target != pid && !tids.contains(&pt.target) {
+        if pt.notify & libc::SIGEV_THREAD_ID != 0 && pt.target != pid && !tids.contains(&pt.target)
+        {
             return Err(unsup(
                 pid,
                 format!(
@@ -138,9 +141,11 @@ pub(super) fn collect(
             .syscall_raw(libc::SYS_timer_gettime, &[pt.id as u64, out])
             .map_err(ferr(pid, "injected timer_gettime"))?;
         if r != 0 {
-            return Err(ferr(pid, format!("timer_gettime of POSIX timer {}", pt.id))(
-                crate::error::from_neg(r.min(-1)),
-            ));
+            return Err(
+                ferr(pid, format!("timer_gettime of POSIX timer {}", pt.id))(
+                    crate::error::from_neg(r.min(-1)),
+                ),
+            );
         }
         let mut b = [0u8; 32];
         read_mem(pid, &mut b, &[(out, 32)]).map_err(ferr(pid, "reading timer_gettime's result"))?;
@@ -200,7 +205,10 @@ mod tests {
         let mut ts = vec![t(1), t(2)];
         assert!(absorb(&mut ts, &info(libc::SI_TIMER, 2)));
         assert!(!absorb(&mut ts, &info(libc::SI_USER, 1)));
-        assert!(!absorb(&mut ts, &info(libc::SI_TIMER, 9)), "a timer it does not carry");
+        assert!(
+            !absorb(&mut ts, &info(libc::SI_TIMER, 9)),
+            "a timer it does not carry"
+        );
         assert!(!absorb(&mut ts, &[0u8; 8]), "short");
         assert_eq!((ts[0].left, ts[1].left), ((0, 0), (0, 1)));
     }

@@ -248,7 +248,9 @@ impl ProcessImage {
             });
         }
         if !self.posix_timers.is_empty() {
-            e.record(REC_POSIX_TIMERS, |e| enc_posix_timers(e, &self.posix_timers));
+            e.record(REC_POSIX_TIMERS, |e| {
+                enc_posix_timers(e, &self.posix_timers)
+            });
         }
         if !self.file_locks.is_empty() {
             e.record(REC_FILE_LOCKS, |e| enc_file_locks(e, &self.file_locks));
@@ -997,7 +999,10 @@ fn dec_fd(d: &mut Dec<'_>, v2: bool) -> Result<Fd, ImageError> {
                     dev: d.u64()?,
                     ino: d.u64()?,
                 };
-                if w.wd <= 0 || watches.last().is_some_and(|l| l.wd >= w.wd) || !w.path.starts_with('/') {
+                if w.wd <= 0
+                    || watches.last().is_some_and(|l| l.wd >= w.wd)
+                    || !w.path.starts_with('/')
+                {
                     return Err(corrupt("inotify watch"));
                 }
                 watches.push(w);
@@ -1264,7 +1269,10 @@ mod tests {
             ..Default::default()
         };
         let b = p.encode();
-        assert_eq!(ProcessImage::decode(&b).unwrap().posix_timers, p.posix_timers);
+        assert_eq!(
+            ProcessImage::decode(&b).unwrap().posix_timers,
+            p.posix_timers
+        );
         // version 1 cannot hold them: refused rather than written without them
         assert!(p.encode_v1().is_err());
         // without timers the record is not written at all
@@ -1275,10 +1283,19 @@ mod tests {
         assert!(b.len() > none.encode().len());
         for (what, bad) in [
             ("ids out of order", vec![t(4), t(0)]),
-            ("nanoseconds", vec![PosixTimer { left: (0, 1_000_000_000), ..t(0) }]),
+            (
+                "nanoseconds",
+                vec![PosixTimer {
+                    left: (0, 1_000_000_000),
+                    ..t(0)
+                }],
+            ),
             ("notify", vec![PosixTimer { notify: 9, ..t(0) }]),
         ] {
-            let q = ProcessImage { posix_timers: bad, ..p.clone() };
+            let q = ProcessImage {
+                posix_timers: bad,
+                ..p.clone()
+            };
             assert!(ProcessImage::decode(&q.encode()).is_err(), "{what}");
         }
         // the record is required: a reader that does not know tag 5 must refuse it
@@ -1304,9 +1321,15 @@ mod tests {
             ],
             ..Default::default()
         };
-        assert_eq!(ProcessImage::decode(&p.encode()).unwrap().file_locks, p.file_locks);
+        assert_eq!(
+            ProcessImage::decode(&p.encode()).unwrap().file_locks,
+            p.file_locks
+        );
         assert!(p.encode_v1().is_err());
-        for bad in [l(3, LockKind::Flock, Some(9)), l(4, LockKind::Posix, Some(2))] {
+        for bad in [
+            l(3, LockKind::Flock, Some(9)),
+            l(4, LockKind::Posix, Some(2)),
+        ] {
             let q = ProcessImage {
                 file_locks: vec![bad],
                 ..p.clone()

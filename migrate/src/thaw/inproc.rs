@@ -498,8 +498,10 @@ pub(super) fn inotify(
 ) -> Result<()> {
     use std::os::unix::fs::MetadataExt;
     for w in watches {
-        let md = std::fs::metadata(&w.path)
-            .map_err(terr(format!("stat of {} (watched by inotify fd {fd})", w.path)))?;
+        let md = std::fs::metadata(&w.path).map_err(terr(format!(
+            "stat of {} (watched by inotify fd {fd})",
+            w.path
+        )))?;
         if md.dev() != w.dev || md.ino() != w.ino {
             return Err(Error::Thaw(format!(
                 "{} (watched by inotify fd {fd}) is another file now (device {:x} inode {}, was {:x} {})",

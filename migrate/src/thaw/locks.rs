@@ -11,7 +11,11 @@ use crate::image::*;
 const F_OFD_SETLK: u64 = 37;
 
 /// Appends the calls that take every lock of `img` again.
-pub(super) fn calls(b: &mut super::inject::Builder, img: &ProcessImage, calls: &mut Vec<Call>) -> Result<()> {
+pub(super) fn calls(
+    b: &mut super::inject::Builder,
+    img: &ProcessImage,
+    calls: &mut Vec<Call>,
+) -> Result<()> {
     for l in &img.file_locks {
         let what = |how: &str| {
             format!(
@@ -23,13 +27,25 @@ pub(super) fn calls(b: &mut super::inject::Builder, img: &ProcessImage, calls: &
             )
         };
         if l.kind == LockKind::Flock {
-            let op = if l.write { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
-            calls.push(call(what("flock"), libc::SYS_flock, &[l.fd as u64, op as u64]));
+            let op = if l.write {
+                libc::LOCK_EX
+            } else {
+                libc::LOCK_SH
+            } | libc::LOCK_NB;
+            calls.push(call(
+                what("flock"),
+                libc::SYS_flock,
+                &[l.fd as u64, op as u64],
+            ));
             continue;
         }
         // struct flock: l_type, l_whence (shorts), l_start, l_len, l_pid
         let mut fl = [0u8; 32];
-        let ty = if l.write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+        let ty = if l.write {
+            libc::F_WRLCK
+        } else {
+            libc::F_RDLCK
+        } as i16;
         fl[0..2].copy_from_slice(&ty.to_ne_bytes());
         fl[2..4].copy_from_slice(&(libc::SEEK_SET as i16).to_ne_bytes());
         fl[8..16].copy_from_slice(&(l.start as i64).to_ne_bytes());
