@@ -29,7 +29,9 @@ pub enum Cmd {
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
     /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
     /// signals, rseq, robust list, clear_child_tid, sigaltstack and name; a thread blocked in
-    /// a system call (futex wait, sleep, read) makes that call again.
+    /// a system call (futex wait, sleep, read) makes that call again. Threads get their old
+    /// TIDs back when those are free (thaw as root), also under a new PID: glibc keeps the TID
+    /// of its timer thread, which a SIGEV_THREAD timer_create after the thaw needs.
     /// Files inside the process: a pipe whose both ends it holds and no other process does
     /// (with the bytes waiting in it and its size), a connected AF_UNIX stream socketpair whose
     /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll

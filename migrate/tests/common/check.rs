@@ -181,13 +181,15 @@ impl View {
             })
             .collect();
         t.insert("fds", fds);
-        // every thread, in TID order (TIDs themselves change with the PID): its name and its
+        // every thread, main thread first (TIDs themselves change with the PID): its name and its
         // own lines of status (mask, pending signals, credentials, seccomp, affinity)
         let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap_or_else(|e| panic!("checker: listing /proc/{pid}/task: {e}"))
             .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
             .collect();
-        tids.sort();
+        // the main thread first, then the others in TID order (thaw gives threads their old
+        // TIDs when free, also under a new PID, so the main thread may sort anywhere)
+        tids.sort_by_key(|&t| (t != pid, t));
         let mut threads = Vec::new();
         for (i, tid) in tids.iter().enumerate() {
             let st = rd(pid, &format!("task/{tid}/status"));
