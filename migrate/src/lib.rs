@@ -27,7 +27,8 @@
 //!
 //! Anything it cannot restore exactly (sockets other than in-process socketpairs, pipes
 //! shared with other processes and holding unread data, terminals other than the one of its stdio, shared
-//! memory shared with other processes, SysV/POSIX shm, mapped memfds or deleted files, inotify/pidfd, POSIX timers, seccomp, child
+//! memory shared with other processes, SysV/POSIX shm, mapped memfds or deleted files, pidfds, inotify with unread
+//! events or gaps in its watch descriptors, POSIX timers on CPU-time clocks, seccomp, child
 //! processes, userfaultfd/sealed/device mappings, a parent-death signal, a traced process,
 //! threads with credentials of their own) is refused before the process is touched; a refusal
 //! or failure leaves it running as it was. Every check fails closed: what cannot be read is
@@ -57,7 +58,10 @@
 //!
 //! Files that live inside the process are carried with their state: pipes with both ends in
 //! it, AF_UNIX stream socketpairs with both ends in it, eventfds, epoll registrations,
-//! timerfds, signalfds, memfds and deleted files.
+//! timerfds, signalfds, memfds, deleted files and inotify instances (watches re-added under
+//! their descriptors). POSIX timers come back under their ids (PR_TIMER_CREATE_RESTORE_IDS),
+//! aimed at the new TIDs of their threads. File locks (flock, fcntl, OFD) are taken again on
+//! the same fds before it runs. A thawed process that had a terminal gets SIGWINCH.
 //! They move with a migrated process ([`lives_inside`]; the others stay at home,
 //! [`home_backed`]), except an epoll watching an fd that stays home and a deleted file.
 //!
@@ -66,7 +70,7 @@
 //! VmFlags); THP disable, child subreaper, oom_score_adj, personality, limits, credentials.
 //!
 //! Not carried (yet, and not refused): namespaces, cgroups, capabilities other than what
-//! setresuid implies, file locks, mlockall(MCL_FUTURE), the shadow stack (no CET on
+//! setresuid implies, mlockall(MCL_FUTURE), the shadow stack (no CET on
 //! these nodes), sharing between several mappings of one shared-anonymous object.
 
 pub mod error;
@@ -85,7 +89,10 @@ pub use freeze::{
     StreamPlan, Streamed, TreeFreezeReport, can_thaw_here, freeze, freeze_for, freeze_tree,
     home_backed, lives_inside, seize, seize_guest, watch_exec,
 };
-pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
+pub use image::{
+    Fd, FdKind, FileLock, InotifyWatch, LockKind, PosixTimer, ProcessImage, ThreadImage, Vma,
+    VmaKind,
+};
 pub use seccomp::SeccompFilter;
 pub use shell::{HomeShell, ShellArg, ShellEvent, SigInfo};
 pub use thaw::{ImageReader, ThawOptions, ThawOwner, Thawed, ThawedTree, Thawing, thaw, thaw_tree};

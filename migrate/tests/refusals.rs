@@ -171,12 +171,12 @@ fn failed_image_write_leaves_the_process_running_unchanged() {
 }
 
 #[test]
-fn inotify_and_shared_memory_are_refused() {
+fn shared_memory_pdeathsig_and_seals_are_refused() {
     if !root() {
         return;
     }
+    // (inotify is carried now: its refusals are in programs.rs)
     for (kind, what) in [
-        ("inotify", "inotify"),
         ("sysv", "SysV shared memory"),
         ("posixshm", "POSIX shared memory"),
         ("sharedanon", "also mapped by process"),

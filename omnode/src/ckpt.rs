@@ -20,29 +20,41 @@ pub enum Cmd {
     /// /dev/null-like devices at their offsets and flags; stdio terminals and pipes (attached
     /// to thaw's); the terminal's settings (termios, set again on thaw's terminal), further
     /// fds of that terminal (/dev/tty opened by less, vi, top: opened again on thaw's), and a
-    /// session leader's controlling terminal; signal handlers, mask, pending signals, alternate stack; interval timers;
+    /// session leader's controlling terminal (thaw sends the program SIGWINCH, so that a
+    /// full-screen program redraws at the new terminal's size); signal handlers, mask, pending
+    /// signals, alternate stack; interval timers; POSIX timers (timer_create: the same ids,
+    /// clocks, signals and values, aimed at the same threads, with the time left and the
+    /// interval; vim's timer thread);
     /// limits, umask, cwd, credentials, no_new_privs, personality, THP disable, child
     /// subreaper, oom_score_adj; rseq, robust list, session and process-group leadership.
     /// Threads: every thread's registers (fs/gs base), FPU state, signal mask and pending
     /// signals, rseq, robust list, clear_child_tid, sigaltstack and name; a thread blocked in
-    /// a system call (futex wait, sleep, read) makes that call again.
+    /// a system call (futex wait, sleep, read) makes that call again. Threads get their old
+    /// TIDs back when those are free (thaw as root), also under a new PID: glibc keeps the TID
+    /// of its timer thread, which a SIGEV_THREAD timer_create after the thaw needs.
     /// Files inside the process: a pipe whose both ends it holds and no other process does
     /// (with the bytes waiting in it and its size), a connected AF_UNIX stream socketpair whose
     /// both ends it holds (up to 64 KiB waiting on each end), eventfds (counter), epoll
     /// instances (their registrations; an edge-triggered event already reported may be
     /// reported once more), timerfds (time left, interval, unread expirations), signalfds, memfds (contents, seals)
     /// and deleted files (contents, up to 64 MiB each; made again under the same name and
-    /// deleted at once).
+    /// deleted at once); inotify instances (each watch added again under its descriptor, for
+    /// the same file found again by its file handle; thaw refuses a path that names another
+    /// file now); file locks (flock, fcntl and OFD locks, taken again on the same fds before
+    /// the program runs; a thaw whose lock another process holds now fails, the image stays).
     ///
     /// Refused before the process is touched (it keeps running unchanged), because thaw could
     /// not restore it exactly: threads whose credentials differ from the main thread's, child
     /// processes (take them with --tree), other sockets, terminals other than the one of its stdio, a pipe or FIFO shared with another
     /// process with unread data in it, an epoll instance watching a closed fd or another epoll,
-    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, inotify/pidfd, POSIX timers, SysV and POSIX
+    /// a timerfd with TFD_TIMER_CANCEL_ON_SET, pidfds, an inotify instance with events not
+    /// read yet or a removed watch (its descriptors must be 1 to n) or watching a file that
+    /// has no name, a POSIX timer on a CPU-time clock, leases, SysV and POSIX
     /// shared memory, mapped memfds or deleted files, shared memory also mapped by another
     /// process, userfaultfd, sealed or device mappings, seccomp filters, a parent-death
     /// signal, a process already traced. Every check fails closed: what cannot be read is
-    /// refused. `omnode migrate` (moving to another node) still refuses threads.
+    /// refused. `omnode migrate` (moving to another node) still refuses threads, POSIX timers,
+    /// inotify and file locks.
     /// A pipe or FIFO above fd 2 whose other end lies outside the process (one a shell leaked)
     /// is carried as external: `thaw --fd N=FILE|N=null` says what it gets.
     /// A non-root user's freeze goes through the daemon (only root can thaw): it freezes the
@@ -798,6 +810,31 @@ fn image(a: ImageArgs) -> ExitCode {
                 .join(", ")
         );
     }
+    for t in &p.posix_timers {
+        let how = match t.notify & !libc::SIGEV_THREAD_ID {
+            libc::SIGEV_NONE => "no notification".to_string(),
+            _ if t.notify & libc::SIGEV_THREAD_ID != 0 => {
+                format!("signal {} to thread {}", t.signo, t.target)
+            }
+            _ => format!("signal {}", t.signo),
+        };
+        let _ = writeln!(
+            o,
+            "timer:    POSIX timer {} on clock {}, {how}, {}.{:09} s left, every {}.{:09} s",
+            t.id, t.clock, t.left.0, t.left.1, t.interval.0, t.interval.1
+        );
+    }
+    for l in &p.file_locks {
+        let _ = writeln!(
+            o,
+            "lock:     {:?} {} lock on fd {}, bytes {} to {}",
+            l.kind,
+            if l.write { "write" } else { "read" },
+            l.fd,
+            l.start,
+            l.end.map_or("EOF".to_string(), |e| e.to_string())
+        );
+    }
     let _ = writeln!(o, "fds:");
     for f in &p.fds {
         let d = match &f.kind {
@@ -859,6 +896,14 @@ fn image(a: ImageArgs) -> ExitCode {
                 watches
                     .iter()
                     .map(|w| format!("{} (events {:#x})", w.fd, w.events))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            migrate::FdKind::Inotify { watches, .. } => format!(
+                "inotify watching {}",
+                watches
+                    .iter()
+                    .map(|w| format!("{} (wd {}, mask {:#x})", w.path, w.wd, w.mask))
                     .collect::<Vec<_>>()
                     .join(", ")
             ),

@@ -382,7 +382,6 @@ fn a_session_leader_gets_its_controlling_terminal_back() {
     t.wait_line("b", "a write to /dev/tty", |l| l.trim() == "via dev tty");
 }
 
-/// (vi is not here: vim 9 uses a POSIX timer, which freeze still refuses.)
 #[test]
 fn top_comes_back_usable() {
     if !ready() {
@@ -411,4 +410,75 @@ fn top_comes_back_usable() {
     t.wait_idle("d");
     t.keys("d", &["echo THAWRC=$?", "Enter"]);
     t.wait_line("d", "THAWRC=0", |l| l.trim_end() == "THAWRC=0");
+}
+
+/// vim editing a file (issue 8 parts 2, 3 and 6): its POSIX timer (and the glibc timer thread
+/// behind it) comes back, the thawed vim redraws the file on the new terminal by itself (thaw
+/// sends SIGWINCH), and an edit typed there is written to the file.
+#[test]
+fn vim_editing_a_file_comes_back_usable() {
+    if !ready() {
+        return;
+    }
+    if Command::new("vim").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the vim test needs vim and CI=true is set"
+        );
+        eprintln!("SKIPPED: no vim");
+        return;
+    }
+    let t = Tmux::new("vim");
+    let file = t.dir.join("notes.txt");
+    let lines: Vec<String> = (1..=30).map(|i| format!("note line {i}")).collect();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    t.shell("a");
+    t.keys(
+        "a",
+        &[&format!("vim -u NONE -i NONE {}", file.display()), "Enter"],
+    );
+    t.wait_line("a", "the file in vim", |l| l == "note line 1");
+    let vim = child_named(t.pane_pid("a"), "vim");
+    let timers = std::fs::read_to_string(format!("/proc/{vim}/timers")).unwrap();
+    assert!(
+        timers.contains("ID:"),
+        "vim has no POSIX timer to carry:\n{timers}"
+    );
+    let img = t.dir.join("vim.img");
+    freeze_cli(vim, &img);
+    t.shell("b");
+    t.keys(
+        "b",
+        &[
+            &format!("{} thaw --wait {}", omnode(), img.display()),
+            "Enter",
+        ],
+    );
+    // no key pressed: vim redraws on its own once told the terminal changed
+    t.wait_line("b", "the file redrawn on the new terminal", |l| {
+        l == "note line 1"
+    });
+    let thawed = child_named(t.pane_pid("b"), "omnode");
+    let thawed = child_named(thawed, "vim");
+    let after = std::fs::read_to_string(format!("/proc/{thawed}/timers")).unwrap();
+    let ids = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| l.starts_with("ID:") || l.starts_with("ClockID:"))
+            .map(String::from)
+            .collect()
+    };
+    assert_eq!(
+        ids(&after),
+        ids(&timers),
+        "vim's POSIX timers:\n{timers}\n{after}"
+    );
+    t.keys("b", &["g", "g", "d", "d"]);
+    t.keys("b", &[":wq", "Enter"]);
+    t.wait_idle("b");
+    t.keys("b", &["echo THAWRC=$?", "Enter"]);
+    t.wait_line("b", "THAWRC=0", |l| l.trim_end() == "THAWRC=0");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        lines[1..].join("\n") + "\n"
+    );
 }

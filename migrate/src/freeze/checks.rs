@@ -72,14 +72,8 @@ pub(super) fn check_status_in(
             "it runs under a seccomp filter (not supported yet)",
         ));
     }
-    let timers = proc_read(pid, "timers")?;
-    let n = timers.lines().filter(|l| l.starts_with("ID:")).count();
-    if n > 0 {
-        return Err(unsup(
-            pid,
-            format!("it has {n} POSIX timers (timer_create; not supported yet)"),
-        ));
-    }
+    // POSIX timers are carried; what thaw could not make again is refused here
+    super::timers::parse(pid, &proc_read(pid, "timers")?)?;
     let kids = proc_read(pid, &format!("task/{pid}/children"))?;
     let kids: Vec<&str> = kids.split_whitespace().collect();
     if !kids.is_empty() && !tree {

@@ -95,10 +95,14 @@ pub(super) fn collect_fds_in(pid: pid_t, with_data: bool, tree: bool) -> Result<
                 fds.push(Fd { fd, kind });
                 continue;
             }
+            if k == "inotify" {
+                let kind = super::inproc::inotify(pid, fd, &info, flags)?;
+                fds.push(Fd { fd, kind });
+                continue;
+            }
             let what = match k {
                 "timerfd" => "a timerfd".to_string(),
                 "signalfd" => "a signalfd".to_string(),
-                "inotify" => "an inotify instance".to_string(),
                 "pidfd" => "a pidfd".to_string(),
                 o => format!("an anonymous-inode file ({o})"),
             };
@@ -392,6 +396,7 @@ pub(super) fn find_shared(pid: pid_t, fds: &mut [Fd]) -> Result<()> {
             | FdKind::TimerFd { .. }
             | FdKind::SignalFd { .. }
             | FdKind::Contents { .. }
+            | FdKind::Inotify { .. }
             | FdKind::SocketPair { .. } => std::fs::metadata(format!("/proc/{pid}/fd/{}", f.fd))
                 .map(|m| Some((m.dev(), m.ino())))
                 .map_err(ferr(pid, format!("stat of fd {}", f.fd))),
@@ -452,7 +457,8 @@ pub fn lives_inside(fds: &[Fd], f: &Fd) -> bool {
         FdKind::Path { .. }
         | FdKind::Stdio { .. }
         | FdKind::External { .. }
-        | FdKind::Terminal { .. } => false,
+        | FdKind::Terminal { .. }
+        | FdKind::Inotify { .. } => false,
     }
 }
 
@@ -493,6 +499,7 @@ pub(super) fn refuse_for_migration(pid: pid_t, fds: &[Fd]) -> Result<()> {
                 "a deleted file ({name}), which would be made again in a directory of home's"
             ),
             FdKind::Terminal { .. } => "a terminal above fd 2".into(),
+            FdKind::Inotify { .. } => "an inotify instance".into(),
             _ => continue,
         };
         return Err(unsup(

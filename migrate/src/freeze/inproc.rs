@@ -777,3 +777,146 @@ fn socket_waiting(pid: pid_t, fd: i32) -> Result<Vec<u8>> {
     data.truncate(n as usize);
     Ok(data)
 }
+
+// --- inotify (issue 8 part 3)
+
+/// An inotify instance from its fdinfo (one `inotify wd:HEX ino:HEX sdev:HEX mask:HEX
+/// ignored_mask:HEX fhandle-bytes:HEX fhandle-type:HEX f_handle:HEX` line per watch): each
+/// watch's path found again from its file handle (open_by_handle_at, which needs
+/// CAP_DAC_READ_SEARCH). Refused (fails closed): events not read yet (they cannot be queued
+/// again), watch descriptors that are not 1..=n (thaw numbers them by adding in order), a
+/// watched file whose path cannot be found or no longer names it, an unparsable line.
+pub(super) fn inotify(pid: pid_t, fd: i32, info: &str, flags: u32) -> Result<FdKind> {
+    let refuse = |why: String| unsup(pid, format!("fd {fd} is an inotify instance {why}"));
+    let bad = |l: &str| {
+        unsup(
+            pid,
+            format!("cannot parse the inotify watch {l:?} in /proc/{pid}/fdinfo/{fd}"),
+        )
+    };
+    let copy = crate::seccomp::pidfd_getfd(pid, fd)
+        .map_err(ferr(pid, format!("pidfd_getfd of inotify fd {fd}")))?;
+    let mut waiting: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(copy.as_raw_fd(), libc::FIONREAD, &mut waiting) } != 0 {
+        return Err(ferr(pid, format!("FIONREAD of inotify fd {fd}"))(
+            io::Error::last_os_error(),
+        ));
+    }
+    if waiting != 0 {
+        return Err(refuse(format!(
+            "with {waiting} bytes of events not read yet (they cannot be queued again; try again once it has read them)"
+        )));
+    }
+    let mut watches = Vec::new();
+    for l in info.lines().filter_map(|l| l.strip_prefix("inotify ")) {
+        let field = |k: &str| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix(':'))
+        };
+        let hex = |k: &str| field(k).and_then(|v| u64::from_str_radix(v, 16).ok());
+        // every number of the line is hexadecimal, the descriptor too
+        let wd = hex("wd")
+            .and_then(|v| i32::try_from(v).ok())
+            .ok_or_else(|| bad(l))?;
+        let (Some(ino), Some(sdev), Some(mask), Some(hbytes), Some(htype), Some(handle)) = (
+            hex("ino"),
+            hex("sdev"),
+            hex("mask"),
+            hex("fhandle-bytes"),
+            hex("fhandle-type"),
+            field("f_handle"),
+        ) else {
+            return Err(bad(l));
+        };
+        let handle: Option<Vec<u8>> = (0..handle.len() / 2)
+            .map(|i| u8::from_str_radix(handle.get(2 * i..2 * i + 2)?, 16).ok())
+            .collect();
+        let handle = handle.filter(|h| h.len() as u64 == hbytes && h.len() <= 128);
+        let handle = handle.ok_or_else(|| bad(l))?;
+        // the kernel's dev_t (20-bit minor) as stat's st_dev
+        let dev = libc::makedev((sdev >> 20) as u32, (sdev & 0xf_ffff) as u32);
+        let path = watched_path(pid, dev, ino, htype as i32, &handle)
+            .map_err(|why| refuse(format!("watching inode {ino} on device {:x}: {why}", dev)))?;
+        watches.push(InotifyWatch {
+            wd,
+            mask: mask as u32,
+            path,
+            dev,
+            ino,
+        });
+    }
+    watches.sort_by_key(|w| w.wd);
+    if watches
+        .iter()
+        .enumerate()
+        .any(|(i, w)| w.wd != i as i32 + 1)
+    {
+        let wds: Vec<String> = watches.iter().map(|w| w.wd.to_string()).collect();
+        return Err(refuse(format!(
+            "whose watch descriptors ({}) are not 1 to {} (a watch was removed; thaw could not give each its number again)",
+            wds.join(", "),
+            watches.len()
+        )));
+    }
+    Ok(FdKind::Inotify { flags, watches })
+}
+
+/// The path of the file (`dev`, `ino`) that an inotify watch names by file handle, as the
+/// mount table of `pid` shows it; it must still name that file.
+fn watched_path(
+    pid: pid_t,
+    dev: u64,
+    ino: u64,
+    htype: i32,
+    handle: &[u8],
+) -> std::result::Result<String, String> {
+    use std::os::unix::fs::MetadataExt;
+    let want = format!("{}:{}", libc::major(dev), libc::minor(dev));
+    let mi = read_to_string(&format!("/proc/{pid}/mountinfo"))
+        .map_err(|e| format!("cannot read its mount table ({e})"))?;
+    let mount = mi
+        .lines()
+        .find_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            (w.get(2) == Some(&want.as_str())).then(|| w.get(4).map(|m| m.to_string()))?
+        })
+        .ok_or_else(|| format!("no mount of device {want}"))?;
+    let mfd = std::fs::File::open(format!("/proc/{pid}/root{mount}"))
+        .map_err(|e| format!("cannot open its mount point {mount} ({e})"))?;
+    // struct file_handle: handle_bytes, handle_type, f_handle
+    let mut fh = Vec::with_capacity(8 + handle.len());
+    fh.extend_from_slice(&(handle.len() as u32).to_ne_bytes());
+    fh.extend_from_slice(&htype.to_ne_bytes());
+    fh.extend_from_slice(handle);
+    let mut fh64 = vec![0u64; fh.len().div_ceil(8)];
+    // SAFETY: fh64 holds at least fh.len() bytes; plain byte copy into it.
+    unsafe { std::ptr::copy_nonoverlapping(fh.as_ptr(), fh64.as_mut_ptr().cast(), fh.len()) };
+    // SAFETY: open_by_handle_at reads the handle we built; the fd returned is ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_open_by_handle_at,
+            mfd.as_raw_fd(),
+            fh64.as_ptr(),
+            libc::O_PATH | libc::O_CLOEXEC,
+        )
+    };
+    if r < 0 {
+        return Err(format!(
+            "cannot open it by its file handle ({}; needs CAP_DAC_READ_SEARCH)",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: r is an fd we own from here on.
+    let f = unsafe { OwnedFd::from_raw_fd(r as i32) };
+    let path = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map_err(|e| format!("cannot read its path ({e})"))?
+        .to_string_lossy()
+        .into_owned();
+    let md = std::fs::metadata(format!("/proc/{pid}/root{path}"))
+        .map_err(|e| format!("{path} cannot be found ({e}); deleted or not reachable by name"))?;
+    if !path.starts_with('/') || md.dev() != dev || md.ino() != ino {
+        return Err(format!("{path} names another file now"));
+    }
+    Ok(path)
+}

@@ -21,12 +21,14 @@ mod at_exec;
 mod checks;
 mod fds;
 mod inproc;
+mod locks;
 mod memory;
 mod seized;
 mod state;
 mod stream;
 mod threads;
 mod tree;
+mod timers;
 
 pub use at_exec::{ExecWatch, watch_exec};
 pub use fds::{home_backed, lives_inside};
@@ -173,6 +175,7 @@ fn seize_with(
     }
     // --- checks before touching anything
     checks::check_status_in(pid, false, multi, guest, tree)?;
+    timers::check(pid, moving)?;
     let (_, pre_map) = classify_vmas(pid, None)?;
     let fds = fds::collect_fds_in(pid, false, tree)?;
     if moving {
@@ -485,6 +488,7 @@ fn collect(
     }
     inproc::check_contents_unique(pid, &fds)?;
     inproc::complete(pid, &mut fds)?;
+    let file_locks = locks::collect(pid, &fds, moving)?;
     let terminal = fds::terminal_state(pid, &fds)?;
 
     let regs = getregs(pid).map_err(ferr(pid, "PTRACE_GETREGS"))?;
@@ -685,6 +689,11 @@ fn collect(
         Ok(_) => threads::collect_threads(g, pid, &status, gadget, scratch),
         Err(_) => Ok(Vec::new()),
     };
+    let tids: Vec<pid_t> = g.threads.iter().map(|h| h.tid).collect();
+    let posix_timers = match (&res, &threads) {
+        (Ok(_), Ok(_)) => timers::collect(&mut t, pid, scratch + 2720, &tids, moving),
+        _ => Ok(Vec::new()),
+    };
     let unmap = t
         .syscall_exit_stop(libc::SYS_munmap, &[scratch, SCRATCH])
         .map_err(inj)
@@ -697,7 +706,8 @@ fn collect(
         });
     let (brk, sigactions, altstack, ctid, itimers, (thp_disable, child_subreaper, pdeathsig)) =
         res?;
-    let threads = threads?;
+    let mut threads = threads?;
+    let mut posix_timers = posix_timers?;
     unmap?;
     if pdeathsig != 0 {
         // thaw's tracer thread is the new parent, and its end would deliver the signal
@@ -728,6 +738,11 @@ fn collect(
             shared: false,
             info: info.clone(),
         });
+    }
+    // a pending expiry of a carried timer becomes an expiry at once (see timers::absorb)
+    pending.retain(|p| !timers::absorb(&mut posix_timers, &p.info));
+    for t in threads.iter_mut() {
+        t.pending.retain(|i| !timers::absorb(&mut posix_timers, i));
     }
     let img = ProcessImage {
         pid,
@@ -776,6 +791,8 @@ fn collect(
         oom_score_adj,
         threads,
         terminal,
+        posix_timers,
+        file_locks,
     };
 
     Ok(img)

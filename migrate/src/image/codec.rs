@@ -111,6 +111,10 @@ pub(crate) const REC_CORE: u32 = 1;
 pub(crate) const REC_ATTRS: u32 = 2;
 pub(crate) const REC_THREADS: u32 = 3;
 pub(crate) const REC_TERMINAL: u32 = 4;
+/// POSIX timers (required: a reader that cannot make them again must not thaw).
+pub(crate) const REC_POSIX_TIMERS: u32 = 5;
+/// File locks (required: a reader that cannot take them again must not thaw).
+pub(crate) const REC_FILE_LOCKS: u32 = 6;
 pub(crate) const REC_OPTIONAL: u32 = 1 << 31;
 
 /// State of one thread's CPU and its kernel-side registrations, written the same way for the
@@ -243,6 +247,14 @@ impl ProcessImage {
                 e.u32(t.fd as u32);
             });
         }
+        if !self.posix_timers.is_empty() {
+            e.record(REC_POSIX_TIMERS, |e| {
+                enc_posix_timers(e, &self.posix_timers)
+            });
+        }
+        if !self.file_locks.is_empty() {
+            e.record(REC_FILE_LOCKS, |e| enc_file_locks(e, &self.file_locks));
+        }
         e.0
     }
 
@@ -250,6 +262,11 @@ impl ProcessImage {
     /// images of real processes and prove they still thaw). Refuses state version 1 cannot
     /// hold (a terminal's settings, terminals above fd 2).
     pub(crate) fn encode_v1(&self) -> Result<Vec<u8>, ImageError> {
+        if !self.posix_timers.is_empty() || !self.file_locks.is_empty() {
+            return Err(ImageError::Corrupt(
+                "POSIX timers and file locks cannot be written in image format version 1".into(),
+            ));
+        }
         if self.terminal.is_some()
             || self
                 .fds
@@ -443,6 +460,8 @@ impl ProcessImage {
                     }
                     p.terminal = Some(TerminalImage { termios, ctty, fd });
                 }
+                REC_POSIX_TIMERS => p.posix_timers = dec_posix_timers(&mut r)?,
+                REC_FILE_LOCKS => p.file_locks = dec_file_locks(&mut r)?,
                 t if t & REC_OPTIONAL != 0 => continue, // optional and unknown: skipped
                 t => return Err(ImageError::UnknownRecord { tag: t }),
             }
@@ -639,6 +658,115 @@ impl ProcessImage {
     }
 }
 
+// --- POSIX timers (issue 8 part 3)
+
+fn enc_posix_timers(e: &mut Enc, ts: &[PosixTimer]) {
+    e.u64(ts.len() as u64);
+    for t in ts {
+        e.u32(t.id as u32);
+        e.u32(t.clock as u32);
+        e.u32(t.signo as u32);
+        e.u64(t.value);
+        e.u32(t.notify as u32);
+        e.u32(t.target as u32);
+        for w in [t.interval.0, t.interval.1, t.left.0, t.left.1] {
+            e.u64(w);
+        }
+    }
+}
+
+fn dec_posix_timers(d: &mut Dec<'_>) -> Result<Vec<PosixTimer>, ImageError> {
+    let n = d.len(1 << 20)?;
+    let mut v: Vec<PosixTimer> = Vec::new();
+    for _ in 0..n {
+        let id = d.u32()? as i32;
+        if id < 0 || v.last().is_some_and(|l| l.id >= id) {
+            return Err(corrupt("POSIX timer id"));
+        }
+        let clock = d.u32()? as i32;
+        let signo = d.u32()? as i32;
+        let value = d.u64()?;
+        let notify = d.u32()? as i32;
+        let target = d.u32()? as i32;
+        let mut w = [0u64; 4];
+        for x in w.iter_mut() {
+            *x = d.u64()?;
+        }
+        let known = [libc::SIGEV_SIGNAL, libc::SIGEV_NONE, libc::SIGEV_THREAD];
+        if !known.contains(&(notify & !libc::SIGEV_THREAD_ID))
+            || target <= 0
+            || !(0..=64).contains(&signo)
+            || w[1] >= 1_000_000_000
+            || w[3] >= 1_000_000_000
+        {
+            return Err(corrupt("POSIX timer"));
+        }
+        v.push(PosixTimer {
+            id,
+            clock,
+            signo,
+            value,
+            notify,
+            target,
+            interval: (w[0], w[1]),
+            left: (w[2], w[3]),
+        });
+    }
+    Ok(v)
+}
+
+// --- file locks (issue 8 part 3)
+
+fn enc_file_locks(e: &mut Enc, ls: &[FileLock]) {
+    e.u64(ls.len() as u64);
+    for l in ls {
+        e.u32(l.fd as u32);
+        e.u8(match l.kind {
+            LockKind::Flock => 0,
+            LockKind::Posix => 1,
+            LockKind::Ofd => 2,
+        });
+        e.u8(l.write as u8);
+        e.u64(l.start);
+        e.u8(l.end.is_some() as u8);
+        e.u64(l.end.unwrap_or(0));
+    }
+}
+
+fn dec_file_locks(d: &mut Dec<'_>) -> Result<Vec<FileLock>, ImageError> {
+    let n = d.len(1 << 20)?;
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let fd = d.u32()? as i32;
+        let kind = match d.u8()? {
+            0 => LockKind::Flock,
+            1 => LockKind::Posix,
+            2 => LockKind::Ofd,
+            _ => return Err(corrupt("file lock kind")),
+        };
+        let write = d.flag("file lock type")?;
+        let start = d.u64()?;
+        let bounded = d.flag("file lock end")?;
+        let end = d.u64()?;
+        let end = bounded.then_some(end);
+        if fd < 0
+            || start > i64::MAX as u64
+            || end.is_some_and(|e| e < start || e > i64::MAX as u64)
+            || (kind == LockKind::Flock && (start, end) != (0, None))
+        {
+            return Err(corrupt("file lock"));
+        }
+        v.push(FileLock {
+            fd,
+            kind,
+            write,
+            start,
+            end,
+        });
+    }
+    Ok(v)
+}
+
 fn enc_fd(e: &mut Enc, f: &Fd) {
     e.u32(f.fd as u32);
     match &f.kind {
@@ -758,6 +886,18 @@ fn enc_fd(e: &mut Enc, f: &Fd) {
             e.u32(*like as u32);
             e.u32(*flags)
         }
+        FdKind::Inotify { flags, watches } => {
+            e.u8(12);
+            e.u32(*flags);
+            e.u64(watches.len() as u64);
+            for w in watches {
+                e.u32(w.wd as u32);
+                e.u32(w.mask);
+                e.str(&w.path);
+                e.u64(w.dev);
+                e.u64(w.ino);
+            }
+        }
     }
 }
 
@@ -846,6 +986,28 @@ fn dec_fd(d: &mut Dec<'_>, v2: bool) -> Result<Fd, ImageError> {
                 like,
                 flags: d.u32()?,
             }
+        }
+        12 if v2 => {
+            let flags = d.u32()?;
+            let n = d.len(1 << 20)?;
+            let mut watches: Vec<InotifyWatch> = Vec::new();
+            for _ in 0..n {
+                let w = InotifyWatch {
+                    wd: d.u32()? as i32,
+                    mask: d.u32()?,
+                    path: d.str()?,
+                    dev: d.u64()?,
+                    ino: d.u64()?,
+                };
+                if w.wd <= 0
+                    || watches.last().is_some_and(|l| l.wd >= w.wd)
+                    || !w.path.starts_with('/')
+                {
+                    return Err(corrupt("inotify watch"));
+                }
+                watches.push(w);
+            }
+            FdKind::Inotify { flags, watches }
         }
         _ => return Err(corrupt("fd kind")),
     };
@@ -1086,5 +1248,94 @@ mod tests {
         let mut bad = p.clone();
         bad.terminal = None;
         assert!(ProcessImage::decode(&bad.encode()).is_err());
+    }
+
+    #[test]
+    fn posix_timers_round_trip_and_bad_ones_are_corrupt() {
+        let t = |id: i32| PosixTimer {
+            id,
+            clock: 1,
+            signo: 32,
+            value: 0x5647_9cd1_3050,
+            notify: libc::SIGEV_SIGNAL | libc::SIGEV_THREAD_ID,
+            target: 100 + id,
+            interval: (0, 500_000_000),
+            left: (3, 250_000_000),
+        };
+        let p = ProcessImage {
+            pid: 99,
+            regs: vec![0; 27],
+            posix_timers: vec![t(0), t(4)],
+            ..Default::default()
+        };
+        let b = p.encode();
+        assert_eq!(
+            ProcessImage::decode(&b).unwrap().posix_timers,
+            p.posix_timers
+        );
+        // version 1 cannot hold them: refused rather than written without them
+        assert!(p.encode_v1().is_err());
+        // without timers the record is not written at all
+        let none = ProcessImage {
+            posix_timers: Vec::new(),
+            ..p.clone()
+        };
+        assert!(b.len() > none.encode().len());
+        for (what, bad) in [
+            ("ids out of order", vec![t(4), t(0)]),
+            (
+                "nanoseconds",
+                vec![PosixTimer {
+                    left: (0, 1_000_000_000),
+                    ..t(0)
+                }],
+            ),
+            ("notify", vec![PosixTimer { notify: 9, ..t(0) }]),
+        ] {
+            let q = ProcessImage {
+                posix_timers: bad,
+                ..p.clone()
+            };
+            assert!(ProcessImage::decode(&q.encode()).is_err(), "{what}");
+        }
+        // the record is required: a reader that does not know tag 5 must refuse it
+        assert_eq!(REC_POSIX_TIMERS & REC_OPTIONAL, 0);
+    }
+
+    #[test]
+    fn file_locks_round_trip_and_bad_ones_are_corrupt() {
+        let l = |fd, kind, end| FileLock {
+            fd,
+            kind,
+            write: fd % 2 == 0,
+            start: if kind == LockKind::Flock { 0 } else { 5 },
+            end,
+        };
+        let p = ProcessImage {
+            pid: 99,
+            regs: vec![0; 27],
+            file_locks: vec![
+                l(3, LockKind::Flock, None),
+                l(4, LockKind::Posix, Some(14)),
+                l(5, LockKind::Ofd, None),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(
+            ProcessImage::decode(&p.encode()).unwrap().file_locks,
+            p.file_locks
+        );
+        assert!(p.encode_v1().is_err());
+        for bad in [
+            l(3, LockKind::Flock, Some(9)),
+            l(4, LockKind::Posix, Some(2)),
+        ] {
+            let q = ProcessImage {
+                file_locks: vec![bad],
+                ..p.clone()
+            };
+            assert!(ProcessImage::decode(&q.encode()).is_err());
+        }
+        assert_eq!(REC_FILE_LOCKS & REC_OPTIONAL, 0);
     }
 }

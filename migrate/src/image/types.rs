@@ -189,6 +189,24 @@ pub enum FdKind {
         like: i32,
         flags: u32,
     },
+    /// An inotify instance with its watches (issue 8 part 3), added again in watch-descriptor
+    /// order so that each gets its old number.
+    Inotify {
+        flags: u32,
+        watches: Vec<InotifyWatch>,
+    },
+}
+
+/// One watch of an inotify instance: its descriptor, its mask (as inotify_add_watch takes it)
+/// and the file or directory it watches (its path when frozen, and its device and inode: thaw
+/// refuses a path that names another file now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
 }
 
 /// The process's terminal (issue 8 part 6): its settings and whether it was the controlling
@@ -202,6 +220,54 @@ pub struct TerminalImage {
     pub ctty: bool,
     /// The stdio fd (0..2) that holds it.
     pub fd: i32,
+}
+
+// --- file locks (issue 8 part 3)
+
+/// Which call took a file lock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockKind {
+    /// flock(2): on the open file description.
+    Flock,
+    /// fcntl(F_SETLK): the process's, over a byte range.
+    Posix,
+    /// fcntl(F_OFD_SETLK): the open file description's, over a byte range.
+    Ofd,
+}
+
+/// One file lock the process holds, on the file open at `fd` (the open file description
+/// it was taken through).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileLock {
+    pub fd: i32,
+    pub kind: LockKind,
+    /// A write (exclusive) lock; else a read (shared) one.
+    pub write: bool,
+    /// First byte, and last byte (None: to the end of the file, however long). A flock
+    /// covers the whole file: (0, None).
+    pub start: u64,
+    pub end: Option<u64>,
+}
+
+// --- POSIX timers (issue 8 part 3)
+
+/// One POSIX timer (timer_create): thaw makes it again under the same id, on the same clock,
+/// with the same notification, aimed at the same thread (its new TID), armed for the time
+/// that was left and the same interval.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PosixTimer {
+    pub id: i32,
+    pub clock: i32,
+    /// sigev_signo and sigev_value.
+    pub signo: i32,
+    pub value: u64,
+    /// sigev_notify (SIGEV_SIGNAL, SIGEV_NONE, SIGEV_THREAD, with SIGEV_THREAD_ID).
+    pub notify: i32,
+    /// The thread it signals (SIGEV_THREAD_ID: an old TID or the old PID) or the process.
+    pub target: i32,
+    /// (seconds, nanoseconds) of `it_interval` and of the time left (`it_value`).
+    pub interval: (u64, u64),
+    pub left: (u64, u64),
 }
 
 /// One registration of an epoll instance, as /proc/PID/fdinfo shows it.
@@ -227,7 +293,8 @@ impl FdKind {
             | FdKind::SignalFd { flags, .. }
             | FdKind::Contents { flags, .. }
             | FdKind::SocketPair { flags, .. }
-            | FdKind::Terminal { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
+            | FdKind::Terminal { flags, .. }
+            | FdKind::Inotify { flags, .. } => flags & libc::O_CLOEXEC as u32 != 0,
         }
     }
 }
@@ -343,6 +410,10 @@ pub struct ProcessImage {
     pub threads: Vec<ThreadImage>,
     /// The terminal of its stdio, with its settings (None: no fd was a terminal).
     pub terminal: Option<TerminalImage>,
+    /// Its POSIX timers (timer_create), in id order.
+    pub posix_timers: Vec<PosixTimer>,
+    /// The file locks it holds (flock, fcntl and OFD locks), taken again at thaw.
+    pub file_locks: Vec<FileLock>,
 }
 
 /// One thread other than the main thread: what is per thread in Linux (registers incl. fs/gs

@@ -83,6 +83,9 @@ pub(super) fn restore_fds(
             | FdKind::SignalFd { .. }
             | FdKind::Contents { .. }
             | FdKind::SocketPair { .. } => {}
+            FdKind::Inotify { flags, watches } => {
+                super::inproc::inotify(b, f.fd, *flags, watches, above)?;
+            }
             FdKind::Terminal { like, flags } => {
                 // the terminal attached at `like` (checked before the process was made),
                 // opened again: a new open file of it, as /dev/tty gave the program

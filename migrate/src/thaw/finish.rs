@@ -1,4 +1,5 @@
-//! Final state: pending signals, credentials, timers, rseq, registers; then let it go.
+//! Final state: pending signals, credentials, timers, rseq, registers; then let it go (with a
+//! SIGWINCH when it had a terminal, whose size may have changed).
 
 use super::inject::{Builder, call};
 use super::{TRAMP, terr};
@@ -22,7 +23,10 @@ pub(super) fn finish(
     // pending signals (all signals are blocked in the child until the final mask is set),
     // then credentials last: they drop the privileges needed above
     let mut calls = Vec::new();
-    super::threads::pending_calls(b, img, pid, &threads, &mut calls)?;
+    // POSIX timers, now that the threads they signal exist (before credentials: alarm clocks)
+    super::timers::calls(b, img, pid, &threads, &mut calls)?;
+    // file locks, every fd being there
+    super::locks::calls(b, img, &mut calls)?;
     for ps in &img.pending {
         let sig = i32::from_ne_bytes(ps.info[..4].try_into().unwrap()) as u64;
         let p = b.data(&ps.info)?;
@@ -138,5 +142,12 @@ pub(super) fn finish(
     }
     b.t.listener = None;
     ptrace_req(Req::Detach, pid, 0).map_err(terr("PTRACE_DETACH"))?;
+    if img.terminal.is_some() {
+        // Its terminal is another one now, of another size perhaps: tell it, as a terminal
+        // does when its window is resized, so that a full-screen program (less, vim, top)
+        // asks for the size and redraws (SIGWINCH is ignored by default, so harmless else).
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(pid, libc::SIGWINCH) };
+    }
     Ok(())
 }

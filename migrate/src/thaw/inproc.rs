@@ -483,3 +483,56 @@ pub(super) fn is_epoll(img: &ProcessImage, fd: i32) -> bool {
         .iter()
         .any(|f| f.fd == fd && matches!(f.kind, FdKind::Epoll { .. }))
 }
+
+// --- inotify (issue 8 part 3)
+
+/// An inotify instance made again at `fd` (see `freeze::inproc::inotify`): its watches added
+/// in descriptor order, each checked to get its old number; a path that names another file
+/// than the frozen one (replaced, rotated) fails the thaw rather than watch the wrong file.
+pub(super) fn inotify(
+    b: &mut Builder,
+    fd: i32,
+    flags: u32,
+    watches: &[InotifyWatch],
+    above: u64,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for w in watches {
+        let md = std::fs::metadata(&w.path).map_err(terr(format!(
+            "stat of {} (watched by inotify fd {fd})",
+            w.path
+        )))?;
+        if md.dev() != w.dev || md.ino() != w.ino {
+            return Err(Error::Thaw(format!(
+                "{} (watched by inotify fd {fd}) is another file now (device {:x} inode {}, was {:x} {})",
+                w.path,
+                md.dev(),
+                md.ino(),
+                w.dev,
+                w.ino
+            )));
+        }
+    }
+    let i = b.sys(
+        "inotify_init1",
+        libc::SYS_inotify_init1,
+        &[libc::IN_CLOEXEC as u64],
+    )?;
+    let i = lift(b, i, above)?;
+    for w in watches {
+        let p = b.cstr(&w.path)?;
+        let wd = b.sys(
+            &format!("inotify_add_watch of {} for fd {fd}", w.path),
+            libc::SYS_inotify_add_watch,
+            &[i, p, w.mask as u64],
+        )?;
+        if wd != w.wd as u64 {
+            return Err(Error::Thaw(format!(
+                "inotify fd {fd}: the watch of {} got descriptor {wd}, not {}",
+                w.path, w.wd
+            )));
+        }
+    }
+    set_fl(b, i, flags)?;
+    place(b, i, fd, flags & libc::O_CLOEXEC as u32 != 0)
+}

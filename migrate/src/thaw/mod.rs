@@ -27,6 +27,7 @@ mod finish;
 mod inject;
 mod inproc;
 mod into_shell;
+mod locks;
 mod maps;
 mod memory;
 mod spawn;
@@ -34,6 +35,7 @@ mod threads;
 mod tree;
 pub(crate) use tree::TreeSpot;
 pub use tree::{ThawedTree, thaw_tree};
+mod timers;
 
 use checks::{check_file, fit_xstate, own_vdso_gadget, special_areas};
 use inject::{Builder, GADGET_AT, call};

@@ -1,9 +1,11 @@
 //! Thaw of the threads other than the main one. In the rebuilt process, its main thread held at
 //! the trampoline, each thread of the image is made by an injected `clone3` (the flags of a
-//! pthread; its clear_child_tid by CLONE_CHILD_CLEARTID; its old TID by `set_tid` when the
-//! process got its old PID back). A thread made so stops before it runs any user code (it is
+//! pthread; its clear_child_tid by CLONE_CHILD_CLEARTID; its old TID by `set_tid` whenever
+//! that is free and thaw may ask for it (root), also when the process got a new PID: glibc
+//! keeps TIDs of its own beyond struct pthread (the SIGEV_THREAD timer thread's, which a
+//! timer_create after the thaw aims at). A thread made so stops before it runs any user code (it is
 //! auto-attached, PTRACE_O_TRACECLONE); what only the thread itself can set is injected into
-//! it (robust list, sigaltstack, name, no_new_privs, groups and ids, rseq); its registers, FPU
+//! it (robust list, sigaltstack, name, its pending signals, no_new_privs, groups and ids, rseq); its registers, FPU
 //! state and signal mask are set through ptrace just before it is let go.
 
 use super::inject::{Builder, CODE_AT, GADGET_AT, OUT_AT};
@@ -47,7 +49,7 @@ pub(super) fn create(b: &mut Builder, img: &ProcessImage, pid: pid_t) -> Result<
     .map_err(terr("PTRACE_SETOPTIONS"))?;
     let mut made = Vec::with_capacity(img.threads.len());
     for (t, xstate) in img.threads.iter().zip(fitted) {
-        let tid = clone_thread(b, t, pid == img.pid)?;
+        let tid = clone_thread(b, t, true)?;
         made.push(Made { tid, xstate });
         let st = wait_until(tid, Instant::now() + NEW_THREAD_STOP)
             .map_err(terr(format!("waiting for new thread {tid}")))?
@@ -72,9 +74,9 @@ pub(super) fn create(b: &mut Builder, img: &ProcessImage, pid: pid_t) -> Result<
     Ok(made)
 }
 
-/// clone3 of one thread from the main thread; its new TID. With `same_pid`, the old TID is
-/// asked for (set_tid) and a new one taken when that is not free.
-fn clone_thread(b: &mut Builder, t: &ThreadImage, same_pid: bool) -> Result<pid_t> {
+/// clone3 of one thread from the main thread; its new TID. With `old_tid`, the old TID is
+/// asked for (set_tid) and a new one taken when that is not free or not allowed.
+fn clone_thread(b: &mut Builder, t: &ThreadImage, old_tid: bool) -> Result<pid_t> {
     let mut flags = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
@@ -84,7 +86,7 @@ fn clone_thread(b: &mut Builder, t: &ThreadImage, same_pid: bool) -> Result<pid_
     if t.clear_child_tid != 0 {
         flags |= libc::CLONE_CHILD_CLEARTID as u64;
     }
-    for want_tid in [same_pid, false] {
+    for want_tid in [old_tid, false] {
         b.data_off = 0;
         let set_tid = if want_tid {
             b.data(&(t.tid as u64).to_ne_bytes())?
@@ -171,6 +173,17 @@ fn set_own_state(b: &mut Builder, t: &ThreadImage, tid: pid_t, img: &ProcessImag
             "prctl(PR_SET_NO_NEW_PRIVS)",
         );
     }
+    // its own pending signals, queued by itself: the kernel lets only the thread itself queue
+    // one that tgkill or kill sent (si_code SI_TKILL or >= 0; Go preempts with tgkill)
+    for info in &t.pending {
+        let sig = i32::from_ne_bytes(info[..4].try_into().unwrap()) as u64;
+        let p = b.data(info)?;
+        c(
+            libc::SYS_rt_tgsigqueueinfo,
+            &[b.t.pid as u64, tid as u64, sig, p],
+            "rt_tgsigqueueinfo of its pending signal",
+        );
+    }
     let cr = &img.creds;
     let mut gs = Vec::new();
     for g in &cr.groups {
@@ -215,29 +228,6 @@ fn set_own_state(b: &mut Builder, t: &ThreadImage, tid: pid_t, img: &ProcessImag
         return Err(Error::Thaw(format!(
             "new thread {tid} got a signal while it was being built"
         )));
-    }
-    Ok(())
-}
-
-/// Queues each thread's own pending signals (injected into the main thread, which may do so
-/// for any thread of its group).
-pub(super) fn pending_calls(
-    b: &mut Builder,
-    img: &ProcessImage,
-    pid: pid_t,
-    made: &[Made],
-    calls: &mut Vec<super::inject::Call>,
-) -> Result<()> {
-    for (t, m) in img.threads.iter().zip(made) {
-        for info in &t.pending {
-            let sig = i32::from_ne_bytes(info[..4].try_into().unwrap()) as u64;
-            let p = b.data(info)?;
-            calls.push(super::inject::call(
-                format!("rt_tgsigqueueinfo for thread {}", m.tid),
-                libc::SYS_rt_tgsigqueueinfo,
-                &[pid as u64, m.tid as u64, sig, p],
-            ));
-        }
     }
     Ok(())
 }

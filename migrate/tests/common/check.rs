@@ -135,10 +135,25 @@ impl View {
                         .map(|v| v.trim().to_string())
                         .unwrap_or_default()
                 };
+                // each file lock held through it, without its number and holder's PID
+                let locks: String = info
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("lock:"))
+                    .map(|l| {
+                        let w: Vec<&str> = l.split_whitespace().collect();
+                        let keep: Vec<&str> = w
+                            .iter()
+                            .enumerate()
+                            .filter(|(i, _)| *i != 0 && *i != 4)
+                            .map(|(_, x)| *x)
+                            .collect();
+                        format!(" lock {}", keep.join(" "))
+                    })
+                    .collect();
                 (
                     n,
                     format!(
-                        "fd {n} -> {} pos {} flags {}",
+                        "fd {n} -> {} pos {} flags {}{locks}",
                         link(&format!("fd/{n}")),
                         field("pos:"),
                         field("flags:")
@@ -166,13 +181,15 @@ impl View {
             })
             .collect();
         t.insert("fds", fds);
-        // every thread, in TID order (TIDs themselves change with the PID): its name and its
+        // every thread, main thread first (TIDs themselves change with the PID): its name and its
         // own lines of status (mask, pending signals, credentials, seccomp, affinity)
         let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
             .unwrap_or_else(|e| panic!("checker: listing /proc/{pid}/task: {e}"))
             .map(|e| e.unwrap().file_name().to_str().unwrap().parse().unwrap())
             .collect();
-        tids.sort();
+        // the main thread first, then the others in TID order (thaw gives threads their old
+        // TIDs when free, also under a new PID, so the main thread may sort anywhere)
+        tids.sort_by_key(|&t| (t != pid, t));
         let mut threads = Vec::new();
         for (i, tid) in tids.iter().enumerate() {
             let st = rd(pid, &format!("task/{tid}/status"));
@@ -191,6 +208,34 @@ impl View {
             threads.push(l);
         }
         t.insert("threads", threads);
+        // POSIX timers: id, signal and value, notification, clock; the thread a timer signals
+        // named by its place in TID order
+        let mut timers = Vec::new();
+        let mut cur = String::new();
+        for l in rd(pid, "timers").lines() {
+            let l = if let Some(n) = l.strip_prefix("notify: ") {
+                let (how, whom) = n.split_once('/').expect("checker: odd notify line");
+                let (kind, id) = whom.split_once('.').expect("checker: odd notify target");
+                let id: i32 = id.parse().expect("checker: odd notify target");
+                let who = match tids.iter().position(|&x| x == id) {
+                    Some(i) if kind == "tid" => format!("thread #{i}"),
+                    _ if id == pid => "process".to_string(),
+                    _ => format!("{kind} {id} (not one of its threads)"),
+                };
+                format!("notify: {how}/{who}")
+            } else {
+                l.to_string()
+            };
+            if l.starts_with("ID:") && !cur.is_empty() {
+                timers.push(std::mem::take(&mut cur));
+            }
+            cur.push_str(&l);
+            cur.push(' ');
+        }
+        if !cur.is_empty() {
+            timers.push(cur);
+        }
+        t.insert("timers", timers);
         View {
             topics: t,
             stopped: stopped(pid),
