@@ -490,21 +490,34 @@ fn proc_ids(pid: i32) -> Result<(i32, i32, i32), String> {
     Ok((num(1)?, num(2)?, num(3)?))
 }
 
-/// What the executable at `path` is, here: identity and a SHA-256 of its content.
+/// What the executable at `path` is, here: identity and a SHA-256 of its content. The hash is
+/// cached per file version (dev, inode, size, mtime, ctime: [`migration::mapfile::of_fd`], the
+/// cache the remote's library check uses too), so a repeated start or move of the same program
+/// hashes nothing on either side; a file replaced or written since is hashed afresh. Files
+/// larger than the cache's limit are hashed every time.
 pub(crate) fn exe_identity(path: &str) -> Option<ExeIdentity> {
-    use sha2::Digest;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).ok()?;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).ok()?;
+    let f = std::fs::File::open(path).ok()?;
+    let md = f.metadata().ok()?;
+    let content_hash = match migration::mapfile::of_fd(f.as_fd()) {
+        Ok(id) if id.size == md.size() => id.hash,
+        Ok(_) => return None, // changed between the two looks: unreadable for now
+        Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut &f, &mut h).ok()?;
+            h.finalize().into()
+        }
+        Err(_) => return None,
+    };
     Some(ExeIdentity {
         path: path.to_string(),
         dev: md.dev(),
         ino: md.ino(),
         size: md.size(),
         mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-        content_hash: h.finalize().into(),
+        content_hash,
     })
 }
 
@@ -549,6 +562,10 @@ fn home_thread(
         }
     };
     let frozen_at = Instant::now();
+    // Where a move's time goes (RUST_LOG=omnode::phase=debug; BENCHMARKS.md "Migration").
+    let phase = |what: &str| {
+        tracing::debug!(target: "omnode::phase", pid, us = frozen_at.elapsed().as_micros() as u64, "home: {what}");
+    };
     let seized = match seized {
         Some(s) => Ok(s),
         None => migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT),
@@ -561,6 +578,7 @@ fn home_thread(
         Ok(i) => i,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };
+    phase("collected");
     let (ppid, pgid, sid) = match proc_ids(pid) {
         Ok(v) => v,
         Err(e) => return answer(Err(format!("process {pid}: {e}"))),
@@ -574,6 +592,7 @@ fn home_thread(
     // moves made before (it came home since): the count goes on
     let prev_moves = lock(&m.came_home).get(&pid).map_or(0, |r| r.moves);
     let (image_len, page_bytes) = (plan.image_bytes, plan.page_bytes);
+    phase("planned");
     let Some(exe) = exe_identity(&img.exe) else {
         return answer(Err(format!(
             "process {pid}: its executable {} is unreadable",
@@ -596,6 +615,7 @@ fn home_thread(
         mfs: crate::mfsd::mounts(),
         lastexec: crate::mfsmagic::lastexec_of(pid as u32),
     };
+    phase("executable identified");
     // Shared by the deputy's worker and this thread (made ready before the offer).
     let shared = std::sync::Arc::new(crate::deputy::Shared::default());
     // Everything the deputy will need is taken now, while the process is frozen here: if it
@@ -610,6 +630,7 @@ fn home_thread(
             )));
         }
     };
+    phase("deputy prepared");
     let offer = Offer {
         mig,
         pid: pid as u32,
@@ -644,6 +665,7 @@ fn home_thread(
             )));
         }
     };
+    phase("image source started");
     let (mut home, acts) = Home::start(config, offer, Instant::now());
     let mut seized: Option<migrate::Seized> = None;
     let mut held_peak = 0u64;
@@ -659,6 +681,7 @@ fn home_thread(
             to,
             mig,
             p.jobs.clone(),
+            p.fds.clone(),
             shared.clone(),
         ));
         let _ = p.way.set(w.clone());
@@ -723,6 +746,7 @@ fn home_thread(
                     )));
                 }
                 HomeAction::ParkHome => {
+                    phase("committed: parking the home shell");
                     if let Some(src) = source.take() {
                         seized = src.finish();
                     }

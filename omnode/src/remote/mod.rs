@@ -124,6 +124,11 @@ fn target_thread(
     (wake, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
 ) {
     let mig = offer.mig;
+    let t0 = Instant::now();
+    // Where a move's time goes here (RUST_LOG=omnode::phase=debug).
+    let phase = |what: &str| {
+        tracing::debug!(target: "omnode::phase", mig, us = t0.elapsed().as_micros() as u64, "target: {what}");
+    };
     let uid_known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(offer.uid))
         .ok()
         .flatten()
@@ -159,6 +164,7 @@ fn target_thread(
         ..protocol::Config::default()
     };
     let window = config.window;
+    phase("local facts");
     let (t, acts) = Target::on_offer(config, offer, &facts, Instant::now());
     let Some(mut target) = t else {
         for a in acts {
@@ -213,6 +219,7 @@ fn target_thread(
             match a {
                 TargetAction::Send(msg) => send(msg),
                 TargetAction::StartThaw(_) => {
+                    phase("accepted: builder starts");
                     let (ctx, reader) = feed_channel(window, Some(reader_wake.clone()));
                     let (gtx, grx) = mpsc::channel();
                     consumed = Some(ctx.consumed.clone());
@@ -234,6 +241,7 @@ fn target_thread(
                 }
                 TargetAction::Feed { offset, data } => {
                     if offset == 0 {
+                        phase("first chunk");
                         tracing::info!(home, mig, "the image streams in (first chunk)");
                     }
                     if let Some(c) = chunks.as_mut()
@@ -243,8 +251,12 @@ fn target_thread(
                         pending.extend(target.fail(e));
                     }
                 }
-                TargetAction::FinishThaw => chunks = None,
+                TargetAction::FinishThaw => {
+                    phase("whole image in");
+                    chunks = None
+                }
                 TargetAction::RunRemote => {
+                    phase("commit: run");
                     ran = true;
                     crate::metrics::bump(&crate::metrics::COUNTERS.migrations_in);
                     if let Some(g) = &go {
@@ -350,10 +362,12 @@ fn target_thread(
         while let Ok(b) = built_rx.try_recv() {
             match b {
                 Built::Ready(r) => {
+                    phase("built: confirming");
                     consumed = None;
                     pending.extend(target.on_built(r, Instant::now()))
                 }
                 Built::Running(p) => {
+                    phase("running");
                     local_pid = Some(p);
                     for signo in early_signals.drain(..) {
                         if signo == libc::SIGCONT {
