@@ -4,11 +4,13 @@
 //! A forwarded call used to cross about eight threads (BENCHMARKS.md, "Migration"): the
 //! supervisor, the runtime, the inbox actor, home's migration thread, the deputy's worker, the
 //! migration thread again, the runtime, the target's migration thread and the supervisor. Once a
-//! deputy or a supervisor runs, its messages take the short way: the inbox hands a request
-//! straight to the deputy's [`DeputyWay`] (which decides and queues it for the worker), the
-//! worker sends the reply itself, and the remote's inbox hands the reply straight to the
-//! supervisor's channel and eventfd ([`RemoteWay`]). Each way counts what it carried, so the
-//! migration threads still see the peer's signs of life.
+//! deputy or a supervisor runs, its messages take the short way: the inbox (the link's own
+//! reader: the migrator is served with `runtime::System::serve_direct`, no actor mailbox)
+//! hands a request straight to the deputy's [`DeputyWay`], which runs a call on a regular
+//! local file at once when the worker is idle ([`inline_call`]) and queues anything else for
+//! the worker; the reply goes out from whoever ran the call, and the remote's inbox hands it
+//! straight to the supervisor's channel and eventfd ([`RemoteWay`]). Each way counts what it
+//! carried, so the migration threads still see the peer's signs of life.
 //!
 //! Owns: the table of open ways and what each does with a message.
 //! Must not know: the forwarding protocol's rules (`migration::forward`), the migration
@@ -500,6 +502,53 @@ mod tests {
             g.start(|_| {}).as_slice(),
             [DeputyAction::Execute { seq: 1, .. }]
         ));
+    }
+
+    /// A call on a regular file of a local disk filesystem runs at once, exactly as the worker
+    /// would run it (the bytes land in the file at its shared offset); a call on a pipe, or a
+    /// call that is not a plain file call, is left to the worker.
+    #[test]
+    fn only_plain_calls_on_local_regular_files_run_inline() {
+        use std::io::{Read, Seek};
+        use std::os::fd::OwnedFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let file = std::fs::File::create(&path).unwrap();
+        let (pr, pw) = nix::unistd::pipe().unwrap();
+        let fds: crate::gohome::DeputyFds = Arc::new(Mutex::new(HashMap::from([
+            (3, OwnedFd::from(file.try_clone().unwrap())),
+            (4, pw),
+        ])));
+        let write = |fd| Call::Write {
+            fd,
+            data: Bytes::from_static(b"hello"),
+        };
+        let local = matches!(
+            nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0 as i64),
+            Ok(0xEF53 | 0x5846_5342 | 0x9123_683E | 0x0102_1994 | 0x794C_7630)
+        );
+        match inline_call(&fds, &write(3)) {
+            Some(r) => {
+                assert!(local, "ran inline on a filesystem not in the list");
+                assert_eq!(r.ret, 5);
+                let mut got = String::new();
+                std::fs::File::open(&path)
+                    .unwrap()
+                    .read_to_string(&mut got)
+                    .unwrap();
+                assert_eq!(got, "hello");
+                // the offset is the file's own (shared with the process's other holders)
+                assert_eq!((&file).stream_position().unwrap(), 5);
+            }
+            None => assert!(!local, "a write to a local regular file went to the worker"),
+        }
+        assert!(inline_call(&fds, &write(4)).is_none(), "a pipe may block");
+        assert!(inline_call(&fds, &write(9)).is_none(), "no such fd here");
+        assert!(inline_call(&fds, &Call::Close { fd: 3 }).is_none());
+        let mut nothing = [0u8; 1];
+        nix::fcntl::fcntl(&pr, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+            .unwrap();
+        assert!(nix::unistd::read(&pr, &mut nothing).is_err(), "nothing was written to the pipe");
     }
 
     #[test]

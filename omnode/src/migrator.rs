@@ -35,7 +35,7 @@ use migration::forward::FwdMsg;
 
 use migration::protocol::{self, ExeIdentity, ExitStatus, Home, HomeAction, MigId, Msg, Offer};
 use runtime::transport::Lane;
-use runtime::{Actor, Context, Inbound, System};
+use runtime::{Inbound, System};
 use serde::{Deserialize, Serialize};
 
 /// The name both ends of a migration are reachable at.
@@ -197,33 +197,14 @@ pub fn start(system: &System) -> Arc<Migrator> {
         fwd_paths: Default::default(),
     });
     let _ = GLOBAL.set(m.clone());
+    // Each message is dispatched on the link's reader itself (no actor mailbox between: one
+    // wake-up less per forwarded call and per reply, BENCHMARKS.md "Migration"); `dispatch`
+    // never waits (it hands messages to threads, channels and eventfds).
     let m2 = m.clone();
-    let inbox = system.spawn(NAME, move || InboxActor { m: m2.clone() });
-    system.serve::<Wire, _>(NAME, inbox);
+    system.serve_direct::<Wire, _>(NAME, move |i: Inbound<Wire>| {
+        m2.dispatch(i.from, i.msg, i.payload)
+    });
     m
-}
-
-/// Receives wire messages and hands each to its migration's thread.
-struct InboxActor {
-    m: Arc<Migrator>,
-}
-
-pub struct InboxMsg(Inbound<Wire>);
-
-impl From<Inbound<Wire>> for InboxMsg {
-    fn from(i: Inbound<Wire>) -> Self {
-        InboxMsg(i)
-    }
-}
-
-impl Actor for InboxActor {
-    type Msg = InboxMsg;
-    async fn handle(&mut self, msg: InboxMsg, _ctx: &mut Context<Self>) {
-        let Inbound {
-            from, msg, payload, ..
-        } = msg.0;
-        self.m.dispatch(from, msg, payload);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1254,5 +1235,29 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
             ))
         }
         _ => Response::Error("not a migration request".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    /// The executable's hash is cached per file version, never stale: a file rewritten in
+    /// place with other bytes of the same size gets the hash of its new content, and a look
+    /// at an unchanged file gives the same identity again.
+    #[test]
+    fn exe_identity_follows_a_rewritten_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prog");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, b"first version").unwrap();
+        let a = super::exe_identity(p).unwrap();
+        assert_eq!(a.content_hash, <[u8; 32]>::from(sha2::Sha256::digest(b"first version")));
+        assert_eq!(super::exe_identity(p).unwrap(), a, "an unchanged file");
+        std::fs::write(&path, b"other version").unwrap();
+        let b = super::exe_identity(p).unwrap();
+        assert_eq!(b.size, a.size);
+        assert_eq!(b.content_hash, <[u8; 32]>::from(sha2::Sha256::digest(b"other version")));
+        assert!(super::exe_identity(dir.path().join("none").to_str().unwrap()).is_none());
     }
 }
