@@ -524,7 +524,7 @@ mod tests {
             data: Bytes::from_static(b"hello"),
         };
         let local = matches!(
-            nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0 as i64),
+            nix::sys::statfs::fstatfs(&file).map(|s| s.filesystem_type().0),
             Ok(0xEF53 | 0x5846_5342 | 0x9123_683E | 0x0102_1994 | 0x794C_7630)
         );
         match inline_call(&fds, &write(3)) {
@@ -546,9 +546,15 @@ mod tests {
         assert!(inline_call(&fds, &write(9)).is_none(), "no such fd here");
         assert!(inline_call(&fds, &Call::Close { fd: 3 }).is_none());
         let mut nothing = [0u8; 1];
-        nix::fcntl::fcntl(&pr, nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
-            .unwrap();
-        assert!(nix::unistd::read(&pr, &mut nothing).is_err(), "nothing was written to the pipe");
+        nix::fcntl::fcntl(
+            &pr,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        assert!(
+            nix::unistd::read(&pr, &mut nothing).is_err(),
+            "nothing was written to the pipe"
+        );
     }
 
     #[test]

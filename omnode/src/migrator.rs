@@ -1252,12 +1252,18 @@ mod tests {
         let p = path.to_str().unwrap();
         std::fs::write(&path, b"first version").unwrap();
         let a = super::exe_identity(p).unwrap();
-        assert_eq!(a.content_hash, <[u8; 32]>::from(sha2::Sha256::digest(b"first version")));
+        assert_eq!(
+            a.content_hash,
+            <[u8; 32]>::from(sha2::Sha256::digest(b"first version"))
+        );
         assert_eq!(super::exe_identity(p).unwrap(), a, "an unchanged file");
         std::fs::write(&path, b"other version").unwrap();
         let b = super::exe_identity(p).unwrap();
         assert_eq!(b.size, a.size);
-        assert_eq!(b.content_hash, <[u8; 32]>::from(sha2::Sha256::digest(b"other version")));
+        assert_eq!(
+            b.content_hash,
+            <[u8; 32]>::from(sha2::Sha256::digest(b"other version"))
+        );
         assert!(super::exe_identity(dir.path().join("none").to_str().unwrap()).is_none());
     }
 }
