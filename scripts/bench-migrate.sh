@@ -13,6 +13,8 @@
 #   STARTS=50         mosrun / fork+exec repetitions          WRITES=20000  64-byte writes
 #   PARTS="move start write cpu"  which measurements to run
 #   FIRST_IP=127.0.0.241  node 1's address (node 2 gets the next one; ADDR= is the same)
+#   LOG=...           the daemons' RUST_LOG (add omnode::phase=debug for the time of each phase)
+#   KEEP=DIR          copy both daemons' logs to DIR/n1.log, DIR/n2.log at the end
 set -euo pipefail
 
 BIN=$(realpath "${1:-target/release/omnode}")
@@ -28,7 +30,9 @@ part() { [[ " $PARTS " == *" $1 "* ]]; }
 
 D=$(mktemp -d /tmp/bench-migrate.XXXXXX)
 PIDS=()
+LOG=${LOG:-warn,omnode::balancer=info,omnode::migrator=info,omnode::remote=info}
 cleanup() {
+    if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$D"/n[12].log "$KEEP"/ 2>/dev/null || true; fi
     for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$D"
@@ -137,7 +141,7 @@ printf '1 %s 2\n' "$FIRST_IP" > "$D/map"
 "$BIN" keygen --out "$D/key" >/dev/null
 PORT=$(( 20000 + RANDOM % 20000 ))
 for n in 1 2; do
-    RUST_LOG=warn,omnode::balancer=info,omnode::migrator=info,omnode::remote=info "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
+    RUST_LOG=$LOG "$BIN" --map "$D/map" --node $n --key-file "$D/key" --port $PORT \
         --socket "$D/n$n.sock" --load-tick-ms 1000 >"$D/n$n.log" 2>&1 &
     PIDS+=($!)
 done

@@ -542,6 +542,7 @@ async fn place_process(
                 return;
             }
         };
+        tracing::debug!(target: "omnode::phase", pid, "mosrun: stopped at its exec");
         // Moved now, before its first instruction, static or dynamic: a dynamic loader's
         // mmaps of the libraries it opened at home run on the identical local files
         // (`migration::remote`, `Req::FileId`); a library that differs here brings it home.

@@ -183,7 +183,17 @@ pub fn xsave_size() -> Option<u32> {
 
 /// The features a process of this node may use, with the XSAVE size pseudo-feature: what home
 /// puts in an offer. Fails (and the caller refuses the move) when /proc/cpuinfo is unreadable.
+/// Read once: a node's CPU features do not change while it runs (a failed read is not kept).
 pub fn offered() -> Result<Vec<String>, String> {
+    static READ: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    if let Some(v) = READ.get() {
+        return Ok(v.clone());
+    }
+    let v = read_offered()?;
+    Ok(READ.get_or_init(|| v).clone())
+}
+
+fn read_offered() -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string("/proc/cpuinfo")
         .map_err(|e| format!("cannot read /proc/cpuinfo: {e}"))?;
     let mut v = parse_flags(&text).map_err(|e| format!("/proc/cpuinfo: {e}"))?;

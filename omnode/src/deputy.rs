@@ -45,6 +45,9 @@ pub(crate) struct Shared {
     /// access: each stops the home shell directly, so the copy's stop it causes needs no
     /// mirroring.
     pub tty_stops: AtomicU64,
+    /// Calls handed to the worker and not yet reported done: while any is, later calls go to
+    /// the worker too (in order), none runs on the inbox ([`crate::fwdpath`]).
+    pub busy: AtomicU64,
 }
 
 /// The moved process's identity at home, as the worker thread took it.
@@ -129,6 +132,10 @@ pub(crate) fn worker(
             Some(w) => w.done(tid, seq, reply),
             None => tracing::error!(pid, "deputy: a call ran before its way was open"),
         }
+        // after its reply is with the machine: a later call may run on the inbox now
+        let _ = shared
+            .busy
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1));
     }
 }
 

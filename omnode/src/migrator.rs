@@ -35,7 +35,7 @@ use migration::forward::FwdMsg;
 
 use migration::protocol::{self, ExeIdentity, ExitStatus, Home, HomeAction, MigId, Msg, Offer};
 use runtime::transport::Lane;
-use runtime::{Actor, Context, Inbound, System};
+use runtime::{Inbound, System};
 use serde::{Deserialize, Serialize};
 
 /// The name both ends of a migration are reachable at.
@@ -197,33 +197,14 @@ pub fn start(system: &System) -> Arc<Migrator> {
         fwd_paths: Default::default(),
     });
     let _ = GLOBAL.set(m.clone());
+    // Each message is dispatched on the link's reader itself (no actor mailbox between: one
+    // wake-up less per forwarded call and per reply, BENCHMARKS.md "Migration"); `dispatch`
+    // never waits (it hands messages to threads, channels and eventfds).
     let m2 = m.clone();
-    let inbox = system.spawn(NAME, move || InboxActor { m: m2.clone() });
-    system.serve::<Wire, _>(NAME, inbox);
+    system.serve_direct::<Wire, _>(NAME, move |i: Inbound<Wire>| {
+        m2.dispatch(i.from, i.msg, i.payload)
+    });
     m
-}
-
-/// Receives wire messages and hands each to its migration's thread.
-struct InboxActor {
-    m: Arc<Migrator>,
-}
-
-pub struct InboxMsg(Inbound<Wire>);
-
-impl From<Inbound<Wire>> for InboxMsg {
-    fn from(i: Inbound<Wire>) -> Self {
-        InboxMsg(i)
-    }
-}
-
-impl Actor for InboxActor {
-    type Msg = InboxMsg;
-    async fn handle(&mut self, msg: InboxMsg, _ctx: &mut Context<Self>) {
-        let Inbound {
-            from, msg, payload, ..
-        } = msg.0;
-        self.m.dispatch(from, msg, payload);
-    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -490,21 +471,34 @@ fn proc_ids(pid: i32) -> Result<(i32, i32, i32), String> {
     Ok((num(1)?, num(2)?, num(3)?))
 }
 
-/// What the executable at `path` is, here: identity and a SHA-256 of its content.
+/// What the executable at `path` is, here: identity and a SHA-256 of its content. The hash is
+/// cached per file version (dev, inode, size, mtime, ctime: [`migration::mapfile::of_fd`], the
+/// cache the remote's library check uses too), so a repeated start or move of the same program
+/// hashes nothing on either side; a file replaced or written since is hashed afresh. Files
+/// larger than the cache's limit are hashed every time.
 pub(crate) fn exe_identity(path: &str) -> Option<ExeIdentity> {
-    use sha2::Digest;
+    use std::os::fd::AsFd;
     use std::os::unix::fs::MetadataExt;
-    let md = std::fs::metadata(path).ok()?;
-    let mut f = std::fs::File::open(path).ok()?;
-    let mut h = sha2::Sha256::new();
-    std::io::copy(&mut f, &mut h).ok()?;
+    let f = std::fs::File::open(path).ok()?;
+    let md = f.metadata().ok()?;
+    let content_hash = match migration::mapfile::of_fd(f.as_fd()) {
+        Ok(id) if id.size == md.size() => id.hash,
+        Ok(_) => return None, // changed between the two looks: unreadable for now
+        Err(e) if e.raw_os_error() == Some(libc::EFBIG) => {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            std::io::copy(&mut &f, &mut h).ok()?;
+            h.finalize().into()
+        }
+        Err(_) => return None,
+    };
     Some(ExeIdentity {
         path: path.to_string(),
         dev: md.dev(),
         ino: md.ino(),
         size: md.size(),
         mtime_ns: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
-        content_hash: h.finalize().into(),
+        content_hash,
     })
 }
 
@@ -549,6 +543,10 @@ fn home_thread(
         }
     };
     let frozen_at = Instant::now();
+    // Where a move's time goes (RUST_LOG=omnode::phase=debug; BENCHMARKS.md "Migration").
+    let phase = |what: &str| {
+        tracing::debug!(target: "omnode::phase", pid, us = frozen_at.elapsed().as_micros() as u64, "home: {what}");
+    };
     let seized = match seized {
         Some(s) => Ok(s),
         None => migrate::seize(pid, migrate::DEFAULT_STOP_TIMEOUT),
@@ -561,6 +559,7 @@ fn home_thread(
         Ok(i) => i,
         Err(e) => return answer(Err(format!("process {pid} cannot move to node {to}: {e}"))),
     };
+    phase("collected");
     let (ppid, pgid, sid) = match proc_ids(pid) {
         Ok(v) => v,
         Err(e) => return answer(Err(format!("process {pid}: {e}"))),
@@ -574,6 +573,7 @@ fn home_thread(
     // moves made before (it came home since): the count goes on
     let prev_moves = lock(&m.came_home).get(&pid).map_or(0, |r| r.moves);
     let (image_len, page_bytes) = (plan.image_bytes, plan.page_bytes);
+    phase("planned");
     let Some(exe) = exe_identity(&img.exe) else {
         return answer(Err(format!(
             "process {pid}: its executable {} is unreadable",
@@ -596,6 +596,7 @@ fn home_thread(
         mfs: crate::mfsd::mounts(),
         lastexec: crate::mfsmagic::lastexec_of(pid as u32),
     };
+    phase("executable identified");
     // Shared by the deputy's worker and this thread (made ready before the offer).
     let shared = std::sync::Arc::new(crate::deputy::Shared::default());
     // Everything the deputy will need is taken now, while the process is frozen here: if it
@@ -610,6 +611,7 @@ fn home_thread(
             )));
         }
     };
+    phase("deputy prepared");
     let offer = Offer {
         mig,
         pid: pid as u32,
@@ -644,6 +646,7 @@ fn home_thread(
             )));
         }
     };
+    phase("image source started");
     let (mut home, acts) = Home::start(config, offer, Instant::now());
     let mut seized: Option<migrate::Seized> = None;
     let mut held_peak = 0u64;
@@ -659,6 +662,7 @@ fn home_thread(
             to,
             mig,
             p.jobs.clone(),
+            p.fds.clone(),
             shared.clone(),
         ));
         let _ = p.way.set(w.clone());
@@ -723,6 +727,7 @@ fn home_thread(
                     )));
                 }
                 HomeAction::ParkHome => {
+                    phase("committed: parking the home shell");
                     if let Some(src) = source.take() {
                         seized = src.finish();
                     }
@@ -1230,5 +1235,35 @@ pub async fn serve(req: crate::control::Request, uid: Option<u32>) -> crate::con
             ))
         }
         _ => Response::Error("not a migration request".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sha2::Digest;
+
+    /// The executable's hash is cached per file version, never stale: a file rewritten in
+    /// place with other bytes of the same size gets the hash of its new content, and a look
+    /// at an unchanged file gives the same identity again.
+    #[test]
+    fn exe_identity_follows_a_rewritten_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("prog");
+        let p = path.to_str().unwrap();
+        std::fs::write(&path, b"first version").unwrap();
+        let a = super::exe_identity(p).unwrap();
+        assert_eq!(
+            a.content_hash,
+            <[u8; 32]>::from(sha2::Sha256::digest(b"first version"))
+        );
+        assert_eq!(super::exe_identity(p).unwrap(), a, "an unchanged file");
+        std::fs::write(&path, b"other version").unwrap();
+        let b = super::exe_identity(p).unwrap();
+        assert_eq!(b.size, a.size);
+        assert_eq!(
+            b.content_hash,
+            <[u8; 32]>::from(sha2::Sha256::digest(b"other version"))
+        );
+        assert!(super::exe_identity(dir.path().join("none").to_str().unwrap()).is_none());
     }
 }

@@ -489,6 +489,38 @@ impl System {
             .insert(name.to_string(), Named { deliver, grants });
     }
 
+    /// Make `f` reachable from every node as `(this node, name)`: it is called with each
+    /// message of type `M` on the link's own reader, with no actor mailbox between (one
+    /// wake-up less per message than [`System::serve`]). So `f` must never wait: it hands the
+    /// message on (a channel, an eventfd) or does something short. The message's credit goes
+    /// back to its sender when `f` returns; an `ask`'s [`Responder`] is `f`'s to answer.
+    pub fn serve_direct<M, F>(&self, name: &str, f: F)
+    where
+        M: DeserializeOwned + Send + 'static,
+        F: Fn(Inbound<M>) + Send + Sync + 'static,
+    {
+        let deliver: Delivery = Box::new(move |from, body, payload, reply, charge| {
+            let msg =
+                wire::decode_body::<M>(&body).map_err(|e| Undelivered::Decode(e.to_string()))?;
+            f(Inbound {
+                from,
+                msg,
+                payload,
+                reply,
+            });
+            drop(charge);
+            Ok(())
+        });
+        let grants = Arc::new(Grants {
+            system: Arc::downgrade(&self.0),
+            actor: name.to_string(),
+            owed: Mutex::new(Default::default()),
+        });
+        self.0
+            .named
+            .insert(name.to_string(), Named { deliver, grants });
+    }
+
     /// Subscribe to links coming up and going down.
     pub fn link_events(&self) -> broadcast::Receiver<LinkEvent> {
         self.0.links.subscribe()

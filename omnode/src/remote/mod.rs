@@ -16,6 +16,12 @@
 //!
 //! Not yet: blocking (`mosctl block`) is not consulted.
 
+mod builder;
+mod feed;
+mod port;
+#[cfg(test)]
+mod tests;
+
 use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +36,10 @@ use migration::remote::{FdTable, HomePort, Identity, Stop, Supervisor};
 use runtime::transport::Lane;
 
 use crate::migrator::{Ident, In, Migrator, PsRow, Wire};
+
+use builder::{Built, BuiltTx, Go, builder};
+pub(crate) use feed::{ChunkReader, FeedTx, feed_channel};
+use port::eventfd;
 
 /// How many incoming migrations a node builds at once.
 const MAX_IN_PROGRESS: usize = 4;
@@ -105,517 +115,6 @@ fn free_memory() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Image bytes from the protocol shell to the builder thread. It counts the bytes the builder
-/// took ([`FeedTx`] bounds what is fed by it; the shell acknowledges it to home).
-pub(crate) struct ChunkReader {
-    rx: mpsc::Receiver<Bytes>,
-    cur: Bytes,
-    /// Bytes read out so far (shared with the feeding side).
-    consumed: Arc<AtomicU64>,
-    total: u64,
-    /// Wakes the protocol shell each time a chunk is used up (it then acknowledges).
-    wake: Option<mpsc::Sender<In>>,
-}
-
-impl ChunkReader {
-    /// A reader of chunks that are not bounded or acknowledged on consumption.
-    pub(crate) fn new(rx: mpsc::Receiver<Bytes>) -> ChunkReader {
-        ChunkReader {
-            rx,
-            cur: Bytes::new(),
-            consumed: Arc::new(AtomicU64::new(0)),
-            total: 0,
-            wake: None,
-        }
-    }
-}
-
-/// The protocol shell's end of the image channel to the builder, bounded in bytes: bytes fed
-/// and not yet read by the builder never exceed `limit` (the protocol's window). It never
-/// blocks: bytes past the bound are refused (the protocol already keeps home within the
-/// window, so a refusal means a fault, and the move ends before the commit).
-pub(crate) struct FeedTx {
-    tx: mpsc::Sender<Bytes>,
-    fed: u64,
-    consumed: Arc<AtomicU64>,
-    limit: u64,
-}
-
-impl FeedTx {
-    pub(crate) fn send(&mut self, data: Bytes) -> Result<(), String> {
-        let len = data.len() as u64;
-        let held = self.fed - self.consumed.load(Ordering::Acquire).min(self.fed);
-        if held + len > self.limit {
-            return Err(format!(
-                "the builder has {held} image bytes unread; {len} more would pass the bound of {}",
-                self.limit
-            ));
-        }
-        self.tx
-            .send(data)
-            .map_err(|_| "the builder stopped reading the image".to_string())?;
-        self.fed += len;
-        Ok(())
-    }
-}
-
-/// A byte-bounded image channel (see [`FeedTx`]); `wake` is poked each time the builder used
-/// up a chunk.
-pub(crate) fn feed_channel(limit: u64, wake: Option<mpsc::Sender<In>>) -> (FeedTx, ChunkReader) {
-    let (tx, rx) = mpsc::channel();
-    let consumed = Arc::new(AtomicU64::new(0));
-    (
-        FeedTx {
-            tx,
-            fed: 0,
-            consumed: consumed.clone(),
-            limit,
-        },
-        ChunkReader {
-            rx,
-            cur: Bytes::new(),
-            consumed,
-            total: 0,
-            wake,
-        },
-    )
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        while self.cur.is_empty() {
-            match self.rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(b) => self.cur = b,
-                Err(mpsc::RecvTimeoutError::Disconnected) => return Ok(0),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "no image data for 30 s",
-                    ));
-                }
-            }
-        }
-        let n = buf.len().min(self.cur.len());
-        buf[..n].copy_from_slice(&self.cur[..n]);
-        let _ = self.cur.split_to(n);
-        self.total += n as u64;
-        self.consumed.store(self.total, Ordering::Release);
-        if self.cur.is_empty() {
-            // drop the used-up chunk now, then let the shell acknowledge
-            self.cur = Bytes::new();
-            if let Some(w) = &self.wake {
-                let _ = w.send(In::Wake);
-            }
-        }
-        Ok(n)
-    }
-}
-
-/// From the builder thread to the protocol shell.
-#[allow(clippy::large_enum_variant)] // one `Leaving` per way home: not worth a box
-enum Built {
-    Ready(Result<(), String>),
-    Running(i32),
-    Ended(ExitStatus),
-    /// The copy is frozen for its way home (see crate::gohome): the image and the offer (its
-    /// id is set by the protocol shell).
-    Leaving {
-        seized: migrate::Seized,
-        image: Bytes,
-        offer: protocol::Offer,
-        why: String,
-    },
-    /// It could not be frozen for its way home; it runs on here.
-    LeaveFailed(String),
-}
-
-/// The builder's way to the protocol shell: its news, and a wake-up of the shell's message
-/// loop (which otherwise looks only after a message or its time-out: a confirmation could
-/// wait up to 50 ms).
-#[derive(Clone)]
-struct BuiltTx {
-    tx: mpsc::Sender<Built>,
-    wake: mpsc::Sender<In>,
-}
-
-impl BuiltTx {
-    fn send(&self, b: Built) -> Result<(), mpsc::SendError<Built>> {
-        self.tx.send(b)?;
-        let _ = self.wake.send(In::Wake);
-        Ok(())
-    }
-}
-
-/// From the protocol shell to the builder thread.
-enum Go {
-    Run,
-    /// Home asks for it back.
-    ComeHome(String),
-    /// The way home failed: supervise it again.
-    Resume,
-    /// It is home: the copy here was killed.
-    Returned,
-}
-
-/// Freezes the copy for its way home and hands it to the protocol shell; true when it went
-/// home (the copy here was killed), false when it runs on here.
-fn leave(pid: i32, home_pid: i32, why: String, go: &mpsc::Receiver<Go>, out: &BuiltTx) -> bool {
-    let fail = |e: String| {
-        tracing::warn!(pid, "it cannot go home now: {e}");
-        let _ = out.send(Built::LeaveFailed(e));
-        false
-    };
-    let mut seized = match migrate::seize_guest(pid, migrate::DEFAULT_STOP_TIMEOUT) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot freeze it: {e}")),
-    };
-    let img = match seized.collect() {
-        Ok(i) => i,
-        Err(e) => return fail(format!("cannot freeze it: {e}")),
-    };
-    let mut buf = Vec::new();
-    let st = match seized.stream(&img, &mut buf) {
-        Ok(s) => s,
-        Err(e) => return fail(format!("cannot freeze it: {e}")),
-    };
-    let Some(exe) = crate::migrator::exe_identity(&img.exe) else {
-        return fail(format!("its executable {} is unreadable", img.exe));
-    };
-    let offer = protocol::Offer {
-        mig: 0,
-        pid: home_pid as u32,
-        uid: img.creds.uid[0],
-        image_size: buf.len() as u64,
-        memory_needed: st.page_bytes,
-        cpu_features: Vec::new(),
-        exe,
-    };
-    let _ = out.send(Built::Leaving {
-        seized,
-        image: Bytes::from(buf),
-        offer,
-        why,
-    });
-    loop {
-        match go.recv_timeout(Duration::from_secs(300)) {
-            Ok(Go::Returned) => return true,
-            Ok(Go::Resume) | Err(_) => return false,
-            Ok(Go::ComeHome(_) | Go::Run) => {}
-        }
-    }
-}
-
-/// The home port: forwarded calls go home on the control lane; replies come back through the
-/// protocol shell's channel and an eventfd.
-struct Port {
-    m: std::sync::Arc<Migrator>,
-    home: NodeId,
-    mig: MigId,
-    rx: mpsc::Receiver<FwdMsg>,
-    wake: std::sync::Arc<OwnedFd>,
-}
-
-impl HomePort for Port {
-    fn send(&mut self, msg: FwdMsg) -> Result<(), String> {
-        let w = Wire::Fwd { mig: self.mig, msg };
-        if self.m.send(self.home, Lane::Control, &w, Bytes::new()) {
-            Ok(())
-        } else {
-            Err(format!("node {} is unreachable", self.home))
-        }
-    }
-    fn try_recv(&mut self) -> Option<FwdMsg> {
-        self.rx.try_recv().ok()
-    }
-    fn wake_fd(&self) -> RawFd {
-        self.wake.as_raw_fd()
-    }
-    fn clear_wake(&mut self) {
-        let mut v = 0u64;
-        // SAFETY: reading 8 bytes from our non-blocking eventfd into `v`.
-        unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
-    }
-}
-
-fn eventfd() -> std::io::Result<OwnedFd> {
-    // SAFETY: eventfd with integer flags; on success a new fd we own.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn filter() -> Result<migrate::SeccompFilter, String> {
-    let p = migration::seccomp::Program::build(&migration::seccomp::TrapSet::remote())
-        .map_err(|e| format!("seccomp filter: {e}"))?;
-    Ok(migrate::SeccompFilter(
-        p.instructions()
-            .iter()
-            .map(|i| libc::sock_filter {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect(),
-    ))
-}
-
-fn wait_status(pid: i32) -> ExitStatus {
-    let mut st = 0;
-    loop {
-        // SAFETY: waitpid on our own child with a valid status pointer.
-        let r = unsafe { libc::waitpid(pid, &mut st, 0) };
-        if r == pid {
-            break;
-        }
-        if r < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
-            return ExitStatus::Signal(libc::SIGKILL);
-        }
-    }
-    if libc::WIFEXITED(st) {
-        ExitStatus::Code(libc::WEXITSTATUS(st))
-    } else {
-        ExitStatus::Signal(libc::WTERMSIG(st))
-    }
-}
-
-/// Builds, runs and supervises the process.
-#[allow(clippy::too_many_arguments)]
-fn builder(
-    m: std::sync::Arc<Migrator>,
-    home: NodeId,
-    mig: MigId,
-    ident: Ident,
-    reader: ChunkReader,
-    go: mpsc::Receiver<Go>,
-    out: BuiltTx,
-    port_rx: mpsc::Receiver<FwdMsg>,
-    wake: std::sync::Arc<OwnedFd>,
-) {
-    let fail = |e: String| {
-        let _ = out.send(Built::Ready(Err(e)));
-    };
-    let filter = match filter() {
-        Ok(f) => f,
-        Err(e) => return fail(e),
-    };
-    let mut placeholders: Vec<OwnedFd> = Vec::new();
-    for _ in &ident.home_fds {
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-        {
-            Ok(f) => placeholders.push(f.into()),
-            Err(e) => return fail(format!("placeholder fd: {e}")),
-        }
-    }
-    let opts = migrate::ThawOptions {
-        fd_placeholders: ident
-            .home_fds
-            .iter()
-            .zip(&placeholders)
-            .map(|(&n, f)| (n, f.as_raw_fd()))
-            .collect(),
-        seccomp_filter: Some(filter.clone()),
-        ..Default::default()
-    };
-    let mut reader = match migrate::ImageReader::new(reader) {
-        Ok(r) => r,
-        Err(e) => return fail(e.to_string()),
-    };
-    let r = (|| {
-        let mut t = migrate::Thawing::skeleton(&reader, &opts)?;
-        t.pages(&mut reader)?;
-        t.attributes()?;
-        t.fds()?;
-        t.install_filter(&filter)?;
-        Ok::<_, migrate::Error>(t)
-    })();
-    let t = match r {
-        Ok(t) => t,
-        Err(e) => return fail(e.to_string()),
-    };
-    // Before confirming: a guest must never outlive this daemon (a SIGKILLed daemon cannot kill
-    // it). Without the watchdog the move fails and the process stays at home.
-    let _watchdog = match crate::watchdog::Watchdog::start(t.pid()) {
-        Ok(w) => w,
-        Err(e) => return fail(format!("cannot start the guest's watchdog: {e}")),
-    };
-    tracing::info!(
-        home,
-        mig,
-        local_pid = t.pid(),
-        watchdog = _watchdog.pid(),
-        "guest watched by its watchdog"
-    );
-    drop(placeholders);
-    let _ = out.send(Built::Ready(Ok(())));
-    // Wait for the commit; dropping `t` (abort) kills the half-built process.
-    match go.recv_timeout(Duration::from_secs(60)) {
-        Ok(Go::Run) => {}
-        Ok(_) | Err(_) => return,
-    }
-    let thawed = match t.run() {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(home, mig, "the rebuilt process could not start: {e}");
-            let _ = out.send(Built::Ended(ExitStatus::Signal(libc::SIGKILL)));
-            return;
-        }
-    };
-    let pid = thawed.pid;
-    // its /mfs/lastexec, for as long as it runs here
-    let _exec = crate::mfsmagic::guest_lastexec(pid as u32, ident.lastexec);
-    // The guest never outlives its supervisor's listener (it would get ENOSYS for its home
-    // calls): the guard kills it first, whatever ends the supervisor.
-    let guard = match migration::guard::KillOnDrop::new(pid) {
-        Ok(g) => g,
-        Err(e) => {
-            tracing::error!(pid, "cannot watch the rebuilt process: {e}; killing it");
-            // SAFETY: kill with integer arguments, our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = out.send(Built::Running(pid));
-            let _ = out.send(Built::Ended(wait_status(pid)));
-            return;
-        }
-    };
-    let _ = out.send(Built::Running(pid));
-    let Some(listener) = thawed.listener else {
-        let _ = out.send(Built::Ended(wait_status(pid)));
-        return;
-    };
-    let listener = match migration::seccomp::Listener::new(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!(pid, "seccomp listener: {e}; killing the remote copy");
-            // SAFETY: kill with integer arguments, our own child.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let _ = out.send(Built::Ended(wait_status(pid)));
-            return;
-        }
-    };
-    let _ = listener.set_sync_wake_up();
-    let id = Identity {
-        pid: ident.pid,
-        ppid: ident.ppid,
-        pgid: ident.pgid,
-        sid: ident.sid,
-        local_pid: pid,
-    };
-    let port = Port {
-        m,
-        home,
-        mig,
-        rx: port_rx,
-        wake,
-    };
-    // A call that must run at home and could not go there: the process waits at it (never a
-    // wrong answer) until home asks for it again.
-    let mut blocked_at_home_call = false;
-    let fds = FdTable::new(ident.home_fds.clone()).with_ttys(ident.tty_fds.clone());
-    let mut sup = Supervisor::new(listener, id, fds, port).kill_guest_on_drop(guard);
-    sup.set_dfsa(migration::dfsa::Dfsa::open(&migration::dfsa::agreed(
-        &ident.mfs,
-        &crate::mfsd::mounts(),
-    )));
-    loop {
-        match sup.run(Instant::now() + Duration::from_millis(100)) {
-            Ok(Stop::Exited) => break,
-            Ok(Stop::Deadline) => {
-                if let Ok(Go::ComeHome(why)) = go.try_recv() {
-                    // Not while a call forwarded home is half-done (a read's data would be
-                    // lost): home gives up the calls still waiting there (a read of an empty
-                    // pipe), which then stay unanswered here and are made again at home; serve
-                    // until none is in flight, for at most 3 s.
-                    let until = Instant::now() + Duration::from_secs(3);
-                    let mut stop = sup.interrupt_in_flight().map(|()| Stop::Deadline);
-                    while stop.is_ok() && sup.in_flight() > 0 && Instant::now() < until {
-                        stop = sup.run_until_idle(until);
-                        if !matches!(stop, Ok(Stop::Deadline)) {
-                            break;
-                        }
-                    }
-                    match stop {
-                        Ok(Stop::Deadline) if sup.in_flight() == 0 => {
-                            if !leave(pid, ident.pid, why, &go, &out) {
-                                if blocked_at_home_call {
-                                    tracing::info!(
-                                        pid,
-                                        "it still waits at a call that must run at home"
-                                    );
-                                }
-                                // it stays: the calls given up at home are made again
-                                stop = sup.resume_given_up().map(|s| s.unwrap_or(Stop::Deadline));
-                            }
-                        }
-                        Ok(Stop::Deadline) => {
-                            let _ = out.send(Built::LeaveFailed(
-                                "a call forwarded home is in progress (e.g. a read waiting for input there); try again".into(),
-                            ));
-                            stop = sup.resume_given_up().map(|s| s.unwrap_or(Stop::Deadline));
-                        }
-                        _ => {}
-                    }
-                    match stop {
-                        Ok(Stop::Deadline) => {}
-                        Ok(Stop::Exited) => break,
-                        Ok(Stop::GoHome { reason, .. }) => {
-                            let why = format!("it made a call that must run at home ({reason:?})");
-                            if !leave(pid, ident.pid, why, &go, &out) {
-                                blocked_at_home_call = true;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(pid, "supervisor: {e}; killing the remote copy");
-                            // SAFETY: kill with integer arguments, our own child.
-                            unsafe { libc::kill(pid, libc::SIGKILL) };
-                            break;
-                        }
-                    }
-                }
-                continue;
-            }
-            Ok(Stop::GoHome { reason, .. }) => {
-                // The notification stays unanswered; the freeze cancels it and the call is
-                // made again at home (see crate::gohome).
-                if !blocked_at_home_call {
-                    let why = format!("it made a call that must run at home ({reason:?})");
-                    tracing::info!(pid, "{why}");
-                    if !leave(pid, ident.pid, why, &go, &out) {
-                        blocked_at_home_call = true;
-                    }
-                }
-                continue;
-            }
-            Err(e) => {
-                tracing::error!(pid, "supervisor: {e}; killing the remote copy");
-                // SAFETY: kill with integer arguments, our own child.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-                break;
-            }
-        }
-    }
-    let st = sup.stats().clone();
-    drop(sup);
-    let status = wait_status(pid);
-    tracing::info!(
-        home,
-        pid = ident.pid,
-        local_pid = pid,
-        "guest ended ({status:?}): {} calls forwarded home, {} answered as home's identity, {} run here, {} file calls on /mfs run here by DFSA, {} home files mapped here",
-        st.forwarded,
-        st.identity,
-        st.continued,
-        st.dfsa,
-        st.mapped_here
-    );
-    let _ = out.send(Built::Ended(status));
-}
-
 fn target_thread(
     m: &std::sync::Arc<Migrator>,
     home: NodeId,
@@ -625,6 +124,11 @@ fn target_thread(
     (wake, rx): (mpsc::Sender<In>, mpsc::Receiver<In>),
 ) {
     let mig = offer.mig;
+    let t0 = Instant::now();
+    // Where a move's time goes here (RUST_LOG=omnode::phase=debug).
+    let phase = |what: &str| {
+        tracing::debug!(target: "omnode::phase", mig, us = t0.elapsed().as_micros() as u64, "target: {what}");
+    };
     let uid_known = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(offer.uid))
         .ok()
         .flatten()
@@ -660,6 +164,7 @@ fn target_thread(
         ..protocol::Config::default()
     };
     let window = config.window;
+    phase("local facts");
     let (t, acts) = Target::on_offer(config, offer, &facts, Instant::now());
     let Some(mut target) = t else {
         for a in acts {
@@ -714,6 +219,7 @@ fn target_thread(
             match a {
                 TargetAction::Send(msg) => send(msg),
                 TargetAction::StartThaw(_) => {
+                    phase("accepted: builder starts");
                     let (ctx, reader) = feed_channel(window, Some(reader_wake.clone()));
                     let (gtx, grx) = mpsc::channel();
                     consumed = Some(ctx.consumed.clone());
@@ -735,6 +241,7 @@ fn target_thread(
                 }
                 TargetAction::Feed { offset, data } => {
                     if offset == 0 {
+                        phase("first chunk");
                         tracing::info!(home, mig, "the image streams in (first chunk)");
                     }
                     if let Some(c) = chunks.as_mut()
@@ -744,8 +251,12 @@ fn target_thread(
                         pending.extend(target.fail(e));
                     }
                 }
-                TargetAction::FinishThaw => chunks = None,
+                TargetAction::FinishThaw => {
+                    phase("whole image in");
+                    chunks = None
+                }
                 TargetAction::RunRemote => {
+                    phase("commit: run");
                     ran = true;
                     crate::metrics::bump(&crate::metrics::COUNTERS.migrations_in);
                     if let Some(g) = &go {
@@ -851,10 +362,12 @@ fn target_thread(
         while let Ok(b) = built_rx.try_recv() {
             match b {
                 Built::Ready(r) => {
+                    phase("built: confirming");
                     consumed = None;
                     pending.extend(target.on_built(r, Instant::now()))
                 }
                 Built::Running(p) => {
+                    phase("running");
                     local_pid = Some(p);
                     for signo in early_signals.drain(..) {
                         if signo == libc::SIGCONT {
@@ -1070,37 +583,5 @@ fn stop_substitute(pid: i32, signo: i32) -> i32 {
     match (set("SigCgt:"), set("SigIgn:"), set("SigBlk:")) {
         (Some(false), Some(false), Some(false)) => libc::SIGSTOP,
         _ => signo,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The image channel holds at most its bound of unread bytes: more is refused without
-    /// blocking; what the builder reads frees room, is counted exactly, and each used-up
-    /// chunk wakes the shell; the bytes come out whole and in order.
-    #[test]
-    fn feed_channel_is_bounded_in_bytes_and_counts_consumption() {
-        let (wtx, wrx) = mpsc::channel();
-        let (mut tx, mut rx) = feed_channel(10, Some(wtx));
-        tx.send(Bytes::from_static(b"abcdef")).unwrap();
-        tx.send(Bytes::from_static(b"ghij")).unwrap();
-        let e = tx.send(Bytes::from_static(b"k")).unwrap_err();
-        assert!(e.contains("10 image bytes unread"), "{e}");
-        let mut buf = [0u8; 4];
-        assert_eq!(rx.read(&mut buf).unwrap(), 4);
-        assert_eq!(&buf, b"abcd");
-        assert_eq!(tx.consumed.load(Ordering::Acquire), 4);
-        assert!(wrx.try_recv().is_err(), "no wake before a chunk is used up");
-        // 4 read: room for 4 more, not 5
-        assert!(tx.send(Bytes::from_static(b"klmno")).is_err());
-        tx.send(Bytes::from_static(b"klmn")).unwrap();
-        let mut all = b"abcd".to_vec();
-        drop(tx);
-        rx.read_to_end(&mut all).unwrap();
-        assert_eq!(all, b"abcdefghijklmn");
-        assert_eq!(rx.consumed.load(Ordering::Acquire), 14);
-        assert_eq!(wrx.try_iter().filter(|w| matches!(w, In::Wake)).count(), 3);
     }
 }
