@@ -77,7 +77,7 @@ pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, ExecWatch, Finished, FreezeOptions, FreezeReport, Seized,
     StreamPlan, Streamed, can_thaw_here, freeze, freeze_for, home_backed, lives_inside, seize,
-    seize_guest, watch_exec,
+    TreeCtl, TreeEvent, TreeEvents, seize_guest, watch_exec, watch_tree,
 };
 pub use image::{Fd, FdKind, ProcessImage, ThreadImage, Vma, VmaKind};
 pub use seccomp::SeccompFilter;
