@@ -35,9 +35,9 @@ enum Msg {
     Gone(pid_t),
 }
 
-/// Work a thread does between jobs (the tree watch of [`crate::watch_tree`]): it gets every
-/// slot (by key) and says how long the thread may wait for the next job before calling it
-/// again; `None`: it is done and is not called again.
+/// Work a thread does between jobs (the tree watch of [`crate::watch_tree`]), from its first
+/// job on: it gets every slot (by key) and says how long the thread may wait for the next job
+/// before calling it again; `None`: it is done and is not called again.
 pub(crate) type Idle = Box<dyn FnMut(&mut Slots) -> Option<Duration> + Send>;
 
 /// Thread-side state of a tracer thread: whatever the phase running on it keeps there.
@@ -123,7 +123,10 @@ impl Tracer {
             .name(name.clone())
             .spawn(move || {
                 let mut slots = Slots::default();
-                let mut wait: Option<Duration> = Some(Duration::ZERO);
+                // the idle work starts after the first job (which sets up its state) and
+                // stops for good when it says so
+                let mut wait: Option<Duration> = None;
+                let mut started = false;
                 loop {
                     let msg = match (&mut idle, wait) {
                         (Some(_), Some(w)) => match rx.recv_timeout(w) {
@@ -137,7 +140,13 @@ impl Tracer {
                         },
                     };
                     match msg {
-                        Some(Msg::Job(key, job)) => job(slots.slot(key)),
+                        Some(Msg::Job(key, job)) => {
+                            job(slots.slot(key));
+                            if !started {
+                                started = true;
+                                wait = Some(Duration::ZERO);
+                            }
+                        }
                         Some(Msg::Gone(key)) => {
                             if let Some(slot) = slots.by_key.remove(&key) {
                                 let_go(key, slot, idle.is_some());

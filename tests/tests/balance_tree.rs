@@ -95,7 +95,30 @@ fn tree_make(cc: &CgCluster, dir: &Path) -> (std::process::Output, u32) {
         .unwrap();
     let pid = child.id();
     let mut kids = Children(vec![child]);
-    let out = kids.0.pop().unwrap().wait_with_output().unwrap();
+    let mut stdout = kids.0[0].stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stdout, &mut b);
+        b
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = kids.0[0].try_wait().unwrap() {
+            break st;
+        }
+        // the Drop guards end it (and the cluster) when this fails
+        assert!(
+            t0.elapsed() < Duration::from_secs(300),
+            "mosrun -t make did not end in 300 s\n{}",
+            cc.logs(4)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = std::process::Output {
+        status,
+        stdout: reader.join().unwrap(),
+        stderr: Vec::new(),
+    };
     (out, pid)
 }
 
