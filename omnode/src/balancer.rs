@@ -613,24 +613,27 @@ async fn start_there(
     }
 }
 
-/// Programs that start others (shells, make, compiler drivers, the linker's driver): in a
-/// tree they run at home. A process that forks elsewhere comes home for it (children are born
-/// at home), so moving one of these at its exec would only bring it straight back; the
-/// programs they start are the ones placed. Matched against the file name of the executable
-/// (`x86_64-linux-gnu-gcc-12` starts with `x86_64-linux-gnu-gcc`).
-const STARTERS: &[&str] = &[
+/// Programs that would come straight back if moved at their exec, so in a tree they run at
+/// home: those that start others (shells, make, compiler drivers, the linker's driver; a
+/// process that forks elsewhere comes home for it, children are born at home) and those that
+/// map the files they work on (the assembler, the linkers, ar: an mmap of a file opened at
+/// home brings a moved process home). The programs they start are the ones placed. Matched
+/// against the file name of the executable, also under a target prefix and a version suffix
+/// (`x86_64-linux-gnu-gcc-12`, `clang-16`, `x86_64-linux-gnu-ld.bfd`).
+const STAY_HOME: &[&str] = &[
     "sh", "dash", "bash", "zsh", "ksh", "busybox", "make", "gmake", "env", "nice", "time",
-    "xargs", "cc", "c++", "gcc", "g++", "clang", "clang++", "collect2", "ccache", "distcc",
+    "xargs", "cc", "c++", "gcc", "g++", "clang", "clang++", "collect2", "ccache", "distcc", "as",
+    "ld", "ld.bfd", "ld.gold", "ld.lld", "ar", "ranlib",
 ];
 
-/// Whether `exe` is one of [`STARTERS`] (also under a target prefix and a version suffix:
+/// Whether `exe` is one of [`STAY_HOME`] (also under a target prefix and a version suffix:
 /// `x86_64-linux-gnu-gcc-12`, `clang-16`).
-fn starts_others(exe: &std::path::Path) -> bool {
+fn stays_home(exe: &std::path::Path) -> bool {
     let Some(name) = exe.file_name().and_then(|n| n.to_str()) else {
         return false;
     };
     let name = name.rsplit_once("-linux-gnu-").map_or(name, |(_, n)| n);
-    STARTERS.iter().any(|s| {
+    STAY_HOME.iter().any(|s| {
         name == *s
             || name
                 .strip_prefix(s)
@@ -640,8 +643,8 @@ fn starts_others(exe: &std::path::Path) -> bool {
 
 /// `mosrun --tree`: the caller (about to exec its program) stays here, and every exec in its
 /// tree below it is a placement point: the program just exec'd, stopped before its first
-/// instruction, goes where [`choose`] says (programs that start others, [`STARTERS`], stay
-/// here). Each child keeps its home PID and a deputy (the parked home shell), so its parent's
+/// instruction, goes where [`choose`] says (programs that would come straight back, [`STAY_HOME`],
+/// stay here). Each child keeps its home PID and a deputy (the parked home shell), so its parent's
 /// wait() and signals work as at home. A refusal or failure lets that child run here.
 async fn place_tree(
     sh: &Arc<Shared>,
@@ -690,7 +693,7 @@ async fn place_tree(
             let migrate::TreeEvent::Exec { pid: child, exe } = ev else {
                 break;
             };
-            let to = if starts_others(&exe) {
+            let to = if stays_home(&exe) {
                 sh.local
             } else {
                 choose(&sh, &place).await
@@ -845,6 +848,35 @@ async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drivers, shells and programs that map their files stay home in a tree, under their
+    /// target prefixes and version suffixes; the compilers proper and other programs are placed.
+    #[test]
+    fn stay_home_matches_drivers_not_compilers() {
+        use std::path::Path;
+        for home in [
+            "/usr/bin/x86_64-linux-gnu-gcc-12",
+            "/usr/bin/dash",
+            "/usr/bin/make",
+            "/usr/bin/clang-16",
+            "/usr/lib/gcc/x86_64-linux-gnu/12/collect2",
+            "/usr/bin/x86_64-linux-gnu-as",
+            "/usr/bin/x86_64-linux-gnu-ld.bfd",
+        ] {
+            assert!(stays_home(Path::new(home)), "{home}");
+        }
+        for placed in [
+            "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
+            "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+            "/tmp/h10tree-spin",
+            "/usr/bin/shasum",
+            "/usr/bin/gcc-ar-x",
+            "/usr/bin/cc1-12",
+            "",
+        ] {
+            assert!(!stays_home(Path::new(placed)), "{placed}");
+        }
+    }
 
     /// A zombie or a missing process is no candidate; a live one is measured from /proc.
     #[test]
