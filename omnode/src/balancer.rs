@@ -439,12 +439,10 @@ pub async fn serve(req: Request, uid: Option<u32>) -> Response {
             place,
             lock,
             tree,
-        } => {
-            match place_process(&sh, pid, place, lock, tree, uid).await {
-                Ok(s) => Response::Done(s),
-                Err(e) => Response::Error(e),
-            }
-        }
+        } => match place_process(&sh, pid, place, lock, tree, uid).await {
+            Ok(s) => Response::Done(s),
+            Err(e) => Response::Error(e),
+        },
         Request::Node(op) => node_op(&sh, op, uid).await,
         _ => Response::Error("not a balancing request".into()),
     }
@@ -621,9 +619,9 @@ async fn start_there(
 /// against the file name of the executable, also under a target prefix and a version suffix
 /// (`x86_64-linux-gnu-gcc-12`, `clang-16`, `x86_64-linux-gnu-ld.bfd`).
 const STAY_HOME: &[&str] = &[
-    "sh", "dash", "bash", "zsh", "ksh", "busybox", "make", "gmake", "env", "nice", "time",
-    "xargs", "cc", "c++", "gcc", "g++", "clang", "clang++", "collect2", "ccache", "distcc", "as",
-    "ld", "ld.bfd", "ld.gold", "ld.lld", "ar", "ranlib",
+    "sh", "dash", "bash", "zsh", "ksh", "busybox", "make", "gmake", "env", "nice", "time", "xargs",
+    "cc", "c++", "gcc", "g++", "clang", "clang++", "collect2", "ccache", "distcc", "as", "ld",
+    "ld.bfd", "ld.gold", "ld.lld", "ar", "ranlib",
 ];
 
 /// Whether `exe` is one of [`STAY_HOME`] (also under a target prefix and a version suffix:
@@ -635,9 +633,9 @@ fn stays_home(exe: &std::path::Path) -> bool {
     let name = name.rsplit_once("-linux-gnu-").map_or(name, |(_, n)| n);
     STAY_HOME.iter().any(|s| {
         name == *s
-            || name
-                .strip_prefix(s)
-                .is_some_and(|rest| rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_digit() || c == '.'))
+            || name.strip_prefix(s).is_some_and(|rest| {
+                rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
     })
 }
 
@@ -656,8 +654,7 @@ async fn place_tree(
         return Ok(format!("process {pid} and its children start here"));
     }
     let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
-    let (ctl, events) = match tokio::task::spawn_blocking(move || migrate::watch_tree(pid)).await
-    {
+    let (ctl, events) = match tokio::task::spawn_blocking(move || migrate::watch_tree(pid)).await {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => {
             tracing::warn!(pid, "mosrun --tree: its children run here: {e}");
@@ -708,7 +705,13 @@ async fn place_tree(
                 continue;
             }
             placed += 1;
-            tracing::info!(root = pid, child, ?exe, to, "mosrun --tree: placed on node {to}");
+            tracing::info!(
+                root = pid,
+                child,
+                ?exe,
+                to,
+                "mosrun --tree: placed on node {to}"
+            );
             let (sh, m, place) = (sh.clone(), m.clone(), place.clone());
             tokio::spawn(async move {
                 match tokio::task::spawn_blocking(move || ctl.take(child, EXEC_WAIT)).await {

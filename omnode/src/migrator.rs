@@ -499,8 +499,7 @@ pub(crate) fn exe_identity(path: &str) -> Option<ExeIdentity> {
     use std::collections::HashMap;
     use std::os::unix::fs::MetadataExt;
     type Key = (String, u64, u64, u64, i64, i64, i64, i64);
-    static CACHE: std::sync::OnceLock<Mutex<HashMap<Key, [u8; 32]>>> =
-        std::sync::OnceLock::new();
+    static CACHE: std::sync::OnceLock<Mutex<HashMap<Key, [u8; 32]>>> = std::sync::OnceLock::new();
     let md = std::fs::metadata(path).ok()?;
     let key: Key = (
         path.to_string(),

@@ -421,7 +421,10 @@ mod tests {
         let sh = std::fs::canonicalize("/bin/sh").unwrap();
         let sh = sh.file_name().unwrap().to_string_lossy().into_owned();
         let n = |w: &str| seen.iter().filter(|s| *s == w).count();
-        assert!(n("echo") >= 2 && n("true") == 1 && n(&sh) == 1, "execs seen: {seen:?}");
+        assert!(
+            n("echo") >= 2 && n("true") == 1 && n(&sh) == 1,
+            "execs seen: {seen:?}"
+        );
     }
 
     /// A child taken at its exec stops at its program's first instruction (nothing of it ran)
