@@ -4,7 +4,7 @@
 //! ends the whole tree on every node.
 //!
 //! Not here yet: the build of a C project by `mosrun -t make` compared with a local make. Its
-//! test (in this file's history, commit "tests/balance_tree: the make test out") hangs: the
+//! test (in this file's history: commit 81e15db, removed in 0f71bf7) hangs: the
 //! compilers are placed and moved, come home at their first mmap of a home file, and then
 //! wait forever in a futex at home (see the branch's report).
 //!
