@@ -14,10 +14,12 @@
 //! the original process, whose fds are kept; [`Thawing::back_to_shell`] parks it again on
 //! failure); a supervised guest on its way home is frozen with [`seize_guest`]. A program
 //! about to start is seized at its exec, before its first instruction, with [`watch_exec`]
-//! (remote start).
+//! (remote start); a whole tree's execs with [`watch_tree`] (each child stopped at its exec
+//! comes back as a [`Seized`] on the tree's thread).
 //!
 //! Every ptrace call for a process comes from that process's own tracer thread (see
-//! [`Tracer`]): the handles above are `Send`, the tracee state never leaves its thread.
+//! [`Tracer`]; a tree watch's thread holds every process of the tree, each under its own
+//! key): the handles above are `Send`, the tracee state never leaves its thread.
 //! Errors say what a caller can do about them ([`Error::kind`], [`Error::refusal`]).
 //!
 //! Must not know: networks, transports, nodes, the cluster, or the forwarding protocol (the
@@ -86,8 +88,8 @@ mod tracer;
 pub use error::{Error, ErrorKind, ImageError, RefusalKind, Result};
 pub use freeze::{
     DEFAULT_STOP_TIMEOUT, Ending, ExecWatch, Finished, FreezeOptions, FreezeReport, Seized,
-    StreamPlan, Streamed, TreeFreezeReport, can_thaw_here, freeze, freeze_for, freeze_tree,
-    home_backed, lives_inside, seize, seize_guest, watch_exec,
+    StreamPlan, Streamed, TreeCtl, TreeEvent, TreeEvents, TreeFreezeReport, can_thaw_here, freeze,
+    freeze_for, freeze_tree, home_backed, lives_inside, seize, seize_guest, watch_exec, watch_tree,
 };
 pub use image::{
     Fd, FdKind, FileLock, InotifyWatch, LockKind, PosixTimer, ProcessImage, ThreadImage, Vma,

@@ -12,15 +12,33 @@
 //! the process back, kills a half-built one, ...) and ends.
 
 use crate::error::{Error, Result};
+use libc::pid_t;
 use std::any::Any;
+use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 /// Marker that makes a type `!Send` and `!Sync`: tracee handles must stay on their thread.
 pub(crate) type NotSend = PhantomData<*const ()>;
 
 type Job = Box<dyn FnOnce(&mut Slot) + Send>;
+
+/// What a handle sends its thread.
+enum Msg {
+    /// Run this job against the handle's own slot.
+    Job(pid_t, Job),
+    /// The handle of this key was dropped: drop its state (on a shared thread, also let its
+    /// process go as the thread's end would; see [`Tracer::sibling`]).
+    Gone(pid_t),
+}
+
+/// Work a thread does between jobs (the tree watch of [`crate::watch_tree`]), from its first
+/// job on: it gets every slot (by key) and says how long the thread may wait for the next job
+/// before calling it again; `None`: it is done and is not called again.
+pub(crate) type Idle = Box<dyn FnMut(&mut Slots) -> Option<Duration> + Send>;
 
 /// Thread-side state of a tracer thread: whatever the phase running on it keeps there.
 #[derive(Default)]
@@ -46,32 +64,103 @@ impl Slot {
     }
 }
 
-/// Handle of one tracer thread. `Send`; dropping it ends the thread (after its state's cleanup).
+/// The slots of one thread, one per handle key (the PID its handle stands for).
+#[derive(Default)]
+pub(crate) struct Slots {
+    by_key: HashMap<pid_t, Slot>,
+}
+
+impl Slots {
+    pub(crate) fn slot(&mut self, key: pid_t) -> &mut Slot {
+        self.by_key.entry(key).or_default()
+    }
+}
+
+/// The thread and whether it carries several tracees (then a dropped handle's process is let
+/// go by the thread at once, as the end of a thread of its own would).
+struct Shared {
+    thread: Mutex<Option<JoinHandle<()>>>,
+    name: String,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // the last handle is gone (its sender was dropped before): the thread ends
+        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Handle of one tracer thread, for one key (one traced process). `Send`; dropping the last
+/// handle of a thread ends the thread (after its state's cleanup).
 pub struct Tracer {
-    tx: Option<mpsc::Sender<Job>>,
-    thread: Option<JoinHandle<()>>,
+    tx: Option<mpsc::Sender<Msg>>,
+    key: pid_t,
+    shared: Option<Arc<Shared>>,
     name: String,
 }
 
 impl std::fmt::Debug for Tracer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracer").field("name", &self.name).finish()
+        f.debug_struct("Tracer")
+            .field("name", &self.name)
+            .field("key", &self.key)
+            .finish()
     }
 }
 
 impl Tracer {
     /// Starts a tracer thread named `name` (shown in `ps -L` and panics).
     pub(crate) fn spawn(name: String) -> Result<Tracer> {
-        let (tx, rx) = mpsc::channel::<Job>();
+        Tracer::spawn_with(name, 0, None)
+    }
+
+    /// Starts a tracer thread whose first handle has key `key`, running `idle` between jobs.
+    pub(crate) fn spawn_with(name: String, key: pid_t, mut idle: Option<Idle>) -> Result<Tracer> {
+        let (tx, rx) = mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
-                let mut slot = Slot::default();
-                while let Ok(job) = rx.recv() {
-                    job(&mut slot);
+                let mut slots = Slots::default();
+                // the idle work starts after the first job (which sets up its state) and
+                // stops for good when it says so
+                let mut wait: Option<Duration> = None;
+                let mut started = false;
+                loop {
+                    let msg = match (&mut idle, wait) {
+                        (Some(_), Some(w)) => match rx.recv_timeout(w) {
+                            Ok(m) => Some(m),
+                            Err(mpsc::RecvTimeoutError::Timeout) => None,
+                            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                        },
+                        _ => match rx.recv() {
+                            Ok(m) => Some(m),
+                            Err(_) => break,
+                        },
+                    };
+                    match msg {
+                        Some(Msg::Job(key, job)) => {
+                            job(slots.slot(key));
+                            if !started {
+                                started = true;
+                                wait = Some(Duration::ZERO);
+                            }
+                        }
+                        Some(Msg::Gone(key)) => {
+                            if let Some(slot) = slots.by_key.remove(&key) {
+                                let_go(key, slot, idle.is_some());
+                            }
+                        }
+                        None => {}
+                    }
+                    if let (Some(f), Some(_)) = (&mut idle, wait) {
+                        wait = f(&mut slots);
+                    }
                 }
-                // the state's Drop runs here, on the tracer thread
-                drop(slot);
+                // the states' Drop runs here, on the tracer thread
+                drop(slots);
+                drop(idle);
             })
             .map_err(|source| Error::ThawSys {
                 what: "starting a tracer thread".into(),
@@ -79,9 +168,28 @@ impl Tracer {
             })?;
         Ok(Tracer {
             tx: Some(tx),
-            thread: Some(thread),
+            key,
+            shared: Some(Arc::new(Shared {
+                thread: Mutex::new(Some(thread)),
+                name: name.clone(),
+            })),
             name,
         })
+    }
+
+    /// Another handle on the same thread, for the tracee `key` (a process this thread already
+    /// traces: a child auto-attached by a tree watch). The thread lives until every handle is
+    /// gone; dropping this one drops its state and lets its process go.
+    pub(crate) fn sibling(&self, key: pid_t) -> Tracer {
+        Tracer {
+            tx: self.tx.clone(),
+            key,
+            shared: self.shared.clone(),
+            name: format!(
+                "{} ({key})",
+                self.shared.as_ref().map(|s| s.name.as_str()).unwrap_or("")
+            ),
+        }
     }
 
     /// Runs `f` on the tracer thread and returns its result. Fails only when the thread is gone
@@ -97,20 +205,78 @@ impl Tracer {
         self.tx
             .as_ref()
             .ok_or_else(gone)?
-            .send(Box::new(move |s: &mut Slot| {
-                let _ = rtx.send(f(s));
-            }))
+            .send(Msg::Job(
+                self.key,
+                Box::new(move |s: &mut Slot| {
+                    let _ = rtx.send(f(s));
+                }),
+            ))
             .map_err(|_| gone())?;
         rrx.recv().map_err(|_| gone())
     }
 }
 
+/// On a shared thread, what the end of a thread of its own would do to a dropped handle's
+/// process: a home shell (traced with PTRACE_O_EXITKILL) is killed, anything else is
+/// detached (stopped first if it runs, so that the detach takes). Not traced by us any more
+/// (detached, ended): nothing to do. On a thread of its own the thread's end does it.
+fn let_go(pid: pid_t, slot: Slot, shared: bool) {
+    let shell = slot
+        .state
+        .as_ref()
+        .is_some_and(|s| s.is::<crate::shell::Shell>());
+    drop(slot);
+    if !shared || pid <= 0 {
+        return;
+    }
+    // SAFETY: gettid has no preconditions.
+    let me = unsafe { libc::gettid() };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let traced_by_us = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse::<pid_t>().ok())
+        == Some(me);
+    let ended = status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .is_some_and(|v| v.trim_start().starts_with(['Z', 'X']));
+    if !traced_by_us || ended {
+        // an ended one is left for its parent's wait
+        return;
+    }
+    if shell {
+        // SAFETY: plain kill of our tracee (its image lives on elsewhere).
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = crate::sys::wait_until(pid, std::time::Instant::now() + Duration::from_secs(5));
+        return;
+    }
+    use crate::sys::{Req, ptrace_req};
+    if ptrace_req(Req::Detach, pid, 0).is_ok() {
+        return;
+    }
+    // running: stop it, then detach (a signal that comes first is passed on)
+    let _ = ptrace_req(Req::Interrupt, pid, 0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(st)) = crate::sys::wait_until(pid, deadline) {
+        if !libc::WIFSTOPPED(st) {
+            return;
+        }
+        let sig = if st >> 16 == 0 { libc::WSTOPSIG(st) } else { 0 };
+        if ptrace_req(Req::Detach, pid, sig as usize).is_ok() {
+            return;
+        }
+    }
+}
+
 impl Drop for Tracer {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Gone(self.key));
+            drop(tx);
         }
+        // the last handle joins the thread (Shared's Drop)
+        drop(self.shared.take());
     }
 }
 

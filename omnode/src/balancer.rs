@@ -434,12 +434,15 @@ pub async fn serve(req: Request, uid: Option<u32>) -> Response {
         return Response::Error("this daemon has no balancer".into());
     };
     match req {
-        Request::Place { pid, place, lock } => {
-            match place_process(&sh, pid, place, lock, uid).await {
-                Ok(s) => Response::Done(s),
-                Err(e) => Response::Error(e),
-            }
-        }
+        Request::Place {
+            pid,
+            place,
+            lock,
+            tree,
+        } => match place_process(&sh, pid, place, lock, tree, uid).await {
+            Ok(s) => Response::Done(s),
+            Err(e) => Response::Error(e),
+        },
         Request::Node(op) => node_op(&sh, op, uid).await,
         _ => Response::Error("not a balancing request".into()),
     }
@@ -450,6 +453,7 @@ async fn place_process(
     pid: i32,
     place: Placement,
     locked: bool,
+    tree: bool,
     uid: Option<u32>,
 ) -> Result<String, String> {
     let owner = owner(pid)?;
@@ -463,17 +467,62 @@ async fn place_process(
         }
         None => return Err("the caller's uid is unknown (SO_PEERCRED failed); refused".into()),
     }
+    if tree {
+        return place_tree(sh, pid, place, uid).await;
+    }
     lock(&sh.state)
         .candidates
         .insert(pid, Candidate { lock: locked });
-    let to = match &place {
+    let to = choose(sh, &place).await;
+    if to == sh.local {
+        return Ok(format!("process {pid} starts here, on node {to}"));
+    }
+    // Remote start: seized now, stopped by its exec before the program's first instruction
+    // (its image is then the program's and the loader's mappings and a fresh stack), and moved
+    // from there. Anything that fails lets it run here: it is never lost.
+    let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
+    let watch = match tokio::task::spawn_blocking(move || migrate::watch_exec(pid)).await {
+        Ok(Ok(w)) => w,
+        Ok(Err(e)) => {
+            tracing::warn!(pid, "mosrun: it runs here: {e}");
+            return Ok(format!(
+                "process {pid} starts here (not moved to node {to}: {e})"
+            ));
+        }
+        Err(e) => return Err(format!("process {pid}: placement failed: {e}")),
+    };
+    let sh = sh.clone();
+    tokio::spawn(async move {
+        let seized = match tokio::task::spawn_blocking(move || watch.wait(EXEC_WAIT)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::warn!(pid, "mosrun: it runs here: {e}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(pid, "mosrun: it runs here: the exec watch failed: {e}");
+                return;
+            }
+        };
+        tracing::debug!(target: "omnode::phase", pid, "mosrun: stopped at its exec");
+        start_there(&sh, &m, seized, to, &place, uid).await;
+    });
+    Ok(format!(
+        "process {pid} moves to node {to} when it starts its program"
+    ))
+}
+
+/// Where a program starting now goes: the placement decision of `mosrun`, also at each exec
+/// of a tree (`mosrun --tree`).
+async fn choose(sh: &Arc<Shared>, place: &Placement) -> NodeId {
+    match place {
         Placement::Home => sh.local,
         Placement::Among(list) if list.len() == 1 => list[0],
         Placement::Best | Placement::Among(_) => match sh.view().await {
             // Own load unknown: start at home (a move needs figures).
             None => sh.local,
             Some((mut local, mut peers)) => {
-                if let Placement::Among(list) = &place {
+                if let Placement::Among(list) = place {
                     peers.retain(|p| list.contains(&p.id));
                 }
                 let now = Instant::now();
@@ -490,7 +539,7 @@ async fn place_process(
                     lock(&sh.placed_here).push(now);
                 }
                 drop(policy);
-                match &place {
+                match place {
                     // -j2,3 without this node: one of the list, the best of it.
                     Placement::Among(list) if best == sh.local && !list.contains(&sh.local) => {
                         peers
@@ -504,86 +553,179 @@ async fn place_process(
                 }
             }
         },
-    };
-    if to == sh.local {
-        return Ok(format!("process {pid} starts here, on node {to}"));
     }
-    // Remote start: seized now, stopped by its exec before the program's first instruction
-    // (its image is then the program's and the loader's mappings and a fresh stack), and moved
-    // from there. Anything that fails lets it run here: it is never lost.
-    let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
-    let sh = sh.clone();
-    // After a refusal the next best is tried, among the nodes the user named (if any): an
-    // explicit single node (`-j3`) is not replaced by another.
-    let among = match &place {
+}
+
+/// Moves `seized` (stopped at its program's first instruction) to `to`; a target that
+/// refuses is put aside for a while and the next best is tried (among the nodes the user
+/// named, if any: an explicit single node, `-j3`, is not replaced by another); when none is
+/// better than here, the process runs here. It is never lost.
+async fn start_there(
+    sh: &Arc<Shared>,
+    m: &Arc<crate::migrator::Migrator>,
+    seized: migrate::Seized,
+    to: NodeId,
+    place: &Placement,
+    uid: Option<u32>,
+) {
+    let pid = seized.pid();
+    let among = match place {
         Placement::Among(list) => Some(list.clone()),
         _ => None,
     };
-    let retry = !matches!(&place, Placement::Among(list) if list.len() == 1);
-    let watch = match tokio::task::spawn_blocking(move || migrate::watch_exec(pid)).await {
+    let retry = !matches!(place, Placement::Among(list) if list.len() == 1);
+    // Moved now, before its first instruction, static or dynamic: a dynamic loader's
+    // mmaps of the libraries it opened at home run on the identical local files
+    // (`migration::remote`, `Req::FileId`); a library that differs here brings it home.
+    // A remote start counts as an exec on `to` (/mfs/lastexec); undone if it stays here.
+    crate::mfsmagic::started_on(pid as u32, to);
+    let mut result = m.migrate_seized(seized, to, uid).await;
+    let mut to = to;
+    for attempt in 1..=PLACE_TRIES {
+        match result {
+            Ok(s) => {
+                tracing::info!(pid, "mosrun: {s}");
+                return;
+            }
+            Err(e) => {
+                tracing::info!(pid, to, "mosrun: not moved to node {to}: {e}");
+                lock(&sh.policy).on_refused(to, Instant::now());
+            }
+        }
+        let next = match sh.view().await {
+            Some((local, mut peers)) if retry && attempt < PLACE_TRIES => {
+                if let Some(list) = &among {
+                    peers.retain(|p| list.contains(&p.id));
+                }
+                lock(&sh.policy).place(Instant::now(), &local, &peers, 0)
+            }
+            _ => sh.local,
+        };
+        if next == sh.local || !alive(pid) {
+            crate::mfsmagic::started_here(pid as u32);
+            tracing::info!(pid, "mosrun: it runs here, on node {}", sh.local);
+            return;
+        }
+        to = next;
+        crate::mfsmagic::started_on(pid as u32, to);
+        result = m.migrate(pid, to, uid).await;
+    }
+}
+
+/// Programs that would come straight back if moved at their exec, so in a tree they run at
+/// home: those that start others (shells, make, compiler drivers, the linker's driver; a
+/// process that forks elsewhere comes home for it, children are born at home) and those that
+/// map the files they work on (the assembler, the linkers, ar: an mmap of a file opened at
+/// home brings a moved process home). The programs they start are the ones placed. Matched
+/// against the file name of the executable, also under a target prefix and a version suffix
+/// (`x86_64-linux-gnu-gcc-12`, `clang-16`, `x86_64-linux-gnu-ld.bfd`).
+const STAY_HOME: &[&str] = &[
+    "sh", "dash", "bash", "zsh", "ksh", "busybox", "make", "gmake", "env", "nice", "time", "xargs",
+    "cc", "c++", "gcc", "g++", "clang", "clang++", "collect2", "ccache", "distcc", "as", "ld",
+    "ld.bfd", "ld.gold", "ld.lld", "ar", "ranlib",
+];
+
+/// Whether `exe` is one of [`STAY_HOME`] (also under a target prefix and a version suffix:
+/// `x86_64-linux-gnu-gcc-12`, `clang-16`).
+fn stays_home(exe: &std::path::Path) -> bool {
+    let Some(name) = exe.file_name().and_then(|n| n.to_str()) else {
+        return false;
+    };
+    let name = name.rsplit_once("-linux-gnu-").map_or(name, |(_, n)| n);
+    STAY_HOME.iter().any(|s| {
+        name == *s
+            || name.strip_prefix(s).is_some_and(|rest| {
+                rest.starts_with('-') && rest[1..].chars().all(|c| c.is_ascii_digit() || c == '.')
+            })
+    })
+}
+
+/// `mosrun --tree`: the caller (about to exec its program) stays here, and every exec in its
+/// tree below it is a placement point: the program just exec'd, stopped before its first
+/// instruction, goes where [`choose`] says (programs that would come straight back, [`STAY_HOME`],
+/// stay here). Each child keeps its home PID and a deputy (the parked home shell), so its parent's
+/// wait() and signals work as at home. A refusal or failure lets that child run here.
+async fn place_tree(
+    sh: &Arc<Shared>,
+    pid: i32,
+    place: Placement,
+    uid: Option<u32>,
+) -> Result<String, String> {
+    if matches!(place, Placement::Home) {
+        return Ok(format!("process {pid} and its children start here"));
+    }
+    let m = crate::migrator::global().ok_or("this daemon has no migrator")?;
+    let (ctl, events) = match tokio::task::spawn_blocking(move || migrate::watch_tree(pid)).await {
         Ok(Ok(w)) => w,
         Ok(Err(e)) => {
-            tracing::warn!(pid, "mosrun: it runs here: {e}");
+            tracing::warn!(pid, "mosrun --tree: its children run here: {e}");
             return Ok(format!(
-                "process {pid} starts here (not moved to node {to}: {e})"
+                "process {pid} and its children start here (not spread: {e})"
             ));
         }
         Err(e) => return Err(format!("process {pid}: placement failed: {e}")),
     };
-    tokio::spawn(async move {
-        let seized = match tokio::task::spawn_blocking(move || watch.wait(EXEC_WAIT)).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                tracing::warn!(pid, "mosrun: it runs here: {e}");
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(pid, "mosrun: it runs here: the exec watch failed: {e}");
-                return;
-            }
-        };
-        tracing::debug!(target: "omnode::phase", pid, "mosrun: stopped at its exec");
-        // Moved now, before its first instruction, static or dynamic: a dynamic loader's
-        // mmaps of the libraries it opened at home run on the identical local files
-        // (`migration::remote`, `Req::FileId`); a library that differs here brings it home.
-        // A remote start counts as an exec on `to` (/mfs/lastexec); undone if it stays here.
-        crate::mfsmagic::started_on(pid as u32, to);
-        let mut result = m.migrate_seized(seized, to, uid).await;
-        // A target that refuses (its memory, load or block) is left alone for a while and
-        // the next best is tried; when none is better than here, the process stays home.
-        let mut to = to;
-        for attempt in 1..=PLACE_TRIES {
-            match result {
-                Ok(s) => {
-                    tracing::info!(pid, "mosrun: {s}");
-                    return;
+    // the watch's events, from its blocking receiver to this runtime
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::task::spawn_blocking(move || {
+        loop {
+            match events.next(Duration::from_secs(1)) {
+                Some(migrate::TreeEvent::Ended) => {
+                    let _ = tx.send(migrate::TreeEvent::Ended);
+                    break;
                 }
-                Err(e) => {
-                    tracing::info!(pid, to, "mosrun: not moved to node {to}: {e}");
-                    lock(&sh.policy).on_refused(to, Instant::now());
-                }
-            }
-            let next = match sh.view().await {
-                Some((local, mut peers)) if retry && attempt < PLACE_TRIES => {
-                    if let Some(list) = &among {
-                        peers.retain(|p| list.contains(&p.id));
+                Some(e) => {
+                    if tx.send(e).is_err() {
+                        break;
                     }
-                    lock(&sh.policy).place(Instant::now(), &local, &peers, 0)
                 }
-                _ => sh.local,
-            };
-            if next == sh.local || !alive(pid) {
-                crate::mfsmagic::started_here(pid as u32);
-                tracing::info!(pid, "mosrun: it runs here, on node {}", sh.local);
-                return;
+                None if tx.is_closed() => break,
+                None => {}
             }
-            to = next;
-            crate::mfsmagic::started_on(pid as u32, to);
-            result = m.migrate(pid, to, uid).await;
         }
     });
+    let sh = sh.clone();
+    tokio::spawn(async move {
+        let mut placed = 0u32;
+        while let Some(ev) = rx.recv().await {
+            let migrate::TreeEvent::Exec { pid: child, exe } = ev else {
+                break;
+            };
+            let to = if stays_home(&exe) {
+                sh.local
+            } else {
+                choose(&sh, &place).await
+            };
+            let ctl = ctl.clone();
+            if to == sh.local {
+                tracing::debug!(root = pid, child, ?exe, "mosrun --tree: it runs here");
+                let r = tokio::task::spawn_blocking(move || ctl.release(child)).await;
+                if let Ok(Err(e)) = r {
+                    tracing::warn!(child, "mosrun --tree: {e}");
+                }
+                continue;
+            }
+            placed += 1;
+            tracing::info!(
+                root = pid,
+                child,
+                ?exe,
+                to,
+                "mosrun --tree: placed on node {to}"
+            );
+            let (sh, m, place) = (sh.clone(), m.clone(), place.clone());
+            tokio::spawn(async move {
+                match tokio::task::spawn_blocking(move || ctl.take(child, EXEC_WAIT)).await {
+                    Ok(Ok(seized)) => start_there(&sh, &m, seized, to, &place, uid).await,
+                    Ok(Err(e)) => tracing::warn!(child, "mosrun --tree: it runs here: {e}"),
+                    Err(e) => tracing::warn!(child, "mosrun --tree: it runs here: {e}"),
+                }
+            });
+        }
+        tracing::info!(root = pid, placed, "mosrun --tree: the tree has ended");
+    });
     Ok(format!(
-        "process {pid} moves to node {to} when it starts its program"
+        "process {pid} starts here; the programs its tree starts are placed at their exec"
     ))
 }
 
@@ -710,6 +852,35 @@ async fn node_op(sh: &Arc<Shared>, op: NodeOp, uid: Option<u32>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drivers, shells and programs that map their files stay home in a tree, under their
+    /// target prefixes and version suffixes; the compilers proper and other programs are placed.
+    #[test]
+    fn stay_home_matches_drivers_not_compilers() {
+        use std::path::Path;
+        for home in [
+            "/usr/bin/x86_64-linux-gnu-gcc-12",
+            "/usr/bin/dash",
+            "/usr/bin/make",
+            "/usr/bin/clang-16",
+            "/usr/lib/gcc/x86_64-linux-gnu/12/collect2",
+            "/usr/bin/x86_64-linux-gnu-as",
+            "/usr/bin/x86_64-linux-gnu-ld.bfd",
+        ] {
+            assert!(stays_home(Path::new(home)), "{home}");
+        }
+        for placed in [
+            "/usr/lib/gcc/x86_64-linux-gnu/12/cc1",
+            "/usr/lib/gcc/x86_64-linux-gnu/12/cc1plus",
+            "/tmp/h10tree-spin",
+            "/usr/bin/shasum",
+            "/usr/bin/gcc-ar-x",
+            "/usr/bin/cc1-12",
+            "",
+        ] {
+            assert!(!stays_home(Path::new(placed)), "{placed}");
+        }
+    }
 
     /// A zombie or a missing process is no candidate; a live one is measured from /proc.
     #[test]

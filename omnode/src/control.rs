@@ -64,6 +64,9 @@ pub enum Request {
         place: crate::balancer::Placement,
         #[serde(default)]
         lock: bool,
+        /// `mosrun --tree`: the caller stays here and every exec in its tree is placed.
+        #[serde(default)]
+        tree: bool,
     },
     /// `mosctl`: change or read this node's flags; expel, bring.
     Node(crate::balancer::NodeOp),

@@ -45,6 +45,13 @@ pub struct RunArgs {
     /// Lock: never move it automatically (an explicit `migrate` still may).
     #[arg(short = 'L')]
     pub lock: bool,
+    /// Spread the process tree: the program itself stays at home and every program it or
+    /// its descendants start (each exec) is placed like a `mosrun` of its own (`mosrun -t
+    /// make -j8` puts the compilers on other nodes; shells, make and compiler drivers, which
+    /// start others, stay home). Each child keeps its home PID, so wait() and signals work as
+    /// at home. Without -t the children run where their parent runs.
+    #[arg(short = 't', long = "tree")]
+    pub tree: bool,
     /// Print help.
     #[arg(long, action = clap::ArgAction::Help)]
     pub help: Option<bool>,
@@ -81,6 +88,7 @@ pub fn run(a: RunArgs) -> Result<(), Error> {
         pid: std::process::id() as i32,
         place,
         lock: a.lock,
+        tree: a.tree,
     };
     match control::call(path, &req)? {
         Response::Done(_) => {}

@@ -123,6 +123,18 @@ fn at_exec(
             }
         }
     }
+    stop_after_exec(slot, pid, deadline)
+}
+
+/// On the tracer thread, with `pid` in its PTRACE_EVENT_EXEC stop: step 2 and 3 of the remote
+/// start (also for a child of a tree watch, [`super::exec_tree`]). The process ends up in an
+/// interrupt stop at its program's entry, checked like [`super::seize`] does, with a
+/// [`Held`] in `slot` (dropped: it runs on as if never stopped).
+pub(super) fn stop_after_exec(
+    slot: &mut Slot,
+    pid: pid_t,
+    deadline: Instant,
+) -> Result<(Instant, super::checks::MapView)> {
     // 2. Still inside execve: the call's return value is written after this stop, so nothing
     // may be injected here. Interrupt it on its way to user mode instead.
     let stop_start = Instant::now();
@@ -140,33 +152,12 @@ fn at_exec(
     let g = slot.get::<Held>().expect("just set");
     ptrace_req(Req::Interrupt, pid, 0).map_err(ferr(pid, "PTRACE_INTERRUPT"))?;
     ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
-    loop {
-        let Some(st) = wait_until(
-            pid,
-            deadline.max(Instant::now() + super::DEFAULT_STOP_TIMEOUT),
-        )
-        .map_err(ferr(pid, "waiting for the process to stop"))?
-        else {
-            g.active = false;
-            return Err(Error::Stuck {
-                pid,
-                waited: super::DEFAULT_STOP_TIMEOUT,
-            });
-        };
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            g.active = false;
-            return Err(Error::NoProcess { pid });
-        }
-        if libc::WIFSTOPPED(st) {
-            if st >> 16 == libc::PTRACE_EVENT_STOP {
-                break;
-            }
-            if st >> 16 == 0 {
-                let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
-                g.stashed.push(info);
-            }
-            ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
-        }
+    let wait_for = deadline
+        .max(Instant::now() + super::DEFAULT_STOP_TIMEOUT)
+        .saturating_duration_since(Instant::now());
+    if let Err(e) = super::wait_interrupt_stop(g, pid, wait_for) {
+        g.active = false;
+        return Err(e);
     }
     // From here on it is an ordinary seized process: the options of `seize` (a later exec,
     // e.g. at home after it came back, must not stop it).

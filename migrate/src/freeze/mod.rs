@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 mod at_exec;
 mod checks;
+mod exec_tree;
 mod fds;
 mod inproc;
 mod locks;
@@ -31,6 +32,7 @@ mod tree;
 mod timers;
 
 pub use at_exec::{ExecWatch, watch_exec};
+pub use exec_tree::{TreeCtl, TreeEvent, TreeEvents, watch_tree};
 pub use fds::{home_backed, lives_inside};
 pub use stream::StreamPlan;
 pub use tree::{TreeFreezeReport, freeze_tree};
@@ -202,6 +204,40 @@ fn seize_with(
     })
 }
 
+/// On the tracer thread, after a PTRACE_INTERRUPT of `pid`: waits at most `timeout` for its
+/// interrupt stop (PTRACE_EVENT_STOP). Signals that come first are kept in `g.stashed` (sent
+/// again when it is released; they are in the image otherwise), other events are continued.
+/// Its end gives [`Error::NoProcess`] (and `g` is no longer active), no stop in time
+/// [`Error::Stuck`].
+fn wait_interrupt_stop(g: &mut Held, pid: pid_t, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let Some(st) =
+            wait_until(pid, deadline).map_err(ferr(pid, "waiting for the process to stop"))?
+        else {
+            return Err(Error::Stuck {
+                pid,
+                waited: timeout,
+            });
+        };
+        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
+            g.active = false;
+            return Err(Error::NoProcess { pid });
+        }
+        if libc::WIFSTOPPED(st) {
+            if st >> 16 == libc::PTRACE_EVENT_STOP {
+                return Ok(());
+            }
+            if st >> 16 == 0 {
+                let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
+                g.stashed.push(info);
+            }
+            // a kept signal, or an event (a clone in progress): on to the interrupt stop
+            ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
+        }
+    }
+}
+
 /// On the tracer thread: seize and interrupt, wait for the stop (bounded).
 fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration, multi: bool) -> Result<Instant> {
     let opts = if multi {
@@ -234,33 +270,9 @@ fn stop(slot: &mut Slot, pid: pid_t, timeout: Duration, multi: bool) -> Result<I
     let g = slot.get::<Held>().expect("just set");
     ptrace_req(Req::Interrupt, pid, 0).map_err(ferr(pid, "PTRACE_INTERRUPT"))?;
     let deadline = stop_start + timeout;
-    loop {
-        let Some(st) =
-            wait_until(pid, deadline).map_err(ferr(pid, "waiting for the process to stop"))?
-        else {
-            // Held::release cannot detach a running tracee; the thread's end does, and the
-            // kernel then drops the pending interrupt: the process runs on untouched.
-            return Err(Error::Stuck {
-                pid,
-                waited: timeout,
-            });
-        };
-        if libc::WIFEXITED(st) || libc::WIFSIGNALED(st) {
-            g.active = false;
-            return Err(Error::NoProcess { pid });
-        }
-        if libc::WIFSTOPPED(st) {
-            if st >> 16 == libc::PTRACE_EVENT_STOP {
-                break;
-            }
-            if st >> 16 == 0 {
-                let info = getsiginfo(pid).map_err(ferr(pid, "PTRACE_GETSIGINFO"))?;
-                g.stashed.push(info);
-            }
-            // a kept signal, or an event (a clone in progress): on to the interrupt stop
-            ptrace_req(Req::Cont, pid, 0).map_err(ferr(pid, "PTRACE_CONT"))?;
-        }
-    }
+    // on a time-out, Held::release cannot detach a running tracee; the thread's end does, and
+    // the kernel then drops the pending interrupt: the process runs on untouched
+    wait_interrupt_stop(g, pid, timeout)?;
     if multi {
         threads::stop_threads(g, pid, deadline)?;
     }
