@@ -189,6 +189,7 @@ impl TreeCtl {
             pre_map: Some(pre_map),
             guest: false,
             moving: true,
+            tree: false,
         })
     }
 }
