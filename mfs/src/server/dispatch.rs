@@ -7,7 +7,7 @@ use std::sync::{Mutex, mpsc};
 use bytes::Bytes;
 
 use super::{Job, MAX_READ, Shared, check_name, shown};
-use crate::proto::{Cred, Kind, Op, Reply, StatFs};
+use crate::proto::{Cred, DirEntryPlus, Kind, Op, Reply, StatFs};
 use crate::{Error, sys};
 
 pub(super) fn worker(shared: &Shared, rx: &Mutex<mpsc::Receiver<Job>>) {
@@ -141,6 +141,23 @@ pub(super) fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Err
         Op::ReadDir { fh, offset, max } => {
             let (entries, eof) = s.readdir(fh, offset, max)?;
             Reply::Dir { entries, eof }
+        }
+        Op::ReadDirPlus {
+            fh,
+            dir,
+            offset,
+            max,
+        } => {
+            let (entries, eof) = s.readdir(fh, offset, max)?;
+            let entries = entries
+                .into_iter()
+                .map(|entry| DirEntryPlus {
+                    // As the caller, as any lookup: a name it may not search has no attributes.
+                    found: s.lookup(dir, &entry.name).ok(),
+                    entry,
+                })
+                .collect();
+            Reply::DirPlus { entries, eof }
         }
         Op::Mkdir { parent, name, mode } => {
             let name = check_name(&name)?;
