@@ -237,8 +237,17 @@ impl Shared {
                 std::io::Error::from_raw_os_error(libc::ENOTDIR),
             ));
         }
-        let dir = sys::openat(fd.as_fd(), b".", libc::O_RDONLY | libc::O_DIRECTORY, 0)
-            .map_err(|e| Error::os("opendir", &what, e))?;
+        // Through /proc/self/fd (as files are opened): listing needs read permission on the
+        // directory only, as locally; `openat(fd, ".")` would also need search permission.
+        // In a directory the caller may not search, subdirectories cannot be checked for
+        // mount points of /proc (below) and are left out: fail closed.
+        let dir = sys::openat(
+            self.proc_fd.as_fd(),
+            &Self::proc_name(fd.as_fd()),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            0,
+        )
+        .map_err(|e| Error::os("opendir", &what, e))?;
         let dev = sys::fstat(fd.as_fd())
             .map_err(|e| Error::os("stat", &what, e))?
             .st_dev;
