@@ -153,7 +153,7 @@ pub(super) fn run(s: &Shared, op: Op, data: Bytes) -> Result<(Reply, Bytes), Err
                 .into_iter()
                 .map(|entry| DirEntryPlus {
                     // As the caller, as any lookup: a name it may not search has no attributes.
-                    found: s.lookup(dir, &entry.name).ok(),
+                    found: s.lookup_listed(dir, &entry.name).ok(),
                     entry,
                 })
                 .collect();

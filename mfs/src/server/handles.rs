@@ -99,6 +99,32 @@ impl Shared {
         self.register(fd, &shown(name))
     }
 
+    /// A lookup of a name just listed (READDIRPLUS): a file that already has a handle is
+    /// found by one `fstatat` of the name in the directory, as the caller (no new descriptor;
+    /// same file system as the directory only, so no mount point is crossed); any other as
+    /// [`Shared::lookup`]. Counts one lookup either way.
+    pub(super) fn lookup_listed(
+        &self,
+        parent: Handle,
+        name: &[u8],
+    ) -> Result<(Handle, Attr), Error> {
+        let checked = check_name(name)?;
+        let (dir, _) = self.node(parent)?;
+        if let Ok(st) = sys::fstatat(dir.as_fd(), checked, libc::AT_SYMLINK_NOFOLLOW) {
+            if let Some(attr) = attr_of(&st) {
+                let mut hs = self.handles.lock().expect("handle table");
+                let same_fs = hs.by_id.get(&parent).map(|n| n.key.0) == Some(st.st_dev);
+                if let Some(&h) = hs.by_key.get(&(st.st_dev, st.st_ino)).filter(|_| same_fs) {
+                    if let Some(n) = hs.by_id.get_mut(&h) {
+                        n.refs += 1;
+                        return Ok((h, attr));
+                    }
+                }
+            }
+        }
+        self.lookup(parent, name)
+    }
+
     pub(super) fn setattr(&self, h: Handle, set: &SetAttr) -> Result<Attr, Error> {
         let (fd, kind) = self.node(h)?;
         let what = format!("handle {h}");
