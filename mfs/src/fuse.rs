@@ -16,8 +16,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fuser::{
     FileAttr, FileType, Filesystem, KernelConfig, MountOption, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs, ReplyWrite, Request,
-    TimeOrNow,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyLock, ReplyOpen, ReplyStatfs,
+    ReplyWrite, Request, TimeOrNow,
 };
 
 use crate::client::{Entry, Mfs};
@@ -191,6 +191,27 @@ fn fattr(ino: u64, a: &Attr) -> FileAttr {
     }
 }
 
+/// Attributes for an entry the kernel must look up itself before use (given with no TTL).
+fn bare_attr(ino: u64, kind: Kind) -> FileAttr {
+    FileAttr {
+        ino,
+        size: 0,
+        blocks: 0,
+        atime: UNIX_EPOCH,
+        mtime: UNIX_EPOCH,
+        ctime: UNIX_EPOCH,
+        crtime: UNIX_EPOCH,
+        kind: file_type(kind),
+        perm: 0,
+        nlink: 1,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}
+
 fn time_set(t: Option<TimeOrNow>) -> Option<TimeSet> {
     t.map(|t| match t {
         TimeOrNow::Now => TimeSet::Now,
@@ -224,6 +245,7 @@ fail!(
     ReplyCreate,
     ReplyData,
     ReplyDirectory,
+    ReplyDirectoryPlus,
     ReplyEmpty,
     ReplyEntry,
     ReplyLock,
@@ -281,7 +303,15 @@ impl Filesystem for Adapter {
         let _ = config.set_congestion_threshold(48);
         // Locks are the serving node's business, not this kernel's: without these the
         // kernel would keep them local, and two nodes would both "hold" the same lock.
-        use fuser::consts::{FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS};
+        use fuser::consts::{FUSE_DO_READDIRPLUS, FUSE_FLOCK_LOCKS, FUSE_POSIX_LOCKS};
+        // Listings carry the attributes of what they list: `ls -l` of a directory is one
+        // round trip, not one per file. Always, not the kernel's adaptive mode: that asks
+        // for attributes only in the first call of a listing (`ls -l` then looks up the rest
+        // one by one).
+        if !self.mfs.config().readdirplus {
+        } else if let Err(missing) = config.add_capabilities(FUSE_DO_READDIRPLUS) {
+            tracing::debug!(missing, "the kernel offers no READDIRPLUS");
+        }
         if let Err(missing) = config.add_capabilities(FUSE_POSIX_LOCKS | FUSE_FLOCK_LOCKS) {
             tracing::warn!(
                 missing,
@@ -596,6 +626,46 @@ impl Filesystem for Adapter {
                     }
                 }
                 r.ok();
+            },
+        );
+    }
+
+    /// Entries with their attributes: each one the kernel receives counts as a lookup of it
+    /// (forgotten later); those that did not fit in the kernel's buffer are kept for its next
+    /// call ([`Mfs::unsent`]). An entry without attributes gets a TTL of zero: the kernel
+    /// looks it up before use.
+    fn readdirplus(
+        &mut self,
+        _req: &Request<'_>,
+        _ino: u64,
+        fh: u64,
+        offset: i64,
+        reply: ReplyDirectoryPlus,
+    ) {
+        let (m, mm) = (self.mfs.clone(), self.mfs.clone());
+        self.answer(
+            reply,
+            async move { m.readdirplus(fh, offset.max(0) as u64).await },
+            move |mut r, items| {
+                // Where the kernel asks next: after the last entry that fitted.
+                let mut at = offset.max(0) as u64;
+                let mut rest = Vec::new();
+                for it in items {
+                    if rest.is_empty() {
+                        let (ttl, attr) = match &it.attr {
+                            Some(a) => (TTL, fattr(it.ino, a)),
+                            None => (Duration::ZERO, bare_attr(it.ino, it.kind)),
+                        };
+                        let name = OsStr::from_bytes(&it.name);
+                        if !r.add(it.ino, it.next as i64, name, &ttl, &attr, 0) {
+                            at = it.next;
+                            continue;
+                        }
+                    }
+                    rest.push(it);
+                }
+                r.ok();
+                mm.unsent(fh, at, rest);
             },
         );
     }

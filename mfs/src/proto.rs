@@ -81,6 +81,15 @@ pub struct DirEntry {
     pub ino: u64,
 }
 
+/// A directory entry with what a lookup of it found (READDIRPLUS): its handle and attributes,
+/// counted as one lookup like [`Op::Lookup`]; `None` when the lookup failed (the entry went
+/// meanwhile, or the caller may list the directory but not search it).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirEntryPlus {
+    pub entry: DirEntry,
+    pub found: Option<(Handle, Attr)>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub struct StatFs {
     pub blocks: u64,
@@ -166,6 +175,14 @@ pub enum Op {
     },
     ReleaseDir {
         fh: Fh,
+    },
+    /// [`Op::ReadDir`] with a lookup of each entry in directory `dir` (READDIRPLUS): a
+    /// listing and the attributes of what it lists in one round trip.
+    ReadDirPlus {
+        fh: Fh,
+        dir: Handle,
+        offset: u64,
+        max: u32,
     },
     Mkdir {
         parent: Handle,
@@ -275,6 +292,10 @@ pub enum Reply {
     Link(Vec<u8>),
     Dir {
         entries: Vec<DirEntry>,
+        eof: bool,
+    },
+    DirPlus {
+        entries: Vec<DirEntryPlus>,
         eof: bool,
     },
     StatFs(StatFs),

@@ -17,6 +17,8 @@ struct Counting {
     inner: Direct,
     reads: AtomicUsize,
     writes: AtomicUsize,
+    lookups: AtomicUsize,
+    listings: AtomicUsize,
 }
 
 impl Remote for Counting {
@@ -29,6 +31,10 @@ impl Remote for Counting {
         match req.op {
             Op::Read { .. } => self.reads.fetch_add(1, Ordering::Relaxed),
             Op::Write { .. } => self.writes.fetch_add(1, Ordering::Relaxed),
+            Op::Lookup { .. } => self.lookups.fetch_add(1, Ordering::Relaxed),
+            Op::ReadDir { .. } | Op::ReadDirPlus { .. } => {
+                self.listings.fetch_add(1, Ordering::Relaxed)
+            }
             _ => 0,
         };
         self.inner.call(node, req, data)
@@ -74,6 +80,8 @@ fn world(cfg: Config) -> World {
         inner: direct.clone(),
         reads: 0.into(),
         writes: 0.into(),
+        lookups: 0.into(),
+        listings: 0.into(),
     });
     let mfs = Mfs::new(remote.clone(), cfg, vec![1, 2]);
     World {
@@ -181,6 +189,111 @@ async fn the_tree_shows_every_node_and_the_magic_links() {
     // df of a node is that node's file system.
     let s = w.mfs.statfs(&me(), n2).await.unwrap();
     assert!(s.blocks > 0 && s.bsize > 0);
+}
+
+/// READDIRPLUS: one call lists a directory with the attributes of every entry (the files'
+/// own, as a lookup gives them), each counted as a lookup: forgetting it once drops the
+/// inode; entries the kernel had no room for are kept for its next call (no second call to
+/// the server) and forgotten when the directory is closed; `/mfs` itself lists node folders
+/// without attributes under inode numbers no other entry gets.
+#[tokio::test]
+async fn readdirplus_lists_with_attributes_counted_as_lookups() {
+    use std::os::unix::fs::MetadataExt;
+    let w = world(Config::new(1));
+    let dir = w.dirs[1].path().join("d");
+    std::fs::create_dir(&dir).unwrap();
+    for i in 0..40u32 {
+        std::fs::write(dir.join(format!("f{i}")), vec![b'x'; i as usize * 3]).unwrap();
+    }
+    std::os::unix::fs::symlink("f1", dir.join("link")).unwrap();
+    std::fs::create_dir(dir.join("sub")).unwrap();
+    let d = path(&w, "2/d").await.unwrap();
+    let fh = w.mfs.opendir(&me(), d).await.unwrap();
+    let before = w.remote.lookups.load(Ordering::Relaxed);
+    let items = w.mfs.readdirplus(fh, 0).await.unwrap();
+    assert_eq!(
+        w.remote.listings.load(Ordering::Relaxed),
+        1,
+        "one listing call"
+    );
+    assert_eq!(
+        w.remote.lookups.load(Ordering::Relaxed),
+        before,
+        "no lookup calls"
+    );
+    assert_eq!(items.len(), 2 + 42);
+    assert_eq!(
+        (&items[0].name[..], &items[1].name[..]),
+        (&b"."[..], &b".."[..])
+    );
+    assert!(!items[0].counted && !items[1].counted);
+    for it in &items[2..] {
+        let name = String::from_utf8(it.name.clone()).unwrap();
+        let local = std::fs::symlink_metadata(dir.join(&name)).unwrap();
+        let a = it
+            .attr
+            .as_ref()
+            .unwrap_or_else(|| panic!("{name} has attributes"));
+        assert!(it.counted, "{name} counted");
+        assert_eq!(
+            (a.size, a.perm & 0o7777, a.nlink),
+            (local.size(), local.mode() & 0o7777, local.nlink() as u32),
+            "{name}"
+        );
+        // The same inode and attributes a lookup gives.
+        let e = w.mfs.lookup(&me(), d, &it.name).await.unwrap();
+        assert_eq!((e.ino, &e.attr), (it.ino, a), "{name}");
+        w.mfs.forget(it.ino, 1);
+    }
+    // Counted once by the listing, once by the lookup: the second forget drops it.
+    for it in &items[2..] {
+        assert!(w.mfs.getattr(&me(), it.ino).await.is_ok());
+        w.mfs.forget(it.ino, 1);
+        assert_eq!(errno(w.mfs.getattr(&me(), it.ino).await), libc::ESTALE);
+    }
+    // Where the kernel's buffer was full: the rest is its next call, from memory.
+    let items = w.mfs.readdirplus(fh, 0).await.unwrap();
+    let calls = w.remote.listings.load(Ordering::Relaxed);
+    let at = items[9].next;
+    let rest = items[10..].to_vec();
+    w.mfs.unsent(fh, at, rest.clone());
+    assert_eq!(w.mfs.readdirplus(fh, at).await.unwrap(), rest);
+    assert_eq!(
+        w.remote.listings.load(Ordering::Relaxed),
+        calls,
+        "no new call"
+    );
+    // Kept again, then the directory closes: forgotten (the server is told they are gone).
+    w.mfs.unsent(fh, at, rest.clone());
+    for it in &items[2..10] {
+        w.mfs.forget(it.ino, 1);
+    }
+    w.mfs.releasedir(fh).await.unwrap();
+    let gone = rest.iter().find(|i| i.counted).unwrap().ino;
+    assert_eq!(errno(w.mfs.getattr(&me(), gone).await), libc::ESTALE);
+    // /mfs: magic links with attributes, node folders looked up only when used.
+    let fh = w.mfs.opendir(&me(), ROOT_INO).await.unwrap();
+    let items = w.mfs.readdirplus(fh, 0).await.unwrap();
+    let node1 = items.iter().find(|i| i.name == b"1").unwrap();
+    assert!(node1.attr.is_none() && !node1.counted);
+    let here = items.iter().find(|i| i.name == b"here").unwrap();
+    assert_eq!(here.attr.as_ref().map(|a| a.kind), Some(Kind::Symlink));
+    let again = w.mfs.readdirplus(fh, 0).await.unwrap();
+    let node1_again = again.iter().find(|i| i.name == b"1").unwrap();
+    // Node 2 was looked up above: it comes with attributes now; node 1 never was.
+    assert!(
+        again
+            .iter()
+            .find(|i| i.name == b"2")
+            .unwrap()
+            .attr
+            .is_some()
+    );
+    assert_ne!(
+        node1.ino, node1_again.ino,
+        "a stand-in inode is never reused"
+    );
+    w.mfs.releasedir(fh).await.unwrap();
 }
 
 #[tokio::test]

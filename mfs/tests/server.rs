@@ -755,3 +755,62 @@ fn the_kernel_checks_permissions_for_the_calling_uid() {
         .is_ok()
     );
 }
+
+/// READDIRPLUS: each listed entry comes with the handle and attributes a lookup gives, and
+/// counts as one lookup — also when the file already had a handle (found again by a stat of
+/// the name, not a new descriptor): the server lets a handle go only after as many forgets.
+#[test]
+fn readdirplus_entries_are_lookups() {
+    let t = T::new(false);
+    std::fs::write(t.p("a"), b"12345").unwrap();
+    std::fs::create_dir(t.p("d")).unwrap();
+    std::os::unix::fs::symlink("a", t.p("l")).unwrap();
+    let list = || {
+        let fh = match t.call(Op::OpenDir { handle: ROOT }).unwrap() {
+            Reply::Opened { fh, .. } => fh,
+            r => panic!("opendir answered {r:?}"),
+        };
+        let op = Op::ReadDirPlus {
+            fh,
+            dir: ROOT,
+            offset: 0,
+            max: 100,
+        };
+        let Reply::DirPlus { mut entries, eof } = t.call(op).unwrap() else {
+            panic!("not a listing with attributes")
+        };
+        assert!(eof);
+        t.call(Op::ReleaseDir { fh }).unwrap();
+        entries.sort_by(|x, y| x.entry.name.cmp(&y.entry.name));
+        entries
+    };
+    let first = list();
+    let names: Vec<&[u8]> = first.iter().map(|e| &e.entry.name[..]).collect();
+    assert_eq!(names, [&b"a"[..], b"d", b"l"]);
+    for e in &first {
+        let (h, attr) = e.found.clone().expect("found");
+        let name = String::from_utf8(e.entry.name.clone()).unwrap();
+        assert_eq!(
+            t.lookup(ROOT, &name).unwrap(),
+            h,
+            "{name}: the lookup's handle"
+        );
+        assert_eq!(
+            t.call(Op::GetAttr { handle: h }).unwrap(),
+            Reply::Attr(attr)
+        );
+    }
+    assert_eq!(first[0].found.as_ref().unwrap().1.size, 5);
+    assert_eq!(first[2].found.as_ref().unwrap().1.kind, Kind::Symlink);
+    // Listed again: the same handles (already there), one more lookup each.
+    let second = list();
+    assert_eq!(second, first);
+    for e in &first {
+        let h = e.found.as_ref().unwrap().0;
+        // Three lookups: two listings and the lookup above.
+        t.call(Op::Forget { handle: h, n: 2 }).unwrap();
+        assert!(t.call(Op::GetAttr { handle: h }).is_ok(), "still held once");
+        t.call(Op::Forget { handle: h, n: 1 }).unwrap();
+        assert_eq!(errno(t.call(Op::GetAttr { handle: h })), libc::ESTALE);
+    }
+}

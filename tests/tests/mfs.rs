@@ -48,10 +48,14 @@ impl Mfs {
         Mfs::at(BASE)
     }
     fn at(base: u8) -> Mfs {
+        Mfs::on("127.0.0", base)
+    }
+    /// Nodes at `net.base`, `net.base+1`, ... (`net`: the first three bytes of the address).
+    fn on(net: &'static str, base: u8) -> Mfs {
         let dir = tempfile::tempdir().unwrap();
         // Traversable by every uid: permission tests act as nobody.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-        std::fs::write(dir.path().join("map"), format!("1 127.0.0.{base} 3\n")).unwrap();
+        std::fs::write(dir.path().join("map"), format!("1 {net}.{base} 3\n")).unwrap();
         let key = dir.path().join("key");
         assert!(
             run_cli(&["keygen", "--out", key.to_str().unwrap()])
@@ -1034,4 +1038,132 @@ fn mount_t_mfs_asks_the_running_daemon() {
         std::fs::read_to_string(dir.join("1/hello")).ok()
     });
     assert_eq!(hello.as_deref(), Some("hello from node 1\n"));
+}
+
+/// What `ls -l` shows of a file: type and mode, links, owner, size, mtime (seconds).
+fn shown_attrs(p: &Path) -> (u32, u64, u32, u32, u64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.mode(), m.nlink(), m.uid(), m.gid(), m.size(), m.mtime())
+}
+
+/// READDIRPLUS: a listing carries each entry's attributes (one round trip for `ls -l`), and
+/// they are the served files' own; more entries than fit in one kernel buffer are all
+/// listed once; a directory the caller may read but not search still lists every name
+/// (no attributes: each name's own lookup then says EACCES); a file made on the serving node
+/// shows in the next listing, one removed there goes.
+#[test]
+fn listings_carry_the_attributes_of_what_they_list() {
+    if !need_root("listings_carry_the_attributes_of_what_they_list") {
+        return;
+    }
+    let mut c = Mfs::on("127.0.38", 1);
+    let many = c.export(2).join("many");
+    std::fs::create_dir(&many).unwrap();
+    std::fs::set_permissions(&many, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut expected = Vec::new();
+    for i in 0..600u32 {
+        // Long names: fewer entries per kernel buffer, so a listing takes several calls.
+        let name = format!("file-with-a-rather-long-name-to-fill-buffers-{i:04}");
+        let p = many.join(&name);
+        std::fs::write(&p, vec![b'x'; (i * 7) as usize]).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600 + i % 0o100)).unwrap();
+        std::os::unix::fs::chown(&p, Some(i % 3), Some(i % 5)).unwrap();
+        expected.push(name);
+    }
+    std::fs::create_dir(many.join("sub")).unwrap();
+    std::os::unix::fs::symlink("sub", many.join("link")).unwrap();
+    std::fs::hard_link(many.join(&expected[0]), many.join("hard")).unwrap();
+    expected.extend(["sub", "link", "hard"].map(String::from));
+    expected.sort();
+    let locked = c.export(2).join("locked");
+    std::fs::create_dir(&locked).unwrap();
+    for n in ["a", "b", "c"] {
+        std::fs::write(locked.join(n), n).unwrap();
+    }
+    // Readable by others, not searchable.
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o744)).unwrap();
+    std::fs::write(c.export(2).join("hello"), "hello").unwrap();
+    std::fs::write(c.export(1).join("hello"), "hello").unwrap();
+    c.start(1);
+    c.start(2);
+    c.ready(&[1], &[1, 2]);
+
+    let through = c.mnt(1).join("2/many");
+    for round in 0..2 {
+        let mut names: Vec<String> = std::fs::read_dir(&through)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, expected, "listing {round} of /mfs/2/many");
+        for n in &names {
+            assert_eq!(
+                shown_attrs(&through.join(n)),
+                shown_attrs(&many.join(n)),
+                "attributes of {n} through /mfs/2 (round {round})"
+            );
+        }
+    }
+    // `ls -l` as a whole, against the same on the export (owners by number, same order).
+    let ls = |d: &Path| {
+        let o = Command::new("ls")
+            .args(["-ln", "--time-style=+%s"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "ls -l {}: {o:?}", d.display());
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let (local, remote) = (ls(&many), ls(&through));
+    // The directory's own total of blocks may differ in the first line only if the
+    // counts differ: they must not.
+    assert_eq!(remote, local, "ls -l through /mfs/2 and on the export");
+
+    // Changes on the serving node show in the next listing.
+    std::fs::write(many.join("new"), "new").unwrap();
+    std::fs::remove_file(many.join(&expected[1])).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&through)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.contains(&"new".to_string()), "the new file is listed");
+    assert!(
+        !names.contains(&expected[1]),
+        "the removed file is not listed"
+    );
+    assert_eq!(std::fs::read_to_string(through.join("new")).unwrap(), "new");
+
+    // Readable, not searchable: the names, and EACCES for each one's attributes.
+    let as_nobody = |script: &str| {
+        Command::new("setpriv")
+            .args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "sh",
+                "-c",
+            ])
+            .arg(script)
+            .output()
+            .unwrap()
+    };
+    let dir = c.mnt(1).join("2/locked");
+    let o = as_nobody(&format!("ls -1 {}", dir.display()));
+    let mut listed: Vec<String> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(String::from)
+        .collect();
+    listed.sort();
+    assert_eq!(listed, ["a", "b", "c"], "names as nobody: {o:?}");
+    let o = as_nobody(&format!("stat {}/a", dir.display()));
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("Permission denied"),
+        "stat as nobody: {o:?}"
+    );
+    // Root may: the same names with their attributes.
+    for n in ["a", "b", "c"] {
+        assert_eq!(shown_attrs(&dir.join(n)), shown_attrs(&locked.join(n)));
+    }
 }

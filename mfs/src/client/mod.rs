@@ -73,6 +73,9 @@ pub struct Config {
     pub write_behind: usize,
     /// Directory entries asked for per call.
     pub dir_batch: u32,
+    /// Offer READDIRPLUS to the kernel (listings with attributes). On unless the environment
+    /// says `MFS_READDIRPLUS=0` (benchmarks compare both in one run).
+    pub readdirplus: bool,
 }
 
 impl Config {
@@ -84,6 +87,7 @@ impl Config {
             read_ahead_windows: 3,
             write_behind: 1 << 20,
             dir_batch: 1024,
+            readdirplus: std::env::var_os("MFS_READDIRPLUS").is_none_or(|v| v != "0"),
         }
     }
 }
@@ -109,6 +113,23 @@ pub struct DirItem {
     pub name: Vec<u8>,
     pub kind: Kind,
     pub ino: u64,
+    /// The offset to continue after this entry.
+    pub next: u64,
+}
+
+/// A directory entry as READDIRPLUS gives it to the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirPlusItem {
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    /// The local inode: the entry's own when `attr` is known, else a stand-in that no other
+    /// entry or lookup ever gets (the kernel must look the name up itself: give it no TTL).
+    pub ino: u64,
+    /// The attributes a lookup found (`None`: not looked up, or the lookup failed).
+    pub attr: Option<Attr>,
+    /// Counted as one lookup of `ino`: if the kernel never receives the entry (its buffer was
+    /// full), [`Mfs::forget`] it once.
+    pub counted: bool,
     /// The offset to continue after this entry.
     pub next: u64,
 }
@@ -151,6 +172,9 @@ pub struct Mfs {
     table: Mutex<Table>,
     files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     dirs: Mutex<HashMap<u64, Arc<OpenDir>>>,
+    /// Per open directory: READDIRPLUS entries fetched but not yet given to the kernel, and
+    /// the offset they continue at.
+    dir_ahead: Mutex<HashMap<u64, (u64, Vec<DirPlusItem>)>>,
     next_fh: AtomicU64,
     started: (i64, u32),
     resolver: RwLock<Arc<dyn Resolver>>,
@@ -183,6 +207,7 @@ impl Mfs {
             }),
             files: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
+            dir_ahead: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             started: (now.as_secs() as i64, now.subsec_nanos()),
             resolver: RwLock::new(Arc::new(Unmoved(cfg_local))),
