@@ -28,8 +28,8 @@ mod seized;
 mod state;
 mod stream;
 mod threads;
-mod tree;
 mod timers;
+mod tree;
 
 pub use at_exec::{ExecWatch, watch_exec};
 pub use exec_tree::{TreeCtl, TreeEvent, TreeEvents, watch_tree};
