@@ -190,20 +190,32 @@ mod tests {
         (unsafe { libc::geteuid() }) == 0
     }
 
-    /// `sh -c 'read go; exec PROG ARGS'`: a child that execs `prog` once a line arrives on its
-    /// stdin (the returned pipe), with its stdout on a pipe.
+    /// `sh -c 'echo ready; read go; exec PROG ARGS'`: a child that execs `prog` once a line
+    /// arrives on its stdin (the returned pipe), with its stdout on a pipe. Returns once the
+    /// shell runs (its `ready` read back): `spawn` returns when the exec of the shell has let
+    /// go of our memory, a moment before that exec ends — a watch set up in that moment would
+    /// see the shell's own exec.
     fn exec_on_signal(
         prog: &str,
         args: &[&str],
     ) -> (std::process::Child, std::process::ChildStdin) {
+        use std::io::Read;
         let mut child = std::process::Command::new("/bin/sh")
-            .args(["-c", "read go; exec \"$@\"", "sh", prog])
+            .args(["-c", "echo ready; read go; exec \"$@\"", "sh", prog])
             .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
             .unwrap();
         let go = child.stdin.take().unwrap();
+        let mut ready = [0u8; 6];
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut ready)
+            .unwrap();
+        assert_eq!(&ready, b"ready\n");
         (child, go)
     }
 
