@@ -414,27 +414,43 @@ fn inline_call(fds: &crate::gohome::DeputyFds, call: &migration::forward::Call) 
     };
     let mut table = lock(fds);
     let raw = table.get(&fd)?.as_raw_fd();
+    // The filesystem first, from /proc alone: fstat or fstatfs on a FUSE file asks its server,
+    // which for this daemon's own /mfs may need the very link whose reader runs this (a
+    // deadlock that stalled heartbeats in CI).
+    if !on_local_disk(raw) {
+        return None;
+    }
     // SAFETY: fstat into a zeroed struct stat, on an fd of the table (held open by the lock).
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     if unsafe { libc::fstat(raw, &mut st) } < 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
         return None;
     }
-    // SAFETY: fstatfs into a zeroed struct statfs.
-    let mut sf: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::fstatfs(raw, &mut sf) } < 0 {
-        return None;
-    }
-    const LOCAL_DISK: [i64; 5] = [
-        0xEF53,      // ext2/3/4
-        0x5846_5342, // xfs
-        0x9123_683E, // btrfs
-        0x0102_1994, // tmpfs
-        0x794C_7630, // overlayfs
-    ];
-    if !LOCAL_DISK.contains(&(sf.f_type as i64)) {
-        return None;
-    }
     Some(migration::standin::execute_at(&mut table, None, call))
+}
+
+/// Whether our fd `raw` is on a local disk filesystem (ext2/3/4, xfs, btrfs, tmpfs, overlay),
+/// read from /proc only (its mount id in fdinfo, that mount's type in mountinfo), so that no
+/// filesystem server is asked. Anything unreadable: `false` (the worker runs the call).
+fn on_local_disk(raw: std::os::fd::RawFd) -> bool {
+    const LOCAL_DISK: [&str; 7] = ["ext2", "ext3", "ext4", "xfs", "btrfs", "tmpfs", "overlay"];
+    let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{raw}")) else {
+        return false;
+    };
+    let Some(mnt) = info.lines().find_map(|l| l.strip_prefix("mnt_id:")) else {
+        return false;
+    };
+    let mnt = mnt.trim();
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // "ID PARENT MAJ:MIN ROOT POINT OPTS [OPTIONAL...] - FSTYPE SOURCE SUPER"
+    mounts.lines().any(|l| {
+        l.split(' ').next() == Some(mnt)
+            && l.split(" - ")
+                .nth(1)
+                .and_then(|t| t.split(' ').next())
+                .is_some_and(|t| LOCAL_DISK.contains(&t))
+    })
 }
 
 async fn tell(sys: &runtime::System, to: NodeId, wire: &Wire) {
