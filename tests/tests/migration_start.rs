@@ -300,3 +300,61 @@ fn mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction() {
         logs(&c, &[1, 2])
     );
 }
+
+/// `omnode run -j2 prog` with the working directory `dir` (a relative path in `prog` is a
+/// home file the remote cannot map from a local one: an mmap of it brings the process home).
+fn mosrun_in(c: &Cluster, dir: &Path, prog: &Path, args: &[&str]) -> Kid {
+    let sock = c.socket(1);
+    let mut cmd = Command::new(omnode_tests::omnode_bin());
+    cmd.args(["run", "-j2", "--socket", sock.to_str().unwrap(), "--"])
+        .arg(prog)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    Kid(cmd.spawn().expect("spawn"))
+}
+
+/// A dynamically linked program started on node 2 (`mosrun -j2`: moved before its loader
+/// ran, its libraries mapped there from identical local files) changes libc's data (random
+/// state, stdout's lock) and comes home at an mmap of a home file made inside a glibc lock:
+/// every page it changed comes home with it, so it ends (no wait on a stale lock word) with
+/// the output and exit code of an unmoved run.
+#[test]
+fn a_remotely_started_program_comes_home_inside_a_glibc_lock_and_ends() {
+    if !can_run("a_remotely_started_program_comes_home_inside_a_glibc_lock_and_ends") {
+        return;
+    }
+    let c = cluster("1 127.0.41.1 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let prog = compile(dir, "homelock");
+    std::fs::write(dir.join("homelock.data"), "hello from home\n").unwrap();
+    let mut plain = Command::new(&prog);
+    plain.current_dir(dir).stdin(Stdio::null());
+    let plain = plain.output().expect("unmoved run");
+    assert_eq!(plain.status.code(), Some(3), "unmoved run: {plain:?}");
+
+    let kid = mosrun_in(&c, dir, &prog, &[]);
+    let pid = kid.0.id();
+    let (out, st) = finish(kid, b"");
+    assert_eq!(
+        out,
+        String::from_utf8_lossy(&plain.stdout),
+        "{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
+    assert!(
+        came_home(&c, 1, pid),
+        "it never came home (the test proves nothing)\n{}",
+        logs(&c, &[1, 2])
+    );
+}
