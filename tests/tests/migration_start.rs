@@ -358,3 +358,36 @@ fn a_remotely_started_program_comes_home_inside_a_glibc_lock_and_ends() {
         logs(&c, &[1, 2])
     );
 }
+
+/// `mosrun -j2 as --64 -o x.o x.s`: the assembler starts on node 2 and comes home at its mmap
+/// of the home file (a relative path); it ends, and its object file is byte for byte the one
+/// of an unmoved run.
+#[test]
+fn a_remotely_started_assembler_makes_the_same_object() {
+    if !can_run("a_remotely_started_assembler_makes_the_same_object") {
+        return;
+    }
+    let c = cluster("1 127.0.41.5 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let src = "\t.text\n\t.globl f\nf:\n\tmovl $42, %eax\n\tret\n\t.data\nv:\t.quad 7, 8, 9\n\t.section .rodata\ns:\t.string \"hello\"\n";
+    std::fs::write(dir.join("x.s"), src).unwrap();
+    let st = Command::new("as")
+        .args(["--64", "-o", "plain.o", "x.s"])
+        .current_dir(dir)
+        .status()
+        .expect("as (binutils) is needed for this test");
+    assert!(st.success(), "unmoved as: {st:?}");
+
+    let kid = mosrun_in(&c, dir, Path::new("/usr/bin/as"), &["--64", "-o", "moved.o", "x.s"]);
+    let pid = kid.0.id();
+    let (_, st) = finish(kid, b"");
+    assert_eq!(st.code(), Some(0), "{}", logs(&c, &[1, 2]));
+    let plain = std::fs::read(dir.join("plain.o")).unwrap();
+    let moved = std::fs::read(dir.join("moved.o")).unwrap();
+    assert!(plain == moved, "the objects differ\n{}", logs(&c, &[1, 2]));
+    assert!(
+        c.log_text(1).contains(&format!("mosrun: process {pid} moved to node 2")),
+        "it never started on node 2 (the test proves nothing)\n{}",
+        logs(&c, &[1, 2])
+    );
+}

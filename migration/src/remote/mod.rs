@@ -375,6 +375,22 @@ impl<P: HomePort> Supervisor<P> {
                 };
                 self.answer(n.id, Response::Value(tid.into()))?;
             }
+            Class::SetTidAddress => {
+                if n.pid as i32 == self.id.local_pid {
+                    // Answered without running it here: the kernel keeps the main thread's
+                    // clear_child_tid as it was (the loader's call replaces the 0 of a
+                    // process started from its exec; the address matters at the main
+                    // thread's own exit only). What matters is the answer: glibc caches it
+                    // as its TID and owner of its locks, and the home PID is the TID the
+                    // process has everywhere.
+                    self.stats.identity += 1;
+                    self.answer(n.id, Response::Value(self.id.pid.into()))?;
+                } else {
+                    // another thread's TID is its TID here (see Class::Gettid)
+                    self.stats.continued += 1;
+                    self.answer(n.id, Response::Continue)?;
+                }
+            }
             Class::GoHome(reason) => {
                 tracing::info!(
                     tid = n.pid,

@@ -162,6 +162,9 @@ pub(super) fn builder(
             .map(|(&n, f)| (n, f.as_raw_fd()))
             .collect(),
         seccomp_filter: Some(filter.clone()),
+        // its TID here is its home PID (gettid, set_tid_address say so): glibc's cached TID,
+        // the owner of the locks it holds, stays that
+        keep_cached_tid: true,
         ..Default::default()
     };
     let mut reader = match migrate::ImageReader::new(reader) {
