@@ -1,8 +1,10 @@
-/* Comes home (under `mosrun -j2`) at an mmap of a home file made inside glibc locks, with
- * libc's own data changed before: the random state (srand) and the stdout lock (flockfile),
- * both in libc's .data/.bss. Prints numbers drawn before and after, and the mapped text: an
- * unmoved run prints the same. Exit code 3. */
+/* Comes home (under `mosrun -j2`) at an mmap of a home file made while it holds locks whose
+ * owner glibc records as its cached TID (an error-checking mutex, a rwlock taken for
+ * writing), with libc's own data changed before (the random state). Prints the results of
+ * the unlocks, of taking the locks again, numbers drawn before and after, and the mapped
+ * text: an unmoved run prints the same. Exit code 3. */
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
@@ -10,6 +12,13 @@
 
 int main(void)
 {
+    pthread_mutexattr_t ma;
+    pthread_mutex_t m;
+    pthread_rwlock_t rw = PTHREAD_RWLOCK_INITIALIZER;
+    pthread_mutexattr_init(&ma);
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ERRORCHECK);
+    pthread_mutex_init(&m, &ma);
+
     srand(7);
     int a = rand();
     /* a relative path: the remote cannot map it from a local file, the process goes home */
@@ -18,16 +27,23 @@ int main(void)
         perror("open homelock.data");
         return 1;
     }
+    int l1 = pthread_mutex_lock(&m);
+    int l2 = pthread_rwlock_wrlock(&rw);
     flockfile(stdout);
     char *p = mmap(NULL, 4096, PROT_READ, MAP_PRIVATE, fd, 0);
     funlockfile(stdout);
+    int u2 = pthread_rwlock_unlock(&rw);
+    int u1 = pthread_mutex_unlock(&m);
     if (p == MAP_FAILED) {
         perror("mmap");
         return 1;
     }
+    /* taken again: a lock left corrupted by its unlock would block here for ever */
+    int r2 = pthread_rwlock_wrlock(&rw);
+    int r1 = pthread_mutex_lock(&m);
     int b = rand();
+    printf("lock %d %d unlock %d %d again %d %d\n", l1, l2, u1, u2, r1, r2);
     printf("a %d b %d\n", a, b);
-    fflush(stdout);
     printf("text %.*s", 16, p);
     return 3;
 }
