@@ -1,13 +1,16 @@
 /* Comes home (under `mosrun -j2`) at an mmap of a home file made while it holds locks whose
  * owner glibc records as its cached TID (an error-checking mutex, a rwlock taken for
  * writing), with libc's own data changed before (the random state). Prints the results of
- * the unlocks, of taking the locks again, numbers drawn before and after, and the mapped
- * text: an unmoved run prints the same. Exit code 3. */
+ * the unlocks, of taking the locks again, numbers drawn before and after, the mapped text and
+ * whether its clear_child_tid and cached TID are right at home: an unmoved run prints the
+ * same. Exit code 3. */
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 int main(void)
@@ -45,5 +48,11 @@ int main(void)
     printf("lock %d %d unlock %d %d again %d %d\n", l1, l2, u1, u2, r1, r2);
     printf("a %d b %d\n", a, b);
     printf("text %.*s", 16, p);
+    /* at home again: the kernel clears the TID glibc caches (its clear_child_tid), and that
+     * TID is the one the kernel knows */
+    int *ta = NULL;
+    int got = prctl(PR_GET_TID_ADDRESS, &ta);
+    printf("tid address %d set %d cached tid is gettid %d\n", got, ta != NULL,
+           ta != NULL && *ta == (int)syscall(SYS_gettid));
     return 3;
 }

@@ -132,6 +132,9 @@ pub struct Supervisor<P: HomePort> {
     /// Notifications whose forwarded call home gave up ([`Supervisor::interrupt_in_flight`]):
     /// left unanswered, their callers waiting.
     given_up: Vec<Notif>,
+    /// The address the main thread last gave set_tid_address (answered here, not run: see
+    /// [`Class::SetTidAddress`]); the image that leaves carries it as its clear_child_tid.
+    tid_address: Option<u64>,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -149,6 +152,7 @@ impl<P: HomePort> Supervisor<P> {
             tty_sigs: None,
             dfsa: None,
             given_up: Vec::new(),
+            tid_address: None,
             ro_files: HashMap::new(),
             open_paths: HashMap::new(),
             pending_stop: None,
@@ -202,6 +206,13 @@ impl<P: HomePort> Supervisor<P> {
 
     pub fn listener(&self) -> &Listener {
         &self.listener
+    }
+
+    /// The clear_child_tid the main thread asked for here (its last set_tid_address, which
+    /// was answered, not run): `None` when it made none. The image that leaves must carry it
+    /// in place of what the kernel has.
+    pub fn tid_address(&self) -> Option<u64> {
+        self.tid_address
     }
 
     /// Calls forwarded home and not yet answered.
@@ -377,13 +388,13 @@ impl<P: HomePort> Supervisor<P> {
             }
             Class::SetTidAddress => {
                 if n.pid as i32 == self.id.local_pid {
-                    // Answered without running it here: the kernel keeps the main thread's
-                    // clear_child_tid as it was (the loader's call replaces the 0 of a
-                    // process started from its exec; the address matters at the main
-                    // thread's own exit only). What matters is the answer: glibc caches it
-                    // as its TID and owner of its locks, and the home PID is the TID the
-                    // process has everywhere.
+                    // Answered without running it here: glibc caches the answer as its TID
+                    // and owner of its locks, and the home PID is the TID the process has
+                    // everywhere. The kernel keeps the main thread's clear_child_tid as it
+                    // was here (it matters at the main thread's own exit only); the address
+                    // asked for is kept and goes home in the image (`tid_address`).
                     self.stats.identity += 1;
+                    self.tid_address = Some(n.data.args[0]);
                     self.answer(n.id, Response::Value(self.id.pid.into()))?;
                 } else {
                     // another thread's TID is its TID here (see Class::Gettid)
