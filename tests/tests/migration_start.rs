@@ -391,3 +391,56 @@ fn a_remotely_started_assembler_makes_the_same_object() {
         logs(&c, &[1, 2])
     );
 }
+
+/// A dynamically linked program started at home holds an error-checking mutex and a rwlock
+/// (their owner is glibc's cached TID) while it waits for its input; it is moved to node 2
+/// there, releases and takes them again on node 2, then comes home at an mmap of a home file
+/// made while holding them and does it once more: the cached TID stays the process's own TID
+/// across both moves (never the PID the remote gave it), so every unlock works, nothing
+/// blocks, and its output and exit code are those of an unmoved run.
+#[test]
+fn locks_held_across_a_move_and_the_way_home_stay_the_process_own() {
+    if !can_run("locks_held_across_a_move_and_the_way_home_stay_the_process_own") {
+        return;
+    }
+    let c = cluster("1 127.0.41.9 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let prog = compile(dir, "lockmove");
+    std::fs::write(dir.join("homelock.data"), "hello from home\n").unwrap();
+    let spawn_in = || {
+        let mut cmd = Command::new(&prog);
+        cmd.current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        Kid(cmd.spawn().expect("spawn"))
+    };
+    let (plain_out, plain_st) = finish(spawn_in(), b"go\n");
+    assert_eq!(plain_st.code(), Some(3), "unmoved run: {plain_out}");
+
+    let kid = spawn_in();
+    let pid = kid.0.id();
+    // waiting for its input (read, call 0), the locks held
+    wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .filter(|s| s.starts_with("0 "))
+    })
+    .unwrap_or_else(|| panic!("{pid} never waited for its input"));
+    omnode_tests::moving::moved(&c, pid, 2);
+    let (out, st) = finish(kid, b"go\n");
+    assert_eq!(out, plain_out, "{}", logs(&c, &[1, 2]));
+    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
+    assert!(
+        came_home(&c, 1, pid),
+        "it never came home (the test proves less than it says)\n{}",
+        logs(&c, &[1, 2])
+    );
+}
