@@ -6,7 +6,10 @@
 //! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
 //!   itself (by its home PID) is sent locally; gettid is the home PID in the main thread and
 //!   the local TID in the others (what glibc cached for them when they were rebuilt here), and
-//!   tgkill(home PID, tid) reaches that thread here;
+//!   tgkill(home PID, tid) reaches that thread here; set_tid_address in the main thread is
+//!   answered with the home PID too (not run: its address is kept for the image that leaves),
+//!   so glibc's cached TID, the owner of the locks it holds, is the home PID on every node and
+//!   a lock taken here is still the process's own when it comes home;
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
