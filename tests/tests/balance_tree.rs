@@ -126,7 +126,10 @@ fn tree_make(cc: &CgCluster, dir: &Path) -> (std::process::Output, u32) {
 /// node 1's log: (child PID, program file name).
 fn placed(log: &str) -> Vec<(u32, String)> {
     let mut out = Vec::new();
-    for line in log.lines().filter(|l| l.contains("mosrun --tree: placed on node")) {
+    for line in log
+        .lines()
+        .filter(|l| l.contains("mosrun --tree: placed on node"))
+    {
         let field = |k: &str| {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(k))

@@ -378,7 +378,12 @@ fn a_remotely_started_assembler_makes_the_same_object() {
         .expect("as (binutils) is needed for this test");
     assert!(st.success(), "unmoved as: {st:?}");
 
-    let kid = mosrun_in(&c, dir, Path::new("/usr/bin/as"), &["--64", "-o", "moved.o", "x.s"]);
+    let kid = mosrun_in(
+        &c,
+        dir,
+        Path::new("/usr/bin/as"),
+        &["--64", "-o", "moved.o", "x.s"],
+    );
     let pid = kid.0.id();
     let (_, st) = finish(kid, b"");
     assert_eq!(st.code(), Some(0), "{}", logs(&c, &[1, 2]));
@@ -386,7 +391,8 @@ fn a_remotely_started_assembler_makes_the_same_object() {
     let moved = std::fs::read(dir.join("moved.o")).unwrap();
     assert!(plain == moved, "the objects differ\n{}", logs(&c, &[1, 2]));
     assert!(
-        c.log_text(1).contains(&format!("mosrun: process {pid} moved to node 2")),
+        c.log_text(1)
+            .contains(&format!("mosrun: process {pid} moved to node 2")),
         "it never started on node 2 (the test proves nothing)\n{}",
         logs(&c, &[1, 2])
     );
