@@ -243,6 +243,7 @@ pub const PATH_CALLS: &[i64] = &[
 pub const IDENTITY_CALLS: &[i64] = &[
     libc::SYS_getpid,
     libc::SYS_gettid,
+    libc::SYS_set_tid_address,
     libc::SYS_getppid,
     libc::SYS_getpgid,
     libc::SYS_getpgrp,

@@ -300,3 +300,153 @@ fn mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction() {
         logs(&c, &[1, 2])
     );
 }
+
+/// `omnode run -j2 prog` with the working directory `dir` (a relative path in `prog` is a
+/// home file the remote cannot map from a local one: an mmap of it brings the process home).
+fn mosrun_in(c: &Cluster, dir: &Path, prog: &Path, args: &[&str]) -> Kid {
+    let sock = c.socket(1);
+    let mut cmd = Command::new(omnode_tests::omnode_bin());
+    cmd.args(["run", "-j2", "--socket", sock.to_str().unwrap(), "--"])
+        .arg(prog)
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            Ok(())
+        });
+    }
+    Kid(cmd.spawn().expect("spawn"))
+}
+
+/// A dynamically linked program started on node 2 (`mosrun -j2`: moved before its loader
+/// ran, its libraries mapped there from identical local files) changes libc's data (random
+/// state, stdout's lock) and comes home at an mmap of a home file made inside a glibc lock:
+/// every page it changed comes home with it, so it ends (no wait on a stale lock word) with
+/// the output and exit code of an unmoved run.
+#[test]
+fn a_remotely_started_program_comes_home_inside_a_glibc_lock_and_ends() {
+    if !can_run("a_remotely_started_program_comes_home_inside_a_glibc_lock_and_ends") {
+        return;
+    }
+    let c = cluster("1 127.0.41.1 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let prog = compile(dir, "homelock");
+    std::fs::write(dir.join("homelock.data"), "hello from home\n").unwrap();
+    let mut plain = Command::new(&prog);
+    plain.current_dir(dir).stdin(Stdio::null());
+    let plain = plain.output().expect("unmoved run");
+    assert_eq!(plain.status.code(), Some(3), "unmoved run: {plain:?}");
+
+    let kid = mosrun_in(&c, dir, &prog, &[]);
+    let pid = kid.0.id();
+    let (out, st) = finish(kid, b"");
+    assert_eq!(
+        out,
+        String::from_utf8_lossy(&plain.stdout),
+        "{}",
+        logs(&c, &[1, 2])
+    );
+    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
+    assert!(
+        came_home(&c, 1, pid),
+        "it never came home (the test proves nothing)\n{}",
+        logs(&c, &[1, 2])
+    );
+}
+
+/// `mosrun -j2 as --64 -o x.o x.s`: the assembler starts on node 2 and comes home at its mmap
+/// of the home file (a relative path); it ends, and its object file is byte for byte the one
+/// of an unmoved run.
+#[test]
+fn a_remotely_started_assembler_makes_the_same_object() {
+    if !can_run("a_remotely_started_assembler_makes_the_same_object") {
+        return;
+    }
+    let c = cluster("1 127.0.41.5 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let src = "\t.text\n\t.globl f\nf:\n\tmovl $42, %eax\n\tret\n\t.data\nv:\t.quad 7, 8, 9\n\t.section .rodata\ns:\t.string \"hello\"\n";
+    std::fs::write(dir.join("x.s"), src).unwrap();
+    let st = Command::new("as")
+        .args(["--64", "-o", "plain.o", "x.s"])
+        .current_dir(dir)
+        .status()
+        .expect("as (binutils) is needed for this test");
+    assert!(st.success(), "unmoved as: {st:?}");
+
+    let kid = mosrun_in(
+        &c,
+        dir,
+        Path::new("/usr/bin/as"),
+        &["--64", "-o", "moved.o", "x.s"],
+    );
+    let pid = kid.0.id();
+    let (_, st) = finish(kid, b"");
+    assert_eq!(st.code(), Some(0), "{}", logs(&c, &[1, 2]));
+    let plain = std::fs::read(dir.join("plain.o")).unwrap();
+    let moved = std::fs::read(dir.join("moved.o")).unwrap();
+    assert!(plain == moved, "the objects differ\n{}", logs(&c, &[1, 2]));
+    assert!(
+        c.log_text(1)
+            .contains(&format!("mosrun: process {pid} moved to node 2")),
+        "it never started on node 2 (the test proves nothing)\n{}",
+        logs(&c, &[1, 2])
+    );
+}
+
+/// A dynamically linked program started at home holds an error-checking mutex and a rwlock
+/// (their owner is glibc's cached TID) while it waits for its input; it is moved to node 2
+/// there, releases and takes them again on node 2, then comes home at an mmap of a home file
+/// made while holding them and does it once more: the cached TID stays the process's own TID
+/// across both moves (never the PID the remote gave it), so every unlock works, nothing
+/// blocks, and its output and exit code are those of an unmoved run.
+#[test]
+fn locks_held_across_a_move_and_the_way_home_stay_the_process_own() {
+    if !can_run("locks_held_across_a_move_and_the_way_home_stay_the_process_own") {
+        return;
+    }
+    let c = cluster("1 127.0.41.9 2\n", &[1, 2]);
+    let dir = c.dir.path();
+    let prog = compile(dir, "lockmove");
+    std::fs::write(dir.join("homelock.data"), "hello from home\n").unwrap();
+    let spawn_in = || {
+        let mut cmd = Command::new(&prog);
+        cmd.current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+                Ok(())
+            });
+        }
+        Kid(cmd.spawn().expect("spawn"))
+    };
+    let (plain_out, plain_st) = finish(spawn_in(), b"go\n");
+    assert_eq!(plain_st.code(), Some(3), "unmoved run: {plain_out}");
+
+    let kid = spawn_in();
+    let pid = kid.0.id();
+    // waiting for its input (read, call 0), the locks held
+    wait_for(Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{pid}/syscall"))
+            .ok()
+            .filter(|s| s.starts_with("0 "))
+    })
+    .unwrap_or_else(|| panic!("{pid} never waited for its input"));
+    omnode_tests::moving::moved(&c, pid, 2);
+    let (out, st) = finish(kid, b"go\n");
+    assert_eq!(out, plain_out, "{}", logs(&c, &[1, 2]));
+    assert_eq!(st.code(), Some(3), "{}", logs(&c, &[1, 2]));
+    assert!(
+        came_home(&c, 1, pid),
+        "it never came home (the test proves less than it says)\n{}",
+        logs(&c, &[1, 2])
+    );
+}

@@ -68,6 +68,12 @@ pub struct ThawOptions {
     /// anything is made, and the new process opens every file (mapped files, the
     /// executable, fds, cwd) with the user's file-system credentials, never root's.
     pub owner: Option<ThawOwner>,
+    /// The main thread's TID cached by glibc (in its struct pthread, where clear_child_tid
+    /// points) is left as the image has it even though the PID changes: for a guest, whose
+    /// gettid is answered with its home PID everywhere. Patching it would disown the locks it
+    /// holds (a rwlock's writer, a recursive mutex's owner are that TID): their unlock would
+    /// then corrupt them.
+    pub keep_cached_tid: bool,
 }
 
 /// The caller a thaw is for (see [`ThawOptions::owner`]).
@@ -367,7 +373,9 @@ impl Thawing {
         let (total, memf) =
             memory::write_contents(&mut reader.sr, &mut reader.buf, self.pid, &self.img)?;
         self.memory_time = mem_t.elapsed();
-        memory::patch_cached_tid(&memf, self.pid, &self.img)?;
+        if !self.opts.keep_cached_tid {
+            memory::patch_cached_tid(&memf, self.pid, &self.img)?;
+        }
         self.page_bytes = total;
         Ok(total)
     }

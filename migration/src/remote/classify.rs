@@ -144,6 +144,10 @@ pub enum Class {
     /// gettid: the main thread's TID is the home PID (as getpid says); another thread's is
     /// its TID here (what glibc cached in its thread descriptor when the thread was made).
     Gettid,
+    /// set_tid_address: its answer is the TID glibc caches in its thread descriptor (and
+    /// writes as the owner of its locks); in the main thread that is the home PID, as gettid
+    /// says, never the PID here: the process's locks then stay its own when it comes home.
+    SetTidAddress,
     /// Forward it home.
     Forward(Req),
     /// The process must go home first.
@@ -176,6 +180,7 @@ pub fn classify(nr: i64, a: [u64; 6], fds: &FdTable, id: &Identity) -> Class {
             sig: a[2] as i32,
         },
         libc::SYS_gettid => Class::Gettid,
+        libc::SYS_set_tid_address => Class::SetTidAddress,
         // Children are born at home, so it has none here: waiting is local (ECHILD).
         libc::SYS_wait4 | libc::SYS_waitid => Class::Continue,
         libc::SYS_getpgid

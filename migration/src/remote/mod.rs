@@ -6,7 +6,10 @@
 //! - the getpid family → answered from the home [`Identity`]; a signal the process sends to
 //!   itself (by its home PID) is sent locally; gettid is the home PID in the main thread and
 //!   the local TID in the others (what glibc cached for them when they were rebuilt here), and
-//!   tgkill(home PID, tid) reaches that thread here;
+//!   tgkill(home PID, tid) reaches that thread here; set_tid_address in the main thread is
+//!   answered with the home PID too (not run: its address is kept for the image that leaves),
+//!   so glibc's cached TID, the owner of the locks it holds, is the home PID on every node and
+//!   a lock taken here is still the process's own when it comes home;
 //! - read/write/pread64/pwrite64/lseek/fstat/close on a home-backed fd → forwarded home through
 //!   [`crate::forward::RemoteFwd`] and a [`HomePort`]; a home close is answered `CONTINUE` so
 //!   the local placeholder closes too;
@@ -132,6 +135,9 @@ pub struct Supervisor<P: HomePort> {
     /// Notifications whose forwarded call home gave up ([`Supervisor::interrupt_in_flight`]):
     /// left unanswered, their callers waiting.
     given_up: Vec<Notif>,
+    /// The address the main thread last gave set_tid_address (answered here, not run: see
+    /// [`Class::SetTidAddress`]); the image that leaves carries it as its clear_child_tid.
+    tid_address: Option<u64>,
 }
 
 impl<P: HomePort> Supervisor<P> {
@@ -149,6 +155,7 @@ impl<P: HomePort> Supervisor<P> {
             tty_sigs: None,
             dfsa: None,
             given_up: Vec::new(),
+            tid_address: None,
             ro_files: HashMap::new(),
             open_paths: HashMap::new(),
             pending_stop: None,
@@ -202,6 +209,13 @@ impl<P: HomePort> Supervisor<P> {
 
     pub fn listener(&self) -> &Listener {
         &self.listener
+    }
+
+    /// The clear_child_tid the main thread asked for here (its last set_tid_address, which
+    /// was answered, not run): `None` when it made none. The image that leaves must carry it
+    /// in place of what the kernel has.
+    pub fn tid_address(&self) -> Option<u64> {
+        self.tid_address
     }
 
     /// Calls forwarded home and not yet answered.
@@ -374,6 +388,22 @@ impl<P: HomePort> Supervisor<P> {
                     n.pid as i32
                 };
                 self.answer(n.id, Response::Value(tid.into()))?;
+            }
+            Class::SetTidAddress => {
+                if n.pid as i32 == self.id.local_pid {
+                    // Answered without running it here: glibc caches the answer as its TID
+                    // and owner of its locks, and the home PID is the TID the process has
+                    // everywhere. The kernel keeps the main thread's clear_child_tid as it
+                    // was here (it matters at the main thread's own exit only); the address
+                    // asked for is kept and goes home in the image (`tid_address`).
+                    self.stats.identity += 1;
+                    self.tid_address = Some(n.data.args[0]);
+                    self.answer(n.id, Response::Value(self.id.pid.into()))?;
+                } else {
+                    // another thread's TID is its TID here (see Class::Gettid)
+                    self.stats.continued += 1;
+                    self.answer(n.id, Response::Continue)?;
+                }
             }
             Class::GoHome(reason) => {
                 tracing::info!(

@@ -44,6 +44,10 @@ fn classification() {
     );
     assert_eq!(c(libc::SYS_gettid, [0; 6]), Class::Gettid);
     assert_eq!(
+        c(libc::SYS_set_tid_address, [0x7f00_0000_12d0, 0, 0, 0, 0, 0]),
+        Class::SetTidAddress
+    );
+    assert_eq!(
         c(libc::SYS_write, [1, 0x1000, 64, 0, 0, 0]),
         Class::Forward(Req::Write {
             fd: 1,

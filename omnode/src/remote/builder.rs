@@ -56,6 +56,7 @@ pub(super) fn leave(
     pid: i32,
     home_pid: i32,
     why: String,
+    tid_address: Option<u64>,
     go: &mpsc::Receiver<Go>,
     out: &BuiltTx,
 ) -> bool {
@@ -68,10 +69,15 @@ pub(super) fn leave(
         Ok(s) => s,
         Err(e) => return fail(format!("cannot freeze it: {e}")),
     };
-    let img = match seized.collect() {
+    let mut img = match seized.collect() {
         Ok(i) => i,
         Err(e) => return fail(format!("cannot freeze it: {e}")),
     };
+    // the main thread's set_tid_address was answered here, not run (see
+    // migration::remote::Class::SetTidAddress): home sets what it asked for
+    if let Some(a) = tid_address {
+        img.clear_child_tid = a;
+    }
     let mut buf = Vec::new();
     let st = match seized.stream(&img, &mut buf) {
         Ok(s) => s,
@@ -162,6 +168,9 @@ pub(super) fn builder(
             .map(|(&n, f)| (n, f.as_raw_fd()))
             .collect(),
         seccomp_filter: Some(filter.clone()),
+        // its TID here is its home PID (gettid, set_tid_address say so): glibc's cached TID,
+        // the owner of the locks it holds, stays that
+        keep_cached_tid: true,
         ..Default::default()
     };
     let mut reader = match migrate::ImageReader::new(reader) {
@@ -282,7 +291,7 @@ pub(super) fn builder(
                     }
                     match stop {
                         Ok(Stop::Deadline) if sup.in_flight() == 0 => {
-                            if !leave(pid, ident.pid, why, &go, &out) {
+                            if !leave(pid, ident.pid, why, sup.tid_address(), &go, &out) {
                                 if blocked_at_home_call {
                                     tracing::info!(
                                         pid,
@@ -306,7 +315,7 @@ pub(super) fn builder(
                         Ok(Stop::Exited) => break,
                         Ok(Stop::GoHome { reason, .. }) => {
                             let why = format!("it made a call that must run at home ({reason:?})");
-                            if !leave(pid, ident.pid, why, &go, &out) {
+                            if !leave(pid, ident.pid, why, sup.tid_address(), &go, &out) {
                                 blocked_at_home_call = true;
                             }
                         }
@@ -326,7 +335,7 @@ pub(super) fn builder(
                 if !blocked_at_home_call {
                     let why = format!("it made a call that must run at home ({reason:?})");
                     tracing::info!(pid, "{why}");
-                    if !leave(pid, ident.pid, why, &go, &out) {
+                    if !leave(pid, ident.pid, why, sup.tid_address(), &go, &out) {
                         blocked_at_home_call = true;
                     }
                 }
