@@ -55,8 +55,14 @@ impl Drop for Kid {
 /// other fds.
 fn spawn(prog: &Path, args: &[&str]) -> Kid {
     let mut cmd = Command::new(prog);
-    cmd.args(args)
-        .stdin(Stdio::piped())
+    cmd.args(args);
+    start(cmd)
+}
+
+/// Starts `cmd` with stdin and stdout on pipes owned by the test, stderr on /dev/null, no
+/// other fds.
+fn start(mut cmd: Command) -> Kid {
+    cmd.stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
@@ -112,6 +118,21 @@ fn ps_row(c: &Cluster, pid: u32) -> Option<serde_json::Value> {
         .cloned()
 }
 
+/// Home's `ps` row of `pid` once it runs on node 2 (not while it is moving); fails the test
+/// after 20 s with both nodes' logs.
+fn running_on_2(c: &Cluster, pid: u32) -> serde_json::Value {
+    wait_for(Duration::from_secs(20), || {
+        ps_row(c, pid).filter(|r| r["node"] == 2u64 && r["state"] != "migrating")
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "{pid} never listed on node 2 at home: {:?}\n{}",
+            ps_row(c, pid),
+            logs(c, &[1, 2])
+        )
+    })
+}
+
 const INPUT: &[u8] = b"one\ntwo\nthree\n";
 
 /// `mosrun -j2 prog`: the program is moved before it runs a single instruction (the image
@@ -134,16 +155,7 @@ fn mosrun_j2_moves_the_program_before_its_first_instruction() {
     let kid = mosrun(&c, &["-j2"], &prog);
     let pid = kid.0.id();
     // It waits for its input (at home) on node 2: home lists it there.
-    let row = wait_for(Duration::from_secs(20), || {
-        ps_row(&c, pid).filter(|r| r["node"] == 2u64 && r["state"] != "migrating")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{pid} never listed on node 2 at home: {:?}\n{}",
-            ps_row(&c, pid),
-            logs(&c, &[1, 2])
-        )
-    });
+    let row = running_on_2(&c, pid);
     assert_eq!(row["home"], 1u64, "{row}");
     assert_eq!(row["moves"], 1u64, "{row}");
     // The move's image: the program at its entry point.
@@ -243,16 +255,7 @@ fn mosrun_j2_runs_a_dynamic_program_remotely_from_its_first_instruction() {
     let kid = mosrun(&c, &["-j2"], &prog);
     let pid = kid.0.id();
     // the loader has run (on node 2) when the program waits for its input there
-    let row = wait_for(Duration::from_secs(20), || {
-        ps_row(&c, pid).filter(|r| r["node"] == 2u64 && r["state"] != "migrating")
-    })
-    .unwrap_or_else(|| {
-        panic!(
-            "{pid} never listed on node 2 at home: {:?}\n{}",
-            ps_row(&c, pid),
-            logs(&c, &[1, 2])
-        )
-    });
+    let row = running_on_2(&c, pid);
     assert_eq!(row["home"], 1u64, "{row}");
     assert_eq!(row["moves"], 1u64, "{row}");
     // moved from its exec stop (not after running at home): the move was of a seized process
@@ -309,18 +312,8 @@ fn mosrun_in(c: &Cluster, dir: &Path, prog: &Path, args: &[&str]) -> Kid {
     cmd.args(["run", "-j2", "--socket", sock.to_str().unwrap(), "--"])
         .arg(prog)
         .args(args)
-        .current_dir(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            Ok(())
-        });
-    }
-    Kid(cmd.spawn().expect("spawn"))
+        .current_dir(dir);
+    start(cmd)
 }
 
 /// A dynamically linked program started on node 2 (`mosrun -j2`: moved before its loader
@@ -415,18 +408,8 @@ fn locks_held_across_a_move_and_the_way_home_stay_the_process_own() {
     std::fs::write(dir.join("homelock.data"), "hello from home\n").unwrap();
     let spawn_in = || {
         let mut cmd = Command::new(&prog);
-        cmd.current_dir(dir)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        // SAFETY: close_range is async-signal-safe; it only closes fds of the child.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-                Ok(())
-            });
-        }
-        Kid(cmd.spawn().expect("spawn"))
+        cmd.current_dir(dir);
+        start(cmd)
     };
     let (plain_out, plain_st) = finish(spawn_in(), b"go\n");
     assert_eq!(plain_st.code(), Some(3), "unmoved run: {plain_out}");
