@@ -218,23 +218,43 @@ fn freeze(a: FreezeArgs) -> ExitCode {
     let opts = migrate::FreezeOptions {
         leave_running: a.leave_running,
     };
-    match migrate::freeze(a.pid, &f, &opts) {
+    let r = migrate::freeze(a.pid, &f, &opts);
+    image_written(&a, f, &path, r, |r| {
+        format!(
+            "omnode: froze {} into {path}: {:.1} MiB image, {:.1} MiB memory, stopped for {:.1} ms{}",
+            r.pid,
+            r.image_bytes as f64 / 1048576.0,
+            r.page_bytes as f64 / 1048576.0,
+            r.frozen.as_secs_f64() * 1e3,
+            still_running(&a)
+        )
+    })
+}
+
+/// " (still running)" after a freeze with --leave-running.
+fn still_running(a: &FreezeArgs) -> &'static str {
+    if a.leave_running {
+        " (still running)"
+    } else {
+        ""
+    }
+}
+
+/// The end of a freeze into `f` (the image at `path`): synced and reported with `say`, or,
+/// on an error, the image file removed and the error reported.
+fn image_written<R>(
+    a: &FreezeArgs,
+    f: File,
+    path: &str,
+    r: migrate::Result<R>,
+    say: impl FnOnce(&R) -> String,
+) -> ExitCode {
+    match r {
         Ok(r) => {
             if let Err(e) = f.sync_data() {
                 return fail(format_args!("image {path} may be incomplete: {e}"));
             }
-            eprintln!(
-                "omnode: froze {} into {path}: {:.1} MiB image, {:.1} MiB memory, stopped for {:.1} ms{}",
-                r.pid,
-                r.image_bytes as f64 / 1048576.0,
-                r.page_bytes as f64 / 1048576.0,
-                r.frozen.as_secs_f64() * 1e3,
-                if a.leave_running {
-                    " (still running)"
-                } else {
-                    ""
-                }
-            );
+            eprintln!("{}", say(&r));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -257,42 +277,28 @@ fn freeze_tree(a: &FreezeArgs, f: File, path: &str) -> ExitCode {
     let opts = migrate::FreezeOptions {
         leave_running: a.leave_running,
     };
-    match migrate::freeze_tree(a.pid, std::io::BufWriter::with_capacity(1 << 20, &f), &opts) {
-        Ok(r) => {
-            if let Err(e) = f.sync_data() {
-                return fail(format_args!("image {path} may be incomplete: {e}"));
-            }
-            eprintln!(
-                "omnode: froze the tree of {} ({} processes: {}{}) into {path}: {:.1} MiB image, {:.1} MiB memory, stopped for {:.1} ms{}",
-                r.root,
-                r.pids.len(),
-                r.pids
-                    .iter()
-                    .map(|p| p.to_string())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-                if r.zombies > 0 {
-                    format!(", {} of them zombies", r.zombies)
-                } else {
-                    String::new()
-                },
-                r.image_bytes as f64 / 1048576.0,
-                r.page_bytes as f64 / 1048576.0,
-                r.frozen.as_secs_f64() * 1e3,
-                if a.leave_running {
-                    " (still running)"
-                } else {
-                    ""
-                }
-            );
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            drop(f);
-            let _ = std::fs::remove_file(&a.image);
-            fail(e)
-        }
-    }
+    let r = migrate::freeze_tree(a.pid, std::io::BufWriter::with_capacity(1 << 20, &f), &opts);
+    image_written(a, f, path, r, |r| {
+        format!(
+            "omnode: froze the tree of {} ({} processes: {}{}) into {path}: {:.1} MiB image, {:.1} MiB memory, stopped for {:.1} ms{}",
+            r.root,
+            r.pids.len(),
+            r.pids
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            if r.zombies > 0 {
+                format!(", {} of them zombies", r.zombies)
+            } else {
+                String::new()
+            },
+            r.image_bytes as f64 / 1048576.0,
+            r.page_bytes as f64 / 1048576.0,
+            r.frozen.as_secs_f64() * 1e3,
+            still_running(a)
+        )
+    })
 }
 
 /// `thaw` of a tree image (see `freeze --tree`): the root gets thaw's stdio (or the files
